@@ -1,0 +1,93 @@
+"""The one exception tree of v2sync.
+
+Everything v2sync raises on purpose derives from ``V2SyncError``. Foreign exceptions
+(``OSError``, ``ssl.SSLError``, ``cryptography.exceptions.InvalidTag``...) are translated once,
+at the boundary where they appear, with ``raise ... from e``.
+
+An error class may carry what goes on the wire (h11's ``error_status_hint``), so a handler
+can reply without an if-chain: ``RemoteProtocolError(..., reply=b"...")``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+
+class V2SyncError(Exception):
+    """Root of every error v2sync raises deliberately."""
+
+
+class ConfigError(V2SyncError):
+    """A config problem, located by file and JSON path (``inbounds[0].settings.auth``)."""
+
+    def __init__(self, message: str, path: str = "", file: str = "", expected: str = ""):
+        self.message = message
+        self.path = path
+        self.file = file
+        self.expected = expected
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ": ".join(p for p in (self.file, self.path) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text} ({self.expected})" if self.expected else text
+
+    def located(self, file: str = "", prefix: str = "") -> "ConfigError":
+        """The same error with a file name and/or a path prefix added."""
+        path = join_path(prefix, self.path) if prefix else self.path
+        return ConfigError(self.message, path, file or self.file, self.expected)
+
+
+class ConfigErrors(ConfigError):
+    """Several config errors, reported together so the user fixes them in one pass."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(e.render() for e in self.errors))
+
+    def render(self) -> str:  # the joined lines already carry their own locations
+        return self.message
+
+
+class ProtocolError(V2SyncError):
+    """A peer or we broke a wire protocol. ``reply`` is what to send back, if anything."""
+
+    def __init__(self, message: str, reply: Optional[bytes] = None):
+        self.reply = reply
+        super().__init__(message)
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to emit something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes the protocol does not allow (garbage, oversize, bad version)."""
+
+
+class AuthenticationError(ProtocolError):
+    """Credentials, a MAC or an AEAD tag did not check out."""
+
+
+class TransportError(V2SyncError):
+    """Dialing, listening, reading or writing a connection failed."""
+
+
+class PipeInterrupted(TransportError):
+    """The pipe was aborted (``interrupt()``): the other side failed, stop at once."""
+
+
+class PipeClosed(TransportError):
+    """A write to a pipe whose reading side is gone or that was already closed."""
+
+
+class HandshakeTimeout(TransportError):
+    """The handshake deadline passed before the peer finished its greeting."""
+
+
+def join_path(prefix: str, path: str) -> str:
+    """Join JSON path pieces: ``join_path("inbounds[0]", "port")`` -> ``inbounds[0].port``."""
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return prefix + path if path.startswith("[") else f"{prefix}.{path}"

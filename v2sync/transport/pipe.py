@@ -1,0 +1,150 @@
+"""A bounded byte pipe with V2Ray's semantics (v2ray ``transport/pipe/impl.go``).
+
+- ``write(data)`` blocks while the pipe holds ``limit`` bytes or more (one chunk may overshoot,
+  as in v2ray, so a single large write never deadlocks against a small limit).
+- ``close()`` is a graceful EOF: the reader drains what is queued, then gets ``EOF``.
+- ``interrupt()`` aborts: the reader and any blocked writer raise ``PipeInterrupted`` at once,
+  and queued data is dropped.
+- ``read(timeout)`` returns bytes, or the ``EOF`` sentinel (never an overloaded ``b""``), and
+  raises ``ReadTimeout`` when nothing arrived in time.
+
+Storage is a ``queue.Queue`` whose size is counted in bytes rather than items, so the queue's
+own mutex and conditions give us the blocking behaviour; close and interrupt just set a flag
+under that mutex and wake everyone.
+"""
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from typing import Deque, Optional, Union
+
+from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
+
+
+class _EOFType:
+    _instance = None
+
+    def __new__(cls):  # a singleton, so ``is EOF`` is the only test anyone needs
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "EOF"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+EOF = _EOFType()
+Chunk = Union[bytes, _EOFType]
+
+DEFAULT_LIMIT = 512 * 1024
+
+
+class ReadTimeout(TransportError):
+    """No data arrived within the read timeout."""
+
+
+class _ByteQueue(queue.Queue):
+    """``queue.Queue`` whose ``qsize`` is the number of bytes held."""
+
+    def _init(self, maxsize: int) -> None:
+        self.queue: Deque[bytes] = deque()
+        self.nbytes = 0
+
+    def _qsize(self) -> int:
+        return self.nbytes
+
+    def _put(self, item: bytes) -> None:
+        self.queue.append(item)
+        self.nbytes += len(item)
+
+    def _get(self) -> bytes:
+        item = self.queue.popleft()
+        self.nbytes -= len(item)
+        return item
+
+
+class Pipe:
+    """One direction of a link. Thread-safe for one writer and one reader at a time."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, name: str = "pipe"):
+        # limit <= 0 means "unbounded" in v2ray's policy; we still need some bound, and one
+        # chunk in flight is what bufferSize 0 means there (a synchronous hand-over).
+        self.limit = max(limit, 1)
+        self.name = name
+        self._q = _ByteQueue(self.limit)
+        self._closed = False
+        self._interrupted = False
+
+    # -- writer side -------------------------------------------------------------------
+    def write(self, data: bytes, timeout: Optional[float] = None) -> None:
+        """Queue ``data``; block while full. Raises PipeInterrupted / PipeClosed."""
+        if not data:
+            return
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.not_full:
+            while True:
+                self._check_writable()
+                if q.nbytes < self.limit:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ReadTimeout(f"{self.name}: write timed out")
+                q.not_full.wait(remaining)
+            q._put(bytes(data))
+            q.not_empty.notify()
+
+    def close(self) -> None:
+        """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
+        with self._q.mutex:
+            self._closed = True
+            self._q.not_empty.notify_all()
+            self._q.not_full.notify_all()
+
+    def interrupt(self) -> None:
+        """Abort both ends now; queued data is discarded."""
+        with self._q.mutex:
+            self._interrupted = True
+            self._q.queue.clear()
+            self._q.nbytes = 0
+            self._q.not_empty.notify_all()
+            self._q.not_full.notify_all()
+
+    def _check_writable(self) -> None:
+        if self._interrupted:
+            raise PipeInterrupted(f"{self.name} interrupted")
+        if self._closed:
+            raise PipeClosed(f"{self.name} closed")
+
+    # -- reader side -------------------------------------------------------------------
+    def read(self, timeout: Optional[float] = None) -> Chunk:
+        """Return the next chunk, or ``EOF`` after close(); ``ReadTimeout`` if none in time."""
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.not_empty:
+            while True:
+                if self._interrupted:
+                    raise PipeInterrupted(f"{self.name} interrupted")
+                if q.queue:
+                    item = q._get()
+                    q.not_full.notify()
+                    return item
+                if self._closed:
+                    return EOF
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ReadTimeout(f"{self.name}: no data within {timeout}s")
+                q.not_empty.wait(remaining)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed or self._interrupted
+
+    @property
+    def buffered(self) -> int:
+        with self._q.mutex:
+            return self._q.nbytes
