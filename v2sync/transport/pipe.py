@@ -98,6 +98,17 @@ class Pipe:
             q._put(bytes(data))
             q.not_empty.notify()
 
+    def try_write(self, data: bytes) -> bool:
+        """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
+        q = self._q
+        with q.not_full:
+            self._check_writable()
+            if q.nbytes >= self.limit:
+                return False
+            q._put(bytes(data))
+            q.not_empty.notify()
+            return True
+
     def close(self) -> None:
         """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
         with self._q.mutex:

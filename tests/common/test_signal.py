@@ -1,0 +1,75 @@
+"""The timer wheel: idle expiry, reset by activity, shrinking timeouts."""
+import threading
+import time
+
+from v2sync.common.signal import TimerWheel
+from v2sync.common.task import ThreadGroup, run_pair
+
+
+def test_timer_fires_after_idle_and_only_once():
+    wheel = TimerWheel()
+    wheel.start()
+    fired = []
+    try:
+        wheel.new_timer(0.1, lambda: fired.append(time.monotonic()))
+        time.sleep(0.5)
+        assert len(fired) == 1
+    finally:
+        wheel.stop()
+
+
+def test_activity_postpones_expiry():
+    wheel = TimerWheel()
+    wheel.start()
+    fired = threading.Event()
+    try:
+        timer = wheel.new_timer(0.3, fired.set)
+        for _ in range(6):  # 0.6 s of activity, every 0.1 s
+            time.sleep(0.1)
+            timer.update()
+        assert not fired.is_set()
+        assert fired.wait(2)
+    finally:
+        wheel.stop()
+
+
+def test_set_timeout_shrinks_and_zero_fires_now():
+    wheel = TimerWheel()
+    wheel.start()
+    fired = threading.Event()
+    try:
+        timer = wheel.new_timer(60, fired.set)
+        timer.set_timeout(0.05)
+        assert fired.wait(2)
+        other = threading.Event()
+        t2 = wheel.new_timer(60, other.set)
+        t2.set_timeout(0)
+        assert other.is_set()
+    finally:
+        wheel.stop()
+
+
+def test_cancelled_timer_never_fires():
+    wheel = TimerWheel()
+    wheel.start()
+    fired = threading.Event()
+    try:
+        wheel.new_timer(0.05, fired.set).cancel()
+        assert not fired.wait(0.3)
+    finally:
+        wheel.stop()
+
+
+def test_run_pair_propagates_first_error_and_unblocks_other_side():
+    group = ThreadGroup("t")
+    stop = threading.Event()
+
+    def background():
+        stop.wait(5)
+
+    def foreground():
+        raise ValueError("boom")
+
+    err = run_pair(group, "pair", background, foreground, lambda e: stop.set(), 5)
+    assert isinstance(err, ValueError)
+    assert group.join(2)

@@ -1,0 +1,124 @@
+"""Pipe semantics: bounded writes, graceful close, interrupt (v2ray transport/pipe)."""
+import threading
+import time
+
+import pytest
+
+from v2sync.common.errors import PipeClosed, PipeInterrupted
+from v2sync.transport.link import new_link_pair
+from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
+
+
+def test_chunks_arrive_in_order_then_eof_after_close():
+    pipe = Pipe(1024)
+    pipe.write(b"one")
+    pipe.write(b"two")
+    pipe.close()
+    assert pipe.read(1) == b"one"
+    assert pipe.read(1) == b"two"
+    assert pipe.read(1) is EOF
+    assert pipe.read(1) is EOF  # EOF is sticky
+
+
+def test_empty_write_is_not_eof():
+    pipe = Pipe(16)
+    pipe.write(b"")
+    with pytest.raises(ReadTimeout):
+        pipe.read(0.05)
+
+
+def test_writer_blocks_at_limit_until_reader_drains():
+    pipe = Pipe(4)
+    pipe.write(b"abcd")
+    done = threading.Event()
+
+    def writer():
+        pipe.write(b"efgh")
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert not done.wait(0.2), "writer should block while the pipe is full"
+    assert pipe.read(1) == b"abcd"
+    assert done.wait(2)
+    t.join(2)
+    assert pipe.read(1) == b"efgh"
+
+
+def test_one_large_write_may_overshoot_the_limit():
+    pipe = Pipe(4)
+    pipe.write(b"x" * 100)  # must not deadlock: v2ray allows one chunk past the limit
+    assert pipe.buffered == 100
+
+
+def test_interrupt_wakes_blocked_reader_and_drops_data():
+    pipe = Pipe(16)
+    errors = []
+
+    def reader():
+        try:
+            pipe.read(5)
+        except PipeInterrupted as e:
+            errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.05)
+    pipe.interrupt()
+    t.join(2)
+    assert len(errors) == 1
+    with pytest.raises(PipeInterrupted):
+        pipe.write(b"late")
+
+
+def test_interrupt_wakes_blocked_writer():
+    pipe = Pipe(2)
+    pipe.write(b"full")
+    errors = []
+    t = threading.Thread(target=lambda: _capture(errors, lambda: pipe.write(b"more")))
+    t.start()
+    time.sleep(0.05)
+    pipe.interrupt()
+    t.join(2)
+    assert errors and isinstance(errors[0], PipeInterrupted)
+
+
+def test_write_after_close_is_refused():
+    pipe = Pipe(16)
+    pipe.close()
+    with pytest.raises(PipeClosed):
+        pipe.write(b"x")
+
+
+def test_try_write_drops_instead_of_blocking():
+    pipe = Pipe(4)
+    assert pipe.try_write(b"abcd")
+    assert not pipe.try_write(b"e")
+    assert pipe.read(1) == b"abcd"
+    assert pipe.try_write(b"e")
+
+
+def test_read_timeout_is_bounded():
+    pipe = Pipe(4)
+    start = time.monotonic()
+    with pytest.raises(ReadTimeout):
+        pipe.read(0.1)
+    assert time.monotonic() - start < 2
+
+
+def test_link_pair_is_crossed():
+    inbound, outbound = new_link_pair(64, "t")
+    inbound.writer.write(b"up")
+    outbound.writer.write(b"down")
+    assert outbound.reader.read(1) == b"up"
+    assert inbound.reader.read(1) == b"down"
+    inbound.interrupt()
+    with pytest.raises(PipeInterrupted):
+        outbound.reader.read(1)
+
+
+def _capture(errors, fn):
+    try:
+        fn()
+    except Exception as e:  # collected for the assertion in the test thread
+        errors.append(e)

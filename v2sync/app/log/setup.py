@@ -1,0 +1,62 @@
+"""Apply a ``LogConfig``: where the error and access logs go, and at which level."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Optional
+
+from v2sync.app.log.access import ACCESS_LOGGER
+from v2sync.infra.conf.model import LogConfig
+
+DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
+ERROR_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
+ACCESS_FORMAT = "%(asctime)s %(message)s"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+# v2ray writes level names capitalised: [Debug] [Info] [Warning] [Error]
+LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "Warning",
+               logging.ERROR: "Error", logging.CRITICAL: "Error"}
+
+ConsoleFactory = Callable[[str], logging.Handler]
+
+
+class V2RayFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = LEVEL_NAMES.get(record.levelno, record.levelname)
+        return super().format(record)
+
+
+def plain_console(kind: str) -> logging.Handler:
+    return logging.StreamHandler(sys.stdout)
+
+
+def _handler(target: Optional[str], kind: str, console: ConsoleFactory) -> Optional[logging.Handler]:
+    if target is None:
+        return None
+    handler = console(kind) if target == "" else logging.FileHandler(target, encoding="utf-8")
+    fmt = ERROR_FORMAT if kind == "error" else ACCESS_FORMAT
+    handler.setFormatter(V2RayFormatter(fmt, DATE_FORMAT))
+    return handler
+
+
+def _install(logger: logging.Logger, handler: Optional[logging.Handler], level: int) -> None:
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    logger.propagate = False
+    if handler is None:
+        logger.setLevel(logging.CRITICAL + 1)
+        return
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def configure(config: LogConfig, console: ConsoleFactory = plain_console) -> None:
+    """Route ``v2sync.*`` to the error log and ``v2sync.access`` to the access log."""
+    off = config.level == "none"
+    error_target = None if off else config.error
+    access_target = None if off else config.access
+    _install(logging.getLogger("v2sync"), _handler(error_target, "error", console),
+             LEVELS.get(config.level, logging.WARNING))
+    _install(logging.getLogger(ACCESS_LOGGER), _handler(access_target, "access", console),
+             logging.INFO)

@@ -1,0 +1,149 @@
+"""The ``v2sync`` command line (v2ray ``main/main.go`` + ``v2ctl uuid``).
+
+    v2sync run [-c FILE]... [--confdir DIR]   # no -c: the embedded default config
+    v2sync test -c FILE                        # "Configuration OK." or every error, exit 23
+    v2sync version | uuid
+
+V2Ray habits work too: ``-config``/``-confdir`` are aliases, and ``v2sync -config x.json``
+or ``v2sync -test -c x.json`` behave like ``v2ray``. This is the only module importing rich.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import sys
+import threading
+import uuid
+from typing import List, Optional
+
+from v2sync import __version__
+
+EXIT_CONFIG_ERROR = 23  # v2ray's exit code for config and load errors
+EXIT_START_FAILURE = 255  # v2ray exits -1 when Start fails
+
+log = logging.getLogger("v2sync.cli")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", "-config", dest="config", action="append", default=[],
+                        metavar="FILE", help="config file (repeatable; '-' or 'stdin:' reads stdin)")
+    parser.add_argument("--confdir", "-confdir", dest="confdir", action="append", default=[],
+                        metavar="DIR", help="also load DIR/*.json in lexical order")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="v2sync", description="A V2Ray-compatible proxy in Python.")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run with the given config (default: the embedded one)")
+    _add_config_args(run)
+    test = sub.add_parser("test", help="check a config: 'Configuration OK.' or every error")
+    _add_config_args(test)
+    sub.add_parser("version", help="print versions")
+    sub.add_parser("uuid", help="print a random UUID")
+    return parser
+
+
+def _v2ray_style(argv: List[str]) -> List[str]:
+    """Map ``v2sync -config x`` / ``-test`` / ``-version`` onto the subcommands."""
+    if not argv:
+        return ["run"]
+    if argv[0] in ("-version", "--version"):
+        return ["version"]
+    if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        rest = [a for a in argv if a != "-test"]
+        return (["test"] if "-test" in argv else ["run"]) + rest
+    return argv
+
+
+def _console_handler(kind: str) -> logging.Handler:
+    if sys.stdout.isatty():
+        from rich.logging import RichHandler
+
+        return RichHandler(show_path=False, markup=False, log_time_format="%Y/%m/%d %H:%M:%S")
+    return logging.StreamHandler(sys.stdout)
+
+
+def _load(args):
+    from v2sync.infra.conf.builder import load_config, load_default
+
+    if args.config or args.confdir:
+        return load_config(args.config, args.confdir)
+    return load_default()
+
+
+def _print_config_errors(err) -> int:
+    print("v2sync: failed to load config:")
+    errors = getattr(err, "errors", None) or [err]
+    for e in errors:
+        print("  " + e.render())
+    return EXIT_CONFIG_ERROR
+
+
+def cmd_test(args) -> int:
+    from v2sync.common.errors import ConfigError
+    from v2sync.core import Instance
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        Instance(_load(args))  # building (not starting) checks everything v2ray -test checks
+    except ConfigError as e:
+        return _print_config_errors(e)
+    print("Configuration OK.")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from v2sync.app.log.setup import configure
+    from v2sync.common.errors import ConfigError, V2SyncError
+    from v2sync.core import Instance
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        config = _load(args)
+        instance = Instance(config)
+    except ConfigError as e:
+        return _print_config_errors(e)
+    configure(config.log, _console_handler)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        instance.start()
+    except V2SyncError as e:
+        print(f"v2sync: failed to start: {e}")
+        return EXIT_START_FAILURE
+    while not stop.wait(1.0):
+        pass
+    log.warning("v2sync %s shutting down", __version__)
+    instance.close()
+    return 0
+
+
+def cmd_version(args) -> int:
+    import Crypto
+    import cryptography
+    from cryptography.hazmat.backends.openssl import backend
+
+    print(f"v2sync {__version__} (V2Ray 4.34 compatible)")
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}, "
+          f"{platform.system()}/{platform.machine()})")
+    print(f"crypto: cryptography {cryptography.__version__} on {backend.openssl_version_text()}, "
+          f"pycryptodome {Crypto.__version__}")
+    return 0
+
+
+def cmd_uuid(args) -> int:
+    # v2ctl uuid: 16 random bytes, no version bits set (common/uuid/uuid.go New)
+    print(uuid.UUID(bytes=os.urandom(16)))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(_v2ray_style(list(sys.argv[1:] if argv is None else argv)))
+    return COMMANDS[args.command](args)

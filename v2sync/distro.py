@@ -1,0 +1,12 @@
+"""Every protocol package v2sync ships (v2ray ``main/distro/all/all.go``).
+
+Importing a package registers it (``common.registry``); a package not listed here does not
+exist as far as configs are concerned.
+"""
+# Inbounds
+from v2sync.proxy.http import inbound as _http_inbound  # noqa: F401
+from v2sync.proxy.socks import inbound as _socks_inbound  # noqa: F401
+
+# Outbounds
+from v2sync.proxy.blackhole import outbound as _blackhole_outbound  # noqa: F401
+from v2sync.proxy.freedom import outbound as _freedom_outbound  # noqa: F401

@@ -1,0 +1,150 @@
+"""The freedom outbound (v2ray ``proxy/freedom/freedom.go``).
+
+TCP: resolve per ``domainStrategy``, dial with an exponential-backoff retry, relay. freedom
+never half-closes upstream: when the client's side ends, the target gets ``downlinkOnly``
+seconds to finish answering. UDP: a connected UDP socket per link, one datagram per pipe chunk.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import List, Optional
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.freedom.config import FreedomConfig
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.resolve import resolve
+from v2sync.transport.internet.tcp import dial_tcp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+# v2ray: retry.ExponentialBackoff(5, 100) around the dial; net.Dialer timeout 16 s.
+DIAL_ATTEMPTS = 5
+DIAL_BACKOFF_START = 0.1
+DIAL_TIMEOUT = 16.0
+
+
+@OUTBOUNDS.register("freedom")
+class FreedomOutbound:
+    config_type = FreedomConfig
+
+    def __init__(self, settings: FreedomConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        send_through = getattr(handler_config, "send_through", None)
+        self.source = Address.parse(send_through) if send_through else None
+
+    def process(self, session: Session, link: Link) -> None:
+        dest = self._redirected(session.target)
+        policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
+        if dest.network is Network.UDP:
+            self._process_udp(session, dest, link, policy)
+            return
+        conn = self._dial_with_retry(dest)
+        try:
+            def abort() -> None:
+                conn.abort()
+                link.interrupt()
+
+            def request(timer) -> None:
+                copy_pipe_to_conn(link.reader, conn, timer)
+
+            def response(timer) -> None:
+                copy_conn_to_pipe(conn, link.writer, timer)
+                link.writer.close()
+
+            error = run_relay(self.ctx, session.name(), policy, abort, request, response)
+            if error is not None:
+                raise TransportError(f"relay to {dest} ended: {error}") from error
+        finally:
+            conn.close()
+
+    def _redirected(self, dest: Destination) -> Destination:
+        """Apply ``redirect``: an empty host keeps the original host, port 0 keeps the port."""
+        if self.settings.redirect is None:
+            return dest
+        host, port = self.settings.redirect
+        address = Address.parse(host) if host else dest.address
+        return Destination(address, port or dest.port, dest.network)
+
+    def _candidates(self, dest: Destination) -> List[Destination]:
+        if dest.address.is_ip:
+            return [dest]
+        addresses = resolve(dest.address.value, self.settings.domain_strategy, dest.port)
+        return [Destination(a, dest.port, dest.network) for a in addresses]
+
+    def _dial_with_retry(self, dest: Destination) -> Connection:
+        delay = DIAL_BACKOFF_START
+        last: Optional[TransportError] = None
+        for attempt in range(DIAL_ATTEMPTS):
+            try:
+                return self._dial_once(dest)
+            except TransportError as e:
+                last = e
+                if attempt + 1 < DIAL_ATTEMPTS:
+                    time.sleep(delay)
+                    delay *= 2
+        raise TransportError(f"failed to open connection to {dest}: {last}")
+
+    def _dial_once(self, dest: Destination) -> Connection:
+        last: Optional[TransportError] = None
+        for candidate in self._candidates(dest):
+            try:
+                return dial_tcp(candidate, DIAL_TIMEOUT, self.source)
+            except TransportError as e:
+                last = e
+        assert last is not None  # _candidates never returns an empty list
+        raise last
+
+    def _process_udp(self, session: Session, dest: Destination, link: Link, policy) -> None:
+        sock = dial_udp(self._candidates(dest)[0], self.source)
+        stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
+        try:
+            def abort() -> None:
+                stopped.set()
+                _shutdown(sock)
+                link.interrupt()
+
+            def request(timer) -> None:
+                while True:
+                    chunk = link.reader.read()
+                    if chunk is EOF:
+                        return
+                    timer.update()
+                    try:
+                        sock.send(chunk)
+                    except OSError as e:  # ICMP unreachable from an earlier send
+                        log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
+
+            def response(timer) -> None:
+                while True:
+                    try:
+                        data = sock.recv(MAX_DATAGRAM)
+                    except OSError:
+                        return  # the port is unreachable (ICMP), or the socket is gone
+                    if stopped.is_set():
+                        return
+                    timer.update()
+                    link.writer.write(data)
+
+            run_relay(self.ctx, session.name(), policy, abort, request, response)
+        finally:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,204 @@
+"""The HTTP proxy inbound (v2ray ``proxy/http/server.go``).
+
+- ``CONNECT host:port`` answers ``200 Connection established`` and relays raw bytes.
+- Any other method with an absolute URI is forwarded: hop-by-hop headers removed, one
+  dispatched link per request, the response relayed with ``Keep-Alive: timeout=4`` when the
+  connection persists; ``503`` if the upstream fails before its response head arrives.
+- ``accounts`` turns on Basic auth (``407`` + ``Proxy-Authenticate``); a relative URL needs
+  ``allowTransparent`` (else ``400``); malformed requests get ``400``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Tuple
+
+from v2sync.common.errors import (AuthenticationError, RemoteProtocolError, TransportError,
+                                  V2SyncError)
+from v2sync.common.net import Destination
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.http import encoding as enc
+from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
+from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamFailed(TransportError):
+    """The upstream died before its response head: the client gets 503."""
+
+
+@INBOUNDS.register("http")
+class HttpInbound:
+    config_type = HttpServerConfig
+
+    def __init__(self, settings: HttpServerConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
+
+    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+        session.user_level = self.settings.user_level
+        reader = HandshakeReader(conn, 0.0, enc.MAX_HEAD)
+        while True:  # one iteration per request on a kept-alive connection
+            reader.deadline = time.monotonic() + self.policy.handshake
+            head = self._read_request(reader, conn)
+            if head is None:
+                return
+            if not self._serve_one(session, conn, dispatcher, reader, head):
+                return
+
+    def _read_request(self, reader: HandshakeReader, conn: Connection) -> Optional[enc.RequestHead]:
+        if not reader.buf and not _wait_readable(reader):
+            return None  # the client closed a kept-alive connection between requests
+        try:
+            head = reader.parse(enc.parse_request_head)
+            self._authenticate(head)
+            return head
+        except RemoteProtocolError as e:
+            _try_write(conn, e.reply or enc.response_400())
+            raise
+        except AuthenticationError:
+            _try_write(conn, enc.response_407())
+            raise
+
+    def _authenticate(self, head: enc.RequestHead) -> None:
+        if not self.settings.accounts:
+            return
+        creds = enc.parse_basic_auth(head.header("Proxy-Authorization"))
+        if creds is None or self.settings.accounts.get(creds[0]) != creds[1]:
+            raise AuthenticationError("proxy authentication failed")
+
+    def _serve_one(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+                   reader: HandshakeReader, head: enc.RequestHead) -> bool:
+        """Serve one request; True if the client connection stays open for another."""
+        target = enc.parse_target(head)
+        if target.form is enc.TargetForm.AUTHORITY:
+            self._tunnel(session, conn, dispatcher, reader, target)
+            return False
+        if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
+            conn.write(enc.response_400())
+            raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
+        dest = enc.request_destination(head, target)
+        if dest is None:
+            conn.write(enc.response_400())
+            raise RemoteProtocolError("request names no host")
+        return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head, target)
+
+    # -- CONNECT -----------------------------------------------------------------------
+    def _tunnel(self, session, conn, dispatcher, reader, target: enc.RequestTarget) -> None:
+        link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
+        conn.write(enc.CONNECT_ESTABLISHED)
+        early = reader.consume(len(reader.buf))
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        def request(timer) -> None:
+            if early:
+                link.writer.write(early)
+            copy_conn_to_pipe(conn, link.writer, timer)
+            link.writer.close()
+
+        def response(timer) -> None:
+            copy_pipe_to_conn(link.reader, conn, timer)
+
+        error = run_relay(self.ctx, session.name(), self.policy, abort, request, response)
+        if error is not None:
+            log.debug("%s: tunnel ended: %s", session.name(), error)
+
+    # -- plain forwarding ----------------------------------------------------------------
+    def _forward(self, session, conn, link: Link, reader, head, target) -> bool:
+        try:
+            link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
+            self._send_request_body(conn, link, reader, head)
+            response, leftover = self._read_response_head(link)
+        except (UpstreamFailed, TransportError) as e:
+            link.interrupt()
+            _try_write(conn, enc.response_503())
+            log.info("%s: upstream failed: %s", session.name(), e)
+            return False
+        try:
+            keep_alive = (enc.request_wants_keep_alive(head)
+                          and enc.response_allows_keep_alive(response, head.method))
+            conn.write(enc.encode_response_head(enc.forward_response_head(response, keep_alive)))
+            self._send_response_body(conn, link, response, head.method, leftover)
+            return keep_alive
+        finally:
+            link.interrupt()  # the upstream was told "Connection: close"; tear it down now
+
+    def _send_request_body(self, conn: Connection, link: Link, reader: HandshakeReader,
+                           head: enc.RequestHead) -> None:
+        framer = enc.BodyFramer(enc.framing_for_request(head))
+        body, rest = framer.feed(reader.consume(len(reader.buf)))
+        reader.buf += rest  # a pipelined next request stays for the next round
+        link.writer.write(body)
+        conn.settimeout(self.policy.conn_idle)
+        while not framer.done:
+            data = conn.read(RELAY_READ_SIZE)
+            if not data:
+                framer.feed_eof()
+                return
+            body, rest = framer.feed(data)
+            reader.buf += rest
+            link.writer.write(body)
+
+    def _read_response_head(self, link: Link) -> Tuple[enc.ResponseHead, bytes]:
+        buf = b""
+        while True:
+            chunk = self._read_link(link)
+            if chunk is EOF:
+                raise UpstreamFailed("upstream closed before its response head")
+            buf += chunk
+            try:
+                parsed = enc.parse_response_head(buf)
+            except RemoteProtocolError as e:
+                raise UpstreamFailed(f"bad response head: {e}") from e
+            if parsed is not None:
+                return parsed[0], buf[parsed[1]:]
+
+    def _send_response_body(self, conn: Connection, link: Link, response: enc.ResponseHead,
+                            method: str, leftover: bytes) -> None:
+        framer = enc.BodyFramer(enc.framing_for_response(response, method))
+        data = leftover
+        while True:
+            body, _ = framer.feed(data)  # bytes past the body are the upstream's mistake
+            if body:
+                conn.write(body)
+            if framer.done:
+                return
+            chunk = self._read_link(link)
+            if chunk is EOF:
+                framer.feed_eof()
+                return
+            data = chunk
+
+    def _read_link(self, link: Link):
+        try:
+            return link.reader.read(timeout=self.policy.conn_idle)
+        except V2SyncError as e:
+            raise UpstreamFailed(str(e)) from e
+
+
+def _wait_readable(reader: HandshakeReader) -> bool:
+    """Block (within the deadline) for the next request's first bytes; False on clean EOF."""
+    try:
+        reader.fill()
+        return True
+    except RemoteProtocolError:
+        return False  # "connection closed during handshake" with nothing sent: a normal end
+
+
+def _try_write(conn: Connection, data: bytes) -> None:
+    try:
+        conn.write(data)
+    except TransportError:
+        pass

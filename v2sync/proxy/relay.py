@@ -1,0 +1,43 @@
+"""The data phase shared by every handler (v2ray ``proxy/socks/server.go::transport``).
+
+Two directions run as a thread pair: *request* (client -> target) in a new thread, *response*
+(target -> client) in the caller's thread. One ``ActivityTimer`` covers both: any traffic
+resets it; when the request side ends it becomes ``downlinkOnly``, when the response side
+ends it becomes ``uplinkOnly``; when it expires the connection is aborted. Any error aborts
+both directions at once.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from v2sync.common.signal import ActivityTimer
+from v2sync.common.task import run_pair
+from v2sync.features.proxy import ProxyContext
+from v2sync.infra.conf.model import LevelPolicy
+
+Direction = Callable[[ActivityTimer], None]
+
+# Extra seconds past the longest policy timeout before a stuck copy thread is given up on;
+# normally the timer has aborted the connection long before.
+JOIN_SLACK = 5.0
+
+
+def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, abort: Callable[[], None],
+              request: Direction, response: Direction) -> Optional[BaseException]:
+    """Run both directions to completion; returns the first error (None on a clean finish)."""
+    timer = ctx.timers.new_timer(policy.conn_idle, abort)
+
+    def request_side() -> None:
+        request(timer)
+        timer.set_timeout(policy.downlink_only)
+
+    def response_side() -> None:
+        response(timer)
+        timer.set_timeout(policy.uplink_only)
+
+    longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
+    try:
+        return run_pair(ctx.threads, f"relay-{name}-up", request_side, response_side,
+                        lambda exc: abort(), longest + JOIN_SLACK)
+    finally:
+        timer.cancel()

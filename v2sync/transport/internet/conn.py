@@ -1,0 +1,121 @@
+"""``Connection``: a stream with bounded reads, as proxies see it (v2ray ``internet.Connection``).
+
+Reads return ``b""`` at EOF, the socket convention; pipes use the ``EOF`` sentinel instead.
+``abort()`` may be called from any thread (an inactivity timer, shutdown) and unblocks a
+reader or writer stuck in the kernel.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Optional
+
+from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
+from v2sync.common.net import Address, Destination
+
+# Relay reads: big enough that a bulk transfer costs few Python-level iterations, small
+# enough that an idle connection holds no buffer (each read allocates and releases it).
+RELAY_READ_SIZE = 64 * 1024
+
+
+def destination_of(sockaddr) -> Destination:
+    return Destination(Address.parse(sockaddr[0]), sockaddr[1])
+
+
+class Connection:
+    """A connected TCP socket; safe for one reader thread plus one writer thread."""
+
+    def __init__(self, sock: socket.socket, remote: Optional[Destination] = None):
+        self.sock = sock
+        self.remote = remote or destination_of(sock.getpeername())
+        self.local = destination_of(sock.getsockname())
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.sock.settimeout(timeout)
+
+    def read(self, max_bytes: int = RELAY_READ_SIZE) -> bytes:
+        try:
+            return self.sock.recv(max_bytes)
+        except socket.timeout as e:
+            raise TransportError(f"read from {self.remote} timed out") from e
+        except OSError as e:
+            raise TransportError(f"read from {self.remote} failed: {e}") from e
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise TransportError(f"write to {self.remote} failed: {e}") from e
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already closed or reset: nothing left to signal
+
+    def abort(self) -> None:
+        """Unblock every thread using this connection; the owner still calls close()."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class HandshakeReader:
+    """Accumulates handshake bytes under one absolute deadline and a byte cap.
+
+    ``fill()`` reads once more into ``buf``; codecs parse ``buf`` and the caller ``consume``s
+    what a frame used. A peer that trickles bytes cannot stretch the deadline.
+    """
+
+    def __init__(self, conn: Connection, deadline: float, max_bytes: int):
+        self.conn = conn
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+
+    def fill(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out")
+        if len(self.buf) >= self.max_bytes:
+            raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
+        self.conn.settimeout(remaining)
+        try:
+            data = self.conn.sock.recv(self.max_bytes - len(self.buf))
+        except socket.timeout as e:
+            raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
+        except OSError as e:
+            raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
+        if not data:
+            raise RemoteProtocolError("connection closed during handshake")
+        self.buf += data
+
+    def consume(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def parse(self, parser):
+        """Run ``parser(buf) -> None | (frame, used)`` until it yields a frame; consume it."""
+        while True:
+            result = parser(bytes(self.buf))
+            if result is not None:
+                frame, used = result
+                del self.buf[:used]
+                return frame
+            self.fill()
