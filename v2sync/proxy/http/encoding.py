@@ -264,8 +264,11 @@ def parse_basic_auth(value: Optional[str]) -> Optional[Tuple[str, str]]:
     scheme, _, encoded = value.strip(_OWS).partition(" ")
     if scheme.lower() != "basic":
         return None
+    encoded = encoded.strip(_OWS)
+    if len(encoded) % 4:  # padded StdEncoding, as Go's decoder requires
+        return None
     try:
-        decoded = base64.b64decode(encoded.strip(_OWS), validate=True)
+        decoded = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return None
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")

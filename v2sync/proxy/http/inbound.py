@@ -31,6 +31,10 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 
+# Interim (1xx) responses relayed before the final one; a bound against a looping upstream.
+MAX_INTERIM_RESPONSES = 8
+
+
 class UpstreamFailed(TransportError):
     """The upstream died before its response head: the client gets 503."""
 
@@ -120,7 +124,7 @@ class HttpInbound:
         try:
             link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
             self._send_request_body(conn, link, reader, head)
-            response, leftover = self._read_response_head(link)
+            response, leftover = self._read_response_head(conn, link)
         except (UpstreamFailed, TransportError) as e:
             link.interrupt()
             _try_write(conn, enc.response_503())
@@ -151,19 +155,28 @@ class HttpInbound:
             reader.buf += rest
             link.writer.write(body)
 
-    def _read_response_head(self, link: Link) -> Tuple[enc.ResponseHead, bytes]:
+    def _read_response_head(self, conn: Connection, link: Link) -> Tuple[enc.ResponseHead, bytes]:
+        """The final response head; interim 1xx heads (100 Continue) go to the client as-is."""
         buf = b""
+        for _ in range(MAX_INTERIM_RESPONSES + 1):
+            head, buf = self._next_response_head(link, buf)
+            if not 100 <= head.status < 200 or head.status == 101:
+                return head, buf
+            conn.write(enc.encode_response_head(head))
+        raise UpstreamFailed("too many interim responses")
+
+    def _next_response_head(self, link: Link, buf: bytes) -> Tuple[enc.ResponseHead, bytes]:
         while True:
-            chunk = self._read_link(link)
-            if chunk is EOF:
-                raise UpstreamFailed("upstream closed before its response head")
-            buf += chunk
             try:
                 parsed = enc.parse_response_head(buf)
             except RemoteProtocolError as e:
                 raise UpstreamFailed(f"bad response head: {e}") from e
             if parsed is not None:
                 return parsed[0], buf[parsed[1]:]
+            chunk = self._read_link(link)
+            if chunk is EOF:
+                raise UpstreamFailed("upstream closed before its response head")
+            buf += chunk
 
     def _send_response_body(self, conn: Connection, link: Link, response: enc.ResponseHead,
                             method: str, leftover: bytes) -> None:
