@@ -64,7 +64,9 @@ class Instance:
     def _make_proxy(self, registry, hc):
         cls = registry.get(hc.protocol, f"{hc.path}.protocol")
         try:
-            settings = cls.config_type.from_json(hc.settings, f"{hc.path}.settings")
+            settings = hc.proxy_settings  # converted once by the config builder
+            if settings is None:
+                settings = cls.config_type.from_json(hc.settings, f"{hc.path}.settings")
             return cls(settings, self.context, hc)
         except ConfigError as e:
             raise e.located(file=hc.file) from None

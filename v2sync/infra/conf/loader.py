@@ -189,7 +189,7 @@ class MergedConfig:
         detours = self.sections.get(kind + "Detour")
         if detours is not None:
             result.extend(Located(v, detours.file, f"{detours.path}[{i}]")
-                          for i, v in enumerate(detours.value))
+                          for i, v in enumerate(detours.value) if v is not None)
         return result + items
 
 
@@ -213,7 +213,9 @@ def merge(documents: Sequence[Document]) -> MergedConfig:
 
 
 def _located_list(doc: Document, key: str) -> List[Located]:
-    return [Located(v, doc.name, f"{key}[{i}]") for i, v in enumerate(doc.data.get(key) or ())]
+    # None marks an item dropped for errors (validate.without_errors); indexes stay true
+    return [Located(v, doc.name, f"{key}[{i}]")
+            for i, v in enumerate(doc.data.get(key) or ()) if v is not None]
 
 
 def _override_handlers(base: List[Located], new: List[Located], name: str, kind: str,
@@ -248,6 +250,7 @@ def _tag(item: Located) -> str:
 
 ENV_PREFIX = "env:"
 MAX_PORT = 65535
+PORT_EXPECTED = 'expected an integer 0-65535, a range "a-b" or "env:VAR"'
 
 
 def parse_port_range(value: Any, path: str = "") -> PortRange:
@@ -258,7 +261,8 @@ def parse_port_range(value: Any, path: str = "") -> PortRange:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"invalid port {value!r}", path, expected=PORT_EXPECTED)
     if isinstance(value, int):
-        return PortRange(_port(value, value, path), _port(value, value, path))
+        port = _port(value, value, path)
+        return PortRange(port, port)
     text = value
     if text.startswith(ENV_PREFIX):
         var = text[len(ENV_PREFIX):]
@@ -273,9 +277,6 @@ def parse_port_range(value: Any, path: str = "") -> PortRange:
         raise ConfigError(f"invalid port range {value!r}: {low} > {high}", path,
                           expected="expected first <= last")
     return PortRange(low, high)
-
-
-PORT_EXPECTED = 'expected an integer 0-65535, a range "a-b" or "env:VAR"'
 
 
 def _port_text(text: str, original: Any, path: str) -> int:

@@ -174,12 +174,5 @@ class VMessUser:
         """A 4.34 client sends the AEAD header exactly when alterId is 0 (outbound.go)."""
         return self.alter_id == 0
 
-    def any_valid_id(self) -> VMessID:
-        """The ID a legacy client authenticates with: a random alter ID if there are any."""
-        ids = self.alter_ids
-        if not ids:
-            return self.id
-        return ids[secrets.randbelow(len(ids))]
-
     def __str__(self) -> str:
         return self.email or format_uuid(self.uuid)

@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
+
+    python tools/bench.py relay [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py all
+
+A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
+only differ in the proxy chain they start, so they call ``compare_chains`` with a function
+that builds the chain's configs around a SOCKS5 entry port; see ``scenario_relay``.
+
+Measured through the chain's SOCKS5 entry (a raw client below, no PySocks overhead):
+  - bulk download MiB/s from a BulkSource (best of 3);
+  - new connection + 1 KiB echo round trip, sequential, p50 and p99 ms;
+  - RSS growth of the chain's processes per held idle connection (KiB).
+Everything runs on loopback; every loop is bounded in count and time; every process is
+stopped in a ``finally``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
+
+from support.peers import MIB, BulkSource, TcpEchoServer, free_port  # noqa: E402
+from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, socks_freedom_config  # noqa: E402
+from support.resources import process_rss_kib, process_thread_count  # noqa: E402
+
+IMPLEMENTATIONS = ("v2sync", "v2ray")
+
+SOCKS_VERSION = 5
+SOCKS_NO_AUTH = 0
+SOCKS_CMD_CONNECT = 1
+SOCKS_ATYP_IPV4, SOCKS_ATYP_DOMAIN, SOCKS_ATYP_IPV6 = 1, 3, 4
+SOCKS_REPLY_SUCCEEDED = 0
+
+RECV_BUFFER = 4 * MIB
+ECHO_PAYLOAD = bytes(range(256)) * 4  # 1 KiB
+CLIENT_TIMEOUT = 30.0
+DOWNLOAD_DEADLINE = 300.0
+PHASE_DEADLINE = 180.0
+SETTLE_SECONDS = 1.0
+WARMUP_CONNECTIONS = 5
+ORIGIN_DRAIN_SECONDS = 15.0
+# Upstream legs linger after the client's close (uplinkOnly, 1 s): room for them at the origin.
+LINGERING_CONNECTIONS = 1024
+PROXY_READY_TIMEOUT = 30.0  # a cold Python start with every protocol imported is slow
+
+
+class BenchError(Exception):
+    """A measurement that could not be taken (bad SOCKS reply, short download, deadline)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    quick: bool
+    implementations: Tuple[str, ...]
+    connections: int
+
+    @property
+    def bulk_bytes(self) -> int:
+        return (64 if self.quick else 256) * MIB
+
+    @property
+    def latency_rounds(self) -> int:
+        return 100 if self.quick else 300
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pass condition: on the v2sync/v2ray ratio, or on v2sync's own value."""
+
+    kind: str  # "ratio>=", "ratio<=" or "value<="
+    limit: float
+
+    def describe(self) -> str:
+        what, op = self.kind[:-2], self.kind[-2:]
+        return f"{what} {op} {self.limit:g}" + ("x" if what == "ratio" else "")
+
+    def passed(self, row: "Row") -> Optional[bool]:
+        value = row.ratio() if self.kind.startswith("ratio") else row.values.get("v2sync")
+        if value is None:
+            return None
+        return value >= self.limit if self.kind.endswith(">=") else value <= self.limit
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    values: Mapping[str, Optional[float]]
+    target: Optional[Target] = None
+
+    def ratio(self) -> Optional[float]:
+        ours, theirs = self.values.get("v2sync"), self.values.get("v2ray")
+        if ours is None or theirs is None or theirs == 0:
+            return None
+        return ours / theirs
+
+
+@dataclass
+class ChainResult:
+    download_mibps: Optional[float] = None
+    latency_p50_ms: Optional[float] = None
+    latency_p99_ms: Optional[float] = None
+    kib_per_connection: Optional[float] = None
+    threads_when_held: Optional[float] = None
+    errors: List[str] = field(default_factory=list)
+
+
+# -- a minimal SOCKS5 client (RFC 1928, no auth, CONNECT to an IPv4 literal) -----------------
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise BenchError(f"EOF after {len(data)} of {n} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def socks5_connect(proxy_port: int, target: Tuple[str, int], timeout: float = CLIENT_TIMEOUT) -> socket.socket:
+    """A socket connected through the SOCKS5 proxy on 127.0.0.1:``proxy_port`` to ``target``."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(bytes([SOCKS_VERSION, 1, SOCKS_NO_AUTH]))
+        if recv_exact(sock, 2) != bytes([SOCKS_VERSION, SOCKS_NO_AUTH]):
+            raise BenchError("proxy refused SOCKS5 no-auth")
+        host, port = target
+        sock.sendall(bytes([SOCKS_VERSION, SOCKS_CMD_CONNECT, 0, SOCKS_ATYP_IPV4])
+                     + socket.inet_aton(host) + port.to_bytes(2, "big"))
+        _read_socks_reply(sock)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _read_socks_reply(sock: socket.socket) -> None:
+    version, status, _, atyp = recv_exact(sock, 4)
+    if version != SOCKS_VERSION or status != SOCKS_REPLY_SUCCEEDED:
+        raise BenchError(f"SOCKS reply version {version} status {status}")
+    if atyp == SOCKS_ATYP_DOMAIN:
+        address_length = recv_exact(sock, 1)[0]
+    else:
+        address_length = {SOCKS_ATYP_IPV4: 4, SOCKS_ATYP_IPV6: 16}.get(atyp, -1)
+    if address_length < 0:
+        raise BenchError(f"SOCKS reply address type {atyp}")
+    recv_exact(sock, address_length + 2)  # bound address and port: unused
+
+
+# -- measurements --------------------------------------------------------------------------
+
+def measure_download(proxy_port: int, source: BulkSource) -> float:
+    """MiB/s of one download of ``source.total_bytes`` through the proxy, connect included."""
+    buffer = memoryview(bytearray(RECV_BUFFER))
+    total = 0
+    started = time.perf_counter()
+    with socks5_connect(proxy_port, source.address) as sock:
+        while total < source.total_bytes:
+            received = sock.recv_into(buffer)
+            if received == 0:
+                break
+            total += received
+            if time.perf_counter() - started > DOWNLOAD_DEADLINE:
+                raise BenchError(f"download exceeded {DOWNLOAD_DEADLINE} s")
+    elapsed = time.perf_counter() - started
+    if total != source.total_bytes:
+        raise BenchError(f"downloaded {total} of {source.total_bytes} bytes")
+    return total / MIB / elapsed
+
+
+def echo_once(proxy_port: int, echo: TcpEchoServer) -> None:
+    with socks5_connect(proxy_port, echo.address) as sock:
+        sock.sendall(ECHO_PAYLOAD)
+        if recv_exact(sock, len(ECHO_PAYLOAD)) != ECHO_PAYLOAD:
+            raise BenchError("echo mismatch")
+
+
+def measure_latency(proxy_port: int, echo: TcpEchoServer, rounds: int) -> Tuple[float, float]:
+    """p50 and p99 ms of connect + SOCKS handshake + 1 KiB echo + close, ``rounds`` times."""
+    samples = []
+    deadline = time.monotonic() + PHASE_DEADLINE
+    for _ in range(rounds):
+        started = time.perf_counter()
+        echo_once(proxy_port, echo)
+        samples.append((time.perf_counter() - started) * 1000)
+        if time.monotonic() > deadline:
+            raise BenchError(f"latency phase exceeded {PHASE_DEADLINE} s")
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return statistics.median(samples), cuts[98]
+
+
+def measure_idle_memory(proxy_port: int, echo: TcpEchoServer, pids: Sequence[int],
+                        count: int) -> Tuple[float, float]:
+    """RSS growth per held, established, idle connection (KiB), and the chain's OS threads."""
+    time.sleep(SETTLE_SECONDS)
+    before = sum(process_rss_kib(pid) for pid in pids)
+    held: List[socket.socket] = []
+    deadline = time.monotonic() + PHASE_DEADLINE
+    try:
+        for _ in range(count):
+            sock = socks5_connect(proxy_port, echo.address)
+            held.append(sock)
+            sock.sendall(b"ping")  # the echo proves the upstream leg exists too
+            if recv_exact(sock, 4) != b"ping":
+                raise BenchError("echo mismatch while opening idle connections")
+            if time.monotonic() > deadline:
+                raise BenchError(f"opening {count} connections exceeded {PHASE_DEADLINE} s")
+        time.sleep(SETTLE_SECONDS)
+        after = sum(process_rss_kib(pid) for pid in pids)
+        threads = sum(process_thread_count(pid) for pid in pids)
+    finally:
+        for sock in held:
+            sock.close()
+        wait_for_idle_origin(echo)
+    return (after - before) / count, float(threads)
+
+
+def wait_for_idle_origin(echo: TcpEchoServer) -> None:
+    """Wait (bounded) until the proxy has closed its upstream legs to ``echo``.
+
+    v2ray keeps an upstream leg for uplinkOnly (1 s) after the client's close, so the next
+    phase would otherwise start with hundreds of lingering connections.
+    """
+    deadline = time.monotonic() + ORIGIN_DRAIN_SECONDS
+    while echo.active_connections > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# -- running chains ------------------------------------------------------------------------
+
+ChainBuilder = Callable[[int], List[Dict[str, object]]]
+
+
+def make_process(implementation: str, config: Mapping[str, object]) -> ConfigProcess:
+    if implementation == "v2ray":
+        return V2RayProcess(config, ready_timeout=PROXY_READY_TIMEOUT)
+    return V2SyncProcess(config, ready_timeout=PROXY_READY_TIMEOUT)
+
+
+@contextlib.contextmanager
+def running_chain(implementation: str, configs: Sequence[Mapping[str, object]],
+                  errors: List[str]) -> Iterator[List[ConfigProcess]]:
+    """Start every config in order (servers first), yield the processes, always stop them all."""
+    processes: List[ConfigProcess] = []
+    try:
+        for config in configs:
+            process = make_process(implementation, config)
+            processes.append(process)
+            process.start()
+        yield processes
+    finally:
+        for process in reversed(processes):
+            try:
+                process.stop()
+            except AssertionError as error:  # v2sync exited non-zero or ignored SIGTERM
+                errors.append(f"{implementation} stop: {error}")
+
+
+def measure_chain(implementation: str, build: ChainBuilder, options: BenchOptions,
+                  bulk: BulkSource, echo: TcpEchoServer) -> ChainResult:
+    result = ChainResult()
+    entry_port = free_port()
+    try:
+        with running_chain(implementation, build(entry_port), result.errors) as processes:
+            for _ in range(WARMUP_CONNECTIONS):  # lazy imports and first-use allocations
+                echo_once(entry_port, echo)
+            # Memory first, on a process that has not yet held bulk buffers it may keep.
+            result.kib_per_connection, result.threads_when_held = measure_idle_memory(
+                entry_port, echo, [p.pid for p in processes], options.connections)
+            result.latency_p50_ms, result.latency_p99_ms = measure_latency(
+                entry_port, echo, options.latency_rounds)
+            result.download_mibps = max(measure_download(entry_port, bulk) for _ in range(3))
+    except (BenchError, OSError, RuntimeError, TimeoutError) as error:
+        result.errors.append(f"{implementation}: {type(error).__name__}: {error}")
+    return result
+
+
+def compare_chains(options: BenchOptions, build: ChainBuilder) -> List[Row]:
+    """Run the standard measurements through ``build(entry_port)`` for each implementation."""
+    results: Dict[str, ChainResult] = {}
+    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
+            TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS, timeout=PHASE_DEADLINE) as echo:
+        for implementation in options.implementations:
+            print(f"  running {implementation} ...", file=sys.stderr, flush=True)
+            results[implementation] = measure_chain(implementation, build, options, bulk, echo)
+    for implementation, result in results.items():
+        for error in result.errors:
+            print(f"  ERROR {error}", file=sys.stderr)
+
+    def pick(attribute: str) -> Dict[str, Optional[float]]:
+        return {name: getattr(result, attribute) for name, result in results.items()}
+
+    return [
+        Row(f"bulk download {options.bulk_bytes // MIB} MiB, best of 3 (MiB/s)", pick("download_mibps"),
+            Target("ratio>=", 1.0)),
+        Row(f"connect + 1 KiB echo p50, n={options.latency_rounds} (ms)", pick("latency_p50_ms"),
+            Target("ratio<=", 1.5)),
+        Row(f"connect + 1 KiB echo p99, n={options.latency_rounds} (ms)", pick("latency_p99_ms")),
+        Row(f"RSS per held idle connection, n={options.connections} (KiB)", pick("kib_per_connection"),
+            Target("value<=", 96)),
+        Row(f"OS threads with {options.connections} connections held", pick("threads_when_held")),
+    ]
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+def scenario_relay(options: BenchOptions) -> List[Row]:
+    """SOCKS5 inbound on 127.0.0.1 -> freedom: the bare relay path."""
+    return compare_chains(options, lambda port: [socks_freedom_config(port, access="none")])
+
+
+SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
+    "relay": scenario_relay,
+}
+
+
+# -- output and entry point ----------------------------------------------------------------
+
+def _cell(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(title: str, rows: Sequence[Row], implementations: Sequence[str]) -> str:
+    header = ["metric", *implementations, "ratio", "target", "ok"]
+    lines = [[row.metric, *(_cell(row.values.get(name)) for name in implementations),
+              _cell(row.ratio()) + ("x" if row.ratio() is not None else ""),
+              row.target.describe() if row.target else "",
+              {True: "yes", False: "NO", None: ""}[row.target.passed(row) if row.target else None]]
+             for row in rows]
+    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(len(header))]
+    render = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+              for cells in [header, *lines]]
+    rule = "-" * len(render[0])
+    return "\n".join([title, rule, render[0], rule, *render[1:], rule])
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Lift the soft fd limit to the hard one; children (the proxies) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        raise SystemExit(f"fd limit {target} is below the {needed} this run needs (ulimit -Hn)")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--quick", action="store_true", help="smaller downloads and fewer rounds")
+    parser.add_argument("--only", choices=IMPLEMENTATIONS, help="run one implementation only")
+    parser.add_argument("--connections", type=int, default=500, help="idle connections held (default 500)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed or a run failed")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    implementations = (args.only,) if args.only else IMPLEMENTATIONS
+    options = BenchOptions(args.quick, implementations, max(1, min(args.connections, 5000)))
+    # Per held connection: our client socket plus the echo server's socket, plus slack.
+    raise_fd_limit(4 * options.connections + 256)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    failed = False
+    for name in names:
+        print(f"[{name}] {SCENARIOS[name].__doc__ or ''}".strip(), file=sys.stderr, flush=True)
+        rows = SCENARIOS[name](options)
+        print(file=sys.stderr, flush=True)
+        print(format_table(f"{name}{' (quick)' if args.quick else ''}", rows, implementations), flush=True)
+        failed = failed or any(row.target is not None and row.target.passed(row) is False for row in rows) \
+            or any(value is None for row in rows for value in row.values.values())
+    return 1 if (failed and args.strict) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

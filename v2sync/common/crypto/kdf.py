@@ -1,0 +1,50 @@
+"""The VMess AEAD key derivation function (v2ray ``proxy/vmess/aead/kdf.go``).
+
+``KDF(key, p1, ..., pn)`` is a tower of HMACs. Level 0 is HMAC-SHA256 keyed with
+``"VMess AEAD KDF"``; level i is HMAC keyed with ``pi`` whose hash function is level i-1
+(block size 64, output 32). The result is level n applied to ``key``, so the *last* path
+element is the outermost HMAC key.
+
+Tag v4.34 builds this by handing the same Go hash object to ``hmac.New`` as both inner and
+outer hash; under Go 1.15 that equals the properly nested HMAC computed here (the published
+vector ``53e9d7e1...8892`` from v4.35's ``kdf_test.go`` is checked in the tests).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Callable
+
+KDF_ROOT_KEY = b"VMess AEAD KDF"
+_HMAC_BLOCK_SIZE = 64  # SHA-256's block size; each level inherits it
+_IPAD = bytes(0x36 for _ in range(_HMAC_BLOCK_SIZE))
+_OPAD = bytes(0x5C for _ in range(_HMAC_BLOCK_SIZE))
+
+_Hash = Callable[[bytes], bytes]
+
+
+def _root(message: bytes) -> bytes:
+    return hmac.new(KDF_ROOT_KEY, message, hashlib.sha256).digest()
+
+
+def _hmac_over(hash_fn: _Hash, key: bytes) -> _Hash:
+    """HMAC (RFC 2104) keyed with ``key`` using ``hash_fn`` as the hash function."""
+    if len(key) > _HMAC_BLOCK_SIZE:
+        key = hash_fn(key)
+    key = key.ljust(_HMAC_BLOCK_SIZE, b"\0")
+    inner_pad = bytes(k ^ p for k, p in zip(key, _IPAD))
+    outer_pad = bytes(k ^ p for k, p in zip(key, _OPAD))
+    return lambda message: hash_fn(outer_pad + hash_fn(inner_pad + message))
+
+
+def vmess_kdf(key: bytes, *path: bytes) -> bytes:
+    """32 bytes: the nested HMAC of ``key`` under ``path`` (see module docstring)."""
+    fn: _Hash = _root
+    for element in path:
+        fn = _hmac_over(fn, element)
+    return fn(key)
+
+
+def vmess_kdf16(key: bytes, *path: bytes) -> bytes:
+    """The first 16 bytes of ``vmess_kdf`` (AES-128 keys)."""
+    return vmess_kdf(key, *path)[:16]
