@@ -91,6 +91,9 @@ class Instance:
         if not self.workers.join(JOIN_AFTER_ABORT):
             log.error("threads still running after shutdown: %s",
                       ", ".join(t.name for t in self.workers.live()))
+        for group in (self.workers, self.listener_threads):
+            if not group.shutdown(JOIN_AFTER_ABORT):
+                log.error("%s: threads did not exit", group.name)
         self.outbounds.close()
         self.timers.stop()
         self.running = False

@@ -1,7 +1,7 @@
 """The data phase shared by every handler (v2ray ``proxy/socks/server.go::transport``).
 
-Two directions run as a thread pair: *request* (client -> target) in a new thread, *response*
-(target -> client) in the caller's thread. One ``ActivityTimer`` covers both: any traffic
+Two directions run as a thread pair: *request* (client -> target) in the caller's thread,
+*response* (target -> client) in a pooled thread. One ``ActivityTimer`` covers both: any traffic
 resets it; when the request side ends it becomes ``downlinkOnly``, when the response side
 ends it becomes ``uplinkOnly``; when it expires the connection is aborted. Any error aborts
 both directions at once.
@@ -37,7 +37,10 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, abort: Callable
 
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
-        return run_pair(ctx.threads, f"relay-{name}-up", request_side, response_side,
+        # The request runs in the thread that is already here: the client's first bytes
+        # never wait for a thread to be handed over; the response is not due before a
+        # round trip anyway.
+        return run_pair(ctx.threads, f"relay-{name}-down", response_side, request_side,
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:
         timer.cancel()

@@ -10,18 +10,40 @@ from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.transport.pipe import EOF, Pipe
 
+# Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
+# buffer before it blocks, so an idle connection parked in recv() holds that buffer. Start
+# small, grow 4x while reads come back full (bulk), shrink when they come back small.
+MIN_READ_SIZE = 2 * 1024
+
+
+class ReadSizer:
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = MIN_READ_SIZE
+
+    def next_size(self, got: int) -> int:
+        if got >= self.size:
+            self.size = min(self.size * 4, RELAY_READ_SIZE)
+        elif got < self.size // 4:
+            self.size = max(self.size // 2, MIN_READ_SIZE)
+        return self.size
+
 
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
     """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``."""
     total = 0
     conn.settimeout(None)
+    sizer = ReadSizer()
+    size = sizer.size
     while True:
-        data = conn.read(RELAY_READ_SIZE)
+        data = conn.read(size)
         if not data:
             return total
         timer.update()
         pipe.write(data)
         total += len(data)
+        size = sizer.next_size(len(data))
 
 
 def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int:

@@ -14,9 +14,9 @@ _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 def fnv1a32(data: bytes) -> int:
     """FNV-1a, 32-bit (Go ``fnv.New32a``)."""
-    h = FNV32_OFFSET_BASIS
+    h, prime, mask = FNV32_OFFSET_BASIS, FNV32_PRIME, _MASK32  # locals: this loop is hot
     for byte in data:
-        h = ((h ^ byte) * FNV32_PRIME) & _MASK32
+        h = ((h ^ byte) * prime) & mask
     return h
 
 

@@ -63,7 +63,10 @@ class _Inbox:
     def take(self, n: int) -> bytes:
         out = bytes(self._data[self._pos:self._pos + n])
         self._pos += n
-        if self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._data):
+        if self._pos == len(self._data):  # the common case: everything consumed
+            self._data = bytearray()
+            self._pos = 0
+        elif self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._data):
             del self._data[:self._pos]
             self._pos = 0
         return out

@@ -15,7 +15,6 @@ import enum
 import hashlib
 import hmac
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -191,7 +190,7 @@ def parse_command_section(buf: bytes) -> Optional[Tuple[CommandSection, int]]:
     try:
         version = cur.u8()
         body_iv, body_key = cur.take(KEY_SIZE), cur.take(KEY_SIZE)
-        response_auth, option, pad_sec, _reserved, command = (cur.take(5))
+        response_auth, option, pad_sec, _reserved, command = cur.take(5)
         address, port, error = _read_address(cur, command)
         cur.take(pad_sec >> 4)
         checked = bytes(buf[:cur.pos])
@@ -218,10 +217,10 @@ def legacy_section_cipher(cmd_key: bytes, timestamp: int, encrypt: bool) -> AesC
     return (aes_cfb_encryptor if encrypt else aes_cfb_decryptor)(cmd_key, iv)
 
 
-def seal_legacy_request_header(auth_id: VMessID, cmd_key: bytes, timestamp: int,
+def seal_legacy_request_header(id_for_auth: VMessID, cmd_key: bytes, timestamp: int,
                                section: bytes) -> bytes:
-    """``HMAC-MD5(auth_id.uuid, ts) || CFB(cmd_key, section)``."""
-    return legacy_auth(auth_id.uuid, timestamp) + legacy_section_cipher(
+    """``HMAC-MD5(id_for_auth.uuid, ts) || CFB(cmd_key, section)``."""
+    return legacy_auth(id_for_auth.uuid, timestamp) + legacy_section_cipher(
         cmd_key, timestamp, encrypt=True).update(section)
 
 
@@ -331,8 +330,8 @@ class ClientSession:
             return aead.seal_request_header(self.user.id.cmd_key, auth_id, section, self._random)
         timestamp = int(now) + self._roll(2 * LEGACY_TIME_JITTER) - LEGACY_TIME_JITTER
         alters = self.user.alter_ids  # MemoryAccount.AnyValidID: an alter ID if there is one
-        auth_id = alters[self._roll(len(alters))] if alters else self.user.id
-        return seal_legacy_request_header(auth_id, self.user.id.cmd_key, timestamp, section)
+        id_for_auth = alters[self._roll(len(alters))] if alters else self.user.id
+        return seal_legacy_request_header(id_for_auth, self.user.id.cmd_key, timestamp, section)
 
     def request_body_writer(self, header: RequestHeader) -> BodyWriter:
         return new_body_writer(header.security, header.option, header.is_packet,

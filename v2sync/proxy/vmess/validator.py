@@ -40,6 +40,9 @@ DRAIN_RAND_RANGE = 64          # RandDrainMax = Roll(64) + 1
 DRAIN_READ_FIXED = 16 + 38     # the AuthID/auth and the fixed command-section bytes
 # Largest command section: 38 fixed + port 2 + atyp 1 + len 1 + domain 255 + pad 15 + FNV 4.
 MAX_SECTION_SIZE = 38 + 2 + 1 + 1 + 255 + 15 + 4
+# The most a header can take before decode() stops asking for more: an AEAD header whose
+# sealed length says 65535 (only a real user can seal that; an honest one is under 400 bytes).
+MAX_REQUEST_HEADER_SIZE = aead.REQUEST_PREFIX_SIZE + 0xFFFF + aead.AEAD_TAG_SIZE
 INSECURE = (Security.NONE, Security.LEGACY)  # inbound.go isInsecureEncryption (UNKNOWN -> LEGACY)
 AUTH_SIZE = 16
 
@@ -150,10 +153,10 @@ class UserTable:
     def __init__(self, clock: Clock = time.time):
         self.clock = clock
         self._lock = threading.RLock()
-        self._users: List[VMessUser] = []
+        # One (user, its main+alter legacy IDs) pair per add(), in order (validator.go users).
+        self._entries: List[Tuple[VMessUser, List[_LegacyID]]] = []
         self._aead: Dict[bytes, Tuple[Callable[[bytes], bytes], VMessUser]] = {}
         self._aead_list: List[Tuple[Callable[[bytes], bytes], VMessUser]] = []
-        self._legacy_ids: Dict[int, List[_LegacyID]] = {}  # keyed by id(user)
         self._auth: Dict[bytes, _AuthEntry] = {}
         self._next_refresh = 0.0
         self._replay = ReplayFilter()
@@ -165,10 +168,9 @@ class UserTable:
     def add(self, user: VMessUser) -> None:
         now = int(self.clock())
         with self._lock:
-            self._users.append(user)
             ids = [_LegacyID(user, vid, now - CACHE_SECONDS - 1)
                    for vid in (user.id,) + user.alter_ids]
-            self._legacy_ids[id(user)] = ids
+            self._entries.append((user, ids))
             for legacy in ids:
                 self._generate(legacy, now)
             # AEAD users are keyed by the main ID's cmdKey whatever their alterId (validator.go).
@@ -183,23 +185,30 @@ class UserTable:
 
         Unlike 4.34, which leaves them to expire, the user's legacy auth values go at once.
         """
+        wanted = email.lower()
         with self._lock:
-            user = next((u for u in self._users if u.email.lower() == email.lower()), None)
-            if user is None:
+            index = next((i for i, (u, _) in enumerate(self._entries)
+                          if u.email.lower() == wanted), None)
+            if index is None:
                 return False
-            self._users.remove(user)
-            entry = self._aead.get(user.id.cmd_key)
-            if entry is not None and entry[1] is user:
-                del self._aead[user.id.cmd_key]
-                self._aead_list = list(self._aead.values())
-            for legacy in self._legacy_ids.pop(id(user), []):
+            user, ids = self._entries.pop(index)
+            # Like aead.AuthIDDecoderHolder.RemoveUser: by cmdKey, whoever registered it.
+            self._aead.pop(user.id.cmd_key, None)
+            self._aead_list = list(self._aead.values())
+            for legacy in ids:
                 for _, auth in legacy.window:
-                    if self._auth.get(auth, None) is not None and self._auth[auth].user is user:
+                    entry = self._auth.get(auth)
+                    if entry is not None and entry.user is user:
                         del self._auth[auth]
             return True
 
     def __len__(self) -> int:
-        return len(self._users)
+        return len(self._entries)
+
+    @property
+    def legacy_auth_count(self) -> int:
+        """How many legacy auth values are live (241 per ID once warmed up)."""
+        return len(self._auth)
 
     # -- AEAD ----------------------------------------------------------------------------
     def match_aead(self, auth_id: bytes, now: Optional[float] = None) -> Optional[VMessUser]:
@@ -241,7 +250,7 @@ class UserTable:
         """Extend every ID's window to now+120 and drop values older than now-120."""
         now_sec = int(self.clock() if now is None else now)
         with self._lock:
-            for ids in self._legacy_ids.values():
+            for _, ids in self._entries:
                 for legacy in ids:
                     self._generate(legacy, now_sec)
                     self._expire(legacy, now_sec - CACHE_SECONDS)
@@ -294,14 +303,18 @@ class UserTable:
         v2sync draws them from Python's ``random.Random(seed)``: the same ranges, also fixed
         per user set, but not the same numbers as the Go binary.
         """
+        base, rand_max = self.drain_parameters()
+        return base + DRAIN_READ_FIXED + secrets.randbelow(rand_max)
+
+    def drain_parameters(self) -> Tuple[int, int]:
+        """``(BaseDrainSize, RandDrainMax)``, fixed once the behaviour seed is fused."""
         seed = self.behavior_seed()
         with self._lock:
             if self._drain_params is None:
                 rng = random.Random(seed)
                 self._drain_params = (rng.randrange(DRAIN_BASE_RANGE),
                                       rng.randrange(DRAIN_RAND_RANGE) + 1)
-            base, rand_max = self._drain_params
-        return base + DRAIN_READ_FIXED + secrets.randbelow(rand_max)
+            return self._drain_params
 
 
 class RequestHeaderDecoder:

@@ -17,6 +17,8 @@ from v2sync.common.net import Address, Destination
 # Relay reads: big enough that a bulk transfer costs few Python-level iterations, small
 # enough that an idle connection holds no buffer (each read allocates and releases it).
 RELAY_READ_SIZE = 64 * 1024
+# Handshake reads: greetings are small, and a slow client parks in recv() with this buffer.
+HANDSHAKE_READ_SIZE = 4 * 1024
 
 
 def destination_of(sockaddr) -> Destination:
@@ -96,7 +98,7 @@ class HandshakeReader:
             raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
         self.conn.settimeout(remaining)
         try:
-            data = self.conn.sock.recv(self.max_bytes - len(self.buf))
+            data = self.conn.sock.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
         except socket.timeout as e:
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
         except OSError as e:

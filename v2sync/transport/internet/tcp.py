@@ -1,14 +1,13 @@
 """TCP listening and dialing (v2ray ``transport/internet/tcp``).
 
-``TcpListener`` is shaped like CPython's ``socketserver.ThreadingTCPServer``: one accept loop
-polled through a selector (so ``close()`` is noticed within ``POLL_INTERVAL``), one worker
-thread per accepted connection, every thread tracked so shutdown can join it.
+``TcpListener`` is shaped like CPython's ``socketserver.ThreadingTCPServer``: a thread per
+connection, every thread tracked so shutdown can join it, accept() polled with a timeout so
+``close()`` is noticed within ``POLL_INTERVAL``.
 """
 from __future__ import annotations
 
 import errno
 import logging
-import selectors
 import socket
 import threading
 import time
@@ -49,7 +48,6 @@ def bind_tcp(address: Address, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" serves v4 too
         sock.bind((address.value, port))
         sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)  # accept is driven by a selector; never block in it
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to listen on {address}:{port}: {e.strerror or e}") from e
@@ -57,7 +55,13 @@ def bind_tcp(address: Address, port: int) -> socket.socket:
 
 
 class TcpListener:
-    """Accepts on one address/port and hands each ``Connection`` to ``handle`` in a worker."""
+    """Accepts on one address/port; the worker that accepts a connection also serves it.
+
+    Leader/follower, as the design card puts it ("workers accept"): one worker at a time
+    waits in accept(); when a connection arrives it hands the waiting role to a pooled
+    thread and serves the connection itself, so no thread hand-over sits between a
+    client's connect and its first byte being read.
+    """
 
     def __init__(self, address: Address, port: int, handle: Callable[[Connection], None],
                  workers: ThreadGroup, name: str):
@@ -66,47 +70,57 @@ class TcpListener:
         self._handle = handle
         self._workers = workers
         self._sock = bind_tcp(address, port)
+        self._sock.settimeout(POLL_INTERVAL)  # accept() wakes up to notice close()
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()
-        self._accept_thread: Optional[threading.Thread] = None
         self._live = threading.BoundedSemaphore(MAX_CONNECTIONS_PER_LISTENER)
 
-    def start(self, group: ThreadGroup) -> None:
-        self._accept_thread = group.spawn(f"accept-{self.name}:{self.port}", self._serve)
+    def start(self, group: Optional[ThreadGroup] = None) -> None:
+        self._spawn_leader()
 
-    def _serve(self) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._sock, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                if sel.select(POLL_INTERVAL):
-                    self._accept_one()
-        self._sock.close()
+    def _spawn_leader(self) -> bool:
+        try:
+            self._workers.spawn(f"accept-{self.name}:{self.port}", self._lead)
+            return True
+        except RuntimeError:
+            log.error("%s: cannot start a thread", self.name)
+            return False
 
-    def _accept_one(self) -> None:
+    def _lead(self) -> None:
+        """Wait for one connection, pass the leadership on, then serve the connection."""
+        sock = None
+        while sock is None and not self._stop.is_set():
+            sock = self._accept_one()
+        if sock is None:
+            self._sock.close()
+            return
+        if not self._spawn_leader():
+            sock.close()  # keep leading rather than leave the port without an acceptor
+            self._live.release()
+            self._lead()
+            return
+        self._work(sock)
+
+    def _accept_one(self) -> Optional[socket.socket]:
         try:
             sock, addr = self._sock.accept()
-        except BlockingIOError:
-            return
+        except socket.timeout:
+            return None
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.warning("%s: accept failed (%s); backing off", self.name, e.strerror)
                 time.sleep(ACCEPT_BACKOFF)
-                return
-            if self._stop.is_set():
-                return
-            raise
+            elif not self._stop.is_set():
+                log.error("%s: accept failed: %s", self.name, e)
+                time.sleep(ACCEPT_BACKOFF)
+            return None
         if not self._live.acquire(blocking=False):
             log.warning("%s: too many connections; dropping %s", self.name, addr[0])
             sock.close()
-            return
+            return None
         sock.setblocking(True)
         set_nodelay(sock)
-        try:
-            self._workers.spawn(f"conn-{self.name}-{addr[1]}", lambda: self._work(sock))
-        except RuntimeError:
-            log.error("%s: cannot start a thread; dropping %s", self.name, addr[0])
-            sock.close()
-            self._live.release()
+        return sock
 
     def _work(self, sock: socket.socket) -> None:
         try:
@@ -126,7 +140,7 @@ class TcpListener:
         self._sock.close()
 
     def close(self) -> None:
-        """Stop accepting; the accept thread closes the listening socket on its way out."""
+        """Stop accepting; the waiting worker closes the listening socket on its way out."""
         self._stop.set()
 
 
