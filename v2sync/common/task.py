@@ -5,8 +5,11 @@ a thread nobody joins is a leak in a thread-per-connection server.
 
 Starting a thread costs ~90 µs and each new connection needs several, so a group keeps a
 few finished workers parked for ``IDLE_TIMEOUT`` seconds and hands them the next task.
-It is still one thread per task while the task runs; parked workers are bounded by
-``MAX_IDLE`` and expire on their own, so an idle server returns to its baseline.
+Because connections linger (v2ray's uplinkOnly/downlinkOnly), a busy server drains that
+pool; a *nursery* thread then tops it up to ``min_spare`` off the critical path, so a new
+connection gets a ready thread instead of waiting for ``Thread.start()``. It is still one
+thread per task while the task runs; parked workers above ``min_spare`` expire on their
+own, so an idle server returns to its baseline.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 THREAD_STACK_SIZE = 256 * 1024
 MAX_IDLE = 32
 IDLE_TIMEOUT = 2.0
+# Nursery wake-up bound, so shutdown is noticed even without a spawn to signal it.
+NURSERY_POLL = 1.0
 # A worker popped from the idle list gets its task within microseconds; this only bounds
 # the wait should the giver die in between.
 HANDOVER_TIMEOUT = 5.0
@@ -35,19 +40,28 @@ def set_thread_stack_size() -> None:
 
 
 class TaskHandle:
-    """What ``spawn`` returns: join a task (not the thread, which may live on in the pool)."""
+    """What ``spawn`` returns: join a task (not the thread, which may live on in the pool).
 
-    __slots__ = ("name", "_done")
+    A bare lock, held while the task runs, is the cheapest joinable flag: an ``Event`` costs a
+    Condition and a deque, and every held connection owns four of these.
+    """
+
+    __slots__ = ("name", "_running")
 
     def __init__(self, name: str):
         self.name = name
-        self._done = threading.Event()
+        self._running = threading.Lock()
+        self._running.acquire()
+
+    def _finish(self) -> None:
+        self._running.release()
 
     def join(self, timeout: Optional[float] = None) -> None:
-        self._done.wait(timeout)
+        if self._running.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._running.release()
 
     def is_alive(self) -> bool:
-        return not self._done.is_set()
+        return self._running.locked()
 
 
 Task = Tuple[TaskHandle, Callable[[], None]]
@@ -73,40 +87,75 @@ class _Parked:
 class ThreadGroup:
     """Runs named tasks one per thread, reuses finished threads, joins them all on shutdown."""
 
-    def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT):
+    def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT,
+                 min_spare: int = 0):
         self.name = name
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        self.min_spare = min(min_spare, max_idle)
         self._lock = threading.Lock()
         self._busy: Set[TaskHandle] = set()
         self._idle: List[_Parked] = []
         self._threads: Set[threading.Thread] = set()
         self._closed = False
+        self._low = threading.Condition(self._lock)  # nursery: "spares ran low"
+        self._nursery: Optional[threading.Thread] = None
+
+    def start_nursery(self) -> None:
+        """Keep ``min_spare`` parked workers ready from now on (until ``shutdown``)."""
+        if self.min_spare and self._nursery is None:
+            self._nursery = threading.Thread(target=self._nurse, name=f"{self.name}-nursery",
+                                             daemon=True)
+            self._nursery.start()
+
+    def _nurse(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and len(self._idle) >= self.min_spare:
+                    self._low.wait(NURSERY_POLL)
+                if self._closed:
+                    return
+                missing = self.min_spare - len(self._idle)
+            for _ in range(missing):
+                self._start_thread(None)
+            time.sleep(0)  # let the new workers park before counting again
 
     def spawn(self, name: str, target: Callable[[], None]) -> TaskHandle:
         handle = TaskHandle(name)
         with self._lock:
             self._busy.add(handle)
             parked = self._idle.pop() if self._idle else None
+            if len(self._idle) < self.min_spare:
+                self._low.notify()
         if parked is not None:
             parked.give((handle, target))
             return handle
-        thread = threading.Thread(target=self._run, args=((handle, target),), name=name,
-                                  daemon=True)
-        with self._lock:
-            self._threads.add(thread)
         try:
-            thread.start()
+            self._start_thread((handle, target))
         except RuntimeError:  # "can't start new thread": out of memory or limits
             with self._lock:
-                self._threads.discard(thread)
                 self._busy.discard(handle)
             raise
         return handle
 
+    def _start_thread(self, task: Optional[Task]) -> None:
+        """A new worker: runs ``task``, or parks straight away when it is None."""
+        name = task[0].name if task else f"{self.name}-spare"
+        thread = threading.Thread(target=self._run, args=(task,), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:
+            with self._lock:
+                self._threads.discard(thread)
+            raise
+
     def _run(self, task: Optional[Task]) -> None:
         me = threading.current_thread()
         try:
+            if task is None:
+                task = self._park()
             while task is not None:
                 self._execute(me, *task)
                 task = self._park()
@@ -123,7 +172,7 @@ class ThreadGroup:
         finally:
             with self._lock:
                 self._busy.discard(handle)
-            handle._done.set()
+            handle._finish()
 
     def _park(self) -> Optional[Task]:
         parked = _Parked()
@@ -131,14 +180,17 @@ class ThreadGroup:
             if self._closed or len(self._idle) >= self.max_idle:
                 return None
             self._idle.append(parked)
-        got, task = parked.wait(self.idle_timeout)
-        if got:
-            return task
-        with self._lock:
-            if parked in self._idle:  # nobody claimed us: expire
-                self._idle.remove(parked)
-                return None
-        return parked.wait(HANDOVER_TIMEOUT)[1]  # claimed just now: the task is on its way
+        while True:
+            got, task = parked.wait(self.idle_timeout)
+            if got:
+                return task
+            with self._lock:
+                if parked not in self._idle:
+                    break  # claimed just now: the task is on its way
+                if self._closed or len(self._idle) > self.min_spare:
+                    self._idle.remove(parked)  # nobody needs us: expire
+                    return None
+        return parked.wait(HANDOVER_TIMEOUT)[1]
 
     def live(self) -> List[TaskHandle]:
         """Tasks still running."""
@@ -160,6 +212,9 @@ class ThreadGroup:
             self._closed = True
             parked, self._idle = self._idle, []
             threads = list(self._threads)
+            self._low.notify_all()
+        if self._nursery is not None:
+            threads.append(self._nursery)
         for worker in parked:
             worker.give(None)
         deadline = time.monotonic() + timeout

@@ -12,8 +12,9 @@ from v2sync.transport.pipe import EOF, Pipe
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
 # buffer before it blocks, so an idle connection parked in recv() holds that buffer. Start
-# small, grow 4x while reads come back full (bulk), shrink when they come back small.
-MIN_READ_SIZE = 2 * 1024
+# small, grow 4x while reads come back full (bulk), shrink when they come back small;
+# bulk transfers reach the 64 KiB ceiling after four reads.
+MIN_READ_SIZE = 512
 
 
 class ReadSizer:

@@ -31,9 +31,16 @@ class Connection:
     def __init__(self, sock: socket.socket, remote: Optional[Destination] = None):
         self.sock = sock
         self.remote = remote or destination_of(sock.getpeername())
-        self.local = destination_of(sock.getsockname())
+        self._local: Optional[Destination] = None
         self._closed = False
         self._close_lock = threading.Lock()
+
+    @property
+    def local(self) -> Destination:
+        """Our end of the connection; computed on demand (few handlers ever ask)."""
+        if self._local is None:
+            self._local = destination_of(self.sock.getsockname())
+        return self._local
 
     def settimeout(self, timeout: Optional[float]) -> None:
         self.sock.settimeout(timeout)
