@@ -26,6 +26,7 @@ from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
+from v2sync.proxy.vmess.config import VMessInboundConfig, VMessOutboundConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,9 +38,11 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
         "http": HttpServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
+        "vmess": VMessInboundConfig.from_json,
     },
     "outbound": {
         "freedom": FreedomConfig.from_json,
+        "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
     },
 }

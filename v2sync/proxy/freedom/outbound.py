@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
-from typing import List, Optional
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination, Network
@@ -20,19 +18,16 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
-from v2sync.transport.internet.conn import Connection
-from v2sync.transport.internet.resolve import resolve
-from v2sync.transport.internet.tcp import dial_tcp
+from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
-# v2ray: retry.ExponentialBackoff(5, 100) around the dial; net.Dialer timeout 16 s.
+# v2ray: retry.ExponentialBackoff(5, 100) around the dial.
 DIAL_ATTEMPTS = 5
 DIAL_BACKOFF_START = 0.1
-DIAL_TIMEOUT = 16.0
 
 
 @OUTBOUNDS.register("freedom")
@@ -51,7 +46,8 @@ class FreedomOutbound:
         if dest.network is Network.UDP:
             self._process_udp(session, dest, link, policy)
             return
-        conn = self._dial_with_retry(dest)
+        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+                               self.settings.domain_strategy, self.source)
         try:
             def abort() -> None:
                 conn.abort()
@@ -78,37 +74,8 @@ class FreedomOutbound:
         address = Address.parse(host) if host else dest.address
         return Destination(address, port or dest.port, dest.network)
 
-    def _candidates(self, dest: Destination) -> List[Destination]:
-        if dest.address.is_ip:
-            return [dest]
-        addresses = resolve(dest.address.value, self.settings.domain_strategy, dest.port)
-        return [Destination(a, dest.port, dest.network) for a in addresses]
-
-    def _dial_with_retry(self, dest: Destination) -> Connection:
-        delay = DIAL_BACKOFF_START
-        last: Optional[TransportError] = None
-        for attempt in range(DIAL_ATTEMPTS):
-            try:
-                return self._dial_once(dest)
-            except TransportError as e:
-                last = e
-                if attempt + 1 < DIAL_ATTEMPTS:
-                    time.sleep(delay)
-                    delay *= 2
-        raise TransportError(f"failed to open connection to {dest}: {last}")
-
-    def _dial_once(self, dest: Destination) -> Connection:
-        last: Optional[TransportError] = None
-        for candidate in self._candidates(dest):
-            try:
-                return dial_tcp(candidate, DIAL_TIMEOUT, self.source)
-            except TransportError as e:
-                last = e
-        assert last is not None  # _candidates never returns an empty list
-        raise last
-
     def _process_udp(self, session: Session, dest: Destination, link: Link, policy) -> None:
-        sock = dial_udp(self._candidates(dest)[0], self.source)
+        sock = dial_udp(candidates(dest, self.settings.domain_strategy)[0], self.source)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:

@@ -1,0 +1,119 @@
+"""The VMess inbound (v2ray ``proxy/vmess/inbound/inbound.go``).
+
+Handshake: the header is decoded with the user table (AEAD AuthID first, then the legacy
+auth table) under level 0's handshake deadline. Any authentication failure is answered the
+way 4.34 answers it: read a deterministic-plus-random number of bytes, then close, so a
+prober learns nothing from timing or length. The response header goes out lazily with the
+first response chunk (4.34 buffers it the same way), and an end-of-stream chunk closes the
+response when the upstream finishes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from v2sync.common.errors import RemoteProtocolError, TransportError
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.relay import run_relay
+from v2sync.proxy.vmess.config import VMessInboundConfig
+from v2sync.proxy.vmess.encoding import Command, ServerSession
+from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
+                                          UserTable)
+from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+# An honest header is under 400 bytes; past this a connection is not worth reading further.
+MAX_HEADER_BYTES = 4096
+DRAIN_READ_SIZE = 4096
+
+
+@INBOUNDS.register("vmess")
+class VMessInbound:
+    config_type = VMessInboundConfig
+
+    def __init__(self, settings: VMessInboundConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.users = UserTable()
+        for user in settings.users:
+            self.users.add(user)
+        self.sessions = SessionHistory()
+        self.handshake_policy = ctx.policy.for_level(0)  # inbound.go: policy for level 0
+
+    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+        deadline = time.monotonic() + self.handshake_policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
+        decoder = RequestHeaderDecoder(self.users, self.sessions,
+                                       allow_insecure=not self.settings.disable_insecure_encryption)
+        try:
+            server = reader.parse(decoder.decode)
+        except DrainRequired as e:
+            _drain(conn, deadline, e.drain_size - len(reader.buf))
+            raise
+        if server.header.command == Command.MUX:
+            raise RemoteProtocolError("vmess: Mux.Cool (command 3) is not supported by v2sync")
+        session.user_email = server.user.email
+        session.user_level = server.user.level
+        link = dispatcher.dispatch(session, server.header.destination())
+        self._relay(session, conn, link, server, reader.consume(len(reader.buf)))
+
+    def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
+               early: bytes) -> None:
+        policy = self.ctx.policy.for_level(server.user.level)
+        body_in = server.request_body_reader()
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        def request(timer) -> None:
+            conn.settimeout(None)  # the activity timer bounds the relay
+            data = early
+            while True:
+                for chunk in body_in.feed(data):
+                    link.writer.write(chunk)
+                if body_in.eof:
+                    break
+                timer.update()
+                data = conn.read(RELAY_READ_SIZE)
+                if not data:
+                    break
+            link.writer.close()
+
+        def response(timer) -> None:
+            head = server.encode_response_header()
+            body_out = server.response_body_writer()
+            while True:
+                chunk = link.reader.read()
+                if chunk is EOF:
+                    conn.write(head + body_out.encode_eof())
+                    return
+                timer.update()
+                conn.write(head + body_out.encode(chunk))
+                head = b""
+
+        error = run_relay(self.ctx, session.name(), policy, abort, request, response)
+        if error is not None:
+            log.debug("%s: vmess relay ended: %s", session.name(), error)
+
+
+def _drain(conn: Connection, deadline: float, remaining: int) -> None:
+    """Read (and drop) ``remaining`` more bytes before closing, within the handshake deadline."""
+    while remaining > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        conn.settimeout(left)
+        try:
+            data = conn.read(min(DRAIN_READ_SIZE, remaining))
+        except TransportError:
+            return
+        if not data:
+            return
+        remaining -= len(data)

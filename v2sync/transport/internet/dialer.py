@@ -1,0 +1,51 @@
+"""Dial a destination by name or IP, with v2ray's exponential-backoff retry (``common/retry``).
+
+Names are resolved once per attempt (system resolver, filtered by ``domainStrategy``) and
+each answer is tried in turn; the first that connects wins.
+"""
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Address, Destination
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.resolve import resolve
+from v2sync.transport.internet.tcp import dial_tcp
+
+DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
+
+
+def candidates(dest: Destination, strategy: str = "AsIs") -> List[Destination]:
+    if dest.address.is_ip:
+        return [dest]
+    addresses = resolve(dest.address.value, strategy, dest.port)
+    return [Destination(a, dest.port, dest.network) for a in addresses]
+
+
+def dial_once(dest: Destination, strategy: str = "AsIs",
+              source: Optional[Address] = None) -> Connection:
+    last: Optional[TransportError] = None
+    for candidate in candidates(dest, strategy):
+        try:
+            return dial_tcp(candidate, DIAL_TIMEOUT, source)
+        except TransportError as e:
+            last = e
+    raise last or TransportError(f"no address to dial for {dest}")
+
+
+def dial_with_retry(dest: Destination, attempts: int, first_delay: float,
+                    strategy: str = "AsIs", source: Optional[Address] = None) -> Connection:
+    """``attempts`` tries, sleeping ``first_delay`` and doubling between them."""
+    delay = first_delay
+    last: Optional[TransportError] = None
+    for attempt in range(attempts):
+        try:
+            return dial_once(dest, strategy, source)
+        except TransportError as e:
+            last = e
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+                delay *= 2
+    raise TransportError(f"failed to open connection to {dest}: {last}")
