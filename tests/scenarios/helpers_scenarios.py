@@ -14,7 +14,7 @@ import socket
 import struct
 import subprocess
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from v2sync.core import Instance
 from v2sync.infra.conf.builder import config_from_dict
@@ -100,18 +100,31 @@ def port_of(instance: Instance, tag: str) -> int:
     return handler.ports()[0]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+def _listener_count(instance: Instance) -> int:
+    return sum(len(handler.listeners) for handler in instance.inbounds.handlers)
+
+
+def busy_tasks(instance: Instance) -> List[str]:
+    """Names of the instance's running worker tasks (one waiting acceptor per listener
+    is normal: a worker that accepts a connection also serves it)."""
+    return [task.name for task in instance.workers.live()]
+
+
+def is_idle(instance: Instance) -> bool:
+    """No live connection, and no worker task beyond one acceptor per listener."""
+    return (instance.inbounds.live_count() == 0
+            and len(instance.workers.live()) <= _listener_count(instance))
 
 
 def wait_idle(instance: Instance, timeout: float = IDLE_TIMEOUT) -> None:
-    """Wait until the instance has no connection or relay thread left."""
-    wait_until(lambda: not instance.workers.live(), timeout,
-               "the instance's connection threads to finish")
+    """Wait until the instance has no connection, relay or outbound task left."""
+    deadline = time.monotonic() + timeout
+    while not is_idle(instance):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"instance not idle after {timeout} s: "
+                                 f"{instance.inbounds.live_count()} live connection(s), "
+                                 f"tasks {busy_tasks(instance)}")
+        time.sleep(0.05)
 
 
 def is_listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -155,17 +155,20 @@ def test_plain_without_credentials_gets_407(auth_proxy: int, http_origin: HttpOr
 
 def test_plain_with_wrong_credentials_gets_407(auth_proxy: int, http_origin: HttpOrigin) -> None:
     assert curl_status("-x", _proxy(auth_proxy), "-U", f"{USER}:wrong", http_origin.url + "/") == 407
-    assert curl_status("-x", _proxy(auth_proxy), "-U", f"mallory:{PASSWORD}", http_origin.url + "/") == 407
+    assert curl_status("-x", _proxy(auth_proxy), "-U", f"mallory:{PASSWORD}",
+                       http_origin.url + "/") == 407
     assert http_origin.requests == []
 
 
 def test_plain_with_right_credentials(auth_proxy: int, http_origin: HttpOrigin) -> None:
-    assert curl_ok("-x", _proxy(auth_proxy), "-U", f"{USER}:{PASSWORD}", http_origin.url + "/") == b"Home"
+    out = curl_ok("-x", _proxy(auth_proxy), "-U", f"{USER}:{PASSWORD}", http_origin.url + "/")
+    assert out == b"Home"
 
 
 def test_connect_without_credentials_gets_407(auth_proxy: int, http_origin: HttpOrigin) -> None:
     authority = f"127.0.0.1:{http_origin.port}"
-    response = http_request(auth_proxy, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+    response = http_request(auth_proxy, request)
     assert response.status == 407
     assert response.header("Proxy-Authenticate") == REALM_HEADER
 
@@ -222,3 +225,27 @@ def test_upstream_closing_without_response_gets_503(http_proxy: int, http_origin
     status = curl_status("-x", _proxy(http_proxy), http_origin.url + "/close")
     assert status == 503
     assert curl_ok("-x", _proxy(http_proxy), http_origin.url + "/") == b"Home"  # still serving
+
+
+def test_pipelined_requests_in_one_write(http_proxy: int, http_origin: HttpOrigin) -> None:
+    host = f"127.0.0.1:{http_origin.port}"
+    both = (get_request(http_origin.url + "/bytes/3", host)
+            + get_request(http_origin.url + "/", host, "Connection: close\r\n"))
+    with connect(http_proxy) as sock:
+        sock.sendall(both)
+        first, rest = read_http_response(sock)
+        second, rest = read_http_response(sock, rest)
+        assert rest + read_until_closed(sock) == b""
+    assert (first.status, first.body) == (200, pattern_bytes(3))
+    assert (second.status, second.body) == (200, b"Home")
+
+
+def test_origin_status_is_passed_through(http_proxy: int, http_origin: HttpOrigin) -> None:
+    assert curl_status("-x", _proxy(http_proxy), http_origin.url + "/no-such-page") == 404
+
+
+def test_ipv6_targets(http_proxy: int) -> None:
+    with HttpOrigin(host="::1") as origin6:
+        assert curl_ok("-x", _proxy(http_proxy), origin6.url + "/") == b"Home"
+        assert curl_ok("-p", "-x", _proxy(http_proxy), origin6.url + "/") == b"Home"
+        assert origin6.requests[0].header("Host") == f"[::1]:{origin6.port}"

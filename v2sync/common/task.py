@@ -117,6 +117,8 @@ class ThreadGroup:
                     return
                 missing = self.min_spare - len(self._idle)
             for _ in range(missing):
+                if self._closed:
+                    return
                 self._start_thread(None)
             time.sleep(0)  # let the new workers park before counting again
 
@@ -219,7 +221,9 @@ class ThreadGroup:
             worker.give(None)
         deadline = time.monotonic() + timeout
         for thread in threads:
-            if thread is not threading.current_thread():
+            # A thread registered but not yet started (the nursery races us) finds the group
+            # closed as soon as it runs, and exits; it cannot be joined before it starts.
+            if thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             return not (self._threads - {threading.current_thread()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
+from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.transport.pipe import EOF, Pipe
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -32,7 +33,12 @@ class ReadSizer:
 
 
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
-    """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``."""
+    """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``.
+
+    A pipe whose reader has stopped (the outbound finished, e.g. blackhole after its 403)
+    ends this direction quietly: the other direction may still hold an answer to deliver.
+    A real failure interrupts both pipes and surfaces there.
+    """
     total = 0
     conn.settimeout(None)
     sizer = ReadSizer()
@@ -42,9 +48,19 @@ def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int
         if not data:
             return total
         timer.update()
-        pipe.write(data)
+        if not write_or_stop(pipe, data):
+            return total
         total += len(data)
         size = sizer.next_size(len(data))
+
+
+def write_or_stop(pipe: Pipe, data: bytes) -> bool:
+    """Write to a pipe; False if its reader is gone (the caller stops this direction)."""
+    try:
+        pipe.write(data)
+        return True
+    except (PipeInterrupted, PipeClosed):
+        return False
 
 
 def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int:

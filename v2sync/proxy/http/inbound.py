@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Optional, Tuple
 
-from v2sync.common.errors import (AuthenticationError, RemoteProtocolError, TransportError,
-                                  V2SyncError)
+from v2sync.common.errors import (AuthenticationError, PipeClosed, PipeInterrupted,
+                                  RemoteProtocolError, TransportError, V2SyncError)
 from v2sync.common.net import Destination
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
@@ -124,6 +124,14 @@ class HttpInbound:
         try:
             link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
             self._send_request_body(conn, link, reader, head)
+        except (PipeInterrupted, PipeClosed) as e:
+            # The outbound may have stopped reading because it already answered (blackhole's
+            # 403); whether there is an answer is decided by reading for it.
+            log.debug("%s: request not fully sent: %s", session.name(), e)
+        except TransportError:
+            link.interrupt()  # the client failed mid-request: nobody waits for an answer
+            raise
+        try:
             response, leftover = self._read_response_head(conn, link)
         except (UpstreamFailed, TransportError) as e:
             link.interrupt()

@@ -22,6 +22,7 @@ from v2sync.proxy.vmess.config import VMessInboundConfig
 from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
+from v2sync.transport.copy import write_or_stop
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -76,8 +77,8 @@ class VMessInbound:
             conn.settimeout(None)  # the activity timer bounds the relay
             data = early
             while True:
-                for chunk in body_in.feed(data):
-                    link.writer.write(chunk)
+                if not all(write_or_stop(link.writer, c) for c in body_in.feed(data)):
+                    break  # the outbound stopped reading: the request direction is over
                 if body_in.eof:
                     break
                 timer.update()

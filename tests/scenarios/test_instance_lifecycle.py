@@ -1,0 +1,315 @@
+"""Instance lifecycle and the CLI, end to end (issue 2, parts 4 and 11, and the CLI list).
+
+The process tests run ``python -m v2sync`` for real: the "started" line, SIGTERM/SIGINT while
+a connection is held (exit 0 within a few seconds, the held connection closed), ``test`` /
+``version`` / ``uuid``, V2Ray's ``-config``/``-test`` habits, the embedded default from another
+working directory, and the access log format. In-process tests check that ``close()`` joins
+every thread with 20 live relayed connections and that a failed start binds nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
+
+import pytest
+from scenarios.helpers_scenarios import (connect, curl_ok, get_request, http_inbound,
+                                         is_listening, make_config, port_of, read_http_response,
+                                         read_until_closed, recv_exact, socks5_tunnel,
+                                         socks_inbound)
+from support.peers import HttpOrigin, TcpEchoServer, XOR_C, free_port, xor_bytes
+from support.procs import REPO_ROOT
+from support.resources import snapshot, wait_for_snapshot
+
+import v2sync
+from v2sync.common.errors import V2SyncError
+from v2sync.core import Instance
+from v2sync.infra.conf.builder import config_from_dict
+
+CLI_TIMEOUT = 30.0
+EXIT_CONFIG_ERROR = 23
+EXIT_START_FAILURE = 255
+# SIGTERM -> listeners closed, up to 2 s grace for live connections, threads joined.
+SHUTDOWN_LIMIT = 5.0
+LIVE_CONNECTIONS = 20
+CLOSE_LIMIT = 10.0  # Instance.close(): 2 s grace + bounded joins
+DEFAULT_PORTS = (1080, 8080)  # the embedded default config's SOCKS and HTTP ports
+READY_TIMEOUT = 15.0
+FAILED_START_REPEATS = 20
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STARTED_LINE = f"v2sync {v2sync.__version__} started"
+
+
+def _env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """``python -m v2sync ARGS`` to completion (bounded), stdout and stderr merged."""
+    return subprocess.run([sys.executable, "-m", "v2sync", *args], cwd=str(cwd), env=_env(),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=CLI_TIMEOUT, check=False)
+
+
+def _write(path: Path, config: Mapping[str, Any]) -> Path:
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def _socks_config(port: int, **log: Any) -> Dict[str, Any]:
+    return make_config([socks_inbound(port=port)], log=log or {"access": "none", "loglevel": "warning"})
+
+
+def _wait_exit(process, timeout: float) -> float:
+    """Seconds until ``process`` exited; AssertionError after ``timeout``."""
+    started = time.monotonic()
+    while process.returncode is None:
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"still running {timeout} s after the signal:\n{process.log_tail()}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+# -- run: started line, signals -------------------------------------------------------------
+
+def test_run_prints_started_line_and_serves(v2sync_process, http_origin: HttpOrigin) -> None:
+    port = free_port()
+    process = v2sync_process(_socks_config(port))
+    assert STARTED_LINE in process.log_text()
+    assert curl_ok("--socks5", f"127.0.0.1:{port}", http_origin.url + "/") == b"Home"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_exits_zero_and_closes_held_connection(signum: int, v2sync_process) -> None:
+    port = free_port()
+    with TcpEchoServer(xor=XOR_C) as echo:
+        process = v2sync_process(_socks_config(port))
+        with socks5_tunnel(port, "127.0.0.1", echo.port) as held:
+            held.sendall(b"still here")
+            assert recv_exact(held, 10) == xor_bytes(b"still here")
+            os.kill(process.pid, signum)
+            assert _wait_exit(process, SHUTDOWN_LIMIT) < SHUTDOWN_LIMIT
+            assert process.returncode == 0, process.log_tail()
+            assert read_until_closed(held, 1.0) == b""  # the held connection was closed
+        assert not is_listening(port)
+
+
+# -- in-process close() -----------------------------------------------------------------------
+
+def test_close_with_live_connections_joins_every_thread() -> None:
+    with TcpEchoServer(xor=XOR_C, max_connections=2 * LIVE_CONNECTIONS) as echo:
+        before = snapshot()
+        instance = Instance(config_from_dict(make_config([socks_inbound(), http_inbound()])))
+        instance.start()
+        held: List[socket.socket] = []
+        try:
+            for i in range(LIVE_CONNECTIONS):
+                held.append(_open_tunnel(instance, echo.port, use_http=bool(i % 2)))
+            assert instance.inbounds.live_count() == LIVE_CONNECTIONS
+            started = time.monotonic()
+            instance.close()
+            assert time.monotonic() - started < CLOSE_LIMIT
+            for sock in held:
+                assert read_until_closed(sock, 1.0) == b""
+        finally:
+            for sock in held:
+                sock.close()
+            if instance.running:
+                instance.close()
+        assert instance.inbounds.live_count() == 0
+        wait_for_snapshot(before, 10.0)
+
+
+def _open_tunnel(instance: Instance, echo_port: int, use_http: bool) -> socket.socket:
+    """A relayed connection to the echo server (SOCKS5 or HTTP CONNECT), checked with a round trip."""
+    if use_http:
+        sock = connect(port_of(instance, "http-in"))
+        sock.sendall(f"CONNECT 127.0.0.1:{echo_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response, rest = read_http_response(sock)
+        assert response.status == 200 and rest == b""
+    else:
+        sock = connect(port_of(instance, "socks-in"))
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exact(sock, 2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + echo_port.to_bytes(2, "big"))
+        assert recv_exact(sock, 10)[1] == 0
+    sock.sendall(b"ping")
+    assert recv_exact(sock, 4) == xor_bytes(b"ping")
+    return sock
+
+
+def test_failed_start_binds_nothing() -> None:
+    # Repeated: start() fails within a millisecond, racing whatever threads start() began.
+    with socket.socket() as occupier:
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        busy = occupier.getsockname()[1]
+        before = snapshot()
+        for _ in range(FAILED_START_REPEATS):
+            first = free_port()
+            config = make_config([http_inbound(port=first), socks_inbound(port=busy)])
+            instance = Instance(config_from_dict(config))
+            with pytest.raises(V2SyncError, match="failed to listen"):
+                instance.start()
+            assert not is_listening(first), "the first inbound was left listening"
+        wait_for_snapshot(before, 10.0)
+
+
+def test_cli_run_with_busy_port_exits_and_binds_nothing(tmp_path: Path) -> None:
+    first = free_port()
+    with socket.socket() as occupier:
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        config = make_config([http_inbound(port=first), socks_inbound(port=occupier.getsockname()[1])])
+        result = run_cli("run", "-c", str(_write(tmp_path / "busy.json", config)), cwd=tmp_path)
+    assert result.returncode == EXIT_START_FAILURE, result.stdout
+    assert STARTED_LINE not in result.stdout
+    assert not is_listening(first)
+
+
+def test_cli_run_with_invalid_config_exits_23(tmp_path: Path) -> None:
+    port = free_port()
+    bad_outbound = {"protocol": "freedom", "settings": {"domainStrategy": "Nope"}}
+    config = make_config([http_inbound(port=port)], [bad_outbound])
+    result = run_cli("run", "-c", str(_write(tmp_path / "bad.json", config)), cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stdout
+    assert "outbounds[0].settings.domainStrategy" in result.stdout
+    assert STARTED_LINE not in result.stdout
+
+
+# -- test / version / uuid / V2Ray aliases ----------------------------------------------------
+
+BAD_CONFIG = {
+    "inbounds": [{"protocol": "nope", "port": 1234},
+                 {"protocol": "socks", "port": "abc", "settings": {}}],
+    "outbounds": [{"protocol": "freedom", "settings": {"domainStrategy": "bogus"}}],
+}
+BAD_PATHS = ("inbounds[0].protocol", "inbounds[1].port", "outbounds[0].settings.domainStrategy")
+
+
+def test_cli_test_reports_every_error_and_exits_23(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "bad.json", BAD_CONFIG)
+    result = run_cli("test", "-c", str(bad), cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stdout
+    for path in BAD_PATHS:
+        assert f"{bad}: {path}: " in result.stdout, result.stdout
+    assert "Configuration OK." not in result.stdout
+
+
+def test_cli_test_good_config(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.json", _socks_config(free_port()))
+    result = run_cli("test", "-c", str(good), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "Configuration OK."
+    assert not is_listening(json.loads(good.read_text())["inbounds"][0]["port"])
+
+
+def test_v2ray_style_aliases(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.json", _socks_config(free_port()))
+    bad = _write(tmp_path / "bad.json", BAD_CONFIG)
+    ok = run_cli("-config", str(good), "-test", cwd=tmp_path)
+    assert ok.returncode == 0 and "Configuration OK." in ok.stdout, ok.stdout
+    failed = run_cli("-test", "-config", str(bad), cwd=tmp_path)
+    assert failed.returncode == EXIT_CONFIG_ERROR, failed.stdout
+    assert all(path in failed.stdout for path in BAD_PATHS), failed.stdout
+    confdir = tmp_path / "conf.d"
+    confdir.mkdir()
+    _write(confdir / "10-good.json", _socks_config(free_port()))
+    from_dir = run_cli("test", "-confdir", str(confdir), cwd=tmp_path)
+    assert from_dir.returncode == 0 and "Configuration OK." in from_dir.stdout, from_dir.stdout
+    version = run_cli("-version", cwd=tmp_path)
+    assert version.returncode == 0 and f"v2sync {v2sync.__version__}" in version.stdout
+
+
+def test_cli_version(tmp_path: Path) -> None:
+    result = run_cli("version", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith(f"v2sync {v2sync.__version__}")
+    assert "Python " in result.stdout
+    assert "cryptography" in result.stdout  # the crypto backend is named
+
+
+def test_cli_uuid(tmp_path: Path) -> None:
+    first, second = run_cli("uuid", cwd=tmp_path), run_cli("uuid", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0
+    assert UUID_RE.match(first.stdout.strip()), first.stdout
+    assert UUID_RE.match(second.stdout.strip()), second.stdout
+    assert first.stdout != second.stdout
+
+
+# -- the embedded default ---------------------------------------------------------------------
+
+def _port_free(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_run_embedded_default_from_another_cwd(tmp_path: Path, http_origin: HttpOrigin) -> None:
+    busy = [p for p in DEFAULT_PORTS if not _port_free(p, socket.SOCK_STREAM)]
+    if busy or not _port_free(1080, socket.SOCK_DGRAM):
+        pytest.skip("the embedded default binds 127.0.0.1:1080 (TCP+UDP) and :8080; "
+                    f"busy here: {busy or [1080]}")
+    log_path = tmp_path / "out.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "v2sync", "run"], cwd=str(tmp_path),
+                                   env=_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while STARTED_LINE not in log_path.read_text(errors="replace"):
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.05)
+        assert curl_ok("-x", "http://127.0.0.1:8080", http_origin.url + "/") == b"Home"
+        by_name = f"http://localhost:{http_origin.port}/"
+        assert curl_ok("--socks5-hostname", "127.0.0.1:1080", by_name) == b"Home"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(SHUTDOWN_LIMIT) == 0, log_path.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(SHUTDOWN_LIMIT)
+
+
+# -- access log -------------------------------------------------------------------------------
+
+def test_access_log_line_format(v2sync_process, http_origin: HttpOrigin) -> None:
+    socks_port, http_port = free_port(), free_port()
+    config = make_config([socks_inbound(port=socks_port), http_inbound(port=http_port)],
+                         log={"access": "", "loglevel": "info"})
+    process = v2sync_process(config)
+    assert curl_ok("--socks5", f"127.0.0.1:{socks_port}", http_origin.url + "/") == b"Home"
+    assert curl_ok("-x", f"http://127.0.0.1:{http_port}", http_origin.url + "/") == b"Home"
+    for tag in ("socks-in", "http-in"):
+        process.wait_for_log(
+            r"(?m)^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d 127\.0\.0\.1:\d+ accepted "
+            rf"tcp:127\.0\.0\.1:{http_origin.port} \[{tag} -> direct\]$")
+
+
+def test_access_log_off_with_none(v2sync_process, http_origin: HttpOrigin) -> None:
+    port = free_port()
+    process = v2sync_process(_socks_config(port, access="none", loglevel="info"))
+    with connect(port) as sock:  # a full request through, so an access line would exist
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exact(sock, 2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                     + http_origin.port.to_bytes(2, "big"))
+        assert recv_exact(sock, 10)[1] == 0
+        sock.sendall(get_request("/", f"127.0.0.1:{http_origin.port}", "Connection: close\r\n"))
+        assert read_http_response(sock)[0].body == b"Home"
+    process.stop()
+    assert " accepted tcp:" not in process.log_text()
