@@ -199,7 +199,7 @@ def open_tunnel(socks_port: int, target: Tuple[str, int], timeout: float = IO_TI
 
 
 def recv_exactly(sock: socket.socket, n: int, timeout: float = TRANSFER_TIMEOUT) -> bytes:
-    """Exactly ``n`` bytes; AssertionError on an early EOF or past ``timeout`` seconds."""
+    """Exactly ``n`` bytes; AssertionError on an early EOF, a reset or past ``timeout`` seconds."""
     buffer = bytearray(n)
     view = memoryview(buffer)
     got = 0
@@ -207,7 +207,10 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = TRANSFER_TIMEOUT)
     while got < n:
         if time.monotonic() > deadline:
             raise AssertionError(f"only {got} of {n} bytes after {timeout} s")
-        received = sock.recv_into(view[got:], min(RECV_SIZE, n - got))
+        try:
+            received = sock.recv_into(view[got:], min(RECV_SIZE, n - got))
+        except (ConnectionResetError, socket.timeout) as error:
+            raise AssertionError(f"{error!r} after {got} of {n} bytes") from None
         if received == 0:
             raise AssertionError(f"EOF after {got} of {n} bytes")
         got += received

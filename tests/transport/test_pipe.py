@@ -122,3 +122,13 @@ def _capture(errors, fn):
         fn()
     except Exception as e:  # collected for the assertion in the test thread
         errors.append(e)
+
+
+def test_unread_puts_bytes_back_in_front_unchanged():
+    pipe = Pipe(64)
+    pipe.write(b"first")
+    pipe.write(b"second")
+    got = pipe.read(1)
+    pipe.unread(got)
+    pipe.close()
+    assert [pipe.read(1), pipe.read(1), pipe.read(1)] == [b"first", b"second", EOF]

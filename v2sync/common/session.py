@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Tuple
 
-from v2sync.common.net import Destination
+from v2sync.common.net import Address, Destination
 
 _ids = itertools.count(1)
 
@@ -27,6 +27,9 @@ class Session:
     user_level: int = 0
     protocol: str = ""
     outbound_tag: str = ""
+    sniffing: Any = None  # the inbound's SniffingConfig, when it has one
+    # Addresses the router resolved the target's name to; the dial uses the same answer.
+    resolved: Tuple[Address, ...] = ()
     id: int = field(default_factory=new_session_id)
 
     def name(self) -> str:

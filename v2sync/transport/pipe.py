@@ -115,6 +115,18 @@ class Pipe:
             q.not_empty.notify()
             return True
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes back at the front (sniffing replays what it read, unchanged)."""
+        if not data:
+            return
+        q = self._q
+        with q.mutex:
+            if self._interrupted:
+                raise PipeInterrupted(f"{self.name} interrupted")
+            q.queue.appendleft(bytes(data))
+            q.nbytes += len(data)
+            q.not_empty.notify()
+
     def close(self) -> None:
         """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
         with self._q.mutex:

@@ -1,30 +1,43 @@
-"""The default dispatcher (v2ray ``app/dispatcher/default.go``)."""
+"""The default dispatcher (v2ray ``app/dispatcher/default.go``).
+
+``dispatch`` returns the inbound's end of a fresh link at once; the outbound's end is served
+in a tracked thread which, as in v2ray, first sniffs (if the inbound asked for it), then
+routes, logs the access line and runs the chosen outbound.
+"""
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Dict, Optional
 
+from v2sync.app.dispatcher.sniffer import NEED_MORE, SniffResult, override_domain, sniff
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
-from v2sync.app.proxyman.outbound import OutboundManager
-from v2sync.common.net import Destination
+from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
+from v2sync.common.errors import V2SyncError
+from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
-from v2sync.features.routing import Router
 from v2sync.transport.link import Link, new_link_pair
+from v2sync.transport.pipe import EOF, ReadTimeout
 
 log = logging.getLogger(__name__)
+
+# app/dispatcher/default.go sniffer(): two reads of at most 100 ms, on at most 2 KiB.
+SNIFF_ATTEMPTS = 2
+SNIFF_READ_TIMEOUT = 0.1
+SNIFF_MAX_BYTES = 2048
 
 
 class DefaultDispatcher:
     def __init__(self, outbounds: OutboundManager, policy: PolicyManager, threads: ThreadGroup,
-                 access_log: AccessLog, router: Optional[Router] = None):
+                 access_log: AccessLog, router=None):
         self.outbounds = outbounds
         self.policy = policy
         self.threads = threads
         self.access_log = access_log
-        self.router = router  # the seam for routing: None sends everything to the default
+        self.router = router  # app.router.Router, or None: everything to the default
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
@@ -32,25 +45,66 @@ class DefaultDispatcher:
         session.target = dest
         limit = self.policy.pipe_limit(self.policy.for_level(session.user_level))
         inbound_side, outbound_side = new_link_pair(limit, session.name())
-        handler = self._pick_outbound(session)
-        session.outbound_tag = handler.tag
-        self.access_log.accepted(session)
         with self._lock:
             self._links[session.id] = outbound_side
         try:
             self.threads.spawn(f"out-{session.name()}",
-                               lambda: self._run_outbound(handler, session, outbound_side))
+                               lambda: self._run_outbound(session, outbound_side))
         except RuntimeError:
             log.error("%s: cannot start outbound thread", session.name())
             self._forget(session)
             inbound_side.interrupt()
         return inbound_side
 
-    def _run_outbound(self, handler, session: Session, link: Link) -> None:
+    def _run_outbound(self, session: Session, link: Link) -> None:
         try:
+            if _sniffing_enabled(session):
+                self._sniff(session, link)
+            handler = self._pick_outbound(session)
+            session.outbound_tag = handler.tag
+            self.access_log.accepted(session)
             handler.dispatch(session, link)
+        except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
+            log.info("%s: dispatch failed: %s", session.name(), e)
+            link.interrupt()
         finally:
             self._forget(session)
+
+    def _sniff(self, session: Session, link: Link) -> None:
+        """Peek at the first bytes; put them back unchanged whatever the outcome."""
+        seen = b""
+        result = NEED_MORE
+        for _ in range(SNIFF_ATTEMPTS):
+            try:
+                chunk = link.reader.read(timeout=SNIFF_READ_TIMEOUT)
+            except ReadTimeout:
+                continue
+            if chunk is EOF:
+                break  # the pipe stays closed: the outbound gets the bytes back, then EOF
+            seen += chunk
+            result = sniff(seen[:SNIFF_MAX_BYTES])
+            if result is not NEED_MORE or len(seen) >= SNIFF_MAX_BYTES:
+                break
+        link.reader.unread(seen)
+        if not isinstance(result, SniffResult):
+            return  # no clue within two reads, or unknown content: route as is
+        session.protocol = result.protocol
+        domain = override_domain(result, session.sniffing.dest_override)
+        if domain:  # the port is kept (default.go)
+            target = session.target
+            session.target = Destination(Address.parse(domain), target.port, target.network)
+
+    def _pick_outbound(self, session: Session) -> OutboundHandler:
+        if self.router is not None:
+            decision = self.router.decide(session)
+            session.resolved = decision.resolved
+            if decision.tag:
+                handler = self.outbounds.get(decision.tag)
+                if handler is not None:
+                    return handler
+                log.warning("%s: outbound %r not found, using the default", session.name(),
+                            decision.tag)
+        return self.outbounds.default()
 
     def _forget(self, session: Session) -> None:
         with self._lock:
@@ -64,12 +118,8 @@ class DefaultDispatcher:
             link.interrupt()
         return len(links)
 
-    def _pick_outbound(self, session: Session):
-        if self.router is not None:
-            tag = self.router.pick_route(session)
-            if tag:
-                handler = self.outbounds.get(tag)
-                if handler is not None:
-                    return handler
-                log.warning("%s: outbound %r not found, using the default", session.name(), tag)
-        return self.outbounds.default()
+
+def _sniffing_enabled(session: Session) -> bool:
+    sniffing = session.sniffing
+    return bool(sniffing is not None and sniffing.enabled and session.target is not None
+                and session.target.network is Network.TCP)

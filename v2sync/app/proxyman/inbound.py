@@ -64,7 +64,7 @@ class InboundHandler:
         return listener
 
     def _handle(self, conn: Connection) -> None:
-        session = Session(inbound_tag=self.tag, source=conn.remote)
+        session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing)
         with self._lock:
             self._live[id(conn)] = conn
         try:

@@ -90,6 +90,7 @@ class HttpInbound:
         if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
             conn.write(enc.response_400())
             raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
+        session.protocol = "http/1.1"  # what 4.34's HTTP inbound reports to protocol rules
         dest = enc.request_destination(head, target)
         if dest is None:
             conn.write(enc.response_400())

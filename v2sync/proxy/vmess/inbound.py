@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import List
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.registry import INBOUNDS
@@ -25,7 +26,7 @@ from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, S
 from v2sync.transport.copy import write_or_stop
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
+from v2sync.transport.pipe import EOF, Pipe
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class VMessInbound:
             conn.settimeout(None)  # the activity timer bounds the relay
             data = early
             while True:
-                if not all(write_or_stop(link.writer, c) for c in body_in.feed(data)):
+                if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
                     break  # the outbound stopped reading: the request direction is over
                 if body_in.eof:
                     break
@@ -102,6 +103,17 @@ class VMessInbound:
         error = run_relay(self.ctx, session.name(), policy, abort, request, response)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
+
+
+def deliver(pipe: Pipe, chunks: List[bytes], packet: bool) -> bool:
+    """Hand decoded chunks to a pipe: datagrams one by one, a stream as one write.
+
+    A 64 KiB read decodes into ~33 chunks of at most 1966 bytes; writing them separately
+    would wake the pipe's reader 33 times. False if the pipe's reader is gone.
+    """
+    if packet:
+        return all(write_or_stop(pipe, chunk) for chunk in chunks)
+    return not chunks or write_or_stop(pipe, b"".join(chunks))
 
 
 def _drain(conn: Connection, deadline: float, remaining: int) -> None:

@@ -23,6 +23,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import run_relay
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
+from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
@@ -97,8 +98,7 @@ class VMessOutbound:
             conn.settimeout(None)  # the activity timer bounds the relay
             body_in, data = self._read_response_header(conn, client, header)
             while True:
-                for chunk in body_in.feed(data):
-                    link.writer.write(chunk)
+                deliver(link.writer, body_in.feed(data), header.is_packet)
                 if body_in.eof:
                     break
                 data = conn.read(RELAY_READ_SIZE)

@@ -1,0 +1,167 @@
+"""The ``dns`` section -> DnsConfig, errors located by JSON path, and agreement with the real
+``v2ray -test`` on what is accepted and refused."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+
+from v2sync.app.dns.config import DnsConfig, HostMapping, NameServerConfig
+from v2sync.app.dns.matcher import DOMAIN, FULL, KEYWORD, REGEXP, DomainRule
+from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.common.net import Address
+
+FULL_SECTION = {
+    "servers": [
+        "8.8.8.8",
+        "2001:db8::53",
+        "dns.example",
+        {"address": "1.1.1.1", "port": 5353, "domains": ["domain:corp.test", "intra"],
+         "expectIps": ["10.0.0.0/8", "192.168.1.1"], "clientIp": "9.9.9.9"},
+        {"address": "localhost", "domains": ["full:printer"]},
+    ],
+    "hosts": {
+        "full:a.test": "10.0.0.1",
+        "domain:b.test": "a.test",
+        "plain.test": "::1",
+        "keyword:kw": "10.0.0.2",
+        "regexp:^r\\d+\\.test$": "10.0.0.3",
+        "localhost.test": "127.0.0.1",
+    },
+    "clientIp": "5.6.7.8",
+    "tag": "dns-in",
+}
+
+
+def test_full_section() -> None:
+    config = DnsConfig.from_json(FULL_SECTION)
+    assert config.tag == "dns-in"
+    assert config.client_ip == Address.parse("5.6.7.8")
+    google, v6, named, corp, local_printer = config.servers
+    assert google == NameServerConfig(Address.parse("8.8.8.8"), 53)
+    assert v6.name == "UDP:[2001:db8::53]:53"
+    assert named.address == Address.parse("dns.example") and named.address.is_domain
+    assert corp == NameServerConfig(
+        Address.parse("1.1.1.1"), 5353,
+        (DomainRule(DOMAIN, "corp.test"), DomainRule(KEYWORD, "intra")),
+        (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.1/32")),
+        Address.parse("9.9.9.9"))
+    assert local_printer.is_local and local_printer.domains == (DomainRule(FULL, "printer"),)
+    assert local_printer.name == "localhost"
+    # Only one "localhost" server here: 4.34 panics (dns.go matcherInfos) when given two.
+    assert DnsConfig.from_json({"servers": ["localhost"]}).servers == (NameServerConfig(None),)
+
+
+def test_hosts_are_sorted_by_key_and_plain_keys_are_full_matches() -> None:
+    hosts = DnsConfig.from_json(FULL_SECTION).hosts
+    # sorted(keys): domain:b.test, full:a.test, keyword:kw, localhost.test, plain.test, regexp:
+    assert [str(h.rule) for h in hosts] == [
+        "domain:b.test", "full:a.test", "keyword:kw", "full:localhost.test", "full:plain.test",
+        "regexp:^r\\d+\\.test$"]
+    by_rule = {str(h.rule): h for h in hosts}
+    assert by_rule["domain:b.test"].replacement == "a.test"
+    assert by_rule["full:a.test"].replacement is None
+    # hosts.go: a lone 127.0.0.1 answers ::1 as well.
+    assert by_rule["full:localhost.test"] == HostMapping(
+        DomainRule(FULL, "localhost.test"), (Address.parse("127.0.0.1"), Address.parse("::1")))
+    assert by_rule["regexp:^r\\d+\\.test$"].rule.kind == REGEXP
+
+
+def test_keys_are_case_insensitive_like_go() -> None:
+    config = DnsConfig.from_json({
+        "Servers": [{"Address": "1.1.1.1", "PORT": 54, "expectIPs": "10.0.0.0/8,11.0.0.0/8",
+                     "ClientIP": "1.2.3.4", "Domains": ["x"]}],
+        "CLIENTIP": "5.6.7.8"})
+    server = config.servers[0]
+    assert (server.port, server.client_ip, len(server.expect_ips)) == (
+        54, Address.parse("1.2.3.4"), 2)
+    assert config.client_ip == Address.parse("5.6.7.8")
+
+
+def test_empty_and_absent() -> None:
+    assert DnsConfig.from_json(None) == DnsConfig()
+    assert DnsConfig.from_json({}) == DnsConfig()
+    port_zero = DnsConfig.from_json({"servers": [{"address": "1.2.3.4", "port": 0}]})
+    assert port_zero.servers[0].port == 53  # nameserver_udp.go: 0 means 53
+
+
+@pytest.mark.parametrize("section, path, message", [
+    ({"servers": ["https://dns.google/dns-query"]}, "dns.servers[0]",
+     "DoH/DoQ servers are not supported by v2sync yet"),
+    ({"servers": ["8.8.8.8", "https+local://1.1.1.1/dns-query"]}, "dns.servers[1]",
+     "DoH/DoQ servers are not supported by v2sync yet"),
+    ({"servers": [{"address": "quic+local://dns.adguard.com"}]}, "dns.servers[0].address",
+     "DoH/DoQ servers are not supported by v2sync yet"),
+    ({"servers": ["tcp://1.1.1.1"]}, "dns.servers[0]", "unknown name server URL"),
+    ({"servers": ["1.2.3.4:53"]}, "dns.servers[0]", "invalid name server address"),
+    ({"servers": [{"port": 53}]}, "dns.servers[0].address", "address is not specified"),
+    ({"servers": [{"address": "1.1.1.1", "port": 65536}]}, "dns.servers[0].port",
+     "invalid port"),
+    ({"servers": [{"address": "1.1.1.1", "domains": "a,b"}]}, "dns.servers[0].domains",
+     "invalid domains"),
+    ({"servers": [{"address": "1.1.1.1", "domains": ["ok", "geosite:cn"]}]},
+     "dns.servers[0].domains[1]", "geosite/geoip in dns is not supported yet"),
+    ({"servers": [{"address": "1.1.1.1", "expectIps": ["geoip:cn"]}]},
+     "dns.servers[0].expectIps[0]", "geosite/geoip in dns is not supported yet"),
+    ({"servers": [{"address": "1.1.1.1", "expectIps": ["10.0.0.0/33"]}]},
+     "dns.servers[0].expectIps[0]", "invalid IP or CIDR"),
+    ({"servers": [{"address": "1.1.1.1", "clientIp": "example.com"}]},
+     "dns.servers[0].clientIp", "not an IP address"),
+    ({"servers": [42]}, "dns.servers[0]", "invalid name server"),
+    ({"servers": "8.8.8.8"}, "dns.servers", "is not an array"),
+    ({"clientIp": "example.com"}, "dns.clientIp", "not an IP address"),
+    ({"hosts": {"geosite:cn": "1.2.3.4"}}, 'dns.hosts["geosite:cn"]',
+     "geosite/geoip in dns is not supported yet"),
+    ({"hosts": {"regexp:(": "1.2.3.4"}}, 'dns.hosts["regexp:("]', "invalid regexp"),
+    ({"hosts": {"a.test": ["1.2.3.4"]}}, 'dns.hosts["a.test"]', "is not a string"),
+    ({"hosts": {"a.test": ""}}, 'dns.hosts["a.test"]', "empty address"),
+    ({"tag": 5}, "dns.tag", "is not a string"),
+])
+def test_errors_are_located(section: Mapping[str, Any], path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        DnsConfig.from_json(section)
+    assert info.value.path == path
+    assert message in info.value.message
+
+
+def test_every_error_is_reported_at_once() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        DnsConfig.from_json({"servers": ["https://x/dns-query", "1.1.1.1", "1.2.3.4:53"],
+                             "hosts": {"domain:": "1.2.3.4"}, "clientIp": "nope"})
+    assert [e.path for e in info.value.errors] == [
+        "dns.servers[0]", "dns.servers[2]", 'dns.hosts["domain:"]', "dns.clientIp"]
+
+
+# ---------------------------------------------------------------- agreement with v2ray 4.34
+
+
+def _v2ray_accepts(v2ray_bin: str, section: Mapping[str, Any], tmp_path: Path) -> bool:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"dns": section, "outbounds": [{"protocol": "freedom"}]}))
+    result = subprocess.run([v2ray_bin, "-test", "-config", str(path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    return result.returncode == 0
+
+
+def _v2sync_accepts(section: Mapping[str, Any]) -> bool:
+    try:
+        DnsConfig.from_json(section)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("section", [
+    FULL_SECTION,
+    {"servers": ["1.2.3.4:53"]},
+    {"servers": [{"address": "1.1.1.1", "clientIp": "example.com"}]},
+    {"clientIp": "example.com"},
+    {"hosts": {"dotless:a.b": "1.2.3.4"}},
+], ids=["full", "host-port-string", "server-clientIp-domain", "clientIp-domain",
+        "dotless-with-dot"])
+def test_v2ray_agrees(section: Mapping[str, Any], v2ray_bin: str, tmp_path: Path) -> None:
+    assert _v2sync_accepts(section) == _v2ray_accepts(v2ray_bin, section, tmp_path)
