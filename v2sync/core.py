@@ -12,6 +12,7 @@ from typing import List
 
 from v2sync import __version__, distro  # noqa: F401  (distro registers every protocol)
 from v2sync.app.dispatcher.default import DefaultDispatcher
+from v2sync.app.dns.server import DnsResolver
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
@@ -41,7 +42,8 @@ class Instance:
         self.policy = PolicyManager(config.policy)
         self.workers = ThreadGroup("connections", min_spare=SPARE_WORKERS)
         self.listener_threads = ThreadGroup("listeners")
-        self.context = ProxyContext(self.policy, self.timers, self.workers)
+        self.dns = DnsResolver(config.dns_settings)
+        self.context = ProxyContext(self.policy, self.timers, self.workers, self.dns)
         self.outbounds = OutboundManager()
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())

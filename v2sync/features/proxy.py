@@ -26,7 +26,8 @@ class OutboundProxy(Protocol):
 class ProxyContext:
     """What every handler needs from the Instance: policy, timers and its thread group."""
 
-    def __init__(self, policy, timers, threads):
+    def __init__(self, policy, timers, threads, dns=None):
         self.policy = policy      # app.policy.manager.PolicyManager
+        self.dns = dns            # app.dns.server.DnsResolver (the built-in DNS)
         self.timers = timers      # common.signal.TimerWheel
         self.threads = threads    # common.task.ThreadGroup (joined on shutdown)

@@ -41,7 +41,8 @@ def rule(tag: str, **fields: Any) -> Dict[str, Any]:
 
 class FakeResolver:
     def __init__(self, answers: Dict[str, List[str]], error: Optional[Exception] = None):
-        self.answers, self.error, self.calls = answers, error, []  # type: ignore[var-annotated]
+        self.answers, self.error = answers, error
+        self.calls: List[str] = []
 
     def __call__(self, name: str) -> List[Address]:
         self.calls.append(name)

@@ -312,3 +312,14 @@ def test_default_loads_from_another_working_directory(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["socks-in", "direct"]
+
+
+def test_dns_section_is_built_and_doh_refused_by_name(tmp_path) -> None:
+    from v2sync.infra.conf.builder import config_from_dict
+    base = {"outbounds": [{"protocol": "freedom"}]}
+    config = config_from_dict({**base, "dns": {"servers": ["127.0.0.1"],
+                                               "hosts": {"domain:example.test": "10.0.0.1"}}})
+    assert config.dns_settings is not None and len(config.dns_settings.servers) == 1
+    with pytest.raises(ConfigErrors) as err:
+        config_from_dict({**base, "dns": {"servers": ["https://1.1.1.1/dns-query"]}})
+    assert "not supported" in str(err.value) and "dns.servers[0]" in str(err.value)

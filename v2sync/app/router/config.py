@@ -29,11 +29,11 @@ from typing import (
     Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, TypeVar,
 )
 
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path
 from v2sync.app.router.geodata import GEOIP_FILE, GEOSITE_FILE, PRIVATE_LIST, GeoData, SiteDomain
 from v2sync.app.router.matchers import (
     Cidr, DomainKind, DomainPattern, IntRangeSet, IpSet, compile_regex, parse_cidr,
 )
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path
 
 log = logging.getLogger(__name__)
 

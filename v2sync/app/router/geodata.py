@@ -20,13 +20,16 @@ executable's), then ``/usr/local/share/v2ray`` and ``/usr/share/v2ray``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
+from v2sync.app.router.matchers import IPV4_BITS, IPV6_BITS, Cidr, DomainKind, parse_cidr
 from v2sync.common.errors import ConfigError
-from v2sync.app.router.matchers import Cidr, DomainKind, IPV4_BITS, IPV6_BITS, parse_cidr
+
+log = logging.getLogger(__name__)
 
 # Checked in this order; the v2sync names come first so v2sync can be pointed elsewhere than
 # a v2ray running on the same machine. The dotted names are what platform.NewEnvFlag reads
@@ -264,8 +267,10 @@ class GeoData:
 
     def private_cidrs(self, path: str = "") -> List[Cidr]:
         """``geoip:private``: geoip.dat's list when the file exists and has one, else built in."""
-        if self.locate(GEOIP_FILE) is not None and self._has_list(GEOIP_FILE, PRIVATE_LIST, path):
-            return self.geoip(GEOIP_FILE, PRIVATE_LIST, path)
+        if self.locate(GEOIP_FILE) is not None:
+            if self._has_list(GEOIP_FILE, PRIVATE_LIST, path):
+                return self.geoip(GEOIP_FILE, PRIVATE_LIST, path)
+            log.info("%s has no %r list; using the built-in one", self.locate(GEOIP_FILE), PRIVATE_LIST)
         return [parse_cidr(text) for text in PRIVATE_CIDRS]
 
     def _has_list(self, filename: str, code: str, path: str) -> bool:

@@ -211,6 +211,8 @@ class Router:
 
     def _on_demand(self, facts: _Facts, domain_hits: Set[int], lookup: _Lookup,
                    ip_rules_only: bool = False) -> Optional[int]:
+        """Walk until a rule's ip condition is reached (its earlier checks passed), resolve
+        there, and finish the walk with the addresses known."""
         rules = self._rules
         if ip_rules_only:
             before = sorted(i for i in domain_hits if rules[i].has_ip)

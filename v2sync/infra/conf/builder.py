@@ -22,6 +22,7 @@ from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNL
                                      SystemPolicy, deep_freeze)
 from v2sync.infra.conf.validate import (NETWORK_ALIASES, check_document, sort_errors,
                                         without_errors)
+from v2sync.app.dns.config import DnsConfig
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
@@ -145,7 +146,13 @@ class _Builder:
         if policy_section is not None:
             policy = self.attempt(policy_section.file, build_policy, policy_section.value) \
                 or policy  # on error build_config raises anyway
+        dns_section = merged.section("dns")
+        dns_settings = None
+        if dns_section is not None:
+            dns_settings = self.attempt(dns_section.file, DnsConfig.from_json,
+                                        dns_section.value, "dns")
         return Config(
+            dns_settings=dns_settings,
             log=build_log(log_section.value if log_section else None),
             policy=policy,
             inbounds=tuple(i for i in inbounds if i is not None),

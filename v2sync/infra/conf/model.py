@@ -162,3 +162,6 @@ class Config:
     dns: Mapping[str, Any] = field(default_factory=_empty, hash=False)
     files: Tuple[str, ...] = ()
     stats_enabled: bool = False  # a "stats" section was present
+    # Converted sections (app.dns.config.DnsConfig, app.router.config.RoutingConfig), or None.
+    dns_settings: Any = field(default=None, compare=False, hash=False)
+    routing_settings: Any = field(default=None, compare=False, hash=False)

@@ -44,10 +44,11 @@ class FreedomOutbound:
         dest = self._redirected(session.target)
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
-            self._process_udp(session, dest, link, policy)
+            self._process_udp(session, dest, link, policy, self._lookup(session, dest))
             return
+        lookup = self._lookup(session, dest)
         conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
-                               self.settings.domain_strategy, self.source)
+                               self.settings.domain_strategy, self.source, lookup)
         try:
             def abort() -> None:
                 conn.abort()
@@ -74,8 +75,20 @@ class FreedomOutbound:
         address = Address.parse(host) if host else dest.address
         return Destination(address, port or dest.port, dest.network)
 
-    def _process_udp(self, session: Session, dest: Destination, link: Link, policy) -> None:
-        sock = dial_udp(candidates(dest, self.settings.domain_strategy)[0], self.source)
+    def _lookup(self, session: Session, dest: Destination):
+        """How names are resolved: the router's answer if it resolved this very name (one
+        resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
+        if session.resolved and dest.address == session.target.address:
+            resolved = tuple(session.resolved)
+            return lambda name: resolved
+        strategy = self.settings.domain_strategy
+        if strategy != "AsIs" and self.ctx.dns is not None:
+            return lambda name: self.ctx.dns.lookup(name, strategy)
+        return None
+
+    def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
+                     lookup) -> None:
+        sock = dial_udp(candidates(dest, self.settings.domain_strategy, lookup)[0], self.source)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:

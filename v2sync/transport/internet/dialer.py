@@ -6,7 +6,7 @@ each answer is tried in turn; the first that connects wins.
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
@@ -17,17 +17,25 @@ from v2sync.transport.internet.tcp import dial_tcp
 DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
 
 
-def candidates(dest: Destination, strategy: str = "AsIs") -> List[Destination]:
+# Resolves a name to addresses: the built-in DNS for UseIP*, the system resolver for AsIs.
+Lookup = Callable[[str], Sequence[Address]]
+
+
+def candidates(dest: Destination, strategy: str = "AsIs",
+               lookup: Optional[Lookup] = None) -> List[Destination]:
     if dest.address.is_ip:
         return [dest]
-    addresses = resolve(dest.address.value, strategy, dest.port)
+    if lookup is not None:
+        addresses = list(lookup(dest.address.value))
+    else:
+        addresses = resolve(dest.address.value, strategy, dest.port)
     return [Destination(a, dest.port, dest.network) for a in addresses]
 
 
-def dial_once(dest: Destination, strategy: str = "AsIs",
-              source: Optional[Address] = None) -> Connection:
+def dial_once(dest: Destination, strategy: str = "AsIs", source: Optional[Address] = None,
+              lookup: Optional[Lookup] = None) -> Connection:
     last: Optional[TransportError] = None
-    for candidate in candidates(dest, strategy):
+    for candidate in candidates(dest, strategy, lookup):
         try:
             return dial_tcp(candidate, DIAL_TIMEOUT, source)
         except TransportError as e:
@@ -36,13 +44,14 @@ def dial_once(dest: Destination, strategy: str = "AsIs",
 
 
 def dial_with_retry(dest: Destination, attempts: int, first_delay: float,
-                    strategy: str = "AsIs", source: Optional[Address] = None) -> Connection:
+                    strategy: str = "AsIs", source: Optional[Address] = None,
+                    lookup: Optional[Lookup] = None) -> Connection:
     """``attempts`` tries, sleeping ``first_delay`` and doubling between them."""
     delay = first_delay
     last: Optional[TransportError] = None
     for attempt in range(attempts):
         try:
-            return dial_once(dest, strategy, source)
+            return dial_once(dest, strategy, source, lookup)
         except TransportError as e:
             last = e
             if attempt + 1 < attempts:
