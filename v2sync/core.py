@@ -13,6 +13,7 @@ from typing import List
 from v2sync import __version__, distro  # noqa: F401  (distro registers every protocol)
 from v2sync.app.dispatcher.default import DefaultDispatcher
 from v2sync.app.dns.server import DnsResolver
+from v2sync.app.router.router import Router
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
@@ -48,6 +49,11 @@ class Instance:
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
         self._build()
+        if config.routing_settings is not None:
+            # The router resolves names with the built-in DNS (IPIfNonMatch / IPOnDemand).
+            self.dispatcher.router = Router(
+                config.routing_settings, resolve=lambda name: self.dns.lookup(name, "UseIP"),
+                outbound_tags=[oc.tag for oc in config.outbounds if oc.tag])
         self.running = False
 
     def _build(self) -> None:

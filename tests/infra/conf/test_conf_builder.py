@@ -323,3 +323,15 @@ def test_dns_section_is_built_and_doh_refused_by_name(tmp_path) -> None:
     with pytest.raises(ConfigErrors) as err:
         config_from_dict({**base, "dns": {"servers": ["https://1.1.1.1/dns-query"]}})
     assert "not supported" in str(err.value) and "dns.servers[0]" in str(err.value)
+
+
+def test_routing_section_is_built_with_located_errors() -> None:
+    from v2sync.infra.conf.builder import config_from_dict
+    base = {"outbounds": [{"protocol": "freedom", "tag": "direct"}]}
+    config = config_from_dict({**base, "routing": {"rules": [
+        {"type": "field", "domain": ["domain:example.test"], "outboundTag": "direct"}]}})
+    assert len(config.routing_settings.rules) == 1
+    with pytest.raises(ConfigErrors) as err:
+        config_from_dict({**base, "routing": {"rules": [
+            {"type": "field", "attrs": "attrs[':method'] == 'GET'", "outboundTag": "direct"}]}})
+    assert "routing.rules[0]" in str(err.value) and "attrs" in str(err.value)

@@ -216,10 +216,6 @@ def test_unsupported_security_and_tcp_header() -> None:
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"routing": {"rules": [{"type": "field", "outboundTag": "x"}]}},
-     "f.json: routing.rules: routing rules are not supported by v2sync yet"),
-    ({"routing": {"settings": {"rules": [{"type": "field"}]}}},
-     "f.json: routing.settings.rules: routing rules are not supported by v2sync yet"),
     ({"outbounds": [{"protocol": "freedom", "mux": {"enabled": True}}]},
      "f.json: outbounds[0].mux.enabled: mux is not supported by v2sync yet"),
     ({"outbounds": [{"protocol": "freedom", "proxySettings": {"tag": "x"}}]},

@@ -97,7 +97,7 @@ class DefaultDispatcher:
     def _pick_outbound(self, session: Session) -> OutboundHandler:
         if self.router is not None:
             decision = self.router.decide(session)
-            session.resolved = decision.resolved
+            session.resolved = decision.resolved or ()  # None: the router looked nothing up
             if decision.tag:
                 handler = self.outbounds.get(decision.tag)
                 if handler is not None:

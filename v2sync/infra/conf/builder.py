@@ -23,6 +23,7 @@ from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNL
 from v2sync.infra.conf.validate import (NETWORK_ALIASES, check_document, sort_errors,
                                         without_errors)
 from v2sync.app.dns.config import DnsConfig
+from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
@@ -151,8 +152,14 @@ class _Builder:
         if dns_section is not None:
             dns_settings = self.attempt(dns_section.file, DnsConfig.from_json,
                                         dns_section.value, "dns")
+        routing_section = merged.section("routing")
+        routing_settings = None
+        if routing_section is not None:
+            routing_settings = self.attempt(routing_section.file, routing_from_json,
+                                            routing_section.value, "routing")
         return Config(
             dns_settings=dns_settings,
+            routing_settings=routing_settings,
             log=build_log(log_section.value if log_section else None),
             policy=policy,
             inbounds=tuple(i for i in inbounds if i is not None),
