@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from v2sync.common.errors import TransportError
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import run_pair
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
+from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, write_or_stop
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.link import Link
 
 Direction = Callable[[ActivityTimer], None]
 
@@ -44,3 +48,33 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, abort: Callable
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:
         timer.cancel()
+
+
+def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
+                 link: Link, early: bytes = b"") -> Optional[BaseException]:
+    """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT): client <-> link.
+
+    ``early`` are bytes the client pipelined behind its handshake; they go first.
+    """
+    def abort() -> None:
+        conn.abort()
+        link.interrupt()
+
+    def request(timer: ActivityTimer) -> None:
+        if early and not write_or_stop(link.writer, early):
+            return
+        copy_conn_to_pipe(conn, link.writer, timer)
+        link.writer.close()
+
+    def response(timer: ActivityTimer) -> None:
+        copy_pipe_to_conn(link.reader, conn, timer)
+
+    return run_relay(ctx, name, policy, abort, request, response)
+
+
+def try_write(conn: Connection, data: bytes) -> None:
+    """Best-effort error reply: the peer may already be gone."""
+    try:
+        conn.write(data)
+    except TransportError:
+        pass

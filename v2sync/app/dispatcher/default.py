@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Dict, Optional
+from typing import Dict
 
 from v2sync.app.dispatcher.sniffer import NEED_MORE, SniffResult, override_domain, sniff
 from v2sync.app.log.access import AccessLog

@@ -22,8 +22,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
-from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
+from v2sync.proxy.relay import relay_stream, try_write
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -67,10 +66,10 @@ class HttpInbound:
             self._authenticate(head)
             return head
         except RemoteProtocolError as e:
-            _try_write(conn, e.reply or enc.response_400())
+            try_write(conn, e.reply or enc.response_400())
             raise
         except AuthenticationError:
-            _try_write(conn, enc.response_407())
+            try_write(conn, enc.response_407())
             raise
 
     def _authenticate(self, head: enc.RequestHead) -> None:
@@ -102,21 +101,7 @@ class HttpInbound:
         link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
         conn.write(enc.CONNECT_ESTABLISHED)
         early = reader.consume(len(reader.buf))
-
-        def abort() -> None:
-            conn.abort()
-            link.interrupt()
-
-        def request(timer) -> None:
-            if early:
-                link.writer.write(early)
-            copy_conn_to_pipe(conn, link.writer, timer)
-            link.writer.close()
-
-        def response(timer) -> None:
-            copy_pipe_to_conn(link.reader, conn, timer)
-
-        error = run_relay(self.ctx, session.name(), self.policy, abort, request, response)
+        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
         if error is not None:
             log.debug("%s: tunnel ended: %s", session.name(), error)
 
@@ -136,7 +121,7 @@ class HttpInbound:
             response, leftover = self._read_response_head(conn, link)
         except (UpstreamFailed, TransportError) as e:
             link.interrupt()
-            _try_write(conn, enc.response_503())
+            try_write(conn, enc.response_503())
             log.info("%s: upstream failed: %s", session.name(), e)
             return False
         try:
@@ -218,9 +203,3 @@ def _wait_readable(reader: HandshakeReader) -> bool:
     except RemoteProtocolError:
         return False  # "connection closed during handshake" with nothing sent: a normal end
 
-
-def _try_write(conn: Connection, data: bytes) -> None:
-    try:
-        conn.write(data)
-    except TransportError:
-        pass

@@ -14,16 +14,15 @@ import threading
 import time
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
-from v2sync.common.errors import AuthenticationError, RemoteProtocolError, TransportError
+from v2sync.common.errors import AuthenticationError, RemoteProtocolError
 from v2sync.common.net import ANY_IPV4, Address, Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import relay_stream, try_write
 from v2sync.proxy.socks import encoding as enc
 from v2sync.proxy.socks.config import SocksServerConfig
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class SocksInbound:
             request = self._handshake(reader, conn)
         except RemoteProtocolError as e:
             if e.reply:
-                _try_write(conn, e.reply)
+                try_write(conn, e.reply)
             raise
         if request.command is enc.Command.UDP_ASSOCIATE:
             self._hold_udp_association(conn)
@@ -124,21 +123,7 @@ class SocksInbound:
     def _relay(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                dest: Destination, early: bytes) -> None:
         link = dispatcher.dispatch(session, dest)
-
-        def abort() -> None:
-            conn.abort()
-            link.interrupt()
-
-        def request(timer) -> None:
-            if early:  # bytes the client pipelined behind its request
-                link.writer.write(early)
-            copy_conn_to_pipe(conn, link.writer, timer)
-            link.writer.close()
-
-        def response(timer) -> None:
-            copy_pipe_to_conn(link.reader, conn, timer)
-
-        error = run_relay(self.ctx, session.name(), self.policy, abort, request, response)
+        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
         if error is not None:
             log.debug("%s: relay ended: %s", session.name(), error)
 
@@ -170,9 +155,3 @@ class SocksInbound:
         if self._udp_table is not None:
             self._udp_table.close()
 
-
-def _try_write(conn: Connection, data: bytes) -> None:
-    try:
-        conn.write(data)
-    except TransportError:  # the peer may already be gone; the error reply is best effort
-        pass
