@@ -470,6 +470,37 @@ def scenario_route(options: BenchOptions) -> List[Row]:
             Row(f"[{name}] decision p99 (us)", {"v2sync": latencies[int(len(latencies) * 0.99)]},
                 Target("value<=", ROUTE_DECISION_LIMIT_US)),
         ]
+    return rows + sniffing_overhead_rows(options)
+
+
+def sniffing_overhead_rows(options: BenchOptions) -> List[Row]:
+    """New-connection latency through v2sync (SOCKS -> freedom) with and without sniffing.
+
+    The echo client speaks first, so sniffing costs one look at the first 1 KiB (random
+    bytes: "unknown content" after one read), not the 2 x 100 ms timeout.
+    """
+    rows: List[Row] = []
+    errors: List[str] = []
+    results: Dict[str, Tuple[float, float]] = {}
+    with TcpEchoServer(max_connections=LINGERING_CONNECTIONS, timeout=PHASE_DEADLINE) as echo:
+        for label, sniffing in (("off", None), ("on", {"enabled": True,
+                                                       "destOverride": ["http", "tls"]})):
+            port = free_port()
+            config = socks_freedom_config(port, access="none")
+            if sniffing:
+                config["inbounds"][0]["sniffing"] = sniffing
+            with running_chain("v2sync", [config], errors):
+                for _ in range(WARMUP_CONNECTIONS):
+                    echo_once(port, echo)
+                results[label] = measure_latency(port, echo, options.latency_rounds)
+            wait_for_idle_origin(echo)
+    for error in errors:
+        print(f"  ERROR {error}", file=sys.stderr)
+    if len(results) == 2:
+        rows.append(Row("connect + 1 KiB echo p50, sniffing off (ms)", {"v2sync": results["off"][0]}))
+        rows.append(Row("connect + 1 KiB echo p50, sniffing on (ms)", {"v2sync": results["on"][0]}))
+        rows.append(Row("sniffing overhead on p50 (ms)",
+                        {"v2sync": results["on"][0] - results["off"][0]}))
     return rows
 
 
