@@ -55,6 +55,10 @@ class _ByteQueue(queue.Queue):
         # task_done()/join() are never used on a pipe; dropping their Condition saves ~700
         # bytes on every pipe of every held connection.
         self.all_tasks_done = None
+        # One writer and one reader, and never both waiting: the writer waits only while the
+        # pipe is full, the reader only while it is empty. So one Condition serves both
+        # ("not full" and "not empty"); ~800 bytes less per pipe.
+        self.not_full = self.not_empty
 
     def _init(self, maxsize: int) -> None:
         self.queue: Deque[bytes] = deque()
