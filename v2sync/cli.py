@@ -107,8 +107,6 @@ def cmd_run(args) -> int:
     except ConfigError as e:
         return _print_config_errors(e)
     configure(config.log, _console_handler)
-    if os.environ.get("V2SYNC_SWITCH"):
-        sys.setswitchinterval(float(os.environ["V2SYNC_SWITCH"]))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

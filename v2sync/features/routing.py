@@ -1,17 +1,25 @@
 """Routing and dispatch interfaces (v2ray ``features/routing``)."""
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Tuple
 
-from v2sync.common.net import Destination
+from v2sync.common.net import Address, Destination
 from v2sync.common.session import Session
 from v2sync.transport.link import Link
 
 
-class Router(Protocol):
-    """Picks an outbound tag for a session; None means "the default outbound"."""
+class Decision(Protocol):
+    """A routing decision: the outbound tag (None: the default outbound) and the addresses
+    the router resolved the target's name to, if it did (the dial reuses them)."""
 
-    def pick_route(self, session: Session) -> Optional[str]: ...
+    tag: Optional[str]
+    resolved: Optional[Tuple[Address, ...]]
+
+
+class Router(Protocol):
+    """Routes a session (implemented by ``app.router.Router``)."""
+
+    def decide(self, session: Session) -> Decision: ...
 
 
 class Dispatcher(Protocol):

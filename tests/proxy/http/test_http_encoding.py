@@ -12,6 +12,7 @@ from v2sync.common.net import Address, Destination
 from v2sync.proxy.http import encoding as http
 from v2sync.proxy.http.encoding import BodyFramer, BodyKind, Framing, RequestHead, ResponseHead
 from v2sync.proxy.http.encoding import TargetForm
+from support.codec_checks import assert_decodes as check_decodes, assert_garbage
 
 TRAILER = b"GET /next HTTP/1.1\r\n\r\n"
 # Captured from the Debian v2ray 4.34 binary's http inbound over loopback.
@@ -25,18 +26,7 @@ SIMPLE = b"GET http://example.com/a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Case:
 
 
 def assert_decodes(parse, wire: bytes, expected) -> None:
-    assert parse(wire) == (expected, len(wire))
-    for cut in range(len(wire)):
-        assert parse(wire[:cut]) is None, cut
-    head, consumed = parse(wire + TRAILER)
-    assert head == expected
-    assert (wire + TRAILER)[consumed:] == TRAILER
-
-
-def assert_garbage(parse, wire: bytes, reply) -> None:
-    with pytest.raises(RemoteProtocolError) as info:
-        parse(wire)
-    assert info.value.reply == reply
+    check_decodes(parse, wire, expected, TRAILER)
 
 
 def request(target="/", method="GET", version="HTTP/1.1", headers=()):

@@ -7,10 +7,11 @@ import ipaddress
 import pytest
 from hypothesis import given, strategies as st
 
-from v2sync.common.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from v2sync.common.errors import LocalProtocolError, ProtocolError
 from v2sync.common.net import Address, AddressKind, Destination, Network
 from v2sync.proxy.socks import encoding as socks
 from v2sync.proxy.socks.encoding import Command, Reply
+from support.codec_checks import assert_decodes as check_decodes, assert_garbage
 
 TRAILER = b"\x05\x00TRAILING"
 REFUSAL_CMD = b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00"  # v2ray writeSocks5Response(7, 0.0.0.0:0)
@@ -23,19 +24,7 @@ DOMAIN = Address.parse("example.com")
 
 
 def assert_decodes(parse, wire: bytes, expected) -> None:
-    """Whole, one byte at a time (None until the last byte) and with trailing bytes."""
-    assert parse(wire) == (expected, len(wire))
-    for cut in range(len(wire)):
-        assert parse(wire[:cut]) is None, cut
-    frame, consumed = parse(wire + TRAILER)
-    assert frame == expected
-    assert (wire + TRAILER)[consumed:] == TRAILER
-
-
-def assert_garbage(parse, wire: bytes, reply) -> None:
-    with pytest.raises(RemoteProtocolError) as info:
-        parse(wire)
-    assert info.value.reply == reply
+    check_decodes(parse, wire, expected, TRAILER)
 
 
 # -- version dispatch -------------------------------------------------------------------------

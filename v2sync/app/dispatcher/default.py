@@ -10,7 +10,9 @@ import logging
 import threading
 from typing import Dict
 
-from v2sync.app.dispatcher.sniffer import NEED_MORE, SniffResult, override_domain, sniff
+from v2sync.app.dispatcher.sniffer import (NEED_MORE, SNIFF_ATTEMPTS, SNIFF_BUFFER_SIZE,
+                                          SNIFF_READ_TIMEOUT, SniffResult, override_domain,
+                                          sniff)
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
@@ -23,12 +25,6 @@ from v2sync.transport.pipe import EOF, ReadTimeout
 
 log = logging.getLogger(__name__)
 
-# app/dispatcher/default.go sniffer(): two reads of at most 100 ms, on at most 2 KiB.
-SNIFF_ATTEMPTS = 2
-SNIFF_READ_TIMEOUT = 0.1
-SNIFF_MAX_BYTES = 2048
-
-
 class DefaultDispatcher:
     def __init__(self, outbounds: OutboundManager, policy: PolicyManager, threads: ThreadGroup,
                  access_log: AccessLog, router=None):
@@ -36,7 +32,7 @@ class DefaultDispatcher:
         self.policy = policy
         self.threads = threads
         self.access_log = access_log
-        self.router = router  # app.router.Router, or None: everything to the default
+        self.router = router  # features.routing.Router, or None: everything to the default
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
@@ -81,8 +77,8 @@ class DefaultDispatcher:
             if chunk is EOF:
                 break  # the pipe stays closed: the outbound gets the bytes back, then EOF
             seen += chunk
-            result = sniff(seen[:SNIFF_MAX_BYTES])
-            if result is not NEED_MORE or len(seen) >= SNIFF_MAX_BYTES:
+            result = sniff(seen[:SNIFF_BUFFER_SIZE])
+            if result is not NEED_MORE or len(seen) >= SNIFF_BUFFER_SIZE:
                 break
         link.reader.unread(seen)
         if not isinstance(result, SniffResult):
