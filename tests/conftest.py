@@ -16,6 +16,7 @@ for _path in (str(TESTS_DIR.parent), str(TESTS_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from support.certs import Pki, make_pki  # noqa: E402
 from support.peers import HttpOrigin, TcpEchoServer, UdpEchoServer  # noqa: E402
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, require_v2ray  # noqa: E402
 
@@ -26,6 +27,12 @@ ProcessFactory = Callable[..., ConfigProcess]
 def v2ray_bin() -> str:
     """Path of the real v2ray binary; skips the test (fails it under ``$CI``) if missing."""
     return require_v2ray()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA and a leaf certificate for ``v2sync.test``/``localhost``/127.0.0.1."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -66,7 +66,8 @@ class Instance:
         for ic in self.config.inbounds:
             try:
                 proxy = self._make_proxy(INBOUNDS, ic)
-                self.inbounds.add(InboundHandler(ic, proxy, self.dispatcher, self.workers))
+                self.inbounds.add(InboundHandler(ic, proxy, self.dispatcher, self.workers,
+                                                 self.policy.for_level(0).handshake))
             except ConfigError as e:
                 errors.append(e)
         if errors:

@@ -60,3 +60,5 @@ class Registry(Generic[T]):
 
 INBOUNDS: Registry = Registry("inbound protocol")
 OUTBOUNDS: Registry = Registry("outbound protocol")
+# Stream transports by canonical network name (transport/internet/hub.Transport instances).
+TRANSPORTS: Registry = Registry("streamSettings.network")

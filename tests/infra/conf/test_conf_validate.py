@@ -178,14 +178,21 @@ def test_unsupported_network_names_supported_ones() -> None:
     data = {"inbounds": [{"protocol": "socks", "port": 1, "streamSettings": {"network": "KCP"}}]}
     assert errors_of(data) == [
         "f.json: inbounds[0].streamSettings.network: 'kcp' is not supported by v2sync "
-        "(supported: tcp)"]
+        "(supported: domainsocket, tcp, websocket)"]
+
+
+@pytest.mark.parametrize("network", ["quic", "h2", "http", "mkcp"])
+def test_other_v2ray_networks_are_refused_by_name(network: str) -> None:
+    data = {"outbounds": [{"protocol": "freedom", "streamSettings": {"network": network}}]}
+    [error] = errors_of(data)
+    assert "is not supported by v2sync (supported: domainsocket, tcp, websocket)" in error
 
 
 def test_unknown_network_is_not_a_v2ray_name() -> None:
     data = {"outbounds": [{"protocol": "freedom", "streamSettings": {"network": "carrier-pigeon"}}]}
     assert errors_of(data) == [
         "f.json: outbounds[0].streamSettings.network: unknown network 'carrier-pigeon' "
-        "(expected one of: tcp)"]
+        "(expected one of: domainsocket, tcp, websocket)"]
 
 
 @pytest.mark.parametrize("kind, protocol, supported", [
@@ -206,13 +213,19 @@ def test_unknown_protocol() -> None:
         "f.json: inbounds[0].protocol: unknown protocol 'socks5' (expected one of: http, socks, vmess)"]
 
 
-def test_unsupported_security_and_tcp_header() -> None:
+def test_tls_and_http_header_are_accepted() -> None:
     stream = {"security": "TLS", "tcpSettings": {"header": {"type": "http"}}}
-    assert errors_of({"outbounds": [{"protocol": "freedom", "streamSettings": stream}]}) == [
-        "f.json: outbounds[0].streamSettings.security: 'tls' is not supported by v2sync "
-        "(supported: none)",
-        "f.json: outbounds[0].streamSettings.tcpSettings.header.type: 'http' is not supported "
-        "by v2sync (supported: none)"]
+    document = validate_document({"outbounds": [{"protocol": "freedom", "streamSettings": stream}]},
+                                 "f.json")
+    assert document.data["outbounds"][0]["streamSettings"]["security"] == "tls"
+
+
+def test_unknown_security_and_kcp_only_headers_are_errors() -> None:
+    stream = {"security": "xtls", "tcpSettings": {"header": {"type": "srtp"}}}
+    errors = errors_of({"outbounds": [{"protocol": "freedom", "streamSettings": stream}]})
+    assert len(errors) == 2
+    assert errors[0].startswith("f.json: outbounds[0].streamSettings.security: ")
+    assert errors[1].startswith("f.json: outbounds[0].streamSettings.tcpSettings.header.type: ")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -222,8 +235,8 @@ def test_unsupported_security_and_tcp_header() -> None:
      "f.json: outbounds[0].proxySettings: proxySettings (outbound chaining) is not supported "
      "by v2sync yet"),
     ({"api": {"tag": "api"}}, "f.json: api: the api section is not supported by v2sync yet"),
-    ({"outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"mark": 255}}}]},
-     "f.json: outbounds[0].streamSettings.sockopt.mark: sockopt mark is not supported by "
+    ({"outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"tproxy": "tproxy"}}}]},
+     "f.json: outbounds[0].streamSettings.sockopt.tproxy: sockopt tproxy is not supported by "
      "v2sync yet"),
 ])
 def test_unsupported_features_are_errors(data: Dict[str, Any], message: str) -> None:

@@ -10,14 +10,16 @@ import logging
 import threading
 from typing import Dict, List, Optional
 
-from v2sync.common.errors import HandshakeTimeout, ProtocolError, TransportError, V2SyncError
+from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
+                                  V2SyncError)
 from v2sync.common.net import ANY_IPV6, Address
 from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
 from v2sync.features.routing import Dispatcher
 from v2sync.infra.conf.model import InboundConfig
 from v2sync.transport.internet.conn import Connection
-from v2sync.transport.internet.tcp import TcpListener
+from v2sync.transport.internet.hub import StreamServer
+from v2sync.transport.internet.tcp import StreamListener
 from v2sync.transport.internet.udp import UdpListener
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 class InboundHandler:
     def __init__(self, config: InboundConfig, proxy, dispatcher: Dispatcher,
-                 workers: ThreadGroup):
+                 workers: ThreadGroup, handshake_timeout: float = 60.0):
         self.tag = config.tag
         self.config = config
         self.proxy = proxy
@@ -33,7 +35,13 @@ class InboundHandler:
         self.workers = workers
         # No "listen": all interfaces; "::" with V6ONLY off also serves IPv4.
         self.address = Address.parse(config.listen) if config.listen else ANY_IPV6
-        self.listeners: List[TcpListener] = []
+        # The transport (TLS, WebSocket, ...) handshake runs under the level-0 handshake
+        # timeout, as 4.34's proxies read it under that deadline.
+        try:
+            self.server = StreamServer(config.stream.transport, handshake_timeout)
+        except TransportError as e:
+            raise ConfigError(str(e), f"{config.path}.streamSettings", config.file) from e
+        self.listeners: List[StreamListener] = []
         self.udp_listeners: List[UdpListener] = []
         self._live: Dict[int, Connection] = {}
         self._lock = threading.Lock()
@@ -42,9 +50,12 @@ class InboundHandler:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
         name = self.tag or self.config.protocol
         for port in self.config.ports:
-            self.listeners.append(TcpListener(self.address, port, self._handle, self.workers, name))
+            sock, cleanup = self.server.listen(self.address, port)
+            self.listeners.append(StreamListener(sock, self._handle, self.workers, name, cleanup))
             if getattr(self.proxy, "wants_udp", False):
-                self.udp_listeners.append(self._open_udp(self.listeners[-1].port, name))
+                self.udp_listeners.append(self._open_udp(self.listeners[-1].port or port, name))
+            if self.server.single_listener:
+                break  # one socket path, whatever the port range says
 
     def start(self, listener_group: ThreadGroup) -> None:
         for listener in [*self.listeners, *self.udp_listeners]:
@@ -66,9 +77,12 @@ class InboundHandler:
     def _handle(self, conn: Connection) -> None:
         session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing)
         with self._lock:
-            self._live[id(conn)] = conn
+            self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
+        upgraded = None
         try:
-            self.proxy.process(session, conn, self.dispatcher)
+            upgraded = self.server.accept(conn)
+            session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For
+            self.proxy.process(session, upgraded, self.dispatcher)
         except HandshakeTimeout as e:
             log.info("%s: %s", session.name(), e)
         except (ProtocolError, TransportError) as e:
@@ -76,6 +90,8 @@ class InboundHandler:
         except V2SyncError as e:
             log.warning("%s: %s", session.name(), e)
         finally:
+            if upgraded is not None:
+                upgraded.close()  # each layer says goodbye (TLS close_notify), then the socket
             with self._lock:
                 self._live.pop(id(conn), None)
 

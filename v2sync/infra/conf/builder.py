@@ -16,6 +16,7 @@ from v2sync.common.net import Address
 from v2sync.infra.conf.fields import MAX_UINT32
 from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_confdirs, merge,
                                       parse_json, parse_port_range, read_json)
+from v2sync.transport.internet.config import build_stream_settings
 from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNLIMITED_BUFFER,
                                      Config, InboundConfig, LevelPolicy, LogConfig,
                                      OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
@@ -193,7 +194,8 @@ class _Builder:
         protocol = raw.get("protocol", "")
         settings = raw.get("settings") or {}
         proxy = self.convert("inbound", protocol, settings, path, file)
-        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport)
+        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport,
+                              join_path(path, "streamSettings"), True)
         if len(self.errors) > before or ports is None or stream is None:
             return None
         return InboundConfig(protocol=protocol, tag=raw.get("tag", ""), listen=listen,
@@ -209,7 +211,8 @@ class _Builder:
         protocol = raw.get("protocol", "")
         settings = raw.get("settings") or {}
         proxy = self.convert("outbound", protocol, settings, path, file)
-        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport)
+        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport,
+                              join_path(path, "streamSettings"), False)
         if len(self.errors) > before or stream is None:
             return None
         return OutboundConfig(protocol=protocol, tag=raw.get("tag", ""),
@@ -268,15 +271,21 @@ def parse_send_through(value: Optional[str], path: str) -> Optional[str]:
     return address.value
 
 
-def build_stream(raw: Optional[Mapping[str, Any]], transport: Mapping[str, Any]) -> StreamConfig:
+def build_stream(raw: Optional[Mapping[str, Any]], transport: Mapping[str, Any],
+                 path: str = "streamSettings", server: bool = False) -> StreamConfig:
     """``streamSettings`` with the global ``transport`` filling unset *Settings
-    (v2ray.go ``applyTransportConfig``)."""
+    (v2ray.go ``applyTransportConfig``), and the transport layer's settings built from it
+    (``server``: an inbound's, which must be able to serve TLS)."""
     settings = dict(raw or {})
     for key, value in transport.items():
         settings.setdefault(key, value)
-    network = settings.get("network", "tcp")
+    network = NETWORK_ALIASES.get(settings.get("network", "tcp"), settings.get("network", "tcp"))
     security = "tls" if settings.get("security") == "tls" else "none"  # EqualFold "tls"
-    return StreamConfig(NETWORK_ALIASES.get(network, network), security, deep_freeze(settings))
+    try:
+        built = build_stream_settings(network, security, settings, server)
+    except ConfigError as e:
+        raise e.located(prefix=path) from None
+    return StreamConfig(network, security, deep_freeze(settings), built)
 
 
 def build_sniffing(raw: Mapping[str, Any]) -> SniffingConfig:

@@ -72,6 +72,8 @@ class StreamConfig:
     network: str = "tcp"
     security: str = "none"
     settings: Mapping[str, Any] = field(default_factory=_empty, hash=False)
+    # transport.internet.config.StreamSettings built from the above (None: plain TCP).
+    transport: Any = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 # converter in builder.PROTOCOL_SETTINGS).
 SUPPORTED_INBOUNDS = frozenset({"http", "socks", "vmess"})
 SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess"})
-SUPPORTED_NETWORKS = frozenset({"tcp"})  # canonical names; see NETWORK_ALIASES
-SUPPORTED_SECURITY = frozenset({"none", ""})
-SUPPORTED_TCP_HEADERS = frozenset({"none"})
+SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
+SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
+SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
 SUPPORTED_ALLOCATE = frozenset({"always"})
 # Optional sections and switches, by the FEATURE_* names below.
 SUPPORTED_FEATURES: frozenset = frozenset({"dns", "routing"})
@@ -260,11 +260,8 @@ def _handlers(data: Mapping[str, Any]) -> Iterator[Tuple[str, Mapping[str, Any]]
 
 
 def _sockopt_in_use(sockopt: Mapping[str, Any]) -> Iterator[str]:
-    # Defaults of SocketConfig.Build: mark 0, TFO unset/false, tproxy off (unknown => off).
-    if sockopt.get("mark", 0) != 0:
-        yield "mark"
-    if sockopt.get("tcpFastOpen") is True:
-        yield "tcpFastOpen"
+    # mark and tcpFastOpen are implemented (transport/internet/sockopt.py); tproxy is not.
+    # SocketConfig.Build: tproxy off by default, unknown values mean off.
     if sockopt.get("tproxy") in ("redirect", "tproxy"):
         yield "tproxy"
 

@@ -19,6 +19,7 @@ from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -37,8 +38,8 @@ class FreedomOutbound:
     def __init__(self, settings: FreedomConfig, ctx: ProxyContext, handler_config):
         self.settings = settings
         self.ctx = ctx
-        send_through = getattr(handler_config, "send_through", None)
-        self.source = Address.parse(send_through) if send_through else None
+        self.client = StreamClient.for_handler(handler_config)
+        self.source = self.client.source  # UDP binds here too (sendThrough)
 
     def process(self, session: Session, link: Link) -> None:
         dest = self._redirected(session.target)
@@ -47,8 +48,8 @@ class FreedomOutbound:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
             return
         lookup = self._lookup(session, dest)
-        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
-                               self.settings.domain_strategy, self.source, lookup)
+        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
+                               self.settings.domain_strategy, lookup)
         try:
             def abort() -> None:
                 conn.abort()

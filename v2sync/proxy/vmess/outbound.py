@@ -27,6 +27,7 @@ from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -45,6 +46,7 @@ class VMessOutbound:
     def __init__(self, settings: VMessOutboundConfig, ctx: ProxyContext, handler_config):
         self.settings = settings
         self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
         self._next = itertools.count()
         self._lock = threading.Lock()
 
@@ -64,7 +66,7 @@ class VMessOutbound:
                                target.address, target.port)
         client = ClientSession(user)
         conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
-                               DIAL_BACKOFF_START)
+                               DIAL_BACKOFF_START, self.client)
         try:
             self._relay(session, conn, link, client, header, user.level)
         finally:

@@ -26,7 +26,7 @@ def destination_of(sockaddr) -> Destination:
 
 
 class Connection:
-    """A connected TCP socket; safe for one reader thread plus one writer thread."""
+    """A connected stream socket; safe for one reader thread plus one writer thread."""
 
     def __init__(self, sock: socket.socket, remote: Optional[Destination] = None):
         self.sock = sock
@@ -45,9 +45,17 @@ class Connection:
     def settimeout(self, timeout: Optional[float]) -> None:
         self.sock.settimeout(timeout)
 
+    # recv/sendall are the raw byte operations a wrapper (TLS, WebSocket, HTTP header)
+    # overrides; they raise OSError like a socket. read/write translate those errors.
+    def recv(self, max_bytes: int) -> bytes:
+        return self.sock.recv(max_bytes)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
     def read(self, max_bytes: int = RELAY_READ_SIZE) -> bytes:
         try:
-            return self.sock.recv(max_bytes)
+            return self.recv(max_bytes)
         except socket.timeout as e:
             raise TransportError(f"read from {self.remote} timed out") from e
         except OSError as e:
@@ -55,7 +63,7 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            self.sendall(data)
         except OSError as e:
             raise TransportError(f"write to {self.remote} failed: {e}") from e
 
@@ -84,6 +92,36 @@ class Connection:
         return self._closed
 
 
+class WrappedConnection(Connection):
+    """A layer over another connection (TLS, WebSocket, HTTP header): same socket, same
+    peer; ``abort`` and ``close`` go down to the inner layer so each can say goodbye."""
+
+    def __init__(self, inner: Connection, pending: bytes = b"",
+                 remote: Optional[Destination] = None):
+        super().__init__(inner.sock, remote or inner.remote)
+        self.inner = inner
+        self._pending = pending  # bytes read past this layer's handshake; served first
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+            return data
+        return self.inner.recv(max_bytes)
+
+    def sendall(self, data: bytes) -> None:
+        self.inner.sendall(data)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.inner.close()
+
+
 class HandshakeReader:
     """Accumulates handshake bytes under one absolute deadline and a byte cap.
 
@@ -105,7 +143,7 @@ class HandshakeReader:
             raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
         self.conn.settimeout(remaining)
         try:
-            data = self.conn.sock.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
+            data = self.conn.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
         except socket.timeout as e:
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
         except OSError as e:

@@ -11,8 +11,9 @@ from typing import Callable, List, Optional, Sequence
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import resolve
-from v2sync.transport.internet.tcp import dial_tcp
+from v2sync.transport.internet import tcp as _tcp  # noqa: F401  registers "tcp"
 
 DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
 
@@ -32,26 +33,30 @@ def candidates(dest: Destination, strategy: str = "AsIs",
     return [Destination(a, dest.port, dest.network) for a in addresses]
 
 
-def dial_once(dest: Destination, strategy: str = "AsIs", source: Optional[Address] = None,
+def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy: str = "AsIs",
               lookup: Optional[Lookup] = None) -> Connection:
+    """Through ``client``'s transport (None: plain TCP); each resolved address is tried."""
+    client = client or StreamClient()
+    if not client.uses_address:
+        return client.dial(dest, dest, DIAL_TIMEOUT)
     last: Optional[TransportError] = None
     for candidate in candidates(dest, strategy, lookup):
         try:
-            return dial_tcp(candidate, DIAL_TIMEOUT, source)
+            return client.dial(dest, candidate, DIAL_TIMEOUT)
         except TransportError as e:
             last = e
     raise last or TransportError(f"no address to dial for {dest}")
 
 
 def dial_with_retry(dest: Destination, attempts: int, first_delay: float,
-                    strategy: str = "AsIs", source: Optional[Address] = None,
+                    client: Optional[StreamClient] = None, strategy: str = "AsIs",
                     lookup: Optional[Lookup] = None) -> Connection:
     """``attempts`` tries, sleeping ``first_delay`` and doubling between them."""
     delay = first_delay
     last: Optional[TransportError] = None
     for attempt in range(attempts):
         try:
-            return dial_once(dest, strategy, source, lookup)
+            return dial_once(dest, client, strategy, lookup)
         except TransportError as e:
             last = e
             if attempt + 1 < attempts:

@@ -16,7 +16,13 @@ from typing import Callable, Optional
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.task import ThreadGroup
+from v2sync.common.registry import TRANSPORTS
+from v2sync.transport.internet.config import SockoptSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
+from v2sync.transport.internet.hub import Listening, Transport
+from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound
+from v2sync.transport.internet.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,13 @@ def _family(address: Address) -> socket.AddressFamily:
     return socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
 
 
-def bind_tcp(address: Address, port: int) -> socket.socket:
+NO_SOCKOPT = SockoptSettings()
+
+
+def bind_tcp(address: Address, port: int, opt: SockoptSettings = NO_SOCKOPT) -> socket.socket:
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     try:
+        apply_inbound(sock, opt)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if address.kind is AddressKind.IPV6 and address.value == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" serves v4 too
@@ -51,11 +61,15 @@ def bind_tcp(address: Address, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to listen on {address}:{port}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
     return sock
 
 
-class TcpListener:
-    """Accepts on one address/port; the worker that accepts a connection also serves it.
+class StreamListener:
+    """Accepts on one listening socket (TCP or unix); the worker that accepts a connection
+    also serves it.
 
     Leader/follower, as the design card puts it ("workers accept"): one worker at a time
     waits in accept(); when a connection arrives it hands the waiting role to a pooled
@@ -63,15 +77,16 @@ class TcpListener:
     client's connect and its first byte being read.
     """
 
-    def __init__(self, address: Address, port: int, handle: Callable[[Connection], None],
-                 workers: ThreadGroup, name: str):
-        self.address = address
+    def __init__(self, sock: socket.socket, handle: Callable[[Connection], None],
+                 workers: ThreadGroup, name: str, on_close: Callable[[], None] = lambda: None):
         self.name = name
         self._handle = handle
         self._workers = workers
-        self._sock = bind_tcp(address, port)
+        self._sock = sock
+        self._on_close = on_close  # e.g. unlink a unix socket file
+        self._unix = sock.family == getattr(socket, "AF_UNIX", None)
         self._sock.settimeout(POLL_INTERVAL)  # accept() wakes up to notice close()
-        self.port = self._sock.getsockname()[1]
+        self.port = 0 if self._unix else self._sock.getsockname()[1]
         self._stop = threading.Event()
         self._live = threading.BoundedSemaphore(MAX_CONNECTIONS_PER_LISTENER)
 
@@ -92,7 +107,7 @@ class TcpListener:
         while sock is None and not self._stop.is_set():
             sock = self._accept_one()
         if sock is None:
-            self._sock.close()
+            self._close_socket()
             return
         if not self._spawn_leader():
             sock.close()  # keep leading rather than leave the port without an acceptor
@@ -124,7 +139,7 @@ class TcpListener:
 
     def _work(self, sock: socket.socket) -> None:
         try:
-            conn = Connection(sock)
+            conn = Connection(sock, UNIX_PEER if self._unix else None)
         except OSError:  # peer already gone (getpeername fails)
             sock.close()
             self._live.release()
@@ -135,21 +150,31 @@ class TcpListener:
             conn.close()
             self._live.release()
 
+    def _close_socket(self) -> None:
+        self._sock.close()
+        self._on_close()
+
     def close_unstarted(self) -> None:
         self._stop.set()
-        self._sock.close()
+        self._close_socket()
 
     def close(self) -> None:
         """Stop accepting; the waiting worker closes the listening socket on its way out."""
         self._stop.set()
 
 
-def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None) -> Connection:
+# A unix-socket peer has no address; v2ray names it by the (empty) socket name.
+UNIX_PEER = Destination(Address("@", AddressKind.DOMAIN), 0)
+
+
+def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None,
+             opt: SockoptSettings = NO_SOCKOPT) -> Connection:
     """Connect to an IP destination (resolve names before calling). TCP_NODELAY is set."""
     if not dest.address.is_ip:
         raise TransportError(f"dial_tcp needs an IP address, got {dest.address}")
     sock = socket.socket(_family(dest.address), socket.SOCK_STREAM)
     try:
+        apply_outbound(sock, opt)
         if source is not None:
             sock.bind((source.value, 0))
         sock.settimeout(timeout)
@@ -157,5 +182,46 @@ def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to dial {dest}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
     set_nodelay(sock)
     return Connection(sock, dest)
+
+
+class TcpTransport(Transport):
+    """``network: "tcp"``: TLS first, then the optional HTTP header (tcp/hub.go, dialer.go)."""
+
+    name = "tcp"
+    server_alpn = ("h2",)  # tcp/hub.go: GetTLSConfig(WithNextProto("h2")); 4.35 changed it
+
+    def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
+        return bind_tcp(address, port, settings.sockopt), no_cleanup
+
+    def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
+               deadline: float) -> Connection:
+        if tls is not None:
+            conn = tls.wrap(conn, deadline)
+        if settings.tcp_header is not None:
+            conn = accept_http_header(conn, settings.tcp_header, deadline)
+        return conn
+
+    def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
+             tls: Optional[ClientTls], timeout: float, source: Optional[Address]) -> Connection:
+        conn = dial_tcp(ip_dest, timeout, source, settings.sockopt)
+        try:
+            if tls is not None:
+                conn = tls.wrap(conn, target, time.monotonic() + timeout)
+        except BaseException:
+            conn.close()
+            raise
+        if settings.tcp_header is not None:
+            conn = HeaderClientConnection(conn, settings.tcp_header)
+        return conn
+
+
+def no_cleanup() -> None:
+    """A TCP listener leaves nothing behind to clean up."""
+
+
+TRANSPORTS.add("tcp", TcpTransport())

@@ -1,0 +1,226 @@
+"""TlsConnection over real loopback sockets: verification, ALPN, deadlines, and the thread
+pair that deadlocks a plain SSLSocket (cpython#77271)."""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from typing import Callable, Iterator, Tuple
+
+import pytest
+
+from v2sync.common.errors import HandshakeTimeout, TransportError
+from v2sync.common.net import Destination
+from v2sync.transport.internet.config import build_tls
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.tls import ClientTls, ServerTls, TlsConnection
+
+TIMEOUT = 10.0
+TARGET = Destination.tcp("v2sync.test", 443)
+
+
+def _pair() -> Tuple[Connection, Connection]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        server, _ = listener.accept()
+    server.settimeout(TIMEOUT)
+    return Connection(client), Connection(server)
+
+
+def _handshake(server_tls: ServerTls, client_tls: ClientTls,
+               target: Destination = TARGET) -> Tuple[TlsConnection, TlsConnection]:
+    """Both ends' handshakes, the server's in a thread; either failure is raised."""
+    raw_client, raw_server = _pair()
+    result = {}
+
+    def serve() -> None:
+        try:
+            result["server"] = server_tls.wrap(raw_server, time.monotonic() + TIMEOUT)
+        except Exception as e:  # reported below, after the client side
+            result["error"] = e
+            raw_server.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        client = client_tls.wrap(raw_client, target, time.monotonic() + TIMEOUT)
+    except BaseException:
+        raw_client.close()
+        thread.join(TIMEOUT)
+        raise
+    finally:
+        thread.join(TIMEOUT)
+    if "error" in result:
+        client.close()
+        raise result["error"]
+    return client, result["server"]
+
+
+@pytest.fixture
+def server_tls(pki) -> ServerTls:
+    return ServerTls(build_tls(pki.server_tls()))
+
+
+@pytest.fixture
+def tls_pair(server_tls, pki) -> Iterator[Tuple[TlsConnection, TlsConnection]]:
+    client, server = _handshake(server_tls, ClientTls(build_tls(pki.client_tls())))
+    yield client, server
+    client.close()
+    server.close()
+
+
+def test_verified_handshake_negotiates_default_alpn(tls_pair) -> None:
+    client, server = tls_pair
+    assert client.alpn == server.alpn == "h2"  # both default to ["h2", "http/1.1"]
+
+
+def test_configured_alpn_wins(pki) -> None:
+    server = ServerTls(build_tls(pki.server_tls(alpn=["http/1.1"])))
+    client, served = _handshake(server, ClientTls(build_tls(pki.client_tls())))
+    try:
+        assert client.alpn == "http/1.1"
+    finally:
+        client.close()
+        served.close()
+
+
+def test_wrong_server_name_fails_unless_allow_insecure(server_tls, pki) -> None:
+    with pytest.raises(TransportError, match="Hostname mismatch|doesn't match"):
+        _handshake(server_tls, ClientTls(build_tls(pki.client_tls("wrong.test"))))
+    client, served = _handshake(server_tls, ClientTls(build_tls(
+        pki.client_tls("wrong.test", allowInsecure=True))))
+    client.close()
+    served.close()
+
+
+def test_untrusted_ca_fails(server_tls) -> None:
+    untrusting = ClientTls(build_tls({"serverName": "v2sync.test", "disableSystemRoot": True}))
+    with pytest.raises(TransportError, match="certificate verify failed|unable to get"):
+        _handshake(server_tls, untrusting)
+
+
+def test_ip_destination_without_server_name_is_refused(server_tls, pki) -> None:
+    settings = build_tls({"disableSystemRoot": True,
+                          "certificates": [{"certificateFile": str(pki.ca_file)}]})
+    raw_client, raw_server = _pair()
+    try:
+        with pytest.raises(TransportError, match="serverName"):
+            ClientTls(settings).wrap(raw_client, Destination.tcp("127.0.0.1", 443),
+                                     time.monotonic() + TIMEOUT)
+    finally:
+        raw_client.close()
+        raw_server.close()
+
+
+def test_inline_pem_lines_serve(pki) -> None:
+    server = ServerTls(build_tls(pki.server_tls(inline=True)))
+    client, served = _handshake(server, ClientTls(build_tls(pki.client_tls())))
+    client.write(b"inline")
+    assert served.read(100) == b"inline"
+    client.close()
+    served.close()
+
+
+def test_stalled_client_is_cut_at_the_deadline(server_tls) -> None:
+    raw_client, raw_server = _pair()
+    try:
+        raw_client.write(b"\x16\x03\x01\x00")  # half a record header, then silence
+        started = time.monotonic()
+        with pytest.raises(HandshakeTimeout):
+            server_tls.wrap(raw_server, time.monotonic() + 0.5)
+        assert time.monotonic() - started < 5.0
+    finally:
+        raw_client.close()
+        raw_server.close()
+
+
+def test_garbage_is_a_transport_error(server_tls) -> None:
+    raw_client, raw_server = _pair()
+    try:
+        raw_client.write(b"GET / HTTP/1.1\r\n\r\n")
+        with pytest.raises(TransportError, match="tls handshake"):
+            server_tls.wrap(raw_server, time.monotonic() + TIMEOUT)
+    finally:
+        raw_client.close()
+        raw_server.close()
+
+
+def _run(*targets: Callable[[], None]) -> None:
+    errors = []
+
+    def guard(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guard, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads), "a TLS thread hung"
+    assert not errors, errors
+
+
+def _send(conn: TlsConnection, data: bytes) -> None:
+    for offset in range(0, len(data), 60000):
+        conn.write(data[offset:offset + 60000])
+
+
+def _receive(conn: TlsConnection, size: int, out: list) -> None:
+    parts, got = [], 0
+    while got < size:
+        chunk = conn.read(65536)
+        assert chunk, "EOF too early"
+        parts.append(chunk)
+        got += len(chunk)
+    out.append(b"".join(parts))
+
+
+def test_full_duplex_from_four_threads(tls_pair) -> None:
+    """Each end reads in one thread while writing 4 MiB in another, at the same time:
+    the pattern that deadlocks one SSLSocket shared by two threads."""
+    client, server = tls_pair
+    for conn in tls_pair:
+        conn.settimeout(None)
+    up, down = os.urandom(4 << 20), os.urandom(4 << 20)
+    got_up: list = []
+    got_down: list = []
+    _run(lambda: _send(client, up), lambda: _receive(server, len(up), got_up),
+         lambda: _send(server, down), lambda: _receive(client, len(down), got_down))
+    assert got_up[0] == up and got_down[0] == down
+
+
+def test_close_sends_close_notify_and_peer_reads_eof(tls_pair) -> None:
+    client, server = tls_pair
+    client.write(b"last words")
+    client.close()
+    assert server.read(100) == b"last words"
+    assert server.read(100) == b""
+
+
+def test_abort_unblocks_a_blocked_reader(tls_pair) -> None:
+    client, _server = tls_pair
+    client.settimeout(None)
+    outcome = []
+
+    def reader() -> None:
+        try:
+            outcome.append(client.read(100))
+        except TransportError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.1)
+    client.abort()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert outcome and (outcome[0] == b"" or isinstance(outcome[0], TransportError))
+
+
+def test_session_tickets_off_by_default(server_tls) -> None:
+    assert server_tls.context.options & ssl.OP_NO_TICKET

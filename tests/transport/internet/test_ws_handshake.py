@@ -1,0 +1,173 @@
+"""WebSocket opening handshake: the RFC 6455 accept vector, request and response heads under
+the codec contract (whole, byte by byte, trailing bytes), v2ray's 404 on a path mismatch, the
+400 on a bad upgrade, the handshake bound, and a Hypothesis property."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from v2sync.common.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from v2sync.transport.internet.websocket import handshake as ws
+from v2sync.transport.internet.websocket.handshake import WsRequest
+from support.codec_checks import assert_decodes, assert_garbage
+
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3
+RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+TRAILER = b"\x82\x05hello"  # a first server frame right behind the head must survive
+UPGRADE_HEADERS = (("host", "example.com"), ("upgrade", "websocket"), ("connection", "Upgrade"),
+                   ("sec-websocket-key", RFC_KEY), ("sec-websocket-version", "13"))
+REQUEST = ("GET {} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: " + RFC_KEY + "\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def request(path="/ws", method="GET", **changes) -> WsRequest:
+    headers = dict(UPGRADE_HEADERS)
+    headers.update({k.replace("_", "-"): v for k, v in changes.items()})
+    return WsRequest(method, path, tuple((k, v) for k, v in headers.items() if v is not None))
+
+
+def test_accept_token_rfc_vector():
+    assert ws.accept_token(RFC_KEY) == RFC_ACCEPT
+
+
+def test_new_key_is_16_random_bytes():
+    keys = {ws.new_key() for _ in range(8)}
+    assert len(keys) == 8
+    assert all(len(base64.b64decode(k, validate=True)) == 16 for k in keys)
+
+
+# -- request ----------------------------------------------------------------------------------
+
+def test_build_request_matches_gorilla_layout():
+    wire = ws.build_request("example.com", "/ws", RFC_KEY)
+    assert wire == REQUEST.format("/ws").encode()
+
+
+def test_build_request_host_override_and_extra_headers():
+    wire = ws.build_request("1.2.3.4:8080", "ws?ed=2048", RFC_KEY,
+                            {"host": "cdn.example", "User-Agent": "Mozilla/5.0"})
+    assert wire.startswith(b"GET /ws?ed=2048 HTTP/1.1\r\nHost: cdn.example\r\n")
+    assert wire.endswith(b"Sec-WebSocket-Version: 13\r\nUser-Agent: Mozilla/5.0\r\n\r\n")
+    assert wire.count(b"Host:") == 1
+
+
+@pytest.mark.parametrize("path, target", [("", "/"), ("ws", "/ws"), ("/a b", "/a%20b"),
+                                          ("/a%20b", "/a%20b"), ("/é", "/%C3%A9")])
+def test_build_request_normalizes_and_escapes_path(path, target):
+    assert ws.build_request("h", path, RFC_KEY).startswith(f"GET {target} HTTP/1.1".encode())
+
+
+@pytest.mark.parametrize("headers", [{"Upgrade": "h2c"}, {"sec-websocket-key": "x"},
+                                     {"Bad Name": "x"}, {"X-Split": "a\r\nInjected: 1"}])
+def test_build_request_refuses_bad_config_headers(headers):
+    with pytest.raises(LocalProtocolError):
+        ws.build_request("h", "/", RFC_KEY, headers)
+
+
+def test_request_round_trip_under_the_codec_contract():
+    wire = ws.build_request("example.com", "/ws", RFC_KEY)
+    assert_decodes(ws.parse_request, wire, request(), TRAILER)
+
+
+def test_parse_request_strips_query_and_decodes_escapes():
+    parsed, _ = ws.parse_request(REQUEST.format("/a%20b?ed=2048").encode())
+    assert parsed.path == "/a b"
+    assert parsed.header("Sec-WebSocket-Key") == RFC_KEY
+    assert parsed.header("x-missing") is None
+    absolute, _ = ws.parse_request(REQUEST.format("http://example.com/ws").encode())
+    assert absolute.path == "/ws"
+
+
+@pytest.mark.parametrize("wire", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /ws HTTP/2.0\r\n\r\n",
+    b"GET /ws HTTP/1.1 extra\r\n\r\n",
+    b"GET ws HTTP/1.1\r\n\r\n",
+    b"GET /a%zz HTTP/1.1\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nNo colon here\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\n Folded: x\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+])
+def test_parse_request_garbage_gets_400(wire):
+    assert_garbage(ws.parse_request, wire, ws.response_400())
+
+
+def test_request_head_is_bounded():
+    almost = b"GET /ws HTTP/1.1\r\nX: " + b"a" * (ws.MAX_HANDSHAKE - 30)
+    assert ws.parse_request(almost) is None
+    assert_garbage(ws.parse_request, almost + b"a" * 64, ws.response_400())
+
+
+# -- upgrade check ----------------------------------------------------------------------------
+
+def test_check_upgrade_returns_101_with_accept():
+    reply = ws.check_upgrade(request(), "/ws")
+    assert reply == (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + RFC_ACCEPT.encode()
+                     + b"\r\n\r\n")
+
+
+def test_check_upgrade_lenient_tokens():
+    assert ws.check_upgrade(request(connection="keep-alive, UPGRADE", upgrade="WebSocket"), "ws")
+
+
+@pytest.mark.parametrize("path, expected", [("/ws2", "/ws"), ("/", "/ws"), ("/WS", "/ws"),
+                                            ("/ws", "/ws?ed=2048")])
+def test_path_mismatch_is_404(path, expected):
+    with pytest.raises(RemoteProtocolError) as info:
+        ws.check_upgrade(request(path=path, method="POST"), expected)  # path is checked first
+    assert info.value.reply == ws.response_404()
+
+
+@pytest.mark.parametrize("bad", [
+    dict(method="POST"), dict(connection="keep-alive"), dict(connection=None),
+    dict(upgrade="h2c"), dict(sec_websocket_version="8"), dict(sec_websocket_key=None),
+    dict(sec_websocket_key="c2hvcnQ="), dict(sec_websocket_key="not base64 at all!!!!!!!"),
+])
+def test_bad_upgrade_is_400(bad):
+    with pytest.raises(RemoteProtocolError) as info:
+        ws.check_upgrade(request(**bad), "/ws")
+    assert info.value.reply == ws.response_400()
+
+
+# -- response ---------------------------------------------------------------------------------
+
+def parse_rfc_response(buf):
+    return ws.parse_response(buf, RFC_KEY)
+
+
+def test_response_round_trip_under_the_codec_contract():
+    assert_decodes(parse_rfc_response, ws.check_upgrade(request(), "/ws"), 101, TRAILER)
+
+
+@pytest.mark.parametrize("wire, message", [
+    (ws.response_404(), "websocket handshake failed: HTTP/1.1 404 Not Found"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", "without a valid upgrade"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Accept: " + RFC_ACCEPT.encode() + b"\r\n\r\n", "without a valid upgrade"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "invalid status line"),
+])
+def test_parse_response_failures(wire, message):
+    with pytest.raises(RemoteProtocolError, match=message):
+        parse_rfc_response(wire)
+
+
+def test_response_head_is_bounded():
+    assert parse_rfc_response(b"HTTP/1.1 101 OK\r\n" + b"X" * 100) is None
+    with pytest.raises(RemoteProtocolError, match="8192"):
+        parse_rfc_response(b"HTTP/1.1 101 OK\r\nX: " + b"a" * ws.MAX_HANDSHAKE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_need_more_or_raise(wire):
+    for parse in (ws.parse_request, parse_rfc_response):
+        try:
+            result = parse(wire)
+        except ProtocolError:
+            continue
+        assert result is None or 0 < result[1] <= len(wire)

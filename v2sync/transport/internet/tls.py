@@ -1,0 +1,283 @@
+"""TLS for any stream transport (v2ray ``transport/internet/tls``).
+
+CPython deadlocks when one ``SSLSocket`` is read and written by two threads at once
+(cpython#77271), and the relay is exactly such a thread pair. So TLS runs on an
+``ssl.SSLObject`` over two memory BIOs: the socket is read and written by plain socket calls
+outside any lock, and the SSLObject is only touched under ``_state``. A second lock,
+``_send``, keeps encrypted records leaving in the order the SSLObject produced them.
+
+Contexts are built once per handler (``ClientTls`` / ``ServerTls``); a connection costs one
+``wrap_bio``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+from v2sync.common.errors import HandshakeTimeout, TransportError
+from v2sync.common.net import Destination
+from v2sync.transport.internet.config import CertificateEntry, TlsSettings
+from v2sync.transport.internet.conn import Connection
+
+# tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
+# (``WithNextProto``): see ``default_alpn`` in each transport.
+DEFAULT_ALPN = ("h2", "http/1.1")
+# Raw reads: one full TLS record (16 KiB plaintext) plus header and tag, at least.
+RECORD_READ = 16 * 1024 + 512
+
+
+class ClientTls:
+    """A client context per outbound (4.34 ``GetTLSConfig(WithDestination(dest))``)."""
+
+    def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
+        self.settings = settings
+        self.context = _client_context(settings, settings.alpn or default_alpn)
+
+    def server_name(self, dest: Destination) -> Optional[str]:
+        """``serverName``, else the destination's domain; an IP gives none (as in Go)."""
+        if self.settings.server_name:
+            return self.settings.server_name
+        return dest.address.value if dest.address.is_domain else None
+
+    def wrap(self, conn: Connection, dest: Destination, deadline: float) -> "TlsConnection":
+        name = self.server_name(dest)
+        if name is None and not self.settings.allow_insecure:
+            raise TransportError(f"tls: cannot verify {dest.address} without a serverName "
+                                 "(set tlsSettings.serverName, or allowInsecure)")
+        return TlsConnection(conn, self.context, False, name).handshake(deadline)
+
+
+class ServerTls:
+    """A server context per inbound; several key pairs are picked by SNI, as Go does."""
+
+    def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
+        alpn = settings.alpn or default_alpn
+        pairs = settings.key_pairs()
+        self._by_name: Dict[str, ssl.SSLContext] = {}
+        contexts = [_server_context(settings, pair, alpn) for pair in pairs if pair.key]
+        if not contexts:
+            raise TransportError("tls: a server needs at least one certificate with its key")
+        for pair, context in zip([p for p in pairs if p.key], contexts):
+            for name in _dns_names(pair.certificate):
+                self._by_name.setdefault(name.lower(), context)
+        self.context = contexts[0]  # Go: the first certificate when no name matches
+        if len(contexts) > 1:
+            self.context.sni_callback = self._pick
+
+    def _pick(self, obj, server_name: Optional[str], _context) -> None:
+        if not server_name:
+            return
+        name = server_name.lower()
+        context = self._by_name.get(name) or self._by_name.get("*." + name.partition(".")[2])
+        if context is not None:
+            obj.context = context
+
+    def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
+        return TlsConnection(conn, self.context, True).handshake(deadline)
+
+
+class TlsConnection(Connection):
+    """TLS over a connection; one reader thread plus one writer thread, never deadlocking."""
+
+    def __init__(self, inner: Connection, context: ssl.SSLContext, server_side: bool,
+                 server_name: Optional[str] = None):
+        super().__init__(inner.sock, inner.remote)
+        self.inner = inner
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side,
+                                     server_hostname=server_name)
+        self._state = threading.Lock()  # the SSLObject and both BIOs
+        self._send = threading.Lock()   # records onto the socket, in order
+        self._eof = False
+        self._handshaken = False
+
+    @property
+    def alpn(self) -> Optional[str]:
+        return self._obj.selected_alpn_protocol()
+
+    def handshake(self, deadline: float) -> "TlsConnection":
+        """Complete the handshake before ``deadline`` (monotonic) or raise."""
+        peer = self.remote
+        try:
+            while True:
+                try:
+                    with self._state:
+                        self._obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._flush(True)
+                    self._fill(deadline)
+            self._flush(True)
+        except socket.timeout as e:
+            raise HandshakeTimeout(f"tls handshake with {peer} timed out") from e
+        except ssl.SSLError as e:
+            self._flush_quietly()  # the alert tells the peer why
+            raise TransportError(f"tls handshake with {peer} failed: {_reason(e)}") from e
+        except OSError as e:
+            raise TransportError(f"tls handshake with {peer} failed: {e}") from e
+        self._handshaken = True
+        return self
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("handshake deadline")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(RECORD_READ)
+        if not data:
+            raise ConnectionResetError("connection closed during tls handshake")
+        with self._state:
+            self._in.write(data)
+
+    def recv(self, max_bytes: int) -> bytes:
+        while True:
+            data = self._decrypt(max_bytes)
+            if data is not None:
+                return data
+            raw = self.sock.recv(max(max_bytes, RECORD_READ))  # no lock held: writes go on
+            with self._state:
+                if raw:
+                    self._in.write(raw)
+                else:
+                    self._in.write_eof()
+
+    def _decrypt(self, max_bytes: int) -> Optional[bytes]:
+        """Plaintext already buffered (up to ``max_bytes``), b"" at EOF, None: need bytes."""
+        parts: List[bytes] = []
+        size = 0
+        with self._state:
+            while size < max_bytes and not self._eof:
+                try:
+                    part = self._obj.read(max_bytes - size)
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self._eof = True  # close_notify, or the peer just closed the socket
+                    break
+                if not part:
+                    self._eof = True
+                    break
+                parts.append(part)
+                size += len(part)
+            pending = self._out.pending
+        if pending:
+            self._flush(False)  # e.g. a KeyUpdate answer; never wait behind a writer
+        if parts:
+            return b"".join(parts)
+        return b"" if self._eof else None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._state:
+            while view:
+                view = view[self._obj.write(view):]
+        self._flush(True)
+
+    def _flush(self, block: bool) -> None:
+        """Send what the SSLObject produced. Non-blocking callers leave it to the thread
+        holding ``_send``, which checks again after releasing it."""
+        while self._send.acquire(blocking=block):
+            try:
+                while True:
+                    with self._state:
+                        out = self._out.read()
+                    if not out:
+                        break
+                    self.sock.sendall(out)
+            finally:
+                self._send.release()
+            with self._state:
+                if not self._out.pending:
+                    return
+            block = False
+
+    def _flush_quietly(self) -> None:
+        try:
+            with self._state:
+                out = self._out.read()
+            if out:
+                self.sock.send(out, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._handshaken:
+            self._say_goodbye()
+        self.inner.close()
+
+    def _say_goodbye(self) -> None:
+        """Best-effort close_notify (Go's tls.Conn.Close sends one); never blocks."""
+        try:
+            with self._state:
+                self._obj.unwrap()
+        except (ssl.SSLError, ValueError):
+            pass  # SSLWantReadError: ours is queued; the peer's is not awaited
+        self._flush_quietly()
+
+
+def _reason(e: ssl.SSLError) -> str:
+    return getattr(e, "verify_message", None) or e.reason or str(e)
+
+
+def _client_context(settings: TlsSettings, alpn: Sequence[str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if settings.allow_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        # tls/config_other.go getCertPool: the system roots (unless disableSystemRoot)
+        # plus every listed certificate, whatever its usage.
+        if not settings.disable_system_root:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        for entry in settings.certificates:
+            context.load_verify_locations(cadata=entry.certificate.decode("ascii", "replace"))
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def _server_context(settings: TlsSettings, pair: CertificateEntry,
+                    alpn: Sequence[str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_pair(context, pair)
+    context.set_alpn_protocols(list(alpn))
+    if not settings.enable_session_resumption:  # 4.34: SessionTicketsDisabled by default
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+    return context
+
+
+def _load_pair(context: ssl.SSLContext, pair: CertificateEntry) -> None:
+    """``load_cert_chain`` takes only paths, so in-memory PEM goes through a private
+    temporary file that is removed at once."""
+    fd, path = tempfile.mkstemp(prefix="v2sync-cert-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pair.certificate.rstrip(b"\n") + b"\n" + (pair.key or b""))
+        context.load_cert_chain(path)
+    except ssl.SSLError as e:
+        raise TransportError(f"tls: certificate and key do not match: {_reason(e)}") from e
+    finally:
+        os.unlink(path)
+
+
+def _dns_names(pem: bytes) -> List[str]:
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificates(pem)[0]
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return sans.value.get_values_for_type(x509.DNSName)
+    except (ValueError, x509.ExtensionNotFound):
+        return []

@@ -1,0 +1,177 @@
+"""``network: "ws"`` on live connections (v2ray ``transport/internet/websocket``).
+
+Each write is one binary frame (client frames masked); reads stream frame payloads as they
+arrive, answer pings, and turn a close frame into EOF after echoing it. The reader thread
+may write (pong, close echo) while the relay's writer writes data, so frames go out under
+``_write_lock`` and never interleave.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import List, Optional
+
+from v2sync.common.errors import ProtocolError, TransportError
+from v2sync.common.net import Address, Destination
+from v2sync.common.registry import TRANSPORTS
+from v2sync.transport.internet.config import StreamSettings
+from v2sync.transport.internet.conn import Connection, HandshakeReader, WrappedConnection
+from v2sync.transport.internet.hub import Listening, Transport
+from v2sync.transport.internet.tcp import bind_tcp, dial_tcp, no_cleanup
+from v2sync.transport.internet.tls import ClientTls, ServerTls
+from v2sync.transport.internet.websocket.frames import (OP_BINARY, OP_PONG, FrameDecoder,
+                                                        encode_close, encode_frame)
+from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, build_request,
+                                                           check_upgrade, new_key,
+                                                           parse_request, parse_response)
+
+# websocket/hub.go: the HTTP server's ReadHeaderTimeout and the upgrader's handshake
+# timeout are both 4 s; the dialer's HandshakeTimeout is 8 s.
+SERVER_HANDSHAKE_TIMEOUT = 4.0
+CLIENT_HANDSHAKE_TIMEOUT = 8.0
+# v2sync never buffers a data frame (payload streams out), so this only refuses absurd
+# lengths; gorilla sets no read limit for v2ray either.
+MAX_FRAME = 1 << 40
+# Raw reads: a frame header plus a useful payload even when the relay asks for little.
+MIN_RAW_READ = 4096
+
+
+class WsConnection(WrappedConnection):
+    def __init__(self, inner: Connection, client: bool, pending: bytes = b"",
+                 remote: Optional[Destination] = None):
+        super().__init__(inner, remote=remote)
+        self._client = client
+        self._decoder = FrameDecoder(expect_masked=not client, max_frame=MAX_FRAME)
+        self._raw_pending = pending  # bytes after the handshake: frames, not payload
+        self._write_lock = threading.Lock()
+        self._eof = False
+        self._close_sent = False
+
+    def recv(self, max_bytes: int) -> bytes:
+        while not self._pending and not self._eof:
+            raw = self._raw_pending or self.inner.recv(max(max_bytes, MIN_RAW_READ))
+            self._raw_pending = b""
+            if not raw:
+                self._eof = True  # the peer closed without a close frame
+                break
+            self._pending = self._handle(self._decoder.feed(raw))
+        return super().recv(max_bytes) if self._pending else b""
+
+    def _handle(self, events: List[tuple]) -> bytes:
+        data = []
+        for event in events:
+            kind = event[0]
+            if kind == "data":
+                data.append(event[1])
+            elif kind == "ping":
+                self._send_frame(encode_frame(OP_PONG, event[1], self._mask()))
+            elif kind == "close":
+                self._eof = True
+                self._send_close(event[1] or 1000)
+        return b"".join(data)
+
+    def sendall(self, data: bytes) -> None:
+        if self._close_sent:
+            raise BrokenPipeError("websocket already closed")
+        self._send_frame(encode_frame(OP_BINARY, data, self._mask()))
+
+    def _mask(self) -> Optional[bytes]:
+        return os.urandom(4) if self._client else None
+
+    def _send_frame(self, frame: bytes) -> None:
+        with self._write_lock:
+            self.inner.sendall(frame)
+
+    def _send_close(self, code: int) -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        try:
+            self._send_frame(encode_close(code, b"", self._mask()))
+        except OSError:
+            pass  # the peer is gone: nothing left to tell it
+
+    def close(self) -> None:
+        """Say goodbye with a close frame if the socket takes it at once, then close."""
+        if not self._closed and not self._close_sent and self._write_lock.acquire(False):
+            try:
+                self.sock.settimeout(0)
+                self._close_sent = True
+                self.inner.sendall(encode_close(1000, b"", self._mask()))
+            except OSError:
+                pass
+            finally:
+                self._write_lock.release()
+        super().close()
+
+
+def ws_accept(conn: Connection, settings: StreamSettings, deadline: float) -> WsConnection:
+    reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
+    try:
+        request = reader.parse(parse_request)
+        conn.write(check_upgrade(request, settings.ws.path))
+    except ProtocolError as e:
+        if e.reply:
+            _write_quietly(conn, e.reply)
+        raise
+    return WsConnection(conn, client=False, pending=reader.consume(len(reader.buf)),
+                        remote=_forwarded_for(request.header("x-forwarded-for"), conn.remote))
+
+
+def _forwarded_for(value: Optional[str], remote: Destination) -> Destination:
+    """hub.go: the first X-Forwarded-For entry, if it is an IP, becomes the source."""
+    if not value:
+        return remote
+    address = Address.parse(value.split(",")[0].strip())
+    return Destination(address, 0) if address.is_ip else remote
+
+
+def ws_dial(conn: Connection, target: Destination, settings: StreamSettings, secure: bool,
+            deadline: float) -> WsConnection:
+    default_port = 443 if secure else 80
+    host = str(target.address) if target.port == default_port else target.host_port()
+    key = new_key()
+    conn.write(build_request(host, settings.ws.path, key, dict(settings.ws.headers)))
+    reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
+    reader.parse(lambda buf: parse_response(buf, key))
+    return WsConnection(conn, client=True, pending=reader.consume(len(reader.buf)))
+
+
+def _write_quietly(conn: Connection, data: bytes) -> None:
+    try:
+        conn.write(data)
+    except TransportError:
+        pass
+
+
+class WebSocketTransport(Transport):
+    name = "websocket"
+    client_alpn = ("http/1.1",)  # dialer.go: WithNextProto("http/1.1")
+
+    def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
+        return bind_tcp(address, port, settings.sockopt), no_cleanup
+
+    def accept_deadline(self, handshake_timeout: float) -> float:
+        return time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
+
+    def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
+               deadline: float) -> Connection:
+        if tls is not None:
+            conn = tls.wrap(conn, deadline)
+        return ws_accept(conn, settings, deadline)
+
+    def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
+             tls: Optional[ClientTls], timeout: float, source: Optional[Address]) -> Connection:
+        conn = dial_tcp(ip_dest, timeout, source, settings.sockopt)
+        deadline = time.monotonic() + CLIENT_HANDSHAKE_TIMEOUT
+        try:
+            if tls is not None:
+                conn = tls.wrap(conn, target, deadline)
+            return ws_dial(conn, target, settings, tls is not None, deadline)
+        except BaseException:
+            conn.close()
+            raise
+
+
+TRANSPORTS.add("websocket", WebSocketTransport())
