@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from scenarios.helpers_scenarios import (CMD_CONNECT, REPLY_SUCCEEDED, socks5_greet,
                                          socks5_request)
@@ -74,20 +74,32 @@ def _log_section() -> Dict[str, Any]:
     return {"loglevel": "warning", "access": "none"}
 
 
-def server_config(vmess_port: int, alter_id: int) -> Dict[str, Any]:
-    """vmess inbound on ``vmess_port`` -> freedom (what the server process runs)."""
-    return {"log": _log_section(),
-            "inbounds": [vmess_inbound([vmess_client_entry(alter_id=alter_id)], port=vmess_port)],
+def _with_stream(handler: Dict[str, Any], stream: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    if stream:
+        handler["streamSettings"] = dict(stream)
+    return handler
+
+
+def server_config(vmess_port: int, alter_id: int,
+                  stream: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """vmess inbound on ``vmess_port`` (over ``stream``) -> freedom: the server process."""
+    inbound = vmess_inbound([vmess_client_entry(alter_id=alter_id)], port=vmess_port)
+    return {"log": _log_section(), "inbounds": [_with_stream(inbound, stream)],
             "outbounds": [{"tag": "direct", "protocol": "freedom", "settings": {}}]}
 
 
-def client_config(socks_port: int, vmess_port: int, security: str,
-                  alter_id: int) -> Dict[str, Any]:
+def client_config(socks_port: int, vmess_port: int, security: str, alter_id: int,
+                  stream: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """SOCKS5 (no auth, UDP on) on ``socks_port`` -> vmess outbound to ``vmess_port``."""
     socks_in = {"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1", "port": socks_port,
                 "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}
+    outbound = vmess_outbound(vmess_port, security, alter_id)
     return {"log": _log_section(), "inbounds": [socks_in],
-            "outbounds": [vmess_outbound(vmess_port, security, alter_id)]}
+            "outbounds": [_with_stream(outbound, stream)]}
+
+
+# A transport name -> (server streamSettings, client streamSettings); "tcp" needs none.
+StreamsFor = Callable[[str], Tuple[Mapping[str, Any], Mapping[str, Any]]]
 
 
 # -- process pairs ----------------------------------------------------------------------------
@@ -98,10 +110,12 @@ class ChainKey:
     server: str      # the process with the vmess inbound
     security: str    # the outbound user's security, as written in the config
     alter_id: int
+    transport: str = "tcp"  # a name the pool's StreamsFor knows (issue 4)
 
     @property
     def id(self) -> str:
-        return f"{self.client}-to-{self.server}-{self.security}-alter{self.alter_id}"
+        suffix = "" if self.transport == "tcp" else f"-{self.transport}"
+        return f"{self.client}-to-{self.server}-{self.security}-alter{self.alter_id}{suffix}"
 
 
 @dataclass
@@ -132,13 +146,15 @@ def make_process(implementation: str, config: Mapping[str, Any]) -> ConfigProces
     raise ValueError(f"unknown implementation {implementation!r}, expected one of {IMPLEMENTATIONS}")
 
 
-def start_chain(key: ChainKey) -> Chain:
+def start_chain(key: ChainKey, streams: Optional[StreamsFor] = None) -> Chain:
     """Start the server process, then the client process pointing at it."""
     vmess_port, socks_port = free_port(), free_port()
-    server = make_process(key.server, server_config(vmess_port, key.alter_id)).start()
+    server_stream, client_stream = streams(key.transport) if streams else ({}, {})
+    server = make_process(key.server, server_config(vmess_port, key.alter_id,
+                                                    server_stream)).start()
     try:
         client = make_process(key.client, client_config(socks_port, vmess_port, key.security,
-                                                         key.alter_id)).start()
+                                                         key.alter_id, client_stream)).start()
     except BaseException:
         server.stop(check=False)
         raise
@@ -152,8 +168,9 @@ class ChainPool:
     recorded in ``errors``; the owning fixture fails the module with them at teardown.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, streams: Optional[StreamsFor] = None):
         self.capacity = capacity
+        self.streams = streams
         self.errors: List[str] = []
         self._chains: "collections.OrderedDict[ChainKey, Chain]" = collections.OrderedDict()
 
@@ -165,7 +182,7 @@ class ChainPool:
         if chain is None:
             while len(self._chains) >= self.capacity:
                 self._stop(self._chains.popitem(last=False)[1])
-            chain = start_chain(key)
+            chain = start_chain(key, self.streams)
             self._chains[key] = chain
         self._chains.move_to_end(key)
         return chain

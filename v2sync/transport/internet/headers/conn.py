@@ -10,7 +10,7 @@ import threading
 
 from v2sync.common.errors import ProtocolError, TransportError
 from v2sync.transport.internet.conn import Connection, HandshakeReader, WrappedConnection
-from v2sync.transport.internet.headers.http import (MAX_HEAD, HttpHeaderConfig,
+from v2sync.transport.internet.headers.http import (HEAD_LIMIT, HttpHeaderConfig, dated,
                                                     parse_request_head, parse_response_head,
                                                     request_bytes, response_bytes)
 
@@ -58,13 +58,14 @@ class HeaderClientConnection(_FirstWriteHead):
 def accept_http_header(conn: Connection, config: HttpHeaderConfig,
                        deadline: float) -> Connection:
     """Read and check the request head; a wrong path gets 4.34's 404, garbage its 400."""
-    reader = HandshakeReader(conn, deadline, MAX_HEAD)
+    # HEAD_LIMIT: the codec itself answers 400 at 4.34's real limit (10,224 bytes).
+    reader = HandshakeReader(conn, deadline, HEAD_LIMIT + 1)
     try:
         reader.parse(lambda buf: parse_request_head(buf, config))
     except ProtocolError as e:
         if e.reply:
             try:
-                conn.write(e.reply)
+                conn.write(dated(e.reply))  # 4.34's error replies carry a Date
             except TransportError:
                 pass  # the prober is gone already
         raise
