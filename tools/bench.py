@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
 
-    python tools/bench.py relay [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py relay|vmess|tls|ws|route [--quick] [--only v2sync|v2ray] [--strict]
     python tools/bench.py all
 
 A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import resource
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
 
+from support.certs import Pki, make_pki  # noqa: E402
 from support.peers import MIB, BulkSource, TcpEchoServer, free_port  # noqa: E402
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, socks_freedom_config  # noqa: E402
 from support.resources import process_rss_kib, process_thread_count  # noqa: E402
@@ -327,19 +330,63 @@ VMESS_BENCH_SECURITY = "aes-128-gcm"
 VMESS_MIXED_PAIRS = (("v2sync", "v2ray"), ("v2ray", "v2sync"))  # (client, server)
 
 
-def vmess_pair_configs(entry_port: int) -> List[Dict[str, object]]:
+def vmess_pair_configs(entry_port: int, server_stream: Optional[Dict[str, object]] = None,
+                       client_stream: Optional[Dict[str, object]] = None
+                       ) -> List[Dict[str, object]]:
     """[server, client]: vmess inbound -> freedom, and SOCKS5 on ``entry_port`` -> vmess outbound
-    (aes-128-gcm, alterId 0: the AEAD header). Servers first, as ``running_chain`` wants."""
+    (aes-128-gcm, alterId 0: the AEAD header), over the given streamSettings if any. Servers
+    first, as ``running_chain`` wants."""
     vmess_port = free_port()
     log = {"loglevel": "warning", "access": "none"}
+    inbound: Dict[str, object] = {
+        "listen": "127.0.0.1", "port": vmess_port, "protocol": "vmess",
+        "settings": {"clients": [{"id": VMESS_BENCH_ID, "alterId": 0}]}}
     server = {"log": log, "outbounds": [{"protocol": "freedom", "settings": {}}],
-              "inbounds": [{"listen": "127.0.0.1", "port": vmess_port, "protocol": "vmess",
-                            "settings": {"clients": [{"id": VMESS_BENCH_ID, "alterId": 0}]}}]}
+              "inbounds": [inbound]}
     user = {"id": VMESS_BENCH_ID, "alterId": 0, "security": VMESS_BENCH_SECURITY}
     client = socks_freedom_config(entry_port, access="none")
-    client["outbounds"] = [{"protocol": "vmess", "settings": {"vnext": [
-        {"address": "127.0.0.1", "port": vmess_port, "users": [user]}]}}]
+    outbound: Dict[str, object] = {"protocol": "vmess", "settings": {"vnext": [
+        {"address": "127.0.0.1", "port": vmess_port, "users": [user]}]}}
+    if server_stream:
+        inbound["streamSettings"] = server_stream
+    if client_stream:
+        outbound["streamSettings"] = client_stream
+    client["outbounds"] = [outbound]
     return [server, client]
+
+
+@functools.lru_cache(maxsize=1)
+def bench_pki() -> Pki:
+    """A throwaway CA and server certificate for the TLS scenarios (removed at exit)."""
+    directory = tempfile.TemporaryDirectory(prefix="v2sync-bench-pki-")
+    _KEEP_ALIVE.append(directory)
+    return make_pki(Path(directory.name))
+
+
+_KEEP_ALIVE: List[tempfile.TemporaryDirectory] = []
+WS_BENCH_PATH = "/bench"
+
+
+def tls_streams() -> Tuple[Dict[str, object], Dict[str, object]]:
+    pki = bench_pki()
+    return ({"security": "tls", "tlsSettings": pki.server_tls()},
+            {"security": "tls", "tlsSettings": pki.client_tls()})
+
+
+def wss_streams() -> Tuple[Dict[str, object], Dict[str, object]]:
+    server, client = tls_streams()
+    ws = {"network": "ws", "wsSettings": {"path": WS_BENCH_PATH}}
+    return {**ws, **server}, {**ws, **client}
+
+
+def scenario_tls(options: BenchOptions) -> List[Row]:
+    """SOCKS5 -> VMess over TLS -> VMess -> freedom (certificate verified against a test CA)."""
+    return compare_chains(options, lambda port: vmess_pair_configs(port, *tls_streams()))
+
+
+def scenario_ws(options: BenchOptions) -> List[Row]:
+    """SOCKS5 -> VMess over WebSocket+TLS -> VMess -> freedom."""
+    return compare_chains(options, lambda port: vmess_pair_configs(port, *wss_streams()))
 
 
 def measure_vmess_mixed(client: str, server: str, options: BenchOptions, bulk: BulkSource,
@@ -507,6 +554,8 @@ def sniffing_overhead_rows(options: BenchOptions) -> List[Row]:
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
     "vmess": scenario_vmess,
+    "tls": scenario_tls,
+    "ws": scenario_ws,
     "route": scenario_route,
 }
 
