@@ -7,13 +7,12 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from v2sync import distro  # noqa: F401  (registers every transport)
 from v2sync.common.errors import ConfigError, HandshakeTimeout, RemoteProtocolError, TransportError
-from v2sync.common.net import LOCALHOST, Destination
+from v2sync.common.net import LOCALHOST, Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import (DsSettings, SockoptSettings,
                                               build_stream_settings)
@@ -224,3 +223,17 @@ def test_bad_ws_header_and_empty_ds_path_are_config_errors() -> None:
                               {"wsSettings": {"headers": {"Sec-WebSocket-Key": "x"}}}, False)
     with pytest.raises(ConfigError, match="empty domain socket path"):
         build_stream_settings("domainsocket", "none", {"dsSettings": {}}, False)
+
+
+def test_send_through_binds_the_source_address_for_every_transport(pki) -> None:
+    """sendThrough belongs to the outbound handler, so VMess dials from it as freedom does."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        dest = Destination.tcp("127.0.0.1", listener.getsockname()[1])
+        client = StreamClient(None, source=Address.parse("127.0.0.2"))
+        conn = client.dial(dest, dest, TIMEOUT)
+        try:
+            accepted, peer = listener.accept()
+            accepted.close()
+            assert peer[0] == "127.0.0.2"
+        finally:
+            conn.close()

@@ -207,7 +207,7 @@ def _check_pem(entry: CertificateEntry, path: str) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     try:
-        x509.load_pem_x509_certificates(entry.certificate)
+        x509.load_pem_x509_certificate(entry.certificate)  # the first; 3.4-safe API
     except ValueError as e:
         raise ConfigError(f"invalid PEM certificate: {e}", path,
                           expected="expected a PEM CERTIFICATE block") from None

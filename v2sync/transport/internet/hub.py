@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Callable, Optional, Sequence, Tuple
 
-from v2sync.common.errors import ConfigError, TransportError
+from v2sync.common.errors import ConfigError, TransportError, join_path
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
@@ -98,9 +98,9 @@ class StreamClient:
         via = getattr(handler_config, "send_through", None)
         try:
             return cls(getattr(stream, "transport", None), Address.parse(via) if via else None)
-        except TransportError as e:
-            raise ConfigError(str(e), f"{getattr(handler_config, 'path', '')}.streamSettings"
-                              .lstrip(".")) from e
+        except TransportError as e:  # e.g. an unreadable CA bundle
+            path = join_path(getattr(handler_config, "path", ""), "streamSettings")
+            raise ConfigError(str(e), path) from e
 
     @property
     def uses_address(self) -> bool:

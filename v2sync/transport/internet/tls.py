@@ -57,12 +57,14 @@ class ServerTls:
 
     def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
         alpn = settings.alpn or default_alpn
-        pairs = settings.key_pairs()
-        self._by_name: Dict[str, ssl.SSLContext] = {}
-        contexts = [_server_context(settings, pair, alpn) for pair in pairs if pair.key]
-        if not contexts:
+        pairs = [pair for pair in settings.key_pairs() if pair.key]
+        if not pairs:
             raise TransportError("tls: a server needs at least one certificate with its key")
-        for pair, context in zip([p for p in pairs if p.key], contexts):
+        self._by_name: Dict[str, ssl.SSLContext] = {}
+        contexts = []
+        for pair in pairs:
+            context = _server_context(settings, pair, alpn)
+            contexts.append(context)
             for name in _dns_names(pair.certificate):
                 self._by_name.setdefault(name.lower(), context)
         self.context = contexts[0]  # Go: the first certificate when no name matches
@@ -276,7 +278,7 @@ def _load_pair(context: ssl.SSLContext, pair: CertificateEntry) -> None:
 def _dns_names(pem: bytes) -> List[str]:
     from cryptography import x509
     try:
-        cert = x509.load_pem_x509_certificates(pem)[0]
+        cert = x509.load_pem_x509_certificate(pem)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         return sans.value.get_values_for_type(x509.DNSName)
     except (ValueError, x509.ExtensionNotFound):
