@@ -293,3 +293,12 @@ def test_render_path() -> None:
 def test_path_sort_key_orders_indexes_numerically() -> None:
     paths = ["x[10].a", "x[2].b", "x", "x[2]", 'y["a.b"]']
     assert sorted(paths, key=path_sort_key) == ["x", "x[2]", "x[2].b", "x[10].a", 'y["a.b"]']
+
+
+def test_null_http_header_value_is_an_error_as_in_4_34() -> None:
+    header = {"type": "http", "request": {"headers": {"Host": None}}}
+    data = {"outbounds": [{"protocol": "freedom",
+                           "streamSettings": {"tcpSettings": {"header": header}}}]}
+    assert errors_of(data) == [
+        "f.json: outbounds[0].streamSettings.tcpSettings.header.request.headers.Host: "
+        "empty HTTP header value: Host (expected a string or a list of strings)"]

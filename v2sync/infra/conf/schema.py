@@ -128,6 +128,7 @@ class SchemaWalker:
         extra = schema.get("additionalProperties")
         if props is None:  # a map (policy levels, headers) or an opaque object (settings)
             if isinstance(extra, Mapping):  # a null map value is a nil pointer: skipped
+                self._refuse_nulls(value, schema, parts)
                 return {k: self.walk(v, extra, [*parts, k])
                         for k, v in value.items() if v is not None}
             return dict(value)
@@ -167,6 +168,16 @@ class SchemaWalker:
             if _type_matches(value, resolved.get("type")):
                 return resolved
         return None
+
+    def _refuse_nulls(self, value: Dict[str, Any], schema: Mapping[str, Any],
+                      parts: List[PathPart]) -> None:
+        """Maps whose Go builder rejects a nil value (``x-null-error``: 4.34's message)."""
+        message = schema.get("x-null-error")
+        if not message:
+            return
+        for key in [k for k, v in value.items() if v is None]:
+            self.errors.append(ConfigError(f"{message}: {key}", render_path([*parts, key]),
+                                           self.file, "expected a string or a list of strings"))
 
     def _check_known(self, value: str, schema: Mapping[str, Any], parts: List[PathPart]) -> None:
         known = schema.get("x-known")
