@@ -11,11 +11,9 @@ from __future__ import annotations
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
-import socks
 from scenarios.helpers_scenarios import make_config, read_until_closed, running_instance
 from support.certs import Pki
 from support.resources import snapshot, wait_for_snapshot

@@ -13,7 +13,7 @@ from v2sync.common.net import Address, Destination
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import resolve
-from v2sync.transport.internet import tcp as _tcp  # noqa: F401  registers "tcp"
+from v2sync.transport.internet import tcp as _tcp  # noqa: F401  (registers "tcp")
 
 DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
 
