@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from v2sync.common.errors import TransportError
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import run_pair
 from v2sync.features.proxy import ProxyContext
@@ -70,11 +69,3 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
         copy_pipe_to_conn(link.reader, conn, timer)
 
     return run_relay(ctx, name, policy, abort, request, response)
-
-
-def try_write(conn: Connection, data: bytes) -> None:
-    """Best-effort error reply: the peer may already be gone."""
-    try:
-        conn.write(data)
-    except TransportError:
-        pass

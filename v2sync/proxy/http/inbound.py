@@ -22,8 +22,9 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
-from v2sync.proxy.relay import relay_stream, try_write
-from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
+from v2sync.proxy.relay import relay_stream
+from v2sync.transport.internet.conn import (RELAY_READ_SIZE, Connection, HandshakeReader,
+                                            try_write)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 

@@ -20,10 +20,10 @@ from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import relay_stream, try_write
+from v2sync.proxy.relay import relay_stream
 from v2sync.proxy.socks import encoding as enc
 from v2sync.proxy.socks.config import SocksServerConfig
-from v2sync.transport.internet.conn import Connection, HandshakeReader
+from v2sync.transport.internet.conn import Connection, HandshakeReader, try_write
 
 log = logging.getLogger(__name__)
 

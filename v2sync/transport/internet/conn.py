@@ -81,10 +81,14 @@ class Connection:
             pass
 
     def close(self) -> None:
+        """Idempotent and thread-safe; ``_release`` runs exactly once."""
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        self._release()
+
+    def _release(self) -> None:
         self.sock.close()
 
     @property
@@ -114,12 +118,16 @@ class WrappedConnection(Connection):
     def abort(self) -> None:
         self.inner.abort()
 
-    def close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _release(self) -> None:
         self.inner.close()
+
+
+def try_write(conn: Connection, data: bytes) -> None:
+    """Best-effort error reply (a 400, a SOCKS failure): the peer may already be gone."""
+    try:
+        conn.write(data)
+    except TransportError:
+        pass
 
 
 class HandshakeReader:

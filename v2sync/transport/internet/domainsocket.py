@@ -112,7 +112,6 @@ def dial_unix(ds: DsSettings, timeout: float) -> Connection:
 
 
 class DomainSocketTransport(Transport):
-    name = "domainsocket"
     uses_address = False
 
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:

@@ -27,7 +27,6 @@ class Transport(abc.ABC):
     """What a network implements. ``accept`` and ``dial`` add the network's own layers
     (TLS first, then e.g. the HTTP header or WebSocket framing) to a raw connection."""
 
-    name = ""
     # 4.34's ALPN when tlsSettings.alpn is unset (``WithNextProto`` per transport).
     server_alpn: Sequence[str] = DEFAULT_ALPN
     client_alpn: Sequence[str] = DEFAULT_ALPN

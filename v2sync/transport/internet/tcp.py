@@ -192,11 +192,10 @@ def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None
 class TcpTransport(Transport):
     """``network: "tcp"``: TLS first, then the optional HTTP header (tcp/hub.go, dialer.go)."""
 
-    name = "tcp"
     server_alpn = ("h2",)  # tcp/hub.go: GetTLSConfig(WithNextProto("h2")); 4.35 changed it
 
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
-        return bind_tcp(address, port, settings.sockopt), no_cleanup
+        return listen_tcp(address, port, settings)
 
     def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
                deadline: float) -> Connection:
@@ -220,8 +219,13 @@ class TcpTransport(Transport):
         return conn
 
 
+def listen_tcp(address: Address, port: int, settings: StreamSettings) -> Listening:
+    """A TCP listening socket; it leaves nothing behind to clean up."""
+    return bind_tcp(address, port, settings.sockopt), no_cleanup
+
+
 def no_cleanup() -> None:
-    """A TCP listener leaves nothing behind to clean up."""
+    """Nothing to do once a TCP listener closes."""
 
 
 TRANSPORTS.add("tcp", TcpTransport())

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
-from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.conn import Connection, WrappedConnection
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
 # (``WithNextProto``): see ``default_alpn`` in each transport.
@@ -83,13 +83,13 @@ class ServerTls:
         return TlsConnection(conn, self.context, True).handshake(deadline)
 
 
-class TlsConnection(Connection):
-    """TLS over a connection; one reader thread plus one writer thread, never deadlocking."""
+class TlsConnection(WrappedConnection):
+    """TLS over a socket connection; one reader thread plus one writer thread, never
+    deadlocking. Reads and writes go to the socket itself (TLS is always the first layer)."""
 
     def __init__(self, inner: Connection, context: ssl.SSLContext, server_side: bool,
                  server_name: Optional[str] = None):
-        super().__init__(inner.sock, inner.remote)
-        self.inner = inner
+        super().__init__(inner)
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._in, self._out, server_side=server_side,
@@ -208,17 +208,10 @@ class TlsConnection(Connection):
         except OSError:
             pass
 
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _release(self) -> None:
         if self._handshaken:
             self._say_goodbye()
-        self.inner.close()
+        super()._release()
 
     def _say_goodbye(self) -> None:
         """Best-effort close_notify (Go's tls.Conn.Close sends one); never blocks."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from v2sync.common.errors import ProtocolError, TransportError
-from v2sync.transport.internet.conn import Connection, HandshakeReader, WrappedConnection
+from v2sync.common.errors import ProtocolError
+from v2sync.transport.internet.conn import (Connection, HandshakeReader, WrappedConnection,
+                                            try_write)
 from v2sync.transport.internet.headers.http import (HEAD_LIMIT, HttpHeaderConfig, dated,
                                                     parse_request_head, parse_response_head,
                                                     request_bytes, response_bytes)
@@ -64,9 +65,6 @@ def accept_http_header(conn: Connection, config: HttpHeaderConfig,
         reader.parse(lambda buf: parse_request_head(buf, config))
     except ProtocolError as e:
         if e.reply:
-            try:
-                conn.write(dated(e.reply))  # 4.34's error replies carry a Date
-            except TransportError:
-                pass  # the prober is gone already
+            try_write(conn, dated(e.reply))  # 4.34's error replies carry a Date
         raise
     return _FirstWriteHead(conn, response_bytes(config), reader.consume(len(reader.buf)))

@@ -12,13 +12,14 @@ import threading
 import time
 from typing import List, Optional
 
-from v2sync.common.errors import ProtocolError, TransportError
+from v2sync.common.errors import ProtocolError
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
-from v2sync.transport.internet.conn import Connection, HandshakeReader, WrappedConnection
+from v2sync.transport.internet.conn import (Connection, HandshakeReader, WrappedConnection,
+                                            try_write)
 from v2sync.transport.internet.hub import Listening, Transport
-from v2sync.transport.internet.tcp import bind_tcp, dial_tcp, no_cleanup
+from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
 from v2sync.transport.internet.websocket.frames import (OP_BINARY, OP_PONG, FrameDecoder,
                                                         encode_close, encode_frame)
@@ -92,9 +93,9 @@ class WsConnection(WrappedConnection):
         except OSError:
             pass  # the peer is gone: nothing left to tell it
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Say goodbye with a close frame if the socket takes it at once, then close."""
-        if not self._closed and not self._close_sent and self._write_lock.acquire(False):
+        if not self._close_sent and self._write_lock.acquire(False):
             try:
                 self.sock.settimeout(0)
                 self._close_sent = True
@@ -103,7 +104,7 @@ class WsConnection(WrappedConnection):
                 pass
             finally:
                 self._write_lock.release()
-        super().close()
+        super()._release()
 
 
 def ws_accept(conn: Connection, settings: StreamSettings, deadline: float) -> WsConnection:
@@ -113,7 +114,7 @@ def ws_accept(conn: Connection, settings: StreamSettings, deadline: float) -> Ws
         conn.write(check_upgrade(request, settings.ws.path))
     except ProtocolError as e:
         if e.reply:
-            _write_quietly(conn, e.reply)
+            try_write(conn, e.reply)
         raise
     return WsConnection(conn, client=False, pending=reader.consume(len(reader.buf)),
                         remote=_forwarded_for(request.header("x-forwarded-for"), conn.remote))
@@ -138,19 +139,11 @@ def ws_dial(conn: Connection, target: Destination, settings: StreamSettings, sec
     return WsConnection(conn, client=True, pending=reader.consume(len(reader.buf)))
 
 
-def _write_quietly(conn: Connection, data: bytes) -> None:
-    try:
-        conn.write(data)
-    except TransportError:
-        pass
-
-
 class WebSocketTransport(Transport):
-    name = "websocket"
     client_alpn = ("http/1.1",)  # dialer.go: WithNextProto("http/1.1")
 
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
-        return bind_tcp(address, port, settings.sockopt), no_cleanup
+        return listen_tcp(address, port, settings)
 
     def accept_deadline(self, handshake_timeout: float) -> float:
         return time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
