@@ -271,20 +271,26 @@ def running_chain(implementation: str, configs: Sequence[Mapping[str, object]],
                 errors.append(f"{implementation} stop: {error}")
 
 
+def measure_running(result: ChainResult, entry_port: int, processes: Sequence[ConfigProcess],
+                    options: BenchOptions, bulk: BulkSource, echo: TcpEchoServer) -> None:
+    """The standard measurements through a running chain's SOCKS5 entry, into ``result``."""
+    for _ in range(WARMUP_CONNECTIONS):  # lazy imports and first-use allocations
+        echo_once(entry_port, echo)
+    # Memory first, on a process that has not yet held bulk buffers it may keep.
+    result.kib_per_connection, result.threads_when_held = measure_idle_memory(
+        entry_port, echo, [p.pid for p in processes], options.connections)
+    result.latency_p50_ms, result.latency_p99_ms = measure_latency(
+        entry_port, echo, options.latency_rounds)
+    result.download_mibps = max(measure_download(entry_port, bulk) for _ in range(3))
+
+
 def measure_chain(implementation: str, build: ChainBuilder, options: BenchOptions,
                   bulk: BulkSource, echo: TcpEchoServer) -> ChainResult:
     result = ChainResult()
     entry_port = free_port()
     try:
         with running_chain(implementation, build(entry_port), result.errors) as processes:
-            for _ in range(WARMUP_CONNECTIONS):  # lazy imports and first-use allocations
-                echo_once(entry_port, echo)
-            # Memory first, on a process that has not yet held bulk buffers it may keep.
-            result.kib_per_connection, result.threads_when_held = measure_idle_memory(
-                entry_port, echo, [p.pid for p in processes], options.connections)
-            result.latency_p50_ms, result.latency_p99_ms = measure_latency(
-                entry_port, echo, options.latency_rounds)
-            result.download_mibps = max(measure_download(entry_port, bulk) for _ in range(3))
+            measure_running(result, entry_port, processes, options, bulk, echo)
     except (BenchError, OSError, RuntimeError, TimeoutError) as error:
         result.errors.append(f"{implementation}: {type(error).__name__}: {error}")
     return result
@@ -398,13 +404,7 @@ def measure_vmess_mixed(client: str, server: str, options: BenchOptions, bulk: B
     try:
         with running_chain(server, [server_config], result.errors) as servers, \
                 running_chain(client, [client_config], result.errors) as clients:
-            for _ in range(WARMUP_CONNECTIONS):
-                echo_once(entry_port, echo)
-            result.kib_per_connection, result.threads_when_held = measure_idle_memory(
-                entry_port, echo, [p.pid for p in servers + clients], options.connections)
-            result.latency_p50_ms, result.latency_p99_ms = measure_latency(
-                entry_port, echo, options.latency_rounds)
-            result.download_mibps = max(measure_download(entry_port, bulk) for _ in range(3))
+            measure_running(result, entry_port, servers + clients, options, bulk, echo)
     except (BenchError, OSError, RuntimeError, TimeoutError) as error:
         result.errors.append(f"{client} client + {server} server: {type(error).__name__}: {error}")
     return result

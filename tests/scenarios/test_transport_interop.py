@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import pytest
-from scenarios.vmess_helpers import (Chain, ChainKey, ChainPool, assert_same_bytes, exchange,
-                                     open_tunnel)
+from scenarios.vmess_helpers import (ChainKey, ChainPool, assert_same_bytes, exchange,
+                                     open_tunnel, running_pool)
 from support.certs import Pki
 from support.peers import MIB, XOR_C, TcpEchoServer, xor_bytes
 
@@ -62,13 +62,8 @@ def stream_settings(pki: Pki, socket_dir: Path, transport: str
 @pytest.fixture(scope="module")
 def pool(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainPool]:
     socket_dir = tmp_path_factory.mktemp("ds")
-    chains = ChainPool(POOL_CAPACITY, lambda t: stream_settings(pki, socket_dir, t))
-    try:
+    with running_pool(POOL_CAPACITY, lambda t: stream_settings(pki, socket_dir, t)) as chains:
         yield chains
-    finally:
-        chains.close()
-    if chains.errors:
-        pytest.fail("\n\n".join(chains.errors), pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +77,6 @@ def bulk_payload() -> bytes:
     return os.urandom(BULK_BYTES)
 
 
-def _chain(pool: ChainPool, key: ChainKey) -> Chain:
-    chain = pool.get(key)
-    assert not chain.dead(), f"{chain.dead()}\n{chain.logs()}"
-    return chain
-
-
 def _one_parallel(tunnel: socket.socket, payload: bytes) -> bytes:
     return exchange(tunnel, payload)
 
@@ -95,7 +84,7 @@ def _one_parallel(tunnel: socket.socket, payload: bytes) -> bytes:
 @pytest.mark.parametrize("key", KEYS, ids=[k.id for k in KEYS])
 def test_eight_mib_both_ways_and_ten_parallel(pool: ChainPool, echo: TcpEchoServer,
                                               bulk_payload: bytes, key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     with open_tunnel(chain.socks_port, echo.address) as sock:
         try:
             received = exchange(sock, bulk_payload)

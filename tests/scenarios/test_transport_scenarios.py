@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple
 import pytest
 from scenarios.vmess_helpers import (USER_ID, ChainKey, ChainPool, RawVMessClient,
                                      assert_same_bytes, exchange, open_tunnel, read_to_eof,
-                                     server_config, tcp_request)
+                                     running_pool, server_config, tcp_request)
 from support.certs import Pki
 from support.peers import XOR_C, TcpEchoServer, free_port, xor_bytes
 from support.procs import V2SyncProcess
@@ -50,13 +50,8 @@ def streams_for(pki: Pki):
 
 @pytest.fixture(scope="module")
 def pool(pki: Pki) -> Iterator[ChainPool]:
-    chains = ChainPool(2, streams_for(pki))
-    try:
+    with running_pool(2, streams_for(pki)) as chains:
         yield chains
-    finally:
-        chains.close()
-    if chains.errors:
-        pytest.fail("\n\n".join(chains.errors), pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from typing import Iterator, List, Tuple
 import pytest
 import socks
 from scenarios.vmess_helpers import (IO_TIMEOUT, Chain, ChainKey, ChainPool, assert_same_bytes,
-                                     exchange, open_tunnel, read_to_eof, recv_exactly)
+                                     exchange, open_tunnel, read_to_eof, recv_exactly,
+                                     running_pool)
 from support.peers import (MIB, XOR_C, BulkSource, TcpEchoServer, UdpEchoServer, pattern_bytes,
                            xor_bytes)
 
@@ -60,13 +61,8 @@ def _ids(keys: List[ChainKey]) -> List[str]:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[ChainPool]:
-    chains = ChainPool(POOL_CAPACITY)
-    try:
+    with running_pool(POOL_CAPACITY) as chains:
         yield chains
-    finally:
-        chains.close()
-    if chains.errors:
-        pytest.fail("\n\n".join(chains.errors), pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +76,6 @@ def bulk_payload() -> bytes:
     return os.urandom(BULK_BYTES)
 
 
-def _chain(pool: ChainPool, key: ChainKey) -> Chain:
-    chain = pool.get(key)
-    assert not chain.dead(), f"{chain.dead()}\n{chain.logs()}"
-    return chain
-
-
 def _check_alive(chain: Chain) -> None:
     assert not chain.dead(), f"a process died during the test: {chain.dead()}\n{chain.logs()}"
 
@@ -95,7 +85,7 @@ def _check_alive(chain: Chain) -> None:
 @pytest.mark.parametrize("key", BULK_KEYS, ids=_ids(BULK_KEYS))
 def test_eight_mib_both_ways(pool: ChainPool, echo: TcpEchoServer, bulk_payload: bytes,
                              key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     received_before = echo.bytes_received
     with open_tunnel(chain.socks_port, echo.address) as sock:
         try:
@@ -116,7 +106,7 @@ def _one_parallel(tunnel: socket.socket, payload: bytes) -> Tuple[bytes, bytes]:
 @pytest.mark.parametrize("key", GCM_KEYS, ids=_ids(GCM_KEYS))
 def test_ten_parallel_connections(pool: ChainPool, echo: TcpEchoServer, bulk_payload: bytes,
                                   key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     accepted_before = echo.accepted
     payloads = [bulk_payload[i * PARALLEL_BYTES:(i + 1) * PARALLEL_BYTES]
                 for i in range(PARALLEL_CONNECTIONS)]
@@ -146,7 +136,7 @@ def closing_echo() -> Iterator[TcpEchoServer]:
 @pytest.mark.parametrize("key", GCM_KEYS, ids=_ids(GCM_KEYS))
 def test_upstream_closes_first(pool: ChainPool, closing_echo: TcpEchoServer,
                                key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     with open_tunnel(chain.socks_port, closing_echo.address) as sock:
         assert recv_exactly(sock, len(GREETING), IO_TIMEOUT) == GREETING
         sock.sendall(PING)
@@ -164,7 +154,7 @@ def download_source() -> Iterator[BulkSource]:
 @pytest.mark.parametrize("key", GCM_KEYS, ids=_ids(GCM_KEYS))
 def test_download_then_upstream_eof(pool: ChainPool, download_source: BulkSource,
                                     key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     with open_tunnel(chain.socks_port, download_source.address) as sock:
         received = read_to_eof(sock, EOF_TIMEOUT + 30.0)
     assert_same_bytes(received, pattern_bytes(DOWNLOAD_BYTES), chain.logs())
@@ -173,7 +163,7 @@ def test_download_then_upstream_eof(pool: ChainPool, download_source: BulkSource
 
 @pytest.mark.parametrize("key", GCM_KEYS, ids=_ids(GCM_KEYS))
 def test_udp_through_socks_associate(pool: ChainPool, key: ChainKey) -> None:
-    chain = _chain(pool, key)
+    chain = pool.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
         with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)

@@ -16,11 +16,14 @@ Every read has a deadline: a hung proxy fails a test, it never hangs it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import pytest
 
 from scenarios.helpers_scenarios import (CMD_CONNECT, REPLY_SUCCEEDED, socks5_greet,
                                          socks5_request)
@@ -187,6 +190,12 @@ class ChainPool:
         self._chains.move_to_end(key)
         return chain
 
+    def live(self, key: ChainKey) -> Chain:
+        """``get``, asserting both processes are running (with their logs if not)."""
+        chain = self.get(key)
+        assert not chain.dead(), f"{chain.dead()}\n{chain.logs()}"
+        return chain
+
     def _stop(self, chain: Chain) -> None:
         for process in (chain.client, chain.server):  # clients before servers
             try:
@@ -197,6 +206,18 @@ class ChainPool:
     def close(self) -> None:
         while self._chains:
             self._stop(self._chains.popitem()[1])
+
+
+@contextlib.contextmanager
+def running_pool(capacity: int, streams: Optional[StreamsFor] = None) -> Iterator[ChainPool]:
+    """A ChainPool for a test module; a process that failed its exit check fails the module."""
+    chains = ChainPool(capacity, streams)
+    try:
+        yield chains
+    finally:
+        chains.close()
+    if chains.errors:
+        pytest.fail("\n\n".join(chains.errors), pytrace=False)
 
 
 # -- SOCKS and byte exchange --------------------------------------------------------------------
