@@ -68,20 +68,25 @@ Task = Tuple[TaskHandle, Callable[[], None]]
 
 
 class _Parked:
-    """A worker waiting in the idle list for its next task (None = exit)."""
+    """A worker waiting in the idle list for its next task (None = exit).
 
-    __slots__ = ("_event", "_task")
+    ``give`` is called at most once, so a bare lock held until then is the whole
+    hand-over: one futex wake, where an ``Event`` adds a Condition and a waiter list.
+    """
+
+    __slots__ = ("_ready", "_task")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._ready = threading.Lock()
+        self._ready.acquire()
         self._task: Optional[Task] = None
 
     def give(self, task: Optional[Task]) -> None:
         self._task = task
-        self._event.set()
+        self._ready.release()
 
     def wait(self, timeout: float) -> Tuple[bool, Optional[Task]]:
-        return self._event.wait(timeout), self._task
+        return self._ready.acquire(timeout=timeout), self._task
 
 
 class ThreadGroup:

@@ -15,6 +15,7 @@ under that mutex and wake everyone.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
 from typing import Deque, Optional, Union
@@ -51,14 +52,28 @@ class _ByteQueue(queue.Queue):
     """``queue.Queue`` whose ``qsize`` is the number of bytes held."""
 
     def __init__(self, maxsize: int):
-        super().__init__(maxsize)
-        # task_done()/join() are never used on a pipe; dropping their Condition saves ~700
-        # bytes on every pipe of every held connection.
-        self.all_tasks_done = None
-        # One writer and one reader, and never both waiting: the writer waits only while the
-        # pipe is full, the reader only while it is empty. So one Condition serves both
-        # ("not full" and "not empty"); ~800 bytes less per pipe.
+        # queue.Queue.__init__ would build three Conditions; a pipe needs one. Every
+        # connection makes two pipes, so they are assembled here instead:
+        # - task_done()/join() are never used on a pipe: no ``all_tasks_done`` (~700 bytes);
+        # - one writer and one reader, never both waiting (the writer waits only while the
+        #   pipe is full, the reader only while it is empty), so one Condition serves as
+        #   "not full" and "not empty" (~800 bytes).
+        self.maxsize = maxsize
+        self._init(maxsize)
+        self.mutex = threading.Lock()
+        self.not_empty = threading.Condition(self.mutex)
         self.not_full = self.not_empty
+        self.all_tasks_done = None
+        self.unfinished_tasks = 0
+
+    def wake(self) -> None:
+        """Wake a waiting reader or writer, if any; call with ``mutex`` held.
+
+        Condition.notify() first proves the caller owns the lock (two lock operations);
+        most writes find nobody waiting, so look at the waiter list first.
+        """
+        if self.not_empty._waiters:
+            self.not_empty.notify()
 
     def _init(self, maxsize: int) -> None:
         self.queue: Deque[bytes] = deque()
@@ -106,7 +121,7 @@ class Pipe:
                     raise ReadTimeout(f"{self.name}: write timed out")
                 q.not_full.wait(remaining)
             q._put(bytes(data))
-            q.not_empty.notify()
+            q.wake()
 
     def try_write(self, data: bytes) -> bool:
         """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
@@ -116,7 +131,7 @@ class Pipe:
             if q.nbytes >= self.limit:
                 return False
             q._put(bytes(data))
-            q.not_empty.notify()
+            q.wake()
             return True
 
     def unread(self, data: bytes) -> None:
@@ -129,14 +144,13 @@ class Pipe:
                 raise PipeInterrupted(f"{self.name} interrupted")
             q.queue.appendleft(bytes(data))
             q.nbytes += len(data)
-            q.not_empty.notify()
+            q.wake()
 
     def close(self) -> None:
         """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
         with self._q.mutex:
             self._closed = True
-            self._q.not_empty.notify_all()
-            self._q.not_full.notify_all()
+            self._q.not_empty.notify_all()  # not_full is the same Condition
 
     def interrupt(self) -> None:
         """Abort both ends now; queued data is discarded."""
@@ -144,8 +158,7 @@ class Pipe:
             self._interrupted = True
             self._q.queue.clear()
             self._q.nbytes = 0
-            self._q.not_empty.notify_all()
-            self._q.not_full.notify_all()
+            self._q.not_empty.notify_all()  # not_full is the same Condition
 
     def _check_writable(self) -> None:
         if self._interrupted:
@@ -164,7 +177,7 @@ class Pipe:
                     raise PipeInterrupted(f"{self.name} interrupted")
                 if q.queue:
                     item = q._get()
-                    q.not_full.notify()
+                    q.wake()
                     return item
                 if self._closed:
                     return EOF

@@ -308,6 +308,11 @@ def encode_reply(code: int, address: Address = ANY_IPV4, port: int = 0) -> bytes
     return bytes([SOCKS5_VERSION, code, 0x00]) + encode_address_port(address, port)
 
 
+# Refusals are fixed bytes; built once, not on every parse attempt of every handshake.
+_GENERAL_FAILURE = encode_reply(Reply.GENERAL_FAILURE)
+_ATYP_NOT_SUPPORTED = encode_reply(Reply.ATYP_NOT_SUPPORTED)
+
+
 def parse_request(buf: bytes) -> Optional[Tuple[Socks5Request, int]]:
     """VER CMD RSV ATYP DST.ADDR DST.PORT.
 
@@ -317,11 +322,11 @@ def parse_request(buf: bytes) -> Optional[Tuple[Socks5Request, int]]:
     checked (v2ray ignores it)."""
     cur = Cursor(buf)
     try:
-        _expect_version(cur.u8(), SOCKS5_VERSION, "request", encode_reply(Reply.GENERAL_FAILURE))
+        _expect_version(cur.u8(), SOCKS5_VERSION, "request", _GENERAL_FAILURE)
         command = _socks5_command(cur.u8())
         cur.u8()  # RSV
-        address, port = read_address_port(cur, bad_atyp=encode_reply(Reply.ATYP_NOT_SUPPORTED),
-                                          bad_addr=encode_reply(Reply.GENERAL_FAILURE))
+        address, port = read_address_port(cur, bad_atyp=_ATYP_NOT_SUPPORTED,
+                                          bad_addr=_GENERAL_FAILURE)
     except NeedMore:
         return None
     return Socks5Request(command, address, port), cur.pos
