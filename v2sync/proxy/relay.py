@@ -1,10 +1,18 @@
 """The data phase shared by every handler (v2ray ``proxy/socks/server.go::transport``).
 
-Two directions run as a thread pair: *request* (client -> target) in the caller's thread,
-*response* (target -> client) in a pooled thread. One ``ActivityTimer`` covers both: any traffic
-resets it; when the request side ends it becomes ``downlinkOnly``, when the response side
-ends it becomes ``uplinkOnly``; when it expires the connection is aborted. Any error aborts
-both directions at once.
+Two directions run as a thread pair: *request* (client -> target) in a pooled thread,
+*response* (target -> client) in the caller's thread. One ``ActivityTimer`` covers both: any
+traffic resets it; when the request side ends it becomes ``downlinkOnly``, when the response
+side ends it becomes ``uplinkOnly``; when it expires the connection is aborted. Any error
+aborts both directions at once.
+
+Why the request goes to the pooled thread: clients usually finish first, and the answer's
+tail then gets ``downlinkOnly`` seconds. The side that finishes first in the caller's thread
+must wait in join() for the other; finishing in a pooled thread hands that thread straight
+back. So a lingering connection holds one thread per side instead of two, and a busy server
+creates half as many. ``first`` runs in the caller's thread before the pair starts, so bytes
+that are already here (a payload pipelined behind the handshake, chunks queued in the pipe)
+go out without waiting for a thread hand-over.
 """
 from __future__ import annotations
 
@@ -25,9 +33,19 @@ Direction = Callable[[ActivityTimer], None]
 JOIN_SLACK = 5.0
 
 
-def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, abort: Callable[[], None],
-              request: Direction, response: Direction) -> Optional[BaseException]:
-    """Run both directions to completion; returns the first error (None on a clean finish)."""
+def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[Connection],
+              abort: Callable[[], None], request: Direction, response: Direction,
+              first: Optional[Direction] = None) -> Optional[BaseException]:
+    """Run ``first`` (if any), then both directions to completion; returns the first error
+    (None on a clean finish).
+
+    ``conn``, the stream both directions share, is made blocking here, once, before the
+    pair starts: the activity timer bounds the relay, not a socket timeout. A socket's
+    timeout belongs to the socket, and changing it while the other thread is inside send()
+    makes that send fail with EAGAIN.
+    """
+    if conn is not None:
+        conn.settimeout(None)
     timer = ctx.timers.new_timer(policy.conn_idle, abort)
 
     def request_side() -> None:
@@ -40,10 +58,13 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, abort: Callable
 
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
-        # The request runs in the thread that is already here: the client's first bytes
-        # never wait for a thread to be handed over; the response is not due before a
-        # round trip anyway.
-        return run_pair(ctx.threads, f"relay-{name}-down", response_side, request_side,
+        if first is not None:
+            try:
+                first(timer)
+            except Exception as exc:  # as run_pair's guard does: abort, report
+                abort()
+                return exc
+        return run_pair(ctx.threads, f"relay-{name}-up", request_side, response_side,
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:
         timer.cancel()
@@ -59,13 +80,18 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
         conn.abort()
         link.interrupt()
 
+    outbound_reading = True
+
+    def first(timer: ActivityTimer) -> None:
+        nonlocal outbound_reading
+        outbound_reading = not early or write_or_stop(link.writer, early)
+
     def request(timer: ActivityTimer) -> None:
-        if early and not write_or_stop(link.writer, early):
-            return
-        copy_conn_to_pipe(conn, link.writer, timer)
+        if outbound_reading:
+            copy_conn_to_pipe(conn, link.writer, timer)
         link.writer.close()
 
     def response(timer: ActivityTimer) -> None:
         copy_pipe_to_conn(link.reader, conn, timer)
 
-    return run_relay(ctx, name, policy, abort, request, response)
+    return run_relay(ctx, name, policy, conn, abort, request, response, first)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.common.errors import PipeClosed, PipeInterrupted
-from v2sync.transport.pipe import EOF, Pipe
+from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
 # buffer before it blocks, so an idle connection parked in recv() holds that buffer. Start
@@ -34,13 +34,13 @@ class ReadSizer:
 
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
     """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``.
+    ``conn`` must be blocking (``run_relay`` sees to it).
 
     A pipe whose reader has stopped (the outbound finished, e.g. blackhole after its 403)
     ends this direction quietly: the other direction may still hold an answer to deliver.
     A real failure interrupts both pipes and surfaces there.
     """
     total = 0
-    conn.settimeout(None)
     sizer = ReadSizer()
     size = sizer.size
     while True:
@@ -73,3 +73,17 @@ def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int
         timer.update()
         conn.write(chunk)
         total += len(chunk)
+
+
+def flush_ready(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> None:
+    """Write what the pipe holds right now, without waiting (the first bytes of a relay,
+    sent before its thread pair starts). EOF stays in the pipe for the copy loop to see."""
+    while True:
+        try:
+            chunk = pipe.read(timeout=0)
+        except ReadTimeout:
+            return
+        if chunk is EOF:
+            return
+        timer.update()
+        conn.write(chunk)

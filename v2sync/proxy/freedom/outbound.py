@@ -17,7 +17,7 @@ from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn
+from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, flush_ready
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
@@ -55,6 +55,9 @@ class FreedomOutbound:
                 conn.abort()
                 link.interrupt()
 
+            def first(timer) -> None:
+                flush_ready(link.reader, conn, timer)  # the client's payload, if queued
+
             def request(timer) -> None:
                 copy_pipe_to_conn(link.reader, conn, timer)
 
@@ -62,7 +65,8 @@ class FreedomOutbound:
                 copy_conn_to_pipe(conn, link.writer, timer)
                 link.writer.close()
 
-            error = run_relay(self.ctx, session.name(), policy, abort, request, response)
+            error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
+                              response, first)
             if error is not None:
                 raise TransportError(f"relay to {dest} ended: {error}") from error
         finally:
@@ -119,7 +123,7 @@ class FreedomOutbound:
                     timer.update()
                     link.writer.write(data)
 
-            run_relay(self.ctx, session.name(), policy, abort, request, response)
+            run_relay(self.ctx, session.name(), policy, None, abort, request, response)
         finally:
             sock.close()
 

@@ -74,17 +74,23 @@ class VMessInbound:
             conn.abort()
             link.interrupt()
 
+        def forward(data: bytes) -> bool:
+            """Decode and hand on; False once the request direction is over."""
+            if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
+                return False  # the outbound stopped reading
+            return not body_in.eof
+
+        more = True
+
+        def first(timer) -> None:
+            nonlocal more
+            more = forward(early)
+
         def request(timer) -> None:
-            conn.settimeout(None)  # the activity timer bounds the relay
-            data = early
-            while True:
-                if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
-                    break  # the outbound stopped reading: the request direction is over
-                if body_in.eof:
-                    break
+            while more:
                 timer.update()
                 data = conn.read(RELAY_READ_SIZE)
-                if not data:
+                if not data or not forward(data):
                     break
             link.writer.close()
 
@@ -100,7 +106,8 @@ class VMessInbound:
                 conn.write(head + body_out.encode(chunk))
                 head = b""
 
-        error = run_relay(self.ctx, session.name(), policy, abort, request, response)
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
+                          first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 

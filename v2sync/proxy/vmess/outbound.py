@@ -81,14 +81,20 @@ class VMessOutbound:
             conn.abort()
             link.interrupt()
 
-        def request(timer) -> None:
-            first = _first_payload(link)
+        ended = False  # the request's end-of-stream chunk went out with the header
+
+        def first(timer) -> None:
+            nonlocal ended
+            payload = _first_payload(link)
             out = client.encode_request_header(header, time.time())
-            if first is EOF:
+            ended = payload is EOF
+            if ended:
                 conn.write(out + body_out.encode_eof())
-                return
-            conn.write(out + (body_out.encode(first) if first else b""))
-            while True:
+            else:
+                conn.write(out + (body_out.encode(payload) if payload else b""))
+
+        def request(timer) -> None:
+            while not ended:
                 chunk = link.reader.read()
                 if chunk is EOF:
                     conn.write(body_out.encode_eof())
@@ -97,7 +103,6 @@ class VMessOutbound:
                 conn.write(body_out.encode(chunk))
 
         def response(timer) -> None:
-            conn.settimeout(None)  # the activity timer bounds the relay
             body_in, data = self._read_response_header(conn, client, header)
             while True:
                 deliver(link.writer, body_in.feed(data), header.is_packet)
@@ -109,7 +114,8 @@ class VMessOutbound:
                 timer.update()
             link.writer.close()
 
-        error = run_relay(self.ctx, session.name(), policy, abort, request, response)
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
+                          first)
         if error is not None:
             raise TransportError(f"vmess relay ended: {error}") from error
 

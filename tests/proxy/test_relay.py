@@ -1,0 +1,152 @@
+"""The relay's thread pair (proxy/relay.py) over real loopback TCP connections."""
+import socket
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from v2sync.app.policy.manager import PolicyManager
+from v2sync.common.signal import TimerWheel
+from v2sync.common.task import ThreadGroup
+from v2sync.features.proxy import ProxyContext
+from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
+from v2sync.proxy.relay import relay_stream, run_relay
+from v2sync.transport.copy import flush_ready
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.link import new_link_pair
+from v2sync.transport.pipe import EOF
+
+WAIT = 5.0
+POLICY = LevelPolicy(conn_idle=10, uplink_only=1, downlink_only=1)
+
+
+@contextmanager
+def relay_context():
+    timers = TimerWheel()
+    timers.start()
+    threads = ThreadGroup("relay-test")
+    try:
+        yield ProxyContext(PolicyManager(PolicyConfig()), timers, threads)
+    finally:
+        assert threads.shutdown(WAIT)
+        timers.stop()
+
+
+@contextmanager
+def tcp_pair():
+    """(our Connection, the peer's socket), connected over 127.0.0.1."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname(), timeout=WAIT)
+        ours, _ = listener.accept()
+    conn = Connection(ours)
+    try:
+        yield conn, peer
+    finally:
+        conn.close()
+        peer.close()
+
+
+def test_connection_is_blocking_before_either_direction_runs():
+    """A timeout left from the dial must be gone before two threads share the socket:
+    changing it while the other thread is inside send() makes that send fail (EAGAIN)."""
+    seen = {}
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        conn.settimeout(16.0)
+
+        def record(side):
+            return lambda timer: seen.setdefault(side, conn.sock.gettimeout())
+
+        error = run_relay(ctx, "t", POLICY, conn, conn.abort, record("request"),
+                          record("response"), record("first"))
+    assert error is None
+    assert seen == {"first": None, "request": None, "response": None}
+
+
+def test_request_in_a_pooled_thread_response_and_first_in_the_callers():
+    names = {}
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        def record(side):
+            return lambda timer: names.setdefault(side, threading.current_thread().name)
+
+        run_relay(ctx, "t", POLICY, conn, conn.abort, record("request"), record("response"),
+                  record("first"))
+    caller = threading.current_thread().name
+    assert names["first"] == caller and names["response"] == caller
+    assert names["request"] == "relay-t-up"
+
+
+def test_request_thread_is_released_while_the_response_goes_on():
+    """The client finishing first frees its pooled thread at once (no thread waits out the
+    downlinkOnly linger in join)."""
+    request_done = threading.Event()
+    release_response = threading.Event()
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        def response(timer):
+            assert request_done.wait(WAIT)
+            # The request's task has finished although the pair has not.
+            assert not [h for h in ctx.threads.live() if h.name == "relay-t-up"]
+            release_response.set()
+
+        run_relay(ctx, "t", POLICY, conn, conn.abort, lambda timer: request_done.set(),
+                  response)
+    assert release_response.is_set()
+
+
+def test_a_failing_first_step_aborts_and_never_starts_the_pair():
+    started = []
+    aborted = threading.Event()
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        def first(timer):
+            raise OSError("boom")
+
+        error = run_relay(ctx, "t", POLICY, conn, aborted.set, started.append, started.append,
+                          first)
+    assert isinstance(error, OSError) and aborted.is_set() and not started
+
+
+def test_relay_stream_sends_early_bytes_before_the_client_stream():
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair(1024, "t")
+        peer.sendall(b"-rest")
+        peer.shutdown(socket.SHUT_WR)
+        outbound.writer.close()  # the target answered nothing
+        error = relay_stream(ctx, "t", POLICY, conn, inbound, early=b"early")
+        got = b""
+        while (chunk := outbound.reader.read(WAIT)) is not EOF:
+            got += chunk
+    assert error is None and got == b"early-rest"
+
+
+def test_relay_stream_does_not_read_the_client_once_the_outbound_stopped():
+    """The early bytes found the pipe closed: the request direction is over, so what the
+    client sends next stays unread (a reader would wait up to uplinkOnly for nothing)."""
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair(1024, "t")
+        outbound.reader.interrupt()  # the outbound gave up before reading anything
+        peer.sendall(b"more")
+        error = relay_stream(ctx, "t", POLICY, conn, inbound, early=b"early")
+        conn.settimeout(WAIT)
+        assert conn.sock.recv(16) == b"more"
+    assert error is not None  # the interrupted downlink ended the response side
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_flush_ready_writes_what_is_queued_and_leaves_eof(closed):
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair(1024, "t")
+        inbound.writer.write(b"one")
+        inbound.writer.write(b"two")
+        if closed:
+            inbound.writer.close()
+        timer = ctx.timers.new_timer(10, lambda: None)
+        flush_ready(outbound.reader, conn, timer)  # returns at once: it never waits
+        timer.cancel()
+        peer.settimeout(WAIT)
+        got = b""
+        while len(got) < 6:
+            got += peer.recv(16)
+        assert got == b"onetwo"
+        if closed:
+            assert outbound.reader.read(0) is EOF  # still there for the copy loop
+        else:
+            assert not outbound.reader.is_closed
