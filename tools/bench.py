@@ -296,8 +296,12 @@ def measure_chain(implementation: str, build: ChainBuilder, options: BenchOption
     return result
 
 
-def compare_chains(options: BenchOptions, build: ChainBuilder) -> List[Row]:
-    """Run the standard measurements through ``build(entry_port)`` for each implementation."""
+def compare_chains(options: BenchOptions, build: ChainBuilder,
+                   memory_limit_kib: Optional[float] = None) -> List[Row]:
+    """Run the standard measurements through ``build(entry_port)`` for each implementation.
+
+    Only the bare relay has a memory target (issue 2); the VMess chains are two processes,
+    so their figure is reported without one."""
     results: Dict[str, ChainResult] = {}
     with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS, timeout=PHASE_DEADLINE) as echo:
@@ -318,16 +322,20 @@ def compare_chains(options: BenchOptions, build: ChainBuilder) -> List[Row]:
             Target("ratio<=", 1.5)),
         Row(f"connect + 1 KiB echo p99, n={options.latency_rounds} (ms)", pick("latency_p99_ms")),
         Row(f"RSS per held idle connection, n={options.connections} (KiB)", pick("kib_per_connection"),
-            Target("value<=", 96)),
+            Target("value<=", memory_limit_kib) if memory_limit_kib is not None else None),
         Row(f"OS threads with {options.connections} connections held", pick("threads_when_held")),
     ]
 
 
 # -- scenarios -----------------------------------------------------------------------------
 
+RELAY_MEMORY_LIMIT_KIB = 96.0  # per held connection, from RSS (issue 2)
+
+
 def scenario_relay(options: BenchOptions) -> List[Row]:
     """SOCKS5 inbound on 127.0.0.1 -> freedom: the bare relay path."""
-    return compare_chains(options, lambda port: [socks_freedom_config(port, access="none")])
+    return compare_chains(options, lambda port: [socks_freedom_config(port, access="none")],
+                          RELAY_MEMORY_LIMIT_KIB)
 
 
 # SOCKS5 -> VMess -> VMess -> freedom. One fixed id: the bench needs no secrecy.

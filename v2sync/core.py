@@ -30,9 +30,6 @@ log = logging.getLogger("v2sync.core")
 SHUTDOWN_GRACE = 2.0
 JOIN_AFTER_ABORT = 3.0
 GRACE_POLL = 0.05
-# Parked threads kept ready for new connections (each ~18 KiB of RSS): a new connection
-# needs four, and a sequential client opens one every millisecond or so.
-SPARE_WORKERS = 8
 
 
 class Instance:
@@ -41,7 +38,7 @@ class Instance:
         self.config = config
         self.timers = TimerWheel()
         self.policy = PolicyManager(config.policy)
-        self.workers = ThreadGroup("connections", min_spare=SPARE_WORKERS)
+        self.workers = ThreadGroup("connections")
         self.listener_threads = ThreadGroup("listeners")
         self.dns = DnsResolver(config.dns_settings)
         self.context = ProxyContext(self.policy, self.timers, self.workers, self.dns)
@@ -85,7 +82,6 @@ class Instance:
 
     def start(self) -> None:
         self.timers.start()
-        self.workers.start_nursery()
         try:
             self.inbounds.start(self.listener_threads)
         except Exception:

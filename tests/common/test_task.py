@@ -1,0 +1,139 @@
+"""ThreadGroup and run_pair (common/task.py): reuse, expiry, joins, error propagation."""
+import threading
+
+from v2sync.common.task import ThreadGroup, run_pair
+
+WAIT = 5.0
+
+
+def _run(group: ThreadGroup, name: str, fn=lambda: None):
+    handle = group.spawn(name, fn)
+    handle.join(WAIT)
+    assert not handle.is_alive()
+    return handle
+
+
+def test_a_finished_worker_takes_the_next_task():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    seen = []
+    try:
+        _run(group, "one", lambda: seen.append(threading.get_ident()))
+        _run(group, "two", lambda: seen.append(threading.get_ident()))
+    finally:
+        assert group.shutdown(WAIT)
+    assert seen[0] == seen[1]
+
+
+def test_the_worker_is_named_after_its_task():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    names = []
+    try:
+        _run(group, "first", lambda: names.append(threading.current_thread().name))
+        _run(group, "second", lambda: names.append(threading.current_thread().name))
+    finally:
+        assert group.shutdown(WAIT)
+    assert names == ["first", "second"]
+
+
+def test_parked_workers_expire_after_the_idle_timeout():
+    group = ThreadGroup("t", idle_timeout=0.05)
+    try:
+        handle = group.spawn("short", lambda: None)
+        handle.join(WAIT)
+        worker = next(iter(group._threads))
+        worker.join(WAIT)  # it parks, times out and leaves on its own
+        assert not worker.is_alive()
+        assert not group._threads
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_no_more_than_max_idle_workers_stay_parked():
+    group = ThreadGroup("t", max_idle=1, idle_timeout=WAIT)
+    release = threading.Event()
+    try:
+        handles = [group.spawn(f"w{i}", lambda: release.wait(WAIT)) for i in range(3)]
+        workers = list(group._threads)
+        assert len(workers) == 3
+        release.set()
+        for handle in handles:
+            handle.join(WAIT)
+        for worker in workers:
+            worker.join(0.3)  # the two beyond max_idle leave; the parked one stays
+        assert sum(worker.is_alive() for worker in workers) == 1
+        assert len(group._idle) == 1
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_a_failing_task_is_logged_and_its_worker_lives_on(caplog):
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    try:
+        _run(group, "bad", lambda: 1 / 0)
+        _run(group, "good")
+    finally:
+        assert group.shutdown(WAIT)
+    assert "thread bad failed" in caplog.text
+
+
+def test_shutdown_joins_running_and_parked_workers():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    release = threading.Event()
+    _run(group, "parked")
+    running = group.spawn("running", lambda: release.wait(WAIT))
+    assert running.is_alive()
+    threading.Timer(0.05, release.set).start()
+    assert group.shutdown(WAIT)
+    assert not group._threads and not running.is_alive()
+
+
+def test_join_waits_for_live_tasks():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    release = threading.Event()
+    try:
+        group.spawn("busy", lambda: release.wait(WAIT))
+        assert not group.join(0.01)
+        release.set()
+        assert group.join(WAIT)
+        assert group.live() == []
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_run_pair_returns_the_first_error_and_unblocks_the_other_side():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    stop = threading.Event()
+    errors = []
+
+    def background():
+        raise ValueError("background failed")
+
+    def foreground():
+        assert stop.wait(WAIT)  # only on_error can end this side
+
+    def on_error(exc):
+        errors.append(exc)
+        stop.set()
+
+    try:
+        error = run_pair(group, "pair", background, foreground, on_error, WAIT)
+    finally:
+        assert group.shutdown(WAIT)
+    assert isinstance(error, ValueError) and errors == [error]
+
+
+def test_run_pair_gives_up_on_a_stuck_side_after_the_join_timeout():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    stop = threading.Event()
+    seen = []
+
+    def on_error(exc):
+        seen.append(exc)
+        stop.set()  # what aborting the connection does for a real relay
+
+    try:
+        error = run_pair(group, "pair", lambda: stop.wait(WAIT), lambda: None, on_error, 0.05)
+    finally:
+        assert group.shutdown(WAIT)
+    assert error is None
+    assert len(seen) == 1 and isinstance(seen[0], TimeoutError)
