@@ -23,8 +23,8 @@ from v2sync.proxy.vmess.config import VMessInboundConfig
 from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
-from v2sync.transport.copy import write_or_stop
-from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, HandshakeReader
+from v2sync.transport.copy import ReadSizer, write_or_stop
+from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
 
@@ -87,11 +87,13 @@ class VMessInbound:
             more = forward(early)
 
         def request(timer) -> None:
+            sizer = ReadSizer()
             while more:
                 timer.update()
-                data = conn.read(RELAY_READ_SIZE)
+                data = conn.read(sizer.size)
                 if not data or not forward(data):
                     break
+                sizer.next_size(len(data))
             link.writer.close()
 
         def response(timer) -> None:

@@ -25,7 +25,8 @@ from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
-from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
+from v2sync.transport.copy import ReadSizer
+from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
@@ -104,13 +105,15 @@ class VMessOutbound:
 
         def response(timer) -> None:
             body_in, data = self._read_response_header(conn, client, header)
+            sizer = ReadSizer()
             while True:
                 deliver(link.writer, body_in.feed(data), header.is_packet)
                 if body_in.eof:
                     break
-                data = conn.read(RELAY_READ_SIZE)
+                data = conn.read(sizer.size)
                 if not data:
                     break
+                sizer.next_size(len(data))
                 timer.update()
             link.writer.close()
 
@@ -128,7 +131,7 @@ class VMessOutbound:
                 return client.response_body_reader(header), buf[parsed[1]:]
             if len(buf) > MAX_RESPONSE_HEADER:
                 raise RemoteProtocolError("vmess: response header too large")
-            data = conn.read(RELAY_READ_SIZE)
+            data = conn.read(HANDSHAKE_READ_SIZE)
             if not data:
                 raise RemoteProtocolError("vmess: server closed before its response header")
             buf += data
