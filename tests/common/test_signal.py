@@ -2,7 +2,7 @@
 import threading
 import time
 
-from v2sync.common.signal import TimerWheel
+from v2sync.common.signal import MIN_COMPACT, TimerWheel
 from v2sync.common.task import ThreadGroup, run_pair
 
 
@@ -56,6 +56,45 @@ def test_cancelled_timer_never_fires():
     try:
         wheel.new_timer(0.05, fired.set).cancel()
         assert not fired.wait(0.3)
+    finally:
+        wheel.stop()
+
+
+def test_finished_timers_do_not_pile_up_in_the_heap():
+    """Each connection files a connIdle entry (300 s) and later shorter ones; the long ones
+    must not outlive their connections until they are due."""
+    wheel = TimerWheel()  # not started: nothing pops, only compaction can shrink the heap
+    live = []
+    for i in range(10 * MIN_COMPACT):
+        timer = wheel.new_timer(300, lambda: None)
+        timer.set_timeout(1)  # a second, earlier entry, as the relay's linger does
+        if i % 100 == 0:
+            live.append(timer)
+        else:
+            timer.cancel()
+    assert len(wheel._heap) <= 2 * MIN_COMPACT + 2 * len(live)
+    assert len(wheel) == len(live)
+
+
+def test_rescheduling_later_files_no_new_entry():
+    wheel = TimerWheel()
+    timer = wheel.new_timer(1, lambda: None)
+    for _ in range(100):
+        timer.update()
+        timer.set_timeout(2)  # later than the filed deadline: the filed entry re-files itself
+    assert len(wheel._heap) == 1 and len(wheel) == 1
+
+
+def test_a_timer_postponed_by_set_timeout_fires_once_at_its_new_deadline():
+    wheel = TimerWheel()
+    wheel.start()
+    fired = []
+    try:
+        timer = wheel.new_timer(0.05, lambda: fired.append(time.monotonic()))
+        started = time.monotonic()
+        timer.set_timeout(0.3)
+        time.sleep(0.6)
+        assert len(fired) == 1 and fired[0] - started >= 0.3
     finally:
         wheel.stop()
 
