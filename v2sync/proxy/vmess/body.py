@@ -224,9 +224,17 @@ class ChunkWriter:
         self.stream_payload = STREAM_CHUNK_PAYLOAD
 
     def _seal(self, plaintext: bytes) -> bytes:
+        parts: List[bytes] = []
+        self._seal_into(parts, plaintext)
+        return b"".join(parts)
+
+    def _seal_into(self, parts: List[bytes], plaintext) -> None:
+        """Append one chunk's pieces; they are joined once for the whole write."""
         pad = self._sizes.next_padding() if self._padding else 0  # drawn before the mask
-        head = self._sizes.encode(len(plaintext) + self._auth.overhead + pad)
-        return head + self._auth.seal(plaintext) + (os.urandom(pad) if pad else b"")
+        parts.append(self._sizes.encode(len(plaintext) + self._auth.overhead + pad))
+        parts.append(self._auth.seal(plaintext))
+        if pad:
+            parts.append(os.urandom(pad))
 
     def _out(self, wire: bytes) -> bytes:
         return self._cfb.update(wire) if self._cfb else wire
@@ -242,7 +250,11 @@ class ChunkWriter:
                 raise LocalProtocolError(f"vmess: datagram of {len(data)} bytes is too large")
             return self._out(self._seal(data))
         step = self.stream_payload
-        return self._out(b"".join(self._seal(data[i:i + step]) for i in range(0, len(data), step)))
+        parts: List[bytes] = []
+        with memoryview(data) as view:  # slices without copies; each chunk is sealed from it
+            for i in range(0, len(data), step):
+                self._seal_into(parts, view[i:i + step])
+            return self._out(b"".join(parts))
 
     def encode_eof(self) -> bytes:
         """The end-of-stream chunk (an empty plaintext)."""
