@@ -47,7 +47,9 @@ def test_stream_round_trip_whole_bytewise_and_trailing(security: Security, optio
     writer, reader = pair(security, option)
     wire = writer.encode(data[:1]) + writer.encode(data[1:]) + writer.encode_eof()
     if has_eos(security, option):
-        assert b"".join(reader.feed(wire + TRAILER)) == data
+        chunks = reader.feed(wire + TRAILER)
+        assert all(type(c) is bytes for c in chunks)
+        assert b"".join(chunks) == data
         assert reader.eof and reader.unused == TRAILER
         assert reader.feed(b"more") == [] and reader.unused == TRAILER + b"more"
     else:  # a raw body has no end marker: everything is data until the connection closes
@@ -67,7 +69,9 @@ def test_packet_mode_keeps_datagram_boundaries(security: Security, option: int) 
     datagrams = [b"a", b"b" * 500, bytes(range(256)) * 7]
     wire = b"".join(writer.encode(d) for d in datagrams) + writer.encode_eof()
     if isinstance(reader, ChunkReader):
-        assert reader.feed(wire) == datagrams and reader.eof
+        got = reader.feed(wire)
+        assert got == datagrams and reader.eof
+        assert all(type(d) is bytes for d in got)  # not views of the reader's buffer
     else:  # NONE without ChunkStream has no framing at all
         assert b"".join(reader.feed(wire)) == b"".join(datagrams)
 
