@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import random
 import socket
 import threading
 from dataclasses import dataclass
@@ -58,20 +59,53 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _pick_port(host: str, kind: socket.SocketKind) -> int:
-    with socket.socket(_family(host), kind) as sock:
+# Ports for configs are picked below the kernel's ephemeral range. A port the kernel hands
+# out for bind(0) may also be handed to any outgoing connection (a dial, a peer process)
+# between the pick and the proxy's own bind ("Address already in use", seen in CI); ports
+# below the range are only ever taken by an explicit bind.
+CONFIG_PORT_FLOOR = 10000
+PICK_ATTEMPTS = 200
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default start
+
+
+def _bindable(host: str, port: int, kinds: Tuple[socket.SocketKind, ...]) -> bool:
+    for kind in kinds:
+        with socket.socket(_family(host), kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def _pick_port(host: str, kinds: Tuple[socket.SocketKind, ...]) -> int:
+    top = _ephemeral_floor() - 1
+    if top > CONFIG_PORT_FLOOR:
+        for _ in range(PICK_ATTEMPTS):
+            port = random.randint(CONFIG_PORT_FLOOR, top)
+            if _bindable(host, port, kinds):
+                return port
+    with socket.socket(_family(host), kinds[0]) as sock:  # no room below the range
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for configs that need a fixed port number)."""
-    return _pick_port(host, socket.SOCK_STREAM)
+    """A port free for TCP and UDP a moment ago (for configs that need a fixed port number;
+    a SOCKS inbound with UDP binds both)."""
+    return _pick_port(host, (socket.SOCK_STREAM, socket.SOCK_DGRAM))
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port that was free a moment ago."""
-    return _pick_port(host, socket.SOCK_DGRAM)
+    return _pick_port(host, (socket.SOCK_DGRAM,))
 
 
 class _TcpServer:

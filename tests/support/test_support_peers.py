@@ -21,11 +21,13 @@ import socks
 
 from support import procs
 from support.peers import (
+    CONFIG_PORT_FLOOR,
     XOR_C,
     BulkSource,
     HttpOrigin,
     TcpEchoServer,
     UdpEchoServer,
+    _ephemeral_floor,
     free_port,
     free_udp_port,
     pattern_bytes,
@@ -154,6 +156,17 @@ def test_free_ports_are_bindable() -> None:
     with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         tcp.bind(("127.0.0.1", free_port()))
         udp.bind(("127.0.0.1", free_udp_port()))
+
+
+def test_a_free_port_is_free_for_udp_too_and_outside_the_ephemeral_range() -> None:
+    """Outgoing connections take ephemeral ports at any moment; a config's port must not be
+    one of them, or the proxy's bind can lose the race (seen in CI)."""
+    port = free_port()
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", port))
+        udp.bind(("127.0.0.1", port))
+    if _ephemeral_floor() > CONFIG_PORT_FLOOR + 1:
+        assert CONFIG_PORT_FLOOR <= port < _ephemeral_floor()
 
 
 # -- HTTP origin ---------------------------------------------------------------------------
