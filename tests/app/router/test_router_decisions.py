@@ -3,7 +3,6 @@ that the indexed router agrees with a naive rule-by-rule reference."""
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,8 @@ from v2sync.app.router.geodata import GeoData
 from v2sync.app.router.matchers import DomainKind, DomainPattern, IntRangeSet, IpSet, parse_cidr
 from v2sync.common.net import Address, Destination
 from v2sync.common.session import Session
+
+from app.router.router_reference import reference_match
 
 CLIENT = Destination.tcp("192.168.1.10", 40000)
 OUTBOUNDS = ["direct", "proxy", "block", "px-a", "px-b", "py-c"]
@@ -234,17 +235,6 @@ def test_domain_answers_from_the_resolver_are_ignored(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- reference property
 
-def reference_domain(pattern: DomainPattern, domain: str) -> bool:
-    value = pattern.value
-    if pattern.kind is DomainKind.FULL:
-        return domain == value
-    if pattern.kind is DomainKind.PLAIN:
-        return value in domain
-    if pattern.kind is DomainKind.DOMAIN:
-        return domain.endswith(value) and (len(domain) == len(value) or domain[-len(value) - 1] == ".")
-    return re.search(value, domain) is not None
-
-
 class ReferenceRouter:
     """4.34's router.go walked literally: every rule, conditions in BuildCondition order."""
 
@@ -280,7 +270,7 @@ class ReferenceRouter:
                 resolvable: bool) -> bool:
         t, s = c.target, c.source
         checks = [
-            lambda: not r.domains or (bool(domain) and any(reference_domain(p, domain) for p in r.domains)),
+            lambda: not r.domains or (bool(domain) and any(reference_match(p, domain) for p in r.domains)),
             lambda: r.users is None or (bool(c.user_email) and c.user_email in r.users),
             lambda: r.inbound_tags is None or (bool(c.inbound_tag) and c.inbound_tag in r.inbound_tags),
             lambda: r.ports is None or (t.port if t else 0) in r.ports,

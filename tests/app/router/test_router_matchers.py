@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import List, Set, Tuple
 
 import pytest
@@ -15,21 +14,9 @@ from v2sync.app.router.matchers import (
 from v2sync.common.errors import ConfigError
 from v2sync.common.net import Address
 
+from app.router.router_reference import reference_match
+
 # --------------------------------------------------------------------------- references
-
-def reference_match(pattern: DomainPattern, domain: str) -> bool:
-    """strmatcher/matchers.go, one pattern at a time (a domain rule never sees "")."""
-    if not domain:
-        return False
-    value = pattern.value
-    if pattern.kind is DomainKind.FULL:
-        return domain == value
-    if pattern.kind is DomainKind.PLAIN:
-        return value in domain
-    if pattern.kind is DomainKind.DOMAIN:
-        return domain.endswith(value) and (len(domain) == len(value) or domain[-len(value) - 1] == ".")
-    return re.search(value, domain) is not None
-
 
 def reference_ids(entries: List[Tuple[DomainPattern, int]], domain: str) -> Set[int]:
     return {ident for pattern, ident in entries if reference_match(pattern, domain)}
