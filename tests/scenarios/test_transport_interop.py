@@ -12,14 +12,12 @@ harness. The tests fail rather than skip when ``$CI`` is set and v2ray is missin
 from __future__ import annotations
 
 import os
-import socket
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import pytest
 from scenarios.vmess_helpers import (ChainKey, ChainPool, assert_same_bytes, exchange,
-                                     open_tunnel, running_pool)
+                                     exchange_in_parallel, open_tunnel, running_pool)
 from support.certs import Pki
 from support.peers import MIB, XOR_C, TcpEchoServer, xor_bytes
 
@@ -77,10 +75,6 @@ def bulk_payload() -> bytes:
     return os.urandom(BULK_BYTES)
 
 
-def _one_parallel(tunnel: socket.socket, payload: bytes) -> bytes:
-    return exchange(tunnel, payload)
-
-
 @pytest.mark.parametrize("key", KEYS, ids=[k.id for k in KEYS])
 def test_eight_mib_both_ways_and_ten_parallel(pool: ChainPool, echo: TcpEchoServer,
                                               bulk_payload: bytes, key: ChainKey) -> None:
@@ -94,15 +88,7 @@ def test_eight_mib_both_ways_and_ten_parallel(pool: ChainPool, echo: TcpEchoServ
 
     payloads = [bulk_payload[i * PARALLEL_BYTES:(i + 1) * PARALLEL_BYTES]
                 for i in range(PARALLEL_CONNECTIONS)]
-    tunnels: List[socket.socket] = []
-    try:
-        for _ in range(PARALLEL_CONNECTIONS):  # all open before any data moves
-            tunnels.append(open_tunnel(chain.socks_port, echo.address))
-        with ThreadPoolExecutor(PARALLEL_CONNECTIONS, thread_name_prefix="transport") as workers:
-            results = list(workers.map(_one_parallel, tunnels, payloads))
-    finally:
-        for tunnel in tunnels:
-            tunnel.close()
+    results = exchange_in_parallel(chain.socks_port, echo.address, payloads, "transport")
     for index, (received, payload) in enumerate(zip(results, payloads)):
         assert_same_bytes(received, xor_bytes(payload), f"connection {index}\n{chain.logs()}")
     assert not chain.dead(), f"a process died: {chain.dead()}\n{chain.logs()}"

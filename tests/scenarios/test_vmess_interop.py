@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, List, Tuple
+from typing import Iterator, List
 
 import pytest
 import socks
 from scenarios.vmess_helpers import (IO_TIMEOUT, Chain, ChainKey, ChainPool, assert_same_bytes,
-                                     exchange, open_tunnel, read_to_eof, recv_exactly,
-                                     running_pool)
+                                     exchange, exchange_in_parallel, open_tunnel, read_to_eof,
+                                     recv_exactly, running_pool)
 from support.peers import (MIB, XOR_C, BulkSource, TcpEchoServer, UdpEchoServer, pattern_bytes,
                            xor_bytes)
 
@@ -99,10 +98,6 @@ def test_eight_mib_both_ways(pool: ChainPool, echo: TcpEchoServer, bulk_payload:
 
 # -- aes-128-gcm, alterId 0: concurrency, upstream close, UDP -----------------------------------
 
-def _one_parallel(tunnel: socket.socket, payload: bytes) -> Tuple[bytes, bytes]:
-    return exchange(tunnel, payload), xor_bytes(payload)
-
-
 @pytest.mark.parametrize("key", GCM_KEYS, ids=_ids(GCM_KEYS))
 def test_ten_parallel_connections(pool: ChainPool, echo: TcpEchoServer, bulk_payload: bytes,
                                   key: ChainKey) -> None:
@@ -110,18 +105,9 @@ def test_ten_parallel_connections(pool: ChainPool, echo: TcpEchoServer, bulk_pay
     accepted_before = echo.accepted
     payloads = [bulk_payload[i * PARALLEL_BYTES:(i + 1) * PARALLEL_BYTES]
                 for i in range(PARALLEL_CONNECTIONS)]
-    tunnels: List[socket.socket] = []
-    try:
-        # All ten are open before any data moves, so they really are concurrent.
-        for _ in range(PARALLEL_CONNECTIONS):
-            tunnels.append(open_tunnel(chain.socks_port, echo.address))
-        with ThreadPoolExecutor(PARALLEL_CONNECTIONS, thread_name_prefix="vmess-parallel") as workers:
-            results = list(workers.map(_one_parallel, tunnels, payloads))
-    finally:
-        for tunnel in tunnels:
-            tunnel.close()
-    for index, (received, expected) in enumerate(results):
-        assert_same_bytes(received, expected, f"connection {index}\n{chain.logs()}")
+    results = exchange_in_parallel(chain.socks_port, echo.address, payloads, "vmess-parallel")
+    for index, (received, payload) in enumerate(zip(results, payloads)):
+        assert_same_bytes(received, xor_bytes(payload), f"connection {index}\n{chain.logs()}")
     assert echo.accepted - accepted_before == PARALLEL_CONNECTIONS
     _check_alive(chain)
 

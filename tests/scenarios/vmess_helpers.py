@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import threading
 import time
@@ -302,6 +303,21 @@ def exchange(sock: socket.socket, payload: bytes, timeout: float = TRANSFER_TIME
     assert not sender.is_alive(), "sender thread still blocked after the echo came back"
     assert not errors, f"send failed: {errors[0]!r}"
     return received
+
+
+def exchange_in_parallel(socks_port: int, target: Tuple[str, int], payloads: Sequence[bytes],
+                         name: str) -> List[bytes]:
+    """One tunnel per payload, all open before any data moves (so they really are
+    concurrent), exchanged at once; what came back, in order. Every tunnel is closed."""
+    tunnels: List[socket.socket] = []
+    try:
+        for _ in payloads:
+            tunnels.append(open_tunnel(socks_port, target))
+        with ThreadPoolExecutor(len(payloads), thread_name_prefix=name) as workers:
+            return list(workers.map(exchange, tunnels, payloads))
+    finally:
+        for tunnel in tunnels:
+            tunnel.close()
 
 
 def _wake(sock: socket.socket) -> None:
