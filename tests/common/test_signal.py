@@ -3,7 +3,6 @@ import threading
 import time
 
 from v2sync.common.signal import MIN_COMPACT, TimerWheel
-from v2sync.common.task import ThreadGroup, run_pair
 
 
 def test_timer_fires_after_idle_and_only_once():
@@ -97,18 +96,3 @@ def test_a_timer_postponed_by_set_timeout_fires_once_at_its_new_deadline():
         assert len(fired) == 1 and fired[0] - started >= 0.3
     finally:
         wheel.stop()
-
-
-def test_run_pair_propagates_first_error_and_unblocks_other_side():
-    group = ThreadGroup("t")
-    stop = threading.Event()
-
-    def background():
-        stop.wait(5)
-
-    def foreground():
-        raise ValueError("boom")
-
-    err = run_pair(group, "pair", background, foreground, lambda e: stop.set(), 5)
-    assert isinstance(err, ValueError)
-    assert group.join(2)

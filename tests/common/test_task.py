@@ -100,7 +100,7 @@ def test_join_waits_for_live_tasks():
         assert group.shutdown(WAIT)
 
 
-def test_run_pair_returns_the_first_error_and_unblocks_the_other_side():
+def test_run_pair_reports_a_background_error_once_and_unblocks_the_foreground():
     group = ThreadGroup("t", idle_timeout=WAIT)
     stop = threading.Event()
     errors = []
@@ -137,3 +137,18 @@ def test_run_pair_gives_up_on_a_stuck_side_after_the_join_timeout():
         assert group.shutdown(WAIT)
     assert error is None
     assert len(seen) == 1 and isinstance(seen[0], TimeoutError)
+
+
+def test_run_pair_propagates_first_error_and_unblocks_other_side():
+    group = ThreadGroup("t")
+    stop = threading.Event()
+
+    def background():
+        stop.wait(5)
+
+    def foreground():
+        raise ValueError("boom")
+
+    err = run_pair(group, "pair", background, foreground, lambda e: stop.set(), 5)
+    assert isinstance(err, ValueError)
+    assert group.join(2)
