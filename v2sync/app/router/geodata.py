@@ -149,12 +149,18 @@ def _entry_code(data: bytes, start: int, stop: int) -> str:
     return code
 
 
-def decode_cidrs(data: bytes, start: int, stop: int) -> List[Cidr]:
-    cidrs: List[Cidr] = []
+def _decode_items(data: bytes, start: int, stop: int,
+                  decode_one: Callable[[bytes, int, int], T]) -> List[T]:
+    """The repeated message field (GeoIP.cidr, GeoSite.domain) of one entry."""
+    items: List[T] = []
     for field, wire, value in iter_fields(data, start, stop):
         if field == FIELD_ITEMS and wire == WIRE_LEN:
-            cidrs.append(_decode_cidr(data, *value))  # type: ignore[misc]
-    return cidrs
+            items.append(decode_one(data, *value))  # type: ignore[misc]
+    return items
+
+
+def decode_cidrs(data: bytes, start: int, stop: int) -> List[Cidr]:
+    return _decode_items(data, start, stop, _decode_cidr)
 
 
 def _decode_cidr(data: bytes, start: int, stop: int) -> Cidr:
@@ -172,11 +178,7 @@ def _decode_cidr(data: bytes, start: int, stop: int) -> Cidr:
 
 
 def decode_site_domains(data: bytes, start: int, stop: int) -> List[SiteDomain]:
-    domains: List[SiteDomain] = []
-    for field, wire, value in iter_fields(data, start, stop):
-        if field == FIELD_ITEMS and wire == WIRE_LEN:
-            domains.append(_decode_site_domain(data, *value))  # type: ignore[misc]
-    return domains
+    return _decode_items(data, start, stop, _decode_site_domain)
 
 
 def _decode_site_domain(data: bytes, start: int, stop: int) -> SiteDomain:
