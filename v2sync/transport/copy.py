@@ -14,7 +14,7 @@ from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
 # buffer before it blocks, so an idle connection parked in recv() holds that buffer. Start
 # small, grow 4x while reads come back full (bulk), shrink when they come back small;
-# bulk transfers reach the 64 KiB ceiling after four reads.
+# a bulk transfer reaches the RELAY_READ_SIZE ceiling after six full reads.
 MIN_READ_SIZE = 512
 
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from v2sync.common.crypto.aead import aes_gcm, chacha20_poly1305
 from v2sync.common.crypto.checksum import crc32_ieee, crc64_ecma, fnv1a32
@@ -30,6 +32,34 @@ def test_kdf_without_path_is_plain_hmac_and_path_order_matters() -> None:
     assert vmess_kdf(b"k", b"a", b"b") != vmess_kdf(b"k", b"b", b"a")
     long_path = b"x" * 100  # longer than the block: hashed first, as RFC 2104 says
     assert len(vmess_kdf(b"k", long_path)) == 32
+
+
+def _textbook_kdf(key: bytes, *path: bytes) -> bytes:
+    """RFC 2104 applied level by level, written for clarity rather than speed."""
+    def hmac_with(hash_fn, hmac_key):
+        if len(hmac_key) > 64:
+            hmac_key = hash_fn(hmac_key)
+        hmac_key = hmac_key.ljust(64, b"\0")
+        ipad = bytes(b ^ 0x36 for b in hmac_key)
+        opad = bytes(b ^ 0x5C for b in hmac_key)
+        return lambda m: hash_fn(opad + hash_fn(ipad + m))
+
+    fn = hmac_with(lambda m: hashlib.sha256(m).digest(), b"VMess AEAD KDF")
+    for element in path:
+        fn = hmac_with(fn, element)
+    return fn(key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=80),
+       st.lists(st.binary(max_size=90), max_size=4))
+@example(b"k", [b"s" * 65])  # a first salt longer than a block is hashed first
+@example(b"k", [b"VMess Header AEAD Key", b"a" * 16, b"n" * 100])
+@example(b"", [])
+def test_kdf_equals_the_textbook_nested_hmac(key: bytes, path: list) -> None:
+    # The fast path precomputes SHA-256 states for level 1; salts longer than a block,
+    # empty paths and deep paths must all agree with the plain construction.
+    assert vmess_kdf(key, *path) == _textbook_kdf(key, *path)
 
 
 def test_checksums_known_values() -> None:

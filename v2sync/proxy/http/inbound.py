@@ -23,8 +23,8 @@ from v2sync.features.routing import Dispatcher
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.relay import relay_stream
-from v2sync.transport.internet.conn import (RELAY_READ_SIZE, Connection, HandshakeReader,
-                                            try_write)
+from v2sync.transport.copy import ReadSizer
+from v2sync.transport.internet.conn import Connection, HandshakeReader, try_write
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -141,11 +141,13 @@ class HttpInbound:
         reader.buf += rest  # a pipelined next request stays for the next round
         link.writer.write(body)
         conn.settimeout(self.policy.conn_idle)
+        sizer = ReadSizer()  # an upload grows its reads; a slow one parks with a small buffer
         while not framer.done:
-            data = conn.read(RELAY_READ_SIZE)
+            data = conn.read(sizer.size)
             if not data:
                 framer.feed_eof()
                 return
+            sizer.next_size(len(data))
             body, rest = framer.feed(data)
             reader.buf += rest
             link.writer.write(body)

@@ -15,10 +15,12 @@ from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, Transpor
 from v2sync.common.net import Address, Destination
 
 # The largest relay read. Reads start small and grow while they come back full
-# (transport.copy.ReadSizer), so only a bulk transfer reaches this: there, 256 KiB reads
-# moved 1.3-1.4x the bytes per second of 64 KiB reads (bench relay), because the Python
-# cost is per read, not per byte. An idle connection parks in recv() with a small buffer.
-RELAY_READ_SIZE = 256 * 1024
+# (transport.copy.ReadSizer), so only a transfer that outpaces the proxy reaches this: the
+# Python cost is per read, not per byte. Measured on loopback (tools/bench.py): 256 KiB
+# reads moved 1.3-1.4x the bytes per second of 64 KiB reads, and 1 MiB reads another
+# 1.15-1.25x (relay) and 1.05x (VMess). On a slower link reads rarely come back full, so
+# they stay small; an idle connection parks in recv() with a 512-byte buffer.
+RELAY_READ_SIZE = 1024 * 1024
 # Handshake reads: greetings are small, and a slow client parks in recv() with this buffer.
 HANDSHAKE_READ_SIZE = 4 * 1024
 
@@ -55,7 +57,7 @@ class Connection:
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def read(self, max_bytes: int = RELAY_READ_SIZE) -> bytes:
+    def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
             return self.recv(max_bytes)
         except socket.timeout as e:

@@ -1,0 +1,33 @@
+"""transport.copy's read sizer (socket-free; the copy loops run over real sockets in
+tests/proxy/test_relay.py)."""
+from __future__ import annotations
+
+from v2sync.transport.copy import MIN_READ_SIZE, ReadSizer
+from v2sync.transport.internet.conn import RELAY_READ_SIZE
+
+
+def test_full_reads_grow_the_size_to_the_ceiling_and_no_further() -> None:
+    sizer = ReadSizer()
+    sizes = [sizer.size]
+    for _ in range(10):
+        sizes.append(sizer.next_size(sizer.size))
+    assert sizes[:7] == [512, 2048, 8192, 32768, 131072, 524288, RELAY_READ_SIZE]
+    assert sizes[-1] == RELAY_READ_SIZE
+
+
+def test_small_reads_shrink_the_size_back_to_the_floor() -> None:
+    sizer = ReadSizer()
+    for _ in range(6):
+        sizer.next_size(sizer.size)
+    assert sizer.size == RELAY_READ_SIZE
+    for _ in range(20):  # an interactive tail: a few bytes per read
+        sizer.next_size(10)
+    assert sizer.size == MIN_READ_SIZE
+
+
+def test_reads_between_a_quarter_and_full_keep_the_size() -> None:
+    sizer = ReadSizer()
+    sizer.next_size(512)
+    assert sizer.size == 2048
+    assert sizer.next_size(1024) == 2048  # half full: neither grow nor shrink
+    assert sizer.next_size(511) == 1024   # under a quarter: halve
