@@ -194,6 +194,15 @@ def test_full_duplex_from_four_threads(tls_pair) -> None:
     assert got_up[0] == up and got_down[0] == down
 
 
+def test_gather_write_arrives_as_the_parts_joined(tls_pair) -> None:
+    client, server = tls_pair
+    parts = (b"\x82\x7f" + bytes(8), os.urandom(300_000), b"", b"tail")
+    got: list = []
+    _run(lambda: client.sendall_parts(parts),
+         lambda: _receive(server, sum(map(len, parts)), got))
+    assert got[0] == b"".join(parts)
+
+
 def test_close_sends_close_notify_and_peer_reads_eof(tls_pair) -> None:
     client, server = tls_pair
     client.write(b"last words")

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from v2sync.common.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from v2sync.transport.internet.websocket.frames import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameDecoder, encode_close,
-    encode_frame, mask_bytes)
+    encode_frame, frame_parts, mask_bytes)
 
 KEY = b"\x12\x34\x56\x78"
 LENGTHS = [0, 1, 125, 126, 65535, 65536, 200000]
@@ -68,6 +68,17 @@ def test_round_trip_whole(size, masked):
     assert data_of(FrameDecoder(expect_masked=masked).feed(wire)) == payload
     assert len(wire) == len(payload) + (2 if size < 126 else 4 if size < 65536 else 10) \
         + (4 if masked else 0)
+
+
+@pytest.mark.parametrize("size", LENGTHS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_frame_parts_are_the_frame_split_before_the_payload(size, masked):
+    payload = (bytes(range(251)) * (size // 251 + 1))[:size]
+    head, body = frame_parts(OP_BINARY, payload, KEY if masked else None)
+    assert head + body == encode_frame(OP_BINARY, payload, KEY if masked else None)
+    assert len(body) == size  # the header (and mask key) alone in the first part
+    if not masked:
+        assert body is payload  # sent as it is: no copy
 
 
 def test_length_encodings_on_the_wire():

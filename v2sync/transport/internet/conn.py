@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
@@ -56,6 +56,17 @@ class Connection:
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """Send ``parts`` back to back as one stream write, without joining them first:
+        one ``sendmsg`` (gather) call, so a small header still leaves with its payload."""
+        views = [memoryview(part) for part in parts if part]
+        while views:
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if views and sent:
+                views[0] = views[0][sent:]
 
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
@@ -118,6 +129,11 @@ class WrappedConnection(Connection):
 
     def sendall(self, data: bytes) -> None:
         self.inner.sendall(data)
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """A layer transforms what it sends (sendall), so by default it sends the parts
+        joined; TLS overrides this to take them as they are."""
+        self.sendall(b"".join(parts))
 
     def abort(self) -> None:
         self.inner.abort()

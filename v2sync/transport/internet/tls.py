@@ -175,10 +175,16 @@ class TlsConnection(WrappedConnection):
         return b"" if self._eof else None
 
     def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
+        self.sendall_parts((data,))
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """Each part is encrypted as it is (records never span two parts), then sent in
+        one flush."""
         with self._state:
-            while view:
-                view = view[self._obj.write(view):]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[self._obj.write(view):]
         self._flush(True)
 
     def _flush(self, block: bool) -> None:

@@ -38,6 +38,14 @@ def mask_bytes(data: bytes, key: bytes, offset: int = 0) -> bytes:
 
 def encode_frame(opcode: int, payload: bytes, mask_key: Optional[bytes] = None) -> bytes:
     """One final (FIN) frame; masked iff ``mask_key`` is given, as a client must (§5.3)."""
+    head, body = frame_parts(opcode, payload, mask_key)
+    return head + body
+
+
+def frame_parts(opcode: int, payload: bytes,
+                mask_key: Optional[bytes] = None) -> Tuple[bytes, bytes]:
+    """``encode_frame`` as (header with mask key, payload as sent): a writer that can send
+    both in one call (``Connection.sendall_parts``) skips copying a large payload."""
     size = len(payload)
     if opcode not in _OPCODES:
         raise LocalProtocolError(f"unknown websocket opcode {opcode}")
@@ -51,10 +59,10 @@ def encode_frame(opcode: int, payload: bytes, mask_key: Optional[bytes] = None) 
     else:
         head = _HEAD64.pack(_FIN | opcode, mask_bit | _LEN64, size)
     if mask_key is None:
-        return head + payload  # the single unavoidable copy
+        return head, payload
     if len(mask_key) != 4:
         raise LocalProtocolError("websocket mask key must be 4 bytes")
-    return b"".join((head, mask_key, mask_bytes(payload, mask_key)))
+    return head + mask_key, mask_bytes(payload, mask_key)
 
 
 def encode_close(code: int = CLOSE_NORMAL, reason: bytes = b"",

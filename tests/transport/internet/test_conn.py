@@ -1,0 +1,84 @@
+"""Connection's gather write, and the WebSocket layer's use of it, over real loopback
+sockets: large payloads leave beside their headers instead of being copied behind them."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import List, Tuple
+
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.websocket.transport import GATHER_MIN_PAYLOAD, WsConnection
+
+TIMEOUT = 10.0
+
+
+def _pair() -> Tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        server, _ = listener.accept()
+    server.settimeout(TIMEOUT)
+    return client, server
+
+
+def _read_exactly(conn: Connection, size: int) -> bytes:
+    parts: List[bytes] = []
+    got = 0
+    while got < size:
+        chunk = conn.read(65536)
+        assert chunk, "EOF too early"
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _send_while_reading(send, receiver: Connection, size: int) -> bytes:
+    """Run ``send`` in a thread while this one reads ``size`` bytes from ``receiver``."""
+    errors: List[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            send()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    try:
+        return _read_exactly(receiver, size)
+    finally:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "the sender hung"
+        assert not errors, errors
+
+
+def test_gather_write_survives_partial_sends() -> None:
+    raw_client, raw_server = _pair()
+    # A small send buffer and a socket timeout (non-blocking sends underneath) make
+    # sendmsg return early, part-way through a part, many times.
+    raw_client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client, server = Connection(raw_client), Connection(raw_server)
+    parts = [b"head", os.urandom(700_000), b"", os.urandom(33), os.urandom(200_000)]
+    try:
+        got = _send_while_reading(lambda: client.sendall_parts(parts), server,
+                                  sum(map(len, parts)))
+        assert got == b"".join(parts)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_websocket_large_frames_both_ways_arrive_intact() -> None:
+    raw_client, raw_server = _pair()
+    client = WsConnection(Connection(raw_client), client=True)
+    server = WsConnection(Connection(raw_server), client=False)
+    small, large = os.urandom(1000), os.urandom(GATHER_MIN_PAYLOAD * 5 + 7)
+    try:
+        for sender, receiver in ((server, client), (client, server)):  # unmasked, masked
+            for payload in (small, large):
+                got = _send_while_reading(lambda: sender.sendall(payload), receiver,
+                                          len(payload))
+                assert got == payload
+    finally:
+        client.close()
+        server.close()
