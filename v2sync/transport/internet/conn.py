@@ -21,6 +21,8 @@ from v2sync.common.net import Address, Destination
 # 1.15-1.25x (relay) and 1.05x (VMess). On a slower link reads rarely come back full, so
 # they stay small; an idle connection parks in recv() with a 512-byte buffer.
 RELAY_READ_SIZE = 1024 * 1024
+# sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
+MAX_GATHER_PARTS = 1024
 # Handshake reads: greetings are small, and a slow client parks in recv() with this buffer.
 HANDSHAKE_READ_SIZE = 4 * 1024
 
@@ -62,7 +64,7 @@ class Connection:
         one ``sendmsg`` (gather) call, so a small header still leaves with its payload."""
         views = [memoryview(part) for part in parts if part]
         while views:
-            sent = self.sock.sendmsg(views)
+            sent = self.sock.sendmsg(views[:MAX_GATHER_PARTS])
             while views and sent >= len(views[0]):
                 sent -= len(views.pop(0))
             if views and sent:

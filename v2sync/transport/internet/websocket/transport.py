@@ -22,8 +22,7 @@ from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
 from v2sync.transport.internet.websocket.frames import (OP_BINARY, OP_PONG, FrameDecoder,
-                                                        encode_close, encode_frame,
-                                                        frame_parts)
+                                                        encode_close, frame_parts)
 from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, build_request,
                                                            check_upgrade, new_key,
                                                            parse_request, parse_response)
@@ -71,7 +70,7 @@ class WsConnection(WrappedConnection):
             if kind == "data":
                 data.append(event[1])
             elif kind == "ping":
-                self._send_frame(encode_frame(OP_PONG, event[1], self._mask()))
+                self._send_frame(*frame_parts(OP_PONG, event[1], self._mask()))
             elif kind == "close":
                 self._eof = True
                 self._send_close(event[1] or 1000)
@@ -80,19 +79,17 @@ class WsConnection(WrappedConnection):
     def sendall(self, data: bytes) -> None:
         if self._close_sent:
             raise BrokenPipeError("websocket already closed")
-        head, body = frame_parts(OP_BINARY, data, self._mask())
-        if len(body) < GATHER_MIN_PAYLOAD:
-            self._send_frame(head + body)
-            return
-        with self._write_lock:
-            self.inner.sendall_parts((head, body))
+        self._send_frame(*frame_parts(OP_BINARY, data, self._mask()))
 
     def _mask(self) -> Optional[bytes]:
         return os.urandom(4) if self._client else None
 
-    def _send_frame(self, frame: bytes) -> None:
+    def _send_frame(self, head: bytes, body: bytes = b"") -> None:
         with self._write_lock:
-            self.inner.sendall(frame)
+            if len(body) < GATHER_MIN_PAYLOAD:
+                self.inner.sendall(head + body)
+            else:
+                self.inner.sendall_parts((head, body))
 
     def _send_close(self, code: int) -> None:
         if self._close_sent:
