@@ -6,31 +6,31 @@ and read in batches: VMess draws 2 bytes per chunk and a call per draw would dom
 from __future__ import annotations
 
 import struct
+from typing import Iterator
 
 from Crypto.Hash import SHAKE128
 
-SHAKE_BATCH = 512
-_U16 = struct.Struct("!H")
+SHAKE_BATCH = 512  # bytes per XOF read: 256 two-byte draws
+_WORDS = struct.Struct(f"!{SHAKE_BATCH // 2}H")
 
 
 class ShakeStream:
-    """The SHAKE128 output stream for ``seed``; ``read`` continues where the last one ended."""
+    """The SHAKE128 output stream for ``seed``, drawn two bytes at a time as VMess does.
 
-    __slots__ = ("_xof", "_buf", "_pos")
+    Each batch is unpacked into big-endian 16-bit words at once, so a draw is one
+    ``next()`` on a tuple iterator (the 2 KiB chunks 4.34 sends take two draws each).
+    """
+
+    __slots__ = ("_xof", "_words")
 
     def __init__(self, seed: bytes):
         self._xof = SHAKE128.new(data=seed)
-        self._buf = b""
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        if self._pos + n > len(self._buf):
-            self._buf = self._buf[self._pos:] + self._xof.read(max(SHAKE_BATCH, n))
-            self._pos = 0
-        out = self._buf[self._pos:self._pos + n]
-        self._pos += n
-        return out
+        self._words: Iterator[int] = iter(())
 
     def next_u16(self) -> int:
-        """The next two bytes as a big-endian number."""
-        return _U16.unpack(self.read(2))[0]
+        """The next two bytes of the stream as a big-endian number."""
+        word = next(self._words, None)
+        if word is None:
+            self._words = iter(_WORDS.unpack(self._xof.read(SHAKE_BATCH)))
+            word = next(self._words)
+        return word
