@@ -1,5 +1,6 @@
 """tools/bench.py's failure budget: a refused connection is retried and counted, never
-silently sampled, and too many void the run (socket-free)."""
+silently sampled; wrong data is never retried; too many failures void the run
+(socket-free)."""
 from __future__ import annotations
 
 import sys
@@ -24,7 +25,7 @@ def _failing(times: int, error: Exception):
 
 def test_failures_within_the_budget_are_retried_and_counted() -> None:
     budget = bench.FailureBudget(limit=3)
-    assert budget.retry(_failing(2, bench.BenchError("EOF after 0 of 1024 bytes"))) == "ok"
+    assert budget.retry(_failing(2, bench.Refused("EOF after 0 of 1024 bytes"))) == "ok"
     assert budget.retry(_failing(1, TimeoutError("timed out"))) == "ok"
     assert budget.count == 3
 
@@ -36,8 +37,24 @@ def test_one_failure_past_the_budget_voids_the_run() -> None:
         budget.retry(_failing(10, ConnectionResetError("reset")))
 
 
-def test_other_errors_are_not_retried() -> None:
+@pytest.mark.parametrize("error", [bench.BenchError("echo mismatch"),
+                                   bench.BenchError("EOF after 512 of 1024 bytes"),
+                                   ValueError("a bug in the bench itself")])
+def test_wrong_data_and_other_errors_are_not_retried(error: Exception) -> None:
     budget = bench.FailureBudget(limit=5)
-    with pytest.raises(ValueError):
-        budget.retry(_failing(1, ValueError("a bug in the bench itself")))
+    with pytest.raises(type(error)):
+        budget.retry(_failing(1, error))
     assert budget.count == 0
+
+
+@pytest.mark.parametrize("sent, refused", [(b"", True), (b"half", False)])
+def test_eof_before_any_answer_is_a_refusal_and_mid_answer_is_not(sent: bytes,
+                                                                  refused: bool) -> None:
+    import socket
+    ours, theirs = socket.socketpair()
+    with ours:
+        with theirs:
+            theirs.sendall(sent)
+        with pytest.raises(bench.BenchError) as caught:
+            bench.recv_exact(ours, 8)
+    assert isinstance(caught.value, bench.Refused) is refused

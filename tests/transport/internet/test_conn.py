@@ -1,11 +1,15 @@
 """Connection's gather write, and the WebSocket layer's use of it, over real loopback
-sockets: large payloads leave beside their headers instead of being copied behind them."""
+sockets: large payloads leave beside their headers instead of being copied behind them,
+and no data frame ever follows a close frame."""
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import time
 from typing import List, Tuple
+
+import pytest
 
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.websocket.transport import GATHER_MIN_PAYLOAD, WsConnection
@@ -82,3 +86,37 @@ def test_websocket_large_frames_both_ways_arrive_intact() -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_no_data_frame_follows_a_close_frame() -> None:
+    """The reader thread may send a close frame while a writer waits for the write lock;
+    the writer must then fail rather than put a data frame after the close (RFC 6455
+    §5.5.1)."""
+    raw_client, raw_server = _pair()
+    server = WsConnection(Connection(raw_server), client=False)
+    peer = Connection(raw_client)
+    failures: List[BaseException] = []
+
+    def write() -> None:
+        try:
+            server.sendall(b"late data")
+        except OSError as e:
+            failures.append(e)
+
+    try:
+        server._write_lock.acquire()
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.1)  # the writer reaches the lock and waits there
+        server._close_sent = True  # what _send_close does before it takes the lock
+        server._write_lock.release()
+        writer.join(TIMEOUT)
+        assert not writer.is_alive()
+        assert failures and isinstance(failures[0], BrokenPipeError)
+        raw_client.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            peer.recv(100)  # nothing was written
+    finally:
+        server.close()
+        peer.close()
+

@@ -79,7 +79,7 @@ def vmess_kdf(key: bytes, *path: bytes) -> bytes:
     """32 bytes: the nested HMAC of ``key`` under ``path`` (see module docstring)."""
     if not path:
         return _root(key)
-    fn = _first_level(path[0])
+    fn = _first_level(bytes(path[0]))  # hashable for the cache, whatever buffer came in
     for element in path[1:]:
         fn = _hmac_over(fn, element)
     return fn(key)

@@ -61,8 +61,9 @@ class Connection:
 
     def sendall_parts(self, parts: Sequence[bytes]) -> None:
         """Send ``parts`` back to back as one stream write, without joining them first:
-        one ``sendmsg`` (gather) call, so a small header still leaves with its payload."""
-        views = [memoryview(part) for part in parts if part]
+        one ``sendmsg`` (gather) call, so a small header still leaves with its payload.
+        A socket timeout bounds each call, as it bounds each chunk of ``sendall``."""
+        views = [memoryview(part).cast("B") for part in parts if part]
         while views:
             sent = self.sock.sendmsg(views[:MAX_GATHER_PARTS])
             while views and sent >= len(views[0]):

@@ -77,15 +77,17 @@ class WsConnection(WrappedConnection):
         return b"".join(data)
 
     def sendall(self, data: bytes) -> None:
-        if self._close_sent:
-            raise BrokenPipeError("websocket already closed")
-        self._send_frame(*frame_parts(OP_BINARY, data, self._mask()))
+        self._send_frame(*frame_parts(OP_BINARY, data, self._mask()), data_frame=True)
 
     def _mask(self) -> Optional[bytes]:
         return os.urandom(4) if self._client else None
 
-    def _send_frame(self, head: bytes, body: bytes = b"") -> None:
+    def _send_frame(self, head: bytes, body: bytes = b"", data_frame: bool = False) -> None:
         with self._write_lock:
+            # Checked under the lock: the reader thread may have sent a close frame since,
+            # and no data frame may follow one (RFC 6455 §5.5.1).
+            if data_frame and self._close_sent:
+                raise BrokenPipeError("websocket already closed")
             if len(body) < GATHER_MIN_PAYLOAD:
                 self.inner.sendall(head + body)
             else:
