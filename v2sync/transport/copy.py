@@ -6,6 +6,8 @@ every loop below at once; a per-read socket timeout would cost a poll() per read
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.common.errors import PipeClosed, PipeInterrupted
@@ -32,6 +34,18 @@ class ReadSizer:
         return self.size
 
 
+def adaptive_reads(conn: Connection) -> Iterator[bytes]:
+    """Read ``conn`` until EOF, each read sized by a fresh ``ReadSizer``."""
+    sizer = ReadSizer()
+    size = sizer.size
+    while True:
+        data = conn.read(size)
+        if not data:
+            return
+        yield data
+        size = sizer.next_size(len(data))
+
+
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
     """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``.
     ``conn`` must be blocking (``run_relay`` sees to it).
@@ -41,17 +55,12 @@ def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int
     A real failure interrupts both pipes and surfaces there.
     """
     total = 0
-    sizer = ReadSizer()
-    size = sizer.size
-    while True:
-        data = conn.read(size)
-        if not data:
-            return total
+    for data in adaptive_reads(conn):
         timer.update()
         if not write_or_stop(pipe, data):
-            return total
+            break
         total += len(data)
-        size = sizer.next_size(len(data))
+    return total
 
 
 def write_or_stop(pipe: Pipe, data: bytes) -> bool:

@@ -23,7 +23,7 @@ from v2sync.features.routing import Dispatcher
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.relay import relay_stream
-from v2sync.transport.copy import ReadSizer
+from v2sync.transport.copy import adaptive_reads
 from v2sync.transport.internet.conn import Connection, HandshakeReader, try_write
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -141,16 +141,16 @@ class HttpInbound:
         reader.buf += rest  # a pipelined next request stays for the next round
         link.writer.write(body)
         conn.settimeout(self.policy.conn_idle)
-        sizer = ReadSizer()  # an upload grows its reads; a slow one parks with a small buffer
-        while not framer.done:
-            data = conn.read(sizer.size)
-            if not data:
-                framer.feed_eof()
-                return
-            sizer.next_size(len(data))
+        if framer.done:
+            return
+        # An upload grows its reads; a slow one parks with a small buffer.
+        for data in adaptive_reads(conn):
             body, rest = framer.feed(data)
             reader.buf += rest
             link.writer.write(body)
+            if framer.done:
+                return
+        framer.feed_eof()
 
     def _read_response_head(self, conn: Connection, link: Link) -> Tuple[enc.ResponseHead, bytes]:
         """The final response head; interim 1xx heads (100 Continue) go to the client as-is."""

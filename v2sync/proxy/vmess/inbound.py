@@ -23,7 +23,7 @@ from v2sync.proxy.vmess.config import VMessInboundConfig
 from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
-from v2sync.transport.copy import ReadSizer, write_or_stop
+from v2sync.transport.copy import adaptive_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
@@ -87,13 +87,12 @@ class VMessInbound:
             more = forward(early)
 
         def request(timer) -> None:
-            sizer = ReadSizer()
-            while more:
+            if more:
                 timer.update()
-                data = conn.read(sizer.size)
-                if not data or not forward(data):
-                    break
-                sizer.next_size(len(data))
+                for data in adaptive_reads(conn):
+                    if not forward(data):
+                        break
+                    timer.update()
             link.writer.close()
 
         def response(timer) -> None:

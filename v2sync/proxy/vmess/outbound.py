@@ -25,7 +25,7 @@ from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
-from v2sync.transport.copy import ReadSizer
+from v2sync.transport.copy import adaptive_reads
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -105,16 +105,13 @@ class VMessOutbound:
 
         def response(timer) -> None:
             body_in, data = self._read_response_header(conn, client, header)
-            sizer = ReadSizer()
-            while True:
-                deliver(link.writer, body_in.feed(data), header.is_packet)
-                if body_in.eof:
-                    break
-                data = conn.read(sizer.size)
-                if not data:
-                    break
-                sizer.next_size(len(data))
-                timer.update()
+            deliver(link.writer, body_in.feed(data), header.is_packet)
+            if not body_in.eof:
+                for data in adaptive_reads(conn):
+                    timer.update()
+                    deliver(link.writer, body_in.feed(data), header.is_packet)
+                    if body_in.eof:
+                        break
             link.writer.close()
 
         error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
