@@ -150,3 +150,19 @@ def test_flush_ready_writes_what_is_queued_and_leaves_eof(closed):
             assert outbound.reader.read(0) is EOF  # still there for the copy loop
         else:
             assert not outbound.reader.is_closed
+
+
+def test_a_first_payload_up_to_4_kib_reaches_the_outbound_as_one_chunk():
+    """A ClientHello-sized first payload is one pipe chunk (so one upstream write), not cut
+    at the 512-byte floor the sizer falls back to when reads come back small."""
+    payload = bytes(range(256)) * 12  # 3 KiB, already waiting when the relay starts
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair(64 * 1024, "t")
+        peer.sendall(payload)
+        peer.shutdown(socket.SHUT_WR)
+        outbound.writer.close()
+        error = relay_stream(ctx, "t", POLICY, conn, inbound)
+        chunks = []
+        while (chunk := outbound.reader.read(WAIT)) is not EOF:
+            chunks.append(chunk)
+    assert error is None and chunks == [payload]

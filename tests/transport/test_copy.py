@@ -2,7 +2,7 @@
 tests/proxy/test_relay.py)."""
 from __future__ import annotations
 
-from v2sync.transport.copy import MIN_READ_SIZE, ReadSizer
+from v2sync.transport.copy import FIRST_READ_SIZE, MIN_READ_SIZE, ReadSizer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE
 
 
@@ -11,13 +11,13 @@ def test_full_reads_grow_the_size_to_the_ceiling_and_no_further() -> None:
     sizes = [sizer.size]
     for _ in range(10):
         sizes.append(sizer.next_size(sizer.size))
-    assert sizes[:7] == [512, 2048, 8192, 32768, 131072, 524288, RELAY_READ_SIZE]
+    assert sizes[:5] == [FIRST_READ_SIZE, 16384, 65536, 262144, RELAY_READ_SIZE]
     assert sizes[-1] == RELAY_READ_SIZE
 
 
 def test_small_reads_shrink_the_size_back_to_the_floor() -> None:
     sizer = ReadSizer()
-    for _ in range(6):
+    for _ in range(4):
         sizer.next_size(sizer.size)
     assert sizer.size == RELAY_READ_SIZE
     for _ in range(20):  # an interactive tail: a few bytes per read
@@ -25,9 +25,16 @@ def test_small_reads_shrink_the_size_back_to_the_floor() -> None:
     assert sizer.size == MIN_READ_SIZE
 
 
+def test_a_small_first_read_drops_the_size_at_once() -> None:
+    """A connection that said "hello" and went idle parks with a small buffer."""
+    sizer = ReadSizer()
+    assert sizer.next_size(5) == FIRST_READ_SIZE // 4
+    assert sizer.next_size(5) == MIN_READ_SIZE
+
+
 def test_reads_between_a_quarter_and_full_keep_the_size() -> None:
     sizer = ReadSizer()
-    sizer.next_size(512)
-    assert sizer.size == 2048
-    assert sizer.next_size(1024) == 2048  # half full: neither grow nor shrink
-    assert sizer.next_size(511) == 1024   # under a quarter: halve
+    sizer.next_size(FIRST_READ_SIZE)
+    assert sizer.size == 16384
+    assert sizer.next_size(8192) == 16384  # half full: neither grow nor shrink
+    assert sizer.next_size(4095) == 4096   # under a quarter: a quarter
