@@ -23,6 +23,7 @@ from v2sync import __version__
 
 EXIT_CONFIG_ERROR = 23  # v2ray's exit code for config and load errors
 EXIT_START_FAILURE = 255  # v2ray exits -1 when Start fails
+EXIT_USAGE = 2  # a bad command-line value, as argparse exits
 
 log = logging.getLogger("v2sync.cli")
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run with the given config (default: the embedded one)")
     _add_config_args(run)
+    run.add_argument("--cpu", "-cpu", dest="cpu", default=None, metavar="auto|all|N",
+                     help="keep all threads on one CPU: auto (default; claims a CPU no other "
+                          "v2sync process holds), all (no pinning) or a CPU number; "
+                          "default from $V2SYNC_CPU")
     test = sub.add_parser("test", help="check a config: 'Configuration OK.' or every error")
     _add_config_args(test)
     sub.add_parser("version", help="print versions")
@@ -95,18 +100,53 @@ def cmd_test(args) -> int:
     return 0
 
 
+def _cpu_setting(args):
+    """``--cpu``, else ``$V2SYNC_CPU``, else auto; ValueError names the bad value."""
+    from v2sync.common import affinity
+
+    if args.cpu is not None:
+        source, value = "--cpu", args.cpu
+    else:
+        source, value = f"${affinity.ENV_VAR}", os.environ.get(affinity.ENV_VAR, affinity.AUTO)
+    try:
+        return affinity.parse_setting(value)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
 def cmd_run(args) -> int:
     from v2sync.app.log.setup import configure
-    from v2sync.common.errors import ConfigError, V2SyncError
+    from v2sync.common import affinity
+    from v2sync.common.errors import ConfigError
     from v2sync.core import Instance
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        cpu = _cpu_setting(args)
+    except ValueError as e:
+        print(f"v2sync: {e}")
+        return EXIT_USAGE
     try:
         config = _load(args)
         instance = Instance(config)
     except ConfigError as e:
         return _print_config_errors(e)
     configure(config.log, _console_handler)
+    try:
+        claim = affinity.apply(cpu)  # before start: every thread started later inherits it
+    except ValueError as e:
+        print(f"v2sync: {e}")
+        return EXIT_USAGE
+    try:
+        return _serve(instance)
+    finally:
+        if claim is not None:
+            claim.close()
+
+
+def _serve(instance) -> int:
+    from v2sync.common.errors import V2SyncError
+
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
