@@ -13,8 +13,12 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from support.procs import REPO_ROOT
 
 from v2sync.core import Instance
 from v2sync.infra.conf.builder import config_from_dict
@@ -24,6 +28,7 @@ CURL_MAX_TIME = 15  # curl's own --max-time
 CURL_TIMEOUT = 25.0  # subprocess hard limit, above curl's own
 MAX_READ = 64 * 1024 * 1024  # cap on what read_until_closed accumulates
 IDLE_TIMEOUT = 10.0
+CLI_TIMEOUT = 30.0
 
 SOCKS5 = 0x05
 SOCKS4 = 0x04
@@ -133,6 +138,24 @@ def is_listening(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+# -- the v2sync command line -------------------------------------------------------------------
+
+def cli_env(**extra: str) -> Dict[str, str]:
+    """The environment for ``python -m v2sync``: this checkout first on the path, unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> "subprocess.CompletedProcess[str]":
+    """``python -m v2sync ARGS`` to completion (bounded), stdout and stderr merged."""
+    return subprocess.run([sys.executable, "-m", "v2sync", *args], cwd=str(cwd),
+                          env=cli_env(**env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=CLI_TIMEOUT, check=False)
 
 
 # -- curl -------------------------------------------------------------------------------------

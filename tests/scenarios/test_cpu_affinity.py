@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Set
 
 import pytest
-from scenarios.helpers_scenarios import make_config, socks_inbound
+from scenarios.helpers_scenarios import make_config, run_cli, socks_inbound
 from support.peers import free_port
-from support.procs import REPO_ROOT, V2SyncProcess
+from support.procs import V2SyncProcess
 
 from v2sync.common import affinity
 
-CLI_TIMEOUT = 30.0
 EXIT_USAGE = 2
 
 needs_two_cpus = pytest.mark.skipif(
@@ -60,10 +58,7 @@ def test_all_leaves_scheduling_to_the_kernel() -> None:
 
 
 def _run(tmp_path: Path, *args: str, **env: str) -> "subprocess.CompletedProcess[str]":
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "V2SYNC_CPU": "auto", **env}
-    return subprocess.run([sys.executable, "-m", "v2sync", "run", *args], cwd=str(tmp_path),
-                          env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=CLI_TIMEOUT, check=False)
+    return run_cli("run", *args, cwd=tmp_path, **{"V2SYNC_CPU": "auto", **env})
 
 
 def test_a_bad_cpu_value_is_a_usage_error(tmp_path: Path) -> None:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 import pytest
-from scenarios.helpers_scenarios import (connect, curl_ok, get_request, http_inbound,
+from scenarios.helpers_scenarios import (cli_env, connect, curl_ok, get_request, http_inbound,
                                          is_listening, make_config, port_of, read_http_response,
-                                         read_until_closed, recv_exact, socks5_tunnel,
+                                         read_until_closed, recv_exact, run_cli, socks5_tunnel,
                                          socks_inbound)
 from support.peers import HttpOrigin, TcpEchoServer, XOR_C, free_port, xor_bytes
-from support.procs import REPO_ROOT
 from support.resources import snapshot, wait_for_snapshot
 
 import v2sync
@@ -33,7 +32,6 @@ from v2sync.common.errors import V2SyncError
 from v2sync.core import Instance
 from v2sync.infra.conf.builder import config_from_dict
 
-CLI_TIMEOUT = 30.0
 EXIT_CONFIG_ERROR = 23
 EXIT_START_FAILURE = 255
 # SIGTERM -> listeners closed, up to 2 s grace for live connections, threads joined.
@@ -45,20 +43,6 @@ READY_TIMEOUT = 15.0
 FAILED_START_REPEATS = 20
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 STARTED_LINE = f"v2sync {v2sync.__version__} started"
-
-
-def _env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def run_cli(*args: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
-    """``python -m v2sync ARGS`` to completion (bounded), stdout and stderr merged."""
-    return subprocess.run([sys.executable, "-m", "v2sync", *args], cwd=str(cwd), env=_env(),
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=CLI_TIMEOUT, check=False)
 
 
 def _write(path: Path, config: Mapping[str, Any]) -> Path:
@@ -266,7 +250,7 @@ def test_run_embedded_default_from_another_cwd(tmp_path: Path, http_origin: Http
     log_path = tmp_path / "out.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "v2sync", "run"], cwd=str(tmp_path),
-                                   env=_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                   env=cli_env(), stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
