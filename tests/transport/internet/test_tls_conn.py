@@ -50,6 +50,12 @@ def _handshake(server_tls: ServerTls, client_tls: ClientTls,
         raw_client.close()
         thread.join(TIMEOUT)
         raise
+    try:
+        client.finish_handshake()  # a client finishes on first use; the server waits for it
+    except BaseException:
+        client.close()
+        thread.join(TIMEOUT)
+        raise
     finally:
         thread.join(TIMEOUT)
     if "error" in result:

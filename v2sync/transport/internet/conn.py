@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
@@ -197,3 +197,39 @@ class HandshakeReader:
                 del self.buf[:used]
                 return frame
             self.fill()
+
+
+class FinishOnFirstUse:
+    """The rest of a client handshake, run once by whichever thread first reads or writes.
+
+    A dialer sends its opening message and returns at once (as Go's ``tls.Client`` does),
+    so the proxy prepares its own request while the server answers. Each ``run`` call waits
+    for that one run; after a failure every later call fails too. The step may set socket
+    timeouts for its deadline; the socket's own timeout is put back afterwards.
+    """
+
+    def __init__(self, sock: socket.socket, step: Callable[..., None]):
+        self.done = False
+        self._sock = sock
+        self._step = step
+        self._lock = threading.Lock()
+        self._failure: Optional[BaseException] = None
+
+    def run(self, *args) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if self.done:
+                return
+            if self._failure is not None:
+                raise TransportError(f"handshake failed earlier: {self._failure}") \
+                    from self._failure
+            timeout = self._sock.gettimeout()
+            try:
+                self._step(*args)
+            except BaseException as e:
+                self._failure = e
+                raise
+            finally:
+                self._sock.settimeout(timeout)
+            self.done = True

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
-from v2sync.transport.internet.conn import Connection, WrappedConnection
+from v2sync.transport.internet.conn import Connection, FinishOnFirstUse, WrappedConnection
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
 # (``WithNextProto``): see ``default_alpn`` in each transport.
@@ -49,7 +49,7 @@ class ClientTls:
         if name is None and not self.settings.allow_insecure:
             raise TransportError(f"tls: cannot verify {dest.address} without a serverName "
                                  "(set tlsSettings.serverName, or allowInsecure)")
-        return TlsConnection(conn, self.context, False, name).handshake(deadline)
+        return TlsConnection(conn, self.context, False, name).start(deadline)
 
 
 class ServerTls:
@@ -85,7 +85,12 @@ class ServerTls:
 
 class TlsConnection(WrappedConnection):
     """TLS over a socket connection; one reader thread plus one writer thread, never
-    deadlocking. Reads and writes go to the socket itself (TLS is always the first layer)."""
+    deadlocking. Reads and writes go to the socket itself (TLS is always the first layer).
+
+    A client sends its ClientHello when dialed (``start``) and finishes the handshake on
+    first use, as Go's ``tls.Client`` does: the proxy builds its request while the server
+    computes its answer, and the client's Finished leaves in one write with the first data.
+    """
 
     def __init__(self, inner: Connection, context: ssl.SSLContext, server_side: bool,
                  server_name: Optional[str] = None):
@@ -98,24 +103,56 @@ class TlsConnection(WrappedConnection):
         self._send = threading.Lock()   # records onto the socket, in order
         self._eof = False
         self._handshaken = False
+        self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
 
     @property
     def alpn(self) -> Optional[str]:
+        self.finish_handshake()
         return self._obj.selected_alpn_protocol()
 
     def handshake(self, deadline: float) -> "TlsConnection":
         """Complete the handshake before ``deadline`` (monotonic) or raise."""
+        self._guarded(self._complete, deadline, True)
+        return self
+
+    def start(self, deadline: float) -> "TlsConnection":
+        """Send the ClientHello; the handshake finishes, before ``deadline``, on first use."""
+        self._guarded(self._hello)
+        self._rest = FinishOnFirstUse(
+            self.sock, lambda flush: self._guarded(self._complete, deadline, flush))
+        return self
+
+    def finish_handshake(self) -> None:
+        """Finish a started handshake now instead of on first use (no-op once done)."""
+        if self._rest is not None:
+            self._rest.run(True)
+
+    def _hello(self) -> None:
+        try:
+            with self._state:
+                self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass  # always, for a client: it waits for the server's flight
+        self._flush(True)
+
+    def _complete(self, deadline: float, flush: bool) -> None:
+        while True:
+            try:
+                with self._state:
+                    self._obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush(True)
+                self._fill(deadline)
+        if flush:
+            self._flush(True)
+        self._handshaken = True
+
+    def _guarded(self, step, *args) -> None:
+        """Run a handshake step, turning what can go wrong into a TransportError."""
         peer = self.remote
         try:
-            while True:
-                try:
-                    with self._state:
-                        self._obj.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    self._flush(True)
-                    self._fill(deadline)
-            self._flush(True)
+            step(*args)
         except socket.timeout as e:
             raise HandshakeTimeout(f"tls handshake with {peer} timed out") from e
         except ssl.SSLError as e:
@@ -123,8 +160,6 @@ class TlsConnection(WrappedConnection):
             raise TransportError(f"tls handshake with {peer} failed: {_reason(e)}") from e
         except OSError as e:
             raise TransportError(f"tls handshake with {peer} failed: {e}") from e
-        self._handshaken = True
-        return self
 
     def _fill(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -138,6 +173,7 @@ class TlsConnection(WrappedConnection):
             self._in.write(data)
 
     def recv(self, max_bytes: int) -> bytes:
+        self.finish_handshake()
         while True:
             data = self._decrypt(max_bytes)
             if data is not None:
@@ -179,7 +215,9 @@ class TlsConnection(WrappedConnection):
 
     def sendall_parts(self, parts: Sequence[bytes]) -> None:
         """Each part is encrypted as it is (records never span two parts), then sent in
-        one flush."""
+        one flush (with the client's Finished, when this write finishes the handshake)."""
+        if self._rest is not None:
+            self._rest.run(False)  # the Finished waits in the BIO for this write's flush
         with self._state:
             for part in parts:
                 view = memoryview(part)

@@ -16,8 +16,8 @@ from v2sync.common.errors import ProtocolError
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
-from v2sync.transport.internet.conn import (Connection, HandshakeReader, WrappedConnection,
-                                            try_write)
+from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, HandshakeReader,
+                                            WrappedConnection, try_write)
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
@@ -52,8 +52,23 @@ class WsConnection(WrappedConnection):
         self._write_lock = threading.Lock()
         self._eof = False
         self._close_sent = False
+        self._upgrade: Optional[FinishOnFirstUse] = None  # a client's 101, not yet read
+
+    def expect_upgrade(self, key: str, deadline: float) -> None:
+        """Client: the server's 101 answer is read on first use, before anything is sent
+        (RFC 6455 §4.1: the client waits for the response before sending any data)."""
+        def read_response() -> None:
+            reader = HandshakeReader(self.inner, deadline, MAX_HANDSHAKE)
+            reader.parse(lambda buf: parse_response(buf, key))
+            self._raw_pending = reader.consume(len(reader.buf))
+        self._upgrade = FinishOnFirstUse(self.sock, read_response)
+
+    def _upgraded(self) -> bool:
+        return self._upgrade is None or self._upgrade.done
 
     def recv(self, max_bytes: int) -> bytes:
+        if self._upgrade is not None:
+            self._upgrade.run()
         while not self._pending and not self._eof:
             raw = self._raw_pending or self.inner.recv(max(max_bytes, MIN_RAW_READ))
             self._raw_pending = b""
@@ -83,6 +98,8 @@ class WsConnection(WrappedConnection):
         return os.urandom(4) if self._client else None
 
     def _send_frame(self, head: bytes, body: bytes = b"", data_frame: bool = False) -> None:
+        if self._upgrade is not None:
+            self._upgrade.run()
         with self._write_lock:
             # Checked under the lock: the reader thread may have sent a close frame since,
             # and no data frame may follow one (RFC 6455 §5.5.1).
@@ -103,8 +120,9 @@ class WsConnection(WrappedConnection):
             pass  # the peer is gone: nothing left to tell it
 
     def _release(self) -> None:
-        """Say goodbye with a close frame if the socket takes it at once, then close."""
-        if not self._close_sent and self._write_lock.acquire(False):
+        """Say goodbye with a close frame if the socket takes it at once, then close.
+        Before the server's 101 there is no WebSocket yet to close."""
+        if not self._close_sent and self._upgraded() and self._write_lock.acquire(False):
             try:
                 self.sock.settimeout(0)
                 self._close_sent = True
@@ -143,9 +161,9 @@ def ws_dial(conn: Connection, target: Destination, settings: StreamSettings, sec
     host = str(target.address) if target.port == default_port else target.host_port()
     key = new_key()
     conn.write(build_request(host, settings.ws.path, key, dict(settings.ws.headers)))
-    reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
-    reader.parse(lambda buf: parse_response(buf, key))
-    return WsConnection(conn, client=True, pending=reader.consume(len(reader.buf)))
+    ws = WsConnection(conn, client=True)
+    ws.expect_upgrade(key, deadline)
+    return ws
 
 
 class WebSocketTransport(Transport):

@@ -1,0 +1,219 @@
+"""Client handshakes that finish on first use (TLS, WebSocket), over real loopback sockets.
+
+A dialer sends its opening message and returns; the first read or write, from either
+thread, finishes the handshake. These tests pin down what that must never change: nothing
+is sent before the peer allows it, a failure reaches every later user, and the socket's own
+timeout survives the handshake's deadlines.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Callable, List
+
+import pytest
+
+from v2sync import distro  # noqa: F401  (registers every transport)
+from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
+from v2sync.common.net import Destination
+from v2sync.transport.internet.config import build_stream_settings, build_tls
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.tls import ClientTls, ServerTls
+from v2sync.transport.internet.websocket.handshake import accept_token
+
+TIMEOUT = 10.0
+TARGET = Destination.tcp("v2sync.test", 443)
+TLS_HANDSHAKE_RECORD = 0x16
+
+
+def _pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        server, _ = listener.accept()
+    server.settimeout(TIMEOUT)
+    return Connection(client), server
+
+
+def _in_thread(target: Callable[[], None], errors: List[BaseException]) -> threading.Thread:
+    def guard() -> None:
+        try:
+            target()
+        except BaseException as e:  # surfaced by the test
+            errors.append(e)
+    thread = threading.Thread(target=guard)
+    thread.start()
+    return thread
+
+
+def test_tls_dial_returns_once_the_client_hello_is_sent(pki) -> None:
+    """Nobody answers, yet ``wrap`` returns at once; the first use then meets the deadline."""
+    client_tls = ClientTls(build_tls(pki.client_tls()))
+    raw_client, raw_server = _pair()
+    try:
+        started = time.monotonic()
+        client = client_tls.wrap(raw_client, TARGET, time.monotonic() + 0.3)
+        assert time.monotonic() - started < 0.25
+        assert raw_server.recv(5)[0] == TLS_HANDSHAKE_RECORD  # the ClientHello went out
+        client.settimeout(None)
+        with pytest.raises(HandshakeTimeout):
+            client.write(b"never sent")
+        assert client.sock.gettimeout() is None  # the handshake's deadline did not stick
+        with pytest.raises(TransportError, match="handshake failed earlier"):
+            client.read(10)
+    finally:
+        raw_client.close()
+        raw_server.close()
+
+
+def test_tls_finished_travels_with_the_first_write(pki) -> None:
+    """The server cannot finish its handshake before the client's first write: the client's
+    Finished leaves with that write, and the data is there as soon as the server is done."""
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls(pki.client_tls()))
+    raw_client, raw_server = _pair()
+    errors: List[BaseException] = []
+    seen = {}
+
+    def serve() -> None:
+        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
+        seen["done"] = time.monotonic()
+        try:
+            seen["data"] = served.read(100)
+        finally:
+            served.close()
+
+    thread = _in_thread(serve, errors)
+    try:
+        client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
+        time.sleep(0.2)  # an eager client would have finished here, without data
+        wrote = time.monotonic()
+        client.write(b"first data")
+        thread.join(TIMEOUT)
+        assert not errors, errors
+        assert seen["done"] >= wrote
+        assert seen["data"] == b"first data"
+        assert client.alpn == "h2"
+    finally:
+        thread.join(TIMEOUT)
+        raw_client.close()
+
+
+def test_tls_verification_failure_reaches_every_later_use(pki) -> None:
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls(pki.client_tls("wrong.test")))
+    raw_client, raw_server = _pair()
+    errors: List[BaseException] = []
+    thread = _in_thread(lambda: server_tls.wrap(Connection(raw_server),
+                                                time.monotonic() + TIMEOUT), errors)
+    try:
+        client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
+        with pytest.raises(TransportError, match="Hostname mismatch|doesn't match"):
+            client.write(b"secret")
+        with pytest.raises(TransportError, match="handshake failed earlier.*mismatch|match"):
+            client.read(10)
+        thread.join(TIMEOUT)
+        assert errors and isinstance(errors[0], TransportError)  # the server got the alert
+    finally:
+        thread.join(TIMEOUT)
+        raw_client.close()
+        raw_server.close()
+
+
+def test_tls_reader_and_writer_may_both_come_first(pki) -> None:
+    """Both threads of a relay start on a fresh connection; one finishes the handshake, the
+    other waits for it, and bytes flow both ways."""
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls(pki.client_tls()))
+    raw_client, raw_server = _pair()
+    errors: List[BaseException] = []
+
+    def echo() -> None:
+        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
+        try:
+            served.write(served.read(100))
+        finally:
+            served.close()
+
+    server_thread = _in_thread(echo, errors)
+    client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
+    client.settimeout(None)
+    got: List[bytes] = []
+    try:
+        threads = [_in_thread(lambda: got.append(client.read(100)), errors),
+                   _in_thread(lambda: client.write(b"ping"), errors)]
+        for thread in threads + [server_thread]:
+            thread.join(TIMEOUT)
+        assert not errors, errors
+        assert got == [b"ping"]
+    finally:
+        server_thread.join(TIMEOUT)
+        client.close()
+
+
+def _ws_client(path: str = "/ws") -> StreamClient:
+    return StreamClient(build_stream_settings("websocket", "none", {"wsSettings": {"path": path}},
+                                              server=False))
+
+
+def _read_request(sock: socket.socket) -> bytes:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = sock.recv(4096)
+        assert chunk, "client closed before its request"
+        request += chunk
+    return request
+
+
+def test_ws_sends_no_frame_before_the_101() -> None:
+    """RFC 6455 §4.1: after its request the client sends nothing until the response. The dial
+    returns at once; the first write waits for the 101, then leaves as one masked frame."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        dest = Destination.tcp("127.0.0.1", listener.getsockname()[1])
+        started = time.monotonic()
+        client = _ws_client().dial(dest, dest, TIMEOUT)
+        assert time.monotonic() - started < 1.0
+        server, _ = listener.accept()
+        errors: List[BaseException] = []
+        try:
+            server.settimeout(TIMEOUT)
+            request = _read_request(server)
+            writer = _in_thread(lambda: client.write(b"after the upgrade"), errors)
+            time.sleep(0.2)
+            server.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                server.recv(100)  # the write is waiting for our answer
+            key = [line.split(b":", 1)[1].strip().decode() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:")][0]
+            server.settimeout(TIMEOUT)
+            server.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                           + accept_token(key).encode() + b"\r\n\r\n")
+            writer.join(TIMEOUT)
+            assert not errors, errors
+            frame = server.recv(100)
+            assert frame[0] == 0x82 and frame[1] == 0x80 | len(b"after the upgrade")
+        finally:
+            client.close()
+            server.close()
+
+
+def test_ws_refusal_surfaces_on_first_use_and_close_sends_no_frame() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        dest = Destination.tcp("127.0.0.1", listener.getsockname()[1])
+        client = _ws_client("/wrong").dial(dest, dest, TIMEOUT)
+        server, _ = listener.accept()
+        try:
+            server.settimeout(TIMEOUT)
+            _read_request(server)
+            server.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            with pytest.raises(RemoteProtocolError, match="404"):
+                client.write(b"data")
+            with pytest.raises(TransportError, match="handshake failed earlier"):
+                client.read(10)
+            client.close()
+            assert server.recv(100) == b""  # no data frame, no close frame: just the FIN
+        finally:
+            client.close()
+            server.close()
