@@ -166,9 +166,17 @@ def _read_request(sock: socket.socket) -> bytes:
     return request
 
 
-def test_ws_sends_no_frame_before_the_101() -> None:
-    """RFC 6455 §4.1: after its request the client sends nothing until the response. The dial
-    returns at once; the first write waits for the 101, then leaves as one masked frame."""
+def _upgrade_answer(request: bytes) -> bytes:
+    key = [line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+           if line.lower().startswith(b"sec-websocket-key:")][0]
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_token(key.decode()).encode() + b"\r\n\r\n")
+
+
+def test_ws_dial_sends_nothing_and_first_write_waits_for_the_101() -> None:
+    """The dial returns with nothing sent; the first write sends the upgrade request, and
+    its frame follows only after the server's 101 (RFC 6455 §4.1)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         dest = Destination.tcp("127.0.0.1", listener.getsockname()[1])
         started = time.monotonic()
@@ -177,19 +185,19 @@ def test_ws_sends_no_frame_before_the_101() -> None:
         server, _ = listener.accept()
         errors: List[BaseException] = []
         try:
+            server.settimeout(0.2)
+            with pytest.raises(socket.timeout):
+                server.recv(100)  # no request yet: nobody has used the connection
+            writer = _in_thread(lambda: client.write(b"after the upgrade"), errors)
             server.settimeout(TIMEOUT)
             request = _read_request(server)
-            writer = _in_thread(lambda: client.write(b"after the upgrade"), errors)
+            assert request.startswith(b"GET /ws HTTP/1.1\r\n") and request.endswith(b"\r\n\r\n")
             time.sleep(0.2)
             server.settimeout(0)
             with pytest.raises(BlockingIOError):
                 server.recv(100)  # the write is waiting for our answer
-            key = [line.split(b":", 1)[1].strip().decode() for line in request.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:")][0]
             server.settimeout(TIMEOUT)
-            server.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                           b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                           + accept_token(key).encode() + b"\r\n\r\n")
+            server.sendall(_upgrade_answer(request))
             writer.join(TIMEOUT)
             assert not errors, errors
             frame = server.recv(100)
@@ -204,16 +212,24 @@ def test_ws_refusal_surfaces_on_first_use_and_close_sends_no_frame() -> None:
         dest = Destination.tcp("127.0.0.1", listener.getsockname()[1])
         client = _ws_client("/wrong").dial(dest, dest, TIMEOUT)
         server, _ = listener.accept()
-        try:
-            server.settimeout(TIMEOUT)
+        server.settimeout(TIMEOUT)
+        errors: List[BaseException] = []
+
+        def refuse() -> None:
             _read_request(server)
             server.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+        thread = _in_thread(refuse, errors)
+        try:
             with pytest.raises(RemoteProtocolError, match="404"):
                 client.write(b"data")
             with pytest.raises(TransportError, match="handshake failed earlier"):
                 client.read(10)
+            thread.join(TIMEOUT)
+            assert not errors, errors
             client.close()
             assert server.recv(100) == b""  # no data frame, no close frame: just the FIN
         finally:
+            thread.join(TIMEOUT)
             client.close()
             server.close()

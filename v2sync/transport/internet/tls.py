@@ -111,7 +111,9 @@ class TlsConnection(WrappedConnection):
         return self._obj.selected_alpn_protocol()
 
     def handshake(self, deadline: float) -> "TlsConnection":
-        """Complete the handshake before ``deadline`` (monotonic) or raise."""
+        """Server: complete the handshake before ``deadline`` (monotonic) or raise. It
+        reads first: before the ClientHello, OpenSSL could only ask for bytes."""
+        self._guarded(self._fill, deadline)
         self._guarded(self._complete, deadline, True)
         return self
 

@@ -52,16 +52,19 @@ class WsConnection(WrappedConnection):
         self._write_lock = threading.Lock()
         self._eof = False
         self._close_sent = False
-        self._upgrade: Optional[FinishOnFirstUse] = None  # a client's 101, not yet read
+        self._upgrade: Optional[FinishOnFirstUse] = None  # a client upgrade still to do
 
-    def expect_upgrade(self, key: str, deadline: float) -> None:
-        """Client: the server's 101 answer is read on first use, before anything is sent
-        (RFC 6455 §4.1: the client waits for the response before sending any data)."""
-        def read_response() -> None:
+    def upgrade_on_first_use(self, request: bytes, key: str, deadline: float) -> None:
+        """Client: the first read or write sends the upgrade ``request`` and reads the
+        server's 101 before anything else goes out (RFC 6455 §4.1). Over TLS, the request
+        then finishes the TLS handshake too, so the caller's own request is built while
+        the server computes its TLS answer."""
+        def upgrade() -> None:
+            self.inner.write(request)
             reader = HandshakeReader(self.inner, deadline, MAX_HANDSHAKE)
             reader.parse(lambda buf: parse_response(buf, key))
             self._raw_pending = reader.consume(len(reader.buf))
-        self._upgrade = FinishOnFirstUse(self.sock, read_response)
+        self._upgrade = FinishOnFirstUse(self.sock, upgrade)
 
     def _upgraded(self) -> bool:
         return self._upgrade is None or self._upgrade.done
@@ -160,9 +163,9 @@ def ws_dial(conn: Connection, target: Destination, settings: StreamSettings, sec
     default_port = 443 if secure else 80
     host = str(target.address) if target.port == default_port else target.host_port()
     key = new_key()
-    conn.write(build_request(host, settings.ws.path, key, dict(settings.ws.headers)))
     ws = WsConnection(conn, client=True)
-    ws.expect_upgrade(key, deadline)
+    ws.upgrade_on_first_use(build_request(host, settings.ws.path, key,
+                                          dict(settings.ws.headers)), key, deadline)
     return ws
 
 
