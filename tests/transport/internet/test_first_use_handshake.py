@@ -20,7 +20,8 @@ from v2sync.common.net import Destination
 from v2sync.transport.internet.config import build_stream_settings, build_tls
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.tls import ClientTls, ServerTls
+from v2sync.transport.internet import tls as tls_module
+from v2sync.transport.internet.tls import ClientTls, ServerTls, TlsConnection
 from v2sync.transport.internet.websocket.handshake import accept_token
 
 TIMEOUT = 10.0
@@ -150,6 +151,88 @@ def test_tls_reader_and_writer_may_both_come_first(pki) -> None:
     finally:
         server_thread.join(TIMEOUT)
         client.close()
+
+
+def _exchange(server_tls: ServerTls, client_tls: ClientTls,
+              target: Destination = TARGET) -> TlsConnection:
+    """One dial: the client writes, the server reads it back; returns the client end."""
+    raw_client, raw_server = _pair()
+    errors: List[BaseException] = []
+    got: List[bytes] = []
+
+    def serve() -> None:
+        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
+        try:
+            got.append(served.read(100))
+        finally:
+            served.close()
+
+    thread = _in_thread(serve, errors)
+    try:
+        client = client_tls.wrap(raw_client, target, time.monotonic() + TIMEOUT)
+        client.write(b"hello")
+        thread.join(TIMEOUT)
+        assert not errors, errors
+        assert got == [b"hello"]
+        return client
+    except BaseException:
+        raw_client.close()
+        raise
+    finally:
+        thread.join(TIMEOUT)
+
+
+def test_next_client_hello_is_made_after_the_first_write_and_used_once(pki) -> None:
+    """After a handshake and its first write, the client makes the next dial's ClientHello
+    (a fresh key pair) while it waits; the next dial to that name sends it, verified as
+    usual, and it is never used twice."""
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls(pki.client_tls()))
+    assert client_tls._spare is None
+    first = _exchange(server_tls, client_tls)
+    spare = client_tls._spare
+    assert spare is not None and spare.server_name == "v2sync.test"
+    second = _exchange(server_tls, client_tls)
+    assert second._obj is spare.obj  # the made-ahead hello carried this handshake
+    assert client_tls._spare is not None and client_tls._spare is not spare
+    for conn in (first, second):
+        conn.close()
+
+
+def test_spare_hello_is_not_used_for_another_name_or_when_stale(pki, monkeypatch) -> None:
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls({"allowInsecure": True}))  # SNI: the dialed name
+    first = _exchange(server_tls, client_tls)
+    spare = client_tls._spare
+    other = _exchange(server_tls, client_tls, Destination.tcp("other.test", 443))
+    assert other._obj is not spare.obj  # SNI differs: a fresh hello
+    monkeypatch.setattr(tls_module, "SPARE_HELLO_TTL", 0.0)
+    stale = client_tls._spare
+    third = _exchange(server_tls, client_tls, Destination.tcp("other.test", 443))
+    assert third._obj is not stale.obj  # too old: dropped
+    for conn in (first, other, third):
+        conn.close()
+
+
+def test_a_wrong_name_fails_with_a_spare_hello_too(pki) -> None:
+    """The made-ahead hello names the server it was made for; verification still runs."""
+    server_tls = ServerTls(build_tls(pki.server_tls()))
+    client_tls = ClientTls(build_tls(pki.client_tls("wrong.test", allowInsecure=False)))
+    client_tls._make_spare("wrong.test")
+    raw_client, raw_server = _pair()
+    errors: List[BaseException] = []
+    thread = _in_thread(lambda: server_tls.wrap(Connection(raw_server),
+                                                time.monotonic() + TIMEOUT), errors)
+    try:
+        spare = client_tls._spare
+        client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
+        assert client._obj is spare.obj
+        with pytest.raises(TransportError, match="Hostname mismatch|doesn't match"):
+            client.write(b"secret")
+    finally:
+        thread.join(TIMEOUT)
+        raw_client.close()
+        raw_server.close()
 
 
 def _ws_client(path: str = "/ws") -> StreamClient:

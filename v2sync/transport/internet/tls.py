@@ -17,7 +17,7 @@ import ssl
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
@@ -29,6 +29,32 @@ from v2sync.transport.internet.conn import Connection, FinishOnFirstUse, Wrapped
 DEFAULT_ALPN = ("h2", "http/1.1")
 # Raw reads: one full TLS record (16 KiB plaintext) plus header and tag, at least.
 RECORD_READ = 16 * 1024 + 512
+# A ClientHello made ahead for the next dial is used within this many seconds or dropped:
+# it carries an ephemeral private key, which should not outlive its moment.
+SPARE_HELLO_TTL = 30.0
+
+
+class MemoryTls:
+    """An ``SSLObject`` over two memory BIOs: one end of a TLS connection, no socket yet."""
+
+    __slots__ = ("obj", "incoming", "outgoing", "server_name", "made")
+
+    def __init__(self, context: ssl.SSLContext, server_side: bool,
+                 server_name: Optional[str] = None):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
+                                    server_hostname=server_name)
+        self.server_name = server_name
+        self.made = time.monotonic()
+
+    def say_hello(self) -> "MemoryTls":
+        """Client: put the ClientHello in ``outgoing`` (once; later calls add nothing)."""
+        try:
+            self.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass  # always, for a client: OpenSSL now waits for the server's flight
+        return self
 
 
 class ClientTls:
@@ -37,6 +63,8 @@ class ClientTls:
     def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
         self.settings = settings
         self.context = _client_context(settings, settings.alpn or default_alpn)
+        self._spare: Optional[MemoryTls] = None  # the next dial's ClientHello, made ahead
+        self._spare_lock = threading.Lock()
 
     def server_name(self, dest: Destination) -> Optional[str]:
         """``serverName``, else the destination's domain; an IP gives none (as in Go)."""
@@ -49,7 +77,31 @@ class ClientTls:
         if name is None and not self.settings.allow_insecure:
             raise TransportError(f"tls: cannot verify {dest.address} without a serverName "
                                  "(set tlsSettings.serverName, or allowInsecure)")
-        return TlsConnection(conn, self.context, False, name).start(deadline)
+        tls = TlsConnection(conn, self._take_hello(name))
+        tls.after_handshake = lambda: self._make_spare(name)
+        return tls.start(deadline)
+
+    def _take_hello(self, name: Optional[str]) -> MemoryTls:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if (spare is not None and spare.server_name == name
+                and time.monotonic() - spare.made < SPARE_HELLO_TTL):
+            return spare
+        return MemoryTls(self.context, False, name)  # start() makes its ClientHello
+
+    def _make_spare(self, name: Optional[str]) -> None:
+        """Make the next dial's ClientHello (a key pair, ~0.1-0.2 ms of OpenSSL CPU) now,
+        while this connection waits for its server: the next dial sends it at once."""
+        with self._spare_lock:
+            if self._spare is not None:
+                return
+        try:
+            spare = MemoryTls(self.context, False, name).say_hello()
+        except (ssl.SSLError, ValueError):
+            return  # the dial that needs one will make it, and report what fails
+        with self._spare_lock:
+            if self._spare is None:
+                self._spare = spare
 
 
 class ServerTls:
@@ -80,7 +132,7 @@ class ServerTls:
             obj.context = context
 
     def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
-        return TlsConnection(conn, self.context, True).handshake(deadline)
+        return TlsConnection(conn, MemoryTls(self.context, True)).handshake(deadline)
 
 
 class TlsConnection(WrappedConnection):
@@ -92,18 +144,20 @@ class TlsConnection(WrappedConnection):
     computes its answer, and the client's Finished leaves in one write with the first data.
     """
 
-    def __init__(self, inner: Connection, context: ssl.SSLContext, server_side: bool,
-                 server_name: Optional[str] = None):
+    def __init__(self, inner: Connection, tls: MemoryTls):
         super().__init__(inner)
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side,
-                                     server_hostname=server_name)
+        self._tls = tls
+        self._in = tls.incoming
+        self._out = tls.outgoing
+        self._obj = tls.obj
         self._state = threading.Lock()  # the SSLObject and both BIOs
         self._send = threading.Lock()   # records onto the socket, in order
         self._eof = False
         self._handshaken = False
         self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
+        # Run once, after the handshake and the first write: work for the idle wait that
+        # follows (ClientTls makes the next dial's ClientHello).
+        self.after_handshake: Optional[Callable[[], None]] = None
 
     @property
     def alpn(self) -> Optional[str]:
@@ -130,12 +184,14 @@ class TlsConnection(WrappedConnection):
             self._rest.run(True)
 
     def _hello(self) -> None:
-        try:
-            with self._state:
-                self._obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass  # always, for a client: it waits for the server's flight
+        with self._state:
+            self._tls.say_hello()  # a no-op if the ClientHello was made ahead
         self._flush(True)
+
+    def _handshake_done(self) -> None:
+        hook, self.after_handshake = self.after_handshake, None
+        if hook is not None:
+            hook()
 
     def _complete(self, deadline: float, flush: bool) -> None:
         while True:
@@ -175,7 +231,10 @@ class TlsConnection(WrappedConnection):
             self._in.write(data)
 
     def recv(self, max_bytes: int) -> bytes:
-        self.finish_handshake()
+        if self._rest is not None:
+            self._rest.run(True)
+            if self.after_handshake is not None:
+                self._handshake_done()
         while True:
             data = self._decrypt(max_bytes)
             if data is not None:
@@ -226,6 +285,8 @@ class TlsConnection(WrappedConnection):
                 while view:
                     view = view[self._obj.write(view):]
         self._flush(True)
+        if self.after_handshake is not None:
+            self._handshake_done()
 
     def _flush(self, block: bool) -> None:
         """Send what the SSLObject produced. Non-blocking callers leave it to the thread
