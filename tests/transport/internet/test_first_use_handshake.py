@@ -48,6 +48,18 @@ def _in_thread(target: Callable[[], None], errors: List[BaseException]) -> threa
     return thread
 
 
+def _tls_server(server_tls: ServerTls, raw_server: socket.socket,
+                use: Callable[[Connection], None]) -> Callable[[], None]:
+    """The server end, for a thread: handshake, ``use`` the connection, close it."""
+    def serve() -> None:
+        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
+        try:
+            use(served)
+        finally:
+            served.close()
+    return serve
+
+
 def test_tls_dial_returns_once_the_client_hello_is_sent(pki) -> None:
     """Nobody answers, yet ``wrap`` returns at once; the first use then meets the deadline."""
     client_tls = ClientTls(build_tls(pki.client_tls()))
@@ -77,15 +89,11 @@ def test_tls_finished_travels_with_the_first_write(pki) -> None:
     errors: List[BaseException] = []
     seen = {}
 
-    def serve() -> None:
-        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
+    def read_once_done(served: Connection) -> None:
         seen["done"] = time.monotonic()
-        try:
-            seen["data"] = served.read(100)
-        finally:
-            served.close()
+        seen["data"] = served.read(100)
 
-    thread = _in_thread(serve, errors)
+    thread = _in_thread(_tls_server(server_tls, raw_server, read_once_done), errors)
     try:
         client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
         time.sleep(0.2)  # an eager client would have finished here, without data
@@ -130,14 +138,9 @@ def test_tls_reader_and_writer_may_both_come_first(pki) -> None:
     raw_client, raw_server = _pair()
     errors: List[BaseException] = []
 
-    def echo() -> None:
-        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
-        try:
-            served.write(served.read(100))
-        finally:
-            served.close()
-
-    server_thread = _in_thread(echo, errors)
+    server_thread = _in_thread(
+        _tls_server(server_tls, raw_server, lambda served: served.write(served.read(100))),
+        errors)
     client = client_tls.wrap(raw_client, TARGET, time.monotonic() + TIMEOUT)
     client.settimeout(None)
     got: List[bytes] = []
@@ -160,14 +163,9 @@ def _exchange(server_tls: ServerTls, client_tls: ClientTls,
     errors: List[BaseException] = []
     got: List[bytes] = []
 
-    def serve() -> None:
-        served = server_tls.wrap(Connection(raw_server), time.monotonic() + TIMEOUT)
-        try:
-            got.append(served.read(100))
-        finally:
-            served.close()
-
-    thread = _in_thread(serve, errors)
+    thread = _in_thread(
+        _tls_server(server_tls, raw_server, lambda served: got.append(served.read(100))),
+        errors)
     try:
         client = client_tls.wrap(raw_client, target, time.monotonic() + TIMEOUT)
         client.write(b"hello")
