@@ -1,5 +1,7 @@
 """ThreadGroup and run_pair (common/task.py): reuse, expiry, joins, error propagation."""
+import gc
 import threading
+import weakref
 
 from v2sync.common.task import ThreadGroup, run_pair
 
@@ -152,3 +154,37 @@ def test_run_pair_propagates_first_error_and_unblocks_other_side():
     err = run_pair(group, "pair", background, foreground, lambda e: stop.set(), 5)
     assert isinstance(err, ValueError)
     assert group.join(2)
+
+
+class _Held:
+    """Something a failing side's frame refers to (a cipher, a buffer, a socket in a relay)."""
+
+
+def _error_frees_what_the_failing_side_held(fail_in_background: bool) -> None:
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    held = []
+
+    def failing():
+        thing = _Held()
+        held.append(weakref.ref(thing))
+        raise ValueError("failed while holding a thing")
+
+    sides = (failing, lambda: None) if fail_in_background else (lambda: None, failing)
+    gc.disable()  # only reference counting may free it: no cycle may hold it
+    try:
+        error = run_pair(group, "pair", *sides, lambda exc: None, WAIT)
+        assert isinstance(error, ValueError) and str(error) == "failed while holding a thing"
+        assert error.__traceback__ is None
+        del error
+        assert held[0]() is None
+    finally:
+        gc.enable()
+        assert group.shutdown(WAIT)
+
+
+def test_a_kept_foreground_error_makes_no_reference_cycle():
+    _error_frees_what_the_failing_side_held(fail_in_background=False)
+
+
+def test_a_kept_background_error_makes_no_reference_cycle():
+    _error_frees_what_the_failing_side_held(fail_in_background=True)

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Callable, List, Optional, Set, Tuple
 
+from v2sync.common.errors import detached
+
 log = logging.getLogger(__name__)
 
 # Small stacks let a 32-bit Raspberry Pi (3 GiB of address space) hold 1,000 connections of
@@ -212,7 +214,8 @@ def run_pair(
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
 
     The first exception of either side calls ``on_error`` (which must unblock the other side,
-    e.g. by interrupting the link and aborting the connection) and is returned.
+    e.g. by interrupting the link and aborting the connection) and is returned without its
+    traceback (``detached``), so keeping it makes no reference cycle.
     """
     errors: List[BaseException] = []
     lock = threading.Lock()
@@ -223,7 +226,7 @@ def run_pair(
         except Exception as exc:
             with lock:
                 first = not errors
-                errors.append(exc)
+                errors.append(detached(exc))
             if first:
                 on_error(exc)
 

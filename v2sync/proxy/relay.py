@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from v2sync.common.errors import detached
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import run_pair
 from v2sync.features.proxy import ProxyContext
@@ -63,7 +64,7 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
                 first(timer)
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
-                return exc
+                return detached(exc)
         return run_pair(ctx.threads, f"relay-{name}-up", request_side, response_side,
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:

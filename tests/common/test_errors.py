@@ -1,0 +1,39 @@
+from v2sync.common.errors import MAX_CHAIN, TransportError, detached
+
+
+def _raise_chain() -> BaseException:
+    """A TransportError raised from a KeyError raised while handling a ValueError."""
+    try:
+        try:
+            raise ValueError("first")
+        except ValueError:
+            raise KeyError("second")
+    except KeyError as e:
+        try:
+            raise TransportError("third") from e
+        except TransportError as outer:
+            return outer
+
+
+def test_detached_drops_every_traceback_along_the_chain_and_keeps_the_messages():
+    exc = _raise_chain()
+    assert exc.__traceback__ is not None and exc.__cause__.__context__.__traceback__ is not None
+    assert detached(exc) is exc
+    chain = [exc, exc.__cause__, exc.__cause__.__context__]
+    assert [type(e) for e in chain] == [TransportError, KeyError, ValueError]
+    assert all(e.__traceback__ is None for e in chain)
+    assert str(exc) == "third" and str(chain[2]) == "first"
+
+
+def test_detached_stops_after_max_chain_links():
+    links = [ValueError(str(i)) for i in range(MAX_CHAIN + 2)]
+    for outer, inner in zip(links, links[1:]):
+        outer.__context__ = inner
+    for link in links:
+        try:
+            raise link
+        except ValueError:
+            pass  # gives each its own traceback
+    detached(links[0])
+    assert all(link.__traceback__ is None for link in links[:MAX_CHAIN])
+    assert all(link.__traceback__ is not None for link in links[MAX_CHAIN:])
