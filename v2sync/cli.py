@@ -163,8 +163,11 @@ def _serve(instance) -> int:
 
 
 def cmd_version(args) -> int:
+    import ssl
+
     import Crypto
     import cryptography
+    import OpenSSL
     from cryptography.hazmat.backends.openssl import backend
 
     print(f"v2sync {__version__} (V2Ray 4.34 compatible)")
@@ -172,6 +175,8 @@ def cmd_version(args) -> int:
           f"{platform.system()}/{platform.machine()})")
     print(f"crypto: cryptography {cryptography.__version__} on {backend.openssl_version_text()}, "
           f"pycryptodome {Crypto.__version__}")
+    print(f"tls: servers on the ssl module ({ssl.OPENSSL_VERSION}), "
+          f"clients on pyOpenSSL {OpenSSL.__version__} (cryptography's OpenSSL)")
     return 0
 
 

@@ -66,12 +66,16 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_pki(directory: Path, names: Sequence[str] = (SERVER_NAME, "localhost")) -> Pki:
+def make_pki(directory: Path, names: Sequence[str] = (SERVER_NAME, "localhost"),
+             dns_sans: bool = True) -> Pki:
+    """A CA and a leaf whose CN is ``names[0]``; its subjectAltNames are the names (unless
+    not ``dns_sans``) and 127.0.0.1."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _sign(_name("v2sync test CA"), _name("v2sync test CA"), ca_key.public_key(), ca_key,
                ca=True)
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans = ([x509.DNSName(n) for n in names] if dns_sans else []) + \
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     leaf = _sign(_name(names[0]), ca.subject, leaf_key.public_key(), ca_key, ca=False, sans=sans)
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")

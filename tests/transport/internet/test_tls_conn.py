@@ -7,15 +7,17 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
 
-from v2sync.common.errors import HandshakeTimeout, TransportError
+from support.certs import make_pki
+from v2sync.common.errors import ConfigError, HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import build_tls
 from v2sync.transport.internet.conn import Connection
-from v2sync.transport.internet.tls import ClientTls, ServerTls, TlsConnection
+from v2sync.transport.internet.tls import DEFAULT_ALPN, ClientTls, ServerTls, TlsConnection
+from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
 TIMEOUT = 10.0
 TARGET = Destination.tcp("v2sync.test", 443)
@@ -239,3 +241,66 @@ def test_abort_unblocks_a_blocked_reader(tls_pair) -> None:
 
 def test_session_tickets_off_by_default(server_tls) -> None:
     assert server_tls.context.options & ssl.OP_NO_TICKET
+
+
+# -- the client engine (tls_client.py): what its ClientHello offers, how names are checked --
+
+def _client_hello(settings: dict, name: str) -> bytes:
+    engine = ClientEngine(client_context(build_tls(settings), DEFAULT_ALPN), name)
+    return engine.say_hello().outgoing.read()
+
+
+def _hello_extensions(record: bytes) -> Dict[int, bytes]:
+    """A ClientHello record's extensions by type (RFC 8446 §4.1.2), socket-free."""
+    assert record[0] == 22 and record[5] == 1  # handshake record, ClientHello
+    pos = 5 + 4 + 2 + 32
+    pos += 1 + record[pos]                                    # legacy_session_id
+    pos += 2 + int.from_bytes(record[pos:pos + 2], "big")     # cipher_suites
+    pos += 1 + record[pos]                                    # compression methods
+    end = pos + 2 + int.from_bytes(record[pos:pos + 2], "big")
+    pos += 2
+    found = {}
+    while pos < end:
+        kind, size = (int.from_bytes(record[pos + i:pos + i + 2], "big") for i in (0, 2))
+        found[kind] = record[pos + 4:pos + 4 + size]
+        pos += 4 + size
+    assert pos == end == len(record)
+    return found
+
+
+def _u16s(data: bytes) -> list:
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+
+
+def test_client_hello_offers_go_1_15_groups_with_one_x25519_key_share(pki) -> None:
+    found = _hello_extensions(_client_hello(pki.client_tls(), "v2sync.test"))
+    assert _u16s(found[10][2:]) == [0x1D, 0x17, 0x18, 0x19]  # x25519, P-256, P-384, P-521
+    shares = found[51][2:]
+    assert _u16s(shares[:2]) == [0x1D] and len(shares) == 4 + 32  # one X25519 share only
+    assert found[0][5:] == b"v2sync.test"  # SNI
+    assert found[16][2:] == b"\x02h2\x08http/1.1"  # ALPN
+
+
+def test_an_ip_server_name_sends_no_sni_and_is_checked_against_ip_sans(server_tls, pki) -> None:
+    assert 0 not in _hello_extensions(_client_hello(pki.client_tls("127.0.0.1"), "127.0.0.1"))
+    client, served = _handshake(server_tls, ClientTls(build_tls(pki.client_tls("127.0.0.1"))))
+    client.close()
+    served.close()
+    with pytest.raises(TransportError, match="IP address mismatch"):
+        _handshake(server_tls, ClientTls(build_tls(pki.client_tls("127.0.0.2"))))
+
+
+def test_the_common_name_is_not_a_host_name(tmp_path) -> None:
+    """Go 1.15 (v2ray 4.34) dropped the CN fallback: a name must be a subjectAltName."""
+    cn_only = make_pki(tmp_path, ("v2sync.test",), dns_sans=False)
+    server = ServerTls(build_tls(cn_only.server_tls()))
+    with pytest.raises(TransportError, match="Hostname mismatch"):
+        _handshake(server, ClientTls(build_tls(cn_only.client_tls("v2sync.test"))))
+
+
+def test_a_listed_certificate_that_is_not_pem_is_refused(pki) -> None:
+    settings = pki.client_tls()
+    settings["certificates"] = [{"certificate": ["-----BEGIN CERTIFICATE-----", "bm90IGRFUg==",
+                                                 "-----END CERTIFICATE-----"]}]
+    with pytest.raises((TransportError, ConfigError), match="certificate"):
+        ClientTls(build_tls(settings))

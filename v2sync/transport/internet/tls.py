@@ -1,13 +1,15 @@
 """TLS for any stream transport (v2ray ``transport/internet/tls``).
 
 CPython deadlocks when one ``SSLSocket`` is read and written by two threads at once
-(cpython#77271), and the relay is exactly such a thread pair. So TLS runs on an
-``ssl.SSLObject`` over two memory BIOs: the socket is read and written by plain socket calls
-outside any lock, and the SSLObject is only touched under ``_state``. A second lock,
-``_send``, keeps encrypted records leaving in the order the SSLObject produced them.
+(cpython#77271), and the relay is exactly such a thread pair. So TLS runs on an engine over
+two memory BIOs: the socket is read and written by plain socket calls outside any lock, and
+the engine is only touched under ``_state``. A second lock, ``_send``, keeps encrypted
+records leaving in the order the engine produced them.
 
+The server end's engine is an ``ssl.SSLObject`` (``MemoryTls``); the client end's is
+``tls_client.ClientEngine`` (pyOpenSSL, see there why), which shows the same face.
 Contexts are built once per handler (``ClientTls`` / ``ServerTls``); a connection costs one
-``wrap_bio``.
+engine.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ import ssl
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
 from v2sync.transport.internet.conn import Connection, FinishOnFirstUse, WrappedConnection
+from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
 # (``WithNextProto``): see ``default_alpn`` in each transport.
@@ -35,26 +38,14 @@ SPARE_HELLO_TTL = 30.0
 
 
 class MemoryTls:
-    """An ``SSLObject`` over two memory BIOs: one end of a TLS connection, no socket yet."""
+    """The server end's engine: an ``SSLObject`` over two memory BIOs, no socket yet."""
 
-    __slots__ = ("obj", "incoming", "outgoing", "server_name", "made")
+    __slots__ = ("obj", "incoming", "outgoing")
 
-    def __init__(self, context: ssl.SSLContext, server_side: bool,
-                 server_name: Optional[str] = None):
+    def __init__(self, context: ssl.SSLContext):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
-                                    server_hostname=server_name)
-        self.server_name = server_name
-        self.made = time.monotonic()
-
-    def say_hello(self) -> "MemoryTls":
-        """Client: put the ClientHello in ``outgoing`` (once; later calls add nothing)."""
-        try:
-            self.obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass  # always, for a client: OpenSSL now waits for the server's flight
-        return self
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
 
 
 class ClientTls:
@@ -62,8 +53,8 @@ class ClientTls:
 
     def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
         self.settings = settings
-        self.context = _client_context(settings, settings.alpn or default_alpn)
-        self._spare: Optional[MemoryTls] = None  # the next dial's ClientHello, made ahead
+        self.context = client_context(settings, settings.alpn or default_alpn)
+        self._spare: Optional[ClientEngine] = None  # the next dial's ClientHello, made ahead
         self._spare_lock = threading.Lock()
 
     def server_name(self, dest: Destination) -> Optional[str]:
@@ -81,13 +72,13 @@ class ClientTls:
         tls.after_handshake = lambda: self._make_spare(name)
         return tls.start(deadline)
 
-    def _take_hello(self, name: Optional[str]) -> MemoryTls:
+    def _take_hello(self, name: Optional[str]) -> ClientEngine:
         with self._spare_lock:
             spare, self._spare = self._spare, None
         if (spare is not None and spare.server_name == name
                 and time.monotonic() - spare.made < SPARE_HELLO_TTL):
             return spare
-        return MemoryTls(self.context, False, name)  # start() makes its ClientHello
+        return ClientEngine(self.context, name)  # start() makes its ClientHello
 
     def _make_spare(self, name: Optional[str]) -> None:
         """Make the next dial's ClientHello (a key pair, ~0.1-0.2 ms of OpenSSL CPU) now,
@@ -96,8 +87,8 @@ class ClientTls:
             if self._spare is not None:
                 return
         try:
-            spare = MemoryTls(self.context, False, name).say_hello()
-        except (ssl.SSLError, ValueError):
+            spare = ClientEngine(self.context, name).say_hello()
+        except (ssl.SSLError, TransportError):
             return  # the dial that needs one will make it, and report what fails
         with self._spare_lock:
             if self._spare is None:
@@ -132,7 +123,7 @@ class ServerTls:
             obj.context = context
 
     def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
-        return TlsConnection(conn, MemoryTls(self.context, True)).handshake(deadline)
+        return TlsConnection(conn, MemoryTls(self.context)).handshake(deadline)
 
 
 class TlsConnection(WrappedConnection):
@@ -144,7 +135,7 @@ class TlsConnection(WrappedConnection):
     computes its answer, and the client's Finished leaves in one write with the first data.
     """
 
-    def __init__(self, inner: Connection, tls: MemoryTls):
+    def __init__(self, inner: Connection, tls: Union[MemoryTls, ClientEngine]):
         super().__init__(inner)
         self._tls = tls
         self._in = tls.incoming
@@ -331,23 +322,7 @@ class TlsConnection(WrappedConnection):
 
 
 def _reason(e: ssl.SSLError) -> str:
-    return getattr(e, "verify_message", None) or e.reason or str(e)
-
-
-def _client_context(settings: TlsSettings, alpn: Sequence[str]) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if settings.allow_insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        # tls/config_other.go getCertPool: the system roots (unless disableSystemRoot)
-        # plus every listed certificate, whatever its usage.
-        if not settings.disable_system_root:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        for entry in settings.certificates:
-            context.load_verify_locations(cadata=entry.certificate.decode("ascii", "replace"))
-    context.set_alpn_protocols(list(alpn))
-    return context
+    return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
 
 
 def _server_context(settings: TlsSettings, pair: CertificateEntry,
