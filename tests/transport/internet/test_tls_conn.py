@@ -10,6 +10,7 @@ import time
 from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
+from OpenSSL import SSL
 
 from support.certs import make_pki
 from v2sync.common.errors import ConfigError, HandshakeTimeout, TransportError
@@ -304,3 +305,20 @@ def test_a_listed_certificate_that_is_not_pem_is_refused(pki) -> None:
                                                  "-----END CERTIFICATE-----"]}]
     with pytest.raises((TransportError, ConfigError), match="certificate"):
         ClientTls(build_tls(settings))
+
+
+def test_client_context_gives_back_idle_record_buffers(pki) -> None:
+    context = client_context(build_tls(pki.client_tls()), DEFAULT_ALPN)
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # set_mode returns the mode now
+
+
+def test_one_large_read_gathers_several_records(tls_pair) -> None:
+    client, server = tls_pair
+    data = os.urandom(5 * 16 * 1024 + 100)  # six records
+    server.write(data)
+    got = b""
+    for _ in range(len(data)):  # bounded: each read returns at least a byte
+        got += client.read(1024 * 1024)
+        if len(got) >= len(data):
+            break
+    assert got == data

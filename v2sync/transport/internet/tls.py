@@ -30,8 +30,10 @@ from v2sync.transport.internet.tls_client import ClientEngine, client_context
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
 # (``WithNextProto``): see ``default_alpn`` in each transport.
 DEFAULT_ALPN = ("h2", "http/1.1")
-# Raw reads: one full TLS record (16 KiB plaintext) plus header and tag, at least.
-RECORD_READ = 16 * 1024 + 512
+# The most plaintext one TLS record carries (RFC 8446 §5.1).
+RECORD_PLAINTEXT = 16 * 1024
+# Raw reads: one full TLS record plus header and tag, at least.
+RECORD_READ = RECORD_PLAINTEXT + 512
 # A ClientHello made ahead for the next dial is used within this many seconds or dropped:
 # it carries an ephemeral private key, which should not outlive its moment.
 SPARE_HELLO_TTL = 30.0
@@ -244,7 +246,9 @@ class TlsConnection(WrappedConnection):
         with self._state:
             while size < max_bytes and not self._eof:
                 try:
-                    part = self._obj.read(max_bytes - size)
+                    # One record at most per call: asked for more, both engines would
+                    # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
+                    part = self._obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
                 except ssl.SSLWantReadError:
                     break
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
