@@ -53,8 +53,8 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
     context.set_min_proto_version(SSL.TLS1_2_VERSION)  # as the ssl module's default
     # A peer closing without close_notify reads as EOF, as the server end treats it.
     context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
-    # As the ssl module does: an idle connection gives back its 16 KiB record buffers
-    # (~34 KiB per held connection, measured).
+    # As the ssl module does: an idle connection gives back its record buffers (measured:
+    # 14 KiB less per held connection).
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if settings.allow_insecure:
         context.set_verify(SSL.VERIFY_NONE)
