@@ -212,27 +212,33 @@ class _Incoming:
 
 class _Outgoing:
     """The ``MemoryBIO`` records come out of. pyOpenSSL cannot ask how much is waiting,
-    so ``pending`` pulls it all into ``_held``."""
+    so ``pending`` pulls it all into ``_held`` (a list: a 1 MiB write comes out in 16
+    pulls, joined once)."""
 
-    __slots__ = ("_conn", "_held")
+    __slots__ = ("_conn", "_held", "_size")
 
     def __init__(self, conn: SSL.Connection):
         self._conn = conn
-        self._held = b""
+        self._held: List[bytes] = []
+        self._size = 0
 
     def _pull(self) -> None:
         while True:
             try:
-                self._held += self._conn.bio_read(_OUT_CHUNK)
+                chunk = self._conn.bio_read(_OUT_CHUNK)
             except SSL.WantReadError:
                 return
+            self._held.append(chunk)
+            self._size += len(chunk)
 
     @property
     def pending(self) -> int:
         self._pull()
-        return len(self._held)
+        return self._size
 
     def read(self) -> bytes:
         self._pull()
-        out, self._held = self._held, b""
+        out = b"".join(self._held)
+        self._held.clear()
+        self._size = 0
         return out
