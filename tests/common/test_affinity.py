@@ -65,3 +65,34 @@ def test_all_and_unavailable_cpus_leave_this_process_alone() -> None:
     with pytest.raises(ValueError, match=f"CPU {missing} is not available"):
         affinity.apply(missing)
     assert os.sched_getaffinity(0) == before
+
+
+def test_each_namespace_has_its_own_prefix() -> None:
+    assert affinity.claim_prefix() == affinity.CLAIM_PREFIX
+    assert affinity.claim_prefix("tests-1") == f"{affinity.CLAIM_PREFIX}-tests-1"
+
+
+@pytest.mark.parametrize("namespace", ["x" * (affinity.MAX_NAMESPACE_BYTES + 1), "a\0b"])
+def test_a_bad_namespace_is_refused(namespace) -> None:
+    with pytest.raises(ValueError, match="V2SYNC_CPU_NAMESPACE: .* is not a CPU claim namespace"):
+        affinity.claim_prefix(namespace)
+
+
+@linux_only
+def test_a_bad_namespace_is_refused_before_anything_is_pinned() -> None:
+    before = os.sched_getaffinity(0)
+    with pytest.raises(ValueError, match="not a CPU claim namespace"):
+        affinity.apply(affinity.AUTO, "x" * (affinity.MAX_NAMESPACE_BYTES + 1))
+    assert os.sched_getaffinity(0) == before
+
+
+@linux_only
+def test_namespaces_do_not_see_each_other_claims(prefix) -> None:
+    ours = affinity.claim_cpu([0], affinity.claim_prefix(prefix))
+    theirs = affinity.claim_cpu([0], affinity.claim_prefix(f"{prefix}-other"))
+    try:
+        assert (ours.cpu, theirs.cpu) == (0, 0)
+        assert affinity.claim_cpu([0], affinity.claim_prefix(prefix)) is None
+    finally:
+        ours.close()
+        theirs.close()

@@ -3,11 +3,15 @@
 By default each process keeps all its threads on one CPU and two processes claim different
 CPUs; ``--cpu all`` / ``V2SYNC_CPU=all`` leaves scheduling to the kernel; a bad value is a
 clear error before anything starts.
+
+Each test claims CPUs in a namespace of its own (``$V2SYNC_CPU_NAMESPACE``), so a v2sync
+running elsewhere on the machine, or another test run's processes, hold no claim it sees.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Set
 
@@ -25,10 +29,17 @@ needs_two_cpus = pytest.mark.skipif(
     reason="pinning needs Linux and two CPUs")
 
 
-def _process(cpu: str = "auto") -> V2SyncProcess:
+@pytest.fixture
+def namespace() -> str:
+    """This test's own CPU claim namespace."""
+    return f"test-{uuid.uuid4().hex}"
+
+
+def _process(namespace: str, cpu: str = "auto") -> V2SyncProcess:
     config = make_config([socks_inbound(port=free_port())],
                          log={"access": "none", "loglevel": "warning"})
-    return V2SyncProcess(config, env={"V2SYNC_CPU": cpu})  # whatever the caller's env says
+    # Whatever the caller's environment says.
+    return V2SyncProcess(config, env={affinity.ENV_VAR: cpu, affinity.NAMESPACE_ENV_VAR: namespace})
 
 
 def thread_cpus(pid: int) -> Set[str]:
@@ -42,23 +53,42 @@ def thread_cpus(pid: int) -> Set[str]:
     return lists
 
 
-@needs_two_cpus
-def test_two_processes_pin_every_thread_each_to_its_own_cpu() -> None:
-    with _process() as first, _process() as second:
+def _assert_pinned_apart(namespace: str) -> None:
+    with _process(namespace) as first, _process(namespace) as second:
         cpus = thread_cpus(first.pid), thread_cpus(second.pid)
     assert all(len(c) == 1 and next(iter(c)).isdigit() for c in cpus), cpus
-    assert cpus[0] != cpus[1], f"both on {cpus[0]}: is another v2sync holding a CPU claim?"
+    assert cpus[0] != cpus[1], f"both on {cpus[0]}"
 
 
 @needs_two_cpus
-def test_all_leaves_scheduling_to_the_kernel() -> None:
+def test_two_processes_pin_every_thread_each_to_its_own_cpu(namespace: str) -> None:
+    _assert_pinned_apart(namespace)
+
+
+@needs_two_cpus
+def test_claims_outside_the_namespace_change_nothing(namespace: str) -> None:
+    """Every CPU held in another namespace, as a ``v2sync run`` on the host holds one."""
+    other = affinity.claim_prefix(f"{namespace}-other")
+    held = [affinity.claim_cpu([cpu], other) for cpu in os.sched_getaffinity(0)]
+    try:
+        assert all(claim is not None for claim in held)
+        _assert_pinned_apart(namespace)
+    finally:
+        for claim in held:
+            if claim is not None:
+                claim.close()
+
+
+@needs_two_cpus
+def test_all_leaves_scheduling_to_the_kernel(namespace: str) -> None:
     mine = thread_cpus(os.getpid())
-    with _process("all") as proc:
+    with _process(namespace, "all") as proc:
         assert thread_cpus(proc.pid) == mine
 
 
 def _run(tmp_path: Path, *args: str, **env: str) -> "subprocess.CompletedProcess[str]":
-    return run_cli("run", *args, cwd=tmp_path, **{"V2SYNC_CPU": "auto", **env})
+    return run_cli("run", *args, cwd=tmp_path, **{affinity.ENV_VAR: "auto",
+                                                  affinity.NAMESPACE_ENV_VAR: "", **env})
 
 
 def test_a_bad_cpu_value_is_a_usage_error(tmp_path: Path) -> None:

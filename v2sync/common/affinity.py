@@ -17,6 +17,11 @@ stays unpinned.
 
 ``V2SYNC_CPU`` (or ``v2sync run --cpu``): ``auto`` (the default, as above), ``all`` (leave
 scheduling to the kernel) or a CPU number (pin there, without a claim).
+
+``V2SYNC_CPU_NAMESPACE`` (default empty) names a separate set of claims: a process claims
+CPUs only against the processes of its own namespace. The test suite gives each test a
+namespace of its own, so a ``v2sync run`` elsewhere on the host (or another test run)
+cannot change which CPUs its processes get.
 """
 from __future__ import annotations
 
@@ -28,8 +33,12 @@ from typing import Iterable, Optional, Union
 log = logging.getLogger(__name__)
 
 ENV_VAR = "V2SYNC_CPU"
+NAMESPACE_ENV_VAR = "V2SYNC_CPU_NAMESPACE"
 AUTO, ALL = "auto", "all"
 CLAIM_PREFIX = "v2sync-cpu"
+# An abstract name shares sun_path's 108 bytes with the leading NUL, the prefix, the uid and
+# the CPU number; 64 bytes of namespace leaves them room.
+MAX_NAMESPACE_BYTES = 64
 
 Setting = Union[str, int]
 
@@ -61,6 +70,14 @@ class CpuClaim:
             self._sock = None
 
 
+def claim_prefix(namespace: str = "") -> str:
+    """The claim names' prefix for ``namespace`` ("" is the default, shared namespace)."""
+    if len(namespace.encode()) > MAX_NAMESPACE_BYTES or "\0" in namespace:
+        raise ValueError(f"${NAMESPACE_ENV_VAR}: {namespace[:80]!r} is not a CPU claim namespace "
+                         f"(expected at most {MAX_NAMESPACE_BYTES} bytes, no NUL)")
+    return f"{CLAIM_PREFIX}-{namespace}" if namespace else CLAIM_PREFIX
+
+
 def claim_cpu(cpus: Iterable[int], prefix: str = CLAIM_PREFIX) -> Optional[CpuClaim]:
     """Claim the highest-numbered CPU of ``cpus`` no other process holds; None if all are."""
     uid = os.getuid()
@@ -88,8 +105,11 @@ def pin_threads(cpu: int) -> None:
             pass  # the thread ended meanwhile
 
 
-def apply(setting: Setting) -> Optional[CpuClaim]:
-    """Carry out ``setting`` for this process; returns the claim to keep (or None)."""
+def apply(setting: Setting, namespace: Optional[str] = None) -> Optional[CpuClaim]:
+    """Carry out ``setting`` for this process; returns the claim to keep (or None).
+
+    ``namespace`` (default ``$V2SYNC_CPU_NAMESPACE``, else "") is where ``auto`` claims.
+    ValueError names a CPU this process may not use, or a bad namespace."""
     if setting == ALL or not supported():
         return None
     allowed = os.sched_getaffinity(0)
@@ -100,9 +120,12 @@ def apply(setting: Setting) -> Optional[CpuClaim]:
         pin_threads(setting)
         log.info("threads pinned to CPU %d", setting)
         return CpuClaim(setting)
+    if namespace is None:
+        namespace = os.environ.get(NAMESPACE_ENV_VAR, "")
+    prefix = claim_prefix(namespace)  # checked even where there is nothing to choose
     if len(allowed) < 2:
         return None  # one CPU: nothing to choose
-    claim = claim_cpu(allowed)
+    claim = claim_cpu(allowed, prefix)
     if claim is None:
         log.info("every CPU is claimed by another v2sync process; threads not pinned")
         return None
