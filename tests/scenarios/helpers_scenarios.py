@@ -105,20 +105,21 @@ def port_of(instance: Instance, tag: str) -> int:
     return handler.ports()[0]
 
 
-def _listener_count(instance: Instance) -> int:
-    return sum(len(handler.listeners) for handler in instance.inbounds.handlers)
+def _selector_count(instance: Instance) -> int:
+    """The one thread waiting in the handshake selector (it serves what it accepts)."""
+    return 1 if instance.inbounds.selector is not None else 0
 
 
 def busy_tasks(instance: Instance) -> List[str]:
-    """Names of the instance's running worker tasks (one waiting acceptor per listener
-    is normal: a worker that accepts a connection also serves it)."""
+    """Names of the instance's running worker tasks (one waiting in the handshake
+    selector is normal: a worker that completes a handshake also serves it)."""
     return [task.name for task in instance.workers.live()]
 
 
 def is_idle(instance: Instance) -> bool:
-    """No live connection, and no worker task beyond one acceptor per listener."""
+    """No live connection, and no worker task beyond the selector's waiting one."""
     return (instance.inbounds.live_count() == 0
-            and len(instance.workers.live()) <= _listener_count(instance))
+            and len(instance.workers.live()) <= _selector_count(instance))
 
 
 def wait_idle(instance: Instance, timeout: float = IDLE_TIMEOUT) -> None:

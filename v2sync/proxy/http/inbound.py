@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Tuple
+from functools import partial
+from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import (AuthenticationError, PipeClosed, PipeInterrupted,
                                   RemoteProtocolError, TransportError, V2SyncError)
@@ -24,7 +25,8 @@ from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.relay import relay_stream
 from v2sync.transport.copy import adaptive_reads
-from v2sync.transport.internet.conn import Connection, HandshakeReader, try_write
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader, complete,
+                                            try_write)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -48,22 +50,29 @@ class HttpInbound:
         self.ctx = ctx
         self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
 
-    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Optional[Callable[[], None]]]:
+        """The first request's head (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
-        reader = HandshakeReader(conn, 0.0, enc.MAX_HEAD)
-        while True:  # one iteration per request on a kept-alive connection
-            reader.deadline = time.monotonic() + self.policy.handshake
-            head = self._read_request(reader, conn)
-            if head is None:
-                return
-            if not self._serve_one(session, conn, dispatcher, reader, head):
-                return
+        reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, enc.MAX_HEAD)
+        if not (yield from _wait_readable_steps(reader)):
+            return None  # connected and closed without a request: nothing to answer
+        head = yield from self._read_request(reader, conn)
+        return partial(self._serve, session, conn, dispatcher, reader, head)
 
-    def _read_request(self, reader: HandshakeReader, conn: Connection) -> Optional[enc.RequestHead]:
-        if not reader.buf and not _wait_readable(reader):
-            return None  # the client closed a kept-alive connection between requests
+    def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               reader: HandshakeReader, head: enc.RequestHead) -> None:
+        while self._serve_one(session, conn, dispatcher, reader, head):
+            # The next request on a kept-alive connection; its thread waits for it.
+            reader.deadline = time.monotonic() + self.policy.handshake
+            if not reader.buf and not _wait_readable(reader):
+                return  # the client closed a kept-alive connection between requests
+            head = complete(self._read_request(reader, conn))
+
+    def _read_request(self, reader: HandshakeReader, conn: Connection
+                      ) -> Handshake[enc.RequestHead]:
         try:
-            head = reader.parse(enc.parse_request_head)
+            head = yield from reader.parse_steps(enc.parse_request_head)
             self._authenticate(head)
             return head
         except RemoteProtocolError as e:
@@ -200,8 +209,12 @@ class HttpInbound:
 
 def _wait_readable(reader: HandshakeReader) -> bool:
     """Block (within the deadline) for the next request's first bytes; False on clean EOF."""
+    return complete(_wait_readable_steps(reader))
+
+
+def _wait_readable_steps(reader: HandshakeReader) -> Handshake[bool]:
     try:
-        reader.fill()
+        yield from reader.fill_steps()
         return True
     except RemoteProtocolError:
         return False  # "connection closed during handshake" with nothing sent: a normal end

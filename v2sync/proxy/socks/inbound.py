@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
+from typing import Callable
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError
@@ -23,7 +25,7 @@ from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import relay_stream
 from v2sync.proxy.socks import encoding as enc
 from v2sync.proxy.socks.config import SocksServerConfig
-from v2sync.transport.internet.conn import Connection, HandshakeReader, try_write
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, try_write
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +47,31 @@ class SocksInbound:
         self._udp_lock = threading.Lock()
 
     # -- TCP -------------------------------------------------------------------------
-    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """The greeting, auth and request (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
         reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, MAX_HANDSHAKE_BYTES)
         try:
-            request = self._handshake(reader, conn)
+            request = yield from self._handshake(reader, conn)
         except RemoteProtocolError as e:
             if e.reply:
                 try_write(conn, e.reply)
             raise
         if request.command is enc.Command.UDP_ASSOCIATE:
-            self._hold_udp_association(conn)
-            return
-        self._relay(session, conn, dispatcher, request.destination, bytes(reader.buf))
+            return partial(self._hold_udp_association, conn)
+        return partial(self._relay, session, conn, dispatcher, request.destination,
+                       bytes(reader.buf))
 
     def _handshake(self, reader: HandshakeReader, conn: Connection):
-        version = reader.parse(lambda buf: (enc.peek_version(buf), 0) if buf else None)
+        version = yield from reader.parse_steps(
+            lambda buf: (enc.peek_version(buf), 0) if buf else None)
         if version == 4:
-            return self._handshake4(reader, conn)
-        return self._handshake5(reader, conn)
+            return (yield from self._handshake4(reader, conn))
+        return (yield from self._handshake5(reader, conn))
 
     def _handshake4(self, reader: HandshakeReader, conn: Connection):
-        request = reader.parse(enc.parse_socks4_request)
+        request = yield from reader.parse_steps(enc.parse_socks4_request)
         if self.settings.auth == "password":
             raise RemoteProtocolError("socks 4 is not allowed when auth is required",
                                       reply=enc.encode_socks4_reply(False))
@@ -77,15 +82,15 @@ class SocksInbound:
         return request
 
     def _handshake5(self, reader: HandshakeReader, conn: Connection):
-        greeting = reader.parse(enc.parse_greeting)
+        greeting = yield from reader.parse_steps(enc.parse_greeting)
         method = enc.METHOD_PASSWORD if self.settings.auth == "password" else enc.METHOD_NO_AUTH
         if not greeting.offers(method):
             raise RemoteProtocolError("no matching auth method",
                                       reply=enc.encode_method_selection(enc.METHOD_NO_ACCEPTABLE))
         conn.write(enc.encode_method_selection(method))
         if method == enc.METHOD_PASSWORD:
-            self._check_password(reader.parse(enc.parse_password_auth), conn)
-        request = reader.parse(enc.parse_request)
+            self._check_password((yield from reader.parse_steps(enc.parse_password_auth)), conn)
+        request = yield from reader.parse_steps(enc.parse_request)
         return self._answer_request(request, conn)
 
     def _check_password(self, auth: enc.PasswordAuth, conn: Connection) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import List
+from functools import partial
+from typing import Callable, List
 
-from v2sync.common.errors import RemoteProtocolError, TransportError
+from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -24,7 +25,7 @@ from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
 from v2sync.transport.copy import adaptive_reads, write_or_stop
-from v2sync.transport.internet.conn import Connection, HandshakeReader
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, is_parked
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
 
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # An honest header is under 400 bytes; past this a connection is not worth reading further.
 MAX_HEADER_BYTES = 4096
-DRAIN_READ_SIZE = 4096
+# 4.34 reads into 2 KiB buffers (buf.Size); whatever has arrived is taken whole.
+DRAIN_READ_SIZE = 64 * 1024
 
 
 @INBOUNDS.register("vmess")
@@ -48,22 +50,29 @@ class VMessInbound:
         self.sessions = SessionHistory()
         self.handshake_policy = ctx.policy.for_level(0)  # inbound.go: policy for level 0
 
-    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """Decode the request header (parked in the selector); returns the rest."""
         deadline = time.monotonic() + self.handshake_policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
         decoder = RequestHeaderDecoder(self.users, self.sessions,
                                        allow_insecure=not self.settings.disable_insecure_encryption)
         try:
-            server = reader.parse(decoder.decode)
+            server = yield from reader.parse_steps(decoder.decode)
         except DrainRequired as e:
-            _drain(conn, deadline, e.drain_size - len(reader.buf))
+            yield from drain(conn, deadline, e.drain_size - len(reader.buf))
             raise
         if server.header.command == Command.MUX:
             raise RemoteProtocolError("vmess: Mux.Cool (command 3) is not supported by v2sync")
         session.user_email = server.user.email
         session.user_level = server.user.level
+        return partial(self._serve, session, conn, dispatcher, server,
+                       reader.consume(len(reader.buf)))
+
+    def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               server: ServerSession, early: bytes) -> None:
         link = dispatcher.dispatch(session, server.header.destination())
-        self._relay(session, conn, link, server, reader.consume(len(reader.buf)))
+        self._relay(session, conn, link, server, early)
 
     def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
                early: bytes) -> None:
@@ -124,17 +133,36 @@ def deliver(pipe: Pipe, chunks: List[bytes], packet: bool) -> bool:
     return not chunks or write_or_stop(pipe, b"".join(chunks))
 
 
-def _drain(conn: Connection, deadline: float, remaining: int) -> None:
-    """Read (and drop) ``remaining`` more bytes before closing, within the handshake deadline."""
+def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
+    """Read and drop at least ``remaining`` more bytes, within the handshake deadline.
+
+    As 4.34 (``ServerSession.DrainConnN`` over a ``BufferedReader``): every byte that has
+    arrived is read, in whole reads, until the count is met, so the close that follows
+    leaves nothing unread and the kernel sends a FIN, not a reset. A prober cannot tell
+    the two apart by how much is drained or how the connection ends.
+    """
     while remaining > 0:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        conn.settimeout(left)
         try:
-            data = conn.read(min(DRAIN_READ_SIZE, remaining))
-        except TransportError:
-            return
+            data = _read_before(conn, deadline)
+        except BlockingIOError:
+            data = None
+        except (OSError, HandshakeTimeout):
+            return  # a reset, or the deadline: 4.34's read deadline ends it the same way
+        if data is None:
+            try:
+                yield deadline  # parked: resumed when bytes arrive, cut at the deadline
+            except HandshakeTimeout:
+                return
+            continue
         if not data:
             return
         remaining -= len(data)
+
+
+def _read_before(conn: Connection, deadline: float) -> bytes:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HandshakeTimeout("drain deadline")
+    if not is_parked(conn.sock):
+        conn.settimeout(left)
+    return conn.recv(DRAIN_READ_SIZE)

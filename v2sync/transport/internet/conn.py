@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
@@ -23,6 +23,10 @@ from v2sync.common.net import Address, Destination
 RELAY_READ_SIZE = 1024 * 1024
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 MAX_GATHER_PARTS = 1024
+T = TypeVar("T")
+# Handshake steps: a generator that yields the deadline it waits for (while parked in the
+# selector) and returns its result.
+Handshake = Generator[float, None, T]
 # Handshake reads: greetings are small, and a slow client parks in recv() with this buffer.
 HANDSHAKE_READ_SIZE = 4 * 1024
 
@@ -153,11 +157,31 @@ def try_write(conn: Connection, data: bytes) -> None:
         pass
 
 
+def is_parked(sock: socket.socket) -> bool:
+    """A non-blocking socket: its connection waits in the handshake selector, not in a
+    thread. Reads there raise ``BlockingIOError`` instead of waiting, and a handshake
+    step ``yield``s its deadline to be resumed when bytes arrive (``handshakes.py``)."""
+    return sock.gettimeout() == 0.0
+
+
+def complete(steps: Generator[float, None, T]) -> T:
+    """Run handshake ``steps`` on a blocking socket, where they never have to wait:
+    each read blocks (within its deadline) instead of yielding."""
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise TransportError("a blocking handshake was asked to wait")
+
+
 class HandshakeReader:
     """Accumulates handshake bytes under one absolute deadline and a byte cap.
 
     ``fill()`` reads once more into ``buf``; codecs parse ``buf`` and the caller ``consume``s
-    what a frame used. A peer that trickles bytes cannot stretch the deadline.
+    what a frame used. A peer that trickles bytes cannot stretch the deadline. The
+    ``*_steps`` forms are generators that yield the deadline whenever a parked (non-blocking)
+    connection has no bytes yet; on a blocking socket they never yield (``complete``).
     """
 
     def __init__(self, conn: Connection, deadline: float, max_bytes: int):
@@ -172,31 +196,46 @@ class HandshakeReader:
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out")
         if len(self.buf) >= self.max_bytes:
             raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
-        self.conn.settimeout(remaining)
+        if not is_parked(self.conn.sock):
+            self.conn.settimeout(remaining)
         try:
             data = self.conn.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
         except socket.timeout as e:
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
+        except BlockingIOError:
+            raise  # parked: the caller waits in the selector
         except OSError as e:
             raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
         if not data:
             raise RemoteProtocolError("connection closed during handshake")
         self.buf += data
 
+    def fill_steps(self) -> Generator[float, None, None]:
+        """``fill``, waiting in the selector (one yield per wait) while parked."""
+        while True:
+            try:
+                return self.fill()
+            except BlockingIOError:
+                yield self.deadline
+
     def consume(self, n: int) -> bytes:
         out = bytes(self.buf[:n])
         del self.buf[:n]
         return out
 
-    def parse(self, parser):
+    def parse(self, parser: Callable[[bytes], Optional[Tuple[T, int]]]) -> T:
         """Run ``parser(buf) -> None | (frame, used)`` until it yields a frame; consume it."""
+        return complete(self.parse_steps(parser))
+
+    def parse_steps(self, parser: Callable[[bytes], Optional[Tuple[T, int]]]
+                    ) -> Generator[float, None, T]:
         while True:
             result = parser(bytes(self.buf))
             if result is not None:
                 frame, used = result
                 del self.buf[:used]
                 return frame
-            self.fill()
+            yield from self.fill_steps()
 
 
 class FinishOnFirstUse:

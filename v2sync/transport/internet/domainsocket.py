@@ -19,7 +19,7 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import DsSettings, StreamSettings
-from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.conn import Connection, Handshake
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import LISTEN_BACKLOG
 from v2sync.transport.internet.tls import ClientTls, ServerTls
@@ -117,9 +117,11 @@ class DomainSocketTransport(Transport):
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
         return bind_unix(settings.ds)
 
-    def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
-               deadline: float) -> Connection:
-        return tls.wrap(conn, deadline) if tls is not None else conn
+    def accept_steps(self, conn: Connection, settings: StreamSettings,
+                     tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
+        if tls is not None:
+            conn = yield from tls.wrap_steps(conn, deadline)
+        return conn
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
              tls: Optional[ClientTls], timeout: float, source: Optional[Address]) -> Connection:

@@ -16,7 +16,7 @@ from v2sync.common.errors import ConfigError, TransportError, join_path
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
-from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.conn import Connection, Handshake, complete
 from v2sync.transport.internet.tls import DEFAULT_ALPN, ClientTls, ServerTls
 
 DEFAULT_STREAM = StreamSettings()
@@ -38,9 +38,15 @@ class Transport(abc.ABC):
         """A bound, listening socket for ``address:port`` and what to do once it closes."""
 
     @abc.abstractmethod
+    def accept_steps(self, conn: Connection, settings: StreamSettings,
+                     tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
+        """The connection after this transport's server handshake (TLS, header, ...), as
+        handshake steps: while parked in the selector they yield the deadline to wait for."""
+
     def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
                deadline: float) -> Connection:
-        """The connection after this transport's server handshake (TLS, header, ...)."""
+        """``accept_steps`` on a blocking connection."""
+        return complete(self.accept_steps(conn, settings, tls, deadline))
 
     @abc.abstractmethod
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
@@ -75,8 +81,11 @@ class StreamServer:
         return self.transport.listen(address, port, self.settings)
 
     def accept(self, conn: Connection) -> Connection:
+        return complete(self.accept_steps(conn))
+
+    def accept_steps(self, conn: Connection) -> Handshake[Connection]:
         deadline = self.transport.accept_deadline(self.handshake_timeout)
-        return self.transport.accept(conn, self.settings, self.tls, deadline)
+        return self.transport.accept_steps(conn, self.settings, self.tls, deadline)
 
 
 class StreamClient:

@@ -1,24 +1,20 @@
 """TCP listening and dialing (v2ray ``transport/internet/tcp``).
 
-``TcpListener`` is shaped like CPython's ``socketserver.ThreadingTCPServer``: a thread per
-connection, every thread tracked so shutdown can join it, accept() polled with a timeout so
-``close()`` is noticed within ``POLL_INTERVAL``.
+A bound listening socket goes to the Instance's ``HandshakeSelector`` (``handshakes.py``),
+which accepts on it and parks each connection until its handshake is complete.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import socket
-import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
-from v2sync.common.task import ThreadGroup
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import SockoptSettings, StreamSettings
-from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.conn import Connection, Handshake
 from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound
@@ -26,13 +22,7 @@ from v2sync.transport.internet.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.25
 LISTEN_BACKLOG = 1024
-# Thread-per-connection means a connection flood is a thread flood; past this many live
-# connections per listener new ones are closed at once (1,000 held connections fit under it).
-MAX_CONNECTIONS_PER_LISTENER = 4096
-# EMFILE/ENFILE on accept: back off instead of spinning on a listener we cannot serve.
-ACCEPT_BACKOFF = 0.1
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -65,102 +55,6 @@ def bind_tcp(address: Address, port: int, opt: SockoptSettings = NO_SOCKOPT) -> 
         sock.close()
         raise
     return sock
-
-
-class StreamListener:
-    """Accepts on one listening socket (TCP or unix); the worker that accepts a connection
-    also serves it.
-
-    Leader/follower, as the design card puts it ("workers accept"): one worker at a time
-    waits in accept(); when a connection arrives it hands the waiting role to a pooled
-    thread and serves the connection itself, so no thread hand-over sits between a
-    client's connect and its first byte being read.
-    """
-
-    def __init__(self, sock: socket.socket, handle: Callable[[Connection], None],
-                 workers: ThreadGroup, name: str, on_close: Callable[[], None] = lambda: None):
-        self.name = name
-        self._handle = handle
-        self._workers = workers
-        self._sock = sock
-        self._on_close = on_close  # e.g. unlink a unix socket file
-        self._unix = sock.family == getattr(socket, "AF_UNIX", None)
-        self._sock.settimeout(POLL_INTERVAL)  # accept() wakes up to notice close()
-        self.port = 0 if self._unix else self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._live = threading.BoundedSemaphore(MAX_CONNECTIONS_PER_LISTENER)
-
-    def start(self, group: Optional[ThreadGroup] = None) -> None:
-        self._spawn_leader()
-
-    def _spawn_leader(self) -> bool:
-        try:
-            self._workers.spawn(f"accept-{self.name}:{self.port}", self._lead)
-            return True
-        except RuntimeError:
-            log.error("%s: cannot start a thread", self.name)
-            return False
-
-    def _lead(self) -> None:
-        """Wait for one connection, pass the leadership on, then serve the connection."""
-        sock = None
-        while sock is None and not self._stop.is_set():
-            sock = self._accept_one()
-        if sock is None:
-            self._close_socket()
-            return
-        if not self._spawn_leader():
-            sock.close()  # keep leading rather than leave the port without an acceptor
-            self._live.release()
-            self._lead()
-            return
-        self._work(sock)
-
-    def _accept_one(self) -> Optional[socket.socket]:
-        try:
-            sock, addr = self._sock.accept()
-        except socket.timeout:
-            return None
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("%s: accept failed (%s); backing off", self.name, e.strerror)
-                time.sleep(ACCEPT_BACKOFF)
-            elif not self._stop.is_set():
-                log.error("%s: accept failed: %s", self.name, e)
-                time.sleep(ACCEPT_BACKOFF)
-            return None
-        if not self._live.acquire(blocking=False):
-            log.warning("%s: too many connections; dropping %s", self.name, addr[0])
-            sock.close()
-            return None
-        sock.setblocking(True)
-        set_nodelay(sock)
-        return sock
-
-    def _work(self, sock: socket.socket) -> None:
-        try:
-            conn = Connection(sock, UNIX_PEER if self._unix else None)
-        except OSError:  # peer already gone (getpeername fails)
-            sock.close()
-            self._live.release()
-            return
-        try:
-            self._handle(conn)
-        finally:
-            conn.close()
-            self._live.release()
-
-    def _close_socket(self) -> None:
-        self._sock.close()
-        self._on_close()
-
-    def close_unstarted(self) -> None:
-        self._stop.set()
-        self._close_socket()
-
-    def close(self) -> None:
-        """Stop accepting; the waiting worker closes the listening socket on its way out."""
-        self._stop.set()
 
 
 # A unix-socket peer has no address; v2ray names it by the (empty) socket name.
@@ -197,12 +91,12 @@ class TcpTransport(Transport):
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
         return listen_tcp(address, port, settings)
 
-    def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
-               deadline: float) -> Connection:
+    def accept_steps(self, conn: Connection, settings: StreamSettings,
+                     tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
         if tls is not None:
-            conn = tls.wrap(conn, deadline)
+            conn = yield from tls.wrap_steps(conn, deadline)
         if settings.tcp_header is not None:
-            conn = accept_http_header(conn, settings.tcp_header, deadline)
+            conn = yield from accept_http_header(conn, settings.tcp_header, deadline)
         return conn
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,

@@ -13,18 +13,20 @@ engine.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
-from v2sync.transport.internet.conn import Connection, FinishOnFirstUse, WrappedConnection
+from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
+                                            complete, is_parked)
 from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
@@ -125,7 +127,14 @@ class ServerTls:
             obj.context = context
 
     def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
-        return TlsConnection(conn, MemoryTls(self.context)).handshake(deadline)
+        return complete(self.wrap_steps(conn, deadline))
+
+    def wrap_steps(self, conn: Connection, deadline: float
+                   ) -> Generator[float, None, "TlsConnection"]:
+        """``wrap`` as handshake steps: a parked connection waits in the selector."""
+        tls = TlsConnection(conn, MemoryTls(self.context))
+        yield from tls.handshake_steps(deadline)
+        return tls
 
 
 class TlsConnection(WrappedConnection):
@@ -157,19 +166,23 @@ class TlsConnection(WrappedConnection):
         self.finish_handshake()
         return self._obj.selected_alpn_protocol()
 
-    def handshake(self, deadline: float) -> "TlsConnection":
+    def handshake_steps(self, deadline: float) -> Generator[float, None, None]:
         """Server: complete the handshake before ``deadline`` (monotonic) or raise. It
         reads first: before the ClientHello, OpenSSL could only ask for bytes."""
-        self._guarded(self._fill, deadline)
-        self._guarded(self._complete, deadline, True)
-        return self
+        with self._translated():
+            yield from self._fill_steps(deadline)
+            yield from self._complete_steps(deadline, True)
 
     def start(self, deadline: float) -> "TlsConnection":
         """Send the ClientHello; the handshake finishes, before ``deadline``, on first use."""
-        self._guarded(self._hello)
-        self._rest = FinishOnFirstUse(
-            self.sock, lambda flush: self._guarded(self._complete, deadline, flush))
+        with self._translated():
+            self._hello()
+        self._rest = FinishOnFirstUse(self.sock, lambda flush: self._finish(deadline, flush))
         return self
+
+    def _finish(self, deadline: float, flush: bool) -> None:
+        with self._translated():
+            complete(self._complete_steps(deadline, flush))
 
     def finish_handshake(self) -> None:
         """Finish a started handshake now instead of on first use (no-op once done)."""
@@ -186,7 +199,7 @@ class TlsConnection(WrappedConnection):
         if hook is not None:
             hook()
 
-    def _complete(self, deadline: float, flush: bool) -> None:
+    def _complete_steps(self, deadline: float, flush: bool) -> Generator[float, None, None]:
         while True:
             try:
                 with self._state:
@@ -194,16 +207,18 @@ class TlsConnection(WrappedConnection):
                 break
             except ssl.SSLWantReadError:
                 self._flush(True)
-                self._fill(deadline)
+                yield from self._fill_steps(deadline)
         if flush:
             self._flush(True)
         self._handshaken = True
 
-    def _guarded(self, step, *args) -> None:
-        """Run a handshake step, turning what can go wrong into a TransportError."""
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Around a handshake step: what can go wrong becomes a TransportError. (A wait in
+        the selector passes through: the step yields inside this block.)"""
         peer = self.remote
         try:
-            step(*args)
+            yield
         except socket.timeout as e:
             raise HandshakeTimeout(f"tls handshake with {peer} timed out") from e
         except ssl.SSLError as e:
@@ -212,11 +227,19 @@ class TlsConnection(WrappedConnection):
         except OSError as e:
             raise TransportError(f"tls handshake with {peer} failed: {e}") from e
 
+    def _fill_steps(self, deadline: float) -> Generator[float, None, None]:
+        while True:
+            try:
+                return self._fill(deadline)
+            except BlockingIOError:
+                yield deadline  # parked: wait in the selector for the peer's next flight
+
     def _fill(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise socket.timeout("handshake deadline")
-        self.sock.settimeout(remaining)
+        if not is_parked(self.sock):
+            self.sock.settimeout(remaining)
         data = self.sock.recv(RECORD_READ)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 
 from v2sync.common.errors import ProtocolError
-from v2sync.transport.internet.conn import (Connection, HandshakeReader, WrappedConnection,
-                                            try_write)
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
+                                            WrappedConnection, try_write)
 from v2sync.transport.internet.headers.http import (HEAD_LIMIT, HttpHeaderConfig, dated,
                                                     parse_request_head, parse_response_head,
                                                     request_bytes, response_bytes)
@@ -57,12 +57,12 @@ class HeaderClientConnection(_FirstWriteHead):
 
 
 def accept_http_header(conn: Connection, config: HttpHeaderConfig,
-                       deadline: float) -> Connection:
+                       deadline: float) -> Handshake[Connection]:
     """Read and check the request head; a wrong path gets 4.34's 404, garbage its 400."""
     # HEAD_LIMIT: the codec itself answers 400 at 4.34's real limit (10,224 bytes).
     reader = HandshakeReader(conn, deadline, HEAD_LIMIT + 1)
     try:
-        reader.parse(lambda buf: parse_request_head(buf, config))
+        yield from reader.parse_steps(lambda buf: parse_request_head(buf, config))
     except ProtocolError as e:
         if e.reply:
             try_write(conn, dated(e.reply))  # 4.34's error replies carry a Date

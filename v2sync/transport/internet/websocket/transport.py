@@ -16,8 +16,8 @@ from v2sync.common.errors import ProtocolError
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
-from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, HandshakeReader,
-                                            WrappedConnection, try_write)
+from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, Handshake,
+                                            HandshakeReader, WrappedConnection, try_write)
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
@@ -137,10 +137,11 @@ class WsConnection(WrappedConnection):
         super()._release()
 
 
-def ws_accept(conn: Connection, settings: StreamSettings, deadline: float) -> WsConnection:
+def ws_accept(conn: Connection, settings: StreamSettings,
+              deadline: float) -> Handshake[WsConnection]:
     reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
     try:
-        request = reader.parse(parse_request)
+        request = yield from reader.parse_steps(parse_request)
         conn.write(check_upgrade(request, settings.ws.path))
     except ProtocolError as e:
         if e.reply:
@@ -178,11 +179,11 @@ class WebSocketTransport(Transport):
     def accept_deadline(self, handshake_timeout: float) -> float:
         return time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
 
-    def accept(self, conn: Connection, settings: StreamSettings, tls: Optional[ServerTls],
-               deadline: float) -> Connection:
+    def accept_steps(self, conn: Connection, settings: StreamSettings,
+                     tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
         if tls is not None:
-            conn = tls.wrap(conn, deadline)
-        return ws_accept(conn, settings, deadline)
+            conn = yield from tls.wrap_steps(conn, deadline)
+        return (yield from ws_accept(conn, settings, deadline))
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
              tls: Optional[ClientTls], timeout: float, source: Optional[Address]) -> Connection:
