@@ -27,9 +27,9 @@ def test_empty_write_is_not_eof():
         pipe.read(0.05)
 
 
-def test_writer_blocks_at_limit_until_reader_drains():
+def test_writer_blocks_past_limit_until_reader_drains():
     pipe = Pipe(4)
-    pipe.write(b"abcd")
+    pipe.write(b"abcde")  # more than the limit: full (v2ray's isFull is curSize > limit)
     done = threading.Event()
 
     def writer():
@@ -39,7 +39,7 @@ def test_writer_blocks_at_limit_until_reader_drains():
     t = threading.Thread(target=writer)
     t.start()
     assert not done.wait(0.2), "writer should block while the pipe is full"
-    assert pipe.read(1) == b"abcd"
+    assert pipe.read(1) == b"abcde"
     assert done.wait(2)
     t.join(2)
     assert pipe.read(1) == b"efgh"
@@ -92,10 +92,10 @@ def test_write_after_close_is_refused():
 
 def test_try_write_drops_instead_of_blocking():
     pipe = Pipe(4)
-    assert pipe.try_write(b"abcd")
-    assert not pipe.try_write(b"e")
-    assert pipe.read(1) == b"abcd"
-    assert pipe.try_write(b"e")
+    assert pipe.try_write(b"abcde")
+    assert not pipe.try_write(b"f")
+    assert pipe.read(1) == b"abcde"
+    assert pipe.try_write(b"f")
 
 
 def test_read_timeout_is_bounded():

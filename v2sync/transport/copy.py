@@ -3,10 +3,25 @@
 During the relay, sockets block without a timeout: the connection's ``ActivityTimer`` is the
 bound. When it expires it aborts the connection and interrupts the link, which unblocks
 every loop below at once; a per-read socket timeout would cost a poll() per read for nothing.
+
+What a direction holds while its consumer is stalled (a client that stops reading), per
+direction of a connection, beside the kernel's socket buffers:
+
+- the pipe: at most its limit (the policy's ``bufferSize``) plus one read, because a read
+  waits for the pipe to accept and takes no more than the pipe's room, or PIPE_READ_FLOOR
+  when less is left (``adaptive_reads`` with a pipe);
+- the writer's chunk, stuck in ``sendall``: at most what one read took, so at most the
+  larger of the limit and PIPE_READ_FLOOR;
+- nothing at the reader: it waits for room before it reads, holding no chunk.
+
+So at the default 512 KiB limit a stalled download holds at most ~1.06 MiB, as v2ray 4.34
+does (its pipe's limit plus one 64 KiB readv, and the writer's MultiBuffer of the pipe's
+whole content). Loops drop each chunk once it is handed on, so an idle connection does not
+keep its last chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
@@ -25,6 +40,11 @@ from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 # connection unchanged (89.9 KiB), since a small first read drops the size back at once.
 MIN_READ_SIZE = 512
 FIRST_READ_SIZE = 4096
+# The least a read into a pipe asks for once the pipe accepts a write, however little room is
+# left: one v2ray read (readv fills up to 32 buffers of buf.Size, 2 KiB:
+# common/buf/readv_reader.go), which may overshoot the limit as v2ray's write does. A pipe of
+# bufferSize 0 still moves data in 64 KiB hand-overs rather than one byte at a time.
+PIPE_READ_FLOOR = 64 * 1024
 
 
 class ReadSizer:
@@ -33,24 +53,48 @@ class ReadSizer:
     def __init__(self) -> None:
         self.size = FIRST_READ_SIZE
 
-    def next_size(self, got: int) -> int:
+    def next_size(self, got: int, asked: Optional[int] = None) -> int:
+        """The size after a read that asked for ``asked`` (default: the current size) and got
+        ``got`` bytes. A read cut short by a pipe's room that came back full says nothing
+        about the size, so it keeps it; one under a quarter of its ask shrinks it."""
+        asked = self.size if asked is None else asked
         if got >= self.size:
             self.size = min(self.size * 4, RELAY_READ_SIZE)
-        elif got < self.size // 4:
+        elif got < min(asked, self.size) // 4:
             self.size = max(self.size // 4, MIN_READ_SIZE)
         return self.size
 
 
-def adaptive_reads(conn: Connection) -> Iterator[bytes]:
-    """Read ``conn`` until EOF, each read sized by a fresh ``ReadSizer``."""
+def read_budget(size: int, room: int) -> int:
+    """How much to read for a pipe that may still take ``room`` bytes."""
+    return min(size, max(room, PIPE_READ_FLOOR))
+
+
+def adaptive_reads(conn: Connection, pipe: Optional[Pipe] = None) -> Iterator[bytes]:
+    """Read ``conn`` until EOF, each read sized by a fresh ``ReadSizer``.
+
+    With ``pipe``, where the caller writes what it reads (decoded or not), each read first
+    waits until the pipe accepts a write and asks for no more than its room (``read_budget``):
+    a stalled consumer stops the reads, and the bytes wait in the socket's buffer instead of
+    a chunk held here. The reads also end quietly once the pipe takes no more writes (its
+    reader is gone, or the link was interrupted); the caller's next write or close says which.
+    Write each chunk before asking for the next.
+    """
     sizer = ReadSizer()
-    size = sizer.size
     while True:
+        size = sizer.size
+        if pipe is not None:
+            try:
+                size = read_budget(size, pipe.wait_room())
+            except (PipeInterrupted, PipeClosed):
+                return
         data = conn.read(size)
         if not data:
             return
+        got = len(data)
         yield data
-        size = sizer.next_size(len(data))
+        del data  # handed on: not kept alive while the next read waits
+        sizer.next_size(got, size)
 
 
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
@@ -62,11 +106,13 @@ def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int
     A real failure interrupts both pipes and surfaces there.
     """
     total = 0
-    for data in adaptive_reads(conn):
+    for data in adaptive_reads(conn, pipe):
         timer.update()
+        size = len(data)
         if not write_or_stop(pipe, data):
             break
-        total += len(data)
+        del data  # the pipe holds it now; this loop must not while the next read waits
+        total += size
     return total
 
 
@@ -89,6 +135,7 @@ def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int
         timer.update()
         conn.write(chunk)
         total += len(chunk)
+        del chunk  # sent: not kept alive while the next read waits
 
 
 def flush_ready(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> None:

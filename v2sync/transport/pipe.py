@@ -1,7 +1,13 @@
 """A bounded byte pipe with V2Ray's semantics (v2ray ``transport/pipe/impl.go``).
 
-- ``write(data)`` blocks while the pipe holds ``limit`` bytes or more (one chunk may overshoot,
-  as in v2ray, so a single large write never deadlocks against a small limit).
+- ``write(data)`` blocks while the pipe holds more than ``limit`` bytes (v2ray's
+  ``pipeOption.isFull``: ``curSize > limit``). A write that is let in is taken whole, so one
+  chunk may overshoot and a large write never deadlocks against a small limit; ``limit`` 0
+  hands over one chunk at a time and a negative ``limit`` never blocks (``WithoutSizeLimit``).
+- ``wait_room(timeout)`` blocks as ``write`` would and returns how many bytes the pipe may
+  still take without passing its limit. A relay sizes its next socket read by it
+  (``transport.copy.adaptive_reads``), so bytes wait in the kernel rather than in a chunk a
+  blocked writer holds on to.
 - ``close()`` is a graceful EOF: the reader drains what is queued, then gets ``EOF``.
 - ``interrupt()`` aborts: the reader and any blocked writer raise ``PipeInterrupted`` at once,
   and queued data is dropped.
@@ -15,6 +21,7 @@ under that mutex and wake everyone.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -41,7 +48,10 @@ class _EOFType:
 EOF = _EOFType()
 Chunk = Union[bytes, _EOFType]
 
-DEFAULT_LIMIT = 512 * 1024
+DEFAULT_LIMIT = 512 * 1024  # features/policy/policy.go: defaultBufferSize on amd64
+UNLIMITED = -1
+# What ``wait_room`` answers for a pipe without a limit.
+UNLIMITED_ROOM = sys.maxsize
 
 
 class ReadTimeout(TransportError):
@@ -96,11 +106,10 @@ class Pipe:
     """One direction of a link. Thread-safe for one writer and one reader at a time."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT, name: str = "pipe"):
-        # limit <= 0 means "unbounded" in v2ray's policy; we still need some bound, and one
-        # chunk in flight is what bufferSize 0 means there (a synchronous hand-over).
-        self.limit = max(limit, 1)
+        # The policy's bufferSize in bytes, as v2ray's pipe takes it (pipe.OptionsFromContext).
+        self.limit = limit if limit >= 0 else UNLIMITED
         self.name = name
-        self._q = _ByteQueue(self.limit)
+        self._q = _ByteQueue(0)  # queue.Queue's own put() is never used: no item limit
         self._closed = False
         self._interrupted = False
 
@@ -110,25 +119,25 @@ class Pipe:
         if not data:
             return
         q = self._q
-        deadline = None if timeout is None else time.monotonic() + timeout
         with q.not_full:
-            while True:
-                self._check_writable()
-                if q.nbytes < self.limit:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ReadTimeout(f"{self.name}: write timed out")
-                q.not_full.wait(remaining)
+            self._wait_writable(timeout)
             q._put(bytes(data))
             q.wake()
+
+    def wait_room(self, timeout: Optional[float] = None) -> int:
+        """Block until a write would be let in; return how many bytes fit under the limit
+        (0 when the pipe holds exactly ``limit``, ``UNLIMITED_ROOM`` without a limit).
+        Raises as ``write`` does."""
+        with self._q.not_full:
+            self._wait_writable(timeout)
+            return UNLIMITED_ROOM if self.limit < 0 else self.limit - self._q.nbytes
 
     def try_write(self, data: bytes) -> bool:
         """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
         q = self._q
         with q.not_full:
             self._check_writable()
-            if q.nbytes >= self.limit:
+            if self._is_full():
                 return False
             q._put(bytes(data))
             q.wake()
@@ -159,6 +168,21 @@ class Pipe:
             self._q.queue.clear()
             self._q.nbytes = 0
             self._q.not_empty.notify_all()  # not_full is the same Condition
+
+    def _is_full(self) -> bool:
+        return 0 <= self.limit < self._q.nbytes
+
+    def _wait_writable(self, timeout: Optional[float]) -> None:
+        """Wait, with the mutex held, until a write may go in; raise if it never may."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_writable()
+            if not self._is_full():
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ReadTimeout(f"{self.name}: write timed out")
+            self._q.not_full.wait(remaining)
 
     def _check_writable(self) -> None:
         if self._interrupted:
