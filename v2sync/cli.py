@@ -6,10 +6,15 @@
 
 V2Ray habits work too: ``-config``/``-confdir`` are aliases, and ``v2sync -config x.json``
 or ``v2sync -test -c x.json`` behave like ``v2ray``. This is the only module importing rich.
+
+No input ends in a traceback: config problems are ConfigErrors, printed (the first
+``MAX_SHOWN``, then a count) with exit 23. A closed stdout (``v2sync test | head``) silences
+further output and keeps the exit code; text the terminal cannot encode is escaped.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import platform
@@ -63,12 +68,87 @@ def _v2ray_style(argv: List[str]) -> List[str]:
     return argv
 
 
-def _console_handler(kind: str) -> logging.Handler:
-    if sys.stdout.isatty():
-        from rich.logging import RichHandler
+# --------------------------------------------------------------------------- output
 
-        return RichHandler(show_path=False, markup=False, log_time_format="%Y/%m/%d %H:%M:%S")
-    return logging.StreamHandler(sys.stdout)
+def _silence_stdout() -> None:
+    """Stdout's reader is gone: send the rest of the output, and the flush at exit, to
+    /dev/null, so no BrokenPipeError escapes and the exit code stays the command's (the
+    Python docs' "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        sys.stdout = open(os.devnull, "w")  # no descriptor to redirect (an in-memory stream)
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except (OSError, ValueError):
+        pass  # stdout closed or gone some other way: nothing is left to say
+
+
+def _escape_unencodable() -> None:
+    # A config may hold text the terminal cannot encode (U+FFFD on an ASCII locale): escape it.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
+class _QuietOnClosedStdout:
+    """Mixed into a logging handler that writes to stdout: a closed stdout silences it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            _silence_stdout()
+            return
+        super().handleError(record)  # type: ignore[misc]
+
+
+class _StdoutHandler(_QuietOnClosedStdout, logging.StreamHandler):
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+
+def rich_handler(kind: str, console=None) -> logging.Handler:
+    """Rich's handler shows the time (and, for the error log, the level) in its own columns,
+    so its formatter adds only the message: one time and one level per line."""
+    from rich.logging import RichHandler
+
+    from v2sync.app.log.setup import DATE_FORMAT, MESSAGE_FORMAT, V2RayFormatter
+
+    class _QuietRichHandler(_QuietOnClosedStdout, RichHandler):
+        pass
+
+    handler = _QuietRichHandler(console=console, show_path=False, show_level=kind == "error",
+                                markup=False, log_time_format=DATE_FORMAT)
+    handler.setFormatter(V2RayFormatter(MESSAGE_FORMAT))
+    return handler
+
+
+def _console_handler(kind: str) -> logging.Handler:
+    """Rich on a terminal; else a plain handler, which app.log gives the v2ray format."""
+    if sys.stdout.isatty():
+        return rich_handler(kind)
+    return _StdoutHandler()
+
+
+def _log_load_warnings() -> None:
+    """Warnings found while loading (unknown keys, ...) go to stdout, v2ray-like."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s",
+                        handlers=[_StdoutHandler()])
 
 
 def _load(args):
@@ -80,23 +160,38 @@ def _load(args):
 
 
 def _print_config_errors(err) -> int:
-    print("v2sync: failed to load config:")
+    from v2sync.infra.conf.validate import capped
+
+    _say("v2sync: failed to load config:")
     errors = getattr(err, "errors", None) or [err]
-    for e in errors:
-        print("  " + e.render())
+    for line in capped([e.render() for e in errors]):
+        _say("  " + line)
     return EXIT_CONFIG_ERROR
 
 
-def cmd_test(args) -> int:
+def _load_instance(args):
+    """The config and its Instance (built, not started), or the exit code after printing
+    why not. Building checks everything ``v2ray -test`` checks."""
     from v2sync.common.errors import ConfigError
     from v2sync.core import Instance
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stdout)
     try:
-        Instance(_load(args))  # building (not starting) checks everything v2ray -test checks
+        config = _load(args)
+        return config, Instance(config)
     except ConfigError as e:
         return _print_config_errors(e)
-    print("Configuration OK.")
+    except Exception as e:  # a bug, not the config's fault: one line, not a traceback
+        log.debug("loading the config failed", exc_info=True)
+        _say(f"v2sync: failed to load config: internal error: {type(e).__name__}: {e}"[:2000])
+        return EXIT_CONFIG_ERROR
+
+
+def cmd_test(args) -> int:
+    _log_load_warnings()
+    loaded = _load_instance(args)
+    if isinstance(loaded, int):
+        return loaded
+    _say("Configuration OK.")
     return 0
 
 
@@ -117,25 +212,22 @@ def _cpu_setting(args):
 def cmd_run(args) -> int:
     from v2sync.app.log.setup import configure
     from v2sync.common import affinity
-    from v2sync.common.errors import ConfigError
-    from v2sync.core import Instance
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stdout)
+    _log_load_warnings()
     try:
         cpu = _cpu_setting(args)
     except ValueError as e:
-        print(f"v2sync: {e}")
+        _say(f"v2sync: {e}")
         return EXIT_USAGE
-    try:
-        config = _load(args)
-        instance = Instance(config)
-    except ConfigError as e:
-        return _print_config_errors(e)
+    loaded = _load_instance(args)
+    if isinstance(loaded, int):
+        return loaded
+    config, instance = loaded
     configure(config.log, _console_handler)
     try:
         claim = affinity.apply(cpu)  # before start: every thread started later inherits it
     except ValueError as e:
-        print(f"v2sync: {e}")
+        _say(f"v2sync: {e}")
         return EXIT_USAGE
     try:
         return _serve(instance)
@@ -153,7 +245,7 @@ def _serve(instance) -> int:
     try:
         instance.start()
     except V2SyncError as e:
-        print(f"v2sync: failed to start: {e}")
+        _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
     while not stop.wait(1.0):
         pass
@@ -170,19 +262,19 @@ def cmd_version(args) -> int:
     import OpenSSL
     from cryptography.hazmat.backends.openssl import backend
 
-    print(f"v2sync {__version__} (V2Ray 4.34 compatible)")
-    print(f"Python {platform.python_version()} ({platform.python_implementation()}, "
+    _say(f"v2sync {__version__} (V2Ray 4.34 compatible)")
+    _say(f"Python {platform.python_version()} ({platform.python_implementation()}, "
           f"{platform.system()}/{platform.machine()})")
-    print(f"crypto: cryptography {cryptography.__version__} on {backend.openssl_version_text()}, "
+    _say(f"crypto: cryptography {cryptography.__version__} on {backend.openssl_version_text()}, "
           f"pycryptodome {Crypto.__version__}")
-    print(f"tls: servers on the ssl module ({ssl.OPENSSL_VERSION}), "
+    _say(f"tls: servers on the ssl module ({ssl.OPENSSL_VERSION}), "
           f"clients on pyOpenSSL {OpenSSL.__version__} (cryptography's OpenSSL)")
     return 0
 
 
 def cmd_uuid(args) -> int:
     # v2ctl uuid: 16 random bytes, no version bits set (common/uuid/uuid.go New)
-    print(uuid.UUID(bytes=os.urandom(16)))
+    _say(str(uuid.UUID(bytes=os.urandom(16))))
     return 0
 
 
@@ -190,5 +282,9 @@ COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cm
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    _escape_unencodable()
     args = build_parser().parse_args(_v2ray_style(list(sys.argv[1:] if argv is None else argv)))
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    finally:
+        _flush_stdout()

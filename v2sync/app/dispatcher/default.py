@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict
+from typing import Dict, Optional
 
 from v2sync.app.dispatcher.sniffer import (NEED_MORE, SNIFF_ATTEMPTS, SNIFF_BUFFER_SIZE,
                                           SNIFF_READ_TIMEOUT, SniffResult, override_domain,
@@ -56,6 +56,13 @@ class DefaultDispatcher:
             if _sniffing_enabled(session):
                 self._sniff(session, link)
             handler = self._pick_outbound(session)
+            if handler is None:
+                # 4.34 routedDispatch: "default outbound handler not exist", then the
+                # downlink is closed and the uplink interrupted; no access line is logged.
+                log.info("%s: default outbound handler not exist", session.name())
+                link.writer.close()
+                link.reader.interrupt()
+                return
             session.outbound_tag = handler.tag
             self.access_log.accepted(session)
             handler.dispatch(session, link)
@@ -89,7 +96,7 @@ class DefaultDispatcher:
             target = session.target
             session.target = Destination(Address.parse(domain), target.port, target.network)
 
-    def _pick_outbound(self, session: Session) -> OutboundHandler:
+    def _pick_outbound(self, session: Session) -> Optional[OutboundHandler]:
         if self.router is not None:
             decision = self.router.decide(session)
             session.resolved = decision.resolved or ()  # None: the router looked nothing up

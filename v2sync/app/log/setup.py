@@ -1,4 +1,9 @@
-"""Apply a ``LogConfig``: where the error and access logs go, and at which level."""
+"""Apply a ``LogConfig``: where the error and access logs go, and at which level.
+
+Lines get v2ray's format (``2026/11/24 19:36:20 [Warning] ...``), except from a console
+handler that comes with its own formatter: rich's shows the time and level in its own
+columns, so the CLI gives it ``MESSAGE_FORMAT`` and each line has one time and one level.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,6 +16,7 @@ from v2sync.infra.conf.model import LogConfig
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
 ERROR_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 ACCESS_FORMAT = "%(asctime)s %(message)s"
+MESSAGE_FORMAT = "%(message)s"  # for a handler that shows time and level itself
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 # v2ray writes level names capitalised: [Debug] [Info] [Warning] [Error]
@@ -34,8 +40,9 @@ def _handler(target: Optional[str], kind: str, console: ConsoleFactory) -> Optio
     if target is None:
         return None
     handler = console(kind) if target == "" else logging.FileHandler(target, encoding="utf-8")
-    fmt = ERROR_FORMAT if kind == "error" else ACCESS_FORMAT
-    handler.setFormatter(V2RayFormatter(fmt, DATE_FORMAT))
+    if handler.formatter is None:
+        fmt = ERROR_FORMAT if kind == "error" else ACCESS_FORMAT
+        handler.setFormatter(V2RayFormatter(fmt, DATE_FORMAT))
     return handler
 
 

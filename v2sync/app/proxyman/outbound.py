@@ -49,8 +49,10 @@ class OutboundManager:
     def get(self, tag: str) -> Optional[OutboundHandler]:
         return self._by_tag.get(tag)
 
-    def default(self) -> OutboundHandler:
-        return self._ordered[0]
+    def default(self) -> Optional[OutboundHandler]:
+        """The first handler added; None when there is none (a config may have no outbound,
+        as in 4.34, whose GetDefaultHandler then returns nil)."""
+        return self._ordered[0] if self._ordered else None
 
     def close(self) -> None:
         for handler in self._ordered:

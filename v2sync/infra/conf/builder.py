@@ -21,8 +21,8 @@ from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNL
                                      Config, InboundConfig, LevelPolicy, LogConfig,
                                      OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
                                      SystemPolicy, deep_freeze)
-from v2sync.infra.conf.validate import (NETWORK_ALIASES, check_document, sort_errors,
-                                        without_errors)
+from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, check_document,
+                                        sort_errors, without_errors)
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
@@ -96,7 +96,7 @@ def _check_and_build(names: Sequence[str], raws: Sequence[Tuple[str, Mapping[str
         return build_config(merge(documents))
     # Build the parts that passed validation too, so the builder's findings (ports, tags,
     # per-protocol settings) come in the same report instead of on the next attempt.
-    builder = _Builder(merge(documents), partial=True)
+    builder = _Builder(merge(documents), reported=ReportedErrors(errors))
     builder.build()
     order = {name: i for i, name in enumerate(names)}
     raise ConfigErrors(sorted(sort_errors(errors + builder.errors),
@@ -113,18 +113,23 @@ def build_config(merged: MergedConfig) -> Config:
 
 
 class _Builder:
-    """One build; ``partial`` marks a config with invalid parts already removed, where
-    whole-config checks (is there an outbound?) would only report those removals."""
+    """One build. ``reported`` holds the validation errors already found: the steps whose
+    input they refused are skipped, and whole-config checks (is there an outbound?), which
+    would only restate those refusals, are left out."""
 
-    def __init__(self, merged: MergedConfig, partial: bool = False):
+    def __init__(self, merged: MergedConfig, reported: Optional[ReportedErrors] = None):
         self.merged = merged
-        self.partial = partial
+        self.partial = reported is not None
+        self.reported = reported or ReportedErrors()
         self.errors: List[ConfigError] = []
         transport = merged.section("transport")
         self.transport: Mapping[str, Any] = transport.value if transport else {}
 
-    def attempt(self, file: str, fn: Callable[..., T], *args: Any) -> Optional[T]:
-        """Run one build step; its ConfigError(s) are recorded with ``file``, not raised."""
+    def attempt(self, file: str, path: str, fn: Callable[..., T], *args: Any) -> Optional[T]:
+        """Run the build step for the value at ``file``/``path``; its ConfigError(s) are
+        recorded with ``file``, not raised. Skipped where validation found an error."""
+        if self.reported.covers(file, path):
+            return None
         try:
             return fn(*args)
         except ConfigErrors as e:
@@ -138,25 +143,26 @@ class _Builder:
         inbounds = [self.inbound(item, i == 0) for i, item in enumerate(merged.all_inbounds())]
         outbounds = [self.outbound(item) for item in merged.all_outbounds()]
         if not merged.all_outbounds() and not self.partial:
-            first = merged.files[0] if merged.files else ""
-            self.errors.append(ConfigError("no outbound configured", "outbounds", first,
-                                           expected="expected at least one outbound"))
+            # v2ray -test accepts this; at run time 4.34's dispatcher finds no default
+            # handler and closes each connection (app/dispatcher/default.go routedDispatch).
+            log.warning("no outbound configured: every connection will be closed")
         self.check_unique_tags("inbound", merged.all_inbounds())
         self.check_unique_tags("outbound", merged.all_outbounds())
         log_section, policy_section = merged.section("log"), merged.section("policy")
         policy = PolicyConfig()
         if policy_section is not None:
-            policy = self.attempt(policy_section.file, build_policy, policy_section.value) \
+            policy = self.attempt(policy_section.file, "policy", build_policy,
+                                  policy_section.value) \
                 or policy  # on error build_config raises anyway
         dns_section = merged.section("dns")
         dns_settings = None
         if dns_section is not None:
-            dns_settings = self.attempt(dns_section.file, DnsConfig.from_json,
+            dns_settings = self.attempt(dns_section.file, "dns", DnsConfig.from_json,
                                         dns_section.value, "dns")
         routing_section = merged.section("routing")
         routing_settings = None
         if routing_section is not None:
-            routing_settings = self.attempt(routing_section.file, routing_from_json,
+            routing_settings = self.attempt(routing_section.file, "routing", routing_from_json,
                                             routing_section.value, "routing")
         return Config(
             dns_settings=dns_settings,
@@ -178,7 +184,8 @@ class _Builder:
     def inbound(self, item: Located, is_first: bool) -> Optional[InboundConfig]:
         raw, path, file = item.value, item.path, item.file
         before = len(self.errors)
-        listen = self.attempt(file, parse_listen, raw.get("listen"), join_path(path, "listen"))
+        listen_path = join_path(path, "listen")
+        listen = self.attempt(file, listen_path, parse_listen, raw.get("listen"), listen_path)
         port_value = raw.get("port")
         port_path, port_file = join_path(path, "port"), file
         legacy_port = self.merged.section("port")
@@ -190,13 +197,16 @@ class _Builder:
                 self.errors.append(ConfigError("missing port", port_path, file,
                                                expected="an inbound listening on IP needs a port"))
             else:
-                ports = self.attempt(port_file, parse_port_range, port_value, port_path)
+                ports = self.attempt(port_file, port_path, parse_port_range, port_value,
+                                     port_path)
         protocol = raw.get("protocol", "")
         settings = raw.get("settings") or {}
         proxy = self.convert("inbound", protocol, settings, path, file)
-        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport,
-                              join_path(path, "streamSettings"), True)
-        if len(self.errors) > before or ports is None or stream is None:
+        stream_path = join_path(path, "streamSettings")
+        stream = self.attempt(file, stream_path, build_stream, raw.get("streamSettings"),
+                              self.transport, stream_path, True)
+        if len(self.errors) > before or ports is None or stream is None \
+                or self.reported.covers(file, path):
             return None
         return InboundConfig(protocol=protocol, tag=raw.get("tag", ""), listen=listen,
                              ports=ports, settings=deep_freeze(settings), stream=stream,
@@ -206,14 +216,15 @@ class _Builder:
     def outbound(self, item: Located) -> Optional[OutboundConfig]:
         raw, path, file = item.value, item.path, item.file
         before = len(self.errors)
-        via = self.attempt(file, parse_send_through, raw.get("sendThrough"),
-                           join_path(path, "sendThrough"))
+        via_path = join_path(path, "sendThrough")
+        via = self.attempt(file, via_path, parse_send_through, raw.get("sendThrough"), via_path)
         protocol = raw.get("protocol", "")
         settings = raw.get("settings") or {}
         proxy = self.convert("outbound", protocol, settings, path, file)
-        stream = self.attempt(file, build_stream, raw.get("streamSettings"), self.transport,
-                              join_path(path, "streamSettings"), False)
-        if len(self.errors) > before or stream is None:
+        stream_path = join_path(path, "streamSettings")
+        stream = self.attempt(file, stream_path, build_stream, raw.get("streamSettings"),
+                              self.transport, stream_path, False)
+        if len(self.errors) > before or stream is None or self.reported.covers(file, path):
             return None
         return OutboundConfig(protocol=protocol, tag=raw.get("tag", ""),
                               settings=deep_freeze(settings), stream=stream, send_through=via,
@@ -221,16 +232,17 @@ class _Builder:
 
     def convert(self, kind: str, protocol: str, settings: Mapping[str, Any], path: str,
                 file: str) -> Any:
-        converter = PROTOCOL_SETTINGS[kind].get(protocol)
+        converter = PROTOCOL_SETTINGS[kind].get(protocol) if isinstance(protocol, str) else None
         if converter is None:
             return None
-        return self.attempt(file, converter, settings, join_path(path, "settings"))
+        settings_path = join_path(path, "settings")
+        return self.attempt(file, settings_path, converter, settings, settings_path)
 
     def check_unique_tags(self, kind: str, items: Sequence[Located]) -> None:
         first_seen: Dict[str, Located] = {}
         for item in items:
             tag = item.value.get("tag", "")
-            if not tag:
+            if not tag or not isinstance(tag, str):  # a wrong type is a schema error
                 continue
             if tag in first_seen:
                 where = first_seen[tag]

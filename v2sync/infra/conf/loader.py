@@ -1,8 +1,7 @@
-"""Reading, comment stripping and multi-file merging of JSON configs.
+"""Reading and multi-file merging of JSON configs.
 
-Comments follow ``infra/conf/json/reader.go``: ``//`` and ``#`` to end of line and ``/* */``
-blocks are removed outside quoted strings. We blank them with spaces instead of deleting
-them, so a JSON syntax error still reports the line and column of the original file.
+Each file (or standard input) is read bounded and parsed by ``jsonreader``: comments as
+``infra/conf/json/reader.go`` has them, Go's nesting limit, every failure a ConfigError.
 
 Merging follows ``Config.Override`` in ``infra/conf/v2ray.go`` and the file order of
 ``main/main.go`` (``-config`` files first, then each ``-confdir``'s ``*.json`` in lexical
@@ -10,14 +9,15 @@ order). Every merged item remembers the file and JSON path it came from.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.infra.conf.jsonreader import (decode_text, parse_json, read_bounded,
+                                          strip_comments)  # noqa: F401  (re-exported)
 from v2sync.infra.conf.model import PortRange
 
 log = logging.getLogger(__name__)
@@ -38,87 +38,33 @@ FIRST_FILE_ONLY = ("port",)
 TAIL_MARKER = "tail"
 
 
-# --------------------------------------------------------------------------- comments
-
-def strip_comments(text: str) -> str:
-    """Blank out ``//``, ``#`` and ``/* */`` comments that are outside quoted strings.
-
-    Like reader.go, both ``"..."`` and ``'...'`` count as strings and a backslash escapes the
-    next character, inside or outside a string. Newlines are kept, so are all positions.
-    """
-    out: List[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in "\"'":
-            end = _string_end(text, i)
-            out.append(text[i:end])
-            i = end
-        elif c == "\\":
-            out.append(text[i:i + 2])
-            i += 2
-        elif c == "#" or text.startswith("//", i):
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            out.append(" " * (end - i))
-            i = end
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            end = n if end < 0 else end + 2  # an unclosed block runs to the end, as in Go
-            out.append(_blank(text[i:end]))
-            i = end
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def _string_end(text: str, start: int) -> int:
-    """Index just past the string opened at ``start`` (or the end of an unclosed one)."""
-    quote, i, n = text[start], start + 1, len(text)
-    while i < n:
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == quote:
-            return i + 1
-        else:
-            i += 1
-    return n
-
-
-def _blank(comment: str) -> str:
-    return "".join(ch if ch == "\n" else " " for ch in comment)
-
-
 # --------------------------------------------------------------------------- reading
 
-def read_text(name: str, stdin: Optional[TextIO] = None) -> str:
-    """The text of config ``name``; ``-`` and ``stdin:`` read standard input."""
+def read_text(name: str, stdin: Optional[IO[Any]] = None) -> str:
+    """The text of config ``name``, at most ``MAX_CONFIG_BYTES``; ``-`` and ``stdin:`` read
+    standard input."""
     if name in STDIN_NAMES:
-        return (stdin or sys.stdin).read()
+        return _read_stream(stdin or sys.stdin, name)
     try:
-        with open(name, encoding="utf-8-sig") as f:
-            return f.read()
+        with open(name, "rb") as f:
+            data = read_bounded(f, name)
     except OSError as e:
-        raise ConfigError(f"cannot read config file: {e.strerror or e}", file=name) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text: {e.reason} at byte {e.start}", file=name) from e
+        raise ConfigError(f"cannot read config file: {e.strerror or e}", file=name) from None
+    return decode_text(data, name)
 
 
-def parse_json(text: str, name: str) -> Dict[str, Any]:
-    """Parse commented JSON; the top level must be an object."""
+def _read_stream(stream: IO[Any], name: str) -> str:
+    """Standard input, bounded: its bytes when it has them, else (a StringIO) its text."""
+    binary = getattr(stream, "buffer", None)
     try:
-        data = json.loads(strip_comments(text))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}",
-                          file=name) from e
-    if not isinstance(data, dict):
-        raise ConfigError("the top level must be a JSON object", file=name,
-                          expected="expected {...}")
-    return data
+        if binary is not None:
+            return decode_text(read_bounded(binary, name), name)
+        return read_bounded(stream, name)  # type: ignore[return-value]
+    except OSError as e:
+        raise ConfigError(f"cannot read standard input: {e.strerror or e}", file=name) from None
 
 
-def read_json(name: str, stdin: Optional[TextIO] = None) -> Dict[str, Any]:
+def read_json(name: str, stdin: Optional[IO[Any]] = None) -> Dict[str, Any]:
     return parse_json(read_text(name, stdin), name)
 
 

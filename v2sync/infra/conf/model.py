@@ -27,12 +27,33 @@ LOG_OFF = "none"  # log.go: "none" as a path turns that log off
 
 
 def deep_freeze(value: Any) -> Any:
-    """A read-only copy: dicts become MappingProxyType, lists become tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: deep_freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(deep_freeze(v) for v in value)
-    return value
+    """A read-only copy: dicts become MappingProxyType, lists become tuples.
+
+    Without recursion: a config may nest 10,000 levels (Go's limit), ten times Python's
+    recursion limit. Containers are visited parents first and frozen children first.
+    """
+    if not isinstance(value, (Mapping, list, tuple)):
+        return value
+    order = []  # every container, each after its parent (a shared one once per parent)
+    pending = [value]
+    while pending:
+        container = pending.pop()
+        order.append(container)
+        children = container.values() if isinstance(container, Mapping) else container
+        pending.extend(c for c in children if isinstance(c, (Mapping, list, tuple)))
+    frozen = {}  # id(container) -> its frozen copy; ``order`` keeps every id alive
+    for container in reversed(order):
+        frozen[id(container)] = _freeze_one(container, frozen)
+    return frozen[id(value)]
+
+
+def _freeze_one(container: Any, frozen: Mapping[int, Any]) -> Any:
+    def item(v: Any) -> Any:
+        return frozen[id(v)] if isinstance(v, (Mapping, list, tuple)) else v
+
+    if isinstance(container, Mapping):
+        return MappingProxyType({k: item(v) for k, v in container.items()})
+    return tuple(item(v) for v in container)
 
 
 def _empty() -> Mapping[str, Any]:

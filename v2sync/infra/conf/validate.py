@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Set, Tuple
 
 import jsonschema
 
@@ -45,6 +45,10 @@ FEATURE_PROXY_SETTINGS = "proxySettings"
 FEATURE_SOCKOPT = "sockopt"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
 
+# How many errors (and warnings, per file) are printed: a 100,000-item list of bad values
+# would otherwise print 100,000 lines. The rest are counted in one line.
+MAX_SHOWN = 50
+
 # TransportProtocol.Build in infra/conf/transport_internet.go: alias -> canonical name.
 NETWORK_ALIASES = {"kcp": "mkcp", "ws": "websocket", "h2": "http", "ds": "domainsocket"}
 
@@ -74,20 +78,37 @@ def check_document(raw: Mapping[str, Any], file: str) -> Tuple[Document, List[Co
     walker = SchemaWalker(load_schema(), support_tables(), file)
     data = walker.walk(raw)
     errors = walker.errors + schema_errors(data, file) + feature_errors(data, file)
-    for warning in walker.warnings:
-        log.warning("%s", warning.render())
+    for line in capped([w.render() for w in walker.warnings]):
+        log.warning("%s", line)
     return Document(file, data, tuple(walker.warnings)), sort_errors(errors)
 
 
+def capped(lines: Sequence[str], limit: int = MAX_SHOWN) -> List[str]:
+    """The first ``limit`` lines, then one line counting the rest."""
+    if len(lines) <= limit:
+        return list(lines)
+    return [*lines[:limit], f"… and {len(lines) - limit} more"]
+
+
+# Handler lists and the deprecated single handlers: an error inside one handler leaves it in
+# place (the builder skips only the steps whose input was refused), so every error of every
+# handler is reported in one pass. Any other section with an error is dropped whole.
+HANDLER_KEYS = frozenset({"inbounds", "outbounds", "inboundDetour", "outboundDetour",
+                          "inbound", "outbound"})
+
+
 def without_errors(document: Document, errors: Sequence[ConfigError]) -> Document:
-    """The document minus each handler or section an error points into; list items become
-    None (merge skips them) so the others keep their JSON paths."""
+    """The document minus each section an error points into, and minus each handler that is
+    itself refused (not an object); list items become None (merge skips them) so the others
+    keep their JSON paths."""
     data = dict(document.data)
     for error in errors:
         match = _TOP_PATH.match(error.path)
         if match is None or match.group(1) not in data:
             continue
         key, index = match.group(1), match.group(2)
+        if key in HANDLER_KEYS and match.end() < len(error.path):
+            continue  # inside one handler: the builder skips just that part
         if index is not None and isinstance(data[key], list):
             items = list(data[key])
             if int(index) < len(items):
@@ -99,6 +120,31 @@ def without_errors(document: Document, errors: Sequence[ConfigError]) -> Documen
 
 
 _TOP_PATH = re.compile(r"^([A-Za-z]+)(?:\[(\d+)\])?")
+_PATH_CUT = re.compile(r"[.\[]")
+
+
+class ReportedErrors:
+    """Where validation already found errors, so the builder skips each step whose input was
+    refused (its value may be of any JSON type) and still runs every other step."""
+
+    def __init__(self, errors: Sequence[ConfigError] = ()):
+        self._at: Set[Tuple[str, str]] = set()  # (file, path) of each error
+        self._within: Set[Tuple[str, str]] = set()  # (file, p) for p each error's path or parent
+        for e in errors:
+            self._at.add((e.file, e.path))
+            self._within.update((e.file, p) for p in path_prefixes(e.path))
+
+    def covers(self, file: str, path: str) -> bool:
+        """Has an error at ``path``, inside it, or at one of its parents?"""
+        if (file, path) in self._within:
+            return True
+        return any((file, p) in self._at for p in path_prefixes(path))
+
+
+def path_prefixes(path: str) -> List[str]:
+    """``a[0].b`` -> ``a``, ``a[0]``, ``a[0].b``."""
+    cuts = [m.start() for m in _PATH_CUT.finditer(path) if m.start() > 0]
+    return [path[:i] for i in cuts] + [path]
 
 
 def sort_errors(errors: Sequence[ConfigError]) -> List[ConfigError]:
@@ -124,11 +170,65 @@ def _validator() -> Any:
     return cls(load_schema())
 
 
+# schema.json describes values at most 9 levels down (tests check it stays under this);
+# what lies deeper is opaque to it and reaches jsonschema cut off here, because jsonschema
+# reprs a value it refuses and repr recurses: a 10,000-deep array would end in RecursionError.
+SCHEMA_DEPTH = 64
+
+
 def schema_errors(data: Any, file: str) -> List[ConfigError]:
     errors: List[ConfigError] = []
-    for error in _validator().iter_errors(data):
+    for error in _validator().iter_errors(cut_below(data, SCHEMA_DEPTH)):
         errors.extend(_render(error, file))
     return errors
+
+
+def cut_below(value: Any, depth: int) -> Any:
+    """``value`` itself, or when it nests deeper than ``depth``, a copy whose containers at
+    that depth are emptied (same JSON types, nothing deeper). No recursion."""
+    if _depth_exceeds(value, depth):
+        return _copy_cut(value, depth)
+    return value
+
+
+def _depth_exceeds(value: Any, depth: int) -> bool:
+    pending = [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if level > depth:
+            return True
+        pending.extend((child, level + 1) for child in _children(item))
+    return False
+
+
+def _children(item: Any) -> Sequence[Any]:
+    if isinstance(item, dict):
+        return [v for v in item.values() if isinstance(v, (dict, list))]
+    if isinstance(item, list):
+        return [v for v in item if isinstance(v, (dict, list))]
+    return ()
+
+
+def _copy_cut(value: Any, depth: int) -> Any:
+    root: List[Any] = [None]
+    pending = [(root, 0, value, 0)]  # (parent, key in parent, original, its level)
+    while pending:
+        parent, key, item, level = pending.pop()
+        copy = type(item)()
+        parent[key] = copy
+        if level >= depth:
+            continue
+        keys = item.keys() if isinstance(item, dict) else range(len(item))
+        for k in keys:
+            child = item[k]
+            nested = isinstance(child, (dict, list))
+            if isinstance(copy, dict):
+                copy[k] = None if nested else child  # None holds the key's place
+            else:
+                copy.append(None if nested else child)
+            if nested:
+                pending.append((copy, k, child, level + 1))
+    return root[0]
 
 
 _ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array",
