@@ -2,6 +2,7 @@
 """Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
 
     python tools/bench.py relay|vmess|tls|ws|route [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
     python tools/bench.py all
 
 A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
@@ -12,14 +13,18 @@ Measured through the chain's SOCKS5 entry (a raw client below, no PySocks overhe
   - bulk download MiB/s from a BulkSource (best of 3);
   - new connection + 1 KiB echo round trip, sequential, p50 and p99 ms;
   - RSS growth of the chain's processes per held idle connection (KiB).
-Everything runs on loopback; every loop is bounded in count and time; every process is
-stopped in a ``finally``.
+The load scenarios (idle, massclose, stalled, burst: a SOCKS5 inbound -> freedom under many
+connections at once) run their clients and origin in processes of their own, and read the
+proxy's threads and RSS in /proc; see tools/bench_load.py. Everything runs on loopback;
+every loop is bounded in count and time; every process is stopped in a ``finally``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
+import os
 import resource
 import socket
 import statistics
@@ -33,26 +38,22 @@ from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence,
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
 from support.certs import Pki, make_pki  # noqa: E402
 from support.peers import MIB, BulkSource, TcpEchoServer, free_port  # noqa: E402
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, socks_freedom_config  # noqa: E402
 from support.resources import process_rss_kib, process_thread_count  # noqa: E402
 
+import bench_load  # noqa: E402
+from v2sync.common.affinity import NAMESPACE_ENV_VAR  # noqa: E402
+from bench_load import (CLIENT_TIMEOUT, ECHO_TIMEOUT, BenchError, Figures,  # noqa: E402,F401
+                        LoadSizes, Refused, echo_request, recv_exact, socks5_connect)
+
 IMPLEMENTATIONS = ("v2sync", "v2ray")
 
-SOCKS_VERSION = 5
-SOCKS_NO_AUTH = 0
-SOCKS_CMD_CONNECT = 1
-SOCKS_ATYP_IPV4, SOCKS_ATYP_DOMAIN, SOCKS_ATYP_IPV6 = 1, 3, 4
-SOCKS_REPLY_SUCCEEDED = 0
-
 RECV_BUFFER = 4 * MIB
-ECHO_PAYLOAD = bytes(range(256)) * 4  # 1 KiB
-CLIENT_TIMEOUT = 30.0
-# An echo over loopback takes milliseconds; a connection the server refused and is draining
-# would otherwise hold the client until the server's handshake deadline (60 s).
-ECHO_TIMEOUT = 5.0
 # v2ray 4.34's VMess server checks each AuthID against two cuckoo filters
 # (common/antireplay/replayfilter.go). Their false positives refuse about one fresh
 # connection in 2,000-3,000 as "invalid user > replayed request" (its info log says so),
@@ -73,19 +74,12 @@ PROXY_READY_TIMEOUT = 30.0  # a cold Python start with every protocol imported i
 T = TypeVar("T")
 
 
-class BenchError(Exception):
-    """A measurement that could not be taken (bad SOCKS reply, wrong data, deadline)."""
-
-
-class Refused(BenchError):
-    """The chain closed a fresh connection before any payload came back (retried)."""
-
-
 @dataclass(frozen=True)
 class BenchOptions:
     quick: bool
     implementations: Tuple[str, ...]
     connections: int
+    load: LoadSizes = LoadSizes()
 
     @property
     def bulk_bytes(self) -> int:
@@ -100,7 +94,7 @@ class BenchOptions:
 class Target:
     """A pass condition: on the v2sync/v2ray ratio, or on v2sync's own value."""
 
-    kind: str  # "ratio>=", "ratio<=" or "value<="
+    kind: str  # "ratio>=", "ratio<=", "value<=" or "value>="
     limit: float
 
     def describe(self) -> str:
@@ -158,50 +152,6 @@ class FailureBudget:
                 print(f"  connection failed ({what}); retrying", file=sys.stderr, flush=True)
 
 
-# -- a minimal SOCKS5 client (RFC 1928, no auth, CONNECT to an IPv4 literal) -----------------
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            error = Refused if not data else BenchError  # cut short mid-answer: not a refusal
-            raise error(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
-def socks5_connect(proxy_port: int, target: Tuple[str, int], timeout: float = CLIENT_TIMEOUT) -> socket.socket:
-    """A socket connected through the SOCKS5 proxy on 127.0.0.1:``proxy_port`` to ``target``."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(bytes([SOCKS_VERSION, 1, SOCKS_NO_AUTH]))
-        if recv_exact(sock, 2) != bytes([SOCKS_VERSION, SOCKS_NO_AUTH]):
-            raise BenchError("proxy refused SOCKS5 no-auth")
-        host, port = target
-        sock.sendall(bytes([SOCKS_VERSION, SOCKS_CMD_CONNECT, 0, SOCKS_ATYP_IPV4])
-                     + socket.inet_aton(host) + port.to_bytes(2, "big"))
-        _read_socks_reply(sock)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _read_socks_reply(sock: socket.socket) -> None:
-    version, status, _, atyp = recv_exact(sock, 4)
-    if version != SOCKS_VERSION or status != SOCKS_REPLY_SUCCEEDED:
-        raise BenchError(f"SOCKS reply version {version} status {status}")
-    if atyp == SOCKS_ATYP_DOMAIN:
-        address_length = recv_exact(sock, 1)[0]
-    else:
-        address_length = {SOCKS_ATYP_IPV4: 4, SOCKS_ATYP_IPV6: 16}.get(atyp, -1)
-    if address_length < 0:
-        raise BenchError(f"SOCKS reply address type {atyp}")
-    recv_exact(sock, address_length + 2)  # bound address and port: unused
-
-
 # -- measurements --------------------------------------------------------------------------
 
 def measure_download(proxy_port: int, source: BulkSource) -> float:
@@ -225,10 +175,7 @@ def measure_download(proxy_port: int, source: BulkSource) -> float:
 
 
 def echo_once(proxy_port: int, echo: TcpEchoServer) -> None:
-    with socks5_connect(proxy_port, echo.address, timeout=ECHO_TIMEOUT) as sock:
-        sock.sendall(ECHO_PAYLOAD)
-        if recv_exact(sock, len(ECHO_PAYLOAD)) != ECHO_PAYLOAD:
-            raise BenchError("echo mismatch")
+    echo_request(proxy_port, echo.address)
 
 
 def timed_echo(proxy_port: int, echo: TcpEchoServer) -> float:
@@ -301,10 +248,16 @@ def wait_for_idle_origin(echo: TcpEchoServer) -> None:
 ChainBuilder = Callable[[int], List[Dict[str, object]]]
 
 
+# v2sync processes claim their CPUs among this run's own (v2sync/common/affinity.py): pinned
+# as on a machine of their own, whatever other v2sync processes on the host hold.
+BENCH_CPU_NAMESPACE = f"bench-{os.getpid()}"
+
+
 def make_process(implementation: str, config: Mapping[str, object]) -> ConfigProcess:
     if implementation == "v2ray":
         return V2RayProcess(config, ready_timeout=PROXY_READY_TIMEOUT)
-    return V2SyncProcess(config, ready_timeout=PROXY_READY_TIMEOUT)
+    return V2SyncProcess(config, ready_timeout=PROXY_READY_TIMEOUT,
+                         env={NAMESPACE_ENV_VAR: BENCH_CPU_NAMESPACE})
 
 
 @contextlib.contextmanager
@@ -548,8 +501,6 @@ def _route_workload(count: int) -> Tuple[List[str], List[str], List[str]]:
 
 def scenario_route(options: BenchOptions) -> List[Row]:
     """Router decisions in-process: 10k domain rules + 10k CIDRs (no v2ray comparison)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from v2sync.app.router import Router, from_json
     from v2sync.common.net import Destination
     from v2sync.common.session import Session
@@ -622,12 +573,122 @@ def sniffing_overhead_rows(options: BenchOptions) -> List[Row]:
     return rows
 
 
+# -- load scenarios (tools/bench_load.py): a SOCKS5 inbound -> freedom, both defaults --------
+
+LoadMeasure = Callable[[bench_load.LoadKit, LoadSizes, int, int, Figures], None]
+# (figure key, row label, target): one row each, in this order
+RowSpec = Sequence[Tuple[str, str, Optional[Target]]]
+LOAD_P99_LIMIT_MS = 50.0
+LOAD_RATIO_LIMIT = 1.5  # RSS (idle, stalled) and wall time (burst) against v2ray's
+# Sampled peaks vary by a thread or two (a parked thread ending, the GC): the idle
+# connections may add this many to what the same requests use without them.
+IDLE_THREAD_SLACK = 2
+TEARDOWN_LIMIT_SECONDS = 5.0
+
+
+def measure_load(options: BenchOptions, measure: LoadMeasure) -> Dict[str, Figures]:
+    """``measure`` against each implementation in turn, with one origin and one set of client
+    processes; the figures taken before an error are kept."""
+    results: Dict[str, Figures] = {}
+    with bench_load.LoadKit() as kit:
+        for implementation in options.implementations:
+            print(f"  running {implementation} ...", file=sys.stderr, flush=True)
+            figures: Figures = results.setdefault(implementation, {})
+            errors: List[str] = []
+            port = free_port()
+            config = socks_freedom_config(port, access="none")
+            try:
+                with running_chain(implementation, [config], errors) as (proxy,):
+                    measure(kit, options.load, port, proxy.pid, figures)
+            except (BenchError, OSError, RuntimeError, TimeoutError) as error:
+                errors.append(f"{implementation}: {type(error).__name__}: {error}")
+            for error in errors:
+                print(f"  ERROR {error}", file=sys.stderr)
+            kit.wait_for_idle_origin()
+    return results
+
+
+def load_rows(results: Mapping[str, Figures], spec: RowSpec) -> List[Row]:
+    return [Row(label, {name: figures.get(key) for name, figures in results.items()}, target)
+            for key, label, target in spec]
+
+
+def _request_rows(count: int, when: str) -> RowSpec:
+    return [("answered", f"requests answered {when}, of {count}", Target("value>=", count)),
+            ("p50_ms", f"request p50 {when} (ms)", None),
+            ("p99_ms", f"request p99 {when} (ms)", Target("value<=", LOAD_P99_LIMIT_MS))]
+
+
+def scenario_idle(options: BenchOptions) -> List[Row]:
+    """N connections that never send a byte held on the SOCKS5 inbound, normal requests meanwhile."""
+    n, requests = options.load.idle_connections, options.load.requests
+    return load_rows(measure_load(options, bench_load.measure_idle), [
+        ("idle_opened", f"idle connections established, of {n:,}", Target("value>=", n)),
+        ("idle_closed", "idle connections the proxy closed while held", None),
+        *_request_rows(requests, "while they are held"),
+        ("p99_ms_alone", "request p99 with no idle connections (ms)", None),
+        ("threads_baseline", "proxy threads at baseline", None),
+        ("threads_held", f"proxy threads with {n:,} idle held", None),
+        ("threads_alone", "proxy threads, peak during the requests alone", None),
+        ("threads_during", "proxy threads, peak during the requests among idle", None),
+        ("threads_added", "threads the idle connections add (peak among idle - alone)",
+         Target("value<=", IDLE_THREAD_SLACK)),
+        ("rss_added_mib", f"RSS added by {n:,} idle connections (MiB)",
+         Target("ratio<=", LOAD_RATIO_LIMIT)),
+    ])
+
+
+def scenario_massclose(options: BenchOptions) -> List[Row]:
+    """M relaying connections closed at once by the client; fresh requests during the teardown."""
+    m, requests = options.load.massclose_connections, options.load.teardown_requests
+    return load_rows(measure_load(options, bench_load.measure_massclose), [
+        ("opened", f"connections opened and echoed 4 KiB, of {m:,}", Target("value>=", m)),
+        ("threads_baseline", "proxy threads at baseline", None),
+        ("threads_held", f"proxy threads with {m:,} held", None),
+        ("close_ms", f"client's close of all {m:,} (ms)", None),
+        *_request_rows(requests, "during the teardown"),
+        ("seconds_to_baseline", "seconds until the proxy's threads are back to baseline",
+         Target("value<=", TEARDOWN_LIMIT_SECONDS)),
+        ("threads_later", f"proxy threads {bench_load.TEARDOWN_TARGET_SECONDS:g} s after the close", None),
+    ])
+
+
+def scenario_stalled(options: BenchOptions) -> List[Row]:
+    """Downloads of an endless stream whose client never reads: the memory the proxy adds."""
+    n = options.load.stalled_downloads
+    return load_rows(measure_load(options, bench_load.measure_stalled), [
+        ("opened", f"stalled downloads, of {n}", Target("value>=", n)),
+        ("rss_added_mib", "RSS added once settled (MiB)", Target("ratio<=", LOAD_RATIO_LIMIT)),
+        ("kib_per_download", "RSS added per stalled download (KiB)", None),
+        ("seconds_to_settle", "seconds until RSS settled", None),
+        ("origin_sent_mib", "MiB the origin sent in all (proxy + kernel buffers)", None),
+        ("streams_capped", f"streams that reached the origin's {bench_load.STREAM_CAP // MIB} MiB cap",
+         Target("value<=", 0)),
+    ])
+
+
+def scenario_burst(options: BenchOptions) -> List[Row]:
+    """B concurrent 64 KiB echoes through the SOCKS5 inbound: the wall time of the lot."""
+    n, size = options.load.burst_echoes, options.load.burst_bytes
+    return load_rows(measure_load(options, bench_load.measure_burst), [
+        ("completed", f"echoes completed, of {n:,}", Target("value>=", n)),
+        ("seconds", f"wall time, {n:,} x {size // 1024} KiB echoes (s)", Target("ratio<=", LOAD_RATIO_LIMIT)),
+        ("floor_seconds", "wall time of the same burst with no proxy (s)", None),
+        ("threads_peak", "proxy threads, peak", None),
+        ("rss_peak_added_mib", "RSS added, peak (MiB)", None),
+    ])
+
+
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
     "vmess": scenario_vmess,
     "tls": scenario_tls,
     "ws": scenario_ws,
     "route": scenario_route,
+    "idle": scenario_idle,
+    "massclose": scenario_massclose,
+    "stalled": scenario_stalled,
+    "burst": scenario_burst,
 }
 
 
@@ -661,12 +722,46 @@ def raise_fd_limit(needed: int) -> None:
         raise SystemExit(f"fd limit {target} is below the {needed} this run needs (ulimit -Hn)")
 
 
+# The proxy holds one fd per idle connection, two per relaying one (massclose); the client
+# and origin processes as many again each. Plus slack for everything else.
+LOAD_FD_SLACK = 512
+MASSCLOSE_DEFAULTS = (10_000, 2_000)  # the first the hard fd limit allows
+
+
+def load_sizes(args: argparse.Namespace) -> LoadSizes:
+    """--quick's or the full sizes, with --idle and --massclose if given."""
+    sizes = bench_load.QUICK_SIZES if args.quick else LoadSizes()
+    massclose = sizes.massclose_connections
+    if not args.quick:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        massclose = next((m for m in MASSCLOSE_DEFAULTS
+                          if hard == resource.RLIM_INFINITY or 2 * m + LOAD_FD_SLACK <= hard),
+                         MASSCLOSE_DEFAULTS[-1])
+    return dataclasses.replace(sizes, idle_connections=args.idle or sizes.idle_connections,
+                               massclose_connections=args.massclose or massclose)
+
+
+def fds_needed(names: Sequence[str], options: BenchOptions) -> int:
+    # Per held connection of the chain scenarios: our client socket plus the echo server's.
+    needed = [4 * options.connections + 256]
+    if "idle" in names:
+        needed.append(options.load.idle_connections + LOAD_FD_SLACK)
+    if "massclose" in names:
+        needed.append(2 * options.load.massclose_connections + LOAD_FD_SLACK)
+    return max(needed)
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true", help="smaller downloads and fewer rounds")
     parser.add_argument("--only", choices=IMPLEMENTATIONS, help="run one implementation only")
     parser.add_argument("--connections", type=int, default=500, help="idle connections held (default 500)")
+    parser.add_argument("--idle", type=int, metavar="N",
+                        help="idle scenario: connections held (default 10,000; --quick 1,000)")
+    parser.add_argument("--massclose", type=int, metavar="M",
+                        help="massclose scenario: connections closed at once (default 10,000 if the "
+                             "fd limit allows, else 2,000; --quick 500)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed or a run failed")
     return parser.parse_args(argv)
 
@@ -674,10 +769,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     implementations = (args.only,) if args.only else IMPLEMENTATIONS
-    options = BenchOptions(args.quick, implementations, max(1, min(args.connections, 5000)))
-    # Per held connection: our client socket plus the echo server's socket, plus slack.
-    raise_fd_limit(4 * options.connections + 256)
+    options = BenchOptions(args.quick, implementations, max(1, min(args.connections, 5000)),
+                           load_sizes(args))
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    raise_fd_limit(fds_needed(names, options))
     failed = False
     for name in names:
         print(f"[{name}] {SCENARIOS[name].__doc__ or ''}".strip(), file=sys.stderr, flush=True)
