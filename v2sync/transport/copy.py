@@ -65,6 +65,17 @@ class ReadSizer:
         return self.size
 
 
+def room_wanted(size: int, limit: int) -> int:
+    """The room to wait for before a read of ``size`` into a pipe of ``limit`` bytes.
+
+    Reading as soon as the pipe is not full would, at a full pipe's edge, alternate one
+    read of the room the consumer just made with one PIPE_READ_FLOOR read past the limit:
+    twice the reads for the same bytes. Waiting for a floor's worth of room keeps reads
+    whole. A pipe smaller than two floors waits for half its limit, so a write is let in
+    while the pipe is well short of full, as v2ray lets it in."""
+    return min(size, PIPE_READ_FLOOR, max(limit, 0) // 2)
+
+
 def read_budget(size: int, room: int) -> int:
     """How much to read for a pipe that may still take ``room`` bytes."""
     return min(size, max(room, PIPE_READ_FLOOR))
@@ -85,7 +96,7 @@ def adaptive_reads(conn: Connection, pipe: Optional[Pipe] = None) -> Iterator[by
         size = sizer.size
         if pipe is not None:
             try:
-                size = read_budget(size, pipe.wait_room())
+                size = read_budget(size, pipe.wait_room(room_wanted(size, pipe.limit)))
             except (PipeInterrupted, PipeClosed):
                 return
         data = conn.read(size)

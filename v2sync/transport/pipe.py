@@ -124,13 +124,20 @@ class Pipe:
             q._put(bytes(data))
             q.wake()
 
-    def wait_room(self, timeout: Optional[float] = None) -> int:
-        """Block until a write would be let in; return how many bytes fit under the limit
-        (0 when the pipe holds exactly ``limit``, ``UNLIMITED_ROOM`` without a limit).
-        Raises as ``write`` does."""
-        with self._q.not_full:
-            self._wait_writable(timeout)
-            return UNLIMITED_ROOM if self.limit < 0 else self.limit - self._q.nbytes
+    def wait_room(self, want: int = 0, timeout: Optional[float] = None) -> int:
+        """Block until ``want`` more bytes fit under the limit, or the pipe is empty (so a
+        ``want`` above the limit still gets its turn); return the room: how many bytes fit
+        (``UNLIMITED_ROOM`` without a limit). ``want`` 0 waits as ``write`` does. Raises as
+        ``write`` does."""
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.not_full:
+            while True:
+                self._check_writable()
+                room = self._room()
+                if room >= want or not q.nbytes:
+                    return room
+                q.not_full.wait(self._remaining(deadline))
 
     def try_write(self, data: bytes) -> bool:
         """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
@@ -172,6 +179,9 @@ class Pipe:
     def _is_full(self) -> bool:
         return 0 <= self.limit < self._q.nbytes
 
+    def _room(self) -> int:
+        return UNLIMITED_ROOM if self.limit < 0 else self.limit - self._q.nbytes
+
     def _wait_writable(self, timeout: Optional[float]) -> None:
         """Wait, with the mutex held, until a write may go in; raise if it never may."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -179,10 +189,15 @@ class Pipe:
             self._check_writable()
             if not self._is_full():
                 return
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ReadTimeout(f"{self.name}: write timed out")
-            self._q.not_full.wait(remaining)
+            self._q.not_full.wait(self._remaining(deadline))
+
+    def _remaining(self, deadline: Optional[float]) -> Optional[float]:
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReadTimeout(f"{self.name}: write timed out")
+        return remaining
 
     def _check_writable(self) -> None:
         if self._interrupted:
