@@ -602,8 +602,8 @@ def measure_load(options: BenchOptions, measure: LoadMeasure) -> Dict[str, Figur
                     measure(kit, options.load, port, proxy.pid, figures)
             except (BenchError, OSError, RuntimeError, TimeoutError) as error:
                 errors.append(f"{implementation}: {type(error).__name__}: {error}")
-            for error in errors:
-                print(f"  ERROR {error}", file=sys.stderr)
+            for message in errors:
+                print(f"  ERROR {message}", file=sys.stderr)
             kit.wait_for_idle_origin()
     return results
 

@@ -151,11 +151,15 @@ def _socks_reply_length(inbox: bytearray) -> Optional[int]:
     return socks5_reply_length(inbox) if len(inbox) >= SOCKS_REPLY_HEAD else None
 
 
+def echo_exchanges(payload: bytes) -> List[Exchange]:
+    return [(payload, _fixed_length(len(payload)), payload)]
+
+
 def socks_echo_exchanges(target: Address, payload: bytes) -> List[Exchange]:
     """SOCKS5 greeting, CONNECT to ``target``, then ``payload`` echoed."""
     return [(SOCKS_GREETING, _fixed_length(2), SOCKS_METHOD_REPLY),
             (socks5_connect_request(target), _socks_reply_length, None),
-            (payload, _fixed_length(len(payload)), payload)]
+            *echo_exchanges(payload)]
 
 
 class _Session:
@@ -312,7 +316,7 @@ def burst(held: Held, proxy_port: Optional[int], target: Address, count: int, si
     port, straight to ``target``), each closed when its echo is back."""
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     if proxy_port is None:
-        dial, exchanges = target, [(payload, _fixed_length(size), payload)]
+        dial, exchanges = target, echo_exchanges(payload)
     else:
         dial, exchanges = (LOOPBACK, proxy_port), socks_echo_exchanges(target, payload)
     return run_sessions(dial, exchanges, count, count, deadline_seconds).summary()
@@ -488,6 +492,15 @@ class ClientProcess(LoadProcess):
 
     def submit(self, function: Callable[..., Any], *args: Any) -> None:
         self.send((function, args))
+
+    def sampled_call(self, sampler: Callable[[], None], function: Callable[..., Any], *args: Any,
+                     timeout: float) -> Any:
+        """``call`` with ``sampler()`` before, every ``SAMPLE_INTERVAL`` while it runs, and after."""
+        sampler()
+        self.submit(function, *args)
+        result = self.result(timeout, tick=sampler)
+        sampler()
+        return result
 
     def result(self, timeout: float, tick: Optional[Callable[[], None]] = None) -> Any:
         ok, value = self.receive(timeout, tick)
@@ -781,10 +794,9 @@ class LoadKit:
     def requests(self, proxy_port: int, count: int, sampler: Sampler) -> List[float]:
         """``count`` normal requests from the requester, sampling the proxy meanwhile: the ms
         of those answered (the errors are printed)."""
-        sampler()  # one sample at least, however fast the requests are
-        self.requester.submit(timed_requests, proxy_port, self.origin.echo, count, REQUESTS_DEADLINE)
-        result = self.requester.result(REQUESTS_DEADLINE + ECHO_TIMEOUT + CALL_SLACK, tick=sampler)
-        sampler()
+        result = self.requester.sampled_call(sampler, timed_requests, proxy_port, self.origin.echo,
+                                             count, REQUESTS_DEADLINE,
+                                             timeout=REQUESTS_DEADLINE + ECHO_TIMEOUT + CALL_SLACK)
         _note_errors("request", result["errors"])
         return result["latencies_ms"]  # type: ignore[no-any-return]
 
@@ -854,9 +866,9 @@ def measure_massclose(kit: LoadKit, sizes: LoadSizes, proxy_port: int, pid: int,
         figures["opened"] = _note_opened("busy connections", opened)
         time.sleep(SETTLE_SECONDS)
         figures["threads_held"] = float(sample(pid).threads)
-        kit.holder.submit(close_then_requests, "busy", proxy_port, kit.origin.echo,
-                          sizes.teardown_requests, REQUESTS_DEADLINE)
-        result = kit.holder.result(REQUESTS_DEADLINE + ECHO_TIMEOUT + CALL_SLACK, tick=sampler)
+        result = kit.holder.sampled_call(sampler, close_then_requests, "busy", proxy_port,
+                                         kit.origin.echo, sizes.teardown_requests, REQUESTS_DEADLINE,
+                                         timeout=REQUESTS_DEADLINE + ECHO_TIMEOUT + CALL_SLACK)
     finally:
         kit.holder.call(close_held, "busy", timeout=CALL_SLACK)  # if the close never came
     _note_errors("teardown request", result["errors"])
@@ -920,8 +932,7 @@ def measure_burst(kit: LoadKit, sizes: LoadSizes, proxy_port: int, pid: int, fig
     figures["floor_seconds"] = floor["seconds"]
     kit.wait_for_idle_origin()
     sampler = Sampler(pid)
-    kit.holder.submit(burst, proxy_port, *args)
-    result = kit.holder.result(BURST_DEADLINE + CALL_SLACK, tick=sampler)
+    result = kit.holder.sampled_call(sampler, burst, proxy_port, *args, timeout=BURST_DEADLINE + CALL_SLACK)
     figures["completed"] = _note_opened("echoes", result)
     figures["seconds"] = result["seconds"]
     figures["threads_peak"] = sampler.peak_threads()
