@@ -660,7 +660,7 @@ def scenario_stalled(options: BenchOptions) -> List[Row]:
         ("opened", f"stalled downloads, of {n}", Target("value>=", n)),
         ("rss_added_mib", "RSS added once settled (MiB)", Target("ratio<=", LOAD_RATIO_LIMIT)),
         ("kib_per_download", "RSS added per stalled download (KiB)", None),
-        ("seconds_to_settle", "seconds until RSS settled", None),
+        ("seconds_to_settle", "seconds from the last one opened until RSS stopped growing", None),
         ("origin_sent_mib", "MiB the origin sent in all (proxy + kernel buffers)", None),
         ("streams_capped", f"streams that reached the origin's {bench_load.STREAM_CAP // MIB} MiB cap",
          Target("value<=", 0)),

@@ -730,9 +730,10 @@ class Sampler:
         return max(s.rss_kib for s in self.samples) if self.samples else None
 
 
-def quiet_sample(pid: int, quiet: float, bound: float = QUIET_BOUND) -> Tuple[Sample, bool]:
+def quiet_sample(pid: int, quiet: float, bound: float = QUIET_BOUND) -> Tuple[Sample, Optional[float]]:
     """A sample once the thread count has not changed, and RSS not grown by more than
-    ``RSS_NOISE_KIB``, for ``quiet`` seconds; and whether that happened within ``bound``."""
+    ``RSS_NOISE_KIB``, for ``quiet`` seconds; and when that quiet spell began (None: no
+    such spell within ``bound`` seconds, the sample is the last one taken)."""
     since = sample(pid)
     deadline = since.at + bound
     while True:
@@ -741,9 +742,9 @@ def quiet_sample(pid: int, quiet: float, bound: float = QUIET_BOUND) -> Tuple[Sa
         if now.threads != since.threads or now.rss_kib > since.rss_kib + RSS_NOISE_KIB:
             since = now
         if now.at - since.at >= quiet:
-            return now, True
+            return now, since.at
         if now.at > deadline:
-            return now, False
+            return now, None
 
 
 def percentile(values: Sequence[float], percent: int) -> Optional[float]:
@@ -908,10 +909,11 @@ def measure_stalled(kit: LoadKit, sizes: LoadSizes, proxy_port: int, pid: int,
         opened = kit.holder.call(open_stalled, proxy_port, kit.origin.stream, sizes.stalled_downloads,
                                  OPEN_DEADLINE, timeout=OPEN_DEADLINE + CALL_SLACK)
         figures["opened"] = _note_opened("stalled downloads", opened)
-        settled, is_settled = quiet_sample(pid, STALL_QUIET_SECONDS, STALL_BOUND)
-        if not is_settled:
+        opened_at = time.monotonic()
+        settled, quiet_since = quiet_sample(pid, STALL_QUIET_SECONDS, STALL_BOUND)
+        if quiet_since is None:
             note(f"RSS still growing after {STALL_BOUND:g} s")
-        figures["seconds_to_settle"] = settled.at - before.at
+        figures["seconds_to_settle"] = None if quiet_since is None else max(0.0, quiet_since - opened_at)
         figures["rss_added_mib"] = _mib(settled.rss_kib - before.rss_kib)
         figures["kib_per_download"] = (settled.rss_kib - before.rss_kib) / max(1, opened["completed"])
         origin = kit.origin.stats()
