@@ -6,8 +6,9 @@ origin sent is in one of five places: the origin's send queue, v2sync's receive 
 upstream leg, v2sync's own memory, v2sync's send queue on the client leg, or the client's
 receive queue. The kernel reports the four queues of every loopback socket in
 ``/proc/net/tcp`` (tx_queue, rx_queue), so what v2sync holds is what is left. Per connection
-that is at most the pipe (its limit, plus at most one PIPE_READ_FLOOR read) and the one chunk
-the client-side writer is stuck sending: no timing is asserted, only that accounting.
+that is at most the pipe (its limit, plus at most one PIPE_READ_FLOOR read) and what the
+client-side writer took from it and is stuck sending: no timing is asserted, only that
+accounting.
 """
 from __future__ import annotations
 
@@ -153,8 +154,8 @@ def test_stalled_downloads_hold_at_most_a_pipe_and_a_chunk_each(buffer_kib) -> N
     if buffer_kib is not None:
         config["policy"] = {"levels": {"0": {"bufferSize": buffer_kib}}}
         limit = buffer_kib * KIB
-    # the pipe (limit + one floor read) and the writer's chunk (at most one read)
-    per_download = limit + PIPE_READ_FLOOR + max(limit, PIPE_READ_FLOOR)
+    # the pipe (limit + one floor read) and what the writer took from it
+    per_download = 2 * (limit + PIPE_READ_FLOOR)
     origin = CountingOrigin()
     try:
         with running_instance(config) as instance:

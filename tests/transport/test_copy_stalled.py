@@ -14,7 +14,8 @@ from typing import List
 import pytest
 
 from v2sync.transport.copy import (PIPE_READ_FLOOR, ReadSizer, adaptive_reads,
-                                   copy_conn_to_pipe, read_budget, room_wanted)
+                                   copy_conn_to_pipe, copy_pipe_to_conn, read_budget,
+                                   room_wanted)
 from v2sync.transport.internet.conn import RELAY_READ_SIZE
 from v2sync.transport.pipe import EOF, Pipe
 
@@ -109,6 +110,30 @@ def test_bytes_arrive_whole_and_in_order_through_a_small_pipe() -> None:
     expected = bytes(i % 251 for i in range(len(received)))
     assert bytes(received) == expected
     assert max(source.asked) <= PIPE_READ_FLOOR
+
+
+class RecordingSink:
+    """Stands in for the connection a pipe is copied to; records each stream write."""
+
+    def __init__(self) -> None:
+        self.writes: List[List[bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append([data])
+
+    def sendall_parts(self, parts: List[bytes]) -> None:
+        self.writes.append(list(parts))
+
+
+def test_the_writer_takes_every_queued_chunk_in_one_write() -> None:
+    """So the pipe's room comes back whole and the next read fills it (not half of it)."""
+    pipe = Pipe(512 * KIB, "down")
+    for chunk in (b"a" * 300 * KIB, b"b" * 200 * KIB, b"c"):
+        pipe.write(chunk)
+    pipe.close()
+    sink = RecordingSink()
+    assert copy_pipe_to_conn(pipe, sink, NullTimer()) == 500 * KIB + 1
+    assert sink.writes == [[b"a" * 300 * KIB, b"b" * 200 * KIB, b"c"]]
 
 
 def test_reads_end_quietly_when_the_pipe_is_interrupted() -> None:

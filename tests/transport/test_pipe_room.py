@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
-from v2sync.transport.pipe import UNLIMITED_ROOM, Pipe, ReadTimeout
+from v2sync.transport.pipe import EOF, UNLIMITED_ROOM, Pipe, ReadTimeout
 
 JOIN = 5.0
 
@@ -103,3 +103,18 @@ def test_interrupt_resets_the_count():
     pipe.write(b"x" * 20)
     pipe.interrupt()
     assert pipe.buffered == 0
+
+
+def test_read_all_takes_every_queued_chunk_and_frees_the_room():
+    pipe = Pipe(8)
+    for chunk in (b"ab", b"cdef", b"ghi"):
+        pipe.write(chunk)
+    assert pipe.read_all(0) == [b"ab", b"cdef", b"ghi"]
+    assert pipe.buffered == 0
+    assert pipe.wait_room(timeout=0) == 8
+    pipe.write(b"j")
+    pipe.close()
+    assert pipe.read_all(0) == [b"j"]
+    assert pipe.read_all(0) is EOF
+    with pytest.raises(ReadTimeout):
+        Pipe(8).read_all(0)

@@ -4,28 +4,31 @@ During the relay, sockets block without a timeout: the connection's ``ActivityTi
 bound. When it expires it aborts the connection and interrupts the link, which unblocks
 every loop below at once; a per-read socket timeout would cost a poll() per read for nothing.
 
-What a direction holds while its consumer is stalled (a client that stops reading), per
-direction of a connection, beside the kernel's socket buffers:
+What a direction holds while its consumer is stalled (a client that stops reading), beside
+the kernel's socket buffers:
 
-- the pipe: at most its limit (the policy's ``bufferSize``) plus one read, because a read
-  waits for the pipe to accept and takes no more than the pipe's room, or PIPE_READ_FLOOR
-  when less is left (``adaptive_reads`` with a pipe);
-- the writer's chunk, stuck in ``sendall``: at most what one read took, so at most the
-  larger of the limit and PIPE_READ_FLOOR;
-- nothing at the reader: it waits for room before it reads, holding no chunk.
+- nothing at the reader: it waits for room in the pipe before it reads, holding no chunk;
+- the pipe: at most its limit (the policy's ``bufferSize``) plus PIPE_READ_FLOOR, because a
+  read asks for no more than the pipe's room, or PIPE_READ_FLOOR when less is left
+  (``adaptive_reads`` with a pipe). From 128 KiB up, the limit itself: a read then waits for
+  a floor's worth of room;
+- the writer: what it last took from the pipe (``read_all``), stuck in ``sendall``: at most
+  what the pipe held.
 
-So at the default 512 KiB limit a stalled download holds at most ~1.06 MiB, as v2ray 4.34
-does (its pipe's limit plus one 64 KiB readv, and the writer's MultiBuffer of the pipe's
-whole content). Loops drop each chunk once it is handed on, so an idle connection does not
-keep its last chunk of a burst alive while it waits for the next one.
+So at the default 512 KiB a stalled download holds at most 1 MiB, as v2ray 4.34 does (its
+pipe's limit plus one 64 KiB readv, and the writer's MultiBuffer of the pipe's whole
+content). Chunks are at most the pipe's room, so a bulk transfer moves 512 KiB per read at
+the default, where a read could take RELAY_READ_SIZE before: measured, ~8% more CPU per GiB
+on the bare relay. Loops drop each chunk once it is handed on, so an idle connection does
+not keep the last chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
+from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
-from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -137,16 +140,33 @@ def write_or_stop(pipe: Pipe, data: bytes) -> bool:
 
 
 def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int:
-    """Copy until the pipe's EOF; returns the byte count. Does not close ``conn``."""
+    """Copy until the pipe's EOF; returns the byte count. Does not close ``conn``.
+
+    Each round takes every chunk queued (``Pipe.read_all``) and sends them in one gather
+    write. Taking one chunk at a time, a pipe that held two half-limit chunks kept holding
+    two: the reader, told the room of one, read half a limit again (measured: 256 KiB reads
+    at the default 512 KiB, 2.6x the system calls of 1 MiB reads per GiB).
+    """
     total = 0
     while True:
-        chunk = pipe.read()
-        if chunk is EOF:
+        chunks = pipe.read_all()
+        if chunks is EOF:
             return total
         timer.update()
-        conn.write(chunk)
-        total += len(chunk)
-        del chunk  # sent: not kept alive while the next read waits
+        total += write_chunks(conn, chunks)
+        del chunks  # sent: not kept alive while the next read waits
+
+
+def write_chunks(conn: Connection, chunks: List[bytes]) -> int:
+    """Send ``chunks`` as one stream write; returns the byte count."""
+    if len(chunks) == 1:
+        conn.write(chunks[0])
+        return len(chunks[0])
+    try:
+        conn.sendall_parts(chunks)
+    except OSError as e:  # as Connection.write translates them
+        raise TransportError(f"write to {conn.remote} failed: {e}") from e
+    return sum(map(len, chunks))
 
 
 def flush_ready(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> None:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Deque, Optional, Union
+from typing import Deque, List, Optional, Union
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
 
@@ -209,21 +209,42 @@ class Pipe:
     def read(self, timeout: Optional[float] = None) -> Chunk:
         """Return the next chunk, or ``EOF`` after close(); ``ReadTimeout`` if none in time."""
         q = self._q
-        deadline = None if timeout is None else time.monotonic() + timeout
         with q.not_empty:
-            while True:
-                if self._interrupted:
-                    raise PipeInterrupted(f"{self.name} interrupted")
-                if q.queue:
-                    item = q._get()
-                    q.wake()
-                    return item
-                if self._closed:
-                    return EOF
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ReadTimeout(f"{self.name}: no data within {timeout}s")
-                q.not_empty.wait(remaining)
+            if not self._wait_readable(timeout):
+                return EOF
+            item = q._get()
+            q.wake()
+            return item
+
+    def read_all(self, timeout: Optional[float] = None) -> Union[List[bytes], _EOFType]:
+        """Every chunk queued now (at least one), or ``EOF`` after close(); as ``read``
+        otherwise. v2ray's ``ReadMultiBuffer``: a writer that sends them in one gather call
+        lets the pipe's room come back whole, so the next read fills it."""
+        q = self._q
+        with q.not_empty:
+            if not self._wait_readable(timeout):
+                return EOF
+            chunks = list(q.queue)
+            q.queue.clear()
+            q.nbytes = 0
+            q.wake()
+            return chunks
+
+    def _wait_readable(self, timeout: Optional[float]) -> bool:
+        """Wait, with the mutex held, for a chunk (True) or the EOF after close (False)."""
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._interrupted:
+                raise PipeInterrupted(f"{self.name} interrupted")
+            if q.queue:
+                return True
+            if self._closed:
+                return False
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ReadTimeout(f"{self.name}: no data within {timeout}s")
+            q.not_empty.wait(remaining)
 
     @property
     def is_closed(self) -> bool:
