@@ -47,9 +47,9 @@ from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, socks_free
 from support.resources import process_rss_kib, process_thread_count  # noqa: E402
 
 import bench_load  # noqa: E402
-from v2sync.common.affinity import NAMESPACE_ENV_VAR  # noqa: E402
-from bench_load import (CLIENT_TIMEOUT, ECHO_TIMEOUT, BenchError, Figures,  # noqa: E402,F401
+from bench_load import (CLIENT_TIMEOUT, ECHO_TIMEOUT, BenchError, Figures,  # noqa: E402
                         LoadSizes, Refused, echo_request, recv_exact, socks5_connect)
+from v2sync.common.affinity import NAMESPACE_ENV_VAR  # noqa: E402
 
 IMPLEMENTATIONS = ("v2sync", "v2ray")
 
