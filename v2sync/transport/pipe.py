@@ -4,15 +4,16 @@
   ``pipeOption.isFull``: ``curSize > limit``). A write that is let in is taken whole, so one
   chunk may overshoot and a large write never deadlocks against a small limit; ``limit`` 0
   hands over one chunk at a time and a negative ``limit`` never blocks (``WithoutSizeLimit``).
-- ``wait_room(timeout)`` blocks as ``write`` would and returns how many bytes the pipe may
-  still take without passing its limit. A relay sizes its next socket read by it
-  (``transport.copy.adaptive_reads``), so bytes wait in the kernel rather than in a chunk a
-  blocked writer holds on to.
+- ``wait_room(want, timeout)`` blocks until ``want`` bytes fit under the limit (or the pipe
+  is empty) and returns how many bytes the pipe may still take without passing its limit.
+  A relay sizes its next socket read by it (``transport.copy.adaptive_reads``), so bytes
+  wait in the kernel rather than in a chunk a blocked writer holds on to.
 - ``close()`` is a graceful EOF: the reader drains what is queued, then gets ``EOF``.
 - ``interrupt()`` aborts: the reader and any blocked writer raise ``PipeInterrupted`` at once,
   and queued data is dropped.
 - ``read(timeout)`` returns bytes, or the ``EOF`` sentinel (never an overloaded ``b""``), and
-  raises ``ReadTimeout`` when nothing arrived in time.
+  raises ``ReadTimeout`` when nothing arrived in time; ``read_all(timeout)`` returns every
+  chunk queued (v2ray's ``ReadMultiBuffer``).
 
 Storage is a ``queue.Queue`` whose size is counted in bytes rather than items, so the queue's
 own mutex and conditions give us the blocking behaviour; close and interrupt just set a flag
@@ -66,8 +67,9 @@ class _ByteQueue(queue.Queue):
         # connection makes two pipes, so they are assembled here instead:
         # - task_done()/join() are never used on a pipe: no ``all_tasks_done`` (~700 bytes);
         # - one writer and one reader, never both waiting (the writer waits only while the
-        #   pipe is full, the reader only while it is empty), so one Condition serves as
-        #   "not full" and "not empty" (~800 bytes).
+        #   pipe holds something: it is full, or short of the room ``wait_room`` wants; the
+        #   reader only while it is empty), so one Condition serves as "not full" and "not
+        #   empty" (~800 bytes).
         self.maxsize = maxsize
         self._init(maxsize)
         self.mutex = threading.Lock()
