@@ -336,3 +336,46 @@ def test_routing_section_is_built_with_located_errors() -> None:
         config_from_dict({**base, "routing": {"rules": [
             {"type": "field", "attrs": "attrs[':method'] == 'GET'", "outboundTag": "direct"}]}})
     assert "routing.rules[0]" in str(err.value) and "attrs" in str(err.value)
+
+
+# --------------------------------------------------------------------------- every error
+
+
+def test_every_error_of_each_handler_is_reported() -> None:
+    # schema errors (port, kcp) used to drop the whole handler before the builder saw it
+    errors = build_errors(
+        inbounds=[socks(listen="bad.example", port=True),
+                  {"protocol": "vmess", "port": 1, "streamSettings": {"network": "kcp"},
+                   "settings": {"clients": [{"id": "not-a-uuid"}]}}],
+        outbounds=[{"protocol": "freedom", "sendThrough": "x.example",
+                    "settings": {"redirect": "bad"}, "streamSettings": {"network": "kcp"}}])
+    assert [e.split(": ")[1] for e in errors] == [
+        "inbounds[0].listen", "inbounds[0].port",
+        "inbounds[1].settings.clients[0].id", "inbounds[1].streamSettings.network",
+        "outbounds[0].sendThrough", "outbounds[0].settings.redirect",
+        "outbounds[0].streamSettings.network"]
+
+
+def test_a_step_whose_input_was_refused_is_skipped_not_repeated() -> None:
+    # the port's schema error is not followed by the builder's own port error
+    errors = build_errors(inbounds=[socks(port=[1]), socks(port="70000")])
+    assert errors == [
+        "b.json: inbounds[0].port: invalid port [...] "
+        "(expected an integer 0-65535, a range \"a-b\" or \"env:VAR\")",
+        "b.json: inbounds[1].port: port '70000' is out of range "
+        "(expected an integer 0-65535, a range \"a-b\" or \"env:VAR\")"]
+
+
+@pytest.mark.parametrize("key, value", [("tag", ["a"]), ("protocol", ["socks"]),
+                                        ("tag", {"a": 1}), ("settings", [1]),
+                                        ("streamSettings", 5), ("listen", 7)])
+def test_wrongly_typed_handler_fields_are_reported_not_crashed_on(key: str, value: Any) -> None:
+    errors = build_errors(inbounds=[socks(**{key: value}), socks(**{key: value})])
+    assert errors and all(": inbounds[" in e for e in errors)
+
+
+def test_a_handler_that_is_not_an_object_is_reported_once() -> None:
+    assert build_errors(inbounds=[5, socks(listen="bad.example")]) == [
+        "b.json: inbounds[0]: 5 is an integer (expected an object)",
+        "b.json: inbounds[1].listen: unable to listen on domain address 'bad.example' "
+        "(expected an IP address)"]

@@ -102,6 +102,7 @@ def without_errors(document: Document, errors: Sequence[ConfigError]) -> Documen
     itself refused (not an object); list items become None (merge skips them) so the others
     keep their JSON paths."""
     data = dict(document.data)
+    copied = set()  # lists already copied (once each: 100,000 errors in one list are linear)
     for error in errors:
         match = _TOP_PATH.match(error.path)
         if match is None or match.group(1) not in data:
@@ -110,10 +111,11 @@ def without_errors(document: Document, errors: Sequence[ConfigError]) -> Documen
         if key in HANDLER_KEYS and match.end() < len(error.path):
             continue  # inside one handler: the builder skips just that part
         if index is not None and isinstance(data[key], list):
-            items = list(data[key])
-            if int(index) < len(items):
-                items[int(index)] = None
-            data[key] = items
+            if key not in copied:
+                data[key] = list(data[key])
+                copied.add(key)
+            if int(index) < len(data[key]):
+                data[key][int(index)] = None
         else:
             del data[key]
     return Document(document.name, data, document.warnings)
