@@ -133,7 +133,8 @@ def rich_handler(kind: str, console=None) -> logging.Handler:
         pass
 
     handler = _QuietRichHandler(console=console, show_path=False, show_level=kind == "error",
-                                markup=False, log_time_format=DATE_FORMAT)
+                                markup=False, log_time_format=DATE_FORMAT,
+                                omit_repeated_times=False)  # every line has its time, as v2ray's
     handler.setFormatter(V2RayFormatter(MESSAGE_FORMAT))
     return handler
 
