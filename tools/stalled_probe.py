@@ -2,14 +2,16 @@
 """Memory under slow readers: N downloads through SOCKS5 -> freedom whose client never reads.
 
     python tools/stalled_probe.py [--connections 100] [--rounds 1] [--only v2sync|v2ray]
-                                  [--buffer-size KIB] [--download-mib 64]
+                                  [--chain relay|vmess] [--buffer-size KIB] [--download-mib 64]
 
 v2sync and the real v2ray run one after the other in the same run, against the same origin.
 The origin and the stalled client each run in a process of their own (this script, with
 ``--role origin`` / ``--role client``), so the proxy's RSS is the only thing measured and no
 client thread competes with it for a CPU. Per implementation and round:
 
-1. start the proxy (``tests/support/procs``: SOCKS5 inbound -> freedom, access log off);
+1. start the proxy (``tests/support/procs``: SOCKS5 inbound -> freedom, access log off; or
+   with ``--chain vmess`` the VMess server and client of ``tools/bench.py``, whose RSS,
+   threads and peak are summed);
 2. warm it up with a few short downloads that are read to the end, let it settle, and take
    its RSS as the baseline;
 3. the client opens N SOCKS5 CONNECTs to the origin, which sends ``--download-mib`` to each
@@ -32,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
@@ -239,53 +241,81 @@ def proc_status(pid: int) -> Dict[str, int]:
     return fields
 
 
-def wait_until_stable(pid: int) -> int:
+def wait_until_stable(pids: Sequence[int]) -> int:
     """Poll RSS until it grew < STABLE_GROWTH_KIB over STABLE_WINDOW s (bounded); return it."""
     history: List[int] = []
     window = int(STABLE_WINDOW / POLL_SECONDS)
     deadline = time.monotonic() + FILL_DEADLINE
     while time.monotonic() < deadline:
-        history.append(proc_status(pid)["VmRSS"])
+        history.append(total_status(pids)["VmRSS"])
         if len(history) > window and history[-1] - history[-1 - window] < STABLE_GROWTH_KIB:
             break
         time.sleep(POLL_SECONDS)
     return history[-1]
 
 
-def make_proxy(implementation: str, port: int, buffer_kib: Optional[int]) -> ConfigProcess:
-    config = socks_freedom_config(port, access="none")
-    if buffer_kib is not None:
-        config["policy"] = {"levels": {"0": {"bufferSize": buffer_kib}}}
+def chain_configs(chain: str, port: int, buffer_kib: Optional[int]) -> List[Dict[str, Any]]:
+    """The configs of a chain whose SOCKS5 entry is ``port``, servers first."""
+    if chain == "vmess":  # SOCKS5 -> VMess -> VMess -> freedom, two processes
+        configs = bench.vmess_pair_configs(port)
+    else:
+        configs = [socks_freedom_config(port, access="none")]
+    if buffer_kib is not None:  # VMess users and SOCKS are level 0
+        for config in configs:
+            config["policy"] = {"levels": {"0": {"bufferSize": buffer_kib}}}
+    return configs
+
+
+@contextlib.contextmanager
+def running_chain(implementation: str, configs: Sequence[Dict[str, Any]]
+                  ) -> Iterator[List[ConfigProcess]]:
     cls = V2RayProcess if implementation == "v2ray" else V2SyncProcess
-    return cls(config, ready_timeout=PROXY_READY_TIMEOUT)
+    processes: List[ConfigProcess] = []
+    try:
+        for config in configs:
+            processes.append(cls(config, ready_timeout=PROXY_READY_TIMEOUT))
+            processes[-1].start()
+        yield processes
+    finally:
+        for process in reversed(processes):
+            process.stop(check=False)
+
+
+def total_status(pids: Sequence[int]) -> Dict[str, int]:
+    totals: Dict[str, int] = {}
+    for pid in pids:
+        for name, value in proc_status(pid).items():
+            totals[name] = totals.get(name, 0) + value
+    return totals
 
 
 def measure(implementation: str, origin: Child, ports: Sequence[int], count: int,
-            buffer_kib: Optional[int]) -> Sample:
+            chain: str, buffer_kib: Optional[int]) -> Sample:
     sample = Sample(implementation)
     port = free_port()
-    proxy = make_proxy(implementation, port, buffer_kib)
-    proxy.start()
-    try:
+    with running_chain(implementation, chain_configs(chain, port, buffer_kib)) as processes:
+        pids = [process.pid for process in processes]
         for _ in range(WARMUP_DOWNLOADS):
             warm_up(port, ports[0])
         time.sleep(SETTLE_SECONDS)
-        sample.baseline_kib = proc_status(proxy.pid)["VmRSS"]
+        sample.baseline_kib = total_status(pids)["VmRSS"]
         sent_before = int(origin.ask("sent")[0])
         with child("--role", "client", str(port), str(ports[1]), str(count)) as client:
             sample.connections = int(client.line("ready")[0])
-            sample.stalled_kib = wait_until_stable(proxy.pid)
-            status = proc_status(proxy.pid)
+            sample.stalled_kib = wait_until_stable(pids)
+            status = total_status(pids)
             sample.peak_kib, sample.threads = status["VmHWM"], status["Threads"]
             sample.in_flight = int(origin.ask("sent")[0]) - sent_before
-    finally:
-        proxy.stop(check=False)
     return sample
 
 
-def report(samples: Sequence[Sample], buffer_kib: Optional[int]) -> None:
+CHAINS = {"relay": "SOCKS5 -> freedom",
+          "vmess": "SOCKS5 -> VMess -> VMess -> freedom (two processes, summed)"}
+
+
+def report(samples: Sequence[Sample], chain: str, buffer_kib: Optional[int]) -> None:
     policy = "default" if buffer_kib is None else f"{buffer_kib} KiB"
-    print(f"\nstalled downloads, SOCKS5 -> freedom, bufferSize {policy}")
+    print(f"\nstalled downloads, {CHAINS[chain]}, bufferSize {policy}")
     header = (f"{'implementation':<14} {'conns':>5} {'base MiB':>9} {'added MiB':>10} "
               f"{'KiB/conn':>9} {'peak MiB':>9} {'threads':>7} {'in flight MiB':>13}")
     print(header)
@@ -308,6 +338,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1, help="measurements per implementation")
     parser.add_argument("--only", choices=IMPLEMENTATIONS)
+    parser.add_argument("--chain", choices=sorted(CHAINS), default="relay")
     parser.add_argument("--buffer-size", type=int, help="policy level 0 bufferSize (KiB)")
     parser.add_argument("--download-mib", type=int, default=64, help="bytes each origin download offers")
     parser.add_argument("--role", choices=("origin", "client"), help=argparse.SUPPRESS)
@@ -331,8 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for implementation in implementations:
                 print(f"  {implementation} ...", file=sys.stderr, flush=True)
                 samples.append(measure(implementation, origin, ports, args.connections,
-                                       args.buffer_size))
-    report(samples, args.buffer_size)
+                                       args.chain, args.buffer_size))
+    report(samples, args.chain, args.buffer_size)
     return 0
 
 
