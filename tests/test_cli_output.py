@@ -116,6 +116,22 @@ def test_an_internal_error_is_one_line_and_exit_23(tmp_path: Path,
         cli.EXIT_CONFIG_ERROR, ["v2sync: failed to load config: internal error: RuntimeError: boom"])
 
 
+@pytest.mark.parametrize("command", ["test", "run"])
+def test_a_log_file_that_cannot_be_opened_is_a_config_error(tmp_path: Path, command: str) -> None:
+    # v2ray -test: "failed to initialize error logger > open ...: no such file", exit 23
+    doc = {"log": {"error": str(tmp_path / "missing" / "e.log")}, "outbounds": [FREEDOM]}
+    code, lines = run_main(command, "-c", write(tmp_path, doc))
+    assert (code, lines[1:]) == (cli.EXIT_CONFIG_ERROR, [
+        f"  log.error: cannot open {str(tmp_path / 'missing' / 'e.log')!r}: No such file or "
+        "directory (expected a writable file, \"\" (stdout) or \"none\")"])
+
+
+def test_test_creates_the_log_files_as_v2ray_does(tmp_path: Path) -> None:
+    doc = {"log": {"access": str(tmp_path / "a.log"), "loglevel": "info"}, "outbounds": [FREEDOM]}
+    assert run_main("test", "-c", write(tmp_path, doc))[0] == 0
+    assert (tmp_path / "a.log").exists()
+
+
 # --------------------------------------------------------------------------- processes
 
 

@@ -173,12 +173,15 @@ def _print_config_errors(err) -> int:
 def _load_instance(args):
     """The config and its Instance (built, not started), or the exit code after printing
     why not. Building checks everything ``v2ray -test`` checks."""
+    from v2sync.app.log.setup import check_files
     from v2sync.common.errors import ConfigError
     from v2sync.core import Instance
 
     try:
         config = _load(args)
-        return config, Instance(config)
+        instance = Instance(config)
+        check_files(config.log)
+        return config, instance
     except ConfigError as e:
         return _print_config_errors(e)
     except Exception as e:  # a bug, not the config's fault: one line, not a traceback
@@ -213,6 +216,7 @@ def _cpu_setting(args):
 def cmd_run(args) -> int:
     from v2sync.app.log.setup import configure
     from v2sync.common import affinity
+    from v2sync.common.errors import ConfigError
 
     _log_load_warnings()
     try:
@@ -224,7 +228,10 @@ def cmd_run(args) -> int:
     if isinstance(loaded, int):
         return loaded
     config, instance = loaded
-    configure(config.log, _console_handler)
+    try:
+        configure(config.log, _console_handler)
+    except ConfigError as e:  # a log file gone since the check
+        return _print_config_errors(e)
     try:
         claim = affinity.apply(cpu)  # before start: every thread started later inherits it
     except ValueError as e:

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,8 +53,8 @@ def _schema_words() -> Tuple[List[str], List[str]]:
 
 SCHEMA_KEYS, SCHEMA_VALUES = _schema_words()
 ODD_STRINGS = ["", "127.0.0.1", "::1", "localhost", "0.0.0.0", "1080-1090", "2-1", "env:NOPE",
-               "@abstract", "/tmp/x.sock", "geoip:private", "geosite:cn", "domain:x.test",
-               "regexp:(", "full:", "ext:none.dat:x", "b831381d-6324-4d53-ad4f-8cda48b30811",
+               "@abstract", "/nonexistent-v2sync/x.sock", "geoip:private", "geosite:cn",
+               "domain:x.test", "regexp:(", "full:", "ext:none.dat:x", "b831381d-6324-4d53-ad4f-8cda48b30811",
                "x" * 5000, "\u00e9\u4e2d\U0001f600", "\ufffd", "a,b,,c", "1e3", "65536"]
 ODD_INTS = [-1, 0, 1, 53, 65535, 65536, 2**31, 2**32, 2**63, 2**64, 10**300]
 
@@ -197,11 +197,23 @@ def _fuzz_once(data: st.DataObject, write: Callable[[str, bytes], str]) -> None:
     check_outcome(code, output)
 
 
+@contextlib.contextmanager
+def working_directory(path: str) -> Iterator[None]:
+    """Relative paths a fuzzed config names (log files, which ``test`` creates as v2ray's
+    does) land in ``path``, not in the checkout."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_fuzzed_configs_exit_0_or_23_with_messages(data: st.DataObject) -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, working_directory(directory):
         def write(name: str, content: bytes) -> str:
             path = os.path.join(directory, name)
             with open(path, "wb") as f:

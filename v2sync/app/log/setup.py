@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.log.access import ACCESS_LOGGER
+from v2sync.common.errors import ConfigError, ConfigErrors
 from v2sync.infra.conf.model import LogConfig
 
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
@@ -39,11 +40,39 @@ def plain_console(kind: str) -> logging.Handler:
 def _handler(target: Optional[str], kind: str, console: ConsoleFactory) -> Optional[logging.Handler]:
     if target is None:
         return None
-    handler = console(kind) if target == "" else logging.FileHandler(target, encoding="utf-8")
+    handler = console(kind) if target == "" else _file_handler(target, kind)
     if handler.formatter is None:
         fmt = ERROR_FORMAT if kind == "error" else ACCESS_FORMAT
         handler.setFormatter(V2RayFormatter(fmt, DATE_FORMAT))
     return handler
+
+
+def _file_handler(target: str, kind: str) -> logging.Handler:
+    try:
+        return logging.FileHandler(target, encoding="utf-8")
+    except OSError as e:  # 4.34: "failed to initialize error logger > open ...", exit 23
+        raise ConfigError(f"cannot open {target!r}: {e.strerror or e}", f"log.{kind}",
+                          expected='expected a writable file, "" (stdout) or "none"') from None
+
+
+def _targets(config: LogConfig) -> Tuple[Tuple[str, Optional[str]], ...]:
+    if config.level == "none":
+        return (("error", None), ("access", None))
+    return (("error", config.error), ("access", config.access))
+
+
+def check_files(config: LogConfig) -> None:
+    """Open (creating) and close each log file, as ``v2ray -test`` does: it refuses a config
+    whose log it cannot open. Raises ConfigErrors naming each."""
+    errors: List[ConfigError] = []
+    for kind, target in _targets(config):
+        if target:
+            try:
+                _file_handler(target, kind).close()
+            except ConfigError as e:
+                errors.append(e)
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def _install(logger: logging.Logger, handler: Optional[logging.Handler], level: int) -> None:
@@ -60,9 +89,7 @@ def _install(logger: logging.Logger, handler: Optional[logging.Handler], level: 
 
 def configure(config: LogConfig, console: ConsoleFactory = plain_console) -> None:
     """Route ``v2sync.*`` to the error log and ``v2sync.access`` to the access log."""
-    off = config.level == "none"
-    error_target = None if off else config.error
-    access_target = None if off else config.access
+    (_, error_target), (_, access_target) = _targets(config)
     _install(logging.getLogger("v2sync"), _handler(error_target, "error", console),
              LEVELS.get(config.level, logging.WARNING))
     _install(logging.getLogger(ACCESS_LOGGER), _handler(access_target, "access", console),
