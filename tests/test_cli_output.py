@@ -82,8 +82,9 @@ def test_errors_are_capped_at_50_with_a_count(tmp_path: Path) -> None:
     assert code == cli.EXIT_CONFIG_ERROR
     assert len(lines) == 1 + MAX_SHOWN + 1 == 52
     assert lines[0] == "v2sync: failed to load config:"
-    assert lines[MAX_SHOWN].endswith("inbounds[49].port: invalid port 'bad49' "
-                                     "(expected an integer 0-65535, a range \"a-b\" or \"env:VAR\")")
+    assert lines[MAX_SHOWN].endswith(
+        "inbounds[49].port: invalid port 'bad49' "
+        "(expected an integer 0-65535, a range \"a-b\" or \"env:VAR\")")
     assert lines[-1] == "  … and 70 more"
 
 
@@ -112,8 +113,8 @@ def test_an_internal_error_is_one_line_and_exit_23(tmp_path: Path,
         raise RuntimeError("boom")
 
     monkeypatch.setattr("v2sync.infra.conf.builder.load_config", broken)
-    assert run_main("test", "-c", write(tmp_path, {})) == (
-        cli.EXIT_CONFIG_ERROR, ["v2sync: failed to load config: internal error: RuntimeError: boom"])
+    assert run_main("test", "-c", write(tmp_path, {})) == (cli.EXIT_CONFIG_ERROR, [
+        "v2sync: failed to load config: internal error: RuntimeError: boom"])
 
 
 @pytest.mark.parametrize("command", ["test", "run"])

@@ -54,7 +54,8 @@ def _schema_words() -> Tuple[List[str], List[str]]:
 SCHEMA_KEYS, SCHEMA_VALUES = _schema_words()
 ODD_STRINGS = ["", "127.0.0.1", "::1", "localhost", "0.0.0.0", "1080-1090", "2-1", "env:NOPE",
                "@abstract", "/nonexistent-v2sync/x.sock", "geoip:private", "geosite:cn",
-               "domain:x.test", "regexp:(", "full:", "ext:none.dat:x", "b831381d-6324-4d53-ad4f-8cda48b30811",
+               "domain:x.test", "regexp:(", "full:", "ext:none.dat:x",
+               "b831381d-6324-4d53-ad4f-8cda48b30811",
                "x" * 5000, "\u00e9\u4e2d\U0001f600", "\ufffd", "a,b,,c", "1e3", "65536"]
 ODD_INTS = [-1, 0, 1, 53, 65535, 65536, 2**31, 2**32, 2**63, 2**64, 10**300]
 
@@ -152,7 +153,8 @@ def _damage(data: st.DataObject, text: bytes) -> bytes:
     if kind == "insert":
         return text[:at] + data.draw(st.binary(min_size=1, max_size=8)) + text[at:]
     if kind == "comment":
-        return text[:at] + data.draw(st.sampled_from([b"//x\n", b"/*", b"#", b"*/", b"'"])) + text[at:]
+        marker = data.draw(st.sampled_from([b"//x\n", b"/*", b"#", b"*/", b"'"]))
+        return text[:at] + marker + text[at:]
     if kind == "bom":
         return b"\xef\xbb\xbf" + text
     if kind == "latin1":

@@ -56,9 +56,15 @@ def test_syntax_errors_in_deep_documents_have_line_and_column() -> None:
         loads(text, "d.json")
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                    | st.text(), lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10))
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=10)
+
+
+@given(JSON_VALUES)
 def test_property_deep_documents_parse_as_json_loads_would(value: Any) -> None:
     text = json.dumps(value, ensure_ascii=False)
     assert unwrap(loads(nested_text(1_500, text), "p.json"), 1_500) == json.loads(text)
@@ -118,7 +124,8 @@ def test_schema_describes_less_than_the_validation_cut() -> None:
 def test_dev_zero_is_refused_at_the_size_limit() -> None:
     with pytest.raises(ConfigError) as info:
         read_text("/dev/zero")
-    assert info.value.render() == "/dev/zero: config is larger than 64 MiB (expected at most 64 MiB)"
+    assert info.value.render() == \
+        "/dev/zero: config is larger than 64 MiB (expected at most 64 MiB)"
 
 
 def test_read_bounded_takes_exactly_the_limit() -> None:
@@ -169,7 +176,8 @@ def test_bom_is_skipped(tmp_path: Path) -> None:
 
 def test_lone_surrogate_escapes_become_replacement_characters() -> None:
     # Go's decoder does this; a lone surrogate cannot be encoded to UTF-8 later
-    text = r'{"\ud800k": ["\udfff", "ok \ud83d\ude00"], "n": ' + nested_text(1_200, r'"\ud800"') + "}"
+    deep = nested_text(1_200, r'"\ud800"')
+    text = r'{"\ud800k": ["\udfff", "ok \ud83d\ude00"], "n": ' + deep + "}"
     value = loads(text, "s.json")
     assert value["\ufffdk"] == ["\ufffd", "ok \U0001f600"]
     assert unwrap(value["n"], 1_200) == "\ufffd"

@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # C-accelerated
 from json.scanner import NUMBER_RE
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from v2sync.common.errors import ConfigError
 
@@ -55,7 +55,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _LITERALS = {"null": None, "true": True, "false": False}
 
 
-def read_bounded(stream: BinaryIO, name: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+def read_bounded(stream: IO[Any], name: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
     """At most ``limit`` bytes of ``stream``; a ConfigError if there is more."""
     data = stream.read(limit + 1)
     if len(data) > limit:
@@ -254,17 +254,21 @@ def _replace_lone_surrogates(value: Any) -> Any:
     pending: List[Any] = [root]
     while pending:
         container = pending.pop()
-        items = list(container.items()) if isinstance(container, dict) else \
-            list(enumerate(container))
         if isinstance(container, dict):
+            items = list(container.items())
             container.clear()
-        for key, item in items:
-            if isinstance(item, str):
-                item = _LONE_SURROGATE.sub(REPLACEMENT, item)
-            elif isinstance(item, (dict, list)):
-                pending.append(item)
-            if isinstance(container, dict):
-                container[_LONE_SURROGATE.sub(REPLACEMENT, key)] = item
-            else:
-                container[key] = item
+            for key, item in items:
+                container[_LONE_SURROGATE.sub(REPLACEMENT, key)] = _fixed(item, pending)
+        else:
+            for index, item in enumerate(container):
+                container[index] = _fixed(item, pending)
     return root[0]
+
+
+def _fixed(item: Any, pending: List[Any]) -> Any:
+    """A string with its lone surrogates replaced; a container is queued for its turn."""
+    if isinstance(item, str):
+        return _LONE_SURROGATE.sub(REPLACEMENT, item)
+    if isinstance(item, (dict, list)):
+        pending.append(item)
+    return item

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 # SessionDefault() in features/policy/policy.go (4.34; the 4/300/2/5 in old docs is stale).
 DEFAULT_HANDSHAKE = 60.0
@@ -34,14 +34,14 @@ def deep_freeze(value: Any) -> Any:
     """
     if not isinstance(value, (Mapping, list, tuple)):
         return value
-    order = []  # every container, each after its parent (a shared one once per parent)
+    order: List[Any] = []  # every container, each after its parent (a shared one once per parent)
     pending = [value]
     while pending:
         container = pending.pop()
         order.append(container)
         children = container.values() if isinstance(container, Mapping) else container
         pending.extend(c for c in children if isinstance(c, (Mapping, list, tuple)))
-    frozen = {}  # id(container) -> its frozen copy; ``order`` keeps every id alive
+    frozen: Dict[int, Any] = {}  # id(container) -> its frozen copy; ``order`` keeps ids alive
     for container in reversed(order):
         frozen[id(container)] = _freeze_one(container, frozen)
     return frozen[id(value)]
