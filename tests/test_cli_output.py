@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from v2sync import cli
-from v2sync.infra.conf.validate import MAX_SHOWN
+from v2sync.infra.conf.validate import MAX_CHECKED_ERRORS, MAX_SHOWN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT = 60.0
@@ -86,6 +86,13 @@ def test_errors_are_capped_at_50_with_a_count(tmp_path: Path) -> None:
         "inbounds[49].port: invalid port 'bad49' "
         "(expected an integer 0-65535, a range \"a-b\" or \"env:VAR\")")
     assert lines[-1] == "  … and 70 more"
+
+
+def test_checking_stops_after_1000_errors_and_says_so(tmp_path: Path) -> None:
+    code, lines = run_main("test", "-c", write(tmp_path, bad_inbounds(MAX_CHECKED_ERRORS + 5)))
+    assert code == cli.EXIT_CONFIG_ERROR
+    assert lines[1].endswith("c.json: too many errors: checking stopped after the first 1,000")
+    assert lines[-1] == f"  … and {MAX_CHECKED_ERRORS + 1 - MAX_SHOWN} more"
 
 
 def test_fifty_errors_print_without_a_count(tmp_path: Path) -> None:

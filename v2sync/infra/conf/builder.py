@@ -21,8 +21,8 @@ from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNL
                                      Config, InboundConfig, LevelPolicy, LogConfig,
                                      OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
                                      SystemPolicy, deep_freeze)
-from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, check_document,
-                                        sort_errors, without_errors)
+from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooManyErrors,
+                                        check_document, sort_errors, without_errors)
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
@@ -94,13 +94,15 @@ def _check_and_build(names: Sequence[str], raws: Sequence[Tuple[str, Mapping[str
         documents.append(without_errors(document, problems))
     if not errors:
         return build_config(merge(documents))
-    # Build the parts that passed validation too, so the builder's findings (ports, tags,
-    # per-protocol settings) come in the same report instead of on the next attempt.
-    builder = _Builder(merge(documents), reported=ReportedErrors(errors))
-    builder.build()
+    found: List[ConfigError] = list(errors)
+    if not any(isinstance(e, TooManyErrors) for e in errors):
+        # Build the parts that passed validation too, so the builder's findings (ports,
+        # tags, per-protocol settings) come in the same report, not on the next attempt.
+        builder = _Builder(merge(documents), reported=ReportedErrors(errors))
+        builder.build()
+        found += builder.errors
     order = {name: i for i, name in enumerate(names)}
-    raise ConfigErrors(sorted(sort_errors(errors + builder.errors),
-                              key=lambda e: order.get(e.file, len(order))))
+    raise ConfigErrors(sorted(sort_errors(found), key=lambda e: order.get(e.file, len(order))))
 
 
 def build_config(merged: MergedConfig) -> Config:

@@ -178,10 +178,25 @@ def _validator() -> Any:
 SCHEMA_DEPTH = 64
 
 
+# JSON Schema costs ~0.2 ms per refused item: a file of 100,000 bad items took 20 s to
+# count every error, while only 50 are printed. Past this many, checking the file stops.
+MAX_CHECKED_ERRORS = 1_000
+
+
+class TooManyErrors(ConfigError):
+    """Checking a file stopped early; what the schema did not reach is unchecked, so the
+    builder must not run on it."""
+
+
 def schema_errors(data: Any, file: str) -> List[ConfigError]:
     errors: List[ConfigError] = []
     for error in _validator().iter_errors(cut_below(data, SCHEMA_DEPTH)):
         errors.extend(_render(error, file))
+        if len(errors) >= MAX_CHECKED_ERRORS:
+            errors.append(TooManyErrors(
+                f"too many errors: checking stopped after the first {MAX_CHECKED_ERRORS:,}",
+                file=file))
+            break
     return errors
 
 
