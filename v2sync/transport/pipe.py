@@ -121,8 +121,9 @@ class Pipe:
         if not data:
             return
         q = self._q
-        with q.not_full:
-            self._wait_writable(timeout)
+        with q.mutex:  # the Condition's lock; its Python-level __enter__ costs a call
+            if self._interrupted or self._closed or self._is_full():
+                self._wait_writable(timeout)
             q._put(bytes(data))
             q.wake()
 
@@ -133,7 +134,7 @@ class Pipe:
         ``write`` does."""
         q = self._q
         deadline = None if timeout is None else time.monotonic() + timeout
-        with q.not_full:
+        with q.mutex:
             while True:
                 self._check_writable()
                 room = self._room()
@@ -144,7 +145,7 @@ class Pipe:
     def try_write(self, data: bytes) -> bool:
         """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
         q = self._q
-        with q.not_full:
+        with q.mutex:
             self._check_writable()
             if self._is_full():
                 return False
@@ -211,8 +212,8 @@ class Pipe:
     def read(self, timeout: Optional[float] = None) -> Chunk:
         """Return the next chunk, or ``EOF`` after close(); ``ReadTimeout`` if none in time."""
         q = self._q
-        with q.not_empty:
-            if not self._wait_readable(timeout):
+        with q.mutex:
+            if not (q.queue and not self._interrupted or self._wait_readable(timeout)):
                 return EOF
             item = q._get()
             q.wake()
@@ -223,8 +224,8 @@ class Pipe:
         otherwise. v2ray's ``ReadMultiBuffer``: a writer that sends them in one gather call
         lets the pipe's room come back whole, so the next read fills it."""
         q = self._q
-        with q.not_empty:
-            if not self._wait_readable(timeout):
+        with q.mutex:
+            if not (q.queue and not self._interrupted or self._wait_readable(timeout)):
                 return EOF
             chunks = list(q.queue)
             q.queue.clear()
