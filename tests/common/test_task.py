@@ -1,9 +1,17 @@
 """ThreadGroup and run_pair (common/task.py): reuse, expiry, joins, error propagation."""
 import gc
+import sys
 import threading
+import time
 import weakref
 
-from v2sync.common.task import ThreadGroup, run_pair
+from v2sync.common.task import (
+    SWITCH_INTERVAL,
+    ThreadGroup,
+    run_pair,
+    tune_for_many_threads,
+    widen_futex_hash,
+)
 
 WAIT = 5.0
 
@@ -188,3 +196,62 @@ def test_a_kept_foreground_error_makes_no_reference_cycle():
 
 def test_a_kept_background_error_makes_no_reference_cycle():
     _error_frees_what_the_failing_side_held(fail_in_background=True)
+
+
+# -- many threads at once (issue 14 part 2: a mass close ends thousands of tasks together) ----
+
+def test_many_tasks_ending_together_are_all_joined_and_the_pool_stays_bounded():
+    group = ThreadGroup("t", max_idle=8, idle_timeout=WAIT)
+    start = threading.Event()
+    count = 200
+    try:
+        handles = [group.spawn(f"w{i}", lambda: start.wait(WAIT)) for i in range(count)]
+        assert len(group.live()) == count
+        start.set()  # every task ends at once; no lock orders their bookkeeping
+        assert group.join(WAIT)
+        assert not any(h.is_alive() for h in handles)
+        deadline = time.monotonic() + WAIT
+        while len(group._threads) > group.max_idle + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Two workers parking at the same instant may both see room: a slot or two over.
+        assert len(group._threads) <= group.max_idle + 2
+        _run(group, "after")  # a parked worker still takes new work
+    finally:
+        assert group.shutdown(WAIT)
+    assert not group._threads
+
+
+def test_shutdown_while_tasks_are_ending_releases_every_worker_at_once():
+    """Workers that park while shutdown empties the idle list must not wait out their idle
+    timeout (30 s here): shutdown returns as soon as their tasks end."""
+    group = ThreadGroup("t", idle_timeout=30.0)
+    start = threading.Event()
+    for i in range(50):
+        group.spawn(f"w{i}", lambda: start.wait(WAIT))
+    start.set()
+    started = time.monotonic()
+    assert group.shutdown(WAIT)
+    assert time.monotonic() - started < WAIT
+    assert not group._threads and not group._idle
+
+
+def test_a_closed_group_parks_no_worker():
+    group = ThreadGroup("t", idle_timeout=30.0)
+    assert group.shutdown(WAIT)
+    handle = group.spawn("late", lambda: None)  # a spawn racing shutdown still runs its task
+    handle.join(WAIT)
+    assert not handle.is_alive()
+    deadline = time.monotonic() + WAIT
+    while group._threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not group._threads and not group._idle  # it left instead of parking for 30 s
+
+
+def test_tuning_for_many_threads_keeps_a_long_switch_interval():
+    previous = sys.getswitchinterval()
+    try:
+        tune_for_many_threads()
+        assert sys.getswitchinterval() >= SWITCH_INTERVAL - 1e-9
+        widen_futex_hash()  # refused on kernels before 6.16, accepted after: never raises
+    finally:
+        sys.setswitchinterval(previous)

@@ -16,7 +16,9 @@ against 0.97 ms) than starting a thread when one is needed.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 import time
 from typing import Callable, List, Optional, Set, Tuple
@@ -35,11 +37,59 @@ IDLE_TIMEOUT = 2.0
 HANDOVER_TIMEOUT = 5.0
 
 
+# A thread waiting for the GIL wakes every switch interval to ask its holder to let go
+# (CPython's ceval_gil.h, take_gil). With thousands of waiters, as when 2,000 held
+# connections close at once and their threads all wake, those wake-ups alone filled the
+# CPU (futex calls, mostly system time) and a fresh request waited 1-10 s. Python's default
+# is 5 ms; at 50 ms they are ten times rarer. Relay threads give the GIL up at every system
+# call, so the interval only bounds a long stretch of pure Python (a big config, a first
+# geosite load), whose neighbours then wait up to 50 ms instead of 5.
+SWITCH_INTERVAL = 0.05
+# Linux 6.16+ gives a multi-threaded process a private futex hash sized by its CPUs, not
+# its threads: 16 buckets on 2 CPUs. Each held connection's threads wait on futexes (pipe
+# conditions, the GIL), so at 2,000 connections a bucket's chain holds hundreds of waiters
+# and every wake-up walks it. 16,384 slots (power of two; ~1 MiB of kernel memory) keep the
+# chains short up to ~10,000 connections. Older kernels refuse the call: nothing changes.
+FUTEX_HASH_SLOTS = 16384
+PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS = 78, 1  # linux/prctl.h
+
+
 def set_thread_stack_size() -> None:
     try:
         threading.stack_size(THREAD_STACK_SIZE)
     except (ValueError, RuntimeError):  # platform refuses: keep its default
         log.debug("could not set thread stack size")
+
+
+_tuned = False
+
+
+def tune_for_many_threads() -> None:
+    """Process-wide settings for thousands of threads; call before starting them (once
+    per process does it: later calls change nothing)."""
+    global _tuned
+    set_thread_stack_size()
+    if _tuned:
+        return
+    _tuned = True
+    if sys.getswitchinterval() < SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+    widen_futex_hash()
+
+
+def widen_futex_hash(slots: int = FUTEX_HASH_SLOTS) -> bool:
+    """Size this process's futex hash for its threads (Linux 6.16+); False if refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    done = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, ctypes.c_ulong(slots),
+                 ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+    if not done:
+        log.debug("futex hash not resized: errno %d", ctypes.get_errno())
+    return done
 
 
 class TaskHandle:
@@ -93,13 +143,21 @@ class _Parked:
 
 
 class ThreadGroup:
-    """Runs named tasks one per thread, reuses finished threads, joins them all on shutdown."""
+    """Runs named tasks one per thread, reuses finished threads, joins them all on shutdown.
+
+    No lock: every thread passes through here when its task ends, and when thousands end
+    at once (a mass close) a lock here was a queue of ~1,300 threads (a stack sample of
+    tools/massclose_probe.py). The group's state is three containers whose single
+    operations (``set.add``/``discard``/``copy``, ``list.append``/``pop``/``remove``) are
+    atomic under the GIL, since their items hash and compare by identity in C; each
+    decision that spans two operations is written so a race between them is harmless
+    (see ``_park``).
+    """
 
     def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT):
         self.name = name
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self._lock = threading.Lock()
         self._busy: Set[TaskHandle] = set()
         self._idle: List[_Parked] = []
         self._threads: Set[threading.Thread] = set()
@@ -107,30 +165,29 @@ class ThreadGroup:
 
     def spawn(self, name: str, target: Callable[[], None]) -> TaskHandle:
         handle = TaskHandle(name)
-        with self._lock:
-            self._busy.add(handle)
-            parked = self._idle.pop() if self._idle else None
+        self._busy.add(handle)
+        try:
+            parked = self._idle.pop()
+        except IndexError:
+            parked = None
         if parked is not None:
             parked.give((handle, target))
             return handle
         try:
             self._start_thread((handle, target))
         except RuntimeError:  # "can't start new thread": out of memory or limits
-            with self._lock:
-                self._busy.discard(handle)
+            self._busy.discard(handle)
             raise
         return handle
 
     def _start_thread(self, task: Task) -> None:
         """A new worker: runs ``task``, then parks for the next one."""
         thread = threading.Thread(target=self._run, args=(task,), name=task[0].name, daemon=True)
-        with self._lock:
-            self._threads.add(thread)
+        self._threads.add(thread)
         try:
             thread.start()
         except RuntimeError:
-            with self._lock:
-                self._threads.discard(thread)
+            self._threads.discard(thread)
             raise
 
     def _run(self, task: Optional[Task]) -> None:
@@ -140,8 +197,7 @@ class ThreadGroup:
                 self._execute(me, *task)
                 task = self._park()
         finally:
-            with self._lock:
-                self._threads.discard(me)
+            self._threads.discard(me)
 
     def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], None]) -> None:
         me.name = handle.name
@@ -150,31 +206,36 @@ class ThreadGroup:
         except Exception:  # the one broad catch per thread entry point
             log.exception("thread %s failed", handle.name)
         finally:
-            with self._lock:
-                self._busy.discard(handle)
+            self._busy.discard(handle)
             handle._finish()
 
     def _park(self) -> Optional[Task]:
+        """Wait in the idle list for the next task; None: leave (closed, full, or expired)."""
+        if self._closed or len(self._idle) >= self.max_idle:
+            return None  # (two finishing at once may both pass: one over max_idle for 2 s)
         parked = _Parked()
-        with self._lock:
-            if self._closed or len(self._idle) >= self.max_idle:
-                return None
-            self._idle.append(parked)
-        while True:
-            got, task = parked.wait(self.idle_timeout)
-            if got:
-                return task
-            with self._lock:
-                if parked not in self._idle:
-                    break  # claimed just now: the task is on its way
-                self._idle.remove(parked)  # nobody needed us in time: expire
-                return None
-        return parked.wait(HANDOVER_TIMEOUT)[1]
+        self._idle.append(parked)
+        # shutdown() sets _closed, then empties the list: appended after that, we see it
+        # closed here; before, shutdown pops us and gives us None.
+        if self._closed and self._leave_idle(parked):
+            return None
+        got, task = parked.wait(self.idle_timeout)
+        if got or not self._leave_idle(parked):
+            # Claimed: by spawn (a task) or shutdown (None); if only just now, it is on its way.
+            return task if got else parked.wait(HANDOVER_TIMEOUT)[1]
+        return None  # nobody needed us in time: expire
+
+    def _leave_idle(self, parked: _Parked) -> bool:
+        """Take ``parked`` off the idle list; False if someone popped it first."""
+        try:
+            self._idle.remove(parked)
+            return True
+        except ValueError:
+            return False
 
     def live(self) -> List[TaskHandle]:
         """Tasks still running."""
-        with self._lock:
-            return list(self._busy)
+        return list(self._busy.copy())
 
     def join(self, timeout: float) -> bool:
         """Wait for every running task within ``timeout`` seconds; True if none is left."""
@@ -187,20 +248,19 @@ class ThreadGroup:
 
     def shutdown(self, timeout: float) -> bool:
         """Release parked workers and join every thread; True if all ended in time."""
-        with self._lock:
-            self._closed = True
-            parked, self._idle = self._idle, []
-            threads = list(self._threads)
-        for worker in parked:
-            worker.give(None)
+        self._closed = True
+        while True:
+            try:
+                self._idle.pop().give(None)
+            except IndexError:
+                break
         deadline = time.monotonic() + timeout
-        for thread in threads:
+        for thread in list(self._threads.copy()):
             # A thread registered but not yet started (a spawn racing us) finds the group
             # closed once its task is done, and exits; it cannot be joined before it starts.
             if thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(max(deadline - time.monotonic(), 0.0))
-        with self._lock:
-            return not (self._threads - {threading.current_thread()})
+        return not (self._threads.copy() - {threading.current_thread()})
 
 
 def run_pair(
