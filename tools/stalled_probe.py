@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.
 sys.path.insert(0, str(REPO_ROOT / "tools"))  # and the benchmark's SOCKS5 client
 
 import bench  # noqa: E402
+from support.peers import free_port  # noqa: E402
 from support.procs import (ConfigProcess, V2RayProcess, V2SyncProcess,  # noqa: E402
                            socks_freedom_config)
-from support.peers import free_port  # noqa: E402
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -340,7 +340,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--only", choices=IMPLEMENTATIONS)
     parser.add_argument("--chain", choices=sorted(CHAINS), default="relay")
     parser.add_argument("--buffer-size", type=int, help="policy level 0 bufferSize (KiB)")
-    parser.add_argument("--download-mib", type=int, default=64, help="bytes each origin download offers")
+    parser.add_argument("--download-mib", type=int, default=64,
+                        help="MiB each origin download offers")
     parser.add_argument("--role", choices=("origin", "client"), help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -19,8 +19,9 @@ So at the default 512 KiB a stalled download holds at most 1 MiB, as v2ray 4.34 
 pipe's limit plus one 64 KiB readv, and the writer's MultiBuffer of the pipe's whole
 content). Chunks are at most the pipe's room, so a bulk transfer moves 512 KiB per read at
 the default, where a read could take RELAY_READ_SIZE before: measured, 5-10% more CPU per
-GiB on the bare relay (twice the reads and thread hand-overs), bulk throughput within noise. Loops drop each chunk once it is handed on, so an idle connection does
-not keep the last chunk of a burst alive while it waits for the next one.
+GiB on the bare relay (twice the reads and thread hand-overs), bulk throughput within noise.
+Loops drop each chunk once it is handed on, so an idle connection does not keep the last
+chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
