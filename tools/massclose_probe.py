@@ -64,6 +64,7 @@ THREAD_POLL = 0.05
 MAX_IDLE_WORKERS = 32  # v2sync.common.task.MAX_IDLE
 EXIT_WATCH = 30.0
 BUSY_SECONDS = 1.0  # how long the busy connections run before SIGTERM
+MAX_LOG_LINES = 10  # of the proxy's log, printed after a SIGTERM
 SAMPLER_START = 1.5  # a profiler started with --sample gets this long to attach
 
 
@@ -297,7 +298,9 @@ def run_sigterm(args: argparse.Namespace, proxy: ConfigProcess, port: int, origi
             time.sleep(0.01)
         elapsed = time.monotonic() - start
         print(f"SIGTERM with {args.n} busy connections: exit code {proxy.returncode} after "
-              f"{elapsed:.2f} s")
+              f"{elapsed:.2f} s (sent at {time.time() - elapsed:.3f} by the clock)")
+        for line in proxy.log_text().splitlines()[-MAX_LOG_LINES:]:
+            print("  proxy:", line[:200])
         return elapsed
     finally:
         holder.stdin.close()

@@ -103,9 +103,7 @@ class Instance:
         deadline = started + grace + ABORT_BUDGET
         self.inbounds.stop_listening()
         self._wait_for_connections(started + grace)
-        aborted = self.inbounds.abort_connections() + self.dispatcher.interrupt_all()
-        if aborted:
-            log.info("aborted %d live connection(s) at shutdown", aborted)
+        self._abort_all()
         self._join_all(deadline)
         self.outbounds.close()
         self.timers.stop(max(_left(deadline), GRACE_POLL))  # it stops at once when told
@@ -115,6 +113,16 @@ class Instance:
     def _wait_for_connections(self, until: float) -> None:
         while time.monotonic() < until and self.workers.live():
             time.sleep(GRACE_POLL)
+
+    def _abort_all(self) -> None:
+        """End every connection now: inbound connections and links first; then every relay
+        still running gets its timer fired, which aborts its sockets too (an outbound
+        whose request side had finished waits in recv, where no pipe interrupt reaches).
+        One after the other: two threads aborting at once slowed each other down."""
+        aborted = self.inbounds.abort_connections() + self.dispatcher.interrupt_all()
+        self.timers.expire_all()
+        if aborted:
+            log.info("aborted %d live connection(s) at shutdown", aborted)
 
     def _join_all(self, deadline: float) -> None:
         """Join every task, then every thread, by ``deadline``; say what is left."""

@@ -212,3 +212,19 @@ def test_stop_returns_promptly_with_timers_far_away():
     wheel.stop()
     assert not wheel._thread.is_alive()
     assert time.monotonic() - started < PROMPT
+
+
+def test_expire_all_fires_every_live_timer_and_every_later_one(wheel):
+    """Shutdown's abort: each timer's callback aborts its relay, sockets included."""
+    fired = []
+    timers = [wheel.new_timer(300, lambda i=i: fired.append(i)) for i in range(100)]
+    timers[0].cancel()
+    timers[1].set_timeout(200)
+    wheel.expire_all()
+    deadline = time.monotonic() + WAIT
+    while len(fired) < 99 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(fired) == list(range(1, 100))  # each once; the cancelled one never
+    late = threading.Event()
+    wheel.new_timer(300, late.set)  # a relay starting during the shutdown
+    assert late.wait(PROMPT)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping
 
 import pytest
 from scenarios.helpers_scenarios import (cli_env, connect, curl_ok, get_request, http_inbound,
@@ -37,7 +37,8 @@ EXIT_START_FAILURE = 255
 # SIGTERM -> listeners closed, up to 2 s grace for live connections, threads joined.
 SHUTDOWN_LIMIT = 5.0
 LIVE_CONNECTIONS = 20
-CLOSE_LIMIT = 10.0  # Instance.close(): 2 s grace + bounded joins
+CLOSE_LIMIT = 10.0  # Instance.close(): 2 s grace + bounded joins (a hang check)
+LINGER = 30  # seconds of uplinkOnly/downlinkOnly: longer than any close may take
 DEFAULT_PORTS = (1080, 8080)  # the embedded default config's SOCKS and HTTP ports
 READY_TIMEOUT = 15.0
 FAILED_START_REPEATS = 20
@@ -112,6 +113,43 @@ def test_close_with_live_connections_joins_every_thread() -> None:
                 instance.close()
         assert instance.inbounds.live_count() == 0
         wait_for_snapshot(before, 10.0)
+
+
+def test_close_ends_an_outbound_waiting_for_its_origin_after_the_client_is_done() -> None:
+    """The client half-closed (its request side ended cleanly) and the origin never answers:
+    the outbound's response side waits in recv, where interrupting the link cannot reach,
+    for downlinkOnly (30 s here). close() fires its timer, which aborts its socket too, so
+    every thread is joined within close()'s deadline instead of after the linger."""
+    config = make_config([socks_inbound()])
+    config["policy"] = {"levels": {"0": {"uplinkOnly": LINGER, "downlinkOnly": LINGER}}}
+    with socket.create_server(("127.0.0.1", 0)) as silent_origin:  # accepts in the backlog only
+        before = snapshot()
+        instance = Instance(config_from_dict(config))
+        instance.start()
+        try:
+            with socks5_tunnel(port_of(instance, "socks-in"), "127.0.0.1",
+                               silent_origin.getsockname()[1]) as held:
+                held.sendall(b"request")
+                wait_for_relays(instance, lambda n: n == 2)  # the inbound's and the outbound's
+                held.shutdown(socket.SHUT_WR)  # the client is done; the answer may linger
+                wait_for_relays(instance, lambda n: n == 0)  # both request sides ended
+                started = time.monotonic()
+                instance.close()
+                elapsed = time.monotonic() - started
+                assert read_until_closed(held, 1.0) == b""
+        finally:
+            if instance.running:
+                instance.close()
+        assert elapsed < CLOSE_LIMIT
+        wait_for_snapshot(before, CLOSE_LIMIT)
+
+
+def wait_for_relays(instance: Instance, done: Callable[[int], bool]) -> None:
+    """Until ``done(n)`` for the number of relays' request sides running (tasks "relay-*")."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not done(sum(1 for t in instance.workers.live() if t.name.startswith("relay-"))):
+        assert time.monotonic() < deadline, [t.name for t in instance.workers.live()]
+        time.sleep(0.05)
 
 
 def _open_tunnel(instance: Instance, echo_port: int, use_http: bool) -> socket.socket:

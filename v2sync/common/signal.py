@@ -115,6 +115,7 @@ class TimerWheel:
         # When the wheel will next drain ``_incoming``; only an earlier deadline wakes it.
         self._next_wake = float("inf")
         self._stopped = False
+        self._expiring = False  # shutdown: every timer fires now, every new one at once
         self._compact_at = MIN_COMPACT
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
@@ -129,6 +130,17 @@ class TimerWheel:
         self._signal()
         if self._started:
             self._thread.join(timeout)
+
+    def expire_all(self) -> None:
+        """Fire every live timer now, and from now on every new one at once.
+
+        Shutdown's abort, after the grace: a timer's ``on_expire`` aborts its relay, both
+        its sockets and its pipes, so this reaches every relay of every protocol, inbound
+        and outbound alike (interrupting a link wakes its pipes, not a thread in recv).
+        The firing happens in the wheel's thread, which alone touches the heap.
+        """
+        self._expiring = True
+        self._signal()
 
     def new_timer(self, timeout: float, on_expire: Callable[[], None]) -> ActivityTimer:
         return ActivityTimer(self, timeout, on_expire)
@@ -159,7 +171,8 @@ class TimerWheel:
     def _run(self) -> None:
         while not self._stopped:
             self._drain()
-            for timer in self._pop_due(time.monotonic()):
+            now = float("inf") if self._expiring else time.monotonic()
+            for timer in self._pop_due(now):
                 timer.fire()
             self._sleep()
 
@@ -180,7 +193,8 @@ class TimerWheel:
         wait = MAX_WHEEL_SLEEP
         if self._heap:
             wait = min(wait, max(self._heap[0][0] - time.monotonic(), 0.0))
-        self._next_wake = time.monotonic() + wait
+        # Expiring: any new timer is due at once, so every schedule() wakes the wheel.
+        self._next_wake = float("inf") if self._expiring else time.monotonic() + wait
         if self._incoming or self._stopped:
             return  # arrived after the drain: its setter may have read the old wake time
         self._wake.acquire(timeout=wait)
