@@ -153,7 +153,7 @@ class HttpInbound:
         if framer.done:
             return
         # An upload grows its reads; a slow one parks with a small buffer.
-        for data in adaptive_reads(conn):
+        for data in adaptive_reads(conn, link.writer):  # a stalled upstream stops the reads
             body, rest = framer.feed(data)
             reader.buf += rest
             link.writer.write(body)

@@ -98,9 +98,11 @@ class VMessInbound:
         def request(timer) -> None:
             if more:
                 timer.update()
-                for data in adaptive_reads(conn):
+                # Reads wait for room in the pipe: a stalled outbound stops them here.
+                for data in adaptive_reads(conn, link.writer):
                     if not forward(data):
                         break
+                    del data
                     timer.update()
             link.writer.close()
 
@@ -108,12 +110,15 @@ class VMessInbound:
             head = server.encode_response_header()
             body_out = server.response_body_writer()
             while True:
-                chunk = link.reader.read()
-                if chunk is EOF:
+                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
+                if chunks is EOF:
                     conn.write(head + body_out.encode_eof())
                     return
                 timer.update()
-                conn.write(head + body_out.encode(chunk))
+                out = head + b"".join([body_out.encode(chunk) for chunk in chunks])
+                del chunks  # not kept alive while the write blocks
+                conn.write(out)
+                del out
                 head = b""
 
         error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,

@@ -96,20 +96,25 @@ class VMessOutbound:
 
         def request(timer) -> None:
             while not ended:
-                chunk = link.reader.read()
-                if chunk is EOF:
+                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
+                if chunks is EOF:
                     conn.write(body_out.encode_eof())
                     return
                 timer.update()
-                conn.write(body_out.encode(chunk))
+                out = b"".join([body_out.encode(chunk) for chunk in chunks])
+                del chunks  # not kept alive while the write blocks
+                conn.write(out)
+                del out
 
         def response(timer) -> None:
             body_in, data = self._read_response_header(conn, client, header)
             deliver(link.writer, body_in.feed(data), header.is_packet)
             if not body_in.eof:
-                for data in adaptive_reads(conn):
+                # Reads wait for room in the pipe: a stalled reader stops them here.
+                for data in adaptive_reads(conn, link.writer):
                     timer.update()
                     deliver(link.writer, body_in.feed(data), header.is_packet)
+                    del data
                     if body_in.eof:
                         break
             link.writer.close()
