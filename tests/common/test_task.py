@@ -6,6 +6,8 @@ import time
 import weakref
 
 from v2sync.common.task import (
+    MAX_SURPLUS_SPREAD,
+    SURPLUS_LINGER,
     SWITCH_INTERVAL,
     ThreadGroup,
     run_pair,
@@ -59,6 +61,7 @@ def test_parked_workers_expire_after_the_idle_timeout():
 
 
 def test_no_more_than_max_idle_workers_stay_parked():
+    """Workers beyond max_idle linger briefly (SURPLUS_LINGER), then leave."""
     group = ThreadGroup("t", max_idle=1, idle_timeout=WAIT)
     release = threading.Event()
     try:
@@ -68,10 +71,35 @@ def test_no_more_than_max_idle_workers_stay_parked():
         release.set()
         for handle in handles:
             handle.join(WAIT)
-        for worker in workers:
-            worker.join(0.3)  # the two beyond max_idle leave; the parked one stays
+        deadline = time.monotonic() + SURPLUS_LINGER + WAIT
+        while sum(worker.is_alive() for worker in workers) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the two beyond max_idle leave; the parked one stays
+        time.sleep(0.1)
         assert sum(worker.is_alive() for worker in workers) == 1
         assert len(group._idle) == 1
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_surplus_workers_leave_one_after_another():
+    """Beyond max_idle, each further worker parks a little longer than the one before, so a
+    burst of finished tasks does not become a burst of thread exits."""
+    group = ThreadGroup("t", max_idle=2, idle_timeout=WAIT)
+    assert group._surplus_wait(2) == SURPLUS_LINGER
+    assert group._surplus_wait(3) > group._surplus_wait(2)
+    assert group._surplus_wait(10**6) <= SURPLUS_LINGER + MAX_SURPLUS_SPREAD
+    release = threading.Event()
+    try:
+        handles = [group.spawn(f"w{i}", lambda: release.wait(WAIT)) for i in range(6)]
+        release.set()
+        for handle in handles:
+            handle.join(WAIT)
+        assert len(group._idle) <= 6
+        _run(group, "reuses a parked worker")  # surplus or not, a parked worker takes work
+        deadline = time.monotonic() + SURPLUS_LINGER + WAIT
+        while len(group._threads) > group.max_idle and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(group._threads) == group.max_idle
     finally:
         assert group.shutdown(WAIT)
 
@@ -210,7 +238,7 @@ def test_many_tasks_ending_together_are_all_joined_and_the_pool_stays_bounded():
         start.set()  # every task ends at once; no lock orders their bookkeeping
         assert group.join(WAIT)
         assert not any(h.is_alive() for h in handles)
-        deadline = time.monotonic() + WAIT
+        deadline = time.monotonic() + SURPLUS_LINGER + WAIT
         while len(group._threads) > group.max_idle + 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         # Two workers parking at the same instant may both see room: a slot or two over.

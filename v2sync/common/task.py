@@ -5,9 +5,10 @@ a thread nobody joins is a leak in a thread-per-connection server.
 
 Starting a thread costs ~90 µs and each new connection needs several, so a group keeps
 up to ``MAX_IDLE`` finished workers parked for ``IDLE_TIMEOUT`` seconds and hands them the
-next task; when none is parked, ``spawn`` starts a thread. It is still one thread per task
-while the task runs, and parked workers expire on their own, so an idle server returns to
-its baseline.
+next task; when none is parked, ``spawn`` starts a thread. Workers finishing beyond that
+park for a short, staggered while (``SURPLUS_LINGER``), so a burst of finished tasks
+leaves as a trickle of thread exits. It is still one thread per task while the task runs,
+and parked workers expire on their own, so an idle server returns to its baseline.
 
 There is deliberately no background "nursery" keeping spares ready: measured on the
 latency benchmark (sequential connect + echo, 2 cores), a thread creating spares competes
@@ -21,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from v2sync.common.errors import detached
 
@@ -32,9 +33,19 @@ log = logging.getLogger(__name__)
 THREAD_STACK_SIZE = 256 * 1024
 MAX_IDLE = 32
 IDLE_TIMEOUT = 2.0
+# Workers finishing beyond MAX_IDLE park too, briefly, and leave one after another: the
+# k-th surplus worker waits SURPLUS_LINGER + k * SURPLUS_SPACING. When 2,000 connections
+# close at once, 4,000 workers finish within a fraction of a second; leaving at once, their
+# exits joined that burst and a fresh request waited ~230 ms (p99, tools/massclose_probe.py)
+# against ~80 ms this way. Leaving all at one timeout only moved the burst (300-590 ms
+# there); spaced, 8,000 leave over 2 s. A burst of new work meanwhile finds them parked.
+SURPLUS_LINGER = 0.5
+SURPLUS_SPACING = 0.00025
+MAX_SURPLUS_SPREAD = 2.5  # so every surplus worker is gone within 3 s of parking
 # A worker popped from the idle list gets its task within microseconds; this only bounds
 # the wait should the giver die in between.
 HANDOVER_TIMEOUT = 5.0
+_GONE = object()
 
 
 # A thread waiting for the GIL wakes every switch interval to ask its holder to let go
@@ -159,7 +170,8 @@ class ThreadGroup:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._busy: Set[TaskHandle] = set()
-        self._idle: List[_Parked] = []
+        # Parked workers, oldest first; a dict for O(1) removal by a worker that expires.
+        self._idle: Dict[_Parked, None] = {}
         self._threads: Set[threading.Thread] = set()
         self._closed = False
 
@@ -167,8 +179,8 @@ class ThreadGroup:
         handle = TaskHandle(name)
         self._busy.add(handle)
         try:
-            parked = self._idle.pop()
-        except IndexError:
+            parked: Optional[_Parked] = self._idle.popitem()[0]  # the latest: warm, lingers most
+        except KeyError:
             parked = None
         if parked is not None:
             parked.give((handle, target))
@@ -210,28 +222,29 @@ class ThreadGroup:
             handle._finish()
 
     def _park(self) -> Optional[Task]:
-        """Wait in the idle list for the next task; None: leave (closed, full, or expired)."""
-        if self._closed or len(self._idle) >= self.max_idle:
-            return None  # (two finishing at once may both pass: one over max_idle for 2 s)
+        """Wait in the idle list for the next task; None: leave (closed or expired)."""
+        if self._closed:
+            return None
+        waiting = len(self._idle)
+        timeout = self.idle_timeout if waiting < self.max_idle else self._surplus_wait(waiting)
         parked = _Parked()
-        self._idle.append(parked)
-        # shutdown() sets _closed, then empties the list: appended after that, we see it
-        # closed here; before, shutdown pops us and gives us None.
+        self._idle[parked] = None
+        # shutdown() sets _closed, then empties the list: added after that, we see it
+        # closed here; before, shutdown takes us and gives us None.
         if self._closed and self._leave_idle(parked):
             return None
-        got, task = parked.wait(self.idle_timeout)
+        got, task = parked.wait(timeout)
         if got or not self._leave_idle(parked):
             # Claimed: by spawn (a task) or shutdown (None); if only just now, it is on its way.
             return task if got else parked.wait(HANDOVER_TIMEOUT)[1]
         return None  # nobody needed us in time: expire
 
+    def _surplus_wait(self, waiting: int) -> float:
+        return SURPLUS_LINGER + min((waiting - self.max_idle) * SURPLUS_SPACING, MAX_SURPLUS_SPREAD)
+
     def _leave_idle(self, parked: _Parked) -> bool:
-        """Take ``parked`` off the idle list; False if someone popped it first."""
-        try:
-            self._idle.remove(parked)
-            return True
-        except ValueError:
-            return False
+        """Take ``parked`` off the idle list; False if someone took it first."""
+        return self._idle.pop(parked, _GONE) is not _GONE
 
     def live(self) -> List[TaskHandle]:
         """Tasks still running."""
@@ -251,8 +264,8 @@ class ThreadGroup:
         self._closed = True
         while True:
             try:
-                self._idle.pop().give(None)
-            except IndexError:
+                self._idle.popitem()[0].give(None)
+            except KeyError:
                 break
         deadline = time.monotonic() + timeout
         for thread in list(self._threads.copy()):
