@@ -115,12 +115,19 @@ class Instance:
             time.sleep(GRACE_POLL)
 
     def _abort_all(self) -> None:
-        """End every connection now: inbound connections and links first; then every relay
-        still running gets its timer fired, which aborts its sockets too (an outbound
-        whose request side had finished waits in recv, where no pipe interrupt reaches).
-        One after the other: two threads aborting at once slowed each other down."""
-        aborted = self.inbounds.abort_connections() + self.dispatcher.interrupt_all()
+        """End every connection now, without a system call in this thread where possible.
+
+        Every relay is aborted through its timer (``TimerWheel.expire_all``): a busy one
+        aborts itself at its next chunk, an idle one is fired by the wheel. Interrupting
+        the links is pure Python. Inbound connections not relaying yet (a dial, a
+        dispatch) go last; by then most connections have ended and left that list.
+        Measured with 2,000 busy connections: when this thread shut every socket down
+        first, each shutdown() handed the GIL to ~8,000 busy threads, and that loop took
+        0.4-28 s.
+        """
         self.timers.expire_all()
+        aborted = self.dispatcher.interrupt_all()
+        aborted += self.inbounds.abort_connections()
         if aborted:
             log.info("aborted %d live connection(s) at shutdown", aborted)
 

@@ -228,3 +228,19 @@ def test_expire_all_fires_every_live_timer_and_every_later_one(wheel):
     late = threading.Event()
     wheel.new_timer(300, late.set)  # a relay starting during the shutdown
     assert late.wait(PROMPT)
+
+
+def test_after_expire_all_a_busy_timer_fires_at_its_next_update(monkeypatch):
+    """A relay moving bytes aborts itself, in its own thread, at its next chunk: the
+    shutdown's own thread need not reach it (it stalls on every system call it makes
+    while thousands of busy threads want the GIL)."""
+    monkeypatch.setattr(wheel_module, "MAX_WHEEL_SLEEP", 30.0)
+    wheel = TimerWheel()  # not started: only update() can fire the timer here
+    fired = []
+    timer = wheel.new_timer(300, lambda: fired.append(threading.current_thread().name))
+    wheel.expire_all()
+    assert not fired
+    timer.update()
+    assert fired == [threading.current_thread().name]
+    timer.update()
+    assert len(fired) == 1
