@@ -177,7 +177,6 @@ class _Accepted(Handoff):
         self.rest = rest
 
     def serve(self) -> None:
-        self.conn.sock.setblocking(True)  # from here on a thread waits, as ever
         try:
             self.rest()
         except V2SyncError as e:

@@ -22,6 +22,7 @@ Everything here runs in the leader thread; other threads only queue calls and wa
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import heapq
 import itertools
@@ -282,6 +283,8 @@ class HandshakeSelector:
         except StopIteration as done:
             self._unpark(parked)
             if done.value is not None:
+                with contextlib.suppress(OSError):  # closed already: serve() will find out
+                    parked.sock.setblocking(True)  # from here on a thread waits, as ever
                 ready.append(done.value)
             return
         except Exception:  # a bug in a handshake: this connection ends, the rest go on
