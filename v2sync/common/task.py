@@ -159,10 +159,10 @@ class ThreadGroup:
     No lock: every thread passes through here when its task ends, and when thousands end
     at once (a mass close) a lock here was a queue of ~1,300 threads (a stack sample of
     tools/massclose_probe.py). The group's state is three containers whose single
-    operations (``set.add``/``discard``/``copy``, ``list.append``/``pop``/``remove``) are
-    atomic under the GIL, since their items hash and compare by identity in C; each
-    decision that spans two operations is written so a race between them is harmless
-    (see ``_park``).
+    operations (``set.add``/``discard``/``copy``, ``dict.popitem``/``pop``, item
+    assignment) are atomic under the GIL, since their items hash and compare by identity
+    in C; each decision that spans two operations is written so a race between them is
+    harmless (see ``_park``).
     """
 
     def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT):
@@ -255,8 +255,11 @@ class ThreadGroup:
         deadline = time.monotonic() + timeout
         current = threading.current_thread().name
         for handle in self.live():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # out of time: thousands of zero-timeout joins would only cost more
             if handle.name != current:
-                handle.join(max(deadline - time.monotonic(), 0.0))
+                handle.join(left)
         return not [h for h in self.live() if h.name != current]
 
     def shutdown(self, timeout: float) -> bool:
@@ -269,10 +272,13 @@ class ThreadGroup:
                 break
         deadline = time.monotonic() + timeout
         for thread in list(self._threads.copy()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             # A thread registered but not yet started (a spawn racing us) finds the group
             # closed once its task is done, and exits; it cannot be joined before it starts.
             if thread is not threading.current_thread() and thread.ident is not None:
-                thread.join(max(deadline - time.monotonic(), 0.0))
+                thread.join(left)
         return not (self._threads.copy() - {threading.current_thread()})
 
 
