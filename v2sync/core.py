@@ -35,8 +35,11 @@ log = logging.getLogger("v2sync.core")
 
 # Live connections get this long to end on their own (the README's promise).
 SHUTDOWN_GRACE = 2.0
-# After the abort, every thread has this long to end: close() returns by grace + this.
-# Measured (tools/massclose_probe.py sigterm): 2,000 busy connections end within it.
+# After the abort, every thread has this long to end: close() returns by grace + this (late
+# only by what the main thread waits for the GIL). Measured (tools/massclose_probe.py
+# sigterm, 2 CPUs shared with other jobs): 200 busy connections exit in 2.2 s, all joined;
+# 2,000 in 3.1-4.2 s, some of their 8,000 threads still ending at the deadline (they are
+# daemon threads: the process's exit ends them).
 ABORT_BUDGET = 0.8
 GRACE_POLL = 0.05
 # After the grace, nothing is served any more: the main thread keeps the GIL until it
