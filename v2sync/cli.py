@@ -259,7 +259,23 @@ def _serve(instance) -> int:
         pass
     log.warning("v2sync %s shutting down", __version__)
     instance.close()
+    if threading.active_count() > 1:
+        _exit_now()
     return 0
+
+
+def _exit_now() -> None:
+    """Exit 0 without the interpreter's teardown. After a close with thousands of busy
+    connections some daemon threads may still be ending; tearing the interpreter down
+    beside them measured 0.2-0.9 s, and the process's exit ends them anyway. What the
+    teardown would have done that matters here is flushing: done first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stdout: nothing more to say
+    os._exit(0)
 
 
 def cmd_version(args) -> int:
