@@ -51,7 +51,8 @@ class SocksInbound:
                   dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
         """The greeting, auth and request (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
-        reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, MAX_HANDSHAKE_BYTES)
+        deadline = time.monotonic() + self.policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
         try:
             request = yield from self._handshake(reader, conn)
         except RemoteProtocolError as e:

@@ -31,7 +31,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, Deque, Dict, Generator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Generator, List, Optional, Tuple, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.task import ThreadGroup
@@ -94,6 +94,10 @@ class _Parked:
         self.deadline = 0.0  # 0: not registered in the selector yet
 
 
+# What a deadline is filed for: a parked handshake, or a timed call (a paused listener).
+_Due = Union[_Parked, Callable[[], None]]
+
+
 class HandshakeSelector:
     """The selector every inbound listener of an Instance shares."""
 
@@ -107,7 +111,7 @@ class HandshakeSelector:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._calls: Deque[Callable[[], None]] = collections.deque()  # append is thread-safe
         self._parked: Dict[_Parked, None] = {}  # insertion order: oldest first, for shedding
-        self._deadlines: List[Tuple[float, int, object]] = []  # lazy heap: stale entries skipped
+        self._deadlines: List[Tuple[float, int, _Due]] = []  # lazy heap: stale entries skipped
         self._seq = itertools.count()
         self._listeners: Dict[socket.socket, _Listener] = {}
         self._stopping = False
@@ -313,7 +317,7 @@ class HandshakeSelector:
         except (KeyError, ValueError):
             pass  # not registered (a paused listener)
 
-    def _at(self, when: float, what: object) -> None:
+    def _at(self, when: float, what: "_Due") -> None:
         """File a deadline (a parked handshake) or a timed call (a callable)."""
         heapq.heappush(self._deadlines, (when, next(self._seq), what))
 
