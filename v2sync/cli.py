@@ -270,11 +270,7 @@ def _exit_now() -> None:
     beside them measured 0.2-0.9 s, and the process's exit ends them anyway. What the
     teardown would have done that matters here is flushing: done first."""
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed stdout: nothing more to say
+    _flush_stdout()
     os._exit(0)
 
 

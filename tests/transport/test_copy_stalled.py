@@ -121,7 +121,7 @@ class RecordingSink:
     def write(self, data: bytes) -> None:
         self.writes.append([data])
 
-    def sendall_parts(self, parts: List[bytes]) -> None:
+    def write_parts(self, parts: List[bytes]) -> None:
         self.writes.append(list(parts))
 
 

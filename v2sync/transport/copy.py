@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional
 
-from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
+from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
@@ -163,10 +163,7 @@ def write_chunks(conn: Connection, chunks: List[bytes]) -> int:
     if len(chunks) == 1:
         conn.write(chunks[0])
         return len(chunks[0])
-    try:
-        conn.sendall_parts(chunks)
-    except OSError as e:  # as Connection.write translates them
-        raise TransportError(f"write to {conn.remote} failed: {e}") from e
+    conn.write_parts(chunks)
     return sum(map(len, chunks))
 
 

@@ -25,7 +25,8 @@ from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
 from v2sync.transport.copy import adaptive_reads, write_or_stop
-from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, is_parked
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
+                                            arm_deadline)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
 
@@ -165,9 +166,6 @@ def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
 
 
 def _read_before(conn: Connection, deadline: float) -> bytes:
-    left = deadline - time.monotonic()
-    if left <= 0:
+    if not arm_deadline(conn.sock, deadline):
         raise HandshakeTimeout("drain deadline")
-    if not is_parked(conn.sock):
-        conn.settimeout(left)
     return conn.recv(DRAIN_READ_SIZE)

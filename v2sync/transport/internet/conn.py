@@ -89,6 +89,13 @@ class Connection:
         except OSError as e:
             raise TransportError(f"write to {self.remote} failed: {e}") from e
 
+    def write_parts(self, parts: Sequence[bytes]) -> None:
+        """``sendall_parts``, its errors translated as ``write`` translates them."""
+        try:
+            self.sendall_parts(parts)
+        except OSError as e:
+            raise TransportError(f"write to {self.remote} failed: {e}") from e
+
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -164,6 +171,18 @@ def is_parked(sock: socket.socket) -> bool:
     return sock.gettimeout() == 0.0
 
 
+def arm_deadline(sock: socket.socket, deadline: float) -> bool:
+    """Before a handshake read: False if ``deadline`` (monotonic) has passed, else True with
+    the socket's timeout set to what is left. A parked socket is left non-blocking: the
+    selector keeps its deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    if not is_parked(sock):
+        sock.settimeout(remaining)
+    return True
+
+
 def complete(steps: Generator[float, None, T]) -> T:
     """Run handshake ``steps`` on a blocking socket, where they never have to wait:
     each read blocks (within its deadline) instead of yielding."""
@@ -191,13 +210,10 @@ class HandshakeReader:
         self.buf = bytearray()
 
     def fill(self) -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
+        if not arm_deadline(self.conn.sock, self.deadline):
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out")
         if len(self.buf) >= self.max_bytes:
             raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
-        if not is_parked(self.conn.sock):
-            self.conn.settimeout(remaining)
         try:
             data = self.conn.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
         except socket.timeout as e:

@@ -71,7 +71,7 @@ StartConnection = Callable[[socket.socket], Optional[Steps]]
 
 
 class _Listener:
-    __slots__ = ("sock", "start", "name", "cleanup", "port")
+    __slots__ = ("sock", "start", "name", "cleanup")
 
     def __init__(self, sock: socket.socket, start: StartConnection, name: str,
                  cleanup: Callable[[], None]):
@@ -79,7 +79,6 @@ class _Listener:
         self.start = start
         self.name = name
         self.cleanup = cleanup  # e.g. unlink a unix socket file
-        self.port = sock.getsockname()[1] if sock.family != socket.AF_UNIX else 0
 
 
 class _Parked:

@@ -26,7 +26,7 @@ from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
-                                            complete, is_parked)
+                                            arm_deadline, complete)
 from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
@@ -235,11 +235,8 @@ class TlsConnection(WrappedConnection):
                 yield deadline  # parked: wait in the selector for the peer's next flight
 
     def _fill(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if not arm_deadline(self.sock, deadline):
             raise socket.timeout("handshake deadline")
-        if not is_parked(self.sock):
-            self.sock.settimeout(remaining)
         data = self.sock.recv(RECORD_READ)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")
