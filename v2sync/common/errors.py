@@ -68,6 +68,10 @@ class AuthenticationError(ProtocolError):
     """Credentials, a MAC or an AEAD tag did not check out."""
 
 
+class UserNotFound(V2SyncError):
+    """A user manager was asked to remove an email it does not hold (the API's error)."""
+
+
 class TransportError(V2SyncError):
     """Dialing, listening, reading or writing a connection failed."""
 

@@ -7,7 +7,7 @@ frozen settings.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from v2sync.common.session import Session
 from v2sync.features.routing import Dispatcher
@@ -21,6 +21,22 @@ class InboundProxy(Protocol):
 
 class OutboundProxy(Protocol):
     def process(self, session: Session, link: Link) -> None: ...
+
+
+class UserManager(Protocol):
+    """An inbound whose users change at run time (v2ray ``proxy.UserManager``).
+
+    The API's AlterInbound (AddUserOperation/RemoveUserOperation) calls these. A user is
+    given as one entry of the inbound's config list (``clients[i]`` of VMess, VLESS or
+    Trojan), so each protocol checks it with its own config code; a user added connects
+    at once, a user removed is refused from its next connection on.
+    """
+
+    def add_user(self, client: Mapping[str, Any]) -> None:
+        """Raises ConfigError when the entry is invalid or its email is already taken."""
+
+    def remove_user(self, email: str) -> None:
+        """Raises UserNotFound when no user has that email."""
 
 
 class ProxyContext:

@@ -22,7 +22,8 @@ from typing import Iterable, Optional, Tuple
 
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
-from v2sync.common.net import ANY_IPV4, MAX_DOMAIN_LENGTH, Address, AddressKind, Destination, Network
+from v2sync.common.net import ANY_IPV4, Address, AddressKind, Destination, Network
+from v2sync.common.protocol.address import SOCKS, check_port, domain_address
 
 SOCKS4_VERSION = 0x04
 SOCKS5_VERSION = 0x05
@@ -47,9 +48,6 @@ SOCKS4_MAX_FIELD = 255  # cap on the NUL-terminated userid and 4a domain
 
 _PORT = struct.Struct("!H")
 _IP_LENGTH = {ATYP_IPV4: 4, ATYP_IPV6: 16}
-# v2ray ``common/protocol/address.go::isValidDomain``: the only bytes a SOCKS domain may hold.
-_DOMAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_MAYBE_IP_PREFIX = frozenset(b"[0123456789")
 
 
 class Command(enum.IntEnum):
@@ -179,49 +177,15 @@ def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _check_port(port: int) -> None:
-    if not 0 <= port <= 0xFFFF:
-        raise LocalProtocolError(f"port {port} out of range")
-
-
-def domain_address(raw: bytes, reply: Optional[bytes] = None) -> Address:
-    """Classify a wire domain like v2ray ``readAddress``: IP literals become IPs, else the
-    v2ray domain charset is enforced. Empty is garbage (v2ray would index past the end)."""
-    if not raw:
-        raise RemoteProtocolError("empty domain name", reply=reply)
-    if raw[0] in _MAYBE_IP_PREFIX:
-        parsed = Address.parse(raw.decode("ascii", "replace"))
-        if parsed.is_ip:
-            return parsed
-    if not _DOMAIN_BYTES.issuperset(raw):
-        raise RemoteProtocolError(f"invalid domain name {raw!r}", reply=reply)
-    return Address(raw.decode("ascii"), AddressKind.DOMAIN)
-
-
 def read_address_port(cur: Cursor, bad_atyp: Optional[bytes] = None,
                       bad_addr: Optional[bytes] = None) -> Tuple[Address, int]:
     """ATYP, address, port (RFC 1928 §5). ``bad_atyp``/``bad_addr`` become the error reply."""
-    atyp = cur.u8()
-    if atyp in _IP_LENGTH:
-        address = Address.from_packed(cur.take(_IP_LENGTH[atyp]))
-    elif atyp == ATYP_DOMAIN:
-        address = domain_address(cur.take(cur.u8()), reply=bad_addr)
-    else:
-        raise RemoteProtocolError(f"unknown address type {atyp}", reply=bad_atyp)
-    return address, cur.u16()
+    return SOCKS.read(cur, bad_atyp, bad_addr)
 
 
 def encode_address_port(address: Address, port: int) -> bytes:
     """ATYP, address, port; a domain must be 1..255 bytes."""
-    _check_port(port)
-    if address.kind is AddressKind.IPV4:
-        return bytes([ATYP_IPV4]) + address.packed() + _PORT.pack(port)
-    if address.kind is AddressKind.IPV6:
-        return bytes([ATYP_IPV6]) + address.packed() + _PORT.pack(port)
-    raw = _raw(address.value)
-    if not 1 <= len(raw) <= MAX_DOMAIN_LENGTH:
-        raise LocalProtocolError(f"domain length {len(raw)} not in 1..{MAX_DOMAIN_LENGTH}")
-    return bytes([ATYP_DOMAIN, len(raw)]) + raw + _PORT.pack(port)
+    return SOCKS.encode(address, port)
 
 
 def _expect_version(got: int, want: int, what: str, reply: Optional[bytes] = None) -> None:
@@ -360,7 +324,7 @@ def parse_reply(buf: bytes) -> Optional[Tuple[Socks5Reply, int]]:
 
 def encode_socks4_reply(granted: bool, port: int = 0, address: Address = ANY_IPV4) -> bytes:
     """VN(0) CD DSTPORT DSTIP; v2ray always answers 0.0.0.0:0."""
-    _check_port(port)
+    check_port(port)
     if address.kind is not AddressKind.IPV4:
         raise LocalProtocolError("a SOCKS4 reply carries an IPv4 address")
     code = SOCKS4_GRANTED if granted else SOCKS4_REJECTED
@@ -404,7 +368,7 @@ def parse_socks4_request(buf: bytes) -> Optional[Tuple[Socks4Request, int]]:
 
 def encode_socks4_request(command: int, address: Address, port: int, userid: str = "") -> bytes:
     """A SOCKS4 request for an IPv4 address, or SOCKS4a for a domain."""
-    _check_port(port)
+    check_port(port)
     user = _raw(userid)
     if b"\x00" in user or len(user) > SOCKS4_MAX_FIELD:
         raise LocalProtocolError("SOCKS4 userid must be NUL-free and at most 255 bytes")

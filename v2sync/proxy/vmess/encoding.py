@@ -24,6 +24,7 @@ from v2sync.common.crypto.stream import AesBlock, AesCfb, aes_cfb_decryptor, aes
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.common.protocol.address import PORT_FIRST, domain_address
 from v2sync.proxy.vmess import aead
 from v2sync.proxy.vmess.body import (
     OPTION_CHUNK_MASKING, OPTION_CHUNK_STREAM, OPTION_GLOBAL_PADDING, BodyReader, BodyWriter,
@@ -37,10 +38,8 @@ MAX_PADDING = 15                 # the P nibble
 CHECKSUM_SIZE = 4
 LEGACY_TIME_JITTER = 30          # client.go NewTimestampGenerator(now, 30)
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 2, 3
-MAX_DOMAIN = 255                 # one length byte
 MUX_ADDRESS = Address("v1.mux.cool", AddressKind.DOMAIN)
 COMMAND_SWITCH_ACCOUNT = 1
-_DOMAIN_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -125,17 +124,6 @@ def client_options(security: Security, force_padding: bool = False) -> int:
     return option
 
 
-def _encode_address(address: Address, port: int) -> bytes:
-    if address.kind is AddressKind.IPV4:
-        return _U16.pack(port) + bytes([ATYP_IPV4]) + address.packed()
-    if address.kind is AddressKind.IPV6:
-        return _U16.pack(port) + bytes([ATYP_IPV6]) + address.packed()
-    name = address.value.encode()
-    if not 0 < len(name) <= MAX_DOMAIN:
-        raise LocalProtocolError(f"vmess: domain of {len(name)} bytes cannot be sent")
-    return _U16.pack(port) + bytes([ATYP_DOMAIN, len(name)]) + name
-
-
 def encode_command_section(header: RequestHeader, body_key: bytes, body_iv: bytes,
                            response_auth: int, padding: bytes) -> bytes:
     """The request-header plaintext including padding and FNV (client.go EncodeRequestHeader)."""
@@ -149,21 +137,18 @@ def encode_command_section(header: RequestHeader, body_key: bytes, body_iv: byte
     out += bytes([response_auth, header.option, len(padding) << 4 | header.security, 0,
                   header.command])
     if header.command is not Command.MUX:
-        out += _encode_address(header.address, header.port)
+        out += PORT_FIRST.encode(header.address, header.port)
     out += padding
     out += _U32.pack(fnv1a32(out))
     return bytes(out)
 
 
 def _read_domain(cur: Cursor) -> Tuple[Optional[Address], str]:
-    raw = cur.take(cur.u8())
-    if raw and raw[0] in b"[0123456789":  # looks like an IP literal: address.go maybeIPPrefix
-        parsed = Address.parse(raw.decode("latin-1"))
-        if parsed.is_ip:
-            return parsed, ""
-    if not raw or not set(raw) <= _DOMAIN_CHARS:
-        return None, f"invalid domain name {raw!r}"
-    return Address(raw.decode("ascii"), AddressKind.DOMAIN), ""
+    """The domain, or the error 4.34 would report once the checksum has been checked."""
+    try:
+        return domain_address(cur.take(cur.u8())), ""
+    except RemoteProtocolError as e:
+        return None, str(e)
 
 
 def _read_address(cur: Cursor, command: int) -> Tuple[Optional[Address], int, str]:
