@@ -28,6 +28,7 @@ from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
 from v2sync.proxy.vmess.config import VMessInboundConfig, VMessOutboundConfig
 
@@ -40,6 +41,7 @@ SettingsConverter = Callable[[Mapping[str, Any], str], Any]
 PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
         "http": HttpServerConfig.from_json,
+        "shadowsocks": ShadowsocksServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,
     },
@@ -47,6 +49,7 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "shadowsocks": ShadowsocksClientConfig.from_json,
     },
 }
 
