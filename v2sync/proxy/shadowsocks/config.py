@@ -14,11 +14,10 @@ from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Network
 from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_str, get_uint,
                                       require_object)
+from v2sync.proxy.dokodemo.config import parse_network_list
 from v2sync.proxy.shadowsocks.encoding import METHODS, Account, method_named
 
 METHODS_EXPECTED = "one of " + ", ".join(sorted(METHODS))
-NETWORK_NAMES = {"tcp": Network.TCP, "udp": Network.UDP}
-NETWORK_EXPECTED = 'expected "tcp", "udp", "tcp,udp" or an array of them'
 
 
 @dataclass(frozen=True)
@@ -43,26 +42,6 @@ def _user(entry: Mapping[str, Any], path: str) -> ShadowsocksUser:
                            get_str(entry, "email", path))
 
 
-def _networks(value: Any, path: str) -> Tuple[Network, ...]:
-    """``NetworkList``: an array or a comma-separated string (spaces are not trimmed, as
-    in 4.34, whose unknown name then opens nothing; here it is refused by name)."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        names = value.split(",")
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        names = list(value)
-    else:
-        raise ConfigError(f"invalid network list {value!r}", path, expected=NETWORK_EXPECTED)
-    networks = []
-    for name in names:
-        network = NETWORK_NAMES.get(name.lower())
-        if network is None:
-            raise ConfigError(f"unknown network {name!r}", path, expected=NETWORK_EXPECTED)
-        networks.append(network)
-    return tuple(networks)
-
-
 @dataclass(frozen=True)
 class ShadowsocksServerConfig:
     user: ShadowsocksUser
@@ -71,9 +50,9 @@ class ShadowsocksServerConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "ShadowsocksServerConfig":
         settings = require_object(settings, path)
-        networks = _networks(settings.get("network"), join_path(path, "network"))
         # server.go Network(): an empty list means tcp; "udp": true appends udp.
-        networks = networks or (Network.TCP,)
+        value = settings.get("network") or None
+        networks = parse_network_list(value, join_path(path, "network"))
         if get_bool(settings, "udp", path):
             networks += (Network.UDP,)
         return cls(_user(settings, path), tuple(dict.fromkeys(networks)))

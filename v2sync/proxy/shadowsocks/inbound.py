@@ -64,6 +64,7 @@ class ShadowsocksInbound:
         self.settings = settings
         self.ctx = ctx
         self.user = settings.user
+        self.networks = settings.networks  # which listeners the handler opens for us
         self.account: Account = settings.user.account
         self.policy = ctx.policy.for_level(self.user.level)  # server.go: the user's level
         self._drain_base, self._drain_rand_max = drain_parameters(self.account.key)
