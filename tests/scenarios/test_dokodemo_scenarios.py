@@ -43,3 +43,22 @@ def test_udp_only_door_opens_no_tcp_listener(udp_echo) -> None:
                          [freedom()])
     with running_instance(config) as instance:
         assert instance.inbounds.get("door").listening == []
+
+
+def udp_exchange(sock: socket.socket, port: int, payload: bytes) -> bytes:
+    sock.sendto(payload, ("127.0.0.1", port))
+    data, _ = sock.recvfrom(65536)
+    return data
+
+
+def test_udp_to_a_fixed_destination(udp_echo) -> None:
+    config = make_config([dokodemo(address="127.0.0.1", port=udp_echo.port, network="udp")],
+                         [freedom()])
+    with running_instance(config) as instance:
+        port = port_of(instance, "door")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            for size in (1, 100, 2048):
+                payload = pattern_bytes(size)
+                assert udp_exchange(client, port, payload) == payload
+            assert instance.inbounds.get("door").udp_sessions() == 1
