@@ -1,4 +1,4 @@
-"""Shadowsocks wire format, AEAD ciphers and "none" (v2ray ``proxy/shadowsocks/{config,protocol}.go``).
+"""Shadowsocks wire format, AEAD and "none" (v2ray ``proxy/shadowsocks/{config,protocol}.go``).
 
 Pure codec: nothing here touches a socket. SIP004 as 4.34 speaks it:
 

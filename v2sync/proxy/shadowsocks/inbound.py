@@ -1,4 +1,4 @@
-"""The Shadowsocks inbound (v2ray ``proxy/shadowsocks/server.go``, ``protocol.go::ReadTCPSession``).
+"""The Shadowsocks inbound (v2ray ``proxy/shadowsocks/server.go``, ``protocol.go``).
 
 TCP: the salt and the target address are read under the user level's handshake deadline
 (parked in the selector). A wrong key, or a target that does not parse, is answered as 4.34
@@ -6,6 +6,10 @@ answers it: read a per-key deterministic-plus-random number of bytes in all
 (``DrainConnN``), then close, so a prober learns nothing from when the connection ends.
 The response salt goes out with the first response bytes (4.34 buffers it until then);
 the response ends with a TCP close, there is no end-of-stream chunk.
+
+UDP (``network`` udp): the inbound's UDP worker (``app/proxyman/udp_worker.py``) hands
+``process`` one packet connection per source; datagrams that fail to decode are dropped
+without an answer, so a prober gets nothing back, let alone more than it sent.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import zlib
 from functools import partial
 from typing import Callable, Optional, Tuple
 
+from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import ProtocolError, RemoteProtocolError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
@@ -28,7 +33,8 @@ from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import run_relay
 from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
 from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
-                                               RequestDecoder, StreamReader, StreamWriter)
+                                               RequestDecoder, StreamReader, StreamWriter,
+                                               decode_packet, encode_packet)
 from v2sync.proxy.vmess.inbound import drain
 from v2sync.transport.copy import adaptive_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader
@@ -106,6 +112,37 @@ class ShadowsocksInbound:
         bytes it had parsed (exact for a wrong key: salt + 18 + DrainSize)."""
         wire = decoder.reader.wire_used
         return self.drain_size() + wire - decoder.plain_used
+
+    # -- UDP: one source's packet connection from the inbound's UDP worker ----------------
+    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+        """Each datagram from ``conn``'s source is decoded and sent on to its target, one
+        dispatched link per target (``handlerUDPPayload`` with ``udp.Dispatcher``); the
+        answers go back encoded with the address the client asked for. A datagram that does
+        not decode is dropped and never answered."""
+        session.user_email = self.user.email
+        session.user_level = self.user.level
+        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, self.user.level)
+        try:
+            while True:
+                datagram = conn.read()
+                if datagram is None:
+                    return  # idle, or shutdown
+                try:
+                    address, port, payload = decode_packet(self.account, datagram)
+                except ProtocolError as e:
+                    log.debug("%s: dropping a bad datagram from %s: %s", session.name(),
+                              conn.remote, e)
+                    continue
+                table.send(conn.remote, Destination(address, port, Network.UDP), payload,
+                           partial(self._answer, conn))
+        finally:
+            table.close()
+
+    def _answer(self, conn, origin: Destination, payload: bytes) -> None:
+        try:
+            conn.write(encode_packet(self.account, origin.address, origin.port, payload))
+        except ProtocolError as e:  # 4.34's encoder would overrun its 2 KiB buffer
+            log.debug("dropping an answer to %s: %s", conn.remote, e)
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                target: Destination, body_in: StreamReader, early: bytes) -> None:
