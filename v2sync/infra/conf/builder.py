@@ -30,6 +30,7 @@ from v2sync.proxy.dns.config import DnsOutboundConfig
 from v2sync.proxy.dokodemo.config import DokodemoConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
 from v2sync.proxy.vmess.config import VMessInboundConfig, VMessOutboundConfig
 
@@ -43,6 +44,7 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
         "dokodemo-door": DokodemoConfig.from_json,
         "http": HttpServerConfig.from_json,
+        "shadowsocks": ShadowsocksServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,
     },
@@ -51,6 +53,7 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "shadowsocks": ShadowsocksClientConfig.from_json,
     },
 }
 
