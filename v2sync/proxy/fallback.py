@@ -156,10 +156,13 @@ class FallbackTable:
     def __bool__(self) -> bool:
         return bool(self._table)
 
-    def select(self, conn: Connection, first: bytes) -> Fallback:
+    def select_for(self, conn: Connection, first: bytes) -> Fallback:
         """The fallback for a connection whose first read was ``first``."""
+        return self.select(*_tls_facts(conn), first)
+
+    def select(self, server_name: str, alpn: str, first: bytes) -> Fallback:
+        """By TLS server name, negotiated ALPN and the first read, as 4.34 selects."""
         names = self._table
-        server_name, alpn = _tls_facts(conn)
         name = ""
         if len(names) > 1 or "" not in names:
             name = server_name if server_name in names else _longest_within(server_name, names)

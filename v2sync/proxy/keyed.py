@@ -91,7 +91,7 @@ class KeyedInbound:
             first = bytes(reader.buf)
             reason = self._refusal(first)
             if reason is not None:
-                fallback = self.fallbacks.select(conn, first)
+                fallback = self.fallbacks.select_for(conn, first)
                 log.info("%s: %s from %s: %s; fallback to %s", session.name(), self.label,
                          conn.remote, reason, fallback.dest)
                 return partial(serve_fallback, self.ctx, session.name(), conn, fallback,

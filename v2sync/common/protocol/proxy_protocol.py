@@ -56,8 +56,8 @@ def _same_family(source: Destination, dest: Destination
 
 
 def _as_ipv6(address: Address) -> Address:
-    if address.kind is AddressKind.IPV4:
-        return Address.parse("::ffff:" + address.value)
+    if address.kind is AddressKind.IPV4:  # Address.parse would fold it back to IPv4
+        return Address("::ffff:" + address.value, AddressKind.IPV6)
     return address
 
 
