@@ -40,7 +40,6 @@ FEATURE_ROUTING = "routing"  # routing rules and balancers
 FEATURE_DNS = "dns"  # dns servers and hosts
 FEATURE_API = "api"
 FEATURE_REVERSE = "reverse"
-FEATURE_MUX = "mux"
 FEATURE_PROXY_SETTINGS = "proxySettings"
 FEATURE_SOCKOPT = "sockopt"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
@@ -384,8 +383,6 @@ def _sockopt_in_use(sockopt: Mapping[str, Any]) -> Iterator[str]:
 
 
 def _handler_features(path: str, handler: Mapping[str, Any]) -> Iterator[Tuple[str, str, str]]:
-    if _obj(handler, "mux").get("enabled") is True:
-        yield FEATURE_MUX, join_path(path, "mux.enabled"), "mux is not supported by v2sync yet"
     if "proxySettings" in handler:
         yield (FEATURE_PROXY_SETTINGS, join_path(path, "proxySettings"),
                "proxySettings (outbound chaining) is not supported by v2sync yet")
