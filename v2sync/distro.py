@@ -11,6 +11,8 @@ from v2sync.proxy.vmess import inbound as _vmess_inbound  # noqa: F401
 # Outbounds
 from v2sync.proxy.blackhole import outbound as _blackhole_outbound  # noqa: F401
 from v2sync.proxy.freedom import outbound as _freedom_outbound  # noqa: F401
+from v2sync.proxy.http import outbound as _http_outbound  # noqa: F401
+from v2sync.proxy.socks import outbound as _socks_outbound  # noqa: F401
 from v2sync.proxy.vmess import outbound as _vmess_outbound  # noqa: F401
 
 # Stream transports (streamSettings.network)

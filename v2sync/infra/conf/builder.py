@@ -7,6 +7,7 @@ already merged config). All of them raise one ``ConfigErrors`` carrying every pr
 from __future__ import annotations
 
 import logging
+from functools import partial
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
@@ -18,8 +19,8 @@ from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_co
                                       parse_json, parse_port_range, read_json)
 from v2sync.transport.internet.config import build_stream_settings
 from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNLIMITED_BUFFER,
-                                     Config, InboundConfig, LevelPolicy, LogConfig,
-                                     MuxConfig, OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
+                                     Config, InboundConfig, LevelPolicy, LogConfig, MuxConfig,
+                                     OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
                                      SystemPolicy, deep_freeze)
 from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooManyErrors,
                                         check_document, sort_errors, without_errors)
@@ -27,6 +28,7 @@ from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.common.mux.client import DEFAULT_CONCURRENCY as DEFAULT_MUX_CONCURRENCY
 from v2sync.common.mux.client import MAX_CONCURRENCY as MAX_MUX_CONCURRENCY
+from v2sync.common.protocol.server_spec import ServersConfig
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
@@ -49,6 +51,8 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "http": partial(ServersConfig.from_json, protocol="http"),
+        "socks": partial(ServersConfig.from_json, protocol="socks"),
     },
 }
 
