@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from v2sync.common.errors import V2SyncError
+from v2sync.common.errors import PipeInterrupted, V2SyncError
 from v2sync.common.mux.encoding import Frame, is_mux_destination
 from v2sync.common.mux.session import (FrameHandler, FrameReader, FrameWriter, MuxSession,
                                        SessionTable, SessionWriter, pump)
@@ -60,6 +60,7 @@ class ServerWorker(FrameHandler):
         self._lock = threading.Lock()
         self._pumps = 0          # sub-connections still sending their data
         self._reading = True     # the frame reader has not ended yet
+        self._keep_open = False  # after garbage: leave the end to the inbound's relay
 
     def run(self) -> None:
         reader = FrameReader(self.link.reader)
@@ -69,16 +70,18 @@ class ServerWorker(FrameHandler):
                 if frame is None:
                     break  # the client ended the mux connection cleanly
                 self.handle(frame)
-        except V2SyncError as e:  # garbage, an interrupted link, a failed dispatch
-            log.info("%s: mux connection ended: %s", self.name, e)
-            self.link.interrupt()
+        except PipeInterrupted:  # the connection itself is gone: so is every sub-connection
             self.end_all()
-        else:
-            # The client sent everything: each sub-connection's request side ends; their
-            # answers still go out, and the last one to finish closes the connection.
-            for session in self.sessions.close():
-                session.link.writer.close()
+        except V2SyncError as e:
+            # Garbage, or a failed dispatch: as server.go, stop reading (the client's next
+            # write fails) and end each sub-connection's request side; answers still go out.
+            log.info("%s: mux connection ended: %s", self.name, e)
+            self.link.reader.interrupt()
+            self._keep_open = True  # 4.34 never closes the downlink: the client's next
+            # write fails, or the connection's inactivity timer ends it
         finally:
+            for session in self.sessions.close():
+                session.link.writer.close()  # each request side ends; the answers go on
             self._reader_done()
 
     def on_new(self, frame: Frame) -> None:
@@ -119,11 +122,17 @@ class ServerWorker(FrameHandler):
             self._pumps -= 1
             last = self._pumps == 0 and not self._reading
         if last:
-            self.link.writer.close()
+            self._finish()
 
     def _reader_done(self) -> None:
         with self._lock:
             self._reading = False
             last = self._pumps == 0
         if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Every answer is out and the client sent all it will: the downlink ends (4.34
+        leaves that to the inbound's timers)."""
+        if not self._keep_open:
             self.link.writer.close()
