@@ -25,6 +25,7 @@ from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.common.mux.server import MuxServer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup, tune_for_many_threads
@@ -75,13 +76,16 @@ class Instance:
         errors: List[ConfigError] = []
         for oc in self.config.outbounds:
             try:
-                self.outbounds.add(OutboundHandler(oc.tag, self._make_proxy(OUTBOUNDS, oc)))
+                self.outbounds.add(OutboundHandler(oc.tag, self._make_proxy(OUTBOUNDS, oc),
+                                                   oc.mux, self.context))
             except ConfigError as e:
                 errors.append(e)
+        # Every inbound dispatches through the Mux.cool server (4.34 always.go wraps each).
+        inbound_dispatcher = MuxServer(self.dispatcher, self.policy, self.workers)
         for ic in self.config.inbounds:
             try:
                 proxy = self._make_proxy(INBOUNDS, ic)
-                self.inbounds.add(InboundHandler(ic, proxy, self.dispatcher, self.workers,
+                self.inbounds.add(InboundHandler(ic, proxy, inbound_dispatcher, self.workers,
                                                  self.policy.for_level(0).handshake))
             except ConfigError as e:
                 errors.append(e)

@@ -17,6 +17,8 @@ from v2sync.proxy.blackhole import outbound as _blackhole_outbound  # noqa: F401
 from v2sync.proxy.dns import outbound as _dns_outbound  # noqa: F401
 from v2sync.proxy.freedom import outbound as _freedom_outbound  # noqa: F401
 from v2sync.proxy.shadowsocks import outbound as _ss_outbound  # noqa: F401
+from v2sync.proxy.http import outbound as _http_outbound  # noqa: F401
+from v2sync.proxy.socks import outbound as _socks_outbound  # noqa: F401
 from v2sync.proxy.vmess import outbound as _vmess_outbound  # noqa: F401
 from v2sync.proxy.vless import outbound as _vless_outbound  # noqa: F401
 from v2sync.proxy.trojan import outbound as _trojan_outbound  # noqa: F401

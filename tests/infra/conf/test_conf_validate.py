@@ -233,8 +233,6 @@ def test_unknown_security_and_kcp_only_headers_are_errors() -> None:
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"outbounds": [{"protocol": "freedom", "mux": {"enabled": True}}]},
-     "f.json: outbounds[0].mux.enabled: mux is not supported by v2sync yet"),
     ({"outbounds": [{"protocol": "freedom", "proxySettings": {"tag": "x"}}]},
      "f.json: outbounds[0].proxySettings: proxySettings (outbound chaining) is not supported "
      "by v2sync yet"),

@@ -113,6 +113,14 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class MuxConfig:
+    """An outbound's ``mux`` (infra/conf/v2ray.go MuxConfig.Build): concurrency 1..1024."""
+
+    enabled: bool = False
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
 class OutboundConfig:
     protocol: str
     tag: str
@@ -122,6 +130,7 @@ class OutboundConfig:
     path: str = ""
     file: str = ""
     proxy_settings: Any = field(default=None, compare=False, hash=False)
+    mux: Optional[MuxConfig] = None  # None: no mux section, or a negative concurrency
 
 
 @dataclass(frozen=True)

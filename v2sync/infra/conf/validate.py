@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # when a protocol, transport or feature lands (a new protocol also needs its settings
 # converter in builder.PROTOCOL_SETTINGS).
 SUPPORTED_INBOUNDS = frozenset({"dokodemo-door", "http", "shadowsocks", "socks", "trojan", "vless", "vmess"})
-SUPPORTED_OUTBOUNDS = frozenset({"blackhole", "dns", "freedom", "shadowsocks", "trojan", "vless", "vmess"})
+SUPPORTED_OUTBOUNDS = frozenset({"blackhole", "dns", "freedom", "http", "shadowsocks", "socks", "trojan", "vless", "vmess"})
 SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
 SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
@@ -40,7 +40,6 @@ FEATURE_ROUTING = "routing"  # routing rules and balancers
 FEATURE_DNS = "dns"  # dns servers and hosts
 FEATURE_API = "api"
 FEATURE_REVERSE = "reverse"
-FEATURE_MUX = "mux"
 FEATURE_PROXY_SETTINGS = "proxySettings"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
 
@@ -376,8 +375,6 @@ def _handlers(data: Mapping[str, Any]) -> Iterator[Tuple[str, Mapping[str, Any]]
 
 
 def _handler_features(path: str, handler: Mapping[str, Any]) -> Iterator[Tuple[str, str, str]]:
-    if _obj(handler, "mux").get("enabled") is True:
-        yield FEATURE_MUX, join_path(path, "mux.enabled"), "mux is not supported by v2sync yet"
     if "proxySettings" in handler:
         yield (FEATURE_PROXY_SETTINGS, join_path(path, "proxySettings"),
                "proxySettings (outbound chaining) is not supported by v2sync yet")

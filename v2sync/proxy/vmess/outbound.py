@@ -16,6 +16,7 @@ import time
 from typing import Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
+from v2sync.common.mux.encoding import is_mux_destination
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
@@ -63,6 +64,8 @@ class VMessOutbound:
         security = resolve_security(user.security)
         target = session.target
         command = Command.UDP if target.network is Network.UDP else Command.TCP
+        if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
+            command = Command.MUX
         header = RequestHeader(command, security, client_options(security),
                                target.address, target.port)
         client = ClientSession(user)
