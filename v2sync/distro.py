@@ -4,6 +4,7 @@ Importing a package registers it (``common.registry``); a package not listed her
 exist as far as configs are concerned.
 """
 # Inbounds
+from v2sync.proxy.dokodemo import inbound as _dokodemo_inbound  # noqa: F401
 from v2sync.proxy.http import inbound as _http_inbound  # noqa: F401
 from v2sync.proxy.socks import inbound as _socks_inbound  # noqa: F401
 from v2sync.proxy.vmess import inbound as _vmess_inbound  # noqa: F401

@@ -196,8 +196,8 @@ def test_unknown_network_is_not_a_v2ray_name() -> None:
 
 
 @pytest.mark.parametrize("kind, protocol, supported", [
-    ("inbounds", "vless", "http, socks, vmess"),
-    ("inbounds", "dokodemo-door", "http, socks, vmess"),
+    ("inbounds", "vless", "dokodemo-door, http, socks, vmess"),
+    ("inbounds", "mtproto", "dokodemo-door, http, socks, vmess"),
     ("outbounds", "trojan", "blackhole, freedom, vmess"),
     ("outbounds", "shadowsocks", "blackhole, freedom, vmess"),
 ])
@@ -210,7 +210,7 @@ def test_unsupported_protocols(kind: str, protocol: str, supported: str) -> None
 
 def test_unknown_protocol() -> None:
     assert errors_of({"inbounds": [{"protocol": "socks5", "port": 1}]}) == [
-        "f.json: inbounds[0].protocol: unknown protocol 'socks5' (expected one of: http, socks, vmess)"]
+        "f.json: inbounds[0].protocol: unknown protocol 'socks5' (expected one of: dokodemo-door, http, socks, vmess)"]
 
 
 def test_tls_and_http_header_are_accepted() -> None:

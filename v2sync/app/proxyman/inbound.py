@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from v2sync.app.stats.manager import Counter
 from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
                                   V2SyncError)
-from v2sync.common.net import ANY_IPV6, Address
+from v2sync.common.net import ANY_IPV6, Address, Network
 from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
 from v2sync.features.routing import Dispatcher
@@ -61,10 +61,13 @@ class InboundHandler:
 
     def bind(self) -> None:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
+        networks = getattr(self.proxy, "networks", (Network.TCP,))
         for port in self.config.ports:
-            sock, cleanup = self.server.listen(self.address, port)
-            bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
-            self.listening.append((sock, bound, cleanup))
+            bound = port
+            if Network.TCP in networks:
+                sock, cleanup = self.server.listen(self.address, port)
+                bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
+                self.listening.append((sock, bound, cleanup))
             if getattr(self.proxy, "wants_udp", False):
                 self.udp_listeners.append(self._open_udp(bound or port, self._name()))
             if self.server.single_listener:

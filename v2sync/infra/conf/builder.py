@@ -26,6 +26,7 @@ from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooMany
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
+from v2sync.proxy.dokodemo.config import DokodemoConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
@@ -39,6 +40,7 @@ SettingsConverter = Callable[[Mapping[str, Any], str], Any]
 # here and to validate.SUPPORTED_INBOUNDS / SUPPORTED_OUTBOUNDS.
 PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
+        "dokodemo-door": DokodemoConfig.from_json,
         "http": HttpServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,

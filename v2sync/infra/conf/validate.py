@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # error naming what is supported, never silently ignored. This is the one place to extend
 # when a protocol, transport or feature lands (a new protocol also needs its settings
 # converter in builder.PROTOCOL_SETTINGS).
-SUPPORTED_INBOUNDS = frozenset({"http", "socks", "vmess"})
+SUPPORTED_INBOUNDS = frozenset({"dokodemo-door", "http", "socks", "vmess"})
 SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess"})
 SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
 SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
