@@ -49,3 +49,14 @@ def test_anything_parses_needs_more_or_is_refused(data: bytes) -> None:
     if result is not None:
         payload, used = result
         assert used == 5 + len(payload) <= len(data)
+
+
+def test_frame_guard_refuses_a_long_frame_at_its_header() -> None:
+    from v2sync.app.commander.grpc import PREFACE, FrameGuard
+
+    guard = FrameGuard(16384)
+    ok_frame = (5).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01" + b"hello"
+    for byte in PREFACE + ok_frame:  # byte by byte: the header may arrive in pieces
+        guard.feed(bytes([byte]))
+    with pytest.raises(RemoteProtocolError, match="16777215 bytes"):
+        guard.feed(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")

@@ -143,6 +143,40 @@ def _read_preface(stream: ByteStream) -> bytes:
     return data
 
 
+class FrameGuard:
+    """Checks each HTTP/2 frame's declared length as its 9-byte header arrives.
+
+    h2 buffers a whole frame before it checks the length against SETTINGS_MAX_FRAME_SIZE,
+    so a peer declaring 16 MiB would make it hold 16 MiB first; this refuses at the header.
+    """
+
+    HEADER = 9
+
+    def __init__(self, limit: int, skip: int = len(PREFACE)):
+        self.limit = limit
+        self.skip = skip  # bytes of the current frame's payload (or the preface) still due
+        self.header = b""
+
+    def feed(self, data: bytes) -> None:
+        """Raises RemoteProtocolError for a frame over the limit."""
+        view = memoryview(data)
+        while view:
+            if self.skip:
+                step = min(self.skip, len(view))
+                self.skip -= step
+                view = view[step:]
+                continue
+            need = self.HEADER - len(self.header)
+            self.header += bytes(view[:need])
+            view = view[need:]
+            if len(self.header) == self.HEADER:
+                length = int.from_bytes(self.header[:3], "big")
+                if length > self.limit:
+                    raise RemoteProtocolError(f"HTTP/2 frame of {length} bytes (limit "
+                                              f"{self.limit})")
+                self.skip, self.header = length, b""
+
+
 class _Connection:
     def __init__(self, server: GrpcServer, stream: ByteStream):
         self.server = server
@@ -159,8 +193,16 @@ class _Connection:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
         self.h2.initiate_connection()
+        guard = FrameGuard(self.h2.max_inbound_frame_size)
         data = first
         while data:
+            try:
+                guard.feed(data)
+            except RemoteProtocolError as e:
+                log.info("api: %s", e)
+                self.h2.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                self._flush()
+                return
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as e:
