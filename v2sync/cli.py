@@ -49,10 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep all threads on one CPU: auto (default; claims a CPU no other "
                           "v2sync process holds), all (no pinning) or a CPU number; "
                           "default from $V2SYNC_CPU")
+    run.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (overrides "
+                          "the config's metrics.listen)")
     test = sub.add_parser("test", help="check a config: 'Configuration OK.' or every error")
     _add_config_args(test)
     sub.add_parser("version", help="print versions")
     sub.add_parser("uuid", help="print a random UUID")
+    from v2sync.infra.control import api as api_command
+    api_command.add_parser(sub)
+    top = sub.add_parser("top", help="a live dashboard of a v2sync or v2ray from its API")
+    top.add_argument("--server", "-s", default="127.0.0.1:10085", metavar="HOST:PORT",
+                     help="the API's address (default 127.0.0.1:10085)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=0,
+                     help="stop after N refreshes (default 0: until Ctrl-C or q)")
     return parser
 
 
@@ -153,11 +164,18 @@ def _log_load_warnings() -> None:
 
 
 def _load(args):
-    from v2sync.infra.conf.builder import load_config, load_default
+    from dataclasses import replace
 
-    if args.config or args.confdir:
-        return load_config(args.config, args.confdir)
-    return load_default()
+    from v2sync.common.net import parse_host_port
+    from v2sync.infra.conf.builder import load_config, load_default
+    from v2sync.infra.conf.model import MetricsConfig
+
+    config = load_config(args.config, args.confdir) if args.config or args.confdir \
+        else load_default()
+    if getattr(args, "metrics", None):
+        config = replace(config, metrics=MetricsConfig(*parse_host_port(args.metrics,
+                                                                       "--metrics")))
+    return config
 
 
 def _print_config_errors(err) -> int:
@@ -298,7 +316,20 @@ def cmd_uuid(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid}
+def cmd_api(args) -> int:
+    from v2sync.infra.control import api
+
+    return api.run(args, _say)
+
+
+def cmd_top(args) -> int:
+    from v2sync.infra.control import top
+
+    return top.run(args, _say)
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid,
+            "api": cmd_api, "top": cmd_top}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

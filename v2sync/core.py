@@ -24,13 +24,15 @@ from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
-from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.app.stats.manager import StatsManager
+from v2sync.common.errors import ConfigError, ConfigErrors, V2SyncError
 from v2sync.common.mux.server import MuxServer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup, tune_for_many_threads
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import Config
+from v2sync.transport.internet.hub import StreamClient
 
 log = logging.getLogger("v2sync.core")
 
@@ -64,7 +66,13 @@ class Instance:
         self.outbounds = OutboundManager()
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
+        # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
+        self.stats = StatsManager() if config.stats_enabled else None
+        self.dispatcher.stats = self.stats
+        self.commander = None
+        self.metrics = None
         self._build()
+        self._build_api()
         if config.routing_settings is not None:
             # The router resolves names with the built-in DNS (IPIfNonMatch / IPOnDemand).
             self.dispatcher.router = Router(
@@ -76,8 +84,9 @@ class Instance:
         errors: List[ConfigError] = []
         for oc in self.config.outbounds:
             try:
-                self.outbounds.add(OutboundHandler(oc.tag, self._make_proxy(OUTBOUNDS, oc),
-                                                   oc.mux, self.context))
+                proxy = self._make_proxy(OUTBOUNDS, oc)
+                self._count_outbound(oc.tag, proxy)
+                self.outbounds.add(OutboundHandler(oc.tag, proxy, oc.mux, self.context))
             except ConfigError as e:
                 errors.append(e)
         # Every inbound dispatches through the Mux.cool server (4.34 always.go wraps each).
@@ -85,12 +94,53 @@ class Instance:
         for ic in self.config.inbounds:
             try:
                 proxy = self._make_proxy(INBOUNDS, ic)
-                self.inbounds.add(InboundHandler(ic, proxy, inbound_dispatcher, self.workers,
-                                                 self.policy.for_level(0).handshake))
+                handler = InboundHandler(ic, proxy, inbound_dispatcher, self.workers,
+                                         self.policy.for_level(0).handshake)
+                self._count_inbound(handler)
+                self.inbounds.add(handler)
             except ConfigError as e:
                 errors.append(e)
         if errors:
             raise ConfigErrors(errors)
+
+    def _count_inbound(self, handler: InboundHandler) -> None:
+        """proxyman/inbound: counters for a tagged inbound whose system policy asks."""
+        system = self.config.policy.system
+        if self.stats is not None and handler.tag:
+            handler.counters = self.stats.traffic_pair(
+                "inbound", handler.tag, system.stats_inbound_uplink, system.stats_inbound_downlink)
+
+    def _count_outbound(self, tag: str, proxy) -> None:
+        """proxyman/outbound: each connection the outbound dials counts (its StreamClient)."""
+        system = self.config.policy.system
+        client = getattr(proxy, "client", None)
+        if self.stats is not None and tag and isinstance(client, StreamClient):
+            client.counters = self.stats.traffic_pair(
+                "outbound", tag, system.stats_outbound_uplink, system.stats_outbound_downlink)
+
+    def _build_api(self) -> None:
+        """The commander's virtual outbound, under ``api.tag`` (imported only when used:
+        h2 and protobuf are not loaded for a config without ``api``)."""
+        if self.config.api is None:
+            return
+        from v2sync.app.commander.outbound import Commander
+        self.commander = Commander(self.config.api, self)
+        try:
+            self.outbounds.add(OutboundHandler(self.commander.tag, self.commander.outbound))
+        except V2SyncError as e:
+            raise ConfigErrors([ConfigError(str(e), "api.tag")]) from None
+
+    def remove_inbound(self, tag: str) -> bool:
+        """The API's RemoveInbound: stop listening, end its connections."""
+        handler = self.inbounds.remove(tag) if tag else None
+        if handler is None:
+            return False
+        handler.abort_connections()
+        return True
+
+    def remove_outbound(self, tag: str) -> bool:
+        """The API's RemoveOutbound; connections it carries end with their relays."""
+        return bool(tag) and self.outbounds.remove(tag)
 
     def _make_proxy(self, registry, hc):
         cls = registry.get(hc.protocol, f"{hc.path}.protocol")
@@ -104,6 +154,10 @@ class Instance:
 
     def start(self) -> None:
         self.timers.start()
+        if self.config.metrics is not None:
+            from v2sync.app.metrics import MetricsServer
+            self.metrics = MetricsServer(self, self.config.metrics)
+            self.metrics.start(self.listener_threads)
         try:
             self.inbounds.start(self.listener_threads)
         except Exception:
@@ -116,11 +170,17 @@ class Instance:
         started = time.monotonic()
         deadline = started + grace + ABORT_BUDGET
         self.inbounds.stop_listening()
+        if self.metrics is not None:
+            self.metrics.stop_listening()
         self._wait_for_connections(started + grace)
         with _switch_interval(ABORT_SWITCH_INTERVAL):
             self._abort_all(deadline)
             self._join_all(deadline)
         self.outbounds.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.commander is not None:
+            self.commander.close()
         self.timers.stop(max(_left(deadline), GRACE_POLL))  # it stops at once when told
         self.running = False
         log.info("closed in %.2f s", time.monotonic() - started)

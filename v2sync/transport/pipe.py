@@ -257,3 +257,23 @@ class Pipe:
     def buffered(self) -> int:
         with self._q.mutex:
             return self._q.nbytes
+
+
+class CountingPipe(Pipe):
+    """A pipe whose writes add to a counter (4.34's dispatcher wraps a user's pipes in a
+    ``SizeStatWriter``): the bytes the writer hands over, counted once, however they are
+    read or put back by sniffing (``unread``)."""
+
+    def __init__(self, counter, limit: int = DEFAULT_LIMIT, name: str = "pipe"):
+        super().__init__(limit, name)
+        self._count = counter.add
+
+    def write(self, data: bytes, timeout: Optional[float] = None) -> None:
+        super().write(data, timeout)
+        self._count(len(data))
+
+    def try_write(self, data: bytes) -> bool:
+        written = super().try_write(data)
+        if written:
+            self._count(len(data))
+        return written

@@ -66,6 +66,18 @@ class OutboundManager:
         if handler.tag:
             self._by_tag[handler.tag] = handler
 
+    def remove(self, tag: str) -> bool:
+        """The API's RemoveOutbound: later routing no longer finds it (the default moves to
+        the next one, as 4.34's manager picks its first handler)."""
+        handler = self._by_tag.pop(tag, None)
+        if handler is None:
+            return False
+        self._ordered.remove(handler)
+        close = getattr(handler.proxy, "close", None)
+        if close is not None:
+            close()
+        return True
+
     def get(self, tag: str) -> Optional[OutboundHandler]:
         return self._by_tag.get(tag)
 

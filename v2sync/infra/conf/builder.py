@@ -13,15 +13,15 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, ConfigErrors, join_path
-from v2sync.common.net import Address
+from v2sync.common.net import Address, parse_host_port
 from v2sync.infra.conf.fields import MAX_UINT32
 from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_confdirs, merge,
                                       parse_json, parse_port_range, read_json)
 from v2sync.transport.internet.config import build_stream_settings
 from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNLIMITED_BUFFER,
-                                     Config, InboundConfig, LevelPolicy, LogConfig, MuxConfig,
-                                     OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
-                                     SystemPolicy, deep_freeze)
+                                     ApiConfig, Config, InboundConfig, LevelPolicy, LogConfig,
+                                     MetricsConfig, MuxConfig, OutboundConfig, PolicyConfig,
+                                     SniffingConfig, StreamConfig, SystemPolicy, deep_freeze)
 from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooManyErrors,
                                         check_document, sort_errors, without_errors)
 from v2sync.app.dns.config import DnsConfig
@@ -196,7 +196,15 @@ class _Builder:
             dns=self.frozen_section("dns"),
             files=merged.files,
             stats_enabled=merged.section("stats") is not None,
+            api=self.optional("api", build_api),
+            metrics=self.optional("metrics", build_metrics),
         )
+
+    def optional(self, key: str, build: Callable[[Any], T]) -> Optional[T]:
+        section = self.merged.section(key)
+        if section is None:
+            return None
+        return self.attempt(section.file, key, build, section.value)
 
     def frozen_section(self, key: str) -> Mapping[str, Any]:
         section = self.merged.section(key)
@@ -413,3 +421,27 @@ def build_level_policy(raw: Mapping[str, Any]) -> LevelPolicy:
         stats_user_uplink=raw.get("statsUserUplink", False),
         stats_user_downlink=raw.get("statsUserDownlink", False),
     )
+
+
+# infra/conf/api.go: service names, matched case-insensitively.
+API_SERVICES = {name.lower(): name for name in ("HandlerService", "LoggerService",
+                                                 "StatsService")}
+
+
+def build_api(raw: Mapping[str, Any]) -> ApiConfig:
+    tag = raw.get("tag", "")
+    if not tag:
+        raise ConfigError("API tag can't be empty.", "api.tag", expected="a tag, e.g. \"api\"")
+    services = []
+    for i, name in enumerate(raw.get("services") or ()):
+        canonical = API_SERVICES.get(name.lower())
+        if canonical is None:  # 4.34 skips unknown names; ReflectionService is not served
+            log.warning("api.services[%d]: %r is not served by v2sync (served: %s)", i, name,
+                        ", ".join(sorted(API_SERVICES.values())))
+        elif canonical not in services:
+            services.append(canonical)
+    return ApiConfig(tag, tuple(services))
+
+
+def build_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
+    return MetricsConfig(*parse_host_port(raw["listen"], "metrics.listen"))

@@ -185,6 +185,23 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """``api``: the tag of the commander's virtual outbound and the services it serves
+    (canonical names: "HandlerService", "LoggerService", "StatsService")."""
+
+    tag: str
+    services: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics`` (v2sync's own; 4.34 ignores the key): where ``/metrics`` is served."""
+
+    listen: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -194,6 +211,8 @@ class Config:
     dns: Mapping[str, Any] = field(default_factory=_empty, hash=False)
     files: Tuple[str, ...] = ()
     stats_enabled: bool = False  # a "stats" section was present
+    api: Optional[ApiConfig] = None
+    metrics: Optional[MetricsConfig] = None
     # Converted sections (app.dns.config.DnsConfig, app.router.config.RoutingConfig), or None.
     dns_settings: Any = field(default=None, compare=False, hash=False)
     routing_settings: Any = field(default=None, compare=False, hash=False)

@@ -33,7 +33,7 @@ SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
 SUPPORTED_ALLOCATE = frozenset({"always"})
 # Optional sections and switches, by the FEATURE_* names below.
-SUPPORTED_FEATURES: frozenset = frozenset({"dns", "routing", "acceptProxyProtocol"})
+SUPPORTED_FEATURES: frozenset = frozenset({"acceptProxyProtocol", "api", "dns", "routing"})
 # ---------------------------------------------------------------------------------------
 
 FEATURE_ROUTING = "routing"  # routing rules and balancers
