@@ -1,7 +1,9 @@
 """The ``v2sync`` command line (v2ray ``main/main.go`` + ``v2ctl uuid``).
 
     v2sync run [-c FILE]... [--confdir DIR]   # no -c: the embedded default config
+    v2sync run LINK... | --subscription FILE   # a local SOCKS5 + HTTP proxy to those servers
     v2sync test -c FILE                        # "Configuration OK." or every error, exit 23
+    v2sync link import LINK... | export -c FILE [--host NAME] [--qr]
     v2sync version | uuid
 
 V2Ray habits work too: ``-config``/``-confdir`` are aliases, and ``v2sync -config x.json``
@@ -40,17 +42,52 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         metavar="DIR", help="also load DIR/*.json in lexical order")
 
 
+def _add_link_args(parser: argparse.ArgumentParser) -> None:
+    from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT
+
+    parser.add_argument("links", nargs="*", metavar="LINK",
+                        help="vmess://, vless://, trojan:// or ss:// (several: a balancer)")
+    parser.add_argument("--subscription", metavar="FILE|-",
+                        help="a subscription: links one a line, or their base64 ('-': stdin)")
+    parser.add_argument("--socks-port", type=_port, default=DEFAULT_SOCKS_PORT, metavar="N",
+                        help=f"local SOCKS5 port on 127.0.0.1 (default {DEFAULT_SOCKS_PORT})")
+    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+                        help=f"local HTTP proxy port on 127.0.0.1 (default {DEFAULT_HTTP_PORT})")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _add_link_command(sub) -> None:
+    link = sub.add_parser("link", help="share links: import to a config, export from one")
+    actions = link.add_subparsers(dest="link_command")
+    actions.required = True
+    imp = actions.add_parser("import", help="print a 4.34 client config for the links")
+    _add_link_args(imp)
+    exp = actions.add_parser("export", help="print the links of a config's servers and users")
+    _add_config_args(exp)
+    exp.add_argument("--host", metavar="NAME",
+                     help="the address clients dial, for a server config's inbounds")
+    exp.add_argument("--qr", action="store_true", help="draw each link as a QR code too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="v2sync", description="A V2Ray-compatible proxy in Python.")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run with the given config (default: the embedded one)")
+    run = sub.add_parser("run", help="run with the given config (default: the embedded one), "
+                                     "or as a local proxy to the servers of share links")
     _add_config_args(run)
+    _add_link_args(run)
     run.add_argument("--cpu", "-cpu", dest="cpu", default=None, metavar="auto|all|N",
                      help="keep all threads on one CPU: auto (default; claims a CPU no other "
                           "v2sync process holds), all (no pinning) or a CPU number; "
                           "default from $V2SYNC_CPU")
     test = sub.add_parser("test", help="check a config: 'Configuration OK.' or every error")
     _add_config_args(test)
+    _add_link_command(sub)
     sub.add_parser("version", help="print versions")
     sub.add_parser("uuid", help="print a random UUID")
     return parser
@@ -153,11 +190,39 @@ def _log_load_warnings() -> None:
 
 
 def _load(args):
-    from v2sync.infra.conf.builder import load_config, load_default
+    from v2sync.infra.conf.builder import config_from_dict, load_config, load_default
 
+    if _has_links(args):
+        if args.config or args.confdir:
+            raise _usage_error("give links or a config file (-c/--confdir), not both")
+        return config_from_dict(_client_config(args), LINKS_CONFIG_NAME)
     if args.config or args.confdir:
         return load_config(args.config, args.confdir)
     return load_default()
+
+
+LINKS_CONFIG_NAME = "<links>"
+
+
+def _has_links(args) -> bool:
+    return bool(getattr(args, "links", None) or getattr(args, "subscription", None))
+
+
+def _usage_error(message: str):
+    from v2sync.common.errors import ConfigError
+
+    return ConfigError(message, expected="see v2sync run --help")
+
+
+def _client_config(args) -> dict:
+    """The config for ``run LINK...`` / ``link import``; says which link fields it ignored."""
+    from v2sync.infra.share.client import client_config
+    from v2sync.infra.share.source import ignored_fields, read_links
+
+    links = read_links(args.links, args.subscription)
+    for line in ignored_fields(links):
+        print(f"v2sync: {line}", file=sys.stderr)
+    return client_config(links, socks_port=args.socks_port, http_port=args.http_port)
 
 
 def _print_config_errors(err) -> int:
@@ -298,7 +363,52 @@ def cmd_uuid(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid}
+def cmd_link(args) -> int:
+    import json
+
+    from v2sync.common.errors import ConfigError
+
+    try:
+        if args.link_command == "import":
+            _say(json.dumps(_client_config(args), indent=2, ensure_ascii=False))
+            return 0
+        return _export_links(args)
+    except ConfigError as e:
+        return _print_config_errors(e)
+
+
+def _export_links(args) -> int:
+    from v2sync.infra.conf.loader import expand_confdirs, read_json
+    from v2sync.infra.share.links import format_link
+    from v2sync.infra.share.outbounds import from_config
+
+    names = [*args.config, *expand_confdirs(args.confdir)]
+    if not names:
+        raise _usage_error("link export needs a config: -c FILE or --confdir DIR")
+    links = []
+    for name in names:
+        links += from_config(read_json(name), name, args.host)
+    for link in links:
+        text = format_link(link)
+        _say(f"# {link.name}" if link.name else "#")
+        _say(text)
+        if args.qr:
+            _say(_qr_text(text))
+    if not links:
+        _say("# no VMess, VLESS, Trojan or Shadowsocks outbound (or inbound, with --host)")
+    return 0
+
+
+def _qr_text(text: str) -> str:
+    from v2sync.infra.share.qr import draw
+
+    drawing = io.StringIO()
+    draw(text, drawing)
+    return drawing.getvalue().rstrip("\n")
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid,
+            "link": cmd_link}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
