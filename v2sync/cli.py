@@ -303,30 +303,96 @@ def cmd_run(args) -> int:
         _say(f"v2sync: {e}")
         return EXIT_USAGE
     try:
-        return _serve(instance)
+        return _serve(instance, args)
     finally:
         if claim is not None:
             claim.close()
 
 
-def _serve(instance) -> int:
+def _serve(instance, args) -> int:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``core`` says how)."""
     from v2sync.common.errors import V2SyncError
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+    for signum, flag in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, reload)):
+        signal.signal(signum, lambda *_, flag=flag: (flag.set(), wake.set()))
     try:
         instance.start()
     except V2SyncError as e:
         _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
-    while not stop.wait(1.0):
-        pass
+    retiring: List[threading.Thread] = []
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            instance = _reload(instance, args, stop, retiring)
+            if instance is None:
+                return EXIT_START_FAILURE
     log.warning("v2sync %s shutting down", __version__)
-    instance.close()
+    instance.close()  # the retired ones close at the same time, in their own threads
+    for thread in retiring:
+        thread.join(RETIRED_JOIN)
     if threading.active_count() > 1:
         _exit_now()
     return 0
+
+
+# A retired Instance closes with the same grace as the current one, in parallel.
+RETIRED_JOIN = 3.0
+
+
+def _reload(current, args, stop: threading.Event, retiring: List[threading.Thread]):
+    """The Instance serving after a SIGHUP: a new one from the re-read config, or, when
+    that config is bad, the current one unchanged. None if nothing could be started."""
+    from v2sync.app.log.setup import check_files, configure
+    from v2sync.common.errors import ConfigError, V2SyncError
+    from v2sync.core import Instance
+
+    log.warning("SIGHUP: reloading the config")
+    try:
+        config = _load(args)
+        fresh = Instance(config)
+        check_files(config.log)
+    except ConfigError as e:
+        log.error("reload refused, still serving the previous config:\n%s", e.render())
+        return current
+    except Exception as e:  # a bug: say so and keep serving
+        log.error("reload failed, still serving the previous config: internal error: %s: %s",
+                  type(e).__name__, e)
+        return current
+    current.stop_listening()
+    try:
+        fresh.start()
+    except V2SyncError as e:  # a port taken by another program since: back to the old config
+        log.error("the reloaded config failed to start (%s); restarting the previous one", e)
+        fresh = _restart(current.config)
+        if fresh is None:
+            current.close()
+            return None
+        config = current.config
+    configure(config.log, _console_handler)
+    thread = threading.Thread(target=current.retire, args=(stop,), name="retired-instance",
+                              daemon=True)
+    thread.start()
+    retiring.append(thread)
+    retiring[:] = [t for t in retiring if t.is_alive()]
+    log.warning("reloaded; connections made before go on under the previous config")
+    return fresh
+
+
+def _restart(config):
+    from v2sync.common.errors import V2SyncError
+    from v2sync.core import Instance
+
+    try:
+        instance = Instance(config)
+        instance.start()
+        return instance
+    except V2SyncError as e:
+        log.error("the previous config failed to start again: %s", e)
+        return None
 
 
 def _exit_now() -> None:
