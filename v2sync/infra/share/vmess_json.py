@@ -27,7 +27,7 @@ def parse(text: str) -> ShareLink:
     raw = base64text.decode(text[len(SCHEME):], "base64")
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # 8 KiB of "[" nests deep
         raise fail("json", f"the decoded link is not JSON: {e}"[:200]) from None
     if not isinstance(obj, dict):
         raise fail("json", "the decoded link is not a JSON object")
@@ -67,7 +67,7 @@ def _string(obj: Mapping[str, Any], key: str, default: str) -> str:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise fail(key, f"is a {type(value).__name__}", "expected a string")
-    return str(value).strip()
+    return str(value)
 
 
 def _number(obj: Mapping[str, Any], key: str, default: Any) -> int:
