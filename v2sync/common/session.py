@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
 
 _ids = itertools.count(1)
@@ -35,6 +36,12 @@ class Session:
     # followRedirect goes there.
     original_target: Optional[Destination] = None
     id: int = field(default_factory=new_session_id)
+
+    def destination(self) -> Destination:
+        """``target``, which dispatch sets before any outbound or sniffer sees the session."""
+        if self.target is None:
+            raise TransportError(f"{self.name()}: no destination")
+        return self.target
 
     def name(self) -> str:
         return f"{self.inbound_tag or 'in'}#{self.id}"

@@ -213,7 +213,8 @@ def _file_or_lines(raw: Mapping[str, Any], file_key: str, lines_key: str,
                 return f.read()
         except OSError as e:
             raise ConfigError(f"failed to read {raw[file_key]!r}: {e.strerror or e}",
-                              f"{path}.{file_key}", expected="expected a readable PEM file")
+                              f"{path}.{file_key}",
+                              expected="expected a readable PEM file") from None
     lines = raw.get(lines_key)
     if lines:
         return "\n".join([lines] if isinstance(lines, str) else lines).encode()

@@ -1,0 +1,1 @@
+"""Feature implementations (v2ray ``app/``): dispatcher, inbound/outbound managers, policy, log."""

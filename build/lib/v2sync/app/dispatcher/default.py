@@ -1,0 +1,127 @@
+"""The default dispatcher (v2ray ``app/dispatcher/default.go``).
+
+``dispatch`` returns the inbound's end of a fresh link at once; the outbound's end is served
+in a tracked thread which, as in v2ray, first sniffs (if the inbound asked for it), then
+routes, logs the access line and runs the chosen outbound.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Dict, Optional
+
+from v2sync.app.dispatcher.sniffer import (NEED_MORE, SNIFF_ATTEMPTS, SNIFF_BUFFER_SIZE,
+                                          SNIFF_READ_TIMEOUT, SniffResult, override_domain,
+                                          sniff)
+from v2sync.app.log.access import AccessLog
+from v2sync.app.policy.manager import PolicyManager
+from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
+from v2sync.common.errors import V2SyncError
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.session import Session
+from v2sync.common.task import ThreadGroup
+from v2sync.transport.link import Link, new_link_pair
+from v2sync.transport.pipe import EOF, ReadTimeout
+
+log = logging.getLogger(__name__)
+
+class DefaultDispatcher:
+    def __init__(self, outbounds: OutboundManager, policy: PolicyManager, threads: ThreadGroup,
+                 access_log: AccessLog, router=None):
+        self.outbounds = outbounds
+        self.policy = policy
+        self.threads = threads
+        self.access_log = access_log
+        self.router = router  # features.routing.Router, or None: everything to the default
+        self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
+        self._lock = threading.Lock()
+
+    def dispatch(self, session: Session, dest: Destination) -> Link:
+        session.target = dest
+        limit = self.policy.pipe_limit(self.policy.for_level(session.user_level))
+        inbound_side, outbound_side = new_link_pair(limit, session.name())
+        with self._lock:
+            self._links[session.id] = outbound_side
+        try:
+            self.threads.spawn(f"out-{session.name()}",
+                               lambda: self._run_outbound(session, outbound_side))
+        except RuntimeError:
+            log.error("%s: cannot start outbound thread", session.name())
+            self._forget(session)
+            inbound_side.interrupt()
+        return inbound_side
+
+    def _run_outbound(self, session: Session, link: Link) -> None:
+        try:
+            if _sniffing_enabled(session):
+                self._sniff(session, link)
+            handler = self._pick_outbound(session)
+            if handler is None:
+                # 4.34 routedDispatch: "default outbound handler not exist", then the
+                # downlink is closed and the uplink interrupted; no access line is logged.
+                log.info("%s: default outbound handler not exist", session.name())
+                link.writer.close()
+                link.reader.interrupt()
+                return
+            session.outbound_tag = handler.tag
+            self.access_log.accepted(session)
+            handler.dispatch(session, link)
+        except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
+            log.info("%s: dispatch failed: %s", session.name(), e)
+            link.interrupt()
+        finally:
+            self._forget(session)
+
+    def _sniff(self, session: Session, link: Link) -> None:
+        """Peek at the first bytes; put them back unchanged whatever the outcome."""
+        seen = b""
+        result = NEED_MORE
+        for _ in range(SNIFF_ATTEMPTS):
+            try:
+                chunk = link.reader.read(timeout=SNIFF_READ_TIMEOUT)
+            except ReadTimeout:
+                continue
+            if chunk is EOF:
+                break  # the pipe stays closed: the outbound gets the bytes back, then EOF
+            seen += chunk
+            result = sniff(seen[:SNIFF_BUFFER_SIZE])
+            if result is not NEED_MORE or len(seen) >= SNIFF_BUFFER_SIZE:
+                break
+        link.reader.unread(seen)
+        if not isinstance(result, SniffResult):
+            return  # no clue within two reads, or unknown content: route as is
+        session.protocol = result.protocol
+        domain = override_domain(result, session.sniffing.dest_override)
+        if domain:  # the port is kept (default.go)
+            target = session.target
+            session.target = Destination(Address.parse(domain), target.port, target.network)
+
+    def _pick_outbound(self, session: Session) -> Optional[OutboundHandler]:
+        if self.router is not None:
+            decision = self.router.decide(session)
+            session.resolved = decision.resolved or ()  # None: the router looked nothing up
+            if decision.tag:
+                handler = self.outbounds.get(decision.tag)
+                if handler is not None:
+                    return handler
+                log.warning("%s: outbound %r not found, using the default", session.name(),
+                            decision.tag)
+        return self.outbounds.default()
+
+    def _forget(self, session: Session) -> None:
+        with self._lock:
+            self._links.pop(session.id, None)
+
+    def interrupt_all(self) -> int:
+        """Abort every live link (shutdown after the grace period)."""
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.interrupt()
+        return len(links)
+
+
+def _sniffing_enabled(session: Session) -> bool:
+    sniffing = session.sniffing
+    return bool(sniffing is not None and sniffing.enabled and session.target is not None
+                and session.target.network is Network.TCP)

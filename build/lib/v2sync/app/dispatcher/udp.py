@@ -1,0 +1,95 @@
+"""Datagram sessions for packet-oriented inbounds (v2ray ``transport/internet/udp/dispatcher.go``).
+
+A SOCKS UDP relay receives datagrams for many targets on one socket. Each (client, target)
+pair gets its own dispatched link, kept while datagrams flow; one reader thread per pair
+sends the target's answers back to the client. Datagrams are dropped, never queued without
+bound, when a pipe is full or the table is at its cap.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Dict, Tuple
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Destination
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+MAX_UDP_SESSIONS = 1024
+Respond = Callable[[Destination, bytes], None]
+Key = Tuple[Destination, Destination]
+
+
+class _Entry:
+    def __init__(self, link: Link, timer):
+        self.link = link
+        self.timer = timer
+
+
+class UdpSessionTable:
+    def __init__(self, dispatcher: Dispatcher, ctx: ProxyContext, inbound_tag: str, level: int):
+        self.dispatcher = dispatcher
+        self.ctx = ctx
+        self.inbound_tag = inbound_tag
+        self.policy = ctx.policy.for_level(level)
+        self._entries: Dict[Key, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def send(self, source: Destination, dest: Destination, payload: bytes, respond: Respond) -> None:
+        key = (source, dest)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                if len(self._entries) >= MAX_UDP_SESSIONS:
+                    log.warning("too many UDP sessions; dropping a datagram for %s", dest)
+                    return
+                entry = self._open(key, respond)
+        entry.timer.update()
+        try:
+            if not entry.link.writer.try_write(payload):
+                log.debug("udp pipe to %s full; datagram dropped", dest)
+        except TransportError:
+            self._drop(key, entry)
+
+    def _open(self, key: Key, respond: Respond) -> _Entry:
+        source, dest = key
+        session = Session(inbound_tag=self.inbound_tag, source=source)
+        link = self.dispatcher.dispatch(session, dest)
+        entry = _Entry(link, None)
+        entry.timer = self.ctx.timers.new_timer(self.policy.conn_idle, lambda: self._drop(key, entry))
+        self._entries[key] = entry
+        self.ctx.threads.spawn(f"udp-{session.name()}", lambda: self._pump(key, entry, respond))
+        return entry
+
+    def _pump(self, key: Key, entry: _Entry, respond: Respond) -> None:
+        """Target -> client: one pipe chunk is one datagram."""
+        try:
+            while True:
+                chunk = entry.link.reader.read()
+                if chunk is EOF:
+                    return
+                entry.timer.update()
+                respond(key[1], chunk)
+        except TransportError:
+            pass  # interrupted: the session expired or the outbound failed
+        finally:
+            self._drop(key, entry)
+
+    def _drop(self, key: Key, entry: _Entry) -> None:
+        with self._lock:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+        entry.timer.cancel()
+        entry.link.interrupt()
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._entries.items())
+        for key, entry in entries:
+            self._drop(key, entry)

@@ -1,0 +1,219 @@
+"""Name servers: plain DNS over UDP (v2ray ``app/dns/nameserver_udp.go``) and the system
+resolver (``nameserver_local.go``). The only module of the DNS app that opens sockets.
+
+``UdpNameServer.exchange`` sends the A and/or AAAA queries from one fresh socket (a new random
+source port per exchange, plus random 16-bit IDs: RFC 5452's defences against spoofed answers),
+connected to the server so the kernel drops datagrams from anyone else. It waits until every
+query is answered or one absolute deadline passes (4 s, v2ray ``nameserver.go``), resending the
+unanswered queries once half-way, since a UDP query or answer may simply be lost.
+
+Unlike 4.34, where DNS traffic goes through the dispatcher and the router, queries go straight
+to the server from this host.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from v2sync.app.dns import wire
+from v2sync.common.errors import LocalProtocolError, RemoteProtocolError, TransportError
+from v2sync.common.net import Address, AddressKind
+
+log = logging.getLogger(__name__)
+
+QUERY_TIMEOUT = 4.0  # nameserver.go Client.QueryIP: context.WithTimeout(ctx, 4*time.Second)
+QUERY_ATTEMPTS = 2  # sends per query within that deadline
+RECV_SIZE = 65535
+MAX_DATAGRAMS_PER_EXCHANGE = 64  # stray or spoofed datagrams we read before giving up
+# dnscommon.go::parseResponse starts every record at now+600 s and lowers it to the smallest
+# answer TTL, so 600 s is both the ceiling and what an answer without records gets.
+MAX_CACHE_TTL = 600
+QTYPE_FAMILY = {wire.TYPE_A: AddressKind.IPV4, wire.TYPE_AAAA: AddressKind.IPV6}
+# Answers that say something about the name itself, so they may be cached (RFC 2308).
+CACHEABLE_RCODES = (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN)
+
+
+class DnsTimeout(TransportError):
+    """The server did not answer (in time, or at all): the resolver tries the next one."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one server said about one name and query type."""
+
+    qtype: int
+    rcode: int
+    addresses: Tuple[Address, ...]
+    ttl: int  # seconds it may be cached; 0 = not at all
+
+    @property
+    def is_cacheable(self) -> bool:
+        return self.ttl > 0 and self.rcode in CACHEABLE_RCODES
+
+
+def answer_from_message(message: wire.Message, qtype: int) -> Answer:
+    family = QTYPE_FAMILY.get(qtype)
+    addresses = tuple(a for a in message.addresses() if a.kind is family)
+    return Answer(qtype, message.rcode, addresses, answer_ttl(message))
+
+
+def answer_ttl(message: wire.Message) -> int:
+    """The smallest TTL among the answers, capped at 600 s as in 4.34. With no answers, the
+    authority records' TTL (the SOA of a negative answer, RFC 2308 §5), else 600 s (4.34).
+    A zero TTL means "do not cache" (RFC 1035 §3.2.1); 4.34 reads it as 600 s instead."""
+    records = message.answers or message.authorities
+    if not records:
+        return MAX_CACHE_TTL
+    return min(MAX_CACHE_TTL, min(r.ttl for r in records))
+
+
+class UdpNameServer:
+    """A classic DNS server reached over UDP; ``host`` may be an IP or a name (then resolved
+    by the system, as 4.34's freedom dial would)."""
+
+    def __init__(self, host: str, port: int = 53, client_ip: Optional[Address] = None,
+                 timeout: float = QUERY_TIMEOUT, attempts: int = QUERY_ATTEMPTS):
+        if timeout <= 0 or attempts < 1:
+            raise ValueError("timeout must be positive and attempts at least 1")
+        self.host = host
+        self.port = port
+        self.client_ip = client_ip
+        self.timeout = timeout
+        self.attempts = attempts
+        bracketed = f"[{host}]" if ":" in host else host
+        self.name = f"UDP:{bracketed}:{port}"
+
+    def exchange(self, domain: str, qtypes: Sequence[int]) -> Dict[int, Answer]:
+        """Answers by query type; a type missing from the result got no answer in time.
+        Raises ``DnsTimeout`` if the server is unreachable, ``TransportError`` if the name
+        cannot be put in a query."""
+        queries = self._build_queries(domain, qtypes)
+        start = time.monotonic()
+        with closing(self._connect()) as sock:
+            answers: Dict[int, Answer] = {}
+            for attempt in range(1, self.attempts + 1):
+                self._send(sock, [q for q in queries if q.qtype not in answers])
+                attempt_end = start + self.timeout * attempt / self.attempts
+                self._receive(sock, domain, queries, answers, attempt_end)
+                if len(answers) == len(queries):
+                    break
+        return answers
+
+    def _build_queries(self, domain: str, qtypes: Sequence[int]) -> List["_Query"]:
+        ids = _unique_ids(len(qtypes))
+        try:
+            return [_Query(qtype, msg_id, wire.encode_query(msg_id, domain, qtype, self.client_ip))
+                    for qtype, msg_id in zip(qtypes, ids)]
+        except LocalProtocolError as e:
+            raise TransportError(f"cannot query {domain!r}: {e}") from e
+
+    def _connect(self) -> socket.socket:
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_DGRAM)[0]
+        except (OSError, UnicodeError) as e:
+            raise DnsTimeout(f"{self.name}: cannot resolve the server: {e}") from e
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.connect(sockaddr)
+        except OSError as e:
+            sock.close()
+            raise DnsTimeout(f"{self.name}: {e}") from e
+        return sock
+
+    def _send(self, sock: socket.socket, queries: Sequence["_Query"]) -> None:
+        for query in queries:
+            try:
+                sock.send(query.wire)
+            except OSError as e:  # e.g. ECONNREFUSED left over from an earlier ICMP error
+                raise DnsTimeout(f"{self.name}: send failed: {e}") from e
+
+    def _receive(self, sock: socket.socket, domain: str, queries: Sequence["_Query"],
+                 answers: Dict[int, Answer], end: float) -> None:
+        for _ in range(MAX_DATAGRAMS_PER_EXCHANGE):
+            remaining = end - time.monotonic()
+            if remaining <= 0 or len(answers) == len(queries):
+                return
+            sock.settimeout(remaining)
+            try:
+                datagram = sock.recv(RECV_SIZE)
+            except socket.timeout:
+                return
+            except OSError as e:  # ICMP port unreachable arrives as ECONNREFUSED
+                raise DnsTimeout(f"{self.name}: {e}") from e
+            matched = _match_response(datagram, domain, queries)
+            if matched is not None and matched[0].qtype not in answers:
+                query, message = matched
+                answers[query.qtype] = answer_from_message(message, query.qtype)
+
+
+@dataclass(frozen=True)
+class _Query:
+    qtype: int
+    msg_id: int
+    wire: bytes
+
+
+def _unique_ids(count: int) -> List[int]:
+    ids: List[int] = []
+    while len(ids) < count:  # bounded: count is 1 or 2 and a repeat is 1 in 65536
+        candidate = secrets.randbits(16)
+        if candidate not in ids:
+            ids.append(candidate)
+    return ids
+
+
+def _match_response(datagram: bytes, domain: str,
+                    queries: Sequence[_Query]) -> Optional[Tuple[_Query, wire.Message]]:
+    """The query this datagram answers, or None for garbage and strays. 4.34 matches on the
+    ID alone; we also require the echoed question (RFC 5452 §9.1), compared without case
+    because some servers randomise it (the "0x20" trick)."""
+    try:
+        parsed = wire.parse_message(datagram)
+    except RemoteProtocolError as e:
+        log.debug("dropping malformed DNS response: %s", e)
+        return None
+    if parsed is None or not parsed[0].is_response:
+        return None
+    message = parsed[0]
+    for query in queries:
+        if message.id == query.msg_id and _echoes_question(message, domain, query.qtype):
+            return query, message
+    return None
+
+
+def _echoes_question(message: wire.Message, domain: str, qtype: int) -> bool:
+    if len(message.questions) != 1:
+        return False
+    question = message.questions[0]
+    return question.qtype == qtype and question.name.lower() == domain.rstrip(".").lower()
+
+
+class LocalNameServer:
+    """The system resolver (``getaddrinfo``: /etc/hosts, then resolv.conf). Its timeouts are
+    the system's (resolv.conf ``timeout``/``attempts``); it reports no TTL, so nothing is
+    cached, as with 4.34's localdns."""
+
+    name = "localhost"
+
+    def resolve(self, domain: str, want_ipv4: bool, want_ipv6: bool) -> Tuple[Address, ...]:
+        """IPv4 addresses first, then IPv6; ``TransportError`` if there are none."""
+        family = socket.AF_UNSPEC
+        if want_ipv4 != want_ipv6:
+            family = socket.AF_INET if want_ipv4 else socket.AF_INET6
+        try:
+            infos = socket.getaddrinfo(domain, None, family, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise TransportError(f"system resolver: {domain}: {e}") from e
+        found = dict.fromkeys(Address.parse(str(info[4][0]).split("%")[0]) for info in infos)
+        wanted = [a for a in found if (a.kind is AddressKind.IPV4 and want_ipv4)
+                  or (a.kind is AddressKind.IPV6 and want_ipv6)]
+        wanted.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable: IPv4 first
+        if not wanted:
+            raise TransportError(f"system resolver: no address for {domain}")
+        return tuple(wanted)

@@ -1,0 +1,278 @@
+"""The ``dns`` section (v2ray 4.34 ``infra/conf/dns.go``) as frozen dataclasses.
+
+Accepted, as 4.34 accepts them::
+
+    "dns": {
+      "servers": ["localhost", "8.8.8.8", "dns.example",
+                  {"address": "1.1.1.1", "port": 53, "domains": ["domain:example.com"],
+                   "expectIps": ["1.0.0.0/8"], "clientIp": "1.2.3.4"}],
+      "hosts": {"full:a.example": "10.0.0.1", "domain:b.example": "a.example", "c": "::1"},
+      "clientIp": "5.6.7.8",
+      "tag": "dns-out"
+    }
+
+4.34 has no other keys (``disableCache``, ``queryStrategy`` and friends came later). A server
+string is ``"localhost"`` (the system resolver) or an IP or domain (plain UDP, port 53);
+4.34 rejects ``"ip:port"`` strings (``url.Parse`` fails), so we do too and point at the
+object form. DoH and DoQ URLs are refused with a clear message for now. Keys are matched
+case-insensitively, as Go's ``encoding/json`` does.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+from v2sync.app.dns.matcher import (FULL, GEO_UNSUPPORTED, KEYWORD, DomainRule,
+                                    parse_domain_rule)
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path
+from v2sync.common.net import Address, AddressKind
+from v2sync.infra.conf.fields import MAX_UINT16
+from v2sync.infra.conf.loader import string_list
+
+log = logging.getLogger(__name__)
+
+LOCALHOST = "localhost"  # the server name 4.34 maps to the system resolver (nameserver.go)
+DEFAULT_DNS_PORT = 53  # nameserver_udp.go: port 0 means 53
+UNSUPPORTED_URL_SCHEMES = ("https://", "https+local://", "quic+local://")
+DOH_UNSUPPORTED = "DoH/DoQ servers are not supported by v2sync yet"
+SERVER_KEYS = ("address", "port", "domains", "expectIps", "clientIp")
+GEOIP_PREFIXES = ("geoip:", "ext:", "ext-ip:")
+HOSTS_GEO_PREFIXES = ("geosite:", "ext:")  # dns.go reads "ext-domain:" in hosts as a plain name
+SERVER_EXPECTED = ('expected "localhost", an IP address, a domain, or '
+                   '{"address", "port", "domains", "expectIps", "clientIp"}')
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+@dataclass(frozen=True)
+class NameServerConfig:
+    """One entry of ``servers``. ``address`` None is the system resolver ("localhost")."""
+
+    address: Optional[Address]
+    port: int = DEFAULT_DNS_PORT
+    domains: Tuple[DomainRule, ...] = ()  # names to send to this server first
+    expect_ips: Tuple[IPNetwork, ...] = ()  # answers outside these are discarded
+    client_ip: Optional[Address] = None  # overrides the section's clientIp
+
+    @property
+    def is_local(self) -> bool:
+        return self.address is None
+
+    @property
+    def name(self) -> str:
+        """As 4.34 logs it: ``localhost`` or ``UDP:8.8.8.8:53``."""
+        if self.address is None:
+            return LOCALHOST
+        host = f"[{self.address}]" if self.address.kind is AddressKind.IPV6 else self.address.value
+        return f"UDP:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HostMapping:
+    """A ``hosts`` entry: IP answers, or exactly one domain (a replacement name)."""
+
+    rule: DomainRule
+    addresses: Tuple[Address, ...]
+
+    @property
+    def replacement(self) -> Optional[str]:
+        first = self.addresses[0] if len(self.addresses) == 1 else None
+        return first.value if first is not None and first.is_domain else None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    servers: Tuple[NameServerConfig, ...] = ()
+    hosts: Tuple[HostMapping, ...] = ()
+    client_ip: Optional[Address] = None
+    tag: str = ""
+
+    @classmethod
+    def from_json(cls, raw: Optional[Mapping[str, Any]], path: str = "dns") -> "DnsConfig":
+        """Build from the raw section; every problem found is reported (ConfigErrors)."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{type(raw).__name__} is not an object", path,
+                              expected="expected an object")
+        errors: List[ConfigError] = []
+        servers = _collect(errors, _servers, lookup(raw, "servers"), join_path(path, "servers"))
+        hosts = _collect(errors, _hosts, lookup(raw, "hosts"), join_path(path, "hosts"))
+        client_ip = _collect(errors, _client_ip, lookup(raw, "clientIp"),
+                             join_path(path, "clientIp"))
+        tag = _collect(errors, _optional_string, lookup(raw, "tag"), join_path(path, "tag"))
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+        return cls(servers=servers or (), hosts=hosts or (), client_ip=client_ip, tag=tag or "")
+
+
+def lookup(obj: Mapping[str, Any], key: str) -> Any:
+    """``obj[key]`` matched as Go matches JSON keys: exact first, then case-insensitively."""
+    if key in obj:
+        return obj[key]
+    folded = key.casefold()
+    for name, value in obj.items():
+        if isinstance(name, str) and name.casefold() == folded:
+            return value
+    return None
+
+
+def _collect(errors: List[ConfigError], build: Any, value: Any, path: str) -> Any:
+    try:
+        return build(value, path)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    except ConfigError as e:
+        errors.append(e)
+    return None
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _servers(value: Any, path: str) -> Tuple[NameServerConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{type(value).__name__} is not an array", path,
+                          expected="expected an array of servers")
+    errors: List[ConfigError] = []
+    servers = [_collect(errors, _server, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return tuple(servers)
+
+
+def _server(value: Any, path: str) -> NameServerConfig:
+    if isinstance(value, str):
+        return NameServerConfig(_server_address(value, path))
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"invalid name server {value!r}", path, expected=SERVER_EXPECTED)
+    _warn_unknown_keys(value, path)
+    raw_address = lookup(value, "address")
+    if raw_address is None:  # dns.go: "NameServer address is not specified."
+        raise ConfigError("name server address is not specified", join_path(path, "address"),
+                          expected=SERVER_EXPECTED)
+    address = _server_address(_string(raw_address, join_path(path, "address")),
+                              join_path(path, "address"))
+    port = _port(lookup(value, "port"), join_path(path, "port"))
+    return NameServerConfig(
+        address=address,
+        port=port or DEFAULT_DNS_PORT,
+        domains=_domains(lookup(value, "domains"), join_path(path, "domains")),
+        expect_ips=_expect_ips(lookup(value, "expectIps"), join_path(path, "expectIps")),
+        client_ip=_client_ip(lookup(value, "clientIp"), join_path(path, "clientIp")),
+    )
+
+
+def _server_address(text: str, path: str) -> Optional[Address]:
+    if text == LOCALHOST:
+        return None
+    if text.startswith(UNSUPPORTED_URL_SCHEMES):
+        raise ConfigError(f"{DOH_UNSUPPORTED}: {text!r}", path,
+                          expected="use a plain UDP server (an IP address) or \"localhost\"")
+    if "://" in text:
+        raise ConfigError(f"unknown name server URL {text!r}", path, expected=SERVER_EXPECTED)
+    address = Address.parse(text)
+    if address.is_domain and (":" in text or not text):
+        # 4.34 hands "1.2.3.4:53" to url.Parse, which refuses it; the port has its own key.
+        raise ConfigError(f"invalid name server address {text!r}", path,
+                          expected='a port goes in the object form: {"address": ..., "port": ...}')
+    return address
+
+
+def _port(value: Any, path: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT16:
+        raise ConfigError(f"invalid port {value!r}", path, expected="expected an integer 0-65535")
+    return value
+
+
+def _domains(value: Any, path: str) -> Tuple[DomainRule, ...]:
+    # dns.go declares Domains []string: an array only, unlike the StringList of expectIps.
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"invalid domains {value!r}", path,
+                          expected="expected an array of strings")
+    return tuple(parse_domain_rule(text, KEYWORD, f"{path}[{i}]") for i, text in enumerate(value))
+
+
+def _expect_ips(value: Any, path: str) -> Tuple[IPNetwork, ...]:
+    networks = []
+    for i, text in enumerate(string_list(value, path)):
+        if text.startswith(GEOIP_PREFIXES):
+            raise ConfigError(f"{GEO_UNSUPPORTED}: {text!r}", f"{path}[{i}]",
+                              expected="use CIDRs or single IP addresses")
+        networks.append(_network(text, f"{path}[{i}]"))
+    return tuple(networks)
+
+
+def _network(text: str, path: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise ConfigError(f"invalid IP or CIDR {text!r}", path,
+                          expected='expected "10.0.0.0/8" or "1.2.3.4"') from e
+
+
+def _client_ip(value: Any, path: str) -> Optional[Address]:
+    if value is None:
+        return None
+    address = Address.parse(_string(value, path))
+    if not address.is_ip:  # dns.go: "not an IP address:"
+        raise ConfigError(f"not an IP address: {value!r}", path, expected="expected an IP address")
+    return address
+
+
+def _warn_unknown_keys(value: Mapping[str, Any], path: str) -> None:
+    known = {k.casefold() for k in SERVER_KEYS}
+    for key in value:
+        if str(key).casefold() not in known:
+            log.warning("%s: unknown key %r ignored", path, key)
+
+
+# ---------------------------------------------------------------- hosts
+
+
+def _hosts(value: Any, path: str) -> Tuple[HostMapping, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{type(value).__name__} is not an object", path,
+                          expected='expected {"domain": "IP or domain"}')
+    errors: List[ConfigError] = []
+    mappings = []
+    for key in sorted(value):  # dns.go sorts the keys: rule ids follow that order
+        where = join_path(path, "[" + json.dumps(key) + "]")
+        mappings.append(_collect(errors, _host, (key, value[key]), where))
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return tuple(mappings)
+
+
+def _host(item: Tuple[str, Any], path: str) -> HostMapping:
+    key, target = item
+    rule = parse_domain_rule(key, FULL, path, geo_prefixes=HOSTS_GEO_PREFIXES)
+    address = Address.parse(_string(target, path))
+    if not address.value:
+        raise ConfigError(f"empty address for {key!r}", path, expected="expected an IP or a domain")
+    addresses: Sequence[Address] = (address,)
+    # hosts.go: a lone 127.0.0.1 also answers ::1 ("dirty workaround" for IPv6 localhost).
+    if address.value == "127.0.0.1":
+        addresses = (address, Address.parse("::1"))
+    return HostMapping(rule, tuple(addresses))
+
+
+def _optional_string(value: Any, path: str) -> str:
+    return "" if value is None else _string(value, path)
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string", path, expected="expected a string")
+    return value

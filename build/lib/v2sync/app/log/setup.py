@@ -1,0 +1,96 @@
+"""Apply a ``LogConfig``: where the error and access logs go, and at which level.
+
+Lines get v2ray's format (``2026/11/24 19:36:20 [Warning] ...``), except from a console
+handler that comes with its own formatter: rich's shows the time and level in its own
+columns, so the CLI gives it ``MESSAGE_FORMAT`` and each line has one time and one level.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, List, Optional, Tuple
+
+from v2sync.app.log.access import ACCESS_LOGGER
+from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.infra.conf.model import LogConfig
+
+DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
+ERROR_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
+ACCESS_FORMAT = "%(asctime)s %(message)s"
+MESSAGE_FORMAT = "%(message)s"  # for a handler that shows time and level itself
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+# v2ray writes level names capitalised: [Debug] [Info] [Warning] [Error]
+LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "Warning",
+               logging.ERROR: "Error", logging.CRITICAL: "Error"}
+
+ConsoleFactory = Callable[[str], logging.Handler]
+
+
+class V2RayFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = LEVEL_NAMES.get(record.levelno, record.levelname)
+        return super().format(record)
+
+
+def plain_console(kind: str) -> logging.Handler:
+    return logging.StreamHandler(sys.stdout)
+
+
+def _handler(target: Optional[str], kind: str, console: ConsoleFactory) -> Optional[logging.Handler]:
+    if target is None:
+        return None
+    handler = console(kind) if target == "" else _file_handler(target, kind)
+    if handler.formatter is None:
+        fmt = ERROR_FORMAT if kind == "error" else ACCESS_FORMAT
+        handler.setFormatter(V2RayFormatter(fmt, DATE_FORMAT))
+    return handler
+
+
+def _file_handler(target: str, kind: str) -> logging.Handler:
+    try:
+        return logging.FileHandler(target, encoding="utf-8")
+    except OSError as e:  # 4.34: "failed to initialize error logger > open ...", exit 23
+        raise ConfigError(f"cannot open {target!r}: {e.strerror or e}", f"log.{kind}",
+                          expected='expected a writable file, "" (stdout) or "none"') from None
+
+
+def _targets(config: LogConfig) -> Tuple[Tuple[str, Optional[str]], ...]:
+    if config.level == "none":
+        return (("error", None), ("access", None))
+    return (("error", config.error), ("access", config.access))
+
+
+def check_files(config: LogConfig) -> None:
+    """Open (creating) and close each log file, as ``v2ray -test`` does: it refuses a config
+    whose log it cannot open. Raises ConfigErrors naming each."""
+    errors: List[ConfigError] = []
+    for kind, target in _targets(config):
+        if target:
+            try:
+                _file_handler(target, kind).close()
+            except ConfigError as e:
+                errors.append(e)
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def _install(logger: logging.Logger, handler: Optional[logging.Handler], level: int) -> None:
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    logger.propagate = False
+    if handler is None:
+        logger.setLevel(logging.CRITICAL + 1)
+        return
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def configure(config: LogConfig, console: ConsoleFactory = plain_console) -> None:
+    """Route ``v2sync.*`` to the error log and ``v2sync.access`` to the access log."""
+    (_, error_target), (_, access_target) = _targets(config)
+    _install(logging.getLogger("v2sync"), _handler(error_target, "error", console),
+             LEVELS.get(config.level, logging.WARNING))
+    _install(logging.getLogger(ACCESS_LOGGER), _handler(access_target, "access", console),
+             logging.INFO)

@@ -1,0 +1,1 @@
+"""Per-level connection policy (v2ray ``app/policy``): timeouts and pipe buffer sizes."""

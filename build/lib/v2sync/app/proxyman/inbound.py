@@ -1,0 +1,232 @@
+"""Inbound handlers and their manager (v2ray ``app/proxyman/inbound/always.go``).
+
+A handler opens one TCP listener per port of its range (and a UDP listener per port when
+its proxy asks for UDP). An accepted connection's handshakes (the transport's, then the
+proxy's ``handshake`` steps) run parked in the Instance's one ``HandshakeSelector``; what
+the proxy returns for the rest (dispatch, relay) runs in a worker thread. Live connections
+are remembered so shutdown can abort them.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
+
+from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
+                                  V2SyncError)
+from v2sync.common.net import ANY_IPV6, Address
+from v2sync.common.session import Session
+from v2sync.common.task import ThreadGroup
+from v2sync.features.routing import Dispatcher
+from v2sync.infra.conf.model import InboundConfig
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.handshakes import Handoff, HandshakeSelector, Steps
+from v2sync.transport.internet.hub import StreamServer
+from v2sync.transport.internet.tcp import UNIX_PEER, set_nodelay
+from v2sync.transport.internet.udp import UdpListener
+
+log = logging.getLogger(__name__)
+
+# Closing waits this long for the selector's thread to close what it holds.
+SELECTOR_CLOSE_WAIT = 2.0
+
+
+class InboundHandler:
+    def __init__(self, config: InboundConfig, proxy, dispatcher: Dispatcher,
+                 workers: ThreadGroup, handshake_timeout: float = 60.0):
+        self.tag = config.tag
+        self.config = config
+        self.proxy = proxy
+        self.dispatcher = dispatcher
+        self.workers = workers
+        # No "listen": all interfaces; "::" with V6ONLY off also serves IPv4.
+        self.address = Address.parse(config.listen) if config.listen else ANY_IPV6
+        # The transport (TLS, WebSocket, ...) handshake runs under the level-0 handshake
+        # timeout, as 4.34's proxies read it under that deadline.
+        try:
+            self.server = StreamServer(config.stream.transport, handshake_timeout)
+        except TransportError as e:
+            raise ConfigError(str(e), f"{config.path}.streamSettings", config.file) from e
+        self.listening: List[Tuple[socket.socket, int, Callable[[], None]]] = []
+        self.udp_listeners: List[UdpListener] = []
+        self._selector: Optional[HandshakeSelector] = None
+        self._live: Dict[int, Connection] = {}
+        self._lock = threading.Lock()
+
+    def bind(self) -> None:
+        """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
+        for port in self.config.ports:
+            sock, cleanup = self.server.listen(self.address, port)
+            bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
+            self.listening.append((sock, bound, cleanup))
+            if getattr(self.proxy, "wants_udp", False):
+                self.udp_listeners.append(self._open_udp(bound or port, self._name()))
+            if self.server.single_listener:
+                break  # one socket path, whatever the port range says
+
+    def _name(self) -> str:
+        return self.tag or self.config.protocol
+
+    def start(self, listener_group: ThreadGroup, selector: HandshakeSelector) -> None:
+        self._selector = selector
+        for sock, _, cleanup in self.listening:
+            selector.add_listener(sock, self._start_connection, self._name(), cleanup)
+        for listener in self.udp_listeners:
+            listener.start(listener_group)
+
+    def unbind(self) -> None:
+        """Close listeners that were bound but never started (a later bind failed)."""
+        for sock, _, cleanup in self.listening:
+            sock.close()
+            cleanup()
+        for listener in self.udp_listeners:
+            listener.close_unstarted()
+
+    def _open_udp(self, port: int, name: str) -> UdpListener:
+        # The proxy answers through the same socket the datagram arrived on.
+        listener = UdpListener(
+            self.address, port,
+            lambda data, source: self.proxy.process_datagram(self, data, source, listener.send_to),
+            name)
+        return listener
+
+    # -- one connection: handshake parked in the selector, then served by a thread -------
+    def _start_connection(self, sock: socket.socket) -> Optional[Steps]:
+        set_nodelay(sock)
+        try:
+            conn = Connection(sock, UNIX_PEER if sock.family == socket.AF_UNIX else None)
+        except OSError:  # the peer is already gone (getpeername fails)
+            sock.close()
+            return None
+        return self._handshake(conn)
+
+    def _handshake(self, conn: Connection) -> Steps:
+        """The transport's and the proxy's handshakes; what remains goes to a thread."""
+        session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing)
+        with self._lock:
+            self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
+        upgraded = None
+        handed_off = False
+        try:
+            upgraded = yield from self.server.accept_steps(conn)
+            session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For
+            serve = yield from self.proxy.handshake(session, upgraded, self.dispatcher)
+            if serve is None:
+                return None  # the proxy is done (the client left before asking anything)
+            handed_off = True
+            return _Accepted(self, session, conn, upgraded, serve)
+        except V2SyncError as e:
+            self._report(session, conn, e)
+            return None
+        finally:
+            if not handed_off:
+                self._finish(conn, upgraded)
+
+    def _report(self, session: Session, conn: Connection, e: V2SyncError) -> None:
+        if isinstance(e, HandshakeTimeout):
+            log.info("%s: handshake with %s timed out", session.name(), conn.remote)
+        elif isinstance(e, (ProtocolError, TransportError)):
+            log.info("%s: connection from %s ended: %s", session.name(), conn.remote, e)
+        else:
+            log.warning("%s: %s", session.name(), e)
+
+    def _finish(self, conn: Connection, upgraded: Optional[Connection]) -> None:
+        # Each layer says goodbye (TLS close_notify), then the socket.
+        (upgraded or conn).close()
+        conn.close()
+        with self._lock:
+            self._live.pop(id(conn), None)
+
+    def ports(self) -> List[int]:
+        return [port for _, port, _ in self.listening]
+
+    def stop_listening(self) -> None:
+        if self._selector is not None:
+            for sock, _, _ in self.listening:
+                self._selector.remove_listener(sock)
+        for listener in self.udp_listeners:
+            listener.close()
+
+    def abort_connections(self) -> int:
+        with self._lock:
+            live = list(self._live.values())
+        for conn in live:
+            conn.abort()
+        close = getattr(self.proxy, "close", None)
+        if close is not None:
+            close()
+        return len(live)
+
+    def live_count(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+
+class _Accepted(Handoff):
+    """A connection past its handshakes; ``serve`` (dispatch, relay) runs in a thread."""
+
+    __slots__ = ("handler", "session", "conn", "upgraded", "rest")
+
+    def __init__(self, handler: InboundHandler, session: Session, conn: Connection,
+                 upgraded: Connection, rest: Callable[[], None]):
+        self.handler = handler
+        self.session = session
+        self.conn = conn
+        self.upgraded = upgraded
+        self.rest = rest
+
+    def serve(self) -> None:
+        try:
+            self.rest()
+        except V2SyncError as e:
+            self.handler._report(self.session, self.conn, e)
+        finally:
+            self.handler._finish(self.conn, self.upgraded)
+
+    def drop(self) -> None:
+        log.warning("%s: no thread to serve %s; closed", self.session.name(), self.conn.remote)
+        self.handler._finish(self.conn, self.upgraded)
+
+
+class InboundManager:
+    def __init__(self) -> None:
+        self.handlers: List[InboundHandler] = []
+        self.selector: Optional[HandshakeSelector] = None
+
+    def add(self, handler: InboundHandler) -> None:
+        self.handlers.append(handler)
+
+    def get(self, tag: str) -> Optional[InboundHandler]:
+        return next((h for h in self.handlers if h.tag == tag), None)
+
+    def start(self, listener_group: ThreadGroup) -> None:
+        """Bind all handlers' ports, then start them all: all or nothing. Their listeners
+        and unfinished handshakes share one selector (``handshakes.py``)."""
+        try:
+            for handler in self.handlers:
+                handler.bind()
+        except V2SyncError:
+            for handler in self.handlers:
+                handler.unbind()
+            raise
+        if not self.handlers:
+            return
+        self.selector = HandshakeSelector(self.handlers[0].workers)
+        for handler in self.handlers:
+            handler.start(listener_group, self.selector)
+        self.selector.start()
+
+    def stop_listening(self) -> None:
+        """Close every listener and every unfinished handshake."""
+        for handler in self.handlers:
+            handler.stop_listening()
+        if self.selector is not None:
+            self.selector.close()
+            self.selector.wait_closed(SELECTOR_CLOSE_WAIT)
+
+    def abort_connections(self) -> int:
+        return sum(handler.abort_connections() for handler in self.handlers)
+
+    def live_count(self) -> int:
+        return sum(handler.live_count() for handler in self.handlers)

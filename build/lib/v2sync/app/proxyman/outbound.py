@@ -1,0 +1,61 @@
+"""Outbound handlers and their manager (v2ray ``app/proxyman/outbound``)."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+from v2sync.common.errors import V2SyncError
+from v2sync.common.session import Session
+from v2sync.transport.link import Link
+
+log = logging.getLogger(__name__)
+
+
+class OutboundHandler:
+    def __init__(self, tag: str, proxy):
+        self.tag = tag
+        self.proxy = proxy
+
+    def dispatch(self, session: Session, link: Link) -> None:
+        """Run the proxy; close the downlink on success, interrupt it on failure (handler.go)."""
+        try:
+            self.proxy.process(session, link)
+        except V2SyncError as e:
+            log.info("%s: outbound %s failed: %s", session.name(), self.tag or "-", e)
+            link.writer.interrupt()
+        except Exception:
+            log.exception("%s: outbound %s crashed", session.name(), self.tag or "-")
+            link.writer.interrupt()
+        else:
+            link.writer.close()
+        finally:
+            link.reader.interrupt()
+
+
+class OutboundManager:
+    """Handlers by tag; the first one added is the default (v2ray: first outbound wins)."""
+
+    def __init__(self) -> None:
+        self._ordered: List[OutboundHandler] = []
+        self._by_tag: Dict[str, OutboundHandler] = {}
+
+    def add(self, handler: OutboundHandler) -> None:
+        if handler.tag and handler.tag in self._by_tag:
+            raise V2SyncError(f"duplicate outbound tag {handler.tag!r}")
+        self._ordered.append(handler)
+        if handler.tag:
+            self._by_tag[handler.tag] = handler
+
+    def get(self, tag: str) -> Optional[OutboundHandler]:
+        return self._by_tag.get(tag)
+
+    def default(self) -> Optional[OutboundHandler]:
+        """The first handler added; None when there is none (a config may have no outbound,
+        as in 4.34, whose GetDefaultHandler then returns nil)."""
+        return self._ordered[0] if self._ordered else None
+
+    def close(self) -> None:
+        for handler in self._ordered:
+            close = getattr(handler.proxy, "close", None)
+            if close is not None:
+                close()

@@ -1,0 +1,38 @@
+"""SHAKE128 read as an endless stream (v2ray ``proxy/vmess/encoding/auth.go`` ShakeSizeParser).
+
+``hashlib.shake_128`` can only recompute a prefix, so the XOF is kept open with pycryptodome
+and read in batches: VMess draws 2 bytes per chunk and a call per draw would dominate.
+"""
+from __future__ import annotations
+
+import struct
+
+from Crypto.Hash import SHAKE128
+
+SHAKE_BATCH = 512  # bytes per XOF read: 256 two-byte draws
+_U16 = struct.Struct("!H")
+
+
+class ShakeStream:
+    """The SHAKE128 output stream for ``seed``, drawn two bytes at a time as VMess does.
+
+    A draw reads its word straight out of the current batch (``unpack_from``, no slicing):
+    the 2 KiB chunks 4.34 sends take two draws each. The batch stays ``bytes``, not a
+    tuple of ints: every VMess connection keeps two of these per process while it idles.
+    """
+
+    __slots__ = ("_xof", "_batch", "_pos")
+
+    def __init__(self, seed: bytes):
+        self._xof = SHAKE128.new(data=seed)
+        self._batch = b""
+        self._pos = SHAKE_BATCH  # nothing read yet
+
+    def next_u16(self) -> int:
+        """The next two bytes of the stream as a big-endian number."""
+        pos = self._pos
+        if pos >= SHAKE_BATCH:
+            self._batch = self._xof.read(SHAKE_BATCH)
+            pos = 0
+        self._pos = pos + 2
+        return _U16.unpack_from(self._batch, pos)[0]

@@ -1,0 +1,36 @@
+"""What is known about one proxied connection (v2ray ``common/session``).
+
+The inbound fills in where it came from and where it wants to go; the dispatcher adds what
+routing needs (sniffed protocol) and which outbound took it, for the access log.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+from v2sync.common.net import Address, Destination
+
+_ids = itertools.count(1)
+
+
+def new_session_id() -> int:
+    return next(_ids)
+
+
+@dataclass
+class Session:
+    inbound_tag: str
+    source: Destination
+    target: Optional[Destination] = None
+    user_email: str = ""
+    user_level: int = 0
+    protocol: str = ""
+    outbound_tag: str = ""
+    sniffing: Any = None  # the inbound's SniffingConfig, when it has one
+    # Addresses the router resolved the target's name to; the dial uses the same answer.
+    resolved: Tuple[Address, ...] = ()
+    id: int = field(default_factory=new_session_id)
+
+    def name(self) -> str:
+        return f"{self.inbound_tag or 'in'}#{self.id}"

@@ -1,0 +1,318 @@
+"""Tracked threads and the relay's thread pair (v2ray ``common/task/task.go``).
+
+Every thread v2sync starts is named, belongs to a ``ThreadGroup`` and is joined on shutdown:
+a thread nobody joins is a leak in a thread-per-connection server.
+
+Starting a thread costs ~90 µs and each new connection needs several, so a group keeps
+up to ``MAX_IDLE`` finished workers parked for ``IDLE_TIMEOUT`` seconds and hands them the
+next task; when none is parked, ``spawn`` starts a thread. Workers finishing beyond that
+park for a short, staggered while (``SURPLUS_LINGER``), so a burst of finished tasks
+leaves as a trickle of thread exits. It is still one thread per task while the task runs,
+and parked workers expire on their own, so an idle server returns to its baseline.
+
+There is deliberately no background "nursery" keeping spares ready: measured on the
+latency benchmark (sequential connect + echo, 2 cores), a thread creating spares competes
+for the GIL with the connections it is meant to serve, and p50 was ~12% worse (1.13 ms
+against 0.97 ms) than starting a thread when one is needed.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from v2sync.common.errors import detached
+
+log = logging.getLogger(__name__)
+
+# Small stacks let a 32-bit Raspberry Pi (3 GiB of address space) hold 1,000 connections of
+# four threads each; v2sync's deepest call chains are a few dozen frames.
+THREAD_STACK_SIZE = 256 * 1024
+MAX_IDLE = 32
+IDLE_TIMEOUT = 2.0
+# Workers finishing beyond MAX_IDLE park too, briefly, and leave one after another: the
+# k-th surplus worker waits SURPLUS_LINGER + k * SURPLUS_SPACING. When 2,000 connections
+# close at once, 4,000 workers finish within a fraction of a second; leaving at once, their
+# exits joined that burst and a fresh request waited ~230 ms (p99, tools/massclose_probe.py)
+# against ~80 ms this way. Leaving all at one timeout only moved the burst (300-590 ms
+# there); spaced, 8,000 leave over 2 s. A burst of new work meanwhile finds them parked.
+SURPLUS_LINGER = 0.5
+SURPLUS_SPACING = 0.00025
+MAX_SURPLUS_SPREAD = 2.5  # so every surplus worker is gone within 3 s of parking
+# A worker popped from the idle list gets its task within microseconds; this only bounds
+# the wait should the giver die in between.
+HANDOVER_TIMEOUT = 5.0
+_GONE = object()
+
+
+# A thread waiting for the GIL wakes every switch interval to ask its holder to let go
+# (CPython's ceval_gil.h, take_gil). With thousands of waiters, as when 2,000 held
+# connections close at once and their threads all wake, those wake-ups alone filled the
+# CPU (futex calls, mostly system time) and a fresh request waited 1-10 s. Python's default
+# is 5 ms; at 50 ms they are ten times rarer. Relay threads give the GIL up at every system
+# call, so the interval only bounds a long stretch of pure Python (a big config, a first
+# geosite load), whose neighbours then wait up to 50 ms instead of 5.
+SWITCH_INTERVAL = 0.05
+# Linux 6.16+ gives a multi-threaded process a private futex hash sized by its CPUs, not
+# its threads: 16 buckets on 2 CPUs. Each held connection's threads wait on futexes (pipe
+# conditions, the GIL), so at 2,000 connections a bucket's chain holds hundreds of waiters
+# and every wake-up walks it. 16,384 slots (power of two; ~1 MiB of kernel memory) keep the
+# chains short up to ~10,000 connections. Older kernels refuse the call: nothing changes.
+FUTEX_HASH_SLOTS = 16384
+PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS = 78, 1  # linux/prctl.h
+
+
+def set_thread_stack_size() -> None:
+    try:
+        threading.stack_size(THREAD_STACK_SIZE)
+    except (ValueError, RuntimeError):  # platform refuses: keep its default
+        log.debug("could not set thread stack size")
+
+
+_tuned = False
+
+
+def tune_for_many_threads() -> None:
+    """Process-wide settings for thousands of threads; call before starting them (once
+    per process does it: later calls change nothing)."""
+    global _tuned
+    set_thread_stack_size()
+    if _tuned:
+        return
+    _tuned = True
+    if sys.getswitchinterval() < SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+    widen_futex_hash()
+
+
+def widen_futex_hash(slots: int = FUTEX_HASH_SLOTS) -> bool:
+    """Size this process's futex hash for its threads (Linux 6.16+); False if refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    done = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, ctypes.c_ulong(slots),
+                 ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+    if not done:
+        log.debug("futex hash not resized: errno %d", ctypes.get_errno())
+    return done
+
+
+class TaskHandle:
+    """What ``spawn`` returns: join a task (not the thread, which may live on in the pool).
+
+    A bare lock, held while the task runs, is the cheapest joinable flag: an ``Event`` costs a
+    Condition and a deque, and every held connection owns four of these.
+    """
+
+    __slots__ = ("name", "_running")
+
+    def __init__(self, name: str):
+        self.name = name
+        self._running = threading.Lock()
+        self._running.acquire()
+
+    def _finish(self) -> None:
+        self._running.release()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if self._running.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._running.release()
+
+    def is_alive(self) -> bool:
+        return self._running.locked()
+
+
+Task = Tuple[TaskHandle, Callable[[], None]]
+
+
+class _Parked:
+    """A worker waiting in the idle list for its next task (None = exit).
+
+    ``give`` is called at most once, so a bare lock held until then is the whole
+    hand-over: one futex wake, where an ``Event`` adds a Condition and a waiter list.
+    """
+
+    __slots__ = ("_ready", "_task")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._task: Optional[Task] = None
+
+    def give(self, task: Optional[Task]) -> None:
+        self._task = task
+        self._ready.release()
+
+    def wait(self, timeout: float) -> Tuple[bool, Optional[Task]]:
+        return self._ready.acquire(timeout=timeout), self._task
+
+
+class ThreadGroup:
+    """Runs named tasks one per thread, reuses finished threads, joins them all on shutdown.
+
+    No lock: every thread passes through here when its task ends, and when thousands end
+    at once (a mass close) a lock here was a queue of ~1,300 threads (a stack sample of
+    tools/massclose_probe.py). The group's state is three containers whose single
+    operations (``set.add``/``discard``/``copy``, ``dict.popitem``/``pop``, item
+    assignment) are atomic under the GIL, since their items hash and compare by identity
+    in C; each decision that spans two operations is written so a race between them is
+    harmless (see ``_park``).
+    """
+
+    def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT):
+        self.name = name
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._busy: Set[TaskHandle] = set()
+        # Parked workers, oldest first; a dict for O(1) removal by a worker that expires.
+        self._idle: Dict[_Parked, None] = {}
+        self._threads: Set[threading.Thread] = set()
+        self._closed = False
+
+    def spawn(self, name: str, target: Callable[[], None]) -> TaskHandle:
+        handle = TaskHandle(name)
+        self._busy.add(handle)
+        try:
+            parked: Optional[_Parked] = self._idle.popitem()[0]  # the latest: warm, lingers most
+        except KeyError:
+            parked = None
+        if parked is not None:
+            parked.give((handle, target))
+            return handle
+        try:
+            self._start_thread((handle, target))
+        except RuntimeError:  # "can't start new thread": out of memory or limits
+            self._busy.discard(handle)
+            raise
+        return handle
+
+    def _start_thread(self, task: Task) -> None:
+        """A new worker: runs ``task``, then parks for the next one."""
+        thread = threading.Thread(target=self._run, args=(task,), name=task[0].name, daemon=True)
+        self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:
+            self._threads.discard(thread)
+            raise
+
+    def _run(self, task: Optional[Task]) -> None:
+        me = threading.current_thread()
+        try:
+            while task is not None:
+                self._execute(me, *task)
+                task = self._park()
+        finally:
+            self._threads.discard(me)
+
+    def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], None]) -> None:
+        me.name = handle.name
+        try:
+            fn()
+        except Exception:  # the one broad catch per thread entry point
+            log.exception("thread %s failed", handle.name)
+        finally:
+            self._busy.discard(handle)
+            handle._finish()
+
+    def _park(self) -> Optional[Task]:
+        """Wait in the idle list for the next task; None: leave (closed or expired)."""
+        if self._closed:
+            return None
+        waiting = len(self._idle)
+        timeout = self.idle_timeout if waiting < self.max_idle else self._surplus_wait(waiting)
+        parked = _Parked()
+        self._idle[parked] = None
+        # shutdown() sets _closed, then empties the list: added after that, we see it
+        # closed here; before, shutdown takes us and gives us None.
+        if self._closed and self._leave_idle(parked):
+            return None
+        got, task = parked.wait(timeout)
+        if got or not self._leave_idle(parked):
+            # Claimed: by spawn (a task) or shutdown (None); if only just now, it is on its way.
+            return task if got else parked.wait(HANDOVER_TIMEOUT)[1]
+        return None  # nobody needed us in time: expire
+
+    def _surplus_wait(self, waiting: int) -> float:
+        return SURPLUS_LINGER + min((waiting - self.max_idle) * SURPLUS_SPACING, MAX_SURPLUS_SPREAD)
+
+    def _leave_idle(self, parked: _Parked) -> bool:
+        """Take ``parked`` off the idle list; False if someone took it first."""
+        return self._idle.pop(parked, _GONE) is not _GONE
+
+    def live(self) -> List[TaskHandle]:
+        """Tasks still running."""
+        return list(self._busy.copy())
+
+    def join(self, timeout: float) -> bool:
+        """Wait for every running task within ``timeout`` seconds; True if none is left."""
+        deadline = time.monotonic() + timeout
+        current = threading.current_thread().name
+        for handle in self.live():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break  # out of time: thousands of zero-timeout joins would only cost more
+            if handle.name != current:
+                handle.join(left)
+        return not [h for h in self.live() if h.name != current]
+
+    def shutdown(self, timeout: float) -> bool:
+        """Release parked workers and join every thread; True if all ended in time."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.popitem()[0].give(None)
+            except KeyError:
+                break
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads.copy()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # A thread registered but not yet started (a spawn racing us) finds the group
+            # closed once its task is done, and exits; it cannot be joined before it starts.
+            if thread is not threading.current_thread() and thread.ident is not None:
+                thread.join(left)
+        return not (self._threads.copy() - {threading.current_thread()})
+
+
+def run_pair(
+    group: ThreadGroup,
+    name: str,
+    background: Callable[[], None],
+    foreground: Callable[[], None],
+    on_error: Callable[[BaseException], None],
+    join_timeout: float,
+) -> Optional[BaseException]:
+    """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
+
+    The first exception of either side calls ``on_error`` (which must unblock the other side,
+    e.g. by interrupting the link and aborting the connection) and is returned without its
+    traceback (``detached``), so keeping it makes no reference cycle.
+    """
+    errors: List[BaseException] = []
+    lock = threading.Lock()
+
+    def guarded(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            with lock:
+                first = not errors
+                errors.append(detached(exc))
+            if first:
+                on_error(exc)
+
+    task = group.spawn(name, lambda: guarded(background))
+    guarded(foreground)
+    task.join(join_timeout)
+    if task.is_alive():
+        on_error(TimeoutError(f"{name} did not finish in {join_timeout}s"))
+        task.join(join_timeout)
+    return errors[0] if errors else None

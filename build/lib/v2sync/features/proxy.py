@@ -1,0 +1,49 @@
+"""What a protocol implementation provides (v2ray ``proxy/proxy.go``).
+
+An inbound proxy speaks its protocol on an accepted ``Connection`` and calls the dispatcher;
+an outbound proxy carries a ``Link`` to the target through a dialer. Each is registered under
+its JSON name (``common.registry``) with a ``config_type`` whose ``from_json`` builds its
+frozen settings.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+from v2sync.common.session import Session
+from v2sync.features.routing import Dispatcher
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.link import Link
+
+
+class InboundProxy(Protocol):
+    def process(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None: ...
+
+
+class OutboundProxy(Protocol):
+    def process(self, session: Session, link: Link) -> None: ...
+
+
+class UserManager(Protocol):
+    """An inbound whose users change at run time (v2ray ``proxy.UserManager``).
+
+    The API's AlterInbound (AddUserOperation/RemoveUserOperation) calls these. A user is
+    given as one entry of the inbound's config list (``clients[i]`` of VMess, VLESS or
+    Trojan), so each protocol checks it with its own config code; a user added connects
+    at once, a user removed is refused from its next connection on.
+    """
+
+    def add_user(self, client: Mapping[str, Any]) -> None:
+        """Raises ConfigError when the entry is invalid or its email is already taken."""
+
+    def remove_user(self, email: str) -> None:
+        """Raises UserNotFound when no user has that email."""
+
+
+class ProxyContext:
+    """What every handler needs from the Instance: policy, timers and its thread group."""
+
+    def __init__(self, policy, timers, threads, dns=None):
+        self.policy = policy      # app.policy.manager.PolicyManager
+        self.dns = dns            # app.dns.server.DnsResolver (the built-in DNS)
+        self.timers = timers      # common.signal.TimerWheel
+        self.threads = threads    # common.task.ThreadGroup (joined on shutdown)

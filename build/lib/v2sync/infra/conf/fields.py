@@ -1,0 +1,74 @@
+"""Typed field readers for the protocols' ``config.py`` converters.
+
+Settings reaching ``from_json`` were normally validated already, but converters are also
+called directly (tests, the API later), so each read checks its type and raises a
+ConfigError located at ``path.key``, with Go's integer widths as bounds.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, Optional
+
+from v2sync.common.errors import ConfigError, join_path
+
+MAX_UINT32 = 2**32 - 1
+MAX_UINT16 = 2**16 - 1
+MAX_UINT8 = 2**8 - 1
+
+
+def require_object(value: Any, path: str) -> Mapping[str, Any]:
+    """``settings`` itself: absent (None) reads as ``{}``, as v2ray.go does."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{type(value).__name__} is not an object", path,
+                          expected="expected an object")
+    return value
+
+
+def get_bool(settings: Mapping[str, Any], key: str, path: str, default: bool = False) -> bool:
+    value = settings.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{value!r} is not a boolean", join_path(path, key),
+                          expected="expected true or false")
+    return value
+
+
+def get_uint(settings: Mapping[str, Any], key: str, path: str, default: int = 0,
+             maximum: int = MAX_UINT32) -> int:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ConfigError(f"invalid value {value!r}", join_path(path, key),
+                          expected=f"expected an integer 0-{maximum}")
+    return value
+
+
+def get_optional_uint(settings: Mapping[str, Any], key: str, path: str,
+                      maximum: int = MAX_UINT32) -> Optional[int]:
+    if settings.get(key) is None:
+        return None
+    return get_uint(settings, key, path, maximum=maximum)
+
+
+def get_str(settings: Mapping[str, Any], key: str, path: str, default: str = "") -> str:
+    value = settings.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string", join_path(path, key),
+                          expected="expected a string")
+    return value
+
+
+def get_accounts(settings: Mapping[str, Any], key: str, path: str) -> Mapping[str, str]:
+    """``accounts: [{user, pass}]`` as a read-only user -> password map (later entries win,
+    as with the Go map the 4.34 builders fill)."""
+    items = settings.get(key) or []
+    where = join_path(path, key)
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{type(items).__name__} is not an array", where,
+                          expected="expected an array of {user, pass}")
+    accounts: Dict[str, str] = {}
+    for i, item in enumerate(items):
+        item_path = f"{where}[{i}]"
+        entry = require_object(item, item_path)
+        accounts[get_str(entry, "user", item_path)] = get_str(entry, "pass", item_path)
+    return MappingProxyType(accounts)

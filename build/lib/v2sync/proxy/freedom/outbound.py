@@ -1,0 +1,135 @@
+"""The freedom outbound (v2ray ``proxy/freedom/freedom.go``).
+
+TCP: resolve per ``domainStrategy``, dial with an exponential-backoff retry, relay. freedom
+never half-closes upstream: when the client's side ends, the target gets ``downlinkOnly``
+seconds to finish answering. UDP: a connected UDP socket per link, one datagram per pipe chunk.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.freedom.config import FreedomConfig
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, flush_ready
+from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+# v2ray: retry.ExponentialBackoff(5, 100) around the dial.
+DIAL_ATTEMPTS = 5
+DIAL_BACKOFF_START = 0.1
+
+
+@OUTBOUNDS.register("freedom")
+class FreedomOutbound:
+    config_type = FreedomConfig
+
+    def __init__(self, settings: FreedomConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+        self.source = self.client.source  # UDP binds here too (sendThrough)
+
+    def process(self, session: Session, link: Link) -> None:
+        dest = self._redirected(session.target)
+        policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
+        if dest.network is Network.UDP:
+            self._process_udp(session, dest, link, policy, self._lookup(session, dest))
+            return
+        lookup = self._lookup(session, dest)
+        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
+                               self.settings.domain_strategy, lookup)
+        try:
+            def abort() -> None:
+                conn.abort()
+                link.interrupt()
+
+            def first(timer) -> None:
+                flush_ready(link.reader, conn, timer)  # the client's payload, if queued
+
+            def request(timer) -> None:
+                copy_pipe_to_conn(link.reader, conn, timer)
+
+            def response(timer) -> None:
+                copy_conn_to_pipe(conn, link.writer, timer)
+                link.writer.close()
+
+            error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
+                              response, first)
+            if error is not None:
+                raise TransportError(f"relay to {dest} ended: {error}") from error
+        finally:
+            conn.close()
+
+    def _redirected(self, dest: Destination) -> Destination:
+        """Apply ``redirect``: an empty host keeps the original host, port 0 keeps the port."""
+        if self.settings.redirect is None:
+            return dest
+        host, port = self.settings.redirect
+        address = Address.parse(host) if host else dest.address
+        return Destination(address, port or dest.port, dest.network)
+
+    def _lookup(self, session: Session, dest: Destination):
+        """How names are resolved: the router's answer if it resolved this very name (one
+        resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
+        if session.resolved and dest.address == session.target.address:
+            resolved = tuple(session.resolved)
+            return lambda name: resolved
+        strategy = self.settings.domain_strategy
+        if strategy != "AsIs" and self.ctx.dns is not None:
+            return lambda name: self.ctx.dns.lookup(name, strategy)
+        return None
+
+    def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
+                     lookup) -> None:
+        sock = dial_udp(candidates(dest, self.settings.domain_strategy, lookup)[0], self.source)
+        stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
+        try:
+            def abort() -> None:
+                stopped.set()
+                _shutdown(sock)
+                link.interrupt()
+
+            def request(timer) -> None:
+                while True:
+                    chunk = link.reader.read()
+                    if chunk is EOF:
+                        return
+                    timer.update()
+                    try:
+                        sock.send(chunk)
+                    except OSError as e:  # ICMP unreachable from an earlier send
+                        log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
+
+            def response(timer) -> None:
+                while True:
+                    try:
+                        data = sock.recv(MAX_DATAGRAM)
+                    except OSError:
+                        return  # the port is unreachable (ICMP), or the socket is gone
+                    if stopped.is_set():
+                        return
+                    timer.update()
+                    link.writer.write(data)
+
+            run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+        finally:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

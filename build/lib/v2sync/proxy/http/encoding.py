@@ -1,0 +1,526 @@
+"""HTTP/1.x proxy codec, pure and socket-free (v2ray ``proxy/http/server.go``,
+``common/protocol/http/headers.go``).
+
+Heads: ``parse_request_head`` / ``parse_response_head`` follow the ``v2sync.common.cursor``
+contract (``None`` = need more, ``RemoteProtocolError`` = garbage, else ``(head, consumed)``).
+A head and its terminator must fit in ``MAX_HEAD`` bytes. Bytes are decoded as Latin-1 so any
+header round-trips unchanged. Request errors carry ``reply=response_400()`` (v2ray just
+closes; h11 would send 431 for an oversize head, v2ray-style 400 is used throughout).
+
+Bodies are passed through byte for byte: ``BodyFramer`` only finds where a body ends (RFC 7230
+§3.3.3) so a keep-alive connection can carry the next message. Because the bytes are not
+re-framed, ``Transfer-Encoding`` and ``Content-Length`` are never stripped as hop-by-hop,
+unlike Go's ``httputil`` which re-chunks what it forwards.
+
+Line endings: CRLF, or a bare LF as Go's ``textproto`` accepts; a CR anywhere else, obs-fold
+continuation lines, invalid header names and control bytes in values are rejected.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from dataclasses import dataclass, replace
+from typing import List, Optional, Tuple
+
+from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
+from v2sync.common.net import Address, Destination
+
+MAX_HEAD = 16 * 1024
+MAX_CHUNK_LINE = 4 * 1024  # Go ``net/http/internal`` maxLineLength
+MAX_TRAILERS = MAX_HEAD
+HTTP_10 = "HTTP/1.0"
+HTTP_11 = "HTTP/1.1"
+VERSIONS = (HTTP_10, HTTP_11)
+DEFAULT_PORTS = {"http": 80, "https": 443}  # v2ray: 443 for https, else 80
+
+Headers = Tuple[Tuple[str, str], ...]
+
+# RFC 7230 §3.2.6 token; values are any byte but CTLs other than HTAB (Go httpguts).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET = re.compile(r"[\x21-\x7e\x80-\xff]+\Z")
+_STATUS_CODE = re.compile(r"[0-9]{3}\Z")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_LEADING_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+_ABSOLUTE_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.DOTALL)
+_REG_NAME = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=]+\Z")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
+_PORT = re.compile(r"[0-9]{1,5}\Z")
+_OWS = " \t"
+
+# Hop-by-hop headers (RFC 7230 §6.1, plus what v2ray ``RemoveHopByHopHeaders`` drops: its
+# misspelt "Trailers" and "Upgrade"). Transfer-Encoding stays: we forward bodies unchanged.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "trailers", "upgrade"})
+_FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length"})
+
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+# Canned replies, byte for byte what v2ray 4.34 (Go 1.19 ``Response.Write``) sends.
+def response_400() -> bytes:
+    return (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+            b"Proxy-Connection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+def response_407() -> bytes:
+    return (b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+            b"Proxy-Authenticate: Basic realm=\"proxy\"\r\n\r\n")
+
+
+def response_503() -> bytes:
+    return (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+            b"Proxy-Connection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+class _HeaderAccess:
+    headers: Headers
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of ``name`` (case-insensitive), like Go ``Header.Get``."""
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> Tuple[str, ...]:
+        wanted = name.lower()
+        return tuple(v for k, v in self.headers if k.lower() == wanted)
+
+    def header_tokens(self, name: str) -> Tuple[str, ...]:
+        """Comma-separated list values across every ``name`` header, lower-cased."""
+        return tuple(t.strip(_OWS).lower() for v in self.header_values(name)
+                     for t in v.split(",") if t.strip(_OWS))
+
+
+@dataclass(frozen=True)
+class RequestHead(_HeaderAccess):
+    method: str
+    target: str
+    version: str
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class ResponseHead(_HeaderAccess):
+    version: str
+    status: int
+    reason: str
+    headers: Headers
+
+
+class TargetForm(enum.Enum):
+    ORIGIN = "origin"  # /path?q
+    ABSOLUTE = "absolute"  # http://host[:port]/path?q
+    AUTHORITY = "authority"  # host:port, CONNECT only
+    ASTERISK = "asterisk"  # *
+
+
+@dataclass(frozen=True)
+class RequestTarget:
+    """The request-target, split (RFC 7230 §5.3). ``host`` is empty for origin and asterisk
+    form; IPv6 hosts lose their brackets. ``path`` is the origin-form to forward upstream."""
+
+    form: TargetForm
+    scheme: str
+    host: str
+    port: Optional[int]
+    path: str
+
+
+# -- heads ------------------------------------------------------------------------------------
+
+def _head_lines(buf: bytes, skip_blank: bool, reply: Optional[bytes]
+                ) -> Optional[Tuple[List[str], int]]:
+    """Lines of the head (line ends removed) and the bytes it spans, terminator included."""
+    start = _LEADING_BLANK_LINES.match(buf).end() if skip_blank else 0
+    end = _HEAD_END.search(buf, start, MAX_HEAD)
+    if end is None:
+        if len(buf) >= MAX_HEAD:
+            raise RemoteProtocolError(f"no end of HTTP head within {MAX_HEAD} bytes", reply=reply)
+        return None
+    lines = []
+    for raw in bytes(buf[start:end.start()]).split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if b"\r" in line:
+            raise RemoteProtocolError("bare CR in HTTP head", reply=reply)
+        lines.append(line.decode("latin-1"))
+    return lines, end.end()
+
+
+def _parse_header(line: str, reply: Optional[bytes]) -> Tuple[str, str]:
+    if line[:1] in (" ", "\t"):
+        raise RemoteProtocolError("obsolete line folding in HTTP head", reply=reply)
+    name, sep, value = line.partition(":")
+    if not sep or not _TOKEN.match(name):
+        raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}", reply=reply)
+    value = value.strip(_OWS)
+    if _BAD_VALUE.search(value):
+        raise RemoteProtocolError(f"control byte in HTTP header {name}", reply=reply)
+    return name, value
+
+
+def _parse_headers(lines: List[str], reply: Optional[bytes]) -> Headers:
+    return tuple(_parse_header(line, reply) for line in lines)
+
+
+def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
+    """Request line and headers. Blank lines before the request line are skipped
+    (RFC 7230 §3.5) and counted in ``consumed``."""
+    reply = response_400()
+    found = _head_lines(buf, True, reply)
+    if found is None:
+        return None
+    lines, consumed = found
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
+        raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}", reply=reply)
+    if parts[2] not in VERSIONS:
+        raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}", reply=reply)
+    head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:], reply))
+    return head, consumed
+
+
+def parse_response_head(buf: bytes) -> Optional[Tuple[ResponseHead, int]]:
+    """Status line (the reason may be empty, as Go accepts) and headers."""
+    found = _head_lines(buf, False, None)
+    if found is None:
+        return None
+    lines, consumed = found
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version not in VERSIONS or not _STATUS_CODE.match(code) or _BAD_VALUE.search(reason):
+        raise RemoteProtocolError(f"invalid HTTP status line {lines[0][:64]!r}")
+    return ResponseHead(version, int(code), reason, _parse_headers(lines[1:], None)), consumed
+
+
+def _encode_headers(headers: Headers) -> str:
+    for name, value in headers:
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise LocalProtocolError(f"cannot send HTTP header {name!r}: {value[:64]!r}")
+    return "".join(f"{name}: {value}\r\n" for name, value in headers)
+
+
+def _encode(first_line: str, headers: Headers) -> bytes:
+    if _BAD_VALUE.search(first_line):
+        raise LocalProtocolError(f"control byte in HTTP start line {first_line[:64]!r}")
+    return (first_line + "\r\n" + _encode_headers(headers) + "\r\n").encode("latin-1")
+
+
+def encode_request_head(head: RequestHead) -> bytes:
+    return _encode(f"{head.method} {head.target} {head.version}", head.headers)
+
+
+def encode_response_head(head: ResponseHead) -> bytes:
+    reason = f" {head.reason}" if head.reason else ""
+    return _encode(f"{head.version} {head.status:03d}{reason}", head.headers)
+
+
+# -- headers a proxy rewrites ------------------------------------------------------------------
+
+def remove_hop_by_hop(headers: Headers) -> Headers:
+    """Drop ``HOP_BY_HOP`` and every header named in Connection, keeping the framing headers
+    even if Connection names them, since the body is forwarded unchanged."""
+    named = {t.strip(_OWS).lower() for k, v in headers if k.lower() == "connection"
+             for t in v.split(",")}
+    drop = (HOP_BY_HOP | named) - _FRAMING_HEADERS
+    return tuple((k, v) for k, v in headers if k.lower() not in drop)
+
+
+def set_header(headers: Headers, name: str, value: str) -> Headers:
+    """Replace every ``name`` header by one, appended last (Go ``Header.Set``)."""
+    return tuple((k, v) for k, v in headers if k.lower() != name.lower()) + ((name, value),)
+
+
+def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHead:
+    """What v2ray sends upstream for a plain request: origin-form target, Host from an absolute
+    URI, hop-by-hop headers gone and ``Connection: close`` (one upstream link per request)."""
+    headers = remove_hop_by_hop(head.headers)
+    if target.form is TargetForm.ABSOLUTE:
+        headers = (("Host", _authority_text(target)),) + tuple(
+            (k, v) for k, v in headers if k.lower() != "host")
+    headers = set_header(headers, "Connection", "close")
+    return replace(head, target=target.path, headers=headers)
+
+
+def forward_response_head(head: ResponseHead, keep_alive: bool) -> ResponseHead:
+    """The response for the client, with v2ray's keep-alive headers or ``Connection: close``."""
+    headers = remove_hop_by_hop(head.headers)
+    if keep_alive:
+        for name, value in (("Proxy-Connection", "keep-alive"), ("Connection", "keep-alive"),
+                            ("Keep-Alive", "timeout=4")):
+            headers = set_header(headers, name, value)
+    else:
+        headers = set_header(headers, "Connection", "close")
+    return replace(head, headers=headers)
+
+
+def parse_basic_auth(value: Optional[str]) -> Optional[Tuple[str, str]]:
+    """``Basic base64(user:pass)`` -> (user, pass), None if absent or malformed.
+    The scheme is matched case-insensitively (RFC 7617); v2ray wants exactly ``Basic ``."""
+    if not value:
+        return None
+    scheme, _, encoded = value.strip(_OWS).partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    encoded = encoded.strip(_OWS)
+    if len(encoded) % 4:  # padded StdEncoding, as Go's decoder requires
+        return None
+    try:
+        decoded = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
+    return (user, password) if sep else None
+
+
+# -- targets and destinations ------------------------------------------------------------------
+
+def _split_authority(text: str, reply: bytes) -> Tuple[str, Optional[int]]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; an empty port means none."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        host, rest = text[1:close], text[close + 1:]
+        if close < 0 or (rest and not rest.startswith(":")) or not Address.parse(host).is_ip:
+            raise RemoteProtocolError(f"invalid IPv6 authority {text[:64]!r}", reply=reply)
+        port_text = rest[1:]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+    if not text.startswith("[") and not _REG_NAME.match(host):
+        raise RemoteProtocolError(f"invalid host {host[:64]!r}", reply=reply)
+    if not port_text:
+        return host, None
+    if not _PORT.match(port_text) or int(port_text) > 0xFFFF:
+        raise RemoteProtocolError(f"invalid port {port_text[:16]!r}", reply=reply)
+    return host, int(port_text)
+
+
+def _authority_text(target: RequestTarget) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if target.port is None else f"{host}:{target.port}"
+
+
+def parse_target(head: RequestHead) -> RequestTarget:
+    """Classify the request-target; CONNECT needs ``host:port``, others origin, absolute or
+    ``*`` form. Garbage raises with ``reply=response_400()``."""
+    reply, target = response_400(), head.target
+    if head.method.upper() == "CONNECT":
+        host, port = _split_authority(target, reply)
+        if port is None:
+            raise RemoteProtocolError(f"CONNECT target without port {target[:64]!r}", reply=reply)
+        return RequestTarget(TargetForm.AUTHORITY, "", host, port, "")
+    if target.startswith("/"):
+        return RequestTarget(TargetForm.ORIGIN, "", "", None, target)
+    if target == "*":
+        return RequestTarget(TargetForm.ASTERISK, "", "", None, "*")
+    match = _ABSOLUTE_URI.match(target)
+    if match is None:
+        raise RemoteProtocolError(f"invalid request target {target[:64]!r}", reply=reply)
+    scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
+    host, port = _split_authority(authority.rpartition("@")[2], reply)  # drop userinfo
+    path = rest.partition("#")[0]
+    path = path if path.startswith("/") else "/" + path
+    return RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path)
+
+
+def request_destination(head: RequestHead, target: RequestTarget) -> Optional[Destination]:
+    """Where v2ray sends the request: the target's host, else the Host header (transparent
+    mode), with port 443 for ``https`` and 80 otherwise; None when neither names a host."""
+    reply = response_400()
+    host, port = target.host, target.port
+    if not host:
+        host_header = head.header("Host")
+        if not host_header:
+            return None
+        host, port = _split_authority(host_header, reply)
+    if port is None:
+        port = DEFAULT_PORTS.get(target.scheme, DEFAULT_PORTS["http"])
+    return Destination(Address.parse(host), port)
+
+
+# -- connection persistence --------------------------------------------------------------------
+
+def request_wants_keep_alive(head: RequestHead) -> bool:
+    """HTTP/1.1 persists unless Connection or Proxy-Connection says close; 1.0 only with
+    keep-alive (RFC 7230 §6.3). v2ray itself looks only for ``Proxy-Connection: keep-alive``."""
+    tokens = head.header_tokens("Connection") + head.header_tokens("Proxy-Connection")
+    if "close" in tokens:
+        return False
+    return head.version == HTTP_11 or "keep-alive" in tokens
+
+
+def response_allows_keep_alive(head: ResponseHead, request_method: str = "GET") -> bool:
+    """The connection survives this response: not ``close``, 1.1 or 1.0 + keep-alive, and
+    the body has an end other than EOF. (v2ray also closes after chunked responses, since it
+    re-chunks; we forward chunks unchanged and can keep the connection.)"""
+    tokens = head.header_tokens("Connection")
+    if "close" in tokens or (head.version == HTTP_10 and "keep-alive" not in tokens):
+        return False
+    return framing_for_response(head, request_method).kind is not BodyKind.UNTIL_CLOSE
+
+
+# -- body framing (RFC 7230 §3.3.3) ------------------------------------------------------------
+
+class BodyKind(enum.Enum):
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"
+
+
+@dataclass(frozen=True)
+class Framing:
+    kind: BodyKind
+    length: int = 0  # for LENGTH only
+
+
+NO_BODY = Framing(BodyKind.NONE)
+
+
+def _is_chunked(head: _HeaderAccess) -> bool:
+    codings = [t.partition(";")[0].strip(_OWS) for t in head.header_tokens("Transfer-Encoding")]
+    return bool(codings) and codings[-1] == "chunked" and codings.count("chunked") == 1
+
+
+def _content_length(head: _HeaderAccess, reply: Optional[bytes]) -> Optional[int]:
+    """One length, even if repeated identically; differing or non-digit values are garbage."""
+    values = {t.strip(_OWS) for v in head.header_values("Content-Length") for t in v.split(",")}
+    if not values:
+        return None
+    if len(values) != 1 or not _CONTENT_LENGTH.match(next(iter(values))):
+        raise RemoteProtocolError(f"invalid Content-Length {sorted(values)[:4]}", reply=reply)
+    return int(values.pop())
+
+
+def framing_for_request(head: RequestHead) -> Framing:
+    """Chunked, Content-Length or none. Transfer-Encoding together with Content-Length, or
+    without chunked last, is refused (400): a smuggling vector we would forward unchanged."""
+    reply = response_400()
+    length = _content_length(head, reply)
+    if head.header_values("Transfer-Encoding"):
+        if length is not None or not _is_chunked(head):
+            raise RemoteProtocolError("unsupported request Transfer-Encoding", reply=reply)
+        return Framing(BodyKind.CHUNKED)
+    return NO_BODY if not length else Framing(BodyKind.LENGTH, length)
+
+
+def framing_for_response(head: ResponseHead, request_method: str) -> Framing:
+    method = request_method.upper()
+    if (method == "HEAD" or head.status < 200 or head.status in (204, 304)
+            or (method == "CONNECT" and 200 <= head.status < 300)):
+        return NO_BODY
+    if head.header_values("Transfer-Encoding"):  # overrides any Content-Length
+        return Framing(BodyKind.CHUNKED) if _is_chunked(head) else Framing(BodyKind.UNTIL_CLOSE)
+    length = _content_length(head, None)
+    if length is None:
+        return Framing(BodyKind.UNTIL_CLOSE)
+    return NO_BODY if length == 0 else Framing(BodyKind.LENGTH, length)
+
+
+class _Chunk(enum.Enum):
+    SIZE = "size"
+    DATA = "data"
+    DATA_CR = "data-cr"
+    DATA_LF = "data-lf"
+    TRAILER = "trailer"
+
+
+class BodyFramer:
+    """Finds the end of one body in a byte stream; never changes a byte.
+
+    ``feed(data)`` returns ``(body, leftover)``: ``body`` is the prefix of ``data`` that
+    belongs to this body (forward it), ``leftover`` starts the next message. Once ``done``,
+    ``feed`` returns everything as leftover. ``feed_eof()`` ends an until-close body, and
+    raises for a body cut short."""
+
+    def __init__(self, framing: Framing):
+        self.framing = framing
+        self._remaining = framing.length
+        self._state = _Chunk.SIZE
+        self._line = b""
+        self._trailer_bytes = 0
+        self._done = framing.kind is BodyKind.NONE or (
+            framing.kind is BodyKind.LENGTH and framing.length == 0)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, data: bytes) -> Tuple[bytes, bytes]:
+        data = bytes(data)
+        if self._done:
+            return b"", data
+        kind = self.framing.kind
+        if kind is BodyKind.UNTIL_CLOSE:
+            return data, b""
+        if kind is BodyKind.LENGTH:
+            end = min(self._remaining, len(data))
+            self._remaining -= end
+        else:
+            end = self._feed_chunked(data)
+        self._done = self._done or (kind is BodyKind.LENGTH and self._remaining == 0)
+        return data[:end], data[end:]
+
+    def feed_eof(self) -> None:
+        if self.framing.kind is BodyKind.UNTIL_CLOSE:
+            self._done = True
+        elif not self._done:
+            raise RemoteProtocolError("connection closed in the middle of an HTTP body")
+
+    def _feed_chunked(self, data: bytes) -> int:
+        pos = 0
+        while pos < len(data) and not self._done:  # every step consumes at least one byte
+            if self._state is _Chunk.DATA:
+                step = min(self._remaining, len(data) - pos)
+                self._remaining -= step
+                pos += step
+                if self._remaining == 0:
+                    self._state = _Chunk.DATA_CR
+            elif self._state in (_Chunk.DATA_CR, _Chunk.DATA_LF):
+                pos = self._chunk_end(data, pos)
+            else:
+                pos = self._line_step(data, pos)
+        return pos
+
+    def _chunk_end(self, data: bytes, pos: int) -> int:
+        # Go's chunkedReader wants exactly CRLF after the data.
+        want = b"\r" if self._state is _Chunk.DATA_CR else b"\n"
+        if data[pos:pos + 1] != want:
+            raise RemoteProtocolError("chunk data not followed by CRLF")
+        self._state = _Chunk.DATA_LF if self._state is _Chunk.DATA_CR else _Chunk.SIZE
+        return pos + 1
+
+    def _line_step(self, data: bytes, pos: int) -> int:
+        newline = data.find(b"\n", pos)
+        stop = len(data) if newline < 0 else newline
+        self._line += data[pos:stop]
+        if len(self._line) > MAX_CHUNK_LINE:
+            raise RemoteProtocolError(f"chunk line longer than {MAX_CHUNK_LINE} bytes")
+        if newline < 0:
+            return stop
+        line, self._line = self._line, b""
+        line = line[:-1] if line.endswith(b"\r") else line
+        if self._state is _Chunk.SIZE:
+            self._size_line(line)
+        else:
+            self._trailer_line(line)
+        return newline + 1
+
+    def _size_line(self, line: bytes) -> None:
+        size, _, extension = line.partition(b";")
+        size = size.strip(b" \t")
+        if not _CHUNK_SIZE.match(size) or _BAD_VALUE.search(extension.decode("latin-1")):
+            raise RemoteProtocolError(f"invalid chunk size line {line[:64]!r}")
+        self._remaining = int(size, 16)
+        self._state = _Chunk.DATA if self._remaining else _Chunk.TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        if not line:
+            self._done = True
+            return
+        self._trailer_bytes += len(line)
+        if self._trailer_bytes > MAX_TRAILERS:
+            raise RemoteProtocolError(f"chunked trailers longer than {MAX_TRAILERS} bytes")
+        _parse_header(line.decode("latin-1"), None)

@@ -1,0 +1,221 @@
+"""The HTTP proxy inbound (v2ray ``proxy/http/server.go``).
+
+- ``CONNECT host:port`` answers ``200 Connection established`` and relays raw bytes.
+- Any other method with an absolute URI is forwarded: hop-by-hop headers removed, one
+  dispatched link per request, the response relayed with ``Keep-Alive: timeout=4`` when the
+  connection persists; ``503`` if the upstream fails before its response head arrives.
+- ``accounts`` turns on Basic auth (``407`` + ``Proxy-Authenticate``); a relative URL needs
+  ``allowTransparent`` (else ``400``); malformed requests get ``400``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Callable, Optional, Tuple
+
+from v2sync.common.errors import (AuthenticationError, PipeClosed, PipeInterrupted,
+                                  RemoteProtocolError, TransportError, V2SyncError)
+from v2sync.common.net import Destination
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.http import encoding as enc
+from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.relay import relay_stream
+from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader, complete,
+                                            try_write)
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+
+# Interim (1xx) responses relayed before the final one; a bound against a looping upstream.
+MAX_INTERIM_RESPONSES = 8
+
+
+class UpstreamFailed(TransportError):
+    """The upstream died before its response head: the client gets 503."""
+
+
+@INBOUNDS.register("http")
+class HttpInbound:
+    config_type = HttpServerConfig
+
+    def __init__(self, settings: HttpServerConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
+
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Optional[Callable[[], None]]]:
+        """The first request's head (parked in the selector); returns the rest."""
+        session.user_level = self.settings.user_level
+        reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, enc.MAX_HEAD)
+        if not (yield from _wait_readable_steps(reader)):
+            return None  # connected and closed without a request: nothing to answer
+        head = yield from self._read_request(reader, conn)
+        return partial(self._serve, session, conn, dispatcher, reader, head)
+
+    def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               reader: HandshakeReader, head: enc.RequestHead) -> None:
+        while self._serve_one(session, conn, dispatcher, reader, head):
+            # The next request on a kept-alive connection; its thread waits for it.
+            reader.deadline = time.monotonic() + self.policy.handshake
+            if not reader.buf and not _wait_readable(reader):
+                return  # the client closed a kept-alive connection between requests
+            head = complete(self._read_request(reader, conn))
+
+    def _read_request(self, reader: HandshakeReader, conn: Connection
+                      ) -> Handshake[enc.RequestHead]:
+        try:
+            head = yield from reader.parse_steps(enc.parse_request_head)
+            self._authenticate(head)
+            return head
+        except RemoteProtocolError as e:
+            try_write(conn, e.reply or enc.response_400())
+            raise
+        except AuthenticationError:
+            try_write(conn, enc.response_407())
+            raise
+
+    def _authenticate(self, head: enc.RequestHead) -> None:
+        if not self.settings.accounts:
+            return
+        creds = enc.parse_basic_auth(head.header("Proxy-Authorization"))
+        if creds is None or self.settings.accounts.get(creds[0]) != creds[1]:
+            raise AuthenticationError("proxy authentication failed")
+
+    def _serve_one(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+                   reader: HandshakeReader, head: enc.RequestHead) -> bool:
+        """Serve one request; True if the client connection stays open for another."""
+        target = enc.parse_target(head)
+        if target.form is enc.TargetForm.AUTHORITY:
+            self._tunnel(session, conn, dispatcher, reader, target)
+            return False
+        if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
+            conn.write(enc.response_400())
+            raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
+        session.protocol = "http/1.1"  # what 4.34's HTTP inbound reports to protocol rules
+        dest = enc.request_destination(head, target)
+        if dest is None:
+            conn.write(enc.response_400())
+            raise RemoteProtocolError("request names no host")
+        return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head, target)
+
+    # -- CONNECT -----------------------------------------------------------------------
+    def _tunnel(self, session, conn, dispatcher, reader, target: enc.RequestTarget) -> None:
+        link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
+        conn.write(enc.CONNECT_ESTABLISHED)
+        early = reader.consume(len(reader.buf))
+        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
+        if error is not None:
+            log.debug("%s: tunnel ended: %s", session.name(), error)
+
+    # -- plain forwarding ----------------------------------------------------------------
+    def _forward(self, session, conn, link: Link, reader, head, target) -> bool:
+        try:
+            link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
+            self._send_request_body(conn, link, reader, head)
+        except (PipeInterrupted, PipeClosed) as e:
+            # The outbound may have stopped reading because it already answered (blackhole's
+            # 403); whether there is an answer is decided by reading for it.
+            log.debug("%s: request not fully sent: %s", session.name(), e)
+        except TransportError:
+            link.interrupt()  # the client failed mid-request: nobody waits for an answer
+            raise
+        try:
+            response, leftover = self._read_response_head(conn, link)
+        except (UpstreamFailed, TransportError) as e:
+            link.interrupt()
+            try_write(conn, enc.response_503())
+            log.info("%s: upstream failed: %s", session.name(), e)
+            return False
+        try:
+            keep_alive = (enc.request_wants_keep_alive(head)
+                          and enc.response_allows_keep_alive(response, head.method))
+            conn.write(enc.encode_response_head(enc.forward_response_head(response, keep_alive)))
+            self._send_response_body(conn, link, response, head.method, leftover)
+            return keep_alive
+        finally:
+            link.interrupt()  # the upstream was told "Connection: close"; tear it down now
+
+    def _send_request_body(self, conn: Connection, link: Link, reader: HandshakeReader,
+                           head: enc.RequestHead) -> None:
+        framer = enc.BodyFramer(enc.framing_for_request(head))
+        body, rest = framer.feed(reader.consume(len(reader.buf)))
+        reader.buf += rest  # a pipelined next request stays for the next round
+        link.writer.write(body)
+        conn.settimeout(self.policy.conn_idle)
+        if framer.done:
+            return
+        # An upload grows its reads; a slow one parks with a small buffer.
+        for data in adaptive_reads(conn, link.writer):  # a stalled upstream stops the reads
+            body, rest = framer.feed(data)
+            reader.buf += rest
+            link.writer.write(body)
+            if framer.done:
+                return
+        framer.feed_eof()
+
+    def _read_response_head(self, conn: Connection, link: Link) -> Tuple[enc.ResponseHead, bytes]:
+        """The final response head; interim 1xx heads (100 Continue) go to the client as-is."""
+        buf = b""
+        for _ in range(MAX_INTERIM_RESPONSES + 1):
+            head, buf = self._next_response_head(link, buf)
+            if not 100 <= head.status < 200 or head.status == 101:
+                return head, buf
+            conn.write(enc.encode_response_head(head))
+        raise UpstreamFailed("too many interim responses")
+
+    def _next_response_head(self, link: Link, buf: bytes) -> Tuple[enc.ResponseHead, bytes]:
+        while True:
+            try:
+                parsed = enc.parse_response_head(buf)
+            except RemoteProtocolError as e:
+                raise UpstreamFailed(f"bad response head: {e}") from e
+            if parsed is not None:
+                return parsed[0], buf[parsed[1]:]
+            chunk = self._read_link(link)
+            if chunk is EOF:
+                raise UpstreamFailed("upstream closed before its response head")
+            buf += chunk
+
+    def _send_response_body(self, conn: Connection, link: Link, response: enc.ResponseHead,
+                            method: str, leftover: bytes) -> None:
+        framer = enc.BodyFramer(enc.framing_for_response(response, method))
+        data = leftover
+        while True:
+            body, _ = framer.feed(data)  # bytes past the body are the upstream's mistake
+            if body:
+                conn.write(body)
+            if framer.done:
+                return
+            chunk = self._read_link(link)
+            if chunk is EOF:
+                framer.feed_eof()
+                return
+            data = chunk
+
+    def _read_link(self, link: Link):
+        try:
+            return link.reader.read(timeout=self.policy.conn_idle)
+        except V2SyncError as e:
+            raise UpstreamFailed(str(e)) from e
+
+
+def _wait_readable(reader: HandshakeReader) -> bool:
+    """Block (within the deadline) for the next request's first bytes; False on clean EOF."""
+    return complete(_wait_readable_steps(reader))
+
+
+def _wait_readable_steps(reader: HandshakeReader) -> Handshake[bool]:
+    try:
+        yield from reader.fill_steps()
+        return True
+    except RemoteProtocolError:
+        return False  # "connection closed during handshake" with nothing sent: a normal end
+

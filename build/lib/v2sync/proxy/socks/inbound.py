@@ -1,0 +1,163 @@
+"""The SOCKS inbound (v2ray ``proxy/socks/server.go`` + ``protocol.go::ServerSession``).
+
+Behaviour kept from 4.34:
+- SOCKS4/4a only with ``auth: noauth``; SOCKS5 with ``noauth`` or ``password`` (RFC 1929).
+- CONNECT is answered *before* the upstream connects; the reply carries the inbound's listen
+  address and port. Tor's RESOLVE commands are treated as CONNECT; BIND is refused.
+- UDP ASSOCIATE only with ``udp: true``; the reply address is ``ip`` if set, else the address
+  the client reached us on. The TCP connection is then held until the client closes it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import partial
+from typing import Callable
+
+from v2sync.app.dispatcher.udp import UdpSessionTable
+from v2sync.common.errors import AuthenticationError, RemoteProtocolError
+from v2sync.common.net import ANY_IPV4, Address, Destination, Network
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.relay import relay_stream
+from v2sync.proxy.socks import encoding as enc
+from v2sync.proxy.socks.config import SocksServerConfig
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, try_write
+
+log = logging.getLogger(__name__)
+
+MAX_HANDSHAKE_BYTES = 16 * 1024
+_TCP_COMMANDS = (enc.Command.CONNECT, enc.Command.TOR_RESOLVE, enc.Command.TOR_RESOLVE_PTR)
+
+
+@INBOUNDS.register("socks")
+class SocksInbound:
+    config_type = SocksServerConfig
+
+    def __init__(self, settings: SocksServerConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.wants_udp = settings.udp
+        self.listen = Address.parse(handler_config.listen) if handler_config.listen else None
+        self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
+        self._udp_table = None
+        self._udp_lock = threading.Lock()
+
+    # -- TCP -------------------------------------------------------------------------
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """The greeting, auth and request (parked in the selector); returns the rest."""
+        session.user_level = self.settings.user_level
+        deadline = time.monotonic() + self.policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
+        try:
+            request = yield from self._handshake(reader, conn)
+        except RemoteProtocolError as e:
+            if e.reply:
+                try_write(conn, e.reply)
+            raise
+        if request.command is enc.Command.UDP_ASSOCIATE:
+            return partial(self._hold_udp_association, conn)
+        return partial(self._relay, session, conn, dispatcher, request.destination,
+                       bytes(reader.buf))
+
+    def _handshake(self, reader: HandshakeReader, conn: Connection):
+        version = yield from reader.parse_steps(
+            lambda buf: (enc.peek_version(buf), 0) if buf else None)
+        if version == 4:
+            return (yield from self._handshake4(reader, conn))
+        return (yield from self._handshake5(reader, conn))
+
+    def _handshake4(self, reader: HandshakeReader, conn: Connection):
+        request = yield from reader.parse_steps(enc.parse_socks4_request)
+        if self.settings.auth == "password":
+            raise RemoteProtocolError("socks 4 is not allowed when auth is required",
+                                      reply=enc.encode_socks4_reply(False))
+        if request.command is not enc.Command.CONNECT:
+            raise RemoteProtocolError(f"unsupported socks 4 command {request.command.name}",
+                                      reply=enc.encode_socks4_reply(False))
+        conn.write(enc.encode_socks4_reply(True))
+        return request
+
+    def _handshake5(self, reader: HandshakeReader, conn: Connection):
+        greeting = yield from reader.parse_steps(enc.parse_greeting)
+        method = enc.METHOD_PASSWORD if self.settings.auth == "password" else enc.METHOD_NO_AUTH
+        if not greeting.offers(method):
+            raise RemoteProtocolError("no matching auth method",
+                                      reply=enc.encode_method_selection(enc.METHOD_NO_ACCEPTABLE))
+        conn.write(enc.encode_method_selection(method))
+        if method == enc.METHOD_PASSWORD:
+            self._check_password((yield from reader.parse_steps(enc.parse_password_auth)), conn)
+        request = yield from reader.parse_steps(enc.parse_request)
+        return self._answer_request(request, conn)
+
+    def _check_password(self, auth: enc.PasswordAuth, conn: Connection) -> None:
+        if self.settings.accounts.get(auth.username) != auth.password:
+            conn.write(enc.encode_password_auth_reply(False))
+            raise AuthenticationError(f"invalid socks user {auth.username!r}")
+        conn.write(enc.encode_password_auth_reply(True))
+
+    def _answer_request(self, request: enc.Socks5Request, conn: Connection):
+        if request.command is enc.Command.UDP_ASSOCIATE:
+            if not self.settings.udp:
+                raise RemoteProtocolError("UDP is not enabled on this inbound",
+                                          reply=enc.encode_reply(enc.Reply.CMD_NOT_SUPPORTED))
+            conn.write(enc.encode_reply(enc.Reply.SUCCEEDED, self._udp_reply_address(conn),
+                                        conn.local.port))
+            return request
+        if request.command not in _TCP_COMMANDS:
+            raise RemoteProtocolError(f"unsupported socks command {request.command.name}",
+                                      reply=enc.encode_reply(enc.Reply.CMD_NOT_SUPPORTED))
+        conn.write(enc.encode_reply(enc.Reply.SUCCEEDED, self._bound_address(), conn.local.port))
+        return request
+
+    def _bound_address(self) -> Address:
+        if self.listen is None or self.listen.value in ("0.0.0.0", "::"):
+            return ANY_IPV4
+        return self.listen
+
+    def _udp_reply_address(self, conn: Connection) -> Address:
+        if self.settings.ip:
+            return Address.parse(self.settings.ip)
+        if self.listen is None or self.listen.value in ("0.0.0.0", "::"):
+            return conn.local.address  # where this client reached us, so its datagrams do too
+        return self.listen
+
+    def _relay(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               dest: Destination, early: bytes) -> None:
+        link = dispatcher.dispatch(session, dest)
+        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
+        if error is not None:
+            log.debug("%s: relay ended: %s", session.name(), error)
+
+    def _hold_udp_association(self, conn: Connection) -> None:
+        """v2ray keeps the control connection until the client closes it (or shutdown aborts)."""
+        conn.settimeout(None)
+        while conn.read(4096):
+            pass
+
+    # -- UDP -------------------------------------------------------------------------
+    def process_datagram(self, handler, data: bytes, source: Destination, send_to) -> None:
+        try:
+            datagram = enc.parse_udp_datagram(data)
+        except RemoteProtocolError as e:
+            log.info("dropping a bad socks datagram from %s: %s", source, e)
+            return
+        with self._udp_lock:  # one UDP listener thread per port may race to create it
+            if self._udp_table is None:
+                self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx, handler.tag,
+                                                  self.settings.user_level)
+        dest = Destination(datagram.address, datagram.port, Network.UDP)
+
+        def respond(origin: Destination, payload: bytes) -> None:
+            send_to(enc.encode_udp_datagram(origin.address, origin.port, payload), source)
+
+        self._udp_table.send(source, dest, datagram.payload, respond)
+
+    def close(self) -> None:
+        if self._udp_table is not None:
+            self._udp_table.close()
+

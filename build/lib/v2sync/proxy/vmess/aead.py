@@ -1,0 +1,129 @@
+"""The VMess AEAD header: AuthID, sealed request header, sealed response header.
+
+v2ray ``proxy/vmess/aead/{authid,encrypt,consts}.go`` and the AEAD branches of
+``proxy/vmess/encoding/{client,server}.go``. Request layout::
+
+    AuthID (16) | EncLen (2+16) | Nonce (8) | EncHdr (len+16)
+
+``AuthID = AES-128-ECB(KDF16(cmdKey, "AES Auth ID Encryption"), t8 || rand4 || crc32(t8||rand4))``.
+Both sealed parts are AES-128-GCM with ``AuthID`` as AAD and keys/nonces from
+``KDF(cmdKey, salt, AuthID, Nonce)``. The response is ``EncLen | EncHdr`` keyed from the
+response body key/IV, without AAD.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Callable, Optional, Tuple
+
+from v2sync.common.crypto.aead import AEAD_NONCE_SIZE, AEAD_TAG_SIZE, aes_gcm
+from v2sync.common.crypto.checksum import crc32_ieee
+from v2sync.common.crypto.kdf import vmess_kdf, vmess_kdf16
+from v2sync.common.crypto.stream import AesBlock
+
+AUTH_ID_SIZE = 16
+CONNECTION_NONCE_SIZE = 8
+SEALED_LENGTH_SIZE = 2 + AEAD_TAG_SIZE
+AUTH_ID_MAX_SKEW = 120  # seconds either side of now (authid.go Match)
+REQUEST_PREFIX_SIZE = AUTH_ID_SIZE + SEALED_LENGTH_SIZE + CONNECTION_NONCE_SIZE
+
+SALT_HEADER_LENGTH_KEY = b"VMess Header AEAD Key_Length"
+SALT_HEADER_LENGTH_NONCE = b"VMess Header AEAD Nonce_Length"
+SALT_HEADER_KEY = b"VMess Header AEAD Key"
+SALT_HEADER_NONCE = b"VMess Header AEAD Nonce"
+SALT_RESP_LENGTH_KEY = b"AEAD Resp Header Len Key"
+SALT_RESP_LENGTH_IV = b"AEAD Resp Header Len IV"
+SALT_RESP_KEY = b"AEAD Resp Header Key"
+SALT_RESP_IV = b"AEAD Resp Header IV"
+
+_AUTH_ID_PLAIN = struct.Struct("!q4sI")  # int64 time, 4 random bytes, CRC32 of the first 12
+_U16 = struct.Struct("!H")
+_MAX_HEADER_LENGTH = 0xFFFF
+
+RandomBytes = Callable[[int], bytes]
+
+
+def create_auth_id(block: AesBlock, now: int, random4: bytes) -> bytes:
+    """The 16-byte AuthID for ``now`` (seconds), encrypted with the user's AuthID key."""
+    head = struct.pack("!q", now) + random4
+    return block.encrypt_block(head + struct.pack("!I", crc32_ieee(head)))
+
+
+def auth_id_time(block: AesBlock, auth_id: bytes) -> Optional[int]:
+    """The timestamp inside ``auth_id`` if it decrypts with ``block`` and its CRC holds."""
+    plain = block.decrypt_block(auth_id)
+    t, _, crc = _AUTH_ID_PLAIN.unpack(plain)
+    return t if crc == crc32_ieee(plain[:12]) else None
+
+
+def _header_cipher(cmd_key: bytes, key_salt: bytes, nonce_salt: bytes, auth_id: bytes,
+                   nonce: bytes):
+    key = vmess_kdf16(cmd_key, key_salt, auth_id, nonce)
+    iv = vmess_kdf(cmd_key, nonce_salt, auth_id, nonce)[:AEAD_NONCE_SIZE]
+    return aes_gcm(key), iv
+
+
+def seal_request_header(cmd_key: bytes, auth_id: bytes, plaintext: bytes,
+                        random_bytes: RandomBytes = os.urandom) -> bytes:
+    """``AuthID | EncLen | Nonce | EncHdr`` around the command-section ``plaintext``."""
+    if len(plaintext) > _MAX_HEADER_LENGTH:
+        raise ValueError("VMess header too long")
+    nonce = random_bytes(CONNECTION_NONCE_SIZE)
+    length_aead, length_iv = _header_cipher(
+        cmd_key, SALT_HEADER_LENGTH_KEY, SALT_HEADER_LENGTH_NONCE, auth_id, nonce)
+    header_aead, header_iv = _header_cipher(
+        cmd_key, SALT_HEADER_KEY, SALT_HEADER_NONCE, auth_id, nonce)
+    sealed_length = length_aead.seal(length_iv, _U16.pack(len(plaintext)), auth_id)
+    sealed_header = header_aead.seal(header_iv, plaintext, auth_id)
+    return auth_id + sealed_length + nonce + sealed_header
+
+
+def open_request_header(cmd_key: bytes, buf: bytes) -> Optional[Tuple[bytes, int]]:
+    """Decrypt a sealed request header at the start of ``buf`` (AuthID included).
+
+    Returns ``None`` while bytes are missing, else ``(plaintext, consumed)``. A bad tag
+    raises ``AuthenticationError`` (from ``common.crypto``).
+    """
+    if len(buf) < REQUEST_PREFIX_SIZE:
+        return None
+    auth_id = bytes(buf[:AUTH_ID_SIZE])
+    sealed_length = bytes(buf[AUTH_ID_SIZE:AUTH_ID_SIZE + SEALED_LENGTH_SIZE])
+    nonce = bytes(buf[AUTH_ID_SIZE + SEALED_LENGTH_SIZE:REQUEST_PREFIX_SIZE])
+    length_aead, length_iv = _header_cipher(
+        cmd_key, SALT_HEADER_LENGTH_KEY, SALT_HEADER_LENGTH_NONCE, auth_id, nonce)
+    (length,) = _U16.unpack(length_aead.open(length_iv, sealed_length, auth_id))
+    end = REQUEST_PREFIX_SIZE + length + AEAD_TAG_SIZE
+    if len(buf) < end:
+        return None
+    header_aead, header_iv = _header_cipher(
+        cmd_key, SALT_HEADER_KEY, SALT_HEADER_NONCE, auth_id, nonce)
+    plaintext = header_aead.open(header_iv, bytes(buf[REQUEST_PREFIX_SIZE:end]), auth_id)
+    return plaintext, end
+
+
+def _response_ciphers(resp_key: bytes, resp_iv: bytes):
+    length_aead = aes_gcm(vmess_kdf16(resp_key, SALT_RESP_LENGTH_KEY))
+    length_iv = vmess_kdf(resp_iv, SALT_RESP_LENGTH_IV)[:AEAD_NONCE_SIZE]
+    header_aead = aes_gcm(vmess_kdf16(resp_key, SALT_RESP_KEY))
+    header_iv = vmess_kdf(resp_iv, SALT_RESP_IV)[:AEAD_NONCE_SIZE]
+    return length_aead, length_iv, header_aead, header_iv
+
+
+def seal_response_header(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:
+    """``EncLen | EncHdr`` of a response-header plaintext (server.go EncodeResponseHeader)."""
+    length_aead, length_iv, header_aead, header_iv = _response_ciphers(resp_key, resp_iv)
+    return (length_aead.seal(length_iv, _U16.pack(len(plaintext)))
+            + header_aead.seal(header_iv, plaintext))
+
+
+def open_response_header(resp_key: bytes, resp_iv: bytes,
+                         buf: bytes) -> Optional[Tuple[bytes, int]]:
+    """Inverse of ``seal_response_header``: ``None`` or ``(plaintext, consumed)``."""
+    if len(buf) < SEALED_LENGTH_SIZE:
+        return None
+    length_aead, length_iv, header_aead, header_iv = _response_ciphers(resp_key, resp_iv)
+    (length,) = _U16.unpack(length_aead.open(length_iv, bytes(buf[:SEALED_LENGTH_SIZE])))
+    end = SEALED_LENGTH_SIZE + length + AEAD_TAG_SIZE
+    if len(buf) < end:
+        return None
+    return header_aead.open(header_iv, bytes(buf[SEALED_LENGTH_SIZE:end])), end

@@ -1,0 +1,96 @@
+"""VMess settings (v2ray ``infra/conf/vmess.go``, ``proxy/vmess/{inbound,outbound}/config.proto``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Tuple
+
+from v2sync.common.errors import ConfigError, join_path
+from v2sync.common.net import Address
+from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_str, get_uint,
+                                      require_object)
+from v2sync.proxy.vmess.ids import SECURITY_NAMES, Security, VMessUser, parse_uuid
+
+
+def _user(raw: Any, path: str, default_alter: int = 0, default_level: int = 0) -> VMessUser:
+    entry = require_object(raw, path)
+    text = get_str(entry, "id", path)
+    try:
+        uuid = parse_uuid(text)
+    except ValueError as e:
+        raise ConfigError(f"invalid VMess id {text!r}: {e}", join_path(path, "id"),
+                          expected="a UUID, 32 hex digits with optional dashes") from None
+    # vmess.go: an unknown security string (even "aes-128-cfb") means auto.
+    security = SECURITY_NAMES.get(get_str(entry, "security", path, "auto").lower(), Security.AUTO)
+    return VMessUser(
+        uuid=uuid,
+        alter_id=get_uint(entry, "alterId", path, default_alter, maximum=MAX_UINT16),
+        level=get_uint(entry, "level", path, default_level, maximum=MAX_UINT8),
+        email=get_str(entry, "email", path),
+        security=security,
+    )
+
+
+def _items(settings: Mapping[str, Any], key: str, path: str):
+    items = settings.get(key) or []
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{type(items).__name__} is not an array", join_path(path, key),
+                          expected="expected an array")
+    return [(item, f"{join_path(path, key)}[{i}]") for i, item in enumerate(items)]
+
+
+@dataclass(frozen=True)
+class VMessInboundConfig:
+    users: Tuple[VMessUser, ...] = ()
+    default_alter_id: int = 0
+    default_level: int = 0
+    disable_insecure_encryption: bool = False
+
+    @classmethod
+    def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VMessInboundConfig":
+        settings = require_object(settings, path)
+        for key in ("detour", "features"):
+            if settings.get(key):
+                raise ConfigError(f"vmess '{key}' (dynamic port switching) is not supported by "
+                                  "v2sync", join_path(path, key), expected="remove it")
+        default = require_object(settings.get("default"), join_path(path, "default"))
+        alter = get_uint(default, "alterId", join_path(path, "default"), maximum=MAX_UINT16)
+        level = get_uint(default, "level", join_path(path, "default"), maximum=MAX_UINT8)
+        users = tuple(_user(raw, p) for raw, p in _items(settings, "clients", path))
+        return cls(users, alter, level,
+                   get_bool(settings, "disableInsecureEncryption", path))
+
+
+@dataclass(frozen=True)
+class VMessServer:
+    address: Address
+    port: int
+    users: Tuple[VMessUser, ...]
+
+
+@dataclass(frozen=True)
+class VMessOutboundConfig:
+    servers: Tuple[VMessServer, ...] = ()
+
+    @classmethod
+    def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VMessOutboundConfig":
+        settings = require_object(settings, path)
+        servers = []
+        for raw, where in _items(settings, "vnext", path):
+            entry = require_object(raw, where)
+            address = get_str(entry, "address", where)
+            if not address:
+                raise ConfigError("vmess server address is empty", join_path(where, "address"),
+                                  expected="a host name or IP")
+            users = tuple(_user(u, p) for u, p in _items(entry, "users", where))
+            if not users:
+                raise ConfigError("vmess server has no users", join_path(where, "users"),
+                                  expected="at least one {id}")
+            port = get_uint(entry, "port", where, maximum=MAX_UINT16)
+            if port == 0:
+                raise ConfigError("vmess server port is 0", join_path(where, "port"),
+                                  expected="1-65535")
+            servers.append(VMessServer(Address.parse(address), port, users))
+        if not servers:
+            raise ConfigError("vmess outbound has no servers", join_path(path, "vnext"),
+                              expected="at least one {address, port, users}")
+        return cls(tuple(servers))

@@ -1,0 +1,171 @@
+"""The VMess inbound (v2ray ``proxy/vmess/inbound/inbound.go``).
+
+Handshake: the header is decoded with the user table (AEAD AuthID first, then the legacy
+auth table) under level 0's handshake deadline. Any authentication failure is answered the
+way 4.34 answers it: read a deterministic-plus-random number of bytes, then close, so a
+prober learns nothing from timing or length. The response header goes out lazily with the
+first response chunk (4.34 buffers it the same way), and an end-of-stream chunk closes the
+response when the upstream finishes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Callable, List
+
+from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.relay import run_relay
+from v2sync.proxy.vmess.config import VMessInboundConfig
+from v2sync.proxy.vmess.encoding import Command, ServerSession
+from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
+                                          UserTable)
+from v2sync.transport.copy import adaptive_reads, write_or_stop
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
+                                            arm_deadline)
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF, Pipe
+
+log = logging.getLogger(__name__)
+
+# An honest header is under 400 bytes; past this a connection is not worth reading further.
+MAX_HEADER_BYTES = 4096
+# 4.34 reads into 2 KiB buffers (buf.Size); whatever has arrived is taken whole.
+DRAIN_READ_SIZE = 64 * 1024
+
+
+@INBOUNDS.register("vmess")
+class VMessInbound:
+    config_type = VMessInboundConfig
+
+    def __init__(self, settings: VMessInboundConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.users = UserTable()
+        for user in settings.users:
+            self.users.add(user)
+        self.sessions = SessionHistory()
+        self.handshake_policy = ctx.policy.for_level(0)  # inbound.go: policy for level 0
+
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """Decode the request header (parked in the selector); returns the rest."""
+        deadline = time.monotonic() + self.handshake_policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
+        decoder = RequestHeaderDecoder(self.users, self.sessions,
+                                       allow_insecure=not self.settings.disable_insecure_encryption)
+        try:
+            server = yield from reader.parse_steps(decoder.decode)
+        except DrainRequired as e:
+            yield from drain(conn, deadline, e.drain_size - len(reader.buf))
+            raise
+        if server.header.command == Command.MUX:
+            raise RemoteProtocolError("vmess: Mux.Cool (command 3) is not supported by v2sync")
+        session.user_email = server.user.email
+        session.user_level = server.user.level
+        return partial(self._serve, session, conn, dispatcher, server,
+                       reader.consume(len(reader.buf)))
+
+    def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               server: ServerSession, early: bytes) -> None:
+        link = dispatcher.dispatch(session, server.header.destination())
+        self._relay(session, conn, link, server, early)
+
+    def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
+               early: bytes) -> None:
+        policy = self.ctx.policy.for_level(server.user.level)
+        body_in = server.request_body_reader()
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        def forward(data: bytes) -> bool:
+            """Decode and hand on; False once the request direction is over."""
+            if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
+                return False  # the outbound stopped reading
+            return not body_in.eof
+
+        more = True
+
+        def first(timer) -> None:
+            nonlocal more
+            more = forward(early)
+
+        def request(timer) -> None:
+            if more:
+                timer.update()
+                # Reads wait for room in the pipe: a stalled outbound stops them here.
+                for data in adaptive_reads(conn, link.writer):
+                    if not forward(data):
+                        break
+                    del data
+                    timer.update()
+            link.writer.close()
+
+        def response(timer) -> None:
+            head = server.encode_response_header()
+            body_out = server.response_body_writer()
+            while True:
+                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
+                if chunks is EOF:
+                    conn.write(head + body_out.encode_eof())
+                    return
+                timer.update()
+                out = head + b"".join([body_out.encode(chunk) for chunk in chunks])
+                del chunks  # not kept alive while the write blocks
+                conn.write(out)
+                del out
+                head = b""
+
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
+                          first)
+        if error is not None:
+            log.debug("%s: vmess relay ended: %s", session.name(), error)
+
+
+def deliver(pipe: Pipe, chunks: List[bytes], packet: bool) -> bool:
+    """Hand decoded chunks to a pipe: datagrams one by one, a stream as one write.
+
+    A 64 KiB read decodes into ~33 chunks of at most 1966 bytes; writing them separately
+    would wake the pipe's reader 33 times. False if the pipe's reader is gone.
+    """
+    if packet:
+        return all(write_or_stop(pipe, chunk) for chunk in chunks)
+    return not chunks or write_or_stop(pipe, b"".join(chunks))
+
+
+def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
+    """Read and drop at least ``remaining`` more bytes, within the handshake deadline.
+
+    As 4.34 (``ServerSession.DrainConnN`` over a ``BufferedReader``): every byte that has
+    arrived is read, in whole reads, until the count is met, so the close that follows
+    leaves nothing unread and the kernel sends a FIN, not a reset. A prober cannot tell
+    the two apart by how much is drained or how the connection ends.
+    """
+    while remaining > 0:
+        try:
+            data = _read_before(conn, deadline)
+        except BlockingIOError:
+            data = None
+        except (OSError, HandshakeTimeout):
+            return  # a reset, or the deadline: 4.34's read deadline ends it the same way
+        if data is None:
+            try:
+                yield deadline  # parked: resumed when bytes arrive, cut at the deadline
+            except HandshakeTimeout:
+                return
+            continue
+        if not data:
+            return
+        remaining -= len(data)
+
+
+def _read_before(conn: Connection, deadline: float) -> bytes:
+    if not arm_deadline(conn.sock, deadline):
+        raise HandshakeTimeout("drain deadline")
+    return conn.recv(DRAIN_READ_SIZE)

@@ -1,0 +1,147 @@
+"""The VMess outbound (v2ray ``proxy/vmess/outbound/outbound.go``).
+
+Servers are used round-robin and a user is picked at random per connection; alterId 0
+means the AEAD header, anything else the legacy one. The header waits up to 100 ms for the
+first payload so both leave in one write (``buf.CopyOnceTimeout``). Options follow 4.34:
+ChunkStream always, plus ChunkMasking for gcm/chacha/none and GlobalPadding for gcm/chacha
+(``client_options`` never sets 0x08 without 0x04, which would crash a 4.34 server).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Optional
+
+from v2sync.common.errors import RemoteProtocolError, TransportError
+from v2sync.common.net import Destination, Network
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.relay import run_relay
+from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
+from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
+from v2sync.proxy.vmess.inbound import deliver
+from v2sync.proxy.vmess.ids import resolve_security
+from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
+from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF, ReadTimeout
+
+log = logging.getLogger(__name__)
+
+DIAL_ATTEMPTS = 5  # outbound.go: retry.ExponentialBackoff(5, 200)
+DIAL_BACKOFF_START = 0.2
+FIRST_PAYLOAD_WAIT = 0.1
+MAX_RESPONSE_HEADER = 4096
+
+
+@OUTBOUNDS.register("vmess")
+class VMessOutbound:
+    config_type = VMessOutboundConfig
+
+    def __init__(self, settings: VMessOutboundConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def _pick_server(self) -> VMessServer:
+        with self._lock:
+            index = next(self._next)
+        servers = self.settings.servers
+        return servers[index % len(servers)]
+
+    def process(self, session: Session, link: Link) -> None:
+        server = self._pick_server()
+        user = random.choice(server.users)
+        security = resolve_security(user.security)
+        target = session.target
+        command = Command.UDP if target.network is Network.UDP else Command.TCP
+        header = RequestHeader(command, security, client_options(security),
+                               target.address, target.port)
+        client = ClientSession(user)
+        conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
+                               DIAL_BACKOFF_START, self.client)
+        try:
+            self._relay(session, conn, link, client, header, user.level)
+        finally:
+            conn.close()
+
+    def _relay(self, session: Session, conn: Connection, link: Link, client: ClientSession,
+               header: RequestHeader, level: int) -> None:
+        policy = self.ctx.policy.for_level(level)
+        body_out = client.request_body_writer(header)
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        ended = False  # the request's end-of-stream chunk went out with the header
+
+        def first(timer) -> None:
+            nonlocal ended
+            payload = _first_payload(link)
+            out = client.encode_request_header(header, time.time())
+            ended = payload is EOF
+            if ended:
+                conn.write(out + body_out.encode_eof())
+            else:
+                conn.write(out + (body_out.encode(payload) if payload else b""))
+
+        def request(timer) -> None:
+            while not ended:
+                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
+                if chunks is EOF:
+                    conn.write(body_out.encode_eof())
+                    return
+                timer.update()
+                out = b"".join([body_out.encode(chunk) for chunk in chunks])
+                del chunks  # not kept alive while the write blocks
+                conn.write(out)
+                del out
+
+        def response(timer) -> None:
+            body_in, data = self._read_response_header(conn, client, header)
+            deliver(link.writer, body_in.feed(data), header.is_packet)
+            if not body_in.eof:
+                # Reads wait for room in the pipe: a stalled reader stops them here.
+                for data in adaptive_reads(conn, link.writer):
+                    timer.update()
+                    deliver(link.writer, body_in.feed(data), header.is_packet)
+                    del data
+                    if body_in.eof:
+                        break
+            link.writer.close()
+
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
+                          first)
+        if error is not None:
+            raise TransportError(f"vmess relay ended: {error}") from error
+
+    @staticmethod
+    def _read_response_header(conn: Connection, client: ClientSession, header: RequestHeader):
+        buf = b""
+        while True:
+            parsed = client.decode_response_header(buf)
+            if parsed is not None:
+                return client.response_body_reader(header), buf[parsed[1]:]
+            if len(buf) > MAX_RESPONSE_HEADER:
+                raise RemoteProtocolError("vmess: response header too large")
+            data = conn.read(HANDSHAKE_READ_SIZE)
+            if not data:
+                raise RemoteProtocolError("vmess: server closed before its response header")
+            buf += data
+
+
+def _first_payload(link: Link) -> Optional[object]:
+    """Up to 100 ms for the first chunk; None if nothing came (the header goes alone)."""
+    try:
+        return link.reader.read(timeout=FIRST_PAYLOAD_WAIT)
+    except ReadTimeout:
+        return None

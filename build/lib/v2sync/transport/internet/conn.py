@@ -1,0 +1,290 @@
+"""``Connection``: a stream with bounded reads, as proxies see it (v2ray ``internet.Connection``).
+
+Reads return ``b""`` at EOF, the socket convention; pipes use the ``EOF`` sentinel instead.
+``abort()`` may be called from any thread (an inactivity timer, shutdown) and unblocks a
+reader or writer stuck in the kernel.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Callable, Generator, Optional, Sequence, Tuple, TypeVar
+
+from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
+from v2sync.common.net import Address, Destination
+
+# The largest relay read. Reads start small and grow while they come back full
+# (transport.copy.ReadSizer), so only a transfer that outpaces the proxy reaches this: the
+# Python cost is per read, not per byte. Measured on loopback (tools/bench.py): 256 KiB
+# reads moved 1.3-1.4x the bytes per second of 64 KiB reads, and 1 MiB reads another
+# 1.15-1.25x (relay) and 1.05x (VMess). On a slower link reads rarely come back full, so
+# they stay small; an idle connection parks in recv() with a 512 B - 4 KiB buffer.
+RELAY_READ_SIZE = 1024 * 1024
+# sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
+MAX_GATHER_PARTS = 1024
+T = TypeVar("T")
+# Handshake steps: a generator that yields the deadline it waits for (while parked in the
+# selector) and returns its result.
+Handshake = Generator[float, None, T]
+# Handshake reads: greetings are small, and a slow client parks in recv() with this buffer.
+HANDSHAKE_READ_SIZE = 4 * 1024
+
+
+def destination_of(sockaddr) -> Destination:
+    return Destination(Address.parse(sockaddr[0]), sockaddr[1])
+
+
+class Connection:
+    """A connected stream socket; safe for one reader thread plus one writer thread."""
+
+    def __init__(self, sock: socket.socket, remote: Optional[Destination] = None):
+        self.sock = sock
+        self.remote = remote or destination_of(sock.getpeername())
+        self._local: Optional[Destination] = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @property
+    def local(self) -> Destination:
+        """Our end of the connection; computed on demand (few handlers ever ask)."""
+        if self._local is None:
+            self._local = destination_of(self.sock.getsockname())
+        return self._local
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.sock.settimeout(timeout)
+
+    # recv/sendall are the raw byte operations a wrapper (TLS, WebSocket, HTTP header)
+    # overrides; they raise OSError like a socket. read/write translate those errors.
+    def recv(self, max_bytes: int) -> bytes:
+        return self.sock.recv(max_bytes)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """Send ``parts`` back to back as one stream write, without joining them first:
+        one ``sendmsg`` (gather) call, so a small header still leaves with its payload.
+        A socket timeout bounds each call, as it bounds each chunk of ``sendall``."""
+        views = [memoryview(part).cast("B") for part in parts if part]
+        while views:
+            sent = self.sock.sendmsg(views[:MAX_GATHER_PARTS])
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if views and sent:
+                views[0] = views[0][sent:]
+
+    def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
+        try:
+            return self.recv(max_bytes)
+        except socket.timeout as e:
+            raise TransportError(f"read from {self.remote} timed out") from e
+        except OSError as e:
+            raise TransportError(f"read from {self.remote} failed: {e}") from e
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sendall(data)
+        except OSError as e:
+            raise TransportError(f"write to {self.remote} failed: {e}") from e
+
+    def write_parts(self, parts: Sequence[bytes]) -> None:
+        """``sendall_parts``, its errors translated as ``write`` translates them."""
+        try:
+            self.sendall_parts(parts)
+        except OSError as e:
+            raise TransportError(f"write to {self.remote} failed: {e}") from e
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already closed or reset: nothing left to signal
+
+    def abort(self) -> None:
+        """Unblock every thread using this connection; the owner still calls close()."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Idempotent and thread-safe; ``_release`` runs exactly once."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        self.sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class WrappedConnection(Connection):
+    """A layer over another connection (TLS, WebSocket, HTTP header): same socket, same
+    peer; ``abort`` and ``close`` go down to the inner layer so each can say goodbye."""
+
+    def __init__(self, inner: Connection, pending: bytes = b"",
+                 remote: Optional[Destination] = None):
+        super().__init__(inner.sock, remote or inner.remote)
+        self.inner = inner
+        self._pending = pending  # bytes read past this layer's handshake; served first
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+            return data
+        return self.inner.recv(max_bytes)
+
+    def sendall(self, data: bytes) -> None:
+        self.inner.sendall(data)
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """A layer transforms what it sends (sendall), so by default it sends the parts
+        joined; TLS overrides this to take them as they are."""
+        self.sendall(b"".join(parts))
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def _release(self) -> None:
+        self.inner.close()
+
+
+def try_write(conn: Connection, data: bytes) -> None:
+    """Best-effort error reply (a 400, a SOCKS failure): the peer may already be gone."""
+    try:
+        conn.write(data)
+    except TransportError:
+        pass
+
+
+def is_parked(sock: socket.socket) -> bool:
+    """A non-blocking socket: its connection waits in the handshake selector, not in a
+    thread. Reads there raise ``BlockingIOError`` instead of waiting, and a handshake
+    step ``yield``s its deadline to be resumed when bytes arrive (``handshakes.py``)."""
+    return sock.gettimeout() == 0.0
+
+
+def arm_deadline(sock: socket.socket, deadline: float) -> bool:
+    """Before a handshake read: False if ``deadline`` (monotonic) has passed, else True with
+    the socket's timeout set to what is left. A parked socket is left non-blocking: the
+    selector keeps its deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    if not is_parked(sock):
+        sock.settimeout(remaining)
+    return True
+
+
+def complete(steps: Generator[float, None, T]) -> T:
+    """Run handshake ``steps`` on a blocking socket, where they never have to wait:
+    each read blocks (within its deadline) instead of yielding."""
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise TransportError("a blocking handshake was asked to wait")
+
+
+class HandshakeReader:
+    """Accumulates handshake bytes under one absolute deadline and a byte cap.
+
+    ``fill()`` reads once more into ``buf``; codecs parse ``buf`` and the caller ``consume``s
+    what a frame used. A peer that trickles bytes cannot stretch the deadline. The
+    ``*_steps`` forms are generators that yield the deadline whenever a parked (non-blocking)
+    connection has no bytes yet; on a blocking socket they never yield (``complete``).
+    """
+
+    def __init__(self, conn: Connection, deadline: float, max_bytes: int):
+        self.conn = conn
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+
+    def fill(self) -> None:
+        if not arm_deadline(self.conn.sock, self.deadline):
+            raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out")
+        if len(self.buf) >= self.max_bytes:
+            raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
+        try:
+            data = self.conn.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
+        except socket.timeout as e:
+            raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
+        except BlockingIOError:
+            raise  # parked: the caller waits in the selector
+        except OSError as e:
+            raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
+        if not data:
+            raise RemoteProtocolError("connection closed during handshake")
+        self.buf += data
+
+    def fill_steps(self) -> Generator[float, None, None]:
+        """``fill``, waiting in the selector (one yield per wait) while parked."""
+        while True:
+            try:
+                return self.fill()
+            except BlockingIOError:
+                yield self.deadline
+
+    def consume(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def parse(self, parser: Callable[[bytes], Optional[Tuple[T, int]]]) -> T:
+        """Run ``parser(buf) -> None | (frame, used)`` until it yields a frame; consume it."""
+        return complete(self.parse_steps(parser))
+
+    def parse_steps(self, parser: Callable[[bytes], Optional[Tuple[T, int]]]
+                    ) -> Generator[float, None, T]:
+        while True:
+            result = parser(bytes(self.buf))
+            if result is not None:
+                frame, used = result
+                del self.buf[:used]
+                return frame
+            yield from self.fill_steps()
+
+
+class FinishOnFirstUse:
+    """The rest of a client handshake, run once by whichever thread first reads or writes.
+
+    A dialer sends its opening message and returns at once (as Go's ``tls.Client`` does),
+    so the proxy prepares its own request while the server answers. Each ``run`` call waits
+    for that one run; after a failure every later call fails too. The step may set socket
+    timeouts for its deadline; the socket's own timeout is put back afterwards.
+    """
+
+    def __init__(self, sock: socket.socket, step: Callable[..., None]):
+        self.done = False
+        self._sock = sock
+        self._step = step
+        self._lock = threading.Lock()
+        self._failure: Optional[BaseException] = None
+
+    def run(self, *args) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if self.done:
+                return
+            if self._failure is not None:
+                raise TransportError(f"handshake failed earlier: {self._failure}") \
+                    from self._failure
+            timeout = self._sock.gettimeout()
+            try:
+                self._step(*args)
+            except BaseException as e:
+                self._failure = e
+                raise
+            finally:
+                self._sock.settimeout(timeout)
+            self.done = True

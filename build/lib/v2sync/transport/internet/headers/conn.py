@@ -1,0 +1,70 @@
+"""The TCP HTTP-header disguise on a live connection (v2ray ``headers/http/http.go`` Conn).
+
+The client's first write carries a fake request head and its first read strips the fake
+response head; the server reads and checks the request head while accepting, and its first
+write carries the response head. After that, bytes pass through untouched.
+"""
+from __future__ import annotations
+
+import threading
+
+from v2sync.common.errors import ProtocolError
+from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
+                                            WrappedConnection, try_write)
+from v2sync.transport.internet.headers.http import (HEAD_LIMIT, HttpHeaderConfig, dated,
+                                                    parse_request_head, parse_response_head,
+                                                    request_bytes, response_bytes)
+
+
+class _FirstWriteHead(WrappedConnection):
+    """Prepends ``head`` to the first write only."""
+
+    def __init__(self, inner: Connection, head: bytes, pending: bytes = b""):
+        super().__init__(inner, pending)
+        self._head = head
+        self._head_lock = threading.Lock()
+
+    def sendall(self, data: bytes) -> None:
+        if self._head:
+            with self._head_lock:
+                head, self._head = self._head, b""
+            data = head + data
+        self.inner.sendall(data)
+
+
+class HeaderClientConnection(_FirstWriteHead):
+    def __init__(self, inner: Connection, config: HttpHeaderConfig):
+        super().__init__(inner, request_bytes(config))
+        self._awaiting_head = True
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self._awaiting_head:
+            self._skip_head(max_bytes)
+        return super().recv(max_bytes)
+
+    def _skip_head(self, max_bytes: int) -> None:
+        buf = bytearray()
+        while True:
+            data = self.inner.recv(max(max_bytes, 4096))
+            if not data:
+                return  # closed before answering: plain EOF, as Go's reader sees it
+            buf += data
+            used = parse_response_head(bytes(buf))
+            if used is not None:
+                self._awaiting_head = False
+                self._pending = bytes(buf[used:])
+                return
+
+
+def accept_http_header(conn: Connection, config: HttpHeaderConfig,
+                       deadline: float) -> Handshake[Connection]:
+    """Read and check the request head; a wrong path gets 4.34's 404, garbage its 400."""
+    # HEAD_LIMIT: the codec itself answers 400 at 4.34's real limit (10,224 bytes).
+    reader = HandshakeReader(conn, deadline, HEAD_LIMIT + 1)
+    try:
+        yield from reader.parse_steps(lambda buf: parse_request_head(buf, config))
+    except ProtocolError as e:
+        if e.reply:
+            try_write(conn, dated(e.reply))  # 4.34's error replies carry a Date
+        raise
+    return _FirstWriteHead(conn, response_bytes(config), reader.consume(len(reader.buf)))

@@ -1,0 +1,384 @@
+"""TLS for any stream transport (v2ray ``transport/internet/tls``).
+
+CPython deadlocks when one ``SSLSocket`` is read and written by two threads at once
+(cpython#77271), and the relay is exactly such a thread pair. So TLS runs on an engine over
+two memory BIOs: the socket is read and written by plain socket calls outside any lock, and
+the engine is only touched under ``_state``. A second lock, ``_send``, keeps encrypted
+records leaving in the order the engine produced them.
+
+The server end's engine is an ``ssl.SSLObject`` (``MemoryTls``); the client end's is
+``tls_client.ClientEngine`` (pyOpenSSL, see there why), which shows the same face.
+Contexts are built once per handler (``ClientTls`` / ``ServerTls``); a connection costs one
+engine.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Union
+
+from v2sync.common.errors import HandshakeTimeout, TransportError
+from v2sync.common.net import Destination
+from v2sync.transport.internet.config import CertificateEntry, TlsSettings
+from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
+                                            arm_deadline, complete)
+from v2sync.transport.internet.tls_client import ClientEngine, client_context
+
+# tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
+# (``WithNextProto``): see ``default_alpn`` in each transport.
+DEFAULT_ALPN = ("h2", "http/1.1")
+# The most plaintext one TLS record carries (RFC 8446 §5.1).
+RECORD_PLAINTEXT = 16 * 1024
+# Raw reads: one full TLS record plus header and tag, at least.
+RECORD_READ = RECORD_PLAINTEXT + 512
+# A ClientHello made ahead for the next dial is used within this many seconds or dropped:
+# it carries an ephemeral private key, which should not outlive its moment.
+SPARE_HELLO_TTL = 30.0
+
+
+class MemoryTls:
+    """The server end's engine: an ``SSLObject`` over two memory BIOs, no socket yet."""
+
+    __slots__ = ("obj", "incoming", "outgoing")
+
+    def __init__(self, context: ssl.SSLContext):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+
+class ClientTls:
+    """A client context per outbound (4.34 ``GetTLSConfig(WithDestination(dest))``)."""
+
+    def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
+        self.settings = settings
+        self.context = client_context(settings, settings.alpn or default_alpn)
+        self._spare: Optional[ClientEngine] = None  # the next dial's ClientHello, made ahead
+        self._spare_lock = threading.Lock()
+
+    def server_name(self, dest: Destination) -> Optional[str]:
+        """``serverName``, else the destination's domain; an IP gives none (as in Go)."""
+        if self.settings.server_name:
+            return self.settings.server_name
+        return dest.address.value if dest.address.is_domain else None
+
+    def wrap(self, conn: Connection, dest: Destination, deadline: float) -> "TlsConnection":
+        name = self.server_name(dest)
+        if name is None and not self.settings.allow_insecure:
+            raise TransportError(f"tls: cannot verify {dest.address} without a serverName "
+                                 "(set tlsSettings.serverName, or allowInsecure)")
+        tls = TlsConnection(conn, self._take_hello(name))
+        tls.after_handshake = lambda: self._make_spare(name)
+        return tls.start(deadline)
+
+    def _take_hello(self, name: Optional[str]) -> ClientEngine:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if (spare is not None and spare.server_name == name
+                and time.monotonic() - spare.made < SPARE_HELLO_TTL):
+            return spare
+        return ClientEngine(self.context, name)  # start() makes its ClientHello
+
+    def _make_spare(self, name: Optional[str]) -> None:
+        """Make the next dial's ClientHello (a key pair, ~0.1-0.2 ms of OpenSSL CPU) now,
+        while this connection waits for its server: the next dial sends it at once."""
+        with self._spare_lock:
+            if self._spare is not None:
+                return
+        try:
+            spare = ClientEngine(self.context, name).say_hello()
+        except (ssl.SSLError, TransportError):
+            return  # the dial that needs one will make it, and report what fails
+        with self._spare_lock:
+            if self._spare is None:
+                self._spare = spare
+
+
+class ServerTls:
+    """A server context per inbound; several key pairs are picked by SNI, as Go does."""
+
+    def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
+        alpn = settings.alpn or default_alpn
+        pairs = [pair for pair in settings.key_pairs() if pair.key]
+        if not pairs:
+            raise TransportError("tls: a server needs at least one certificate with its key")
+        self._by_name: Dict[str, ssl.SSLContext] = {}
+        contexts = []
+        for pair in pairs:
+            context = _server_context(settings, pair, alpn)
+            contexts.append(context)
+            for name in _dns_names(pair.certificate):
+                self._by_name.setdefault(name.lower(), context)
+        self.context = contexts[0]  # Go: the first certificate when no name matches
+        if len(contexts) > 1:
+            self.context.sni_callback = self._pick
+
+    def _pick(self, obj, server_name: Optional[str], _context) -> None:
+        if not server_name:
+            return
+        name = server_name.lower()
+        context = self._by_name.get(name) or self._by_name.get("*." + name.partition(".")[2])
+        if context is not None:
+            obj.context = context
+
+    def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
+        return complete(self.wrap_steps(conn, deadline))
+
+    def wrap_steps(self, conn: Connection, deadline: float
+                   ) -> Generator[float, None, "TlsConnection"]:
+        """``wrap`` as handshake steps: a parked connection waits in the selector."""
+        tls = TlsConnection(conn, MemoryTls(self.context))
+        yield from tls.handshake_steps(deadline)
+        return tls
+
+
+class TlsConnection(WrappedConnection):
+    """TLS over a socket connection; one reader thread plus one writer thread, never
+    deadlocking. Reads and writes go to the socket itself (TLS is always the first layer).
+
+    A client sends its ClientHello when dialed (``start``) and finishes the handshake on
+    first use, as Go's ``tls.Client`` does: the proxy builds its request while the server
+    computes its answer, and the client's Finished leaves in one write with the first data.
+    """
+
+    def __init__(self, inner: Connection, tls: Union[MemoryTls, ClientEngine]):
+        super().__init__(inner)
+        self._tls = tls
+        self._in = tls.incoming
+        self._out = tls.outgoing
+        self._obj = tls.obj
+        self._state = threading.Lock()  # the SSLObject and both BIOs
+        self._send = threading.Lock()   # records onto the socket, in order
+        self._eof = False
+        self._handshaken = False
+        self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
+        # Run once, after the handshake and the first write: work for the idle wait that
+        # follows (ClientTls makes the next dial's ClientHello).
+        self.after_handshake: Optional[Callable[[], None]] = None
+
+    @property
+    def alpn(self) -> Optional[str]:
+        self.finish_handshake()
+        return self._obj.selected_alpn_protocol()
+
+    def handshake_steps(self, deadline: float) -> Generator[float, None, None]:
+        """Server: complete the handshake before ``deadline`` (monotonic) or raise. It
+        reads first: before the ClientHello, OpenSSL could only ask for bytes."""
+        with self._translated():
+            yield from self._fill_steps(deadline)
+            yield from self._complete_steps(deadline, True)
+
+    def start(self, deadline: float) -> "TlsConnection":
+        """Send the ClientHello; the handshake finishes, before ``deadline``, on first use."""
+        with self._translated():
+            self._hello()
+        self._rest = FinishOnFirstUse(self.sock, lambda flush: self._finish(deadline, flush))
+        return self
+
+    def _finish(self, deadline: float, flush: bool) -> None:
+        with self._translated():
+            complete(self._complete_steps(deadline, flush))
+
+    def finish_handshake(self) -> None:
+        """Finish a started handshake now instead of on first use (no-op once done)."""
+        if self._rest is not None:
+            self._rest.run(True)
+
+    def _hello(self) -> None:
+        with self._state:
+            self._tls.say_hello()  # a no-op if the ClientHello was made ahead
+        self._flush(True)
+
+    def _handshake_done(self) -> None:
+        hook, self.after_handshake = self.after_handshake, None
+        if hook is not None:
+            hook()
+
+    def _complete_steps(self, deadline: float, flush: bool) -> Generator[float, None, None]:
+        while True:
+            try:
+                with self._state:
+                    self._obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush(True)
+                yield from self._fill_steps(deadline)
+        if flush:
+            self._flush(True)
+        self._handshaken = True
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Around a handshake step: what can go wrong becomes a TransportError. (A wait in
+        the selector passes through: the step yields inside this block.)"""
+        peer = self.remote
+        try:
+            yield
+        except socket.timeout as e:
+            raise HandshakeTimeout(f"tls handshake with {peer} timed out") from e
+        except ssl.SSLError as e:
+            self._flush_quietly()  # the alert tells the peer why
+            raise TransportError(f"tls handshake with {peer} failed: {_reason(e)}") from e
+        except OSError as e:
+            raise TransportError(f"tls handshake with {peer} failed: {e}") from e
+
+    def _fill_steps(self, deadline: float) -> Generator[float, None, None]:
+        while True:
+            try:
+                return self._fill(deadline)
+            except BlockingIOError:
+                yield deadline  # parked: wait in the selector for the peer's next flight
+
+    def _fill(self, deadline: float) -> None:
+        if not arm_deadline(self.sock, deadline):
+            raise socket.timeout("handshake deadline")
+        data = self.sock.recv(RECORD_READ)
+        if not data:
+            raise ConnectionResetError("connection closed during tls handshake")
+        with self._state:
+            self._in.write(data)
+
+    def recv(self, max_bytes: int) -> bytes:
+        if self._rest is not None:
+            self._rest.run(True)
+            if self.after_handshake is not None:
+                self._handshake_done()
+        while True:
+            data = self._decrypt(max_bytes)
+            if data is not None:
+                return data
+            raw = self.sock.recv(max(max_bytes, RECORD_READ))  # no lock held: writes go on
+            with self._state:
+                if raw:
+                    self._in.write(raw)
+                else:
+                    self._in.write_eof()
+
+    def _decrypt(self, max_bytes: int) -> Optional[bytes]:
+        """Plaintext already buffered (up to ``max_bytes``), b"" at EOF, None: need bytes."""
+        parts: List[bytes] = []
+        size = 0
+        with self._state:
+            while size < max_bytes and not self._eof:
+                try:
+                    # One record at most per call: asked for more, both engines would
+                    # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
+                    part = self._obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self._eof = True  # close_notify, or the peer just closed the socket
+                    break
+                if not part:
+                    self._eof = True
+                    break
+                parts.append(part)
+                size += len(part)
+            pending = self._out.pending
+        if pending:
+            self._flush(False)  # e.g. a KeyUpdate answer; never wait behind a writer
+        if parts:
+            return b"".join(parts)
+        return b"" if self._eof else None
+
+    def sendall(self, data: bytes) -> None:
+        self.sendall_parts((data,))
+
+    def sendall_parts(self, parts: Sequence[bytes]) -> None:
+        """Each part is encrypted as it is (records never span two parts), then sent in
+        one flush (with the client's Finished, when this write finishes the handshake)."""
+        if self._rest is not None:
+            self._rest.run(False)  # the Finished waits in the BIO for this write's flush
+        with self._state:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[self._obj.write(view):]
+        self._flush(True)
+        if self.after_handshake is not None:
+            self._handshake_done()
+
+    def _flush(self, block: bool) -> None:
+        """Send what the SSLObject produced. Non-blocking callers leave it to the thread
+        holding ``_send``, which checks again after releasing it."""
+        while self._send.acquire(blocking=block):
+            try:
+                while True:
+                    with self._state:
+                        out = self._out.read()
+                    if not out:
+                        break
+                    self.sock.sendall(out)
+            finally:
+                self._send.release()
+            with self._state:
+                if not self._out.pending:
+                    return
+            block = False
+
+    def _flush_quietly(self) -> None:
+        try:
+            with self._state:
+                out = self._out.read()
+            if out:
+                self.sock.send(out, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def _release(self) -> None:
+        if self._handshaken:
+            self._say_goodbye()
+        super()._release()
+
+    def _say_goodbye(self) -> None:
+        """Best-effort close_notify (Go's tls.Conn.Close sends one); never blocks."""
+        try:
+            with self._state:
+                self._obj.unwrap()
+        except (ssl.SSLError, ValueError):
+            pass  # SSLWantReadError: ours is queued; the peer's is not awaited
+        self._flush_quietly()
+
+
+def _reason(e: ssl.SSLError) -> str:
+    return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+
+
+def _server_context(settings: TlsSettings, pair: CertificateEntry,
+                    alpn: Sequence[str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_pair(context, pair)
+    context.set_alpn_protocols(list(alpn))
+    if not settings.enable_session_resumption:  # 4.34: SessionTicketsDisabled by default
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+    return context
+
+
+def _load_pair(context: ssl.SSLContext, pair: CertificateEntry) -> None:
+    """``load_cert_chain`` takes only paths, so in-memory PEM goes through a private
+    temporary file that is removed at once."""
+    fd, path = tempfile.mkstemp(prefix="v2sync-cert-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pair.certificate.rstrip(b"\n") + b"\n" + (pair.key or b""))
+        context.load_cert_chain(path)
+    except ssl.SSLError as e:
+        raise TransportError(f"tls: certificate and key do not match: {_reason(e)}") from e
+    finally:
+        os.unlink(path)
+
+
+def _dns_names(pem: bytes) -> List[str]:
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return sans.value.get_values_for_type(x509.DNSName)
+    except (ValueError, x509.ExtensionNotFound):
+        return []

@@ -1,0 +1,88 @@
+"""UDP sockets for the SOCKS UDP relay and freedom's UDP path (v2ray ``transport/internet/udp``)."""
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from typing import Callable, Optional
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Address, AddressKind, Destination
+
+MAX_DATAGRAM = 65535
+
+
+def _family(address: Address) -> socket.AddressFamily:
+    return socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
+
+
+def bind_udp(address: Address, port: int) -> socket.socket:
+    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+    try:
+        if address.kind is AddressKind.IPV6 and address.value == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address.value, port))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"failed to listen on udp {address}:{port}: {e.strerror or e}") from e
+    return sock
+
+
+def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
+    """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
+    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    try:
+        if source is not None:
+            sock.bind((source.value, 0))
+        sock.connect((dest.address.value, dest.port))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"failed to dial udp {dest}: {e.strerror or e}") from e
+    return sock
+
+
+class UdpListener:
+    """Receives datagrams on one address/port and hands each to ``handle(data, source)``.
+
+    One thread, polled through a selector so ``close()`` is noticed within ``POLL_INTERVAL``.
+    Replies go out through ``send_to`` from any thread (sendto on a UDP socket is atomic).
+    """
+
+    POLL_INTERVAL = 0.25
+
+    def __init__(self, address: Address, port: int,
+                 handle: Callable[[bytes, Destination], None], name: str):
+        self.name = name
+        self._handle = handle
+        self._sock = bind_udp(address, port)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+
+    def start(self, group) -> None:
+        group.spawn(f"udp-{self.name}:{self.port}", self._serve)
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sock, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if not sel.select(self.POLL_INTERVAL):
+                    continue
+                try:
+                    data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                except OSError:
+                    continue  # ICMP errors surface here on Linux; the socket stays usable
+                self._handle(data, Destination(Address.parse(source[0]), source[1]))
+        self._sock.close()
+
+    def send_to(self, data: bytes, dest: Destination) -> None:
+        try:
+            self._sock.sendto(data, (dest.address.value, dest.port))
+        except OSError:
+            pass  # the client went away; UDP has no one to tell
+
+    def close_unstarted(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,1 @@
+"""WebSocket transport (v2ray ``transport/internet/websocket``); pure codecs: frames, handshake."""

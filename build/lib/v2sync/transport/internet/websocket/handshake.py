@@ -1,0 +1,190 @@
+"""RFC 6455 §4 opening handshake, pure and socket-free, as v2ray 4.34 does it (gorilla 1.4.2).
+
+Client (``dialer.go``): ``GET <path>`` with Host, Upgrade, Connection, Sec-WebSocket-Key and
+Sec-WebSocket-Version, then the configured ``headers``; a configured Host replaces the host.
+Server (``hub.go``): the URL path (query stripped, %-escapes decoded) must equal the
+configured path exactly, else 404; then gorilla's upgrade checks, else 400. Parsers follow the
+``v2sync.common.cursor`` contract; a head must end within ``MAX_HANDSHAKE`` bytes.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, Optional, Tuple
+from urllib.parse import quote, unquote_to_bytes
+
+from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HANDSHAKE = 8192
+VERSION = "13"
+_HEAD_END = b"\r\n\r\n"
+_HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?]*")
+_STATUS = re.compile(r"HTTP/1\.[01] ([0-9]{3})(?: |\Z)")
+# Go's url package leaves these unescaped in a path; '%' is kept so written escapes survive.
+_PATH_SAFE = "/%:@&=+$,;!'()*~[]"
+# gorilla refuses these in the configured headers: the handshake sets them itself.
+_OWN_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key",
+                          "sec-websocket-version", "sec-websocket-extensions"})
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+Headers = Tuple[Tuple[str, str], ...]
+
+
+def response_400() -> bytes:
+    # §4.4: name the supported version, as gorilla does on its 400s.
+    return (b"HTTP/1.1 400 Bad Request\r\nSec-WebSocket-Version: 13\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def response_404() -> bytes:
+    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def accept_token(key: str) -> str:
+    """Sec-WebSocket-Accept for ``key``: base64(SHA-1(key + GUID)) (§4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("latin-1") + GUID).digest()).decode("ascii")
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def normalize_path(path: str) -> str:
+    """v2ray ``Config.GetNormalizedPath``: empty means "/", and a leading "/" is added."""
+    return path if path.startswith("/") else "/" + path
+
+
+def _tokens(headers: Headers, name: str) -> frozenset:
+    return frozenset(t.strip(" \t").lower() for k, v in headers if k == name for t in v.split(","))
+
+
+def _first(headers: Headers, name: str) -> Optional[str]:
+    return next((v for k, v in headers if k == name), None)
+
+
+@dataclass(frozen=True)
+class WsRequest:
+    method: str
+    path: str  # URL path only: query stripped, %-escapes decoded (Go ``URL.Path``)
+    headers: Headers  # (lower-cased name, value), in wire order
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of ``name`` (case-insensitive), like Go ``Header.Get``."""
+        return _first(self.headers, name.lower())
+
+
+def build_request(host: str, path: str, key: str,
+                  headers: Mapping[str, str] = _NO_HEADERS) -> bytes:
+    """The client's upgrade request. ``host`` is what gorilla puts in Host: "addr:port", the
+    port left out when it is the scheme's default (80 for ws, 443 for wss)."""
+    host_header, extra = None, []
+    for name, value in headers.items():
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise LocalProtocolError(f"invalid websocket header {name!r}")
+        if name.lower() in _OWN_HEADERS:
+            raise LocalProtocolError(f"websocket header {name} is set by the handshake itself")
+        if name.lower() != "host":
+            extra.append(f"{name}: {value}\r\n")
+        elif host_header is None:
+            host_header = value
+    target, sep, query = normalize_path(path).partition("?")
+    lines = [f"GET {quote(target, safe=_PATH_SAFE)}{sep}{query} HTTP/1.1\r\n",
+             f"Host: {host if host_header is None else host_header}\r\n",
+             "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {VERSION}\r\n", *extra, "\r\n"]
+    return "".join(lines).encode("utf-8")  # Go writes the strings' UTF-8 bytes
+
+
+def _head(buf: bytes, reply: Optional[bytes]) -> Optional[Tuple[str, Headers, int]]:
+    """(first line, headers, bytes consumed) of an HTTP head, or None if incomplete."""
+    end = bytes(buf[:MAX_HANDSHAKE]).find(_HEAD_END)
+    if end < 0:
+        if len(buf) >= MAX_HANDSHAKE:
+            raise RemoteProtocolError(
+                f"websocket handshake not ended within {MAX_HANDSHAKE} bytes", reply=reply)
+        return None
+    first, *lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        value = value.strip(" \t")
+        if not sep or not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}", reply=reply)
+        headers.append((name.lower(), value))
+    return first, tuple(headers), end + len(_HEAD_END)
+
+
+def _url_path(target: str, reply: bytes) -> str:
+    """Go ``URL.Path`` of a request-target: absolute form reduced, query cut, escapes decoded."""
+    path = _ABSOLUTE.sub("", target, count=1).partition("?")[0]
+    if not path.startswith("/") or _BAD_ESCAPE.search(path):
+        raise RemoteProtocolError(f"invalid websocket request target {target[:64]!r}", reply=reply)
+    return unquote_to_bytes(path.encode("latin-1")).decode("utf-8", "surrogateescape")
+
+
+def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
+    reply = response_400()
+    found = _head(buf, reply)
+    if found is None:
+        return None
+    first, headers, consumed = found
+    parts = first.split(" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in _HTTP_VERSIONS:
+        raise RemoteProtocolError(f"invalid HTTP request line {first[:64]!r}", reply=reply)
+    return WsRequest(parts[0], _url_path(parts[1], reply), headers), consumed
+
+
+def _is_valid_key(key: Optional[str]) -> bool:
+    try:
+        return key is not None and len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def check_upgrade(request: WsRequest, expected_path: str) -> bytes:
+    """The 101 reply, or ``RemoteProtocolError`` carrying a 404 (path) or 400 (not an upgrade).
+
+    v2ray checks the path first (``hub.go``). gorilla 1.4.2 would answer 405 to a non-GET and
+    take any non-empty key; here both are a 400, and the key must be 16 bytes (§4.1)."""
+    if request.path != normalize_path(expected_path):
+        raise RemoteProtocolError(f"websocket path {request.path[:64]!r} is not "
+                                  f"{expected_path!r}", reply=response_404())
+    headers, key = request.headers, request.header("sec-websocket-key")
+    for ok, problem in ((request.method == "GET", "method is not GET"),
+                        ("upgrade" in _tokens(headers, "connection"), "no Connection: upgrade"),
+                        ("websocket" in _tokens(headers, "upgrade"), "no Upgrade: websocket"),
+                        (VERSION in _tokens(headers, "sec-websocket-version"), "version not 13"),
+                        (_is_valid_key(key), "bad Sec-WebSocket-Key")):
+        if not ok:
+            raise RemoteProtocolError(f"not a websocket upgrade: {problem}", reply=response_400())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_token(key or "").encode("ascii") + b"\r\n\r\n")
+
+
+def parse_response(buf: bytes, key: str) -> Optional[Tuple[int, int]]:
+    """``(101, consumed)`` for a valid answer to our ``key``; anything else raises."""
+    found = _head(buf, None)
+    if found is None:
+        return None
+    first, headers, consumed = found
+    status = _STATUS.match(first)
+    if status is None:
+        raise RemoteProtocolError(f"websocket handshake: invalid status line {first[:64]!r}")
+    if status.group(1) != "101":
+        raise RemoteProtocolError(f"websocket handshake failed: {first[:80]}")
+    # gorilla's client checks: Upgrade is "websocket", Connection says upgrade, Accept matches.
+    if ((_first(headers, "upgrade") or "").lower() != "websocket"
+            or "upgrade" not in _tokens(headers, "connection")
+            or _first(headers, "sec-websocket-accept") != accept_token(key)):
+        raise RemoteProtocolError("websocket handshake failed: 101 without a valid upgrade")
+    return 101, consumed

@@ -1,0 +1,259 @@
+"""A bounded byte pipe with V2Ray's semantics (v2ray ``transport/pipe/impl.go``).
+
+- ``write(data)`` blocks while the pipe holds more than ``limit`` bytes (v2ray's
+  ``pipeOption.isFull``: ``curSize > limit``). A write that is let in is taken whole, so one
+  chunk may overshoot and a large write never deadlocks against a small limit; ``limit`` 0
+  hands over one chunk at a time and a negative ``limit`` never blocks (``WithoutSizeLimit``).
+- ``wait_room(want, timeout)`` blocks until ``want`` bytes fit under the limit (or the pipe
+  is empty) and returns how many bytes the pipe may still take without passing its limit.
+  A relay sizes its next socket read by it (``transport.copy.adaptive_reads``), so bytes
+  wait in the kernel rather than in a chunk a blocked writer holds on to.
+- ``close()`` is a graceful EOF: the reader drains what is queued, then gets ``EOF``.
+- ``interrupt()`` aborts: the reader and any blocked writer raise ``PipeInterrupted`` at once,
+  and queued data is dropped.
+- ``read(timeout)`` returns bytes, or the ``EOF`` sentinel (never an overloaded ``b""``), and
+  raises ``ReadTimeout`` when nothing arrived in time; ``read_all(timeout)`` returns every
+  chunk queued (v2ray's ``ReadMultiBuffer``).
+
+Storage is a ``queue.Queue`` whose size is counted in bytes rather than items, so the queue's
+own mutex and conditions give us the blocking behaviour; close and interrupt just set a flag
+under that mutex and wake everyone.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from typing import Deque, List, Optional, Union
+
+from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
+
+
+class _EOFType:
+    _instance = None
+
+    def __new__(cls):  # a singleton, so ``is EOF`` is the only test anyone needs
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "EOF"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+EOF = _EOFType()
+Chunk = Union[bytes, _EOFType]
+
+DEFAULT_LIMIT = 512 * 1024  # features/policy/policy.go: defaultBufferSize on amd64
+UNLIMITED = -1
+# What ``wait_room`` answers for a pipe without a limit.
+UNLIMITED_ROOM = sys.maxsize
+
+
+class ReadTimeout(TransportError):
+    """No data arrived within the read timeout."""
+
+
+class _ByteQueue(queue.Queue):
+    """``queue.Queue`` whose ``qsize`` is the number of bytes held."""
+
+    def __init__(self, maxsize: int):
+        # queue.Queue.__init__ would build three Conditions; a pipe needs one. Every
+        # connection makes two pipes, so they are assembled here instead:
+        # - task_done()/join() are never used on a pipe: no ``all_tasks_done`` (~700 bytes);
+        # - one writer and one reader, never both waiting (the writer waits only while the
+        #   pipe holds something: it is full, or short of the room ``wait_room`` wants; the
+        #   reader only while it is empty), so one Condition serves as "not full" and "not
+        #   empty" (~800 bytes).
+        self.maxsize = maxsize
+        self._init(maxsize)
+        self.mutex = threading.Lock()
+        self.not_empty = threading.Condition(self.mutex)
+        self.not_full = self.not_empty
+        self.all_tasks_done = None
+        self.unfinished_tasks = 0
+
+    def wake(self) -> None:
+        """Wake a waiting reader or writer, if any; call with ``mutex`` held.
+
+        Condition.notify() first proves the caller owns the lock (two lock operations);
+        most writes find nobody waiting, so look at the waiter list first.
+        """
+        if self.not_empty._waiters:
+            self.not_empty.notify()
+
+    def _init(self, maxsize: int) -> None:
+        self.queue: Deque[bytes] = deque()
+        self.nbytes = 0
+
+    def _qsize(self) -> int:
+        return self.nbytes
+
+    def _put(self, item: bytes) -> None:
+        self.queue.append(item)
+        self.nbytes += len(item)
+
+    def _get(self) -> bytes:
+        item = self.queue.popleft()
+        self.nbytes -= len(item)
+        return item
+
+
+class Pipe:
+    """One direction of a link. Thread-safe for one writer and one reader at a time."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, name: str = "pipe"):
+        # The policy's bufferSize in bytes, as v2ray's pipe takes it (pipe.OptionsFromContext).
+        self.limit = limit if limit >= 0 else UNLIMITED
+        self.name = name
+        self._q = _ByteQueue(0)  # queue.Queue's own put() is never used: no item limit
+        self._closed = False
+        self._interrupted = False
+
+    # -- writer side -------------------------------------------------------------------
+    def write(self, data: bytes, timeout: Optional[float] = None) -> None:
+        """Queue ``data``; block while full. Raises PipeInterrupted / PipeClosed."""
+        if not data:
+            return
+        q = self._q
+        with q.mutex:  # the Condition's lock; its Python-level __enter__ costs a call
+            if self._interrupted or self._closed or self._is_full():
+                self._wait_writable(timeout)
+            q._put(bytes(data))
+            q.wake()
+
+    def wait_room(self, want: int = 0, timeout: Optional[float] = None) -> int:
+        """Block until ``want`` more bytes fit under the limit, or the pipe is empty (so a
+        ``want`` above the limit still gets its turn); return the room: how many bytes fit
+        (``UNLIMITED_ROOM`` without a limit). ``want`` 0 waits as ``write`` does. Raises as
+        ``write`` does."""
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.mutex:
+            while True:
+                self._check_writable()
+                room = self._room()
+                if room >= want or not q.nbytes:
+                    return room
+                q.not_full.wait(self._remaining(deadline))
+
+    def try_write(self, data: bytes) -> bool:
+        """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
+        q = self._q
+        with q.mutex:
+            self._check_writable()
+            if self._is_full():
+                return False
+            q._put(bytes(data))
+            q.wake()
+            return True
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back at the front (sniffing replays what it read, unchanged)."""
+        if not data:
+            return
+        q = self._q
+        with q.mutex:
+            if self._interrupted:
+                raise PipeInterrupted(f"{self.name} interrupted")
+            q.queue.appendleft(bytes(data))
+            q.nbytes += len(data)
+            q.wake()
+
+    def close(self) -> None:
+        """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
+        with self._q.mutex:
+            self._closed = True
+            self._q.not_empty.notify_all()  # not_full is the same Condition
+
+    def interrupt(self) -> None:
+        """Abort both ends now; queued data is discarded."""
+        with self._q.mutex:
+            self._interrupted = True
+            self._q.queue.clear()
+            self._q.nbytes = 0
+            self._q.not_empty.notify_all()  # not_full is the same Condition
+
+    def _is_full(self) -> bool:
+        return 0 <= self.limit < self._q.nbytes
+
+    def _room(self) -> int:
+        return UNLIMITED_ROOM if self.limit < 0 else self.limit - self._q.nbytes
+
+    def _wait_writable(self, timeout: Optional[float]) -> None:
+        """Wait, with the mutex held, until a write may go in; raise if it never may."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_writable()
+            if not self._is_full():
+                return
+            self._q.not_full.wait(self._remaining(deadline))
+
+    def _remaining(self, deadline: Optional[float]) -> Optional[float]:
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReadTimeout(f"{self.name}: write timed out")
+        return remaining
+
+    def _check_writable(self) -> None:
+        if self._interrupted:
+            raise PipeInterrupted(f"{self.name} interrupted")
+        if self._closed:
+            raise PipeClosed(f"{self.name} closed")
+
+    # -- reader side -------------------------------------------------------------------
+    def read(self, timeout: Optional[float] = None) -> Chunk:
+        """Return the next chunk, or ``EOF`` after close(); ``ReadTimeout`` if none in time."""
+        q = self._q
+        with q.mutex:
+            if not (q.queue and not self._interrupted or self._wait_readable(timeout)):
+                return EOF
+            item = q._get()
+            q.wake()
+            return item
+
+    def read_all(self, timeout: Optional[float] = None) -> Union[List[bytes], _EOFType]:
+        """Every chunk queued now (at least one), or ``EOF`` after close(); as ``read``
+        otherwise. v2ray's ``ReadMultiBuffer``: a writer that sends them in one gather call
+        lets the pipe's room come back whole, so the next read fills it."""
+        q = self._q
+        with q.mutex:
+            if not (q.queue and not self._interrupted or self._wait_readable(timeout)):
+                return EOF
+            chunks = list(q.queue)
+            q.queue.clear()
+            q.nbytes = 0
+            q.wake()
+            return chunks
+
+    def _wait_readable(self, timeout: Optional[float]) -> bool:
+        """Wait, with the mutex held, for a chunk (True) or the EOF after close (False)."""
+        q = self._q
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._interrupted:
+                raise PipeInterrupted(f"{self.name} interrupted")
+            if q.queue:
+                return True
+            if self._closed:
+                return False
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ReadTimeout(f"{self.name}: no data within {timeout}s")
+            q.not_empty.wait(remaining)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed or self._interrupted
+
+    @property
+    def buffered(self) -> int:
+        with self._q.mutex:
+            return self._q.nbytes
