@@ -97,19 +97,22 @@ class RoutedPair:
 
     ``inbounds`` are inbound objects with ``port`` left out (each proxy gets its own free
     ports); ``outbound_tags`` become freedom outbounds to their own sinks (the first one is
-    the default route), and a blackhole tagged ``block`` comes last. ``udp_tags`` also get a
+    the default route), then ``extra_outbounds`` as given, and a blackhole tagged ``block``
+    comes last. ``udp_tags`` also get a
     UDP echo server on their sink's port number, so a datagram routed there comes back.
     """
 
     def __init__(self, inbounds: Sequence[Mapping[str, Any]], outbound_tags: Sequence[str],
                  routing: Mapping[str, Any], *, assets: Path, dns: Optional[Mapping[str, Any]] = None,
-                 udp_tags: Sequence[str] = (), v2ray_bin: str = "v2ray"):
+                 udp_tags: Sequence[str] = (), extra_outbounds: Sequence[Mapping[str, Any]] = (),
+                 v2ray_bin: str = "v2ray"):
         self.inbounds = [dict(i) for i in inbounds]
         self.outbound_tags = list(outbound_tags)
         self.routing = copy.deepcopy(dict(routing))
         self.dns = copy.deepcopy(dict(dns)) if dns is not None else None
         self.assets = assets
         self.udp_tags = list(udp_tags)
+        self.extra_outbounds = [copy.deepcopy(dict(o)) for o in extra_outbounds]
         self.v2ray_bin = v2ray_bin
         self.sinks: Dict[str, TagSink] = {}
         self.udp_sinks: Dict[str, UdpTagSink] = {}
@@ -120,6 +123,7 @@ class RoutedPair:
         inbounds = [{**inbound, "listen": "127.0.0.1", "port": ports[inbound["tag"]]}
                     for inbound in self.inbounds]
         outbounds = [freedom_to(tag, self.sinks[tag].port) for tag in self.outbound_tags]
+        outbounds.extend(copy.deepcopy(self.extra_outbounds))
         outbounds.append(blackhole_403())
         config: Dict[str, Any] = {"log": {"loglevel": "warning", "access": "none"}, "inbounds": inbounds,
                                   "outbounds": outbounds, "routing": copy.deepcopy(self.routing)}
