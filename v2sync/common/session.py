@@ -25,6 +25,9 @@ class Session:
     source: Destination
     target: Optional[Destination] = None
     user_email: str = ""
+    # SOCKS and HTTP name their user for routing and stats, but 4.34's access lines for them
+    # carry no "email:" (socks/server.go, http/server.go); VMess's do.
+    email_in_access_log: bool = True
     user_level: int = 0
     protocol: str = ""
     outbound_tag: str = ""
