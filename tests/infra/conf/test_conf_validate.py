@@ -233,15 +233,9 @@ def test_unknown_security_and_kcp_only_headers_are_errors() -> None:
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"outbounds": [{"protocol": "freedom", "mux": {"enabled": True}}]},
-     "f.json: outbounds[0].mux.enabled: mux is not supported by v2sync yet"),
     ({"outbounds": [{"protocol": "freedom", "proxySettings": {"tag": "x"}}]},
      "f.json: outbounds[0].proxySettings: proxySettings (outbound chaining) is not supported "
      "by v2sync yet"),
-    ({"api": {"tag": "api"}}, "f.json: api: the api section is not supported by v2sync yet"),
-    ({"outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"tproxy": "tproxy"}}}]},
-     "f.json: outbounds[0].streamSettings.sockopt.tproxy: sockopt tproxy is not supported by "
-     "v2sync yet"),
 ])
 def test_unsupported_features_are_errors(data: Dict[str, Any], message: str) -> None:
     assert errors_of(data) == [message]
