@@ -34,7 +34,7 @@ from v2sync.infra.share.links import format_link, parse_link
 # outbound until the VLESS, Trojan and Shadowsocks outbounds land (branches vless, ss); they
 # are strict xfails until then, so the day one starts passing it fails as XPASS and says
 # "add me here".
-V2SYNC_OUTBOUNDS = {"vmess"}
+V2SYNC_OUTBOUNDS = {"vmess", "vless", "trojan", "shadowsocks"}
 # ---------------------------------------------------------------------------------------
 
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"

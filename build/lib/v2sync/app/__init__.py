@@ -1,1 +1,0 @@
-"""Feature implementations (v2ray ``app/``): dispatcher, inbound/outbound managers, policy, log."""

@@ -1,1 +1,0 @@
-"""Per-level connection policy (v2ray ``app/policy``): timeouts and pipe buffer sizes."""

@@ -1,1 +1,0 @@
-"""blackhole: the outbound that drops everything, optionally answering HTTP 403 first."""

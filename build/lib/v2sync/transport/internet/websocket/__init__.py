@@ -1,1 +1,0 @@
-"""WebSocket transport (v2ray ``transport/internet/websocket``); pure codecs: frames, handshake."""
