@@ -52,6 +52,9 @@ DRAIN_RAND_RANGE = 64
 DRAIN_FIXED = 16 + 38
 # Salt, then at most the target's 259 bytes spread over as many chunks, or one chunk of
 # the largest size a 4.34 reader accepts: past this the request is not worth reading.
+# Queued pipe chunks smaller than this in all are joined before they are sealed; larger
+# ones are sealed where they lie and leave in one gathered write.
+MERGE_BELOW = 64 * 1024
 MAX_HANDSHAKE_BYTES = 32 + 259 * (SEALED_LENGTH + 17) + SEALED_LENGTH + MAX_CHUNK_PAYLOAD + 16
 
 
@@ -191,9 +194,11 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
             if not isinstance(chunks, list):
                 return  # EOF
             timer.update()
-            out = body_out.encode(b"".join(chunks))
+            if len(chunks) > 1 and sum(map(len, chunks)) <= MERGE_BELOW:
+                chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
+            out = body_out.encode_parts(chunks)
             del chunks  # not kept alive while the write blocks
-            conn.write(out)
+            conn.write_parts(out)
             del out
 
     if client:
