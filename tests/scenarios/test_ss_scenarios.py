@@ -4,6 +4,7 @@ client reaches domain and IPv6 targets, and a v2sync client and server chain in 
 Instance. Interop with the real v2ray is test_ss_interop.py's job."""
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Iterator
@@ -68,6 +69,7 @@ def chain() -> Iterator[int]:
     ss_port, socks_port = free_port(), free_port()
     server = _server("tcp,udp")
     server["inbounds"][0]["port"] = ss_port
+    server["inbounds"][0]["settings"]["email"] = "ss-user@example.test"
     client = ss_client_config(socks_port, ss_port, METHOD)
     config = {"inbounds": server["inbounds"] + client["inbounds"],
               "outbounds": server["outbounds"] + client["outbounds"],
@@ -79,7 +81,9 @@ def chain() -> Iterator[int]:
 
 @pytest.mark.parametrize("host, family", [("localhost", socket.AF_INET),
                                           ("::1", socket.AF_INET6)])
-def test_domain_and_ipv6_targets(chain: int, host: str, family: socket.AddressFamily) -> None:
+def test_domain_and_ipv6_targets(chain: int, host: str, family: socket.AddressFamily,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="v2sync.access")
     listen = "127.0.0.1" if family == socket.AF_INET else "::1"
     try:
         echo = TcpEchoServer(xor=XOR_C, host=listen)
@@ -103,5 +107,7 @@ def test_domain_and_ipv6_targets(chain: int, host: str, family: socket.AddressFa
                 assert data
                 got += data
         assert got == xor_bytes(b"through a named or v6 target")
+        # The server's access line names its user by email, as 4.34's does.
+        assert "[ss-in -> direct] email: ss-user@example.test" in caplog.text, caplog.text
     finally:
         echo.close()
