@@ -10,15 +10,13 @@ not assumed. Needs root, ``ip`` and ``iptables`` (``.ci/run`` installs iptables)
 """
 from __future__ import annotations
 
-import os
 import socket
-from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
 
-from support import netns
-from support.netns import INTERNET_IP, GatewayNet, entered
+from support.netns import INTERNET_IP, GatewayNet, entered, gateway_net, in_namespace
+from helpers_scenarios import recv_exact
 from support.peers import TcpEchoServer, UdpEchoServer, pattern_bytes
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, require_v2ray
 
@@ -29,16 +27,8 @@ UNREACHABLE_TIMEOUT = 1.0
 
 @pytest.fixture
 def net() -> Iterator[GatewayNet]:
-    if not netns.available():
-        message = "needs root, ip and iptables"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    gateway_net = GatewayNet(f"v2s{os.getpid()}")
-    try:
-        yield gateway_net.build()
-    finally:
-        gateway_net.close()
+    with gateway_net() as built:
+        yield built
 
 
 @pytest.fixture
@@ -58,18 +48,6 @@ def internet(net: GatewayNet) -> Iterator[Dict[str, Any]]:
     finally:
         tcp.close()
         udp.close()
-
-
-def in_namespace(cls: type, ns: str) -> type:
-    """A process class whose command runs inside namespace ``ns``."""
-    class Namespaced(cls):  # type: ignore[misc, valid-type]
-        def command(self, config_path: Path) -> List[str]:
-            return ["ip", "netns", "exec", ns, *super().command(config_path)]
-
-        @property
-        def endpoints(self):  # ports in another namespace: wait for the ready line only
-            return []
-    return Namespaced
 
 
 def gateway_process(implementation: str, net: GatewayNet, mode: str,
@@ -102,11 +80,7 @@ def assert_tcp_echo(net: GatewayNet, echo: TcpEchoServer) -> None:
     payload = pattern_bytes(100_000)
     with client_tcp(net, echo.port) as sock:
         sock.sendall(payload)
-        received = b""
-        while len(received) < len(payload):
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {len(received)} bytes"
-            received += chunk
+        received = recv_exact(sock, len(payload))
     assert received == payload
 
 

@@ -19,6 +19,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Iterator, List, Sequence
 
 CLONE_NEWNET = 0x40000000
@@ -130,3 +131,33 @@ class GatewayNet:
                     errors.append(str(e))
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+@contextlib.contextmanager
+def gateway_net() -> Iterator[GatewayNet]:
+    """A built ``GatewayNet``, always torn down; skips (fails under ``$CI``) without root,
+    ``ip`` or ``iptables``."""
+    if not available():
+        import pytest
+
+        message = "needs root, ip and iptables"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    net = GatewayNet(f"v2s{os.getpid()}")
+    try:
+        yield net.build()
+    finally:
+        net.close()
+
+
+def in_namespace(cls: type, ns: str) -> type:
+    """A ``ConfigProcess`` class whose command runs inside namespace ``ns``."""
+    class Namespaced(cls):  # type: ignore[misc, valid-type]
+        def command(self, config_path: Path) -> List[str]:
+            return ["ip", "netns", "exec", ns, *super().command(config_path)]
+
+        @property
+        def endpoints(self):  # ports in another namespace: wait for the ready line only
+            return []
+    return Namespaced

@@ -44,6 +44,19 @@ def bind_udp(address: Address, port: int, mark: int = 0,
     return sock
 
 
+def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
+    """An unconnected UDP socket for sending to ``dest`` (an IP): what 4.34's system dialer
+    gives freedom (``packetConnWrapper``). It reads answers from any address, so a peer
+    behind it sees a full cone: whoever learns the port can answer through it."""
+    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    try:
+        sock.bind((source.value if source is not None else "", 0))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"failed to open udp to {dest}: {e.strerror or e}") from e
+    return sock
+
+
 def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
     """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
     sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
@@ -84,9 +97,11 @@ class UdpListener:
                 if not sel.select(self.POLL_INTERVAL):
                     continue
                 try:
-                    data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                    data, source = self._sock.recvfrom(MAX_UDP_PAYLOAD + 1)
                 except OSError:
                     continue  # ICMP errors surface here on Linux; the socket stays usable
+                if not data or len(data) > MAX_UDP_PAYLOAD:
+                    continue  # 4.34 skips empty datagrams; longer ones: see MAX_UDP_PAYLOAD
                 self._handle(data, Destination(Address.parse(source[0]), source[1]))
         self._sock.close()
 
