@@ -98,3 +98,27 @@ def test_datagram_size_limit(implementation: str) -> None:
         assert answer == b"y" * LIMIT  # 4.34 cut it to its 2 KiB buffer
     else:
         assert answer is None  # dropped whole
+
+
+@pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
+def test_freedom_udp_is_a_full_cone(implementation: str) -> None:
+    """4.34's freedom reads its UDP socket with ReadFrom: a datagram from any address to the
+    port it sends from reaches the client, as if from the destination."""
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        target.bind(("127.0.0.1", 0))
+        for sock in (target, stranger, client):
+            sock.settimeout(IO_TIMEOUT / 2)
+        config = {"log": {"loglevel": "warning", "access": "none"},
+                  "inbounds": [door(port, "udp", target.getsockname()[1])],
+                  "outbounds": [{"protocol": "freedom"}]}
+        with make_process(implementation, config):
+            client.sendto(b"hello", ("127.0.0.1", port))
+            data, proxy_side = target.recvfrom(4096)
+            assert data == b"hello"
+            stranger.sendto(b"from a stranger", proxy_side)
+            data, sender = client.recvfrom(4096)
+    assert data == b"from a stranger"
+    assert sender == ("127.0.0.1", port)
