@@ -23,7 +23,6 @@ from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,8 @@ class FreedomOutbound:
             def request(timer) -> None:
                 while True:
                     chunk = link.reader.read()
-                    if chunk is EOF:
-                        return
+                    if not isinstance(chunk, bytes):
+                        return  # EOF: the client is done
                     timer.update()
                     try:
                         sock.sendto(chunk, address)
