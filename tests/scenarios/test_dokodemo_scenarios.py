@@ -84,3 +84,13 @@ def test_a_busy_udp_port_fails_the_start_and_leaves_nothing_open() -> None:
         instance.close()
         assert str(busy) in str(info.value)
         wait_for_snapshot(before)
+
+
+def test_udp_on_every_address_answers_an_ipv4_client(udp_echo) -> None:
+    """No "listen": the socket is dual-stack "::"; an IPv4 source is answered all the same."""
+    door = dokodemo(address="127.0.0.1", port=udp_echo.port, network="udp")
+    del door["listen"]
+    with running_instance(make_config([door], [freedom()])) as instance:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            assert udp_exchange(client, port_of(instance, "door"), b"dual") == b"dual"

@@ -45,7 +45,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
 from v2sync.transport.internet import tproxy
 from v2sync.transport.internet.config import SockoptSettings
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp, peer_sockaddr
 from v2sync.transport.pipe import Pipe
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class UdpWorker:
             return len(self._conns)
 
     def send_to(self, data: bytes, dest: Destination) -> None:
-        self._sock.sendto(data, (dest.address.value, dest.port))
+        self._sock.sendto(data, peer_sockaddr(self._sock, dest))
 
     # -- shutdown --------------------------------------------------------------------
     def _shutdown(self, selector) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
@@ -42,6 +42,16 @@ def bind_udp(address: Address, port: int, mark: int = 0,
         sock.close()
         raise
     return sock
+
+
+def peer_sockaddr(sock: socket.socket, dest: Destination) -> Tuple[str, int]:
+    """Where ``sendto`` goes: an IPv4 peer of a dual-stack ("::") socket is written as
+    ``::ffff:a.b.c.d``, since the socket takes only IPv6 addresses (its datagrams arrive
+    from such addresses, and ``Address.parse`` turns them back into IPv4)."""
+    host = dest.address.value
+    if sock.family == socket.AF_INET6 and dest.address.kind is AddressKind.IPV4:
+        host = "::ffff:" + host
+    return host, dest.port
 
 
 def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
@@ -107,7 +117,7 @@ class UdpListener:
 
     def send_to(self, data: bytes, dest: Destination) -> None:
         try:
-            self._sock.sendto(data, (dest.address.value, dest.port))
+            self._sock.sendto(data, peer_sockaddr(self._sock, dest))
         except OSError:
             pass  # the client went away; UDP has no one to tell
 
