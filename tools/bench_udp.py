@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import socket
 import statistics
+import sys
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rrset
@@ -30,7 +32,8 @@ WINDOW = 32
 DATAGRAM_SIZE = 512
 LOSS_TIMEOUT = 0.5
 WARMUP_DATAGRAMS = 50
-DNS_TIMEOUT = 5.0
+DNS_TIMEOUT = 2.0
+MAX_DNS_TIMEOUTS = 5
 BENCH_ID = "5a3e2f1c-8b7d-4e6a-9c0b-1d2e3f4a5b6c"
 
 Metric = Tuple[str, Dict[str, Optional[float]], Optional[Tuple[str, float]]]
@@ -121,28 +124,41 @@ def datagrams_per_second(port: int, seconds: float) -> float:
         return received / (time.monotonic() - start)
 
 
-def dns_latencies(port: int, rounds: int) -> List[float]:
-    times = []
+def dns_latencies(port: int, rounds: int) -> Tuple[List[float], int]:
+    """Query times (ms), and how many queries timed out and were asked again: v2ray 4.34 as
+    a VMess server refuses about one fresh connection in 2,000-3,000 (see bench.py), and
+    each query here is one. More than ``MAX_DNS_TIMEOUTS`` void the run."""
+    times: List[float] = []
+    timeouts = 0
     for i in range(rounds):
         query = dns.message.make_query(f"q{i}.bench.test", "A")
-        started = time.perf_counter()
-        dns.query.udp(query, "127.0.0.1", port=port, timeout=DNS_TIMEOUT)
+        while True:
+            started = time.perf_counter()
+            try:
+                dns.query.udp(query, "127.0.0.1", port=port, timeout=DNS_TIMEOUT)
+                break
+            except dns.exception.Timeout:
+                timeouts += 1
+                print(f"  DNS query {i} timed out; asking again", file=sys.stderr, flush=True)
+                if timeouts > MAX_DNS_TIMEOUTS:
+                    raise
         times.append((time.perf_counter() - started) * 1000)
-    return times
+    return times, timeouts
 
 
 def measure(make_process: MakeProcess, implementation: str, quick: bool,
             echo: UdpEchoServer, responder: DnsResponder, errors: List[str]
             ) -> Dict[str, Optional[float]]:
     door_port, dns_door_port = free_port(), free_port()
-    results: Dict[str, Optional[float]] = {"dps": None, "p50": None, "p99": None}
+    results: Dict[str, Optional[float]] = {"dps": None, "p50": None, "p99": None,
+                                           "timeouts": None}
     processes: List[ConfigProcess] = []
     try:
         for config in chain_configs(echo.port, responder.port, door_port, dns_door_port):
             processes.append(make_process(implementation, config))
             processes[-1].start()
         results["dps"] = datagrams_per_second(door_port, 3.0 if quick else 10.0)
-        times = dns_latencies(dns_door_port, 100 if quick else 300)
+        times, results["timeouts"] = dns_latencies(dns_door_port, 100 if quick else 300)
         results["p50"] = statistics.median(times)
         results["p99"] = statistics.quantiles(times, n=100)[98]
     except (OSError, RuntimeError, TimeoutError, dns.exception.DNSException) as error:
@@ -173,4 +189,5 @@ def run(make_process: MakeProcess, implementations: Tuple[str, ...], quick: bool
         (f"{DATAGRAM_SIZE} B datagrams echoed per second, {WINDOW} in flight", pick("dps"), None),
         (f"DNS query p50, new source port each, n={rounds} (ms)", pick("p50"), None),
         (f"DNS query p99, n={rounds} (ms)", pick("p99"), None),
+        ("DNS queries that timed out and were asked again", pick("timeouts"), None),
     ], errors
