@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from support.netns import INTERNET_IP, GatewayNet, entered, gateway_net, in_namespace
+from support.netns import (INTERNET_IP, INTERNET_IP6, GatewayNet, entered, gateway_net,
+                           in_namespace)
 from helpers_scenarios import recv_exact
 from support.peers import TcpEchoServer, UdpEchoServer, pattern_bytes
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, require_v2ray
@@ -34,10 +35,10 @@ def net() -> Iterator[GatewayNet]:
 @pytest.fixture
 def internet(net: GatewayNet) -> Iterator[Dict[str, Any]]:
     """TCP and UDP echo servers on the internet host."""
-    with entered(net.internet):
-        tcp = TcpEchoServer(host="0.0.0.0")
+    with entered(net.internet):  # "::" is dual-stack: IPv4 and IPv6 clients
+        tcp = TcpEchoServer(host="::")
         tcp.start()
-        udp = UdpEchoServer(host="0.0.0.0")
+        udp = UdpEchoServer(host="::")
         try:
             udp.start()
         except BaseException:
@@ -53,7 +54,7 @@ def internet(net: GatewayNet) -> Iterator[Dict[str, Any]]:
 def gateway_process(implementation: str, net: GatewayNet, mode: str,
                     networks: str) -> ConfigProcess:
     door: Dict[str, Any] = {
-        "tag": "door", "protocol": "dokodemo-door", "listen": "0.0.0.0", "port": DOOR_PORT,
+        "tag": "door", "protocol": "dokodemo-door", "port": DOOR_PORT,  # "::", dual-stack
         "settings": {"network": networks, "followRedirect": True}}
     if mode == "tproxy":
         door["streamSettings"] = {"sockopt": {"tproxy": "tproxy"}}
@@ -64,21 +65,22 @@ def gateway_process(implementation: str, net: GatewayNet, mode: str,
     return in_namespace(V2SyncProcess, net.gateway)(config)
 
 
-def client_tcp(net: GatewayNet, port: int, timeout: float = IO_TIMEOUT) -> socket.socket:
+def client_tcp(net: GatewayNet, port: int, timeout: float = IO_TIMEOUT,
+               host: str = INTERNET_IP) -> socket.socket:
     with entered(net.client):
-        return socket.create_connection((INTERNET_IP, port), timeout)
+        return socket.create_connection((host, port), timeout)
 
 
-def client_udp(net: GatewayNet) -> socket.socket:
+def client_udp(net: GatewayNet, family: int = socket.AF_INET) -> socket.socket:
     with entered(net.client):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.settimeout(IO_TIMEOUT)
     return sock
 
 
-def assert_tcp_echo(net: GatewayNet, echo: TcpEchoServer) -> None:
+def assert_tcp_echo(net: GatewayNet, echo: TcpEchoServer, host: str = INTERNET_IP) -> None:
     payload = pattern_bytes(100_000)
-    with client_tcp(net, echo.port) as sock:
+    with client_tcp(net, echo.port, host=host) as sock:
         sock.sendall(payload)
         received = recv_exact(sock, len(payload))
     assert received == payload
@@ -99,18 +101,25 @@ def test_redirect_tcp(net: GatewayNet, internet, implementation: str) -> None:
         assert echo.accepted == 1
 
 
+def assert_udp_echo(net: GatewayNet, echo: UdpEchoServer, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with client_udp(net, family) as sock:
+        for size in (1, 512, 1400):
+            payload = pattern_bytes(size)
+            sock.sendto(payload, (host, echo.port))
+            data, sender = sock.recvfrom(65536)
+            assert data == payload
+            # the answer comes from the address the client sent to, not the gateway
+            assert sender[:2] == (host, echo.port)
+
+
 @pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
 def test_tproxy_tcp_and_udp(net: GatewayNet, internet, implementation: str) -> None:
     echo, udp_echo = internet["tcp"], internet["udp"]
-    net.tproxy("tcp", DOOR_PORT)
-    net.tproxy("udp", DOOR_PORT)
+    for ipv6 in (False, True):
+        net.tproxy("tcp", DOOR_PORT, ipv6)
+        net.tproxy("udp", DOOR_PORT, ipv6)
     with gateway_process(implementation, net, "tproxy", "tcp,udp"):
-        assert_tcp_echo(net, echo)
-        with client_udp(net) as sock:
-            for size in (1, 512, 1400):
-                payload = pattern_bytes(size)
-                sock.sendto(payload, (INTERNET_IP, udp_echo.port))
-                data, sender = sock.recvfrom(65536)
-                assert data == payload
-                # the answer comes from the address the client sent to, not the gateway
-                assert sender == (INTERNET_IP, udp_echo.port)
+        for host in (INTERNET_IP, INTERNET_IP6):
+            assert_tcp_echo(net, echo, host)
+            assert_udp_echo(net, udp_echo, host)
