@@ -55,6 +55,7 @@ SESSION_IDLE = 8.0
 CLEAN_INTERVAL = 1.0
 MAX_SOURCES = 1024
 POLL_INTERVAL = 0.25
+RECV_BATCH = 64  # datagrams read per readiness before the loop looks around again
 # A datagram is read whole into this (the largest UDP payload), then judged by its length.
 RECV_BUFFER = 65536
 
@@ -172,7 +173,10 @@ class UdpWorker:
             try:
                 while not self._stop.is_set():
                     for key, _ in selector.select(POLL_INTERVAL):
-                        self._receive(key.fileobj, key.data, selector)
+                        # whatever queued up, without a select() per datagram
+                        for _ in range(RECV_BATCH):
+                            if not self._receive(key.fileobj, key.data, selector):
+                                break
                     self._release_retired(selector)
                     if time.monotonic() >= next_clean:
                         self._clean()
@@ -180,25 +184,28 @@ class UdpWorker:
             finally:
                 self._shutdown(selector)
 
-    def _receive(self, sock: Any, conn: Optional[PacketConn], selector) -> None:
+    def _receive(self, sock: Any, conn: Optional[PacketConn], selector) -> bool:
+        """One datagram, if one is waiting (False: none, or the socket reported an error)."""
         try:
             size, ancillary, flags, source = sock.recvmsg_into(
-                [self._buffer], tproxy.ORIG_DST_CMSG_SPACE if self.follow_redirect else 0)
-        except OSError:
-            return  # an ICMP error from an earlier answer; the socket stays usable
+                [self._buffer], tproxy.ORIG_DST_CMSG_SPACE if self.follow_redirect else 0,
+                socket.MSG_DONTWAIT)
+        except OSError:  # nothing left, or an ICMP error for an earlier answer
+            return False
         if size == 0:
-            return  # 4.34 ignores empty datagrams
+            return True  # 4.34 ignores empty datagrams
         if size > MAX_UDP_PAYLOAD or flags & socket.MSG_TRUNC:
             log.debug("dropping a %d-byte datagram from %s", size, source)
-            return
+            return True
         data = bytes(self._buffer[:size])
         if conn is not None:  # from the source, to the socket answering it under TPROXY
             conn.offer(data)
-            return
+            return True
         origin = Destination(Address.parse(source[0]), source[1], Network.UDP)
         original = tproxy.original_destination_of_datagram(ancillary) \
             if self.follow_redirect else None
         self._deliver(origin, original, data, selector)
+        return True
 
     def _deliver(self, source: Destination, original: Optional[Destination], data: bytes,
                  selector) -> None:
