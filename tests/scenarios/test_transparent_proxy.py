@@ -51,11 +51,11 @@ def internet(net: GatewayNet) -> Iterator[Dict[str, Any]]:
         udp.close()
 
 
-def gateway_process(implementation: str, net: GatewayNet, mode: str,
-                    networks: str) -> ConfigProcess:
+def gateway_process(implementation: str, net: GatewayNet, mode: str, networks: str,
+                    **fixed: Any) -> ConfigProcess:
     door: Dict[str, Any] = {
         "tag": "door", "protocol": "dokodemo-door", "port": DOOR_PORT,  # "::", dual-stack
-        "settings": {"network": networks, "followRedirect": True}}
+        "settings": {"network": networks, "followRedirect": True, **fixed}}
     if mode == "tproxy":
         door["streamSettings"] = {"sockopt": {"tproxy": "tproxy"}}
     config = {"log": {"loglevel": "warning"}, "inbounds": [door],
@@ -123,3 +123,18 @@ def test_tproxy_tcp_and_udp(net: GatewayNet, internet, implementation: str) -> N
         for host in (INTERNET_IP, INTERNET_IP6):
             assert_tcp_echo(net, echo, host)
             assert_udp_echo(net, udp_echo, host)
+
+
+def test_redirected_udp_goes_to_the_fixed_address(net: GatewayNet, internet) -> None:
+    """REDIRECT rewrites a datagram's destination to the door itself, so its "original
+    destination" is the door: v2sync uses the fixed address instead (4.34 would send the
+    datagram back into the door, and again, in a loop)."""
+    udp_echo = internet["udp"]
+    net.redirect("udp", DOOR_PORT)
+    with gateway_process("v2sync", net, "redirect", "udp", address=INTERNET_IP,
+                         port=udp_echo.port):
+        with client_udp(net) as sock:
+            sock.sendto(b"where to?", ("198.51.100.1", 9))  # nowhere; redirected anyway
+            data, sender = sock.recvfrom(65536)
+    assert data == b"where to?" and udp_echo.datagrams == 1
+    assert sender == ("198.51.100.1", 9)  # NAT puts the address the client asked back

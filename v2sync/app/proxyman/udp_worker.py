@@ -17,7 +17,8 @@ where ``session`` carries ``inbound_tag``, ``source`` and (with ``followRedirect
   are dropped, as UDP drops them.
 - ``conn.abort()``: ``read`` returns None at once; queued datagrams are dropped.
 - ``conn.remote`` (the source), ``conn.local`` (the listening address), ``conn.original``
-  (the original destination or None), ``conn.network`` (``Network.UDP``).
+  (the original destination under TPROXY with ``followRedirect``, else None),
+  ``conn.network`` (``Network.UDP``).
 
 When ``process`` returns, the connection is closed and forgotten; the next datagram from
 that source starts a new one. What 4.34 does and this keeps:
@@ -140,7 +141,11 @@ class UdpWorker:
         self.tag = tag
         self.mode = sockopt.tproxy if sockopt is not None else tproxy.TPROXY_OFF
         self.mark = sockopt.mark if sockopt is not None else 0
-        self.follow_redirect = follow_redirect
+        # A datagram's original destination means something only under TPROXY: REDIRECT
+        # has already rewritten it to this socket's own address, and 4.34, which takes it
+        # anyway, sends the datagram back to this very door (a loop). Without TPROXY the
+        # proxy's fixed destination is used.
+        self.follow_redirect = follow_redirect and self.mode == tproxy.TPROXY_TPROXY
         self._sock = self._bind(address, port)
         self.port = self._sock.getsockname()[1]
         self.local = Destination(address, self.port, Network.UDP)
