@@ -10,14 +10,15 @@ not assumed. Needs root, ``ip`` and ``iptables`` (``.ci/run`` installs iptables)
 """
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any, Dict, Iterator
 
 import pytest
 
-from support.netns import (INTERNET_IP, INTERNET_IP6, GatewayNet, entered, gateway_net,
-                           in_namespace)
 from helpers_scenarios import recv_exact
+from support.netns import (GATEWAY_CLIENT_SIDE, INTERNET_IP, INTERNET_IP6, GatewayNet, entered,
+                           gateway_net, in_namespace)
 from support.peers import TcpEchoServer, UdpEchoServer, pattern_bytes
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, require_v2ray
 
@@ -52,13 +53,13 @@ def internet(net: GatewayNet) -> Iterator[Dict[str, Any]]:
 
 
 def gateway_process(implementation: str, net: GatewayNet, mode: str, networks: str,
-                    **fixed: Any) -> ConfigProcess:
+                    loglevel: str = "warning", **fixed: Any) -> ConfigProcess:
     door: Dict[str, Any] = {
         "tag": "door", "protocol": "dokodemo-door", "port": DOOR_PORT,  # "::", dual-stack
         "settings": {"network": networks, "followRedirect": True, **fixed}}
     if mode == "tproxy":
         door["streamSettings"] = {"sockopt": {"tproxy": "tproxy"}}
-    config = {"log": {"loglevel": "warning"}, "inbounds": [door],
+    config = {"log": {"loglevel": loglevel}, "inbounds": [door],
               "outbounds": [{"protocol": "freedom"}]}
     if implementation == "v2ray":
         return in_namespace(V2RayProcess, net.gateway)(config, binary=require_v2ray())
@@ -138,3 +139,16 @@ def test_redirected_udp_goes_to_the_fixed_address(net: GatewayNet, internet) -> 
             data, sender = sock.recvfrom(65536)
     assert data == b"where to?" and udp_echo.datagrams == 1
     assert sender == ("198.51.100.1", 9)  # NAT puts the address the client asked back
+
+
+def test_redirected_udp_loops_in_v2ray(net: GatewayNet, internet) -> None:
+    """The 4.34 behaviour the test above departs from, shown on the real binary: one
+    datagram becomes a stream of sessions from the door to itself."""
+    net.redirect("udp", DOOR_PORT)
+    with gateway_process("v2ray", net, "redirect", "udp", loglevel="info",
+                         address=INTERNET_IP, port=internet["udp"].port) as proc:
+        with client_udp(net) as sock:
+            sock.sendto(b"where to?", ("198.51.100.1", 9))
+        to_itself = re.escape(f"accepted udp:{GATEWAY_CLIENT_SIDE}:{DOOR_PORT}")
+        proc.wait_for_log(f"(?s)({to_itself}.*){{10}}", timeout=IO_TIMEOUT)
+    assert internet["udp"].datagrams == 0
