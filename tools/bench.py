@@ -3,6 +3,7 @@
 
     python tools/bench.py relay|vmess|ss|tls|ws|route [--quick] [--only v2sync|v2ray] [--strict]
     python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
+    python tools/bench.py udp [--quick]   (UDP through VMess: tools/bench_udp.py)
     python tools/bench.py all
 
 A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
@@ -707,6 +708,17 @@ def scenario_burst(options: BenchOptions) -> List[Row]:
     ])
 
 
+def scenario_udp(options: BenchOptions) -> List[Row]:
+    """dokodemo-door UDP -> VMess -> VMess -> freedom: datagrams/s and DNS query latency."""
+    import bench_udp  # dnspython is a test dependency: only this scenario needs it
+
+    metrics, errors = bench_udp.run(make_process, options.implementations, options.quick)
+    for error in errors:
+        print(f"  ERROR {error}", file=sys.stderr)
+    return [Row(metric, values, Target(*target) if target else None)
+            for metric, values, target in metrics]
+
+
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
     "vmess": scenario_vmess,
@@ -718,6 +730,7 @@ SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "massclose": scenario_massclose,
     "stalled": scenario_stalled,
     "burst": scenario_burst,
+    "udp": scenario_udp,
 }
 
 

@@ -12,6 +12,7 @@ from v2sync.proxy.vmess import inbound as _vmess_inbound  # noqa: F401
 
 # Outbounds
 from v2sync.proxy.blackhole import outbound as _blackhole_outbound  # noqa: F401
+from v2sync.proxy.dns import outbound as _dns_outbound  # noqa: F401
 from v2sync.proxy.freedom import outbound as _freedom_outbound  # noqa: F401
 from v2sync.proxy.shadowsocks import outbound as _ss_outbound  # noqa: F401
 from v2sync.proxy.vmess import outbound as _vmess_outbound  # noqa: F401

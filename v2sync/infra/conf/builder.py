@@ -26,6 +26,7 @@ from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooMany
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
+from v2sync.proxy.dns.config import DnsOutboundConfig
 from v2sync.proxy.dokodemo.config import DokodemoConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
@@ -48,6 +49,7 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
         "vmess": VMessInboundConfig.from_json,
     },
     "outbound": {
+        "dns": DnsOutboundConfig.from_json,
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,

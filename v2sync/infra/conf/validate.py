@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # when a protocol, transport or feature lands (a new protocol also needs its settings
 # converter in builder.PROTOCOL_SETTINGS).
 SUPPORTED_INBOUNDS = frozenset({"dokodemo-door", "http", "shadowsocks", "socks", "vmess"})
-SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "shadowsocks", "vmess"})
+SUPPORTED_OUTBOUNDS = frozenset({"blackhole", "dns", "freedom", "shadowsocks", "vmess"})
 SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
 SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
