@@ -134,6 +134,7 @@ class StreamReader:
         self._size: Optional[int] = None  # a decoded length whose payload is pending
         self.eof = False
         self.wire_used = 0
+        self.salt_used = 0
 
     def feed(self, data: bytes) -> List[bytes]:
         if not self._account.method.is_aead:
@@ -161,6 +162,7 @@ class StreamReader:
             return 0
         self._sealer = _Sealer(self._account.cipher(bytes(view[:salt_size])))
         self.wire_used += salt_size
+        self.salt_used = salt_size
         return salt_size
 
     def _chunks(self, view: memoryview, pos: int, out: List[bytes]) -> int:

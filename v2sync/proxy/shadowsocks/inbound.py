@@ -79,7 +79,7 @@ class ShadowsocksInbound:
         self._drain_base, self._drain_rand_max = drain_parameters(self.account.key)
 
     def drain_size(self) -> int:
-        """Bytes 4.34 reads after the salt for one rejected connection (``DrainSize``)."""
+        """4.34's ``DrainSize`` for one rejected connection (it counts the salt in it)."""
         return self._drain_base + DRAIN_FIXED + secrets.randbelow(self._drain_rand_max)
 
     # -- TCP -------------------------------------------------------------------------------
@@ -110,11 +110,14 @@ class ShadowsocksInbound:
         return partial(self._serve, session, conn, dispatcher, target, decoder.reader, rest)
 
     def _drain_total(self, decoder: RequestDecoder) -> int:
-        """Bytes 4.34 would have read from the connection in all before closing it:
-        what its decrypting reader consumed, then DrainSize less the salt and the target
-        bytes it had parsed (exact for a wrong key: salt + 18 + DrainSize)."""
-        wire = decoder.reader.wire_used
-        return self.drain_size() + wire - decoder.plain_used
+        """Bytes 4.34 would have read from the connection in all before closing it: the
+        salt and what its decrypting reader consumed, then ``DrainSize`` less the salt and
+        the target bytes it had parsed. For a wrong key that is ``DrainSize + 18`` (the
+        sealed length that failed); for the "none" method, ``DrainSize``."""
+        if not self.account.method.is_aead:
+            return self.drain_size()  # the target's bytes are the wire's: they cancel out
+        after_salt = decoder.reader.wire_used - decoder.reader.salt_used
+        return self.drain_size() + after_salt - decoder.plain_used
 
     # -- UDP: one source's packet connection from the inbound's UDP worker ----------------
     def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
