@@ -30,6 +30,7 @@ from support.resources import snapshot, wait_for_snapshot
 
 from v2sync.common.net import Address
 from v2sync.core import Instance
+from v2sync.proxy.shadowsocks.inbound import DRAIN_FIXED, drain_parameters
 from v2sync.proxy.shadowsocks.encoding import (MAX_DATAGRAM, METHODS, Account, StreamReader,
                                                StreamWriter, decode_packet, encode_packet,
                                                encode_request)
@@ -224,6 +225,21 @@ def bad_datagram(index: int, port: int) -> bytes:
     sealed = bytearray(good)
     sealed[METHODS[METHOD].salt_size] ^= 0xFF                           # tampered
     return bytes(sealed)
+
+
+def test_a_wrong_key_is_drained_for_drain_size_plus_18_bytes(instance: Instance) -> None:
+    """protocol.go ReadTCPSession: the salt and one sealed length (18 bytes) are read, then
+    DrainSize less the salt: ``DrainSize + 18`` in all, DrainSize = Base + 54 + a roll
+    under RandDrainMax. One byte short of the least is held until the deadline; the most
+    is read and closed at once (with nothing left unread: a FIN)."""
+    base, rand_max = drain_parameters(ACCOUNT.key)
+    least, most = base + DRAIN_FIXED + 18, base + DRAIN_FIXED + rand_max - 1 + 18
+    port = port_of(instance, "ss-in")
+    with ThreadPoolExecutor(2, thread_name_prefix="ss-drain") as pool:
+        short = pool.submit(run_probe, port, os.urandom(least - 1))
+        full = pool.submit(run_probe, port, os.urandom(most))
+        assert (short.result().ending, short.result().timing) == ("eof", "deadline")
+        assert (full.result().ending, full.result().timing) == ("eof", "prompt")
 
 
 def test_thousand_bad_connections_and_ten_thousand_bad_datagrams(

@@ -201,7 +201,7 @@ def test_wrong_password_is_an_authentication_error_at_the_first_length(method: s
     assert decoder.feed(head[:salt + 17]) is None  # not a whole sealed length yet
     with pytest.raises(AuthenticationError):
         decoder.feed(head[salt + 17:])
-    assert decoder.reader.wire_used == salt  # what 4.34's drain counts from
+    assert decoder.reader.wire_used == salt + 18  # 4.34 read the sealed length, then failed
 
 
 def test_tampered_chunk_and_oversized_length() -> None:

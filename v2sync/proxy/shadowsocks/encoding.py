@@ -174,15 +174,15 @@ class StreamReader:
             if self._size is None:
                 if end - pos < SEALED_LENGTH:
                     break
+                self.wire_used += SEALED_LENGTH  # read whole before it is opened, as 4.34
                 self._size = self._read_length(sealer.open(view[pos:pos + SEALED_LENGTH]))
                 pos += SEALED_LENGTH
-                self.wire_used += SEALED_LENGTH
                 continue
             stop = pos + self._size + AEAD_TAG_SIZE
             if end < stop:
                 break
-            out.append(sealer.open(view[pos:stop]))
             self.wire_used += stop - pos
+            out.append(sealer.open(view[pos:stop]))
             pos, self._size = stop, None
         return pos
 
