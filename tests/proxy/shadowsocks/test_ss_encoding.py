@@ -278,3 +278,20 @@ def test_anything_into_the_datagram_decoder(method: str, data: bytes) -> None:
 @given(st.binary(max_size=300))
 def test_anything_into_the_target_parser(data: bytes) -> None:
     survives(lambda: read_target(data))
+
+
+@FUZZ
+@given(st.sampled_from(METHOD_NAMES), st.lists(st.binary(max_size=40_000), max_size=4),
+       st.lists(st.integers(min_value=1, max_value=20_000), min_size=1, max_size=8))
+def test_any_writes_read_back_whatever_the_cuts(method: str, writes, cuts) -> None:
+    acct = account(method)
+    writer = StreamWriter(acct)
+    wire = b"".join(writer.encode(data) for data in writes)
+    reader = StreamReader(acct)
+    got, pos, i = [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        got += reader.feed(wire[pos:pos + step])
+        pos, i = pos + step, i + 1
+    assert b"".join(got) == b"".join(writes)
+    assert not reader.eof
