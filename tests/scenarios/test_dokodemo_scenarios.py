@@ -5,9 +5,16 @@ from __future__ import annotations
 import socket
 from typing import Any, Dict
 
+import pytest
+
 from helpers_scenarios import (IO_TIMEOUT, freedom, make_config, port_of, recv_exact,
                                running_instance, wait_idle)
 from support.peers import TcpEchoServer, pattern_bytes
+from support.resources import snapshot, wait_for_snapshot
+
+from v2sync.common.errors import V2SyncError
+from v2sync.core import Instance
+from v2sync.infra.conf.builder import config_from_dict
 
 
 def dokodemo(tag: str = "door", listen_port: int = 0, **settings: Any) -> Dict[str, Any]:
@@ -62,3 +69,28 @@ def test_udp_to_a_fixed_destination(udp_echo) -> None:
                 payload = pattern_bytes(size)
                 assert udp_exchange(client, port, payload) == payload
             assert instance.inbounds.get("door").udp_sessions() == 1
+
+
+def test_a_busy_udp_port_fails_the_start_and_leaves_nothing_open() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as occupier:
+        occupier.bind(("127.0.0.1", 0))
+        busy = occupier.getsockname()[1]
+        config = make_config([dokodemo(listen_port=busy, address="127.0.0.1", port=9,
+                                       network="tcp,udp")], [freedom()])
+        before = snapshot()
+        instance = Instance(config_from_dict(config))
+        with pytest.raises(V2SyncError) as info:
+            instance.start()
+        instance.close()
+        assert str(busy) in str(info.value)
+        wait_for_snapshot(before)
+
+
+def test_udp_on_every_address_answers_an_ipv4_client(udp_echo) -> None:
+    """No "listen": the socket is dual-stack "::"; an IPv4 source is answered all the same."""
+    door = dokodemo(address="127.0.0.1", port=udp_echo.port, network="udp")
+    del door["listen"]
+    with running_instance(make_config([door], [freedom()])) as instance:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            assert udp_exchange(client, port_of(instance, "door"), b"dual") == b"dual"

@@ -101,7 +101,7 @@ def test_ten_parallel_connections(chains: SsChains, echo: TcpEchoServer, payload
     payloads = [payload[i * PARALLEL_BYTES:(i + 1) * PARALLEL_BYTES]
                 for i in range(PARALLEL_CONNECTIONS)]
     results = exchange_in_parallel(chain.socks_port, echo.address, payloads, "ss-parallel")
-    for index, (received, sent) in enumerate(zip(results, payloads)):
+    for index, (received, sent) in enumerate(zip(results, payloads, strict=True)):
         assert_same_bytes(received, xor_bytes(sent), f"connection {index}\n{chain.logs()}")
 
 

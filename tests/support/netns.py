@@ -19,6 +19,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Iterator, List, Sequence
 
 CLONE_NEWNET = 0x40000000
@@ -26,13 +27,17 @@ NETNS_DIR = "/var/run/netns"
 COMMAND_TIMEOUT = 10.0
 CLIENT_IP, GATEWAY_CLIENT_SIDE = "10.231.1.2", "10.231.1.1"
 GATEWAY_INTERNET_SIDE, INTERNET_IP = "10.231.2.1", "10.231.2.2"
+# The same over IPv6 (unique local addresses; "nodad" makes them usable at once).
+CLIENT_IP6, GATEWAY_CLIENT_SIDE6 = "fd31::2", "fd31::1"
+GATEWAY_INTERNET_SIDE6, INTERNET_IP6 = "fd32::1", "fd32::2"
 TPROXY_MARK, TPROXY_TABLE = "1", "100"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def available() -> bool:
-    return os.geteuid() == 0 and all(shutil.which(tool) for tool in ("ip", "iptables"))
+    return os.geteuid() == 0 and all(shutil.which(tool)
+                                     for tool in ("ip", "iptables", "ip6tables"))
 
 
 def run(*args: str) -> str:
@@ -82,43 +87,49 @@ class GatewayNet:
             "netns", self.gateway)
         run("ip", "-n", self.gateway, "link", "add", "g1", "type", "veth", "peer", "name", "i0",
             "netns", self.internet)
-        self._address(self.client, "c0", CLIENT_IP)
-        self._address(self.gateway, "g0", GATEWAY_CLIENT_SIDE)
-        self._address(self.gateway, "g1", GATEWAY_INTERNET_SIDE)
-        self._address(self.internet, "i0", INTERNET_IP)
-        run("ip", "-n", self.client, "route", "add", "default", "via", GATEWAY_CLIENT_SIDE)
-        run("ip", "-n", self.internet, "route", "add", "default", "via", GATEWAY_INTERNET_SIDE)
+        self._address(self.client, "c0", CLIENT_IP, CLIENT_IP6)
+        self._address(self.gateway, "g0", GATEWAY_CLIENT_SIDE, GATEWAY_CLIENT_SIDE6)
+        self._address(self.gateway, "g1", GATEWAY_INTERNET_SIDE, GATEWAY_INTERNET_SIDE6)
+        self._address(self.internet, "i0", INTERNET_IP, INTERNET_IP6)
+        for ns, via, via6 in ((self.client, GATEWAY_CLIENT_SIDE, GATEWAY_CLIENT_SIDE6),
+                              (self.internet, GATEWAY_INTERNET_SIDE, GATEWAY_INTERNET_SIDE6)):
+            run("ip", "-n", ns, "route", "add", "default", "via", via)
+            run("ip", "-n", ns, "-6", "route", "add", "default", "via", via6)
         return self
 
-    def _address(self, ns: str, dev: str, ip: str) -> None:
+    def _address(self, ns: str, dev: str, ip: str, ip6: str) -> None:
         run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
         run("ip", "-n", ns, "link", "set", dev, "up")
 
-    def iptables(self, table: str, *rule: str) -> None:
-        """Append a rule in the gateway; ``close`` deletes it again."""
-        run(*self.exec_prefix(self.gateway), "iptables", "-w", "-t", table, "-A", *rule)
-        self._rules.append((table, *rule))
+    def iptables(self, table: str, *rule: str, tool: str = "iptables") -> None:
+        """Append a rule in the gateway (``tool`` ip6tables for IPv6); ``close`` deletes it."""
+        run(*self.exec_prefix(self.gateway), tool, "-w", "-t", table, "-A", *rule)
+        self._rules.append((tool, table, *rule))
 
     def redirect(self, protocol: str, port: int) -> None:
         self.iptables("nat", "PREROUTING", "-i", "g0", "-p", protocol, "-j", "REDIRECT",
                       "--to-ports", str(port))
 
-    def tproxy(self, protocol: str, port: int) -> None:
+    def tproxy(self, protocol: str, port: int, ipv6: bool = False) -> None:
         """The TPROXY pattern of V2Ray's transparent-proxy guides: mark, then deliver
         marked packets locally."""
-        if not any("TPROXY" in rule for rule in self._rules):
-            run("ip", "-n", self.gateway, "rule", "add", "fwmark", TPROXY_MARK, "lookup",
-                TPROXY_TABLE)
-            run("ip", "-n", self.gateway, "route", "add", "local", "0.0.0.0/0", "dev", "lo",
-                "table", TPROXY_TABLE)
+        tool, family, everything = (("ip6tables", "-6", "::/0") if ipv6
+                                    else ("iptables", "-4", "0.0.0.0/0"))
+        if not any(rule[0] == tool and "TPROXY" in rule for rule in self._rules):
+            run("ip", "-n", self.gateway, family, "rule", "add", "fwmark", TPROXY_MARK,
+                "lookup", TPROXY_TABLE)
+            run("ip", "-n", self.gateway, family, "route", "add", "local", everything,
+                "dev", "lo", "table", TPROXY_TABLE)
         self.iptables("mangle", "PREROUTING", "-i", "g0", "-p", protocol, "-j", "TPROXY",
-                      "--on-port", str(port), "--tproxy-mark", f"{TPROXY_MARK}/{TPROXY_MARK}")
+                      "--on-port", str(port), "--tproxy-mark", f"{TPROXY_MARK}/{TPROXY_MARK}",
+                      tool=tool)
 
     def close(self) -> None:
         errors = []
-        for table, *rule in reversed(self._rules):
+        for tool, table, *rule in reversed(self._rules):
             try:
-                run(*self.exec_prefix(self.gateway), "iptables", "-w", "-t", table, "-D", *rule)
+                run(*self.exec_prefix(self.gateway), tool, "-w", "-t", table, "-D", *rule)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 errors.append(str(e))
         self._rules.clear()
@@ -130,3 +141,33 @@ class GatewayNet:
                     errors.append(str(e))
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+@contextlib.contextmanager
+def gateway_net() -> Iterator[GatewayNet]:
+    """A built ``GatewayNet``, always torn down; skips (fails under ``$CI``) without root,
+    ``ip`` or ``iptables``."""
+    if not available():
+        import pytest
+
+        message = "needs root, ip and iptables"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    net = GatewayNet(f"v2s{os.getpid()}")
+    try:
+        yield net.build()
+    finally:
+        net.close()
+
+
+def in_namespace(cls: type, ns: str) -> type:
+    """A ``ConfigProcess`` class whose command runs inside namespace ``ns``."""
+    class Namespaced(cls):  # type: ignore[misc, valid-type]
+        def command(self, config_path: Path) -> List[str]:
+            return ["ip", "netns", "exec", ns, *super().command(config_path)]
+
+        @property
+        def endpoints(self):  # ports in another namespace: wait for the ready line only
+            return []
+    return Namespaced

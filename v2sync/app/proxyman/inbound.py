@@ -112,13 +112,10 @@ class InboundHandler:
         return listener
 
     def _open_udp_worker(self, port: int) -> UdpWorker:
-        # A bind failure here leaves the TCP listeners to unbind(), which closes them.
-        try:
-            return UdpWorker(self.proxy, self.dispatcher, self.workers, self.address, port,
-                             self.tag, self.stream.sockopt if self.stream else None,
-                             self.follow_redirect)
-        except TransportError as e:
-            raise ConfigError(str(e), f"{self.config.path}.port", self.config.file) from e
+        # A bind failure (TransportError) leaves what is bound to unbind(), as TCP's does.
+        return UdpWorker(self.proxy, self.dispatcher, self.workers, self.address, port,
+                         self.tag, self.stream.sockopt if self.stream else None,
+                         self.follow_redirect)
 
     # -- one connection: handshake parked in the selector, then served by a thread -------
     def _start_connection(self, sock: socket.socket) -> Optional[Steps]:

@@ -17,7 +17,8 @@ where ``session`` carries ``inbound_tag``, ``source`` and (with ``followRedirect
   are dropped, as UDP drops them.
 - ``conn.abort()``: ``read`` returns None at once; queued datagrams are dropped.
 - ``conn.remote`` (the source), ``conn.local`` (the listening address), ``conn.original``
-  (the original destination or None), ``conn.network`` (``Network.UDP``).
+  (the original destination under TPROXY with ``followRedirect``, else None),
+  ``conn.network`` (``Network.UDP``).
 
 When ``process`` returns, the connection is closed and forgotten; the next datagram from
 that source starts a new one. What 4.34 does and this keeps:
@@ -45,7 +46,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
 from v2sync.transport.internet import tproxy
 from v2sync.transport.internet.config import SockoptSettings
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp, peer_sockaddr
 from v2sync.transport.pipe import Pipe
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ SESSION_IDLE = 8.0
 CLEAN_INTERVAL = 1.0
 MAX_SOURCES = 1024
 POLL_INTERVAL = 0.25
+RECV_BATCH = 64  # datagrams read per readiness before the loop looks around again
 # A datagram is read whole into this (the largest UDP payload), then judged by its length.
 RECV_BUFFER = 65536
 
@@ -139,7 +141,11 @@ class UdpWorker:
         self.tag = tag
         self.mode = sockopt.tproxy if sockopt is not None else tproxy.TPROXY_OFF
         self.mark = sockopt.mark if sockopt is not None else 0
-        self.follow_redirect = follow_redirect
+        # A datagram's original destination means something only under TPROXY: REDIRECT
+        # has already rewritten it to this socket's own address, and 4.34, which takes it
+        # anyway, sends the datagram back to this very door (a loop). Without TPROXY the
+        # proxy's fixed destination is used.
+        self.follow_redirect = follow_redirect and self.mode == tproxy.TPROXY_TPROXY
         self._sock = self._bind(address, port)
         self.port = self._sock.getsockname()[1]
         self.local = Destination(address, self.port, Network.UDP)
@@ -172,7 +178,10 @@ class UdpWorker:
             try:
                 while not self._stop.is_set():
                     for key, _ in selector.select(POLL_INTERVAL):
-                        self._receive(key.fileobj, key.data, selector)
+                        # whatever queued up, without a select() per datagram
+                        for _ in range(RECV_BATCH):
+                            if not self._receive(key.fileobj, key.data, selector):
+                                break
                     self._release_retired(selector)
                     if time.monotonic() >= next_clean:
                         self._clean()
@@ -180,25 +189,28 @@ class UdpWorker:
             finally:
                 self._shutdown(selector)
 
-    def _receive(self, sock: Any, conn: Optional[PacketConn], selector) -> None:
+    def _receive(self, sock: Any, conn: Optional[PacketConn], selector) -> bool:
+        """One datagram, if one is waiting (False: none, or the socket reported an error)."""
         try:
             size, ancillary, flags, source = sock.recvmsg_into(
-                [self._buffer], tproxy.ORIG_DST_CMSG_SPACE if self.follow_redirect else 0)
-        except OSError:
-            return  # an ICMP error from an earlier answer; the socket stays usable
+                [self._buffer], tproxy.ORIG_DST_CMSG_SPACE if self.follow_redirect else 0,
+                socket.MSG_DONTWAIT)
+        except OSError:  # nothing left, or an ICMP error for an earlier answer
+            return False
         if size == 0:
-            return  # 4.34 ignores empty datagrams
+            return True  # 4.34 ignores empty datagrams
         if size > MAX_UDP_PAYLOAD or flags & socket.MSG_TRUNC:
             log.debug("dropping a %d-byte datagram from %s", size, source)
-            return
+            return True
         data = bytes(self._buffer[:size])
         if conn is not None:  # from the source, to the socket answering it under TPROXY
             conn.offer(data)
-            return
+            return True
         origin = Destination(Address.parse(source[0]), source[1], Network.UDP)
         original = tproxy.original_destination_of_datagram(ancillary) \
             if self.follow_redirect else None
         self._deliver(origin, original, data, selector)
+        return True
 
     def _deliver(self, source: Destination, original: Optional[Destination], data: bytes,
                  selector) -> None:
@@ -285,7 +297,7 @@ class UdpWorker:
             return len(self._conns)
 
     def send_to(self, data: bytes, dest: Destination) -> None:
-        self._sock.sendto(data, (dest.address.value, dest.port))
+        self._sock.sendto(data, peer_sockaddr(self._sock, dest))
 
     # -- shutdown --------------------------------------------------------------------
     def _shutdown(self, selector) -> None:

@@ -27,7 +27,7 @@ from v2sync.proxy.dns import encoding as enc
 from v2sync.proxy.dns.config import DnsOutboundConfig
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.internet.conn import Connection
-from v2sync.transport.internet.dialer import DIAL_TIMEOUT, candidates, dial_once
+from v2sync.transport.internet.dialer import candidates, dial_once
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp
 from v2sync.transport.link import Link

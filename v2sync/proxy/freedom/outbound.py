@@ -2,7 +2,8 @@
 
 TCP: resolve per ``domainStrategy``, dial with an exponential-backoff retry, relay. freedom
 never half-closes upstream: when the client's side ends, the target gets ``downlinkOnly``
-seconds to finish answering. UDP: a connected UDP socket per link, one datagram per pipe chunk.
+seconds to finish answering. UDP: an unconnected UDP socket per link (4.34's cone), one
+datagram per pipe chunk.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import relay_upstream, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,12 @@ class FreedomOutbound:
 
     def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
                      lookup) -> None:
-        sock = dial_udp(candidates(dest, self.settings.domain_strategy, lookup)[0], self.source)
+        """4.34's cone: one unconnected socket per link; answers from any address go back
+        to the client as the destination's (freedom.go reads with ReadFrom and drops the
+        sender)."""
+        target = candidates(dest, self.settings.domain_strategy, lookup)[0]
+        sock = open_udp(target, self.source)
+        address = (target.address.value, target.port)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:
@@ -88,22 +93,26 @@ class FreedomOutbound:
             def request(timer) -> None:
                 while True:
                     chunk = link.reader.read()
-                    if chunk is EOF:
-                        return
+                    if not isinstance(chunk, bytes):
+                        return  # EOF: the client is done
                     timer.update()
                     try:
-                        sock.send(chunk)
+                        sock.sendto(chunk, address)
                     except OSError as e:  # ICMP unreachable from an earlier send
                         log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
 
             def response(timer) -> None:
                 while True:
                     try:
-                        data = sock.recv(MAX_DATAGRAM)
+                        data = sock.recv(MAX_UDP_PAYLOAD + 1)
+                    except ConnectionRefusedError:
+                        continue  # an ICMP error for an earlier send; the socket stays usable
                     except OSError:
-                        return  # the port is unreachable (ICMP), or the socket is gone
+                        return  # closed
                     if stopped.is_set():
                         return
+                    if not data or len(data) > MAX_UDP_PAYLOAD:
+                        continue  # see MAX_UDP_PAYLOAD
                     timer.update()
                     link.writer.write(data)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from v2sync.common.crypto.aead import AEAD_TAG_SIZE, AEADCipher, aes_gcm, chacha20_poly1305
 from v2sync.common.crypto.password import evp_bytes_to_key, ss_subkey
@@ -134,48 +134,57 @@ class StreamReader:
         self._size: Optional[int] = None  # a decoded length whose payload is pending
         self.eof = False
         self.wire_used = 0
+        self.salt_used = 0
 
     def feed(self, data: bytes) -> List[bytes]:
         if not self._account.method.is_aead:
             self.wire_used += len(data)
             return [bytes(data)] if data else []
-        self._buf += data
-        if self._sealer is None and not self._start():
-            return []
-        return self._chunks()
+        source: Union[bytes, bytearray] = data
+        if self._buf:
+            self._buf += data
+            source = self._buf
+        out: List[bytes] = []
+        pos = 0
+        with memoryview(source) as view:  # chunks are opened where they lie, not copied out
+            try:
+                if self._sealer is None:
+                    pos = self._start(view)
+                if self._sealer is not None:
+                    pos = self._chunks(view, pos, out)
+            finally:
+                self._buf = bytearray(view[pos:])  # the unfinished tail, usually short
+        return out
 
-    def _start(self) -> bool:
+    def _start(self, view: memoryview) -> int:
         salt_size = self._account.method.salt_size
-        if len(self._buf) < salt_size:
-            return False
-        self._sealer = _Sealer(self._account.cipher(bytes(self._buf[:salt_size])))
-        del self._buf[:salt_size]
+        if len(view) < salt_size:
+            return 0
+        self._sealer = _Sealer(self._account.cipher(bytes(view[:salt_size])))
         self.wire_used += salt_size
-        return True
+        self.salt_used = salt_size
+        return salt_size
 
-    def _chunks(self) -> List[bytes]:
-        buf, pos, end = self._buf, 0, len(self._buf)
+    def _chunks(self, view: memoryview, pos: int, out: List[bytes]) -> int:
+        """Open every whole block from ``pos``; returns where the unread bytes start."""
         sealer = self._sealer
         assert sealer is not None
-        out: List[bytes] = []
-        try:
-            while not self.eof:
-                if self._size is None:
-                    if end - pos < SEALED_LENGTH:
-                        break
-                    self._size = self._read_length(sealer.open(buf[pos:pos + SEALED_LENGTH]))
-                    pos += SEALED_LENGTH
-                    self.wire_used += SEALED_LENGTH
-                    continue
-                stop = pos + self._size + AEAD_TAG_SIZE
-                if end < stop:
+        end = len(view)
+        while not self.eof:
+            if self._size is None:
+                if end - pos < SEALED_LENGTH:
                     break
-                out.append(sealer.open(buf[pos:stop]))
-                self.wire_used += stop - pos
-                pos, self._size = stop, None
-        finally:
-            del buf[:pos]
-        return out
+                self.wire_used += SEALED_LENGTH  # read whole before it is opened, as 4.34
+                self._size = self._read_length(sealer.open(view[pos:pos + SEALED_LENGTH]))
+                pos += SEALED_LENGTH
+                continue
+            stop = pos + self._size + AEAD_TAG_SIZE
+            if end < stop:
+                break
+            self.wire_used += stop - pos
+            out.append(sealer.open(view[pos:stop]))
+            pos, self._size = stop, None
+        return pos
 
     def _read_length(self, plain: bytes) -> Optional[int]:
         (size,) = _LENGTH.unpack(plain)
@@ -204,19 +213,29 @@ class StreamWriter:
     def encode(self, data: bytes) -> bytes:
         """Wire bytes for ``data``; nothing for nothing (an empty chunk would end the
         stream at a 4.34 reader)."""
-        if not data:
-            return b""
-        head, self._head = self._head, b""
+        return b"".join(self.encode_parts([data]))
+
+    def encode_parts(self, blocks: Sequence[bytes]) -> List[bytes]:
+        """Wire bytes for ``blocks`` in order, as pieces for one gathered write: a relay
+        hands them to ``sendmsg`` instead of joining a megabyte first. Each block is cut
+        into chunks on its own (slices of a memoryview, no copies)."""
+        out: List[bytes] = []
+        if not any(blocks):
+            return out
+        if self._head:
+            out.append(self._head)
+            self._head = b""
         sealer = self._sealer
         if sealer is None:
-            return head + bytes(data)
-        parts = [head]
-        with memoryview(data) as view:
-            for i in range(0, len(data), WRITE_CHUNK_PAYLOAD):
-                piece = view[i:i + WRITE_CHUNK_PAYLOAD]
-                parts.append(sealer.seal(_LENGTH.pack(len(piece))))
-                parts.append(sealer.seal(piece))
-        return b"".join(parts)
+            out.extend(bytes(block) for block in blocks if block)
+            return out
+        for block in blocks:
+            with memoryview(block) as view:
+                for i in range(0, len(view), WRITE_CHUNK_PAYLOAD):
+                    piece = view[i:i + WRITE_CHUNK_PAYLOAD]
+                    out.append(sealer.seal(_LENGTH.pack(len(piece))))
+                    out.append(sealer.seal(piece))
+        return out
 
 
 def read_target(plain: bytes) -> Optional[Tuple[Address, int, int]]:

@@ -52,6 +52,9 @@ DRAIN_RAND_RANGE = 64
 DRAIN_FIXED = 16 + 38
 # Salt, then at most the target's 259 bytes spread over as many chunks, or one chunk of
 # the largest size a 4.34 reader accepts: past this the request is not worth reading.
+# Queued pipe chunks smaller than this in all are joined before they are sealed; larger
+# ones are sealed where they lie and leave in one gathered write.
+MERGE_BELOW = 64 * 1024
 MAX_HANDSHAKE_BYTES = 32 + 259 * (SEALED_LENGTH + 17) + SEALED_LENGTH + MAX_CHUNK_PAYLOAD + 16
 
 
@@ -76,7 +79,7 @@ class ShadowsocksInbound:
         self._drain_base, self._drain_rand_max = drain_parameters(self.account.key)
 
     def drain_size(self) -> int:
-        """Bytes 4.34 reads after the salt for one rejected connection (``DrainSize``)."""
+        """4.34's ``DrainSize`` for one rejected connection (it counts the salt in it)."""
         return self._drain_base + DRAIN_FIXED + secrets.randbelow(self._drain_rand_max)
 
     # -- TCP -------------------------------------------------------------------------------
@@ -107,11 +110,14 @@ class ShadowsocksInbound:
         return partial(self._serve, session, conn, dispatcher, target, decoder.reader, rest)
 
     def _drain_total(self, decoder: RequestDecoder) -> int:
-        """Bytes 4.34 would have read from the connection in all before closing it:
-        what its decrypting reader consumed, then DrainSize less the salt and the target
-        bytes it had parsed (exact for a wrong key: salt + 18 + DrainSize)."""
-        wire = decoder.reader.wire_used
-        return self.drain_size() + wire - decoder.plain_used
+        """Bytes 4.34 would have read from the connection in all before closing it: the
+        salt and what its decrypting reader consumed, then ``DrainSize`` less the salt and
+        the target bytes it had parsed. For a wrong key that is ``DrainSize + 18`` (the
+        sealed length that failed); for the "none" method, ``DrainSize``."""
+        if not self.account.method.is_aead:
+            return self.drain_size()  # the target's bytes are the wire's: they cancel out
+        after_salt = decoder.reader.wire_used - decoder.reader.salt_used
+        return self.drain_size() + after_salt - decoder.plain_used
 
     # -- UDP: one source's packet connection from the inbound's UDP worker ----------------
     def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
@@ -191,9 +197,11 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
             if not isinstance(chunks, list):
                 return  # EOF
             timer.update()
-            out = body_out.encode(b"".join(chunks))
+            if len(chunks) > 1 and sum(map(len, chunks)) <= MERGE_BELOW:
+                chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
+            out = body_out.encode_parts(chunks)
             del chunks  # not kept alive while the write blocks
-            conn.write(out)
+            conn.write_parts(out)
             del out
 
     if client:

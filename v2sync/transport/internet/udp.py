@@ -4,7 +4,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
@@ -41,6 +41,29 @@ def bind_udp(address: Address, port: int, mark: int = 0,
     except TransportError:
         sock.close()
         raise
+    return sock
+
+
+def peer_sockaddr(sock: socket.socket, dest: Destination) -> Tuple[str, int]:
+    """Where ``sendto`` goes: an IPv4 peer of a dual-stack ("::") socket is written as
+    ``::ffff:a.b.c.d``, since the socket takes only IPv6 addresses (its datagrams arrive
+    from such addresses, and ``Address.parse`` turns them back into IPv4)."""
+    host = dest.address.value
+    if sock.family == socket.AF_INET6 and dest.address.kind is AddressKind.IPV4:
+        host = "::ffff:" + host
+    return host, dest.port
+
+
+def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
+    """An unconnected UDP socket for sending to ``dest`` (an IP): what 4.34's system dialer
+    gives freedom (``packetConnWrapper``). It reads answers from any address, so a peer
+    behind it sees a full cone: whoever learns the port can answer through it."""
+    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    try:
+        sock.bind((source.value if source is not None else "", 0))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"failed to open udp to {dest}: {e.strerror or e}") from e
     return sock
 
 
@@ -84,15 +107,17 @@ class UdpListener:
                 if not sel.select(self.POLL_INTERVAL):
                     continue
                 try:
-                    data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                    data, source = self._sock.recvfrom(MAX_UDP_PAYLOAD + 1)
                 except OSError:
                     continue  # ICMP errors surface here on Linux; the socket stays usable
+                if not data or len(data) > MAX_UDP_PAYLOAD:
+                    continue  # 4.34 skips empty datagrams; longer ones: see MAX_UDP_PAYLOAD
                 self._handle(data, Destination(Address.parse(source[0]), source[1]))
         self._sock.close()
 
     def send_to(self, data: bytes, dest: Destination) -> None:
         try:
-            self._sock.sendto(data, (dest.address.value, dest.port))
+            self._sock.sendto(data, peer_sockaddr(self._sock, dest))
         except OSError:
             pass  # the client went away; UDP has no one to tell
 
