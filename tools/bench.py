@@ -322,7 +322,7 @@ def compare_chains(options: BenchOptions, build: ChainBuilder,
         for implementation in options.implementations:
             print(f"  running {implementation} ...", file=sys.stderr, flush=True)
             results[implementation] = measure_chain(implementation, build, options, bulk, echo)
-    for implementation, result in results.items():
+    for result in results.values():
         for error in result.errors:
             print(f"  ERROR {error}", file=sys.stderr)
 

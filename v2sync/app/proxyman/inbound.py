@@ -14,8 +14,9 @@ import logging
 import socket
 import threading
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from v2sync.app.stats.manager import Counter
 from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
                                   V2SyncError)
 from v2sync.common.net import ANY_IPV6, Address, Network
@@ -26,6 +27,7 @@ from v2sync.infra.conf.model import InboundConfig
 from v2sync.app.proxyman.udp_worker import UdpWorker
 from v2sync.transport.internet.config import StreamSettings
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.counting import counted
 from v2sync.transport.internet.handshakes import Handoff, HandshakeSelector, Steps
 from v2sync.transport.internet.hub import StreamServer
 from v2sync.transport.internet.tcp import UNIX_PEER, set_nodelay
@@ -63,6 +65,9 @@ class InboundHandler:
         self._selector: Optional[HandshakeSelector] = None
         self._live: Dict[int, Connection] = {}
         self._lock = threading.Lock()
+        # (uplink, downlink) counters (``app.stats``), set by the Instance; None: not counted.
+        self.counters: Tuple[Any, Any] = (None, None)
+        self.handshake_failures = Counter()  # for the metrics endpoint
 
     def bind(self) -> None:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
@@ -134,12 +139,15 @@ class InboundHandler:
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For
+            # 4.34 counts above TLS/WebSocket, the proxy protocol's bytes (worker.go).
+            upgraded = counted(upgraded, *self.counters)
             serve = yield from self.proxy.handshake(session, upgraded, self.dispatcher)
             if serve is None:
                 return None  # the proxy is done (the client left before asking anything)
             handed_off = True
             return _Accepted(self, session, conn, upgraded, serve)
         except V2SyncError as e:
+            self.handshake_failures.add(1)
             self._report(session, conn, e)
             return None
         finally:
@@ -248,6 +256,15 @@ class InboundManager:
 
     def get(self, tag: str) -> Optional[InboundHandler]:
         return next((h for h in self.handlers if h.tag == tag), None)
+
+    def remove(self, tag: str) -> Optional[InboundHandler]:
+        """Take a running handler out (the API's RemoveInbound): its listeners close; the
+        caller ends its connections. None when no handler has ``tag``."""
+        handler = self.get(tag)
+        if handler is not None:
+            self.handlers.remove(handler)
+            handler.stop_listening()
+        return handler
 
     def start(self, listener_group: ThreadGroup) -> None:
         """Bind all handlers' ports, then start them all: all or nothing. Their listeners

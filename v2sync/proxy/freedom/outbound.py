@@ -17,8 +17,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
-from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, flush_ready
+from v2sync.proxy.relay import relay_upstream, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
@@ -42,7 +41,7 @@ class FreedomOutbound:
         self.source = self.client.source  # UDP binds here too (sendThrough)
 
     def process(self, session: Session, link: Link) -> None:
-        dest = self._redirected(session.target)
+        dest = self._redirected(session.destination())
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
@@ -51,22 +50,7 @@ class FreedomOutbound:
         conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
                                self.settings.domain_strategy, lookup)
         try:
-            def abort() -> None:
-                conn.abort()
-                link.interrupt()
-
-            def first(timer) -> None:
-                flush_ready(link.reader, conn, timer)  # the client's payload, if queued
-
-            def request(timer) -> None:
-                copy_pipe_to_conn(link.reader, conn, timer)
-
-            def response(timer) -> None:
-                copy_conn_to_pipe(conn, link.writer, timer)
-                link.writer.close()
-
-            error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
-                              response, first)
+            error = relay_upstream(self.ctx, session.name(), policy, conn, link)
             if error is not None:
                 raise TransportError(f"relay to {dest} ended: {error}") from error
         finally:
@@ -83,7 +67,7 @@ class FreedomOutbound:
     def _lookup(self, session: Session, dest: Destination):
         """How names are resolved: the router's answer if it resolved this very name (one
         resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
-        if session.resolved and dest.address == session.target.address:
+        if session.resolved and dest.address == session.destination().address:
             resolved = tuple(session.resolved)
             return lambda name: resolved
         strategy = self.settings.domain_strategy
