@@ -7,8 +7,8 @@ from typing import Any, Dict
 
 import pytest
 
-from helpers_scenarios import (IO_TIMEOUT, freedom, make_config, port_of, recv_exact,
-                               running_instance, wait_idle)
+from helpers_scenarios import (IO_TIMEOUT, closed_within, freedom, make_config, port_of,
+                               recv_exact, running_instance, wait_idle)
 from support.peers import TcpEchoServer, pattern_bytes
 from support.resources import snapshot, wait_for_snapshot
 
@@ -94,3 +94,22 @@ def test_udp_on_every_address_answers_an_ipv4_client(udp_echo) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(IO_TIMEOUT)
             assert udp_exchange(client, port_of(instance, "door"), b"dual") == b"dual"
+
+
+@pytest.mark.parametrize("settings, policy", [
+    ({"timeout": 1}, None),                          # the deprecated timeout, at level 0
+    ({"userLevel": 1}, {"1": {"connIdle": 1}}),       # the level's connIdle
+])
+def test_idle_tcp_is_closed_by_timeout_or_level(tcp_echo: TcpEchoServer, settings, policy) -> None:
+    config = make_config([dokodemo(address="127.0.0.1", port=tcp_echo.port, **settings)],
+                         [freedom()])
+    if policy:
+        config["policy"] = {"levels": policy}
+    with running_instance(config) as instance:
+        with socket.create_connection(("127.0.0.1", port_of(instance, "door")),
+                                      IO_TIMEOUT) as sock:
+            sock.sendall(b"ping")
+            assert recv_exact(sock, 4) == b"ping"
+            # not at once, and long before the default connIdle (300 s)
+            assert 0.5 < closed_within(sock, IO_TIMEOUT) < IO_TIMEOUT
+        wait_idle(instance)
