@@ -315,7 +315,7 @@ def _serve(instance, args) -> int:
 
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
     for signum, flag in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, reload)):
-        signal.signal(signum, lambda *_, flag=flag: (flag.set(), wake.set()))
+        signal.signal(signum, lambda *_, flag=flag: _raise_flag(flag, wake))
     try:
         instance.start()
     except V2SyncError as e:
@@ -337,6 +337,11 @@ def _serve(instance, args) -> int:
     if threading.active_count() > 1:
         _exit_now()
     return 0
+
+
+def _raise_flag(flag: threading.Event, wake: threading.Event) -> None:
+    flag.set()
+    wake.set()
 
 
 # A retired Instance closes with the same grace as the current one, in parallel.

@@ -60,6 +60,10 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+def _empty_levels() -> "Mapping[int, LevelPolicy]":
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class PortRange:
     """Ports ``first..last`` inclusive; iterating yields each port."""
@@ -149,7 +153,7 @@ class SystemPolicy:
 class PolicyConfig:
     """``policy``; ``configured`` is False when the config had no policy section at all."""
 
-    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty, hash=False)
+    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty_levels, hash=False)
     system: SystemPolicy = field(default_factory=SystemPolicy)
     configured: bool = False
 

@@ -289,7 +289,7 @@ def _render(error: Any, file: str) -> List[ConfigError]:
     if keyword == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) \
             else [error.validator_value]
-        expected = hint or "expected " + " or ".join(_ARTICLES.get(t, t) for t in wanted)
+        expected = hint or "expected " + " or ".join(_ARTICLES.get(t, str(t)) for t in wanted)
         article = _ARTICLES.get(_json_type(value), _json_type(value))
         return [ConfigError(f"{_show(value)} is {article}", path, file, expected)]
     if keyword in ("minimum", "maximum"):

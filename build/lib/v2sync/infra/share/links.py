@@ -58,7 +58,8 @@ def parse_subscription(data: bytes, part: str = "subscription") -> List[ShareLin
     if base64text.looks_like(text) and "://" not in text:
         text = base64text.decode(text, part).decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines()]
-    links, errors = [], []
+    links: List[ShareLink] = []
+    errors: List[ConfigError] = []
     for number, line in enumerate(lines, 1):
         if not line or line.startswith("#"):
             continue

@@ -42,7 +42,7 @@ class FreedomOutbound:
         self.source = self.client.source  # UDP binds here too (sendThrough)
 
     def process(self, session: Session, link: Link) -> None:
-        dest = self._redirected(session.target)
+        dest = self._redirected(session.destination())
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
@@ -83,7 +83,7 @@ class FreedomOutbound:
     def _lookup(self, session: Session, dest: Destination):
         """How names are resolved: the router's answer if it resolved this very name (one
         resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
-        if session.resolved and dest.address == session.target.address:
+        if session.resolved and dest.address == session.destination().address:
             resolved = tuple(session.resolved)
             return lambda name: resolved
         strategy = self.settings.domain_strategy

@@ -134,7 +134,8 @@ class RequestTarget:
 def _head_lines(buf: bytes, skip_blank: bool, reply: Optional[bytes]
                 ) -> Optional[Tuple[List[str], int]]:
     """Lines of the head (line ends removed) and the bytes it spans, terminator included."""
-    start = _LEADING_BLANK_LINES.match(buf).end() if skip_blank else 0
+    blank = _LEADING_BLANK_LINES.match(buf) if skip_blank else None
+    start = blank.end() if blank is not None else 0
     end = _HEAD_END.search(buf, start, MAX_HEAD)
     if end is None:
         if len(buf) >= MAX_HEAD:

@@ -30,7 +30,7 @@ from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
+from v2sync.transport.pipe import EOF, Chunk, ReadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class VMessOutbound:
         server = self._pick_server()
         user = random.choice(server.users)
         security = resolve_security(user.security)
-        target = session.target
+        target = session.destination()
         command = Command.UDP if target.network is Network.UDP else Command.TCP
         header = RequestHeader(command, security, client_options(security),
                                target.address, target.port)
@@ -88,8 +88,8 @@ class VMessOutbound:
             nonlocal ended
             payload = _first_payload(link)
             out = client.encode_request_header(header, time.time())
-            ended = payload is EOF
-            if ended:
+            if payload is EOF:
+                ended = True
                 conn.write(out + body_out.encode_eof())
             else:
                 conn.write(out + (body_out.encode(payload) if payload else b""))
@@ -139,7 +139,7 @@ class VMessOutbound:
             buf += data
 
 
-def _first_payload(link: Link) -> Optional[object]:
+def _first_payload(link: Link) -> Optional[Chunk]:
     """Up to 100 ms for the first chunk; None if nothing came (the header goes alone)."""
     try:
         return link.reader.read(timeout=FIRST_PAYLOAD_WAIT)
