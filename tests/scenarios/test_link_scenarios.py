@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Sequence
 
 import pytest
+import socks
 from support.certs import SERVER_NAME, Pki
-from support.peers import HttpOrigin, free_port, pattern_bytes
+from support.peers import (XOR_C, HttpOrigin, UdpEchoServer, free_port, pattern_bytes,
+                           xor_bytes)
 from support.procs import REPO_ROOT, ConfigProcess, V2RayProcess
 
 from v2sync.infra.share.client import client_config
@@ -40,6 +44,8 @@ V2SYNC_OUTBOUNDS = {"vmess"}
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 BODY_BYTES = 200_000
 CURL_TIMEOUT = 20
+DATAGRAMS = 5
+UDP_TIMEOUT = 5.0
 
 
 def _needs_outbound(protocol: str) -> Any:
@@ -121,6 +127,19 @@ def _check_both_ports(client: LinkClient, origin: HttpOrigin) -> None:
     _check_ports(client.socks, client.http, origin)
 
 
+def _check_udp(socks_port: int) -> None:
+    """SOCKS5 UDP ASSOCIATE through the link's server to a UDP echo (UDP is on)."""
+    with UdpEchoServer(xor=XOR_C) as echo:
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+            sock.settimeout(UDP_TIMEOUT)
+            for i in range(DATAGRAMS):
+                payload = os.urandom(1 + i * 300)
+                sock.sendto(payload, echo.address)
+                data, source = sock.recvfrom(4096)
+                assert (data, source) == (xor_bytes(payload), echo.address), f"datagram {i}"
+
+
 def _check_ports(socks: int, http: int, origin: HttpOrigin) -> None:
     url = f"{origin.url}/bytes/{BODY_BYTES}"
     expected = pattern_bytes(BODY_BYTES)
@@ -150,6 +169,7 @@ def test_run_link_to_real_v2ray(protocol: str, network: str, pki: Pki, v2ray_bin
     with V2RayProcess(server, binary=v2ray_bin):
         with _run([link], pki) as client:
             _check_both_ports(client, origin)
+            _check_udp(client.socks)
 
 
 def _dial_loopback(link: str) -> str:
@@ -210,3 +230,4 @@ def test_imported_config_runs_in_real_v2ray_too(protocol: str, network: str, pki
         with V2RayProcess(client_json, binary=v2ray_bin, env=env) as client:
             assert client.returncode is None
             _check_ports(socks, http, origin)
+            _check_udp(socks)
