@@ -97,6 +97,8 @@ def _v2ray_style(argv: List[str]) -> List[str]:
     """Map ``v2sync -config x`` / ``-test`` / ``-version`` onto the subcommands."""
     if not argv:
         return ["run"]
+    if "://" in argv[0]:  # ``v2sync vmess://...``: the one-command client
+        return ["run"] + argv
     if argv[0] in ("-version", "--version"):
         return ["version"]
     if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

@@ -139,7 +139,7 @@ def test_qr_draws_each_link() -> None:
      "links[0].plugin"),
     (["link", "import", "--subscription", "-"], b"\xff\xfe\x00garbage\n", "- line 1"),
     (["link", "import", "--subscription", "/nonexistent/sub"], b"", "/nonexistent/sub"),
-    (["link", "import", "--subscription", "-"], base64.b64encode(b"vmess://e30"), "- line 1.v"),
+    (["link", "import", "--subscription", "-"], base64.b64encode(b"vmess://e30"), "- line 1.port"),
     (["link", "import"], b"", "no link given"),
     (["run", "vmess://x", "-c", "conf/config.json"], b"", "not both"),
     (["run", "trojan://@h.example:443"], b"", "links[0].password"),

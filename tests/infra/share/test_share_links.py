@@ -75,6 +75,13 @@ def test_v2rayn_dump_writes_strings_and_standard_padded_base64() -> None:
     assert list(obj) == list(vmess_json.KNOWN_KEYS)
 
 
+def test_v2rayn_without_version_reads_as_2_and_other_versions_are_refused() -> None:
+    without = {k: v for k, v in V2RAYN_OBJECT.items() if k != "v"}
+    assert parse_link(_vmess_json(without)) == parse_link(_vmess_json(V2RAYN_OBJECT))
+    with pytest.raises(ConfigError, match="version '1'"):
+        parse_link(_vmess_json(dict(V2RAYN_OBJECT, v=1)))
+
+
 def test_unknown_v2rayn_fields_are_reported_as_ignored() -> None:
     link = parse_link(_vmess_json(dict(V2RAYN_OBJECT, fp="chrome")))
     assert link.ignored == ("fp",)
@@ -114,7 +121,7 @@ def test_url_forms_with_ipv6_and_percent_encoding() -> None:
     ("ss://cmM0LW1kNTpwYXNzd2Q@a.example:8388", "method", "rc4-md5"),
     ("ss://bm9jb2xvbg@a.example:8388", "userinfo", "':'"),
     ("ss://!!!@a.example:8388", "userinfo", "base64"),
-    ("vmess://e30", "v", "version"),
+    ("vmess://eyJ2IjozfQ", "v", "version"),
     ("vmess://bm90IGpzb24", "json", "JSON"),
     ("vmess://W10", "json", "object"),
     ("vmess://!!", "base64", "base64"),
