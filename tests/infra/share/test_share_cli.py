@@ -143,6 +143,7 @@ def test_qr_draws_each_link() -> None:
     (["link", "import"], b"", "no link given"),
     (["run", "vmess://x", "-c", "conf/config.json"], b"", "not both"),
     (["run", "trojan://@h.example:443"], b"", "links[0].password"),
+    (["trojan://@h.example:443"], b"", "links[0].password"),  # v2sync LINK: run LINK
     (["link", "export", "-c", "/nonexistent.json"], b"", "/nonexistent.json"),
     (["link", "export"], b"", "needs a config"),
 ])
