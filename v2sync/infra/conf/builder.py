@@ -29,6 +29,8 @@ from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
+from v2sync.proxy.trojan.config import TrojanInboundConfig, TrojanOutboundConfig
+from v2sync.proxy.vless.config import VlessInboundConfig, VlessOutboundConfig
 from v2sync.proxy.vmess.config import VMessInboundConfig, VMessOutboundConfig
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,15 @@ PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
         "http": HttpServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,
+        "vless": VlessInboundConfig.from_json,
+        "trojan": TrojanInboundConfig.from_json,
     },
     "outbound": {
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "vless": VlessOutboundConfig.from_json,
+        "trojan": TrojanOutboundConfig.from_json,
     },
 }
 

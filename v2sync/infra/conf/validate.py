@@ -26,14 +26,14 @@ log = logging.getLogger(__name__)
 # error naming what is supported, never silently ignored. This is the one place to extend
 # when a protocol, transport or feature lands (a new protocol also needs its settings
 # converter in builder.PROTOCOL_SETTINGS).
-SUPPORTED_INBOUNDS = frozenset({"http", "socks", "vmess"})
-SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess"})
+SUPPORTED_INBOUNDS = frozenset({"http", "socks", "vmess", "vless", "trojan"})
+SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess", "vless", "trojan"})
 SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
 SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
 SUPPORTED_ALLOCATE = frozenset({"always"})
 # Optional sections and switches, by the FEATURE_* names below.
-SUPPORTED_FEATURES: frozenset = frozenset({"dns", "routing"})
+SUPPORTED_FEATURES: frozenset = frozenset({"dns", "routing", "acceptProxyProtocol"})
 # ---------------------------------------------------------------------------------------
 
 FEATURE_ROUTING = "routing"  # routing rules and balancers

@@ -86,6 +86,9 @@ class StreamSettings:
     ws: WsSettings = field(default_factory=WsSettings)
     ds: DsSettings = field(default_factory=DsSettings)
     sockopt: SockoptSettings = field(default_factory=SockoptSettings)
+    # tcpSettings/wsSettings/sockopt ``acceptProxyProtocol``: all three set the one
+    # listener option in 4.34 (SocketConfig.AcceptProxyProtocol).
+    accept_proxy_protocol: bool = False
 
 
 def build_stream_settings(network: str, security: str, raw: Mapping[str, Any],
@@ -105,7 +108,18 @@ def build_stream_settings(network: str, security: str, raw: Mapping[str, Any],
         ws=build_ws(raw.get("wsSettings") or {}),
         ds=build_ds(raw.get("dsSettings") or {}, network),
         sockopt=build_sockopt(raw.get("sockopt") or {}),
+        accept_proxy_protocol=_accepts_proxy_protocol(network, raw),
     )
+
+
+# Which transport's own settings carry the switch (tcp/hub.go, websocket/hub.go).
+_PROXY_PROTOCOL_KEYS = {"tcp": "tcpSettings", "websocket": "wsSettings"}
+
+
+def _accepts_proxy_protocol(network: str, raw: Mapping[str, Any]) -> bool:
+    own = raw.get(_PROXY_PROTOCOL_KEYS.get(network, "")) or {}
+    return bool(own.get("acceptProxyProtocol") or
+                (raw.get("sockopt") or {}).get("acceptProxyProtocol"))
 
 
 def _tcp_header(tcp: Mapping[str, Any]) -> Optional[HttpHeaderConfig]:
