@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
 
-    python tools/bench.py relay|vmess|tls|ws|vless|trojan|route [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py relay|vmess|ss|tls|ws|vless|trojan|route [--quick] [--only v2sync|v2ray] [--strict]
     python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
     python tools/bench.py all
 
@@ -518,6 +518,34 @@ def scenario_vmess(options: BenchOptions) -> List[Row]:
     return rows
 
 
+# SOCKS5 -> Shadowsocks -> Shadowsocks -> freedom (issue 16). The method is a parameter:
+# ``SS_BENCH_METHOD`` picks it (aes-128-gcm by default; any 4.34 method name works).
+SS_BENCH_PASSWORD = "v2sync bench"
+
+
+def ss_pair_configs(entry_port: int) -> List[Dict[str, object]]:
+    """[server, client]: shadowsocks inbound -> freedom, and SOCKS5 on ``entry_port`` ->
+    shadowsocks outbound. Servers first, as ``running_chain`` wants."""
+    ss_port = free_port()
+    method = os.environ.get("SS_BENCH_METHOD", "aes-128-gcm")
+    log = {"loglevel": "warning", "access": "none"}
+    inbound = {"listen": "127.0.0.1", "port": ss_port, "protocol": "shadowsocks",
+               "settings": {"method": method, "password": SS_BENCH_PASSWORD}}
+    server = {"log": log, "outbounds": [{"protocol": "freedom", "settings": {}}],
+              "inbounds": [inbound]}
+    client = socks_freedom_config(entry_port, access="none")
+    client["outbounds"] = [{"protocol": "shadowsocks", "settings": {"servers": [
+        {"address": "127.0.0.1", "port": ss_port, "method": method,
+         "password": SS_BENCH_PASSWORD}]}}]
+    return [server, client]
+
+
+def scenario_ss(options: BenchOptions) -> List[Row]:
+    """SOCKS5 -> Shadowsocks (SS_BENCH_METHOD, default aes-128-gcm) -> Shadowsocks -> freedom."""
+    return [Row(row.metric, row.values, Target("ratio>=", 1.2)) if row.metric.startswith("bulk")
+            else row for row in compare_chains(options, ss_pair_configs)]
+
+
 # In-process router microbenchmark: the issue asks for < 50 us per decision with 10,000
 # domain rules and 10,000 CIDRs. Both layouts are timed: the entries grouped in a few rules,
 # and one rule per entry (20,000 rules), which a per-rule scan could not serve in time.
@@ -737,6 +765,7 @@ def scenario_burst(options: BenchOptions) -> List[Row]:
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
     "vmess": scenario_vmess,
+    "ss": scenario_ss,
     "tls": scenario_tls,
     "ws": scenario_ws,
     "vless": scenario_vless,
