@@ -33,12 +33,11 @@ from v2sync.infra.share.client import client_config
 from v2sync.infra.share.links import format_link, parse_link
 
 # ---------------------------------------------------------------------------------------
-# The one place that says which link protocols v2sync can dial today. The end-to-end tests
-# of the others are written and run against the real v2ray server, but v2sync refuses their
-# outbound until the VLESS, Trojan and Shadowsocks outbounds land (branches vless, ss); they
-# are strict xfails until then, so the day one starts passing it fails as XPASS and says
-# "add me here".
-V2SYNC_OUTBOUNDS = {"vmess"}
+# The one place that says which link protocols v2sync can dial. A protocol missing here has
+# its end-to-end tests run as strict xfails (v2sync refuses its outbound), so the day it
+# starts passing it fails as XPASS and says "add me here". All four are here since the
+# vless and ss branches were merged into links.
+V2SYNC_OUTBOUNDS = {"vmess", "vless", "trojan", "shadowsocks"}
 # ---------------------------------------------------------------------------------------
 
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
