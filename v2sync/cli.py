@@ -23,6 +23,7 @@ import platform
 import signal
 import sys
 import threading
+import time
 import uuid
 from typing import List, Optional
 
@@ -371,7 +372,7 @@ def _reload(current, args, stop: threading.Event, retiring: List[threading.Threa
         return current
     current.stop_listening()
     try:
-        fresh.start()
+        fresh = _start_when_free(fresh)
     except V2SyncError as e:  # a port taken by another program since: back to the old config
         log.error("the reloaded config failed to start (%s); restarting the previous one", e)
         fresh = _restart(current.config)
@@ -394,12 +395,34 @@ def _restart(config):
     from v2sync.core import Instance
 
     try:
-        instance = Instance(config)
-        instance.start()
-        return instance
+        return _start_when_free(Instance(config))
     except V2SyncError as e:
         log.error("the previous config failed to start again: %s", e)
         return None
+
+
+# A UDP listener's thread closes its socket at its next poll (UdpListener.POLL_INTERVAL,
+# 0.25 s), so a port the old instance had may be bound a little after stop_listening.
+REBIND_WAIT = 1.0
+REBIND_POLL = 0.02
+
+
+def _start_when_free(instance):
+    """``instance`` started; a failed bind is retried, each time with a fresh Instance
+    from the same config (a failed start closes it), until REBIND_WAIT has passed."""
+    from v2sync.common.errors import V2SyncError
+    from v2sync.core import Instance
+
+    deadline = time.monotonic() + REBIND_WAIT
+    while True:
+        try:
+            instance.start()
+            return instance
+        except V2SyncError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(REBIND_POLL)
+        instance = Instance(instance.config)
 
 
 def _exit_now() -> None:

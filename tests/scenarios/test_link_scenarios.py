@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -230,3 +231,24 @@ def test_imported_config_runs_in_real_v2ray_too(protocol: str, network: str, pki
             assert client.returncode is None
             _check_ports(socks, http, origin)
             _check_udp(socks)
+
+
+def test_reload_rereads_the_subscription(pki: Pki, v2ray_bin: str, origin: HttpOrigin,
+                                         tmp_path: Path) -> None:
+    """SIGHUP re-reads ``--subscription FILE``: new connections go to the new server."""
+    servers = [_server("vmess", free_port(), pki) for _ in range(2)]
+    links = [_export(s, tmp_path, "127.0.0.1") for s in servers]
+    subscription = tmp_path / "sub.txt"
+    subscription.write_text(links[0] + "\n")
+    with V2RayProcess(servers[0], binary=v2ray_bin) as first, \
+            V2RayProcess(servers[1], binary=v2ray_bin) as second:
+        with LinkClient(["--subscription", str(subscription)], [links[0]], free_port(),
+                        free_port(), env={}) as client:
+            _check_both_ports(client, origin)
+            served_by_first = first.log_text().count("accepted")
+            subscription.write_bytes(base64.b64encode(links[1].encode()))
+            os.kill(client.pid, signal.SIGHUP)
+            client.wait_for_log("reloaded;")
+            _check_both_ports(client, origin)
+            assert second.log_text().count("accepted") == 2, second.log_text()
+            assert first.log_text().count("accepted") == served_by_first

@@ -31,6 +31,10 @@ class Session:
     sniffing: Any = None  # the inbound's SniffingConfig, when it has one
     # Addresses the router resolved the target's name to; the dial uses the same answer.
     resolved: Tuple[Address, ...] = ()
+    # Where the client addressed its traffic before iptables REDIRECT/TPROXY sent it to us
+    # (v2ray's session.Outbound.Target, set by the inbound worker); dokodemo-door's
+    # followRedirect goes there.
+    original_target: Optional[Destination] = None
     id: int = field(default_factory=new_session_id)
 
     def destination(self) -> Destination:

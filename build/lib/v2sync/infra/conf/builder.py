@@ -26,9 +26,13 @@ from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooMany
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
 from v2sync.proxy.blackhole.config import BlackholeConfig
+from v2sync.proxy.dokodemo.config import DokodemoConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
+from v2sync.proxy.trojan.config import TrojanInboundConfig, TrojanOutboundConfig
+from v2sync.proxy.vless.config import VlessInboundConfig, VlessOutboundConfig
 from v2sync.proxy.vmess.config import VMessInboundConfig, VMessOutboundConfig
 
 log = logging.getLogger(__name__)
@@ -39,14 +43,21 @@ SettingsConverter = Callable[[Mapping[str, Any], str], Any]
 # here and to validate.SUPPORTED_INBOUNDS / SUPPORTED_OUTBOUNDS.
 PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
+        "dokodemo-door": DokodemoConfig.from_json,
         "http": HttpServerConfig.from_json,
+        "shadowsocks": ShadowsocksServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,
+        "vless": VlessInboundConfig.from_json,
+        "trojan": TrojanInboundConfig.from_json,
     },
     "outbound": {
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "shadowsocks": ShadowsocksClientConfig.from_json,
+        "vless": VlessOutboundConfig.from_json,
+        "trojan": TrojanOutboundConfig.from_json,
     },
 }
 

@@ -10,21 +10,37 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 
 MAX_DATAGRAM = 65535
+# The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
+# (buf.Size), inbound and outbound, and passes on only what fits. v2sync drops a longer one
+# whole instead of cutting it (a cut datagram is garbage to every application).
+MAX_UDP_PAYLOAD = 2048
 
 
 def _family(address: Address) -> socket.AddressFamily:
     return socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
 
 
-def bind_udp(address: Address, port: int) -> socket.socket:
+def bind_udp(address: Address, port: int, mark: int = 0,
+             transparent: bool = False) -> socket.socket:
+    """``transparent``: IP_TRANSPARENT (sockopt.tproxy), so TPROXY'd datagrams arrive."""
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     try:
         if address.kind is AddressKind.IPV6 and address.value == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if transparent:
+            from v2sync.transport.internet.tproxy import set_transparent
+            set_transparent(sock)
+            # answering sockets bind to the same original destinations (tproxy.py)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address.value, port))
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to listen on udp {address}:{port}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
     return sock
 
 
