@@ -50,9 +50,9 @@ def _add_link_args(parser: argparse.ArgumentParser) -> None:
                         help="vmess://, vless://, trojan:// or ss:// (several: a balancer)")
     parser.add_argument("--subscription", metavar="FILE|-",
                         help="a subscription: links one a line, or their base64 ('-': stdin)")
-    parser.add_argument("--socks-port", type=_port, default=DEFAULT_SOCKS_PORT, metavar="N",
+    parser.add_argument("--socks-port", type=_port, metavar="N",
                         help=f"local SOCKS5 port on 127.0.0.1 (default {DEFAULT_SOCKS_PORT})")
-    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+    parser.add_argument("--http-port", type=_port, metavar="N",
                         help=f"local HTTP proxy port on 127.0.0.1 (default {DEFAULT_HTTP_PORT})")
 
 
@@ -199,6 +199,9 @@ def _load(args):
         if args.config or args.confdir:
             raise _usage_error("give links or a config file (-c/--confdir), not both")
         return config_from_dict(_client_config(args), LINKS_CONFIG_NAME)
+    if getattr(args, "socks_port", None) or getattr(args, "http_port", None):
+        raise _usage_error("--socks-port and --http-port go with links; a config file "
+                           "names its own ports")
     if args.config or args.confdir:
         return load_config(args.config, args.confdir)
     return load_default()
@@ -219,13 +222,14 @@ def _usage_error(message: str):
 
 def _client_config(args) -> dict:
     """The config for ``run LINK...`` / ``link import``; says which link fields it ignored."""
-    from v2sync.infra.share.client import client_config
+    from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT, client_config
     from v2sync.infra.share.source import ignored_fields, read_links
 
     links = read_links(args.links, args.subscription)
     for line in ignored_fields(links):
         print(f"v2sync: {line}", file=sys.stderr)
-    return client_config(links, socks_port=args.socks_port, http_port=args.http_port)
+    return client_config(links, socks_port=args.socks_port or DEFAULT_SOCKS_PORT,
+                         http_port=args.http_port or DEFAULT_HTTP_PORT)
 
 
 def _print_config_errors(err) -> int:

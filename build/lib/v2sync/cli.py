@@ -23,6 +23,7 @@ import platform
 import signal
 import sys
 import threading
+import time
 import uuid
 from typing import List, Optional
 
@@ -49,9 +50,9 @@ def _add_link_args(parser: argparse.ArgumentParser) -> None:
                         help="vmess://, vless://, trojan:// or ss:// (several: a balancer)")
     parser.add_argument("--subscription", metavar="FILE|-",
                         help="a subscription: links one a line, or their base64 ('-': stdin)")
-    parser.add_argument("--socks-port", type=_port, default=DEFAULT_SOCKS_PORT, metavar="N",
+    parser.add_argument("--socks-port", type=_port, metavar="N",
                         help=f"local SOCKS5 port on 127.0.0.1 (default {DEFAULT_SOCKS_PORT})")
-    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+    parser.add_argument("--http-port", type=_port, metavar="N",
                         help=f"local HTTP proxy port on 127.0.0.1 (default {DEFAULT_HTTP_PORT})")
 
 
@@ -198,6 +199,9 @@ def _load(args):
         if args.config or args.confdir:
             raise _usage_error("give links or a config file (-c/--confdir), not both")
         return config_from_dict(_client_config(args), LINKS_CONFIG_NAME)
+    if getattr(args, "socks_port", None) or getattr(args, "http_port", None):
+        raise _usage_error("--socks-port and --http-port go with links; a config file "
+                           "names its own ports")
     if args.config or args.confdir:
         return load_config(args.config, args.confdir)
     return load_default()
@@ -218,13 +222,14 @@ def _usage_error(message: str):
 
 def _client_config(args) -> dict:
     """The config for ``run LINK...`` / ``link import``; says which link fields it ignored."""
-    from v2sync.infra.share.client import client_config
+    from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT, client_config
     from v2sync.infra.share.source import ignored_fields, read_links
 
     links = read_links(args.links, args.subscription)
     for line in ignored_fields(links):
         print(f"v2sync: {line}", file=sys.stderr)
-    return client_config(links, socks_port=args.socks_port, http_port=args.http_port)
+    return client_config(links, socks_port=args.socks_port or DEFAULT_SOCKS_PORT,
+                         http_port=args.http_port or DEFAULT_HTTP_PORT)
 
 
 def _print_config_errors(err) -> int:
@@ -371,7 +376,7 @@ def _reload(current, args, stop: threading.Event, retiring: List[threading.Threa
         return current
     current.stop_listening()
     try:
-        fresh.start()
+        fresh = _start_when_free(fresh)
     except V2SyncError as e:  # a port taken by another program since: back to the old config
         log.error("the reloaded config failed to start (%s); restarting the previous one", e)
         fresh = _restart(current.config)
@@ -394,12 +399,34 @@ def _restart(config):
     from v2sync.core import Instance
 
     try:
-        instance = Instance(config)
-        instance.start()
-        return instance
+        return _start_when_free(Instance(config))
     except V2SyncError as e:
         log.error("the previous config failed to start again: %s", e)
         return None
+
+
+# A UDP listener's thread closes its socket at its next poll (UdpListener.POLL_INTERVAL,
+# 0.25 s), so a port the old instance had may be bound a little after stop_listening.
+REBIND_WAIT = 1.0
+REBIND_POLL = 0.02
+
+
+def _start_when_free(instance):
+    """``instance`` started; a failed bind is retried, each time with a fresh Instance
+    from the same config (a failed start closes it), until REBIND_WAIT has passed."""
+    from v2sync.common.errors import V2SyncError
+    from v2sync.core import Instance
+
+    deadline = time.monotonic() + REBIND_WAIT
+    while True:
+        try:
+            instance.start()
+            return instance
+        except V2SyncError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(REBIND_POLL)
+        instance = Instance(instance.config)
 
 
 def _exit_now() -> None:

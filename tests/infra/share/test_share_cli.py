@@ -152,6 +152,7 @@ def test_qr_draws_each_link() -> None:
     (["link", "import", "--subscription", "-"], base64.b64encode(b"vmess://e30"), "- line 1.port"),
     (["link", "import"], b"", "no link given"),
     (["run", "vmess://x", "-c", "conf/config.json"], b"", "not both"),
+    (["run", "-c", "conf/config.json", "--socks-port", "1090"], b"", "go with links"),
     (["run", "trojan://@h.example:443"], b"", "links[0].password"),
     (["trojan://@h.example:443"], b"", "links[0].password"),  # v2sync LINK: run LINK
     (["link", "export", "-c", "/nonexistent.json"], b"", "/nonexistent.json"),
@@ -162,6 +163,11 @@ def test_bad_input_exits_23_naming_the_part(args: List[str], stdin: bytes, part:
     assert result.returncode == 23, _text(result)
     assert part in _text(result)
     assert "Traceback" not in _text(result)
+
+
+def test_a_bad_port_option_is_a_usage_error() -> None:
+    result = v2sync("run", "--http-port", "0", LINKS["trojan"])
+    assert result.returncode == 2 and "'0' is not a port (1-65535)" in _text(result)
 
 
 def test_ignored_link_fields_are_said(tmp_path: Path) -> None:
