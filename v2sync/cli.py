@@ -23,7 +23,6 @@ import platform
 import signal
 import sys
 import threading
-import time
 import uuid
 from typing import List, Optional
 
@@ -317,7 +316,7 @@ def cmd_run(args) -> int:
 
 
 def _serve(instance, args) -> int:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``core`` says how)."""
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``v2sync.reload``)."""
     from v2sync.common.errors import V2SyncError
 
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
@@ -356,77 +355,11 @@ RETIRED_JOIN = 3.0
 
 
 def _reload(current, args, stop: threading.Event, retiring: List[threading.Thread]):
-    """The Instance serving after a SIGHUP: a new one from the re-read config, or, when
-    that config is bad, the current one unchanged. None if nothing could be started."""
-    from v2sync.app.log.setup import check_files, configure
-    from v2sync.common.errors import ConfigError, V2SyncError
-    from v2sync.core import Instance
+    from v2sync.app.log.setup import configure
+    from v2sync.reload import reload
 
-    log.warning("SIGHUP: reloading the config")
-    try:
-        config = _load(args)
-        fresh = Instance(config)
-        check_files(config.log)
-    except ConfigError as e:
-        log.error("reload refused, still serving the previous config:\n%s", e.render())
-        return current
-    except Exception as e:  # a bug: say so and keep serving
-        log.error("reload failed, still serving the previous config: internal error: %s: %s",
-                  type(e).__name__, e)
-        return current
-    current.stop_listening()
-    try:
-        fresh = _start_when_free(fresh)
-    except V2SyncError as e:  # a port taken by another program since: back to the old config
-        log.error("the reloaded config failed to start (%s); restarting the previous one", e)
-        fresh = _restart(current.config)
-        if fresh is None:
-            current.close()
-            return None
-        config = current.config
-    configure(config.log, _console_handler)
-    thread = threading.Thread(target=current.retire, args=(stop,), name="retired-instance",
-                              daemon=True)
-    thread.start()
-    retiring.append(thread)
-    retiring[:] = [t for t in retiring if t.is_alive()]
-    log.warning("reloaded; connections made before go on under the previous config")
-    return fresh
-
-
-def _restart(config):
-    from v2sync.common.errors import V2SyncError
-    from v2sync.core import Instance
-
-    try:
-        return _start_when_free(Instance(config))
-    except V2SyncError as e:
-        log.error("the previous config failed to start again: %s", e)
-        return None
-
-
-# A UDP listener's thread closes its socket at its next poll (UdpListener.POLL_INTERVAL,
-# 0.25 s), so a port the old instance had may be bound a little after stop_listening.
-REBIND_WAIT = 1.0
-REBIND_POLL = 0.02
-
-
-def _start_when_free(instance):
-    """``instance`` started; a failed bind is retried, each time with a fresh Instance
-    from the same config (a failed start closes it), until REBIND_WAIT has passed."""
-    from v2sync.common.errors import V2SyncError
-    from v2sync.core import Instance
-
-    deadline = time.monotonic() + REBIND_WAIT
-    while True:
-        try:
-            instance.start()
-            return instance
-        except V2SyncError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(REBIND_POLL)
-        instance = Instance(instance.config)
+    return reload(current, lambda: _load(args),
+                  lambda config: configure(config.log, _console_handler), stop, retiring)
 
 
 def _exit_now() -> None:

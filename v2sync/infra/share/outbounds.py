@@ -75,7 +75,7 @@ def from_config(data: Mapping[str, Any], file: str, host: Optional[str]) -> List
     for path, handler in _handlers(data, "outbound"):
         links += _located(file, path, lambda h=handler, p=path: _outbound_links(h, p))
     for path, handler in _handlers(data, "inbound"):
-        if _key(handler, "protocol") not in PROTOCOLS and _key(handler, "protocol") != "ss":
+        if _protocol(handler) is None:
             continue
         if host is None:
             raise ConfigError("is a server inbound: the links need the host name clients "
