@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Iterator
 
 import pytest
@@ -31,7 +30,6 @@ PARALLEL = 8
 PARALLEL_BYTES = 192 * 1024
 BULK_BYTES = 4 * MIB
 DATAGRAMS = 10
-LOG_WAIT = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,7 @@ def _pair_id(pair) -> str:
 
 def _one_connection(chain: MuxChain, port: int, expected: int) -> None:
     """Every access line to ``port`` came from the same source: one mux connection."""
-    deadline = time.monotonic() + LOG_WAIT
-    sources = chain.sources_for(port)
-    while len(sources) < expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        sources = chain.sources_for(port)
-    assert len(sources) >= expected, chain.logs()
+    sources = chain.wait_sources(port, expected)
     assert len(set(sources)) == 1, f"sub-connections on several connections: {set(sources)}"
 
 
