@@ -152,7 +152,7 @@ def test_errors_from_every_file_are_collected(tmp_path: Path) -> None:
 def test_missing_protocol() -> None:
     assert errors_of({"outbounds": [{"tag": "x"}]}) == [
         "f.json: outbounds[0].protocol: missing required key "
-        "(expected one of: blackhole, freedom, vmess)"]
+        "(expected one of: blackhole, freedom, http, socks, vmess)"]
 
 
 def test_missing_blackhole_response_type_names_choices() -> None:
@@ -198,8 +198,8 @@ def test_unknown_network_is_not_a_v2ray_name() -> None:
 @pytest.mark.parametrize("kind, protocol, supported", [
     ("inbounds", "vless", "http, socks, vmess"),
     ("inbounds", "dokodemo-door", "http, socks, vmess"),
-    ("outbounds", "trojan", "blackhole, freedom, vmess"),
-    ("outbounds", "shadowsocks", "blackhole, freedom, vmess"),
+    ("outbounds", "trojan", "blackhole, freedom, http, socks, vmess"),
+    ("outbounds", "shadowsocks", "blackhole, freedom, http, socks, vmess"),
 ])
 def test_unsupported_protocols(kind: str, protocol: str, supported: str) -> None:
     assert errors_of({kind: [{"protocol": protocol, "port": 1}]} if kind == "inbounds"
