@@ -65,6 +65,7 @@ RECV_BUFFER = 4 * MIB
 # is never retried. v2sync's filter is an exact set: it refuses none.
 MAX_FAILED_CONNECTIONS = 5
 DOWNLOAD_DEADLINE = 300.0
+DOWNLOAD_REQUEST = b"\n"
 PHASE_DEADLINE = 180.0
 SETTLE_SECONDS = 1.0
 WARMUP_CONNECTIONS = 5
@@ -162,6 +163,9 @@ def measure_download(proxy_port: int, source: BulkSource) -> float:
     total = 0
     started = time.perf_counter()
     with socks5_connect(proxy_port, source.address) as sock:
+        # A request byte (the source ignores it): an HTTP outbound waits for the client's
+        # first bytes before it dials, as 4.34's does, so a silent client would stall it.
+        sock.sendall(DOWNLOAD_REQUEST)
         while total < source.total_bytes:
             received = sock.recv_into(buffer)
             if received == 0:
