@@ -40,9 +40,10 @@ def _ended(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("pair", [("v2sync", "v2sync"), ("v2sync", "v2ray")])
-def test_a_stalled_sub_connection_is_cut_and_the_others_go_on(pair) -> None:
-    chain = start_mux_chain(*pair, policy={"levels": {"0": {"connIdle": CONN_IDLE}}})
+def test_a_stalled_sub_connection_is_cut_and_the_others_go_on() -> None:
+    # v2sync at both ends: its client side stalls on the full pipe, its server side too.
+    chain = start_mux_chain("v2sync", "v2sync",
+                            policy={"levels": {"0": {"connIdle": CONN_IDLE}}})
     try:
         with TcpEchoServer(xor=XOR_C, timeout=60.0) as echo, \
                 BulkSource(1 << 40, timeout=60.0) as source, \
