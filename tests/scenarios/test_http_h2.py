@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, Optional
+from typing import Iterator
 
 import pytest
 from scenarios.test_chain_outbounds import _tunnel_answer

@@ -146,7 +146,8 @@ class _Session:
         if headers.get(":method") != "CONNECT":
             self.refuse(sid, "405")
             return
-        if self.proxy.expected_auth and headers.get("proxy-authorization") != self.proxy.expected_auth:
+        expected = self.proxy.expected_auth
+        if expected and headers.get("proxy-authorization") != expected:
             self.refuse(sid, "407")
             return
         host, _, port = headers.get(":authority", "").rpartition(":")
