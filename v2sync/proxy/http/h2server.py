@@ -10,12 +10,16 @@ answered ``200`` before its relay. Other methods get ``405``; bad auth ``407``.
 from __future__ import annotations
 
 import logging
+from typing import Callable
+
+import h2.errors
 
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError, V2SyncError
 from v2sync.common.net import Destination
 from v2sync.common.session import Session
 from v2sync.proxy.http import encoding as enc
-from v2sync.proxy.http.h2session import H2Session, Tunnel, relay_tunnel, serve_connection
+from v2sync.proxy.http.h2session import H2Session, IdleWatch, Tunnel, relay_tunnel
+from v2sync.transport.internet.conn import Connection
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +79,24 @@ def _check(inbound, h2s: H2Session, tunnel: Tunnel) -> Destination:
         h2s.respond(tunnel, BAD_REQUEST, end=True)
         raise
     return Destination.tcp(target.host, target.port)
+
+
+def serve_connection(conn: Connection, name: str, ctx, idle_timeout: float,
+                     on_request: Callable[[H2Session, Tunnel], None]) -> None:
+    """Server side: read one HTTP/2 connection in this thread until it ends; each CONNECT
+    stream goes to ``on_request`` in a thread of its own."""
+    session = H2Session(conn, False, name)
+
+    def spawn(tunnel: Tunnel) -> None:
+        try:
+            ctx.threads.spawn(f"{name}-{tunnel.stream_id}", lambda: on_request(session, tunnel))
+        except RuntimeError:
+            session.h2.reset_stream(tunnel.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+
+    session.on_request = spawn
+    watch = IdleWatch(session, ctx.timers, idle_timeout)
+    session.arm_idle = watch.arm
+    conn.settimeout(None)
+    session.start()
+    watch.arm()
+    session.run_reader()

@@ -1,8 +1,9 @@
 """HTTP/2 CONNECT tunnels on the ``h2`` package (RFC 7540 §8.3): both ends.
 
-Only this module imports ``h2``, and only the HTTP proxy imports this module, when a TLS
+Only the ``h2*`` modules import ``h2``, and the HTTP proxy imports them only when a TLS
 connection negotiates ``h2``: the HTTP outbound (4.34 ``proxy/http/client.go`` tunnels
-over HTTP/2 CONNECT then, one cached connection per server) and the HTTP inbound (beyond
+over HTTP/2 CONNECT then, one cached connection per server: ``h2client``) and the HTTP
+inbound (``h2server``; beyond
 4.34, whose inbound speaks HTTP/1 only, so that a 4.34 HTTP outbound over TLS works).
 
 One ``H2Session`` per connection: one thread reads it and hands each stream's data to its
@@ -29,10 +30,7 @@ import h2.settings
 
 from v2sync.common.errors import (PipeClosed, PipeInterrupted, RemoteProtocolError,
                                   TransportError, V2SyncError)
-from v2sync.common.net import Destination
-from v2sync.common.session import Session
 from v2sync.common.signal import ActivityTimer, TimerWheel
-from v2sync.proxy.http.encoding import authority
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
@@ -343,87 +341,3 @@ class IdleWatch:
             session.close()
         else:
             self.arm()  # tunnels are open: each arms the watch again when it ends
-
-
-class TunnelPool:
-    """The HTTP outbound's HTTP/2 connections, one per server (client.go cachedH2Conns).
-
-    4.34 keeps a connection until it fails; here an idle one also closes after the
-    level-0 connIdle (300 s by default), so no reading thread outlives its use for long.
-    """
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self._lock = threading.Lock()
-        self._sessions: Dict[Destination, H2Session] = {}
-
-    def get(self, server: Destination) -> Optional[H2Session]:
-        with self._lock:
-            session = self._sessions.get(server)
-        return session if session is not None and session.can_open() else None
-
-    def add(self, server: Destination, conn: Connection, name: str) -> H2Session:
-        conn.settimeout(None)  # the idle watch and the relays' timers bound it
-        session = H2Session(conn, True, name)
-        watch = IdleWatch(session, self.ctx.timers, self.ctx.policy.for_level(0).conn_idle)
-        session.arm_idle = watch.arm
-        session.start()
-        watch.arm()
-        self.ctx.threads.spawn(f"{name}-read", session.run_reader)
-        with self._lock:
-            self._sessions[server] = session
-        return session
-
-    def relay(self, session: Session, h2s: H2Session, link: Link, policy,
-              auth: Optional[str], first: bytes) -> None:
-        target = session.target
-        headers = [(":method", "CONNECT"), (":authority", authority(target)),
-                   ("user-agent", GO_H2_USER_AGENT)]
-        if auth is not None:
-            headers.append(("proxy-authorization", auth))
-        tunnel = h2s.open(headers)
-        try:
-            if first:
-                h2s.send(tunnel, first)
-            h2s.wait_headers(tunnel, time.monotonic() + policy.handshake)
-            status = tunnel.header(":status")
-            if status != "200":
-                raise RemoteProtocolError(f"Proxy responded with non 200 code: {status}")
-        except BaseException:
-            h2s.reset(tunnel)
-            h2s.forget(tunnel)
-            raise
-        error = relay_tunnel(self.ctx, session.name(), policy, h2s, tunnel, link)
-        if error is not None:
-            raise TransportError(f"http/2 tunnel ended: {error}") from error
-
-    def close(self) -> None:
-        with self._lock:
-            sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            session.close()
-
-
-# What Go's HTTP/2 transport sends as User-Agent on a request that sets none.
-GO_H2_USER_AGENT = "Go-http-client/2.0"
-
-
-def serve_connection(conn: Connection, name: str, ctx, idle_timeout: float,
-                     on_request: Callable[[H2Session, Tunnel], None]) -> None:
-    """Server side: read one HTTP/2 connection in this thread until it ends; each CONNECT
-    stream goes to ``on_request`` in a thread of its own."""
-    session = H2Session(conn, False, name)
-
-    def spawn(tunnel: Tunnel) -> None:
-        try:
-            ctx.threads.spawn(f"{name}-{tunnel.stream_id}", lambda: on_request(session, tunnel))
-        except RuntimeError:
-            session.h2.reset_stream(tunnel.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-
-    session.on_request = spawn
-    watch = IdleWatch(session, ctx.timers, idle_timeout)
-    session.arm_idle = watch.arm
-    conn.settimeout(None)
-    session.start()
-    watch.arm()
-    session.run_reader()

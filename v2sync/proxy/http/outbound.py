@@ -4,7 +4,7 @@ As 4.34: the link's first payload is read before the server is dialed and goes o
 behind the CONNECT request; Basic auth when the picked server has users; any status but 200
 fails the link. The connection goes through the outbound's ``streamSettings``; when its TLS
 negotiates ``h2`` the tunnel is an HTTP/2 CONNECT stream instead, on one shared HTTP/2
-connection per server (``h2session.TunnelPool``). UDP is refused ("UDP is not supported").
+connection per server (``h2client.TunnelPool``). UDP is refused ("UDP is not supported").
 
 4.34 waits for that first payload without a bound; here the wait is the level's
 ``connIdle``, after which the request goes out without one.
@@ -86,7 +86,7 @@ class HttpOutbound:
     def _pool(self):
         if self.h2 is None:
             # h2 is imported only once a server negotiates it
-            from v2sync.proxy.http.h2session import TunnelPool
+            from v2sync.proxy.http.h2client import TunnelPool
             self.h2 = TunnelPool(self.ctx)
         return self.h2
 
