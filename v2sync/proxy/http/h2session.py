@@ -3,8 +3,8 @@
 Only the ``h2*`` modules import ``h2``, and the HTTP proxy imports them only when a TLS
 connection negotiates ``h2``: the HTTP outbound (4.34 ``proxy/http/client.go`` tunnels
 over HTTP/2 CONNECT then, one cached connection per server: ``h2client``) and the HTTP
-inbound (``h2server``; beyond
-4.34, whose inbound speaks HTTP/1 only, so that a 4.34 HTTP outbound over TLS works).
+inbound (``h2server``; beyond 4.34, whose inbound speaks HTTP/1 only, so that a 4.34 HTTP
+outbound over TLS works).
 
 One ``H2Session`` per connection: one thread reads it and hands each stream's data to its
 ``Tunnel`` (an unbounded pipe, bounded in fact by the flow-control window we grant: the
