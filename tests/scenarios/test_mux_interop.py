@@ -7,7 +7,8 @@ v2sync client -> v2ray server, v2ray client -> v2sync server, v2sync <-> v2sync,
 v2ray <-> v2ray as the control that proves the harness. Each chain runs 8 parallel
 connections and one 4 MiB exchange through an XOR echo, and UDP (SOCKS UDP ASSOCIATE inside
 mux); the server's access log shows every sub-connection coming on one connection. Over
-WebSocket + TLS the cross pairs run the parallel connections too.
+WebSocket + TLS the cross pairs run the parallel connections too. A v2sync server routes
+each sub-connection by its own target and the mux connection's user.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from typing import Iterator
 
 import pytest
 import socks
-from scenarios.mux_helpers import MuxChain, start_mux_chain
+from scenarios.mux_helpers import MuxChain, mux_client_config, start_mux_chain
 from scenarios.test_transport_interop import stream_settings
 from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
-                                     exchange_in_parallel, open_tunnel)
+                                     exchange_in_parallel, make_process, open_tunnel,
+                                     vmess_client_entry, vmess_inbound)
 from support.certs import Pki
-from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, xor_bytes
+from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, free_port, xor_bytes
 
 PAIRS = [("v2sync", "v2ray"), ("v2ray", "v2sync"), ("v2sync", "v2sync"), ("v2ray", "v2ray")]
 CROSS = PAIRS[:2]
@@ -94,3 +96,49 @@ def test_parallel_over_websocket_tls(pair, pki: Pki, echo: TcpEchoServer, tmp_pa
         _one_connection(chain, echo.port, PARALLEL)
     finally:
         chain.stop()
+
+
+def test_each_sub_connection_is_routed_with_the_connections_user(echo: TcpEchoServer) -> None:
+    """A v2ray client's mux connection into a v2sync server whose routing sends one user's
+    connections to one port into a blackhole: the rule sees each sub-connection's target
+    and the mux connection's user; the access log names both."""
+    vmess_port, socks_port = free_port(), free_port()
+    with TcpEchoServer(xor=XOR_C) as blocked:
+        server_config = {
+            "log": {"loglevel": "warning"},
+            "inbounds": [vmess_inbound([vmess_client_entry(email="mux@test")], port=vmess_port)],
+            "outbounds": [{"tag": "direct", "protocol": "freedom"},
+                          {"tag": "block", "protocol": "blackhole"}],
+            "routing": {"rules": [{"type": "field", "user": ["mux@test"],
+                                   "port": str(blocked.port), "outboundTag": "block"}]}}
+        server = make_process("v2sync", server_config).start()
+        client = make_process("v2ray", mux_client_config(socks_port, vmess_port)).start()
+        chain = MuxChain(client, server, socks_port)
+        try:
+            payload = os.urandom(4096)
+            with open_tunnel(socks_port, echo.address) as sock:
+                assert_same_bytes(exchange(sock, payload), xor_bytes(payload), chain.logs())
+            with open_tunnel(socks_port, blocked.address) as sock:
+                sock.sendall(payload)
+                assert _read_until_closed(sock) == b""
+            assert blocked.accepted == 0
+            sources = chain.wait_sources(blocked.port, 1) + chain.wait_sources(echo.port, 1)
+            assert len(set(sources)) == 1, "not one mux connection"
+            text = server.log_text()
+            assert f":{blocked.port} [vmess-in -> block] email: mux@test" in text, text
+            assert f":{echo.port} [vmess-in -> direct] email: mux@test" in text, text
+        finally:
+            chain.stop()
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(IO_TIMEOUT)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
