@@ -142,3 +142,34 @@ def _read_until_closed(sock: socket.socket) -> bytes:
             data += chunk
     except ConnectionResetError:
         return data
+
+
+def test_each_sub_connection_is_sniffed(echo: TcpEchoServer) -> None:
+    """The v2sync server's inbound sniffs HTTP: a sub-connection whose first bytes name a
+    Host is routed by that name; one with other bytes goes by its IP, on the same mux
+    connection."""
+    vmess_port, socks_port = free_port(), free_port()
+    inbound = vmess_inbound([vmess_client_entry()], port=vmess_port)
+    inbound["sniffing"] = {"enabled": True, "destOverride": ["http"]}
+    server_config = {
+        "log": {"loglevel": "warning"}, "inbounds": [inbound],
+        "outbounds": [{"tag": "direct", "protocol": "freedom"},
+                      {"tag": "block", "protocol": "blackhole"}],
+        "routing": {"rules": [{"type": "field", "domain": ["full:sniffed.test"],
+                               "outboundTag": "block"}]}}
+    server = make_process("v2sync", server_config).start()
+    client = make_process("v2ray", mux_client_config(socks_port, vmess_port)).start()
+    chain = MuxChain(client, server, socks_port)
+    try:
+        with open_tunnel(socks_port, echo.address) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: sniffed.test\r\n\r\n")
+            assert _read_until_closed(sock) == b""
+        payload = os.urandom(4096)
+        with open_tunnel(socks_port, echo.address) as sock:
+            assert_same_bytes(exchange(sock, payload), xor_bytes(payload), chain.logs())
+        assert len(set(chain.wait_sources(echo.port, 2))) == 1, "not one mux connection"
+        text = server.log_text()
+        assert f"accepted tcp:sniffed.test:{echo.port} [vmess-in -> block]" in text, text
+        assert f"accepted tcp:127.0.0.1:{echo.port} [vmess-in -> direct]" in text, text
+    finally:
+        chain.stop()
