@@ -40,8 +40,6 @@ PROBE_THREADS = 32  # threads that mostly sleep in recv, waiting out QUIET_SECON
 BLACKHOLE_SECONDS = 2.5  # the blackhole ends its link a second after the 403 (blackhole.go)
 # Known differences from 4.34, each a strict xfail: it fails the suite once it is fixed.
 KNOWN_DIFFERENCES = {
-    "http-bad-version": "v2sync refuses request versions other than HTTP/1.0 and 1.1; Go "
-                        "accepts any HTTP/d.d (net/http ParseHTTPVersion) and 4.34 proxies it",
     "header-tls-hello": "4.34's header reader parses whatever each read brought and answers 400 "
                         "once a partial first line is already malformed; v2sync's codec models "
                         "2048-byte reads and waits for the head's end",
@@ -263,3 +261,77 @@ def test_v2sync_canned_bytes_are_what_v2ray_sends(answers: Dict[Tuple[str, str],
     what, canned = CANNED[name]
     sent = answers[name, "v2ray"][0].replace(b"\r\nDate: <now>\r\n", b"\r\n")  # constants omit Date
     assert sent.endswith(canned()), f"{what}: v2ray sent {sent!r}, v2sync has {canned()!r}"
+
+
+# -- what the HTTP inbound forwards -----------------------------------------------------------
+
+ORIGIN_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+FORWARD_PROBES = {
+    "post-with-body": b"POST http://127.0.0.1:{recorder}/p?q=1 HTTP/1.1\r\nUser-Agent: t\r\n"
+                      b"Host: other.example\r\nProxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+    "http-1.0-no-agent": b"GET http://127.0.0.1:{recorder}/ HTTP/1.0\r\nAccept: */*\r\n\r\n",
+    "hop-by-hop": b"GET http://127.0.0.1:{recorder}/h HTTP/1.1\r\nHost: 127.0.0.1:{recorder}\r\n"
+                  b"Connection: X-Hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+                  b"Upgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-End: kept\r\n\r\n",
+    "repeated-header": b"GET http://127.0.0.1:{recorder}/r HTTP/1.1\r\nX-Dup: 1\r\nx-dup: 2\r\n"
+                       b"Cookie: a=1\r\n\r\n",
+}
+
+
+class RequestRecorder:
+    """An origin that records each request head (and Content-Length body) it receives, in
+    order, and answers 200 "ok"."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(QUIET_SECONDS)
+        self.port = int(self.listener.getsockname()[1])
+
+    def take(self) -> bytes:
+        """The next request to arrive: its head and body as received."""
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(QUIET_SECONDS)
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < READ_LIMIT:
+                chunk = conn.recv(READ_LIMIT)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            while length and len(body) < int(length.group(1)):
+                body += conn.recv(READ_LIMIT)
+            conn.sendall(ORIGIN_REPLY)
+            return head + b"\r\n\r\n" + body
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _header_set(request: bytes) -> Tuple[bytes, Tuple[bytes, ...], bytes]:
+    """Request line, header lines sorted with names lower-cased (Go sorts and canonicalizes
+    them; order and case carry no meaning), body."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    line, *headers = head.split(b"\r\n")
+    folded = sorted(name.lower() + b":" + value for name, _, value in (h.partition(b":") for h in headers))
+    return line, tuple(folded), body
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[RequestRecorder]:
+    server = RequestRecorder()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("name", list(FORWARD_PROBES))
+def test_forwarded_request_is_v2rays(pair: RoutedPair, recorder: RequestRecorder, name: str) -> None:
+    data = FORWARD_PROBES[name].replace(b"{recorder}", str(recorder.port).encode())
+    forwarded = {}
+    for proxy in ("v2ray", "v2sync"):  # one at a time: the recorder takes requests in order
+        with ThreadPoolExecutor(1, thread_name_prefix="forward") as pool:
+            client = pool.submit(exchange, pair.ports[proxy]["http-open"], data)
+            forwarded[proxy] = _header_set(recorder.take())
+            assert client.result()[0].endswith(b"ok"), client.result()
+    assert forwarded["v2sync"] == forwarded["v2ray"], f"{name}: {forwarded}"

@@ -79,7 +79,7 @@ def test_header_value_whitespace_trimmed_obs_text_kept():
 
 @pytest.mark.parametrize("wire", [
     b"GET /\r\n\r\n", b"GET  / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1 x\r\n\r\n",
-    b"G(T / HTTP/1.1\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n", b"GET / http/1.1\r\n\r\n",
+    b"G(T / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.10\r\n\r\n", b"GET / http/1.1\r\n\r\n",
     b"GET /\x01 HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\n\n",
     b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", b"GET / HTTP/1.1\r\nA: 1\r\n\tfold\r\n\r\n",
     b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
@@ -262,6 +262,13 @@ def test_forward_request_head_like_v2ray():
     assert http.encode_request_head(forwarded) == (
         b"POST /p?q HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n"
         b"Content-Length: 2\r\nConnection: close\r\n\r\n")
+
+
+def test_request_versions_go_accepts_are_forwarded_as_1_1():
+    # live against 4.34: tests/scenarios/test_inbound_replies_differential.py
+    for version in (b"HTTP/1.0", b"HTTP/2.0", b"HTTP/9.9"):
+        head, _ = http.parse_request_head(b"GET http://a.example/ " + version + b"\r\n\r\n")
+        assert http.forward_request_head(head, http.parse_target(head)).version == "HTTP/1.1"
 
 
 def test_forward_request_head_transparent_keeps_host():

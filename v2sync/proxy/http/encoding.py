@@ -35,6 +35,9 @@ MAX_TRAILERS = MAX_HEAD
 HTTP_10 = "HTTP/1.0"
 HTTP_11 = "HTTP/1.1"
 VERSIONS = (HTTP_10, HTTP_11)
+# Go's ParseHTTPVersion (Go 1.19, which 4.34 is built with) takes any one-digit HTTP/d.d in a
+# request line; the request then goes upstream as HTTP/1.1, the only version Request.Write writes.
+_REQUEST_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]\Z")
 DEFAULT_PORTS = {"http": 80, "https": 443}  # v2ray: 443 for https, else 80
 
 Headers = Tuple[Tuple[str, str], ...]
@@ -176,7 +179,7 @@ def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
     parts = lines[0].split(" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
         raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}")
-    if parts[2] not in VERSIONS:
+    if not _REQUEST_VERSION.match(parts[2]):
         raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}")
     head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:]))
     return head, consumed
@@ -241,7 +244,7 @@ def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHea
         headers = (("Host", _authority_text(target)),) + tuple(
             (k, v) for k, v in headers if k.lower() != "host")
     headers = set_header(headers, "Connection", "close")
-    return replace(head, target=target.path, headers=headers)
+    return replace(head, target=target.path, version=HTTP_11, headers=headers)
 
 
 def forward_response_head(head: ResponseHead, keep_alive: bool) -> ResponseHead:
