@@ -14,8 +14,9 @@ from v2sync.proxy.socks.encoding import Command, Reply
 from support.codec_checks import assert_decodes as check_decodes, assert_garbage
 
 TRAILER = b"\x05\x00TRAILING"
-REFUSAL_CMD = b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00"  # v2ray writeSocks5Response(7, 0.0.0.0:0)
-REFUSAL_GENERAL = b"\x05\x01\x00\x01\x00\x00\x00\x00\x00\x00"
+# v2ray writeSocks5Response(7, 0.0.0.0:0); the reply and the SOCKS4 ones below are compared with
+# the running binary's in tests/scenarios/test_inbound_replies_differential.py.
+REFUSAL_CMD = b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00"
 SOCKS4_REJECT = b"\x00\x5b\x00\x00\x00\x00\x00\x00"
 V4 = Address.parse("1.2.3.4")
 V6 = Address.parse("2001:db8::1")
