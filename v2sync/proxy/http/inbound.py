@@ -115,6 +115,8 @@ class HttpInbound:
 
     # -- CONNECT -----------------------------------------------------------------------
     def _tunnel(self, session, conn, dispatcher, reader, target: enc.RequestTarget) -> None:
+        if target.port is None:  # parse_target refuses a CONNECT without one already
+            raise RemoteProtocolError("CONNECT target without port", reply=enc.response_400())
         link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
         conn.write(enc.CONNECT_ESTABLISHED)
         early = reader.consume(len(reader.buf))

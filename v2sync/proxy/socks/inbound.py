@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError
@@ -43,7 +43,7 @@ class SocksInbound:
         self.wants_udp = settings.udp
         self.listen = Address.parse(handler_config.listen) if handler_config.listen else None
         self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
-        self._udp_table = None
+        self._udp_table: Optional[UdpSessionTable] = None
         self._udp_lock = threading.Lock()
 
     # -- TCP -------------------------------------------------------------------------
@@ -151,15 +151,16 @@ class SocksInbound:
             log.info("dropping a bad socks datagram from %s: %s", source, e)
             return
         with self._udp_lock:  # one UDP listener thread per port may race to create it
-            if self._udp_table is None:
-                self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx, handler.tag,
-                                                  self.settings.user_level)
+            table = self._udp_table
+            if table is None:
+                table = self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx,
+                                                          handler.tag, self.settings.user_level)
         dest = Destination(datagram.address, datagram.port, Network.UDP)
 
         def respond(origin: Destination, payload: bytes) -> None:
             send_to(enc.encode_udp_datagram(origin.address, origin.port, payload), source)
 
-        self._udp_table.send(source, dest, datagram.payload, respond)
+        table.send(source, dest, datagram.payload, respond)
 
     def close(self) -> None:
         if self._udp_table is not None:
