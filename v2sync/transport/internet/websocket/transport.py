@@ -185,8 +185,8 @@ class WebSocketTransport(Transport):
 
     def accept_steps(self, conn: Connection, settings: StreamSettings,
                      tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
-        if tls is not None:
-            conn = yield from tls.wrap_steps(conn, deadline)
+        if tls is not None:  # hub.go serves ws with net/http, which answers plaintext HTTP
+            conn = yield from tls.wrap_steps(conn, deadline, answer_plain_http=True)
         return (yield from ws_accept(conn, settings, deadline))
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
