@@ -82,7 +82,8 @@ class Probe:
     quiet: float = QUIET_SECONDS
 
 
-# {closed} is filled in with a port nothing listens on, {origin} with an HttpOrigin's.
+# {closed} is filled in with a port nothing listens on ({closed16}: as 2 bytes), {origin}
+# with an HttpOrigin's.
 HTTP_PROBES = {
     "garbage": Probe("http-open", b"garbage\r\n\r\n"),
     "bad-version": Probe("http-open", b"GET http://127.0.0.1:{closed}/ HTTP/9.9\r\n"
@@ -93,6 +94,8 @@ HTTP_PROBES = {
     "origin-keep-alive": Probe("http-open", b"GET http://127.0.0.1:{origin}/ HTTP/1.1\r\n"
                                b"Host: 127.0.0.1:{origin}\r\nProxy-Connection: keep-alive\r\n\r\n",
                                dated=True, unordered=True),
+    "connect-unreachable": Probe("http-open", b"CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n"
+                                 b"Host: 127.0.0.1:{closed}\r\n\r\n", quiet=UNREACHABLE_SECONDS),
     "not-http": Probe("http-open", b"GET http://127.0.0.1:{closed}/ FOO/1.1\r\n\r\n"),
     "relative-url": Probe("http-open", b"GET /relative HTTP/1.1\r\nHost: x.example\r\n\r\n"),
     "no-credentials": Probe("http-auth", b"GET http://x.example/ HTTP/1.1\r\nHost: x.example\r\n\r\n"),
@@ -118,6 +121,11 @@ SOCKS_PROBES = {
     "socks5-bad-command": Probe("socks-open", GREET + b"\x05\x09\x00\x01\xc0\x00\x02\x01\x00\x50"),
     "socks5-bad-atyp": Probe("socks-open", GREET + b"\x05\x01\x00\x07\xc0\x00\x02\x01\x00\x50"),
     "bad-version": Probe("socks-open", b"\x06\x01\x00"),
+    "connect-unreachable": Probe("socks-open", GREET + b"\x05\x01\x00\x01\x7f\x00\x00\x01{closed16}",
+                                 own_port=True, quiet=UNREACHABLE_SECONDS),
+    "several-methods": Probe("socks-open", b"\x05\x03\x02\x01\x00"),
+    "socks4a-blackhole": Probe("socks-open", b"\x04\x01\x00\x50\x00\x00\x00\x01\x00blocked.example\x00",
+                               quiet=BLACKHOLE_SECONDS),
     "no-methods": Probe("socks-open", b"\x05\x00"),
     "blackhole": Probe("socks-open", GREET + socks5(1, "blocked.example", 80), own_port=True,
                        quiet=BLACKHOLE_SECONDS),
@@ -227,6 +235,7 @@ def answers(pair: RoutedPair, closed_port: int, origin: HttpOrigin) -> Dict[Tupl
         for name, probe in ALL_PROBES.items():
             data = probe.data.replace(b"{closed}", str(closed_port).encode())
             data = data.replace(b"{origin}", str(origin.port).encode())
+            data = data.replace(b"{closed16}", struct.pack("!H", closed_port))
             for proxy in ("v2ray", "v2sync"):
                 port = pair.ports[proxy][probe.inbound]
                 jobs[name, proxy] = (pool.submit(exchange, port, data, probe.quiet), port)
