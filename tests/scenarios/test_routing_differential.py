@@ -71,11 +71,12 @@ RULES = [
          sourcePort=f"{AND_PORTS[0]}-{AND_PORTS[0] + 19},{AND_PORTS[0] + 20}-{AND_PORTS[1]}"),
     rule("http", protocol=["http"]),
     rule("tls", protocol=["tls"]),
+    rule("bt", protocol=["bittorrent"]),
 ]
 OUTBOUNDS = ["direct", "inbound", "user", "and", "full", "upper", "ext-upper", "net-both",
              "src-and-port", "domain", "keyword", "regexp", "plain",
              "dotless", "geosite-ads", "geosite", "ext-site", "ip", "geoip", "private", "ext-ip",
-             "udp", "port", "source", "sport", "http", "tls", "px-1", "px-2"]
+             "udp", "port", "source", "sport", "http", "tls", "bt", "px-1", "px-2"]
 UDP_OUTBOUNDS = ["direct", "udp", "ip", "port", "net-both"]
 ROUTING = {"domainStrategy": "AsIs", "rules": RULES,
            "balancers": [{"tag": "pool", "selector": ["px-"]}]}
@@ -129,6 +130,8 @@ OTHER_CASES = [
     Request("socks-sniff", "8.8.8.8", 443, payload=client_hello("dom.example")),
     Request("socks-sniff", "full.example", payload=b"not a protocol v2ray knows\r\n"),
     Request("socks-sniff", "198.51.100.7", payload=http_get("proto.example")),
+    Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocol" + bytes(8) + b"x" * 40),
+    Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocoX" + bytes(8)),
 ]
 UDP_CASES = [
     socks("8.8.8.8", 53, udp=True, payload=b"q"), socks("192.0.2.1", 53, udp=True, payload=b"q"),
