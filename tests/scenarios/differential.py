@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import random
 import shutil
 import socket
 import struct
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from scenarios.helpers_scenarios import (BLACKHOLE_403, CMD_CONNECT, CMD_UDP, REPLY_SUCCEEDED,
-                                         socks5_address, socks5_greet, socks5_request)
+                                         read_socks5_reply, socks5_address, socks5_greet,
+                                         socks5_request)
 from support.peers import TcpEchoServer, free_port
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess
 
@@ -40,6 +42,9 @@ NO_REPLY = "(no reply)"       # a UDP datagram got no answer within UDP_WAIT
 ANSWER_TIMEOUT = 5.0
 UDP_WAIT = 1.5
 LINE_LIMIT = 256
+# A proxy may keep its upstream connection to a sink open after the client left (v2ray until
+# its idle timeouts), so a sink that many requests reach needs room for all of them.
+SINK_CONNECTIONS = 512
 UDP_POLL = 0.05
 UDP_MAX_TURNS = 20_000  # polls: about 1,000 s at most
 UDP_DATAGRAM = 2048
@@ -64,7 +69,8 @@ class TagSink(TcpEchoServer):
     """Writes ``<tag>\\n`` on accept; whatever the client then sends is echoed."""
 
     def __init__(self, tag: str):
-        super().__init__(send_first=tag.encode() + b"\n", max_connections=32, timeout=ANSWER_TIMEOUT)
+        super().__init__(send_first=tag.encode() + b"\n", max_connections=SINK_CONNECTIONS,
+                         timeout=ANSWER_TIMEOUT)
         self.tag = tag
 
 
@@ -90,6 +96,7 @@ class Request:
     user: Optional[Tuple[str, str]] = None
     udp: bool = False
     http: bool = False  # an HTTP CONNECT (Basic auth with ``user``) instead of SOCKS5
+    domain_atyp: bool = False  # send ``host`` (even an IP literal) as a SOCKS5 domain name
 
 
 class RoutedPair:
@@ -254,7 +261,12 @@ def tcp_route(proxy_port: int, request: Request) -> str:
     with _client(proxy_port, request.source) as sock:
         user, password = request.user or (None, None)
         socks5_greet(sock, user, password)
-        reply = socks5_request(sock, CMD_CONNECT, request.host, request.port)
+        if request.domain_atyp:
+            host = request.host.encode()
+            sock.sendall(bytes([5, CMD_CONNECT, 0, 3, len(host)]) + host + struct.pack("!H", request.port))
+            reply = read_socks5_reply(sock)
+        else:
+            reply = socks5_request(sock, CMD_CONNECT, request.host, request.port)
         if reply[1] != REPLY_SUCCEEDED:
             return f"(socks reply {reply[1]})"
         if request.payload:
@@ -306,16 +318,19 @@ def udp_route(proxy_port: int, request: Request) -> str:
         return data[len(header):].decode("ascii", "replace") if data.startswith(b"\x00\x00\x00") else repr(data)
 
 
-def free_source_port(low: int, high: int) -> int:
-    """A port in [low, high] a client can bind on 127.0.0.1 right now."""
-    for port in range(low, high + 1):
+def free_source_port(low: int, high: int, host: str = "127.0.0.1") -> int:
+    """A port in [low, high] a client can bind on ``host`` right now (one a closed client
+    left in TIME_WAIT cannot be bound without SO_REUSEADDR, so it is passed over)."""
+    ports = list(range(low, high + 1))
+    random.shuffle(ports)
+    for port in ports:
         with socket.socket() as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind((host, port))
                 return port
             except OSError:
                 continue
-    raise AssertionError(f"no free source port in {low}-{high}")
+    raise AssertionError(f"no free source port in {low}-{high} on {host}")
 
 
 def describe(request: Request, answers: Tuple[str, str], pair: RoutedPair) -> str:

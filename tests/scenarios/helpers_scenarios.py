@@ -38,9 +38,10 @@ REPLY_SUCCEEDED = 0x00
 REPLY_CMD_NOT_SUPPORTED = 0x07
 SOCKS4_GRANTED, SOCKS4_REJECTED = 0x5A, 0x5B
 
-# blackhole.go's HTTP response, byte for byte (written out independently of v2sync's constant).
-BLACKHOLE_403 = (b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n"
-                 b"Cache-Control: max-age=3600, public\r\nContent-Length: 0\r\n\r\n")
+# blackhole/config.go's HTTP response (a Go raw string: bare LF, two blank lines at the end),
+# as tests/scenarios/test_inbound_replies_differential.py receives it from the real v2ray.
+BLACKHOLE_403 = (b"HTTP/1.1 403 Forbidden\nConnection: close\n"
+                 b"Cache-Control: max-age=3600, public\nContent-Length: 0\n\n\n")
 
 # Proxy variables in the environment would make curl go somewhere we did not ask for.
 _PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",

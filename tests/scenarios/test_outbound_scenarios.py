@@ -118,8 +118,9 @@ def test_blackhole_http_sends_exact_403_through_socks(tcp_echo: TcpEchoServer) -
 
 
 def test_blackhole_http_through_http_inbound_plain(http_origin: HttpOrigin) -> None:
-    # v2ray 4.34 answers 403 here (checked against the binary): the blackhole's response is
-    # relayed like any upstream response, even though it never reads the request.
+    # v2ray 4.34 answers 403 here (compared live, headers and all, in
+    # test_inbound_replies_differential.py): the blackhole's response is relayed like any
+    # upstream response, even though it never reads the request.
     config = make_config([http_inbound()], [blackhole(response="http")])
     with running_instance(config) as instance:
         proxy = f"http://127.0.0.1:{port_of(instance, 'http-in')}"

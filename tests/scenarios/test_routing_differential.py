@@ -17,7 +17,10 @@ from scenarios.differential import (BLOCK, RoutedPair, Request, asset_dir, descr
                                     free_source_port)
 from scenarios.routing_helpers import client_hello
 
-SOURCE_PORTS = (23170, 23179)  # below the ephemeral range, so only an explicit bind takes one
+# Below the ephemeral range, so only an explicit bind takes one; wide, since a port a client
+# closed stays in TIME_WAIT for a minute.
+SOURCE_PORTS = (23140, 23179)
+AND_PORTS = (23180, 23219)
 BALANCED_REQUESTS = 16  # both pool members come up unless the chance 2 * 2**-16 strikes
 
 INBOUNDS = [
@@ -44,6 +47,8 @@ RULES = [
     rule("user", user=["alice"]),
     rule("and", domain=["domain:and.example"], port="8443"),
     rule("full", domain=["full:full.example"]),
+    rule("upper", domain=["full:Upper.Example", "domain:MiXeD.example"]),
+    rule("ext-upper", domain=["ext:geosite-test.dat:TEST@CN"]),
     rule("domain", domain=["domain:dom.example"]),
     rule("keyword", domain=["keyword:kwd"]),
     rule("regexp", domain=[r"regexp:^re[0-9]+\.example$"]),
@@ -57,17 +62,22 @@ RULES = [
     rule("geoip", ip=["geoip:cn"]),
     rule("private", ip=["geoip:private"]),
     rule("ext-ip", ip=["ext-ip:geoip-test.dat:test"]),
+    rule("net-both", network="tcp,udp", port=4444),
     rule("udp", network="udp"),
     rule("port", port="1000-2000,3333"),
     rule("source", source=["127.0.0.2"]),
     rule("sport", sourcePort=f"{SOURCE_PORTS[0]}-{SOURCE_PORTS[1]}"),
+    rule("src-and-port", source=["127.0.0.4/30"],  # a list of two ranges: the "a-b,c-d" form
+         sourcePort=f"{AND_PORTS[0]}-{AND_PORTS[0] + 19},{AND_PORTS[0] + 20}-{AND_PORTS[1]}"),
     rule("http", protocol=["http"]),
     rule("tls", protocol=["tls"]),
+    rule("bt", protocol=["bittorrent"]),
 ]
-OUTBOUNDS = ["direct", "inbound", "user", "and", "full", "domain", "keyword", "regexp", "plain",
+OUTBOUNDS = ["direct", "inbound", "user", "and", "full", "upper", "ext-upper", "net-both",
+             "src-and-port", "domain", "keyword", "regexp", "plain",
              "dotless", "geosite-ads", "geosite", "ext-site", "ip", "geoip", "private", "ext-ip",
-             "udp", "port", "source", "sport", "http", "tls", "px-1", "px-2"]
-UDP_OUTBOUNDS = ["direct", "udp", "ip", "port"]
+             "udp", "port", "source", "sport", "http", "tls", "bt", "px-1", "px-2"]
+UDP_OUTBOUNDS = ["direct", "udp", "ip", "port", "net-both"]
 ROUTING = {"domainStrategy": "AsIs", "rules": RULES,
            "balancers": [{"tag": "pool", "selector": ["px-"]}]}
 
@@ -90,13 +100,19 @@ DOMAIN_CASES = [
     socks("doubleclick.example"), socks("x.doubleclick.example"), socks("blocked.example"),
     socks("and.example", 8443), socks("x.and.example", 8443), socks("and.example", 80),
     socks("unlisted.example", 3333), socks("unlisted.example"),
+    socks("upper.example"), socks("UPPER.EXAMPLE"), socks("Upper.Example"), socks("x.mixed.example"),
+    socks("MIXED.EXAMPLE"), socks("x.MiXeD.example"),
+    socks("AD7.EXAMPLE.NET"), socks("Www.Example.Com"),
+    Request("socks-in", "192.0.2.1", domain_atyp=True), Request("socks-in", "2001:db8:1::5", domain_atyp=True),
+    Request("socks-in", "010.009.001.001", domain_atyp=True),
 ]
 IP_CASES = [
     socks("192.0.2.1"), socks("2001:db8:1::5"), socks("10.9.1.1"), socks("203.0.113.9"),
     socks("192.0.2.200"), socks("192.0.2.100"), socks("10.1.2.3"), socks("127.0.0.5"), socks("::1"),
     socks("172.16.0.1"), socks("198.51.100.7"), socks("2001:db8::9"), socks("8.8.8.8"),
     socks("8.8.8.8", 1000), socks("8.8.8.8", 2000), socks("8.8.8.8", 2001), socks("8.8.8.8", 3333),
-    socks("203.0.113.9", 1500),
+    socks("203.0.113.9", 1500), socks("8.8.8.8", 4444), socks("::ffff:192.0.2.1"),
+    socks("::ffff:203.0.113.9"), socks("0.0.0.0"), socks("::"),
 ]
 OTHER_CASES = [
     Request("socks-in", "8.8.8.8", source=("127.0.0.2", 0)),
@@ -114,10 +130,13 @@ OTHER_CASES = [
     Request("socks-sniff", "8.8.8.8", 443, payload=client_hello("dom.example")),
     Request("socks-sniff", "full.example", payload=b"not a protocol v2ray knows\r\n"),
     Request("socks-sniff", "198.51.100.7", payload=http_get("proto.example")),
+    Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocol" + bytes(8) + b"x" * 40),
+    Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocoX" + bytes(8)),
 ]
 UDP_CASES = [
     socks("8.8.8.8", 53, udp=True, payload=b"q"), socks("192.0.2.1", 53, udp=True, payload=b"q"),
     socks("9.9.9.9", 1500, udp=True, payload=b"q"), socks("full.example", 53, udp=True, payload=b"q"),
+    socks("8.8.8.8", 4444, udp=True, payload=b"q"),
 ]
 
 # What v2ray answered, for the coverage check at the end of the module.
@@ -164,6 +183,12 @@ def test_source_port_rule_routes_as_v2ray_does(pair: RoutedPair) -> None:
         inside = Request("socks-in", "8.8.8.8", source=("127.0.0.1", free_source_port(*SOURCE_PORTS)))
         check(pair, inside)
     check(pair, Request("socks-in", "8.8.8.8", source=("127.0.0.1", SOURCE_PORTS[1] + 1)))
+
+
+def test_source_and_source_port_together_route_as_v2ray_does(pair: RoutedPair) -> None:
+    for source in (("127.0.0.5", free_source_port(*AND_PORTS, host="127.0.0.5")), ("127.0.0.5", 0),
+                   ("127.0.0.1", free_source_port(*AND_PORTS))):
+        check(pair, Request("socks-in", "8.8.8.8", source=source))
 
 
 def test_balancer_uses_the_same_outbounds_as_v2ray(pair: RoutedPair) -> None:

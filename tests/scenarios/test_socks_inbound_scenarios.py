@@ -3,7 +3,8 @@
 SOCKS 5 (no auth and RFC 1929 password), 4 and 4a, UDP ASSOCIATE relayed to a UDP echo
 server, and the refusals 4.34 sends byte for byte: BIND and disabled UDP get reply 0x07,
 SOCKS4 under password auth gets 0x5B (v2ray ``proxy/socks/protocol.go``). The CONNECT reply
-carries the inbound's listen address and port (checked against the real binary).
+carries the inbound's listen address and port. The same replies are compared with the real
+binary's in test_inbound_replies_differential.py.
 """
 from __future__ import annotations
 

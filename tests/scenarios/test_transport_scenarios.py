@@ -65,7 +65,13 @@ CROSS = [("v2sync", "v2ray"), ("v2ray", "v2sync")]
 
 @pytest.mark.parametrize("client, server", CROSS, ids=[f"{c}-to-{s}" for c, s in CROSS])
 def test_wrong_certificate_name_fails_unless_allow_insecure(pool, echo, client, server) -> None:
+    """The three chains differ only in the client's serverName and allowInsecure, and the
+    right name works: so the wrong-name chain's silence is the name check and nothing else."""
+    right = pool.get(ChainKey(client, server, "aes-128-gcm", 0, "tls"))
+    with open_tunnel(right.socks_port, echo.address) as sock:
+        assert exchange(sock, b"right name") == xor_bytes(b"right name")
     wrong = pool.get(ChainKey(client, server, "aes-128-gcm", 0, "tls-wrong-name"))
+    reached = echo.accepted
     with open_tunnel(wrong.socks_port, echo.address) as sock:
         sock.sendall(b"must not arrive")
         try:
@@ -73,6 +79,7 @@ def test_wrong_certificate_name_fails_unless_allow_insecure(pool, echo, client, 
         except ConnectionResetError:
             answer = b""
     assert answer == b"", wrong.logs()
+    assert echo.accepted == reached, "the wrong-name chain reached the echo server"
     insecure = pool.get(ChainKey(client, server, "aes-128-gcm", 0, "tls-wrong-name-insecure"))
     with open_tunnel(insecure.socks_port, echo.address) as sock:
         assert exchange(sock, b"allowed") == xor_bytes(b"allowed")

@@ -6,31 +6,67 @@ no IP of the asked family gets an empty NOERROR answer, an absent name NXDOMAIN)
 every query it receives so tests can count them and inspect the EDNS client-subnet option.
 ``silent=True`` makes it record queries and never answer (a server that times out).
 
+Queries are parsed and answers built with dnspython, never with v2sync's own codec
+(``v2sync.app.dns.wire``), so a layout mistake in that codec cannot be mirrored here and
+pass; tests/app/dns/test_dns_dnsmasq.py adds a real resolver (dnsmasq) as the peer.
+
 Bounded like tests/support/peers.py: a polling timeout on the socket, a cap on loop turns, a
 joined non-daemon thread and the socket closed on exit (warnings are errors in pytest).
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
+from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from v2sync.app.dns import wire
-from v2sync.common.errors import RemoteProtocolError
-from v2sync.common.net import Address
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 
 POLL_SECONDS = 0.05
 JOIN_SECONDS = 5.0
 MAX_TURNS = 10_000  # polls plus datagrams: at most ~500 s of life
-SOA_BYTES = b"\x00" * 22  # an opaque stand-in: clients only read a negative answer's TTL
+MAX_DATAGRAM = 65535
+RCODE_NOERROR = 0
+SOA_TEXT = "ns.test. hostmaster.test. 1 3600 600 86400 {minimum}"
+
+
+@dataclass(frozen=True)
+class SeenQuery:
+    """What the server read from one query datagram (through dnspython)."""
+
+    id: int
+    name: str  # without the final dot, as asked
+    qtype: int
+    ecs: Optional[Tuple[int, int, bytes]]  # (family, source prefix, address bytes sent)
+
+    def client_subnet(self) -> Optional[Tuple[int, int, bytes]]:
+        return self.ecs
+
+
+def _client_subnet(query: dns.message.Message) -> Optional[Tuple[int, int, bytes]]:
+    for option in query.options:
+        if isinstance(option, dns.edns.ECSOption):
+            packed = ipaddress.ip_address(option.address).packed
+            return option.family, option.srclen, packed[:(option.srclen + 7) // 8]
+    return None
 
 
 class DnsTestServer:
-    def __init__(self, records: Optional[Mapping[str, Sequence[str]]] = None, *, ttl: int = 60,
+    def __init__(self, records: Optional[Mapping[str, Sequence[object]]] = None, *, ttl: int = 60,
                  cnames: Optional[Mapping[str, str]] = None, silent: bool = False,
-                 negative_ttl: Optional[int] = None, rcode: int = wire.RCODE_NOERROR,
+                 negative_ttl: Optional[int] = None, rcode: int = RCODE_NOERROR,
                  host: str = "127.0.0.1"):
-        self.records = {k: [Address.parse(ip) for ip in v] for k, v in (records or {}).items()}
+        # name -> addresses (strings, or anything whose str() is one); tests may swap them.
+        self.records = {k: list(v) for k, v in (records or {}).items()}
         self.cnames = dict(cnames or {})
         self.ttl = ttl
         self.silent = silent
@@ -38,7 +74,7 @@ class DnsTestServer:
         self.rcode = rcode  # forced for every answer when not NOERROR (SERVFAIL, REFUSED...)
         self.host = host
         self.port = 0
-        self._queries: List[wire.Message] = []
+        self._queries: List[SeenQuery] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sock: Optional[socket.socket] = None
@@ -49,14 +85,13 @@ class DnsTestServer:
         return self.host, self.port
 
     @property
-    def queries(self) -> List[wire.Message]:
+    def queries(self) -> List[SeenQuery]:
         with self._lock:
             return list(self._queries)
 
     def count(self, name: Optional[str] = None, qtype: Optional[int] = None) -> int:
-        return sum(1 for q in self.queries for question in q.questions[:1]
-                   if (name is None or question.name == name)
-                   and (qtype is None or question.qtype == qtype))
+        return sum(1 for q in self.queries
+                   if (name is None or q.name == name) and (qtype is None or q.qtype == qtype))
 
     def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -78,7 +113,7 @@ class DnsTestServer:
             if self._stop.is_set():
                 return
             try:
-                data, peer = self._sock.recvfrom(wire.MAX_MESSAGE_LENGTH)
+                data, peer = self._sock.recvfrom(MAX_DATAGRAM)
             except socket.timeout:
                 continue
             reply = self._handle(data)
@@ -90,36 +125,43 @@ class DnsTestServer:
 
     def _handle(self, data: bytes) -> Optional[bytes]:
         try:
-            parsed = wire.parse_message(data)
-        except RemoteProtocolError:
+            query = dns.message.from_wire(data)
+        except (dns.exception.DNSException, ValueError):
             return None
-        if parsed is None or not parsed[0].questions:
+        if not query.question:
             return None
-        query = parsed[0]
+        question = query.question[0]
+        seen = SeenQuery(query.id, question.name.to_text(omit_final_dot=True), int(question.rdtype),
+                         _client_subnet(query))
         with self._lock:
-            self._queries.append(query)
+            self._queries.append(seen)
         if self.silent:
             return None
-        return wire.encode_message(self.answer(query))
+        return self.answer(query).to_wire(want_shuffle=False)  # keep the records' order
 
-    def answer(self, query: wire.Message) -> wire.Message:
-        question = query.questions[0]
-        answers: List[wire.Record] = []
-        name = question.name
+    def answer(self, query: dns.message.Message) -> dns.message.Message:
+        question = query.question[0]
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.RA
+        reply.use_edns(False)  # as the old server: no OPT record in answers
+        name = question.name.to_text(omit_final_dot=True)
         if name in self.cnames:
-            answers.append(wire.Record(name, wire.TYPE_CNAME, self.ttl, self.cnames[name]))
+            reply.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "CNAME",
+                                                    self.cnames[name] + "."))
             name = self.cnames[name]
         rcode = self.rcode
-        if rcode == wire.RCODE_NOERROR and name not in self.records:
-            rcode = wire.RCODE_NXDOMAIN
-        family = {wire.TYPE_A: 4, wire.TYPE_AAAA: 6}.get(question.qtype)
-        answers += [wire.Record(name, question.qtype, self.ttl, ip)
-                    for ip in self.records.get(name, ()) if ip.ip().version == family]
-        authorities: Tuple[wire.Record, ...] = ()
-        if not answers and self.negative_ttl is not None:
-            authorities = (wire.Record(name, wire.TYPE_SOA, self.negative_ttl, SOA_BYTES),)
-        flags = wire.FLAG_QR | wire.FLAG_RD | wire.FLAG_RA | rcode
-        return wire.Message(query.id, flags, query.questions, tuple(answers), authorities)
+        if rcode == RCODE_NOERROR and name not in self.records:
+            rcode = dns.rcode.NXDOMAIN
+        reply.set_rcode(rcode)
+        family = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(question.rdtype)
+        found = [str(ip) for ip in self.records.get(name, ()) if ipaddress.ip_address(str(ip)).version == family]
+        if found:
+            reply.answer.append(dns.rrset.from_text(name + ".", self.ttl, "IN",
+                                                    dns.rdatatype.to_text(question.rdtype), *found))
+        elif self.negative_ttl is not None:
+            reply.authority.append(dns.rrset.from_text(name + ".", self.negative_ttl, "IN", "SOA",
+                                                       SOA_TEXT.format(minimum=self.negative_ttl)))
+        return reply
 
     def close(self) -> None:
         self._stop.set()

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any, Iterator, List, Mapping
 
+import dns.message
+import dns.rrset
 import pytest
 from dns_test_server import DnsTestServer
 
@@ -333,14 +335,14 @@ def test_spoofed_and_garbage_datagrams_are_ignored() -> None:
             server.exchange("s.test", [wire.TYPE_A])), name="dns-exchange")
         worker.start()
         data, peer = responder.recvfrom(2048)
-        query, _ = wire.parse_message(data)
-        good = wire.Message(query.id, wire.FLAG_QR, query.questions, (
-            wire.Record("s.test", wire.TYPE_A, 60, Address.parse("10.4.4.4")),))
-        wrong_id = wire.Message(query.id ^ 1, good.flags, good.questions, good.answers)
-        wrong_name = wire.Message(query.id, good.flags, (wire.Question("t.test", wire.TYPE_A),),
-                                  good.answers)
-        for datagram in (b"\x00garbage", wire.encode_message(wrong_id),
-                         wire.encode_message(wrong_name), wire.encode_message(good)):
+        query = dns.message.from_wire(data)  # dnspython: not the codec under test
+        good = dns.message.make_response(query)
+        good.answer.append(dns.rrset.from_text("s.test.", 60, "IN", "A", "10.4.4.4"))
+        wrong_id = dns.message.from_wire(good.to_wire())
+        wrong_id.id ^= 1
+        wrong_name = dns.message.make_response(dns.message.make_query("t.test", "A", id=query.id))
+        wrong_name.answer.append(good.answer[0])
+        for datagram in (b"\x00garbage", wrong_id.to_wire(), wrong_name.to_wire(), good.to_wire()):
             responder.sendto(datagram, peer)
         worker.join(5.0)
     assert not worker.is_alive()

@@ -1,18 +1,20 @@
 """The test .dat files in tests/vectors/ and parity with the real v2ray's config check.
 
-``GEOIP_TEST`` / ``GEOSITE_TEST`` below are the documented content of
-``tests/vectors/geoip-test.dat`` and ``geosite-test.dat`` (see ``tests/vectors/GEODATA.md``);
-the first test proves the files on disk are exactly what the encoder makes of it, so anyone
-can regenerate them with ``python tests/app/router/test_router_v2ray.py``.
+The files are written by ``tools/geodata_vectors.py`` with the ``protobuf`` runtime and 4.34's
+own message definitions (see ``tests/vectors/GEODATA.md``). ``GEOIP_TEST`` / ``GEOSITE_TEST``
+below are their documented content as v2sync's reader must see it; v2sync's own test encoder
+must agree with protobuf byte for byte.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict, List, Mapping
 
 import pytest
@@ -54,9 +56,28 @@ def geosite_vector_bytes() -> bytes:
     return encode_geosite_list(GEOSITE_TEST)
 
 
-def test_vector_files_are_the_documented_content() -> None:
-    assert GEOIP_VECTOR.read_bytes() == geoip_vector_bytes()
-    assert GEOSITE_VECTOR.read_bytes() == geosite_vector_bytes()
+def _independent_encoder() -> ModuleType:
+    path = Path(__file__).resolve().parents[3] / "tools" / "geodata_vectors.py"
+    spec = importlib.util.spec_from_file_location("geodata_vectors", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10),
+                    reason="routercommon_pb2 needs protobuf >= 7.35, which needs Python 3.10; "
+                           "the same check runs on the main Python")
+def test_vector_files_are_what_protobuf_writes() -> None:
+    """tools/geodata_vectors.py (protobuf + 4.34's .proto) made the files on disk."""
+    independent = _independent_encoder()
+    assert GEOIP_VECTOR.read_bytes() == independent.geoip_bytes()
+    assert GEOSITE_VECTOR.read_bytes() == independent.geosite_bytes()
+
+
+def test_v2sync_encoder_agrees_with_protobuf() -> None:
+    assert geoip_vector_bytes() == GEOIP_VECTOR.read_bytes()
+    assert geosite_vector_bytes() == GEOSITE_VECTOR.read_bytes()
 
 
 def test_vector_files_decode_to_the_documented_lists() -> None:
@@ -164,8 +185,3 @@ def test_v2ray_and_v2sync_accept_legacy_settings_rules(v2ray_bin: str, asset_dir
     assert router.pick_route(RoutingContext("in", None, Destination.udp("1.1.1.1", 53))) == "block"
     assert router.pick_route(RoutingContext("in", None, Destination.tcp("1.1.1.1", 53))) is None
 
-
-if __name__ == "__main__":  # regenerate the vectors
-    GEOIP_VECTOR.write_bytes(geoip_vector_bytes())
-    GEOSITE_VECTOR.write_bytes(geosite_vector_bytes())
-    print(f"wrote {GEOIP_VECTOR} and {GEOSITE_VECTOR}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """TCP "http" header disguise codec: 4.34's JSON defaults, the heads it writes, and the server's
-400 / 404 verdicts. Accept/reject cases were checked against the Debian v2ray 4.34 binary
-(Go 1.19) over loopback, each head sent in one piece."""
+400 / 404 verdicts, without sockets. The same heads go to the real v2ray 4.34 and to v2sync,
+and the answers are compared, in tests/scenarios/test_inbound_replies_differential.py
+(HEADER_PROBES)."""
 from __future__ import annotations
 
 import random

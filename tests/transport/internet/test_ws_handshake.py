@@ -92,13 +92,13 @@ def test_parse_request_strips_query_and_decodes_escapes():
     b"GET /ws HTTP/1.1\r\nX: a\x00b\r\n\r\n",
 ])
 def test_parse_request_garbage_gets_400(wire):
-    assert_garbage(ws.parse_request, wire, ws.response_400())
+    assert_garbage(ws.parse_request, wire, ws.NET_HTTP_400)
 
 
 def test_request_head_is_bounded():
     almost = b"GET /ws HTTP/1.1\r\nX: " + b"a" * (ws.MAX_HANDSHAKE - 30)
     assert ws.parse_request(almost) is None
-    assert_garbage(ws.parse_request, almost + b"a" * 64, ws.response_400())
+    assert_garbage(ws.parse_request, almost + b"a" * 64, ws.NET_HTTP_400)
 
 
 # -- upgrade check ----------------------------------------------------------------------------

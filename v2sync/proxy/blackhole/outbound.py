@@ -12,8 +12,10 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.transport.link import Link
 
-HTTP_403 = (b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n"
-            b"Cache-Control: max-age=3600, public\r\nContent-Length: 0\r\n\r\n")
+# blackhole/config.go writes it as a Go raw string: bare LF line ends and two blank lines at
+# the end (compared live in tests/scenarios/test_inbound_replies_differential.py).
+HTTP_403 = (b"HTTP/1.1 403 Forbidden\nConnection: close\n"
+            b"Cache-Control: max-age=3600, public\nContent-Length: 0\n\n\n")
 
 
 @OUTBOUNDS.register("blackhole")

@@ -4,8 +4,10 @@
 Heads: ``parse_request_head`` / ``parse_response_head`` follow the ``v2sync.common.cursor``
 contract (``None`` = need more, ``RemoteProtocolError`` = garbage, else ``(head, consumed)``).
 A head and its terminator must fit in ``MAX_HEAD`` bytes. Bytes are decoded as Latin-1 so any
-header round-trips unchanged. Request errors carry ``reply=response_400()`` (v2ray just
-closes; h11 would send 431 for an oversize head, v2ray-style 400 is used throughout).
+header round-trips unchanged. A request head that does not parse carries no reply: 4.34
+closes without a word when Go's ``http.ReadRequest`` fails (compared live in
+tests/scenarios/test_inbound_replies_differential.py). Errors in a parsed request's target
+or framing carry ``reply=response_400()``.
 
 Bodies are passed through byte for byte: ``BodyFramer`` only finds where a body ends (RFC 7230
 §3.3.3) so a keep-alive connection can carry the next message. Because the bytes are not
@@ -33,6 +35,9 @@ MAX_TRAILERS = MAX_HEAD
 HTTP_10 = "HTTP/1.0"
 HTTP_11 = "HTTP/1.1"
 VERSIONS = (HTTP_10, HTTP_11)
+# Go's ParseHTTPVersion (Go 1.19, which 4.34 is built with) takes any one-digit HTTP/d.d in a
+# request line; the request then goes upstream as HTTP/1.1, the only version Request.Write writes.
+_REQUEST_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]\Z")
 DEFAULT_PORTS = {"http": 80, "https": 443}  # v2ray: 443 for https, else 80
 
 Headers = Tuple[Tuple[str, str], ...]
@@ -131,61 +136,59 @@ class RequestTarget:
 
 # -- heads ------------------------------------------------------------------------------------
 
-def _head_lines(buf: bytes, skip_blank: bool, reply: Optional[bytes]
-                ) -> Optional[Tuple[List[str], int]]:
+def _head_lines(buf: bytes, skip_blank: bool) -> Optional[Tuple[List[str], int]]:
     """Lines of the head (line ends removed) and the bytes it spans, terminator included."""
     blank = _LEADING_BLANK_LINES.match(buf) if skip_blank else None
     start = blank.end() if blank is not None else 0
     end = _HEAD_END.search(buf, start, MAX_HEAD)
     if end is None:
         if len(buf) >= MAX_HEAD:
-            raise RemoteProtocolError(f"no end of HTTP head within {MAX_HEAD} bytes", reply=reply)
+            raise RemoteProtocolError(f"no end of HTTP head within {MAX_HEAD} bytes")
         return None
     lines = []
     for raw in bytes(buf[start:end.start()]).split(b"\n"):
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if b"\r" in line:
-            raise RemoteProtocolError("bare CR in HTTP head", reply=reply)
+            raise RemoteProtocolError("bare CR in HTTP head")
         lines.append(line.decode("latin-1"))
     return lines, end.end()
 
 
-def _parse_header(line: str, reply: Optional[bytes]) -> Tuple[str, str]:
+def _parse_header(line: str) -> Tuple[str, str]:
     if line[:1] in (" ", "\t"):
-        raise RemoteProtocolError("obsolete line folding in HTTP head", reply=reply)
+        raise RemoteProtocolError("obsolete line folding in HTTP head")
     name, sep, value = line.partition(":")
     if not sep or not _TOKEN.match(name):
-        raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}", reply=reply)
+        raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}")
     value = value.strip(_OWS)
     if _BAD_VALUE.search(value):
-        raise RemoteProtocolError(f"control byte in HTTP header {name}", reply=reply)
+        raise RemoteProtocolError(f"control byte in HTTP header {name}")
     return name, value
 
 
-def _parse_headers(lines: List[str], reply: Optional[bytes]) -> Headers:
-    return tuple(_parse_header(line, reply) for line in lines)
+def _parse_headers(lines: List[str]) -> Headers:
+    return tuple(_parse_header(line) for line in lines)
 
 
 def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
     """Request line and headers. Blank lines before the request line are skipped
-    (RFC 7230 §3.5) and counted in ``consumed``."""
-    reply = response_400()
-    found = _head_lines(buf, True, reply)
+    (RFC 7230 §3.5) and counted in ``consumed``. Errors carry no reply (see above)."""
+    found = _head_lines(buf, True)
     if found is None:
         return None
     lines, consumed = found
     parts = lines[0].split(" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
-        raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}", reply=reply)
-    if parts[2] not in VERSIONS:
-        raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}", reply=reply)
-    head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:], reply))
+        raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}")
+    if not _REQUEST_VERSION.match(parts[2]):
+        raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}")
+    head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:]))
     return head, consumed
 
 
 def parse_response_head(buf: bytes) -> Optional[Tuple[ResponseHead, int]]:
     """Status line (the reason may be empty, as Go accepts) and headers."""
-    found = _head_lines(buf, False, None)
+    found = _head_lines(buf, False)
     if found is None:
         return None
     lines, consumed = found
@@ -193,7 +196,7 @@ def parse_response_head(buf: bytes) -> Optional[Tuple[ResponseHead, int]]:
     code, _, reason = rest.partition(" ")
     if version not in VERSIONS or not _STATUS_CODE.match(code) or _BAD_VALUE.search(reason):
         raise RemoteProtocolError(f"invalid HTTP status line {lines[0][:64]!r}")
-    return ResponseHead(version, int(code), reason, _parse_headers(lines[1:], None)), consumed
+    return ResponseHead(version, int(code), reason, _parse_headers(lines[1:])), consumed
 
 
 def _encode_headers(headers: Headers) -> str:
@@ -242,7 +245,7 @@ def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHea
         headers = (("Host", _authority_text(target)),) + tuple(
             (k, v) for k, v in headers if k.lower() != "host")
     headers = set_header(headers, "Connection", "close")
-    return replace(head, target=target.path, headers=headers)
+    return replace(head, target=target.path, version=HTTP_11, headers=headers)
 
 
 def forward_response_head(head: ResponseHead, keep_alive: bool) -> ResponseHead:
@@ -374,22 +377,19 @@ def request_destination(head: RequestHead, target: RequestTarget) -> Optional[De
 # -- connection persistence --------------------------------------------------------------------
 
 def request_wants_keep_alive(head: RequestHead) -> bool:
-    """HTTP/1.1 persists unless Connection or Proxy-Connection says close; 1.0 only with
-    keep-alive (RFC 7230 §6.3). v2ray itself looks only for ``Proxy-Connection: keep-alive``."""
-    tokens = head.header_tokens("Connection") + head.header_tokens("Proxy-Connection")
-    if "close" in tokens:
-        return False
-    return head.version == HTTP_11 or "keep-alive" in tokens
+    """4.34 serves another request on the connection only when this one said
+    ``Proxy-Connection: keep-alive`` (http/server.go), whatever its version or ``Connection``
+    header; curl and browsers send it to proxies."""
+    return (head.header("Proxy-Connection") or "").strip().lower() == "keep-alive"
 
 
-def response_allows_keep_alive(head: ResponseHead, request_method: str = "GET") -> bool:
-    """The connection survives this response: not ``close``, 1.1 or 1.0 + keep-alive, and
-    the body has an end other than EOF. (v2ray also closes after chunked responses, since it
-    re-chunks; we forward chunks unchanged and can keep the connection.)"""
-    tokens = head.header_tokens("Connection")
-    if "close" in tokens or (head.version == HTTP_10 and "keep-alive" not in tokens):
-        return False
-    return framing_for_response(head, request_method).kind is not BodyKind.UNTIL_CLOSE
+def response_length_known(head: ResponseHead, request_method: str = "GET") -> bool:
+    """Go's ``Response.ContentLength >= 0``: the body is absent or has a Content-Length.
+    On that alone 4.34 answers with keep-alive headers, after dropping the origin's own
+    hop-by-hop ones (its ``Connection: close`` is about the upstream connection, which is
+    one per request anyway); a chunked or until-close body gets ``Connection: close``
+    (http/server.go, compared live in tests/scenarios/test_inbound_replies_differential.py)."""
+    return framing_for_response(head, request_method).kind in (BodyKind.NONE, BodyKind.LENGTH)
 
 
 # -- body framing (RFC 7230 §3.3.3) ------------------------------------------------------------
@@ -554,4 +554,4 @@ class BodyFramer:
         self._trailer_bytes += len(line)
         if self._trailer_bytes > MAX_TRAILERS:
             raise RemoteProtocolError(f"chunked trailers longer than {MAX_TRAILERS} bytes")
-        _parse_header(line.decode("latin-1"), None)
+        _parse_header(line.decode("latin-1"))

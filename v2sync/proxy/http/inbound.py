@@ -2,10 +2,12 @@
 
 - ``CONNECT host:port`` answers ``200 Connection established`` and relays raw bytes.
 - Any other method with an absolute URI is forwarded: hop-by-hop headers removed, one
-  dispatched link per request, the response relayed with ``Keep-Alive: timeout=4`` when the
-  connection persists; ``503`` if the upstream fails before its response head arrives.
+  dispatched link per request, the response relayed with ``Keep-Alive: timeout=4`` when its
+  length is known; the client connection persists only after ``Proxy-Connection:
+  keep-alive`` (as in 4.34); ``503`` if the upstream fails before its response head arrives.
 - ``accounts`` turns on Basic auth (``407`` + ``Proxy-Authenticate``); a relative URL needs
-  ``allowTransparent`` (else ``400``); malformed requests get ``400``.
+  ``allowTransparent`` (else ``400``); a bad target gets ``400``; a head that does not parse
+  gets no answer, only the close, as in 4.34.
 - Beyond 4.34: when TLS negotiates ``h2``, CONNECT streams over HTTP/2 (``h2server``).
 """
 from __future__ import annotations
@@ -86,7 +88,8 @@ class HttpInbound:
             session.user_email, session.email_in_access_log = self._authenticate(head), False
             return head
         except RemoteProtocolError as e:
-            try_write(conn, e.reply or enc.response_400())
+            if e.reply:  # a head that does not parse has none: 4.34 just closes
+                try_write(conn, e.reply)
             raise
         except AuthenticationError:
             try_write(conn, enc.response_407())
@@ -149,9 +152,11 @@ class HttpInbound:
             log.info("%s: upstream failed: %s", session.name(), e)
             return False
         try:
-            keep_alive = (enc.request_wants_keep_alive(head)
-                          and enc.response_allows_keep_alive(response, head.method))
-            conn.write(enc.encode_response_head(enc.forward_response_head(response, keep_alive)))
+            # As 4.34: the headers promise keep-alive whenever the length is known; the
+            # connection is then kept only if the request asked for it (http/server.go).
+            length_known = enc.response_length_known(response, head.method)
+            keep_alive = length_known and enc.request_wants_keep_alive(head)
+            conn.write(enc.encode_response_head(enc.forward_response_head(response, length_known)))
             self._send_response_body(conn, link, response, head.method, leftover)
             return keep_alive
         finally:

@@ -272,9 +272,6 @@ def encode_reply(code: int, address: Address = ANY_IPV4, port: int = 0) -> bytes
     return bytes([SOCKS5_VERSION, code, 0x00]) + encode_address_port(address, port)
 
 
-# Refusals are fixed bytes; built once, not on every parse attempt of every handshake.
-_GENERAL_FAILURE = encode_reply(Reply.GENERAL_FAILURE)
-_ATYP_NOT_SUPPORTED = encode_reply(Reply.ATYP_NOT_SUPPORTED)
 
 
 def parse_request(buf: bytes) -> Optional[Tuple[Socks5Request, int]]:
@@ -282,15 +279,16 @@ def parse_request(buf: bytes) -> Optional[Tuple[Socks5Request, int]]:
 
     Returns every command the protocol defines; refusing BIND, or UDP when disabled, is the
     inbound's job (``encode_reply(Reply.CMD_NOT_SUPPORTED)``). An unknown command fails as
-    soon as its byte arrives, before the address, as in v2ray ``handshake5``. RSV is not
-    checked (v2ray ignores it)."""
+    soon as its byte arrives, before the address, as in v2ray ``handshake5``. VER and RSV are
+    not checked, and a bad address type or address gets no reply, only the close: 4.34 reads
+    the three bytes, looks at CMD only, and returns its address parser's error as is
+    (socks/protocol.go; compared live in tests/scenarios/test_inbound_replies_differential.py)."""
     cur = Cursor(buf)
     try:
-        _expect_version(cur.u8(), SOCKS5_VERSION, "request", _GENERAL_FAILURE)
+        cur.u8()  # VER
         command = _socks5_command(cur.u8())
         cur.u8()  # RSV
-        address, port = read_address_port(cur, bad_atyp=_ATYP_NOT_SUPPORTED,
-                                          bad_addr=_GENERAL_FAILURE)
+        address, port = read_address_port(cur)
     except NeedMore:
         return None
     return Socks5Request(command, address, port), cur.pos

@@ -36,6 +36,11 @@ DEFAULT_ALPN = ("h2", "http/1.1")
 RECORD_PLAINTEXT = 16 * 1024
 # Raw reads: one full TLS record plus header and tag, at least.
 RECORD_READ = RECORD_PLAINTEXT + 512
+# Go's net/http, serving TLS, answers a first record that looks like plaintext HTTP with this
+# instead of an alert (server.go, tlsRecordHeaderLooksLikeHTTP); 4.34's WebSocket hub is such a
+# server. Compared with the real binary in tests/scenarios/test_transport_bad_input.py.
+HTTP_ON_TLS_PREFIXES = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
+HTTP_ON_TLS_REPLY = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 # A ClientHello made ahead for the next dial is used within this many seconds or dropped:
 # it carries an ephemeral private key, which should not outlive its moment.
 SPARE_HELLO_TTL = 30.0
@@ -133,10 +138,12 @@ class ServerTls:
     def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
         return complete(self.wrap_steps(conn, deadline))
 
-    def wrap_steps(self, conn: Connection, deadline: float
+    def wrap_steps(self, conn: Connection, deadline: float, answer_plain_http: bool = False
                    ) -> Generator[float, None, "TlsConnection"]:
-        """``wrap`` as handshake steps: a parked connection waits in the selector."""
+        """``wrap`` as handshake steps: a parked connection waits in the selector.
+        ``answer_plain_http``: serve as Go's net/http does (HTTP_ON_TLS_REPLY)."""
         tls = TlsConnection(conn, MemoryTls(self.context))
+        tls.answer_plain_http = answer_plain_http
         yield from tls.handshake_steps(deadline)
         return tls
 
@@ -161,6 +168,8 @@ class TlsConnection(WrappedConnection):
         self._eof = False
         self._handshaken = False
         self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
+        self.answer_plain_http = False  # see ServerTls.wrap_steps
+        self._first = b""  # the first bytes the peer sent, up to a record header's 5
         # Run once, after the handshake and the first write: work for the idle wait that
         # follows (ClientTls makes the next dial's ClientHello).
         self.after_handshake: Optional[Callable[[], None]] = None
@@ -233,7 +242,10 @@ class TlsConnection(WrappedConnection):
         except socket.timeout as e:
             raise HandshakeTimeout(f"tls handshake with {peer} timed out") from e
         except ssl.SSLError as e:
-            self._flush_quietly()  # the alert tells the peer why
+            if self.answer_plain_http and self._first in HTTP_ON_TLS_PREFIXES:
+                self._send_quietly(HTTP_ON_TLS_REPLY)  # instead of an alert, as net/http does
+            else:
+                self._flush_quietly()  # the alert tells the peer why
             raise TransportError(f"tls handshake with {peer} failed: {_reason(e)}") from e
         except OSError as e:
             raise TransportError(f"tls handshake with {peer} failed: {e}") from e
@@ -251,6 +263,8 @@ class TlsConnection(WrappedConnection):
         data = self.sock.recv(RECORD_READ)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")
+        if len(self._first) < len(HTTP_ON_TLS_PREFIXES[0]):
+            self._first += data[:len(HTTP_ON_TLS_PREFIXES[0]) - len(self._first)]
         with self._state:
             self._in.write(data)
 
@@ -333,9 +347,12 @@ class TlsConnection(WrappedConnection):
             block = False
 
     def _flush_quietly(self) -> None:
+        with self._state:
+            out = self._out.read()
+        self._send_quietly(out)
+
+    def _send_quietly(self, out: bytes) -> None:
         try:
-            with self._state:
-                out = self._out.read()
             if out:
                 self.sock.send(out, socket.MSG_DONTWAIT)
         except OSError:

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import List, Optional
 
-from v2sync.common.errors import ProtocolError
+from v2sync.common.errors import HandshakeTimeout, ProtocolError
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
@@ -23,7 +23,7 @@ from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
 from v2sync.transport.internet.websocket.frames import (OP_BINARY, OP_PONG, FrameDecoder,
                                                         encode_close, frame_parts)
-from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, build_request,
+from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400, build_request,
                                                            check_upgrade, new_key,
                                                            parse_request, parse_response)
 
@@ -147,6 +147,10 @@ def ws_accept(conn: Connection, settings: StreamSettings,
         if e.reply:
             try_write(conn, e.reply)
         raise
+    except HandshakeTimeout:
+        if reader.buf:  # net/http answers a head cut short by its timeout; silence gets nothing
+            try_write(conn, NET_HTTP_400)
+        raise
     return WsConnection(conn, client=False, pending=reader.consume(len(reader.buf)),
                         remote=_forwarded_for(request.header("x-forwarded-for"), conn.remote))
 
@@ -181,8 +185,8 @@ class WebSocketTransport(Transport):
 
     def accept_steps(self, conn: Connection, settings: StreamSettings,
                      tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
-        if tls is not None:
-            conn = yield from tls.wrap_steps(conn, deadline)
+        if tls is not None:  # hub.go serves ws with net/http, which answers plaintext HTTP
+            conn = yield from tls.wrap_steps(conn, deadline, answer_plain_http=True)
         return (yield from ws_accept(conn, settings, deadline))
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
