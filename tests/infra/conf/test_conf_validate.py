@@ -234,7 +234,6 @@ def test_unknown_security_and_kcp_only_headers_are_errors() -> None:
     ({"outbounds": [{"protocol": "freedom", "proxySettings": {"tag": "x"}}]},
      "f.json: outbounds[0].proxySettings: proxySettings (outbound chaining) is not supported "
      "by v2sync yet"),
-    ({"api": {"tag": "api"}}, "f.json: api: the api section is not supported by v2sync yet"),
     ({"outbounds": [{"protocol": "freedom", "streamSettings": {"sockopt": {"tproxy": "tproxy"}}}]},
      "f.json: outbounds[0].streamSettings.sockopt.tproxy: sockopt tproxy is not supported by "
      "v2sync yet"),
