@@ -11,6 +11,7 @@ the abort get what is left, so no sum of per-step timeouts can stretch it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import sys
 import time
@@ -118,8 +119,12 @@ class Instance:
     def _build_api(self) -> None:
         """The commander's virtual outbound, under ``api.tag`` (imported only when used:
         h2 and protobuf are not loaded for a config without ``api``)."""
+        if self.config.metrics is not None:
+            _require("prometheus_client", "metrics", "metrics")
         if self.config.api is None:
             return
+        _require("h2", "api", "api")
+        _require("google.protobuf", "api", "api")
         from v2sync.app.commander.outbound import Commander
         self.commander = Commander(self.config.api, self)
         try:
@@ -220,6 +225,23 @@ class Instance:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Optional features' packages: import name -> the name pip knows.
+OPTIONAL_PACKAGES = {"h2": "h2", "google.protobuf": "protobuf",
+                     "prometheus_client": "prometheus-client"}
+
+
+def _require(module: str, extra: str, path: str) -> None:
+    """An optional feature's package, or a ConfigError saying how to install it."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (google) is missing
+        found = False
+    if not found:
+        raise ConfigErrors([ConfigError(
+            f"needs the Python package {OPTIONAL_PACKAGES[module]}", path,
+            expected=f"pip install 'v2sync[{extra}]'")])
 
 
 def _left(deadline: float) -> float:
