@@ -70,7 +70,7 @@ def main() -> int:
         gen = os.path.join(tmp, "out")
         os.makedirs(gen)
         subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp}",
-                        f"--python_out={gen}"]
+                        f"--python_out={gen}", f"--pyi_out={gen}"]
                        + [os.path.join(PREFIX, p) for p in sorted(protos)], check=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.copytree(os.path.join(gen, PREFIX), out_dir)

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import sys
 import time
-from typing import Iterator, List
+from typing import Any, Iterator, List, Optional
 
 from v2sync import __version__, distro  # noqa: F401  (distro registers every protocol)
 from v2sync.app.dispatcher.default import DefaultDispatcher
@@ -67,10 +67,10 @@ class Instance:
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
         # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
-        self.stats = StatsManager() if config.stats_enabled else None
+        self.stats: Optional[StatsManager] = StatsManager() if config.stats_enabled else None
         self.dispatcher.stats = self.stats
-        self.commander = None
-        self.metrics = None
+        self.commander: Optional[Any] = None  # app.commander.outbound.Commander
+        self.metrics: Optional[Any] = None  # app.metrics.MetricsServer
         self._build()
         self._build_api()
         if config.routing_settings is not None:

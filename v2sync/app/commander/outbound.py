@@ -36,7 +36,7 @@ class PipeStream:
             chunk = self.link.reader.read(timeout=self.idle)
         except ReadTimeout as e:
             raise TransportError(f"api: no request for {self.idle:g} s") from e
-        return b"" if chunk is EOF else chunk
+        return chunk if isinstance(chunk, bytes) else b""  # b"": EOF
 
     def write(self, data: bytes) -> None:
         self.link.writer.write(data)
