@@ -116,3 +116,40 @@ def test_services_not_enabled_are_unimplemented(services, tcp_echo: TcpEchoServe
         assert "Unimplemented" in result.stderr + result.stdout
         stats = v2ctl(api_port, "StatsService.QueryStats", "")
         assert (stats.returncode == 0) == bool(services)
+
+
+DATAGRAMS = 5
+
+
+def _udp_run(process_class, echo) -> Dict[str, int]:
+    import socket
+
+    import socks  # PySocks: UDP ASSOCIATE
+
+    api_port, socks_port = ports(2)
+    inbound = socks_in(socks_port)
+    inbound["settings"].update(udp=True, ip="127.0.0.1")
+    with process_class(api_config(api_port, [inbound])):
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+            sock.settimeout(10)
+            for i in range(DATAGRAMS):
+                sock.sendto(b"d" * (100 + i), ("127.0.0.1", echo.port))
+                sock.recvfrom(4096)
+        return settled(api_port, "", lambda s: s.get(
+            "outbound>>>direct>>>traffic>>>downlink", 0) > 0, stable=_exact)
+
+
+def test_udp_datagrams_count_on_the_inbound_as_4_34(v2ray_bin: str) -> None:
+    """SOCKS UDP ASSOCIATE: the control connection and each datagram (with its SOCKS
+    header) on the inbound's counters, each payload on freedom's: the same figures as
+    4.34's."""
+    from support.peers import UdpEchoServer
+
+    with UdpEchoServer() as echo:
+        ours = _udp_run(V2SyncProcess, echo)
+        theirs = _udp_run(V2RayProcess, echo)
+    assert _exact(ours) == _exact(theirs)
+    sent = sum(100 + i for i in range(DATAGRAMS))
+    assert ours["inbound>>>socks-in>>>traffic>>>uplink"] > sent
+    assert ours["outbound>>>direct>>>traffic>>>uplink"] == sent

@@ -20,6 +20,7 @@ from v2sync.proxy.relay import run_relay
 from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, flush_ready
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -94,6 +95,8 @@ class FreedomOutbound:
     def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
                      lookup) -> None:
         sock = dial_udp(candidates(dest, self.settings.domain_strategy, lookup)[0], self.source)
+        # The outbound's counters take each datagram, as 4.34's counting connection does.
+        uplink, downlink = (adder(counter) for counter in self.client.counters)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:
@@ -108,7 +111,7 @@ class FreedomOutbound:
                         return
                     timer.update()
                     try:
-                        sock.send(chunk)
+                        uplink(sock.send(chunk))
                     except OSError as e:  # ICMP unreachable from an earlier send
                         log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
 
@@ -121,6 +124,7 @@ class FreedomOutbound:
                     if stopped.is_set():
                         return
                     timer.update()
+                    downlink(len(data))
                     link.writer.write(data)
 
             run_relay(self.ctx, session.name(), policy, None, abort, request, response)
