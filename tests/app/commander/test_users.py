@@ -39,7 +39,8 @@ def test_accounts_become_config_entries(account, entry) -> None:
 
 def test_xray_type_names_are_read_as_4_34s() -> None:
     xray_type = "xray.proxy.vless.Account"
-    assert client_entry(user(vless_pb.Account(id=ID), xray_type))["id"] == ID
+    assert client_entry(user(vless_pb.Account(id=ID), xray_type)) == {"id": ID, "email": "a@b",
+                                                                       "level": 2}
     operation = typed(handler_pb.RemoveUserOperation(email="a@b"),
                       "xray.app.proxyman.command.RemoveUserOperation")
     assert operation_of(operation).email == "a@b"
