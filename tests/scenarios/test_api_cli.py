@@ -53,6 +53,8 @@ def test_v2sync_api_speaks_as_v2ctl(implementation: str, v2ray_bin: str,
         sys_fields = {line.split(":")[0] for line in
                       v2sync_api(api_port, "sysstats").stdout.splitlines()}
         assert {"NumGoroutine", "Sys", "Alloc"} <= sys_fields
+        restart = v2sync_api(api_port, "restartlogger")
+        assert (restart.returncode, restart.stdout) == (0, "")  # v2ctl prints nothing either
 
         add = ("adduser", "--inbound", "vmess-in", "--email", "carol@example.test",
                "--uuid", NEW_ID)
