@@ -18,7 +18,7 @@ from v2sync.common.session import Session
 from v2sync.infra.conf.model import ApiConfig
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
+from v2sync.transport.pipe import ReadTimeout
 
 log = logging.getLogger(__name__)
 SOCKET_READ_SIZE = 64 * 1024
