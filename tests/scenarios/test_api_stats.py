@@ -12,7 +12,7 @@ from api_helpers import (EMAIL, api_config, parse_stats, ports, settled, socks_e
                          v2ctl)
 from support.peers import TcpEchoServer
 from support.procs import V2RayProcess, V2SyncProcess
-from vmess_helpers import client_config, vmess_client_entry, vmess_inbound
+from vmess_helpers import client_config, recv_exactly, vmess_client_entry, vmess_inbound
 
 SOCKS_BYTES = 100_000
 VMESS_BYTES = 200_000
@@ -153,3 +153,36 @@ def test_udp_datagrams_count_on_the_inbound_as_4_34(v2ray_bin: str) -> None:
     sent = sum(100 + i for i in range(DATAGRAMS))
     assert ours["inbound>>>socks-in>>>traffic>>>uplink"] > sent
     assert ours["outbound>>>direct>>>traffic>>>uplink"] == sent
+
+
+def _tls_run(process_class, echo, pki) -> Dict[str, int]:
+    import socket
+    import ssl
+
+
+    api_port, socks_port = ports(2)
+    inbound = socks_in(socks_port)
+    inbound["streamSettings"] = {"security": "tls", "tlsSettings": pki.server_tls()}
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    with process_class(api_config(api_port, [inbound])):
+        with socket.create_connection(("127.0.0.1", socks_port), 10) as raw, \
+                context.wrap_socket(raw, server_hostname="v2sync.test") as sock:
+            host, port = echo.address
+            sock.sendall(b"\x05\x01\x00")
+            assert sock.recv(2) == b"\x05\x00"
+            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big"))
+            assert recv_exactly(sock, 10)[1] == 0  # the CONNECT succeeded
+            sock.sendall(b"t" * SOCKS_BYTES)
+            assert recv_exactly(sock, SOCKS_BYTES) == b"t" * SOCKS_BYTES
+        return settled(api_port, "", lambda s: s.get(
+            "inbound>>>socks-in>>>traffic>>>downlink", 0) >= SOCKS_DOWN, stable=_exact)
+
+
+def test_inbound_counters_count_above_tls_as_4_34(v2ray_bin: str, tcp_echo: TcpEchoServer,
+                                                   pki) -> None:
+    """SOCKS5 over TLS: the inbound counts the SOCKS bytes, not TLS records, as 4.34."""
+    ours = _tls_run(V2SyncProcess, tcp_echo, pki)
+    theirs = _tls_run(V2RayProcess, tcp_echo, pki)
+    assert _exact(ours) == _exact(theirs)
+    assert ours["inbound>>>socks-in>>>traffic>>>uplink"] == SOCKS_UP
+    assert ours["inbound>>>socks-in>>>traffic>>>downlink"] == SOCKS_DOWN
