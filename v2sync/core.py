@@ -156,11 +156,11 @@ class Instance:
 
     def start(self) -> None:
         self.timers.start()
-        if self.config.metrics is not None:
-            from v2sync.app.metrics import MetricsServer
-            self.metrics = MetricsServer(self, self.config.metrics)
-            self.metrics.start(self.listener_threads)
         try:
+            if self.config.metrics is not None:
+                from v2sync.app.metrics import MetricsServer
+                self.metrics = MetricsServer(self, self.config.metrics)
+                self.metrics.start()
             self.inbounds.start(self.listener_threads)
         except Exception:
             self.close()
