@@ -4,6 +4,11 @@ Features start in dependency order: timers, policy, outbounds, dispatcher, then 
 last, so no connection is accepted before everything it needs exists. Close runs the other
 way: stop accepting, give live connections a grace period, abort the rest, join every thread.
 
+A reload (SIGHUP, ``systemctl reload``) builds a new Instance from the re-read config while
+this one serves on: this one stops listening, the new one binds the same ports and starts,
+and this one ``retire``s, its live connections going on under the config they started with
+until they end, the old ``connIdle`` has passed, or the process stops.
+
 Close has one deadline, ``grace + ABORT_BUDGET`` from its start, that every step shares:
 the grace ends at its own time whatever stopping the listeners took, and the joins after
 the abort get what is left, so no sum of per-step timeouts can stretch it.
@@ -14,6 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import sys
+import threading
 import time
 from typing import Any, Iterator, List, Optional
 
@@ -27,6 +33,7 @@ from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.app.stats.manager import StatsManager
 from v2sync.common.errors import ConfigError, ConfigErrors, V2SyncError
+from v2sync.common.mux.server import MuxServer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup, tune_for_many_threads
@@ -51,6 +58,8 @@ GRACE_POLL = 0.05
 # and the joins' bookkeeping 1.6-2.6 s; with this, 45-75 ms and milliseconds).
 ABORT_SWITCH_INTERVAL = 1.0
 MAX_NAMES_LOGGED = 20
+# How often a retired Instance (after a reload) looks whether its connections have ended.
+RETIRE_POLL = 0.5
 
 
 class Instance:
@@ -79,6 +88,7 @@ class Instance:
                 config.routing_settings, resolve=lambda name: self.dns.lookup(name, "UseIP"),
                 outbound_tags=[oc.tag for oc in config.outbounds if oc.tag])
         self.running = False
+        self._listening = True
 
     def _build(self) -> None:
         errors: List[ConfigError] = []
@@ -86,13 +96,15 @@ class Instance:
             try:
                 proxy = self._make_proxy(OUTBOUNDS, oc)
                 self._count_outbound(oc.tag, proxy)
-                self.outbounds.add(OutboundHandler(oc.tag, proxy))
+                self.outbounds.add(OutboundHandler(oc.tag, proxy, oc.mux, self.context))
             except ConfigError as e:
                 errors.append(e)
+        # Every inbound dispatches through the Mux.cool server (4.34 always.go wraps each).
+        inbound_dispatcher = MuxServer(self.dispatcher, self.policy, self.workers)
         for ic in self.config.inbounds:
             try:
                 proxy = self._make_proxy(INBOUNDS, ic)
-                handler = InboundHandler(ic, proxy, self.dispatcher, self.workers,
+                handler = InboundHandler(ic, proxy, inbound_dispatcher, self.workers,
                                          self.policy.for_level(0).handshake)
                 self._count_inbound(handler)
                 self.inbounds.add(handler)
@@ -168,12 +180,29 @@ class Instance:
         self.running = True
         log.warning("v2sync %s started", __version__)
 
+    def stop_listening(self) -> None:
+        """Close every listener and unfinished handshake; live connections go on."""
+        if self._listening:
+            self._listening = False
+            self.inbounds.stop_listening()
+            if self.metrics is not None:
+                self.metrics.stop_listening()
+
+    def retire(self, stop: threading.Event) -> None:
+        """After a reload: close once no connection is left, the level-0 ``connIdle`` has
+        passed (an idle one would have been closed by then anyway), or ``stop`` is set,
+        in which case the live connections get the usual grace."""
+        self.stop_listening()
+        deadline = time.monotonic() + self.policy.for_level(0).conn_idle
+        while self.workers.live() and time.monotonic() < deadline:
+            if stop.wait(RETIRE_POLL):
+                break
+        self.close()
+
     def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         started = time.monotonic()
         deadline = started + grace + ABORT_BUDGET
-        self.inbounds.stop_listening()
-        if self.metrics is not None:
-            self.metrics.stop_listening()
+        self.stop_listening()
         self._wait_for_connections(started + grace)
         with _switch_interval(ABORT_SWITCH_INTERVAL):
             self._abort_all(deadline)

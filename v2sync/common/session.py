@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
 
 _ids = itertools.count(1)
@@ -24,6 +25,9 @@ class Session:
     source: Destination
     target: Optional[Destination] = None
     user_email: str = ""
+    # SOCKS and HTTP name their user for routing and stats, but 4.34's access lines for them
+    # carry no "email:" (socks/server.go, http/server.go); VMess's do.
+    email_in_access_log: bool = True
     user_level: int = 0
     protocol: str = ""
     outbound_tag: str = ""
@@ -35,6 +39,12 @@ class Session:
     # followRedirect goes there.
     original_target: Optional[Destination] = None
     id: int = field(default_factory=new_session_id)
+
+    def destination(self) -> Destination:
+        """``target``, which dispatch sets before any outbound or sniffer sees the session."""
+        if self.target is None:
+            raise TransportError(f"{self.name()}: no destination")
+        return self.target
 
     def name(self) -> str:
         return f"{self.inbound_tag or 'in'}#{self.id}"

@@ -88,7 +88,7 @@ class DefaultDispatcher:
     def _sniff(self, session: Session, link: Link) -> None:
         """Peek at the first bytes; put them back unchanged whatever the outcome."""
         seen = b""
-        result = NEED_MORE
+        result: object = NEED_MORE
         for _ in range(SNIFF_ATTEMPTS):
             try:
                 chunk = link.reader.read(timeout=SNIFF_READ_TIMEOUT)
@@ -106,7 +106,7 @@ class DefaultDispatcher:
         session.protocol = result.protocol
         domain = override_domain(result, session.sniffing.dest_override)
         if domain:  # the port is kept (default.go)
-            target = session.target
+            target = session.destination()
             session.target = Destination(Address.parse(domain), target.port, target.network)
 
     def _pick_outbound(self, session: Session) -> Optional[OutboundHandler]:

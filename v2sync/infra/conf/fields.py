@@ -72,3 +72,13 @@ def get_accounts(settings: Mapping[str, Any], key: str, path: str) -> Mapping[st
         entry = require_object(item, item_path)
         accounts[get_str(entry, "user", item_path)] = get_str(entry, "pass", item_path)
     return MappingProxyType(accounts)
+
+
+def get_items(settings: Mapping[str, Any], key: str, path: str):
+    """``settings[key]`` as (item, its JSON path) pairs; absent or null reads as empty."""
+    items = settings.get(key) or []
+    where = join_path(path, key)
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{type(items).__name__} is not an array", where,
+                          expected="expected an array")
+    return [(item, f"{where}[{i}]") for i, item in enumerate(items)]

@@ -60,6 +60,10 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+def _empty_levels() -> "Mapping[int, LevelPolicy]":
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class PortRange:
     """Ports ``first..last`` inclusive; iterating yields each port."""
@@ -113,6 +117,14 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class MuxConfig:
+    """An outbound's ``mux`` (infra/conf/v2ray.go MuxConfig.Build): concurrency 1..1024."""
+
+    enabled: bool = False
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
 class OutboundConfig:
     protocol: str
     tag: str
@@ -122,6 +134,7 @@ class OutboundConfig:
     path: str = ""
     file: str = ""
     proxy_settings: Any = field(default=None, compare=False, hash=False)
+    mux: Optional[MuxConfig] = None  # None: no mux section, or a negative concurrency
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,7 @@ class SystemPolicy:
 class PolicyConfig:
     """``policy``; ``configured`` is False when the config had no policy section at all."""
 
-    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty, hash=False)
+    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty_levels, hash=False)
     system: SystemPolicy = field(default_factory=SystemPolicy)
     configured: bool = False
 

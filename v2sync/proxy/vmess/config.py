@@ -6,8 +6,8 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_items, get_str,
+                                      get_uint, require_object)
 from v2sync.proxy.vmess.ids import SECURITY_NAMES, Security, VMessUser, parse_uuid
 
 
@@ -35,14 +35,6 @@ def parse_user(raw: Any, path: str, default_alter: int = 0, default_level: int =
     return _user(raw, path, default_alter, default_level)
 
 
-def _items(settings: Mapping[str, Any], key: str, path: str):
-    items = settings.get(key) or []
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"{type(items).__name__} is not an array", join_path(path, key),
-                          expected="expected an array")
-    return [(item, f"{join_path(path, key)}[{i}]") for i, item in enumerate(items)]
-
-
 @dataclass(frozen=True)
 class VMessInboundConfig:
     users: Tuple[VMessUser, ...] = ()
@@ -60,7 +52,7 @@ class VMessInboundConfig:
         default = require_object(settings.get("default"), join_path(path, "default"))
         alter = get_uint(default, "alterId", join_path(path, "default"), maximum=MAX_UINT16)
         level = get_uint(default, "level", join_path(path, "default"), maximum=MAX_UINT8)
-        users = tuple(_user(raw, p) for raw, p in _items(settings, "clients", path))
+        users = tuple(_user(raw, p) for raw, p in get_items(settings, "clients", path))
         return cls(users, alter, level,
                    get_bool(settings, "disableInsecureEncryption", path))
 
@@ -80,13 +72,13 @@ class VMessOutboundConfig:
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VMessOutboundConfig":
         settings = require_object(settings, path)
         servers = []
-        for raw, where in _items(settings, "vnext", path):
+        for raw, where in get_items(settings, "vnext", path):
             entry = require_object(raw, where)
             address = get_str(entry, "address", where)
             if not address:
                 raise ConfigError("vmess server address is empty", join_path(where, "address"),
                                   expected="a host name or IP")
-            users = tuple(_user(u, p) for u, p in _items(entry, "users", where))
+            users = tuple(_user(u, p) for u, p in get_items(entry, "users", where))
             if not users:
                 raise ConfigError("vmess server has no users", join_path(where, "users"),
                                   expected="at least one {id}")

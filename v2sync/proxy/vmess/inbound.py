@@ -5,7 +5,8 @@ auth table) under level 0's handshake deadline. Any authentication failure is an
 way 4.34 answers it: read a deterministic-plus-random number of bytes, then close, so a
 prober learns nothing from timing or length. The response header goes out lazily with the
 first response chunk (4.34 buffers it the same way), and an end-of-stream chunk closes the
-response when the upstream finishes.
+response when the upstream finishes. Command 3 (Mux.cool) dispatches ``v1.mux.cool``, which
+the inbound's dispatcher (``common.mux.server.MuxServer``) serves itself.
 """
 from __future__ import annotations
 
@@ -76,8 +77,6 @@ class VMessInbound:
         except DrainRequired as e:
             yield from drain(conn, deadline, e.drain_size - len(reader.buf))
             raise
-        if server.header.command == Command.MUX:
-            raise RemoteProtocolError("vmess: Mux.Cool (command 3) is not supported by v2sync")
         session.user_email = server.user.email
         session.user_level = server.user.level
         return partial(self._serve, session, conn, dispatcher, server,

@@ -17,6 +17,7 @@ from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake, complete
+from v2sync.transport.internet.proxyproto import accept_proxy_header
 from v2sync.transport.internet.counting import counted
 from v2sync.transport.internet.tls import DEFAULT_ALPN, ClientTls, ServerTls
 
@@ -86,7 +87,9 @@ class StreamServer:
 
     def accept_steps(self, conn: Connection) -> Handshake[Connection]:
         deadline = self.transport.accept_deadline(self.handshake_timeout)
-        return self.transport.accept_steps(conn, self.settings, self.tls, deadline)
+        if self.settings.accept_proxy_protocol:
+            conn = yield from accept_proxy_header(conn, deadline)
+        return (yield from self.transport.accept_steps(conn, self.settings, self.tls, deadline))
 
 
 class StreamClient:

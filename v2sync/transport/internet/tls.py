@@ -115,11 +115,15 @@ class ServerTls:
             for name in _dns_names(pair.certificate):
                 self._by_name.setdefault(name.lower(), context)
         self.context = contexts[0]  # Go: the first certificate when no name matches
-        if len(contexts) > 1:
-            self.context.sni_callback = self._pick
+        # Always called: it records the name the client asked for (fallbacks select on it).
+        self.context.sni_callback = self._pick
+        self._several = len(contexts) > 1
 
     def _pick(self, obj, server_name: Optional[str], _context) -> None:
         if not server_name:
+            return
+        obj.v2sync_server_name = server_name  # an SSLObject has a __dict__; read by server_name
+        if not self._several:
             return
         name = server_name.lower()
         context = self._by_name.get(name) or self._by_name.get("*." + name.partition(".")[2])
@@ -166,6 +170,12 @@ class TlsConnection(WrappedConnection):
         self.finish_handshake()
         return self._obj.selected_alpn_protocol()
 
+    @property
+    def server_name(self) -> str:
+        """Server side: the name the client sent in SNI ("" if none); Go's
+        ``ConnectionState().ServerName``."""
+        return getattr(self._obj, "v2sync_server_name", "")
+
     def handshake_steps(self, deadline: float) -> Generator[float, None, None]:
         """Server: complete the handshake before ``deadline`` (monotonic) or raise. It
         reads first: before the ClientHello, OpenSSL could only ask for bytes."""
@@ -191,7 +201,8 @@ class TlsConnection(WrappedConnection):
 
     def _hello(self) -> None:
         with self._state:
-            self._tls.say_hello()  # a no-op if the ClientHello was made ahead
+            # Only a client (ClientEngine) says hello; a no-op if made ahead.
+            self._tls.say_hello()  # type: ignore[union-attr]
         self._flush(True)
 
     def _handshake_done(self) -> None:

@@ -1,0 +1,170 @@
+"""Bad input against the VLESS and Trojan inbounds (issue 15 part 7).
+
+- With a fallback, a wrong UUID or password goes to it: the fallback receives the PROXY
+  header of ``xver`` and then every byte the client sent, unchanged. v2ray 4.34 runs the
+  same config on the same input, and both must deliver exactly the bytes that v2sync's
+  PROXY encoders produce for that connection.
+- Without one, both implementations close at once without a byte.
+- Truncated and garbage headers close; then 1,000 bad connections leave the thread and
+  fd counts at their baseline (the instance runs in this process).
+"""
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, List
+
+import pytest
+from scenarios.helpers_scenarios import (connect, make_config, port_of, read_until_closed,
+                                         running_instance, wait_idle)
+from scenarios.keyed_helpers import PASSWORD, STRANGER_ID, USER_ID, server_config, server_inbound
+from scenarios.vmess_helpers import make_process
+from support.peers import XOR_C, TcpEchoServer, _TcpServer, free_port
+from support.resources import snapshot, wait_for_snapshot
+
+from v2sync.common.net import Address, Destination
+from v2sync.common.protocol.proxy_protocol import encode
+from v2sync.proxy.trojan.encoding import password_key
+from v2sync.proxy.vmess.ids import parse_uuid
+
+IO_TIMEOUT = 10.0
+CLOSE_LIMIT = 3.0
+BAD_CONNECTIONS = 1000
+CONCURRENCY = 20
+BASELINE_TIMEOUT = 20.0
+REQUEST = b"GET /probe HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+def _bad_header(protocol: str) -> bytes:
+    if protocol == "vless":
+        return b"\x00" + parse_uuid(STRANGER_ID) + b"\x00\x01\x00\x50\x01\x7f\x00\x00\x01"
+    return password_key("wrong password") + b"\r\n\x01\x01\x7f\x00\x00\x01\x00\x50\r\n"
+
+
+class Recorder(_TcpServer):
+    """Records what each connection sends until it ends with ``REQUEST``, then answers."""
+
+    def __init__(self) -> None:
+        super().__init__("recorder", "127.0.0.1", 16, IO_TIMEOUT)
+        self.received: List[bytes] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        data = b""
+        while not data.endswith(REQUEST):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.received.append(data)
+        conn.sendall(b"recorded")
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+@pytest.mark.parametrize("xver", [0, 1, 2])
+def test_wrong_user_goes_to_the_fallback_as_in_4_34(protocol: str, xver: int) -> None:
+    delivered = []
+    with Recorder() as recorder:
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            inbound = server_inbound(protocol, port, {},
+                                     fallbacks=[{"dest": recorder.port, "xver": xver}])
+            with make_process(implementation, server_config(inbound)):
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    wire = _bad_header(protocol) + REQUEST
+                    sock.sendall(wire)
+                    assert read_until_closed(sock, IO_TIMEOUT) == b"recorded"
+                    source = Destination(Address.parse("127.0.0.1"), sock.getsockname()[1])
+            head = encode(xver, source, Destination(Address.parse("127.0.0.1"), port)) \
+                if xver else b""
+            delivered.append(recorder.received[-1] == head + wire)
+    assert delivered == [True, True]  # v2sync and v2ray sent the same bytes
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_wrong_user_without_fallback_closes_at_once_as_in_4_34(protocol: str) -> None:
+    for implementation in ("v2sync", "v2ray"):
+        port = free_port()
+        with make_process(implementation, server_config(server_inbound(protocol, port, {}))):
+            with connect(port, timeout=IO_TIMEOUT) as sock:
+                sock.sendall(_bad_header(protocol) + REQUEST)  # the client stays open
+                started = time.monotonic()
+                assert read_until_closed(sock, CLOSE_LIMIT) == b"", implementation
+                assert time.monotonic() - started < CLOSE_LIMIT
+
+
+# -- scripted bad peers against an in-process instance ------------------------------------
+
+def _quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def wrong_user(port: int, protocol: str) -> None:
+    with connect(port) as sock:
+        _quietly(sock, _bad_header(protocol) + REQUEST)
+        sock.shutdown(socket.SHUT_WR)  # the trojan inbound's fallback is an echo: EOF ends it
+        answer = read_until_closed(sock, CLOSE_LIMIT + 5)
+        assert len(answer) == (len(_bad_header(protocol) + REQUEST) if protocol == "trojan" else 0)
+
+
+def truncated(port: int, protocol: str) -> None:
+    good = (b"\x00" + parse_uuid(USER_ID) + b"\x00\x01\x00" if protocol == "vless"
+            else password_key(PASSWORD) + b"\r\n\x01\x03")
+    with connect(port) as sock:
+        _quietly(sock, good)  # a known user, then the header stops
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock, CLOSE_LIMIT + 5) == b""
+
+
+def garbage(port: int, protocol: str) -> None:
+    good = (b"\x00" + parse_uuid(USER_ID) + b"\x00\x09\xff" if protocol == "vless"
+            else password_key(PASSWORD) + b"\r\n\x01\x09\xff")
+    with connect(port) as sock:
+        _quietly(sock, good + bytes(range(200)))
+        assert read_until_closed(sock, CLOSE_LIMIT + 5) == b""
+
+
+def connect_and_close(port: int, protocol: str) -> None:
+    connect(port).close()
+
+
+PEERS = [wrong_user, truncated, garbage, connect_and_close]
+
+
+@pytest.fixture
+def instance() -> Iterator:
+    echo = TcpEchoServer(xor=XOR_C)
+    echo.start()
+    inbounds = [
+        {"tag": "vless-in", "protocol": "vless", "listen": "127.0.0.1", "port": 0,
+         "settings": {"decryption": "none", "clients": [{"id": USER_ID}]}},
+        {"tag": "trojan-in", "protocol": "trojan", "listen": "127.0.0.1", "port": 0,
+         "settings": {"clients": [{"password": PASSWORD}],
+                      "fallbacks": [{"dest": echo.port}]}},
+    ]
+    try:
+        with running_instance(make_config(inbounds, handshake=2)) as inst:
+            yield inst
+    finally:
+        echo.close()
+
+
+def _run(index: int, ports) -> None:
+    peer = PEERS[index % len(PEERS)]
+    protocol = "vless" if (index // len(PEERS)) % 2 == 0 else "trojan"
+    peer(ports[protocol], protocol)
+
+
+def test_thousand_bad_connections_leave_no_threads_or_fds(instance) -> None:
+    ports = {"vless": port_of(instance, "vless-in"), "trojan": port_of(instance, "trojan-in")}
+    for i in range(len(PEERS) * 2):  # warm up, and each peer's own assertions once
+        _run(i, ports)
+    wait_idle(instance)
+    before = snapshot()
+    with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="bad-peer") as pool:
+        list(pool.map(lambda i: _run(i, ports), range(BAD_CONNECTIONS)))
+    wait_idle(instance, BASELINE_TIMEOUT)
+    wait_for_snapshot(before, BASELINE_TIMEOUT)

@@ -1,0 +1,288 @@
+"""Fallbacks: a connection that is not VLESS/Trojan for a known user goes to a web server
+(v2ray ``proxy/vless/inbound/inbound.go`` and ``proxy/trojan/server.go`` carry the same
+code twice; ``infra/conf/vless.go`` and ``trojan.go`` the same config code twice).
+
+Config (``fallbacks[{name, alpn, path, type, dest, xver}]``) is checked as 4.34 checks it,
+with its messages. Selection follows 4.34: by the negotiated ALPN, then by the path of an
+HTTP/1 request line in the first read; ``""`` entries are the defaults, copied under every
+other ALPN. ``name`` (the TLS server name) is a later addition (Xray's), not in 4.34, which
+ignores the key: it selects first, by exact name or the longest configured name the SNI
+contains; with no ``name`` set, selection is exactly 4.34's.
+
+Serving: dial ``dest`` (tcp ``host:port`` or a unix socket, ``@`` abstract, ``@@`` abstract
+padded as haproxy expects), send the PROXY header of ``xver`` and every byte already read,
+then relay both ways under the level-0 policy.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from v2sync.common.errors import ConfigError, RemoteProtocolError, TransportError, join_path
+from v2sync.common.net import Address, AddressKind, Destination
+from v2sync.common.protocol.proxy_protocol import encode as encode_proxy_header
+from v2sync.features.proxy import ProxyContext
+from v2sync.infra.conf.fields import get_items, require_object
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.internet.config import DsSettings, StreamSettings
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.tls import TlsConnection
+
+log = logging.getLogger(__name__)
+
+DIAL_ATTEMPTS = 5  # inbound.go: retry.ExponentialBackoff(5, 100)
+DIAL_BACKOFF_START = 0.1
+# inbound.go: the path is looked for in the first 64 bytes, starting at offsets 4..8.
+PATH_SEARCH_LIMIT = 64
+PATH_START_RANGE = range(4, 9)
+MAX_XVER = 2
+SERVE_TYPE = "serve"  # "serve-ws-none": accepted by 4.34's config, never dialable
+
+
+@dataclass(frozen=True)
+class Fallback:
+    dest: str
+    type: str
+    name: str = ""
+    alpn: str = ""
+    path: str = ""
+    xver: int = 0
+
+
+# -- config ----------------------------------------------------------------------------
+
+def parse_fallbacks(settings: Mapping[str, Any], path: str, label: str
+                    ) -> Tuple[Fallback, ...]:
+    """``settings.fallbacks`` of a VLESS or Trojan inbound; ``label`` starts 4.34's
+    messages ("VLESS" / "Trojan")."""
+    if settings.get("fallback") is not None:
+        raise ConfigError(f'{label} settings: please use "fallbacks":[{{}}] instead of '
+                          '"fallback":{}', join_path(path, "fallback"),
+                          expected="a fallbacks array")
+    return tuple(_fallback(entry, where, label)
+                 for entry, where in get_items(settings, "fallbacks", path))
+
+
+def _fallback(raw: Any, path: str, label: str) -> Fallback:
+    entry = require_object(raw, path)
+    texts = {key: _text(entry, key, path) for key in ("name", "alpn", "path", "type")}
+    if texts["path"] and not texts["path"].startswith("/"):
+        raise ConfigError(f'{label} fallbacks: "path" must be empty or start with "/"',
+                          join_path(path, "path"))
+    dest, kind = _dest(entry.get("dest"), texts["type"])
+    if not kind:
+        raise ConfigError(f'{label} fallbacks: please fill in a valid value for every "dest"',
+                          join_path(path, "dest"),
+                          expected='a port, "addr:port", a unix socket path or "@name"')
+    xver = entry.get("xver", 0)
+    if isinstance(xver, bool) or not isinstance(xver, int) or xver < 0:
+        raise ConfigError(f"invalid xver {xver!r}", join_path(path, "xver"),
+                          expected="0, 1 or 2")
+    if xver > MAX_XVER:
+        raise ConfigError(f'{label} fallbacks: invalid PROXY protocol version, "xver" only '
+                          "accepts 0, 1, 2", join_path(path, "xver"))
+    return Fallback(dest, kind, texts["name"], texts["alpn"], texts["path"], xver)
+
+
+def _text(entry: Mapping[str, Any], key: str, path: str) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string", join_path(path, key),
+                          expected="expected a string")
+    return value
+
+
+def _dest(raw: Any, kind: str) -> Tuple[str, str]:
+    """(dest, type) as vless.go builds them; type "" means invalid. A number must fit a
+    uint16 (Go unmarshals it so); any other JSON value counts as empty."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        dest = str(raw) if 0 <= raw <= 0xFFFF else ""
+    else:
+        dest = raw if isinstance(raw, str) else ""
+    if kind or not dest:
+        return dest, kind
+    if dest == "serve-ws-none":
+        return dest, SERVE_TYPE
+    if dest[0] in "@/":
+        return dest, "unix"
+    if dest.isdigit():
+        dest = "127.0.0.1:" + dest
+    return dest, ("tcp" if _splits_host_port(dest) else "")
+
+
+def _splits_host_port(text: str) -> bool:
+    """Go's ``net.SplitHostPort`` succeeds (it does not check the port)."""
+    host, sep, _ = text.rpartition(":")
+    if not sep:
+        return False
+    if host.startswith("["):
+        return host.endswith("]") and "]" not in host[:-1]
+    return ":" not in host and "[" not in host and "]" not in host
+
+
+# -- selection -------------------------------------------------------------------------
+
+Paths = Dict[str, Fallback]
+Alpns = Dict[str, Paths]
+
+
+class FallbackTable:
+    """name -> alpn -> path -> Fallback, with the defaults ("") copied in as 4.34 does."""
+
+    def __init__(self, fallbacks: Tuple[Fallback, ...]):
+        self.fallbacks = fallbacks
+        table: Dict[str, Alpns] = {}
+        for fb in fallbacks:  # a later duplicate replaces an earlier one, as in Go's maps
+            table.setdefault(fb.name, {}).setdefault(fb.alpn, {})[fb.path] = fb
+        default = table.get("", {})
+        for name, alpns in table.items():
+            if name:
+                for alpn in default:
+                    alpns.setdefault(alpn, {})
+        for alpns in table.values():
+            for alpn, paths in alpns.items():
+                if alpn:
+                    _fill(paths, alpns.get("", {}))
+        for name, alpns in table.items():
+            if name:
+                for alpn, paths in default.items():
+                    _fill(alpns[alpn], paths)
+        self._table = table
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
+
+    def select_for(self, conn: Connection, first: bytes) -> Fallback:
+        """The fallback for a connection whose first read was ``first``."""
+        return self.select(*_tls_facts(conn), first)
+
+    def select(self, server_name: str, alpn: str, first: bytes) -> Fallback:
+        """By TLS server name, negotiated ALPN and the first read, as 4.34 selects."""
+        names = self._table
+        name = ""
+        if len(names) > 1 or "" not in names:
+            name = server_name if server_name in names else _longest_within(server_name, names)
+        alpns = names.get(name) or names.get("")
+        if alpns is None:
+            raise RemoteProtocolError('fallback: failed to find the default "name" config')
+        if not (len(alpns) > 1 or "" not in alpns) or alpn not in alpns:
+            alpn = ""
+        paths = alpns.get(alpn)
+        if paths is None:
+            raise RemoteProtocolError('fallback: failed to find the default "alpn" config')
+        path = ""
+        if len(paths) > 1 or "" not in paths:
+            found = request_path(first)
+            path = found if found in paths else ""
+        fallback = paths.get(path)
+        if fallback is None:
+            raise RemoteProtocolError('fallback: failed to find the default "path" config')
+        return fallback
+
+
+def _fill(paths: Paths, defaults: Paths) -> None:
+    for path, fb in defaults.items():
+        paths.setdefault(path, fb)
+
+
+def _longest_within(server_name: str, names: Dict[str, Alpns]) -> str:
+    if not server_name:
+        return ""
+    return max((n for n in names if n and n in server_name), key=len, default="")
+
+
+def _tls_facts(conn: Connection) -> Tuple[str, str]:
+    """(server name, ALPN) when TLS is the connection's outer layer (4.34: a ``*tls.Conn``;
+    behind WebSocket there is none to ask)."""
+    if isinstance(conn, TlsConnection):
+        return conn.server_name, conn.alpn or ""
+    return "", ""
+
+
+def request_path(first: bytes) -> str:
+    """The path of an HTTP/1 request line, found as inbound.go finds it: 18 bytes or more,
+    not h2c's preface (``*`` at offset 4), a " /" starting at offsets 4..8, ending at a space
+    within the first 64 bytes. "" when there is none."""
+    if len(first) < 18 or first[4:5] == b"*":
+        return ""
+    for i in PATH_START_RANGE:
+        if first[i:i + 1] == b"/" and first[i - 1:i] == b" ":
+            for j in range(i + 1, min(len(first), PATH_SEARCH_LIMIT)):
+                if first[j] in b"\r\n":
+                    return ""
+                if first[j] == ord(" "):
+                    return first[i:j].decode("latin-1")
+            return ""
+    return ""
+
+
+# -- serving ---------------------------------------------------------------------------
+
+def dial_fallback(fallback: Fallback) -> Connection:
+    if fallback.type == "tcp":
+        host, _, port = fallback.dest.rpartition(":")
+        if not port.isdigit() or int(port) > 0xFFFF:
+            raise TransportError(f"fallback: cannot dial {fallback.dest!r}: bad port")
+        dest = Destination(Address.parse(host or "127.0.0.1"), int(port))
+        return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START)
+    if fallback.type == "unix":
+        client = StreamClient(StreamSettings(network="domainsocket", ds=_unix(fallback.dest)))
+        target = Destination(Address(fallback.dest, AddressKind.DOMAIN), 0)
+        return dial_with_retry(target, DIAL_ATTEMPTS, DIAL_BACKOFF_START, client)
+    raise TransportError(f"fallback: failed to dial to {fallback.dest}: "
+                         f"unknown network {fallback.type!r}")
+
+
+def _unix(dest: str) -> DsSettings:
+    if dest.startswith("@@"):  # vless.go pads it to the whole sun_path, for haproxy
+        return DsSettings(dest[1:], abstract=True, padding=True)
+    if dest.startswith("@"):
+        return DsSettings(dest, abstract=True)
+    return DsSettings(dest)
+
+
+def proxy_header(fallback: Fallback, conn: Connection) -> bytes:
+    if not fallback.xver:
+        return b""
+    return encode_proxy_header(fallback.xver, conn.remote, conn.local)
+
+
+def serve_fallback(ctx: ProxyContext, name: str, conn: Connection, fallback: Fallback,
+                   replay: bytes) -> None:
+    """Relay ``conn`` to the fallback: the PROXY header, ``replay``, then both ways."""
+    head = proxy_header(fallback, conn)
+    target = dial_fallback(fallback)
+    target.settimeout(None)  # the relay's activity timer bounds it from here
+    policy = ctx.policy.for_level(0)  # inbound.go: the handshake's level-0 policy
+
+    def abort() -> None:
+        conn.abort()
+        target.abort()
+
+    def first(timer) -> None:
+        if head or replay:
+            target.write(head + replay)
+
+    def request(timer) -> None:
+        for data in adaptive_reads(conn):
+            timer.update()
+            target.write(data)
+            del data
+        target.shutdown_write()
+
+    def response(timer) -> None:
+        for data in adaptive_reads(target):
+            timer.update()
+            conn.write(data)
+            del data
+
+    try:
+        error = run_relay(ctx, name, policy, conn, abort, request, response, first)
+    finally:
+        target.close()
+    if error is not None:
+        log.debug("%s: fallback to %s ended: %s", name, fallback.dest, error)

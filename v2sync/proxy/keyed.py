@@ -1,0 +1,292 @@
+"""What VLESS and Trojan share: a plain request header that names the user by a key, the
+raw stream after it, UDP as framed datagrams in that stream, and fallbacks for everything
+that is not a known user (v2ray ``proxy/vless/{inbound,outbound}``, ``proxy/trojan``).
+
+``KeyedInbound.handshake`` runs parked in the handshake selector. With fallbacks, as 4.34
+decides: one first read; too short for the key, not the protocol, or an unknown key goes to
+the fallback with every byte read replayed. Without fallbacks an unknown key closes the
+connection as soon as the key has arrived. A protocol subclass supplies its codec (peek the
+key, parse the header) and how its request is served.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import partial
+from typing import Any, Callable, List, Mapping, Optional, Tuple
+
+from v2sync.common.errors import (AuthenticationError, RemoteProtocolError, TransportError)
+from v2sync.common.net import Destination
+from v2sync.common.protocol.packets import PacketStream, Parser
+from v2sync.common.protocol.users import KeyedUserTable
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.fallback import FallbackTable, serve_fallback
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.copy import adaptive_reads, copy_pipe_to_conn, write_chunks, write_or_stop
+from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
+                                            HandshakeReader)
+from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF, ReadTimeout
+
+log = logging.getLogger(__name__)
+
+# An honest header is under 300 bytes (a 255-byte domain); past this it is not worth reading.
+MAX_HEADER_BYTES = 4096
+DIAL_ATTEMPTS = 5  # outbound.go: retry.ExponentialBackoff(5, 200)
+DIAL_BACKOFF_START = 0.2
+FIRST_PAYLOAD_WAIT = 0.1  # outbound.go: buf.CopyOnceTimeout(..., 100 ms)
+MAX_RESPONSE_HEADER = 1 + 1 + 255
+
+Encode = Callable[[bytes], bytes]
+Serve = Callable[[], None]
+
+
+class KeyedInbound:
+    """The inbound half; also the ``UserManager`` the API calls."""
+
+    label = ""             # the protocol's name in messages
+    probe_size = 0         # bytes the first read needs before the key can be judged
+    parse_user_entry: Callable[[Any, str], Any]
+
+    def __init__(self, settings, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.tag = getattr(handler_config, "tag", "")
+        self.users: KeyedUserTable = KeyedUserTable(self.label)
+        for i, user in enumerate(settings.users):
+            self.users.add(user, f"settings.clients[{i}]")
+        self.fallbacks = FallbackTable(settings.fallbacks)
+        self.handshake_policy = ctx.policy.for_level(0)  # as 4.34: level 0 until the user
+
+    # -- UserManager -----------------------------------------------------------------
+    def add_user(self, client: Mapping[str, Any]) -> None:
+        self.users.add(self.parse_user_entry(client, "user"), "user")
+
+    def remove_user(self, email: str) -> None:
+        self.users.remove(email)
+
+    # -- protocol hooks --------------------------------------------------------------
+    def peek_key(self, buf: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def parse_request(self, buf: bytes):
+        raise NotImplementedError
+
+    def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
+              header, early: bytes) -> None:
+        raise NotImplementedError
+
+    # -- the handshake ----------------------------------------------------------------
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Optional[Serve]]:
+        deadline = time.monotonic() + self.handshake_policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
+        if self.fallbacks:
+            yield from reader.fill_steps()  # 4.34 judges the first read alone
+            first = bytes(reader.buf)
+            reason = self._refusal(first)
+            if reason is not None:
+                fallback = self.fallbacks.select_for(conn, first)
+                log.info("%s: %s from %s: %s; fallback to %s", session.name(), self.label,
+                         conn.remote, reason, fallback.dest)
+                return partial(serve_fallback, self.ctx, session.name(), conn, fallback,
+                               first)
+        key = yield from reader.parse_steps(self._peek_whole)
+        user = self.users.get(key)
+        if user is None:
+            raise AuthenticationError(f"{self.label}: invalid user from {conn.remote}")
+        header = yield from reader.parse_steps(self.parse_request)
+        session.user_email = user.email
+        session.user_level = user.level
+        return partial(self.serve, session, conn, dispatcher, user, header,
+                       reader.consume(len(reader.buf)))
+
+    def _peek_whole(self, buf: bytes) -> Optional[Tuple[bytes, int]]:
+        key = self.peek_key(buf)
+        return None if key is None else (key, 0)
+
+    def _refusal(self, first: bytes) -> Optional[str]:
+        """Why the first read goes to the fallback; None: a known user."""
+        if len(first) < self.probe_size:
+            return f"first read of {len(first)} bytes"
+        try:
+            key = self.peek_key(first)
+        except RemoteProtocolError as e:
+            return str(e)
+        if key is None or self.users.get(key) is None:
+            return "unknown user"
+        return None
+
+    # -- serving pieces ----------------------------------------------------------------
+    def relay_tcp(self, session: Session, conn: Connection, link: Link, early: bytes,
+                  response_head: bytes = b"") -> None:
+        """The raw stream both ways; ``response_head`` goes out with the first response."""
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        reading = True
+
+        def first(timer) -> None:
+            nonlocal reading
+            reading = not early or write_or_stop(link.writer, early)
+
+        def request(timer) -> None:
+            if reading:
+                for data in adaptive_reads(conn, link.writer):
+                    timer.update()
+                    if not write_or_stop(link.writer, data):
+                        break
+                    del data
+            link.writer.close()
+
+        def response(timer) -> None:
+            if response_head:
+                chunks = link.reader.read_all()
+                if chunks is EOF:
+                    return  # 4.34 sends no header when the upstream gave nothing
+                timer.update()
+                write_chunks(conn, [response_head, *chunks])
+                del chunks
+            copy_pipe_to_conn(link.reader, conn, timer)
+
+        self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
+                                        conn, abort, request, response, first))
+
+    def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
+                      parse: Parser, encode: Encode, response_head: bytes = b"") -> None:
+        """Datagrams framed in the stream, to and from one dispatched UDP link."""
+        stream: PacketStream = PacketStream(parse)
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        def request(timer) -> None:
+            for data in _with_early(early, adaptive_reads(conn, link.writer)):
+                timer.update()
+                if not all(write_or_stop(link.writer, p) for p in stream.feed(data)):
+                    break
+            link.writer.close()
+
+        def response(timer) -> None:
+            head = response_head
+            while True:
+                chunks = link.reader.read_all()
+                if chunks is EOF:
+                    return
+                timer.update()
+                conn.write(head + b"".join([encode(c) for c in chunks]))
+                head = b""
+
+        self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
+                                        conn, abort, request, response))
+
+    def _policy(self, session: Session):
+        return self.ctx.policy.for_level(session.user_level)
+
+    def _report(self, session: Session, error: Optional[BaseException]) -> None:
+        if error is not None:
+            log.debug("%s: %s relay ended: %s", session.name(), self.label, error)
+
+
+def _with_early(early: bytes, reads):
+    if early:
+        yield early
+    yield from reads
+
+
+# -- the outbound half ---------------------------------------------------------------------
+
+class KeyedOutbound:
+    """Dial a server, send the header with the first payload, relay raw or framed."""
+
+    def __init__(self, settings, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def pick_server(self):
+        with self._lock:
+            index = self._next
+            self._next += 1
+        servers = self.settings.servers
+        return servers[index % len(servers)]
+
+    def dial(self, address, port: int) -> Connection:
+        return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+                               self.client)
+
+    def relay(self, session: Session, conn: Connection, link: Link, level: int,
+              header: bytes, encode: Optional[Encode], parse: Optional[Parser],
+              response_header: Optional[Parser]) -> None:
+        """``encode``/``parse``: the datagram framing (None: a raw stream);
+        ``response_header``: the server's header to strip first (None: there is none)."""
+        policy = self.ctx.policy.for_level(level)
+        frame = encode or (lambda data: data)
+
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        ended = False
+
+        def first(timer) -> None:
+            nonlocal ended
+            payload = _first_payload(link)
+            ended = payload is EOF
+            conn.write(header + (frame(payload) if payload else b""))
+
+        def request(timer) -> None:
+            while not ended:
+                chunks = link.reader.read_all()
+                if chunks is EOF:
+                    return
+                timer.update()
+                conn.write(b"".join([frame(c) for c in chunks]))
+                del chunks
+
+        def response(timer) -> None:
+            rest = _read_response_header(conn, response_header) if response_header else b""
+            stream = PacketStream(parse) if parse is not None else None
+            for data in _with_early(rest, adaptive_reads(conn, link.writer)):
+                timer.update()
+                pieces: List[bytes] = stream.feed(data) if stream is not None else [data]
+                if not all(write_or_stop(link.writer, p) for p in pieces):
+                    break
+            link.writer.close()
+
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
+                          first)
+        if error is not None:
+            raise TransportError(f"relay ended: {error}") from error
+
+
+def _first_payload(link: Link):
+    """Up to 100 ms for the first chunk, so the header leaves with it; None: nothing came."""
+    try:
+        return link.reader.read(timeout=FIRST_PAYLOAD_WAIT)
+    except ReadTimeout:
+        return None
+
+
+def _read_response_header(conn: Connection, parse: Parser) -> bytes:
+    """Strip the server's response header; returns the body bytes read past it."""
+    buf = b""
+    while True:
+        parsed = parse(buf)
+        if parsed is not None:
+            return buf[parsed[1]:]
+        if len(buf) > MAX_RESPONSE_HEADER:
+            raise RemoteProtocolError("response header too large")
+        data = conn.read(HANDSHAKE_READ_SIZE)
+        if not data:
+            raise RemoteProtocolError("server closed before its response header")
+        buf += data

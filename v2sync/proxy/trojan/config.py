@@ -1,0 +1,77 @@
+"""Trojan settings (v2ray ``infra/conf/trojan.go``), with 4.34's messages.
+
+Inbound: ``clients[{password, level, email}]`` and ``fallbacks`` (``proxy.fallback``).
+Outbound: ``servers[{address, port, password, email, level}]``, one user per server.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Tuple
+
+from v2sync.common.errors import ConfigError, join_path
+from v2sync.common.net import Address
+from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_items, get_str, get_uint,
+                                      require_object)
+from v2sync.proxy.fallback import Fallback, parse_fallbacks
+from v2sync.proxy.trojan.encoding import password_key
+
+
+@dataclass(frozen=True)
+class TrojanUser:
+    key: bytes  # hex(SHA224(password)), 56 ASCII bytes, as on the wire
+    level: int = 0
+    email: str = ""
+
+
+def parse_user(raw: Any, path: str) -> TrojanUser:
+    entry = require_object(raw, path)
+    # trojan.go checks nothing here: even an empty password makes a user.
+    return TrojanUser(password_key(get_str(entry, "password", path)),
+                      get_uint(entry, "level", path, maximum=MAX_UINT8),
+                      get_str(entry, "email", path))
+
+
+@dataclass(frozen=True)
+class TrojanInboundConfig:
+    users: Tuple[TrojanUser, ...] = ()
+    fallbacks: Tuple[Fallback, ...] = ()
+
+    @classmethod
+    def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "TrojanInboundConfig":
+        settings = require_object(settings, path)
+        users = tuple(parse_user(raw, p) for raw, p in get_items(settings, "clients", path))
+        return cls(users, parse_fallbacks(settings, path, "Trojan"))
+
+
+@dataclass(frozen=True)
+class TrojanServer:
+    address: Address
+    port: int
+    user: TrojanUser
+
+
+@dataclass(frozen=True)
+class TrojanOutboundConfig:
+    servers: Tuple[TrojanServer, ...] = ()
+
+    @classmethod
+    def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "TrojanOutboundConfig":
+        settings = require_object(settings, path)
+        servers = []
+        for raw, where in get_items(settings, "servers", path):
+            entry = require_object(raw, where)
+            address = get_str(entry, "address", where)
+            if not address:
+                raise ConfigError("Trojan server address is not set.",
+                                  join_path(where, "address"))
+            port = get_uint(entry, "port", where, maximum=MAX_UINT16)
+            if port == 0:
+                raise ConfigError("Invalid Trojan port.", join_path(where, "port"),
+                                  expected="1-65535")
+            if not get_str(entry, "password", where):
+                raise ConfigError("Trojan password is not specified.",
+                                  join_path(where, "password"))
+            servers.append(TrojanServer(Address.parse(address), port, parse_user(entry, where)))
+        if not servers:
+            raise ConfigError("0 Trojan server configured.", join_path(path, "servers"))
+        return cls(tuple(servers))

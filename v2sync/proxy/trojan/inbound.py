@@ -1,0 +1,82 @@
+"""The Trojan inbound (v2ray ``proxy/trojan/server.go``).
+
+The handshake and fallbacks are ``proxy.keyed``'s. TCP is the raw stream both ways. UDP
+(command 3): every packet names its own target, so packets go through a datagram session
+table (one dispatched link per target, as 4.34's ``udp.Dispatcher``), and answers come back
+framed with the address they came from.
+"""
+from __future__ import annotations
+
+import threading
+
+from v2sync.app.dispatcher.udp import UdpSessionTable
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Destination
+from v2sync.common.protocol.packets import (PacketStream, encode_trojan_packets,
+                                            parse_trojan_packet)
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.keyed import KeyedInbound
+from v2sync.proxy.trojan.config import TrojanInboundConfig, parse_user
+from v2sync.proxy.trojan.encoding import (PROBE_SIZE, Command, RequestHeader,
+                                          parse_request_header, peek_key)
+from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.internet.conn import Connection
+
+
+@INBOUNDS.register("trojan")
+class TrojanInbound(KeyedInbound):
+    config_type = TrojanInboundConfig
+    label = "trojan"
+    probe_size = PROBE_SIZE
+
+    @staticmethod
+    def parse_user_entry(raw, path: str):
+        return parse_user(raw, path)
+
+    def peek_key(self, buf: bytes):
+        return peek_key(buf)
+
+    def parse_request(self, buf: bytes):
+        return parse_request_header(buf)
+
+    def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
+              header: RequestHeader, early: bytes) -> None:
+        if header.command == Command.UDP:
+            return self._serve_udp(session, conn, dispatcher, early)
+        link = dispatcher.dispatch(session, header.destination())
+        self.relay_tcp(session, conn, link, early)
+
+    def _serve_udp(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+                   early: bytes) -> None:
+        """Read packets until the client's EOF (server.go handleUDPPayload); answers are
+        written by the table's pump threads, one frame per write under a lock."""
+        policy = self._policy(session)
+        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, session.user_level)
+        write_lock = threading.Lock()
+
+        def respond(source: Destination, payload: bytes) -> None:
+            frame = encode_trojan_packets(source, payload)
+            with write_lock:
+                conn.write(frame)
+
+        stream = PacketStream(parse_trojan_packet)
+        timer = self.ctx.timers.new_timer(policy.conn_idle, conn.abort)
+        conn.settimeout(None)
+        try:
+            for data in _reads(early, conn):
+                timer.update()
+                for packet in stream.feed(data):
+                    table.send(session.source, packet.target, packet.payload, respond)
+        except TransportError as e:
+            self._report(session, e)
+        finally:
+            timer.cancel()
+            table.close()
+
+
+def _reads(early: bytes, conn: Connection):
+    if early:
+        yield early
+    yield from adaptive_reads(conn)

@@ -1,0 +1,51 @@
+"""The VLESS inbound (v2ray ``proxy/vless/inbound/inbound.go``).
+
+The handshake and fallbacks are ``proxy.keyed``'s. A request is served as 4.34 serves it:
+TCP as the raw stream, UDP as ``len | packet`` frames to one target; the response header
+(``ver | addons``) goes out with the first response bytes. Mux (command 3) waits for the
+Mux.cool server: until then a clear log line and a close.
+"""
+from __future__ import annotations
+
+from v2sync.common.errors import RemoteProtocolError
+from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.keyed import KeyedInbound
+from v2sync.proxy.vless.config import VlessInboundConfig, parse_user
+from v2sync.proxy.vless.encoding import (PROBE_SIZE, Command, RequestHeader,
+                                         encode_response_header, parse_request_header,
+                                         peek_user)
+from v2sync.transport.internet.conn import Connection
+
+
+@INBOUNDS.register("vless")
+class VlessInbound(KeyedInbound):
+    config_type = VlessInboundConfig
+    label = "vless"
+    probe_size = PROBE_SIZE
+
+    @staticmethod
+    def parse_user_entry(raw, path: str):
+        return parse_user(raw, path, outbound=False)
+
+    def peek_key(self, buf: bytes):
+        return peek_user(buf)
+
+    def parse_request(self, buf: bytes):
+        parsed = parse_request_header(buf)
+        if parsed is not None and parsed[0].command == Command.MUX:
+            raise RemoteProtocolError("vless: Mux.Cool (command 3) is not supported by "
+                                      "v2sync yet; connection closed")
+        return parsed
+
+    def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
+              header: RequestHeader, early: bytes) -> None:
+        link = dispatcher.dispatch(session, header.destination())
+        head = encode_response_header()
+        if header.command == Command.UDP:
+            self.relay_packets(session, conn, link, early, parse_length_packet,
+                               encode_length_packet, head)
+        else:
+            self.relay_tcp(session, conn, link, early, head)

@@ -1,0 +1,43 @@
+"""The VLESS outbound (v2ray ``proxy/vless/outbound/outbound.go``).
+
+Servers round-robin, a user at random per connection; the header waits up to 100 ms for
+the first payload so both leave in one write; the server's ``ver | addons`` is stripped from
+the front of its answer. UDP goes as ``len | packet`` frames. (With ``mux`` the handler
+sends Mux.cool through here to ``v1.mux.cool``: command 3.)
+"""
+from __future__ import annotations
+
+import random
+
+from v2sync.common.net import Network
+from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.proxy.keyed import KeyedOutbound
+from v2sync.proxy.vless.config import VlessOutboundConfig
+from v2sync.proxy.vless.encoding import (MUX_DESTINATION, Command, RequestHeader,
+                                         encode_request_header, parse_response_header)
+from v2sync.transport.link import Link
+
+
+@OUTBOUNDS.register("vless")
+class VlessOutbound(KeyedOutbound):
+    config_type = VlessOutboundConfig
+
+    def process(self, session: Session, link: Link) -> None:
+        server = self.pick_server()
+        user = random.choice(server.users)
+        target = session.target
+        command = Command.UDP if target.network is Network.UDP else Command.TCP
+        if target.address == MUX_DESTINATION.address:
+            command = Command.MUX
+        header = encode_request_header(RequestHeader(user.key, command, target.address,
+                                                     target.port))
+        udp = command == Command.UDP
+        conn = self.dial(server.address, server.port)
+        try:
+            self.relay(session, conn, link, user.level, header,
+                       encode_length_packet if udp else None,
+                       parse_length_packet if udp else None, parse_response_header)
+        finally:
+            conn.close()
