@@ -186,3 +186,30 @@ def test_inbound_counters_count_above_tls_as_4_34(v2ray_bin: str, tcp_echo: TcpE
     assert _exact(ours) == _exact(theirs)
     assert ours["inbound>>>socks-in>>>traffic>>>uplink"] == SOCKS_UP
     assert ours["inbound>>>socks-in>>>traffic>>>downlink"] == SOCKS_DOWN
+
+
+MUX_SIZES = (30_000, 50_000, 70_000)
+
+
+def _mux_run(process_class, echo: TcpEchoServer) -> Dict[str, int]:
+    """A v2ray 4.34 client multiplexing three connections over one VMess connection."""
+    api_port, vmess_port, client_port = ports(3)
+    config = api_config(api_port, [vmess_inbound([vmess_client_entry(email=EMAIL)],
+                                                 port=vmess_port)])
+    client = client_config(client_port, vmess_port, "aes-128-gcm", 0)
+    client["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
+    with process_class(config), V2RayProcess(client):
+        for size in MUX_SIZES:
+            socks_echo(client_port, echo.address, size)
+        return settled(api_port, "", lambda s: s.get(
+            f"user>>>{EMAIL}>>>traffic>>>downlink", 0) >= sum(MUX_SIZES), stable=_exact)
+
+
+def test_mux_sub_connections_count_on_their_user_as_4_34(v2ray_bin: str,
+                                                         tcp_echo: TcpEchoServer) -> None:
+    ours = _mux_run(V2SyncProcess, tcp_echo)
+    theirs = _mux_run(V2RayProcess, tcp_echo)
+    assert sorted(ours) == sorted(theirs)
+    assert _exact(ours) == _exact(theirs) == {
+        f"user>>>{EMAIL}>>>traffic>>>{d}": sum(MUX_SIZES) for d in ("uplink", "downlink")} | {
+        f"outbound>>>direct>>>traffic>>>{d}": sum(MUX_SIZES) for d in ("uplink", "downlink")}
