@@ -126,8 +126,10 @@ def test_server_name_selects_first() -> None:
     (b"GET /a/b?c HTTP/1.1\r\n", "/a/b?c"), (b"OPTIONS /x HTTP/1.1\r\n", "/x"),
     (b"GET / HTTP/1.1\r\n", ""),  # shorter than 18 bytes counts as no request
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", ""), (b"GET /" + b"x" * 80 + b" HTTP/1.1", ""),
-    (b"GET /a\r\n HTTP/1.1 and more", ""), (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ""),
-    (b"POST /api HTTP/1.1\r\n", "/api"), (b"CONNECT /x HTTP/1.1\r\n", "/x"), (b"CONNECT1 /x HTTP/1.1\r\n", ""),
+    (b"GET /a\r\n HTTP/1.1 and more", ""),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ""),
+    (b"POST /api HTTP/1.1\r\n", "/api"), (b"CONNECT /x HTTP/1.1\r\n", "/x"),
+    (b"CONNECT1 /x HTTP/1.1\r\n", ""),
 ])
 def test_request_path_as_inbound_go_reads_it(first: bytes, path: str) -> None:
     assert request_path(first) == path

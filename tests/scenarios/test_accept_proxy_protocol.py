@@ -77,8 +77,10 @@ def test_proxy_headers_from_v2ray_become_the_source(tmp_path: Path) -> None:
     with TcpEchoServer(xor=XOR_C) as echo, HttpOrigin() as origin, \
             make_process("v2sync", _v2sync_config(ws_port, http_port, access_log)), \
             make_process("v2ray", _front_config(front, front2, ws_port, http_port)), \
-            make_process("v2ray", client_config(socks_in, _client_outbound(front, CLIENT_SOURCE))), \
-            make_process("v2ray", client_config(socks_plain, _client_outbound(front, "127.0.0.1"))):
+            make_process("v2ray",
+                         client_config(socks_in, _client_outbound(front, CLIENT_SOURCE))), \
+            make_process("v2ray",
+                         client_config(socks_plain, _client_outbound(front, "127.0.0.1"))):
         with open_tunnel(socks_in, echo.address) as sock:  # PROXY v2 over ws: routed direct
             assert exchange(sock, b"via ws") == xor_bytes(b"via ws")
         with open_tunnel(socks_plain, echo.address) as sock:  # 127.0.0.1: the blackhole

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, RemoteProtocolError, TransportError, join_path
 from v2sync.common.net import Address, AddressKind, Destination

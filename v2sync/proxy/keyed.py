@@ -148,8 +148,8 @@ class KeyedInbound:
         def response(timer) -> None:
             if response_head:
                 chunks = link.reader.read_all()
-                if chunks is EOF:
-                    return  # 4.34 sends no header when the upstream gave nothing
+                if not isinstance(chunks, list):
+                    return  # EOF: 4.34 sends no header when the upstream gave nothing
                 timer.update()
                 write_chunks(conn, [response_head, *chunks])
                 del chunks
@@ -178,8 +178,8 @@ class KeyedInbound:
             head = response_head
             while True:
                 chunks = link.reader.read_all()
-                if chunks is EOF:
-                    return
+                if not isinstance(chunks, list):
+                    return  # EOF
                 timer.update()
                 conn.write(head + b"".join([encode(c) for c in chunks]))
                 head = b""
@@ -220,6 +220,12 @@ class KeyedOutbound:
         servers = self.settings.servers
         return servers[index % len(servers)]
 
+    @staticmethod
+    def target_of(session: Session) -> Destination:
+        if session.target is None:
+            raise TransportError("target not specified")  # outbound.go says the same
+        return session.target
+
     def dial(self, address, port: int) -> Connection:
         return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,
                                self.client)
@@ -247,15 +253,15 @@ class KeyedOutbound:
         def request(timer) -> None:
             while not ended:
                 chunks = link.reader.read_all()
-                if chunks is EOF:
-                    return
+                if not isinstance(chunks, list):
+                    return  # EOF
                 timer.update()
                 conn.write(b"".join([frame(c) for c in chunks]))
                 del chunks
 
         def response(timer) -> None:
             rest = _read_response_header(conn, response_header) if response_header else b""
-            stream = PacketStream(parse) if parse is not None else None
+            stream: Optional[PacketStream] = PacketStream(parse) if parse is not None else None
             for data in _with_early(rest, adaptive_reads(conn, link.writer)):
                 timer.update()
                 pieces: List[bytes] = stream.feed(data) if stream is not None else [data]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Generic, List, Optional, Tuple, TypeVar
 
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
@@ -22,7 +22,7 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.address import SOCKS
 
 T = TypeVar("T")
-Parser = Callable[[bytes], Optional[Tuple[T, int]]]
+Parser = Callable[[Any], Optional[Tuple[T, int]]]  # bytes or a memoryview of them
 
 _LEN = struct.Struct("!H")
 CRLF = b"\r\n"

@@ -61,7 +61,7 @@ class TrojanInbound(KeyedInbound):
             with write_lock:
                 conn.write(frame)
 
-        stream = PacketStream(parse_trojan_packet)
+        stream: PacketStream = PacketStream(parse_trojan_packet)
         timer = self.ctx.timers.new_timer(policy.conn_idle, conn.abort)
         conn.settimeout(None)
         try:

@@ -24,7 +24,7 @@ class TrojanOutbound(KeyedOutbound):
 
     def process(self, session: Session, link: Link) -> None:
         server = self.pick_server()
-        target = session.target
+        target = self.target_of(session)
         udp = target.network is Network.UDP
         command = Command.UDP if udp else Command.TCP
         header = encode_request_header(RequestHeader(server.user.key, command, target.address,

@@ -27,7 +27,7 @@ class VlessOutbound(KeyedOutbound):
     def process(self, session: Session, link: Link) -> None:
         server = self.pick_server()
         user = random.choice(server.users)
-        target = session.target
+        target = self.target_of(session)
         command = Command.UDP if target.network is Network.UDP else Command.TCP
         if target.address == MUX_DESTINATION.address:
             command = Command.MUX
