@@ -5,6 +5,7 @@
     python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
     python tools/bench.py udp [--quick]   (UDP through VMess: tools/bench_udp.py)
     python tools/bench.py all
+    python tools/bench.py relay --stats   # every traffic counter on (the cost of counting)
 
 A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
 only differ in the proxy chain they start, so they call ``compare_chains`` with a function
@@ -84,6 +85,7 @@ class BenchOptions:
     implementations: Tuple[str, ...]
     connections: int
     load: LoadSizes = LoadSizes()
+    stats: bool = False  # --stats: every traffic counter on (issue 18's cost check)
 
     @property
     def bulk_bytes(self) -> int:
@@ -336,6 +338,8 @@ def compare_chains(options: BenchOptions, build: ChainBuilder,
     Only the bare relay has a memory target (issue 2); the VMess chains are two processes,
     so their figure is reported without one."""
     results: Dict[str, ChainResult] = {}
+    if options.stats:
+        build = _counting(build)
     with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS, timeout=PHASE_DEADLINE) as echo:
         for implementation in options.implementations:
@@ -361,6 +365,38 @@ def compare_chains(options: BenchOptions, build: ChainBuilder,
         Row("connections that failed and were retried", pick("failed_connections"),
             Target("value<=", 0)),  # v2sync refuses none; the v2ray column is context
     ]
+
+
+STATS_SYSTEM = {"statsInboundUplink": True, "statsInboundDownlink": True,
+                "statsOutboundUplink": True, "statsOutboundDownlink": True}
+
+
+def with_stats(config: Dict[str, object]) -> Dict[str, object]:
+    """``config`` with every counter on (--stats): a ``stats`` section, the policy's system
+    and level-0 user switches, a tag on each handler and an email on each VMess user, so
+    each relayed chunk is counted on the inbound, the outbound and the user."""
+    counted = dict(config)
+    counted["stats"] = {}
+    policy = dict(counted.get("policy") or {})  # type: ignore[arg-type]
+    levels = dict(policy.get("levels") or {})
+    levels["0"] = {**levels.get("0", {}), "statsUserUplink": True, "statsUserDownlink": True}
+    policy.update(levels=levels, system=STATS_SYSTEM)
+    counted["policy"] = policy
+    for kind in ("inbounds", "outbounds"):
+        handlers = []
+        for i, handler in enumerate(counted.get(kind) or []):  # type: ignore[arg-type]
+            handler = {"tag": f"{kind[:-1]}-{i}", **handler}
+            clients = (handler.get("settings") or {}).get("clients")
+            if clients:
+                handler["settings"] = {**handler["settings"], "clients": [
+                    {"email": f"user-{j}@bench", **c} for j, c in enumerate(clients)]}
+            handlers.append(handler)
+        counted[kind] = handlers
+    return counted
+
+
+def _counting(build: ChainBuilder) -> ChainBuilder:
+    return lambda port: [with_stats(config) for config in build(port)]
 
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -964,6 +1000,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="massclose scenario: connections closed at once (default 10,000 if the "
                              "fd limit allows, else 2,000; --quick 500)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed or a run failed")
+    parser.add_argument("--stats", action="store_true",
+                        help="chain scenarios: turn every traffic counter on (stats, policy "
+                             "switches, tags, user emails) to measure what counting costs")
     return parser.parse_args(argv)
 
 
@@ -971,7 +1010,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     implementations = (args.only,) if args.only else IMPLEMENTATIONS
     options = BenchOptions(args.quick, implementations, max(1, min(args.connections, 5000)),
-                           load_sizes(args))
+                           load_sizes(args), args.stats)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     raise_fd_limit(fds_needed(names, options))
     failed = False

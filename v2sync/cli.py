@@ -416,16 +416,26 @@ def cmd_uuid(args) -> int:
     return 0
 
 
+def _needs_api_extra(run):
+    """``v2sync api``/``top`` without h2 or protobuf: say how to install them (exit 2)."""
+    try:
+        return run()
+    except ImportError as e:
+        _say(f"v2sync: this command needs the api extra ({e.name or e}): "
+             "pip install 'v2sync[api]'")
+        return EXIT_USAGE
+
+
 def cmd_api(args) -> int:
     from v2sync.infra.control import api
 
-    return api.run(args, _say)
+    return _needs_api_extra(lambda: api.run(args, _say))
 
 
 def cmd_top(args) -> int:
     from v2sync.infra.control import top
 
-    return top.run(args, _say)
+    return _needs_api_extra(lambda: top.run(args, _say))
 
 
 def cmd_link(args) -> int:

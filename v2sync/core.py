@@ -16,11 +16,12 @@ the abort get what is left, so no sum of per-step timeouts can stretch it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import sys
 import threading
 import time
-from typing import Iterator, List
+from typing import Any, Iterator, List, Optional
 
 from v2sync import __version__, distro  # noqa: F401  (distro registers every protocol)
 from v2sync.app.dispatcher.default import DefaultDispatcher
@@ -75,10 +76,10 @@ class Instance:
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
         # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
-        self.stats = StatsManager() if config.stats_enabled else None
+        self.stats: Optional[StatsManager] = StatsManager() if config.stats_enabled else None
         self.dispatcher.stats = self.stats
-        self.commander = None
-        self.metrics = None
+        self.commander: Optional[Any] = None  # app.commander.outbound.Commander
+        self.metrics: Optional[Any] = None  # app.metrics.MetricsServer
         self._build()
         self._build_api()
         if config.routing_settings is not None:
@@ -130,8 +131,12 @@ class Instance:
     def _build_api(self) -> None:
         """The commander's virtual outbound, under ``api.tag`` (imported only when used:
         h2 and protobuf are not loaded for a config without ``api``)."""
+        if self.config.metrics is not None:
+            _require("prometheus_client", "metrics", "metrics")
         if self.config.api is None:
             return
+        _require("h2", "api", "api")
+        _require("google.protobuf", "api", "api")
         from v2sync.app.commander.outbound import Commander
         self.commander = Commander(self.config.api, self)
         try:
@@ -163,11 +168,11 @@ class Instance:
 
     def start(self) -> None:
         self.timers.start()
-        if self.config.metrics is not None:
-            from v2sync.app.metrics import MetricsServer
-            self.metrics = MetricsServer(self, self.config.metrics)
-            self.metrics.start(self.listener_threads)
         try:
+            if self.config.metrics is not None:
+                from v2sync.app.metrics import MetricsServer
+                self.metrics = MetricsServer(self, self.config.metrics)
+                self.metrics.start()
             self.inbounds.start(self.listener_threads)
         except Exception:
             self.close()
@@ -249,6 +254,23 @@ class Instance:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Optional features' packages: import name -> the name pip knows.
+OPTIONAL_PACKAGES = {"h2": "h2", "google.protobuf": "protobuf",
+                     "prometheus_client": "prometheus-client"}
+
+
+def _require(module: str, extra: str, path: str) -> None:
+    """An optional feature's package, or a ConfigError saying how to install it."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (google) is missing
+        found = False
+    if not found:
+        raise ConfigErrors([ConfigError(
+            f"needs the Python package {OPTIONAL_PACKAGES[module]}", path,
+            expected=f"pip install 'v2sync[{extra}]'")])
 
 
 def _left(deadline: float) -> float:

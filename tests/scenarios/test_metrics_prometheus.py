@@ -111,3 +111,48 @@ def test_prometheus_scrapes_and_answers(prometheus, tcp_echo: TcpEchoServer) -> 
                                log) == 0
         assert wait_for_answer(web_port, 'v2sync_inbound_handshake_failures_total{inbound='
                                '"socks-in"} >= 1', log) == 1
+
+
+class MetricsFlagProcess(V2SyncProcess):
+    """``v2sync run -c FILE --metrics HOST:PORT``."""
+
+    def __init__(self, config, metrics: str):
+        super().__init__(config)
+        self.metrics = metrics
+
+    def command(self, config_path: Path) -> List[str]:
+        return [*super().command(config_path), "--metrics", self.metrics]
+
+
+def test_metrics_flag_without_the_config_key(tcp_echo: TcpEchoServer) -> None:
+    """The CLI flag alone serves /metrics; the exposition names the counters."""
+    metrics_port, socks_port = ports(2)
+    config = api_config(ports(1)[0], [socks_in(socks_port)])
+    with MetricsFlagProcess(config, f"127.0.0.1:{metrics_port}"):
+        socks_echo(socks_port, tcp_echo.address, 1000)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=5) as response:
+            text = response.read().decode()
+    assert 'v2ray_traffic_uplink_bytes_total{dimension="inbound",target="socks-in"} 1013.0' \
+        in text
+    assert "v2ray_up 1.0" in text and "process_resident_memory_bytes" in text
+
+
+def test_a_busy_metrics_port_is_a_start_failure(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from helpers_scenarios import cli_env
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = api_config(ports(1)[0], [],
+                            metrics={"listen": f"127.0.0.1:{busy.getsockname()[1]}"})
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(config))
+        result = subprocess.run([sys.executable, "-m", "v2sync", "run", "-c", str(path)],
+                                capture_output=True, text=True, timeout=30, env=cli_env())
+    assert result.returncode == 255
+    assert "failed to start: metrics: cannot listen on" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

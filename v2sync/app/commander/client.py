@@ -98,7 +98,7 @@ class GrpcClient:
         if getattr(event, "stream_id", None) != stream_id:
             return
         if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-            reply.headers.update(dict(event.headers))
+            reply.headers.update((str(k), str(v)) for k, v in event.headers)
         elif isinstance(event, h2.events.DataReceived):
             reply.body += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)

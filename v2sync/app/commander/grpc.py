@@ -204,12 +204,12 @@ class _Connection:
                 self._flush()
                 return
             try:
-                events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as e:
+                going_on = self._handle(self.h2.receive_data(data))
+            except h2.exceptions.ProtocolError as e:  # the peer's, or a stream it has reset
                 log.info("api: HTTP/2 protocol error: %s", e)
                 self._flush()  # h2 has queued the GOAWAY
                 return
-            if not self._handle(events):
+            if not going_on:
                 self._flush()
                 return
             self._flush()

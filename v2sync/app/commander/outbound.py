@@ -16,12 +16,10 @@ from v2sync.app.stats.manager import StatsManager
 from v2sync.common.errors import TransportError, V2SyncError
 from v2sync.common.session import Session
 from v2sync.infra.conf.model import ApiConfig
-from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
+from v2sync.transport.pipe import ReadTimeout
 
 log = logging.getLogger(__name__)
-SOCKET_READ_SIZE = 64 * 1024
 
 
 class PipeStream:
@@ -36,23 +34,10 @@ class PipeStream:
             chunk = self.link.reader.read(timeout=self.idle)
         except ReadTimeout as e:
             raise TransportError(f"api: no request for {self.idle:g} s") from e
-        return b"" if chunk is EOF else chunk
+        return chunk if isinstance(chunk, bytes) else b""  # b"": EOF
 
     def write(self, data: bytes) -> None:
         self.link.writer.write(data)
-
-
-class ConnectionStream:
-    """A connection as a byte stream (a server on a socket of its own, and tests)."""
-
-    def __init__(self, conn: Connection):
-        self.conn = conn
-
-    def read(self) -> bytes:
-        return self.conn.read(SOCKET_READ_SIZE)
-
-    def write(self, data: bytes) -> None:
-        self.conn.write(data)
 
 
 class Commander:

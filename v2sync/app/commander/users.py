@@ -59,7 +59,10 @@ def _vmess(account: Any) -> Dict[str, Any]:
 
 
 def _vless(account: Any) -> Dict[str, Any]:
-    return {"id": account.id, "flow": account.flow}
+    entry = {"id": account.id}
+    if account.flow:  # an empty flow is the config's default: left out, as a file leaves it
+        entry["flow"] = account.flow
+    return entry
 
 
 def _trojan(account: Any) -> Dict[str, Any]:

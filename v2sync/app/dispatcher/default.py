@@ -15,6 +15,7 @@ from v2sync.app.dispatcher.sniffer import (NEED_MORE, SNIFF_ATTEMPTS, SNIFF_BUFF
                                           sniff)
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
+from v2sync.app.stats.manager import StatsManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Address, Destination, Network
@@ -33,7 +34,7 @@ class DefaultDispatcher:
         self.threads = threads
         self.access_log = access_log
         self.router = router  # features.routing.Router, or None: everything to the default
-        self.stats = None  # app.stats.manager.StatsManager when the config has "stats"
+        self.stats: Optional[StatsManager] = None  # set when the config has "stats"
         # Called with the outbound tag of each routing decision (the metrics endpoint's).
         self.on_routed: Optional[Callable[[str], None]] = None
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown

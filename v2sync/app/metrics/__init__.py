@@ -113,7 +113,7 @@ class MetricsServer:
         self._server: Any = None
         self._thread: Any = None
 
-    def start(self, threads: Any = None) -> None:
+    def start(self) -> None:
         try:
             self._server, self._thread = start_http_server(
                 self.config.port, addr=self.config.listen, registry=self.registry)

@@ -104,18 +104,28 @@ class InboundHandler:
             listener.close_unstarted()
 
     def _open_udp(self, port: int, name: str) -> UdpListener:
-        # The proxy answers through the same socket the datagram arrived on.
-        listener = UdpListener(
-            self.address, port,
-            lambda data, source: self.proxy.process_datagram(self, data, source, listener.send_to),
-            name)
+        # The proxy answers through the same socket the datagram arrived on. Datagrams
+        # count on the inbound's counters whole, as 4.34's udpWorker counts them.
+        uplink, downlink = self.counters
+
+        def send(data: bytes, dest) -> None:
+            listener.send_to(data, dest)
+            if downlink is not None:
+                downlink.add(len(data))
+
+        def received(data: bytes, source) -> None:
+            if uplink is not None:
+                uplink.add(len(data))
+            self.proxy.process_datagram(self, data, source, send)
+
+        listener = UdpListener(self.address, port, received, name)
         return listener
 
     def _open_udp_worker(self, port: int) -> UdpWorker:
         # A bind failure (TransportError) leaves what is bound to unbind(), as TCP's does.
         return UdpWorker(self.proxy, self.dispatcher, self.workers, self.address, port,
                          self.tag, self.stream.sockopt if self.stream else None,
-                         self.follow_redirect)
+                         self.follow_redirect, self.counters)
 
     # -- one connection: handshake parked in the selector, then served by a thread -------
     def _start_connection(self, sock: socket.socket) -> Optional[Steps]:

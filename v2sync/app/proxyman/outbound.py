@@ -72,7 +72,8 @@ class OutboundManager:
         handler = self._by_tag.pop(tag, None)
         if handler is None:
             return False
-        self._ordered.remove(handler)
+        # A new list, not an edit: a concurrent default() sees the old one or the new one.
+        self._ordered = [h for h in self._ordered if h is not handler]
         close = getattr(handler.proxy, "close", None)
         if close is not None:
             close()
@@ -84,7 +85,8 @@ class OutboundManager:
     def default(self) -> Optional[OutboundHandler]:
         """The first handler added; None when there is none (a config may have no outbound,
         as in 4.34, whose GetDefaultHandler then returns nil)."""
-        return self._ordered[0] if self._ordered else None
+        ordered = self._ordered
+        return ordered[0] if ordered else None
 
     def close(self) -> None:
         for handler in self._ordered:

@@ -33,12 +33,11 @@ SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
 SUPPORTED_ALLOCATE = frozenset({"always"})
 # Optional sections and switches, by the FEATURE_* names below.
-SUPPORTED_FEATURES: frozenset = frozenset({"acceptProxyProtocol", "api", "dns", "routing"})
+SUPPORTED_FEATURES: frozenset = frozenset({"acceptProxyProtocol", "dns", "routing"})
 # ---------------------------------------------------------------------------------------
 
 FEATURE_ROUTING = "routing"  # routing rules and balancers
 FEATURE_DNS = "dns"  # dns servers and hosts
-FEATURE_API = "api"
 FEATURE_REVERSE = "reverse"
 FEATURE_PROXY_SETTINGS = "proxySettings"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
@@ -350,8 +349,6 @@ def _features_in_use(data: Mapping[str, Any]) -> Iterator[Tuple[str, str, str]]:
     for key in ("servers", "hosts"):
         if dns.get(key):
             yield FEATURE_DNS, f"dns.{key}", f"dns {key} are not supported by v2sync yet"
-    if "api" in data:
-        yield FEATURE_API, "api", "the api section is not supported by v2sync yet"
     reverse = _obj(data, "reverse")
     for key in ("bridges", "portals"):
         if reverse.get(key):

@@ -157,7 +157,10 @@ def _keys() -> Iterator[Callable[[float], str]]:
     """``wait(seconds)`` returns a key pressed within that time ("" if none); the terminal
     is in cbreak mode meanwhile (restored after). Without a terminal it only sleeps."""
     if not sys.stdin.isatty():
-        yield lambda seconds: time.sleep(seconds) or ""
+        def sleep(seconds: float) -> str:
+            time.sleep(seconds)
+            return ""
+        yield sleep
         return
     import termios
     import tty

@@ -20,6 +20,7 @@ from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import relay_upstream, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
 from v2sync.transport.link import Link
 
@@ -83,6 +84,8 @@ class FreedomOutbound:
         target = candidates(dest, self.settings.domain_strategy, lookup)[0]
         sock = open_udp(target, self.source)
         address = (target.address.value, target.port)
+        # The outbound's counters take each datagram, as 4.34's counting connection does.
+        uplink, downlink = (adder(counter) for counter in self.client.counters)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:
@@ -97,7 +100,7 @@ class FreedomOutbound:
                         return  # EOF: the client is done
                     timer.update()
                     try:
-                        sock.sendto(chunk, address)
+                        uplink(sock.sendto(chunk, address))
                     except OSError as e:  # ICMP unreachable from an earlier send
                         log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
 
@@ -114,6 +117,7 @@ class FreedomOutbound:
                     if not data or len(data) > MAX_UDP_PAYLOAD:
                         continue  # see MAX_UDP_PAYLOAD
                     timer.update()
+                    downlink(len(data))
                     link.writer.write(data)
 
             run_relay(self.ctx, session.name(), policy, None, abort, request, response)

@@ -17,13 +17,17 @@ def _ignore(n: int) -> None:
     pass
 
 
+def adder(counter) -> Callable[[int], None]:
+    """``counter.add``, or a no-op for a counter that is off (None): picked once, so a
+    relay loop makes no None test per chunk."""
+    return counter.add if counter is not None else _ignore
+
+
 class CountingConnection(WrappedConnection):
     def __init__(self, inner: Connection, read_counter=None, write_counter=None):
         super().__init__(inner)
-        # Bound methods picked once: the relay path makes no None test per chunk.
-        self._count_read: Callable[[int], None] = read_counter.add if read_counter else _ignore
-        self._count_written: Callable[[int], None] = (write_counter.add if write_counter
-                                                      else _ignore)
+        self._count_read = adder(read_counter)
+        self._count_written = adder(write_counter)
 
     def recv(self, max_bytes: int) -> bytes:
         data = self.inner.recv(max_bytes)

@@ -1,0 +1,74 @@
+"""The gRPC server on an in-memory byte stream (no socket): a real call made with h2 as the
+client, and a Hypothesis property that no input gets anything but a V2SyncError out."""
+from __future__ import annotations
+
+from typing import List
+
+import h2.config
+import h2.connection
+import h2.events
+from hypothesis import given, settings, strategies as st
+
+from v2sync.app.commander.encoding import decode_message, encode_message
+from v2sync.app.commander.grpc import PREFACE, GrpcServer
+from v2sync.app.commander.pb.app.stats.command import command_pb2 as pb
+from v2sync.app.commander.services import StatsService, service_methods
+from v2sync.app.stats.manager import StatsManager
+from v2sync.common.errors import V2SyncError
+
+
+class MemoryStream:
+    def __init__(self, chunks: List[bytes]):
+        self.chunks = list(chunks)
+        self.written = bytearray()
+
+    def read(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+
+def make_server(stats: StatsManager) -> GrpcServer:
+    service = StatsService(stats)
+    service.close()  # no gc callback left behind by the test
+    return GrpcServer(service_methods({"StatsService": service}))
+
+
+def client_request(path: str, body: bytes) -> h2.connection.H2Connection:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                 header_encoding="utf-8"))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                            (":authority", "x"), ("content-type", "application/grpc")])
+    client.send_data(1, body, end_stream=True)
+    return client
+
+
+def test_a_call_round_trip_without_a_socket() -> None:
+    stats = StatsManager()
+    stats.register("inbound>>>a>>>traffic>>>uplink").add(42)
+    client = client_request("/xray.app.stats.command.StatsService/GetStats", encode_message(
+        pb.GetStatsRequest(name="inbound>>>a>>>traffic>>>uplink").SerializeToString()))
+    stream = MemoryStream([client.data_to_send()])
+    make_server(stats).serve(stream)
+    headers, body = {}, b""
+    for event in client.receive_data(bytes(stream.written)):
+        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            headers.update(dict(event.headers))
+        elif isinstance(event, h2.events.DataReceived):
+            body += event.data
+    assert headers["grpc-status"] == "0"
+    parsed = decode_message(body)
+    assert parsed is not None
+    assert pb.GetStatsResponse.FromString(parsed[0]).stat.value == 42
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.booleans())
+def test_any_bytes_end_in_an_answer_or_a_v2sync_error(data: bytes, with_preface: bool) -> None:
+    stream = MemoryStream([(PREFACE if with_preface else b"") + data])
+    try:
+        make_server(StatsManager()).serve(stream)
+    except V2SyncError:
+        pass
