@@ -11,6 +11,9 @@ modules import each other as ``v2sync.app.commander.pb.…``; package and messag
 (``xray.app.*``) are served with the same messages (``app/commander/services.py``).
 
 Needs grpcio-tools (its bundled protoc); the output runs on the ``protobuf`` runtime alone.
+Run it with grpcio-tools 1.74 (protoc 31.1, gencode 6.31.1): generated code refuses a runtime
+older than itself, and protobuf 6.x is the newest line Python 3.9 can install; newer
+runtimes (7.x) load it too. ``tools/geodata_vectors.py --proto`` is run the same way.
 """
 from __future__ import annotations
 

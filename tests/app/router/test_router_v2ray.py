@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Mapping
@@ -65,9 +64,6 @@ def _independent_encoder() -> ModuleType:
     return module
 
 
-@pytest.mark.skipif(sys.version_info < (3, 10),
-                    reason="routercommon_pb2 needs protobuf >= 7.35, which needs Python 3.10; "
-                           "the same check runs on the main Python")
 def test_vector_files_are_what_protobuf_writes() -> None:
     """tools/geodata_vectors.py (protobuf + 4.34's .proto) made the files on disk."""
     independent = _independent_encoder()

@@ -14,7 +14,7 @@ class GetStatsRequest(_message.Message):
     RESET_FIELD_NUMBER: _ClassVar[int]
     name: str
     reset: bool
-    def __init__(self, name: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., reset: bool = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("name", "value")
@@ -36,7 +36,7 @@ class QueryStatsRequest(_message.Message):
     RESET_FIELD_NUMBER: _ClassVar[int]
     pattern: str
     reset: bool
-    def __init__(self, pattern: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
+    def __init__(self, pattern: _Optional[str] = ..., reset: bool = ...) -> None: ...
 
 class QueryStatsResponse(_message.Message):
     __slots__ = ("stat",)
