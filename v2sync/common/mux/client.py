@@ -54,7 +54,7 @@ class ClientManager:
         """Carry ``link`` as a sub-connection; returns when its request side has ended."""
         for _ in range(PICK_ATTEMPTS):
             worker = self._pick()
-            mux_session = worker.allocate(link, session.target.network is Network.UDP)
+            mux_session = worker.allocate(link, session.destination().network is Network.UDP)
             if mux_session is not None:
                 worker.fetch_input(session, mux_session)
                 return

@@ -66,6 +66,12 @@ class Frame:
     target: Optional[Destination] = None  # New frames only
     data: Optional[bytes] = None          # present when option has Data
 
+    def destination(self) -> Destination:
+        """A New frame's target (the decoder refuses a New frame without one)."""
+        if self.target is None:
+            raise RemoteProtocolError(f"mux: frame {self.status.name} has no target")
+        return self.target
+
     @property
     def has_error(self) -> bool:
         return bool(self.option & OPTION_ERROR)

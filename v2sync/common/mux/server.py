@@ -85,7 +85,7 @@ class ServerWorker(FrameHandler):
             self._reader_done()
 
     def on_new(self, frame: Frame) -> None:
-        target = frame.target
+        target = frame.destination()
         child = Session(inbound_tag=self.session.inbound_tag, source=self.session.source,
                         user_email=self.session.user_email, user_level=self.session.user_level,
                         sniffing=self.session.sniffing)

@@ -45,7 +45,7 @@ class TunnelPool:
 
     def relay(self, session: Session, h2s: H2Session, link: Link, policy,
               auth: Optional[str], first: bytes) -> None:
-        target = session.target
+        target = session.destination()
         headers = [(":method", "CONNECT"), (":authority", authority(target)),
                    ("user-agent", GO_H2_USER_AGENT)]
         if auth is not None:

@@ -78,6 +78,8 @@ def _check(inbound, h2s: H2Session, tunnel: Tunnel) -> Destination:
     except RemoteProtocolError:
         h2s.respond(tunnel, BAD_REQUEST, end=True)
         raise
+    if target.port is None:  # parse_target refuses a CONNECT without one
+        raise RemoteProtocolError("CONNECT target without port")
     return Destination.tcp(target.host, target.port)
 
 

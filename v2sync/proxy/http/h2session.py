@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import h2.config
 import h2.connection
@@ -124,7 +124,7 @@ class H2Session:
         if tunnel is None:
             return
         if isinstance(event, h2.events.ResponseReceived):
-            tunnel.headers = list(event.headers)
+            tunnel.headers = _headers(event)
         elif isinstance(event, h2.events.DataReceived):
             tunnel.padding += event.flow_controlled_length - len(event.data)
             if event.data:
@@ -140,7 +140,7 @@ class H2Session:
 
     def _on_request(self, event) -> None:
         tunnel = Tunnel(self, event.stream_id)
-        tunnel.headers = list(event.headers)
+        tunnel.headers = _headers(event)
         self.tunnels[event.stream_id] = tunnel
         if self.on_request is None:
             self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -202,7 +202,8 @@ class H2Session:
                 self._changed.wait(left)
             return tunnel.headers
 
-    def respond(self, tunnel: Tunnel, status: int, extra: Headers = (), end: bool = False
+    def respond(self, tunnel: Tunnel, status: int, extra: Sequence[Tuple[str, str]] = (),
+                end: bool = False
                 ) -> None:
         headers = [(":status", str(status)), *extra]
         self._call(lambda: self.h2.send_headers(tunnel.stream_id, headers, end_stream=end))
@@ -341,3 +342,8 @@ class IdleWatch:
             session.close()
         else:
             self.arm()  # tunnels are open: each arms the watch again when it ends
+
+
+def _headers(event) -> Headers:
+    """The event's header pairs: header_encoding="utf-8" makes h2 hand them over as str."""
+    return cast(Headers, list(event.headers))

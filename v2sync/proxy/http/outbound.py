@@ -48,7 +48,7 @@ class HttpOutbound:
         self.h2 = None  # h2tunnel.TunnelPool, made on the first h2 server (imports h2)
 
     def process(self, session: Session, link: Link) -> None:
-        target = session.target
+        target = session.destination()
         if target.network is Network.UDP:
             raise TransportError("UDP is not supported by HTTP outbound")
         first = self._first_payload(link)

@@ -58,8 +58,8 @@ class SocksOutbound:
                                self.client)
         try:
             reader = HandshakeReader(conn, time.monotonic() + policy.handshake, MAX_REPLY_BYTES)
-            reply = client_handshake(conn, reader, session.target, user)
-            if session.target.network is Network.UDP:
+            reply = client_handshake(conn, reader, session.destination(), user)
+            if session.destination().network is Network.UDP:
                 relay = Destination(server.address if reply.address in _UNSPECIFIED
                                     else reply.address, reply.port, Network.UDP)
                 error = self._relay_udp(session, conn, link, policy, relay)
@@ -73,7 +73,7 @@ class SocksOutbound:
 
     def _relay_udp(self, session: Session, conn: Connection, link: Link, policy,
                    relay: Destination):
-        target = session.target
+        target = session.destination()
         sock = dial_udp(candidates(relay)[0], self.client.source)
         stopped = threading.Event()
 
