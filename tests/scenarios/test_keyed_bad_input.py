@@ -93,6 +93,20 @@ def test_wrong_user_without_fallback_closes_at_once_as_in_4_34(protocol: str) ->
                 assert time.monotonic() - started < CLOSE_LIMIT
 
 
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_a_short_foreign_first_read_closes_at_once_as_in_4_34(protocol: str) -> None:
+    """VLESS refuses the version byte; Trojan judges its first read (fewer than 58 bytes)
+    even without fallbacks. Neither waits for the handshake deadline."""
+    for implementation in ("v2sync", "v2ray"):
+        port = free_port()
+        with make_process(implementation, server_config(server_inbound(protocol, port, {}))):
+            with connect(port, timeout=IO_TIMEOUT) as sock:
+                sock.sendall(b"GET / HTTP/1.0\r\n")
+                started = time.monotonic()
+                assert read_until_closed(sock, CLOSE_LIMIT) == b"", implementation
+                assert time.monotonic() - started < CLOSE_LIMIT
+
+
 # -- scripted bad peers against an in-process instance ------------------------------------
 
 def _quietly(sock: socket.socket, data: bytes) -> None:

@@ -5,7 +5,8 @@ that is not a known user (v2ray ``proxy/vless/{inbound,outbound}``, ``proxy/troj
 ``KeyedInbound.handshake`` runs parked in the handshake selector. With fallbacks, as 4.34
 decides: one first read; too short for the key, not the protocol, or an unknown key goes to
 the fallback with every byte read replayed. Without fallbacks an unknown key closes the
-connection as soon as the key has arrived. A protocol subclass supplies its codec (peek the
+connection as soon as the key has arrived (Trojan: after the first read, as 4.34's
+server.go judges it either way). A protocol subclass supplies its codec (peek the
 key, parse the header) and how its request is served.
 """
 from __future__ import annotations
@@ -51,6 +52,9 @@ class KeyedInbound:
 
     label = ""             # the protocol's name in messages
     probe_size = 0         # bytes the first read needs before the key can be judged
+    # Whether the first read is judged even without fallbacks (Trojan's server.go does;
+    # VLESS reads its header field by field then).
+    first_read_decides = False
     parse_user_entry: Callable[[Any, str], Any]
 
     def __init__(self, settings, ctx: ProxyContext, handler_config):
@@ -86,10 +90,12 @@ class KeyedInbound:
                   dispatcher: Dispatcher) -> Handshake[Optional[Serve]]:
         deadline = time.monotonic() + self.handshake_policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
-        if self.fallbacks:
+        if self.fallbacks or self.first_read_decides:
             yield from reader.fill_steps()  # 4.34 judges the first read alone
             first = bytes(reader.buf)
             reason = self._refusal(first)
+            if reason is not None and not self.fallbacks:
+                raise AuthenticationError(f"{self.label}: {reason} from {conn.remote}")
             if reason is not None:
                 fallback = self.fallbacks.select_for(conn, first)
                 log.info("%s: %s from %s: %s; fallback to %s", session.name(), self.label,

@@ -30,6 +30,7 @@ class TrojanInbound(KeyedInbound):
     config_type = TrojanInboundConfig
     label = "trojan"
     probe_size = PROBE_SIZE
+    first_read_decides = True
 
     @staticmethod
     def parse_user_entry(raw, path: str):
