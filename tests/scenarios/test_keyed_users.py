@@ -1,0 +1,89 @@
+"""Users changed at run time (the UserManager the API calls) and VLESS's Mux command, on
+an in-process instance with raw clients: a user added connects at once, a removed one is
+refused from its next connection on; command 3 is logged by name and closed."""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import pytest
+from scenarios.helpers_scenarios import (connect, make_config, port_of, read_until_closed,
+                                         recv_exact, running_instance)
+from scenarios.keyed_helpers import PASSWORD, STRANGER_ID, USER_ID
+from support.peers import XOR_C, TcpEchoServer, xor_bytes
+
+from v2sync.common.errors import ConfigError, UserNotFound
+from v2sync.common.net import Address
+from v2sync.proxy.trojan.encoding import (Command as TrojanCommand, RequestHeader as TrojanHeader,
+                                          encode_request_header as trojan_header, password_key)
+from v2sync.proxy.vless.encoding import (MUX_DESTINATION, Command, RequestHeader,
+                                         encode_request_header)
+from v2sync.proxy.vmess.ids import parse_uuid
+
+CLOSE_LIMIT = 5.0
+PAYLOAD = b"hello through a user added at run time"
+
+
+@pytest.fixture
+def setup() -> Iterator:
+    with TcpEchoServer(xor=XOR_C) as echo:
+        inbounds = [
+            {"tag": "vless-in", "protocol": "vless", "listen": "127.0.0.1", "port": 0,
+             "settings": {"decryption": "none", "clients": [{"id": USER_ID, "email": "u@x"}]}},
+            {"tag": "trojan-in", "protocol": "trojan", "listen": "127.0.0.1", "port": 0,
+             "settings": {"clients": [{"password": PASSWORD, "email": "u@x"}]}}]
+        with running_instance(make_config(inbounds)) as instance:
+            yield instance, echo
+
+
+def _vless(port: int, user: str, echo: TcpEchoServer) -> bytes:
+    header = RequestHeader(parse_uuid(user), Command.TCP, Address.parse("127.0.0.1"), echo.port)
+    with connect(port) as sock:
+        sock.sendall(encode_request_header(header) + PAYLOAD)
+        try:
+            return recv_exact(sock, 2 + len(PAYLOAD))
+        except AssertionError:
+            return b""
+
+
+def _trojan(port: int, password: str, echo: TcpEchoServer) -> bytes:
+    header = TrojanHeader(password_key(password), TrojanCommand.TCP,
+                          Address.parse("127.0.0.1"), echo.port)
+    with connect(port) as sock:
+        sock.sendall(trojan_header(header) + PAYLOAD)
+        try:
+            return recv_exact(sock, len(PAYLOAD))
+        except AssertionError:
+            return b""
+
+
+def test_users_added_and_removed_at_run_time(setup) -> None:
+    instance, echo = setup
+    vless = instance.inbounds.get("vless-in")
+    trojan = instance.inbounds.get("trojan-in")
+    vless_port, trojan_port = port_of(instance, "vless-in"), port_of(instance, "trojan-in")
+    assert _vless(vless_port, STRANGER_ID, echo) == b""
+    vless.proxy.add_user({"id": STRANGER_ID, "email": "new@x", "level": 0})
+    assert _vless(vless_port, STRANGER_ID, echo) == b"\x00\x00" + xor_bytes(PAYLOAD)
+    trojan.proxy.add_user({"password": "new password", "email": "new@x"})
+    assert _trojan(trojan_port, "new password", echo) == xor_bytes(PAYLOAD)
+    with pytest.raises(ConfigError, match="already exists"):
+        vless.proxy.add_user({"id": USER_ID, "email": "NEW@x"})
+    with pytest.raises(ConfigError, match="failed to parse ID"):
+        vless.proxy.add_user({"id": "not-a-uuid"})
+    vless.proxy.remove_user("new@x")
+    trojan.proxy.remove_user("NEW@X")
+    assert _vless(vless_port, STRANGER_ID, echo) == b""
+    assert _trojan(trojan_port, "new password", echo) == b""
+    assert _vless(vless_port, USER_ID, echo) == b"\x00\x00" + xor_bytes(PAYLOAD)
+    with pytest.raises(UserNotFound):
+        trojan.proxy.remove_user("new@x")
+
+
+def test_vless_mux_is_logged_by_name_and_closed(setup, caplog) -> None:
+    instance, _ = setup
+    mux = RequestHeader(parse_uuid(USER_ID), Command.MUX, MUX_DESTINATION.address, 0)
+    with caplog.at_level(logging.INFO), connect(port_of(instance, "vless-in")) as sock:
+        sock.sendall(encode_request_header(mux) + b"\x00\x0c\x00\x00\x01\x01")
+        assert read_until_closed(sock, CLOSE_LIMIT) == b""
+    assert any("Mux.Cool (command 3)" in r.getMessage() for r in caplog.records)
