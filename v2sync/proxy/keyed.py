@@ -60,7 +60,6 @@ class KeyedInbound:
     def __init__(self, settings, ctx: ProxyContext, handler_config):
         self.settings = settings
         self.ctx = ctx
-        self.tag = getattr(handler_config, "tag", "")
         self.users: KeyedUserTable = KeyedUserTable(self.label)
         for i, user in enumerate(settings.users):
             self.users.add(user, f"settings.clients[{i}]")
@@ -157,7 +156,8 @@ class KeyedInbound:
                 if not isinstance(chunks, list):
                     return  # EOF: 4.34 sends no header when the upstream gave nothing
                 timer.update()
-                write_chunks(conn, [response_head, *chunks])
+                # Joined to the first chunk: one TLS record, not a 2-byte one of its own.
+                write_chunks(conn, [response_head + chunks[0], *chunks[1:]])
                 del chunks
             copy_pipe_to_conn(link.reader, conn, timer)
 
