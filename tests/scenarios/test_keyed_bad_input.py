@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,3 +183,53 @@ def test_thousand_bad_connections_leave_no_threads_or_fds(instance) -> None:
         list(pool.map(lambda i: _run(i, ports), range(BAD_CONNECTIONS)))
     wait_idle(instance, BASELINE_TIMEOUT)
     wait_for_snapshot(before, BASELINE_TIMEOUT)
+
+
+class AbstractRecorder:
+    """Records one connection on an abstract unix socket (Linux), then answers."""
+
+    def __init__(self, address: bytes):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(address)
+        self.sock.listen(4)
+        self.sock.settimeout(IO_TIMEOUT)
+
+    def record_one(self) -> bytes:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(IO_TIMEOUT)
+            data = b""
+            while not data.endswith(REQUEST):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(b"recorded")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["@name", "@@name"])
+def test_abstract_unix_fallback_as_in_4_34(padded: bool) -> None:
+    """``"@name"`` is the abstract socket ``\\0name``; ``"@@name"`` the same name padded with
+    NULs to all 108 bytes of sun_path (haproxy's habit). Both implementations must reach
+    the one the test bound."""
+    name = f"v2sync-fallback-{os.getpid()}-{int(padded)}"
+    address = b"\0" + name.encode()
+    if padded:
+        address += b"\0" * (108 - len(address))
+    recorder = AbstractRecorder(address)
+    try:
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            dest = ("@@" if padded else "@") + name
+            inbound = server_inbound("trojan", port, {}, fallbacks=[{"dest": dest}])
+            with make_process(implementation, server_config(inbound)):
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    sock.sendall(_bad_header("trojan") + REQUEST)
+                    assert recorder.record_one() == _bad_header("trojan") + REQUEST
+                    assert read_until_closed(sock, IO_TIMEOUT) == b"recorded", implementation
+    finally:
+        recorder.close()
