@@ -51,14 +51,19 @@ class Recorder(_TcpServer):
         self.received: List[bytes] = []
 
     def handle(self, conn: socket.socket) -> None:
-        data = b""
-        while not data.endswith(REQUEST):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        self.received.append(data)
-        conn.sendall(b"recorded")
+        self.received.append(record_request(conn))
+
+
+def record_request(conn: socket.socket) -> bytes:
+    """Everything until it ends with REQUEST (or EOF); then the answer "recorded"."""
+    data = b""
+    while not data.endswith(REQUEST):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    conn.sendall(b"recorded")
+    return data
 
 
 @pytest.mark.parametrize("protocol", ["vless", "trojan"])
@@ -198,14 +203,7 @@ class AbstractRecorder:
         conn, _ = self.sock.accept()
         with conn:
             conn.settimeout(IO_TIMEOUT)
-            data = b""
-            while not data.endswith(REQUEST):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            conn.sendall(b"recorded")
-        return data
+            return record_request(conn)
 
     def close(self) -> None:
         self.sock.close()
