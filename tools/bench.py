@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
 
-    python tools/bench.py relay|vmess|tls|ws|vless|trojan|route [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py relay|vmess|ss|tls|ws|vless|trojan|route [--quick] [--only v2sync|v2ray] [--strict]
     python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
+    python tools/bench.py udp [--quick]   (UDP through VMess: tools/bench_udp.py)
     python tools/bench.py all
 
 A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most scenarios
@@ -341,7 +342,7 @@ def compare_chains(options: BenchOptions, build: ChainBuilder,
         for implementation in options.implementations:
             print(f"  running {implementation} ...", file=sys.stderr, flush=True)
             results[implementation] = measure_chain(implementation, build, options, bulk, echo)
-    for implementation, result in results.items():
+    for result in results.values():
         for error in result.errors:
             print(f"  ERROR {error}", file=sys.stderr)
 
@@ -523,6 +524,34 @@ def scenario_vmess(options: BenchOptions) -> List[Row]:
     if set(options.implementations) == set(IMPLEMENTATIONS):
         rows += vmess_mixed_rows(options, rows)
     return rows
+
+
+# SOCKS5 -> Shadowsocks -> Shadowsocks -> freedom (issue 16). The method is a parameter:
+# ``SS_BENCH_METHOD`` picks it (aes-128-gcm by default; any 4.34 method name works).
+SS_BENCH_PASSWORD = "v2sync bench"
+
+
+def ss_pair_configs(entry_port: int) -> List[Dict[str, object]]:
+    """[server, client]: shadowsocks inbound -> freedom, and SOCKS5 on ``entry_port`` ->
+    shadowsocks outbound. Servers first, as ``running_chain`` wants."""
+    ss_port = free_port()
+    method = os.environ.get("SS_BENCH_METHOD", "aes-128-gcm")
+    log = {"loglevel": "warning", "access": "none"}
+    inbound = {"listen": "127.0.0.1", "port": ss_port, "protocol": "shadowsocks",
+               "settings": {"method": method, "password": SS_BENCH_PASSWORD}}
+    server = {"log": log, "outbounds": [{"protocol": "freedom", "settings": {}}],
+              "inbounds": [inbound]}
+    client = socks_freedom_config(entry_port, access="none")
+    client["outbounds"] = [{"protocol": "shadowsocks", "settings": {"servers": [
+        {"address": "127.0.0.1", "port": ss_port, "method": method,
+         "password": SS_BENCH_PASSWORD}]}}]
+    return [server, client]
+
+
+def scenario_ss(options: BenchOptions) -> List[Row]:
+    """SOCKS5 -> Shadowsocks (SS_BENCH_METHOD, default aes-128-gcm) -> Shadowsocks -> freedom."""
+    return [Row(row.metric, row.values, Target("ratio>=", 1.2)) if row.metric.startswith("bulk")
+            else row for row in compare_chains(options, ss_pair_configs)]
 
 
 # In-process router microbenchmark: the issue asks for < 50 us per decision with 10,000
@@ -741,9 +770,21 @@ def scenario_burst(options: BenchOptions) -> List[Row]:
     ])
 
 
+def scenario_udp(options: BenchOptions) -> List[Row]:
+    """dokodemo-door UDP -> VMess -> VMess -> freedom: datagrams/s and DNS query latency."""
+    import bench_udp  # dnspython is a test dependency: only this scenario needs it
+
+    metrics, errors = bench_udp.run(make_process, options.implementations, options.quick)
+    for error in errors:
+        print(f"  ERROR {error}", file=sys.stderr)
+    return [Row(metric, values, Target(*target) if target else None)
+            for metric, values, target in metrics]
+
+
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
     "vmess": scenario_vmess,
+    "ss": scenario_ss,
     "tls": scenario_tls,
     "ws": scenario_ws,
     "vless": scenario_vless,
@@ -753,6 +794,7 @@ SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "massclose": scenario_massclose,
     "stalled": scenario_stalled,
     "burst": scenario_burst,
+    "udp": scenario_udp,
 }
 
 

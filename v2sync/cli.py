@@ -1,7 +1,9 @@
 """The ``v2sync`` command line (v2ray ``main/main.go`` + ``v2ctl uuid``).
 
     v2sync run [-c FILE]... [--confdir DIR]   # no -c: the embedded default config
+    v2sync run LINK... | --subscription FILE   # a local SOCKS5 + HTTP proxy to those servers
     v2sync test -c FILE                        # "Configuration OK." or every error, exit 23
+    v2sync link import LINK... | export -c FILE [--host NAME] [--qr]
     v2sync version | uuid
 
 V2Ray habits work too: ``-config``/``-confdir`` are aliases, and ``v2sync -config x.json``
@@ -40,19 +42,65 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         metavar="DIR", help="also load DIR/*.json in lexical order")
 
 
+def _add_link_args(parser: argparse.ArgumentParser) -> None:
+    from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT
+
+    parser.add_argument("links", nargs="*", metavar="LINK",
+                        help="vmess://, vless://, trojan:// or ss:// (several: a balancer)")
+    parser.add_argument("--subscription", metavar="FILE|-",
+                        help="a subscription: links one a line, or their base64 ('-': stdin)")
+    parser.add_argument("--socks-port", type=_port, default=DEFAULT_SOCKS_PORT, metavar="N",
+                        help=f"local SOCKS5 port on 127.0.0.1 (default {DEFAULT_SOCKS_PORT})")
+    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+                        help=f"local HTTP proxy port on 127.0.0.1 (default {DEFAULT_HTTP_PORT})")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _add_link_command(sub) -> None:
+    link = sub.add_parser("link", help="share links: import to a config, export from one")
+    actions = link.add_subparsers(dest="link_command")
+    actions.required = True
+    imp = actions.add_parser("import", help="print a 4.34 client config for the links")
+    _add_link_args(imp)
+    exp = actions.add_parser("export", help="print the links of a config's servers and users")
+    _add_config_args(exp)
+    exp.add_argument("--host", metavar="NAME",
+                     help="the address clients dial, for a server config's inbounds")
+    exp.add_argument("--qr", action="store_true", help="draw each link as a QR code too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="v2sync", description="A V2Ray-compatible proxy in Python.")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run with the given config (default: the embedded one)")
+    run = sub.add_parser("run", help="run with the given config (default: the embedded one), "
+                                     "or as a local proxy to the servers of share links")
     _add_config_args(run)
+    _add_link_args(run)
     run.add_argument("--cpu", "-cpu", dest="cpu", default=None, metavar="auto|all|N",
                      help="keep all threads on one CPU: auto (default; claims a CPU no other "
                           "v2sync process holds), all (no pinning) or a CPU number; "
                           "default from $V2SYNC_CPU")
+    run.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (overrides "
+                          "the config's metrics.listen)")
     test = sub.add_parser("test", help="check a config: 'Configuration OK.' or every error")
     _add_config_args(test)
+    _add_link_command(sub)
     sub.add_parser("version", help="print versions")
     sub.add_parser("uuid", help="print a random UUID")
+    from v2sync.infra.control import api as api_command
+    api_command.add_parser(sub)
+    top = sub.add_parser("top", help="a live dashboard of a v2sync or v2ray from its API")
+    top.add_argument("--server", "-s", default="127.0.0.1:10085", metavar="HOST:PORT",
+                     help="the API's address (default 127.0.0.1:10085)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=0,
+                     help="stop after N refreshes (default 0: until Ctrl-C or q)")
     return parser
 
 
@@ -153,11 +201,48 @@ def _log_load_warnings() -> None:
 
 
 def _load(args):
-    from v2sync.infra.conf.builder import load_config, load_default
+    from dataclasses import replace
 
-    if args.config or args.confdir:
-        return load_config(args.config, args.confdir)
-    return load_default()
+    from v2sync.common.net import parse_host_port
+    from v2sync.infra.conf.builder import config_from_dict, load_config, load_default
+    from v2sync.infra.conf.model import MetricsConfig
+
+    if _has_links(args):
+        if args.config or args.confdir:
+            raise _usage_error("give links or a config file (-c/--confdir), not both")
+        config = config_from_dict(_client_config(args), LINKS_CONFIG_NAME)
+    elif args.config or args.confdir:
+        config = load_config(args.config, args.confdir)
+    else:
+        config = load_default()
+    if getattr(args, "metrics", None):
+        config = replace(config, metrics=MetricsConfig(*parse_host_port(args.metrics,
+                                                                       "--metrics")))
+    return config
+
+
+LINKS_CONFIG_NAME = "<links>"
+
+
+def _has_links(args) -> bool:
+    return bool(getattr(args, "links", None) or getattr(args, "subscription", None))
+
+
+def _usage_error(message: str):
+    from v2sync.common.errors import ConfigError
+
+    return ConfigError(message, expected="see v2sync run --help")
+
+
+def _client_config(args) -> dict:
+    """The config for ``run LINK...`` / ``link import``; says which link fields it ignored."""
+    from v2sync.infra.share.client import client_config
+    from v2sync.infra.share.source import ignored_fields, read_links
+
+    links = read_links(args.links, args.subscription)
+    for line in ignored_fields(links):
+        print(f"v2sync: {line}", file=sys.stderr)
+    return client_config(links, socks_port=args.socks_port, http_port=args.http_port)
 
 
 def _print_config_errors(err) -> int:
@@ -238,30 +323,101 @@ def cmd_run(args) -> int:
         _say(f"v2sync: {e}")
         return EXIT_USAGE
     try:
-        return _serve(instance)
+        return _serve(instance, args)
     finally:
         if claim is not None:
             claim.close()
 
 
-def _serve(instance) -> int:
+def _serve(instance, args) -> int:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``core`` says how)."""
     from v2sync.common.errors import V2SyncError
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+    for signum, flag in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, reload)):
+        signal.signal(signum, lambda *_, flag=flag: _raise_flag(flag, wake))
     try:
         instance.start()
     except V2SyncError as e:
         _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
-    while not stop.wait(1.0):
-        pass
+    retiring: List[threading.Thread] = []
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            instance = _reload(instance, args, stop, retiring)
+            if instance is None:
+                return EXIT_START_FAILURE
     log.warning("v2sync %s shutting down", __version__)
-    instance.close()
+    instance.close()  # the retired ones close at the same time, in their own threads
+    for thread in retiring:
+        thread.join(RETIRED_JOIN)
     if threading.active_count() > 1:
         _exit_now()
     return 0
+
+
+def _raise_flag(flag: threading.Event, wake: threading.Event) -> None:
+    flag.set()
+    wake.set()
+
+
+# A retired Instance closes with the same grace as the current one, in parallel.
+RETIRED_JOIN = 3.0
+
+
+def _reload(current, args, stop: threading.Event, retiring: List[threading.Thread]):
+    """The Instance serving after a SIGHUP: a new one from the re-read config, or, when
+    that config is bad, the current one unchanged. None if nothing could be started."""
+    from v2sync.app.log.setup import check_files, configure
+    from v2sync.common.errors import ConfigError, V2SyncError
+    from v2sync.core import Instance
+
+    log.warning("SIGHUP: reloading the config")
+    try:
+        config = _load(args)
+        fresh = Instance(config)
+        check_files(config.log)
+    except ConfigError as e:
+        log.error("reload refused, still serving the previous config:\n%s", e.render())
+        return current
+    except Exception as e:  # a bug: say so and keep serving
+        log.error("reload failed, still serving the previous config: internal error: %s: %s",
+                  type(e).__name__, e)
+        return current
+    current.stop_listening()
+    try:
+        fresh.start()
+    except V2SyncError as e:  # a port taken by another program since: back to the old config
+        log.error("the reloaded config failed to start (%s); restarting the previous one", e)
+        fresh = _restart(current.config)
+        if fresh is None:
+            current.close()
+            return None
+        config = current.config
+    configure(config.log, _console_handler)
+    thread = threading.Thread(target=current.retire, args=(stop,), name="retired-instance",
+                              daemon=True)
+    thread.start()
+    retiring.append(thread)
+    retiring[:] = [t for t in retiring if t.is_alive()]
+    log.warning("reloaded; connections made before go on under the previous config")
+    return fresh
+
+
+def _restart(config):
+    from v2sync.common.errors import V2SyncError
+    from v2sync.core import Instance
+
+    try:
+        instance = Instance(config)
+        instance.start()
+        return instance
+    except V2SyncError as e:
+        log.error("the previous config failed to start again: %s", e)
+        return None
 
 
 def _exit_now() -> None:
@@ -298,7 +454,64 @@ def cmd_uuid(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid}
+def cmd_api(args) -> int:
+    from v2sync.infra.control import api
+
+    return api.run(args, _say)
+
+
+def cmd_top(args) -> int:
+    from v2sync.infra.control import top
+
+    return top.run(args, _say)
+
+
+def cmd_link(args) -> int:
+    import json
+
+    from v2sync.common.errors import ConfigError
+
+    try:
+        if args.link_command == "import":
+            _say(json.dumps(_client_config(args), indent=2, ensure_ascii=False))
+            return 0
+        return _export_links(args)
+    except ConfigError as e:
+        return _print_config_errors(e)
+
+
+def _export_links(args) -> int:
+    from v2sync.infra.conf.loader import expand_confdirs, read_json
+    from v2sync.infra.share.links import format_link
+    from v2sync.infra.share.outbounds import from_config
+
+    names = [*args.config, *expand_confdirs(args.confdir)]
+    if not names:
+        raise _usage_error("link export needs a config: -c FILE or --confdir DIR")
+    links = []
+    for name in names:
+        links += from_config(read_json(name), name, args.host)
+    for link in links:
+        text = format_link(link)
+        _say(f"# {link.name}" if link.name else "#")
+        _say(text)
+        if args.qr:
+            _say(_qr_text(text))
+    if not links:
+        _say("# no VMess, VLESS, Trojan or Shadowsocks outbound (or inbound, with --host)")
+    return 0
+
+
+def _qr_text(text: str) -> str:
+    from v2sync.infra.share.qr import draw
+
+    drawing = io.StringIO()
+    draw(text, drawing)
+    return drawing.getvalue().rstrip("\n")
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "version": cmd_version, "uuid": cmd_uuid,
+            "link": cmd_link, "api": cmd_api, "top": cmd_top}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

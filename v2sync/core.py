@@ -4,6 +4,11 @@ Features start in dependency order: timers, policy, outbounds, dispatcher, then 
 last, so no connection is accepted before everything it needs exists. Close runs the other
 way: stop accepting, give live connections a grace period, abort the rest, join every thread.
 
+A reload (SIGHUP, ``systemctl reload``) builds a new Instance from the re-read config while
+this one serves on: this one stops listening, the new one binds the same ports and starts,
+and this one ``retire``s, its live connections going on under the config they started with
+until they end, the old ``connIdle`` has passed, or the process stops.
+
 Close has one deadline, ``grace + ABORT_BUDGET`` from its start, that every step shares:
 the grace ends at its own time whatever stopping the listeners took, and the joins after
 the abort get what is left, so no sum of per-step timeouts can stretch it.
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 import time
 from typing import Iterator, List
 
@@ -24,12 +30,15 @@ from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.inbound import InboundHandler, InboundManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
-from v2sync.common.errors import ConfigError, ConfigErrors
+from v2sync.app.stats.manager import StatsManager
+from v2sync.common.errors import ConfigError, ConfigErrors, V2SyncError
+from v2sync.common.mux.server import MuxServer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup, tune_for_many_threads
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import Config
+from v2sync.transport.internet.hub import StreamClient
 
 log = logging.getLogger("v2sync.core")
 
@@ -48,6 +57,8 @@ GRACE_POLL = 0.05
 # and the joins' bookkeeping 1.6-2.6 s; with this, 45-75 ms and milliseconds).
 ABORT_SWITCH_INTERVAL = 1.0
 MAX_NAMES_LOGGED = 20
+# How often a retired Instance (after a reload) looks whether its connections have ended.
+RETIRE_POLL = 0.5
 
 
 class Instance:
@@ -63,30 +74,82 @@ class Instance:
         self.outbounds = OutboundManager()
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
+        # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
+        self.stats = StatsManager() if config.stats_enabled else None
+        self.dispatcher.stats = self.stats
+        self.commander = None
+        self.metrics = None
         self._build()
+        self._build_api()
         if config.routing_settings is not None:
             # The router resolves names with the built-in DNS (IPIfNonMatch / IPOnDemand).
             self.dispatcher.router = Router(
                 config.routing_settings, resolve=lambda name: self.dns.lookup(name, "UseIP"),
                 outbound_tags=[oc.tag for oc in config.outbounds if oc.tag])
         self.running = False
+        self._listening = True
 
     def _build(self) -> None:
         errors: List[ConfigError] = []
         for oc in self.config.outbounds:
             try:
-                self.outbounds.add(OutboundHandler(oc.tag, self._make_proxy(OUTBOUNDS, oc)))
+                proxy = self._make_proxy(OUTBOUNDS, oc)
+                self._count_outbound(oc.tag, proxy)
+                self.outbounds.add(OutboundHandler(oc.tag, proxy, oc.mux, self.context))
             except ConfigError as e:
                 errors.append(e)
+        # Every inbound dispatches through the Mux.cool server (4.34 always.go wraps each).
+        inbound_dispatcher = MuxServer(self.dispatcher, self.policy, self.workers)
         for ic in self.config.inbounds:
             try:
                 proxy = self._make_proxy(INBOUNDS, ic)
-                self.inbounds.add(InboundHandler(ic, proxy, self.dispatcher, self.workers,
-                                                 self.policy.for_level(0).handshake))
+                handler = InboundHandler(ic, proxy, inbound_dispatcher, self.workers,
+                                         self.policy.for_level(0).handshake)
+                self._count_inbound(handler)
+                self.inbounds.add(handler)
             except ConfigError as e:
                 errors.append(e)
         if errors:
             raise ConfigErrors(errors)
+
+    def _count_inbound(self, handler: InboundHandler) -> None:
+        """proxyman/inbound: counters for a tagged inbound whose system policy asks."""
+        system = self.config.policy.system
+        if self.stats is not None and handler.tag:
+            handler.counters = self.stats.traffic_pair(
+                "inbound", handler.tag, system.stats_inbound_uplink, system.stats_inbound_downlink)
+
+    def _count_outbound(self, tag: str, proxy) -> None:
+        """proxyman/outbound: each connection the outbound dials counts (its StreamClient)."""
+        system = self.config.policy.system
+        client = getattr(proxy, "client", None)
+        if self.stats is not None and tag and isinstance(client, StreamClient):
+            client.counters = self.stats.traffic_pair(
+                "outbound", tag, system.stats_outbound_uplink, system.stats_outbound_downlink)
+
+    def _build_api(self) -> None:
+        """The commander's virtual outbound, under ``api.tag`` (imported only when used:
+        h2 and protobuf are not loaded for a config without ``api``)."""
+        if self.config.api is None:
+            return
+        from v2sync.app.commander.outbound import Commander
+        self.commander = Commander(self.config.api, self)
+        try:
+            self.outbounds.add(OutboundHandler(self.commander.tag, self.commander.outbound))
+        except V2SyncError as e:
+            raise ConfigErrors([ConfigError(str(e), "api.tag")]) from None
+
+    def remove_inbound(self, tag: str) -> bool:
+        """The API's RemoveInbound: stop listening, end its connections."""
+        handler = self.inbounds.remove(tag) if tag else None
+        if handler is None:
+            return False
+        handler.abort_connections()
+        return True
+
+    def remove_outbound(self, tag: str) -> bool:
+        """The API's RemoveOutbound; connections it carries end with their relays."""
+        return bool(tag) and self.outbounds.remove(tag)
 
     def _make_proxy(self, registry, hc):
         cls = registry.get(hc.protocol, f"{hc.path}.protocol")
@@ -100,6 +163,10 @@ class Instance:
 
     def start(self) -> None:
         self.timers.start()
+        if self.config.metrics is not None:
+            from v2sync.app.metrics import MetricsServer
+            self.metrics = MetricsServer(self, self.config.metrics)
+            self.metrics.start(self.listener_threads)
         try:
             self.inbounds.start(self.listener_threads)
         except Exception:
@@ -108,15 +175,38 @@ class Instance:
         self.running = True
         log.warning("v2sync %s started", __version__)
 
+    def stop_listening(self) -> None:
+        """Close every listener and unfinished handshake; live connections go on."""
+        if self._listening:
+            self._listening = False
+            self.inbounds.stop_listening()
+            if self.metrics is not None:
+                self.metrics.stop_listening()
+
+    def retire(self, stop: threading.Event) -> None:
+        """After a reload: close once no connection is left, the level-0 ``connIdle`` has
+        passed (an idle one would have been closed by then anyway), or ``stop`` is set,
+        in which case the live connections get the usual grace."""
+        self.stop_listening()
+        deadline = time.monotonic() + self.policy.for_level(0).conn_idle
+        while self.workers.live() and time.monotonic() < deadline:
+            if stop.wait(RETIRE_POLL):
+                break
+        self.close()
+
     def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         started = time.monotonic()
         deadline = started + grace + ABORT_BUDGET
-        self.inbounds.stop_listening()
+        self.stop_listening()
         self._wait_for_connections(started + grace)
         with _switch_interval(ABORT_SWITCH_INTERVAL):
             self._abort_all(deadline)
             self._join_all(deadline)
         self.outbounds.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.commander is not None:
+            self.commander.close()
         self.timers.stop(max(_left(deadline), GRACE_POLL))  # it stops at once when told
         self.running = False
         log.info("closed in %.2f s", time.monotonic() - started)

@@ -7,7 +7,7 @@ def _raise_chain() -> BaseException:
         try:
             raise ValueError("first")
         except ValueError:
-            raise KeyError("second")
+            raise KeyError("second")  # noqa: B904 (the implicit context is what is tested)
     except KeyError as e:
         try:
             raise TransportError("third") from e

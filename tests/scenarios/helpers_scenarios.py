@@ -293,11 +293,13 @@ def http_request(port: int, request: bytes) -> HttpResponse:
 # -- raw SOCKS --------------------------------------------------------------------------------
 
 def socks5_address(host: str) -> bytes:
-    """ATYP + address bytes for an IPv4 literal or a domain name."""
-    try:
-        return bytes([ATYP_IPV4]) + socket.inet_aton(host)
-    except OSError:
-        return bytes([ATYP_DOMAIN, len(host)]) + host.encode("ascii")
+    """ATYP + address bytes for an IPv4 or IPv6 literal or a domain name."""
+    for family, atyp in ((socket.AF_INET, ATYP_IPV4), (socket.AF_INET6, ATYP_IPV6)):
+        try:
+            return bytes([atyp]) + socket.inet_pton(family, host)
+        except OSError:
+            continue
+    return bytes([ATYP_DOMAIN, len(host)]) + host.encode("ascii")
 
 
 def read_socks5_reply(sock: socket.socket) -> bytes:

@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
 
 _ids = itertools.count(1)
@@ -24,13 +25,26 @@ class Session:
     source: Destination
     target: Optional[Destination] = None
     user_email: str = ""
+    # SOCKS and HTTP name their user for routing and stats, but 4.34's access lines for them
+    # carry no "email:" (socks/server.go, http/server.go); VMess's do.
+    email_in_access_log: bool = True
     user_level: int = 0
     protocol: str = ""
     outbound_tag: str = ""
     sniffing: Any = None  # the inbound's SniffingConfig, when it has one
     # Addresses the router resolved the target's name to; the dial uses the same answer.
     resolved: Tuple[Address, ...] = ()
+    # Where the client addressed its traffic before iptables REDIRECT/TPROXY sent it to us
+    # (v2ray's session.Outbound.Target, set by the inbound worker); dokodemo-door's
+    # followRedirect goes there.
+    original_target: Optional[Destination] = None
     id: int = field(default_factory=new_session_id)
+
+    def destination(self) -> Destination:
+        """``target``, which dispatch sets before any outbound or sniffer sees the session."""
+        if self.target is None:
+            raise TransportError(f"{self.name()}: no destination")
+        return self.target
 
     def name(self) -> str:
         return f"{self.inbound_tag or 'in'}#{self.id}"

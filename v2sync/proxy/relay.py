@@ -23,7 +23,8 @@ from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import run_pair
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, write_or_stop
+from v2sync.transport.copy import (copy_conn_to_pipe, copy_pipe_to_conn, flush_ready,
+                                   write_or_stop)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 
@@ -94,5 +95,29 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
 
     def response(timer: ActivityTimer) -> None:
         copy_pipe_to_conn(link.reader, conn, timer)
+
+    return run_relay(ctx, name, policy, conn, abort, request, response, first)
+
+
+def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
+                   link: Link, leftover: bytes = b"") -> Optional[BaseException]:
+    """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
+    SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
+    its handshake reply; they reach the client first."""
+    def abort() -> None:
+        conn.abort()
+        link.interrupt()
+
+    def first(timer: ActivityTimer) -> None:
+        if leftover:
+            link.writer.write(leftover)
+        flush_ready(link.reader, conn, timer)  # the client's payload, if queued
+
+    def request(timer: ActivityTimer) -> None:
+        copy_pipe_to_conn(link.reader, conn, timer)
+
+    def response(timer: ActivityTimer) -> None:
+        copy_conn_to_pipe(conn, link.writer, timer)
+        link.writer.close()
 
     return run_relay(ctx, name, policy, conn, abort, request, response, first)

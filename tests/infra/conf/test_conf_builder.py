@@ -175,7 +175,7 @@ def test_schema_and_build_errors_come_in_one_report(tmp_path: Path) -> None:
         "inboundDetour": [socks(port=True), {"protocol": "http", "port": 2, "tag": "t"}],
         "outbounds": [{"protocol": "freedom", "settings": {"redirect": "bad"}}]}))
     second.write_text(json.dumps({
-        "outbounds": [{"protocol": "blackhole", "tag": "b", "mux": {"enabled": True}}],
+        "reverse": {"bridges": [{"tag": "bridge", "domain": "r.test"}]},
         "policy": {"levels": {"0": {"connIdle": "5"}}}}))
     with pytest.raises(ConfigErrors) as info:
         load_config([str(first), str(second)])
@@ -185,8 +185,8 @@ def test_schema_and_build_errors_come_in_one_report(tmp_path: Path) -> None:
         ("first.json", "inbounds[1].port"),  # builder: port out of range
         ("first.json", "inbounds[2].tag"),  # builder: duplicate of inboundDetour[1]
         ("first.json", "outbounds[0].settings.redirect"),  # freedom converter
-        ("second.json", "outbounds[0].mux.enabled"),  # unsupported feature
         ("second.json", "policy.levels.0.connIdle"),  # schema
+        ("second.json", "reverse.bridges"),  # unsupported feature
     ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from v2sync.app.dispatcher.sniffer import (NEED_MORE, SNIFF_ATTEMPTS, SNIFF_BUFFER_SIZE,
                                           SNIFF_READ_TIMEOUT, SniffResult, override_domain,
@@ -33,13 +33,23 @@ class DefaultDispatcher:
         self.threads = threads
         self.access_log = access_log
         self.router = router  # features.routing.Router, or None: everything to the default
+        self.stats = None  # app.stats.manager.StatsManager when the config has "stats"
+        # Called with the outbound tag of each routing decision (the metrics endpoint's).
+        self.on_routed: Optional[Callable[[str], None]] = None
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
     def dispatch(self, session: Session, dest: Destination) -> Link:
         session.target = dest
-        limit = self.policy.pipe_limit(self.policy.for_level(session.user_level))
-        inbound_side, outbound_side = new_link_pair(limit, session.name())
+        policy = self.policy.for_level(session.user_level)
+        up = down = None
+        if self.stats is not None and session.user_email:
+            # dispatcher/default.go getLink: the user's counters, by email, if the level asks.
+            up, down = self.stats.traffic_pair("user", session.user_email,
+                                               policy.stats_user_uplink,
+                                               policy.stats_user_downlink)
+        inbound_side, outbound_side = new_link_pair(self.policy.pipe_limit(policy),
+                                                    session.name(), up, down)
         with self._lock:
             self._links[session.id] = outbound_side
         try:
@@ -64,6 +74,8 @@ class DefaultDispatcher:
                 link.reader.interrupt()
                 return
             session.outbound_tag = handler.tag
+            if self.on_routed is not None:
+                self.on_routed(handler.tag)
             self.access_log.accepted(session)
             handler.dispatch(session, link)
         except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
@@ -75,7 +87,7 @@ class DefaultDispatcher:
     def _sniff(self, session: Session, link: Link) -> None:
         """Peek at the first bytes; put them back unchanged whatever the outcome."""
         seen = b""
-        result = NEED_MORE
+        result: object = NEED_MORE
         for _ in range(SNIFF_ATTEMPTS):
             try:
                 chunk = link.reader.read(timeout=SNIFF_READ_TIMEOUT)
@@ -93,7 +105,7 @@ class DefaultDispatcher:
         session.protocol = result.protocol
         domain = override_domain(result, session.sniffing.dest_override)
         if domain:  # the port is kept (default.go)
-            target = session.target
+            target = session.destination()
             session.target = Destination(Address.parse(domain), target.port, target.network)
 
     def _pick_outbound(self, session: Session) -> Optional[OutboundHandler]:

@@ -22,6 +22,10 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 MAX_UDP_SESSIONS = 1024
+# 4.34 transport/internet/udp/dispatcher.go: a (client, target) link goes after 4 s without
+# an answer. 4.34 counts only answers, so a one-way flow is re-dispatched every 4 s (a new
+# outbound, a new source port); here datagrams either way keep the link.
+UDP_SESSION_IDLE = 4.0
 Respond = Callable[[Destination, bytes], None]
 Key = Tuple[Destination, Destination]
 
@@ -62,7 +66,7 @@ class UdpSessionTable:
         session = Session(inbound_tag=self.inbound_tag, source=source)
         link = self.dispatcher.dispatch(session, dest)
         entry = _Entry(link, None)
-        entry.timer = self.ctx.timers.new_timer(self.policy.conn_idle, lambda: self._drop(key, entry))
+        entry.timer = self.ctx.timers.new_timer(UDP_SESSION_IDLE, lambda: self._drop(key, entry))
         self._entries[key] = entry
         self.ctx.threads.spawn(f"udp-{session.name()}", lambda: self._pump(key, entry, respond))
         return entry

@@ -83,6 +83,15 @@ class DnsCache:
         return len(self._entries)
 
 
+class DnsAnswerError(TransportError):
+    """The server answered without an address; ``rcode`` is what it said (NOERROR for an
+    empty answer). The dns outbound passes it on (4.34 ``dns.RCodeFromError``)."""
+
+    def __init__(self, message: str, rcode: int = wire.RCODE_NOERROR):
+        super().__init__(message)
+        self.rcode = rcode
+
+
 class _TryNext(TransportError):
     """This server gave nothing usable; 4.34 moves on to the next one."""
 
@@ -135,8 +144,9 @@ class NameServerClient:
             raise _TryNext(f"{self.name}: no answer for {domain} in time")
         failed = [a.rcode for a in answers.values() if a.rcode != wire.RCODE_NOERROR]
         if failed:
-            raise TransportError(f"{self.name}: {domain}: {wire.rcode_name(failed[0])}")
-        raise TransportError(f"{self.name}: {domain}: empty response")
+            raise DnsAnswerError(f"{self.name}: {domain}: {wire.rcode_name(failed[0])}",
+                                 failed[0])
+        raise DnsAnswerError(f"{self.name}: {domain}: empty response")
 
     def _expected(self, domain: str, found: List[Address]) -> List[Address]:
         networks = self.config.expect_ips
@@ -249,6 +259,6 @@ def _of_families(found: Sequence[Address], want_ipv4: bool, want_ipv6: bool,
     kept = [a for a in found if (a.kind is AddressKind.IPV4 and want_ipv4)
             or (a.kind is AddressKind.IPV6 and want_ipv6)]
     if not kept:
-        raise TransportError(f"no address of the wanted family for {name}")
+        raise DnsAnswerError(f"no address of the wanted family for {name}")
     kept.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable: IPv4 first
     return kept

@@ -28,4 +28,5 @@ class AccessLog:
     @staticmethod
     def _suffix(session: Session) -> str:
         route = f" [{session.inbound_tag} -> {session.outbound_tag}]"
-        return route + (f" email: {session.user_email}" if session.user_email else "")
+        shown = session.user_email if session.email_in_access_log else ""
+        return route + (f" email: {shown}" if shown else "")

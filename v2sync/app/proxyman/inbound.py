@@ -1,29 +1,38 @@
 """Inbound handlers and their manager (v2ray ``app/proxyman/inbound/always.go``).
 
-A handler opens one TCP listener per port of its range (and a UDP listener per port when
-its proxy asks for UDP). An accepted connection's handshakes (the transport's, then the
-proxy's ``handshake`` steps) run parked in the Instance's one ``HandshakeSelector``; what
-the proxy returns for the rest (dispatch, relay) runs in a worker thread. Live connections
-are remembered so shutdown can abort them.
+A handler opens one TCP listener per port of its range when its proxy serves TCP, and a
+UDP socket per port when it serves UDP: SOCKS's relay (``wants_udp``, datagrams handed to
+``process_datagram``) or, for a proxy whose ``networks`` include UDP, a ``UdpWorker``
+(``udp_worker.py``: one packet connection per source, handed to ``process``). An accepted
+connection's handshakes (the transport's, then the proxy's ``handshake`` steps) run parked
+in the Instance's one ``HandshakeSelector``; what the proxy returns for the rest (dispatch,
+relay) runs in a worker thread. Live connections are remembered so shutdown can abort them.
 """
 from __future__ import annotations
 
 import logging
 import socket
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from v2sync.app.stats.manager import Counter
 from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
                                   V2SyncError)
-from v2sync.common.net import ANY_IPV6, Address
+from v2sync.common.net import ANY_IPV6, Address, Network
 from v2sync.common.session import Session
 from v2sync.common.task import ThreadGroup
 from v2sync.features.routing import Dispatcher
 from v2sync.infra.conf.model import InboundConfig
+from v2sync.app.proxyman.udp_worker import UdpWorker
+from v2sync.transport.internet.config import StreamSettings
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.counting import counted
 from v2sync.transport.internet.handshakes import Handoff, HandshakeSelector, Steps
 from v2sync.transport.internet.hub import StreamServer
 from v2sync.transport.internet.tcp import UNIX_PEER, set_nodelay
+from v2sync.transport.internet.tproxy import (TPROXY_OFF, TPROXY_REDIRECT,
+                                              original_tcp_destination)
 from v2sync.transport.internet.udp import UdpListener
 
 log = logging.getLogger(__name__)
@@ -44,24 +53,35 @@ class InboundHandler:
         self.address = Address.parse(config.listen) if config.listen else ANY_IPV6
         # The transport (TLS, WebSocket, ...) handshake runs under the level-0 handshake
         # timeout, as 4.34's proxies read it under that deadline.
+        self.follow_redirect = bool(getattr(proxy, "follow_redirect", False))
+        self.stream = _with_redirect(config.stream.transport, self.follow_redirect)
+        self.tproxy_mode = self.stream.sockopt.tproxy if self.stream is not None else TPROXY_OFF
         try:
-            self.server = StreamServer(config.stream.transport, handshake_timeout)
+            self.server = StreamServer(self.stream, handshake_timeout)
         except TransportError as e:
             raise ConfigError(str(e), f"{config.path}.streamSettings", config.file) from e
         self.listening: List[Tuple[socket.socket, int, Callable[[], None]]] = []
-        self.udp_listeners: List[UdpListener] = []
+        self.udp_listeners: List[UdpListener | UdpWorker] = []
         self._selector: Optional[HandshakeSelector] = None
         self._live: Dict[int, Connection] = {}
         self._lock = threading.Lock()
+        # (uplink, downlink) counters (``app.stats``), set by the Instance; None: not counted.
+        self.counters: Tuple[Any, Any] = (None, None)
+        self.handshake_failures = Counter()  # for the metrics endpoint
 
     def bind(self) -> None:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
+        networks = getattr(self.proxy, "networks", (Network.TCP,))
         for port in self.config.ports:
-            sock, cleanup = self.server.listen(self.address, port)
-            bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
-            self.listening.append((sock, bound, cleanup))
+            bound = port
+            if Network.TCP in networks:
+                sock, cleanup = self.server.listen(self.address, port)
+                bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
+                self.listening.append((sock, bound, cleanup))
             if getattr(self.proxy, "wants_udp", False):
                 self.udp_listeners.append(self._open_udp(bound or port, self._name()))
+            elif Network.UDP in networks:
+                self.udp_listeners.append(self._open_udp_worker(bound or port))
             if self.server.single_listener:
                 break  # one socket path, whatever the port range says
 
@@ -91,6 +111,12 @@ class InboundHandler:
             name)
         return listener
 
+    def _open_udp_worker(self, port: int) -> UdpWorker:
+        # A bind failure (TransportError) leaves what is bound to unbind(), as TCP's does.
+        return UdpWorker(self.proxy, self.dispatcher, self.workers, self.address, port,
+                         self.tag, self.stream.sockopt if self.stream else None,
+                         self.follow_redirect)
+
     # -- one connection: handshake parked in the selector, then served by a thread -------
     def _start_connection(self, sock: socket.socket) -> Optional[Steps]:
         set_nodelay(sock)
@@ -104,6 +130,8 @@ class InboundHandler:
     def _handshake(self, conn: Connection) -> Steps:
         """The transport's and the proxy's handshakes; what remains goes to a thread."""
         session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing)
+        if self.follow_redirect:
+            self._find_original_target(session, conn)
         with self._lock:
             self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
         upgraded = None
@@ -111,17 +139,28 @@ class InboundHandler:
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For
+            # 4.34 counts above TLS/WebSocket, the proxy protocol's bytes (worker.go).
+            upgraded = counted(upgraded, *self.counters)
             serve = yield from self.proxy.handshake(session, upgraded, self.dispatcher)
             if serve is None:
                 return None  # the proxy is done (the client left before asking anything)
             handed_off = True
             return _Accepted(self, session, conn, upgraded, serve)
         except V2SyncError as e:
+            self.handshake_failures.add(1)
             self._report(session, conn, e)
             return None
         finally:
             if not handed_off:
                 self._finish(conn, upgraded)
+
+    def _find_original_target(self, session: Session, conn: Connection) -> None:
+        """Where the client was going before REDIRECT/TPROXY (4.34 tcpWorker.callback);
+        a failure is logged and the proxy decides without it."""
+        try:
+            session.original_target = original_tcp_destination(conn.sock, self.tproxy_mode)
+        except TransportError as e:
+            log.info("%s: %s", session.name(), e)
 
     def _report(self, session: Session, conn: Connection, e: V2SyncError) -> None:
         if isinstance(e, HandshakeTimeout):
@@ -139,7 +178,14 @@ class InboundHandler:
             self._live.pop(id(conn), None)
 
     def ports(self) -> List[int]:
-        return [port for _, port, _ in self.listening]
+        """The TCP ports, or for a UDP-only inbound its UDP ports."""
+        return [port for _, port, _ in self.listening] or \
+            [listener.port for listener in self.udp_listeners]
+
+    def udp_sessions(self) -> int:
+        """Live UDP sources of this inbound's UDP workers."""
+        return sum(listener.session_count() for listener in self.udp_listeners
+                   if isinstance(listener, UdpWorker))
 
     def stop_listening(self) -> None:
         if self._selector is not None:
@@ -161,6 +207,17 @@ class InboundHandler:
     def live_count(self) -> int:
         with self._lock:
             return len(self._live)
+
+
+def _with_redirect(stream: Optional[StreamSettings],
+                   follow_redirect: bool) -> Optional[StreamSettings]:
+    """followRedirect without a tproxy mode means "redirect" (4.34 always.go)."""
+    if not follow_redirect:
+        return stream
+    stream = stream or StreamSettings()
+    if stream.sockopt.tproxy != TPROXY_OFF:
+        return stream
+    return replace(stream, sockopt=replace(stream.sockopt, tproxy=TPROXY_REDIRECT))
 
 
 class _Accepted(Handoff):
@@ -199,6 +256,15 @@ class InboundManager:
 
     def get(self, tag: str) -> Optional[InboundHandler]:
         return next((h for h in self.handlers if h.tag == tag), None)
+
+    def remove(self, tag: str) -> Optional[InboundHandler]:
+        """Take a running handler out (the API's RemoveInbound): its listeners close; the
+        caller ends its connections. None when no handler has ``tag``."""
+        handler = self.get(tag)
+        if handler is not None:
+            self.handlers.remove(handler)
+            handler.stop_listening()
+        return handler
 
     def start(self, listener_group: ThreadGroup) -> None:
         """Bind all handlers' ports, then start them all: all or nothing. Their listeners

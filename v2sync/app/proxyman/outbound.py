@@ -1,22 +1,42 @@
-"""Outbound handlers and their manager (v2ray ``app/proxyman/outbound``)."""
+"""Outbound handlers and their manager (v2ray ``app/proxyman/outbound``).
+
+A handler whose config enables ``mux`` carries every link as a Mux.cool sub-connection
+(``common.mux.client``); otherwise it runs its proxy once per link (handler.go Dispatch).
+"""
 from __future__ import annotations
 
 import logging
 from typing import Dict, List, Optional
 
 from v2sync.common.errors import V2SyncError
+from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
+from v2sync.infra.conf.model import MuxConfig
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
 
 
 class OutboundHandler:
-    def __init__(self, tag: str, proxy):
+    def __init__(self, tag: str, proxy, mux: Optional[MuxConfig] = None, ctx=None):
         self.tag = tag
         self.proxy = proxy
+        self.mux: Optional[ClientManager] = None
+        if mux is not None and mux.enabled:
+            self.mux = ClientManager(self.run_proxy, ctx, mux.concurrency, tag or "out")
 
     def dispatch(self, session: Session, link: Link) -> None:
+        if self.mux is None:
+            self.run_proxy(session, link)
+            return
+        try:
+            self.mux.dispatch(session, link)
+        except V2SyncError as e:  # handler.go: "failed to process mux outbound traffic"
+            log.info("%s: outbound %s (mux) failed: %s", session.name(), self.tag or "-", e)
+            link.writer.interrupt()
+            link.reader.interrupt()
+
+    def run_proxy(self, session: Session, link: Link) -> None:
         """Run the proxy; close the downlink on success, interrupt it on failure (handler.go)."""
         try:
             self.proxy.process(session, link)
@@ -46,6 +66,18 @@ class OutboundManager:
         if handler.tag:
             self._by_tag[handler.tag] = handler
 
+    def remove(self, tag: str) -> bool:
+        """The API's RemoveOutbound: later routing no longer finds it (the default moves to
+        the next one, as 4.34's manager picks its first handler)."""
+        handler = self._by_tag.pop(tag, None)
+        if handler is None:
+            return False
+        self._ordered.remove(handler)
+        close = getattr(handler.proxy, "close", None)
+        if close is not None:
+            close()
+        return True
+
     def get(self, tag: str) -> Optional[OutboundHandler]:
         return self._by_tag.get(tag)
 
@@ -56,6 +88,8 @@ class OutboundManager:
 
     def close(self) -> None:
         for handler in self._ordered:
+            if handler.mux is not None:
+                handler.mux.close()
             close = getattr(handler.proxy, "close", None)
             if close is not None:
                 close()

@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
 from v2sync.app.router.matchers import IPV4_BITS, IPV6_BITS, Cidr, DomainKind, parse_cidr
 from v2sync.common.errors import ConfigError
@@ -118,7 +118,7 @@ def iter_fields(data: bytes, pos: int, end: int) -> Iterator[Tuple[int, int, obj
 
 
 def _text(data: bytes, span: object) -> str:
-    start, stop = span  # type: ignore[misc]
+    start, stop = cast(Tuple[int, int], span)
     try:
         return data[start:stop].decode("utf-8")
     except UnicodeDecodeError as e:
@@ -132,7 +132,7 @@ def index_entries(data: bytes) -> Dict[str, Tuple[int, int]]:
     for field, wire, value in iter_fields(data, 0, len(data)):
         if field != FIELD_ENTRY or wire != WIRE_LEN:
             continue
-        start, stop = value  # type: ignore[misc]
+        start, stop = cast(Tuple[int, int], value)
         index.setdefault(_entry_code(data, start, stop).casefold(), (start, stop))
     return index
 

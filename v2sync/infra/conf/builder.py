@@ -7,27 +7,34 @@ already merged config). All of them raise one ``ConfigErrors`` carrying every pr
 from __future__ import annotations
 
 import logging
+from functools import partial
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, ConfigErrors, join_path
-from v2sync.common.net import Address
+from v2sync.common.net import Address, parse_host_port
 from v2sync.infra.conf.fields import MAX_UINT32
 from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_confdirs, merge,
                                       parse_json, parse_port_range, read_json)
 from v2sync.transport.internet.config import build_stream_settings
 from v2sync.infra.conf.model import (DEFAULT_LOG_LEVEL, LOG_LEVELS, LOG_OFF, UNLIMITED_BUFFER,
-                                     Config, InboundConfig, LevelPolicy, LogConfig,
-                                     OutboundConfig, PolicyConfig, SniffingConfig, StreamConfig,
-                                     SystemPolicy, deep_freeze)
+                                     ApiConfig, Config, InboundConfig, LevelPolicy, LogConfig,
+                                     MetricsConfig, MuxConfig, OutboundConfig, PolicyConfig,
+                                     SniffingConfig, StreamConfig, SystemPolicy, deep_freeze)
 from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooManyErrors,
                                         check_document, sort_errors, without_errors)
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
+from v2sync.common.mux.client import DEFAULT_CONCURRENCY as DEFAULT_MUX_CONCURRENCY
+from v2sync.common.mux.client import MAX_CONCURRENCY as MAX_MUX_CONCURRENCY
+from v2sync.common.protocol.server_spec import ServersConfig
 from v2sync.proxy.blackhole.config import BlackholeConfig
+from v2sync.proxy.dns.config import DnsOutboundConfig
+from v2sync.proxy.dokodemo.config import DokodemoConfig
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.http.config import HttpServerConfig
+from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
 from v2sync.proxy.trojan.config import TrojanInboundConfig, TrojanOutboundConfig
 from v2sync.proxy.vless.config import VlessInboundConfig, VlessOutboundConfig
@@ -41,18 +48,24 @@ SettingsConverter = Callable[[Mapping[str, Any], str], Any]
 # here and to validate.SUPPORTED_INBOUNDS / SUPPORTED_OUTBOUNDS.
 PROTOCOL_SETTINGS: Dict[str, Dict[str, SettingsConverter]] = {
     "inbound": {
+        "dokodemo-door": DokodemoConfig.from_json,
         "http": HttpServerConfig.from_json,
+        "shadowsocks": ShadowsocksServerConfig.from_json,
         "socks": SocksServerConfig.from_json,
         "vmess": VMessInboundConfig.from_json,
         "vless": VlessInboundConfig.from_json,
         "trojan": TrojanInboundConfig.from_json,
     },
     "outbound": {
+        "dns": DnsOutboundConfig.from_json,
         "freedom": FreedomConfig.from_json,
         "vmess": VMessOutboundConfig.from_json,
         "blackhole": BlackholeConfig.from_json,
+        "shadowsocks": ShadowsocksClientConfig.from_json,
         "vless": VlessOutboundConfig.from_json,
         "trojan": TrojanOutboundConfig.from_json,
+        "http": partial(ServersConfig.from_json, protocol="http"),
+        "socks": partial(ServersConfig.from_json, protocol="socks"),
     },
 }
 
@@ -183,7 +196,15 @@ class _Builder:
             dns=self.frozen_section("dns"),
             files=merged.files,
             stats_enabled=merged.section("stats") is not None,
+            api=self.optional("api", build_api),
+            metrics=self.optional("metrics", build_metrics),
         )
+
+    def optional(self, key: str, build: Callable[[Any], T]) -> Optional[T]:
+        section = self.merged.section(key)
+        if section is None:
+            return None
+        return self.attempt(section.file, key, build, section.value)
 
     def frozen_section(self, key: str) -> Mapping[str, Any]:
         section = self.merged.section(key)
@@ -232,11 +253,13 @@ class _Builder:
         stream_path = join_path(path, "streamSettings")
         stream = self.attempt(file, stream_path, build_stream, raw.get("streamSettings"),
                               self.transport, stream_path, False)
+        mux_path = join_path(path, "mux")
+        mux = self.attempt(file, mux_path, build_mux, raw.get("mux"), mux_path)
         if len(self.errors) > before or stream is None or self.reported.covers(file, path):
             return None
         return OutboundConfig(protocol=protocol, tag=raw.get("tag", ""),
                               settings=deep_freeze(settings), stream=stream, send_through=via,
-                              path=path, file=file, proxy_settings=proxy)
+                              path=path, file=file, proxy_settings=proxy, mux=mux)
 
     def convert(self, kind: str, protocol: str, settings: Mapping[str, Any], path: str,
                 file: str) -> Any:
@@ -306,6 +329,22 @@ def build_stream(raw: Optional[Mapping[str, Any]], transport: Mapping[str, Any],
     except ConfigError as e:
         raise e.located(prefix=path) from None
     return StreamConfig(network, security, deep_freeze(settings), built)
+
+
+def build_mux(raw: Optional[Mapping[str, Any]], path: str) -> Optional[MuxConfig]:
+    """v2ray.go MuxConfig.Build and handler.go's check: a negative concurrency means no mux,
+    0 or absent means 8, and past 1024 4.34 refuses to start ("invalid mux concurrency")."""
+    if raw is None:
+        return None
+    concurrency = raw.get("concurrency", 0)
+    if concurrency < 0:
+        return None
+    if concurrency > MAX_MUX_CONCURRENCY:
+        raise ConfigError(f"invalid mux concurrency: {concurrency}",
+                          join_path(path, "concurrency"),
+                          expected=f"1..{MAX_MUX_CONCURRENCY}, 0 for the default "
+                                   f"{DEFAULT_MUX_CONCURRENCY}, negative for no mux")
+    return MuxConfig(bool(raw.get("enabled", False)), concurrency or DEFAULT_MUX_CONCURRENCY)
 
 
 def build_sniffing(raw: Mapping[str, Any]) -> SniffingConfig:
@@ -382,3 +421,27 @@ def build_level_policy(raw: Mapping[str, Any]) -> LevelPolicy:
         stats_user_uplink=raw.get("statsUserUplink", False),
         stats_user_downlink=raw.get("statsUserDownlink", False),
     )
+
+
+# infra/conf/api.go: service names, matched case-insensitively.
+API_SERVICES = {name.lower(): name for name in ("HandlerService", "LoggerService",
+                                                 "StatsService")}
+
+
+def build_api(raw: Mapping[str, Any]) -> ApiConfig:
+    tag = raw.get("tag", "")
+    if not tag:
+        raise ConfigError("API tag can't be empty.", "api.tag", expected="a tag, e.g. \"api\"")
+    services = []
+    for i, name in enumerate(raw.get("services") or ()):
+        canonical = API_SERVICES.get(name.lower())
+        if canonical is None:  # 4.34 skips unknown names; ReflectionService is not served
+            log.warning("api.services[%d]: %r is not served by v2sync (served: %s)", i, name,
+                        ", ".join(sorted(API_SERVICES.values())))
+        elif canonical not in services:
+            services.append(canonical)
+    return ApiConfig(tag, tuple(services))
+
+
+def build_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
+    return MetricsConfig(*parse_host_port(raw["listen"], "metrics.listen"))

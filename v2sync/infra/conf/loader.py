@@ -28,7 +28,7 @@ CONFDIR_SUFFIX = ".json"  # main.go readConfDir: strings.HasSuffix(name, ".json"
 # Sections a later file replaces wholesale when present (Config.Override), including the
 # deprecated single/detour handler keys, which Override also replaces wholesale.
 WHOLESALE_SECTIONS = (
-    "log", "routing", "dns", "transport", "policy", "api", "stats", "reverse",
+    "log", "routing", "dns", "transport", "policy", "api", "stats", "reverse", "metrics",
     "inbound", "outbound", "inboundDetour", "outboundDetour",
 )
 # Override never touches the deprecated top-level "port": only the first file's counts.

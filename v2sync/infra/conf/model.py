@@ -60,6 +60,10 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+def _empty_levels() -> "Mapping[int, LevelPolicy]":
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class PortRange:
     """Ports ``first..last`` inclusive; iterating yields each port."""
@@ -113,6 +117,14 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class MuxConfig:
+    """An outbound's ``mux`` (infra/conf/v2ray.go MuxConfig.Build): concurrency 1..1024."""
+
+    enabled: bool = False
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
 class OutboundConfig:
     protocol: str
     tag: str
@@ -122,6 +134,7 @@ class OutboundConfig:
     path: str = ""
     file: str = ""
     proxy_settings: Any = field(default=None, compare=False, hash=False)
+    mux: Optional[MuxConfig] = None  # None: no mux section, or a negative concurrency
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,7 @@ class SystemPolicy:
 class PolicyConfig:
     """``policy``; ``configured`` is False when the config had no policy section at all."""
 
-    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty, hash=False)
+    levels: Mapping[int, LevelPolicy] = field(default_factory=_empty_levels, hash=False)
     system: SystemPolicy = field(default_factory=SystemPolicy)
     configured: bool = False
 
@@ -176,6 +189,23 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """``api``: the tag of the commander's virtual outbound and the services it serves
+    (canonical names: "HandlerService", "LoggerService", "StatsService")."""
+
+    tag: str
+    services: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics`` (v2sync's own; 4.34 ignores the key): where ``/metrics`` is served."""
+
+    listen: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     log: LogConfig = field(default_factory=LogConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -185,6 +215,8 @@ class Config:
     dns: Mapping[str, Any] = field(default_factory=_empty, hash=False)
     files: Tuple[str, ...] = ()
     stats_enabled: bool = False  # a "stats" section was present
+    api: Optional[ApiConfig] = None
+    metrics: Optional[MetricsConfig] = None
     # Converted sections (app.dns.config.DnsConfig, app.router.config.RoutingConfig), or None.
     dns_settings: Any = field(default=None, compare=False, hash=False)
     routing_settings: Any = field(default=None, compare=False, hash=False)

@@ -26,23 +26,21 @@ log = logging.getLogger(__name__)
 # error naming what is supported, never silently ignored. This is the one place to extend
 # when a protocol, transport or feature lands (a new protocol also needs its settings
 # converter in builder.PROTOCOL_SETTINGS).
-SUPPORTED_INBOUNDS = frozenset({"http", "socks", "vmess", "vless", "trojan"})
-SUPPORTED_OUTBOUNDS = frozenset({"freedom", "blackhole", "vmess", "vless", "trojan"})
+SUPPORTED_INBOUNDS = frozenset({"dokodemo-door", "http", "shadowsocks", "socks", "trojan", "vless", "vmess"})
+SUPPORTED_OUTBOUNDS = frozenset({"blackhole", "dns", "freedom", "http", "shadowsocks", "socks", "trojan", "vless", "vmess"})
 SUPPORTED_NETWORKS = frozenset({"tcp", "websocket", "domainsocket"})  # see NETWORK_ALIASES
 SUPPORTED_SECURITY = frozenset({"none", "", "tls"})
 SUPPORTED_TCP_HEADERS = frozenset({"none", "http"})
 SUPPORTED_ALLOCATE = frozenset({"always"})
 # Optional sections and switches, by the FEATURE_* names below.
-SUPPORTED_FEATURES: frozenset = frozenset({"dns", "routing", "acceptProxyProtocol"})
+SUPPORTED_FEATURES: frozenset = frozenset({"acceptProxyProtocol", "api", "dns", "routing"})
 # ---------------------------------------------------------------------------------------
 
 FEATURE_ROUTING = "routing"  # routing rules and balancers
 FEATURE_DNS = "dns"  # dns servers and hosts
 FEATURE_API = "api"
 FEATURE_REVERSE = "reverse"
-FEATURE_MUX = "mux"
 FEATURE_PROXY_SETTINGS = "proxySettings"
-FEATURE_SOCKOPT = "sockopt"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
 
 # How many errors (and warnings, per file) are printed: a 100,000-item list of bad values
@@ -289,7 +287,7 @@ def _render(error: Any, file: str) -> List[ConfigError]:
     if keyword == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) \
             else [error.validator_value]
-        expected = hint or "expected " + " or ".join(_ARTICLES.get(t, t) for t in wanted)
+        expected = hint or "expected " + " or ".join(_ARTICLES.get(t, str(t)) for t in wanted)
         article = _ARTICLES.get(_json_type(value), _json_type(value))
         return [ConfigError(f"{_show(value)} is {article}", path, file, expected)]
     if keyword in ("minimum", "maximum"):
@@ -376,23 +374,13 @@ def _handlers(data: Mapping[str, Any]) -> Iterator[Tuple[str, Mapping[str, Any]]
                 yield f"{many}[{i}]", item
 
 
-def _sockopt_in_use(sockopt: Mapping[str, Any]) -> Iterator[str]:
-    # mark and tcpFastOpen are implemented (transport/internet/sockopt.py); tproxy is not.
-    # SocketConfig.Build: tproxy off by default, unknown values mean off.
-    if sockopt.get("tproxy") in ("redirect", "tproxy"):
-        yield "tproxy"
-
-
 def _handler_features(path: str, handler: Mapping[str, Any]) -> Iterator[Tuple[str, str, str]]:
-    if _obj(handler, "mux").get("enabled") is True:
-        yield FEATURE_MUX, join_path(path, "mux.enabled"), "mux is not supported by v2sync yet"
     if "proxySettings" in handler:
         yield (FEATURE_PROXY_SETTINGS, join_path(path, "proxySettings"),
                "proxySettings (outbound chaining) is not supported by v2sync yet")
     stream = _obj(handler, "streamSettings")
-    for key in _sockopt_in_use(_obj(stream, "sockopt")):
-        yield (FEATURE_SOCKOPT, join_path(path, f"streamSettings.sockopt.{key}"),
-               f"sockopt {key} is not supported by v2sync yet")
+    # Every sockopt key is implemented: mark and tcpFastOpen (transport/internet/sockopt.py),
+    # tproxy (tproxy.py).
     for key, value in stream.items():
         yield from _proxy_protocol_features(join_path(path, f"streamSettings.{key}"), value)
 

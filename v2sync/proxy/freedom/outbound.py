@@ -2,7 +2,8 @@
 
 TCP: resolve per ``domainStrategy``, dial with an exponential-backoff retry, relay. freedom
 never half-closes upstream: when the client's side ends, the target gets ``downlinkOnly``
-seconds to finish answering. UDP: a connected UDP socket per link, one datagram per pipe chunk.
+seconds to finish answering. UDP: an unconnected UDP socket per link (4.34's cone), one
+datagram per pipe chunk.
 """
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
-from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import copy_conn_to_pipe, copy_pipe_to_conn, flush_ready
+from v2sync.proxy.relay import relay_upstream, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class FreedomOutbound:
         self.source = self.client.source  # UDP binds here too (sendThrough)
 
     def process(self, session: Session, link: Link) -> None:
-        dest = self._redirected(session.target)
+        dest = self._redirected(session.destination())
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
@@ -51,22 +50,7 @@ class FreedomOutbound:
         conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
                                self.settings.domain_strategy, lookup)
         try:
-            def abort() -> None:
-                conn.abort()
-                link.interrupt()
-
-            def first(timer) -> None:
-                flush_ready(link.reader, conn, timer)  # the client's payload, if queued
-
-            def request(timer) -> None:
-                copy_pipe_to_conn(link.reader, conn, timer)
-
-            def response(timer) -> None:
-                copy_conn_to_pipe(conn, link.writer, timer)
-                link.writer.close()
-
-            error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
-                              response, first)
+            error = relay_upstream(self.ctx, session.name(), policy, conn, link)
             if error is not None:
                 raise TransportError(f"relay to {dest} ended: {error}") from error
         finally:
@@ -83,7 +67,7 @@ class FreedomOutbound:
     def _lookup(self, session: Session, dest: Destination):
         """How names are resolved: the router's answer if it resolved this very name (one
         resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
-        if session.resolved and dest.address == session.target.address:
+        if session.resolved and dest.address == session.destination().address:
             resolved = tuple(session.resolved)
             return lambda name: resolved
         strategy = self.settings.domain_strategy
@@ -93,7 +77,12 @@ class FreedomOutbound:
 
     def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
                      lookup) -> None:
-        sock = dial_udp(candidates(dest, self.settings.domain_strategy, lookup)[0], self.source)
+        """4.34's cone: one unconnected socket per link; answers from any address go back
+        to the client as the destination's (freedom.go reads with ReadFrom and drops the
+        sender)."""
+        target = candidates(dest, self.settings.domain_strategy, lookup)[0]
+        sock = open_udp(target, self.source)
+        address = (target.address.value, target.port)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
         try:
             def abort() -> None:
@@ -104,22 +93,26 @@ class FreedomOutbound:
             def request(timer) -> None:
                 while True:
                     chunk = link.reader.read()
-                    if chunk is EOF:
-                        return
+                    if not isinstance(chunk, bytes):
+                        return  # EOF: the client is done
                     timer.update()
                     try:
-                        sock.send(chunk)
+                        sock.sendto(chunk, address)
                     except OSError as e:  # ICMP unreachable from an earlier send
                         log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
 
             def response(timer) -> None:
                 while True:
                     try:
-                        data = sock.recv(MAX_DATAGRAM)
+                        data = sock.recv(MAX_UDP_PAYLOAD + 1)
+                    except ConnectionRefusedError:
+                        continue  # an ICMP error for an earlier send; the socket stays usable
                     except OSError:
-                        return  # the port is unreachable (ICMP), or the socket is gone
+                        return  # closed
                     if stopped.is_set():
                         return
+                    if not data or len(data) > MAX_UDP_PAYLOAD:
+                        continue  # see MAX_UDP_PAYLOAD
                     timer.update()
                     link.writer.write(data)
 

@@ -134,7 +134,8 @@ class RequestTarget:
 def _head_lines(buf: bytes, skip_blank: bool, reply: Optional[bytes]
                 ) -> Optional[Tuple[List[str], int]]:
     """Lines of the head (line ends removed) and the bytes it spans, terminator included."""
-    start = _LEADING_BLANK_LINES.match(buf).end() if skip_blank else 0
+    blank = _LEADING_BLANK_LINES.match(buf) if skip_blank else None
+    start = blank.end() if blank is not None else 0
     end = _HEAD_END.search(buf, start, MAX_HEAD)
     if end is None:
         if len(buf) >= MAX_HEAD:
@@ -273,6 +274,36 @@ def parse_basic_auth(value: Optional[str]) -> Optional[Tuple[str, str]]:
         return None
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
     return (user, password) if sep else None
+
+
+def encode_basic_auth(user: str, password: str) -> str:
+    """The ``Proxy-Authorization`` value for ``user:pass`` (client.go setUpHTTPTunnel)."""
+    raw = f"{user}:{password}".encode("utf-8", "surrogateescape")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+# What Go's net/http sends as User-Agent on a request that sets none (4.34's CONNECT).
+GO_USER_AGENT = "Go-http-client/1.1"
+
+
+def authority(dest: Destination) -> str:
+    """``host:port`` with IPv6 in brackets (Go ``net.JoinHostPort``)."""
+    host = dest.address.value
+    return f"[{host}]:{dest.port}" if ":" in host else f"{host}:{dest.port}"
+
+
+def connect_headers(target: str, auth: Optional[Tuple[str, str]]) -> Headers:
+    headers: Headers = (("Host", target), ("User-Agent", GO_USER_AGENT))
+    if auth is not None:
+        headers += (("Proxy-Authorization", encode_basic_auth(*auth)),)
+    return headers
+
+
+def encode_connect_request(dest: Destination, auth: Optional[Tuple[str, str]] = None) -> bytes:
+    """The HTTP/1.1 CONNECT an HTTP outbound sends, as Go's ``Request.Write`` lays it out."""
+    target = authority(dest)
+    headers = connect_headers(target, auth) + (("Proxy-Connection", "Keep-Alive"),)
+    return encode_request_head(RequestHead("CONNECT", target, HTTP_11, headers))
 
 
 # -- targets and destinations ------------------------------------------------------------------

@@ -57,7 +57,7 @@ class HttpInbound:
         reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, enc.MAX_HEAD)
         if not (yield from _wait_readable_steps(reader)):
             return None  # connected and closed without a request: nothing to answer
-        head = yield from self._read_request(reader, conn)
+        head = yield from self._read_request(reader, conn, session)
         return partial(self._serve, session, conn, dispatcher, reader, head)
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
@@ -67,13 +67,15 @@ class HttpInbound:
             reader.deadline = time.monotonic() + self.policy.handshake
             if not reader.buf and not _wait_readable(reader):
                 return  # the client closed a kept-alive connection between requests
-            head = complete(self._read_request(reader, conn))
+            head = complete(self._read_request(reader, conn, session))
 
-    def _read_request(self, reader: HandshakeReader, conn: Connection
+    def _read_request(self, reader: HandshakeReader, conn: Connection, session: Session
                       ) -> Handshake[enc.RequestHead]:
         try:
             head = yield from reader.parse_steps(enc.parse_request_head)
-            self._authenticate(head)
+            # Each request on a kept-alive connection authenticates anew; the name is the
+            # session's user email, which routing's "user" matches (http/server.go in 4.34).
+            session.user_email, session.email_in_access_log = self._authenticate(head), False
             return head
         except RemoteProtocolError as e:
             try_write(conn, e.reply or enc.response_400())
@@ -82,12 +84,14 @@ class HttpInbound:
             try_write(conn, enc.response_407())
             raise
 
-    def _authenticate(self, head: enc.RequestHead) -> None:
+    def _authenticate(self, head: enc.RequestHead) -> str:
+        """The account's user name ("" when the inbound has no accounts)."""
         if not self.settings.accounts:
-            return
+            return ""
         creds = enc.parse_basic_auth(head.header("Proxy-Authorization"))
         if creds is None or self.settings.accounts.get(creds[0]) != creds[1]:
             raise AuthenticationError("proxy authentication failed")
+        return creds[0]
 
     def _serve_one(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                    reader: HandshakeReader, head: enc.RequestHead) -> bool:
@@ -108,6 +112,8 @@ class HttpInbound:
 
     # -- CONNECT -----------------------------------------------------------------------
     def _tunnel(self, session, conn, dispatcher, reader, target: enc.RequestTarget) -> None:
+        if target.port is None:  # parse_target refuses a CONNECT without one already
+            raise RemoteProtocolError("CONNECT target without port", reply=enc.response_400())
         link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
         conn.write(enc.CONNECT_ESTABLISHED)
         early = reader.consume(len(reader.buf))

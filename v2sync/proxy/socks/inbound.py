@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError
@@ -43,7 +43,7 @@ class SocksInbound:
         self.wants_udp = settings.udp
         self.listen = Address.parse(handler_config.listen) if handler_config.listen else None
         self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
-        self._udp_table = None
+        self._udp_table: Optional[UdpSessionTable] = None
         self._udp_lock = threading.Lock()
 
     # -- TCP -------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class SocksInbound:
         deadline = time.monotonic() + self.policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
         try:
-            request = yield from self._handshake(reader, conn)
+            request = yield from self._handshake(reader, conn, session)
         except RemoteProtocolError as e:
             if e.reply:
                 try_write(conn, e.reply)
@@ -64,12 +64,12 @@ class SocksInbound:
         return partial(self._relay, session, conn, dispatcher, request.destination,
                        bytes(reader.buf))
 
-    def _handshake(self, reader: HandshakeReader, conn: Connection):
+    def _handshake(self, reader: HandshakeReader, conn: Connection, session: Session):
         version = yield from reader.parse_steps(
             lambda buf: (enc.peek_version(buf), 0) if buf else None)
         if version == 4:
             return (yield from self._handshake4(reader, conn))
-        return (yield from self._handshake5(reader, conn))
+        return (yield from self._handshake5(reader, conn, session))
 
     def _handshake4(self, reader: HandshakeReader, conn: Connection):
         request = yield from reader.parse_steps(enc.parse_socks4_request)
@@ -82,7 +82,7 @@ class SocksInbound:
         conn.write(enc.encode_socks4_reply(True))
         return request
 
-    def _handshake5(self, reader: HandshakeReader, conn: Connection):
+    def _handshake5(self, reader: HandshakeReader, conn: Connection, session: Session):
         greeting = yield from reader.parse_steps(enc.parse_greeting)
         method = enc.METHOD_PASSWORD if self.settings.auth == "password" else enc.METHOD_NO_AUTH
         if not greeting.offers(method):
@@ -90,7 +90,11 @@ class SocksInbound:
                                       reply=enc.encode_method_selection(enc.METHOD_NO_ACCEPTABLE))
         conn.write(enc.encode_method_selection(method))
         if method == enc.METHOD_PASSWORD:
-            self._check_password((yield from reader.parse_steps(enc.parse_password_auth)), conn)
+            auth = yield from reader.parse_steps(enc.parse_password_auth)
+            self._check_password(auth, conn)
+            # The user name is the session's email, which routing's "user" matches
+            # (socks/protocol.go in 4.34: request.User = MemoryUser{Email: username}).
+            session.user_email, session.email_in_access_log = auth.username, False
         request = yield from reader.parse_steps(enc.parse_request)
         return self._answer_request(request, conn)
 
@@ -147,15 +151,16 @@ class SocksInbound:
             log.info("dropping a bad socks datagram from %s: %s", source, e)
             return
         with self._udp_lock:  # one UDP listener thread per port may race to create it
-            if self._udp_table is None:
-                self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx, handler.tag,
-                                                  self.settings.user_level)
+            table = self._udp_table
+            if table is None:
+                table = self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx,
+                                                          handler.tag, self.settings.user_level)
         dest = Destination(datagram.address, datagram.port, Network.UDP)
 
         def respond(origin: Destination, payload: bytes) -> None:
             send_to(enc.encode_udp_datagram(origin.address, origin.port, payload), source)
 
-        self._udp_table.send(source, dest, datagram.payload, respond)
+        table.send(source, dest, datagram.payload, respond)
 
     def close(self) -> None:
         if self._udp_table is not None:

@@ -340,7 +340,7 @@ class ChunkStreamWriter:
         self._sizes = sizes
 
     def encode(self, data: bytes) -> bytes:
-        parts = []
+        parts: List[bytes] = []
         for i in range(0, len(data), CHUNK_STREAM_SLICE):
             piece = data[i:i + CHUNK_STREAM_SLICE]
             parts += (self._sizes.encode(len(piece)), piece)

@@ -30,6 +30,11 @@ def _user(raw: Any, path: str, default_alter: int = 0, default_level: int = 0) -
     )
 
 
+def parse_user(raw: Any, path: str, default_alter: int = 0, default_level: int = 0) -> VMessUser:
+    """One ``clients[]`` entry (also a user the API adds: ``features.proxy.UserManager``)."""
+    return _user(raw, path, default_alter, default_level)
+
+
 @dataclass(frozen=True)
 class VMessInboundConfig:
     users: Tuple[VMessUser, ...] = ()

@@ -341,7 +341,10 @@ class ClientSession:
             consumed = 4 + (head[3] if head[2] else 0)
             if len(buf) < consumed:
                 return None
-            header, _ = parse_response_plaintext(head + cfb.update(bytes(buf[4:consumed])))
+            parsed = parse_response_plaintext(head + cfb.update(bytes(buf[4:consumed])))
+            if parsed is None:  # was a TypeError unpacking None
+                raise RemoteProtocolError("vmess: response header too short")
+            header = parsed[0]
         if header.response_auth != self.response_auth:
             raise AuthenticationError("vmess: unexpected response header")
         self._response_cfb = cfb

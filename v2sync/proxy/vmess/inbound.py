@@ -5,22 +5,23 @@ auth table) under level 0's handshake deadline. Any authentication failure is an
 way 4.34 answers it: read a deterministic-plus-random number of bytes, then close, so a
 prober learns nothing from timing or length. The response header goes out lazily with the
 first response chunk (4.34 buffers it the same way), and an end-of-stream chunk closes the
-response when the upstream finishes.
+response when the upstream finishes. Command 3 (Mux.cool) dispatches ``v1.mux.cool``, which
+the inbound's dispatcher (``common.mux.server.MuxServer``) serves itself.
 """
 from __future__ import annotations
 
 import logging
 import time
 from functools import partial
-from typing import Callable, List
+from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError
+from v2sync.common.errors import ConfigError, HandshakeTimeout, RemoteProtocolError, UserNotFound
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import run_relay
-from v2sync.proxy.vmess.config import VMessInboundConfig
+from v2sync.proxy.vmess.config import VMessInboundConfig, parse_user
 from v2sync.proxy.vmess.encoding import Command, ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
@@ -51,6 +52,19 @@ class VMessInbound:
         self.sessions = SessionHistory()
         self.handshake_policy = ctx.policy.for_level(0)  # inbound.go: policy for level 0
 
+    # -- features.proxy.UserManager (the API's AlterInbound) ------------------------------
+    def add_user(self, client: Mapping[str, Any]) -> None:
+        """A ``clients[]`` entry; it authenticates from the next handshake on."""
+        user = parse_user(client, "user", self.settings.default_alter_id,
+                          self.settings.default_level)
+        if not self.users.add_unique(user):
+            raise ConfigError(f"User {user.email} already exists.", "user.email")
+
+    def remove_user(self, email: str) -> None:
+        """Its next handshake is refused; connections already relaying go on (as 4.34)."""
+        if not self.users.remove(email):
+            raise UserNotFound(f"User {email} not found.")
+
     def handshake(self, session: Session, conn: Connection,
                   dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
         """Decode the request header (parked in the selector); returns the rest."""
@@ -63,8 +77,6 @@ class VMessInbound:
         except DrainRequired as e:
             yield from drain(conn, deadline, e.drain_size - len(reader.buf))
             raise
-        if server.header.command == Command.MUX:
-            raise RemoteProtocolError("vmess: Mux.Cool (command 3) is not supported by v2sync")
         session.user_email = server.user.email
         session.user_level = server.user.level
         return partial(self._serve, session, conn, dispatcher, server,

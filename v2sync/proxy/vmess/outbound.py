@@ -16,6 +16,7 @@ import time
 from typing import Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
+from v2sync.common.mux.encoding import is_mux_destination
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
@@ -30,7 +31,7 @@ from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
+from v2sync.transport.pipe import EOF, Chunk, ReadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class VMessOutbound:
         server = self._pick_server()
         user = random.choice(server.users)
         security = resolve_security(user.security)
-        target = session.target
+        target = session.destination()
         command = Command.UDP if target.network is Network.UDP else Command.TCP
+        if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
+            command = Command.MUX
         header = RequestHeader(command, security, client_options(security),
                                target.address, target.port)
         client = ClientSession(user)
@@ -88,8 +91,8 @@ class VMessOutbound:
             nonlocal ended
             payload = _first_payload(link)
             out = client.encode_request_header(header, time.time())
-            ended = payload is EOF
-            if ended:
+            if payload is EOF:
+                ended = True
                 conn.write(out + body_out.encode_eof())
             else:
                 conn.write(out + (body_out.encode(payload) if payload else b""))
@@ -139,7 +142,7 @@ class VMessOutbound:
             buf += data
 
 
-def _first_payload(link: Link) -> Optional[object]:
+def _first_payload(link: Link) -> Optional[Chunk]:
     """Up to 100 ms for the first chunk; None if nothing came (the header goes alone)."""
     try:
         return link.reader.read(timeout=FIRST_PAYLOAD_WAIT)

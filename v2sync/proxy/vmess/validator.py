@@ -180,6 +180,16 @@ class UserTable:
                 digest = hmac.new(BEHAVIOR_KDF_KEY, user.uuid, hashlib.sha256).digest()
                 self._seed = crc64_ecma(digest, self._seed)
 
+    def add_unique(self, user: VMessUser) -> bool:
+        """``add`` unless another user has the same (non-empty) email, case-insensitively
+        (inbound.go AddUser); False if one has."""
+        with self._lock:
+            if user.email and any(u.email.lower() == user.email.lower()
+                                  for u, _ in self._entries):
+                return False
+            self.add(user)
+            return True
+
     def remove(self, email: str) -> bool:
         """Remove the first user whose email matches case-insensitively (validator.go Remove).
 

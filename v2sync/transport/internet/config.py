@@ -75,6 +75,7 @@ SUN_PATH_SIZE = 108
 class SockoptSettings:
     mark: int = 0
     tcp_fast_open: Optional[bool] = None  # None: leave the kernel default alone
+    tproxy: str = "off"  # "off", "redirect" or "tproxy" (transport/internet/tproxy.py)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ def build_ds(ds: Mapping[str, Any], network: str) -> DsSettings:
 
 
 def build_sockopt(opt: Mapping[str, Any]) -> SockoptSettings:
-    settings = SockoptSettings(int(opt.get("mark", 0)), opt.get("tcpFastOpen"))
+    # SocketConfig.Build: any tproxy value but "redirect" and "tproxy" means off.
+    mode = str(opt.get("tproxy") or "off").lower()
+    settings = SockoptSettings(int(opt.get("mark", 0)), opt.get("tcpFastOpen"),
+                               mode if mode in ("redirect", "tproxy") else "off")
     if settings.mark and not hasattr(socket, "SO_MARK"):
         raise ConfigError("sockopt mark needs SO_MARK, which this platform lacks", "sockopt.mark",
                           expected="expected 0 (Linux only)")
@@ -209,7 +213,8 @@ def _file_or_lines(raw: Mapping[str, Any], file_key: str, lines_key: str,
                 return f.read()
         except OSError as e:
             raise ConfigError(f"failed to read {raw[file_key]!r}: {e.strerror or e}",
-                              f"{path}.{file_key}", expected="expected a readable PEM file")
+                              f"{path}.{file_key}",
+                              expected="expected a readable PEM file") from None
     lines = raw.get(lines_key)
     if lines:
         return "\n".join([lines] if isinstance(lines, str) else lines).encode()

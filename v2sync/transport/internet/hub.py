@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import socket
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from v2sync.common.errors import ConfigError, TransportError, join_path
 from v2sync.common.net import Address, Destination
@@ -18,6 +18,7 @@ from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake, complete
 from v2sync.transport.internet.proxyproto import accept_proxy_header
+from v2sync.transport.internet.counting import counted
 from v2sync.transport.internet.tls import DEFAULT_ALPN, ClientTls, ServerTls
 
 DEFAULT_STREAM = StreamSettings()
@@ -101,6 +102,8 @@ class StreamClient:
         self.source = source
         self.tls = (ClientTls(self.settings.tls, self.transport.client_alpn)
                     if self.settings.tls is not None else None)
+        # (uplink, downlink) counters of the outbound (``app.stats``); None: not counted.
+        self.counters: Tuple[Any, Any] = (None, None)
 
     @classmethod
     def for_handler(cls, handler_config) -> "StreamClient":
@@ -120,5 +123,7 @@ class StreamClient:
     def dial(self, target: Destination, ip_dest: Destination, timeout: float) -> Connection:
         """``target`` as configured (its domain names TLS and the WebSocket Host);
         ``ip_dest`` the resolved address actually connected to."""
-        return self.transport.dial(target, ip_dest, self.settings, self.tls, timeout,
+        conn = self.transport.dial(target, ip_dest, self.settings, self.tls, timeout,
                                    self.source)
+        uplink, downlink = self.counters
+        return counted(conn, read_counter=downlink, write_counter=uplink)

@@ -28,7 +28,7 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
         raise TransportError(f"failed to resolve {domain}: {e}") from e
     seen: List[Address] = []
     for info in infos:
-        addr = Address.parse(info[4][0])
+        addr = Address.parse(str(info[4][0]))  # an IP text; typeshed allows int
         if addr not in seen:
             seen.append(addr)
     if strategy == "UseIP":  # v2ray's UseIP prefers IPv4 answers, then IPv6

@@ -27,6 +27,9 @@ def apply_outbound(sock: socket.socket, opt: SockoptSettings, tcp: bool = True) 
 
 def apply_inbound(sock: socket.socket, opt: SockoptSettings, tcp: bool = True) -> None:
     _mark(sock, opt)
+    if opt.tproxy != "off":  # sockopt_linux.go: either mode makes listeners transparent
+        from v2sync.transport.internet.tproxy import set_transparent
+        set_transparent(sock)
     if tcp and opt.tcp_fast_open is not None:
         _set(sock, socket.IPPROTO_TCP, socket.TCP_FASTOPEN,
              TFO_QUEUE if opt.tcp_fast_open else 0, "TCP_FASTOPEN")

@@ -201,7 +201,8 @@ class TlsConnection(WrappedConnection):
 
     def _hello(self) -> None:
         with self._state:
-            self._tls.say_hello()  # a no-op if the ClientHello was made ahead
+            # Only a client (ClientEngine) says hello; a no-op if made ahead.
+            self._tls.say_hello()  # type: ignore[union-attr]
         self._flush(True)
 
     def _handshake_done(self) -> None:

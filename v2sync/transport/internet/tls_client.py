@@ -63,6 +63,8 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
         if not settings.disable_system_root:
             context.set_default_verify_paths()
         store = context.get_cert_store()
+        if store is None:  # pyOpenSSL types it Optional; a new context always has one
+            raise TransportError("tls: this OpenSSL context has no certificate store")
         for entry in settings.certificates:
             for cert in _pem_certificates(entry.certificate):
                 store.add_cert(crypto.X509.from_cryptography(cert))

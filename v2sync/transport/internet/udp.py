@@ -4,27 +4,66 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 
 MAX_DATAGRAM = 65535
+# The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
+# (buf.Size), inbound and outbound, and passes on only what fits. v2sync drops a longer one
+# whole instead of cutting it (a cut datagram is garbage to every application).
+MAX_UDP_PAYLOAD = 2048
 
 
 def _family(address: Address) -> socket.AddressFamily:
     return socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
 
 
-def bind_udp(address: Address, port: int) -> socket.socket:
+def bind_udp(address: Address, port: int, mark: int = 0,
+             transparent: bool = False) -> socket.socket:
+    """``transparent``: IP_TRANSPARENT (sockopt.tproxy), so TPROXY'd datagrams arrive."""
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     try:
         if address.kind is AddressKind.IPV6 and address.value == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if transparent:
+            from v2sync.transport.internet.tproxy import set_transparent
+            set_transparent(sock)
+            # answering sockets bind to the same original destinations (tproxy.py)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address.value, port))
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to listen on udp {address}:{port}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_sockaddr(sock: socket.socket, dest: Destination) -> Tuple[str, int]:
+    """Where ``sendto`` goes: an IPv4 peer of a dual-stack ("::") socket is written as
+    ``::ffff:a.b.c.d``, since the socket takes only IPv6 addresses (its datagrams arrive
+    from such addresses, and ``Address.parse`` turns them back into IPv4)."""
+    host = dest.address.value
+    if sock.family == socket.AF_INET6 and dest.address.kind is AddressKind.IPV4:
+        host = "::ffff:" + host
+    return host, dest.port
+
+
+def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
+    """An unconnected UDP socket for sending to ``dest`` (an IP): what 4.34's system dialer
+    gives freedom (``packetConnWrapper``). It reads answers from any address, so a peer
+    behind it sees a full cone: whoever learns the port can answer through it."""
+    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    try:
+        sock.bind((source.value if source is not None else "", 0))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"failed to open udp to {dest}: {e.strerror or e}") from e
     return sock
 
 
@@ -68,15 +107,17 @@ class UdpListener:
                 if not sel.select(self.POLL_INTERVAL):
                     continue
                 try:
-                    data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                    data, source = self._sock.recvfrom(MAX_UDP_PAYLOAD + 1)
                 except OSError:
                     continue  # ICMP errors surface here on Linux; the socket stays usable
+                if not data or len(data) > MAX_UDP_PAYLOAD:
+                    continue  # 4.34 skips empty datagrams; longer ones: see MAX_UDP_PAYLOAD
                 self._handle(data, Destination(Address.parse(source[0]), source[1]))
         self._sock.close()
 
     def send_to(self, data: bytes, dest: Destination) -> None:
         try:
-            self._sock.sendto(data, (dest.address.value, dest.port))
+            self._sock.sendto(data, peer_sockaddr(self._sock, dest))
         except OSError:
             pass  # the client went away; UDP has no one to tell
 

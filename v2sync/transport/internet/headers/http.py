@@ -148,8 +148,9 @@ def _headers(obj: Mapping[str, Any], section: str) -> Headers:
     table = _field(obj, "headers")
     if table is not None and not isinstance(table, Mapping):
         raise ConfigError("headers must be an object", f"{section}.headers", expected="an object")
+    table = table or {}
     out = []
-    for name in sorted(table or {}):  # Go ranges over sortMapKeys: byte order, names as given
+    for name in sorted(table):  # Go ranges over sortMapKeys: byte order, names as given
         path = f"{section}.headers" + (f".{name}" if _PLAIN_KEY.fullmatch(name) else
                                          f"[{json.dumps(name)}]")  # as schema.render_path
         if table[name] is None:

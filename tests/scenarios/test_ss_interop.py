@@ -1,0 +1,122 @@
+"""Shadowsocks interop with the real v2ray 4.34 (issue 16, part 6), both directions.
+
+    SOCKS5 client (this test) -> [client process: socks -> shadowsocks out]
+                              -> [server process: shadowsocks in -> freedom] -> in-test origin
+
+Every method 4.34 has moves 2 MiB of random bytes each way through an echo that XORs every
+byte, TCP, and 20 datagrams through SOCKS UDP ASSOCIATE -> Shadowsocks UDP, with v2sync at
+either end and v2ray at the other; v2ray <-> v2ray is the control that proves the harness,
+v2sync <-> v2sync runs too. On aes-256-gcm each cross pair also runs 10 parallel connections
+and an upstream that speaks first and closes first. The tests fail rather than skip when
+``$CI`` is set and v2ray is missing.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Iterator, List
+
+import pytest
+import socks
+from scenarios.ss_helpers import METHODS, SsChains, SsKey, running_chains
+from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
+                                     exchange_in_parallel, open_tunnel, read_to_eof,
+                                     recv_exactly)
+from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, xor_bytes
+
+BULK_BYTES = 2 * MIB
+PARALLEL_CONNECTIONS = 10
+PARALLEL_BYTES = 128 * 1024
+DATAGRAMS = 20
+GREETING = b"origin speaks first\n"
+PING = b"ping through shadowsocks"
+EOF_TIMEOUT = 15.0
+
+CROSS = [("v2sync", "v2ray"), ("v2ray", "v2sync")]
+EVERY_METHOD = [SsKey(c, s, m) for c, s in CROSS for m in METHODS]
+CONTROLS = [SsKey("v2ray", "v2ray", "aes-128-gcm"), SsKey("v2sync", "v2sync", "aes-256-gcm")]
+GCM_CROSS = [SsKey(c, s, "aes-256-gcm") for c, s in CROSS]
+
+
+def _ids(keys: List[SsKey]) -> List[str]:
+    return [key.id for key in keys]
+
+
+@pytest.fixture(scope="module")
+def chains() -> Iterator[SsChains]:
+    with running_chains() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[TcpEchoServer]:
+    with TcpEchoServer(xor=XOR_C, timeout=60.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return os.urandom(BULK_BYTES)
+
+
+@pytest.mark.parametrize("key", EVERY_METHOD + CONTROLS, ids=_ids(EVERY_METHOD + CONTROLS))
+def test_tcp_both_ways(chains: SsChains, echo: TcpEchoServer, payload: bytes,
+                       key: SsKey) -> None:
+    chain = chains.live(key)
+    received_before = echo.bytes_received
+    with open_tunnel(chain.socks_port, echo.address) as sock:
+        try:
+            received = exchange(sock, payload)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{chain.logs()}") from None
+    assert_same_bytes(received, xor_bytes(payload), chain.logs())
+    assert echo.bytes_received - received_before == BULK_BYTES
+    assert not chain.dead(), chain.logs()
+
+
+@pytest.mark.parametrize("key", EVERY_METHOD + CONTROLS, ids=_ids(EVERY_METHOD + CONTROLS))
+def test_udp_through_socks_associate(chains: SsChains, key: SsKey) -> None:
+    chain = chains.live(key)
+    with UdpEchoServer(xor=XOR_C) as udp_echo:
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
+            sock.settimeout(IO_TIMEOUT / 2)
+            for i in range(DATAGRAMS):
+                data = os.urandom(1 + i * 70)  # 1 .. 1331 bytes: one 2 KiB read everywhere
+                sock.sendto(data, udp_echo.address)
+                try:
+                    answer, source = sock.recvfrom(4096)
+                except socket.timeout:
+                    raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
+                assert answer == xor_bytes(data), f"datagram {i}"
+                assert source == udp_echo.address
+        assert udp_echo.datagrams == DATAGRAMS
+    assert not chain.dead(), chain.logs()
+
+
+@pytest.mark.parametrize("key", GCM_CROSS, ids=_ids(GCM_CROSS))
+def test_ten_parallel_connections(chains: SsChains, echo: TcpEchoServer, payload: bytes,
+                                  key: SsKey) -> None:
+    chain = chains.live(key)
+    payloads = [payload[i * PARALLEL_BYTES:(i + 1) * PARALLEL_BYTES]
+                for i in range(PARALLEL_CONNECTIONS)]
+    results = exchange_in_parallel(chain.socks_port, echo.address, payloads, "ss-parallel")
+    for index, (received, sent) in enumerate(zip(results, payloads, strict=True)):
+        assert_same_bytes(received, xor_bytes(sent), f"connection {index}\n{chain.logs()}")
+
+
+@pytest.fixture(scope="module")
+def closing_echo() -> Iterator[TcpEchoServer]:
+    """Speaks first, echoes one chunk, then closes: the upstream ends the connection."""
+    with TcpEchoServer(xor=XOR_C, send_first=GREETING, close_after_first=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("key", GCM_CROSS, ids=_ids(GCM_CROSS))
+def test_upstream_speaks_and_closes_first(chains: SsChains, closing_echo: TcpEchoServer,
+                                          key: SsKey) -> None:
+    chain = chains.live(key)
+    with open_tunnel(chain.socks_port, closing_echo.address) as sock:
+        assert recv_exactly(sock, len(GREETING), IO_TIMEOUT) == GREETING
+        sock.sendall(PING)
+        assert read_to_eof(sock, EOF_TIMEOUT) == xor_bytes(PING), chain.logs()

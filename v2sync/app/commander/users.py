@@ -1,0 +1,86 @@
+"""AlterInbound's operations and accounts: protobuf TypedMessages to config entries.
+
+An operation is a ``TypedMessage{type, value}``; its user's account is another one. The
+account becomes one entry of the inbound's ``clients`` list as a config file writes it, so
+each protocol checks it with its own config code (``features.proxy.UserManager``). Xray's
+type names (``xray.…``) are read as 4.34's (``v2ray.core.…``): the messages are the same.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from v2sync.app.commander.pb.app.proxyman.command import command_pb2 as handler_pb
+from v2sync.app.commander.pb.common.protocol import headers_pb2
+from v2sync.app.commander.pb.proxy.trojan import config_pb2 as trojan_pb
+from v2sync.app.commander.pb.proxy.vless import account_pb2 as vless_pb
+from v2sync.app.commander.pb.proxy.vmess import account_pb2 as vmess_pb
+from v2sync.common.errors import V2SyncError
+
+V2RAY_PREFIX = "v2ray.core."
+XRAY_PREFIX = "xray."
+OPERATIONS = {
+    "v2ray.core.app.proxyman.command.AddUserOperation": handler_pb.AddUserOperation,
+    "v2ray.core.app.proxyman.command.RemoveUserOperation": handler_pb.RemoveUserOperation,
+}
+# infra/conf/vmess.go's names for SecurityType (LEGACY and UNKNOWN read as auto there too).
+VMESS_SECURITY = {
+    headers_pb2.AES128_GCM: "aes-128-gcm",
+    headers_pb2.CHACHA20_POLY1305: "chacha20-poly1305",
+    headers_pb2.NONE: "none",
+}
+
+
+def canonical_type(name: str) -> str:
+    return V2RAY_PREFIX + name[len(XRAY_PREFIX):] if name.startswith(XRAY_PREFIX) else name
+
+
+def _parse(message_type: Any, value: bytes, what: str) -> Any:
+    try:
+        return message_type.FromString(value)
+    except Exception as e:  # protobuf's DecodeError and whatever its parser raises
+        raise V2SyncError(f"invalid {what}: {e}") from None
+
+
+def operation_of(typed: Any) -> Any:
+    """The AddUserOperation or RemoveUserOperation a TypedMessage carries."""
+    message_type = OPERATIONS.get(canonical_type(typed.type))
+    if message_type is None:
+        raise V2SyncError(f"unknown operation > unknown type {typed.type!r} (supported: "
+                          "AddUserOperation, RemoveUserOperation)")
+    return _parse(message_type, typed.value, typed.type)
+
+
+def _vmess(account: Any) -> Dict[str, Any]:
+    entry = {"id": account.id, "alterId": account.alter_id}
+    security = VMESS_SECURITY.get(account.security_settings.type)
+    if security:
+        entry["security"] = security
+    return entry
+
+
+def _vless(account: Any) -> Dict[str, Any]:
+    return {"id": account.id, "flow": account.flow}
+
+
+def _trojan(account: Any) -> Dict[str, Any]:
+    return {"password": account.password}
+
+
+ACCOUNTS: Dict[str, Any] = {
+    "v2ray.core.proxy.vmess.Account": (vmess_pb.Account, _vmess),
+    "v2ray.core.proxy.vless.Account": (vless_pb.Account, _vless),
+    "v2ray.core.proxy.trojan.Account": (trojan_pb.Account, _trojan),
+}
+
+
+def client_entry(user: Any) -> Dict[str, Any]:
+    """A protocol.User as one ``clients[]`` entry: the account's fields, email and level."""
+    found = ACCOUNTS.get(canonical_type(user.account.type))
+    if found is None:
+        raise V2SyncError(f"failed to parse user > unknown account type {user.account.type!r} "
+                          f"(supported: {', '.join(sorted(ACCOUNTS))})")
+    message_type, convert = found
+    convert_fn: Callable[[Any], Dict[str, Any]] = convert
+    entry = convert_fn(_parse(message_type, user.account.value, user.account.type))
+    entry.update(email=user.email, level=user.level)
+    return entry

@@ -1,0 +1,138 @@
+"""Prometheus metrics (v2sync's own; no V2Ray core has them), on ``prometheus-client``.
+
+``/metrics`` is served on its own listener (``--metrics HOST:PORT`` or the config's
+``metrics.listen``), not through routing. Figures are read when Prometheus scrapes, so the
+relay pays nothing for them beyond the counters it keeps anyway:
+
+- the traffic counters under wi1dcard/v2ray-exporter's names, so its Grafana dashboards
+  work unchanged: ``v2ray_traffic_uplink_bytes_total{dimension,target}`` (and downlink),
+  ``v2ray_up``, ``v2ray_uptime_seconds``, ``v2ray_goroutines``, ``v2ray_memstats_*``;
+- ``v2sync_inbound_connections{inbound}`` (live), ``v2sync_inbound_handshake_failures_total``,
+  ``v2sync_routing_decisions_total{outbound}``;
+- prometheus-client's process collector (``process_resident_memory_bytes``, CPU, fds, ...).
+
+Nothing here (nor prometheus-client) is imported unless metrics are asked for.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Dict, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from v2sync.app.stats.manager import SEPARATOR, Counter
+from v2sync.app.stats.system import gc_collections, rss_bytes
+from v2sync.common.errors import TransportError
+from v2sync.infra.conf.model import MetricsConfig
+
+log = logging.getLogger(__name__)
+JOIN_TIMEOUT = 2.0
+
+
+class RoutingDecisions:
+    """How many connections routing sent to each outbound (the dispatcher calls it)."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[str, Counter] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, tag: str) -> None:
+        counter = self.counts.get(tag)
+        if counter is None:
+            with self._lock:
+                counter = self.counts.setdefault(tag, Counter())
+        counter.add(1)
+
+
+class V2SyncCollector(Collector):
+    def __init__(self, instance: Any, routed: RoutingDecisions):
+        self.instance = instance
+        self.routed = routed
+        self.started = time.monotonic()
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._traffic()
+        yield from self._system()
+        yield from self._handlers()
+
+    def _traffic(self) -> Iterator[Any]:
+        families = {
+            direction: CounterMetricFamily(f"v2ray_traffic_{direction}_bytes",
+                                           f"Bytes counted {direction} (app/stats counters)",
+                                           labels=["dimension", "target"])
+            for direction in ("uplink", "downlink")}
+        stats = self.instance.stats
+        for name, value in (stats.query() if stats is not None else ()):
+            parts = name.split(SEPARATOR)
+            if len(parts) == 4 and parts[3] in families:
+                families[parts[3]].add_metric([parts[0], parts[1]], value)
+        yield from families.values()
+
+    def _system(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("v2ray_up", "Whether the figures could be read", value=1)
+        yield GaugeMetricFamily("v2ray_uptime_seconds", "Seconds since the process started",
+                                value=int(time.monotonic() - self.started))
+        yield GaugeMetricFamily("v2ray_goroutines", "Threads (Go: goroutines)",
+                                value=threading.active_count())
+        rss = rss_bytes()
+        yield GaugeMetricFamily("v2ray_memstats_alloc_bytes", "Resident memory", value=rss)
+        yield GaugeMetricFamily("v2ray_memstats_sys_bytes", "Resident memory", value=rss)
+        yield GaugeMetricFamily("v2ray_memstats_num_gc", "Cyclic GC collections",
+                                value=gc_collections())
+
+    def _handlers(self) -> Iterator[Any]:
+        live = GaugeMetricFamily("v2sync_inbound_connections",
+                                 "Connections an inbound holds now", labels=["inbound"])
+        failed = CounterMetricFamily("v2sync_inbound_handshake_failures",
+                                     "Handshakes that failed (bad auth, garbage, timeout)",
+                                     labels=["inbound"])
+        for handler in list(self.instance.inbounds.handlers):
+            name = handler.tag or handler.config.protocol
+            live.add_metric([name], handler.live_count())
+            failed.add_metric([name], handler.handshake_failures.value())
+        routed = CounterMetricFamily("v2sync_routing_decisions",
+                                     "Connections routing sent to each outbound",
+                                     labels=["outbound"])
+        for tag, counter in list(self.routed.counts.items()):
+            routed.add_metric([tag], counter.value())
+        yield from (live, failed, routed)
+
+
+class MetricsServer:
+    def __init__(self, instance: Any, config: MetricsConfig):
+        self.config = config
+        self.registry = CollectorRegistry()
+        routed = RoutingDecisions()
+        instance.dispatcher.on_routed = routed
+        self.registry.register(V2SyncCollector(instance, routed))
+        self.registry.register(ProcessCollector(registry=None))
+        self._server: Any = None
+        self._thread: Any = None
+
+    def start(self, threads: Any = None) -> None:
+        try:
+            self._server, self._thread = start_http_server(
+                self.config.port, addr=self.config.listen, registry=self.registry)
+        except OSError as e:
+            raise TransportError(f"metrics: cannot listen on {self.config.listen}:"
+                                 f"{self.config.port}: {e}") from e
+        log.info("metrics on http://%s:%d/metrics", self.config.listen, self.port)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server is not None else 0
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(JOIN_TIMEOUT)
+            self._server = None

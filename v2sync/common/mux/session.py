@@ -1,0 +1,267 @@
+"""What both ends of a Mux.cool connection share (v2ray ``common/mux/session.go``,
+``writer.go`` and the Keep/End halves of ``client.go`` and ``server.go``).
+
+A sub-connection (``MuxSession``) holds a ``Link`` seen from the mux side: ``link.writer``
+takes the data that arrives in its frames, ``link.reader`` gives the data to send out as
+frames. The worker that reads the mux connection calls ``FrameHandler.handle`` per frame;
+each sub-connection's own thread runs ``pump`` to send its data.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from typing import Dict, List, Optional, Sequence
+
+from v2sync.common.errors import PipeClosed, PipeInterrupted, RemoteProtocolError, TransportError
+from v2sync.common.mux.encoding import (MAX_PACKET_SIZE, Frame, Status, encode_end, encode_frame,
+                                        parse_frame, split_stream)
+from v2sync.common.net import Destination
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF, Pipe
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ID = 0xFFFF
+
+
+class MuxSession:
+    __slots__ = ("id", "link", "packet")
+
+    def __init__(self, session_id: int, link: Link, packet: bool):
+        self.id = session_id
+        self.link = link
+        self.packet = packet  # UDP: one datagram per frame
+
+
+class SessionTable:
+    """The live sub-connections of one mux connection (session.go ``SessionManager``).
+
+    ``count`` is every session ever added (4.34's MaxConnection counts it); ``closed`` is
+    final: a closed table takes no new session.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: Dict[int, MuxSession] = {}
+        self.count = 0
+        self.closed = False
+
+    def allocate(self, link: Link, packet: bool) -> Optional[MuxSession]:
+        """A client session with the next id (1, 2, 3...), or None once closed or out of ids."""
+        with self._lock:
+            if self.closed or self.count >= MAX_SESSION_ID:
+                return None
+            self.count += 1
+            session = MuxSession(self.count, link, packet)
+            self._sessions[session.id] = session
+            return session
+
+    def add(self, session: MuxSession) -> bool:
+        """A server session under the peer's id (a New for a live id replaces it, as 4.34)."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.count += 1
+            self._sessions[session.id] = session
+            return True
+
+    def get(self, session_id: int) -> Optional[MuxSession]:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def remove(self, session: MuxSession) -> bool:
+        """Forget ``session`` if it is still the one under its id; True if it was."""
+        with self._lock:
+            if self._sessions.get(session.id) is session:
+                del self._sessions[session.id]
+                return True
+            return False
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close_if_empty(self) -> bool:
+        with self._lock:
+            if self._sessions:
+                return self.closed
+            self.closed = True
+            return True
+
+    def close(self) -> List[MuxSession]:
+        """Close the table; returns the sessions still live (the caller ends them)."""
+        with self._lock:
+            self.closed = True
+            live = list(self._sessions.values())
+            self._sessions.clear()
+            return live
+
+
+class FrameWriter:
+    """The mux connection's outgoing side: one lock, so each frame (or batch of frames of
+    one sub-connection) goes out whole and writers queue rather than interleave."""
+
+    def __init__(self, pipe: Pipe):
+        self.pipe = pipe
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self.pipe.write(data)
+
+    def try_write(self, data: bytes) -> None:
+        """A control frame (an End) for a connection that may already be gone."""
+        try:
+            self.write(data)
+        except (PipeClosed, PipeInterrupted):
+            pass
+
+
+class SessionWriter:
+    """One sub-connection's frames (writer.go ``Writer``): New first for a client session,
+    then Keep with data; End when done, with the Error option if the copy failed."""
+
+    def __init__(self, out: FrameWriter, session: MuxSession,
+                 target: Optional[Destination] = None):
+        self.out = out
+        self.session = session
+        self.target = target  # None: a server's response writer, Keep from the start
+
+    def _status(self) -> Status:
+        if self.target is None:
+            return Status.KEEP
+        return Status.NEW
+
+    def _frame(self, data: Optional[bytes]) -> bytes:
+        status = self._status()
+        frame = encode_frame(self.session.id, status, data, self.target)
+        self.target = None  # every later frame is a Keep
+        return frame
+
+    def write_meta_only(self) -> None:
+        """New without data: the first payload did not come within 100 ms."""
+        self.out.write(self._frame(None))
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        if self.session.packet:
+            pieces = [chunk for chunk in chunks if _fits_packet(chunk)]
+        else:
+            pieces = split_stream(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if pieces:
+            self.out.write(b"".join([self._frame(piece) for piece in pieces]))
+
+    def close(self, error: bool = False) -> None:
+        self.out.try_write(encode_end(self.session.id, error))
+
+
+def _fits_packet(chunk: bytes) -> bool:
+    """4.34's packet reader refuses a datagram over 2 KiB and ends the whole mux connection
+    ("packet size too large"); such a datagram is dropped here instead. v2ray itself reads
+    datagrams into 2 KiB buffers, so it never sends one."""
+    if len(chunk) <= MAX_PACKET_SIZE:
+        return True
+    log.debug("mux: dropped a %d-byte datagram (over %d)", len(chunk), MAX_PACKET_SIZE)
+    return False
+
+
+def pump(session: MuxSession, writer: SessionWriter) -> bool:
+    """Send the sub-connection's data until its EOF, then End; False if the copy failed
+    (End then carries the Error option)."""
+    failed = False
+    try:
+        while True:
+            chunks = session.link.reader.read_all()
+            if chunks is EOF:
+                break
+            writer.write(chunks)
+            del chunks
+    except TransportError:
+        failed = True
+        session.link.reader.interrupt()
+    writer.close(failed)
+    return not failed
+
+
+class FrameReader:
+    """Frames from a pipe of byte chunks; ``next`` returns None at a clean EOF."""
+
+    def __init__(self, pipe: Pipe):
+        self.pipe = pipe
+        self._buf = b""
+        self._pos = 0
+
+    def next(self) -> Optional[Frame]:
+        while True:
+            parsed = parse_frame(self._buf, self._pos)
+            if parsed is not None:
+                frame, consumed = parsed
+                self._pos += consumed
+                return frame
+            chunk = self.pipe.read()
+            if chunk is EOF:
+                if self._pos < len(self._buf):
+                    raise RemoteProtocolError("mux: connection ended inside a frame")
+                return None
+            self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
+            self._pos = 0
+
+
+class FrameHandler(abc.ABC):
+    """Keep, End and KeepAlive, as client.go and server.go both handle them; ``on_new`` is
+    the side's own."""
+
+    def __init__(self, out: FrameWriter, sessions: SessionTable, name: str):
+        self.out = out
+        self.sessions = sessions
+        self.name = name
+
+    def handle(self, frame: Frame) -> None:
+        status = frame.status
+        if status is Status.KEEP:
+            self.on_keep(frame)
+        elif status is Status.END:
+            self.on_end(frame)
+        elif status is Status.NEW:
+            self.on_new(frame)
+        # KeepAlive: nobody sends it in 4.34; its data, if any, is dropped
+
+    @abc.abstractmethod
+    def on_new(self, frame: Frame) -> None:
+        """A server dispatches the new sub-connection; a client drops the frame."""
+
+    def on_keep(self, frame: Frame) -> None:
+        if frame.data is None:
+            return
+        session = self.sessions.get(frame.session_id)
+        if session is None:
+            self.out.try_write(encode_end(frame.session_id))  # "close this session"
+            return
+        self.deliver(session, frame.data)
+
+    def deliver(self, session: MuxSession, data: bytes) -> None:
+        """Hand data to the sub-connection; blocks while its pipe is full, as 4.34 does."""
+        if session.packet and len(data) > MAX_PACKET_SIZE:
+            raise RemoteProtocolError(f"mux: packet of {len(data)} bytes is too large")
+        try:
+            session.link.writer.write(data)
+        except (PipeClosed, PipeInterrupted):
+            log.debug("%s: sub-connection %d stopped reading; closing it", self.name, session.id)
+            self.out.try_write(encode_end(session.id))
+            session.link.reader.interrupt()
+            self.sessions.remove(session)
+
+    def on_end(self, frame: Frame) -> None:
+        session = self.sessions.get(frame.session_id)
+        if session is None:
+            return
+        if frame.has_error:
+            session.link.interrupt()
+        else:
+            session.link.writer.close()
+        self.sessions.remove(session)
+
+    def end_all(self) -> None:
+        """The mux connection is gone: every live sub-connection ends now."""
+        for session in self.sessions.close():
+            session.link.interrupt()

@@ -1,0 +1,241 @@
+"""The dns outbound (v2ray ``proxy/dns/dns.go``).
+
+Messages come from the link one per chunk (UDP) or length-prefixed (TCP). A and AAAA
+queries are answered from the built-in DNS (``ctx.dns``) right here; any other message goes
+to the upstream: the original destination with the settings' network/address/port put in,
+dialed on the first message that needs it (4.34's ``outboundConn``). The upstream's answers
+come back the same way. Answers are written under one lock, since both directions write.
+
+4.34 answers each IP query in its own goroutine; here they are answered in turn on the
+request side (a client of a DNS hijack opens a session per source port, so one slow name
+holds up only its own session), which keeps the number of threads per link at two.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Optional
+
+from v2sync.app.dns.server import DnsAnswerError
+from v2sync.common.errors import ProtocolError, TransportError
+from v2sync.common.net import Destination, Network
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.dns import encoding as enc
+from v2sync.proxy.dns.config import DnsOutboundConfig
+from v2sync.proxy.relay import run_relay
+from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.dialer import candidates, dial_once
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+STRATEGY_FOR = {enc.wire.TYPE_A: "UseIPv4", enc.wire.TYPE_AAAA: "UseIPv6"}
+TCP_READ_SIZE = 4096
+
+
+@OUTBOUNDS.register("dns")
+class DnsOutbound:
+    config_type = DnsOutboundConfig
+
+    def __init__(self, settings: DnsOutboundConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+
+    def upstream_of(self, target: Destination) -> Destination:
+        s = self.settings
+        return Destination(s.address or target.address, s.port or target.port,
+                           s.network or target.network)
+
+    def process(self, session: Session, link: Link) -> None:
+        target = session.target
+        if target is None:
+            raise TransportError("invalid outbound")
+        upstream = _Upstream(self.upstream_of(target), self.client)
+        messages = _MessageIO(link, target.network)
+        policy = self.ctx.policy.for_level(0)
+
+        def abort() -> None:
+            upstream.close()
+            link.interrupt()
+
+        def request(timer) -> None:
+            try:
+                for message in messages.read():
+                    timer.update()
+                    self._handle(message, messages, upstream)
+            finally:
+                upstream.close_input()
+
+        def response(timer) -> None:
+            for message in upstream.answers():
+                timer.update()
+                messages.write(message)
+
+        error = run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+        upstream.close()
+        if error is not None:
+            log.debug("%s: dns connection ends: %s", session.name(), error)
+
+    def _handle(self, message: bytes, messages: "_MessageIO", upstream: "_Upstream") -> None:
+        query = enc.parse_ip_query(message)
+        if query is None or self.ctx.dns is None:
+            upstream.send(message)
+            return
+        answer = self._answer(query)
+        if answer is not None:
+            messages.write(answer)
+
+    def _answer(self, query: enc.IPQuery) -> Optional[bytes]:
+        """handleIPQuery: the addresses, or the server's rcode; nothing on other errors."""
+        try:
+            found = self.ctx.dns.lookup(query.name, STRATEGY_FOR[query.qtype])
+        except DnsAnswerError as e:
+            return enc.encode_ip_answer(query, (), e.rcode)
+        except (TransportError, ValueError) as e:
+            log.info("dns: ip query for %s failed: %s", query.name, e)
+            return None
+        try:
+            return enc.encode_ip_answer(query, found)
+        except ProtocolError as e:  # a name the codec cannot write back
+            log.info("dns: cannot answer %s: %s", query.name, e)
+            return None
+
+
+class _MessageIO:
+    """DNS messages on the link: one per chunk (UDP) or 2-byte length-prefixed (TCP)."""
+
+    def __init__(self, link: Link, network: Network):
+        self.link = link
+        self.is_tcp = network is Network.TCP
+        self._write_lock = threading.Lock()
+
+    def read(self):
+        buf = b""
+        while True:
+            chunk = self.link.reader.read()
+            if chunk is EOF:
+                return
+            if not self.is_tcp:
+                yield chunk
+                continue
+            buf += chunk
+            while True:
+                parsed = enc.parse_tcp_message(buf)
+                if parsed is None:
+                    break
+                message, used = parsed
+                buf = buf[used:]
+                yield message
+
+    def write(self, message: bytes) -> None:
+        data = enc.frame_tcp_message(message) if self.is_tcp else message
+        with self._write_lock:
+            self.link.writer.write(data)
+
+
+class _Upstream:
+    """The connection non-IP messages go to, dialed when the first one needs it."""
+
+    def __init__(self, dest: Destination, client: StreamClient):
+        self.dest = dest
+        self.client = client
+        self._lock = threading.Lock()
+        self._ready = threading.Event()  # set once dialed, failed or closed
+        self._sock: Optional[socket.socket] = None
+        self._conn: Optional[Connection] = None
+        self._closed = False
+
+    def send(self, message: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._sock is None and self._conn is None:
+                try:
+                    self._dial()
+                except TransportError as e:
+                    # dns.go: the dial failure is logged and the message dropped
+                    log.warning("dns: failed to dial %s: %s", self.dest, e)
+                    return
+                finally:
+                    self._ready.set()
+        try:
+            if self._sock is not None:
+                self._sock.send(message)
+            elif self._conn is not None:
+                self._conn.write(enc.frame_tcp_message(message))
+        except (OSError, TransportError) as e:
+            log.debug("dns: sending to %s failed: %s", self.dest, e)
+
+    def _dial(self) -> None:
+        if self.dest.network is Network.UDP:
+            self._sock = dial_udp(candidates(self.dest)[0], self.client.source)
+        else:
+            self._conn = dial_once(self.dest, self.client)
+            self._conn.settimeout(None)
+
+    def answers(self):
+        """Messages from the upstream until it ends (or nothing was ever sent)."""
+        self._ready.wait()
+        if self._sock is not None:
+            yield from self._datagrams(self._sock)
+        elif self._conn is not None:
+            yield from self._stream(self._conn)
+
+    @staticmethod
+    def _datagrams(sock: socket.socket):
+        while True:
+            try:
+                data = sock.recv(MAX_UDP_PAYLOAD + 1)
+            except OSError:
+                return
+            if not data:
+                return  # shut down by close()
+            if len(data) <= MAX_UDP_PAYLOAD:
+                yield data
+
+    @staticmethod
+    def _stream(conn: Connection):
+        buf = b""
+        while True:
+            try:
+                data = conn.read(TCP_READ_SIZE)
+            except TransportError:
+                return
+            if not data:
+                return
+            buf += data
+            while True:
+                parsed = enc.parse_tcp_message(buf)
+                if parsed is None:
+                    break
+                message, used = parsed
+                buf = buf[used:]
+                yield message
+
+    def close_input(self) -> None:
+        """The client is done: without an upstream, nothing will ever answer."""
+        with self._lock:
+            if self._sock is None and self._conn is None:
+                self._ready.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sock, conn = self._sock, self._conn
+            self._ready.set()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if conn is not None:
+            conn.abort()
+            conn.close()

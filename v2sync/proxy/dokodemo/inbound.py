@@ -1,0 +1,96 @@
+"""The dokodemo-door inbound (v2ray ``proxy/dokodemo/dokodemo.go``).
+
+TCP: no handshake; the connection is dispatched to the destination and relayed as raw bytes.
+UDP: the inbound's UDP worker (``app/proxyman/udp_worker.py``) hands over one packet
+connection per source; each datagram read from it is one pipe chunk to the destination,
+each chunk back is one datagram to the source.
+
+The destination is ``address``:``port`` over the connection's network; with
+``followRedirect`` the original destination the worker found (SO_ORIGINAL_DST, the TPROXY
+socket's local address, IP_RECVORIGDSTADDR) replaces it, and without either 4.34 refuses
+the connection ("unable to get destination").
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable, Optional
+
+from v2sync.common.errors import RemoteProtocolError
+from v2sync.common.net import Destination, Network
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.dokodemo.config import DokodemoConfig
+from v2sync.proxy.relay import relay_stream, run_relay
+from v2sync.transport.internet.conn import Connection, Handshake
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+
+@INBOUNDS.register("dokodemo-door")
+class DokodemoInbound:
+    config_type = DokodemoConfig
+
+    def __init__(self, settings: DokodemoConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        # Read by the inbound handler: which listeners to open, and whether its workers
+        # look up original destinations (4.34 v2ray.go: ReceiveOriginalDestination).
+        self.networks = settings.networks
+        self.follow_redirect = settings.follow_redirect
+        self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
+
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """Nothing to read: the whole connection is payload."""
+        return partial(self.process, session, conn, dispatcher)
+        yield  # a generator with no steps (the selector hands it straight to a thread)
+
+    def destination(self, session: Session, network: Network) -> Destination:
+        original = session.original_target
+        if self.settings.follow_redirect and original is not None:
+            return Destination(original.address, original.port, network)
+        if self.settings.address is None:
+            raise RemoteProtocolError("unable to get destination")
+        return Destination(self.settings.address, self.settings.port, network)
+
+    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+        """Serve one TCP connection or one UDP source's packet connection."""
+        network = getattr(conn, "network", Network.TCP)
+        dest = self.destination(session, network)
+        session.user_level = self.settings.user_level
+        link = dispatcher.dispatch(session, dest)
+        if network is Network.UDP:
+            error = self._relay_packets(session, conn, link)
+        else:
+            error = relay_stream(self.ctx, session.name(), self.policy, conn, link)
+        if error is not None:
+            log.debug("%s: connection ends: %s", session.name(), error)
+
+    def _relay_packets(self, session: Session, conn, link: Link) -> Optional[BaseException]:
+        def abort() -> None:
+            conn.abort()
+            link.interrupt()
+
+        def request(timer) -> None:
+            while True:
+                datagram = conn.read()
+                if datagram is None:
+                    link.writer.close()
+                    return
+                timer.update()
+                link.writer.write(datagram)
+
+        def response(timer) -> None:
+            while True:
+                chunk = link.reader.read()
+                if chunk is EOF:
+                    return
+                timer.update()
+                conn.write(chunk)
+
+        return run_relay(self.ctx, session.name(), self.policy, None, abort, request, response)

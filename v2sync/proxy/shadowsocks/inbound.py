@@ -1,0 +1,210 @@
+"""The Shadowsocks inbound (v2ray ``proxy/shadowsocks/server.go``, ``protocol.go``).
+
+TCP: the salt and the target address are read under the user level's handshake deadline
+(parked in the selector). A wrong key, or a target that does not parse, is answered as 4.34
+answers it: read a per-key deterministic-plus-random number of bytes in all
+(``DrainConnN``), then close, so a prober learns nothing from when the connection ends.
+The response salt goes out with the first response bytes (4.34 buffers it until then);
+the response ends with a TCP close, there is no end-of-stream chunk.
+
+UDP (``network`` udp): the inbound's UDP worker (``app/proxyman/udp_worker.py``) hands
+``process`` one packet connection per source; datagrams that fail to decode are dropped
+without an answer, so a prober gets nothing back, let alone more than it sent.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import time
+import zlib
+from functools import partial
+from typing import Callable, Optional, Tuple
+
+from v2sync.app.dispatcher.udp import UdpSessionTable
+from v2sync.common.errors import ProtocolError, RemoteProtocolError
+from v2sync.common.net import Destination, Network
+from v2sync.common.registry import INBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.features.routing import Dispatcher
+from v2sync.proxy.relay import run_relay
+from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
+from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
+                                               RequestDecoder, StreamReader, StreamWriter,
+                                               decode_packet, encode_packet)
+from v2sync.proxy.vmess.inbound import drain
+from v2sync.transport.copy import adaptive_reads, write_or_stop
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader
+from v2sync.transport.link import Link
+
+log = logging.getLogger(__name__)
+
+# protocol.go ReadTCPSession: DrainSize = Roll(3266) + 16 + 38 + Roll(Roll(64) + 1), the
+# first two rolls from Go's math/rand seeded with CRC32(HMAC-SHA256("SSBSKDF", key)).
+# Go's generator is not reproduced: Python's, under the same seed, gives the same ranges,
+# equally fixed per key.
+DRAIN_SEED_KEY = b"SSBSKDF"
+DRAIN_BASE_RANGE = 3266
+DRAIN_RAND_RANGE = 64
+DRAIN_FIXED = 16 + 38
+# Salt, then at most the target's 259 bytes spread over as many chunks, or one chunk of
+# the largest size a 4.34 reader accepts: past this the request is not worth reading.
+# Queued pipe chunks smaller than this in all are joined before they are sealed; larger
+# ones are sealed where they lie and leave in one gathered write.
+MERGE_BELOW = 64 * 1024
+MAX_HANDSHAKE_BYTES = 32 + 259 * (SEALED_LENGTH + 17) + SEALED_LENGTH + MAX_CHUNK_PAYLOAD + 16
+
+
+def drain_parameters(key: bytes) -> Tuple[int, int]:
+    """``(BaseDrainSize, RandDrainMax)``, fixed per key."""
+    seed = zlib.crc32(hmac.digest(DRAIN_SEED_KEY, key, hashlib.sha256))
+    rng = random.Random(seed)
+    return rng.randrange(DRAIN_BASE_RANGE), rng.randrange(DRAIN_RAND_RANGE) + 1
+
+
+@INBOUNDS.register("shadowsocks")
+class ShadowsocksInbound:
+    config_type = ShadowsocksServerConfig
+
+    def __init__(self, settings: ShadowsocksServerConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.user = settings.user
+        self.networks = settings.networks  # which listeners the handler opens for us
+        self.account: Account = settings.user.account
+        self.policy = ctx.policy.for_level(self.user.level)  # server.go: the user's level
+        self._drain_base, self._drain_rand_max = drain_parameters(self.account.key)
+
+    def drain_size(self) -> int:
+        """4.34's ``DrainSize`` for one rejected connection (it counts the salt in it)."""
+        return self._drain_base + DRAIN_FIXED + secrets.randbelow(self._drain_rand_max)
+
+    # -- TCP -------------------------------------------------------------------------------
+    def handshake(self, session: Session, conn: Connection,
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+        """Salt and target (parked in the selector); returns the rest."""
+        deadline = time.monotonic() + self.policy.handshake
+        reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
+        decoder = RequestDecoder(self.account)
+        received = 0
+        try:
+            while True:
+                yield from reader.fill_steps()
+                data = reader.consume(len(reader.buf))
+                received += len(data)
+                parsed = decoder.feed(data)
+                if parsed is not None:
+                    break
+                if received >= MAX_HANDSHAKE_BYTES:
+                    raise RemoteProtocolError("shadowsocks: request header too large")
+        except ProtocolError:  # a wrong key (AuthenticationError) or a bad target
+            yield from drain(conn, deadline, self._drain_total(decoder) - received)
+            raise
+        address, port, rest = parsed
+        session.user_email = self.user.email
+        session.user_level = self.user.level
+        target = Destination(address, port, Network.TCP)
+        return partial(self._serve, session, conn, dispatcher, target, decoder.reader, rest)
+
+    def _drain_total(self, decoder: RequestDecoder) -> int:
+        """Bytes 4.34 would have read from the connection in all before closing it: the
+        salt and what its decrypting reader consumed, then ``DrainSize`` less the salt and
+        the target bytes it had parsed. For a wrong key that is ``DrainSize + 18`` (the
+        sealed length that failed); for the "none" method, ``DrainSize``."""
+        if not self.account.method.is_aead:
+            return self.drain_size()  # the target's bytes are the wire's: they cancel out
+        after_salt = decoder.reader.wire_used - decoder.reader.salt_used
+        return self.drain_size() + after_salt - decoder.plain_used
+
+    # -- UDP: one source's packet connection from the inbound's UDP worker ----------------
+    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+        """Each datagram from ``conn``'s source is decoded and sent on to its target, one
+        dispatched link per target (``handlerUDPPayload`` with ``udp.Dispatcher``); the
+        answers go back encoded with the address the client asked for. A datagram that does
+        not decode is dropped and never answered."""
+        session.user_email = self.user.email
+        session.user_level = self.user.level
+        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, self.user.level)
+        try:
+            while True:
+                datagram = conn.read()
+                if datagram is None:
+                    return  # idle, or shutdown
+                try:
+                    address, port, payload = decode_packet(self.account, datagram)
+                except ProtocolError as e:
+                    log.debug("%s: dropping a bad datagram from %s: %s", session.name(),
+                              conn.remote, e)
+                    continue
+                table.send(conn.remote, Destination(address, port, Network.UDP), payload,
+                           partial(self._answer, conn))
+        finally:
+            table.close()
+
+    def _answer(self, conn, origin: Destination, payload: bytes) -> None:
+        try:
+            conn.write(encode_packet(self.account, origin.address, origin.port, payload))
+        except ProtocolError as e:  # 4.34's encoder would overrun its 2 KiB buffer
+            log.debug("dropping an answer to %s: %s", conn.remote, e)
+
+    def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
+               target: Destination, body_in: StreamReader, early: bytes) -> None:
+        link = dispatcher.dispatch(session, target)
+        error = relay_encrypted(self.ctx, session.name(), self.policy, conn, link, body_in,
+                                StreamWriter(self.account), early)
+        if error is not None:
+            log.debug("%s: shadowsocks relay ended: %s", session.name(), error)
+
+
+def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link: Link,
+                    body_in: StreamReader, body_out: StreamWriter, early: bytes = b"",
+                    client: bool = False) -> Optional[BaseException]:
+    """Both directions of a Shadowsocks TCP stream: ``conn``'s bytes are decrypted into
+    ``link.writer``, ``link.reader``'s are encrypted onto ``conn``. Used by both ends: the
+    inbound's link leads to the target, the outbound's (``client``) to the client, and
+    the request direction (whose end starts ``downlinkOnly``) is the one leaving that
+    end's client side."""
+    def abort() -> None:
+        conn.abort()
+        link.interrupt()
+
+    more = True
+
+    def first(timer) -> None:
+        nonlocal more
+        more = not early or write_or_stop(link.writer, early)
+
+    def inward(timer) -> None:
+        if more and not body_in.eof:
+            timer.update()
+            # Reads wait for room in the pipe: a stalled reader stops them here.
+            for data in adaptive_reads(conn, link.writer):
+                chunks = body_in.feed(data)
+                del data
+                if chunks and not write_or_stop(link.writer, b"".join(chunks)):
+                    break  # the other side stopped reading
+                timer.update()
+                if body_in.eof:
+                    break  # a zero-length chunk: 4.34's reader ends the stream there
+        link.writer.close()
+
+    def outward(timer) -> None:
+        while True:
+            chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
+            if not isinstance(chunks, list):
+                return  # EOF
+            timer.update()
+            if len(chunks) > 1 and sum(map(len, chunks)) <= MERGE_BELOW:
+                chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
+            out = body_out.encode_parts(chunks)
+            del chunks  # not kept alive while the write blocks
+            conn.write_parts(out)
+            del out
+
+    if client:
+        return run_relay(ctx, name, policy, conn, abort, outward, inward, first)
+    return run_relay(ctx, name, policy, conn, abort, inward, outward, first)
+

@@ -1,0 +1,120 @@
+"""The Shadowsocks outbound (v2ray ``proxy/shadowsocks/client.go``).
+
+Servers are used round-robin. TCP: the salt and the target go out at once, in their own
+chunk, as 4.34 flushes them (``SetBuffered(false)`` right after ``WriteTCPRequest``); the
+body follows. UDP: a UDP socket connected to the server, one datagram per link chunk, each
+carrying the target; answers are decoded and their payloads handed back.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+
+from v2sync.common.errors import LocalProtocolError, ProtocolError, TransportError
+from v2sync.common.net import Destination, Network
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.relay import run_relay
+from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
+from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, encode_packet,
+                                               encode_request)
+from v2sync.proxy.shadowsocks.inbound import relay_encrypted
+from v2sync.proxy.freedom.outbound import _shutdown
+from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.link import Link
+
+log = logging.getLogger(__name__)
+
+DIAL_ATTEMPTS = 5  # client.go: retry.ExponentialBackoff(5, 100)
+DIAL_BACKOFF_START = 0.1
+
+
+@OUTBOUNDS.register("shadowsocks")
+class ShadowsocksOutbound:
+    config_type = ShadowsocksClientConfig
+
+    def __init__(self, settings: ShadowsocksClientConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def _pick_server(self) -> ShadowsocksServer:
+        with self._lock:
+            index = next(self._next)
+        servers = self.settings.servers
+        return servers[index % len(servers)]
+
+    def process(self, session: Session, link: Link) -> None:
+        server = self._pick_server()
+        policy = self.ctx.policy.for_level(server.user.level)
+        target = session.target
+        if target is None:
+            raise LocalProtocolError("shadowsocks: no target to tunnel to")
+        if target.network is Network.UDP:
+            self._process_udp(session, server, target, link, policy)
+            return
+        conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
+                               DIAL_BACKOFF_START, self.client)
+        try:
+            account = server.user.account
+            writer, head = encode_request(account, target.address, target.port)
+            conn.write(head)
+            error = relay_encrypted(self.ctx, session.name(), policy, conn, link,
+                                    StreamReader(account), writer, client=True)
+            if error is not None:
+                raise TransportError(f"shadowsocks relay ended: {error}") from error
+        finally:
+            conn.close()
+
+    def _process_udp(self, session: Session, server: ShadowsocksServer, target: Destination,
+                     link: Link, policy) -> None:
+        dest = Destination(server.address, server.port, Network.UDP)
+        sock = dial_udp(candidates(dest)[0], self.client.source)
+        account = server.user.account
+        stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
+
+        def abort() -> None:
+            stopped.set()
+            _shutdown(sock)
+            link.interrupt()
+
+        def request(timer) -> None:
+            while True:
+                chunk = link.reader.read()
+                if not isinstance(chunk, bytes):
+                    return  # EOF
+                timer.update()
+                try:
+                    sock.send(encode_packet(account, target.address, target.port, chunk))
+                except ProtocolError as e:  # too large for a 4.34 server's 2 KiB read
+                    log.info("%s: datagram dropped: %s", session.name(), e)
+                except OSError as e:  # ICMP unreachable from an earlier send
+                    log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
+
+        def response(timer) -> None:
+            while True:
+                try:
+                    data = sock.recv(MAX_DATAGRAM)
+                except OSError:
+                    return  # the port is unreachable (ICMP), or the socket is gone
+                if stopped.is_set():
+                    return
+                try:
+                    _, _, payload = decode_packet(account, data)
+                except ProtocolError as e:
+                    # 4.34's UDPReader ends the whole link here; one bad datagram is dropped.
+                    log.debug("%s: bad datagram from %s dropped: %s", session.name(), dest, e)
+                    continue
+                timer.update()
+                link.writer.write(payload)
+
+        try:
+            run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+        finally:
+            sock.close()

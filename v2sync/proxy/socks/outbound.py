@@ -1,0 +1,140 @@
+"""The SOCKS outbound (v2ray ``proxy/socks/client.go``, ``protocol.go::ClientHandshake``).
+
+SOCKS5 only, as 4.34: the greeting offers one method, username/password when the picked
+server has users (the credentials are sent in the same write as the greeting, as 4.34
+does), no-auth otherwise. TCP links send CONNECT; UDP links send UDP ASSOCIATE for the
+target and then exchange RFC 1928 datagrams with the relay address the server answered
+(its own address when it answers 0.0.0.0 or ::), holding the TCP connection open
+meanwhile. The handshake runs under the user level's handshake timeout; the connection
+goes through the outbound's ``streamSettings`` (TLS, WebSocket ...), the UDP relay is
+plain UDP, as 4.34's dialer makes it.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from v2sync.common.errors import AuthenticationError, RemoteProtocolError, TransportError
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.protocol.server_spec import Account, ServerPicker, ServersConfig
+from v2sync.common.registry import OUTBOUNDS
+from v2sync.common.session import Session
+from v2sync.features.proxy import ProxyContext
+from v2sync.proxy.relay import relay_upstream, run_relay
+from v2sync.proxy.socks import encoding as enc
+from v2sync.transport.internet.conn import Connection, HandshakeReader
+from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
+
+log = logging.getLogger(__name__)
+
+DIAL_ATTEMPTS = 5  # client.go: retry.ExponentialBackoff(5, 100)
+DIAL_BACKOFF_START = 0.1
+MAX_REPLY_BYTES = 1024  # a reply is at most 262 bytes
+_UNSPECIFIED = (Address.parse("0.0.0.0"), Address.parse("::"))
+
+
+@OUTBOUNDS.register("socks")
+class SocksOutbound:
+    config_type = ServersConfig
+
+    def __init__(self, settings: ServersConfig, ctx: ProxyContext, handler_config):
+        self.settings = settings
+        self.ctx = ctx
+        self.client = StreamClient.for_handler(handler_config)
+        self.picker = ServerPicker(settings.servers)
+
+    def process(self, session: Session, link: Link) -> None:
+        server = self.picker.pick()
+        user = server.pick_user()
+        policy = self.ctx.policy.for_level(user.level if user else 0)
+        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+                               self.client)
+        try:
+            reader = HandshakeReader(conn, time.monotonic() + policy.handshake, MAX_REPLY_BYTES)
+            reply = client_handshake(conn, reader, session.target, user)
+            if session.target.network is Network.UDP:
+                relay = Destination(server.address if reply.address in _UNSPECIFIED
+                                    else reply.address, reply.port, Network.UDP)
+                error = self._relay_udp(session, conn, link, policy, relay)
+            else:
+                error = relay_upstream(self.ctx, session.name(), policy, conn, link,
+                                       reader.consume(len(reader.buf)))
+            if error is not None:
+                raise TransportError(f"socks relay ended: {error}") from error
+        finally:
+            conn.close()
+
+    def _relay_udp(self, session: Session, conn: Connection, link: Link, policy,
+                   relay: Destination):
+        target = session.target
+        sock = dial_udp(candidates(relay)[0], self.client.source)
+        stopped = threading.Event()
+
+        def abort() -> None:
+            stopped.set()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.abort()
+            link.interrupt()
+
+        def request(timer) -> None:
+            while True:
+                chunk = link.reader.read()
+                if chunk is EOF:
+                    return
+                timer.update()
+                try:
+                    sock.send(enc.encode_udp_datagram(target.address, target.port, chunk))
+                except OSError as e:
+                    log.debug("%s: udp send to %s failed: %s", session.name(), relay, e)
+
+        def response(timer) -> None:
+            while True:
+                try:
+                    data = sock.recv(MAX_DATAGRAM)
+                except OSError:
+                    return
+                if stopped.is_set():
+                    return
+                try:
+                    datagram = enc.parse_udp_datagram(data)
+                except RemoteProtocolError as e:
+                    log.debug("%s: bad datagram from %s: %s", session.name(), relay, e)
+                    continue
+                timer.update()
+                link.writer.write(datagram.payload)
+
+        try:
+            return run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+        finally:
+            sock.close()
+
+
+def client_handshake(conn: Connection, reader: HandshakeReader, target: Destination,
+                     user: Account = None) -> enc.Socks5Reply:
+    """Greeting (and credentials), request, reply; raises on any refusal."""
+    method = enc.METHOD_PASSWORD if user is not None else enc.METHOD_NO_AUTH
+    first = enc.encode_greeting([method])
+    if user is not None:
+        first += enc.encode_password_auth(user.user, user.password)
+    conn.write(first)
+    selection = reader.parse(enc.parse_method_selection)
+    if selection.method != method:
+        raise AuthenticationError("socks: auth method not supported by the server")
+    if user is not None and not reader.parse(enc.parse_password_auth_reply).ok:
+        raise AuthenticationError("socks: the server rejects the account")
+    command = (enc.Command.UDP_ASSOCIATE if target.network is Network.UDP
+               else enc.Command.CONNECT)
+    conn.write(enc.encode_request(command, target.address, target.port))
+    reply = reader.parse(enc.parse_reply)
+    if not reply.succeeded:
+        raise RemoteProtocolError(f"socks: the server rejects the request: {reply.code}")
+    return reply
