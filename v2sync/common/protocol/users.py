@@ -60,7 +60,7 @@ class KeyedUserTable(Generic[U]):
         with self._lock:
             user = self._by_email.pop(wanted, None) if wanted else None
             if user is None:
-                raise UserNotFound(f"{self.protocol}: user {email!r} not found")
+                raise UserNotFound(f"User {email} not found.")  # validator.go Del
             by_key = dict(self._by_key)
             if by_key.get(user.key) is user:
                 del by_key[user.key]
