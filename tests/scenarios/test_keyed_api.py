@@ -12,8 +12,8 @@ from api_helpers import api_config, ports
 from scenarios.keyed_helpers import client_config, client_outbound, server_inbound
 from support.peers import TcpEchoServer
 from support.procs import V2RayProcess, V2SyncProcess
-from test_api_handler import (Api, _typed, channels, echo_works, grpc_error,  # noqa: F401
-                              remove_user)
+from test_api_handler import (NEW_EMAIL, Api, _typed, assert_user_changes,
+                              channels)  # noqa: F401 (a fixture)
 from v2sync.app.commander.pb.app.proxyman.command import command_pb2 as handler_pb
 from v2sync.app.commander.pb.common.protocol import user_pb2
 from v2sync.app.commander.pb.proxy.trojan import config_pb2 as trojan_pb
@@ -21,7 +21,6 @@ from v2sync.app.commander.pb.proxy.vless import account_pb2 as vless_pb
 
 NEW_ID = "6f1ad2c4-35b8-4a55-8e3b-1c9d0e2f7a61"
 NEW_PASSWORD = "a password added at run time"
-NEW_EMAIL = "carol@example.test"
 
 
 def add_user(protocol: str, email: str) -> Any:
@@ -34,7 +33,7 @@ def add_user(protocol: str, email: str) -> Any:
 @pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
 @pytest.mark.parametrize("protocol", ["vless", "trojan"])
 def test_add_and_remove_users(implementation: str, protocol: str, v2ray_bin: str,
-                              tcp_echo: TcpEchoServer, channels: list) -> None:
+                              tcp_echo: TcpEchoServer, channels: list) -> None:  # noqa: F811
     api_port, server_port, bob_port, carol_port = ports(4)
     config = api_config(api_port, [server_inbound(protocol, server_port, {}, tag="keyed-in")])
     server_class = V2SyncProcess if implementation == "v2sync" else V2RayProcess
@@ -43,15 +42,5 @@ def test_add_and_remove_users(implementation: str, protocol: str, v2ray_bin: str
             V2RayProcess(client_config(bob_port, client_outbound(protocol, server_port, {}))), \
             V2RayProcess(client_config(carol_port, carol)):
         channels.append(grpc.insecure_channel(f"127.0.0.1:{api_port}"))
-        api = Api(channels[-1], "v2ray.core.app")
-        assert echo_works(bob_port, tcp_echo)
-        assert not echo_works(carol_port, tcp_echo)
-        api.alter("keyed-in", add_user(protocol, NEW_EMAIL))
-        assert echo_works(carol_port, tcp_echo)  # at once
-        error = grpc_error(lambda: api.alter("keyed-in", add_user(protocol, NEW_EMAIL)))
-        assert "already exists" in error.details()
-        api.alter("keyed-in", remove_user(NEW_EMAIL))
-        assert not echo_works(carol_port, tcp_echo)  # at once
-        assert echo_works(bob_port, tcp_echo)
-        error = grpc_error(lambda: api.alter("keyed-in", remove_user(NEW_EMAIL)))
-        assert f"User {NEW_EMAIL} not found." in error.details()
+        assert_user_changes(Api(channels[-1], "v2ray.core.app"), "keyed-in",
+                            add_user(protocol, NEW_EMAIL), bob_port, carol_port, tcp_echo)
