@@ -3,17 +3,20 @@ an in-process instance with raw clients: a user added connects at once, a remove
 refused from its next connection on; command 3 reaches the Mux.cool server."""
 from __future__ import annotations
 
+import socket
 from typing import Iterator
 
 import pytest
 from scenarios.helpers_scenarios import (connect, make_config, port_of, recv_exact,
                                          running_instance)
 from scenarios.keyed_helpers import PASSWORD, STRANGER_ID, USER_ID
-from support.peers import XOR_C, TcpEchoServer, xor_bytes
+from support.peers import XOR_C, TcpEchoServer, UdpEchoServer, xor_bytes
 
 from v2sync.common.errors import ConfigError, UserNotFound
 from v2sync.common.mux.encoding import Status, encode_frame, parse_frame
-from v2sync.common.net import Address, Destination
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.protocol.packets import (PacketStream, encode_trojan_packets,
+                                            parse_trojan_packet)
 from v2sync.proxy.trojan.encoding import (Command as TrojanCommand, RequestHeader as TrojanHeader,
                                           encode_request_header as trojan_header, password_key)
 from v2sync.proxy.vless.encoding import (MUX_DESTINATION, Command, RequestHeader,
@@ -21,6 +24,7 @@ from v2sync.proxy.vless.encoding import (MUX_DESTINATION, Command, RequestHeader
 from v2sync.proxy.vmess.ids import parse_uuid
 
 PAYLOAD = b"hello through a user added at run time"
+UDP_WAIT = 3.0
 
 
 @pytest.fixture
@@ -101,3 +105,40 @@ def test_vless_mux_command_reaches_the_mux_server(setup) -> None:
             assert frame.session_id == 1
             data += frame.data or b""
     assert data == xor_bytes(PAYLOAD)
+
+
+def _trojan_udp(port: int, password: str, target: Destination, payload: bytes) -> bytes:
+    """One datagram through a raw Trojan UDP request (command 3); its answer or b""."""
+    header = TrojanHeader(password_key(password), TrojanCommand.UDP, target.address,
+                          target.port)
+    with connect(port) as sock:
+        sock.sendall(trojan_header(header) + encode_trojan_packets(target, payload))
+        stream: PacketStream = PacketStream(parse_trojan_packet)
+        sock.settimeout(UDP_WAIT)
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return b""
+                packets = stream.feed(chunk)
+                if packets:
+                    assert packets[0].target == target
+                    return packets[0].payload
+        except socket.timeout:
+            return b""
+
+
+def test_trojan_udp_sessions_carry_the_user_for_routing() -> None:
+    """A ``user`` rule sends only the Trojan user u@x's datagrams to freedom; another user's
+    go to the default blackhole."""
+    inbound = {"tag": "trojan-in", "protocol": "trojan", "listen": "127.0.0.1", "port": 0,
+               "settings": {"clients": [{"password": PASSWORD, "email": "u@x"},
+                                        {"password": "other", "email": "o@x"}]}}
+    config = make_config([inbound], [{"tag": "block", "protocol": "blackhole"},
+                                     {"tag": "direct", "protocol": "freedom"}])
+    config["routing"] = {"rules": [{"type": "field", "user": ["u@x"], "outboundTag": "direct"}]}
+    with UdpEchoServer(xor=XOR_C) as echo, running_instance(config) as instance:
+        port = port_of(instance, "trojan-in")
+        target = Destination(Address.parse("127.0.0.1"), echo.address[1], Network.UDP)
+        assert _trojan_udp(port, PASSWORD, target, b"dns?") == xor_bytes(b"dns?")
+        assert _trojan_udp(port, "other", target, b"dns?") == b""
