@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark v2sync against the real v2ray: the same work, the same client, in one run.
 
-    python tools/bench.py relay|vmess|ss|tls|ws|vless|trojan|route [--quick] [--only v2sync|v2ray] [--strict]
+    python tools/bench.py relay|mux|vmess|ss|tls|ws|vless|trojan|route|udp [--quick] [--only v2sync|v2ray] [--strict]
     python tools/bench.py idle|massclose|stalled|burst [--idle N] [--massclose M] [...]
     python tools/bench.py udp [--quick]   (UDP through VMess: tools/bench_udp.py)
     python tools/bench.py all
@@ -31,7 +31,9 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
@@ -64,6 +66,7 @@ RECV_BUFFER = 4 * MIB
 # is never retried. v2sync's filter is an exact set: it refuses none.
 MAX_FAILED_CONNECTIONS = 5
 DOWNLOAD_DEADLINE = 300.0
+DOWNLOAD_REQUEST = b"\n"
 PHASE_DEADLINE = 180.0
 SETTLE_SECONDS = 1.0
 WARMUP_CONNECTIONS = 5
@@ -81,10 +84,6 @@ class BenchOptions:
     implementations: Tuple[str, ...]
     connections: int
     load: LoadSizes = LoadSizes()
-    # Bytes the download client sends first. v2ray 4.34's Trojan client sends its header
-    # only with the first payload (client.go: ConnWriter writes it on the first Write), so
-    # a server-speaks-first download through it never starts unless the client speaks.
-    download_request: bytes = b""
 
     @property
     def bulk_bytes(self) -> int:
@@ -159,14 +158,16 @@ class FailureBudget:
 
 # -- measurements --------------------------------------------------------------------------
 
-def measure_download(proxy_port: int, source: BulkSource, request: bytes = b"") -> float:
+def measure_download(proxy_port: int, source: BulkSource) -> float:
     """MiB/s of one download of ``source.total_bytes`` through the proxy, connect included."""
     buffer = memoryview(bytearray(RECV_BUFFER))
     total = 0
     started = time.perf_counter()
     with socks5_connect(proxy_port, source.address) as sock:
-        if request:
-            sock.sendall(request)  # the source ignores it
+        # A request byte (the source ignores it): an HTTP outbound waits for the client's
+        # first bytes before it dials, as 4.34's does, so a silent client would stall it;
+        # 4.34's Trojan client sends its header only with the first payload (client.go).
+        sock.sendall(DOWNLOAD_REQUEST)
         while total < source.total_bytes:
             received = sock.recv_into(buffer)
             if received == 0:
@@ -298,8 +299,7 @@ def measure_running(result: ChainResult, entry_port: int, processes: Sequence[Co
             entry_port, echo, [p.pid for p in processes], options.connections, budget)
         result.latency_p50_ms, result.latency_p99_ms = measure_latency(
             entry_port, echo, options.latency_rounds, budget)
-        result.download_mibps = max(budget.retry(
-            lambda: measure_download(entry_port, bulk, options.download_request))
+        result.download_mibps = max(budget.retry(lambda: measure_download(entry_port, bulk))
                                     for _ in range(3))
     finally:
         result.failed_connections = float(budget.count)
@@ -370,9 +370,29 @@ RELAY_MEMORY_LIMIT_KIB = 96.0  # per held connection, from RSS (issue 2)
 
 
 def scenario_relay(options: BenchOptions) -> List[Row]:
-    """SOCKS5 inbound on 127.0.0.1 -> freedom: the bare relay path."""
-    return compare_chains(options, lambda port: [socks_freedom_config(port, access="none")],
+    """SOCKS5 inbound on 127.0.0.1 -> freedom: the bare relay path; then the same through the
+    SOCKS and the HTTP outbound into a second process's SOCKS / HTTP inbound (socks-out,
+    http-out: both processes of one implementation)."""
+    rows = compare_chains(options, lambda port: [socks_freedom_config(port, access="none")],
                           RELAY_MEMORY_LIMIT_KIB)
+    for protocol in ("socks", "http"):  # context rows: the issue sets no target for them
+        rows += [Row(f"[{protocol}-out] {row.metric}", row.values)
+                 for row in compare_chains(options, functools.partial(chained_configs, protocol))]
+    return rows
+
+
+def chained_configs(protocol: str, entry_port: int) -> List[Dict[str, object]]:
+    """[server, client]: a ``protocol`` inbound -> freedom, and SOCKS5 on ``entry_port`` ->
+    the ``protocol`` outbound to it."""
+    server_port = free_port()
+    server = socks_freedom_config(server_port, access="none")
+    if protocol == "http":
+        server["inbounds"] = [{"tag": "http-in", "listen": "127.0.0.1", "port": server_port,
+                               "protocol": "http", "settings": {}}]
+    client = socks_freedom_config(entry_port, access="none")
+    client["outbounds"] = [{"protocol": protocol, "settings": {"servers": [
+        {"address": "127.0.0.1", "port": server_port}]}}]
+    return [server, client]
 
 
 # SOCKS5 -> VMess -> VMess -> freedom. One fixed id: the bench needs no secrecy.
@@ -477,8 +497,8 @@ def scenario_vless(options: BenchOptions) -> List[Row]:
 
 def scenario_trojan(options: BenchOptions) -> List[Row]:
     """SOCKS5 -> Trojan over TLS -> Trojan -> freedom."""
-    return compare_chains(dataclasses.replace(options, download_request=b"\n"),
-                          functools.partial(keyed_pair_configs, "trojan"), targets=KEYED_TARGETS)
+    return compare_chains(options, functools.partial(keyed_pair_configs, "trojan"),
+                          targets=KEYED_TARGETS)
 
 
 def measure_vmess_mixed(client: str, server: str, options: BenchOptions, bulk: BulkSource,
@@ -781,8 +801,84 @@ def scenario_udp(options: BenchOptions) -> List[Row]:
             for metric, values, target in metrics]
 
 
+# Mux.cool (issue 17): 50 short connections at once through one VMess+mux chain, and bulk.
+MUX_BURST = 50
+MUX_ROUNDS = 5
+
+
+def mux_pair_configs(entry_port: int) -> List[Dict[str, object]]:
+    server, client = vmess_pair_configs(entry_port)
+    client["outbounds"][0]["mux"] = {"enabled": True}  # type: ignore[index]
+    return [server, client]
+
+
+def measure_burst(proxy_port: int, echo: TcpEchoServer, budget: FailureBudget
+                  ) -> Tuple[float, List[float]]:
+    """Wall ms of MUX_BURST echoes started at once (a barrier), and each one's ms."""
+    barrier = threading.Barrier(MUX_BURST)
+
+    def one(_: int) -> float:
+        barrier.wait(timeout=PHASE_DEADLINE)
+        return budget.retry(lambda: timed_echo(proxy_port, echo))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(MUX_BURST, thread_name_prefix="mux-burst") as pool:
+        samples = list(pool.map(one, range(MUX_BURST), timeout=PHASE_DEADLINE))
+    return (time.perf_counter() - started) * 1000, samples
+
+
+def measure_mux(implementation: str, options: BenchOptions, bulk: BulkSource,
+                echo: TcpEchoServer) -> Dict[str, Optional[float]]:
+    errors: List[str] = []
+    figures: Dict[str, Optional[float]] = {"wall": None, "p50": None, "bulk": None}
+    entry_port = free_port()
+    budget = FailureBudget()
+    try:
+        with running_chain(implementation, mux_pair_configs(entry_port), errors):
+            for _ in range(WARMUP_CONNECTIONS):
+                budget.retry(lambda: echo_once(entry_port, echo))
+            walls, samples = [], []
+            for _ in range(MUX_ROUNDS):
+                wall, each = measure_burst(entry_port, echo, budget)
+                walls.append(wall)
+                samples += each
+            figures["wall"], figures["p50"] = statistics.median(walls), statistics.median(samples)
+            figures["bulk"] = max(budget.retry(lambda: measure_download(entry_port, bulk))
+                                  for _ in range(3))
+    except (BenchError, OSError, RuntimeError, TimeoutError) as error:
+        errors.append(f"{implementation}: {type(error).__name__}: {error}")
+    for error in errors:
+        print(f"  ERROR {error}", file=sys.stderr)
+    figures["failed"] = float(budget.count)
+    return figures
+
+
+def scenario_mux(options: BenchOptions) -> List[Row]:
+    """SOCKS5 -> VMess + Mux.cool (concurrency 8) -> VMess -> freedom: bursts and bulk."""
+    results: Dict[str, Dict[str, Optional[float]]] = {}
+    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
+            TcpEchoServer(max_connections=MUX_BURST * MUX_ROUNDS + LINGERING_CONNECTIONS,
+                          timeout=PHASE_DEADLINE) as echo:
+        for implementation in options.implementations:
+            print(f"  running {implementation} ...", file=sys.stderr, flush=True)
+            results[implementation] = measure_mux(implementation, options, bulk, echo)
+
+    def pick(key: str) -> Dict[str, Optional[float]]:
+        return {name: figures.get(key) for name, figures in results.items()}
+
+    return [
+        Row(f"{MUX_BURST} connect + 1 KiB echo at once, wall, median of {MUX_ROUNDS} (ms)",
+            pick("wall"), Target("ratio<=", 1.3)),
+        Row(f"{MUX_BURST} at once, p50 of each (ms)", pick("p50")),
+        Row(f"bulk download {options.bulk_bytes // MIB} MiB through mux, best of 3 (MiB/s)",
+            pick("bulk"), Target("ratio>=", 1.0)),
+        Row("connections that failed and were retried", pick("failed"), Target("value<=", 0)),
+    ]
+
+
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {
     "relay": scenario_relay,
+    "mux": scenario_mux,
     "vmess": scenario_vmess,
     "ss": scenario_ss,
     "tls": scenario_tls,

@@ -49,9 +49,9 @@ def _add_link_args(parser: argparse.ArgumentParser) -> None:
                         help="vmess://, vless://, trojan:// or ss:// (several: a balancer)")
     parser.add_argument("--subscription", metavar="FILE|-",
                         help="a subscription: links one a line, or their base64 ('-': stdin)")
-    parser.add_argument("--socks-port", type=_port, default=DEFAULT_SOCKS_PORT, metavar="N",
+    parser.add_argument("--socks-port", type=_port, metavar="N",
                         help=f"local SOCKS5 port on 127.0.0.1 (default {DEFAULT_SOCKS_PORT})")
-    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+    parser.add_argument("--http-port", type=_port, metavar="N",
                         help=f"local HTTP proxy port on 127.0.0.1 (default {DEFAULT_HTTP_PORT})")
 
 
@@ -108,6 +108,8 @@ def _v2ray_style(argv: List[str]) -> List[str]:
     """Map ``v2sync -config x`` / ``-test`` / ``-version`` onto the subcommands."""
     if not argv:
         return ["run"]
+    if "://" in argv[0]:  # ``v2sync vmess://...``: the one-command client
+        return ["run"] + argv
     if argv[0] in ("-version", "--version"):
         return ["version"]
     if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -211,6 +213,9 @@ def _load(args):
         if args.config or args.confdir:
             raise _usage_error("give links or a config file (-c/--confdir), not both")
         config = config_from_dict(_client_config(args), LINKS_CONFIG_NAME)
+    elif getattr(args, "socks_port", None) or getattr(args, "http_port", None):
+        raise _usage_error("--socks-port and --http-port go with links; a config file "
+                           "names its own ports")
     elif args.config or args.confdir:
         config = load_config(args.config, args.confdir)
     else:
@@ -236,13 +241,14 @@ def _usage_error(message: str):
 
 def _client_config(args) -> dict:
     """The config for ``run LINK...`` / ``link import``; says which link fields it ignored."""
-    from v2sync.infra.share.client import client_config
+    from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT, client_config
     from v2sync.infra.share.source import ignored_fields, read_links
 
     links = read_links(args.links, args.subscription)
     for line in ignored_fields(links):
         print(f"v2sync: {line}", file=sys.stderr)
-    return client_config(links, socks_port=args.socks_port, http_port=args.http_port)
+    return client_config(links, socks_port=args.socks_port or DEFAULT_SOCKS_PORT,
+                         http_port=args.http_port or DEFAULT_HTTP_PORT)
 
 
 def _print_config_errors(err) -> int:
@@ -330,7 +336,7 @@ def cmd_run(args) -> int:
 
 
 def _serve(instance, args) -> int:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``core`` says how)."""
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``v2sync.reload``)."""
     from v2sync.common.errors import V2SyncError
 
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
@@ -369,55 +375,11 @@ RETIRED_JOIN = 3.0
 
 
 def _reload(current, args, stop: threading.Event, retiring: List[threading.Thread]):
-    """The Instance serving after a SIGHUP: a new one from the re-read config, or, when
-    that config is bad, the current one unchanged. None if nothing could be started."""
-    from v2sync.app.log.setup import check_files, configure
-    from v2sync.common.errors import ConfigError, V2SyncError
-    from v2sync.core import Instance
+    from v2sync.app.log.setup import configure
+    from v2sync.reload import reload
 
-    log.warning("SIGHUP: reloading the config")
-    try:
-        config = _load(args)
-        fresh = Instance(config)
-        check_files(config.log)
-    except ConfigError as e:
-        log.error("reload refused, still serving the previous config:\n%s", e.render())
-        return current
-    except Exception as e:  # a bug: say so and keep serving
-        log.error("reload failed, still serving the previous config: internal error: %s: %s",
-                  type(e).__name__, e)
-        return current
-    current.stop_listening()
-    try:
-        fresh.start()
-    except V2SyncError as e:  # a port taken by another program since: back to the old config
-        log.error("the reloaded config failed to start (%s); restarting the previous one", e)
-        fresh = _restart(current.config)
-        if fresh is None:
-            current.close()
-            return None
-        config = current.config
-    configure(config.log, _console_handler)
-    thread = threading.Thread(target=current.retire, args=(stop,), name="retired-instance",
-                              daemon=True)
-    thread.start()
-    retiring.append(thread)
-    retiring[:] = [t for t in retiring if t.is_alive()]
-    log.warning("reloaded; connections made before go on under the previous config")
-    return fresh
-
-
-def _restart(config):
-    from v2sync.common.errors import V2SyncError
-    from v2sync.core import Instance
-
-    try:
-        instance = Instance(config)
-        instance.start()
-        return instance
-    except V2SyncError as e:
-        log.error("the previous config failed to start again: %s", e)
-        return None
+    return reload(current, lambda: _load(args),
+                  lambda config: configure(config.log, _console_handler), stop, retiring)
 
 
 def _exit_now() -> None:

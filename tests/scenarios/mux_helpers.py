@@ -7,6 +7,7 @@ the server's access log on (its lines show which connection each sub-connection 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -15,6 +16,7 @@ from support.peers import free_port
 from support.procs import ConfigProcess
 
 # v2sync writes "127.0.0.1:5000 accepted tcp:...", v2ray "tcp:127.0.0.1:5000 accepted tcp:...".
+LOG_WAIT = 5.0  # log lines reach the file a little after the traffic
 ACCESS_LINE = re.compile(r"(?:tcp:|udp:)?(\S+:\d+) accepted (tcp|udp):\S+:(\d+)")
 
 
@@ -36,6 +38,16 @@ class MuxChain:
         """The server side's source address of each access line to ``port``."""
         return [m.group(1) for m in ACCESS_LINE.finditer(self.server.log_text())
                 if int(m.group(3)) == port]
+
+    def wait_sources(self, port: int, expected: int, timeout: float = LOG_WAIT) -> List[str]:
+        """``sources_for``, once at least ``expected`` lines are there (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        sources = self.sources_for(port)
+        while len(sources) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+            sources = self.sources_for(port)
+        assert len(sources) >= expected, self.logs()
+        return sources
 
 
 def mux_client_config(socks_port: int, vmess_port: int, concurrency: int = 8,

@@ -150,3 +150,34 @@ def test_wrong_credentials_fail_the_link(protocol: str, pki: Pki) -> None:
             assert origin.accepted == 0  # v2ray refused the account: nothing reached it
     finally:
         chain.close()
+
+
+@pytest.mark.parametrize("client, server", [("v2sync", "v2ray"), ("v2ray", "v2sync")])
+def test_mux_over_the_socks_outbound(client: str, server: str, pki: Pki,
+                                     echo: TcpEchoServer) -> None:
+    """A SOCKS outbound with mux asks for v1.mux.cool:9527 (4.34 does); the SOCKS inbound
+    on the other side serves it as Mux.cool, as every inbound does."""
+    proxy_port, socks_port = free_port(), free_port()
+    inbound = server_inbound("socks", proxy_port, True)
+    outbound = chain_outbound("socks", proxy_port, True)
+    outbound["mux"] = {"enabled": True, "concurrency": PARALLEL}
+    server_process = make_process(server, {"log": {"loglevel": "warning"}, "inbounds": [inbound],
+                                           "outbounds": [{"protocol": "freedom"}]}).start()
+    socks_in = {"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1",
+                "port": socks_port, "settings": {}}
+    try:
+        client_process = make_process(client, {"log": LOG, "inbounds": [socks_in],
+                                                "outbounds": [outbound]}).start()
+        try:
+            payloads = [os.urandom(PARALLEL_BYTES) for _ in range(PARALLEL)]
+            results = exchange_in_parallel(socks_port, echo.address, payloads, "socks-mux")
+            for received, payload in zip(results, payloads):
+                assert_same_bytes(received, xor_bytes(payload), server_process.log_tail())
+            text = server_process.log_text()  # access lines: one source for every target line
+            sources = {line.split(" accepted ")[0].split()[-1] for line in text.splitlines()
+                       if f":{echo.port}" in line and " accepted " in line}
+            assert len(sources) == 1, text
+        finally:
+            client_process.stop(check=client == "v2sync")
+    finally:
+        server_process.stop(check=server == "v2sync")

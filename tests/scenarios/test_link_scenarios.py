@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,25 +24,28 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Sequence
 
 import pytest
+import socks
 from support.certs import SERVER_NAME, Pki
-from support.peers import HttpOrigin, free_port, pattern_bytes
+from support.peers import (XOR_C, HttpOrigin, UdpEchoServer, free_port, pattern_bytes,
+                           xor_bytes)
 from support.procs import REPO_ROOT, ConfigProcess, V2RayProcess
 
 from v2sync.infra.share.client import client_config
 from v2sync.infra.share.links import format_link, parse_link
 
 # ---------------------------------------------------------------------------------------
-# The one place that says which link protocols v2sync can dial today. The end-to-end tests
-# of the others are written and run against the real v2ray server, but v2sync refuses their
-# outbound until the VLESS, Trojan and Shadowsocks outbounds land (branches vless, ss); they
-# are strict xfails until then, so the day one starts passing it fails as XPASS and says
-# "add me here".
+# The one place that says which link protocols v2sync can dial. A protocol missing here has
+# its end-to-end tests run as strict xfails (v2sync refuses its outbound), so the day it
+# starts passing it fails as XPASS and says "add me here". All four are here since the
+# vless and ss branches were merged into links.
 V2SYNC_OUTBOUNDS = {"vmess", "vless", "trojan", "shadowsocks"}
 # ---------------------------------------------------------------------------------------
 
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 BODY_BYTES = 200_000
 CURL_TIMEOUT = 20
+DATAGRAMS = 5
+UDP_TIMEOUT = 5.0
 
 
 def _needs_outbound(protocol: str) -> Any:
@@ -121,6 +127,19 @@ def _check_both_ports(client: LinkClient, origin: HttpOrigin) -> None:
     _check_ports(client.socks, client.http, origin)
 
 
+def _check_udp(socks_port: int) -> None:
+    """SOCKS5 UDP ASSOCIATE through the link's server to a UDP echo (UDP is on)."""
+    with UdpEchoServer(xor=XOR_C) as echo:
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+            sock.settimeout(UDP_TIMEOUT)
+            for i in range(DATAGRAMS):
+                payload = os.urandom(1 + i * 300)
+                sock.sendto(payload, echo.address)
+                data, source = sock.recvfrom(4096)
+                assert (data, source) == (xor_bytes(payload), echo.address), f"datagram {i}"
+
+
 def _check_ports(socks: int, http: int, origin: HttpOrigin) -> None:
     url = f"{origin.url}/bytes/{BODY_BYTES}"
     expected = pattern_bytes(BODY_BYTES)
@@ -150,6 +169,7 @@ def test_run_link_to_real_v2ray(protocol: str, network: str, pki: Pki, v2ray_bin
     with V2RayProcess(server, binary=v2ray_bin):
         with _run([link], pki) as client:
             _check_both_ports(client, origin)
+            _check_udp(client.socks)
 
 
 def _dial_loopback(link: str) -> str:
@@ -210,3 +230,25 @@ def test_imported_config_runs_in_real_v2ray_too(protocol: str, network: str, pki
         with V2RayProcess(client_json, binary=v2ray_bin, env=env) as client:
             assert client.returncode is None
             _check_ports(socks, http, origin)
+            _check_udp(socks)
+
+
+def test_reload_rereads_the_subscription(pki: Pki, v2ray_bin: str, origin: HttpOrigin,
+                                         tmp_path: Path) -> None:
+    """SIGHUP re-reads ``--subscription FILE``: new connections go to the new server."""
+    servers = [_server("vmess", free_port(), pki) for _ in range(2)]
+    links = [_export(s, tmp_path, "127.0.0.1") for s in servers]
+    subscription = tmp_path / "sub.txt"
+    subscription.write_text(links[0] + "\n")
+    with V2RayProcess(servers[0], binary=v2ray_bin) as first, \
+            V2RayProcess(servers[1], binary=v2ray_bin) as second:
+        with LinkClient(["--subscription", str(subscription)], [links[0]], free_port(),
+                        free_port(), env={}) as client:
+            _check_both_ports(client, origin)
+            served_by_first = first.log_text().count("accepted")
+            subscription.write_bytes(base64.b64encode(links[1].encode()))
+            os.kill(client.pid, signal.SIGHUP)
+            client.wait_for_log("reloaded;")
+            _check_both_ports(client, origin)
+            assert second.log_text().count("accepted") == 2, second.log_text()
+            assert first.log_text().count("accepted") == served_by_first

@@ -156,8 +156,7 @@ def test_keep_for_an_unknown_session_is_answered_with_end(servers) -> None:
 def test_frames_after_end_get_end_again(servers, echo: TcpEchoServer) -> None:
     target = Destination(Address.parse("127.0.0.1"), echo.port, Network.TCP)
     steps = (encode_frame(1, Status.NEW, b"ping", target),
-             encode_frame(1, Status.END),
-             encode_frame(1, Status.KEEP, b"after end"))
+             encode_frame(1, Status.END) + encode_frame(1, Status.KEEP, b"after end"))
     reference, ours = _both(servers, *steps)
     assert _summary(reference[0])[(1, "data")] == xor_bytes(b"ping")
     assert _summary(ours[0]) == _summary(reference[0]), (reference, ours)

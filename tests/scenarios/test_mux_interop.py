@@ -7,23 +7,24 @@ v2sync client -> v2ray server, v2ray client -> v2sync server, v2sync <-> v2sync,
 v2ray <-> v2ray as the control that proves the harness. Each chain runs 8 parallel
 connections and one 4 MiB exchange through an XOR echo, and UDP (SOCKS UDP ASSOCIATE inside
 mux); the server's access log shows every sub-connection coming on one connection. Over
-WebSocket + TLS the cross pairs run the parallel connections too.
+WebSocket + TLS the cross pairs run the parallel connections too. A v2sync server routes
+each sub-connection by its own target and the mux connection's user.
 """
 from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Iterator
 
 import pytest
 import socks
-from scenarios.mux_helpers import MuxChain, start_mux_chain
+from scenarios.mux_helpers import MuxChain, mux_client_config, start_mux_chain
 from scenarios.test_transport_interop import stream_settings
 from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
-                                     exchange_in_parallel, open_tunnel)
+                                     exchange_in_parallel, make_process, open_tunnel,
+                                     vmess_client_entry, vmess_inbound)
 from support.certs import Pki
-from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, xor_bytes
+from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, free_port, xor_bytes
 
 PAIRS = [("v2sync", "v2ray"), ("v2ray", "v2sync"), ("v2sync", "v2sync"), ("v2ray", "v2ray")]
 CROSS = PAIRS[:2]
@@ -31,7 +32,6 @@ PARALLEL = 8
 PARALLEL_BYTES = 192 * 1024
 BULK_BYTES = 4 * MIB
 DATAGRAMS = 10
-LOG_WAIT = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,7 @@ def _pair_id(pair) -> str:
 
 def _one_connection(chain: MuxChain, port: int, expected: int) -> None:
     """Every access line to ``port`` came from the same source: one mux connection."""
-    deadline = time.monotonic() + LOG_WAIT
-    sources = chain.sources_for(port)
-    while len(sources) < expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        sources = chain.sources_for(port)
-    assert len(sources) >= expected, chain.logs()
+    sources = chain.wait_sources(port, expected)
     assert len(set(sources)) == 1, f"sub-connections on several connections: {set(sources)}"
 
 
@@ -99,5 +94,82 @@ def test_parallel_over_websocket_tls(pair, pki: Pki, echo: TcpEchoServer, tmp_pa
     try:
         _parallel(chain, echo)
         _one_connection(chain, echo.port, PARALLEL)
+    finally:
+        chain.stop()
+
+
+def test_each_sub_connection_is_routed_with_the_connections_user(echo: TcpEchoServer) -> None:
+    """A v2ray client's mux connection into a v2sync server whose routing sends one user's
+    connections to one port into a blackhole: the rule sees each sub-connection's target
+    and the mux connection's user; the access log names both."""
+    vmess_port, socks_port = free_port(), free_port()
+    with TcpEchoServer(xor=XOR_C) as blocked:
+        server_config = {
+            "log": {"loglevel": "warning"},
+            "inbounds": [vmess_inbound([vmess_client_entry(email="mux@test")], port=vmess_port)],
+            "outbounds": [{"tag": "direct", "protocol": "freedom"},
+                          {"tag": "block", "protocol": "blackhole"}],
+            "routing": {"rules": [{"type": "field", "user": ["mux@test"],
+                                   "port": str(blocked.port), "outboundTag": "block"}]}}
+        server = make_process("v2sync", server_config).start()
+        client = make_process("v2ray", mux_client_config(socks_port, vmess_port)).start()
+        chain = MuxChain(client, server, socks_port)
+        try:
+            payload = os.urandom(4096)
+            with open_tunnel(socks_port, echo.address) as sock:
+                assert_same_bytes(exchange(sock, payload), xor_bytes(payload), chain.logs())
+            with open_tunnel(socks_port, blocked.address) as sock:
+                sock.sendall(payload)
+                assert _read_until_closed(sock) == b""
+            assert blocked.accepted == 0
+            sources = chain.wait_sources(blocked.port, 1) + chain.wait_sources(echo.port, 1)
+            assert len(set(sources)) == 1, "not one mux connection"
+            text = server.log_text()
+            assert f":{blocked.port} [vmess-in -> block] email: mux@test" in text, text
+            assert f":{echo.port} [vmess-in -> direct] email: mux@test" in text, text
+        finally:
+            chain.stop()
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(IO_TIMEOUT)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+
+
+def test_each_sub_connection_is_sniffed(echo: TcpEchoServer) -> None:
+    """The v2sync server's inbound sniffs HTTP: a sub-connection whose first bytes name a
+    Host is routed by that name; one with other bytes goes by its IP, on the same mux
+    connection."""
+    vmess_port, socks_port = free_port(), free_port()
+    inbound = vmess_inbound([vmess_client_entry()], port=vmess_port)
+    inbound["sniffing"] = {"enabled": True, "destOverride": ["http"]}
+    server_config = {
+        "log": {"loglevel": "warning"}, "inbounds": [inbound],
+        "outbounds": [{"tag": "direct", "protocol": "freedom"},
+                      {"tag": "block", "protocol": "blackhole"}],
+        "routing": {"rules": [{"type": "field", "domain": ["full:sniffed.test"],
+                               "outboundTag": "block"}]}}
+    server = make_process("v2sync", server_config).start()
+    client = make_process("v2ray", mux_client_config(socks_port, vmess_port)).start()
+    chain = MuxChain(client, server, socks_port)
+    try:
+        with open_tunnel(socks_port, echo.address) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: sniffed.test\r\n\r\n")
+            assert _read_until_closed(sock) == b""
+        payload = os.urandom(4096)
+        with open_tunnel(socks_port, echo.address) as sock:
+            assert_same_bytes(exchange(sock, payload), xor_bytes(payload), chain.logs())
+        assert len(set(chain.wait_sources(echo.port, 2))) == 1, "not one mux connection"
+        text = server.log_text()
+        assert f"accepted tcp:sniffed.test:{echo.port} [vmess-in -> block]" in text, text
+        assert f"accepted tcp:127.0.0.1:{echo.port} [vmess-in -> direct]" in text, text
     finally:
         chain.stop()

@@ -22,7 +22,7 @@ IO_TIMEOUT = 10.0
 
 def _config(socks_port: int, http_port: Optional[int] = None) -> Dict[str, Any]:
     inbounds = [{"tag": "socks-in", "listen": "127.0.0.1", "port": socks_port,
-                 "protocol": "socks", "settings": {"auth": "noauth"}}]
+                 "protocol": "socks", "settings": {"auth": "noauth", "udp": True}}]
     if http_port is not None:
         inbounds.append({"tag": "http-in", "listen": "127.0.0.1", "port": http_port,
                          "protocol": "http", "settings": {}})

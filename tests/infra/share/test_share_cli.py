@@ -19,9 +19,8 @@ from v2sync.infra.share.links import parse_link
 REPO_ROOT = Path(__file__).resolve().parents[3]
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 TIMEOUT = 30
-# Link protocols whose outbound v2sync runs today; the rest pass v2ray -test only until
-# the VLESS/Trojan/Shadowsocks outbounds land (the same list as tests/scenarios/
-# test_link_scenarios.py::V2SYNC_OUTBOUNDS, which the coordinator extends at merge).
+# Link protocols whose outbound v2sync runs (tests/scenarios/test_link_scenarios.py keeps
+# the one list); the others must fail `v2sync test` naming the protocol.
 from scenarios.test_link_scenarios import V2SYNC_OUTBOUNDS  # noqa: E402
 
 LINKS = {
@@ -120,6 +119,17 @@ def test_export_a_server_config_needs_host_and_then_gives_each_user_a_link() -> 
         ("proxy.example", inbound["port"], c["id"]) for c in inbound["settings"]["clients"]]
 
 
+@pytest.mark.parametrize("example", sorted((REPO_ROOT / "conf").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_every_conf_example_exports_and_its_links_import(example: Path, v2ray_bin: str,
+                                                         tmp_path: Path) -> None:
+    result = v2sync("link", "export", "-c", str(example), "--host", "proxy.example")
+    assert result.returncode == 0, _text(result)
+    links = [line for line in result.stdout.decode().splitlines() if "://" in line]
+    if links:
+        _v2ray_test(v2ray_bin, _import(tmp_path, links))
+
+
 def test_qr_draws_each_link() -> None:
     pytest.importorskip("segno")
     result = v2sync("link", "export", "-c", str(REPO_ROOT / "conf" / "vmess-client.json"),
@@ -139,10 +149,12 @@ def test_qr_draws_each_link() -> None:
      "links[0].plugin"),
     (["link", "import", "--subscription", "-"], b"\xff\xfe\x00garbage\n", "- line 1"),
     (["link", "import", "--subscription", "/nonexistent/sub"], b"", "/nonexistent/sub"),
-    (["link", "import", "--subscription", "-"], base64.b64encode(b"vmess://e30"), "- line 1.v"),
+    (["link", "import", "--subscription", "-"], base64.b64encode(b"vmess://e30"), "- line 1.port"),
     (["link", "import"], b"", "no link given"),
     (["run", "vmess://x", "-c", "conf/config.json"], b"", "not both"),
+    (["run", "-c", "conf/config.json", "--socks-port", "1090"], b"", "go with links"),
     (["run", "trojan://@h.example:443"], b"", "links[0].password"),
+    (["trojan://@h.example:443"], b"", "links[0].password"),  # v2sync LINK: run LINK
     (["link", "export", "-c", "/nonexistent.json"], b"", "/nonexistent.json"),
     (["link", "export"], b"", "needs a config"),
 ])
@@ -151,6 +163,11 @@ def test_bad_input_exits_23_naming_the_part(args: List[str], stdin: bytes, part:
     assert result.returncode == 23, _text(result)
     assert part in _text(result)
     assert "Traceback" not in _text(result)
+
+
+def test_a_bad_port_option_is_a_usage_error() -> None:
+    result = v2sync("run", "--http-port", "0", LINKS["trojan"])
+    assert result.returncode == 2 and "'0' is not a port (1-65535)" in _text(result)
 
 
 def test_ignored_link_fields_are_said(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ class ClientWorker(FrameHandler):
             self.close()
 
     def _read(self) -> None:
-        reader = FrameReader(self.mux_side.reader)
+        reader = FrameReader(self.mux_side.reader, self.is_stream)
         try:
             while True:
                 frame = reader.next()

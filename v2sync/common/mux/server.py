@@ -63,7 +63,7 @@ class ServerWorker(FrameHandler):
         self._keep_open = False  # after garbage: leave the end to the inbound's relay
 
     def run(self) -> None:
-        reader = FrameReader(self.link.reader)
+        reader = FrameReader(self.link.reader, self.is_stream)
         try:
             while True:
                 frame = reader.next()

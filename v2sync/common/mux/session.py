@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, RemoteProtocolError, TransportError
 from v2sync.common.mux.encoding import (MAX_PACKET_SIZE, Frame, Status, encode_end, encode_frame,
@@ -184,10 +184,16 @@ def pump(session: MuxSession, writer: SessionWriter) -> bool:
 
 
 class FrameReader:
-    """Frames from a pipe of byte chunks; ``next`` returns None at a clean EOF."""
+    """Frames from a pipe of byte chunks; ``next`` returns None at a clean EOF.
 
-    def __init__(self, pipe: Pipe):
+    ``is_stream(session_id)`` says whose data may be merged: consecutive Keep frames of one
+    TCP sub-connection already in the buffer come back as one frame, so a 512 KiB chunk of
+    8 KiB frames is one write into that sub-connection's pipe, not 64 (datagrams never merge).
+    """
+
+    def __init__(self, pipe: Pipe, is_stream: Callable[[int], bool] = lambda _: False):
         self.pipe = pipe
+        self.is_stream = is_stream
         self._buf = b""
         self._pos = 0
 
@@ -197,7 +203,7 @@ class FrameReader:
             if parsed is not None:
                 frame, consumed = parsed
                 self._pos += consumed
-                return frame
+                return self._merged(frame)
             chunk = self.pipe.read()
             if chunk is EOF:
                 if self._pos < len(self._buf):
@@ -205,6 +211,27 @@ class FrameReader:
                 return None
             self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
             self._pos = 0
+
+    def _merged(self, frame: Frame) -> Frame:
+        if frame.status is not Status.KEEP or not frame.data or not self.is_stream(frame.session_id):
+            return frame
+        parts = [frame.data]
+        while True:
+            try:
+                parsed = parse_frame(self._buf, self._pos)
+            except RemoteProtocolError:
+                break  # the next call reports it
+            if parsed is None:
+                break
+            following, consumed = parsed
+            if (following.status is not Status.KEEP or following.session_id != frame.session_id
+                    or not following.data or following.option != frame.option):
+                break
+            parts.append(following.data)
+            self._pos += consumed
+        if len(parts) == 1:
+            return frame
+        return Frame(frame.session_id, frame.status, frame.option, None, b"".join(parts))
 
 
 class FrameHandler(abc.ABC):
@@ -215,6 +242,11 @@ class FrameHandler(abc.ABC):
         self.out = out
         self.sessions = sessions
         self.name = name
+
+    def is_stream(self, session_id: int) -> bool:
+        """For ``FrameReader``: a live TCP sub-connection, whose data frames may merge."""
+        session = self.sessions.get(session_id)
+        return session is not None and not session.packet
 
     def handle(self, frame: Frame) -> None:
         status = frame.status

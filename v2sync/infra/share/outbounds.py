@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from v2sync.common.errors import ConfigError, join_path
-from v2sync.infra.share.model import (PROTOCOLS, SHADOWSOCKS, TROJAN, VLESS, VMESS, ShareLink,
-                                      check)
+from v2sync.infra.share.model import (PROTOCOLS, SHADOWSOCKS, SS_METHODS, TROJAN, VLESS, VMESS,
+                                      ShareLink, check)
 
 WILDCARD_LISTEN = ("", "0.0.0.0", "::")
 
@@ -75,7 +75,7 @@ def from_config(data: Mapping[str, Any], file: str, host: Optional[str]) -> List
     for path, handler in _handlers(data, "outbound"):
         links += _located(file, path, lambda h=handler, p=path: _outbound_links(h, p))
     for path, handler in _handlers(data, "inbound"):
-        if _key(handler, "protocol") not in PROTOCOLS and _key(handler, "protocol") != "ss":
+        if _protocol(handler) is None:
             continue
         if host is None:
             raise ConfigError("is a server inbound: the links need the host name clients "
@@ -147,7 +147,7 @@ def _link(protocol: str, user: Mapping[str, Any], where: str, address: Any, port
                           "can write", join_path(where, "flow"))
     secret_key = "id" if protocol in (VMESS, VLESS) else "password"
     method = {VMESS: _key(user, "security") or "auto", VLESS: "none",
-              SHADOWSOCKS: str(_key(user, "method") or "").lower(), TROJAN: ""}[protocol]
+              SHADOWSOCKS: _ss_method(_key(user, "method")), TROJAN: ""}[protocol]
     try:
         return check(ShareLink(
             protocol=protocol, address=str(address or ""), port=_int(port),
@@ -155,6 +155,11 @@ def _link(protocol: str, user: Mapping[str, Any], where: str, address: Any, port
             alter_id=_int(_key(user, "alterId") or 0), **stream))
     except ConfigError as e:
         raise e.located(prefix=where) from None
+
+
+def _ss_method(value: Any) -> str:
+    name = str(value or "").lower()  # 4.34 matches cipher names case-insensitively
+    return SS_METHODS.get(name, name)
 
 
 def _users(protocol: str, server: Mapping[str, Any], where: str) -> List[Any]:

@@ -6,6 +6,9 @@ The fields (v2rayN wiki "分享链接格式说明(ver 2)", and ``VmessQRCode`` i
 (the TCP or mKCP header), ``host`` and ``path`` (WebSocket / HTTP header), ``tls`` ("tls"
 or empty), ``sni``, ``alpn`` (comma-separated). Numbers may be JSON numbers or strings.
 v2rayN writes standard, padded base64 of the JSON; others write URL-safe or unpadded.
+Its reader (``ServiceLib/Handler/Fmt/VmessFmt.cs``, ``ResolveVmess``) ignores ``v``; so does
+this one when ``v`` is missing, but a version other than 2 (whose fields meant other
+things) is refused. v2rayN also writes ``fp`` and ``insecure``: reported as ignored.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def parse(text: str) -> ShareLink:
         raise fail("json", f"the decoded link is not JSON: {e}"[:200]) from None
     if not isinstance(obj, dict):
         raise fail("json", "the decoded link is not a JSON object")
-    version = _string(obj, "v", "")
+    version = _string(obj, "v", VERSION)  # v2rayN reads a link without "v" as version 2
     if version != VERSION:
         raise fail("v", f"version {version!r} is not supported", "expected 2 (v2rayN's format)")
     network = _string(obj, "net", "tcp") or "tcp"

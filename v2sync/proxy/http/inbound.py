@@ -6,6 +6,7 @@
   connection persists; ``503`` if the upstream fails before its response head arrives.
 - ``accounts`` turns on Basic auth (``407`` + ``Proxy-Authenticate``); a relative URL needs
   ``allowTransparent`` (else ``400``); malformed requests get ``400``.
+- Beyond 4.34: when TLS negotiates ``h2``, CONNECT streams over HTTP/2 (``h2server``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 
+ALPN_H2 = "h2"
 # Interim (1xx) responses relayed before the final one; a bound against a looping upstream.
 MAX_INTERIM_RESPONSES = 8
 
@@ -54,11 +56,17 @@ class HttpInbound:
                   dispatcher: Dispatcher) -> Handshake[Optional[Callable[[], None]]]:
         """The first request's head (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
+        if getattr(conn, "alpn", None) == ALPN_H2:  # beyond 4.34: HTTP/2 CONNECT
+            return partial(self._serve_h2, session, conn, dispatcher)
         reader = HandshakeReader(conn, time.monotonic() + self.policy.handshake, enc.MAX_HEAD)
         if not (yield from _wait_readable_steps(reader)):
             return None  # connected and closed without a request: nothing to answer
         head = yield from self._read_request(reader, conn, session)
         return partial(self._serve, session, conn, dispatcher, reader, head)
+
+    def _serve_h2(self, session: Session, conn: Connection, dispatcher: Dispatcher) -> None:
+        from v2sync.proxy.http.h2server import serve_h2  # h2 only when a client speaks it
+        serve_h2(self, session, conn, dispatcher)
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                reader: HandshakeReader, head: enc.RequestHead) -> None:

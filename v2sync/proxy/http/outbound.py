@@ -4,7 +4,7 @@ As 4.34: the link's first payload is read before the server is dialed and goes o
 behind the CONNECT request; Basic auth when the picked server has users; any status but 200
 fails the link. The connection goes through the outbound's ``streamSettings``; when its TLS
 negotiates ``h2`` the tunnel is an HTTP/2 CONNECT stream instead, on one shared HTTP/2
-connection per server (``h2tunnel``). UDP is refused ("UDP is not supported").
+connection per server (``h2client.TunnelPool``). UDP is refused ("UDP is not supported").
 
 4.34 waits for that first payload without a bound; here the wait is the level's
 ``connIdle``, after which the request goes out without one.
@@ -56,13 +56,16 @@ class HttpOutbound:
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
         auth = (user.user, user.password) if user else None
-        if self.h2 is not None and self.h2.has(server.destination):
-            self.h2.relay(session, server.destination, link, policy, auth, first, None)
+        cached = self.h2.get(server.destination) if self.h2 is not None else None
+        if cached is not None:
+            self.h2.relay(session, cached, link, policy, _basic(auth), first)
             return
         conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
                                self.client)
         if getattr(conn, "alpn", None) == ALPN_H2:
-            self._pool().relay(session, server.destination, link, policy, auth, first, conn)
+            pool = self._pool()
+            h2s = pool.add(server.destination, conn, f"{session.name()}-h2")
+            pool.relay(session, h2s, link, policy, _basic(auth), first)
             return
         try:
             leftover = connect_http1(conn, target, auth, first, policy.handshake)
@@ -82,13 +85,18 @@ class HttpOutbound:
 
     def _pool(self):
         if self.h2 is None:
-            from v2sync.proxy.http.h2tunnel import TunnelPool  # h2 only when a server speaks it
+            # h2 is imported only once a server negotiates it
+            from v2sync.proxy.http.h2client import TunnelPool
             self.h2 = TunnelPool(self.ctx)
         return self.h2
 
     def close(self) -> None:
         if self.h2 is not None:
             self.h2.close()
+
+
+def _basic(auth: Optional[Tuple[str, str]]) -> Optional[str]:
+    return enc.encode_basic_auth(*auth) if auth else None
 
 
 def connect_http1(conn: Connection, target: Destination, auth: Optional[Tuple[str, str]],

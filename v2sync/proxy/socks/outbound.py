@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Optional
 
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination, Network
@@ -119,7 +120,7 @@ class SocksOutbound:
 
 
 def client_handshake(conn: Connection, reader: HandshakeReader, target: Destination,
-                     user: Account = None) -> enc.Socks5Reply:
+                     user: Optional[Account] = None) -> enc.Socks5Reply:
     """Greeting (and credentials), request, reply; raises on any refusal."""
     method = enc.METHOD_PASSWORD if user is not None else enc.METHOD_NO_AUTH
     first = enc.encode_greeting([method])

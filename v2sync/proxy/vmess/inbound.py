@@ -15,14 +15,14 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import ConfigError, HandshakeTimeout, RemoteProtocolError, UserNotFound
+from v2sync.common.errors import ConfigError, HandshakeTimeout, UserNotFound
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import run_relay
 from v2sync.proxy.vmess.config import VMessInboundConfig, parse_user
-from v2sync.proxy.vmess.encoding import Command, ServerSession
+from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
 from v2sync.transport.copy import adaptive_reads, write_or_stop

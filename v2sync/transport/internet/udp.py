@@ -104,7 +104,7 @@ class UdpListener:
         with selectors.DefaultSelector() as sel:
             sel.register(self._sock, selectors.EVENT_READ)
             while not self._stop.is_set():
-                if not sel.select(self.POLL_INTERVAL):
+                if not sel.select(self.POLL_INTERVAL) or self._stop.is_set():
                     continue
                 try:
                     data, source = self._sock.recvfrom(MAX_UDP_PAYLOAD + 1)
@@ -126,4 +126,11 @@ class UdpListener:
         self._sock.close()
 
     def close(self) -> None:
+        """Stop; the serving thread closes the socket. An empty datagram to the socket's
+        own address wakes its poll now, so the port is free within milliseconds (a reload
+        binds it again at once) instead of at the next POLL_INTERVAL."""
         self._stop.set()
+        try:
+            self._sock.sendto(b"", self._sock.getsockname()[:2])
+        except OSError:
+            pass  # closed already, or unreachable: the poll's timeout still ends the loop

@@ -1,0 +1,129 @@
+"""HTTP CONNECT over HTTP/2 (issue 17, parts 4, 6 and 7).
+
+- The HTTP outbound over TLS that negotiates h2 tunnels over HTTP/2 CONNECT, one cached
+  connection per server, as 4.34 does: against an in-test HTTP/2 CONNECT proxy on ``h2``
+  (4.34's HTTP inbound speaks HTTP/1 only, so no v2ray can be that peer).
+- Beyond 4.34: v2sync's HTTP inbound serves HTTP/2 CONNECT, so the real v2ray 4.34's HTTP
+  outbound over TLS works against it, where against v2ray's own HTTP inbound it fails (the
+  control case below shows that failure).
+
+    client -> [v2sync|v2ray: socks in -> http out over tls] -> [h2 proxy | v2sync | v2ray
+              http in over tls -> freedom] -> in-test XOR echo
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+from scenarios.test_chain_outbounds import _tunnel_answer
+from scenarios.vmess_helpers import (assert_same_bytes, exchange, exchange_in_parallel,
+                                     make_process, open_tunnel)
+from support.certs import Pki
+from support.h2_connect import H2ConnectProxy
+from support.peers import MIB, XOR_C, TcpEchoServer, free_port, xor_bytes
+
+USER, PASSWORD = "h2-user", "h2-pass"
+PARALLEL = 4
+PARALLEL_BYTES = 256 * 1024
+SEQUENTIAL = 3
+LOG = {"loglevel": "info", "access": "none"}
+
+
+def http_over_tls_client(client: str, server_port: int, pki: Pki,
+                         password: str = PASSWORD) -> "tuple":
+    socks_port = free_port()
+    outbound = {"protocol": "http",
+                "settings": {"servers": [{"address": "127.0.0.1", "port": server_port,
+                                          "users": [{"user": USER, "pass": password}]}]},
+                "streamSettings": {"security": "tls", "tlsSettings": pki.client_tls()}}
+    socks_in = {"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1",
+                "port": socks_port, "settings": {}}
+    process = make_process(client, {"log": LOG, "inbounds": [socks_in],
+                                    "outbounds": [outbound]}).start()
+    return process, socks_port
+
+
+def http_over_tls_server(server: str, pki: Pki) -> "tuple":
+    port = free_port()
+    inbound = {"tag": "http-in", "protocol": "http", "listen": "127.0.0.1", "port": port,
+               "settings": {"accounts": [{"user": USER, "pass": PASSWORD}]},
+               "streamSettings": {"security": "tls", "tlsSettings": pki.server_tls()}}
+    process = make_process(server, {"log": LOG, "inbounds": [inbound],
+                                    "outbounds": [{"protocol": "freedom"}]}).start()
+    return process, port
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[TcpEchoServer]:
+    with TcpEchoServer(xor=XOR_C, timeout=60.0) as server:
+        yield server
+
+
+def _exchange_all(socks_port: int, echo: TcpEchoServer, logs) -> None:
+    payloads = [os.urandom(PARALLEL_BYTES) for _ in range(PARALLEL)]
+    results = exchange_in_parallel(socks_port, echo.address, payloads, "h2-parallel")
+    for index, (received, payload) in enumerate(zip(results, payloads)):
+        assert_same_bytes(received, xor_bytes(payload), f"connection {index}\n{logs()}")
+
+
+def test_outbound_tunnels_over_one_cached_http2_connection(pki: Pki,
+                                                           echo: TcpEchoServer) -> None:
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy:
+        client, socks_port = http_over_tls_client("v2sync", proxy.port, pki)
+        try:
+            for _ in range(SEQUENTIAL):  # one after another: the first connection is reused
+                payload = os.urandom(64 * 1024)
+                with open_tunnel(socks_port, echo.address) as sock:
+                    assert_same_bytes(exchange(sock, payload), xor_bytes(payload),
+                                      client.log_tail())
+            assert (proxy.connections, proxy.streams) == (1, SEQUENTIAL), client.log_tail()
+            _exchange_all(socks_port, echo, client.log_tail)
+            payload = os.urandom(2 * MIB)
+            with open_tunnel(socks_port, echo.address) as sock:
+                assert_same_bytes(exchange(sock, payload), xor_bytes(payload), client.log_tail())
+            assert proxy.refused == 0
+        finally:
+            client.stop()
+
+
+def test_outbound_refused_by_the_http2_proxy_fails_the_link(pki: Pki) -> None:
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy, \
+            TcpEchoServer(xor=XOR_C) as origin:
+        client, socks_port = http_over_tls_client("v2sync", proxy.port, pki, password="wrong")
+        try:
+            assert _tunnel_answer(socks_port, origin.address, b"hello") is None
+            assert proxy.refused == 1 and origin.accepted == 0
+        finally:
+            client.stop()
+
+
+@pytest.mark.parametrize("client", ["v2ray", "v2sync"])
+def test_inbound_serves_http2_connect(client: str, pki: Pki, echo: TcpEchoServer) -> None:
+    server, port = http_over_tls_server("v2sync", pki)
+    try:
+        process, socks_port = http_over_tls_client(client, port, pki)
+        try:
+            def logs() -> str:
+                return f"{process.log_tail()}\n--- server ---\n{server.log_tail()}"
+            _exchange_all(socks_port, echo, logs)
+            assert "HTTP/2 connection from" in server.log_text(), logs()
+        finally:
+            process.stop(check=client == "v2sync")
+    finally:
+        server.stop()
+
+
+def test_control_v2ray_http_outbound_over_tls_fails_against_v2ray(pki: Pki) -> None:
+    """The measured fact behind part 7: 4.34 against itself negotiates h2 and fails."""
+    server, port = http_over_tls_server("v2ray", pki)
+    try:
+        process, socks_port = http_over_tls_client("v2ray", port, pki)
+        try:
+            with TcpEchoServer(xor=XOR_C) as origin:
+                assert _tunnel_answer(socks_port, origin.address, b"hello") is None
+                assert origin.accepted == 0
+        finally:
+            process.stop(check=False)
+    finally:
+        server.stop(check=False)
