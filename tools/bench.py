@@ -167,7 +167,8 @@ def measure_download(proxy_port: int, source: BulkSource) -> float:
     started = time.perf_counter()
     with socks5_connect(proxy_port, source.address) as sock:
         # A request byte (the source ignores it): an HTTP outbound waits for the client's
-        # first bytes before it dials, as 4.34's does, so a silent client would stall it.
+        # first bytes before it dials, as 4.34's does, so a silent client would stall it;
+        # 4.34's Trojan client sends its header only with the first payload (client.go).
         sock.sendall(DOWNLOAD_REQUEST)
         while total < source.total_bytes:
             received = sock.recv_into(buffer)

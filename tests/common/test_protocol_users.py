@@ -31,7 +31,7 @@ def test_duplicate_email_is_a_config_error_with_its_path() -> None:
     with pytest.raises(ConfigError) as info:
         table.add(User(b"k2", "A@X"), "settings.clients[1]")
     assert info.value.path == "settings.clients[1]"
-    assert "user A@X already exists" in str(info.value)
+    assert "User A@X already exists." in str(info.value)
     assert table.get(b"k2") is None
 
 

@@ -133,3 +133,22 @@ def test_server_name_selects_first() -> None:
 ])
 def test_request_path_as_inbound_go_reads_it(first: bytes, path: str) -> None:
     assert request_path(first) == path
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_duplicate_emails_refused_as_v2ray_refuses(v2ray_bin: str, tmp_path: Path,
+                                                   protocol: str) -> None:
+    """Not a fallback check, but the same comparison: the user table's rule at load time."""
+    clients = ([{"id": UUID, "email": "x@y"}, {"id": UUID.replace("b8", "c9"), "email": "X@y"}]
+               if protocol == "vless" else
+               [{"password": "a", "email": "x@y"}, {"password": "b", "email": "X@y"}])
+    config = _config(protocol, {"clients": clients})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([v2ray_bin, "-test", "-config", str(path)], capture_output=True,
+                            text=True, timeout=V2RAY_TEST_TIMEOUT, cwd=tmp_path)
+    assert result.returncode != 0 and "User X@y already exists." in result.stdout
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(config, "f.json")
+    assert "inbounds[0].settings.clients[1]" in str(info.value)
+    assert "User X@y already exists." in str(info.value)

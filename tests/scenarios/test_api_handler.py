@@ -102,6 +102,24 @@ def grpc_error(call) -> grpc.RpcError:
     return info.value
 
 
+def assert_user_changes(api: Api, tag: str, add: Any, bob_port: int, carol_port: int,
+                        echo: TcpEchoServer) -> None:
+    """Carol (``add``'s user, email NEW_EMAIL) is refused, added (connects at once), added
+    again (refused: already exists), removed (refused at once, Bob unaffected), removed
+    again (not found). Bob is a configured user throughout."""
+    assert echo_works(bob_port, echo)
+    assert not echo_works(carol_port, echo)
+    api.alter(tag, add)
+    assert echo_works(carol_port, echo)  # at once
+    error = grpc_error(lambda: api.alter(tag, add))
+    assert "already exists" in error.details()
+    api.alter(tag, remove_user(NEW_EMAIL))
+    assert not echo_works(carol_port, echo)  # at once
+    assert echo_works(bob_port, echo)
+    error = grpc_error(lambda: api.alter(tag, remove_user(NEW_EMAIL)))
+    assert f"User {NEW_EMAIL} not found." in error.details()
+
+
 @pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
 def test_users_and_handlers(implementation: str, v2ray_bin: str, tcp_echo: TcpEchoServer,
                             channels: list) -> None:
@@ -118,19 +136,8 @@ def test_users_and_handlers(implementation: str, v2ray_bin: str, tcp_echo: TcpEc
             V2RayProcess(carol):
         channels.append(grpc.insecure_channel(f"127.0.0.1:{api_port}"))
         api = Api(channels[-1], V2RAY)
-        assert echo_works(bob_port, tcp_echo)
-        assert not echo_works(carol_port, tcp_echo)
-
-        api.alter("vmess-in", add_user(NEW_EMAIL, NEW_ID))
-        assert echo_works(carol_port, tcp_echo)  # at once
-        error = grpc_error(lambda: api.alter("vmess-in", add_user(NEW_EMAIL, NEW_ID)))
-        assert "already exists" in error.details()
-
-        api.alter("vmess-in", remove_user(NEW_EMAIL))
-        assert not echo_works(carol_port, tcp_echo)  # at once
-        assert echo_works(bob_port, tcp_echo)
-        error = grpc_error(lambda: api.alter("vmess-in", remove_user(NEW_EMAIL)))
-        assert f"User {NEW_EMAIL} not found." in error.details()
+        assert_user_changes(api, "vmess-in", add_user(NEW_EMAIL, NEW_ID), bob_port, carol_port,
+                            tcp_echo)
         error = grpc_error(lambda: api.alter("socks-in", remove_user(NEW_EMAIL)))
         assert "proxy is not a UserManager" in error.details()
 

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,14 +51,19 @@ class Recorder(_TcpServer):
         self.received: List[bytes] = []
 
     def handle(self, conn: socket.socket) -> None:
-        data = b""
-        while not data.endswith(REQUEST):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        self.received.append(data)
-        conn.sendall(b"recorded")
+        self.received.append(record_request(conn))
+
+
+def record_request(conn: socket.socket) -> bytes:
+    """Everything until it ends with REQUEST (or EOF); then the answer "recorded"."""
+    data = b""
+    while not data.endswith(REQUEST):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    conn.sendall(b"recorded")
+    return data
 
 
 @pytest.mark.parametrize("protocol", ["vless", "trojan"])
@@ -88,6 +94,20 @@ def test_wrong_user_without_fallback_closes_at_once_as_in_4_34(protocol: str) ->
         with make_process(implementation, server_config(server_inbound(protocol, port, {}))):
             with connect(port, timeout=IO_TIMEOUT) as sock:
                 sock.sendall(_bad_header(protocol) + REQUEST)  # the client stays open
+                started = time.monotonic()
+                assert read_until_closed(sock, CLOSE_LIMIT) == b"", implementation
+                assert time.monotonic() - started < CLOSE_LIMIT
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_a_short_foreign_first_read_closes_at_once_as_in_4_34(protocol: str) -> None:
+    """VLESS refuses the version byte; Trojan judges its first read (fewer than 58 bytes)
+    even without fallbacks. Neither waits for the handshake deadline."""
+    for implementation in ("v2sync", "v2ray"):
+        port = free_port()
+        with make_process(implementation, server_config(server_inbound(protocol, port, {}))):
+            with connect(port, timeout=IO_TIMEOUT) as sock:
+                sock.sendall(b"GET / HTTP/1.0\r\n")
                 started = time.monotonic()
                 assert read_until_closed(sock, CLOSE_LIMIT) == b"", implementation
                 assert time.monotonic() - started < CLOSE_LIMIT
@@ -168,3 +188,46 @@ def test_thousand_bad_connections_leave_no_threads_or_fds(instance) -> None:
         list(pool.map(lambda i: _run(i, ports), range(BAD_CONNECTIONS)))
     wait_idle(instance, BASELINE_TIMEOUT)
     wait_for_snapshot(before, BASELINE_TIMEOUT)
+
+
+class AbstractRecorder:
+    """Records one connection on an abstract unix socket (Linux), then answers."""
+
+    def __init__(self, address: bytes):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(address)
+        self.sock.listen(4)
+        self.sock.settimeout(IO_TIMEOUT)
+
+    def record_one(self) -> bytes:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(IO_TIMEOUT)
+            return record_request(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["@name", "@@name"])
+def test_abstract_unix_fallback_as_in_4_34(padded: bool) -> None:
+    """``"@name"`` is the abstract socket ``\\0name``; ``"@@name"`` the same name padded with
+    NULs to all 108 bytes of sun_path (haproxy's habit). Both implementations must reach
+    the one the test bound."""
+    name = f"v2sync-fallback-{os.getpid()}-{int(padded)}"
+    address = b"\0" + name.encode()
+    if padded:
+        address += b"\0" * (108 - len(address))
+    recorder = AbstractRecorder(address)
+    try:
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            dest = ("@@" if padded else "@") + name
+            inbound = server_inbound("trojan", port, {}, fallbacks=[{"dest": dest}])
+            with make_process(implementation, server_config(inbound)):
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    sock.sendall(_bad_header("trojan") + REQUEST)
+                    assert recorder.record_one() == _bad_header("trojan") + REQUEST
+                    assert read_until_closed(sock, IO_TIMEOUT) == b"recorded", implementation
+    finally:
+        recorder.close()

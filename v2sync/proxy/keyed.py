@@ -5,7 +5,8 @@ that is not a known user (v2ray ``proxy/vless/{inbound,outbound}``, ``proxy/troj
 ``KeyedInbound.handshake`` runs parked in the handshake selector. With fallbacks, as 4.34
 decides: one first read; too short for the key, not the protocol, or an unknown key goes to
 the fallback with every byte read replayed. Without fallbacks an unknown key closes the
-connection as soon as the key has arrived. A protocol subclass supplies its codec (peek the
+connection as soon as the key has arrived (Trojan: after the first read, as 4.34's
+server.go judges it either way). A protocol subclass supplies its codec (peek the
 key, parse the header) and how its request is served.
 """
 from __future__ import annotations
@@ -51,12 +52,14 @@ class KeyedInbound:
 
     label = ""             # the protocol's name in messages
     probe_size = 0         # bytes the first read needs before the key can be judged
+    # Whether the first read is judged even without fallbacks (Trojan's server.go does;
+    # VLESS reads its header field by field then).
+    first_read_decides = False
     parse_user_entry: Callable[[Any, str], Any]
 
     def __init__(self, settings, ctx: ProxyContext, handler_config):
         self.settings = settings
         self.ctx = ctx
-        self.tag = getattr(handler_config, "tag", "")
         self.users: KeyedUserTable = KeyedUserTable(self.label)
         for i, user in enumerate(settings.users):
             self.users.add(user, f"settings.clients[{i}]")
@@ -86,10 +89,12 @@ class KeyedInbound:
                   dispatcher: Dispatcher) -> Handshake[Optional[Serve]]:
         deadline = time.monotonic() + self.handshake_policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
-        if self.fallbacks:
+        if self.fallbacks or self.first_read_decides:
             yield from reader.fill_steps()  # 4.34 judges the first read alone
             first = bytes(reader.buf)
             reason = self._refusal(first)
+            if reason is not None and not self.fallbacks:
+                raise AuthenticationError(f"{self.label}: {reason} from {conn.remote}")
             if reason is not None:
                 fallback = self.fallbacks.select_for(conn, first)
                 log.info("%s: %s from %s: %s; fallback to %s", session.name(), self.label,
@@ -143,7 +148,10 @@ class KeyedInbound:
                     if not write_or_stop(link.writer, data):
                         break
                     del data
+            outbound_gone = link.writer.is_closed  # interrupted: the outbound stopped reading
             link.writer.close()
+            if outbound_gone:
+                await_client(conn)
 
         def response(timer) -> None:
             if response_head:
@@ -151,7 +159,8 @@ class KeyedInbound:
                 if not isinstance(chunks, list):
                     return  # EOF: 4.34 sends no header when the upstream gave nothing
                 timer.update()
-                write_chunks(conn, [response_head, *chunks])
+                # Joined to the first chunk: one TLS record, not a 2-byte one of its own.
+                write_chunks(conn, [response_head + chunks[0], *chunks[1:]])
                 del chunks
             copy_pipe_to_conn(link.reader, conn, timer)
 
@@ -193,6 +202,21 @@ class KeyedInbound:
     def _report(self, session: Session, error: Optional[BaseException]) -> None:
         if error is not None:
             log.debug("%s: %s relay ended: %s", session.name(), self.label, error)
+
+
+def await_client(conn: Connection) -> None:
+    """The outbound stopped reading: wait, as 4.34's request copy does, until the client
+    sends (4.34 reads it, fails to pass it on and closes), closes, or the activity timer
+    ends it (uplinkOnly once the response is out).
+
+    Closing at once would race the client: over WebSocket our close frame draws the peer's
+    close frame after we closed, the kernel answers it with a reset, and a v2ray client
+    (which takes any close frame as an error) then drops the answer it had not yet passed
+    on (tests/scenarios/test_accept_proxy_protocol.py: one run in four lost the 403)."""
+    try:
+        conn.read(HANDSHAKE_READ_SIZE)  # what has arrived, read whole: nothing left unread
+    except TransportError:
+        pass  # aborted by the timer, or reset: the relay is over either way
 
 
 def _with_early(early: bytes, reads):

@@ -37,10 +37,13 @@ class _Entry:
 
 
 class UdpSessionTable:
-    def __init__(self, dispatcher: Dispatcher, ctx: ProxyContext, inbound_tag: str, level: int):
+    def __init__(self, dispatcher: Dispatcher, ctx: ProxyContext, inbound_tag: str, level: int,
+                 email: str = ""):
         self.dispatcher = dispatcher
         self.ctx = ctx
         self.inbound_tag = inbound_tag
+        self.level = level
+        self.email = email  # the user every session belongs to (Trojan UDP), for routing
         self.policy = ctx.policy.for_level(level)
         self._entries: Dict[Key, _Entry] = {}
         self._lock = threading.Lock()
@@ -63,7 +66,8 @@ class UdpSessionTable:
 
     def _open(self, key: Key, respond: Respond) -> _Entry:
         source, dest = key
-        session = Session(inbound_tag=self.inbound_tag, source=source)
+        session = Session(inbound_tag=self.inbound_tag, source=source, user_email=self.email,
+                          user_level=self.level)
         link = self.dispatcher.dispatch(session, dest)
         entry = _Entry(link, None)
         entry.timer = self.ctx.timers.new_timer(UDP_SESSION_IDLE, lambda: self._drop(key, entry))

@@ -12,7 +12,7 @@ and ``get`` reads whichever dict is current without taking the lock.
 from __future__ import annotations
 
 import threading
-from typing import Dict, Generic, Iterator, Protocol, TypeVar
+from typing import Dict, Generic, Iterable, Iterator, Protocol, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, UserNotFound
 
@@ -46,7 +46,7 @@ class KeyedUserTable(Generic[U]):
         email = user.email.lower()
         with self._lock:
             if email and email in self._by_email:
-                raise ConfigError(f"{self.protocol}: user {user.email} already exists",
+                raise ConfigError(f"{self.protocol}: User {user.email} already exists.",
                                   path, expected="a unique email")
             by_key = dict(self._by_key)
             by_key[user.key] = user
@@ -60,7 +60,7 @@ class KeyedUserTable(Generic[U]):
         with self._lock:
             user = self._by_email.pop(wanted, None) if wanted else None
             if user is None:
-                raise UserNotFound(f"{self.protocol}: user {email!r} not found")
+                raise UserNotFound(f"User {email} not found.")  # validator.go Del
             by_key = dict(self._by_key)
             if by_key.get(user.key) is user:
                 del by_key[user.key]
@@ -71,3 +71,11 @@ class KeyedUserTable(Generic[U]):
 
     def __iter__(self) -> Iterator[U]:
         return iter(list(self._by_key.values()))
+
+
+def check_unique_emails(users: Iterable[Tuple[KeyedUser, str]], protocol: str) -> None:
+    """Config time: (user, JSON path) pairs whose emails repeat are refused where the
+    second one is, as 4.34 refuses the config (validator.go Add, run by ``v2ray -test``)."""
+    table: KeyedUserTable = KeyedUserTable(protocol)
+    for user, path in users:
+        table.add(user, path)

@@ -12,6 +12,7 @@ from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
 from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_items, get_str, get_uint,
                                       require_object)
+from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
 from v2sync.proxy.trojan.encoding import password_key
 
@@ -39,7 +40,9 @@ class TrojanInboundConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "TrojanInboundConfig":
         settings = require_object(settings, path)
-        users = tuple(parse_user(raw, p) for raw, p in get_items(settings, "clients", path))
+        entries = [(parse_user(raw, p), p) for raw, p in get_items(settings, "clients", path)]
+        check_unique_emails(entries, "Trojan")
+        users = tuple(user for user, _ in entries)
         return cls(users, parse_fallbacks(settings, path, "Trojan"))
 
 

@@ -30,6 +30,7 @@ class TrojanInbound(KeyedInbound):
     config_type = TrojanInboundConfig
     label = "trojan"
     probe_size = PROBE_SIZE
+    first_read_decides = True
 
     @staticmethod
     def parse_user_entry(raw, path: str):
@@ -53,7 +54,8 @@ class TrojanInbound(KeyedInbound):
         """Read packets until the client's EOF (server.go handleUDPPayload); answers are
         written by the table's pump threads, one frame per write under a lock."""
         policy = self._policy(session)
-        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, session.user_level)
+        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, session.user_level,
+                                session.user_email)
         write_lock = threading.Lock()
 
         def respond(source: Destination, payload: bytes) -> None:

@@ -14,6 +14,7 @@ from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
 from v2sync.infra.conf.fields import (MAX_UINT16, get_items, get_str, get_uint,
                                       require_object)
+from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
 from v2sync.proxy.vmess.ids import parse_uuid
 
@@ -53,8 +54,10 @@ class VlessInboundConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VlessInboundConfig":
         settings = require_object(settings, path)
-        users = tuple(parse_user(raw, p, outbound=False)
-                      for raw, p in get_items(settings, "clients", path))
+        entries = [(parse_user(raw, p, outbound=False), p)
+                   for raw, p in get_items(settings, "clients", path)]
+        check_unique_emails(entries, "VLESS")
+        users = tuple(user for user, _ in entries)
         if settings.get("decryption") != "none":
             raise ConfigError('VLESS settings: please add/set "decryption":"none" to every '
                               "settings", join_path(path, "decryption"))

@@ -15,14 +15,16 @@ from typing import Optional, Tuple
 
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import RemoteProtocolError
-from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.common.mux.encoding import MUX_COOL_ADDRESS
+from v2sync.common.net import Address, Destination, Network
 from v2sync.common.protocol.address import PORT_FIRST
 
 VERSION = 0
 UUID_SIZE = 16
 # Enough to decide "not VLESS or not a user" (inbound.go: firstLen < 18 falls back).
 PROBE_SIZE = 1 + UUID_SIZE + 1
-MUX_DESTINATION = Destination(Address("v1.mux.cool", AddressKind.DOMAIN), 0)
+# encoding.go: a Mux request's destination is v1.mux.cool with port 0.
+MUX_DESTINATION = Destination(MUX_COOL_ADDRESS, 0)
 NO_ADDONS = b"\x00"
 
 

@@ -2,12 +2,12 @@
 
 The handshake and fallbacks are ``proxy.keyed``'s. A request is served as 4.34 serves it:
 TCP as the raw stream, UDP as ``len | packet`` frames to one target; the response header
-(``ver | addons``) goes out with the first response bytes. Mux (command 3) waits for the
-Mux.cool server: until then a clear log line and a close.
+(``ver | addons``) goes out with the first response bytes. Mux (command 3) dispatches
+``v1.mux.cool``, which the inbound's dispatcher (``common.mux.server.MuxServer``) serves,
+as for VMess; its frames are the stream after the header.
 """
 from __future__ import annotations
 
-from v2sync.common.errors import RemoteProtocolError
 from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
@@ -34,11 +34,7 @@ class VlessInbound(KeyedInbound):
         return peek_user(buf)
 
     def parse_request(self, buf: bytes):
-        parsed = parse_request_header(buf)
-        if parsed is not None and parsed[0].command == Command.MUX:
-            raise RemoteProtocolError("vless: Mux.Cool (command 3) is not supported by "
-                                      "v2sync yet; connection closed")
-        return parsed
+        return parse_request_header(buf)
 
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
               header: RequestHeader, early: bytes) -> None:

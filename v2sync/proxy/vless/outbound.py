@@ -2,21 +2,22 @@
 
 Servers round-robin, a user at random per connection; the header waits up to 100 ms for
 the first payload so both leave in one write; the server's ``ver | addons`` is stripped from
-the front of its answer. UDP goes as ``len | packet`` frames. (With ``mux`` the handler
-sends Mux.cool through here to ``v1.mux.cool``: command 3.)
+the front of its answer. UDP goes as ``len | packet`` frames. With ``mux`` the handler's
+Mux.cool client dials ``v1.mux.cool`` through here: command 3, no address.
 """
 from __future__ import annotations
 
 import random
 
+from v2sync.common.mux.encoding import is_mux_destination
 from v2sync.common.net import Network
 from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.proxy.keyed import KeyedOutbound
 from v2sync.proxy.vless.config import VlessOutboundConfig
-from v2sync.proxy.vless.encoding import (MUX_DESTINATION, Command, RequestHeader,
-                                         encode_request_header, parse_response_header)
+from v2sync.proxy.vless.encoding import (Command, RequestHeader, encode_request_header,
+                                         parse_response_header)
 from v2sync.transport.link import Link
 
 
@@ -29,7 +30,7 @@ class VlessOutbound(KeyedOutbound):
         user = random.choice(server.users)
         target = self.target_of(session)
         command = Command.UDP if target.network is Network.UDP else Command.TCP
-        if target.address == MUX_DESTINATION.address:
+        if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
             command = Command.MUX
         header = encode_request_header(RequestHeader(user.key, command, target.address,
                                                      target.port))

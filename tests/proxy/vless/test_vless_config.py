@@ -1,0 +1,73 @@
+"""VLESS and Trojan settings: each case is given to the real ``v2ray -test`` as well, and
+v2sync must accept what it accepts and refuse what it refuses, with its message."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytest
+
+from v2sync.common.errors import ConfigError
+from v2sync.infra.conf.builder import config_from_dict
+
+UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
+V2RAY_TEST_TIMEOUT = 20
+
+
+def _inbound(settings: Dict[str, Any], protocol: str = "vless") -> Dict[str, Any]:
+    return {"inbounds": [{"protocol": protocol, "port": 10443, "listen": "127.0.0.1",
+                          "settings": settings}], "outbounds": [{"protocol": "freedom"}]}
+
+
+def _outbound(settings: Dict[str, Any], protocol: str = "vless") -> Dict[str, Any]:
+    return {"outbounds": [{"protocol": protocol, "settings": settings}]}
+
+
+def _vnext(**user: Any) -> Dict[str, Any]:
+    return {"vnext": [{"address": "127.0.0.1", "port": 443, "users": [{"id": UUID, **user}]}]}
+
+
+CASES = [
+    (_inbound({"decryption": "none", "clients": [{"id": UUID, "flow": "xtls-rprx-direct"}]}), None),
+    (_inbound({"decryption": "none", "clients": [{"id": UUID, "flow": "anything", "level": 3,
+                                                  "email": "a@b"}]}), None),
+    (_inbound({"clients": [{"id": UUID}]}),
+     'VLESS settings: please add/set "decryption":"none" to every settings'),
+    (_inbound({"decryption": "aes", "clients": []}),
+     'VLESS settings: please add/set "decryption":"none" to every settings'),
+    (_inbound({"decryption": "none", "clients": [{"id": UUID, "encryption": "none"}]}),
+     'VLESS clients: "encryption" should not in inbound settings'),
+    (_outbound(_vnext(encryption="none", flow="xtls-rprx-splice")), None),
+    (_outbound(_vnext()), 'VLESS users: please add/set "encryption":"none" for every user'),
+    (_outbound(_vnext(encryption="auto")),
+     'VLESS users: please add/set "encryption":"none" for every user'),
+    (_outbound({"vnext": []}), 'VLESS settings: "vnext" is empty'),
+    (_outbound({"vnext": [{"address": "127.0.0.1", "port": 443, "users": []}]}),
+     'VLESS vnext: "users" is empty'),
+    (_inbound({"clients": [{"password": ""}]}, "trojan"), None),
+    (_outbound({"servers": []}, "trojan"), "0 Trojan server configured."),
+    (_outbound({"servers": [{"address": "127.0.0.1", "port": 0, "password": "p"}]}, "trojan"),
+     "Invalid Trojan port."),
+    (_outbound({"servers": [{"address": "127.0.0.1", "port": 443}]}, "trojan"),
+     "Trojan password is not specified."),
+]
+
+
+@pytest.mark.parametrize("config, message", CASES, ids=range(len(CASES)))
+def test_as_v2ray_test_decides(v2ray_bin: str, tmp_path: Path, config: Dict[str, Any],
+                               message: Optional[str]) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([v2ray_bin, "-test", "-config", str(path)], capture_output=True,
+                            text=True, timeout=V2RAY_TEST_TIMEOUT, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    if message is None:
+        assert result.returncode == 0, output
+        config_from_dict(config, "f.json")
+        return
+    assert result.returncode != 0 and message in output, output
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(config, "f.json")
+    assert message in str(info.value)
