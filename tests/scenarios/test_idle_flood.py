@@ -141,12 +141,26 @@ def test_connections_stalled_in_tls_and_upgrade_hold_no_thread(pki: Pki, echo, n
             for sock in stalled:  # the deadline cuts each of them
                 sock.settimeout(HANDSHAKE_SECONDS + CUT_SLACK)
                 with contextlib.suppress(ConnectionResetError, ssl.SSLError):
-                    assert sock.recv(4096) == b""
+                    reply = _read_to_end(sock)
+                    # Cut silently, or (stalled in the WebSocket upgrade) with the plain 400
+                    # Go's net/http sends at its header timeout, as 4.34 does.
+                    assert reply == b"" or reply.startswith(b"HTTP/1.1 400 Bad Request"), reply
             assert time.monotonic() - started < HANDSHAKE_SECONDS + CUT_SLACK
         finally:
             for sock in stalled:
                 sock.close()
         wait_idle(instance)
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    """Everything until EOF (a reply is a few hundred bytes: a few reads at most)."""
+    data = b""
+    for _ in range(16):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class LimitedV2Sync(V2SyncProcess):
