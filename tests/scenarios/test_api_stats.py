@@ -215,3 +215,39 @@ def test_mux_sub_connections_count_on_their_user_as_4_34(v2ray_bin: str,
     assert _exact(ours) == _exact(theirs) == {
         f"user>>>{EMAIL}>>>traffic>>>{d}": sum(MUX_SIZES) for d in ("uplink", "downlink")} | {
         f"outbound>>>direct>>>traffic>>>{d}": sum(MUX_SIZES) for d in ("uplink", "downlink")}
+
+
+def _ss_udp_run(process_class, echo, ss_port: int) -> Dict[str, int]:
+    import socket
+
+    import socks  # PySocks: UDP ASSOCIATE
+    from ss_helpers import ss_client_config
+
+    api_port, socks_port = ports(2)
+    client = ss_client_config(socks_port, ss_port, "aes-128-gcm")
+    config = api_config(api_port, client["inbounds"], outbounds=client["outbounds"])
+    with process_class(config):
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+            sock.settimeout(10)
+            for i in range(DATAGRAMS):
+                sock.sendto(b"d" * (100 + i), ("127.0.0.1", echo.port))
+                sock.recvfrom(4096)
+        return settled(api_port, "", lambda s: s.get(
+            "outbound>>>ss-out>>>traffic>>>downlink", 0) > 0, stable=_exact)
+
+
+def test_shadowsocks_udp_datagrams_count_on_the_outbound_as_4_34(v2ray_bin: str) -> None:
+    """A Shadowsocks client's UDP: each sealed datagram on the outbound's counters, the
+    figures 4.34's client counts (salt, tag, address and payload of every datagram)."""
+    from ss_helpers import ss_server_config
+    from support.peers import UdpEchoServer
+
+    ss_port, = ports(1)
+    with UdpEchoServer() as echo, V2RayProcess(ss_server_config(ss_port, "aes-128-gcm")):
+        ours = _ss_udp_run(V2SyncProcess, echo, ss_port)
+        theirs = _ss_udp_run(V2RayProcess, echo, ss_port)
+    names = ("outbound>>>ss-out>>>traffic>>>uplink", "outbound>>>ss-out>>>traffic>>>downlink")
+    assert {n: ours[n] for n in names} == {n: theirs[n] for n in names}
+    sent = sum(100 + i for i in range(DATAGRAMS))
+    assert ours[names[0]] == sent + DATAGRAMS * (16 + 16 + 7)  # salt, tag, IPv4 address

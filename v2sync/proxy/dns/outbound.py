@@ -27,6 +27,7 @@ from v2sync.proxy.dns import encoding as enc
 from v2sync.proxy.dns.config import DnsOutboundConfig
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_once
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp
@@ -151,6 +152,9 @@ class _Upstream:
         self._sock: Optional[socket.socket] = None
         self._conn: Optional[Connection] = None
         self._closed = False
+        # Datagrams count on the outbound's counters whole (a TCP upstream is a counted
+        # connection already), as 4.34's counting connection does.
+        self._count_sent, self._count_received = (adder(c) for c in client.counters)
 
     def send(self, message: bytes) -> None:
         with self._lock:
@@ -167,7 +171,7 @@ class _Upstream:
                     self._ready.set()
         try:
             if self._sock is not None:
-                self._sock.send(message)
+                self._count_sent(self._sock.send(message))
             elif self._conn is not None:
                 self._conn.write(enc.frame_tcp_message(message))
         except (OSError, TransportError) as e:
@@ -188,8 +192,7 @@ class _Upstream:
         elif self._conn is not None:
             yield from self._stream(self._conn)
 
-    @staticmethod
-    def _datagrams(sock: socket.socket):
+    def _datagrams(self, sock: socket.socket):
         while True:
             try:
                 data = sock.recv(MAX_UDP_PAYLOAD + 1)
@@ -197,6 +200,7 @@ class _Upstream:
                 return
             if not data:
                 return  # shut down by close()
+            self._count_received(len(data))
             if len(data) <= MAX_UDP_PAYLOAD:
                 yield data
 

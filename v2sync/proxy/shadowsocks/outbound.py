@@ -22,6 +22,7 @@ from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, enco
                                                encode_request)
 from v2sync.proxy.shadowsocks.inbound import relay_encrypted
 from v2sync.proxy.freedom.outbound import _shutdown
+from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
@@ -77,6 +78,8 @@ class ShadowsocksOutbound:
         dest = Destination(server.address, server.port, Network.UDP)
         sock = dial_udp(candidates(dest)[0], self.client.source)
         account = server.user.account
+        # The outbound's counters take each datagram, as 4.34's counting connection does.
+        uplink, downlink = (adder(counter) for counter in self.client.counters)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
 
         def abort() -> None:
@@ -91,7 +94,8 @@ class ShadowsocksOutbound:
                     return  # EOF
                 timer.update()
                 try:
-                    sock.send(encode_packet(account, target.address, target.port, chunk))
+                    uplink(sock.send(encode_packet(account, target.address, target.port,
+                                                   chunk)))
                 except ProtocolError as e:  # too large for a 4.34 server's 2 KiB read
                     log.info("%s: datagram dropped: %s", session.name(), e)
                 except OSError as e:  # ICMP unreachable from an earlier send
@@ -105,6 +109,7 @@ class ShadowsocksOutbound:
                     return  # the port is unreachable (ICMP), or the socket is gone
                 if stopped.is_set():
                     return
+                downlink(len(data))
                 try:
                     _, _, payload = decode_packet(account, data)
                 except ProtocolError as e:
