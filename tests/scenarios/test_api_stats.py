@@ -123,21 +123,26 @@ def test_services_not_enabled_are_unimplemented(services, tcp_echo: TcpEchoServe
 DATAGRAMS = 5
 
 
-def _udp_run(process_class, echo) -> Dict[str, int]:
+def _echo_datagrams(socks_port: int, echo) -> None:
+    """DATAGRAMS datagrams through a SOCKS5 UDP ASSOCIATE (PySocks), each echoed back."""
     import socket
 
-    import socks  # PySocks: UDP ASSOCIATE
+    import socks
 
+    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+        sock.settimeout(10)
+        for i in range(DATAGRAMS):
+            sock.sendto(b"d" * (100 + i), ("127.0.0.1", echo.port))
+            sock.recvfrom(4096)
+
+
+def _udp_run(process_class, echo) -> Dict[str, int]:
     api_port, socks_port = ports(2)
     inbound = socks_in(socks_port)
     inbound["settings"].update(udp=True, ip="127.0.0.1")
     with process_class(api_config(api_port, [inbound])):
-        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
-            sock.settimeout(10)
-            for i in range(DATAGRAMS):
-                sock.sendto(b"d" * (100 + i), ("127.0.0.1", echo.port))
-                sock.recvfrom(4096)
+        _echo_datagrams(socks_port, echo)
         return settled(api_port, "", lambda s: s.get(
             "outbound>>>direct>>>traffic>>>downlink", 0) > 0, stable=_exact)
 
@@ -218,21 +223,13 @@ def test_mux_sub_connections_count_on_their_user_as_4_34(v2ray_bin: str,
 
 
 def _ss_udp_run(process_class, echo, ss_port: int) -> Dict[str, int]:
-    import socket
-
-    import socks  # PySocks: UDP ASSOCIATE
     from ss_helpers import ss_client_config
 
     api_port, socks_port = ports(2)
     client = ss_client_config(socks_port, ss_port, "aes-128-gcm")
     config = api_config(api_port, client["inbounds"], outbounds=client["outbounds"])
     with process_class(config):
-        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
-            sock.settimeout(10)
-            for i in range(DATAGRAMS):
-                sock.sendto(b"d" * (100 + i), ("127.0.0.1", echo.port))
-                sock.recvfrom(4096)
+        _echo_datagrams(socks_port, echo)
         return settled(api_port, "", lambda s: s.get(
             "outbound>>>ss-out>>>traffic>>>downlink", 0) > 0, stable=_exact)
 
