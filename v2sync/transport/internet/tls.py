@@ -20,7 +20,7 @@ import ssl
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
@@ -50,6 +50,25 @@ class MemoryTls:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def read_batch(self, max_bytes: int) -> Tuple[bytes, bool]:
+        """The plaintext buffered now (up to ``max_bytes``), and whether the stream ended."""
+        parts: List[bytes] = []
+        size = 0
+        while size < max_bytes:
+            try:
+                # One record at most per call: asked for more, the ssl module would
+                # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
+                part = self.obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(parts), True  # close_notify, or the peer just closed
+            if not part:
+                return b"".join(parts), True
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts), False
 
 
 class ClientTls:
@@ -272,29 +291,15 @@ class TlsConnection(WrappedConnection):
 
     def _decrypt(self, max_bytes: int) -> Optional[bytes]:
         """Plaintext already buffered (up to ``max_bytes``), b"" at EOF, None: need bytes."""
-        parts: List[bytes] = []
-        size = 0
+        data = b""
         with self._state:
-            while size < max_bytes and not self._eof:
-                try:
-                    # One record at most per call: asked for more, both engines would
-                    # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
-                    part = self._obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
-                except ssl.SSLWantReadError:
-                    break
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    self._eof = True  # close_notify, or the peer just closed the socket
-                    break
-                if not part:
-                    self._eof = True
-                    break
-                parts.append(part)
-                size += len(part)
+            if not self._eof:
+                data, self._eof = self._tls.read_batch(max_bytes)
             pending = self._out.pending
         if pending:
             self._flush(False)  # e.g. a KeyUpdate answer; never wait behind a writer
-        if parts:
-            return b"".join(parts)
+        if data:
+            return data
         return b"" if self._eof else None
 
     def sendall(self, data: bytes) -> None:
