@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from typing import List, Optional, Tuple
 
+from Crypto.Util.strxor import strxor
+
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
 
 OP_CONT, OP_TEXT, OP_BINARY = 0, 1, 2
@@ -26,14 +28,15 @@ Event = Tuple  # ("data", bytes) | ("ping", bytes) | ("pong", bytes) | ("close",
 def mask_bytes(data: bytes, key: bytes, offset: int = 0) -> bytes:
     """XOR ``data`` with ``key`` repeated, starting at key byte ``offset % 4`` (§5.3).
 
-    Done as one big-integer XOR: a per-byte Python loop is ~100x slower on 64 KiB."""
+    pycryptodome's ``strxor`` does the XOR in C: 0.11 ms per MiB with the key stream built,
+    where one big-integer XOR (from_bytes, ^, to_bytes) took 3.5 ms, as much CPU as the
+    rest of a WS+TLS upload together (a client masks every byte it sends)."""
     size = len(data)
     if not size:
         return b""
     start = offset % 4
     stream = (key[start:] + key[:start]) * (size // 4 + 1)
-    mixed = int.from_bytes(data, "little") ^ int.from_bytes(stream[:size], "little")
-    return mixed.to_bytes(size, "little")
+    return strxor(data, memoryview(stream)[:size])
 
 
 def encode_frame(opcode: int, payload: bytes, mask_key: Optional[bytes] = None) -> bytes:
