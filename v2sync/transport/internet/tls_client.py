@@ -275,12 +275,14 @@ class _Outgoing:
     def pending(self) -> int:
         return _lib.BIO_get_mem_data(self._bio, _ffi.NULL)
 
-    def read(self) -> bytes:
+    def read(self) -> bytearray:
+        """Everything waiting, read straight into the buffer handed to the socket (a 1 MiB
+        upload is 1 MiB of records: no second copy)."""
         size = self.pending
         if not size:
-            return b""
-        buf = _alloc("char[]", size)
-        got = _lib.BIO_read(self._bio, buf, size)
+            return bytearray()
+        out = bytearray(size)
+        got = _lib.BIO_read(self._bio, _ffi.from_buffer(out), size)
         if got != size:  # a memory BIO gives what it holds
             raise TransportError(f"tls: read {got} of {size} bytes from the engine's BIO")
-        return _ffi.buffer(buf, got)[:]
+        return out

@@ -7,7 +7,7 @@ as ``("data", bytes)`` and never reassembles messages. Clients mask, servers do 
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from Crypto.Util.strxor import strxor
 
@@ -22,10 +22,13 @@ CLOSE_NORMAL = 1000
 _FIN, _RSV, _MASKED = 0x80, 0x70, 0x80
 _LEN16, _LEN64 = 126, 127  # 7-bit length values announcing a 16- or 64-bit length
 _HEAD16, _HEAD64 = struct.Struct("!BBH"), struct.Struct("!BBQ")
+# mask_bytes hands back its own bytearray from this size (a bulk frame, sent and dropped),
+# and bytes below it (control payloads, small frames: cheap to copy, and hashable).
+_COPY_MASKED_BELOW = 4096
 Event = Tuple  # ("data", bytes) | ("ping", bytes) | ("pong", bytes) | ("close", code, reason)
 
 
-def mask_bytes(data: bytes, key: bytes, offset: int = 0) -> bytes:
+def mask_bytes(data: bytes, key: bytes, offset: int = 0) -> Union[bytes, bytearray]:
     """XOR ``data`` with ``key`` repeated, starting at key byte ``offset % 4`` (§5.3).
 
     pycryptodome's ``strxor`` does the XOR in C: 0.11 ms per MiB with the key stream built,
@@ -35,8 +38,10 @@ def mask_bytes(data: bytes, key: bytes, offset: int = 0) -> bytes:
     if not size:
         return b""
     start = offset % 4
-    stream = (key[start:] + key[:start]) * (size // 4 + 1)
-    return strxor(data, memoryview(stream)[:size])
+    out = bytearray((key[start:] + key[:start]) * (size // 4 + 1))
+    del out[size:]
+    strxor(data, out, output=out)  # in place: the key stream becomes the masked bytes
+    return bytes(out) if size < _COPY_MASKED_BELOW else out
 
 
 def encode_frame(opcode: int, payload: bytes, mask_key: Optional[bytes] = None) -> bytes:
