@@ -352,3 +352,19 @@ def test_client_reads_of_many_small_records_are_byte_identical(tls_pair, read_si
         sender.join(TIMEOUT)
     assert bytes(got) == expected
 
+
+
+def test_a_small_read_waits_for_late_bytes_and_keeps_its_timeout(tls_pair) -> None:
+    """A small read waits for bytes before it makes its buffer (an idle connection parked in
+    it holds none); it still gets what arrives later, and a socket timeout still cuts it."""
+    client, server = tls_pair
+    client.settimeout(TIMEOUT)
+    timer = threading.Timer(0.1, lambda: server.write(b"late"))
+    timer.start()
+    try:
+        assert client.read(100) == b"late"
+    finally:
+        timer.join(TIMEOUT)
+    client.settimeout(0.1)
+    with pytest.raises(TransportError, match="timed out"):
+        client.read(100)

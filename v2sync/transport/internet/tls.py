@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import tempfile
@@ -282,12 +283,33 @@ class TlsConnection(WrappedConnection):
             data = self._decrypt(max_bytes)
             if data is not None:
                 return data
-            raw = self.sock.recv(max(max_bytes, RECORD_READ))  # no lock held: writes go on
+            raw = self._recv_raw(max_bytes)  # no lock held: writes go on
             with self._state:
                 if raw:
                     self._in.write(raw)
                 else:
                     self._in.write_eof()
+
+    def _recv_raw(self, max_bytes: int) -> bytes:
+        """Raw bytes for a read of ``max_bytes``: at least a whole record's worth.
+
+        A small read (an idle or interactive connection: the relay's read size has dropped)
+        first waits for bytes without a buffer, then reads what came. ``sock.recv`` makes
+        its buffer before it blocks, so a connection parked in it held RECORD_READ (16.5
+        KiB) for as long as it idled."""
+        size = max(max_bytes, RECORD_READ)
+        sock = self.sock
+        if max_bytes >= RECORD_READ:
+            return sock.recv(size)
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            timeout = sock.gettimeout()
+            if timeout == 0.0:
+                raise  # parked in the handshake selector: it waits, not this thread
+        if not _wait_readable(sock, timeout):
+            raise socket.timeout("timed out")
+        return sock.recv(size)
 
     def _decrypt(self, max_bytes: int) -> Optional[bytes]:
         """Plaintext already buffered (up to ``max_bytes``), b"" at EOF, None: need bytes."""
@@ -359,6 +381,14 @@ class TlsConnection(WrappedConnection):
         except (ssl.SSLError, ValueError):
             pass  # SSLWantReadError: ours is queued; the peer's is not awaited
         self._flush_quietly()
+
+
+def _wait_readable(sock: socket.socket, timeout: Optional[float]) -> bool:
+    """Block until ``sock`` is readable (bytes, EOF, an error, or a shutdown by ``abort``);
+    False if ``timeout`` (seconds; None: no limit) passed first."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
 
 def _reason(e: ssl.SSLError) -> str:
