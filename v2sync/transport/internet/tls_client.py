@@ -266,9 +266,10 @@ class _Outgoing:
     ``pending`` asks OpenSSL (``BIO_get_mem_data`` on a memory BIO gives its length), and
     ``read`` takes it all in one ``BIO_read``: no exception when it is empty, no pieces."""
 
-    __slots__ = ("_bio",)
+    __slots__ = ("_conn", "_bio")
 
     def __init__(self, conn: SSL.Connection):
+        self._conn = conn  # owns the BIO: kept alive as long as this holds its pointer
         self._bio = conn._from_ssl
 
     @property
