@@ -323,6 +323,8 @@ def cmd_run(args) -> int:
         configure(config.log, _console_handler)
     except ConfigError as e:  # a log file gone since the check
         return _print_config_errors(e)
+    from v2sync.common import allocator
+    allocator.tune()  # bulk buffers reused, not faulted in afresh: see there
     try:
         claim = affinity.apply(cpu)  # before start: every thread started later inherits it
     except ValueError as e:

@@ -308,6 +308,42 @@ class BulkSource(_TcpServer):
             drained += len(data)
 
 
+class BulkSink(_TcpServer):
+    """On connect, reads ``total_bytes`` (checking nothing but the count), answers one byte
+    (``SINK_DONE``) so the uploader can time the whole upload, then waits for EOF."""
+
+    def __init__(
+        self,
+        total_bytes: int,
+        *,
+        host: str = "127.0.0.1",
+        max_connections: int = 16,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ):
+        super().__init__("bulk-sink", host, max_connections, timeout)
+        self.total_bytes = total_bytes
+
+    def __enter__(self) -> "BulkSink":
+        self.start()
+        return self
+
+    def handle(self, conn: socket.socket) -> None:
+        buffer = memoryview(bytearray(RECV_SIZE * 4))
+        remaining = self.total_bytes
+        while remaining > 0 and not self.stopping.is_set():
+            received = conn.recv_into(buffer[:min(remaining, len(buffer))])
+            if not received:
+                return  # cut short: the uploader sees no SINK_DONE
+            remaining -= received
+        self.count_received(self.total_bytes - remaining)
+        conn.sendall(SINK_DONE)
+        while conn.recv(RECV_SIZE):  # until the uploader's close, so ours is not a reset
+            pass
+
+
+SINK_DONE = b"\x01"
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """What HttpOrigin saw, so proxy tests can check forwarded headers."""

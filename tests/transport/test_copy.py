@@ -38,3 +38,12 @@ def test_reads_between_a_quarter_and_full_keep_the_size() -> None:
     assert sizer.size == 16384
     assert sizer.next_size(8192) == 16384  # half full: neither grow nor shrink
     assert sizer.next_size(4095) == 4096   # under a quarter: a quarter
+
+
+def test_a_nearly_full_read_grows_the_size() -> None:
+    """A layer (TLS, WebSocket) hands back a little less payload than it read: framing."""
+    sizer = ReadSizer()
+    sizer.next_size(FIRST_READ_SIZE)
+    assert sizer.size == 16384
+    assert sizer.next_size(16384 - 16384 // 16) == 65536  # within 1/16 of full: grows
+    assert sizer.next_size(65536 - 65536 // 16 - 1) == 65536  # further off: kept

@@ -188,3 +188,41 @@ def test_raw_reader_and_empty_writes() -> None:
     assert RawReader().feed(b"") == [] and RawReader().feed(b"x") == [b"x"]
     writer, _ = pair(Security.AES128_GCM, 0x0D)
     assert writer.encode(b"") == b""  # only encode_eof() ends the stream
+
+
+@pytest.mark.parametrize("security", [Security.AES128_GCM, Security.CHACHA20_POLY1305])
+@pytest.mark.parametrize("option", [0x05, 0x0D])
+def test_runs_of_small_chunks_read_the_same_under_any_cuts(security: Security, option: int) -> None:
+    """4.34 sends ~2 KiB chunks; the masked-length fast path must read them whole, one byte
+    at a time and cut anywhere, to the same bytes."""
+    import random
+    rng = random.Random(option)
+    data = rng.randbytes(40_000)
+    writer = new_body_writer(security, option, False, KEY, IV)
+    writer.stream_payload = writer.max_payload  # 4.34's chunk size, not our 63 KiB
+    wire = writer.encode(data) + writer.encode_eof() + TRAILER
+    for cuts in (None, 1, "random"):
+        reader = new_body_reader(security, option, False, KEY, IV)
+        if cuts is None:
+            got = reader.feed(wire)
+        else:
+            got, pos = [], 0
+            while pos < len(wire):
+                step = 1 if cuts == 1 else rng.randint(1, 5000)
+                got += reader.feed(wire[pos:pos + step])
+                pos += step
+        assert b"".join(got) == data, cuts
+        assert reader.eof and reader.unused == TRAILER
+
+
+@pytest.mark.parametrize("option", [0x05, 0x0D])
+def test_masked_length_limits(option: int) -> None:
+    for size, message in ((4000, "exceeds"), (5, "shorter")):
+        masked = SizeCodec(IV)
+        if option & 0x08:
+            masked.next_padding()
+        wire = U16.pack(size ^ masked._shake.next_u16())  # the first chunk's length, masked
+        reader = ChunkReader(AeadAuth(aes_gcm(KEY), IV), SizeCodec(IV), bool(option & 0x08),
+                             max_chunk_size=2048)
+        with pytest.raises(RemoteProtocolError, match=message):
+            reader.feed(wire)

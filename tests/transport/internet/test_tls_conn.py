@@ -3,6 +3,7 @@ pair that deadlocks a plain SSLSocket (cpython#77271)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import ssl
 import threading
@@ -322,3 +323,48 @@ def test_one_large_read_gathers_several_records(tls_pair) -> None:
         if len(got) >= len(data):
             break
     assert got == data
+
+
+# -- the client's batched reads (ClientEngine.read_batch) -------------------------------------
+
+def _small_records(rng) -> list:
+    """Parts of 1 byte to 3 KiB: each goes out as a TLS record of its own, as 4.34 sends
+    every VMess chunk."""
+    return [rng.randbytes(rng.choice((1, 7, 2048, 2066, 3000))) for _ in range(200)]
+
+
+@pytest.mark.parametrize("read_size", [7, 1000, 16 * 1024, 1 << 20])
+def test_client_reads_of_many_small_records_are_byte_identical(tls_pair, read_size) -> None:
+    client, server = tls_pair
+    parts = _small_records(random.Random(read_size))
+    expected = b"".join(parts)
+    sender = threading.Thread(target=lambda: (server.write_parts(parts), server.close()))
+    sender.start()
+    got = bytearray()
+    try:
+        while True:  # bounded: the sender closes after its last record (close_notify)
+            data = client.read(read_size)
+            assert len(data) <= read_size
+            if not data:
+                break
+            got += data
+    finally:
+        sender.join(TIMEOUT)
+    assert bytes(got) == expected
+
+
+
+def test_a_small_read_waits_for_late_bytes_and_keeps_its_timeout(tls_pair) -> None:
+    """A small read waits for bytes before it makes its buffer (an idle connection parked in
+    it holds none); it still gets what arrives later, and a socket timeout still cuts it."""
+    client, server = tls_pair
+    client.settimeout(TIMEOUT)
+    timer = threading.Timer(0.1, lambda: server.write(b"late"))
+    timer.start()
+    try:
+        assert client.read(100) == b"late"
+    finally:
+        timer.join(TIMEOUT)
+    client.settimeout(0.1)
+    with pytest.raises(TransportError, match="timed out"):
+        client.read(100)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
@@ -55,6 +56,25 @@ class MemoryTls:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def read_batch(self, max_bytes: int) -> Tuple[bytes, bool]:
+        """The plaintext buffered now (up to ``max_bytes``), and whether the stream ended."""
+        parts: List[bytes] = []
+        size = 0
+        while size < max_bytes:
+            try:
+                # One record at most per call: asked for more, the ssl module would
+                # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
+                part = self.obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(parts), True  # close_notify, or the peer just closed
+            if not part:
+                return b"".join(parts), True
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts), False
 
 
 class ClientTls:
@@ -277,38 +297,45 @@ class TlsConnection(WrappedConnection):
             data = self._decrypt(max_bytes)
             if data is not None:
                 return data
-            raw = self.sock.recv(max(max_bytes, RECORD_READ))  # no lock held: writes go on
+            raw = self._recv_raw(max_bytes)  # no lock held: writes go on
             with self._state:
                 if raw:
                     self._in.write(raw)
                 else:
                     self._in.write_eof()
 
+    def _recv_raw(self, max_bytes: int) -> bytes:
+        """Raw bytes for a read of ``max_bytes``: at least a whole record's worth.
+
+        A small read (an idle or interactive connection: the relay's read size has dropped)
+        first waits for bytes without a buffer, then reads what came. ``sock.recv`` makes
+        its buffer before it blocks, so a connection parked in it held RECORD_READ (16.5
+        KiB) for as long as it idled."""
+        size = max(max_bytes, RECORD_READ)
+        sock = self.sock
+        if max_bytes >= RECORD_READ:
+            return sock.recv(size)
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            timeout = sock.gettimeout()
+            if timeout == 0.0:
+                raise  # parked in the handshake selector: it waits, not this thread
+        if not _wait_readable(sock, timeout):
+            raise socket.timeout("timed out")
+        return sock.recv(size)
+
     def _decrypt(self, max_bytes: int) -> Optional[bytes]:
         """Plaintext already buffered (up to ``max_bytes``), b"" at EOF, None: need bytes."""
-        parts: List[bytes] = []
-        size = 0
+        data = b""
         with self._state:
-            while size < max_bytes and not self._eof:
-                try:
-                    # One record at most per call: asked for more, both engines would
-                    # allocate the whole request (up to RELAY_READ_SIZE) for 16 KiB.
-                    part = self._obj.read(min(max_bytes - size, RECORD_PLAINTEXT))
-                except ssl.SSLWantReadError:
-                    break
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    self._eof = True  # close_notify, or the peer just closed the socket
-                    break
-                if not part:
-                    self._eof = True
-                    break
-                parts.append(part)
-                size += len(part)
+            if not self._eof:
+                data, self._eof = self._tls.read_batch(max_bytes)
             pending = self._out.pending
         if pending:
             self._flush(False)  # e.g. a KeyUpdate answer; never wait behind a writer
-        if parts:
-            return b"".join(parts)
+        if data:
+            return data
         return b"" if self._eof else None
 
     def sendall(self, data: bytes) -> None:
@@ -371,6 +398,14 @@ class TlsConnection(WrappedConnection):
         except (ssl.SSLError, ValueError):
             pass  # SSLWantReadError: ours is queued; the peer's is not awaited
         self._flush_quietly()
+
+
+def _wait_readable(sock: socket.socket, timeout: Optional[float]) -> bool:
+    """Block until ``sock`` is readable (bytes, EOF, an error, or a shutdown by ``abort``);
+    False if ``timeout`` (seconds; None: no limit) passed first."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
 
 def _reason(e: ssl.SSLError) -> str:

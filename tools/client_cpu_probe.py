@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""CPU per MiB of a VMess client talking to a v2ray 4.34 server (issue 19).
+
+    python tools/client_cpu_probe.py [--stream tls|ws] [--mib 128] [--rounds 3]
+                                     [--only v2sync|v2ray]
+
+A throughput figure on a shared 2-core machine says as much about the neighbours as about
+the client; the CPU the client process spends per MiB moved does not. For each client
+implementation (v2sync, then the real v2ray), against a v2ray server in both cases: start
+the pair of ``tools/bench.py``'s mixed scenario (SOCKS5 -> VMess aes-128-gcm over TLS or
+WS+TLS -> v2ray -> freedom), warm it with one transfer, then per round download and upload
+``--mib`` through it and print MiB/s, the client's CPU ms per MiB (user + system, from
+/proc), its context switches and minor page faults per MiB.
+
+Loopback only; every transfer has the bench's deadline; every process is stopped in a
+``finally`` (``bench.running_chain``).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
+sys.path.insert(0, str(REPO_ROOT / "tools"))  # and the benchmark's chains and transfers
+
+import bench  # noqa: E402
+from support.peers import BulkSink, BulkSource  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> Sequence[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def counters(pid: int) -> Dict[str, float]:
+    """The process's CPU seconds, minor faults and context switches (all its threads)."""
+    fields = _stat_fields(pid)
+    switches = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    for path in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(":")
+                    if name in switches:
+                        switches[name] += int(value)
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return {"cpu": (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+            "minflt": float(fields[7]),
+            "voluntary": float(switches["voluntary_ctxt_switches"]),
+            "involuntary": float(switches["nonvoluntary_ctxt_switches"])}
+
+
+def measured(pid: int, mib: int, transfer: Callable[[], float]) -> str:
+    before = counters(pid)
+    rate = transfer()
+    after = counters(pid)
+    per = {name: (after[name] - before[name]) / mib for name in before}
+    return (f"{rate:6.0f} MiB/s  cpu {1000 * per['cpu']:5.2f} ms/MiB  "
+            f"switches {per['voluntary']:.0f}+{per['involuntary']:.0f}/MiB  "
+            f"minor faults {per['minflt']:.0f}/MiB")
+
+
+STREAMS: Dict[str, Callable[[], Tuple[Dict[str, object], Dict[str, object]]]] = {
+    "tls": bench.tls_streams, "ws": bench.wss_streams}
+
+
+def run(client: str, stream: str, mib: int, rounds: int) -> None:
+    entry = bench.free_port()
+    server_config, client_config = bench.vmess_pair_configs(entry, *STREAMS[stream]())
+    errors: list = []
+    size = mib * bench.MIB
+    with BulkSource(size, max_connections=4, timeout=bench.CLIENT_TIMEOUT) as source, \
+            BulkSink(size, max_connections=4, timeout=bench.CLIENT_TIMEOUT) as sink, \
+            bench.running_chain("v2ray", [server_config], errors), \
+            bench.running_chain(client, [client_config], errors) as clients:
+        pid = clients[0].pid
+        bench.measure_download(entry, source)  # warm-up: imports, first buffers
+        bench.measure_upload(entry, sink)
+        for _ in range(rounds):
+            print(f"{client:6} {stream:3} download {measured(pid, mib, lambda: bench.measure_download(entry, source))}",
+                  flush=True)
+            print(f"{client:6} {stream:3} upload   {measured(pid, mib, lambda: bench.measure_upload(entry, sink))}",
+                  flush=True)
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stream", choices=sorted(STREAMS), default="ws")
+    parser.add_argument("--mib", type=int, default=128, help="MiB per transfer (default 128)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=bench.IMPLEMENTATIONS)
+    args = parser.parse_args()
+    mib = max(1, min(args.mib, 1024))
+    rounds = max(1, min(args.rounds, 10))
+    for client in (args.only,) if args.only else bench.IMPLEMENTATIONS:
+        run(client, args.stream, mib, rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
