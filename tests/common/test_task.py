@@ -5,6 +5,7 @@ import threading
 import time
 import weakref
 
+from v2sync.common import task as task_module
 from v2sync.common.task import (
     MAX_SURPLUS_SPREAD,
     SURPLUS_LINGER,
@@ -275,7 +276,10 @@ def test_a_closed_group_parks_no_worker():
     assert not group._threads and not group._idle  # it left instead of parking for 30 s
 
 
-def test_tuning_for_many_threads_keeps_a_long_switch_interval():
+def test_tuning_for_many_threads_keeps_a_long_switch_interval(monkeypatch):
+    # An Instance started earlier in this process has tuned it once already (and its test
+    # may have put the interval back): start from an untuned process, whatever ran before.
+    monkeypatch.setattr(task_module, "_tuned", False)
     previous = sys.getswitchinterval()
     try:
         tune_for_many_threads()
