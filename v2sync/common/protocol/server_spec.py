@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Destination
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, get_items, get_server_address,
+                                      get_server_port, get_str, get_uint, require_object)
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,6 @@ class ServerSpec:
         return random.choice(self.users) if self.users else None
 
 
-def _array(settings: Mapping[str, Any], key: str, path: str) -> list:
-    items = settings.get(key) or []
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"{type(items).__name__} is not an array", join_path(path, key),
-                          expected="expected an array")
-    return list(items)
-
-
 def _account(raw: Any, path: str) -> Account:
     entry = require_object(raw, path)
     return Account(get_str(entry, "user", path), get_str(entry, "pass", path),
@@ -59,20 +51,13 @@ def servers_from_json(settings: Mapping[str, Any], path: str, protocol: str
                       ) -> Tuple[ServerSpec, ...]:
     settings = require_object(settings, path)
     servers = []
-    for i, raw in enumerate(_array(settings, "servers", path)):
-        where = f"{join_path(path, 'servers')}[{i}]"
+    for raw, where in get_items(settings, "servers", path):
         entry = require_object(raw, where)
-        address = get_str(entry, "address", where)
-        if not address:
-            raise ConfigError(f"{protocol} server address is empty", join_path(where, "address"),
-                              expected="a host name or IP")
-        port = get_uint(entry, "port", where, maximum=MAX_UINT16)
-        if port == 0:
-            raise ConfigError(f"{protocol} server port is 0", join_path(where, "port"),
-                              expected="1-65535")
-        users = tuple(_account(u, f"{join_path(where, 'users')}[{j}]")
-                      for j, u in enumerate(_array(entry, "users", where)))
-        servers.append(ServerSpec(Address.parse(address), port, users))
+        address = get_server_address(entry, where, f"{protocol} server address is empty",
+                                     expected="a host name or IP")
+        port = get_server_port(entry, where, f"{protocol} server port is 0")
+        users = tuple(_account(u, p) for u, p in get_items(entry, "users", where))
+        servers.append(ServerSpec(address, port, users))
     if not servers:
         raise ConfigError(f"{protocol} outbound has no servers", join_path(path, "servers"),
                           expected="at least one {address, port}")

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional
 
 from v2sync.common.errors import ConfigError, join_path
+from v2sync.common.net import Address
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT16 = 2**16 - 1
@@ -82,3 +83,21 @@ def get_items(settings: Mapping[str, Any], key: str, path: str):
         raise ConfigError(f"{type(items).__name__} is not an array", where,
                           expected="expected an array")
     return [(item, f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def get_server_address(entry: Mapping[str, Any], path: str, empty: str,
+                       expected: str = "") -> Address:
+    """A server's ``address``; ``empty`` is the protocol's own 4.34 message for a missing one."""
+    address = get_str(entry, "address", path)
+    if not address:
+        raise ConfigError(empty, join_path(path, "address"), expected=expected)
+    return Address.parse(address)
+
+
+def get_server_port(entry: Mapping[str, Any], path: str, zero: str,
+                    expected: str = "1-65535") -> int:
+    """A server's ``port``; ``zero`` is the protocol's own 4.34 message for port 0."""
+    port = get_uint(entry, "port", path, maximum=MAX_UINT16)
+    if port == 0:
+        raise ConfigError(zero, join_path(path, "port"), expected=expected)
+    return port

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Network
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, get_bool, get_items, get_server_address,
+                                      get_server_port, get_str, get_uint, require_object)
 from v2sync.proxy.dokodemo.config import parse_network_list
 from v2sync.proxy.shadowsocks.encoding import METHODS, Account, method_named
 
@@ -80,26 +80,16 @@ class ShadowsocksClientConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "ShadowsocksClientConfig":
         settings = require_object(settings, path)
-        where = join_path(path, "servers")
-        items = settings.get("servers") or []
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{type(items).__name__} is not an array", where,
-                              expected="expected an array")
+        items = get_items(settings, "servers", path)
         if not items:
-            raise ConfigError("0 Shadowsocks server configured.", where,
+            raise ConfigError("0 Shadowsocks server configured.", join_path(path, "servers"),
                               expected="at least one {address, port, method, password}")
-        return cls(tuple(_server(require_object(raw, f"{where}[{i}]"), f"{where}[{i}]")
-                         for i, raw in enumerate(items)))
+        return cls(tuple(_server(require_object(raw, where), where) for raw, where in items))
 
 
 def _server(entry: Mapping[str, Any], path: str) -> ShadowsocksServer:
-    address = get_str(entry, "address", path)
-    if not address:
-        raise ConfigError("Shadowsocks server address is not set.", join_path(path, "address"),
-                          expected="a host name or IP")
-    port = get_uint(entry, "port", path, maximum=MAX_UINT16)
-    if port == 0:
-        raise ConfigError("Invalid Shadowsocks port.", join_path(path, "port"),
-                          expected="1-65535")
+    address = get_server_address(entry, path, "Shadowsocks server address is not set.",
+                                 expected="a host name or IP")
+    port = get_server_port(entry, path, "Invalid Shadowsocks port.")
     get_bool(entry, "ota", path)  # parsed and ignored, as 4.34 does
-    return ShadowsocksServer(Address.parse(address), port, _user(entry, path))
+    return ShadowsocksServer(address, port, _user(entry, path))

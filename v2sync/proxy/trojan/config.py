@@ -10,8 +10,8 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_items, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, get_items, get_server_address,
+                                      get_server_port, get_str, get_uint, require_object)
 from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
 from v2sync.proxy.trojan.encoding import password_key
@@ -63,18 +63,12 @@ class TrojanOutboundConfig:
         servers = []
         for raw, where in get_items(settings, "servers", path):
             entry = require_object(raw, where)
-            address = get_str(entry, "address", where)
-            if not address:
-                raise ConfigError("Trojan server address is not set.",
-                                  join_path(where, "address"))
-            port = get_uint(entry, "port", where, maximum=MAX_UINT16)
-            if port == 0:
-                raise ConfigError("Invalid Trojan port.", join_path(where, "port"),
-                                  expected="1-65535")
+            address = get_server_address(entry, where, "Trojan server address is not set.")
+            port = get_server_port(entry, where, "Invalid Trojan port.")
             if not get_str(entry, "password", where):
                 raise ConfigError("Trojan password is not specified.",
                                   join_path(where, "password"))
-            servers.append(TrojanServer(Address.parse(address), port, parse_user(entry, where)))
+            servers.append(TrojanServer(address, port, parse_user(entry, where)))
         if not servers:
             raise ConfigError("0 Trojan server configured.", join_path(path, "servers"))
         return cls(tuple(servers))

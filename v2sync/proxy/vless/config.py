@@ -12,8 +12,8 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT16, get_items, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT16, get_items, get_server_address, get_str,
+                                      get_uint, require_object)
 from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
 from v2sync.proxy.vmess.ids import parse_uuid
@@ -81,16 +81,13 @@ class VlessOutboundConfig:
         servers = []
         for raw, where in get_items(settings, "vnext", path):
             entry = require_object(raw, where)
-            address = get_str(entry, "address", where)
-            if not address:
-                raise ConfigError('VLESS vnext: "address" is not set',
-                                  join_path(where, "address"))
+            address = get_server_address(entry, where, 'VLESS vnext: "address" is not set')
             users = tuple(parse_user(u, p, outbound=True)
                           for u, p in get_items(entry, "users", where))
             if not users:
                 raise ConfigError('VLESS vnext: "users" is empty', join_path(where, "users"))
             port = get_uint(entry, "port", where, maximum=MAX_UINT16)
-            servers.append(VlessServer(Address.parse(address), port, users))
+            servers.append(VlessServer(address, port, users))
         if not servers:
             raise ConfigError('VLESS settings: "vnext" is empty', join_path(path, "vnext"))
         return cls(tuple(servers))

@@ -6,8 +6,9 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_items, get_str,
-                                      get_uint, require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_items,
+                                      get_server_address, get_server_port, get_str, get_uint,
+                                      require_object)
 from v2sync.proxy.vmess.ids import SECURITY_NAMES, Security, VMessUser, parse_uuid
 
 
@@ -74,19 +75,14 @@ class VMessOutboundConfig:
         servers = []
         for raw, where in get_items(settings, "vnext", path):
             entry = require_object(raw, where)
-            address = get_str(entry, "address", where)
-            if not address:
-                raise ConfigError("vmess server address is empty", join_path(where, "address"),
-                                  expected="a host name or IP")
+            address = get_server_address(entry, where, "vmess server address is empty",
+                                         expected="a host name or IP")
             users = tuple(_user(u, p) for u, p in get_items(entry, "users", where))
             if not users:
                 raise ConfigError("vmess server has no users", join_path(where, "users"),
                                   expected="at least one {id}")
-            port = get_uint(entry, "port", where, maximum=MAX_UINT16)
-            if port == 0:
-                raise ConfigError("vmess server port is 0", join_path(where, "port"),
-                                  expected="1-65535")
-            servers.append(VMessServer(Address.parse(address), port, users))
+            port = get_server_port(entry, where, "vmess server port is 0")
+            servers.append(VMessServer(address, port, users))
         if not servers:
             raise ConfigError("vmess outbound has no servers", join_path(path, "vnext"),
                               expected="at least one {address, port, users}")
