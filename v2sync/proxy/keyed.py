@@ -12,7 +12,6 @@ key, parse the header) and how its request is served.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from functools import partial
 from typing import Any, Callable, List, Mapping, Optional, Tuple
@@ -20,6 +19,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 from v2sync.common.errors import (AuthenticationError, RemoteProtocolError, TransportError)
 from v2sync.common.net import Destination
 from v2sync.common.protocol.packets import PacketStream, Parser
+from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.protocol.users import KeyedUserTable
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -234,21 +234,7 @@ class KeyedOutbound:
         self.settings = settings
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def pick_server(self):
-        with self._lock:
-            index = self._next
-            self._next += 1
-        servers = self.settings.servers
-        return servers[index % len(servers)]
-
-    @staticmethod
-    def target_of(session: Session) -> Destination:
-        if session.target is None:
-            raise TransportError("target not specified")  # outbound.go says the same
-        return session.target
+        self.picker: ServerPicker = ServerPicker(settings.servers)
 
     def dial(self, address, port: int) -> Connection:
         return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,

@@ -11,12 +11,14 @@ import itertools
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Destination
 from v2sync.infra.conf.fields import (MAX_UINT8, get_items, get_server_address,
                                       get_server_port, get_str, get_uint, require_object)
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -64,15 +66,16 @@ def servers_from_json(settings: Mapping[str, Any], path: str, protocol: str
     return tuple(servers)
 
 
-class ServerPicker:
-    """Round-robin over the configured servers (server_picker.go RoundRobinServerPicker)."""
+class ServerPicker(Generic[S]):
+    """Round-robin over an outbound's configured servers, whatever their type (4.34
+    ``server_picker.go`` RoundRobinServerPicker): every outbound with a server list."""
 
-    def __init__(self, servers: Tuple[ServerSpec, ...]):
+    def __init__(self, servers: Sequence[S]):
         self.servers = servers
         self._next = itertools.count()
         self._lock = threading.Lock()
 
-    def pick(self) -> ServerSpec:
+    def pick(self) -> S:
         with self._lock:
             index = next(self._next)
         return self.servers[index % len(self.servers)]

@@ -7,12 +7,12 @@ carrying the target; answers are decoded and their payloads handed back.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 
-from v2sync.common.errors import LocalProtocolError, ProtocolError, TransportError
+from v2sync.common.errors import ProtocolError, TransportError
 from v2sync.common.net import Destination, Network
+from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -42,21 +42,12 @@ class ShadowsocksOutbound:
         self.settings = settings
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
-        self._next = itertools.count()
-        self._lock = threading.Lock()
-
-    def _pick_server(self) -> ShadowsocksServer:
-        with self._lock:
-            index = next(self._next)
-        servers = self.settings.servers
-        return servers[index % len(servers)]
+        self.picker: ServerPicker[ShadowsocksServer] = ServerPicker(settings.servers)
 
     def process(self, session: Session, link: Link) -> None:
-        server = self._pick_server()
+        server = self.picker.pick()
         policy = self.ctx.policy.for_level(server.user.level)
-        target = session.target
-        if target is None:
-            raise LocalProtocolError("shadowsocks: no target to tunnel to")
+        target = session.destination()
         if target.network is Network.UDP:
             self._process_udp(session, server, target, link, policy)
             return

@@ -23,8 +23,8 @@ class TrojanOutbound(KeyedOutbound):
     config_type = TrojanOutboundConfig
 
     def process(self, session: Session, link: Link) -> None:
-        server = self.pick_server()
-        target = self.target_of(session)
+        server = self.picker.pick()
+        target = session.destination()
         udp = target.network is Network.UDP
         command = Command.UDP if udp else Command.TCP
         header = encode_request_header(RequestHeader(server.user.key, command, target.address,

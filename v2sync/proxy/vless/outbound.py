@@ -26,9 +26,9 @@ class VlessOutbound(KeyedOutbound):
     config_type = VlessOutboundConfig
 
     def process(self, session: Session, link: Link) -> None:
-        server = self.pick_server()
+        server = self.picker.pick()
         user = random.choice(server.users)
-        target = self.target_of(session)
+        target = session.destination()
         command = Command.UDP if target.network is Network.UDP else Command.TCP
         if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
             command = Command.MUX

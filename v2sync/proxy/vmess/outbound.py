@@ -8,16 +8,15 @@ ChunkStream always, plus ChunkMasking for gcm/chacha/none and GlobalPadding for 
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import random
-import threading
 import time
 from typing import Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.mux.encoding import is_mux_destination
 from v2sync.common.net import Destination, Network
+from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -49,17 +48,10 @@ class VMessOutbound:
         self.settings = settings
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
-        self._next = itertools.count()
-        self._lock = threading.Lock()
-
-    def _pick_server(self) -> VMessServer:
-        with self._lock:
-            index = next(self._next)
-        servers = self.settings.servers
-        return servers[index % len(servers)]
+        self.picker: ServerPicker[VMessServer] = ServerPicker(settings.servers)
 
     def process(self, session: Session, link: Link) -> None:
-        server = self._pick_server()
+        server = self.picker.pick()
         user = random.choice(server.users)
         security = resolve_security(user.security)
         target = session.destination()
