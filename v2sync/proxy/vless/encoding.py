@@ -9,7 +9,6 @@ Body: the raw stream, or for UDP one ``len | packet`` frame per datagram
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -18,6 +17,7 @@ from v2sync.common.errors import RemoteProtocolError
 from v2sync.common.mux.encoding import MUX_COOL_ADDRESS
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.protocol.address import PORT_FIRST
+from v2sync.common.protocol.command import Command
 
 VERSION = 0
 UUID_SIZE = 16
@@ -26,12 +26,6 @@ PROBE_SIZE = 1 + UUID_SIZE + 1
 # encoding.go: a Mux request's destination is v1.mux.cool with port 0.
 MUX_DESTINATION = Destination(MUX_COOL_ADDRESS, 0)
 NO_ADDONS = b"\x00"
-
-
-class Command(enum.IntEnum):
-    TCP = 1
-    UDP = 2
-    MUX = 3
 
 
 @dataclass(frozen=True)

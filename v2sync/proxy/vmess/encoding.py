@@ -11,7 +11,6 @@ AEAD form: see ``aead.py``. Response plaintext: ``V | Opt | CmdID | CmdLen | Cmd
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import os
@@ -23,8 +22,10 @@ from v2sync.common.crypto.checksum import fnv1a32
 from v2sync.common.crypto.stream import AesBlock, AesCfb, aes_cfb_decryptor, aes_cfb_encryptor
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.common.net import Address, Destination, Network
+from v2sync.common.mux.encoding import MUX_COOL_ADDRESS
 from v2sync.common.protocol.address import PORT_FIRST, domain_address
+from v2sync.common.protocol.command import Command
 from v2sync.proxy.vmess import aead
 from v2sync.proxy.vmess.body import (
     OPTION_CHUNK_MASKING, OPTION_CHUNK_STREAM, OPTION_GLOBAL_PADDING, BodyReader, BodyWriter,
@@ -38,19 +39,12 @@ MAX_PADDING = 15                 # the P nibble
 CHECKSUM_SIZE = 4
 LEGACY_TIME_JITTER = 30          # client.go NewTimestampGenerator(now, 30)
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 2, 3
-MUX_ADDRESS = Address("v1.mux.cool", AddressKind.DOMAIN)
 COMMAND_SWITCH_ACCOUNT = 1
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 
 RandomBytes = Callable[[int], bytes]
-
-
-class Command(enum.IntEnum):
-    TCP = 1
-    UDP = 2
-    MUX = 3
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,7 @@ def _read_domain(cur: Cursor) -> Tuple[Optional[Address], str]:
 def _read_address(cur: Cursor, command: int) -> Tuple[Optional[Address], int, str]:
     """Port then address, consuming exactly what 4.34's parser would even when it fails."""
     if command == Command.MUX:
-        return MUX_ADDRESS, 0, ""
+        return MUX_COOL_ADDRESS, 0, ""
     if command not in (Command.TCP, Command.UDP):
         return None, 0, f"unknown command {command}"
     port = cur.u16()
