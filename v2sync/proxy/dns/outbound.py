@@ -20,6 +20,7 @@ from typing import Optional
 from v2sync.app.dns.server import DnsAnswerError
 from v2sync.common.errors import ProtocolError, TransportError
 from v2sync.common.net import Destination, Network
+from v2sync.common.protocol.packets import PacketStream
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -118,22 +119,14 @@ class _MessageIO:
         self._write_lock = threading.Lock()
 
     def read(self):
-        buf = b""
+        stream: Optional[PacketStream[bytes]] = None
+        if self.is_tcp:
+            stream = PacketStream(enc.parse_tcp_message)
         while True:
             chunk = self.link.reader.read()
             if chunk is EOF:
                 return
-            if not self.is_tcp:
-                yield chunk
-                continue
-            buf += chunk
-            while True:
-                parsed = enc.parse_tcp_message(buf)
-                if parsed is None:
-                    break
-                message, used = parsed
-                buf = buf[used:]
-                yield message
+            yield from (stream.feed(chunk) if stream is not None else (chunk,))
 
     def write(self, message: bytes) -> None:
         data = enc.frame_tcp_message(message) if self.is_tcp else message
@@ -206,7 +199,7 @@ class _Upstream:
 
     @staticmethod
     def _stream(conn: Connection):
-        buf = b""
+        stream: PacketStream[bytes] = PacketStream(enc.parse_tcp_message)
         while True:
             try:
                 data = conn.read(TCP_READ_SIZE)
@@ -214,14 +207,7 @@ class _Upstream:
                 return
             if not data:
                 return
-            buf += data
-            while True:
-                parsed = enc.parse_tcp_message(buf)
-                if parsed is None:
-                    break
-                message, used = parsed
-                buf = buf[used:]
-                yield message
+            yield from stream.feed(data)
 
     def close_input(self) -> None:
         """The client is done: without an upstream, nothing will ever answer."""
