@@ -31,7 +31,7 @@ from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_once
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp, shutdown_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -221,10 +221,7 @@ class _Upstream:
             sock, conn = self._sock, self._conn
             self._ready.set()
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown_udp(sock)
             sock.close()
         if conn is not None:
             conn.abort()

@@ -8,7 +8,6 @@ datagram per pipe chunk.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 
 from v2sync.common.errors import TransportError
@@ -21,7 +20,7 @@ from v2sync.proxy.relay import relay_upstream, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.counting import adder
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp, shutdown_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class FreedomOutbound:
         try:
             def abort() -> None:
                 stopped.set()
-                _shutdown(sock)
+                shutdown_udp(sock)
                 link.interrupt()
 
             def request(timer) -> None:
@@ -123,10 +122,3 @@ class FreedomOutbound:
             run_relay(self.ctx, session.name(), policy, None, abort, request, response)
         finally:
             sock.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

@@ -35,9 +35,8 @@ from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
 from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
                                                RequestDecoder, StreamReader, StreamWriter,
                                                decode_packet, encode_packet)
-from v2sync.proxy.vmess.inbound import drain
 from v2sync.transport.copy import adaptive_reads, write_or_stop
-from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)

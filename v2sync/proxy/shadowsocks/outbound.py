@@ -21,11 +21,10 @@ from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, Shadowsocks
 from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, encode_packet,
                                                encode_request)
 from v2sync.proxy.shadowsocks.inbound import relay_encrypted
-from v2sync.proxy.freedom.outbound import _shutdown
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class ShadowsocksOutbound:
 
         def abort() -> None:
             stopped.set()
-            _shutdown(sock)
+            shutdown_udp(sock)
             link.interrupt()
 
         def request(timer) -> None:

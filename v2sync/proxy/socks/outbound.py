@@ -12,7 +12,6 @@ plain UDP, as 4.34's dialer makes it.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from typing import Optional
@@ -28,7 +27,7 @@ from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -79,10 +78,7 @@ class SocksOutbound:
 
         def abort() -> None:
             stopped.set()
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown_udp(sock)
             conn.abort()
             link.interrupt()
 

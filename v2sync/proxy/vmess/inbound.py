@@ -15,7 +15,7 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import ConfigError, HandshakeTimeout, UserNotFound
+from v2sync.common.errors import ConfigError, UserNotFound
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
@@ -26,8 +26,7 @@ from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
 from v2sync.transport.copy import adaptive_reads, write_or_stop
-from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
-                                            arm_deadline)
+from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
 
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 # An honest header is under 400 bytes; past this a connection is not worth reading further.
 MAX_HEADER_BYTES = 4096
 # 4.34 reads into 2 KiB buffers (buf.Size); whatever has arrived is taken whole.
-DRAIN_READ_SIZE = 64 * 1024
 
 
 @INBOUNDS.register("vmess")
@@ -149,35 +147,3 @@ def deliver(pipe: Pipe, chunks: List[bytes], packet: bool) -> bool:
     if packet:
         return all(write_or_stop(pipe, chunk) for chunk in chunks)
     return not chunks or write_or_stop(pipe, b"".join(chunks))
-
-
-def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
-    """Read and drop at least ``remaining`` more bytes, within the handshake deadline.
-
-    As 4.34 (``ServerSession.DrainConnN`` over a ``BufferedReader``): every byte that has
-    arrived is read, in whole reads, until the count is met, so the close that follows
-    leaves nothing unread and the kernel sends a FIN, not a reset. A prober cannot tell
-    the two apart by how much is drained or how the connection ends.
-    """
-    while remaining > 0:
-        try:
-            data = _read_before(conn, deadline)
-        except BlockingIOError:
-            data = None
-        except (OSError, HandshakeTimeout):
-            return  # a reset, or the deadline: 4.34's read deadline ends it the same way
-        if data is None:
-            try:
-                yield deadline  # parked: resumed when bytes arrive, cut at the deadline
-            except HandshakeTimeout:
-                return
-            continue
-        if not data:
-            return
-        remaining -= len(data)
-
-
-def _read_before(conn: Connection, deadline: float) -> bytes:
-    if not arm_deadline(conn.sock, deadline):
-        raise HandshakeTimeout("drain deadline")
-    return conn.recv(DRAIN_READ_SIZE)

@@ -254,6 +254,43 @@ class HandshakeReader:
             yield from self.fill_steps()
 
 
+# Anti-probing drains read in big reads: whatever has arrived, each time.
+DRAIN_READ_SIZE = 64 * 1024
+
+
+def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
+    """Read and drop at least ``remaining`` more bytes, within the handshake deadline: the
+    anti-probing drain of the VMess and Shadowsocks servers.
+
+    As 4.34 (``ServerSession.DrainConnN`` over a ``BufferedReader``): every byte that has
+    arrived is read, in whole reads, until the count is met, so the close that follows
+    leaves nothing unread and the kernel sends a FIN, not a reset. A prober cannot tell
+    the two apart by how much is drained or how the connection ends.
+    """
+    while remaining > 0:
+        try:
+            data = _read_before(conn, deadline)
+        except BlockingIOError:
+            data = None
+        except (OSError, HandshakeTimeout):
+            return  # a reset, or the deadline: 4.34's read deadline ends it the same way
+        if data is None:
+            try:
+                yield deadline  # parked: resumed when bytes arrive, cut at the deadline
+            except HandshakeTimeout:
+                return
+            continue
+        if not data:
+            return
+        remaining -= len(data)
+
+
+def _read_before(conn: Connection, deadline: float) -> bytes:
+    if not arm_deadline(conn.sock, deadline):
+        raise HandshakeTimeout("drain deadline")
+    return conn.recv(DRAIN_READ_SIZE)
+
+
 class FinishOnFirstUse:
     """The rest of a client handshake, run once by whichever thread first reads or writes.
 

@@ -67,6 +67,14 @@ def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.sock
     return sock
 
 
+def shutdown_udp(sock: socket.socket) -> None:
+    """Wake a thread blocked in ``recv`` on ``sock`` (it returns b""); never raises."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected, or already closed
+
+
 def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
     """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
     sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
