@@ -7,14 +7,17 @@ ConfigError located at ``path.key``, with Go's integer widths as bounds.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
-from v2sync.common.net import Address
+from v2sync.common.net import Address, Network
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT16 = 2**16 - 1
 MAX_UINT8 = 2**8 - 1
+# common.go NetworkList: the networks dokodemo-door and the Shadowsocks server take.
+NETWORK_NAMES = {"tcp": Network.TCP, "udp": Network.UDP}
+NETWORK_EXPECTED = 'expected "tcp", "udp", "tcp,udp" or an array of them'
 
 
 def require_object(value: Any, path: str) -> Mapping[str, Any]:
@@ -101,3 +104,30 @@ def get_server_port(entry: Mapping[str, Any], path: str, zero: str,
     if port == 0:
         raise ConfigError(zero, join_path(path, "port"), expected=expected)
     return port
+
+
+def parse_network_list(value: Any, path: str) -> Tuple[Network, ...]:
+    """``NetworkList``: absent means TCP; an array or a comma-separated string.
+
+    4.34 turns an unknown name (``"tcp, udp"``: spaces are not trimmed) into a network that
+    opens nothing; here it is refused by name. An empty list is refused as 4.34's
+    ``Door.Init`` refuses it ("no network specified").
+    """
+    if value is None:
+        return (Network.TCP,)
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = list(value)
+    else:
+        raise ConfigError(f"invalid network list {value!r}", path, expected=NETWORK_EXPECTED)
+    if not names:
+        raise ConfigError("no network specified", path, expected=NETWORK_EXPECTED)
+    networks = []
+    for name in names:
+        network = NETWORK_NAMES.get(name.lower())
+        if network is None:
+            raise ConfigError(f"unknown network {name!r}", path, expected=NETWORK_EXPECTED)
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)

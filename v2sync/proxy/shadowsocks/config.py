@@ -13,8 +13,8 @@ from typing import Any, Mapping, Tuple
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Network
 from v2sync.infra.conf.fields import (MAX_UINT8, get_bool, get_items, get_server_address,
-                                      get_server_port, get_str, get_uint, require_object)
-from v2sync.proxy.dokodemo.config import parse_network_list
+                                      get_server_port, get_str, get_uint, parse_network_list,
+                                      require_object)
 from v2sync.proxy.shadowsocks.encoding import METHODS, Account, method_named
 
 METHODS_EXPECTED = "one of " + ", ".join(sorted(METHODS))
