@@ -33,26 +33,11 @@ from support.procs import REPO_ROOT, ConfigProcess, V2RayProcess
 from v2sync.infra.share.client import client_config
 from v2sync.infra.share.links import format_link, parse_link
 
-# ---------------------------------------------------------------------------------------
-# The one place that says which link protocols v2sync can dial. A protocol missing here has
-# its end-to-end tests run as strict xfails (v2sync refuses its outbound), so the day it
-# starts passing it fails as XPASS and says "add me here". All four are here since the
-# vless and ss branches were merged into links.
-V2SYNC_OUTBOUNDS = {"vmess", "vless", "trojan", "shadowsocks"}
-# ---------------------------------------------------------------------------------------
-
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 BODY_BYTES = 200_000
 CURL_TIMEOUT = 20
 DATAGRAMS = 5
 UDP_TIMEOUT = 5.0
-
-
-def _needs_outbound(protocol: str) -> Any:
-    if protocol in V2SYNC_OUTBOUNDS:
-        return []
-    return [pytest.mark.xfail(strict=True, reason=f"needs v2sync's {protocol} outbound "
-                              "(add it to V2SYNC_OUTBOUNDS when it lands)")]
 
 
 def _server(protocol: str, port: int, pki: Pki, network: str = "tcp") -> Dict[str, Any]:
@@ -152,7 +137,7 @@ def _run(args: Sequence[str], pki: Pki) -> LinkClient:
                       env={"SSL_CERT_FILE": str(pki.ca_file)})
 
 
-CASES = [pytest.param(p, n, marks=_needs_outbound(p), id=f"{p}-{n}")
+CASES = [pytest.param(p, n, id=f"{p}-{n}")
          for p, n in [("vmess", "tcp"), ("vmess", "ws"), ("vless", "tcp"), ("trojan", "tcp"),
                       ("shadowsocks", "tcp")]]
 
