@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 READ_SIZE = 256 * 1024
+WINDOW_RECHECK = 1.0  # seconds between looks at a stream waiting for flow-control window
 Headers = List[Tuple[str, str]]
 
 
@@ -230,7 +231,9 @@ class H2Session:
             size = min(want, window, self.h2.max_outbound_frame_size)
             if size > 0:
                 return size
-            self._changed.wait()
+            # Woken by a WINDOW_UPDATE, a reset or the close; the slice only bounds the
+            # wait (the relay's idle timer resets a stream whose peer never opens it).
+            self._changed.wait(WINDOW_RECHECK)
 
     def end(self, tunnel: Tunnel) -> None:
         self._call(lambda: self.h2.end_stream(tunnel.stream_id))
@@ -260,6 +263,7 @@ class H2Session:
                 if self.closed:
                     raise PipeInterrupted(f"{self.name}: HTTP/2 connection closed")
                 fn()
+                self._changed.notify_all()  # a reset or an end can end someone's wait
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
                     PipeInterrupted) as e:
                 if quiet:
