@@ -8,6 +8,7 @@ import weakref
 from v2sync.common import task as task_module
 from v2sync.common.task import (
     MAX_SURPLUS_SPREAD,
+    PARKED,
     SURPLUS_LINGER,
     SWITCH_INTERVAL,
     ThreadGroup,
@@ -144,7 +145,7 @@ def test_run_pair_reports_a_background_error_once_and_unblocks_the_foreground():
     stop = threading.Event()
     errors = []
 
-    def background():
+    def background(wake):
         raise ValueError("background failed")
 
     def foreground():
@@ -171,7 +172,8 @@ def test_run_pair_gives_up_on_a_stuck_side_after_the_join_timeout():
         stop.set()  # what aborting the connection does for a real relay
 
     try:
-        error = run_pair(group, "pair", lambda: stop.wait(WAIT), lambda: None, on_error, 0.05)
+        error = run_pair(group, "pair", lambda wake: stop.wait(WAIT), lambda: None, on_error,
+                         0.05)
     finally:
         assert group.shutdown(WAIT)
     assert error is None
@@ -182,7 +184,7 @@ def test_run_pair_propagates_first_error_and_unblocks_other_side():
     group = ThreadGroup("t")
     stop = threading.Event()
 
-    def background():
+    def background(wake):
         stop.wait(5)
 
     def foreground():
@@ -206,7 +208,8 @@ def _error_frees_what_the_failing_side_held(fail_in_background: bool) -> None:
         held.append(weakref.ref(thing))
         raise ValueError("failed while holding a thing")
 
-    sides = (failing, lambda: None) if fail_in_background else (lambda: None, failing)
+    sides = ((lambda wake: failing(), lambda: None) if fail_in_background
+             else (lambda wake: None, failing))
     gc.disable()  # only reference counting may free it: no cycle may hold it
     try:
         error = run_pair(group, "pair", *sides, lambda exc: None, WAIT)
@@ -225,6 +228,117 @@ def test_a_kept_foreground_error_makes_no_reference_cycle():
 
 def test_a_kept_background_error_makes_no_reference_cycle():
     _error_frees_what_the_failing_side_held(fail_in_background=True)
+
+
+# -- parked tasks: a step gives its thread back, a waker resumes the task ----------------
+
+def test_a_parked_task_holds_no_thread_stays_live_and_resumes_where_told():
+    group = ThreadGroup("t", max_idle=0, idle_timeout=WAIT)
+    steps = []
+
+    def first():
+        steps.append(("first", threading.get_ident()))
+        return PARKED
+
+    try:
+        handle = group.spawn("parks", first)
+        deadline = time.monotonic() + WAIT
+        while group._threads and time.monotonic() < deadline:
+            time.sleep(0.01)  # max_idle 0: the worker leaves once its step parked
+        assert not group._threads and steps == [("first", steps[0][1])]
+        assert handle.is_alive() and handle in group.live()
+        group.resume(handle, lambda: steps.append("second"))
+        handle.join(WAIT)
+        assert not handle.is_alive() and steps[1:] == ["second"]
+        assert not group.live()
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_a_failing_step_ends_its_task():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    try:
+        handle = group.spawn("parks", lambda: PARKED)
+        group.resume(handle, lambda: 1 / 0)
+        handle.join(WAIT)
+        assert not handle.is_alive() and not group.live()
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_run_pair_joins_a_background_that_parked_and_was_woken():
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    wakers = []
+    ran = []
+
+    def background(wake):
+        if not wakers:
+            wakers.append(wake)
+            return PARKED  # as a drain does on an empty pipe
+        ran.append(threading.current_thread().name)
+        return None
+
+    def foreground():
+        deadline = time.monotonic() + WAIT
+        while not wakers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        wakers[0]()  # what a write to the pipe does
+
+    try:
+        assert run_pair(group, "pair", background, foreground, lambda exc: None, WAIT) is None
+    finally:
+        assert group.shutdown(WAIT)
+    assert ran == ["pair"]
+
+
+def test_a_waker_that_gets_no_thread_ends_the_pair_with_that_error(monkeypatch):
+    group = ThreadGroup("t", max_idle=0, idle_timeout=WAIT)
+    wakers = []
+    seen = []
+
+    def background(wake):
+        wakers.append(wake)
+        return PARKED
+
+    def foreground():
+        deadline = time.monotonic() + WAIT
+        while (not wakers or group._threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def refuse(task):
+            raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(group, "_start_thread", refuse)
+        wakers[0]()
+
+    try:
+        error = run_pair(group, "pair", background, foreground, seen.append, WAIT)
+    finally:
+        monkeypatch.undo()
+        assert group.shutdown(WAIT)
+    assert isinstance(error, RuntimeError)
+    assert len(seen) == 1 and isinstance(seen[0], RuntimeError)
+    assert not group.live()
+
+
+def test_shutdown_joins_a_task_woken_after_it_began():
+    group = ThreadGroup("t", max_idle=0, idle_timeout=WAIT)
+    group.spawn("busy", lambda: time.sleep(0.6))  # shutdown's first look finds this
+    handle = group.spawn("parks", lambda: PARKED)
+    deadline = time.monotonic() + WAIT
+    while not group._idle and time.monotonic() < deadline:
+        time.sleep(0.01)  # the step parked; its worker lingers idle, and shutdown ends it
+
+    def wake_late():
+        time.sleep(0.1)
+        group.resume(handle, lambda: time.sleep(0.5))  # a thread shutdown has not seen
+
+    waker = threading.Thread(target=wake_late)
+    waker.start()
+    try:
+        assert group.shutdown(WAIT)
+    finally:
+        waker.join(WAIT)
+    assert not handle.is_alive() and not group._threads
 
 
 # -- many threads at once (issue 14 part 2: a mass close ends thousands of tasks together) ----

@@ -1,6 +1,7 @@
 """The relay's thread pair (proxy/relay.py) over real loopback TCP connections."""
 import socket
 import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -11,6 +12,7 @@ from v2sync.common.task import ThreadGroup
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
 from v2sync.proxy.relay import relay_stream, run_relay
+from v2sync.transport import copy as copy_module
 from v2sync.transport.copy import flush_ready
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import new_link_pair
@@ -166,3 +168,29 @@ def test_a_first_payload_up_to_4_kib_reaches_the_outbound_as_one_chunk():
         while (chunk := outbound.reader.read(WAIT)) is not EOF:
             chunks.append(chunk)
     assert error is None and chunks == [payload]
+
+
+def test_an_idle_response_direction_gives_its_thread_back_and_wakes_for_the_next_bytes(
+        monkeypatch):
+    monkeypatch.setattr(copy_module, "PARK_AFTER", 0.01)
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair()
+        result = []
+        caller = threading.Thread(
+            target=lambda: result.append(relay_stream(ctx, "t", POLICY, conn, inbound)))
+        caller.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            # Parked: its task is live, the worker that ran it waits idle in the pool.
+            while not (ctx.threads.live() and ctx.threads._idle) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(ctx.threads.live()) == 1 and len(ctx.threads._idle) == 1
+            outbound.writer.write(b"late answer")
+            assert peer.recv(100) == b"late answer"
+            peer.sendall(b"next request")
+            assert outbound.reader.read(WAIT) == b"next request"
+            outbound.writer.close()
+            peer.shutdown(socket.SHUT_WR)
+        finally:
+            caller.join(WAIT)
+    assert result == [None]

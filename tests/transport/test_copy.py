@@ -2,8 +2,13 @@
 tests/proxy/test_relay.py)."""
 from __future__ import annotations
 
-from v2sync.transport.copy import FIRST_READ_SIZE, MIN_READ_SIZE, ReadSizer
+from typing import List
+
+from v2sync.common.task import PARKED
+from v2sync.transport import copy as copy_module
+from v2sync.transport.copy import FIRST_READ_SIZE, MIN_READ_SIZE, PipeDrain, ReadSizer
 from v2sync.transport.internet.conn import RELAY_READ_SIZE
+from v2sync.transport.pipe import Pipe
 
 
 def test_full_reads_grow_the_size_to_the_ceiling_and_no_further() -> None:
@@ -47,3 +52,46 @@ def test_a_nearly_full_read_grows_the_size() -> None:
     assert sizer.size == 16384
     assert sizer.next_size(16384 - 16384 // 16) == 65536  # within 1/16 of full: grows
     assert sizer.next_size(65536 - 65536 // 16 - 1) == 65536  # further off: kept
+
+
+# -- PipeDrain: the pipe -> connection direction as steps that may park ----------------------
+
+class _Timer:
+    def __init__(self) -> None:
+        self.updates = 0
+
+    def update(self) -> None:
+        self.updates += 1
+
+
+def test_a_drain_parks_on_an_empty_pipe_and_carries_on_where_it_left() -> None:
+    pipe = Pipe(1024)
+    sent: List[List[bytes]] = []
+    ends: List[int] = []
+    drain = PipeDrain(pipe, sent.append, lambda: ends.append(len(sent)))
+    timer = _Timer()
+    wakes: List[int] = []
+    pipe.write(b"a")
+    copy_module.PARK_AFTER, saved = 0.0, copy_module.PARK_AFTER
+    try:
+        assert drain.step(timer, lambda: wakes.append(1)) is PARKED
+        assert sent == [[b"a"]] and wakes == []
+        pipe.write(b"b")
+        pipe.write(b"c")
+        assert wakes == [1]  # one wake for the first event
+        assert drain.step(timer, lambda: wakes.append(2)) is PARKED
+        pipe.close()
+        assert wakes == [1, 2]
+        assert drain.step(timer, lambda: wakes.append(3)) is None
+    finally:
+        copy_module.PARK_AFTER = saved
+    assert sent == [[b"a"], [b"b", b"c"]] and ends == [2] and timer.updates == 2
+
+
+def test_a_drain_without_a_waker_blocks_until_eof() -> None:
+    pipe = Pipe(1024)
+    sent: List[List[bytes]] = []
+    pipe.write(b"x")
+    pipe.close()
+    assert PipeDrain(pipe, sent.append).step(_Timer()) is None
+    assert sent == [[b"x"]]

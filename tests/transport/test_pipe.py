@@ -6,6 +6,7 @@ import pytest
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.transport.link import new_link_pair
+from v2sync.common.task import PARKED
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 
@@ -132,3 +133,64 @@ def test_unread_puts_bytes_back_in_front_unchanged():
     pipe.unread(got)
     pipe.close()
     assert [pipe.read(1), pipe.read(1), pipe.read(1)] == [b"first", b"second", EOF]
+
+
+# -- a reader that parks instead of waiting (read_all_or_park) ---------------------------
+
+def _parked(pipe):
+    woken = []
+    assert pipe.read_all_or_park(0, lambda: woken.append(1)) is PARKED
+    return woken
+
+
+@pytest.mark.parametrize("event", [
+    lambda p: p.write(b"x"),
+    lambda p: p.try_write(b"x"),
+    lambda p: p.unread(b"x"),
+    lambda p: p.close(),
+    lambda p: p.interrupt(),
+])
+def test_every_event_wakes_a_parked_reader_once(event):
+    pipe = Pipe(1024)
+    woken = _parked(pipe)
+    event(pipe)
+    assert woken == [1]
+    if not pipe._interrupted and not pipe._closed:
+        pipe.write(b"y")  # the waker was taken: a second event wakes nobody
+        assert woken == [1]
+
+
+def test_a_parking_read_returns_what_is_queued_and_eof_without_parking():
+    pipe = Pipe(1024)
+    pipe.write(b"a")
+    pipe.write(b"b")
+    never = []
+    assert pipe.read_all_or_park(0, lambda: never.append(1)) == [b"a", b"b"]
+    pipe.close()
+    assert pipe.read_all_or_park(0, lambda: never.append(1)) is EOF
+    assert never == []
+
+
+def test_a_parking_read_waits_its_while_for_a_write_first():
+    pipe = Pipe(1024)
+    writer = threading.Timer(0.05, lambda: pipe.write(b"late"))
+    writer.start()
+    try:
+        assert pipe.read_all_or_park(5.0, lambda: None) == [b"late"]
+    finally:
+        writer.join()
+
+
+def test_an_interrupted_pipe_raises_for_a_parking_read():
+    pipe = Pipe(1024)
+    pipe.interrupt()
+    with pytest.raises(PipeInterrupted):
+        pipe.read_all_or_park(0, lambda: None)
+
+
+def test_the_waker_runs_outside_the_pipe_lock():
+    pipe = Pipe(1024)
+    seen = []
+    assert pipe.read_all_or_park(0, lambda: seen.append(pipe.read_all(0))) is PARKED
+    pipe.write(b"z")  # a waker that reads at once must not deadlock on the mutex
+    assert seen == [[b"z"]]

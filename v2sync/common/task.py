@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, Final, List, Optional, Set, Tuple
 
 from v2sync.common.errors import detached
 
@@ -46,6 +46,20 @@ MAX_SURPLUS_SPREAD = 2.5  # so every surplus worker is gone within 3 s of parkin
 # the wait should the giver die in between.
 HANDOVER_TIMEOUT = 5.0
 _GONE = object()
+
+
+class _ParkedType:
+    """What a task returns to give its thread back without ending: something it waits on
+    (a pipe) holds a waker that resumes it with ``ThreadGroup.resume``. One singleton."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PARKED"
+
+
+PARKED: Final = _ParkedType()
+Waker = Callable[[], None]
 
 
 # A thread waiting for the GIL wakes every switch interval to ask its holder to let go
@@ -128,7 +142,7 @@ class TaskHandle:
         return self._running.locked()
 
 
-Task = Tuple[TaskHandle, Callable[[], None]]
+Task = Tuple[TaskHandle, Callable[[], object]]
 
 
 class _Parked:
@@ -175,22 +189,41 @@ class ThreadGroup:
         self._threads: Set[threading.Thread] = set()
         self._closed = False
 
-    def spawn(self, name: str, target: Callable[[], None]) -> TaskHandle:
+    def spawn(self, name: str, target: Callable[[], object]) -> TaskHandle:
+        """Run ``target`` on a pooled thread; join the task with the handle returned.
+        ``target`` may return ``PARKED``: see ``reserve``."""
+        handle = self.reserve(name)
+        try:
+            self.resume(handle, target)
+        except RuntimeError:  # "can't start new thread": out of memory or limits
+            self.finish(handle)
+            raise
+        return handle
+
+    def reserve(self, name: str) -> TaskHandle:
+        """A task that has no thread yet: ``resume`` runs its steps. A step that returns
+        ``PARKED`` gives its thread back and leaves the task running (joinable, counted
+        live) until a later ``resume`` runs a step that returns anything else."""
         handle = TaskHandle(name)
         self._busy.add(handle)
+        return handle
+
+    def resume(self, handle: TaskHandle, step: Callable[[], object]) -> None:
+        """Run ``step`` of ``handle``'s task on a parked worker, or a new thread.
+        Raises RuntimeError when no thread can be started; the task stays live."""
         try:
             parked: Optional[_Parked] = self._idle.popitem()[0]  # the latest: warm, lingers most
         except KeyError:
             parked = None
         if parked is not None:
-            parked.give((handle, target))
-            return handle
-        try:
-            self._start_thread((handle, target))
-        except RuntimeError:  # "can't start new thread": out of memory or limits
-            self._busy.discard(handle)
-            raise
-        return handle
+            parked.give((handle, step))
+            return
+        self._start_thread((handle, step))
+
+    def finish(self, handle: TaskHandle) -> None:
+        """End a reserved or parked task that will not be resumed."""
+        self._busy.discard(handle)
+        handle._finish()
 
     def _start_thread(self, task: Task) -> None:
         """A new worker: runs ``task``, then parks for the next one."""
@@ -211,15 +244,16 @@ class ThreadGroup:
         finally:
             self._threads.discard(me)
 
-    def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], None]) -> None:
+    def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], object]) -> None:
         me.name = handle.name
+        parked = False
         try:
-            fn()
+            parked = fn() is PARKED
         except Exception:  # the one broad catch per thread entry point
             log.exception("thread %s failed", handle.name)
         finally:
-            self._busy.discard(handle)
-            handle._finish()
+            if not parked:  # a parked task is resumed, and finished, by another step
+                self.finish(handle)
 
     def _park(self) -> Optional[Task]:
         """Wait in the idle list for the next task; None: leave (closed or expired)."""
@@ -271,26 +305,34 @@ class ThreadGroup:
             except KeyError:
                 break
         deadline = time.monotonic() + timeout
-        for thread in list(self._threads.copy()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+        me = threading.current_thread()
+        # Again until none is left: a parked task woken meanwhile (its connection aborted
+        # by the shutdown) runs its last step on a thread started after the first look.
+        while time.monotonic() < deadline:
             # A thread registered but not yet started (a spawn racing us) finds the group
             # closed once its task is done, and exits; it cannot be joined before it starts.
-            if thread is not threading.current_thread() and thread.ident is not None:
-                thread.join(left)
-        return not (self._threads.copy() - {threading.current_thread()})
+            pending = [t for t in self._threads.copy() if t is not me and t.ident is not None]
+            if not pending:
+                break
+            for thread in pending:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not (self._threads.copy() - {me})
 
 
 def run_pair(
     group: ThreadGroup,
     name: str,
-    background: Callable[[], None],
-    foreground: Callable[[], None],
+    background: Callable[[Waker], object],
+    foreground: Callable[[], object],
     on_error: Callable[[BaseException], None],
     join_timeout: float,
 ) -> Optional[BaseException]:
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
+
+    ``background`` is given a waker. It may return ``PARKED`` once it has left that waker
+    with what it waits on: its thread goes back to the pool, and the waker runs it again
+    on a pooled thread (so it must pick up where it left off). A held, idle connection
+    then costs no thread for that direction.
 
     The first exception of either side calls ``on_error`` (which must unblock the other side,
     e.g. by interrupting the link and aborting the connection) and is returned without its
@@ -299,17 +341,36 @@ def run_pair(
     errors: List[BaseException] = []
     lock = threading.Lock()
 
-    def guarded(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception as exc:
-            with lock:
-                first = not errors
-                errors.append(detached(exc))
-            if first:
-                on_error(exc)
+    def fail(exc: BaseException) -> None:
+        with lock:
+            first = not errors
+            errors.append(detached(exc))
+        if first:
+            on_error(exc)
 
-    task = group.spawn(name, lambda: guarded(background))
+    def guarded(fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except Exception as exc:
+            fail(exc)
+            return None
+
+    def step() -> object:
+        return guarded(lambda: background(wake))
+
+    def wake() -> None:
+        try:
+            group.resume(task, step)
+        except RuntimeError as exc:  # no thread to be had: end the pair rather than hang
+            fail(exc)
+            group.finish(task)
+
+    task = group.reserve(name)
+    try:
+        group.resume(task, step)
+    except RuntimeError:  # nothing started: the caller's to handle
+        group.finish(task)
+        raise
     guarded(foreground)
     task.join(join_timeout)
     if task.is_alive():

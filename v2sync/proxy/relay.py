@@ -6,29 +6,31 @@ traffic resets it; when the request side ends it becomes ``downlinkOnly``, when 
 side ends it becomes ``uplinkOnly``; when it expires the connection is aborted. Any error
 aborts both directions at once.
 
-Why the request goes to the pooled thread: clients usually finish first, and the answer's
-tail then gets ``downlinkOnly`` seconds. The side that finishes first in the caller's thread
-must wait in join() for the other; finishing in a pooled thread hands that thread straight
-back. So a lingering connection holds one thread per side instead of two, and a busy server
-creates half as many. ``first`` runs in the caller's thread before the pair starts, so bytes
-that are already here (a payload pipelined behind the handshake, chunks queued in the pipe)
-go out without waiting for a thread hand-over.
+A direction given as a ``PipeDrain`` (pipe -> connection) goes to the pooled thread and
+parks there whenever its pipe stays empty, so a held, idle connection keeps one thread per
+side (its socket reader) instead of two. With two plain directions the request goes to the
+pooled thread: clients usually finish first, and the answer's tail then gets
+``downlinkOnly`` seconds; finishing in a pooled thread hands that thread straight back.
+``first`` runs in the caller's thread before the pair starts, so bytes that are already
+here (a payload pipelined behind the handshake, chunks queued in the pipe) go out without
+waiting for a thread hand-over.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from v2sync.common.errors import detached
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import run_pair
+from v2sync.common.task import PARKED, Waker, run_pair
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
-from v2sync.transport.copy import (copy_conn_to_pipe, copy_pipe_to_conn, flush_ready,
+from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe, flush_ready,
                                    write_or_stop)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 
 Direction = Callable[[ActivityTimer], None]
+Side = Union[Direction, PipeDrain]
 
 # Extra seconds past the longest policy timeout before a stuck copy thread is given up on;
 # normally the timer has aborted the connection long before.
@@ -36,7 +38,7 @@ JOIN_SLACK = 5.0
 
 
 def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[Connection],
-              abort: Callable[[], None], request: Direction, response: Direction,
+              abort: Callable[[], None], request: Side, response: Side,
               first: Optional[Direction] = None) -> Optional[BaseException]:
     """Run ``first`` (if any), then both directions to completion; returns the first error
     (None on a clean finish).
@@ -50,14 +52,21 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
         conn.settimeout(None)
     timer = ctx.timers.new_timer(policy.conn_idle, abort)
 
-    def request_side() -> None:
-        request(timer)
+    def request_side(wake: Optional[Waker] = None) -> object:
+        if _run_side(request, timer, wake) is PARKED:
+            return PARKED
         timer.set_timeout(policy.downlink_only)
+        return None
 
-    def response_side() -> None:
-        response(timer)
+    def response_side(wake: Optional[Waker] = None) -> object:
+        if _run_side(response, timer, wake) is PARKED:
+            return PARKED
         timer.set_timeout(policy.uplink_only)
+        return None
 
+    background, foreground = request_side, response_side
+    if isinstance(response, PipeDrain) and not isinstance(request, PipeDrain):
+        background, foreground = response_side, request_side
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
         if first is not None:
@@ -66,10 +75,18 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
                 return detached(exc)
-        return run_pair(ctx.threads, f"relay-{name}-up", request_side, response_side,
+        return run_pair(ctx.threads, f"relay-{name}-up", background, foreground,
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:
         timer.cancel()
+
+
+def _run_side(side: Side, timer: ActivityTimer, wake: Optional[Waker]) -> object:
+    """One direction: a drain's step (it may park, given ``wake``), or a whole loop."""
+    if isinstance(side, PipeDrain):
+        return side.step(timer, wake)
+    side(timer)
+    return None
 
 
 def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
@@ -93,10 +110,8 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
             copy_conn_to_pipe(conn, link.writer, timer)
         link.writer.close()
 
-    def response(timer: ActivityTimer) -> None:
-        copy_pipe_to_conn(link.reader, conn, timer)
-
-    return run_relay(ctx, name, policy, conn, abort, request, response, first)
+    return run_relay(ctx, name, policy, conn, abort, request, conn_drain(link.reader, conn),
+                     first)
 
 
 def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
@@ -113,11 +128,9 @@ def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Conn
             link.writer.write(leftover)
         flush_ready(link.reader, conn, timer)  # the client's payload, if queued
 
-    def request(timer: ActivityTimer) -> None:
-        copy_pipe_to_conn(link.reader, conn, timer)
-
     def response(timer: ActivityTimer) -> None:
         copy_conn_to_pipe(conn, link.writer, timer)
         link.writer.close()
 
-    return run_relay(ctx, name, policy, conn, abort, request, response, first)
+    return run_relay(ctx, name, policy, conn, abort, conn_drain(link.reader, conn), response,
+                     first)

@@ -25,10 +25,11 @@ chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
+from v2sync.common.task import PARKED, Waker
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
@@ -163,6 +164,54 @@ def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int
         timer.update()
         total += write_chunks(conn, chunks)
         del chunks  # sent: not kept alive while the next read waits
+
+
+# How long a drain waits for its pipe with a thread before it parks (``PipeDrain``).
+PARK_AFTER = 0.05
+
+
+class PipeDrain:
+    """A pipe -> connection direction written as steps, so its thread can leave while the
+    pipe is empty (``run_relay`` runs it; ``common.task.PARKED``).
+
+    Of a held connection's four relay threads (each side's socket reader and pipe
+    writer), the two pipe writers wait on a pipe; parked, they cost no thread. A CPython
+    thread parked in a wait holds ~18-20 KiB (its stack pages, its frame chunk, its thread
+    state), so this takes a held connection from four threads to two.
+
+    ``send(chunks)`` writes what the pipe gave (every chunk queued, as ``read_all``);
+    ``finish()`` runs at the pipe's EOF. Their state lives in the objects they close over,
+    never in a loop's locals: a step after a park starts afresh from ``step``.
+    """
+
+    __slots__ = ("pipe", "send", "finish")
+
+    def __init__(self, pipe: Pipe, send: Callable[[List[bytes]], object],
+                 finish: Optional[Callable[[], None]] = None):
+        self.pipe = pipe
+        self.send = send
+        self.finish = finish
+
+    def step(self, timer: ActivityTimer, wake: Optional[Waker] = None) -> object:
+        """Send until EOF (None) or, given ``wake``, until the pipe has stayed empty for
+        PARK_AFTER seconds (``PARKED``: ``wake`` runs the next step)."""
+        pipe = self.pipe
+        while True:
+            chunks = pipe.read_all() if wake is None else pipe.read_all_or_park(PARK_AFTER, wake)
+            if chunks is PARKED:
+                return PARKED
+            if not isinstance(chunks, list):  # EOF
+                if self.finish is not None:
+                    self.finish()
+                return None
+            timer.update()
+            self.send(chunks)
+            del chunks  # sent: not kept alive while the next read waits
+
+
+def conn_drain(pipe: Pipe, conn: Connection) -> PipeDrain:
+    """``copy_pipe_to_conn`` as a drain."""
+    return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks))
 
 
 def write_chunks(conn: Connection, chunks: List[bytes]) -> int:

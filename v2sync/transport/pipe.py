@@ -14,6 +14,10 @@
 - ``read(timeout)`` returns bytes, or the ``EOF`` sentinel (never an overloaded ``b""``), and
   raises ``ReadTimeout`` when nothing arrived in time; ``read_all(timeout)`` returns every
   chunk queued (v2ray's ``ReadMultiBuffer``).
+- ``read_all_or_park(wait, wake)`` is ``read_all`` for a reader that would rather give its
+  thread back than wait long: after ``wait`` seconds with nothing to read it leaves ``wake``
+  with the pipe and returns ``PARKED``; the next write, close or interrupt calls ``wake``
+  once (outside the pipe's lock), and the reader reads again on whatever thread that gives.
 
 Storage is a ``queue.Queue`` whose size is counted in bytes rather than items, so the queue's
 own mutex and conditions give us the blocking behaviour; close and interrupt just set a flag
@@ -30,6 +34,7 @@ from collections import deque
 from typing import Deque, Final, List, Optional, Union
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
+from v2sync.common.task import PARKED, Waker, _ParkedType
 
 
 class _EOFType(enum.Enum):
@@ -113,6 +118,7 @@ class Pipe:
         self._q = _ByteQueue(0)  # queue.Queue's own put() is never used: no item limit
         self._closed = False
         self._interrupted = False
+        self._waker: Optional[Waker] = None  # a parked reader's, taken by the next event
 
     # -- writer side -------------------------------------------------------------------
     def write(self, data: bytes, timeout: Optional[float] = None) -> None:
@@ -125,6 +131,10 @@ class Pipe:
                 self._wait_writable(timeout)
             q._put(bytes(data))
             q.wake()
+            waker = self._waker
+            self._waker = None
+        if waker is not None:
+            waker()
 
     def wait_room(self, want: int = 0, timeout: Optional[float] = None) -> int:
         """Block until ``want`` more bytes fit under the limit, or the pipe is empty (so a
@@ -150,7 +160,10 @@ class Pipe:
                 return False
             q._put(bytes(data))
             q.wake()
-            return True
+            waker = self._take_waker()
+        if waker is not None:
+            waker()
+        return True
 
     def unread(self, data: bytes) -> None:
         """Put bytes back at the front (sniffing replays what it read, unchanged)."""
@@ -163,12 +176,18 @@ class Pipe:
             q.queue.appendleft(bytes(data))
             q.nbytes += len(data)
             q.wake()
+            waker = self._take_waker()
+        if waker is not None:
+            waker()
 
     def close(self) -> None:
         """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
         with self._q.mutex:
             self._closed = True
             self._q.not_empty.notify_all()  # not_full is the same Condition
+            waker = self._take_waker()
+        if waker is not None:
+            waker()
 
     def interrupt(self) -> None:
         """Abort both ends now; queued data is discarded."""
@@ -177,6 +196,15 @@ class Pipe:
             self._q.queue.clear()
             self._q.nbytes = 0
             self._q.not_empty.notify_all()  # not_full is the same Condition
+            waker = self._take_waker()
+        if waker is not None:
+            waker()
+
+    def _take_waker(self) -> Optional[Waker]:
+        """The parked reader's waker, once; call with the mutex held, call it without."""
+        waker = self._waker
+        self._waker = None
+        return waker
 
     def _is_full(self) -> bool:
         return 0 <= self.limit < self._q.nbytes
@@ -226,11 +254,30 @@ class Pipe:
         with q.mutex:
             if not (q.queue and not self._interrupted or self._wait_readable(timeout)):
                 return EOF
-            chunks = list(q.queue)
-            q.queue.clear()
-            q.nbytes = 0
-            q.wake()
-            return chunks
+            return self._take_all()
+
+    def read_all_or_park(self, wait: float,
+                         wake: Waker) -> Union[List[bytes], _EOFType, _ParkedType]:
+        """``read_all`` that waits at most ``wait`` seconds, then leaves ``wake`` for the
+        next write, close or interrupt and returns ``PARKED``. Raises as ``read_all``."""
+        q = self._q
+        with q.mutex:
+            try:
+                if not (q.queue and not self._interrupted or self._wait_readable(wait)):
+                    return EOF
+            except ReadTimeout:
+                self._waker = wake
+                return PARKED
+            return self._take_all()
+
+    def _take_all(self) -> List[bytes]:
+        """Empty the queue; call with the mutex held."""
+        q = self._q
+        chunks = list(q.queue)
+        q.queue.clear()
+        q.nbytes = 0
+        q.wake()
+        return chunks
 
     def _wait_readable(self, timeout: Optional[float]) -> bool:
         """Wait, with the mutex held, for a chunk (True) or the EOF after close (False)."""
