@@ -26,13 +26,13 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
 from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import adaptive_reads, copy_pipe_to_conn, write_chunks, write_or_stop
+from v2sync.transport.copy import PipeDrain, adaptive_reads, write_chunks, write_or_stop
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
                                             HandshakeReader)
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
+from v2sync.transport.pipe import ReadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,18 @@ class KeyedInbound:
             if outbound_gone:
                 await_client(conn)
 
-        def response(timer) -> None:
-            if response_head:
-                chunks = link.reader.read_all()
-                if not isinstance(chunks, list):
-                    return  # EOF: 4.34 sends no header when the upstream gave nothing
-                timer.update()
-                # Joined to the first chunk: one TLS record, not a 2-byte one of its own.
-                write_chunks(conn, [response_head + chunks[0], *chunks[1:]])
-                del chunks
-            copy_pipe_to_conn(link.reader, conn, timer)
+        head = response_head  # 4.34 sends no header when the upstream gave nothing
+
+        def send(chunks: List[bytes]) -> None:
+            nonlocal head
+            if head:  # joined to the first chunk: one TLS record, not a 2-byte one of its own
+                chunks = [head + chunks[0], *chunks[1:]]
+                head = b""
+            write_chunks(conn, chunks)
 
         self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, response, first))
+                                        conn, abort, request, PipeDrain(link.reader, send),
+                                        first))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
                       parse: Parser, encode: Encode, response_head: bytes = b"") -> None:
@@ -183,18 +182,16 @@ class KeyedInbound:
                     break
             link.writer.close()
 
-        def response(timer) -> None:
-            head = response_head
-            while True:
-                chunks = link.reader.read_all()
-                if not isinstance(chunks, list):
-                    return  # EOF
-                timer.update()
-                conn.write(head + b"".join([encode(c) for c in chunks]))
-                head = b""
+        head = response_head
+
+        def send(chunks: List[bytes]) -> None:
+            nonlocal head
+            out = head + b"".join([encode(c) for c in chunks])
+            head = b""
+            conn.write(out)
 
         self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, response))
+                                        conn, abort, request, PipeDrain(link.reader, send)))
 
     def _policy(self, session: Session):
         return self.ctx.policy.for_level(session.user_level)
@@ -252,22 +249,12 @@ class KeyedOutbound:
             conn.abort()
             link.interrupt()
 
-        ended = False
-
         def first(timer) -> None:
-            nonlocal ended
             payload = _first_payload(link)
-            ended = payload is EOF
             conn.write(header + (frame(payload) if payload else b""))
 
-        def request(timer) -> None:
-            while not ended:
-                chunks = link.reader.read_all()
-                if not isinstance(chunks, list):
-                    return  # EOF
-                timer.update()
-                conn.write(b"".join([frame(c) for c in chunks]))
-                del chunks
+        def send(chunks: List[bytes]) -> None:
+            conn.write(b"".join([frame(c) for c in chunks]))
 
         def response(timer) -> None:
             rest = _read_response_header(conn, response_header) if response_header else b""
@@ -279,8 +266,9 @@ class KeyedOutbound:
                     break
             link.writer.close()
 
-        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
-                          first)
+        # After a first payload of EOF the pipe gives EOF again: the drain ends at once.
+        error = run_relay(self.ctx, session.name(), policy, conn, abort,
+                          PipeDrain(link.reader, send), response, first)
         if error is not None:
             raise TransportError(f"relay ended: {error}") from error
 

@@ -21,7 +21,7 @@ import secrets
 import time
 import zlib
 from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import ProtocolError, RemoteProtocolError
@@ -35,7 +35,7 @@ from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
 from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
                                                RequestDecoder, StreamReader, StreamWriter,
                                                decode_packet, encode_packet)
-from v2sync.transport.copy import adaptive_reads, write_or_stop
+from v2sync.transport.copy import PipeDrain, adaptive_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
 
@@ -190,18 +190,12 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
                     break  # a zero-length chunk: 4.34's reader ends the stream there
         link.writer.close()
 
-    def outward(timer) -> None:
-        while True:
-            chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
-            if not isinstance(chunks, list):
-                return  # EOF
-            timer.update()
-            if len(chunks) > 1 and sum(map(len, chunks)) <= MERGE_BELOW:
-                chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
-            out = body_out.encode_parts(chunks)
-            del chunks  # not kept alive while the write blocks
-            conn.write_parts(out)
-            del out
+    def send(chunks: List[bytes]) -> None:
+        if len(chunks) > 1 and sum(map(len, chunks)) <= MERGE_BELOW:
+            chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
+        conn.write_parts(body_out.encode_parts(chunks))
+
+    outward = PipeDrain(link.reader, send)
 
     if client:
         return run_relay(ctx, name, policy, conn, abort, outward, inward, first)

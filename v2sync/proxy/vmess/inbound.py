@@ -25,10 +25,10 @@ from v2sync.proxy.vmess.config import VMessInboundConfig, parse_user
 from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
-from v2sync.transport.copy import adaptive_reads, write_or_stop
+from v2sync.transport.copy import PipeDrain, adaptive_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, Pipe
+from v2sync.transport.pipe import Pipe
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +117,20 @@ class VMessInbound:
                     timer.update()
             link.writer.close()
 
-        def response(timer) -> None:
-            head = server.encode_response_header()
-            body_out = server.response_body_writer()
-            while True:
-                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
-                if chunks is EOF:
-                    conn.write(head + body_out.encode_eof())
-                    return
-                timer.update()
-                out = head + b"".join([body_out.encode(chunk) for chunk in chunks])
-                del chunks  # not kept alive while the write blocks
-                conn.write(out)
-                del out
-                head = b""
+        head = server.encode_response_header()
+        body_out = server.response_body_writer()
 
-        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
-                          first)
+        def send(chunks: List[bytes]) -> None:
+            nonlocal head
+            out = head + b"".join([body_out.encode(chunk) for chunk in chunks])
+            head = b""
+            conn.write(out)
+
+        def finish() -> None:
+            conn.write(head + body_out.encode_eof())
+
+        error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
+                          PipeDrain(link.reader, send, finish), first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Optional
+from typing import List, Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.mux.encoding import is_mux_destination
@@ -25,7 +25,7 @@ from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
-from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.copy import PipeDrain, adaptive_reads
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -89,17 +89,12 @@ class VMessOutbound:
             else:
                 conn.write(out + (body_out.encode(payload) if payload else b""))
 
-        def request(timer) -> None:
-            while not ended:
-                chunks = link.reader.read_all()  # all queued: the pipe's room comes back whole
-                if chunks is EOF:
-                    conn.write(body_out.encode_eof())
-                    return
-                timer.update()
-                out = b"".join([body_out.encode(chunk) for chunk in chunks])
-                del chunks  # not kept alive while the write blocks
-                conn.write(out)
-                del out
+        def send(chunks: List[bytes]) -> None:
+            conn.write(b"".join([body_out.encode(chunk) for chunk in chunks]))
+
+        def finish() -> None:
+            if not ended:  # else the end-of-stream chunk went out with the header
+                conn.write(body_out.encode_eof())
 
         def response(timer) -> None:
             body_in, data = self._read_response_header(conn, client, header)
@@ -114,8 +109,8 @@ class VMessOutbound:
                         break
             link.writer.close()
 
-        error = run_relay(self.ctx, session.name(), policy, conn, abort, request, response,
-                          first)
+        error = run_relay(self.ctx, session.name(), policy, conn, abort,
+                          PipeDrain(link.reader, send, finish), response, first)
         if error is not None:
             raise TransportError(f"vmess relay ended: {error}") from error
 
