@@ -1,0 +1,64 @@
+"""A held, idle connection keeps one thread per side (its socket reader): the directions
+that write from a pipe park while the pipe is empty (proxy/relay.py, transport/copy.py
+PipeDrain), and wake for the next bytes. Real sockets: PySocks through a SOCKS5 inbound to
+freedom and an echo origin."""
+from __future__ import annotations
+
+import time
+
+import socks
+
+from scenarios.helpers_scenarios import (freedom, make_config, port_of, running_instance,
+                                         socks_inbound, wait_idle)
+from support.peers import TcpEchoServer
+from v2sync.transport import copy as copy_module
+
+HELD = 20
+WAIT = 5.0
+
+
+def _threads_in_use(instance) -> int:
+    workers = instance.workers
+    return len(workers._threads) - len(workers._idle)
+
+
+def _connect(proxy_port: int, echo: TcpEchoServer) -> socks.socksocket:
+    sock = socks.socksocket()
+    sock.set_proxy(socks.SOCKS5, "127.0.0.1", proxy_port)
+    sock.settimeout(WAIT)
+    sock.connect(echo.address)
+    return sock
+
+
+def _echo(sock: socks.socksocket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        data = sock.recv(len(payload) - len(got))
+        assert data, "the proxy closed the connection"
+        got += data
+    return got
+
+
+def test_held_idle_connections_keep_one_thread_per_side_and_wake_for_more():
+    config = make_config([socks_inbound()], [freedom()])
+    with TcpEchoServer(max_connections=HELD + 8, timeout=30) as echo, \
+            running_instance(config) as instance:
+        port = port_of(instance, "socks-in")
+        held = []
+        try:
+            for i in range(HELD):
+                held.append(_connect(port, echo))
+                assert _echo(held[-1], b"hello %d" % i) == b"hello %d" % i
+            time.sleep(copy_module.PARK_AFTER * 4)  # every idle drain has parked by now
+            deadline = time.monotonic() + WAIT
+            while _threads_in_use(instance) > 2 * HELD + 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Each side's socket reader, and the handshake selector's waiting thread.
+            assert _threads_in_use(instance) <= 2 * HELD + 1
+            for i, sock in enumerate(held):  # each parked direction wakes for its answer
+                assert _echo(sock, b"again %d" % i * 100) == b"again %d" % i * 100
+        finally:
+            for sock in held:
+                sock.close()
+        wait_idle(instance)
