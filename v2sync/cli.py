@@ -339,6 +339,7 @@ def cmd_run(args) -> int:
 
 def _serve(instance, args) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``v2sync.reload``)."""
+    from v2sync.common import heap
     from v2sync.common.errors import V2SyncError
 
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
@@ -349,6 +350,7 @@ def _serve(instance, args) -> int:
     except V2SyncError as e:
         _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
+    heap.settle()
     retiring: List[threading.Thread] = []
     while not stop.is_set():
         wake.wait(1.0)
@@ -358,6 +360,10 @@ def _serve(instance, args) -> int:
             instance = _reload(instance, args, stop, retiring)
             if instance is None:
                 return EXIT_START_FAILURE
+            heap.refreeze()  # the new Instance's objects join the frozen ones
+        if any(not thread.is_alive() for thread in retiring):
+            retiring[:] = [thread for thread in retiring if thread.is_alive()]
+            heap.refreeze()  # a retired Instance is gone: collect what was frozen of it
     log.warning("v2sync %s shutting down", __version__)
     instance.close()  # the retired ones close at the same time, in their own threads
     for thread in retiring:

@@ -64,9 +64,11 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
         timer.set_timeout(policy.uplink_only)
         return None
 
-    background, foreground = request_side, response_side
+    # The pooled thread's task is named after its direction: "-up" (client -> target) or
+    # "-down" (target -> client).
+    background, foreground, direction = request_side, response_side, "up"
     if isinstance(response, PipeDrain) and not isinstance(request, PipeDrain):
-        background, foreground = response_side, request_side
+        background, foreground, direction = response_side, request_side, "down"
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
         if first is not None:
@@ -75,7 +77,7 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
                 return detached(exc)
-        return run_pair(ctx.threads, f"relay-{name}-up", background, foreground,
+        return run_pair(ctx.threads, f"relay-{name}-{direction}", background, foreground,
                         lambda exc: abort(), longest + JOIN_SLACK)
     finally:
         timer.cancel()

@@ -303,7 +303,9 @@ class FinishOnFirstUse:
     def __init__(self, sock: socket.socket, step: Callable[..., None]):
         self.done = False
         self._sock = sock
-        self._step = step
+        # Dropped once run: the step is a method of the connection that holds this object,
+        # and kept, that cycle left every finished connection to the cyclic GC.
+        self._step: Optional[Callable[..., None]] = step
         self._lock = threading.Lock()
         self._failure: Optional[BaseException] = None
 
@@ -316,9 +318,11 @@ class FinishOnFirstUse:
             if self._failure is not None:
                 raise TransportError(f"handshake failed earlier: {self._failure}") \
                     from self._failure
+            step, self._step = self._step, None
+            assert step is not None  # run once: a failure is kept, a success sets done
             timeout = self._sock.gettimeout()
             try:
-                self._step(*args)
+                step(*args)
             except BaseException as e:
                 self._failure = e
                 raise

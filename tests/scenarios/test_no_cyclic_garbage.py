@@ -1,0 +1,82 @@
+"""A finished connection is freed by reference counting: no protocol chain leaves cyclic
+garbage for the collector (common/heap.py says what that garbage cost). Each chain of
+tools/bench.py runs in this process, connections go through it over loopback, and then
+the collector must find nothing."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scenarios.helpers_scenarios import running_instance, wait_idle
+from support.peers import TcpEchoServer, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import bench  # noqa: E402
+
+CONNECTIONS = 20
+SETTLE = 0.3  # the relay's last steps after the client's close (both ends, uplinkOnly 0)
+# A mux connection outlives its sub-connections (until the 16 s idle tick): those chains
+# are never idle, so their sub-connections get a longer settle instead.
+MUX_SETTLE = 1.5
+
+CHAINS = {
+    "relay": lambda port: [bench.socks_freedom_config(port, access="none")],
+    "vmess": bench.vmess_pair_configs,
+    "vmess-tls": lambda port: bench.vmess_pair_configs(port, *bench.tls_streams()),
+    "vmess-ws-tls": lambda port: bench.vmess_pair_configs(port, *bench.wss_streams()),
+    "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
+    "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
+    "shadowsocks": bench.ss_pair_configs,
+    "vmess-mux": bench.mux_pair_configs,
+    "socks-out": lambda port: bench.chained_configs("socks", port),
+    "http-out": lambda port: bench.chained_configs("http", port),
+}
+
+
+def _garbage_after(echo_many) -> collections.Counter:
+    """Run ``echo_many`` with the collector off; what it then finds, by type."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what it finds, to name it
+    gc.disable()
+    try:
+        echo_many()
+        gc.collect()
+        return collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_connections_leave_no_cyclic_garbage(chain):
+    port = free_port()
+    with TcpEchoServer(max_connections=2 * CONNECTIONS + 40, timeout=30) as echo, \
+            contextlib.ExitStack() as stack:
+        instances = [stack.enter_context(running_instance(config))
+                     for config in CHAINS[chain](port)]
+        def settle() -> None:
+            if "mux" in chain:
+                time.sleep(MUX_SETTLE)
+                return
+            time.sleep(SETTLE)
+            for instance in instances:
+                wait_idle(instance)
+
+        for _ in range(5):  # first-use caches and lazy imports are not the connection's
+            bench.echo_once(port, echo)
+        settle()
+
+        def echo_many() -> None:
+            for _ in range(CONNECTIONS):
+                bench.echo_once(port, echo)
+            settle()
+
+        found = _garbage_after(echo_many)
+    assert not found, f"{chain}: cyclic garbage after {CONNECTIONS} connections: {dict(found)}"
