@@ -13,7 +13,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
 from v2sync.proxy.relay import relay_stream, run_relay
 from v2sync.transport import copy as copy_module
-from v2sync.transport.copy import flush_ready
+from v2sync.transport.copy import PipeDrain, flush_ready
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import new_link_pair
 from v2sync.transport.pipe import EOF
@@ -181,10 +181,12 @@ def test_an_idle_response_direction_gives_its_thread_back_and_wakes_for_the_next
         caller.start()
         try:
             deadline = time.monotonic() + WAIT
-            # Parked: its task is live, the worker that ran it waits idle in the pool.
-            while not (ctx.threads.live() and ctx.threads._idle) and time.monotonic() < deadline:
+            # Parked from its first step: its task is live, and no worker thread runs it.
+            while not ctx.threads.live() and time.monotonic() < deadline:
                 time.sleep(0.005)
-            assert len(ctx.threads.live()) == 1 and len(ctx.threads._idle) == 1
+            time.sleep(copy_module.PARK_AFTER * 4)
+            assert len(ctx.threads.live()) == 1
+            assert len(ctx.threads._threads) == len(ctx.threads._idle)
             outbound.writer.write(b"late answer")
             assert peer.recv(100) == b"late answer"
             peer.sendall(b"next request")
@@ -193,4 +195,46 @@ def test_an_idle_response_direction_gives_its_thread_back_and_wakes_for_the_next
             peer.shutdown(socket.SHUT_WR)
         finally:
             caller.join(WAIT)
+    assert result == [None]
+
+
+def test_a_small_write_is_sent_by_the_writer_and_a_large_one_by_a_pooled_thread():
+    """A parked drain woken by a few bytes runs in the writer's thread (no hand-over);
+    more than INLINE_MAX goes to a pooled thread, so a writer never carries bulk."""
+    senders = []
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair()
+
+        def send(chunks):
+            senders.append((threading.current_thread().name, sum(map(len, chunks))))
+            conn.write(b"".join(chunks))
+
+        drain = PipeDrain(inbound.reader, send, conn=conn)
+        result = []
+
+        client_done = threading.Event()
+
+        def request(timer):  # the client direction: done when the test says so
+            assert client_done.wait(WAIT)
+
+        caller = threading.Thread(target=lambda: result.append(
+            run_relay(ctx, "t", POLICY, conn, conn.abort, request, drain)), name="caller")
+        caller.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while not ctx.threads.live() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            outbound.writer.write(b"small answer")
+            big = b"x" * (copy_module.INLINE_MAX * 4)
+            outbound.writer.write(big)
+            received = b""
+            while len(received) < len(b"small answer") + len(big):
+                received += peer.recv(65536)
+            outbound.writer.close()
+        finally:
+            client_done.set()
+            caller.join(WAIT)
+    me = threading.current_thread().name
+    assert senders[0] == (me, len(b"small answer"))
+    assert senders[1][0] == "relay-t-down" and senders[1][1] == len(big)
     assert result == [None]

@@ -326,14 +326,16 @@ class _Pair:
     connection (sockets, pipes, timers) until the cyclic GC found them, 120 objects per
     connection; full collections over a busy server's heap then took ~130 ms each."""
 
-    __slots__ = ("group", "task", "background", "on_error", "errors", "lock")
+    __slots__ = ("group", "task", "background", "on_error", "inline", "errors", "lock")
 
     def __init__(self, group: ThreadGroup, background: Callable[[Waker], object],
-                 on_error: Callable[[BaseException], None]):
+                 on_error: Callable[[BaseException], None],
+                 inline: Optional[Callable[[], bool]] = None):
         self.group = group
         self.task: Optional[TaskHandle] = None
         self.background = background
         self.on_error = on_error
+        self.inline = inline
         self.errors: List[BaseException] = []
         self.lock = threading.Lock()
 
@@ -359,6 +361,10 @@ class _Pair:
 
     def wake(self) -> None:
         assert self.task is not None
+        if self.inline is not None and self.inline():
+            if self.step() is not PARKED:  # run here, by the thread whose event woke it
+                self.group.finish(self.task)
+            return
         try:
             self.group.resume(self.task, self.step)
         except RuntimeError as exc:  # no thread to be had: end the pair rather than hang
@@ -373,22 +379,26 @@ def run_pair(
     foreground: Callable[[], object],
     on_error: Callable[[BaseException], None],
     join_timeout: float,
+    inline: Optional[Callable[[], bool]] = None,
 ) -> Optional[BaseException]:
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
 
     ``background`` is given a waker. It may return ``PARKED`` once it has left that waker
     with what it waits on: its thread goes back to the pool, and the waker runs it again
     on a pooled thread (so it must pick up where it left off). A held, idle connection
-    then costs no thread for that direction.
+    then costs no thread for that direction. When ``inline()`` says yes, the waker runs
+    that step itself, in the thread whose event woke it, instead of on a pooled thread.
 
     The first exception of either side calls ``on_error`` (which must unblock the other side,
     e.g. by interrupting the link and aborting the connection) and is returned without its
     traceback (``detached``), so keeping it makes no reference cycle.
     """
-    pair = _Pair(group, background, on_error)
+    pair = _Pair(group, background, on_error, inline)
     task = pair.task = group.reserve(name)
     try:
-        group.resume(task, pair.step)
+        # A background that may run inline takes its first step here: it sends what is
+        # queued and parks, so it costs no thread until an event wakes it.
+        pair.wake() if inline is not None else group.resume(task, pair.step)
     except RuntimeError:  # nothing started: the caller's to handle
         group.finish(task)
         raise

@@ -163,7 +163,7 @@ class KeyedInbound:
             write_chunks(conn, chunks)
 
         self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, PipeDrain(link.reader, send),
+                                        conn, abort, request, PipeDrain(link.reader, send, conn=conn),
                                         first))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
@@ -191,7 +191,7 @@ class KeyedInbound:
             conn.write(out)
 
         self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, PipeDrain(link.reader, send)))
+                                        conn, abort, request, PipeDrain(link.reader, send, conn=conn)))
 
     def _policy(self, session: Session):
         return self.ctx.policy.for_level(session.user_level)
@@ -268,7 +268,7 @@ class KeyedOutbound:
 
         # After a first payload of EOF the pipe gives EOF again: the drain ends at once.
         error = run_relay(self.ctx, session.name(), policy, conn, abort,
-                          PipeDrain(link.reader, send), response, first)
+                          PipeDrain(link.reader, send, conn=conn), response, first)
         if error is not None:
             raise TransportError(f"relay ended: {error}") from error
 

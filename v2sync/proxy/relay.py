@@ -77,8 +77,10 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
                 return detached(exc)
+        drain = request if direction == "up" else response
+        inline = drain.ready_inline if isinstance(drain, PipeDrain) else None
         return run_pair(ctx.threads, f"relay-{name}-{direction}", background, foreground,
-                        lambda exc: abort(), longest + JOIN_SLACK)
+                        lambda exc: abort(), longest + JOIN_SLACK, inline)
     finally:
         timer.cancel()
 

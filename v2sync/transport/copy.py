@@ -30,7 +30,7 @@ from typing import Callable, Iterator, List, Optional
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Waker
-from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection
+from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, writable_now
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -168,6 +168,8 @@ def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int
 
 # How long a drain waits for its pipe with a thread before it parks (``PipeDrain``).
 PARK_AFTER = 0.05
+# The most a writer sends for a parked drain from its own thread (``ready_inline``).
+INLINE_MAX = 16 * 1024
 
 
 class PipeDrain:
@@ -179,25 +181,49 @@ class PipeDrain:
     thread parked in a wait holds ~18-20 KiB (its stack pages, its frame chunk, its thread
     state), so this takes a held connection from four threads to two.
 
+    A parked drain woken by a small write runs its step in the writer's thread when its
+    connection has send room (``ready_inline``): the few bytes of a request or an answer
+    leave at once instead of after a hand-over to a pooled thread (measured: p50 of connect
+    + 1 KiB echo 0.80-0.90 -> 0.65-0.69 ms on the bare relay). Bulk data, a connection
+    without room and an interrupt still go to a pooled thread, so a writer never waits on a
+    slow reader's socket beyond a small write.
+
     ``send(chunks)`` writes what the pipe gave (every chunk queued, as ``read_all``);
-    ``finish()`` runs at the pipe's EOF. Their state lives in the objects they close over,
-    never in a loop's locals: a step after a park starts afresh from ``step``.
+    ``finish()`` runs at the pipe's EOF; ``conn`` is what ``send`` writes to. Their state
+    lives in the objects they close over, never in a loop's locals: a step after a park
+    starts afresh from ``step``.
     """
 
-    __slots__ = ("pipe", "send", "finish")
+    __slots__ = ("pipe", "send", "finish", "conn", "_inline")
 
     def __init__(self, pipe: Pipe, send: Callable[[List[bytes]], object],
-                 finish: Optional[Callable[[], None]] = None):
+                 finish: Optional[Callable[[], None]] = None,
+                 conn: Optional[Connection] = None):
         self.pipe = pipe
         self.send = send
         self.finish = finish
+        self.conn = conn
+        self._inline = False
+
+    def ready_inline(self) -> bool:
+        """May the waking writer run the next step itself? Yes for at most INLINE_MAX
+        bytes (or the EOF) into a connection with send room; that step then parks as soon
+        as the pipe is empty instead of lingering PARK_AFTER."""
+        if self.conn is None or not self.pipe.small_and_live(INLINE_MAX):
+            return False
+        if not writable_now(self.conn):
+            return False
+        self._inline = True
+        return True
 
     def step(self, timer: ActivityTimer, wake: Optional[Waker] = None) -> object:
         """Send until EOF (None) or, given ``wake``, until the pipe has stayed empty for
         PARK_AFTER seconds (``PARKED``: ``wake`` runs the next step)."""
         pipe = self.pipe
+        wait = 0.0 if self._inline else PARK_AFTER
+        self._inline = False
         while True:
-            chunks = pipe.read_all() if wake is None else pipe.read_all_or_park(PARK_AFTER, wake)
+            chunks = pipe.read_all() if wake is None else pipe.read_all_or_park(wait, wake)
             if chunks is PARKED:
                 return PARKED
             if not isinstance(chunks, list):  # EOF
@@ -211,7 +237,7 @@ class PipeDrain:
 
 def conn_drain(pipe: Pipe, conn: Connection) -> PipeDrain:
     """``copy_pipe_to_conn`` as a drain."""
-    return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks))
+    return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks), conn=conn)
 
 
 def write_chunks(conn: Connection, chunks: List[bytes]) -> int:

@@ -295,6 +295,11 @@ class Pipe:
                 raise ReadTimeout(f"{self.name}: no data within {timeout}s")
             q.not_empty.wait(remaining)
 
+    def small_and_live(self, max_bytes: int) -> bool:
+        """Holds at most ``max_bytes`` and was not interrupted (read without the lock: a
+        hint for ``PipeDrain.ready_inline``, which the next read settles)."""
+        return not self._interrupted and self._q.nbytes <= max_bytes
+
     @property
     def is_closed(self) -> bool:
         return self._closed or self._interrupted

@@ -195,7 +195,7 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
             chunks = [b"".join(chunks)]  # many small reads: fewer, fuller chunks
         conn.write_parts(body_out.encode_parts(chunks))
 
-    outward = PipeDrain(link.reader, send)
+    outward = PipeDrain(link.reader, send, conn=conn)
 
     if client:
         return run_relay(ctx, name, policy, conn, abort, outward, inward, first)

@@ -130,7 +130,7 @@ class VMessInbound:
             conn.write(head + body_out.encode_eof())
 
         error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
-                          PipeDrain(link.reader, send, finish), first)
+                          PipeDrain(link.reader, send, finish, conn), first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 

@@ -110,7 +110,7 @@ class VMessOutbound:
             link.writer.close()
 
         error = run_relay(self.ctx, session.name(), policy, conn, abort,
-                          PipeDrain(link.reader, send, finish), response, first)
+                          PipeDrain(link.reader, send, finish, conn), response, first)
         if error is not None:
             raise TransportError(f"vmess relay ended: {error}") from error
 

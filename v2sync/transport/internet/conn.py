@@ -6,6 +6,7 @@ reader or writer stuck in the kernel.
 """
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -123,6 +124,21 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def writable_now(conn: Connection) -> bool:
+    """Whether ``conn``'s socket has send room now (POLLOUT: for TCP, a third of its send
+    buffer free), without waiting; False for a socket already closed."""
+    try:
+        fd = conn.sock.fileno()
+    except OSError:
+        return False
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLOUT and not event & (select.POLLERR | select.POLLHUP)
+               for _, event in poller.poll(0))
 
 
 class WrappedConnection(Connection):
