@@ -238,3 +238,47 @@ def test_a_small_write_is_sent_by_the_writer_and_a_large_one_by_a_pooled_thread(
     assert senders[0] == (me, len(b"small answer"))
     assert senders[1][0] == "relay-t-down" and senders[1][1] == len(big)
     assert result == [None]
+
+
+def test_a_writer_never_sends_for_a_drain_whose_socket_still_has_bytes_queued():
+    """A reader that stopped (its receive window full): the small write goes to a pooled
+    thread, which may wait there, and the writer goes on at once."""
+    senders = []
+    with relay_context() as ctx, tcp_pair() as (conn, peer):
+        inbound, outbound = new_link_pair()
+        conn.sock.setblocking(False)
+        stuffed = 0
+        try:
+            while stuffed < 64 * 1024 * 1024:  # bounded: loopback buffers are a few MiB
+                stuffed += conn.sock.send(b"s" * 65536)
+        except BlockingIOError:
+            pass
+        conn.sock.setblocking(True)
+
+        def send(chunks):
+            senders.append(threading.current_thread().name)
+            conn.write(b"".join(chunks))
+
+        client_done = threading.Event()
+        result = []
+        caller = threading.Thread(target=lambda: result.append(run_relay(
+            ctx, "t", POLICY, conn, conn.abort, lambda timer: client_done.wait(WAIT),
+            PipeDrain(inbound.reader, send, conn=conn))))
+        caller.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while not ctx.threads.live() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            started = time.monotonic()
+            outbound.writer.write(b"small")
+            assert time.monotonic() - started < 1.0  # the writer did not wait on the peer
+            outbound.writer.close()
+            received, want = 0, stuffed + len(b"small")
+            while received < want:  # the stalled reader reads again: everything arrives
+                data = peer.recv(1 << 20)
+                assert data
+                received += len(data)
+        finally:
+            client_done.set()
+            caller.join(WAIT)
+    assert senders == ["relay-t-down"] and result == [None]

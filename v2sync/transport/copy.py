@@ -30,7 +30,7 @@ from typing import Callable, Iterator, List, Optional
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Waker
-from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, writable_now
+from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -168,8 +168,11 @@ def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int
 
 # How long a drain waits for its pipe with a thread before it parks (``PipeDrain``).
 PARK_AFTER = 0.05
-# The most a writer sends for a parked drain from its own thread (``ready_inline``).
-INLINE_MAX = 16 * 1024
+# The most a writer sends for a parked drain from its own thread (``ready_inline``): with
+# the socket's send queue empty this fits in the smallest default send buffer (Linux
+# tcp_wmem's 16 KiB) with room for framing and the kernel's accounting, so the write never
+# waits for the peer, however full its receive window.
+INLINE_MAX = 8 * 1024
 
 
 class PipeDrain:
@@ -182,11 +185,12 @@ class PipeDrain:
     state), so this takes a held connection from four threads to two.
 
     A parked drain woken by a small write runs its step in the writer's thread when its
-    connection has send room (``ready_inline``): the few bytes of a request or an answer
-    leave at once instead of after a hand-over to a pooled thread (measured: p50 of connect
-    + 1 KiB echo 0.80-0.90 -> 0.65-0.69 ms on the bare relay). Bulk data, a connection
-    without room and an interrupt still go to a pooled thread, so a writer never waits on a
-    slow reader's socket beyond a small write.
+    connection's send queue is empty (``ready_inline``): the few bytes of a request or an
+    answer leave at once instead of after a hand-over to a pooled thread (measured: p50 of
+    connect + 1 KiB echo 0.80-0.90 -> 0.65-0.69 ms on the bare relay). Bulk data, a
+    connection with bytes still queued (a slow or stalled reader) and an interrupt go to a
+    pooled thread, so a writer never waits on another connection's reader: the mux reader
+    serving many sub-connections, one of them stalled, least of all.
 
     ``send(chunks)`` writes what the pipe gave (every chunk queued, as ``read_all``);
     ``finish()`` runs at the pipe's EOF; ``conn`` is what ``send`` writes to. Their state
@@ -211,7 +215,7 @@ class PipeDrain:
         as the pipe is empty instead of lingering PARK_AFTER."""
         if self.conn is None or not self.pipe.small_and_live(INLINE_MAX):
             return False
-        if not writable_now(self.conn):
+        if not send_queue_empty(self.conn):
             return False
         self._inline = True
         return True

@@ -150,6 +150,12 @@ class LevelPolicy:
     stats_user_downlink: bool = False
 
 
+# The policies of unconfigured levels, made once: relays look their level up several
+# times per connection, and a frozen dataclass's __init__ costs a few microseconds.
+_SESSION_DEFAULT = LevelPolicy()
+_UNCONFIGURED_LEVEL1 = LevelPolicy(conn_idle=UNCONFIGURED_LEVEL1_CONN_IDLE)
+
+
 @dataclass(frozen=True)
 class SystemPolicy:
     stats_inbound_uplink: bool = False
@@ -172,8 +178,8 @@ class PolicyConfig:
         if policy is not None:
             return policy
         if level == 1 and not self.configured:
-            return LevelPolicy(conn_idle=UNCONFIGURED_LEVEL1_CONN_IDLE)
-        return LevelPolicy()
+            return _UNCONFIGURED_LEVEL1
+        return _SESSION_DEFAULT
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ reader or writer stuck in the kernel.
 """
 from __future__ import annotations
 
-import select
+import fcntl
 import socket
 import threading
 import time
@@ -126,19 +126,19 @@ class Connection:
         return self._closed
 
 
-def writable_now(conn: Connection) -> bool:
-    """Whether ``conn``'s socket has send room now (POLLOUT: for TCP, a third of its send
-    buffer free), without waiting; False for a socket already closed."""
+# linux/sockios.h: bytes in a socket's send queue, not yet sent or not yet acknowledged.
+SIOCOUTQ = 0x5411
+
+
+def send_queue_empty(conn: Connection) -> bool:
+    """Whether everything written to ``conn``'s socket has left it (``SIOCOUTQ`` is 0): a
+    small write then fits in the send buffer whatever the peer's window, so it cannot
+    block. False when it cannot tell (a closed socket, a platform without the ioctl)."""
     try:
-        fd = conn.sock.fileno()
-    except OSError:
+        queued = fcntl.ioctl(conn.sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
         return False
-    if fd < 0:
-        return False
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    return any(event & select.POLLOUT and not event & (select.POLLERR | select.POLLHUP)
-               for _, event in poller.poll(0))
+    return queued == b"\0\0\0\0"
 
 
 class WrappedConnection(Connection):
