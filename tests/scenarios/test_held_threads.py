@@ -8,8 +8,8 @@ import time
 
 import socks
 
-from scenarios.helpers_scenarios import (freedom, make_config, port_of, running_instance,
-                                         socks_inbound, wait_idle)
+from scenarios.helpers_scenarios import (freedom, make_config, port_of, recv_exact,
+                                         running_instance, socks_inbound, wait_idle)
 from support.peers import TcpEchoServer
 from v2sync.transport import copy as copy_module
 
@@ -32,12 +32,7 @@ def _connect(proxy_port: int, echo: TcpEchoServer) -> socks.socksocket:
 
 def _echo(sock: socks.socksocket, payload: bytes) -> bytes:
     sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = sock.recv(len(payload) - len(got))
-        assert data, "the proxy closed the connection"
-        got += data
-    return got
+    return recv_exact(sock, len(payload))
 
 
 def test_held_idle_connections_keep_one_thread_per_side_and_wake_for_more():

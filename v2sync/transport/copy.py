@@ -148,24 +148,6 @@ def write_or_stop(pipe: Pipe, data: bytes) -> bool:
         return False
 
 
-def copy_pipe_to_conn(pipe: Pipe, conn: Connection, timer: ActivityTimer) -> int:
-    """Copy until the pipe's EOF; returns the byte count. Does not close ``conn``.
-
-    Each round takes every chunk queued (``Pipe.read_all``) and sends them in one gather
-    write. Taking one chunk at a time, a pipe that held two half-limit chunks kept holding
-    two: the reader, told the room of one, read half a limit again (measured: 256 KiB reads
-    at the default 512 KiB, 2.6x the system calls of 1 MiB reads per GiB).
-    """
-    total = 0
-    while True:
-        chunks = pipe.read_all()
-        if chunks is EOF:
-            return total
-        timer.update()
-        total += write_chunks(conn, chunks)
-        del chunks  # sent: not kept alive while the next read waits
-
-
 # How long a drain waits for its pipe with a thread before it parks (``PipeDrain``).
 PARK_AFTER = 0.05
 # The most a writer sends for a parked drain from its own thread (``ready_inline``): with
@@ -211,7 +193,7 @@ class PipeDrain:
 
     def ready_inline(self) -> bool:
         """May the waking writer run the next step itself? Yes for at most INLINE_MAX
-        bytes (or the EOF) into a connection with send room; that step then parks as soon
+        bytes (or the EOF) into a connection whose send queue is empty; that step parks as soon
         as the pipe is empty instead of lingering PARK_AFTER."""
         if self.conn is None or not self.pipe.small_and_live(INLINE_MAX):
             return False
@@ -240,7 +222,13 @@ class PipeDrain:
 
 
 def conn_drain(pipe: Pipe, conn: Connection) -> PipeDrain:
-    """``copy_pipe_to_conn`` as a drain."""
+    """Copy the pipe to ``conn`` until its EOF (which does not close ``conn``).
+
+    Each step takes every chunk queued (``Pipe.read_all``) and sends them in one gather
+    write. Taking one chunk at a time, a pipe that held two half-limit chunks kept holding
+    two: the reader, told the room of one, read half a limit again (measured: 256 KiB reads
+    at the default 512 KiB, 2.6x the system calls of 1 MiB reads per GiB).
+    """
     return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks), conn=conn)
 
 

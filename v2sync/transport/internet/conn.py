@@ -6,11 +6,15 @@ reader or writer stuck in the kernel.
 """
 from __future__ import annotations
 
-import fcntl
 import socket
 import threading
 import time
 from typing import Callable, Generator, Optional, Sequence, Tuple, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no ioctl, so no inline sends (send_queue_empty)
+    fcntl = None  # type: ignore[assignment]
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
@@ -134,6 +138,8 @@ def send_queue_empty(conn: Connection) -> bool:
     """Whether everything written to ``conn``'s socket has left it (``SIOCOUTQ`` is 0): a
     small write then fits in the send buffer whatever the peer's window, so it cannot
     block. False when it cannot tell (a closed socket, a platform without the ioctl)."""
+    if fcntl is None:
+        return False
     try:
         queued = fcntl.ioctl(conn.sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
     except (OSError, ValueError):
