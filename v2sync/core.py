@@ -40,6 +40,7 @@ from v2sync.common.task import ThreadGroup, tune_for_many_threads
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import Config
 from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.readiness import ReadWaiter
 
 log = logging.getLogger("v2sync.core")
 
@@ -71,7 +72,9 @@ class Instance:
         self.workers = ThreadGroup("connections")
         self.listener_threads = ThreadGroup("listeners")
         self.dns = DnsResolver(config.dns_settings)
-        self.context = ProxyContext(self.policy, self.timers, self.workers, self.dns)
+        self.readiness = ReadWaiter()
+        self.context = ProxyContext(self.policy, self.timers, self.workers, self.dns,
+                                    self.readiness)
         self.outbounds = OutboundManager()
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
@@ -213,6 +216,7 @@ class Instance:
         if self.commander is not None:
             self.commander.close()
         self.timers.stop(max(_left(deadline), GRACE_POLL))  # it stops at once when told
+        self.readiness.stop(max(_left(deadline), GRACE_POLL))
         self.running = False
         log.info("closed in %.2f s", time.monotonic() - started)
 

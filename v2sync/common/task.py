@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, Dict, Final, List, Optional, Set, Tuple
+from typing import Callable, Dict, Final, Generator, List, Optional, Set, Tuple, TypeVar
 
 from v2sync.common.errors import detached
 
@@ -60,6 +60,44 @@ class _ParkedType:
 
 PARKED: Final = _ParkedType()
 Waker = Callable[[], None]
+T = TypeVar("T")
+
+
+class Wait:
+    """What a task written as a generator of steps yields to give its thread back while it
+    waits (``ThreadGroup.spawn_steps``): ``arm(wake)`` leaves ``wake`` with what it waits
+    for, which calls it once; ``block()`` waits in the calling thread instead (``drive``)."""
+
+    __slots__ = ()
+
+    def arm(self, wake: Waker) -> None:
+        raise NotImplementedError
+
+    def block(self) -> None:
+        raise NotImplementedError
+
+
+# A task's steps: each ``yield`` is a wait that costs no thread; the return value is the
+# task's result.
+Steps = Generator[Wait, None, T]
+
+
+def drive(steps: "Steps[T]") -> T:
+    """Run ``steps`` to the end in this thread, blocking through each wait; returns what
+    they return. A caller with no thread group to park in (the mux client's connections,
+    tests) runs a step generator this way."""
+    while True:
+        try:
+            wait = steps.send(None)
+        except StopIteration as done:
+            return done.value
+        wait.block()
+
+
+def at_once(fn: Callable[[], T]) -> "Steps[T]":
+    """``fn`` as steps that never wait."""
+    return fn()
+    yield  # a generator: never reached
 
 
 # A thread waiting for the GIL wakes every switch interval to ask its holder to let go
@@ -220,6 +258,20 @@ class ThreadGroup:
             return
         self._start_thread((handle, step))
 
+    def spawn_steps(self, name: str, steps: "Steps[object]") -> TaskHandle:
+        """Run a task written as steps (``Wait``): each wait it yields gives its thread
+        back; what it waits for resumes it on a pooled thread. A connection whose relay
+        waits this way keeps no thread while idle."""
+        handle = self.reserve(name)
+        task = _StepsTask(self, handle, steps)
+        try:
+            self.resume(handle, task.step)
+        except RuntimeError:
+            self.finish(handle)
+            steps.close()
+            raise
+        return handle
+
     def finish(self, handle: TaskHandle) -> None:
         """End a reserved or parked task that will not be resumed."""
         self._busy.discard(handle)
@@ -319,6 +371,35 @@ class ThreadGroup:
         return not (self._threads.copy() - {me})
 
 
+class _StepsTask:
+    """``spawn_steps``'s task: one generator, resumed on a pooled thread after each wait.
+    Holds no reference back from the generator, so a finished task leaves no cycle."""
+
+    __slots__ = ("group", "handle", "steps")
+
+    def __init__(self, group: ThreadGroup, handle: TaskHandle, steps: "Steps[object]"):
+        self.group = group
+        self.handle = handle
+        self.steps = steps
+
+    def step(self) -> object:
+        try:
+            wait = self.steps.send(None)
+        except StopIteration:
+            return None
+        # Suspended now: the wake may come at once, from any thread, and resume it there.
+        wait.arm(self.wake)
+        return PARKED
+
+    def wake(self) -> None:
+        try:
+            self.group.resume(self.handle, self.step)
+        except RuntimeError:  # no thread to be had: end the task, its cleanup runs here
+            log.error("%s: no thread to resume it; ending it", self.handle.name)
+            self.steps.close()
+            self.group.finish(self.handle)
+
+
 class _Pair:
     """What the two sides of one ``run_pair`` share. An object of its own, not closures:
     a background step that must reach its waker, and a waker that must reach the step,
@@ -381,6 +462,20 @@ def run_pair(
     join_timeout: float,
     inline: Optional[Callable[[], bool]] = None,
 ) -> Optional[BaseException]:
+    """``run_pair_steps`` with a foreground that never waits, run in this thread."""
+    return drive(run_pair_steps(group, name, background, at_once(foreground), on_error,
+                                join_timeout, inline))
+
+
+def run_pair_steps(
+    group: ThreadGroup,
+    name: str,
+    background: Callable[[Waker], object],
+    foreground: "Steps[object]",
+    on_error: Callable[[BaseException], None],
+    join_timeout: float,
+    inline: Optional[Callable[[], bool]] = None,
+) -> "Steps[Optional[BaseException]]":
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
 
     ``background`` is given a waker. It may return ``PARKED`` once it has left that waker
@@ -388,6 +483,8 @@ def run_pair(
     on a pooled thread (so it must pick up where it left off). A held, idle connection
     then costs no thread for that direction. When ``inline()`` says yes, the waker runs
     that step itself, in the thread whose event woke it, instead of on a pooled thread.
+    ``foreground`` is steps: its waits are this generator's (``drive`` or ``spawn_steps``
+    runs it), so under ``spawn_steps`` an idle foreground costs no thread either.
 
     The first exception of either side calls ``on_error`` (which must unblock the other side,
     e.g. by interrupting the link and aborting the connection) and is returned without its
@@ -401,8 +498,12 @@ def run_pair(
         pair.wake() if inline is not None else group.resume(task, pair.step)
     except RuntimeError:  # nothing started: the caller's to handle
         group.finish(task)
+        foreground.close()
         raise
-    pair.guarded(foreground)
+    try:
+        yield from foreground
+    except Exception as exc:
+        pair.fail(exc)
     task.join(join_timeout)
     if task.is_alive():
         on_error(TimeoutError(f"{name} did not finish in {join_timeout}s"))

@@ -42,8 +42,11 @@ class UserManager(Protocol):
 class ProxyContext:
     """What every handler needs from the Instance: policy, timers and its thread group."""
 
-    def __init__(self, policy, timers, threads, dns=None):
+    def __init__(self, policy, timers, threads, dns=None, readiness=None):
         self.policy = policy      # app.policy.manager.PolicyManager
         self.dns = dns            # app.dns.server.DnsResolver (the built-in DNS)
         self.timers = timers      # common.signal.TimerWheel
         self.threads = threads    # common.task.ThreadGroup (joined on shutdown)
+        # transport.internet.readiness.ReadWaiter, where idle relay readers park (None:
+        # they block in recv, as in a context without one).
+        self.readiness = readiness

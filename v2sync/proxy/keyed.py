@@ -25,8 +25,10 @@ from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
-from v2sync.proxy.relay import run_relay
-from v2sync.transport.copy import PipeDrain, adaptive_reads, write_chunks, write_or_stop
+from v2sync.common.task import Steps, drive
+from v2sync.proxy.relay import Parkable, run_relay, run_relay_steps
+from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, until_readable,
+                                   write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
                                             HandshakeReader)
 from v2sync.transport.internet.dialer import dial_with_retry
@@ -237,11 +239,22 @@ class KeyedOutbound:
         return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,
                                self.client)
 
+    def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))  # type: ignore[attr-defined]
+
     def relay(self, session: Session, conn: Connection, link: Link, level: int,
               header: bytes, encode: Optional[Encode], parse: Optional[Parser],
               response_header: Optional[Parser]) -> None:
         """``encode``/``parse``: the datagram framing (None: a raw stream);
         ``response_header``: the server's header to strip first (None: there is none)."""
+        drive(self.relay_steps(session, conn, link, level, header, encode, parse,
+                               response_header))
+
+    def relay_steps(self, session: Session, conn: Connection, link: Link, level: int,
+                    header: bytes, encode: Optional[Encode], parse: Optional[Parser],
+                    response_header: Optional[Parser]) -> Steps[None]:
+        """``relay`` as steps: the reader of the server's answer parks while idle."""
+        waiter = self.ctx.readiness
         policy = self.ctx.policy.for_level(level)
         frame = encode or (lambda data: data)
 
@@ -256,10 +269,15 @@ class KeyedOutbound:
         def send(chunks: List[bytes]) -> None:
             conn.write(b"".join([frame(c) for c in chunks]))
 
-        def response(timer) -> None:
-            rest = _read_response_header(conn, response_header) if response_header else b""
+        def response(timer) -> Steps[None]:
+            rest = b""
+            if response_header:
+                rest = yield from _read_response_header(conn, response_header, waiter)
             stream: Optional[PacketStream] = PacketStream(parse) if parse is not None else None
-            for data in _with_early(rest, adaptive_reads(conn, link.writer)):
+            for data in _with_early(rest, parkable_reads(conn, link.writer, waiter)):
+                if not isinstance(data, bytes):
+                    yield data  # a Wait: idle, parked
+                    continue
                 timer.update()
                 pieces: List[bytes] = stream.feed(data) if stream is not None else [data]
                 if not all(write_or_stop(link.writer, p) for p in pieces):
@@ -267,8 +285,9 @@ class KeyedOutbound:
             link.writer.close()
 
         # After a first payload of EOF the pipe gives EOF again: the drain ends at once.
-        error = run_relay(self.ctx, session.name(), policy, conn, abort,
-                          PipeDrain(link.reader, send, conn=conn), response, first)
+        error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
+                                           PipeDrain(link.reader, send, conn=conn),
+                                           Parkable(response), first)
         if error is not None:
             raise TransportError(f"relay ended: {error}") from error
 
@@ -281,8 +300,10 @@ def _first_payload(link: Link):
         return None
 
 
-def _read_response_header(conn: Connection, parse: Parser) -> bytes:
-    """Strip the server's response header; returns the body bytes read past it."""
+def _read_response_header(conn: Connection, parse: Parser,
+                          waiter=None) -> Steps[bytes]:
+    """Strip the server's response header; returns the body bytes read past it. (VLESS
+    sends it with the first answer: a held connection waits here, parked by ``waiter``.)"""
     buf = b""
     while True:
         parsed = parse(buf)
@@ -290,6 +311,7 @@ def _read_response_header(conn: Connection, parse: Parser) -> bytes:
             return buf[parsed[1]:]
         if len(buf) > MAX_RESPONSE_HEADER:
             raise RemoteProtocolError("response header too large")
+        yield from until_readable(conn, waiter)
         data = conn.read(HANDSHAKE_READ_SIZE)
         if not data:
             raise RemoteProtocolError("server closed before its response header")

@@ -21,16 +21,28 @@ from typing import Callable, Optional, Union
 
 from v2sync.common.errors import detached
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Waker, run_pair
+from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, run_pair_steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
-from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe, flush_ready,
-                                   write_or_stop)
+from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe,
+                                   copy_conn_to_pipe_steps, flush_ready, write_or_stop)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 
 Direction = Callable[[ActivityTimer], None]
-Side = Union[Direction, PipeDrain]
+
+
+class Parkable:
+    """A direction written as steps (a socket reader that parks while idle,
+    ``transport.copy.parkable_reads``): ``steps(timer)`` makes its generator."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: Callable[[ActivityTimer], Steps[object]]):
+        self.steps = steps
+
+
+Side = Union[Direction, PipeDrain, Parkable]
 
 # Extra seconds past the longest policy timeout before a stuck copy thread is given up on;
 # normally the timer has aborted the connection long before.
@@ -40,8 +52,17 @@ JOIN_SLACK = 5.0
 def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[Connection],
               abort: Callable[[], None], request: Side, response: Side,
               first: Optional[Direction] = None) -> Optional[BaseException]:
+    """``run_relay_steps`` run to the end in this thread."""
+    return drive(run_relay_steps(ctx, name, policy, conn, abort, request, response, first))
+
+
+def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
+                    conn: Optional[Connection], abort: Callable[[], None], request: Side,
+                    response: Side, first: Optional[Direction] = None
+                    ) -> Steps[Optional[BaseException]]:
     """Run ``first`` (if any), then both directions to completion; returns the first error
-    (None on a clean finish).
+    (None on a clean finish). The foreground direction's waits (a ``Parkable`` reader) are
+    this generator's: run under ``ThreadGroup.spawn_steps``, an idle relay keeps no thread.
 
     ``conn``, the stream both directions share, is made blocking here, once, before the
     pair starts: the activity timer bounds the relay, not a socket timeout. A socket's
@@ -51,24 +72,25 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
     if conn is not None:
         conn.settimeout(None)
     timer = ctx.timers.new_timer(policy.conn_idle, abort)
-
-    def request_side(wake: Optional[Waker] = None) -> object:
-        if _run_side(request, timer, wake) is PARKED:
-            return PARKED
-        timer.set_timeout(policy.downlink_only)
-        return None
-
-    def response_side(wake: Optional[Waker] = None) -> object:
-        if _run_side(response, timer, wake) is PARKED:
-            return PARKED
-        timer.set_timeout(policy.uplink_only)
-        return None
-
     # The pooled thread's task is named after its direction: "-up" (client -> target) or
-    # "-down" (target -> client).
-    background, foreground, direction = request_side, response_side, "up"
-    if isinstance(response, PipeDrain) and not isinstance(request, PipeDrain):
-        background, foreground, direction = response_side, request_side, "down"
+    # "-down" (target -> client). When a side ends, the timer gives the other side
+    # downlinkOnly (the request ended) or uplinkOnly (the response ended).
+    down = isinstance(response, PipeDrain) and not isinstance(request, PipeDrain)
+    background, foreground = (response, request) if down else (request, response)
+    after_background, after_foreground = (
+        (policy.uplink_only, policy.downlink_only) if down
+        else (policy.downlink_only, policy.uplink_only))
+
+    def background_step(wake: Optional[Waker] = None) -> object:
+        if _run_side(background, timer, wake) is PARKED:
+            return PARKED
+        timer.set_timeout(after_background)
+        return None
+
+    def foreground_steps() -> Steps[None]:
+        yield from _side_steps(foreground, timer)
+        timer.set_timeout(after_foreground)
+
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
         if first is not None:
@@ -77,20 +99,29 @@ def run_relay(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Optional[
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
                 return detached(exc)
-        drain = request if direction == "up" else response
-        inline = drain.ready_inline if isinstance(drain, PipeDrain) else None
-        return run_pair(ctx.threads, f"relay-{name}-{direction}", background, foreground,
-                        lambda exc: abort(), longest + JOIN_SLACK, inline)
+        inline = background.ready_inline if isinstance(background, PipeDrain) else None
+        return (yield from run_pair_steps(
+            ctx.threads, f"relay-{name}-{'down' if down else 'up'}", background_step,
+            foreground_steps(), lambda exc: abort(), longest + JOIN_SLACK, inline))
     finally:
         timer.cancel()
 
 
 def _run_side(side: Side, timer: ActivityTimer, wake: Optional[Waker]) -> object:
-    """One direction: a drain's step (it may park, given ``wake``), or a whole loop."""
+    """One background direction: a drain's step (it may park, given ``wake``), or a whole
+    loop."""
     if isinstance(side, PipeDrain):
         return side.step(timer, wake)
-    side(timer)
-    return None
+    return drive(_side_steps(side, timer))
+
+
+def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
+    """One foreground direction as steps: only a ``Parkable`` ever waits."""
+    if isinstance(side, Parkable):
+        return side.steps(timer)
+    if isinstance(side, PipeDrain):
+        return at_once(lambda: side.step(timer))
+    return at_once(lambda: side(timer))
 
 
 def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
@@ -123,6 +154,13 @@ def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Conn
     """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
     SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
     its handshake reply; they reach the client first."""
+    return drive(relay_upstream_steps(ctx, name, policy, conn, link, leftover))
+
+
+def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
+                         link: Link, leftover: bytes = b""
+                         ) -> Steps[Optional[BaseException]]:
+    """``relay_upstream`` as steps: its upstream reader parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -132,9 +170,10 @@ def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Conn
             link.writer.write(leftover)
         flush_ready(link.reader, conn, timer)  # the client's payload, if queued
 
-    def response(timer: ActivityTimer) -> None:
-        copy_conn_to_pipe(conn, link.writer, timer)
+    def response(timer: ActivityTimer) -> Steps[None]:
+        yield from copy_conn_to_pipe_steps(conn, link.writer, timer, ctx.readiness)
         link.writer.close()
 
-    return run_relay(ctx, name, policy, conn, abort, conn_drain(link.reader, conn), response,
-                     first)
+    return (yield from run_relay_steps(ctx, name, policy, conn, abort,
+                                       conn_drain(link.reader, conn), Parkable(response),
+                                       first))

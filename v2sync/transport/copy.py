@@ -25,12 +25,13 @@ chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Union, cast
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Waker
+from v2sync.common.task import PARKED, Steps, Wait, Waker, drive
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
+from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -103,6 +104,14 @@ def adaptive_reads(conn: Connection, pipe: Optional[Pipe] = None) -> Iterator[by
     reader is gone, or the link was interrupted); the caller's next write or close says which.
     Write each chunk before asking for the next.
     """
+    return cast(Iterator[bytes], parkable_reads(conn, pipe, None))
+
+
+def parkable_reads(conn: Connection, pipe: Optional[Pipe],
+                   waiter: Optional[ReadWaiter]) -> Iterator[Union[bytes, Wait]]:
+    """``adaptive_reads`` whose reader, given a ``waiter``, parks when idle: after
+    PARK_AFTER seconds with nothing to read it yields a ``Wait`` (its caller yields it on,
+    up to ``spawn_steps``), and the socket waits in the waiter's selector, not a thread."""
     sizer = ReadSizer()
     while True:
         size = sizer.size
@@ -111,6 +120,7 @@ def adaptive_reads(conn: Connection, pipe: Optional[Pipe] = None) -> Iterator[by
                 size = read_budget(size, pipe.wait_room(room_wanted(size, pipe.limit)))
             except (PipeInterrupted, PipeClosed):
                 return
+        yield from until_readable(conn, waiter)
         data = conn.read(size)
         if not data:
             return
@@ -118,6 +128,17 @@ def adaptive_reads(conn: Connection, pipe: Optional[Pipe] = None) -> Iterator[by
         yield data
         del data  # handed on: not kept alive while the next read waits
         sizer.next_size(got, size)
+
+
+def until_readable(conn: Connection, waiter: Optional[ReadWaiter]) -> Iterator[Wait]:
+    """Return when a read of ``conn`` has something to take; meanwhile wait PARK_AFTER
+    seconds with the thread, then yield ``Readable`` waits (parked in ``waiter``). Without
+    a waiter, or on a layer that cannot tell what it holds, return at once: the read
+    blocks as it always did."""
+    if waiter is None or conn.buffered() is not False:
+        return
+    while not wait_readable(conn.sock, PARK_AFTER):
+        yield Readable(conn.sock, waiter)
 
 
 def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
@@ -128,8 +149,17 @@ def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int
     ends this direction quietly: the other direction may still hold an answer to deliver.
     A real failure interrupts both pipes and surfaces there.
     """
+    return drive(copy_conn_to_pipe_steps(conn, pipe, timer, None))
+
+
+def copy_conn_to_pipe_steps(conn: Connection, pipe: Pipe, timer: ActivityTimer,
+                            waiter: Optional[ReadWaiter]) -> Steps[int]:
+    """``copy_conn_to_pipe`` as steps: idle, it parks in ``waiter`` (``parkable_reads``)."""
     total = 0
-    for data in adaptive_reads(conn, pipe):
+    for data in parkable_reads(conn, pipe, waiter):
+        if isinstance(data, Wait):
+            yield data
+            continue
         timer.update()
         size = len(data)
         if not write_or_stop(pipe, data):

@@ -20,7 +20,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import Steps, ThreadGroup
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -54,15 +54,16 @@ class DefaultDispatcher:
         with self._lock:
             self._links[session.id] = outbound_side
         try:
-            self.threads.spawn(f"out-{session.name()}",
-                               lambda: self._run_outbound(session, outbound_side))
+            self.threads.spawn_steps(f"out-{session.name()}",
+                                     self._run_outbound(session, outbound_side))
         except RuntimeError:
             log.error("%s: cannot start outbound thread", session.name())
             self._forget(session)
             inbound_side.interrupt()
         return inbound_side
 
-    def _run_outbound(self, session: Session, link: Link) -> None:
+    def _run_outbound(self, session: Session, link: Link) -> Steps[None]:
+        """The outbound's task, as steps: an idle relay reader parks, keeping no thread."""
         try:
             if _sniffing_enabled(session):
                 self._sniff(session, link)
@@ -78,7 +79,11 @@ class DefaultDispatcher:
             if self.on_routed is not None:
                 self.on_routed(handler.tag)
             self.access_log.accepted(session)
-            handler.dispatch(session, link)
+            steps = getattr(handler, "dispatch_steps", None)  # a handler without: no waits
+            if steps is None:
+                handler.dispatch(session, link)
+            else:
+                yield from steps(session, link)
         except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
             log.info("%s: dispatch failed: %s", session.name(), e)
             link.interrupt()

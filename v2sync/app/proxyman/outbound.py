@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 from v2sync.common.errors import V2SyncError
 from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, at_once, drive
 from v2sync.infra.conf.model import MuxConfig
 from v2sync.transport.link import Link
 
@@ -26,8 +27,12 @@ class OutboundHandler:
             self.mux = ClientManager(self.run_proxy, ctx, mux.concurrency, tag or "out")
 
     def dispatch(self, session: Session, link: Link) -> None:
+        drive(self.dispatch_steps(session, link))
+
+    def dispatch_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``dispatch`` as steps: a proxy with ``process_steps`` parks its idle reader."""
         if self.mux is None:
-            self.run_proxy(session, link)
+            yield from self.run_proxy_steps(session, link)
             return
         try:
             self.mux.dispatch(session, link)
@@ -38,8 +43,11 @@ class OutboundHandler:
 
     def run_proxy(self, session: Session, link: Link) -> None:
         """Run the proxy; close the downlink on success, interrupt it on failure (handler.go)."""
+        drive(self.run_proxy_steps(session, link))
+
+    def run_proxy_steps(self, session: Session, link: Link) -> Steps[None]:
         try:
-            self.proxy.process(session, link)
+            yield from self._process_steps(session, link)
         except V2SyncError as e:
             log.info("%s: outbound %s failed: %s", session.name(), self.tag or "-", e)
             link.writer.interrupt()
@@ -50,6 +58,12 @@ class OutboundHandler:
             link.writer.close()
         finally:
             link.reader.interrupt()
+
+    def _process_steps(self, session: Session, link: Link) -> Steps[None]:
+        steps = getattr(self.proxy, "process_steps", None)
+        if steps is not None:
+            return steps(session, link)
+        return at_once(lambda: self.proxy.process(session, link))
 
 
 class OutboundManager:

@@ -14,9 +14,10 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
-from v2sync.proxy.relay import relay_upstream, run_relay
+from v2sync.proxy.relay import relay_upstream_steps, run_relay
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.counting import adder
@@ -41,6 +42,10 @@ class FreedomOutbound:
         self.source = self.client.source  # UDP binds here too (sendThrough)
 
     def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))
+
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``process`` as steps: an idle TCP relay's upstream reader parks."""
         dest = self._redirected(session.destination())
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
@@ -50,7 +55,7 @@ class FreedomOutbound:
         conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
                                self.settings.domain_strategy, lookup)
         try:
-            error = relay_upstream(self.ctx, session.name(), policy, conn, link)
+            error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link)
             if error is not None:
                 raise TransportError(f"relay to {dest} ended: {error}") from error
         finally:

@@ -12,6 +12,7 @@ from v2sync.common.net import Network
 from v2sync.common.protocol.packets import encode_trojan_packets, parse_trojan_packet
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.proxy.keyed import KeyedOutbound
 from v2sync.proxy.trojan.config import TrojanOutboundConfig
 from v2sync.proxy.trojan.encoding import Command, RequestHeader, encode_request_header
@@ -22,7 +23,7 @@ from v2sync.transport.link import Link
 class TrojanOutbound(KeyedOutbound):
     config_type = TrojanOutboundConfig
 
-    def process(self, session: Session, link: Link) -> None:
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
         server = self.picker.pick()
         target = session.destination()
         udp = target.network is Network.UDP
@@ -31,7 +32,7 @@ class TrojanOutbound(KeyedOutbound):
                                                      target.port))
         conn = self.dial(server.address, server.port)
         try:
-            self.relay(session, conn, link, server.user.level, header,
+            yield from self.relay_steps(session, conn, link, server.user.level, header,
                        partial(encode_trojan_packets, target) if udp else None,
                        _payload_of_packet if udp else None, None)
         finally:

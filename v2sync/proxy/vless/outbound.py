@@ -14,6 +14,7 @@ from v2sync.common.net import Network
 from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.proxy.keyed import KeyedOutbound
 from v2sync.proxy.vless.config import VlessOutboundConfig
 from v2sync.proxy.vless.encoding import (Command, RequestHeader, encode_request_header,
@@ -25,7 +26,7 @@ from v2sync.transport.link import Link
 class VlessOutbound(KeyedOutbound):
     config_type = VlessOutboundConfig
 
-    def process(self, session: Session, link: Link) -> None:
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
         server = self.picker.pick()
         user = random.choice(server.users)
         target = session.destination()
@@ -37,7 +38,7 @@ class VlessOutbound(KeyedOutbound):
         udp = command == Command.UDP
         conn = self.dial(server.address, server.port)
         try:
-            self.relay(session, conn, link, user.level, header,
+            yield from self.relay_steps(session, conn, link, user.level, header,
                        encode_length_packet if udp else None,
                        parse_length_packet if udp else None, parse_response_header)
         finally:

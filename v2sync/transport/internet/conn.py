@@ -80,6 +80,12 @@ class Connection:
             if views and sent:
                 views[0] = views[0][sent:]
 
+    def buffered(self) -> Optional[bool]:
+        """Whether a read can be served without waiting for the socket (bytes a layer has
+        already taken in); None: this layer cannot tell, so its reader never parks
+        (``transport.copy.until_readable``)."""
+        return False
+
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
             return self.recv(max_bytes)
@@ -162,6 +168,10 @@ class WrappedConnection(Connection):
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return data
         return self.inner.recv(max_bytes)
+
+    def buffered(self) -> Optional[bool]:
+        """A layer keeps state of its own (a partial frame): unknown unless it says."""
+        return None
 
     def sendall(self, data: bytes) -> None:
         self.inner.sendall(data)

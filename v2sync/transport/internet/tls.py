@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import ssl
 import tempfile
@@ -28,6 +27,7 @@ from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
                                             arm_deadline, complete)
+from v2sync.transport.internet.readiness import wait_readable
 from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
 # tls/config.go: no "alpn" => h2 and http/1.1. Transports tweak this as 4.34 does
@@ -56,6 +56,10 @@ class MemoryTls:
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def buffered(self) -> bool:
+        """Bytes taken in and not yet read: raw ones waiting, or plaintext made."""
+        return bool(self.incoming.pending or self.obj.pending())
 
     def read_batch(self, max_bytes: int) -> Tuple[bytes, bool]:
         """The plaintext buffered now (up to ``max_bytes``), and whether the stream ended."""
@@ -288,6 +292,14 @@ class TlsConnection(WrappedConnection):
         with self._state:
             self._in.write(data)
 
+    def buffered(self) -> Optional[bool]:
+        """True while the client handshake is unfinished (the next read finishes it), at the
+        end, or with bytes in the engine (a whole record not yet read, plaintext made)."""
+        if self._eof or (self._rest is not None and not self._rest.done):
+            return True
+        with self._state:
+            return self._tls.buffered()
+
     def recv(self, max_bytes: int) -> bytes:
         if self._rest is not None:
             self._rest.run(True)
@@ -321,7 +333,7 @@ class TlsConnection(WrappedConnection):
             timeout = sock.gettimeout()
             if timeout == 0.0:
                 raise  # parked in the handshake selector: it waits, not this thread
-        if not _wait_readable(sock, timeout):
+        if not wait_readable(sock, timeout):
             raise socket.timeout("timed out")
         return sock.recv(size)
 
@@ -398,14 +410,6 @@ class TlsConnection(WrappedConnection):
         except (ssl.SSLError, ValueError):
             pass  # SSLWantReadError: ours is queued; the peer's is not awaited
         self._flush_quietly()
-
-
-def _wait_readable(sock: socket.socket, timeout: Optional[float]) -> bool:
-    """Block until ``sock`` is readable (bytes, EOF, an error, or a shutdown by ``abort``);
-    False if ``timeout`` (seconds; None: no limit) passed first."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
 
 def _reason(e: ssl.SSLError) -> str:

@@ -1,0 +1,173 @@
+"""Where idle relay readers wait without a thread (the design card's *selectors*).
+
+A relay's socket reader that finds nothing to read for ``PARK_AFTER`` seconds yields a
+``Readable`` wait (``common.task.Wait``): its task gives its thread back, and its socket
+waits here, in one selector shared by the Instance. When bytes arrive (or the socket is
+shut down: an activity timer's abort, the peer's close), the waiter hands the task back to
+a pooled thread, which reads. So a held, idle connection keeps fewer threads: a CPython
+thread blocked in ``recv`` costs 18-20 KiB (its stack pages, thread state and frames),
+which was the largest part of what a held connection cost.
+
+One thread, started on first use, does nothing but this: other threads queue their
+sockets and poke it through a socket pair. A waker only hands a task to the pool, so the
+waiter never waits on a connection.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import select
+import selectors
+import socket
+import threading
+from typing import Deque, Optional, Tuple
+
+from v2sync.common.task import Wait, Waker
+
+log = logging.getLogger(__name__)
+
+# The waiter's longest sleep: only a bound (every queued socket and ``stop`` poke it).
+MAX_SELECT_WAIT = 5.0
+# What ``stop`` waits for the thread to leave.
+STOP_TIMEOUT = 2.0
+
+
+class ReadWaiter:
+    """One selector and one thread for the sockets of parked relay readers."""
+
+    def __init__(self, name: str = "read-waiter"):
+        self.name = name
+        # Made with the thread, on first use: an Instance that never parks a reader (a
+        # config test) opens nothing.
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._poke_r: Optional[socket.socket] = None
+        self._poke_w: Optional[socket.socket] = None
+        self._incoming: Deque[Tuple[socket.socket, Waker]] = collections.deque()
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+        self._stopped = False
+
+    def when_readable(self, sock: socket.socket, wake: Waker) -> None:
+        """Call ``wake`` once (from the waiter's thread) when ``sock`` is readable."""
+        if self._stopped:
+            wake()  # shut down: the task runs its next step now and finds its socket aborted
+            return
+        self._incoming.append((sock, wake))
+        if self._thread is None:
+            self._start()
+        if self._stopped:  # stopped meanwhile: its sweep may have run already
+            self._wake_queued()
+            return
+        self._poke()
+
+    def waiting(self) -> int:
+        """Sockets registered now (the poke pair's own end not counted)."""
+        selector = self._selector
+        return max(len(selector.get_map()) - 1, 0) if selector is not None else 0
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the thread; every socket still waiting is woken (its task then ends
+        against an aborted socket). Idempotent."""
+        if self._stopped:
+            return
+        with self._start_lock:  # a racing first use either started or sees it stopped
+            self._stopped = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._poke()
+        thread.join(timeout)
+        if not thread.is_alive():
+            self._wake_all()
+            self._selector.close()  # type: ignore[union-attr]
+            self._poke_r.close()  # type: ignore[union-attr]
+            self._poke_w.close()  # type: ignore[union-attr]
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._stopped:
+                return
+            self._selector = selectors.DefaultSelector()
+            self._poke_r, self._poke_w = socket.socketpair()
+            for end in (self._poke_r, self._poke_w):
+                end.setblocking(False)
+            self._selector.register(self._poke_r, selectors.EVENT_READ, None)
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            thread.start()
+            self._thread = thread
+
+    def _poke(self) -> None:
+        try:
+            self._poke_w.send(b"\0")  # type: ignore[union-attr]
+        except OSError:  # full (a poke is already pending) or closed: nothing to add
+            pass
+
+    def _run(self) -> None:
+        selector = self._selector
+        assert selector is not None  # made before the thread
+        while not self._stopped:
+            for key, _ in selector.select(MAX_SELECT_WAIT):
+                if key.data is None:
+                    self._drain_pokes()
+                    continue
+                selector.unregister(key.fileobj)
+                key.data()
+            self._take_incoming()
+
+    def _drain_pokes(self) -> None:
+        try:
+            while self._poke_r.recv(4096):  # type: ignore[union-attr]
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
+
+    def _take_incoming(self) -> None:
+        while self._incoming:
+            sock, wake = self._incoming.popleft()
+            try:
+                self._selector.register(sock, selectors.EVENT_READ, wake)  # type: ignore[union-attr]
+            except (ValueError, KeyError, OSError, AttributeError):
+                wake()  # closed, registered already, or no selector: its step will see
+
+    def _wake_queued(self) -> None:
+        while True:
+            try:
+                _, wake = self._incoming.popleft()
+            except IndexError:
+                return
+            wake()
+
+    def _wake_all(self) -> None:
+        """Shutdown: every socket still waiting, and every one queued, is woken."""
+        self._wake_queued()
+        selector = self._selector
+        if selector is None:
+            return
+        for key in list(selector.get_map().values()):
+            if key.data is not None:
+                selector.unregister(key.fileobj)
+                key.data()
+
+
+class Readable(Wait):
+    """Wait until a socket has bytes (or its end: EOF, an error, a shutdown)."""
+
+    __slots__ = ("sock", "waiter")
+
+    def __init__(self, sock: socket.socket, waiter: ReadWaiter):
+        self.sock = sock
+        self.waiter = waiter
+
+    def arm(self, wake: Waker) -> None:
+        self.waiter.when_readable(self.sock, wake)
+
+    def block(self) -> None:
+        wait_readable(self.sock, None)
+
+
+def wait_readable(sock: socket.socket, timeout: Optional[float]) -> bool:
+    """Block until ``sock`` is readable (bytes, EOF, an error, or a shutdown by ``abort``);
+    False if ``timeout`` (seconds; None: no limit) passed first."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
