@@ -12,6 +12,8 @@ from v2sync.common.task import (
     SURPLUS_LINGER,
     SWITCH_INTERVAL,
     ThreadGroup,
+    Wait,
+    drive,
     run_pair,
     tune_for_many_threads,
     widen_futex_hash,
@@ -401,3 +403,84 @@ def test_tuning_for_many_threads_keeps_a_long_switch_interval(monkeypatch):
         widen_futex_hash()  # refused on kernels before 6.16, accepted after: never raises
     finally:
         sys.setswitchinterval(previous)
+
+
+class _Gate(Wait):
+    """A wait opened by the test: ``arm`` keeps the waker, ``open`` calls it."""
+
+    def __init__(self):
+        self.wake = None
+        self.opened = threading.Event()
+
+    def arm(self, wake):
+        self.wake = wake
+
+    def block(self):
+        assert self.opened.wait(WAIT)
+
+    def open(self):
+        self.opened.set()
+        if self.wake is not None:
+            self.wake()
+
+
+def _steps(gate, seen):
+    seen.append(("before", threading.get_ident()))
+    yield gate
+    seen.append(("after", threading.get_ident()))
+    return "done"
+
+
+def test_a_task_of_steps_gives_its_thread_back_while_it_waits_and_resumes_after():
+    group = ThreadGroup("t", max_idle=0, idle_timeout=WAIT)
+    gate, seen = _Gate(), []
+    try:
+        handle = group.spawn_steps("steps", _steps(gate, seen))
+        deadline = time.monotonic() + WAIT
+        while (gate.wake is None or group._threads) and time.monotonic() < deadline:
+            time.sleep(0.01)  # max_idle 0: the worker leaves once the task waits
+        assert not group._threads and [s for s, _ in seen] == ["before"]
+        assert handle.is_alive() and handle in group.live()
+        gate.open()
+        handle.join(WAIT)
+        assert not handle.is_alive() and [s for s, _ in seen] == ["before", "after"]
+        assert not group.live()
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_a_task_of_steps_whose_waker_gets_no_thread_is_closed_and_ended(monkeypatch):
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    gate, seen = _Gate(), []
+    closed = []
+
+    def steps():
+        try:
+            yield from _steps(gate, seen)
+        finally:
+            closed.append(True)
+
+    try:
+        handle = group.spawn_steps("steps", steps())
+        deadline = time.monotonic() + WAIT
+        while gate.wake is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def no_thread(handle, step):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(group, "resume", no_thread)
+        gate.open()
+        assert closed == [True] and not handle.is_alive()
+        assert [s for s, _ in seen] == ["before"]  # its cleanup ran, its next step did not
+    finally:
+        monkeypatch.undo()
+        assert group.shutdown(WAIT)
+
+
+def test_drive_blocks_through_each_wait_in_this_thread_and_returns_the_result():
+    gate, seen = _Gate(), []
+    threading.Timer(0.05, gate.open).start()
+    assert drive(_steps(gate, seen)) == "done"
+    me = threading.get_ident()
+    assert seen == [("before", me), ("after", me)]

@@ -2,12 +2,16 @@
 tests/proxy/test_relay.py)."""
 from __future__ import annotations
 
+import socket
+import threading
 from typing import List
 
+from v2sync.common.net import Destination
 from v2sync.common.task import PARKED
 from v2sync.transport import copy as copy_module
 from v2sync.transport.copy import FIRST_READ_SIZE, MIN_READ_SIZE, PipeDrain, ReadSizer
-from v2sync.transport.internet.conn import RELAY_READ_SIZE
+from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, WrappedConnection
+from v2sync.transport.internet.readiness import Readable, ReadWaiter
 from v2sync.transport.pipe import Pipe
 
 
@@ -95,3 +99,60 @@ def test_a_drain_without_a_waker_blocks_until_eof() -> None:
     pipe.close()
     assert PipeDrain(pipe, sent.append).step(_Timer()) is None
     assert sent == [[b"x"]]
+
+
+# -- parkable reads: an idle reader yields a wait (transport/internet/readiness.py) -----------
+
+_REMOTE = Destination.tcp("127.0.0.1", 9)
+
+
+def _socket_pair():
+    a, b = socket.socketpair()
+    return Connection(a, remote=_REMOTE), b
+
+
+def test_an_idle_reader_yields_a_readable_wait_then_reads_what_came() -> None:
+    conn, peer = _socket_pair()
+    waiter = ReadWaiter("test-waiter")
+    try:
+        reads = copy_module.parkable_reads(conn, None, waiter)
+        wait = next(reads)  # nothing came within PARK_AFTER
+        assert isinstance(wait, Readable) and wait.sock is conn.sock
+        peer.sendall(b"hello")
+        assert next(reads) == b"hello"  # readable now: no second wait
+        peer.sendall(b"more")
+        assert next(reads) == b"more"
+        peer.close()
+        assert list(reads) == []  # EOF ends the reads
+    finally:
+        conn.close()
+        peer.close()
+        waiter.stop()
+
+
+def test_a_layer_that_cannot_tell_what_it_holds_never_parks() -> None:
+    conn, peer = _socket_pair()
+    layer = WrappedConnection(conn)
+    waiter = ReadWaiter("test-waiter")
+    timer = threading.Timer(copy_module.PARK_AFTER * 3, lambda: peer.sendall(b"late"))
+    try:
+        timer.start()
+        reads = copy_module.parkable_reads(layer, None, waiter)
+        assert next(reads) == b"late"  # blocked in the read, as before parking existed
+    finally:
+        timer.join()
+        layer.close()
+        peer.close()
+        waiter.stop()
+
+
+def test_without_a_waiter_reads_block_and_never_yield_a_wait() -> None:
+    conn, peer = _socket_pair()
+    timer = threading.Timer(copy_module.PARK_AFTER * 3, peer.close)
+    try:
+        timer.start()
+        assert list(copy_module.adaptive_reads(conn)) == []
+    finally:
+        timer.join()
+        conn.close()
+        peer.close()

@@ -368,3 +368,21 @@ def test_a_small_read_waits_for_late_bytes_and_keeps_its_timeout(tls_pair) -> No
     client.settimeout(0.1)
     with pytest.raises(TransportError, match="timed out"):
         client.read(100)
+
+
+def test_buffered_says_what_a_parked_reader_must_not_sleep_on(tls_pair) -> None:
+    """A relay reader parks only when ``buffered()`` is False: over both engines (the
+    client's pyOpenSSL, the server's ssl module), plaintext left from a read bigger than
+    was asked for counts, and so does the end."""
+    client, server = tls_pair
+    for reader, writer in ((client, server), (server, client)):
+        assert reader.buffered() is False  # the handshake left nothing behind
+        writer.write(b"x" * 3000)  # one record
+        first = reader.read(1000)
+        assert first == b"x" * 1000
+        assert reader.buffered() is True  # 2,000 bytes made, none on the socket
+        assert reader.read(4000) == b"x" * 2000
+        assert reader.buffered() is False
+    server.close()  # close_notify: the next read gives the end, so do not park on it
+    assert client.read(10) == b""
+    assert client.buffered() is True

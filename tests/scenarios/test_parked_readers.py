@@ -1,0 +1,73 @@
+"""A held, idle connection's outbound socket reader parks: its task gives its thread back
+and its socket waits in the Instance's ReadWaiter (transport/internet/readiness.py), then
+a pooled thread reads when bytes come. Real sockets: a SOCKS5 client through the bench's
+chains, in this process, to an echo origin; over TLS the answer is bigger than a read, so
+plaintext waits in the TLS engine when the reader looks again, and a reader that parked on
+the socket alone would never see it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scenarios.helpers_scenarios import recv_exact, running_instance, wait_idle
+from support.peers import TcpEchoServer, free_port
+from v2sync.transport import copy as copy_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import bench  # noqa: E402
+
+HELD = 12
+WAIT = 5.0
+# Several TLS records and more than any idle read asks for.
+ANSWER_SIZE = 40 * 1024
+
+CHAINS = {
+    "relay": lambda port: [bench.socks_freedom_config(port, access="none")],
+    "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
+    "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
+}
+
+
+def _threads_in_use(instance) -> int:
+    workers = instance.workers
+    return len(workers._threads) - len(workers._idle)
+
+
+def _all_parked(instances) -> bool:
+    return all(instance.readiness.waiting() >= HELD for instance in instances)
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_idle_outbound_readers_park_and_wake_for_more(chain):
+    port = free_port()
+    with TcpEchoServer(max_connections=HELD + 40, timeout=30) as echo, \
+            contextlib.ExitStack() as stack:
+        instances = [stack.enter_context(running_instance(config))
+                     for config in CHAINS[chain](port)]
+        held = []
+        try:
+            for _ in range(HELD):
+                held.append(bench.open_idle_connection(port, echo))
+            time.sleep(copy_module.PARK_AFTER * 4)
+            deadline = time.monotonic() + WAIT
+            while not _all_parked(instances) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Every process parks one reader per connection: its outbound's.
+            assert [i.readiness.waiting() for i in instances] == [HELD] * len(instances)
+            for instance in instances:  # each inbound's reader, and the selector's thread
+                assert _threads_in_use(instance) <= HELD + 1
+            for sock in held:  # each parked reader wakes for its answer, whole
+                payload = os.urandom(ANSWER_SIZE)
+                sock.sendall(payload)
+                assert recv_exact(sock, ANSWER_SIZE) == payload
+        finally:
+            for sock in held:
+                sock.close()
+        for instance in instances:
+            wait_idle(instance)
+            assert instance.readiness.waiting() == 0

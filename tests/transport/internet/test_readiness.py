@@ -1,0 +1,111 @@
+"""ReadWaiter (transport/internet/readiness.py): parked sockets wake once, on bytes, on a
+shutdown, at stop; nothing is opened before first use. Real socket pairs."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Iterator, List, Tuple
+
+from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
+
+WAIT = 5.0
+
+
+@contextlib.contextmanager
+def _pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@contextlib.contextmanager
+def _waiter() -> Iterator[ReadWaiter]:
+    waiter = ReadWaiter("test-waiter")
+    try:
+        yield waiter
+    finally:
+        waiter.stop(WAIT)
+
+
+def _waker(woken: List[str], name: str, event: threading.Event):
+    def wake() -> None:
+        woken.append(name)
+        event.set()
+    return wake
+
+
+def test_nothing_is_opened_or_started_before_first_use():
+    waiter = ReadWaiter("test-waiter")
+    assert waiter._thread is None and waiter._selector is None and waiter.waiting() == 0
+    waiter.stop(WAIT)  # and stopping it then is fine
+
+
+def test_a_parked_socket_wakes_once_when_bytes_arrive():
+    woken: List[str] = []
+    event = threading.Event()
+    with _waiter() as waiter, _pair() as (a, b):
+        Readable(a, waiter).arm(_waker(woken, "a", event))
+        assert not event.wait(0.1)  # nothing to read: still parked
+        assert waiter.waiting() == 1
+        b.sendall(b"x")
+        assert event.wait(WAIT) and woken == ["a"]
+        assert waiter.waiting() == 0  # unregistered before its waker ran
+        b.sendall(b"y")  # more bytes do not wake it again
+        assert not wait_readable(b, 0.1) and woken == ["a"]
+
+
+def test_a_shutdown_socket_wakes_its_reader():
+    """An activity timer's abort shuts the socket down: the parked reader must run."""
+    woken: List[str] = []
+    event = threading.Event()
+    with _waiter() as waiter, _pair() as (a, b):
+        waiter.when_readable(a, _waker(woken, "a", event))
+        a.shutdown(socket.SHUT_RDWR)
+        assert event.wait(WAIT) and woken == ["a"]
+
+
+def test_only_the_ready_socket_wakes():
+    woken: List[str] = []
+    ready = threading.Event()
+    with _waiter() as waiter, _pair() as (a, b), _pair() as (c, d):
+        waiter.when_readable(a, _waker(woken, "a", ready))
+        waiter.when_readable(c, _waker(woken, "c", threading.Event()))
+        d.sendall(b"x")
+        b.sendall(b"")  # nothing for a
+        assert not ready.wait(0.2)
+        assert woken == ["c"] and waiter.waiting() == 1
+
+
+def test_stop_wakes_every_parked_socket_and_later_ones_at_once():
+    woken: List[str] = []
+    with _pair() as (a, b), _pair() as (c, d):
+        waiter = ReadWaiter("test-waiter")
+        waiter.when_readable(a, _waker(woken, "a", threading.Event()))
+        waiter.when_readable(c, _waker(woken, "c", threading.Event()))
+        waiter.stop(WAIT)
+        assert sorted(woken) == ["a", "c"]
+        assert not waiter._thread.is_alive()
+        waiter.when_readable(a, _waker(woken, "late", threading.Event()))
+        assert woken[-1] == "late"
+
+
+def test_a_closed_socket_is_woken_at_once_rather_than_lost():
+    woken: List[str] = []
+    event = threading.Event()
+    with _waiter() as waiter:
+        a, b = socket.socketpair()
+        a.close()
+        b.close()
+        waiter.when_readable(a, _waker(woken, "closed", event))
+        assert event.wait(WAIT) and woken == ["closed"]
+
+
+def test_block_waits_in_the_calling_thread_until_readable():
+    with _pair() as (a, b):
+        threading.Timer(0.05, lambda: b.sendall(b"x")).start()
+        Readable(a, ReadWaiter("unused")).block()
+        assert a.recv(1) == b"x"
