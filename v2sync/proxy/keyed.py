@@ -46,7 +46,7 @@ FIRST_PAYLOAD_WAIT = 0.1  # outbound.go: buf.CopyOnceTimeout(..., 100 ms)
 MAX_RESPONSE_HEADER = 1 + 1 + 255
 
 Encode = Callable[[bytes], bytes]
-Serve = Callable[[], None]
+Serve = Callable[[], object]  # returns steps (a generator) to run, or None when done
 
 
 class KeyedInbound:
@@ -83,7 +83,8 @@ class KeyedInbound:
         raise NotImplementedError
 
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
-              header, early: bytes) -> None:
+              header, early: bytes) -> object:
+        """The rest once the header is read: steps (a generator), or None when done."""
         raise NotImplementedError
 
     # -- the handshake ----------------------------------------------------------------
@@ -131,8 +132,11 @@ class KeyedInbound:
 
     # -- serving pieces ----------------------------------------------------------------
     def relay_tcp(self, session: Session, conn: Connection, link: Link, early: bytes,
-                  response_head: bytes = b"") -> None:
-        """The raw stream both ways; ``response_head`` goes out with the first response."""
+                  response_head: bytes = b"") -> Steps[None]:
+        """The raw stream both ways; ``response_head`` goes out with the first response.
+        Steps: the client's reader parks while idle."""
+        waiter = self.ctx.readiness
+
         def abort() -> None:
             conn.abort()
             link.interrupt()
@@ -143,9 +147,12 @@ class KeyedInbound:
             nonlocal reading
             reading = not early or write_or_stop(link.writer, early)
 
-        def request(timer) -> None:
+        def request(timer) -> Steps[None]:
             if reading:
-                for data in adaptive_reads(conn, link.writer):
+                for data in parkable_reads(conn, link.writer, waiter):
+                    if not isinstance(data, bytes):
+                        yield data  # a Wait: idle, parked
+                        continue
                     timer.update()
                     if not write_or_stop(link.writer, data):
                         break
@@ -164,9 +171,9 @@ class KeyedInbound:
                 head = b""
             write_chunks(conn, chunks)
 
-        self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, PipeDrain(link.reader, send, conn=conn),
-                                        first))
+        self._report(session, (yield from run_relay_steps(
+            self.ctx, session.name(), self._policy(session), conn, abort, Parkable(request),
+            PipeDrain(link.reader, send, conn=conn), first)))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
                       parse: Parser, encode: Encode, response_head: bytes = b"") -> None:

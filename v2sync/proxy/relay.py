@@ -24,8 +24,8 @@ from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, run_pair_steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
-from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe,
-                                   copy_conn_to_pipe_steps, flush_ready, write_or_stop)
+from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
+                                   flush_ready, write_or_stop)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 
@@ -130,6 +130,12 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
 
     ``early`` are bytes the client pipelined behind its handshake; they go first.
     """
+    return drive(relay_stream_steps(ctx, name, policy, conn, link, early))
+
+
+def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
+                       link: Link, early: bytes = b"") -> Steps[Optional[BaseException]]:
+    """``relay_stream`` as steps: its client reader parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -140,13 +146,13 @@ def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connec
         nonlocal outbound_reading
         outbound_reading = not early or write_or_stop(link.writer, early)
 
-    def request(timer: ActivityTimer) -> None:
+    def request(timer: ActivityTimer) -> Steps[None]:
         if outbound_reading:
-            copy_conn_to_pipe(conn, link.writer, timer)
+            yield from copy_conn_to_pipe_steps(conn, link.writer, timer, ctx.readiness)
         link.writer.close()
 
-    return run_relay(ctx, name, policy, conn, abort, request, conn_drain(link.reader, conn),
-                     first)
+    return (yield from run_relay_steps(ctx, name, policy, conn, abort, Parkable(request),
+                                       conn_drain(link.reader, conn), first))
 
 
 def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import types
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -21,7 +22,8 @@ from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, 
                                   V2SyncError)
 from v2sync.common.net import ANY_IPV6, Address, Network
 from v2sync.common.session import Session
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import Steps as TaskSteps
+from v2sync.common.task import ThreadGroup, drive
 from v2sync.features.routing import Dispatcher
 from v2sync.infra.conf.model import InboundConfig
 from v2sync.app.proxyman.udp_worker import UdpWorker
@@ -236,7 +238,7 @@ class _Accepted(Handoff):
     __slots__ = ("handler", "session", "conn", "upgraded", "rest")
 
     def __init__(self, handler: InboundHandler, session: Session, conn: Connection,
-                 upgraded: Connection, rest: Callable[[], None]):
+                 upgraded: Connection, rest: Callable[[], object]):
         self.handler = handler
         self.session = session
         self.conn = conn
@@ -244,8 +246,14 @@ class _Accepted(Handoff):
         self.rest = rest
 
     def serve(self) -> None:
+        drive(self.serve_steps())
+
+    def serve_steps(self) -> TaskSteps[None]:
+        """The proxy's rest; a rest written as steps (a generator) parks while idle."""
         try:
-            self.rest()
+            rest = self.rest()
+            if isinstance(rest, types.GeneratorType):
+                yield from rest
         except V2SyncError as e:
             self.handler._report(self.session, self.conn, e)
         finally:

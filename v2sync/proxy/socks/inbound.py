@@ -20,9 +20,10 @@ from v2sync.common.errors import AuthenticationError, RemoteProtocolError
 from v2sync.common.net import ANY_IPV4, Address, Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import relay_stream
+from v2sync.proxy.relay import relay_stream_steps
 from v2sync.proxy.socks import encoding as enc
 from v2sync.proxy.socks.config import SocksServerConfig
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, try_write
@@ -48,7 +49,7 @@ class SocksInbound:
 
     # -- TCP -------------------------------------------------------------------------
     def handshake(self, session: Session, conn: Connection,
-                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """The greeting, auth and request (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
         deadline = time.monotonic() + self.policy.handshake
@@ -131,9 +132,11 @@ class SocksInbound:
         return self.listen
 
     def _relay(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-               dest: Destination, early: bytes) -> None:
+               dest: Destination, early: bytes) -> Steps[None]:
+        """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
         link = dispatcher.dispatch(session, dest)
-        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
+        error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link,
+                                              early)
         if error is not None:
             log.debug("%s: relay ended: %s", session.name(), error)
 

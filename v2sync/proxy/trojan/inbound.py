@@ -16,6 +16,7 @@ from v2sync.common.protocol.packets import (PacketStream, encode_trojan_packets,
                                             parse_trojan_packet)
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.keyed import KeyedInbound
 from v2sync.proxy.trojan.config import TrojanInboundConfig, parse_user
@@ -43,11 +44,11 @@ class TrojanInbound(KeyedInbound):
         return parse_request_header(buf)
 
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
-              header: RequestHeader, early: bytes) -> None:
+              header: RequestHeader, early: bytes) -> Steps[None]:
         if header.command == Command.UDP:
             return self._serve_udp(session, conn, dispatcher, early)
         link = dispatcher.dispatch(session, header.destination())
-        self.relay_tcp(session, conn, link, early)
+        yield from self.relay_tcp(session, conn, link, early)
 
     def _serve_udp(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                    early: bytes) -> None:

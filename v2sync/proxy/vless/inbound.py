@@ -11,6 +11,7 @@ from __future__ import annotations
 from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.keyed import KeyedInbound
 from v2sync.proxy.vless.config import VlessInboundConfig, parse_user
@@ -37,11 +38,11 @@ class VlessInbound(KeyedInbound):
         return parse_request_header(buf)
 
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
-              header: RequestHeader, early: bytes) -> None:
+              header: RequestHeader, early: bytes) -> Steps[None]:
         link = dispatcher.dispatch(session, header.destination())
         head = encode_response_header()
         if header.command == Command.UDP:
             self.relay_packets(session, conn, link, early, parse_length_packet,
                                encode_length_packet, head)
         else:
-            self.relay_tcp(session, conn, link, early, head)
+            yield from self.relay_tcp(session, conn, link, early, head)

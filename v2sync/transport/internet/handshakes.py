@@ -34,7 +34,8 @@ import time
 from typing import Callable, Deque, Dict, Generator, List, Optional, Tuple, Union
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import Steps as TaskSteps
+from v2sync.common.task import ThreadGroup, at_once
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class Handoff:
     def serve(self) -> None:
         """Run in a worker thread, in blocking mode, until the connection ends."""
         raise NotImplementedError
+
+    def serve_steps(self) -> TaskSteps[None]:
+        """``serve`` as steps (``ThreadGroup.spawn_steps``): a relay reader that parks
+        while idle gives its worker thread back. By default, ``serve`` in one step."""
+        return at_once(self.serve)
 
     def drop(self) -> None:
         """No thread could be had for it: close it."""
@@ -157,14 +163,15 @@ class HandshakeSelector:
     # -- the leader -----------------------------------------------------------------------
     def _spawn_leader(self) -> bool:
         try:
-            self._workers.spawn(f"{self.name}-select", self._lead)
+            self._workers.spawn_steps(f"{self.name}-select", self._lead())
             return True
         except RuntimeError:
             log.error("%s: cannot start a thread to wait for connections", self.name)
             return False
 
-    def _lead(self) -> None:
-        """Wait in the selector until handshakes complete; hand the role on, serve one."""
+    def _lead(self) -> TaskSteps[None]:
+        """Wait in the selector until handshakes complete; hand the role on, serve one.
+        (Steps: the connection it serves may park its reader, and this task with it.)"""
         while True:
             ready: List[Handoff] = []
             while not ready:
@@ -177,11 +184,11 @@ class HandshakeSelector:
         mine = ready.pop()
         for handoff in ready:
             self._hand_to_worker(handoff)
-        mine.serve()
+        yield from mine.serve_steps()
 
     def _hand_to_worker(self, handoff: Handoff) -> None:
         try:
-            self._workers.spawn(f"{self.name}-serve", handoff.serve)
+            self._workers.spawn_steps(f"{self.name}-serve", handoff.serve_steps())
         except RuntimeError:
             log.error("%s: cannot start a thread; dropping a connection", self.name)
             handoff.drop()
