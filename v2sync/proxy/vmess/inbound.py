@@ -18,14 +18,15 @@ from typing import Any, Callable, List, Mapping
 from v2sync.common.errors import ConfigError, UserNotFound
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.vmess.config import VMessInboundConfig, parse_user
 from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
-from v2sync.transport.copy import PipeDrain, adaptive_reads, write_or_stop
+from v2sync.transport.copy import PipeDrain, parkable_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import Pipe
@@ -64,7 +65,7 @@ class VMessInbound:
             raise UserNotFound(f"User {email} not found.")
 
     def handshake(self, session: Session, conn: Connection,
-                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """Decode the request header (parked in the selector); returns the rest."""
         deadline = time.monotonic() + self.handshake_policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
@@ -81,12 +82,13 @@ class VMessInbound:
                        reader.consume(len(reader.buf)))
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-               server: ServerSession, early: bytes) -> None:
+               server: ServerSession, early: bytes) -> Steps[None]:
+        """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
         link = dispatcher.dispatch(session, server.header.destination())
-        self._relay(session, conn, link, server, early)
+        yield from self._relay(session, conn, link, server, early)
 
     def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
-               early: bytes) -> None:
+               early: bytes) -> Steps[None]:
         policy = self.ctx.policy.for_level(server.user.level)
         body_in = server.request_body_reader()
 
@@ -106,11 +108,14 @@ class VMessInbound:
             nonlocal more
             more = forward(early)
 
-        def request(timer) -> None:
+        def request(timer) -> Steps[None]:
             if more:
                 timer.update()
                 # Reads wait for room in the pipe: a stalled outbound stops them here.
-                for data in adaptive_reads(conn, link.writer):
+                for data in parkable_reads(conn, link.writer, self.ctx.readiness):
+                    if not isinstance(data, bytes):
+                        yield data  # a Wait: idle, parked
+                        continue
                     if not forward(data):
                         break
                     del data
@@ -129,8 +134,9 @@ class VMessInbound:
         def finish() -> None:
             conn.write(head + body_out.encode_eof())
 
-        error = run_relay(self.ctx, session.name(), policy, conn, abort, request,
-                          PipeDrain(link.reader, send, finish, conn), first)
+        error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
+                                           Parkable(request),
+                                           PipeDrain(link.reader, send, finish, conn), first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 

@@ -19,13 +19,14 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
-from v2sync.transport.copy import PipeDrain, adaptive_reads
+from v2sync.transport.copy import PipeDrain, parkable_reads, until_readable
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -51,6 +52,10 @@ class VMessOutbound:
         self.picker: ServerPicker[VMessServer] = ServerPicker(settings.servers)
 
     def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))
+
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``process`` as steps: the reader of the server's answer parks while idle."""
         server = self.picker.pick()
         user = random.choice(server.users)
         security = resolve_security(user.security)
@@ -64,13 +69,14 @@ class VMessOutbound:
         conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
                                DIAL_BACKOFF_START, self.client)
         try:
-            self._relay(session, conn, link, client, header, user.level)
+            yield from self._relay(session, conn, link, client, header, user.level)
         finally:
             conn.close()
 
     def _relay(self, session: Session, conn: Connection, link: Link, client: ClientSession,
-               header: RequestHeader, level: int) -> None:
+               header: RequestHeader, level: int) -> Steps[None]:
         policy = self.ctx.policy.for_level(level)
+        waiter = self.ctx.readiness
         body_out = client.request_body_writer(header)
 
         def abort() -> None:
@@ -96,12 +102,15 @@ class VMessOutbound:
             if not ended:  # else the end-of-stream chunk went out with the header
                 conn.write(body_out.encode_eof())
 
-        def response(timer) -> None:
-            body_in, data = self._read_response_header(conn, client, header)
+        def response(timer) -> Steps[None]:
+            body_in, data = yield from self._read_response_header(conn, client, header, waiter)
             deliver(link.writer, body_in.feed(data), header.is_packet)
             if not body_in.eof:
                 # Reads wait for room in the pipe: a stalled reader stops them here.
-                for data in adaptive_reads(conn, link.writer):
+                for data in parkable_reads(conn, link.writer, waiter):
+                    if not isinstance(data, bytes):
+                        yield data  # a Wait: idle, parked
+                        continue
                     timer.update()
                     deliver(link.writer, body_in.feed(data), header.is_packet)
                     del data
@@ -109,13 +118,17 @@ class VMessOutbound:
                         break
             link.writer.close()
 
-        error = run_relay(self.ctx, session.name(), policy, conn, abort,
-                          PipeDrain(link.reader, send, finish, conn), response, first)
+        error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
+                                           PipeDrain(link.reader, send, finish, conn),
+                                           Parkable(response), first)
         if error is not None:
             raise TransportError(f"vmess relay ended: {error}") from error
 
     @staticmethod
-    def _read_response_header(conn: Connection, client: ClientSession, header: RequestHeader):
+    def _read_response_header(conn: Connection, client: ClientSession, header: RequestHeader,
+                              waiter=None):
+        """The server's response header (it may wait for the first answer: a held
+        connection parks here); returns the body reader and the bytes read past it."""
         buf = b""
         while True:
             parsed = client.decode_response_header(buf)
@@ -123,6 +136,7 @@ class VMessOutbound:
                 return client.response_body_reader(header), buf[parsed[1]:]
             if len(buf) > MAX_RESPONSE_HEADER:
                 raise RemoteProtocolError("vmess: response header too large")
+            yield from until_readable(conn, waiter)
             data = conn.read(HANDSHAKE_READ_SIZE)
             if not data:
                 raise RemoteProtocolError("vmess: server closed before its response header")
