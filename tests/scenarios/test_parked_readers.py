@@ -32,7 +32,14 @@ CHAINS = {
     "vmess-tls": lambda port: bench.vmess_pair_configs(port, *bench.tls_streams()),
     "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
     "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
+    "shadowsocks": bench.ss_pair_configs,
+    "socks-out": lambda port: bench.chained_configs("socks", port),
+    "http-out": lambda port: bench.chained_configs("http", port),
 }
+# Readers parked per connection in each process (servers first), where not two: the HTTP
+# inbound's CONNECT tunnel keeps its reader blocking (it serves kept-alive requests in a
+# loop that is not written as steps).
+PARKED_PER_CONNECTION = {"http-out": [1, 2]}
 
 
 def _threads_in_use(instance) -> int:
@@ -40,8 +47,8 @@ def _threads_in_use(instance) -> int:
     return len(workers._threads) - len(workers._idle)
 
 
-def _all_parked(instances) -> bool:
-    return all(instance.readiness.waiting() >= 2 * HELD for instance in instances)
+def _all_parked(instances, expected) -> bool:
+    return all(i.readiness.waiting() >= n for i, n in zip(instances, expected))
 
 
 @pytest.mark.parametrize("chain", sorted(CHAINS))
@@ -51,19 +58,22 @@ def test_idle_readers_park_and_wake_for_more(chain):
             contextlib.ExitStack() as stack:
         instances = [stack.enter_context(running_instance(config))
                      for config in CHAINS[chain](port)]
+        per_connection = PARKED_PER_CONNECTION.get(chain, [2] * len(instances))
+        expected = [HELD * n for n in per_connection]
         held = []
         try:
             for _ in range(HELD):
                 held.append(bench.open_idle_connection(port, echo))
             time.sleep(copy_module.PARK_AFTER * 4)
             deadline = time.monotonic() + WAIT
-            while not _all_parked(instances) and time.monotonic() < deadline:
+            while not _all_parked(instances, expected) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            # Every process parks two readers per connection: its inbound's and its
-            # outbound's; what keeps a thread is the handshake selector's leader alone.
-            assert [i.readiness.waiting() for i in instances] == [2 * HELD] * len(instances)
-            for instance in instances:
-                assert _threads_in_use(instance) <= 1
+            # Every process parks two readers per connection, its inbound's and its
+            # outbound's; what keeps a thread is the handshake selector's leader (and a
+            # reader that does not park).
+            assert [i.readiness.waiting() for i in instances] == expected
+            for instance, n in zip(instances, per_connection):
+                assert _threads_in_use(instance) <= 1 + HELD * (2 - n)
             for sock in held:  # each parked reader wakes for its answer, whole
                 payload = os.urandom(ANSWER_SIZE)
                 sock.sendall(payload)

@@ -20,10 +20,11 @@ from v2sync.common.errors import RemoteProtocolError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.dokodemo.config import DokodemoConfig
-from v2sync.proxy.relay import relay_stream, run_relay
+from v2sync.proxy.relay import relay_stream_steps, run_relay
 from v2sync.transport.internet.conn import Connection, Handshake
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -45,9 +46,9 @@ class DokodemoInbound:
         self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
 
     def handshake(self, session: Session, conn: Connection,
-                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """Nothing to read: the whole connection is payload."""
-        return partial(self.process, session, conn, dispatcher)
+        return partial(self._serve_tcp, session, conn, dispatcher)
         yield  # a generator with no steps (the selector hands it straight to a thread)
 
     def destination(self, session: Session, network: Network) -> Destination:
@@ -58,16 +59,24 @@ class DokodemoInbound:
             raise RemoteProtocolError("unable to get destination")
         return Destination(self.settings.address, self.settings.port, network)
 
-    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
-        """Serve one TCP connection or one UDP source's packet connection."""
-        network = getattr(conn, "network", Network.TCP)
-        dest = self.destination(session, network)
+    def _serve_tcp(self, session: Session, conn: Connection,
+                   dispatcher: Dispatcher) -> Steps[None]:
+        """A TCP connection, as steps (``Handoff.serve_steps``): its idle reader parks."""
+        dest = self.destination(session, Network.TCP)
         session.user_level = self.settings.user_level
         link = dispatcher.dispatch(session, dest)
-        if network is Network.UDP:
-            error = self._relay_packets(session, conn, link)
-        else:
-            error = relay_stream(self.ctx, session.name(), self.policy, conn, link)
+        error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link)
+        if error is not None:
+            log.debug("%s: connection ends: %s", session.name(), error)
+
+    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+        """Serve one TCP connection or one UDP source's packet connection."""
+        if getattr(conn, "network", Network.TCP) is not Network.UDP:
+            drive(self._serve_tcp(session, conn, dispatcher))
+            return
+        dest = self.destination(session, Network.UDP)
+        session.user_level = self.settings.user_level
+        error = self._relay_packets(session, conn, dispatcher.dispatch(session, dest))
         if error is not None:
             log.debug("%s: connection ends: %s", session.name(), error)
 

@@ -20,9 +20,10 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker, ServersConfig
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.http import encoding as enc
-from v2sync.proxy.relay import relay_upstream
+from v2sync.proxy.relay import relay_upstream_steps
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -48,6 +49,11 @@ class HttpOutbound:
         self.h2 = None  # h2tunnel.TunnelPool, made on the first h2 server (imports h2)
 
     def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))
+
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``process`` as steps: an HTTP/1.1 tunnel's idle upstream reader parks (an h2
+        stream's relay blocks, as before)."""
         target = session.destination()
         if target.network is Network.UDP:
             raise TransportError("UDP is not supported by HTTP outbound")
@@ -69,7 +75,8 @@ class HttpOutbound:
             return
         try:
             leftover = connect_http1(conn, target, auth, first, policy.handshake)
-            error = relay_upstream(self.ctx, session.name(), policy, conn, link, leftover)
+            error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link,
+                                                    leftover)
             if error is not None:
                 raise TransportError(f"http tunnel ended: {error}") from error
         finally:

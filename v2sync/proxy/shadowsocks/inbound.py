@@ -28,14 +28,15 @@ from v2sync.common.errors import ProtocolError, RemoteProtocolError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
 from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
                                                RequestDecoder, StreamReader, StreamWriter,
                                                decode_packet, encode_packet)
-from v2sync.transport.copy import PipeDrain, adaptive_reads, write_or_stop
+from v2sync.transport.copy import PipeDrain, parkable_reads, write_or_stop
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
 from v2sync.transport.link import Link
 
@@ -83,7 +84,7 @@ class ShadowsocksInbound:
 
     # -- TCP -------------------------------------------------------------------------------
     def handshake(self, session: Session, conn: Connection,
-                  dispatcher: Dispatcher) -> Handshake[Callable[[], None]]:
+                  dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """Salt and target (parked in the selector); returns the rest."""
         deadline = time.monotonic() + self.policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
@@ -150,9 +151,10 @@ class ShadowsocksInbound:
             log.debug("dropping an answer to %s: %s", conn.remote, e)
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-               target: Destination, body_in: StreamReader, early: bytes) -> None:
+               target: Destination, body_in: StreamReader, early: bytes) -> Steps[None]:
+        """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
         link = dispatcher.dispatch(session, target)
-        error = relay_encrypted(self.ctx, session.name(), self.policy, conn, link, body_in,
+        error = yield from relay_encrypted(self.ctx, session.name(), self.policy, conn, link, body_in,
                                 StreamWriter(self.account), early)
         if error is not None:
             log.debug("%s: shadowsocks relay ended: %s", session.name(), error)
@@ -160,12 +162,12 @@ class ShadowsocksInbound:
 
 def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link: Link,
                     body_in: StreamReader, body_out: StreamWriter, early: bytes = b"",
-                    client: bool = False) -> Optional[BaseException]:
+                    client: bool = False) -> Steps[Optional[BaseException]]:
     """Both directions of a Shadowsocks TCP stream: ``conn``'s bytes are decrypted into
     ``link.writer``, ``link.reader``'s are encrypted onto ``conn``. Used by both ends: the
     inbound's link leads to the target, the outbound's (``client``) to the client, and
     the request direction (whose end starts ``downlinkOnly``) is the one leaving that
-    end's client side."""
+    end's client side. Steps: the socket's reader parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -176,11 +178,14 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
         nonlocal more
         more = not early or write_or_stop(link.writer, early)
 
-    def inward(timer) -> None:
+    def inward(timer) -> Steps[None]:
         if more and not body_in.eof:
             timer.update()
             # Reads wait for room in the pipe: a stalled reader stops them here.
-            for data in adaptive_reads(conn, link.writer):
+            for data in parkable_reads(conn, link.writer, ctx.readiness):
+                if not isinstance(data, bytes):
+                    yield data  # a Wait: idle, parked
+                    continue
                 chunks = body_in.feed(data)
                 del data
                 if chunks and not write_or_stop(link.writer, b"".join(chunks)):
@@ -197,7 +202,9 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
 
     outward = PipeDrain(link.reader, send, conn=conn)
 
+    reader = Parkable(inward)
     if client:
-        return run_relay(ctx, name, policy, conn, abort, outward, inward, first)
-    return run_relay(ctx, name, policy, conn, abort, inward, outward, first)
+        return (yield from run_relay_steps(ctx, name, policy, conn, abort, outward, reader,
+                                           first))
+    return (yield from run_relay_steps(ctx, name, policy, conn, abort, reader, outward, first))
 

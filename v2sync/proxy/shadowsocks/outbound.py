@@ -15,6 +15,7 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import run_relay
 from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
@@ -44,6 +45,10 @@ class ShadowsocksOutbound:
         self.picker: ServerPicker[ShadowsocksServer] = ServerPicker(settings.servers)
 
     def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))
+
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``process`` as steps: a TCP relay's idle upstream reader parks."""
         server = self.picker.pick()
         policy = self.ctx.policy.for_level(server.user.level)
         target = session.destination()
@@ -56,8 +61,8 @@ class ShadowsocksOutbound:
             account = server.user.account
             writer, head = encode_request(account, target.address, target.port)
             conn.write(head)
-            error = relay_encrypted(self.ctx, session.name(), policy, conn, link,
-                                    StreamReader(account), writer, client=True)
+            error = yield from relay_encrypted(self.ctx, session.name(), policy, conn, link,
+                                               StreamReader(account), writer, client=True)
             if error is not None:
                 raise TransportError(f"shadowsocks relay ended: {error}") from error
         finally:

@@ -21,8 +21,9 @@ from v2sync.common.net import Address, Destination, Network
 from v2sync.common.protocol.server_spec import Account, ServerPicker, ServersConfig
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, drive
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import relay_upstream, run_relay
+from v2sync.proxy.relay import relay_upstream_steps, run_relay
 from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.dialer import candidates, dial_with_retry
@@ -50,6 +51,10 @@ class SocksOutbound:
         self.picker = ServerPicker(settings.servers)
 
     def process(self, session: Session, link: Link) -> None:
+        drive(self.process_steps(session, link))
+
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """``process`` as steps: an idle TCP relay's upstream reader parks."""
         server = self.picker.pick()
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
@@ -63,8 +68,8 @@ class SocksOutbound:
                                     else reply.address, reply.port, Network.UDP)
                 error = self._relay_udp(session, conn, link, policy, relay)
             else:
-                error = relay_upstream(self.ctx, session.name(), policy, conn, link,
-                                       reader.consume(len(reader.buf)))
+                error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn,
+                                                        link, reader.consume(len(reader.buf)))
             if error is not None:
                 raise TransportError(f"socks relay ended: {error}") from error
         finally:
