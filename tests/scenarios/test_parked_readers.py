@@ -30,6 +30,7 @@ CHAINS = {
     "relay": lambda port: [bench.socks_freedom_config(port, access="none")],
     "vmess": bench.vmess_pair_configs,
     "vmess-tls": lambda port: bench.vmess_pair_configs(port, *bench.tls_streams()),
+    "vmess-ws-tls": lambda port: bench.vmess_pair_configs(port, *bench.wss_streams()),
     "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
     "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
     "shadowsocks": bench.ss_pair_configs,
