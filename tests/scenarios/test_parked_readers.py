@@ -37,10 +37,8 @@ CHAINS = {
     "socks-out": lambda port: bench.chained_configs("socks", port),
     "http-out": lambda port: bench.chained_configs("http", port),
 }
-# Readers parked per connection in each process (servers first), where not two: the HTTP
-# inbound's CONNECT tunnel keeps its reader blocking (it serves kept-alive requests in a
-# loop that is not written as steps).
-PARKED_PER_CONNECTION = {"http-out": [1, 2]}
+# Readers parked per connection in each process (servers first), where not two (none yet).
+PARKED_PER_CONNECTION: dict = {}
 
 
 def _threads_in_use(instance) -> int:

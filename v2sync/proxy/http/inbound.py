@@ -22,11 +22,12 @@ from v2sync.common.errors import (AuthenticationError, PipeClosed, PipeInterrupt
 from v2sync.common.net import Destination
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.http.config import HttpServerConfig
-from v2sync.proxy.relay import relay_stream
+from v2sync.proxy.relay import relay_stream_steps
 from v2sync.transport.copy import adaptive_reads
 from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader, complete,
                                             try_write)
@@ -55,7 +56,7 @@ class HttpInbound:
         self.policy = ctx.policy.for_level(settings.user_level, settings.timeout)
 
     def handshake(self, session: Session, conn: Connection,
-                  dispatcher: Dispatcher) -> Handshake[Optional[Callable[[], None]]]:
+                  dispatcher: Dispatcher) -> Handshake[Optional[Callable[[], object]]]:
         """The first request's head (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
         if getattr(conn, "alpn", None) == ALPN_H2:  # beyond 4.34: HTTP/2 CONNECT
@@ -71,8 +72,16 @@ class HttpInbound:
         serve_h2(self, session, conn, dispatcher)
 
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-               reader: HandshakeReader, head: enc.RequestHead) -> None:
-        while self._serve_one(session, conn, dispatcher, reader, head):
+               reader: HandshakeReader, head: enc.RequestHead) -> Steps[None]:
+        """Requests until one ends the connection; steps, so a CONNECT tunnel's idle
+        reader parks (``Handoff.serve_steps``)."""
+        while True:
+            target = enc.parse_target(head)
+            if target.form is enc.TargetForm.AUTHORITY:
+                yield from self._tunnel(session, conn, dispatcher, reader, target)
+                return
+            if not self._serve_one(session, conn, dispatcher, reader, head, target):
+                return
             # The next request on a kept-alive connection; its thread waits for it.
             reader.deadline = time.monotonic() + self.policy.handshake
             if not reader.buf and not _wait_readable(reader):
@@ -105,12 +114,10 @@ class HttpInbound:
         return creds[0]
 
     def _serve_one(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-                   reader: HandshakeReader, head: enc.RequestHead) -> bool:
-        """Serve one request; True if the client connection stays open for another."""
-        target = enc.parse_target(head)
-        if target.form is enc.TargetForm.AUTHORITY:
-            self._tunnel(session, conn, dispatcher, reader, target)
-            return False
+                   reader: HandshakeReader, head: enc.RequestHead,
+                   target: enc.RequestTarget) -> bool:
+        """Serve one forwarded request; True if the client connection stays open for
+        another."""
         if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
             conn.write(enc.response_400())
             raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
@@ -122,13 +129,15 @@ class HttpInbound:
         return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head, target)
 
     # -- CONNECT -----------------------------------------------------------------------
-    def _tunnel(self, session, conn, dispatcher, reader, target: enc.RequestTarget) -> None:
+    def _tunnel(self, session, conn, dispatcher, reader,
+                target: enc.RequestTarget) -> Steps[None]:
         if target.port is None:  # parse_target refuses a CONNECT without one already
             raise RemoteProtocolError("CONNECT target without port", reply=enc.response_400())
         link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port))
         conn.write(enc.CONNECT_ESTABLISHED)
         early = reader.consume(len(reader.buf))
-        error = relay_stream(self.ctx, session.name(), self.policy, conn, link, early)
+        error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link,
+                                              early)
         if error is not None:
             log.debug("%s: tunnel ended: %s", session.name(), error)
 
