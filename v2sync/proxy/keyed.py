@@ -27,8 +27,8 @@ from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
 from v2sync.common.task import Steps, drive
 from v2sync.proxy.relay import Parkable, run_relay, run_relay_steps
-from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, until_readable,
-                                   write_chunks, write_or_stop)
+from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
+                                   read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
                                             HandshakeReader)
 from v2sync.transport.internet.dialer import dial_with_retry
@@ -220,7 +220,10 @@ def await_client(conn: Connection) -> None:
     (which takes any close frame as an error) then drops the answer it had not yet passed
     on (tests/scenarios/test_accept_proxy_protocol.py: one run in four lost the 403)."""
     try:
-        conn.read(HANDSHAKE_READ_SIZE)  # what has arrived, read whole: nothing left unread
+        # What has arrived, read whole: nothing left unread. A parking reader's socket
+        # gives up every PARK_AFTER: wait on (the activity timer bounds this).
+        while conn.read_or_none(HANDSHAKE_READ_SIZE) is None:
+            pass
     except TransportError:
         pass  # aborted by the timer, or reset: the relay is over either way
 
@@ -312,14 +315,14 @@ def _read_response_header(conn: Connection, parse: Parser,
     """Strip the server's response header; returns the body bytes read past it. (VLESS
     sends it with the first answer: a held connection waits here, parked by ``waiter``.)"""
     buf = b""
+    waiter = parking(conn, waiter)
     while True:
         parsed = parse(buf)
         if parsed is not None:
             return buf[parsed[1]:]
         if len(buf) > MAX_RESPONSE_HEADER:
             raise RemoteProtocolError("response header too large")
-        yield from until_readable(conn, waiter)
-        data = conn.read(HANDSHAKE_READ_SIZE)
+        data = yield from read_or_park(conn, HANDSHAKE_READ_SIZE, waiter)
         if not data:
             raise RemoteProtocolError("server closed before its response header")
         buf += data

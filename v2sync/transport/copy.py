@@ -25,13 +25,13 @@ chunk of a burst alive while it waits for the next one.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Union, cast
+from typing import Callable, Generator, Iterator, List, Optional, Union, cast
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Steps, Wait, Waker, drive
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
-from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
+from v2sync.transport.internet.readiness import Readable, ReadWaiter
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
@@ -112,6 +112,7 @@ def parkable_reads(conn: Connection, pipe: Optional[Pipe],
     """``adaptive_reads`` whose reader, given a ``waiter``, parks when idle: after
     PARK_AFTER seconds with nothing to read it yields a ``Wait`` (its caller yields it on,
     up to ``spawn_steps``), and the socket waits in the waiter's selector, not a thread."""
+    waiter = parking(conn, waiter)
     sizer = ReadSizer()
     while True:
         size = sizer.size
@@ -120,8 +121,7 @@ def parkable_reads(conn: Connection, pipe: Optional[Pipe],
                 size = read_budget(size, pipe.wait_room(room_wanted(size, pipe.limit)))
             except (PipeInterrupted, PipeClosed):
                 return
-        yield from until_readable(conn, waiter)
-        data = conn.read(size)
+        data = yield from read_or_park(conn, size, waiter)
         if not data:
             return
         got = len(data)
@@ -130,14 +130,25 @@ def parkable_reads(conn: Connection, pipe: Optional[Pipe],
         sizer.next_size(got, size)
 
 
-def until_readable(conn: Connection, waiter: Optional[ReadWaiter]) -> Iterator[Wait]:
-    """Return when a read of ``conn`` has something to take; meanwhile wait PARK_AFTER
-    seconds with the thread, then yield ``Readable`` waits (parked in ``waiter``). Without
-    a waiter, or on a layer that cannot tell what it holds, return at once: the read
-    blocks as it always did."""
-    if waiter is None or conn.buffered() is not False:
-        return
-    while not wait_readable(conn.sock, PARK_AFTER):
+def parking(conn: Connection, waiter: Optional[ReadWaiter]) -> Optional[ReadWaiter]:
+    """``waiter`` if ``conn``'s reads can park (its read timeout is armed now), else None:
+    then its reads block as they always did."""
+    if waiter is None or not conn.arm_read_timeout(PARK_AFTER):
+        return None
+    return waiter
+
+
+def read_or_park(conn: Connection, size: int,
+                 waiter: Optional[ReadWaiter]) -> Generator[Wait, None, bytes]:
+    """``conn.read(size)``; given a waiter (``parking``), each PARK_AFTER seconds with
+    nothing to read yields a ``Readable`` wait instead. Bytes a layer already holds (TLS
+    plaintext, a WebSocket frame) are read without waiting for the socket at all."""
+    if waiter is None:
+        return conn.read(size)
+    while True:
+        data = conn.read_or_none(size)
+        if data is not None:
+            return data
         yield Readable(conn.sock, waiter)
 
 

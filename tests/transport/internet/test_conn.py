@@ -122,28 +122,27 @@ def test_no_data_frame_follows_a_close_frame() -> None:
 
 
 
-def test_websocket_buffered_says_what_a_parked_reader_must_not_sleep_on() -> None:
-    """A relay reader parks only when ``buffered()`` is False: payload left from a frame
-    bigger than the read, and a whole frame already read from the socket, both count."""
+def test_an_armed_websocket_read_takes_frames_in_hand_and_gives_up_on_silence() -> None:
+    """A parking reader (``arm_read_timeout``): payload left from a frame bigger than the
+    read, and a whole frame that came with the one read, come at once; a partial frame or
+    nothing at all gives up (None) after the timeout, and the rest completes it later."""
     raw_client, raw_server = _pair()
     client = WsConnection(Connection(raw_client), client=True)
     server = WsConnection(Connection(raw_server), client=False)
     try:
-        assert client.buffered() is False
+        client.settimeout(None)  # blocking, as a relay makes it
+        assert client.arm_read_timeout(0.05) and client.inner.read_timeout_armed
         server.sendall(b"a" * 3000)
         assert client.read(1000) == b"a" * 1000
-        assert client.buffered() is True  # 2,000 bytes of that frame in hand
-        assert client.read(4000) == b"a" * 2000
-        assert client.buffered() is False
+        assert client.read_or_none(4000) == b"a" * 2000
         raw_server.sendall(b"\x82\x02hi\x82\x03you")  # two unmasked frames in one write
-        assert client.read(2) == b"hi"
-        assert client.buffered() is True  # the second frame came with the first
-        assert client.read(10) == b"you"
-        assert client.buffered() is False
-        raw_server.sendall(b"\x82\x05ab")  # a partial frame: nothing to read yet
-        assert client.read(1) == b"a"  # (the first bytes of a frame are handed on)
-        assert client.read(1) == b"b"
-        assert client.buffered() is False
+        assert client.read_or_none(2) == b"hi"
+        assert client.read_or_none(10) == b"you"
+        assert client.read_or_none(10) is None
+        raw_server.sendall(b"\x82\x05")  # a frame's head alone: nothing to read yet
+        assert client.read_or_none(10) is None
+        raw_server.sendall(b"hello")
+        assert client.read_or_none(10) == b"hello"
     finally:
         client.close()
         server.close()

@@ -370,19 +370,21 @@ def test_a_small_read_waits_for_late_bytes_and_keeps_its_timeout(tls_pair) -> No
         client.read(100)
 
 
-def test_buffered_says_what_a_parked_reader_must_not_sleep_on(tls_pair) -> None:
-    """A relay reader parks only when ``buffered()`` is False: over both engines (the
-    client's pyOpenSSL, the server's ssl module), plaintext left from a read bigger than
-    was asked for counts, and so does the end."""
+def test_an_armed_read_takes_what_the_engine_holds_and_gives_up_on_silence(tls_pair) -> None:
+    """A parking reader (``arm_read_timeout``): over both engines (the client's pyOpenSSL,
+    the server's ssl module), plaintext left from a read bigger than was asked for comes at
+    once; with nothing at all, the read gives up (None) after the timeout."""
     client, server = tls_pair
     for reader, writer in ((client, server), (server, client)):
-        assert reader.buffered() is False  # the handshake left nothing behind
+        reader.settimeout(None)  # blocking, as a relay makes it
+        assert reader.arm_read_timeout(0.05)
         writer.write(b"x" * 3000)  # one record
-        first = reader.read(1000)
-        assert first == b"x" * 1000
-        assert reader.buffered() is True  # 2,000 bytes made, none on the socket
-        assert reader.read(4000) == b"x" * 2000
-        assert reader.buffered() is False
-    server.close()  # close_notify: the next read gives the end, so do not park on it
-    assert client.read(10) == b""
-    assert client.buffered() is True
+        assert reader.read(1000) == b"x" * 1000
+        started = time.monotonic()
+        assert reader.read_or_none(4000) == b"x" * 2000  # from the engine, not the socket
+        assert reader.read_or_none(4000) is None  # nothing more: given up
+        assert time.monotonic() - started >= 0.04
+        writer.write(b"more")
+        assert reader.read_or_none(4000) == b"more"
+    server.close()  # close_notify: the end, not a timeout
+    assert client.read_or_none(10) == b""

@@ -26,7 +26,7 @@ from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import resolve_security
-from v2sync.transport.copy import PipeDrain, parkable_reads, until_readable
+from v2sync.transport.copy import PipeDrain, parkable_reads, parking, read_or_park
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -130,14 +130,14 @@ class VMessOutbound:
         """The server's response header (it may wait for the first answer: a held
         connection parks here); returns the body reader and the bytes read past it."""
         buf = b""
+        waiter = parking(conn, waiter)
         while True:
             parsed = client.decode_response_header(buf)
             if parsed is not None:
                 return client.response_body_reader(header), buf[parsed[1]:]
             if len(buf) > MAX_RESPONSE_HEADER:
                 raise RemoteProtocolError("vmess: response header too large")
-            yield from until_readable(conn, waiter)
-            data = conn.read(HANDSHAKE_READ_SIZE)
+            data = yield from read_or_park(conn, HANDSHAKE_READ_SIZE, waiter)
             if not data:
                 raise RemoteProtocolError("vmess: server closed before its response header")
             buf += data

@@ -7,6 +7,7 @@ reader or writer stuck in the kernel.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from typing import Callable, Generator, Optional, Sequence, Tuple, TypeVar
@@ -49,6 +50,7 @@ class Connection:
         self._local: Optional[Destination] = None
         self._closed = False
         self._close_lock = threading.Lock()
+        self.read_timeout_armed = False  # see arm_read_timeout
 
     @property
     def local(self) -> Destination:
@@ -80,12 +82,6 @@ class Connection:
             if views and sent:
                 views[0] = views[0][sent:]
 
-    def buffered(self) -> Optional[bool]:
-        """Whether a read can be served without waiting for the socket (bytes a layer has
-        already taken in); None: this layer cannot tell, so its reader never parks
-        (``transport.copy.until_readable``)."""
-        return False
-
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
             return self.recv(max_bytes)
@@ -93,6 +89,30 @@ class Connection:
             raise TransportError(f"read from {self.remote} timed out") from e
         except OSError as e:
             raise TransportError(f"read from {self.remote} failed: {e}") from e
+
+    def read_or_none(self, max_bytes: int) -> Optional[bytes]:
+        """``read``, or None when the armed read timeout passed with nothing to read."""
+        try:
+            return self.read(max_bytes)
+        except TransportError as e:
+            if self.read_timeout_armed and isinstance(e.__cause__, BlockingIOError):
+                return None
+            raise
+
+    def arm_read_timeout(self, seconds: float) -> bool:
+        """Let a blocking read give up after ``seconds`` with nothing to read
+        (``read_or_none`` then says None), so an idle relay reader can park
+        (``transport.copy.read_or_park``). The kernel keeps the time (``SO_RCVTIMEO``):
+        a reader blocks in its read as before, with no ``poll`` first, which measured ~8
+        µs more per wake-up. Only the socket's reads are affected, and a socket with a
+        Python timeout (a handshake step) is non-blocking, so it never waits that long.
+        False where the option is refused."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        except (OSError, AttributeError):
+            return False
+        self.read_timeout_armed = True
+        return True
 
     def write(self, data: bytes) -> None:
         try:
@@ -136,6 +156,13 @@ class Connection:
         return self._closed
 
 
+def _timeval(seconds: float) -> bytes:
+    """A C ``struct timeval`` (two native longs, as the SO_RCVTIMEO of this platform's ABI
+    takes it)."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
 # linux/sockios.h: bytes in a socket's send queue, not yet sent or not yet acknowledged.
 SIOCOUTQ = 0x5411
 
@@ -169,9 +196,9 @@ class WrappedConnection(Connection):
             return data
         return self.inner.recv(max_bytes)
 
-    def buffered(self) -> Optional[bool]:
-        """A layer keeps state of its own (a partial frame): unknown unless it says."""
-        return None
+    def arm_read_timeout(self, seconds: float) -> bool:
+        self.read_timeout_armed = self.inner.arm_read_timeout(seconds)  # every layer knows
+        return self.read_timeout_armed
 
     def sendall(self, data: bytes) -> None:
         self.inner.sendall(data)

@@ -8,7 +8,7 @@ what the proxy protocol reads and writes, its own headers included.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from v2sync.transport.internet.conn import Connection, WrappedConnection
 
@@ -33,9 +33,6 @@ class CountingConnection(WrappedConnection):
         data = self.inner.recv(max_bytes)
         self._count_read(len(data))
         return data
-
-    def buffered(self) -> Optional[bool]:
-        return self.inner.buffered()  # counting holds no bytes
 
     def sendall(self, data: bytes) -> None:
         self.inner.sendall(data)

@@ -57,10 +57,6 @@ class MemoryTls:
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
 
-    def buffered(self) -> bool:
-        """Bytes taken in and not yet read: raw ones waiting, or plaintext made."""
-        return bool(self.incoming.pending or self.obj.pending())
-
     def read_batch(self, max_bytes: int) -> Tuple[bytes, bool]:
         """The plaintext buffered now (up to ``max_bytes``), and whether the stream ended."""
         parts: List[bytes] = []
@@ -292,14 +288,6 @@ class TlsConnection(WrappedConnection):
         with self._state:
             self._in.write(data)
 
-    def buffered(self) -> Optional[bool]:
-        """True while the client handshake is unfinished (the next read finishes it), at the
-        end, or with bytes in the engine (a whole record not yet read, plaintext made)."""
-        if self._eof or (self._rest is not None and not self._rest.done):
-            return True
-        with self._state:
-            return self._tls.buffered()
-
     def recv(self, max_bytes: int) -> bytes:
         if self._rest is not None:
             self._rest.run(True)
@@ -325,7 +313,9 @@ class TlsConnection(WrappedConnection):
         KiB) for as long as it idled."""
         size = max(max_bytes, RECORD_READ)
         sock = self.sock
-        if max_bytes >= RECORD_READ:
+        if max_bytes >= RECORD_READ or self.read_timeout_armed:
+            # Armed (a relay reader that parks): the read blocks at most the park timeout,
+            # and the buffer goes with the read when the reader parks.
             return sock.recv(size)
         try:
             return sock.recv(size, socket.MSG_DONTWAIT)

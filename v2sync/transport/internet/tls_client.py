@@ -102,12 +102,6 @@ class ClientEngine:
         self.made = time.monotonic()
         self._conn = conn
 
-    def buffered(self) -> bool:
-        """Bytes taken in and not yet read: raw ones in the BIO, or plaintext made."""
-        conn = self._conn
-        return bool(_lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) > 0
-                    or _lib.SSL_pending(conn._ssl) > 0)
-
     def read_batch(self, max_bytes: int) -> Tuple[bytes, bool]:
         """All the plaintext the engine can give now, up to ``max_bytes``, and whether the
         stream ended (close_notify, or the peer's plain close).

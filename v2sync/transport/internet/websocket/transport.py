@@ -69,14 +69,6 @@ class WsConnection(WrappedConnection):
     def _upgraded(self) -> bool:
         return self._upgrade is None or self._upgrade.done
 
-    def buffered(self) -> Optional[bool]:
-        """True with payload or frame bytes in hand, at the end, or before a client's
-        upgrade (the next read does it); else what the layer below holds. A frame still
-        partial needs more bytes from below, so it is nothing to read yet."""
-        if self._pending or self._raw_pending or self._eof or not self._upgraded():
-            return True
-        return self.inner.buffered()
-
     def recv(self, max_bytes: int) -> bytes:
         if self._upgrade is not None:
             self._upgrade.run()
