@@ -83,3 +83,24 @@ def test_idle_readers_park_and_wake_for_more(chain):
         for instance in instances:
             wait_idle(instance)
             assert instance.readiness.waiting() == 0
+
+
+GREETING = b"the origin speaks first\n"
+
+
+@pytest.mark.parametrize("chain", ["vless-tls", "trojan-tls"])
+def test_the_request_header_goes_alone_when_the_client_sends_nothing(chain):
+    """The header waits up to 100 ms to leave with the first payload (keyed.RequestHead);
+    an origin that speaks first must be reached all the same, and then echo as usual."""
+    port = free_port()
+    with TcpEchoServer(max_connections=8, timeout=30, send_first=GREETING) as origin, \
+            contextlib.ExitStack() as stack:
+        for config in CHAINS[chain](port):
+            stack.enter_context(running_instance(config))
+        sock = bench.socks5_connect(port, origin.address, timeout=WAIT)
+        try:
+            assert recv_exact(sock, len(GREETING)) == GREETING
+            sock.sendall(b"and then")
+            assert recv_exact(sock, 8) == b"and then"
+        finally:
+            sock.close()
