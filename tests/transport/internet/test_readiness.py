@@ -109,3 +109,19 @@ def test_block_waits_in_the_calling_thread_until_readable():
         threading.Timer(0.05, lambda: b.sendall(b"x")).start()
         Readable(a, ReadWaiter("unused")).block()
         assert a.recv(1) == b"x"
+
+
+def test_a_failing_waker_is_logged_and_the_others_are_still_served(caplog):
+    woken: List[str] = []
+    event = threading.Event()
+
+    def broken() -> None:
+        raise RuntimeError("broken waker")
+
+    with _waiter() as waiter, _pair() as (a, b), _pair() as (c, d):
+        waiter.when_readable(a, broken)
+        b.sendall(b"x")
+        waiter.when_readable(c, _waker(woken, "c", event))
+        d.sendall(b"y")
+        assert event.wait(WAIT) and woken == ["c"]
+    assert "a waker failed" in caplog.text

@@ -111,7 +111,7 @@ class ReadWaiter:
                     self._drain_pokes()
                     continue
                 selector.unregister(key.fileobj)
-                key.data()
+                _call(key.data)
             self._take_incoming()
 
     def _drain_pokes(self) -> None:
@@ -127,7 +127,7 @@ class ReadWaiter:
             try:
                 self._selector.register(sock, selectors.EVENT_READ, wake)  # type: ignore[union-attr]
             except (ValueError, KeyError, OSError, AttributeError):
-                wake()  # closed, registered already, or no selector: its step will see
+                _call(wake)  # closed, registered already, or no selector: its step will see
 
     def _wake_queued(self) -> None:
         while True:
@@ -147,6 +147,15 @@ class ReadWaiter:
             if key.data is not None:
                 selector.unregister(key.fileobj)
                 key.data()
+
+
+def _call(wake: Waker) -> None:
+    """Run a waker in the waiter's thread; a failing one is logged, and the waiter goes on
+    serving every other parked socket."""
+    try:
+        wake()
+    except Exception:
+        log.exception("read-waiter: a waker failed")
 
 
 class Readable(Wait):
