@@ -25,7 +25,8 @@ from v2sync.common.net import Address, Destination
 # Python cost is per read, not per byte. Measured on loopback (tools/bench.py): 256 KiB
 # reads moved 1.3-1.4x the bytes per second of 64 KiB reads, and 1 MiB reads another
 # 1.15-1.25x (relay) and 1.05x (VMess). On a slower link reads rarely come back full, so
-# they stay small; an idle connection parks in recv() with a 512 B - 4 KiB buffer.
+# they stay small; a reader waiting in recv() holds a 512 B - 4 KiB buffer, and only until
+# it parks (transport.copy.read_or_park).
 RELAY_READ_SIZE = 1024 * 1024
 # sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
 MAX_GATHER_PARTS = 1024
