@@ -8,10 +8,10 @@ import pytest
 
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.common.signal import TimerWheel
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import ThreadGroup, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
-from v2sync.proxy.relay import relay_stream, run_relay
+from v2sync.proxy.relay import relay_stream_steps, run_relay
 from v2sync.transport import copy as copy_module
 from v2sync.transport.copy import PipeDrain, flush_ready
 from v2sync.transport.internet.conn import Connection
@@ -104,6 +104,11 @@ def test_a_failing_first_step_aborts_and_never_starts_the_pair():
         error = run_relay(ctx, "t", POLICY, conn, aborted.set, started.append, started.append,
                           first)
     assert isinstance(error, OSError) and aborted.is_set() and not started
+
+
+def relay_stream(*args, **kwargs):
+    """The inbound's raw relay run to the end in this thread (no waiter: nothing parks)."""
+    return drive(relay_stream_steps(*args, **kwargs))
 
 
 def test_relay_stream_sends_early_bytes_before_the_client_stream():

@@ -13,8 +13,9 @@ from typing import List
 
 import pytest
 
+from v2sync.common.task import drive
 from v2sync.transport.copy import (PIPE_READ_FLOOR, ReadSizer, adaptive_reads,
-                                   conn_drain, copy_conn_to_pipe, read_budget,
+                                   conn_drain, copy_conn_to_pipe_steps, read_budget,
                                    room_wanted)
 from v2sync.transport.internet.conn import RELAY_READ_SIZE
 from v2sync.transport.pipe import EOF, Pipe
@@ -54,6 +55,11 @@ class NullTimer:
         pass
 
 
+def copy_conn_to_pipe(source, pipe: Pipe) -> int:
+    """The relay's socket-to-pipe copy run to the end in this thread (no waiter)."""
+    return drive(copy_conn_to_pipe_steps(source, pipe, NullTimer(), None))
+
+
 def wait_until_settled(source: EndlessSource, pipe: Pipe) -> None:
     """Wait (bounded) until every byte handed out is in the pipe and stays so: the copy is
     then blocked waiting for room. Holding a chunk outside the pipe never settles."""
@@ -72,7 +78,7 @@ def wait_until_settled(source: EndlessSource, pipe: Pipe) -> None:
 def test_a_stalled_pipe_stops_the_reads_with_nothing_held_outside_it(limit: int) -> None:
     pipe = Pipe(limit, "down")
     source = EndlessSource()
-    copier = threading.Thread(target=copy_conn_to_pipe, args=(source, pipe, NullTimer()))
+    copier = threading.Thread(target=copy_conn_to_pipe, args=(source, pipe))
     copier.start()
     try:
         wait_until_settled(source, pipe)
@@ -103,7 +109,7 @@ def test_bytes_arrive_whole_and_in_order_through_a_small_pipe() -> None:
 
     consumer = threading.Thread(target=consume)
     consumer.start()
-    copied = copy_conn_to_pipe(source, pipe, NullTimer())
+    copied = copy_conn_to_pipe(source, pipe)
     pipe.close()
     consumer.join(JOIN)
     assert copied == source.handed_out

@@ -20,6 +20,9 @@ class InboundProxy(Protocol):
 
 
 class OutboundProxy(Protocol):
+    """``process``, or instead ``process_steps``: the same as steps (``common.task``),
+    whose relay reader parks while idle. The outbound handler runs whichever it has."""
+
     def process(self, session: Session, link: Link) -> None: ...
 
 

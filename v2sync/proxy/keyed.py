@@ -25,7 +25,7 @@ from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.proxy.relay import Parkable, run_relay, run_relay_steps
 from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
                                    read_or_park, write_chunks, write_or_stop)
@@ -249,21 +249,12 @@ class KeyedOutbound:
         return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,
                                self.client)
 
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))  # type: ignore[attr-defined]
-
-    def relay(self, session: Session, conn: Connection, link: Link, level: int,
-              header: bytes, encode: Optional[Encode], parse: Optional[Parser],
-              response_header: Optional[Parser]) -> None:
-        """``encode``/``parse``: the datagram framing (None: a raw stream);
-        ``response_header``: the server's header to strip first (None: there is none)."""
-        drive(self.relay_steps(session, conn, link, level, header, encode, parse,
-                               response_header))
-
     def relay_steps(self, session: Session, conn: Connection, link: Link, level: int,
                     header: bytes, encode: Optional[Encode], parse: Optional[Parser],
                     response_header: Optional[Parser]) -> Steps[None]:
-        """``relay`` as steps: the reader of the server's answer parks while idle."""
+        """The relay once dialed; ``encode``/``parse``: the datagram framing (None: a raw
+        stream); ``response_header``: the server's header to strip first (None: there is
+        none). Steps: the reader of the server's answer parks while idle."""
         waiter = self.ctx.readiness
         policy = self.ctx.policy.for_level(level)
         frame = encode or (lambda data: data)

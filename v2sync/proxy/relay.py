@@ -124,18 +124,11 @@ def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
     return at_once(lambda: side(timer))
 
 
-def relay_stream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                 link: Link, early: bytes = b"") -> Optional[BaseException]:
-    """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT): client <-> link.
-
-    ``early`` are bytes the client pipelined behind its handshake; they go first.
-    """
-    return drive(relay_stream_steps(ctx, name, policy, conn, link, early))
-
-
 def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
                        link: Link, early: bytes = b"") -> Steps[Optional[BaseException]]:
-    """``relay_stream`` as steps: its client reader parks while idle."""
+    """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT, dokodemo-door): client
+    <-> link. ``early`` are bytes the client pipelined behind its handshake; they go
+    first. Steps: the client's reader parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -155,18 +148,13 @@ def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: 
                                        conn_drain(link.reader, conn), first))
 
 
-def relay_upstream(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                   link: Link, leftover: bytes = b"") -> Optional[BaseException]:
-    """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
-    SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
-    its handshake reply; they reach the client first."""
-    return drive(relay_upstream_steps(ctx, name, policy, conn, link, leftover))
-
-
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
                          link: Link, leftover: bytes = b""
                          ) -> Steps[Optional[BaseException]]:
-    """``relay_upstream`` as steps: its upstream reader parks while idle."""
+    """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
+    SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
+    its handshake reply; they reach the client first. Steps: the upstream reader parks
+    while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()

@@ -29,7 +29,7 @@ from typing import Callable, Generator, Iterator, List, Optional, Union, cast
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Steps, Wait, Waker, drive
+from v2sync.common.task import PARKED, Steps, Wait, Waker
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
 from v2sync.transport.internet.readiness import Readable, ReadWaiter
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
@@ -152,20 +152,16 @@ def read_or_park(conn: Connection, size: int,
         yield Readable(conn.sock, waiter)
 
 
-def copy_conn_to_pipe(conn: Connection, pipe: Pipe, timer: ActivityTimer) -> int:
+def copy_conn_to_pipe_steps(conn: Connection, pipe: Pipe, timer: ActivityTimer,
+                            waiter: Optional[ReadWaiter]) -> Steps[int]:
     """Copy until the connection's EOF; returns the byte count. Does not close ``pipe``.
-    ``conn`` must be blocking (``run_relay`` sees to it).
+    ``conn`` must be blocking (``run_relay`` sees to it). Given a ``waiter``, an idle
+    read parks there (``parkable_reads``); without one the steps never wait (``drive``).
 
     A pipe whose reader has stopped (the outbound finished, e.g. blackhole after its 403)
     ends this direction quietly: the other direction may still hold an answer to deliver.
     A real failure interrupts both pipes and surfaces there.
     """
-    return drive(copy_conn_to_pipe_steps(conn, pipe, timer, None))
-
-
-def copy_conn_to_pipe_steps(conn: Connection, pipe: Pipe, timer: ActivityTimer,
-                            waiter: Optional[ReadWaiter]) -> Steps[int]:
-    """``copy_conn_to_pipe`` as steps: idle, it parks in ``waiter`` (``parkable_reads``)."""
     total = 0
     for data in parkable_reads(conn, pipe, waiter):
         if isinstance(data, Wait):

@@ -80,9 +80,11 @@ class RecordingOutbound:
         self.links: List[Link] = []
         self.dispatched = threading.Event()
 
-    def dispatch(self, session: Session, link: Link) -> None:
+    def dispatch_steps(self, session: Session, link: Link):
         self.links.append(link)
         self.dispatched.set()
+        return
+        yield  # steps that never wait, as OutboundHandler.dispatch_steps may be
 
 
 class OneOutbound:

@@ -79,11 +79,7 @@ class DefaultDispatcher:
             if self.on_routed is not None:
                 self.on_routed(handler.tag)
             self.access_log.accepted(session)
-            steps = getattr(handler, "dispatch_steps", None)  # a handler without: no waits
-            if steps is None:
-                handler.dispatch(session, link)
-            else:
-                yield from steps(session, link)
+            yield from handler.dispatch_steps(session, link)
         except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
             log.info("%s: dispatch failed: %s", session.name(), e)
             link.interrupt()

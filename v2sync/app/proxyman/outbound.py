@@ -26,11 +26,9 @@ class OutboundHandler:
         if mux is not None and mux.enabled:
             self.mux = ClientManager(self.run_proxy, ctx, mux.concurrency, tag or "out")
 
-    def dispatch(self, session: Session, link: Link) -> None:
-        drive(self.dispatch_steps(session, link))
-
     def dispatch_steps(self, session: Session, link: Link) -> Steps[None]:
-        """``dispatch`` as steps: a proxy with ``process_steps`` parks its idle reader."""
+        """Carry ``link`` (handler.go Dispatch), as steps: a proxy with ``process_steps``
+        parks its idle reader."""
         if self.mux is None:
             yield from self.run_proxy_steps(session, link)
             return
@@ -60,6 +58,8 @@ class OutboundHandler:
             link.reader.interrupt()
 
     def _process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """The proxy's ``process_steps`` if it has one, else its ``process`` in one step
+        (``features.proxy.OutboundProxy``)."""
         steps = getattr(self.proxy, "process_steps", None)
         if steps is not None:
             return steps(session, link)

@@ -14,7 +14,7 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import relay_upstream_steps, run_relay
@@ -40,9 +40,6 @@ class FreedomOutbound:
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
         self.source = self.client.source  # UDP binds here too (sendThrough)
-
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an idle TCP relay's upstream reader parks."""

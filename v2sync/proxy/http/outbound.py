@@ -20,7 +20,7 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker, ServersConfig
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.relay import relay_upstream_steps
@@ -47,9 +47,6 @@ class HttpOutbound:
         self.client = StreamClient.for_handler(handler_config)
         self.picker = ServerPicker(settings.servers)
         self.h2 = None  # h2tunnel.TunnelPool, made on the first h2 server (imports h2)
-
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an HTTP/1.1 tunnel's idle upstream reader parks (an h2

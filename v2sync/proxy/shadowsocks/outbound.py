@@ -15,7 +15,7 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import run_relay
 from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
@@ -43,9 +43,6 @@ class ShadowsocksOutbound:
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
         self.picker: ServerPicker[ShadowsocksServer] = ServerPicker(settings.servers)
-
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: a TCP relay's idle upstream reader parks."""

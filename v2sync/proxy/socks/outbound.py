@@ -21,7 +21,7 @@ from v2sync.common.net import Address, Destination, Network
 from v2sync.common.protocol.server_spec import Account, ServerPicker, ServersConfig
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import relay_upstream_steps, run_relay
 from v2sync.proxy.socks import encoding as enc
@@ -49,9 +49,6 @@ class SocksOutbound:
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
         self.picker = ServerPicker(settings.servers)
-
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an idle TCP relay's upstream reader parks."""

@@ -19,7 +19,7 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
@@ -50,9 +50,6 @@ class VMessOutbound:
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
         self.picker: ServerPicker[VMessServer] = ServerPicker(settings.servers)
-
-    def process(self, session: Session, link: Link) -> None:
-        drive(self.process_steps(session, link))
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: the reader of the server's answer parks while idle."""
