@@ -7,17 +7,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from scenarios.bench_chains import CHAINS, bench
 from scenarios.helpers_scenarios import running_instance, wait_idle
 from support.peers import TcpEchoServer, free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import bench  # noqa: E402
 
 CONNECTIONS = 20
 SETTLE = 0.3  # the relay's last steps after the client's close (both ends, uplinkOnly 0)
@@ -25,18 +22,6 @@ SETTLE = 0.3  # the relay's last steps after the client's close (both ends, upli
 # are never idle, so their sub-connections get a longer settle instead.
 MUX_SETTLE = 1.5
 
-CHAINS = {
-    "relay": lambda port: [bench.socks_freedom_config(port, access="none")],
-    "vmess": bench.vmess_pair_configs,
-    "vmess-tls": lambda port: bench.vmess_pair_configs(port, *bench.tls_streams()),
-    "vmess-ws-tls": lambda port: bench.vmess_pair_configs(port, *bench.wss_streams()),
-    "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
-    "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
-    "shadowsocks": bench.ss_pair_configs,
-    "vmess-mux": bench.mux_pair_configs,
-    "socks-out": lambda port: bench.chained_configs("socks", port),
-    "http-out": lambda port: bench.chained_configs("http", port),
-}
 
 
 def _garbage_after(echo_many) -> collections.Counter:

@@ -8,35 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from scenarios.bench_chains import CHAINS as ALL_CHAINS
+from scenarios.bench_chains import bench
 from scenarios.helpers_scenarios import recv_exact, running_instance, wait_idle
 from support.peers import TcpEchoServer, free_port
 from v2sync.transport import copy as copy_module
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import bench  # noqa: E402
 
 HELD = 12
 WAIT = 5.0
 # Several TLS records and more than any idle read asks for.
 ANSWER_SIZE = 40 * 1024
 
-CHAINS = {
-    "relay": lambda port: [bench.socks_freedom_config(port, access="none")],
-    "vmess": bench.vmess_pair_configs,
-    "vmess-tls": lambda port: bench.vmess_pair_configs(port, *bench.tls_streams()),
-    "vmess-ws-tls": lambda port: bench.vmess_pair_configs(port, *bench.wss_streams()),
-    "vless-tls": lambda port: bench.keyed_pair_configs("vless", port),
-    "trojan-tls": lambda port: bench.keyed_pair_configs("trojan", port),
-    "shadowsocks": bench.ss_pair_configs,
-    "socks-out": lambda port: bench.chained_configs("socks", port),
-    "http-out": lambda port: bench.chained_configs("http", port),
-}
+# Every bench chain but mux: its sub-connections share one mux connection and its reader,
+# so a process does not park two readers per held connection there.
+CHAINS = {name: build for name, build in ALL_CHAINS.items() if name != "vmess-mux"}
 # Readers parked per connection in each process (servers first), where not two (none yet).
 PARKED_PER_CONNECTION: dict = {}
 
