@@ -6,6 +6,8 @@ import socket
 import threading
 from typing import List
 
+import pytest
+
 from v2sync.common.net import Destination
 from v2sync.common.task import PARKED
 from v2sync.transport import copy as copy_module
@@ -106,52 +108,54 @@ def test_a_drain_without_a_waker_blocks_until_eof() -> None:
 _REMOTE = Destination.tcp("127.0.0.1", 9)
 
 
-def _socket_pair():
+@pytest.fixture
+def pair():
+    """A connection over one end of a socket pair, and the other end (its peer)."""
     a, b = socket.socketpair()
-    return Connection(a, remote=_REMOTE), b
-
-
-def test_an_idle_reader_yields_a_readable_wait_then_reads_what_came() -> None:
-    conn, peer = _socket_pair()
-    waiter = ReadWaiter("test-waiter")
+    conn = Connection(a, remote=_REMOTE)
     try:
-        reads = copy_module.parkable_reads(conn, None, waiter)
-        wait = next(reads)  # nothing came within PARK_AFTER
-        assert isinstance(wait, Readable) and wait.sock is conn.sock
-        peer.sendall(b"hello")
-        assert next(reads) == b"hello"  # readable now: no second wait
-        peer.sendall(b"more")
-        assert next(reads) == b"more"
-        peer.close()
-        assert list(reads) == []  # EOF ends the reads
+        yield conn, b
     finally:
         conn.close()
-        peer.close()
-        waiter.stop()
+        b.close()
 
 
-def test_bytes_a_layer_holds_are_read_without_a_wait() -> None:
-    conn, peer = _socket_pair()
-    layer = WrappedConnection(conn, pending=b"held")
+@pytest.fixture
+def waiter():
     waiter = ReadWaiter("test-waiter")
     try:
-        reads = copy_module.parkable_reads(layer, None, waiter)
-        assert next(reads) == b"held"  # no wait first, though the socket is silent
-        assert isinstance(next(reads), Readable)
-        assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+        yield waiter
     finally:
-        layer.close()
-        peer.close()
         waiter.stop()
 
 
-def test_without_a_waiter_reads_block_and_never_yield_a_wait() -> None:
-    conn, peer = _socket_pair()
+def test_an_idle_reader_yields_a_readable_wait_then_reads_what_came(pair, waiter) -> None:
+    conn, peer = pair
+    reads = copy_module.parkable_reads(conn, None, waiter)
+    wait = next(reads)  # nothing came within PARK_AFTER
+    assert isinstance(wait, Readable) and wait.sock is conn.sock
+    peer.sendall(b"hello")
+    assert next(reads) == b"hello"  # readable now: no second wait
+    peer.sendall(b"more")
+    assert next(reads) == b"more"
+    peer.close()
+    assert list(reads) == []  # EOF ends the reads
+
+
+def test_bytes_a_layer_holds_are_read_without_a_wait(pair, waiter) -> None:
+    conn, _ = pair
+    layer = WrappedConnection(conn, pending=b"held")
+    reads = copy_module.parkable_reads(layer, None, waiter)
+    assert next(reads) == b"held"  # no wait first, though the socket is silent
+    assert isinstance(next(reads), Readable)
+    assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+
+
+def test_without_a_waiter_reads_block_and_never_yield_a_wait(pair) -> None:
+    conn, peer = pair
     timer = threading.Timer(copy_module.PARK_AFTER * 3, peer.close)
     try:
         timer.start()
         assert list(copy_module.adaptive_reads(conn)) == []
     finally:
         timer.join()
-        conn.close()
-        peer.close()
