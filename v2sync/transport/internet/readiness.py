@@ -79,9 +79,9 @@ class ReadWaiter:
         thread.join(timeout)
         if not thread.is_alive():
             self._wake_all()
-            self._selector.close()  # type: ignore[union-attr]
-            self._poke_r.close()  # type: ignore[union-attr]
-            self._poke_w.close()  # type: ignore[union-attr]
+            for resource in (self._selector, self._poke_r, self._poke_w):
+                if resource is not None:  # made with the thread
+                    resource.close()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -108,26 +108,19 @@ class ReadWaiter:
         while not self._stopped:
             for key, _ in selector.select(MAX_SELECT_WAIT):
                 if key.data is None:
-                    self._drain_pokes()
+                    _drain(key.fileobj)  # type: ignore[arg-type]
                     continue
                 selector.unregister(key.fileobj)
                 _call(key.data)
-            self._take_incoming()
+            self._take_incoming(selector)
 
-    def _drain_pokes(self) -> None:
-        try:
-            while self._poke_r.recv(4096):  # type: ignore[union-attr]
-                pass
-        except OSError:  # BlockingIOError: drained
-            pass
-
-    def _take_incoming(self) -> None:
+    def _take_incoming(self, selector: selectors.BaseSelector) -> None:
         while self._incoming:
             sock, wake = self._incoming.popleft()
             try:
-                self._selector.register(sock, selectors.EVENT_READ, wake)  # type: ignore[union-attr]
-            except (ValueError, KeyError, OSError, AttributeError):
-                _call(wake)  # closed, registered already, or no selector: its step will see
+                selector.register(sock, selectors.EVENT_READ, wake)
+            except (ValueError, KeyError, OSError):
+                _call(wake)  # closed, or registered already: its step will see
 
     def _wake_queued(self) -> None:
         while True:
@@ -147,6 +140,15 @@ class ReadWaiter:
             if key.data is not None:
                 selector.unregister(key.fileobj)
                 key.data()
+
+
+def _drain(poke_r: socket.socket) -> None:
+    """Read every poke queued (bounded by the pair's buffer)."""
+    try:
+        while poke_r.recv(4096):
+            pass
+    except OSError:  # BlockingIOError: drained
+        pass
 
 
 def _call(wake: Waker) -> None:
