@@ -1,4 +1,5 @@
 """ThreadGroup and run_pair (common/task.py): reuse, expiry, joins, error propagation."""
+import contextlib
 import gc
 import sys
 import threading
@@ -6,6 +7,7 @@ import time
 import weakref
 
 from v2sync.common import task as task_module
+from v2sync.common.signal import TimerWheel
 from v2sync.common.task import (
     MAX_SURPLUS_SPREAD,
     PARKED,
@@ -15,6 +17,7 @@ from v2sync.common.task import (
     Wait,
     drive,
     run_pair,
+    run_pair_steps,
     tune_for_many_threads,
     widen_futex_hash,
 )
@@ -484,3 +487,87 @@ def test_drive_blocks_through_each_wait_in_this_thread_and_returns_the_result():
     assert drive(_steps(gate, seen)) == "done"
     me = threading.get_ident()
     assert seen == [("before", me), ("after", me)]
+
+
+def _wait_until(predicate) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert predicate()
+
+
+def _joining_pair(group, wheel, wakers, seen, join_timeout=WAIT, held=None):
+    """A pair whose background parks until the test wakes it, whose foreground ends at
+    once: the foreground's join is what waits. ``held``: kept by the background only."""
+    def background(wake):
+        assert held is None or held
+        if not wakers:
+            wakers.append(wake)
+            return PARKED
+        return None
+
+    def pair():
+        error = yield from run_pair_steps(group, "pair", background, _nothing(), seen.append,
+                                          join_timeout, timers=wheel)
+        seen.append(("ended", error))
+    return pair()
+
+
+def _nothing():
+    return
+    yield  # a generator
+
+
+@contextlib.contextmanager
+def _group_and_wheel(max_idle: int = task_module.MAX_IDLE):
+    group = ThreadGroup("t", max_idle=max_idle, idle_timeout=WAIT)
+    wheel = TimerWheel()
+    wheel.start()
+    try:
+        yield group, wheel
+    finally:
+        wheel.stop()
+        assert group.shutdown(WAIT)
+
+
+def test_with_timers_a_join_waiting_for_its_other_side_holds_no_thread():
+    wakers, seen = [], []
+    with _group_and_wheel(max_idle=0) as (group, wheel):
+        handle = group.spawn_steps("relay", _joining_pair(group, wheel, wakers, seen))
+        _wait_until(lambda: wakers and not group._threads)  # max_idle 0: workers leave
+        assert handle.is_alive() and seen == []
+        wakers[0]()  # the background's pipe gets its EOF: it ends, the join resumes
+        handle.join(WAIT)
+        assert seen == [("ended", None)] and not group.live()
+
+
+def test_a_parked_join_is_bounded_by_a_timer_then_aborts_and_gives_up():
+    wakers, seen = [], []
+    with _group_and_wheel() as (group, wheel):
+        started = time.monotonic()
+        handle = group.spawn_steps("relay", _joining_pair(group, wheel, wakers, seen, 0.1))
+        handle.join(WAIT)
+        assert time.monotonic() - started < WAIT
+        # on_error was told once (the relay's abort), then the second wait ran out too.
+        assert len(seen) == 2 and isinstance(seen[0], TimeoutError)
+        assert seen[1] == ("ended", None)
+        assert len(wheel) == 0  # both timers fired; none is left holding the pair
+        wakers[0]()  # let the background end: the group then has nothing live
+
+
+def test_a_join_resumed_by_its_background_cancels_its_timer_and_lets_the_pair_go():
+    wakers, seen = [], []
+    with _group_and_wheel(max_idle=0) as (group, wheel):
+        held = _Held()
+        probe = weakref.ref(held)
+        handle = group.spawn_steps("relay", _joining_pair(group, wheel, wakers, seen,
+                                                          held=held))
+        del held
+        _wait_until(lambda: wakers and not group._threads)
+        wakers[0]()
+        handle.join(WAIT)
+        wakers.clear()
+        gc.collect()
+        # The cancelled timer's heap entry lives on until the wheel compacts; it must
+        # not keep the pair (and what a relay's background holds) alive with it.
+        assert seen == [("ended", None)] and probe() is None

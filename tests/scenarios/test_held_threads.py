@@ -1,4 +1,4 @@
-"""A held, idle connection keeps no thread. The directions that write from a pipe park
+"""A held, idle connection keeps no thread, nor does one lingering after its client left. The directions that write from a pipe park
 while the pipe is empty (proxy/relay.py, transport/copy.py PipeDrain), the socket readers
 park in the ReadWaiter once idle (transport/internet/readiness.py), and all wake for the
 next bytes. Real sockets: PySocks through a SOCKS5 inbound to
@@ -59,3 +59,29 @@ def test_held_idle_connections_keep_no_thread_and_wake_for_more():
             for sock in held:
                 sock.close()
         wait_idle(instance)
+
+
+LINGER = 4  # seconds of downlinkOnly: long enough to look, short enough to wait out
+SETTLE = 1.5  # enough for every reader to park (PARK_AFTER), well within LINGER
+
+
+def test_connections_lingering_after_their_clients_left_keep_no_thread():
+    # The client closes; as in 4.34, freedom does not half-close the upstream, so the origin
+    # keeps its end open and each connection lingers for downlinkOnly. Its client side has
+    # ended: the relay's join waits for the other direction without a thread, and the
+    # upstream reader parks.
+    config = make_config([socks_inbound()], [freedom()])
+    config["policy"] = {"levels": {"0": {"downlinkOnly": LINGER}}}
+    with TcpEchoServer(max_connections=HELD + 8, timeout=30) as echo, \
+            running_instance(config) as instance:
+        port = port_of(instance, "socks-in")
+        for i in range(HELD):
+            with _connect(port, echo) as sock:
+                assert _echo(sock, b"bye %d" % i) == b"bye %d" % i
+        deadline = time.monotonic() + SETTLE
+        while _threads_in_use(instance) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _threads_in_use(instance) <= 1  # the handshake selector's waiting thread
+        assert instance.readiness.waiting() == HELD  # every upstream reader, parked
+        assert len(instance.workers.live()) >= HELD  # the relays still linger, threadless
+        wait_idle(instance, LINGER + WAIT)  # then downlinkOnly ends every one of them

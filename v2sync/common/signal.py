@@ -46,6 +46,10 @@ MAX_WHEEL_SLEEP = 0.5
 MIN_COMPACT = 1024
 
 
+def _nothing() -> None:
+    """A cancelled timer's callback."""
+
+
 class ActivityTimer:
     """Calls ``on_expire`` when no ``update()`` happened for ``timeout`` seconds.
 
@@ -87,8 +91,12 @@ class ActivityTimer:
         self._wheel.schedule(self)
 
     def cancel(self) -> None:
-        """Stop watching without firing (the connection ended normally)."""
+        """Stop watching without firing (the connection ended normally). The callback is
+        let go at once: the wheel drops a cancelled timer's entry only when it pops or the
+        heap is compacted, and the callback (an abort closing over a connection's sockets
+        and pipes) would live as long."""
         self.done = True
+        self._on_expire = _nothing
 
     def fire(self) -> None:
         if self.done:

@@ -22,9 +22,13 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, Dict, Final, Generator, List, Optional, Set, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Callable, Dict, Final, Generator, List, Optional, Set, Tuple,
+                    TypeVar)
 
 from v2sync.common.errors import detached
+
+if TYPE_CHECKING:
+    from v2sync.common.signal import ActivityTimer, TimerWheel
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +283,9 @@ class ThreadGroup:
 
     def _start_thread(self, task: Task) -> None:
         """A new worker: runs ``task``, then parks for the next one."""
-        thread = threading.Thread(target=self._run, args=(task,), name=task[0].name, daemon=True)
+        # In a box the thread empties: ``Thread`` keeps its args until the thread exits.
+        thread = threading.Thread(target=self._run, args=([task],), name=task[0].name,
+                                  daemon=True)
         self._threads.add(thread)
         try:
             thread.start()
@@ -287,11 +293,15 @@ class ThreadGroup:
             self._threads.discard(thread)
             raise
 
-    def _run(self, task: Optional[Task]) -> None:
+    def _run(self, box: List[Task]) -> None:
         me = threading.current_thread()
+        task: Optional[Task] = box.pop()
         try:
             while task is not None:
                 self._execute(me, *task)
+                # Let go of the task before parking: a worker idle for seconds must not
+                # keep what its last step closed over (a relay's sockets, pipes, frames).
+                task = None
                 task = self._park()
         finally:
             self._threads.discard(me)
@@ -407,11 +417,13 @@ class _Pair:
     connection (sockets, pipes, timers) until the cyclic GC found them, 120 objects per
     connection; full collections over a busy server's heap then took ~130 ms each."""
 
-    __slots__ = ("group", "task", "background", "on_error", "inline", "errors", "lock")
+    __slots__ = ("group", "task", "background", "on_error", "inline", "errors", "lock",
+                 "timers", "done", "joiner", "join_timer")
 
     def __init__(self, group: ThreadGroup, background: Callable[[Waker], object],
                  on_error: Callable[[BaseException], None],
-                 inline: Optional[Callable[[], bool]] = None):
+                 inline: Optional[Callable[[], bool]] = None,
+                 timers: Optional["TimerWheel"] = None):
         self.group = group
         self.task: Optional[TaskHandle] = None
         self.background = background
@@ -419,6 +431,13 @@ class _Pair:
         self.inline = inline
         self.errors: List[BaseException] = []
         self.lock = threading.Lock()
+        self.timers = timers  # given: the foreground's join parks (``_Joined``)
+        self.done = False  # the background has ended
+        # A parked join's waker and the timer bounding it; set and taken under ``lock``.
+        # The waker leads back here through the foreground's generator: taking it when
+        # the background ends (or the timer fires) breaks that cycle.
+        self.joiner: Optional[Waker] = None
+        self.join_timer: Optional["ActivityTimer"] = None
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
@@ -435,7 +454,10 @@ class _Pair:
             return None
 
     def step(self) -> object:
-        return self.guarded(self._background_step)
+        result = self.guarded(self._background_step)
+        if result is not PARKED:
+            self._ended()
+        return result
 
     def _background_step(self) -> object:
         return self.background(self.wake)
@@ -450,7 +472,69 @@ class _Pair:
             self.group.resume(self.task, self.step)
         except RuntimeError as exc:  # no thread to be had: end the pair rather than hang
             self.fail(exc)
+            self._ended()
             self.group.finish(self.task)
+
+    def _ended(self) -> None:
+        """The background is over: resume a parked join."""
+        with self.lock:
+            self.done = True
+            joiner, timer = self.joiner, self.join_timer
+            self.joiner = self.join_timer = None
+        if timer is not None:
+            timer.cancel()
+        if joiner is not None:
+            joiner()
+
+    def _give_up(self) -> None:
+        """A parked join's time is up (the timer wheel's thread): resume it unfinished."""
+        with self.lock:
+            joiner = self.joiner
+            self.joiner = self.join_timer = None
+        if joiner is not None:
+            joiner()
+
+    def join(self, timeout: float) -> "Steps[bool]":
+        """Wait up to ``timeout`` seconds for the background to end; True if it has. With
+        timers the wait parks (a connection lingering for its other direction, up to
+        ``uplinkOnly``/``downlinkOnly``, keeps no thread); without, it blocks."""
+        if self.done:
+            return True
+        if self.timers is None:
+            _Joined(self, timeout).block()
+        else:
+            yield _Joined(self, timeout)
+        return self.done
+
+
+class _Joined(Wait):
+    """``_Pair.join``'s wait: the background's end, or ``timeout`` seconds on the timer
+    wheel, resumes the foreground."""
+
+    __slots__ = ("pair", "timeout")
+
+    def __init__(self, pair: _Pair, timeout: float):
+        self.pair = pair
+        self.timeout = timeout
+
+    def arm(self, wake: Waker) -> None:
+        pair = self.pair
+        assert pair.timers is not None  # without, ``join`` blocks instead
+        # Made before the joiner is published, so an end racing us always finds the timer
+        # to cancel: a live timer would keep the pair, and the relay it closes over, alive.
+        timer = pair.timers.new_timer(self.timeout, pair._give_up)
+        with pair.lock:
+            waiting = not pair.done
+            if waiting:
+                pair.joiner, pair.join_timer = wake, timer
+        if not waiting:
+            timer.cancel()
+            wake()
+
+    def block(self) -> None:
+        task = self.pair.task
+        assert task is not None
+        task.join(self.timeout)
 
 
 def run_pair(
@@ -475,6 +559,7 @@ def run_pair_steps(
     on_error: Callable[[BaseException], None],
     join_timeout: float,
     inline: Optional[Callable[[], bool]] = None,
+    timers: Optional["TimerWheel"] = None,
 ) -> "Steps[Optional[BaseException]]":
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
 
@@ -490,7 +575,7 @@ def run_pair_steps(
     e.g. by interrupting the link and aborting the connection) and is returned without its
     traceback (``detached``), so keeping it makes no reference cycle.
     """
-    pair = _Pair(group, background, on_error, inline)
+    pair = _Pair(group, background, on_error, inline, timers)
     task = pair.task = group.reserve(name)
     try:
         # A background that may run inline takes its first step here: it sends what is
@@ -504,9 +589,8 @@ def run_pair_steps(
         yield from foreground
     except Exception as exc:
         pair.fail(exc)
-    task.join(join_timeout)
-    if task.is_alive():
+    if not (yield from pair.join(join_timeout)):
         on_error(TimeoutError(f"{name} did not finish in {join_timeout}s"))
-        task.join(join_timeout)
+        yield from pair.join(join_timeout)
     errors = pair.errors
     return errors[0] if errors else None

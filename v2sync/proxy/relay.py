@@ -102,7 +102,8 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
         inline = background.ready_inline if isinstance(background, PipeDrain) else None
         return (yield from run_pair_steps(
             ctx.threads, f"relay-{name}-{'down' if down else 'up'}", background_step,
-            foreground_steps(), lambda exc: abort(), longest + JOIN_SLACK, inline))
+            foreground_steps(), lambda exc: abort(), longest + JOIN_SLACK, inline,
+            ctx.timers))
     finally:
         timer.cancel()
 
