@@ -538,7 +538,9 @@ def test_with_timers_a_join_waiting_for_its_other_side_holds_no_thread():
         assert handle.is_alive() and seen == []
         wakers[0]()  # the background's pipe gets its EOF: it ends, the join resumes
         handle.join(WAIT)
-        assert seen == [("ended", None)] and not group.live()
+        assert seen == [("ended", None)]
+        # The background's own task ends just after it has resumed the join.
+        _wait_until(lambda: not group.live())
 
 
 def test_a_parked_join_is_bounded_by_a_timer_then_aborts_and_gives_up():
@@ -566,6 +568,7 @@ def test_a_join_resumed_by_its_background_cancels_its_timer_and_lets_the_pair_go
         _wait_until(lambda: wakers and not group._threads)
         wakers[0]()
         handle.join(WAIT)
+        _wait_until(lambda: not group.live())  # the background's task ends just after
         wakers.clear()
         gc.collect()
         # The cancelled timer's heap entry lives on until the wheel compacts; it must
