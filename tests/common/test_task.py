@@ -496,19 +496,24 @@ def _wait_until(predicate) -> None:
     assert predicate()
 
 
-def _joining_pair(group, wheel, wakers, seen, join_timeout=WAIT, held=None):
+def _joining_pair(group, wheel, wakers, seen, join_timeout=WAIT, held=None, threads=None):
     """A pair whose background parks until the test wakes it, whose foreground ends at
-    once: the foreground's join is what waits. ``held``: kept by the background only."""
+    once: the foreground's join is what waits. ``held``: kept by the background only.
+    ``threads`` gets the thread of the background's last step, then of the join's end."""
     def background(wake):
         assert held is None or held
         if not wakers:
             wakers.append(wake)
             return PARKED
+        if threads is not None:
+            threads.append(threading.get_ident())
         return None
 
     def pair():
         error = yield from run_pair_steps(group, "pair", background, _nothing(), seen.append,
                                           join_timeout, timers=wheel)
+        if threads is not None:
+            threads.append(threading.get_ident())
         seen.append(("ended", error))
     return pair()
 
@@ -574,3 +579,19 @@ def test_a_join_resumed_by_its_background_cancels_its_timer_and_lets_the_pair_go
         # The cancelled timer's heap entry lives on until the wheel compacts; it must
         # not keep the pair (and what a relay's background holds) alive with it.
         assert seen == [("ended", None)] and probe() is None
+
+
+def test_a_join_resumed_by_a_pooled_background_goes_on_in_that_same_worker():
+    wakers, seen, threads = [], [], []
+    with _group_and_wheel() as (group, wheel):
+        handle = group.spawn_steps("relay", _joining_pair(group, wheel, wakers, seen,
+                                                          threads=threads))
+        _wait_until(lambda: wakers and len(group._idle) == len(group._threads))
+        parked_before = len(group._idle)
+        wakers[0]()  # a pipe's waker: the background's next step goes to a pooled worker
+        handle.join(WAIT)
+        assert seen == [("ended", None)]
+        # One worker was taken from the pool; it ran the background's last step, then
+        # the join's continuation, without waking another.
+        assert len(threads) == 2 and threads[0] == threads[1]
+        _wait_until(lambda: len(group._idle) == parked_before)

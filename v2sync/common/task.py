@@ -230,6 +230,9 @@ class ThreadGroup:
         self._idle: Dict[_Parked, None] = {}
         self._threads: Set[threading.Thread] = set()
         self._closed = False
+        # Per worker: ``after`` (a waker to call once the current step has returned) and
+        # ``next`` (the task that waker resumed, which this worker then runs itself).
+        self._tail = threading.local()
 
     def spawn(self, name: str, target: Callable[[], object]) -> TaskHandle:
         """Run ``target`` on a pooled thread; join the task with the handle returned.
@@ -253,6 +256,11 @@ class ThreadGroup:
     def resume(self, handle: TaskHandle, step: Callable[[], object]) -> None:
         """Run ``step`` of ``handle``'s task on a parked worker, or a new thread.
         Raises RuntimeError when no thread can be started; the task stays live."""
+        tail = self._tail
+        if getattr(tail, "taking", False):  # a worker between tasks: it runs this itself
+            tail.taking = False
+            tail.next = (handle, step)
+            return
         try:
             parked: Optional[_Parked] = self._idle.popitem()[0]  # the latest: warm, lingers most
         except KeyError:
@@ -293,18 +301,46 @@ class ThreadGroup:
             self._threads.discard(thread)
             raise
 
+    def after_step(self, wake: Waker) -> None:
+        """Call ``wake`` once the current step of this worker has returned, and let this
+        worker run the task it resumes, rather than handing that to another worker: one
+        thread wake-up less. For a step's last act (a relay's side that ends resumes the
+        join waiting for it). Outside a worker of this group, ``wake`` runs now."""
+        tail = self._tail
+        if not getattr(tail, "worker", False) or getattr(tail, "after", None) is not None:
+            wake()
+            return
+        tail.after = wake
+
     def _run(self, box: List[Task]) -> None:
         me = threading.current_thread()
         task: Optional[Task] = box.pop()
+        self._tail.worker = True
         try:
             while task is not None:
                 self._execute(me, *task)
                 # Let go of the task before parking: a worker idle for seconds must not
                 # keep what its last step closed over (a relay's sockets, pipes, frames).
                 task = None
-                task = self._park()
+                task = self._take_next() or self._park()
         finally:
             self._threads.discard(me)
+
+    def _take_next(self) -> Optional[Task]:
+        """The task a waker left by ``after_step`` resumed, if any: this worker's next."""
+        tail = self._tail
+        wake, tail.after = getattr(tail, "after", None), None
+        if wake is None:
+            return None
+        tail.taking, tail.next = True, None
+        try:
+            wake()
+        except Exception:  # as a step's failure: logged, and the worker lives on
+            log.exception("a waker failed")
+        finally:
+            tail.taking = False
+        task, tail.next = tail.next, None
+        return task
 
     def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], object]) -> None:
         me.name = handle.name
@@ -454,9 +490,13 @@ class _Pair:
             return None
 
     def step(self) -> object:
+        """The background's step on a pooled worker."""
+        return self._step(True)
+
+    def _step(self, pooled: bool) -> object:
         result = self.guarded(self._background_step)
         if result is not PARKED:
-            self._ended()
+            self._ended(pooled)
         return result
 
     def _background_step(self) -> object:
@@ -465,7 +505,7 @@ class _Pair:
     def wake(self) -> None:
         assert self.task is not None
         if self.inline is not None and self.inline():
-            if self.step() is not PARKED:  # run here, by the thread whose event woke it
+            if self._step(False) is not PARKED:  # run here, by the thread whose event woke it
                 self.group.finish(self.task)
             return
         try:
@@ -475,8 +515,9 @@ class _Pair:
             self._ended()
             self.group.finish(self.task)
 
-    def _ended(self) -> None:
-        """The background is over: resume a parked join."""
+    def _ended(self, pooled: bool = False) -> None:
+        """The background is over: resume a parked join (on this very worker, once its
+        step has returned, if the background ran on a pooled worker)."""
         with self.lock:
             self.done = True
             joiner, timer = self.joiner, self.join_timer
@@ -484,7 +525,7 @@ class _Pair:
         if timer is not None:
             timer.cancel()
         if joiner is not None:
-            joiner()
+            self.group.after_step(joiner) if pooled else joiner()
 
     def _give_up(self) -> None:
         """A parked join's time is up (the timer wheel's thread): resume it unfinished."""
