@@ -610,7 +610,9 @@ def run_pair_steps(
     then costs no thread for that direction. When ``inline()`` says yes, the waker runs
     that step itself, in the thread whose event woke it, instead of on a pooled thread.
     ``foreground`` is steps: its waits are this generator's (``drive`` or ``spawn_steps``
-    runs it), so under ``spawn_steps`` an idle foreground costs no thread either.
+    runs it), so under ``spawn_steps`` an idle foreground costs no thread either. Given
+    ``timers`` (the Instance's ``TimerWheel``), so does a foreground that has finished and
+    waits for the background: its join is a wait too, bounded by a timer.
 
     The first exception of either side calls ``on_error`` (which must unblock the other side,
     e.g. by interrupting the link and aborting the connection) and is returned without its
