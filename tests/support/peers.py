@@ -65,6 +65,11 @@ def _family(host: str) -> socket.AddressFamily:
 # below the range are only ever taken by an explicit bind.
 CONFIG_PORT_FLOOR = 10000
 PICK_ATTEMPTS = 200
+# Ports handed out lately are not handed out again: two picks made before either is bound
+# (a chain's server and client ports) were both free, and a draw could give the same number
+# twice; the second process then failed to bind ("address already in use", seen in CI).
+RECENT_PICKS = 4096
+_recent: Deque[int] = collections.deque(maxlen=RECENT_PICKS)
 
 
 def _ephemeral_floor() -> int:
@@ -90,7 +95,8 @@ def _pick_port(host: str, kinds: Tuple[socket.SocketKind, ...]) -> int:
     if top > CONFIG_PORT_FLOOR:
         for _ in range(PICK_ATTEMPTS):
             port = random.randint(CONFIG_PORT_FLOOR, top)
-            if _bindable(host, port, kinds):
+            if port not in _recent and _bindable(host, port, kinds):
+                _recent.append(port)
                 return port
     with socket.socket(_family(host), kinds[0]) as sock:  # no room below the range
         sock.bind((host, 0))

@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Tuple
 import pytest
 import socks
 
-from support import procs
+from support import peers, procs
 from support.peers import (
     CONFIG_PORT_FLOOR,
     XOR_C,
@@ -167,6 +167,17 @@ def test_a_free_port_is_free_for_udp_too_and_outside_the_ephemeral_range() -> No
         udp.bind(("127.0.0.1", port))
     if _ephemeral_floor() > CONFIG_PORT_FLOOR + 1:
         assert CONFIG_PORT_FLOOR <= port < _ephemeral_floor()
+
+
+def test_two_picks_before_either_is_bound_never_give_the_same_port(monkeypatch) -> None:
+    """A chain picks its server's and its client's ports, then starts them: a draw that
+    gives the same free number twice made the second process fail to bind (seen in CI)."""
+    first = free_port()
+    draw = peers.random.randint
+    repeats = [first, first]  # then fair draws again
+    monkeypatch.setattr(peers.random, "randint",
+                        lambda low, high: repeats.pop() if repeats else draw(low, high))
+    assert free_port() != first and not repeats
 
 
 # -- HTTP origin ---------------------------------------------------------------------------
