@@ -222,10 +222,14 @@ def test_response_plaintext_layout_and_bad_commands() -> None:
     assert encode_response_plaintext(ResponseHeader(9, 0, huge)) == b"\x09\x00\x00\x00"
 
 
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize("is_aead", [True, False])
 @pytest.mark.parametrize("command", [None, SWITCH])
-def test_response_header_between_sessions(is_aead: bool, command: Optional[SwitchAccount]) -> None:
+def test_response_header_between_sessions(is_aead: bool, command: Optional[SwitchAccount],
+                                          prepared: bool) -> None:
     client = ClientSession(USER, is_aead=is_aead)
+    if prepared:  # as the outbound does while its request travels
+        client.prepare_response(header())
     section = encode_command_section(header(), client.request_key, client.request_iv,
                                      client.response_auth, b"")
     parsed = parse_command_section(section)[0]
@@ -233,6 +237,25 @@ def test_response_header_between_sessions(is_aead: bool, command: Optional[Switc
     wire = server.encode_response_header(command)
     got = feed_all_ways(client.decode_response_header, wire)
     assert got == ResponseHeader(client.response_auth, 0, command)
+
+
+@pytest.mark.parametrize("security", [Security.AES128_GCM, Security.LEGACY])
+@pytest.mark.parametrize("is_aead", [True, False])
+def test_a_response_body_read_with_what_was_prepared_ahead_is_the_same(
+        is_aead: bool, security: Security) -> None:
+    sent = header(security=security)
+    client = ClientSession(USER, is_aead=is_aead)
+    section = encode_command_section(sent, client.request_key, client.request_iv,
+                                     client.response_auth, b"")
+    parsed = parse_command_section(section)[0]
+    server = ServerSession(USER, parsed.to_header(), parsed, is_aead)
+    head = server.encode_response_header()
+    writer = server.response_body_writer()
+    wire = head + writer.encode(b"first answer") + writer.encode(b"x" * 5000)
+    client.prepare_response(sent)
+    _, used = client.decode_response_header(wire)
+    reader = client.response_body_reader(sent)
+    assert b"".join(reader.feed(wire[used:])) == b"first answer" + b"x" * 5000
 
 
 def test_wrong_response_auth_is_refused() -> None:

@@ -16,7 +16,7 @@ import os
 import struct
 from typing import Callable, Optional, Tuple
 
-from v2sync.common.crypto.aead import AEAD_NONCE_SIZE, AEAD_TAG_SIZE, aes_gcm
+from v2sync.common.crypto.aead import AEAD_NONCE_SIZE, AEAD_TAG_SIZE, AEADCipher, aes_gcm
 from v2sync.common.crypto.checksum import crc32_ieee
 from v2sync.common.crypto.kdf import vmess_kdf, vmess_kdf16
 from v2sync.common.crypto.stream import AesBlock
@@ -39,6 +39,8 @@ SALT_RESP_IV = b"AEAD Resp Header IV"
 _AUTH_ID_PLAIN = struct.Struct("!q4sI")  # int64 time, 4 random bytes, CRC32 of the first 12
 _U16 = struct.Struct("!H")
 _MAX_HEADER_LENGTH = 0xFFFF
+# The response header's length cipher and nonce, then its header cipher and nonce.
+ResponseCiphers = Tuple[AEADCipher, bytes, AEADCipher, bytes]
 
 RandomBytes = Callable[[int], bytes]
 
@@ -101,7 +103,9 @@ def open_request_header(cmd_key: bytes, buf: bytes) -> Optional[Tuple[bytes, int
     return plaintext, end
 
 
-def _response_ciphers(resp_key: bytes, resp_iv: bytes):
+def response_ciphers(resp_key: bytes, resp_iv: bytes) -> ResponseCiphers:
+    """The response header's ciphers and nonces: four KDFs, two AES-GCM keys. A client
+    derives them while its request travels (``ClientSession.prepare_response``)."""
     length_aead = aes_gcm(vmess_kdf16(resp_key, SALT_RESP_LENGTH_KEY))
     length_iv = vmess_kdf(resp_iv, SALT_RESP_LENGTH_IV)[:AEAD_NONCE_SIZE]
     header_aead = aes_gcm(vmess_kdf16(resp_key, SALT_RESP_KEY))
@@ -111,17 +115,21 @@ def _response_ciphers(resp_key: bytes, resp_iv: bytes):
 
 def seal_response_header(resp_key: bytes, resp_iv: bytes, plaintext: bytes) -> bytes:
     """``EncLen | EncHdr`` of a response-header plaintext (server.go EncodeResponseHeader)."""
-    length_aead, length_iv, header_aead, header_iv = _response_ciphers(resp_key, resp_iv)
+    length_aead, length_iv, header_aead, header_iv = response_ciphers(resp_key, resp_iv)
     return (length_aead.seal(length_iv, _U16.pack(len(plaintext)))
             + header_aead.seal(header_iv, plaintext))
 
 
-def open_response_header(resp_key: bytes, resp_iv: bytes,
-                         buf: bytes) -> Optional[Tuple[bytes, int]]:
-    """Inverse of ``seal_response_header``: ``None`` or ``(plaintext, consumed)``."""
+def open_response_header(resp_key: bytes, resp_iv: bytes, buf: bytes,
+                         ciphers: Optional[ResponseCiphers] = None
+                         ) -> Optional[Tuple[bytes, int]]:
+    """Inverse of ``seal_response_header``: ``None`` or ``(plaintext, consumed)``.
+    ``ciphers``: ``response_ciphers`` of the same key and IV, derived ahead."""
     if len(buf) < SEALED_LENGTH_SIZE:
         return None
-    length_aead, length_iv, header_aead, header_iv = _response_ciphers(resp_key, resp_iv)
+    if ciphers is None:
+        ciphers = response_ciphers(resp_key, resp_iv)
+    length_aead, length_iv, header_aead, header_iv = ciphers
     (length,) = _U16.unpack(length_aead.open(length_iv, bytes(buf[:SEALED_LENGTH_SIZE])))
     end = SEALED_LENGTH_SIZE + length + AEAD_TAG_SIZE
     if len(buf) < end:

@@ -294,6 +294,9 @@ class ClientSession:
         self.response_key, self.response_iv = response_keys(
             self.request_key, self.request_iv, self.is_aead)
         self._response_cfb: Optional[AesCfb] = None
+        self._response_decoded = False
+        self._response_ciphers: Optional[aead.ResponseCiphers] = None
+        self._response_body: Optional[BodyReader] = None
 
     def _roll(self, n: int) -> int:
         return int.from_bytes(self._random(4), "big") % n
@@ -316,11 +319,23 @@ class ClientSession:
         return new_body_writer(header.security, header.option, header.is_packet,
                                self.request_key, self.request_iv)
 
+    def prepare_response(self, header: RequestHeader) -> None:
+        """Derive what opens the answer (an AEAD header's ciphers: four KDFs and two AES-GCM
+        keys; the body's reader) now, while the request travels, so the answer's first
+        bytes are opened as they arrive. A legacy header's body goes on from the header's
+        own stream, so only the AEAD header's is made ahead."""
+        if not self.is_aead or self._response_ciphers is not None:
+            return
+        self._response_ciphers = aead.response_ciphers(self.response_key, self.response_iv)
+        self._response_body = new_body_reader(header.security, header.option, header.is_packet,
+                                              self.response_key, self.response_iv)
+
     def decode_response_header(self, buf: bytes) -> Optional[Tuple[ResponseHeader, int]]:
         """``None`` (need more) or ``(header, consumed)``; a wrong V is AuthenticationError."""
-        cfb = aes_cfb_decryptor(self.response_key, self.response_iv)
+        cfb: Optional[AesCfb] = None  # the legacy header's stream (AES-CFB), never AEAD's
         if self.is_aead:
-            opened = aead.open_response_header(self.response_key, self.response_iv, buf)
+            opened = aead.open_response_header(self.response_key, self.response_iv, buf,
+                                               self._response_ciphers)
             if opened is None:
                 return None
             plaintext, consumed = opened
@@ -331,6 +346,7 @@ class ClientSession:
         else:  # the CFB stream that decrypts the header goes on into a legacy body
             if len(buf) < 4:
                 return None
+            cfb = aes_cfb_decryptor(self.response_key, self.response_iv)
             head = cfb.update(bytes(buf[:4]))
             consumed = 4 + (head[3] if head[2] else 0)
             if len(buf) < consumed:
@@ -341,12 +357,16 @@ class ClientSession:
             header = parsed[0]
         if header.response_auth != self.response_auth:
             raise AuthenticationError("vmess: unexpected response header")
+        self._response_decoded = True
         self._response_cfb = cfb
         return header, consumed
 
     def response_body_reader(self, header: RequestHeader) -> BodyReader:
-        if self._response_cfb is None:
+        if not self._response_decoded:
             raise LocalProtocolError("vmess: decode the response header first")
+        if self._response_body is not None:
+            return self._response_body
+        # After an AEAD header a legacy body starts its own stream from the key and IV.
         return new_body_reader(header.security, header.option, header.is_packet,
                                self.response_key, self.response_iv, cfb=self._response_cfb)
 
@@ -364,6 +384,7 @@ class ServerSession:
         self.response_key, self.response_iv = response_keys(
             self.request_key, self.request_iv, is_aead)
         self._response_cfb: Optional[AesCfb] = None
+        self._response_encoded = False
 
     def request_body_reader(self, max_chunk_size: int = 0xFFFF) -> BodyReader:
         return new_body_reader(self.header.security, self.header.option, self.header.is_packet,
@@ -371,15 +392,15 @@ class ServerSession:
 
     def encode_response_header(self, command: Optional[SwitchAccount] = None) -> bytes:
         """The response header; write it before (or with) the first response chunk."""
-        cfb = aes_cfb_encryptor(self.response_key, self.response_iv)
         plaintext = encode_response_plaintext(ResponseHeader(self.response_auth, 0, command))
-        self._response_cfb = cfb
+        self._response_encoded = True
         if self.is_aead:  # the legacy body, if any, starts a fresh CFB stream
             return aead.seal_response_header(self.response_key, self.response_iv, plaintext)
+        cfb = self._response_cfb = aes_cfb_encryptor(self.response_key, self.response_iv)
         return cfb.update(plaintext)
 
     def response_body_writer(self) -> BodyWriter:
-        if self._response_cfb is None:
+        if not self._response_encoded:
             raise LocalProtocolError("vmess: encode the response header first")
         return new_body_writer(self.header.security, self.header.option, self.header.is_packet,
                                self.response_key, self.response_iv, cfb=self._response_cfb)

@@ -128,6 +128,7 @@ class VMessOutbound:
         connection parks here); returns the body reader and the bytes read past it."""
         buf = b""
         waiter = parking(conn, waiter)
+        client.prepare_response(header)  # while the request travels, not once the answer is in
         while True:
             parsed = client.decode_response_header(buf)
             if parsed is not None:
