@@ -88,6 +88,30 @@ def test_stream_writers_split_at_their_chunk_size(security: Security, option: in
     assert limit + 16 + 64 + 2 <= 0xFFFF  # a chunk's size field still fits in 16 bits
 
 
+@pytest.mark.parametrize("security", [Security.AES128_GCM, Security.CHACHA20_POLY1305])
+@pytest.mark.parametrize("option", [0x05, 0x0D])
+def test_many_chunks_in_one_feed_cross_mask_batches_and_nonce_counts(security: Security,
+                                                                     option: int) -> None:
+    # 400 chunks: past a SHAKE batch (256 draws; two a chunk with padding, which the
+    # reader takes as a pair, one without) whichever way they arrive. All in one feed,
+    # they are opened in one loop.
+    writer, reader = pair(security, option, packet=True)
+    datagrams = [bytes([i % 251]) * (1 + i % 37) for i in range(400)]
+    wire = b"".join(writer.encode(d) for d in datagrams)
+    assert reader.feed(wire) == datagrams
+    writer, slow = pair(security, option, packet=True)
+    wire = b"".join(writer.encode(d) for d in datagrams)
+    assert read_bytewise(slow, wire) == datagrams
+
+
+def test_a_tampered_chunk_among_many_fails_the_feed() -> None:
+    writer, reader = pair(Security.AES128_GCM, 0x05, packet=True)  # no padding: the tag ends it
+    wire = bytearray(b"".join(writer.encode(b"d%d" % i) for i in range(5)))
+    wire[-3] ^= 1  # in the last chunk's tag
+    with pytest.raises(AuthenticationError):
+        reader.feed(bytes(wire))
+
+
 def test_oversized_datagram_is_refused_without_desyncing() -> None:
     writer, reader = pair(Security.AES128_GCM, 0x0D, packet=True)
     with pytest.raises(LocalProtocolError):

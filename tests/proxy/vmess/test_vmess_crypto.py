@@ -104,6 +104,15 @@ def test_shake_stream_continues_across_batches() -> None:
     assert got == hashlib.shake_128(b"seed").digest(2 * draws)
 
 
+def test_shake_pairs_are_two_draws_wherever_they_fall() -> None:
+    single, paired = ShakeStream(b"seed"), ShakeStream(b"seed")
+    single.next_u16()
+    paired.next_u16()  # odd: a pair then straddles the batch boundary at some point
+    expected = [single.next_u16() for _ in range(2 * SHAKE_BATCH)]
+    got = [draw for _ in range(SHAKE_BATCH) for draw in paired.next_pair()]
+    assert got == expected
+
+
 def test_aes_block_round_trip() -> None:
     block = AesBlock(b"0123456789abcdef")
     assert block.decrypt_block(block.encrypt_block(b"A" * 16)) == b"A" * 16

@@ -5,7 +5,7 @@ cipher object costs far more than sealing a 2 KiB chunk.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Iterable, List, Optional, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -35,7 +35,19 @@ class AEADCipher:
         try:
             return self._impl.decrypt(nonce, ciphertext, aad)
         except InvalidTag as e:
-            raise AuthenticationError(f"{self.name}: message authentication failed") from e
+            raise self.failed() from e
+
+    def open_each(self, nonces: Iterable[bytes], sealed: Iterable[bytes]) -> List[bytes]:
+        """``open`` of each (nonce, ciphertext) pair, no AAD, in one loop: a chunk stream
+        opens ~512 of these per MiB, and two Python calls less per chunk showed."""
+        decrypt = self._impl.decrypt
+        try:
+            return [decrypt(nonce, data, None) for nonce, data in zip(nonces, sealed)]
+        except InvalidTag as e:
+            raise self.failed() from e
+
+    def failed(self) -> AuthenticationError:
+        return AuthenticationError(f"{self.name}: message authentication failed")
 
 
 def aes_gcm(key: bytes) -> AEADCipher:

@@ -131,10 +131,14 @@ class AeadAuth:
         return self._cipher.seal(self._nonce(), plaintext)
 
     def open(self, sealed: bytes) -> bytes:
-        # _nonce inlined: this runs once per received chunk, 512 times per MiB from 4.34.
-        count = self._count
-        self._count = (count + 1) & 0xFFFF
-        return self._cipher.open(_U16.pack(count) + self._nonce_tail, sealed)
+        return self.open_all([sealed])[0]
+
+    def open_all(self, sealed: List[bytes]) -> List[bytes]:
+        """``open`` of each, in order, in one loop: 4.34 sends 2 KiB chunks, 512 per MiB."""
+        count, tail, pack = self._count, self._nonce_tail, _U16.pack
+        self._count = (count + len(sealed)) & 0xFFFF
+        nonces = [pack((count + i) & 0xFFFF) + tail for i in range(len(sealed))]
+        return self._cipher.open_each(nonces, sealed)
 
 
 class FnvAuth:
@@ -151,6 +155,9 @@ class FnvAuth:
             raise AuthenticationError("vmess: chunk checksum mismatch")
         return data
 
+    def open_all(self, sealed: List[bytes]) -> List[bytes]:
+        return [self.open(chunk) for chunk in sealed]
+
 
 class NoOpAuth:
     """Security "none" in packet mode: the length framing without any check."""
@@ -162,6 +169,9 @@ class NoOpAuth:
 
     def open(self, sealed: bytes) -> bytes:
         return bytes(sealed)  # the reader may hand in a slice of its bytearray
+
+    def open_all(self, sealed: List[bytes]) -> List[bytes]:
+        return [bytes(chunk) for chunk in sealed]
 
 
 Auth = Union[AeadAuth, FnvAuth, NoOpAuth]
@@ -214,8 +224,7 @@ class ChunkReader:
         # a length that passes its checks is decoded inline (``_read_size`` otherwise).
         buf, pos = self._inbox.window()
         end = len(buf)
-        out: List[bytes] = []
-        open_ = self._auth.open
+        sealed: List[bytes] = []  # opened together once the lengths are walked
         shake = self._sizes._shake
         padding = self._padding
         smallest = self._auth.overhead + (MAX_PADDING if padding else 0)
@@ -229,8 +238,12 @@ class ChunkReader:
                         pos += SIZE_BYTES  # unmasked lengths: the general path
                         self._read_size(buf[pos - SIZE_BYTES:pos])
                         continue
-                    pad = shake.next_u16() % MAX_PADDING if padding else 0
-                    size = _U16.unpack_from(buf, pos)[0] ^ shake.next_u16()
+                    if padding:  # the padding's draw comes first, then the mask's
+                        pad, mask = shake.next_pair()
+                        pad %= MAX_PADDING
+                    else:
+                        pad, mask = 0, shake.next_u16()
+                    size = _U16.unpack_from(buf, pos)[0] ^ mask
                     pos += SIZE_BYTES
                     if size <= smallest or size > self._max:
                         self._check_size(size, pad)  # raises, or marks the end
@@ -239,13 +252,13 @@ class ChunkReader:
                 stop = pos + size
                 if end < stop:
                     break
-                # 4.34 silently drops a chunk of <= 2048 bytes that fails to open (auth.go
-                # readBuffer returns nil); rejecting is the safe reading of that bug.
-                out.append(open_(buf[pos:stop - self._pad]))
+                sealed.append(buf[pos:stop - self._pad])
                 pos, self._size = stop, None
         finally:
             self._inbox.advance(pos)
-        return out
+        # 4.34 silently drops a chunk of <= 2048 bytes that fails to open (auth.go
+        # readBuffer returns nil); rejecting is the safe reading of that bug.
+        return self._auth.open_all(sealed) if sealed else []
 
     def _feed_decrypting(self) -> List[bytes]:
         """Legacy chunks under AES-CFB: every byte taken must pass the stream in order."""
