@@ -20,7 +20,7 @@ from v2sync.common.errors import RemoteProtocolError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, drive
+from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.dokodemo.config import DokodemoConfig
@@ -70,10 +70,8 @@ class DokodemoInbound:
             log.debug("%s: connection ends: %s", session.name(), error)
 
     def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
-        """Serve one TCP connection or one UDP source's packet connection."""
-        if getattr(conn, "network", Network.TCP) is not Network.UDP:
-            drive(self._serve_tcp(session, conn, dispatcher))
-            return
+        """Serve one UDP source's packet connection (the UDP worker's); a TCP connection
+        comes through ``handshake`` to ``_serve_tcp``."""
         dest = self.destination(session, Network.UDP)
         session.user_level = self.settings.user_level
         error = self._relay_packets(session, conn, dispatcher.dispatch(session, dest))
