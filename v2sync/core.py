@@ -36,7 +36,7 @@ from v2sync.common.errors import ConfigError, ConfigErrors, V2SyncError
 from v2sync.common.mux.server import MuxServer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
-from v2sync.common.task import ThreadGroup, tune_for_many_threads
+from v2sync.common.task import RUN_SLOTS, ThreadGroup, tune_for_many_threads
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import Config
 from v2sync.transport.internet.hub import StreamClient
@@ -69,7 +69,7 @@ class Instance:
         self.config = config
         self.timers = TimerWheel()
         self.policy = PolicyManager(config.policy)
-        self.workers = ThreadGroup("connections")
+        self.workers = ThreadGroup("connections", run_slots=RUN_SLOTS)
         self.listener_threads = ThreadGroup("listeners")
         self.dns = DnsResolver(config.dns_settings)
         self.readiness = ReadWaiter()

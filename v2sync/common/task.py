@@ -22,8 +22,9 @@ import logging
 import sys
 import threading
 import time
-from typing import (TYPE_CHECKING, Callable, Dict, Final, Generator, List, Optional, Set, Tuple,
-                    TypeVar)
+from collections import deque
+from typing import (TYPE_CHECKING, Callable, Deque, Dict, Final, Generator, List, Optional, Set,
+                    Tuple, TypeVar)
 
 from v2sync.common.errors import detached
 
@@ -50,6 +51,21 @@ MAX_SURPLUS_SPREAD = 2.5  # so every surplus worker is gone within 3 s of parkin
 # the wait should the giver die in between.
 HANDOVER_TIMEOUT = 5.0
 _GONE = object()
+# Steps that run at once in a group with a run limit (the Instance's connection workers)
+# before further steps queue for a slot. Only one thread runs Python at a time, and each
+# system call a relay makes hands the GIL on: with hundreds of threads wanting it, every
+# hand-over wakes one (a futex wake and a context switch each). Measured with 1,000
+# concurrent 64 KiB echoes through SOCKS -> freedom on 2 cores (tools/bench.py burst):
+# one thread per ready step ran ~600 threads, 66 context switches and ~1.0 ms of CPU per
+# connection; 4 slots: 50-60 threads, ~20 switches and ~0.55 ms. A step stops counting
+# while it blocks (``leave_slot``: a socket read or write that waits, a dial, a pipe), so
+# slow peers never take the slots.
+RUN_SLOTS = 4
+# A queued step waits at most this long for a slot: then it gets a thread of its own,
+# whatever the count says (a step blocking where no ``leave_slot`` says so). Checked every
+# QUEUE_TICK by a watcher thread that runs only while steps are queued.
+QUEUE_MAX_WAIT = 0.002
+QUEUE_TICK = 0.001
 
 
 class _ParkedType:
@@ -209,6 +225,50 @@ class _Parked:
         return self._ready.acquire(timeout=timeout), self._task
 
 
+class _Worker(threading.local):
+    """What a pooled worker thread knows about itself: the group it runs steps for."""
+
+    group: Optional["ThreadGroup"] = None
+    ident = 0
+
+
+_worker = _Worker()
+
+
+def leave_slot() -> Optional["ThreadGroup"]:
+    """This thread is about to wait for something outside Python (a socket read or write
+    that may block, a dial, a pipe): a queued step may have its run slot meanwhile. Pass the
+    result to ``take_slot`` when the wait is over. Outside a worker, nothing happens."""
+    group = _worker.group
+    if group is not None and group.run_slots:
+        group._leave_slot(_worker.ident)
+        return group
+    return None
+
+
+def take_slot(group: Optional["ThreadGroup"]) -> None:
+    """Count this worker as running again, after ``leave_slot``. It may take the group over
+    its limit for a while: a running step never waits for a slot, only a new one does."""
+    if group is not None:
+        group._active.add(_worker.ident)
+
+
+def wait_outside_slot(condition: threading.Condition, timeout: Optional[float]) -> None:
+    """``condition.wait(timeout)`` (its lock held) without holding a run slot meanwhile."""
+    group = leave_slot()
+    try:
+        condition.wait(timeout)
+    finally:
+        take_slot(group)
+
+
+def crowded() -> bool:
+    """Are steps queued for a slot of this worker's group (or every slot taken)? A reader
+    then parks at once rather than wait for its next bytes with a thread."""
+    group = _worker.group
+    return group is not None and group.crowded()
+
+
 class ThreadGroup:
     """Runs named tasks one per thread, reuses finished threads, joins them all on shutdown.
 
@@ -221,10 +281,17 @@ class ThreadGroup:
     harmless (see ``_park``).
     """
 
-    def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT):
+    def __init__(self, name: str, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT,
+                 run_slots: int = 0):
         self.name = name
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
+        # 0: every step runs at once (a thread each); else see RUN_SLOTS.
+        self.run_slots = run_slots
+        self._active: Set[int] = set()  # workers running a step, not blocked (their ids)
+        self._queue: Deque[Tuple[float, Task]] = deque()  # (queued at, task), oldest first
+        self._watcher: Optional[_QueueWatcher] = None
+        self._watcher_lock = threading.Lock()
         self._busy: Set[TaskHandle] = set()
         # Parked workers, oldest first; a dict for O(1) removal by a worker that expires.
         self._idle: Dict[_Parked, None] = {}
@@ -261,14 +328,68 @@ class ThreadGroup:
             tail.taking = False
             tail.next = (handle, step)
             return
+        if self.run_slots and len(self._active) >= self.run_slots and not self._closed:
+            self._enqueue((handle, step))
+            return
+        self._dispatch((handle, step))
+
+    def _dispatch(self, task: Task) -> None:
+        """Run ``task`` on a parked worker, or a new thread."""
         try:
             parked: Optional[_Parked] = self._idle.popitem()[0]  # the latest: warm, lingers most
         except KeyError:
             parked = None
         if parked is not None:
-            parked.give((handle, step))
+            parked.give(task)
             return
-        self._start_thread((handle, step))
+        self._start_thread(task)
+
+    def crowded(self) -> bool:
+        return bool(self._queue) or 0 < self.run_slots <= len(self._active)
+
+    def _enqueue(self, task: Task) -> None:
+        was_empty = not self._queue
+        self._queue.append((time.monotonic(), task))
+        if was_empty:
+            self._watch()
+
+    def _dequeue(self) -> Optional[Task]:
+        try:
+            return self._queue.popleft()[1]
+        except IndexError:
+            return None
+
+    def _leave_slot(self, ident: int) -> None:
+        self._active.discard(ident)
+        if self._queue and len(self._active) < self.run_slots:
+            task = self._dequeue()  # the slot just freed is its
+            if task is not None:
+                self._dispatch_or_drop(task)
+
+    def _dispatch_or_drop(self, task: Task) -> None:
+        """``_dispatch`` from a place that cannot raise: a step that no thread can run
+        ends its task (a queued resume had nobody to tell)."""
+        try:
+            self._dispatch(task)
+        except RuntimeError:
+            log.error("%s: no thread to run it; ending it", task[0].name)
+            self.finish(task[0])
+
+    def _watch(self) -> None:
+        """Make sure the watcher runs: it hands steps queued too long a thread."""
+        with self._watcher_lock:  # the watcher decides to leave under it too
+            if self._watcher is None or self._watcher.leaving:
+                self._watcher = _QueueWatcher(self)
+            else:
+                self._watcher.poke()
+
+    def _overdue(self, now: float) -> None:
+        """Give each step queued longer than QUEUE_MAX_WAIT a thread of its own."""
+        queue = self._queue
+        while queue and now - queue[0][0] > QUEUE_MAX_WAIT:
+            task = self._dequeue()
+            if task is not None:
+                self._dispatch_or_drop(task)
 
     def spawn_steps(self, name: str, steps: "Steps[object]") -> TaskHandle:
         """Run a task written as steps (``Wait``): each wait it yields gives its thread
@@ -316,13 +437,14 @@ class ThreadGroup:
         me = threading.current_thread()
         task: Optional[Task] = box.pop()
         self._tail.worker = True
+        _worker.group, _worker.ident = self, threading.get_ident()
         try:
             while task is not None:
                 self._execute(me, *task)
                 # Let go of the task before parking: a worker idle for seconds must not
                 # keep what its last step closed over (a relay's sockets, pipes, frames).
                 task = None
-                task = self._take_next() or self._park()
+                task = self._take_next() or self._dequeue() or self._park()
         finally:
             self._threads.discard(me)
 
@@ -345,11 +467,14 @@ class ThreadGroup:
     def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], object]) -> None:
         me.name = handle.name
         parked = False
+        ident = _worker.ident
+        self._active.add(ident)
         try:
             parked = fn() is PARKED
         except Exception:  # the one broad catch per thread entry point
             log.exception("thread %s failed", handle.name)
         finally:
+            self._active.discard(ident)
             if not parked:  # a parked task is resumed, and finished, by another step
                 self.finish(handle)
 
@@ -402,6 +527,14 @@ class ThreadGroup:
                 self._idle.popitem()[0].give(None)
             except KeyError:
                 break
+        while True:  # queued steps run now: each sees its connection aborted and ends
+            task = self._dequeue()
+            if task is None:
+                break
+            self._dispatch_or_drop(task)
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.stop()
         deadline = time.monotonic() + timeout
         me = threading.current_thread()
         # Again until none is left: a parked task woken meanwhile (its connection aborted
@@ -415,6 +548,43 @@ class ThreadGroup:
             for thread in pending:
                 thread.join(max(deadline - time.monotonic(), 0.0))
         return not (self._threads.copy() - {me})
+
+
+class _QueueWatcher:
+    """A thread that, while steps are queued, gives each one waiting longer than
+    QUEUE_MAX_WAIT a thread (``ThreadGroup._overdue``); it leaves once the queue has stayed
+    empty for the group's idle timeout, and ``_watch`` starts another when needed."""
+
+    def __init__(self, group: ThreadGroup):
+        self.group = group
+        self._queued = threading.Event()
+        self._queued.set()
+        self.leaving = False
+        self._thread = threading.Thread(target=self._run, name=f"{group.name}-queue",
+                                        daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Tell it steps are queued (call with the group's watcher lock held)."""
+        self._queued.set()
+
+    def stop(self) -> None:
+        self.leaving = True
+        self._queued.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(HANDOVER_TIMEOUT)
+
+    def _run(self) -> None:
+        group = self.group
+        while not self.leaving:
+            if not self._queued.wait(group.idle_timeout):
+                with group._watcher_lock:
+                    self.leaving = not self._queued.is_set()
+                continue
+            self._queued.clear()
+            while group._queue and not self.leaving:  # cleared first: no poke is lost
+                time.sleep(QUEUE_TICK)
+                group._overdue(time.monotonic())
 
 
 class _StepsTask:

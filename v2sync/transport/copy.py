@@ -29,7 +29,7 @@ from typing import Callable, Generator, Iterator, List, Optional, Union, cast
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Steps, Wait, Waker
+from v2sync.common.task import PARKED, Steps, Wait, Waker, crowded
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
 from v2sync.transport.internet.readiness import Readable, ReadWaiter
 from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
@@ -243,7 +243,7 @@ class PipeDrain:
         """Send until EOF (None) or, given ``wake``, until the pipe has stayed empty for
         PARK_AFTER seconds (``PARKED``: ``wake`` runs the next step)."""
         pipe = self.pipe
-        wait = 0.0 if self._inline else PARK_AFTER
+        wait = 0.0 if self._inline or crowded() else PARK_AFTER
         self._inline = False
         while True:
             chunks = pipe.read_all() if wake is None else pipe.read_all_or_park(wait, wake)

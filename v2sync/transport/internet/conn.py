@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Generator, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Generator, List, Optional, Sequence, Tuple, TypeVar
 
 try:
     import fcntl
@@ -19,6 +19,7 @@ except ImportError:  # not a POSIX system: no ioctl, so no inline sends (send_qu
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
+from v2sync.common.task import crowded, leave_slot, take_slot
 
 # The largest relay read. Reads start small and grow while they come back full
 # (transport.copy.ReadSizer), so only a transfer that outpaces the proxy reaches this: the
@@ -66,22 +67,29 @@ class Connection:
     # recv/sendall are the raw byte operations a wrapper (TLS, WebSocket, HTTP header)
     # overrides; they raise OSError like a socket. read/write translate those errors.
     def recv(self, max_bytes: int) -> bytes:
-        return self.sock.recv(max_bytes)
+        return recv_waiting(self.sock, max_bytes, self.read_timeout_armed)
 
     def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        send_waiting(self.sock, data)
 
     def sendall_parts(self, parts: Sequence[bytes]) -> None:
         """Send ``parts`` back to back as one stream write, without joining them first:
         one ``sendmsg`` (gather) call, so a small header still leaves with its payload.
         A socket timeout bounds each call, as it bounds each chunk of ``sendall``."""
         views = [memoryview(part).cast("B") for part in parts if part]
-        while views:
-            sent = self.sock.sendmsg(views[:MAX_GATHER_PARTS])
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if views and sent:
-                views[0] = views[0][sent:]
+        try:
+            sent = self.sock.sendmsg(views[:MAX_GATHER_PARTS], (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        _consume(views, sent)
+        if not views:
+            return
+        group = leave_slot()  # the socket's buffer is full: this may wait for the peer
+        try:
+            while views:
+                _consume(views, self.sock.sendmsg(views[:MAX_GATHER_PARTS]))
+        finally:
+            take_slot(group)
 
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
@@ -179,6 +187,43 @@ def send_queue_empty(conn: Connection) -> bool:
     except (OSError, ValueError):
         return False
     return queued == b"\0\0\0\0"
+
+
+def _consume(views: List[memoryview], sent: int) -> None:
+    """Drop the first ``sent`` bytes of ``views``."""
+    while views and sent >= len(views[0]):
+        sent -= len(views.pop(0))
+    if views and sent:
+        views[0] = views[0][sent:]
+
+
+def recv_waiting(sock: socket.socket, size: int, armed: bool) -> bytes:
+    """``sock.recv(size)`` from a worker, which holds no run slot while the read waits
+    (``common.task.leave_slot``). A parking reader (``armed``: its reads give up after the
+    park timeout) of a crowded group does not wait at all: BlockingIOError, as when that
+    timeout passes, and it parks at once, its thread free for a queued step."""
+    if armed and crowded():
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    group = leave_slot()
+    try:
+        return sock.recv(size)
+    finally:
+        take_slot(group)
+
+
+def send_waiting(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)``; holds no run slot while it waits for a full send buffer."""
+    try:
+        sent = sock.send(data, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    group = leave_slot()
+    try:
+        sock.sendall(memoryview(data)[sent:])
+    finally:
+        take_slot(group)
 
 
 class WrappedConnection(Connection):

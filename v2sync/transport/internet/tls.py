@@ -26,7 +26,8 @@ from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
-                                            arm_deadline, complete)
+                                            arm_deadline, complete, recv_waiting,
+                                            send_waiting)
 from v2sync.transport.internet.readiness import wait_readable
 from v2sync.transport.internet.tls_client import ClientEngine, client_context
 
@@ -316,7 +317,7 @@ class TlsConnection(WrappedConnection):
         if max_bytes >= RECORD_READ or self.read_timeout_armed:
             # Armed (a relay reader that parks): the read blocks at most the park timeout,
             # and the buffer goes with the read when the reader parks.
-            return sock.recv(size)
+            return recv_waiting(sock, size, self.read_timeout_armed)
         try:
             return sock.recv(size, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -367,7 +368,7 @@ class TlsConnection(WrappedConnection):
                         out = self._out.read()
                     if not out:
                         break
-                    self.sock.sendall(out)
+                    send_waiting(self.sock, out)
             finally:
                 self._send.release()
             with self._state:

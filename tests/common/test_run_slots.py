@@ -1,0 +1,275 @@
+"""ThreadGroup run slots (common/task.py): a group with ``run_slots`` runs that many steps at
+once, queues the rest, frees a slot while a step blocks (``leave_slot``), and never lets a
+queued step wait for ever."""
+import socket
+import threading
+import time
+
+import pytest
+
+from v2sync.common import task as task_module
+from v2sync.common.net import Address, Destination
+from v2sync.common.task import (ThreadGroup, crowded, leave_slot, take_slot,
+                                wait_outside_slot)
+from v2sync.transport.internet.conn import Connection, recv_waiting, send_waiting
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def no_overdue(monkeypatch):
+    """A queue that only a freed slot drains: the watcher's deadline is far away."""
+    monkeypatch.setattr(task_module, "QUEUE_MAX_WAIT", 60.0)
+
+
+def _blocker(started, release):
+    def run():
+        started.release()
+        release.wait(WAIT)
+    return run
+
+
+def _wait_until(predicate, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return predicate()
+
+
+def test_steps_beyond_the_slots_queue_until_one_ends(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=2)
+    started, release = threading.Semaphore(0), threading.Event()
+    ran = []
+    try:
+        blockers = [group.spawn(f"b{i}", _blocker(started, release)) for i in range(2)]
+        assert started.acquire(timeout=WAIT) and started.acquire(timeout=WAIT)
+        queued = group.spawn("queued", lambda: ran.append(1))
+        time.sleep(0.05)
+        assert ran == [] and group.crowded()  # both slots held, nobody left a slot
+        release.set()
+        queued.join(WAIT)
+        assert ran == [1] and not queued.is_alive()
+        for handle in blockers:
+            handle.join(WAIT)
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+
+
+def test_a_step_waiting_outside_its_slot_lets_a_queued_step_run(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    condition, waiting, done = threading.Condition(), threading.Event(), threading.Event()
+    seen = []
+
+    def waits():
+        with condition:
+            waiting.set()
+            while not done.is_set():
+                wait_outside_slot(condition, WAIT)
+        seen.append("waiter")
+
+    try:
+        waiter = group.spawn("waiter", waits)
+        assert waiting.wait(WAIT)
+        other = group.spawn("other", lambda: seen.append("other"))
+        other.join(WAIT)
+        assert seen == ["other"]  # ran while the waiter still waited, without the watcher
+        with condition:
+            done.set()
+            condition.notify()
+        waiter.join(WAIT)
+        assert seen == ["other", "waiter"]
+    finally:
+        done.set()
+        assert group.shutdown(WAIT)
+
+
+def test_a_step_blocking_in_its_slot_still_lets_queued_steps_run_in_time():
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    try:
+        blocker = group.spawn("blocker", _blocker(started, release))
+        assert started.acquire(timeout=WAIT)
+        others = [group.spawn(f"o{i}", lambda: None) for i in range(5)]
+        for handle in others:  # the watcher gave each a thread: the blocker still blocks
+            handle.join(WAIT)
+            assert not handle.is_alive()
+        assert blocker.is_alive()
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+
+
+def test_crowded_is_seen_from_a_worker_of_a_full_group(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    seen = []
+    try:
+        group.spawn("alone", lambda: seen.append(crowded())).join(WAIT)
+        assert seen == [True]  # its own step fills the one slot
+        assert not crowded()  # not a worker: never crowded
+        assert not group.crowded()
+        roomy = ThreadGroup("roomy", idle_timeout=WAIT, run_slots=4)
+        try:
+            roomy.spawn("alone", lambda: seen.append(crowded())).join(WAIT)
+        finally:
+            assert roomy.shutdown(WAIT)
+        assert seen == [True, False]
+    finally:
+        assert group.shutdown(WAIT)
+
+
+def test_leave_and_take_outside_a_limited_group_change_nothing():
+    assert leave_slot() is None
+    take_slot(None)
+    group = ThreadGroup("free", idle_timeout=WAIT)  # no run limit
+    tokens = []
+    try:
+        group.spawn("s", lambda: tokens.append(leave_slot())).join(WAIT)
+    finally:
+        assert group.shutdown(WAIT)
+    assert tokens == [None]
+
+
+def test_shutdown_runs_queued_steps_and_stops_the_watcher(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    ran = []
+    blocker = group.spawn("blocker", _blocker(started, release))
+    assert started.acquire(timeout=WAIT)
+    queued = [group.spawn(f"q{i}", lambda i=i: ran.append(i)) for i in range(3)]
+    watcher = group._watcher
+    assert watcher is not None
+    release.set()
+    blocker.join(WAIT)
+    assert group.shutdown(WAIT)
+    assert sorted(ran) == [0, 1, 2]
+    assert not any(handle.is_alive() for handle in queued)
+    assert not watcher._thread.is_alive()
+
+
+def test_the_watcher_leaves_once_nothing_is_queued():
+    group = ThreadGroup("t", idle_timeout=0.05, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    try:
+        blocker = group.spawn("blocker", _blocker(started, release))
+        assert started.acquire(timeout=WAIT)
+        group.spawn("queued", lambda: None).join(WAIT)
+        watcher = group._watcher
+        assert watcher is not None
+        release.set()
+        blocker.join(WAIT)
+        assert _wait_until(lambda: not watcher._thread.is_alive())
+        started2 = threading.Semaphore(0)
+        release.clear()
+        again = group.spawn("again", _blocker(started2, release))
+        assert started2.acquire(timeout=WAIT)
+        group.spawn("queued2", lambda: None).join(WAIT)  # a new watcher served it
+        assert group._watcher is not watcher
+        release.set()
+        again.join(WAIT)
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+
+
+def test_many_steps_through_two_slots_all_run():
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=2)
+    ran = []
+    lock = threading.Lock()
+
+    def step(i):
+        with lock:
+            ran.append(i)
+
+    try:
+        handles = [group.spawn(f"s{i}", lambda i=i: step(i)) for i in range(500)]
+        for handle in handles:
+            handle.join(WAIT)
+    finally:
+        assert group.shutdown(WAIT)
+    assert sorted(ran) == list(range(500))
+
+
+# The socket helpers the transports read and write through.
+
+def test_an_armed_read_of_a_crowded_worker_does_not_wait(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    a, b = socket.socketpair()
+    outcome = []
+
+    def read():
+        started = time.monotonic()
+        try:
+            recv_waiting(a, 100, armed=True)
+        except BlockingIOError:
+            outcome.append(time.monotonic() - started)
+
+    try:
+        group.spawn("reader", read).join(WAIT)
+    finally:
+        assert group.shutdown(WAIT)
+        a.close()
+        b.close()
+    assert len(outcome) == 1 and outcome[0] < WAIT
+
+
+def test_an_unarmed_read_leaves_its_slot_while_it_waits(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    a, b = socket.socketpair()
+    got, ran = [], []
+    try:
+        reader = group.spawn("reader", lambda: got.append(recv_waiting(a, 100, armed=False)))
+        assert _wait_until(lambda: not group._active)  # blocked in recv: slot free
+        group.spawn("other", lambda: ran.append(1)).join(WAIT)
+        assert ran == [1]
+        b.sendall(b"hello")
+        reader.join(WAIT)
+        assert got == [b"hello"]
+    finally:
+        assert group.shutdown(WAIT)
+        a.close()
+        b.close()
+
+
+def _drainer(sock, into, want):
+    """A thread reading ``want`` bytes from ``sock`` into ``into``."""
+    def drain():
+        while len(into) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            into.extend(chunk)
+    reader = threading.Thread(target=drain)
+    reader.start()
+    return reader
+
+
+@pytest.mark.parametrize("size", [1, 100_000, 3_000_000])
+def test_send_waiting_delivers_every_byte(size):
+    a, b = socket.socketpair()
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    received = bytearray()
+    reader = _drainer(b, received, len(payload))
+    try:
+        send_waiting(a, payload)
+        reader.join(WAIT)
+    finally:
+        a.close()
+        b.close()
+    assert bytes(received) == payload
+
+
+def test_sendall_parts_delivers_parts_bigger_than_the_send_buffer():
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    parts = [b"head", bytes(200_000), b"", b"tail" * 1000]
+    received = bytearray()
+    reader = _drainer(b, received, sum(map(len, parts)))
+    conn = Connection(a, Destination(Address.parse("127.0.0.1"), 1))
+    try:
+        conn.sendall_parts(parts)
+        reader.join(WAIT)
+    finally:
+        a.close()
+        b.close()
+    assert bytes(received) == b"".join(parts)
