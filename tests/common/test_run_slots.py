@@ -10,7 +10,7 @@ import pytest
 from v2sync.common import task as task_module
 from v2sync.common.net import Address, Destination
 from v2sync.common.task import (ThreadGroup, crowded, leave_slot, take_slot,
-                                wait_outside_slot)
+                                outside_slot)
 from v2sync.transport.internet.conn import Connection, recv_waiting, send_waiting
 
 WAIT = 5.0
@@ -65,7 +65,7 @@ def test_a_step_waiting_outside_its_slot_lets_a_queued_step_run(no_overdue):
         with condition:
             waiting.set()
             while not done.is_set():
-                wait_outside_slot(condition, WAIT)
+                outside_slot(condition.wait, WAIT)
         seen.append("waiter")
 
     try:

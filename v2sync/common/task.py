@@ -253,11 +253,12 @@ def take_slot(group: Optional["ThreadGroup"]) -> None:
         group._active.add(_worker.ident)
 
 
-def wait_outside_slot(condition: threading.Condition, timeout: Optional[float]) -> None:
-    """``condition.wait(timeout)`` (its lock held) without holding a run slot meanwhile."""
+def outside_slot(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` for a call that may block outside Python (a condition's wait, a
+    resolver lookup, a dial), holding no run slot meanwhile."""
     group = leave_slot()
     try:
-        condition.wait(timeout)
+        return fn(*args)
     finally:
         take_slot(group)
 

@@ -34,7 +34,7 @@ from collections import deque
 from typing import Deque, Final, List, Optional, Union
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
-from v2sync.common.task import PARKED, Waker, _ParkedType, wait_outside_slot
+from v2sync.common.task import PARKED, Waker, _ParkedType, outside_slot
 
 
 class _EOFType(enum.Enum):
@@ -149,7 +149,7 @@ class Pipe:
                 room = self._room()
                 if room >= want or not q.nbytes:
                     return room
-                wait_outside_slot(q.not_full, self._remaining(deadline))
+                outside_slot(q.not_full.wait, self._remaining(deadline))
 
     def try_write(self, data: bytes) -> bool:
         """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
@@ -219,7 +219,7 @@ class Pipe:
             self._check_writable()
             if not self._is_full():
                 return
-            wait_outside_slot(self._q.not_full, self._remaining(deadline))
+            outside_slot(self._q.not_full.wait, self._remaining(deadline))
 
     def _remaining(self, deadline: Optional[float]) -> Optional[float]:
         if deadline is None:
@@ -293,7 +293,7 @@ class Pipe:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ReadTimeout(f"{self.name}: no data within {timeout}s")
-            wait_outside_slot(q.not_empty, remaining)
+            outside_slot(q.not_empty.wait, remaining)
 
     def small_and_live(self, max_bytes: int) -> bool:
         """Holds at most ``max_bytes`` and was not interrupted (read without the lock: a

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from v2sync.app.dns import wire
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, AddressKind
+from v2sync.common.task import outside_slot
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class UdpNameServer:
 
     def _connect(self) -> socket.socket:
         try:
-            family, kind, proto, _, sockaddr = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_DGRAM)[0]
+            family, kind, proto, _, sockaddr = outside_slot(
+                socket.getaddrinfo, self.host, self.port, 0, socket.SOCK_DGRAM)[0]
         except (OSError, UnicodeError) as e:
             raise DnsTimeout(f"{self.name}: cannot resolve the server: {e}") from e
         sock = socket.socket(family, kind, proto)
@@ -141,7 +142,7 @@ class UdpNameServer:
                 return
             sock.settimeout(remaining)
             try:
-                datagram = sock.recv(RECV_SIZE)
+                datagram = outside_slot(sock.recv, RECV_SIZE)
             except socket.timeout:
                 return
             except OSError as e:  # ICMP port unreachable arrives as ECONNREFUSED
@@ -207,7 +208,7 @@ class LocalNameServer:
         if want_ipv4 != want_ipv6:
             family = socket.AF_INET if want_ipv4 else socket.AF_INET6
         try:
-            infos = socket.getaddrinfo(domain, None, family, socket.SOCK_STREAM)
+            infos = outside_slot(socket.getaddrinfo, domain, None, family, socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:
             raise TransportError(f"system resolver: {domain}: {e}") from e
         found = dict.fromkeys(Address.parse(str(info[4][0]).split("%")[0]) for info in infos)

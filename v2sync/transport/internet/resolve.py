@@ -10,6 +10,7 @@ from typing import List
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind
+from v2sync.common.task import outside_slot
 
 FAMILIES = {
     "UseIP": socket.AF_UNSPEC,
@@ -23,7 +24,7 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     """Addresses for ``domain`` filtered by ``strategy``, in resolver order (IPv4 first for UseIP)."""
     family = FAMILIES.get(strategy, socket.AF_UNSPEC)
     try:
-        infos = socket.getaddrinfo(domain, port, family, socket.SOCK_STREAM)
+        infos = outside_slot(socket.getaddrinfo, domain, port, family, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise TransportError(f"failed to resolve {domain}: {e}") from e
     seen: List[Address] = []

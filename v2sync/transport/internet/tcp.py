@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.registry import TRANSPORTS
-from v2sync.common.task import leave_slot, take_slot
+from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import SockoptSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake
 from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
@@ -73,7 +73,7 @@ def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None
         if source is not None:
             sock.bind((source.value, 0))
         sock.settimeout(timeout)
-        connect_waiting(sock, (dest.address.value, dest.port))
+        outside_slot(sock.connect, (dest.address.value, dest.port))
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to dial {dest}: {e.strerror or e}") from e
@@ -82,15 +82,6 @@ def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None
         raise
     set_nodelay(sock)
     return Connection(sock, dest)
-
-
-def connect_waiting(sock: socket.socket, address: Tuple[str, int]) -> None:
-    """``sock.connect(address)`` holding no run slot while the handshake travels."""
-    group = leave_slot()
-    try:
-        sock.connect(address)
-    finally:
-        take_slot(group)
 
 
 class TcpTransport(Transport):
