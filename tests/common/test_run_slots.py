@@ -22,6 +22,13 @@ def no_overdue(monkeypatch):
     monkeypatch.setattr(task_module, "QUEUE_MAX_WAIT", 60.0)
 
 
+def _paced(group, name, fn):
+    """Run ``fn`` as a paced task (as ``spawn_steps`` and a relay's steps are)."""
+    handle = group.reserve(name, paced=True)
+    group.resume(handle, fn)
+    return handle
+
+
 def _blocker(started, release):
     def run():
         started.release()
@@ -41,9 +48,9 @@ def test_steps_beyond_the_slots_queue_until_one_ends(no_overdue):
     started, release = threading.Semaphore(0), threading.Event()
     ran = []
     try:
-        blockers = [group.spawn(f"b{i}", _blocker(started, release)) for i in range(2)]
+        blockers = [_paced(group, f"b{i}", _blocker(started, release)) for i in range(2)]
         assert started.acquire(timeout=WAIT) and started.acquire(timeout=WAIT)
-        queued = group.spawn("queued", lambda: ran.append(1))
+        queued = _paced(group, "queued", lambda: ran.append(1))
         time.sleep(0.05)
         assert ran == [] and group.crowded()  # both slots held, nobody left a slot
         release.set()
@@ -69,9 +76,9 @@ def test_a_step_waiting_outside_its_slot_lets_a_queued_step_run(no_overdue):
         seen.append("waiter")
 
     try:
-        waiter = group.spawn("waiter", waits)
+        waiter = _paced(group, "waiter", waits)
         assert waiting.wait(WAIT)
-        other = group.spawn("other", lambda: seen.append("other"))
+        other = _paced(group, "other", lambda: seen.append("other"))
         other.join(WAIT)
         assert seen == ["other"]  # ran while the waiter still waited, without the watcher
         with condition:
@@ -88,9 +95,9 @@ def test_a_step_blocking_in_its_slot_still_lets_queued_steps_run_in_time():
     group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
     started, release = threading.Semaphore(0), threading.Event()
     try:
-        blocker = group.spawn("blocker", _blocker(started, release))
+        blocker = _paced(group, "blocker", _blocker(started, release))
         assert started.acquire(timeout=WAIT)
-        others = [group.spawn(f"o{i}", lambda: None) for i in range(5)]
+        others = [_paced(group, f"o{i}", lambda: None) for i in range(5)]
         for handle in others:  # the watcher gave each a thread: the blocker still blocks
             handle.join(WAIT)
             assert not handle.is_alive()
@@ -100,17 +107,35 @@ def test_a_step_blocking_in_its_slot_still_lets_queued_steps_run_in_time():
         assert group.shutdown(WAIT)
 
 
+def test_unpaced_tasks_neither_queue_nor_take_slots(no_overdue):
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    ran, seen = [], []
+    try:
+        loops = [group.spawn(f"loop{i}", _blocker(started, release)) for i in range(3)]
+        for _ in loops:  # a blocking loop each (a UDP session's): all run at once
+            assert started.acquire(timeout=WAIT)
+        assert not group.crowded()
+        _paced(group, "step", lambda: ran.append(1)).join(WAIT)
+        assert ran == [1]  # the loops hold no slot
+        group.spawn("plain", lambda: seen.append((crowded(), leave_slot()))).join(WAIT)
+        assert seen == [(False, None)]  # outside a paced step: never crowded, no slot
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+
+
 def test_crowded_is_seen_from_a_worker_of_a_full_group(no_overdue):
     group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
     seen = []
     try:
-        group.spawn("alone", lambda: seen.append(crowded())).join(WAIT)
+        _paced(group, "alone", lambda: seen.append(crowded())).join(WAIT)
         assert seen == [True]  # its own step fills the one slot
         assert not crowded()  # not a worker: never crowded
         assert not group.crowded()
         roomy = ThreadGroup("roomy", idle_timeout=WAIT, run_slots=4)
         try:
-            roomy.spawn("alone", lambda: seen.append(crowded())).join(WAIT)
+            _paced(roomy, "alone", lambda: seen.append(crowded())).join(WAIT)
         finally:
             assert roomy.shutdown(WAIT)
         assert seen == [True, False]
@@ -124,7 +149,7 @@ def test_leave_and_take_outside_a_limited_group_change_nothing():
     group = ThreadGroup("free", idle_timeout=WAIT)  # no run limit
     tokens = []
     try:
-        group.spawn("s", lambda: tokens.append(leave_slot())).join(WAIT)
+        _paced(group, "s", lambda: tokens.append(leave_slot())).join(WAIT)
     finally:
         assert group.shutdown(WAIT)
     assert tokens == [None]
@@ -134,9 +159,9 @@ def test_shutdown_runs_queued_steps_and_stops_the_watcher(no_overdue):
     group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
     started, release = threading.Semaphore(0), threading.Event()
     ran = []
-    blocker = group.spawn("blocker", _blocker(started, release))
+    blocker = _paced(group, "blocker", _blocker(started, release))
     assert started.acquire(timeout=WAIT)
-    queued = [group.spawn(f"q{i}", lambda i=i: ran.append(i)) for i in range(3)]
+    queued = [_paced(group, f"q{i}", lambda i=i: ran.append(i)) for i in range(3)]
     watcher = group._watcher
     assert watcher is not None
     release.set()
@@ -151,9 +176,9 @@ def test_the_watcher_leaves_once_nothing_is_queued():
     group = ThreadGroup("t", idle_timeout=0.05, run_slots=1)
     started, release = threading.Semaphore(0), threading.Event()
     try:
-        blocker = group.spawn("blocker", _blocker(started, release))
+        blocker = _paced(group, "blocker", _blocker(started, release))
         assert started.acquire(timeout=WAIT)
-        group.spawn("queued", lambda: None).join(WAIT)
+        _paced(group, "queued", lambda: None).join(WAIT)
         watcher = group._watcher
         assert watcher is not None
         release.set()
@@ -161,9 +186,9 @@ def test_the_watcher_leaves_once_nothing_is_queued():
         assert _wait_until(lambda: not watcher._thread.is_alive())
         started2 = threading.Semaphore(0)
         release.clear()
-        again = group.spawn("again", _blocker(started2, release))
+        again = _paced(group, "again", _blocker(started2, release))
         assert started2.acquire(timeout=WAIT)
-        group.spawn("queued2", lambda: None).join(WAIT)  # a new watcher served it
+        _paced(group, "queued2", lambda: None).join(WAIT)  # a new watcher served it
         assert group._watcher is not watcher
         release.set()
         again.join(WAIT)
@@ -182,7 +207,7 @@ def test_many_steps_through_two_slots_all_run():
             ran.append(i)
 
     try:
-        handles = [group.spawn(f"s{i}", lambda i=i: step(i)) for i in range(500)]
+        handles = [_paced(group, f"s{i}", lambda i=i: step(i)) for i in range(500)]
         for handle in handles:
             handle.join(WAIT)
     finally:
@@ -205,7 +230,7 @@ def test_an_armed_read_of_a_crowded_worker_does_not_wait(no_overdue):
             outcome.append(time.monotonic() - started)
 
     try:
-        group.spawn("reader", read).join(WAIT)
+        _paced(group, "reader", read).join(WAIT)
     finally:
         assert group.shutdown(WAIT)
         a.close()
@@ -218,9 +243,9 @@ def test_an_unarmed_read_leaves_its_slot_while_it_waits(no_overdue):
     a, b = socket.socketpair()
     got, ran = [], []
     try:
-        reader = group.spawn("reader", lambda: got.append(recv_waiting(a, 100, armed=False)))
+        reader = _paced(group, "reader", lambda: got.append(recv_waiting(a, 100, armed=False)))
         assert _wait_until(lambda: not group._active)  # blocked in recv: slot free
-        group.spawn("other", lambda: ran.append(1)).join(WAIT)
+        _paced(group, "other", lambda: ran.append(1)).join(WAIT)
         assert ran == [1]
         b.sendall(b"hello")
         reader.join(WAIT)

@@ -182,10 +182,11 @@ class TaskHandle:
     Condition and a deque, and every held connection owns four of these.
     """
 
-    __slots__ = ("name", "_running")
+    __slots__ = ("name", "paced", "_running")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, paced: bool = False):
         self.name = name
+        self.paced = paced  # its steps take run slots (ThreadGroup.run_slots)
         self._running = threading.Lock()
         self._running.acquire()
 
@@ -226,7 +227,8 @@ class _Parked:
 
 
 class _Worker(threading.local):
-    """What a pooled worker thread knows about itself: the group it runs steps for."""
+    """What a pooled worker thread knows about itself: the group whose paced step it runs
+    now (None between steps and in any other task), and its thread id."""
 
     group: Optional["ThreadGroup"] = None
     ident = 0
@@ -313,11 +315,13 @@ class ThreadGroup:
             raise
         return handle
 
-    def reserve(self, name: str) -> TaskHandle:
+    def reserve(self, name: str, paced: bool = False) -> TaskHandle:
         """A task that has no thread yet: ``resume`` runs its steps. A step that returns
         ``PARKED`` gives its thread back and leaves the task running (joinable, counted
-        live) until a later ``resume`` runs a step that returns anything else."""
-        handle = TaskHandle(name)
+        live) until a later ``resume`` runs a step that returns anything else. A ``paced``
+        task's steps take run slots; any other task's thread runs at once and counts for
+        none (a blocking loop, such as a UDP session's or a mux reader's)."""
+        handle = TaskHandle(name, paced)
         self._busy.add(handle)
         return handle
 
@@ -329,7 +333,7 @@ class ThreadGroup:
             tail.taking = False
             tail.next = (handle, step)
             return
-        if self.run_slots and len(self._active) >= self.run_slots and not self._closed:
+        if handle.paced and self.crowded() and not self._closed:
             self._enqueue((handle, step))
             return
         self._dispatch((handle, step))
@@ -346,7 +350,7 @@ class ThreadGroup:
         self._start_thread(task)
 
     def crowded(self) -> bool:
-        return bool(self._queue) or 0 < self.run_slots <= len(self._active)
+        return 0 < self.run_slots <= len(self._active) or bool(self._queue)
 
     def _enqueue(self, task: Task) -> None:
         was_empty = not self._queue
@@ -396,7 +400,7 @@ class ThreadGroup:
         """Run a task written as steps (``Wait``): each wait it yields gives its thread
         back; what it waits for resumes it on a pooled thread. A connection whose relay
         waits this way keeps no thread while idle."""
-        handle = self.reserve(name)
+        handle = self.reserve(name, paced=True)
         task = _StepsTask(self, handle, steps)
         try:
             self.resume(handle, task.step)
@@ -438,7 +442,7 @@ class ThreadGroup:
         me = threading.current_thread()
         task: Optional[Task] = box.pop()
         self._tail.worker = True
-        _worker.group, _worker.ident = self, threading.get_ident()
+        _worker.ident = threading.get_ident()
         try:
             while task is not None:
                 self._execute(me, *task)
@@ -468,14 +472,18 @@ class ThreadGroup:
     def _execute(self, me: threading.Thread, handle: TaskHandle, fn: Callable[[], object]) -> None:
         me.name = handle.name
         parked = False
-        ident = _worker.ident
-        self._active.add(ident)
+        paced = handle.paced and self.run_slots > 0
+        if paced:
+            _worker.group = self
+            self._active.add(_worker.ident)
         try:
             parked = fn() is PARKED
         except Exception:  # the one broad catch per thread entry point
             log.exception("thread %s failed", handle.name)
         finally:
-            self._active.discard(ident)
+            if paced:
+                self._active.discard(_worker.ident)
+                _worker.group = None
             if not parked:  # a parked task is resumed, and finished, by another step
                 self.finish(handle)
 
@@ -790,7 +798,8 @@ def run_pair_steps(
     traceback (``detached``), so keeping it makes no reference cycle.
     """
     pair = _Pair(group, background, on_error, inline, timers)
-    task = pair.task = group.reserve(name)
+    # Paced as the step that starts it: a relay run blocking (a UDP session's) stays unpaced.
+    task = pair.task = group.reserve(name, paced=_worker.group is group)
     try:
         # A background that may run inline takes its first step here: it sends what is
         # queued and parks, so it costs no thread until an event wakes it.

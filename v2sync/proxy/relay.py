@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 
 from v2sync.common.errors import detached
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, run_pair_steps
+from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, outside_slot, run_pair_steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
 from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
@@ -113,7 +113,7 @@ def _run_side(side: Side, timer: ActivityTimer, wake: Optional[Waker]) -> object
     loop."""
     if isinstance(side, PipeDrain):
         return side.step(timer, wake)
-    return drive(_side_steps(side, timer))
+    return drive(_side_steps(side, timer))  # a loop runs outside its run slot: see below
 
 
 def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
@@ -122,7 +122,9 @@ def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
         return side.steps(timer)
     if isinstance(side, PipeDrain):
         return at_once(lambda: side.step(timer))
-    return at_once(lambda: side(timer))
+    # A plain loop (a UDP socket's reader, a pipe's blocking copy) blocks in calls of its
+    # own for as long as the relay lives: it holds no run slot (``common.task``).
+    return at_once(lambda: outside_slot(side, timer))
 
 
 def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

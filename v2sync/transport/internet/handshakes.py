@@ -35,7 +35,7 @@ from typing import Callable, Deque, Dict, Generator, List, Optional, Tuple, Unio
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.task import Steps as TaskSteps
-from v2sync.common.task import ThreadGroup, at_once
+from v2sync.common.task import ThreadGroup, at_once, outside_slot
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class HandshakeSelector:
         if self._stopping:
             self._close_everything()
             return False
-        for key, _ in self._selector.select(self._wait_time()):
+        for key, _ in outside_slot(self._selector.select, self._wait_time()):
             target = key.data
             if target is None:
                 self._drain_wakes()

@@ -24,6 +24,7 @@ from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
+from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
                                             arm_deadline, complete, recv_waiting,
@@ -281,7 +282,7 @@ class TlsConnection(WrappedConnection):
     def _fill(self, deadline: float) -> None:
         if not arm_deadline(self.sock, deadline):
             raise socket.timeout("handshake deadline")
-        data = self.sock.recv(RECORD_READ)
+        data = outside_slot(self.sock.recv, RECORD_READ)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")
         if len(self._first) < len(HTTP_ON_TLS_PREFIXES[0]):
@@ -324,7 +325,7 @@ class TlsConnection(WrappedConnection):
             timeout = sock.gettimeout()
             if timeout == 0.0:
                 raise  # parked in the handshake selector: it waits, not this thread
-        if not wait_readable(sock, timeout):
+        if not outside_slot(wait_readable, sock, timeout):
             raise socket.timeout("timed out")
         return sock.recv(size)
 
@@ -361,7 +362,7 @@ class TlsConnection(WrappedConnection):
     def _flush(self, block: bool) -> None:
         """Send what the SSLObject produced. Non-blocking callers leave it to the thread
         holding ``_send``, which checks again after releasing it."""
-        while self._send.acquire(blocking=block):
+        while outside_slot(self._send.acquire, block) if block else self._send.acquire(False):
             try:
                 while True:
                     with self._state:
