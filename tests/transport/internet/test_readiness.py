@@ -3,13 +3,26 @@ shutdown, at stop; nothing is opened before first use. Real socket pairs."""
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 from typing import Iterator, List, Tuple
 
+import pytest
+
 from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
 
 WAIT = 5.0
+HAS_EPOLL = hasattr(selectors, "EpollSelector")
+
+
+@pytest.fixture(autouse=True, params=["default", "poll"])
+def selector_kind(request, monkeypatch):
+    """Every test twice: with the platform's selector (epoll here: parking threads register
+    their sockets themselves) and with poll (the waiter registers what it is poked about)."""
+    if request.param == "poll":
+        monkeypatch.setattr(selectors, "DefaultSelector", selectors.PollSelector)
+    return request.param
 
 
 @contextlib.contextmanager
@@ -42,6 +55,20 @@ def test_nothing_is_opened_or_started_before_first_use():
     waiter = ReadWaiter("test-waiter")
     assert waiter._thread is None and waiter._selector is None and waiter.waiting() == 0
     waiter.stop(WAIT)  # and stopping it then is fine
+
+
+def test_with_epoll_the_parking_thread_registers_without_a_poke(selector_kind):
+    woken: List[str] = []
+    event = threading.Event()
+    with _waiter() as waiter, _pair() as (a, b):
+        Readable(a, waiter).arm(_waker(woken, "a", event))
+        direct = selector_kind == "default" and HAS_EPOLL
+        assert waiter._direct is direct
+        if direct:  # registered already, in this thread; the waiter was not poked
+            assert waiter.waiting() == 1 and not waiter._incoming
+            assert not wait_readable(waiter._poke_r, 0)
+        b.sendall(b"x")
+        assert event.wait(WAIT) and woken == ["a"]
 
 
 def test_a_parked_socket_wakes_once_when_bytes_arrive():
