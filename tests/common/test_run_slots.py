@@ -11,7 +11,9 @@ from v2sync.common import task as task_module
 from v2sync.common.net import Address, Destination
 from v2sync.common.task import (ThreadGroup, crowded, leave_slot, take_slot,
                                 outside_slot)
+from v2sync.transport.copy import CROWDED_READ_SIZE, FIRST_READ_SIZE, parkable_reads
 from v2sync.transport.internet.conn import Connection, recv_waiting, send_waiting
+from v2sync.transport.internet.readiness import ReadWaiter
 
 WAIT = 5.0
 
@@ -298,3 +300,34 @@ def test_sendall_parts_delivers_parts_bigger_than_the_send_buffer():
         a.close()
         b.close()
     assert bytes(received) == b"".join(parts)
+
+
+def _first_read(group, payload):
+    """The first chunk a parking reader gets from a socket holding ``payload``, read in a
+    paced step of ``group``."""
+    a, b = socket.socketpair()
+    waiter = ReadWaiter("test-waiter")
+    got = []
+    try:
+        b.sendall(payload)
+        conn = Connection(a, Destination(Address.parse("127.0.0.1"), 1))
+        reads = parkable_reads(conn, None, waiter)
+        _paced(group, "reader", lambda: got.append(next(reads))).join(WAIT)
+        reads.close()
+    finally:
+        waiter.stop(WAIT)
+        a.close()
+        b.close()
+    return got[0]
+
+
+def test_a_crowded_reader_reads_a_big_first_chunk(no_overdue):
+    payload = bytes(100_000)
+    crowded_group = ThreadGroup("full", idle_timeout=WAIT, run_slots=1)
+    roomy = ThreadGroup("roomy", idle_timeout=WAIT, run_slots=4)
+    try:
+        assert len(_first_read(crowded_group, payload)) == CROWDED_READ_SIZE
+        assert len(_first_read(roomy, payload)) == FIRST_READ_SIZE
+    finally:
+        assert crowded_group.shutdown(WAIT)
+        assert roomy.shutdown(WAIT)

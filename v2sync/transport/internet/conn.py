@@ -62,6 +62,8 @@ class Connection:
         return self._local
 
     def settimeout(self, timeout: Optional[float]) -> None:
+        if timeout is None and self.sock.gettimeout() is None:
+            return  # blocking already: Python's settimeout would set the mode again (ioctl)
         self.sock.settimeout(timeout)
 
     # recv/sendall are the raw byte operations a wrapper (TLS, WebSocket, HTTP header)
