@@ -245,6 +245,46 @@ def test_session_tickets_off_by_default(server_tls) -> None:
     assert server_tls.context.options & ssl.OP_NO_TICKET
 
 
+def _exchange_and_close(client: TlsConnection, server: TlsConnection) -> bool:
+    """One byte each way (a TLS 1.3 ticket arrives with the server's first bytes); whether
+    the client's handshake resumed a session."""
+    server.write(b"s")
+    assert client.read(10) == b"s"
+    client.write(b"c")
+    assert server.read(10) == b"c"
+    resumed = client._tls.resumed()
+    client.close()
+    server.close()
+    return resumed
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_client_resumes_only_with_enable_session_resumption(pki, enabled) -> None:
+    """4.34 sets SessionTicketsDisabled unless enableSessionResumption, on both ends; with
+    it, its client keeps sessions (globalSessionCache) and offers them again."""
+    server_tls = ServerTls(build_tls(pki.server_tls(enableSessionResumption=enabled)))
+    client_tls = ClientTls(build_tls(pki.client_tls(enableSessionResumption=enabled)))
+    resumed = [_exchange_and_close(*_handshake(server_tls, client_tls)) for _ in range(4)]
+    # The first dial and the one whose ClientHello was made before any ticket came are
+    # full handshakes; from then on a ticket is offered and taken.
+    assert resumed == ([False, False, True, True] if enabled else [False] * 4)
+
+
+def test_a_client_offering_a_session_a_server_refuses_still_verifies(pki, tmp_path) -> None:
+    """A server that no longer takes the ticket makes it a full handshake, verified."""
+    client_tls = ClientTls(build_tls(pki.client_tls(enableSessionResumption=True)))
+    first = ServerTls(build_tls(pki.server_tls(enableSessionResumption=True)))
+    for _ in range(3):
+        _exchange_and_close(*_handshake(first, client_tls))
+    assert client_tls._sessions
+    other = ServerTls(build_tls(pki.server_tls(enableSessionResumption=True)))  # new keys
+    assert not _exchange_and_close(*_handshake(other, client_tls))
+    stranger = make_pki(tmp_path)  # a server this client does not trust: no session helps it
+    with pytest.raises(TransportError):
+        _handshake(ServerTls(build_tls(stranger.server_tls(enableSessionResumption=True))),
+                   client_tls)
+
+
 # -- the client engine (tls_client.py): what its ClientHello offers, how names are checked --
 
 def _client_hello(settings: dict, name: str) -> bytes:

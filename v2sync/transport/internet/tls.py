@@ -20,7 +20,10 @@ import ssl
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
+
+from OpenSSL import SSL
 
 from v2sync.common.errors import HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
@@ -47,6 +50,9 @@ HTTP_ON_TLS_REPLY = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP reques
 # A ClientHello made ahead for the next dial is used within this many seconds or dropped:
 # it carries an ephemeral private key, which should not outlive its moment.
 SPARE_HELLO_TTL = 30.0
+# Server names whose latest session a client context keeps for resumption (4.34: one LRU
+# cache of 128 for the process, tls/config.go globalSessionCache; here one per outbound).
+MAX_SESSIONS = 128
 
 
 class MemoryTls:
@@ -87,6 +93,8 @@ class ClientTls:
         self.context = client_context(settings, settings.alpn or default_alpn)
         self._spare: Optional[ClientEngine] = None  # the next dial's ClientHello, made ahead
         self._spare_lock = threading.Lock()
+        # The latest resumable session each server name was given (ClientEngine).
+        self._sessions: "OrderedDict[Optional[str], SSL.Session]" = OrderedDict()
 
     def server_name(self, dest: Destination) -> Optional[str]:
         """``serverName``, else the destination's domain; an IP gives none (as in Go)."""
@@ -109,7 +117,24 @@ class ClientTls:
         if (spare is not None and spare.server_name == name
                 and time.monotonic() - spare.made < SPARE_HELLO_TTL):
             return spare
-        return ClientEngine(self.context, name)  # start() makes its ClientHello
+        return self._engine(name)  # start() makes its ClientHello
+
+    def _engine(self, name: Optional[str]) -> ClientEngine:
+        """A new engine; with ``enableSessionResumption`` (4.34: ``SessionTicketsDisabled``
+        otherwise, on a client too) it offers the name's last session and keeps the next."""
+        if not self.settings.enable_session_resumption:
+            return ClientEngine(self.context, name)
+        engine = ClientEngine(self.context, name, self._sessions.get(name))
+        engine.on_session = lambda session: self._keep_session(name, session)
+        return engine
+
+    def _keep_session(self, name: Optional[str], session: SSL.Session) -> None:
+        """Remember ``session`` for ``name``'s next dials (the last MAX_SESSIONS names)."""
+        sessions = self._sessions
+        sessions.pop(name, None)
+        sessions[name] = session
+        while len(sessions) > MAX_SESSIONS:
+            sessions.popitem(last=False)
 
     def _make_spare(self, name: Optional[str]) -> None:
         """Make the next dial's ClientHello (a key pair, ~0.1-0.2 ms of OpenSSL CPU) now,
@@ -118,7 +143,7 @@ class ClientTls:
             if self._spare is not None:
                 return
         try:
-            spare = ClientEngine(self.context, name).say_hello()
+            spare = self._engine(name).say_hello()
         except (ssl.SSLError, TransportError):
             return  # the dial that needs one will make it, and report what fails
         with self._spare_lock:
@@ -392,6 +417,9 @@ class TlsConnection(WrappedConnection):
     def _release(self) -> None:
         if self._handshaken:
             self._say_goodbye()
+            ending = getattr(self._tls, "ending", None)  # a client engine keeps its session
+            if ending is not None:
+                ending()
         super()._release()
 
     def _say_goodbye(self) -> None:
