@@ -56,10 +56,11 @@ _GONE = object()
 # system call a relay makes hands the GIL on: with hundreds of threads wanting it, every
 # hand-over wakes one (a futex wake and a context switch each). Measured with 1,000
 # concurrent 64 KiB echoes through SOCKS -> freedom on 2 cores (tools/bench.py burst):
-# one thread per ready step ran ~600 threads, 66 context switches and ~1.0 ms of CPU per
-# connection; 4 slots: 50-60 threads, ~20 switches and ~0.55 ms. A step stops counting
-# while it blocks (``leave_slot``: a socket read or write that waits, a dial, a pipe), so
-# slow peers never take the slots.
+# one thread per ready step ran ~600 threads, 66 context switches and 0.85-1.2 ms of CPU
+# per connection; 4 slots (with the crowded readers below): 60-210 threads at the peak of
+# a first burst, 9-12 switches and 0.45-0.58 ms. 1, 2 and 4 slots measured alike, 8 ~15%
+# slower. A step stops counting while it blocks (``leave_slot``: a socket read or write
+# that waits, a dial, a pipe), so slow peers never take the slots.
 RUN_SLOTS = 4
 # A queued step waits at most this long for a slot: then it gets a thread of its own,
 # whatever the count says (a step blocking where no ``leave_slot`` says so). Checked every
@@ -561,9 +562,10 @@ class _QueueWatcher:
     """A thread that, every QUEUE_TICK, gives each step queued longer than QUEUE_MAX_WAIT a
     thread of its own (``ThreadGroup._overdue``). It polls rather than waits to be told:
     under load the queue fills and empties thousands of times a second, and an event set
-    each time it filled cost a lock and a wake-up of this thread each time (~4% of the
-    burst's CPU). It leaves once nothing has been queued for the group's idle timeout;
-    ``_watch`` starts another when steps queue again."""
+    each time it filled cost a lock and a wake-up of this thread each time (3.7% of a
+    burst's GIL-holding samples; the wall time moved less than the noise either way). It
+    leaves once nothing has been queued for the group's idle timeout; ``_watch`` starts
+    another when steps queue again."""
 
     def __init__(self, group: ThreadGroup):
         self.group = group
