@@ -242,11 +242,10 @@ def leave_slot() -> Optional["ThreadGroup"]:
     """This thread is about to wait for something outside Python (a socket read or write
     that may block, a dial, a pipe): a queued step may have its run slot meanwhile. Pass the
     result to ``take_slot`` when the wait is over. Outside a worker, nothing happens."""
-    group = _worker.group
-    if group is not None and group.run_slots:
+    group = _worker.group  # set only while a paced step of a group with slots runs
+    if group is not None:
         group._leave_slot(_worker.ident)
-        return group
-    return None
+    return group
 
 
 def take_slot(group: Optional["ThreadGroup"]) -> None:

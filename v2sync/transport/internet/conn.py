@@ -19,7 +19,7 @@ except ImportError:  # not a POSIX system: no ioctl, so no inline sends (send_qu
 
 from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
 from v2sync.common.net import Address, Destination
-from v2sync.common.task import crowded, leave_slot, take_slot
+from v2sync.common.task import crowded, outside_slot
 
 # The largest relay read. Reads start small and grow while they come back full
 # (transport.copy.ReadSizer), so only a transfer that outpaces the proxy reaches this: the
@@ -84,14 +84,12 @@ class Connection:
         except BlockingIOError:
             sent = 0
         _consume(views, sent)
-        if not views:
-            return
-        group = leave_slot()  # the socket's buffer is full: this may wait for the peer
-        try:
-            while views:
-                _consume(views, self.sock.sendmsg(views[:MAX_GATHER_PARTS]))
-        finally:
-            take_slot(group)
+        if views:  # the socket's buffer is full: this may wait for the peer
+            outside_slot(self._sendmsg_all, views)
+
+    def _sendmsg_all(self, views: List[memoryview]) -> None:
+        while views:
+            _consume(views, self.sock.sendmsg(views[:MAX_GATHER_PARTS]))
 
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
@@ -206,11 +204,7 @@ def recv_waiting(sock: socket.socket, size: int, armed: bool) -> bytes:
     timeout passes, and it parks at once, its thread free for a queued step."""
     if armed and crowded():
         return sock.recv(size, socket.MSG_DONTWAIT)
-    group = leave_slot()
-    try:
-        return sock.recv(size)
-    finally:
-        take_slot(group)
+    return outside_slot(sock.recv, size)
 
 
 def send_waiting(sock: socket.socket, data: bytes) -> None:
@@ -219,13 +213,8 @@ def send_waiting(sock: socket.socket, data: bytes) -> None:
         sent = sock.send(data, socket.MSG_DONTWAIT)
     except BlockingIOError:
         sent = 0
-    if sent == len(data):
-        return
-    group = leave_slot()
-    try:
-        sock.sendall(memoryview(data)[sent:])
-    finally:
-        take_slot(group)
+    if sent != len(data):
+        outside_slot(sock.sendall, memoryview(data)[sent:])
 
 
 class WrappedConnection(Connection):
