@@ -38,8 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
-                    TypeVar)
+from typing import (Callable, ContextManager, Dict, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple, TypeVar)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # reuse the test harness (support.*)
@@ -75,6 +75,8 @@ WARMUP_CONNECTIONS = 5
 ORIGIN_DRAIN_SECONDS = 15.0
 # Upstream legs linger after the client's close (uplinkOnly, 1 s): room for them at the origin.
 LINGERING_CONNECTIONS = 1024
+# Downloads and uploads of every chain of a comparison in turn, each leg lingering up to 1 s.
+BULK_CONNECTIONS = 16
 PROXY_READY_TIMEOUT = 30.0  # a cold Python start with every protocol imported is slow
 
 T = TypeVar("T")
@@ -221,12 +223,21 @@ def measure_latency(proxy_port: int, echo: TcpEchoServer, rounds: int,
                     budget: FailureBudget) -> Tuple[float, float]:
     """p50 and p99 ms of connect + SOCKS handshake + 1 KiB echo + close, ``rounds`` times
     (a failed connection is retried and not sampled)."""
-    samples = []
-    deadline = time.monotonic() + PHASE_DEADLINE
+    samples: List[float] = []
     for _ in range(rounds):
-        samples.append(budget.retry(lambda: timed_echo(proxy_port, echo)))
-        if time.monotonic() > deadline:
-            raise BenchError(f"latency phase exceeded {PHASE_DEADLINE} s")
+        sample_latency(samples, proxy_port, echo, budget)
+    return latency_figures(samples)
+
+
+def sample_latency(samples: List[float], proxy_port: int, echo: TcpEchoServer,
+                   budget: FailureBudget) -> None:
+    """One more sample into ``samples``; fails once they add up to PHASE_DEADLINE."""
+    samples.append(budget.retry(lambda: timed_echo(proxy_port, echo)))
+    if sum(samples) > PHASE_DEADLINE * 1000:
+        raise BenchError(f"latency phase exceeded {PHASE_DEADLINE} s")
+
+
+def latency_figures(samples: Sequence[float]) -> Tuple[float, float]:
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return statistics.median(samples), cuts[98]
 
@@ -312,34 +323,126 @@ def running_chain(implementation: str, configs: Sequence[Mapping[str, object]],
                 errors.append(f"{implementation} stop: {error}")
 
 
-def measure_running(result: ChainResult, entry_port: int, processes: Sequence[ConfigProcess],
-                    options: BenchOptions, bulk: BulkSource, echo: TcpEchoServer) -> None:
-    """The standard measurements through a running chain's SOCKS5 entry, into ``result``."""
-    budget = FailureBudget()
-    try:
-        for _ in range(WARMUP_CONNECTIONS):  # lazy imports and first-use allocations
-            budget.retry(lambda: echo_once(entry_port, echo))
-        # Memory first, on a process that has not yet held bulk buffers it may keep.
-        result.kib_per_connection, result.threads_when_held = measure_idle_memory(
-            entry_port, echo, [p.pid for p in processes], options.connections, budget)
-        result.latency_p50_ms, result.latency_p99_ms = measure_latency(
-            entry_port, echo, options.latency_rounds, budget)
-        result.download_mibps = max(budget.retry(lambda: measure_download(entry_port, bulk))
-                                    for _ in range(3))
-    finally:
-        result.failed_connections = float(budget.count)
+# -- chains side by side -------------------------------------------------------------------
+# Every chain of a comparison runs at once and the phases alternate between them: latency
+# sample by sample (in turn, the order reversed each round), downloads round by round. The
+# machine's own drift (v2ray alone varies by 30% from one minute to the next here) then falls
+# on every column alike. Only one chain carries traffic at any moment; an idle chain costs
+# no CPU (v2sync's timers and watchers sleep while nothing is pending).
+
+ChainStarter = Callable[[int, List[str]], ContextManager[List[ConfigProcess]]]
 
 
-def measure_chain(implementation: str, build: ChainBuilder, options: BenchOptions,
-                  bulk: BulkSource, echo: TcpEchoServer) -> ChainResult:
-    result = ChainResult()
-    entry_port = free_port()
-    try:
-        with running_chain(implementation, build(entry_port), result.errors) as processes:
-            measure_running(result, entry_port, processes, options, bulk, echo)
-    except (BenchError, OSError, RuntimeError, TimeoutError) as error:
-        result.errors.append(f"{implementation}: {type(error).__name__}: {error}")
-    return result
+@dataclass
+class Column:
+    """One chain of a comparison: its column's label, how it starts around an entry port
+    (appending stop errors to the list), and what it measured."""
+
+    label: str
+    start: ChainStarter
+    result: ChainResult = field(default_factory=ChainResult)
+
+
+@dataclass
+class _LiveChain:
+    column: Column
+    port: int
+    pids: List[int]
+    budget: FailureBudget = field(default_factory=FailureBudget)
+    samples: List[float] = field(default_factory=list)
+
+
+def same_chain(implementation: str, build: ChainBuilder) -> ChainStarter:
+    """Every config of ``build`` on ``implementation``."""
+    return lambda port, errors: running_chain(implementation, build(port), errors)
+
+
+def mixed_chain(client: str, server: str, build: ChainBuilder) -> ChainStarter:
+    """``build``'s [server, client] pair on two implementations."""
+    @contextlib.contextmanager
+    def start(port: int, errors: List[str]) -> Iterator[List[ConfigProcess]]:
+        server_config, client_config = build(port)
+        with running_chain(server, [server_config], errors) as servers, \
+                running_chain(client, [client_config], errors) as clients:
+            yield servers + clients
+    return start
+
+
+def measure_columns(columns: Sequence[Column], options: BenchOptions, bulk: BulkSource,
+                    echo: TcpEchoServer, sink: Optional[BulkSink] = None) -> None:
+    """The standard measurements through each column's SOCKS5 entry, side by side: warm-up,
+    memory (one chain at a time), latency, downloads (and uploads with ``sink``). A chain
+    that fails keeps what it measured and leaves the rest of the run; its error is kept."""
+    with contextlib.ExitStack() as stack:
+        live = _start_columns(stack, columns)
+        chains = list(live)
+        _each(live, lambda chain: _warm_up(chain, echo))
+        _each(live, lambda chain: _measure_memory(chain, options, echo))
+        _measure_latencies(live, options, echo)
+        for _ in range(3):
+            _each(live, lambda chain: _best(chain, "download_mibps", chain.budget.retry(
+                lambda: measure_download(chain.port, bulk))))
+        for _ in range(3 if sink is not None else 0):
+            _each(live, lambda chain: _best(chain, "upload_mibps", chain.budget.retry(
+                lambda: measure_upload(chain.port, sink))))
+    for chain in chains:
+        chain.column.result.failed_connections = float(chain.budget.count)
+    for column in columns:
+        for error in column.result.errors:
+            print(f"  ERROR {error}", file=sys.stderr)
+
+
+def _start_columns(stack: contextlib.ExitStack, columns: Sequence[Column]) -> List[_LiveChain]:
+    live = []
+    for column in columns:
+        print(f"  starting {column.label} ...", file=sys.stderr, flush=True)
+        port = free_port()  # after the previous chain bound its ports
+        try:
+            processes = stack.enter_context(column.start(port, column.result.errors))
+        except (BenchError, OSError, RuntimeError, TimeoutError) as error:
+            column.result.errors.append(f"{column.label}: {type(error).__name__}: {error}")
+            continue
+        live.append(_LiveChain(column, port, [process.pid for process in processes]))
+    return live
+
+
+def _each(live: List[_LiveChain], measure: Callable[[_LiveChain], None],
+          reverse: bool = False) -> None:
+    """``measure`` each live chain in turn; a chain that fails leaves ``live``."""
+    for chain in (live[::-1] if reverse else list(live)):
+        try:
+            measure(chain)
+        except (BenchError, OSError, RuntimeError, TimeoutError) as error:
+            label = chain.column.label
+            chain.column.result.errors.append(f"{label}: {type(error).__name__}: {error}")
+            live.remove(chain)
+
+
+def _warm_up(chain: _LiveChain, echo: TcpEchoServer) -> None:
+    for _ in range(WARMUP_CONNECTIONS):  # lazy imports and first-use allocations
+        chain.budget.retry(lambda: echo_once(chain.port, echo))
+
+
+def _measure_memory(chain: _LiveChain, options: BenchOptions, echo: TcpEchoServer) -> None:
+    # Before any bulk phase, on processes that have not yet held buffers they may keep.
+    result = chain.column.result
+    result.kib_per_connection, result.threads_when_held = measure_idle_memory(
+        chain.port, echo, chain.pids, options.connections, chain.budget)
+
+
+def _measure_latencies(live: List[_LiveChain], options: BenchOptions,
+                       echo: TcpEchoServer) -> None:
+    for round_ in range(options.latency_rounds):
+        _each(live, lambda chain: sample_latency(chain.samples, chain.port, echo, chain.budget),
+              reverse=bool(round_ % 2))
+    for chain in live:
+        result = chain.column.result
+        result.latency_p50_ms, result.latency_p99_ms = latency_figures(chain.samples)
+
+
+def _best(chain: _LiveChain, attribute: str, value: float) -> None:
+    best = getattr(chain.column.result, attribute)
+    setattr(chain.column.result, attribute, value if best is None else max(best, value))
 
 
 @dataclass(frozen=True)
@@ -361,17 +464,13 @@ def compare_chains(options: BenchOptions, build: ChainBuilder,
 
     Only the bare relay has a memory target (issue 2); the VMess chains are two processes,
     so their figure is reported without one."""
-    results: Dict[str, ChainResult] = {}
     if options.stats:
         build = _counting(build)
-    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
+    columns = [Column(name, same_chain(name, build)) for name in options.implementations]
+    with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS, timeout=PHASE_DEADLINE) as echo:
-        for implementation in options.implementations:
-            print(f"  running {implementation} ...", file=sys.stderr, flush=True)
-            results[implementation] = measure_chain(implementation, build, options, bulk, echo)
-    for result in results.values():
-        for error in result.errors:
-            print(f"  ERROR {error}", file=sys.stderr)
+        measure_columns(columns, options, bulk, echo)
+    results = {column.label: column.result for column in columns}
 
     def pick(attribute: str) -> Dict[str, Optional[float]]:
         return {name: getattr(result, attribute) for name, result in results.items()}
@@ -560,44 +659,23 @@ def scenario_trojan(options: BenchOptions) -> List[Row]:
                           targets=KEYED_TARGETS)
 
 
-def measure_vmess_mixed(client: str, server: str, options: BenchOptions, bulk: BulkSource,
-                        echo: TcpEchoServer, build: ChainBuilder = vmess_pair_configs,
-                        sink: Optional[BulkSink] = None) -> ChainResult:
-    """``measure_chain`` for a pair (``build``: [server, client] configs, VMess by default)
-    whose two processes are different implementations; uploads too with ``sink``."""
-    result = ChainResult()
-    entry_port = free_port()
-    server_config, client_config = build(entry_port)
-    try:
-        with running_chain(server, [server_config], result.errors) as servers, \
-                running_chain(client, [client_config], result.errors) as clients:
-            measure_running(result, entry_port, servers + clients, options, bulk, echo)
-            if sink is not None:
-                budget = FailureBudget()
-                result.upload_mibps = max(budget.retry(lambda: measure_upload(entry_port, sink))
-                                          for _ in range(3))
-    except (BenchError, OSError, RuntimeError, TimeoutError) as error:
-        result.errors.append(f"{client} client + {server} server: {type(error).__name__}: {error}")
-    return result
-
-
 def vmess_mixed_rows(options: BenchOptions, pure: Sequence[Row]) -> List[Row]:
     """One row per metric and mixed pair: the mixed pair in the v2sync column, the v2ray
     pair (from ``pure``) in the v2ray column, so the ratio is mixed / v2ray pair."""
     attributes = ("download_mibps", "latency_p50_ms", "latency_p99_ms", "kib_per_connection",
                   "threads_when_held", "failed_connections")  # the order of compare_chains' rows
     rows: List[Row] = []
-    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
+    with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS,
                           timeout=PHASE_DEADLINE) as echo:
-        for client, server in VMESS_MIXED_PAIRS:
-            print(f"  running {client} client + {server} server ...", file=sys.stderr, flush=True)
-            result = measure_vmess_mixed(client, server, options, bulk, echo)
-            for error in result.errors:
-                print(f"  ERROR {error}", file=sys.stderr)
-            rows += [Row(f"[{client} client + {server} server] {row.metric}",
-                         {"v2sync": getattr(result, attribute), "v2ray": row.values.get("v2ray")})
-                     for attribute, row in zip(attributes, pure)]
+        columns = [Column(f"{client} client + {server} server",
+                          mixed_chain(client, server, vmess_pair_configs))
+                   for client, server in VMESS_MIXED_PAIRS]
+        measure_columns(columns, options, bulk, echo)
+    for column in columns:
+        rows += [Row(f"[{column.label}] {row.metric}",
+                     {"v2sync": getattr(column.result, attribute), "v2ray": row.values.get("v2ray")})
+                 for attribute, row in zip(attributes, pure)]
     return rows
 
 
@@ -643,20 +721,16 @@ def scenario_mixed(options: BenchOptions) -> List[Row]:
     """SOCKS5 -> VMess over TLS or WS+TLS, or VLESS over TLS -> a v2ray server -> freedom:
     the v2sync client in the v2sync column, the v2ray client in the v2ray column."""
     rows: List[Row] = []
-    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
-            BulkSink(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as sink, \
+    with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
+            BulkSink(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as sink, \
             TcpEchoServer(max_connections=options.connections + LINGERING_CONNECTIONS,
                           timeout=PHASE_DEADLINE) as echo:
         for label, build in MIXED_CHAINS:
-            results: Dict[str, ChainResult] = {}
-            for client in options.implementations:
-                print(f"  running {label}: {client} client + {MIXED_SERVER} server ...",
-                      file=sys.stderr, flush=True)
-                results[client] = measure_vmess_mixed(client, MIXED_SERVER, options, bulk, echo,
-                                                      build, sink)
-                for error in results[client].errors:
-                    print(f"  ERROR {error}", file=sys.stderr)
-            rows += mixed_rows(label, options, results)
+            print(f"  {label}, each client with a {MIXED_SERVER} server:", file=sys.stderr)
+            columns = [Column(client, mixed_chain(client, MIXED_SERVER, build))
+                       for client in options.implementations]
+            measure_columns(columns, options, bulk, echo, sink)
+            rows += mixed_rows(label, options, {column.label: column.result for column in columns})
     return rows
 
 
@@ -987,7 +1061,7 @@ def measure_mux(implementation: str, options: BenchOptions, bulk: BulkSource,
 def scenario_mux(options: BenchOptions) -> List[Row]:
     """SOCKS5 -> VMess + Mux.cool (concurrency 8) -> VMess -> freedom: bursts and bulk."""
     results: Dict[str, Dict[str, Optional[float]]] = {}
-    with BulkSource(options.bulk_bytes, max_connections=4, timeout=CLIENT_TIMEOUT) as bulk, \
+    with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=MUX_BURST * MUX_ROUNDS + LINGERING_CONNECTIONS,
                           timeout=PHASE_DEADLINE) as echo:
         for implementation in options.implementations:
