@@ -441,6 +441,11 @@ def _server_context(settings: TlsSettings, pair: CertificateEntry,
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _load_pair(context, pair)
     context.set_alpn_protocols(list(alpn))
+    # The client's first choice of suite, not OpenSSL's (AES-256 first). 4.34's server takes
+    # AES-128 unless the client puts ChaCha20 first; the ssl module cannot order TLS 1.3
+    # suites, so this matches it for every client that offers AES-128 or ChaCha20 first (Go's,
+    # v2sync's) and differs for one that puts AES-256 first (OpenSSL's default: curl).
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if not settings.enable_session_resumption:  # 4.34: SessionTicketsDisabled by default
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0

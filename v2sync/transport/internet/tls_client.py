@@ -38,6 +38,12 @@ _ffi = Binding.ffi
 # The key-exchange groups Go 1.15 offers. OpenSSL 4 would put a post-quantum hybrid first,
 # whose key share adds ~1.1 KiB to every ClientHello and ~75 µs of key generation.
 GROUPS = b"X25519:P-256:P-384:P-521"
+# The TLS 1.3 suites in the order 4.34's client offers them on a machine with AES
+# instructions (captured from its ClientHello). OpenSSL's own order puts AES-256 first, so a
+# server that takes the client's first choice (v2sync's) would run AES-256 and SHA-384 where
+# Go's pair runs AES-128 and SHA-256: measured, 15 µs more per handshake on each end and a
+# slower bulk cipher.
+TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 _NO_PARTIAL_WILDCARDS = 0x4   # X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
 _NEVER_CHECK_SUBJECT = 0x20   # X509_CHECK_FLAG_NEVER_CHECK_SUBJECT: no CN fallback (Go 1.15)
 _HOSTNAME_MISMATCH = 62       # X509_V_ERR_HOSTNAME_MISMATCH
@@ -75,6 +81,8 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
     context.set_alpn_protos([name.encode("ascii") for name in alpn])
     if _lib.SSL_CTX_set1_curves_list(context._context, GROUPS) != 1:
         raise TransportError(f"tls: this OpenSSL refuses the groups {GROUPS.decode()}")
+    if _lib.SSL_CTX_set_ciphersuites(context._context, TLS13_SUITES) != 1:
+        raise TransportError(f"tls: this OpenSSL refuses the suites {TLS13_SUITES.decode()}")
     return context
 
 
