@@ -85,3 +85,12 @@ def test_columns_run_side_by_side_and_a_chain_that_cannot_start_is_reported(
                             result.kib_per_connection, result.threads_when_held)
         assert result.failed_connections == 0
     assert "ERROR broken: RuntimeError" in capsys.readouterr().err
+
+
+def test_the_median_round_is_kept_whole() -> None:
+    rounds = [{"seconds": 0.9, "threads_peak": 90.0}, {"seconds": 0.5, "threads_peak": 50.0},
+              {"seconds": 0.7, "threads_peak": 70.0}]
+    assert bench.median_round(rounds, "seconds") == {"seconds": 0.7, "threads_peak": 70.0}
+    assert bench.median_round(rounds[:2], "seconds")["seconds"] == 0.9  # the upper of two
+    assert bench.median_round([{"seconds": None}, {"seconds": 0.4}], "seconds") == {"seconds": None}
+    assert bench.median_round([], "seconds") == {}
