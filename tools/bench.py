@@ -349,7 +349,8 @@ class _LiveChain:
     port: int
     pids: List[int]
     budget: FailureBudget = field(default_factory=FailureBudget)
-    samples: List[float] = field(default_factory=list)
+    samples: List[float] = field(default_factory=list)  # latency, ms
+    walls: List[float] = field(default_factory=list)  # mux bursts, ms
 
 
 def same_chain(implementation: str, build: ChainBuilder) -> ChainStarter:
@@ -1089,41 +1090,31 @@ def measure_burst(proxy_port: int, echo: TcpEchoServer, budget: FailureBudget
     return (time.perf_counter() - started) * 1000, samples
 
 
-def measure_mux(implementation: str, options: BenchOptions, bulk: BulkSource,
-                echo: TcpEchoServer) -> Dict[str, Optional[float]]:
-    errors: List[str] = []
-    figures: Dict[str, Optional[float]] = {"wall": None, "p50": None, "bulk": None}
-    entry_port = free_port()
-    budget = FailureBudget()
-    try:
-        with running_chain(implementation, mux_pair_configs(entry_port), errors):
-            for _ in range(WARMUP_CONNECTIONS):
-                budget.retry(lambda: echo_once(entry_port, echo))
-            walls, samples = [], []
-            for _ in range(MUX_ROUNDS):
-                wall, each = measure_burst(entry_port, echo, budget)
-                walls.append(wall)
-                samples += each
-            figures["wall"], figures["p50"] = statistics.median(walls), statistics.median(samples)
-            figures["bulk"] = max(budget.retry(lambda: measure_download(entry_port, bulk))
-                                  for _ in range(3))
-    except (BenchError, OSError, RuntimeError, TimeoutError) as error:
-        errors.append(f"{implementation}: {type(error).__name__}: {error}")
-    for error in errors:
-        print(f"  ERROR {error}", file=sys.stderr)
-    figures["failed"] = float(budget.count)
-    return figures
-
-
 def scenario_mux(options: BenchOptions) -> List[Row]:
-    """SOCKS5 -> VMess + Mux.cool (concurrency 8) -> VMess -> freedom: bursts and bulk."""
+    """SOCKS5 -> VMess + Mux.cool (concurrency 8) -> VMess -> freedom: bursts and bulk.
+
+    The chains run side by side, as ``measure_columns``'s: bursts and downloads alternate."""
+    columns = [Column(name, same_chain(name, mux_pair_configs)) for name in options.implementations]
     results: Dict[str, Dict[str, Optional[float]]] = {}
     with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=MUX_BURST * MUX_ROUNDS + LINGERING_CONNECTIONS,
-                          timeout=PHASE_DEADLINE) as echo:
-        for implementation in options.implementations:
-            print(f"  running {implementation} ...", file=sys.stderr, flush=True)
-            results[implementation] = measure_mux(implementation, options, bulk, echo)
+                          timeout=PHASE_DEADLINE) as echo, contextlib.ExitStack() as stack:
+        live = _start_columns(stack, columns)
+        chains = list(live)
+        _each(live, lambda chain: _warm_up(chain, echo))
+        for round_ in range(MUX_ROUNDS):
+            _each(live, lambda chain: _mux_burst(chain, echo), reverse=bool(round_ % 2))
+        for _ in range(3):
+            _each(live, lambda chain: _best(chain, "download_mibps", chain.budget.retry(
+                lambda: measure_download(chain.port, bulk))))
+        for chain in chains:
+            results[chain.column.label] = {
+                "wall": statistics.median(chain.walls) if chain.walls else None,
+                "p50": statistics.median(chain.samples) if chain.samples else None,
+                "bulk": chain.column.result.download_mibps, "failed": float(chain.budget.count)}
+    for column in columns:
+        for error in column.result.errors:
+            print(f"  ERROR {error}", file=sys.stderr)
 
     def pick(key: str) -> Dict[str, Optional[float]]:
         return {name: figures.get(key) for name, figures in results.items()}
@@ -1136,6 +1127,12 @@ def scenario_mux(options: BenchOptions) -> List[Row]:
             pick("bulk"), Target("ratio>=", 1.0)),
         Row("connections that failed and were retried", pick("failed"), Target("value<=", 0)),
     ]
+
+
+def _mux_burst(chain: _LiveChain, echo: TcpEchoServer) -> None:
+    wall, each = measure_burst(chain.port, echo, chain.budget)
+    chain.walls.append(wall)
+    chain.samples += each
 
 
 SCENARIOS: Dict[str, Callable[[BenchOptions], List[Row]]] = {

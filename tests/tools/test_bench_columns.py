@@ -94,3 +94,10 @@ def test_the_median_round_is_kept_whole() -> None:
     assert bench.median_round(rounds[:2], "seconds")["seconds"] == 0.9  # the upper of two
     assert bench.median_round([{"seconds": None}, {"seconds": 0.4}], "seconds") == {"seconds": None}
     assert bench.median_round([], "seconds") == {}
+
+
+def test_a_small_mux_run_fills_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = bench.scenario_mux(bench.BenchOptions(True, ("v2sync",), 5))
+    assert "ERROR" not in capsys.readouterr().err
+    assert [row.values.get("v2sync") is not None for row in rows] == [True] * len(rows)
+    assert rows[-1].values["v2sync"] == 0  # no connection failed
