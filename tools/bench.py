@@ -328,7 +328,7 @@ def running_chain(implementation: str, configs: Sequence[Mapping[str, object]],
 # sample by sample (in turn, the order reversed each round), downloads round by round. The
 # machine's own drift (v2ray alone varies by 30% from one minute to the next here) then falls
 # on every column alike. Only one chain carries traffic at any moment; an idle chain costs
-# no CPU (v2sync's timers and watchers sleep while nothing is pending).
+# no measurable CPU (an idle v2sync pair: 0.0 ms/s; its timer wheel wakes twice a second).
 
 ChainStarter = Callable[[int, List[str]], ContextManager[List[ConfigProcess]]]
 
