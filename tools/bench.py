@@ -12,7 +12,8 @@ A scenario is a function ``(BenchOptions) -> List[Row]`` in ``SCENARIOS``. Most 
 only differ in the proxy chain they start, so they call ``compare_chains`` with a function
 that builds the chain's configs around a SOCKS5 entry port; see ``scenario_relay``.
 
-Measured through the chain's SOCKS5 entry (a raw client below, no PySocks overhead):
+Measured through the chain's SOCKS5 entry (a raw client below, no PySocks overhead), every
+chain of a comparison up at once and the phases alternating between them (``measure_columns``):
   - bulk download MiB/s from a BulkSource (best of 3);
   - new connection + 1 KiB echo round trip, sequential, p50 and p99 ms;
   - RSS growth of the chain's processes per held idle connection (KiB).
@@ -377,16 +378,22 @@ def mixed_chain(client: str, server: str, build: ChainBuilder) -> ChainStarter:
 
 
 def measure_columns(columns: Sequence[Column], options: BenchOptions, bulk: BulkSource,
-                    echo: TcpEchoServer, sink: Optional[BulkSink] = None) -> None:
+                    echo: TcpEchoServer, sink: Optional[BulkSink] = None,
+                    middle: Optional[Callable[[List[_LiveChain]], None]] = None
+                    ) -> List[_LiveChain]:
     """The standard measurements through each column's SOCKS5 entry, side by side: warm-up,
-    memory (one chain at a time), latency, downloads (and uploads with ``sink``). A chain
-    that fails keeps what it measured and leaves the rest of the run; its error is kept."""
+    ``middle`` (by default memory, one chain at a time, then latency), downloads (and
+    uploads with ``sink``). A chain that fails keeps what it measured and leaves the rest of
+    the run; its error is kept. Returns every chain that started."""
     with contextlib.ExitStack() as stack:
         live = _start_columns(stack, columns)
         chains = list(live)
         _each(live, lambda chain: _warm_up(chain, echo))
-        _each(live, lambda chain: _measure_memory(chain, options, echo))
-        _measure_latencies(live, options, echo)
+        if middle is None:
+            _each(live, lambda chain: _measure_memory(chain, options, echo))
+            _measure_latencies(live, options, echo)
+        else:
+            middle(live)
         for _ in range(3):
             _each(live, lambda chain: _best(chain, "download_mibps", chain.budget.retry(
                 lambda: measure_download(chain.port, bulk))))
@@ -398,6 +405,7 @@ def measure_columns(columns: Sequence[Column], options: BenchOptions, bulk: Bulk
     for column in columns:
         for error in column.result.errors:
             print(f"  ERROR {error}", file=sys.stderr)
+    return chains
 
 
 def _start_columns(stack: contextlib.ExitStack, columns: Sequence[Column]) -> List[_LiveChain]:
@@ -1108,26 +1116,16 @@ def scenario_mux(options: BenchOptions) -> List[Row]:
 
     The chains run side by side, as ``measure_columns``'s: bursts and downloads alternate."""
     columns = [Column(name, same_chain(name, mux_pair_configs)) for name in options.implementations]
-    results: Dict[str, Dict[str, Optional[float]]] = {}
     with BulkSource(options.bulk_bytes, max_connections=BULK_CONNECTIONS, timeout=CLIENT_TIMEOUT) as bulk, \
             TcpEchoServer(max_connections=MUX_BURST * MUX_ROUNDS + LINGERING_CONNECTIONS,
-                          timeout=PHASE_DEADLINE) as echo, contextlib.ExitStack() as stack:
-        live = _start_columns(stack, columns)
-        chains = list(live)
-        _each(live, lambda chain: _warm_up(chain, echo))
-        for round_ in range(MUX_ROUNDS):
-            _each(live, lambda chain: _mux_burst(chain, echo), reverse=bool(round_ % 2))
-        for _ in range(3):
-            _each(live, lambda chain: _best(chain, "download_mibps", chain.budget.retry(
-                lambda: measure_download(chain.port, bulk))))
-        for chain in chains:
-            results[chain.column.label] = {
-                "wall": statistics.median(chain.walls) if chain.walls else None,
-                "p50": statistics.median(chain.samples) if chain.samples else None,
-                "bulk": chain.column.result.download_mibps, "failed": float(chain.budget.count)}
-    for column in columns:
-        for error in column.result.errors:
-            print(f"  ERROR {error}", file=sys.stderr)
+                          timeout=PHASE_DEADLINE) as echo:
+        chains = measure_columns(columns, options, bulk, echo,
+                                 middle=lambda live: _mux_bursts(live, echo))
+    results = {chain.column.label: {
+        "wall": statistics.median(chain.walls) if chain.walls else None,
+        "p50": statistics.median(chain.samples) if chain.samples else None,
+        "bulk": chain.column.result.download_mibps, "failed": float(chain.budget.count)}
+        for chain in chains}
 
     def pick(key: str) -> Dict[str, Optional[float]]:
         return {name: figures.get(key) for name, figures in results.items()}
@@ -1140,6 +1138,11 @@ def scenario_mux(options: BenchOptions) -> List[Row]:
             pick("bulk"), Target("ratio>=", 1.0)),
         Row("connections that failed and were retried", pick("failed"), Target("value<=", 0)),
     ]
+
+
+def _mux_bursts(live: List[_LiveChain], echo: TcpEchoServer) -> None:
+    for round_ in range(MUX_ROUNDS):
+        _each(live, lambda chain: _mux_burst(chain, echo), reverse=bool(round_ % 2))
 
 
 def _mux_burst(chain: _LiveChain, echo: TcpEchoServer) -> None:

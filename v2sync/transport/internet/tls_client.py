@@ -101,11 +101,12 @@ class ClientEngine:
     signature, and this end their verification (a server that refuses makes it a full
     handshake, checked as ever). Against v2sync's own server it saved nothing measurable
     (1.39-1.46 against 1.45 ms a handshake and exchange): that server still makes a key
-    share and two new tickets each time. It is here because 4.34 resumes. ``on_session`` is called once,
-    when the connection ends, with its session: a TLS 1.3 ticket arrives after the
-    handshake, with the server's first bytes, so by then the session carries the latest
-    one. (OpenSSL offers only a session that can be resumed, so one that cannot costs
-    nothing.)
+    share and two new tickets each time. It is here because 4.34 resumes.
+
+    ``on_session`` is called once, when the connection ends, with its session: a TLS 1.3
+    ticket arrives after the handshake, with the server's first bytes, so by then the
+    session carries the latest one. (OpenSSL offers only a session that can be resumed, so
+    one that cannot costs nothing.)
     """
 
     __slots__ = ("obj", "incoming", "outgoing", "server_name", "made", "on_session",
