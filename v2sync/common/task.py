@@ -18,7 +18,6 @@ against 0.97 ms) than starting a thread when one is needed.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import sys
 import threading
@@ -137,19 +136,6 @@ SWITCH_INTERVAL = 0.05
 # chains short up to ~10,000 connections. Older kernels refuse the call: nothing changes.
 FUTEX_HASH_SLOTS = 16384
 PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS = 78, 1  # linux/prctl.h
-# The cyclic collector's third threshold: a full collection waits for this many collections
-# of the middle generation (Python's default: 10), besides its own rule (the objects
-# promoted since the last one exceed a quarter of the old generation). A connection's
-# objects (~150 tracked, per process) outlive the young collections while it runs, so a
-# burst of new connections promotes ~100,000 of them and, at 10, met that rule again and
-# again. Measured with 6 bursts of 1,000 64 KiB echoes through SOCKS -> freedom (2 cores):
-# 9-11 full collections of 16-142 ms each (~55% of the GC's time) found 82 objects garbage
-# in all; at 100, one full collection, the GC's time 344-568 -> 194-206 ms, its longest
-# pause ~40 -> ~6 ms, a burst ~10% faster. v2sync avoids reference cycles (``_Pair``), so
-# the old generation's garbage that now waits longer is a few objects per thousand
-# connections. A larger first threshold (10,000) gained nothing: each young collection
-# then walked more live objects.
-GC_FULL_AFTER = 100
 
 
 def set_thread_stack_size() -> None:
@@ -163,8 +149,8 @@ _tuned = False
 
 
 def tune_for_many_threads() -> None:
-    """Process-wide settings for thousands of threads and their connections' objects;
-    call before starting them (once per process does it: later calls change nothing)."""
+    """Process-wide settings for thousands of threads; call before starting them (once
+    per process does it: later calls change nothing)."""
     global _tuned
     set_thread_stack_size()
     if _tuned:
@@ -172,9 +158,6 @@ def tune_for_many_threads() -> None:
     _tuned = True
     if sys.getswitchinterval() < SWITCH_INTERVAL:
         sys.setswitchinterval(SWITCH_INTERVAL)
-    young, middle, full = gc.get_threshold()
-    if 0 < full < GC_FULL_AFTER:  # 0 or above: the embedding program's own choice
-        gc.set_threshold(young, middle, GC_FULL_AFTER)
     widen_futex_hash()
 
 
