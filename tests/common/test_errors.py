@@ -1,4 +1,4 @@
-from v2sync.common.errors import MAX_CHAIN, TransportError, detached
+from v2sync.common.errors import MAX_CHAIN, SHOWN_CHARS, TransportError, detached, shown
 
 
 def _raise_chain() -> BaseException:
@@ -37,3 +37,17 @@ def test_detached_stops_after_max_chain_links():
     detached(links[0])
     assert all(link.__traceback__ is None for link in links[:MAX_CHAIN])
     assert all(link.__traceback__ is not None for link in links[MAX_CHAIN:])
+
+
+def test_shown_quotes_scalars_as_json_and_cuts_long_ones():
+    assert [shown(v) for v in (True, False, None, 3, 1.5, "ab")] == \
+        ["true", "false", "null", "3", "1.5", "'ab'"]
+    long = shown("x" * 500)
+    assert len(long) == SHOWN_CHARS and long.endswith("...")
+
+
+def test_shown_never_walks_into_containers():
+    deep: object = None
+    for _ in range(10_000):  # repr() of this raises RecursionError
+        deep = [deep]
+    assert shown(deep) == "[...]" and shown({"a": deep}) == "{...}"

@@ -9,7 +9,7 @@ can reply without an if-chain: ``RemoteProtocolError(..., reply=b"...")``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 class V2SyncError(Exception):
@@ -118,3 +118,21 @@ def join_path(prefix: str, path: str) -> str:
     if not path:
         return prefix
     return prefix + path if path.startswith("[") else f"{prefix}.{path}"
+
+
+# The longest a value quoted in a message is shown.
+SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """A JSON value as a message quotes it: scalars as written (cut to SHOWN_CHARS), arrays
+    and objects as ``[...]`` and ``{...}``. Never ``repr`` a value a config gave: JSON may
+    nest 10,000 deep (as Go reads it), and ``repr`` of that ends in RecursionError."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        return "[...]"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."

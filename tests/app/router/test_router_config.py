@@ -174,6 +174,35 @@ def test_config_errors_name_the_json_path(geodata: GeoData, raw: Dict[str, Any],
     assert words in error.message
 
 
+def _deep(depth: int) -> Any:
+    """``depth`` levels of alternating arrays and objects: JSON allows 10,000 (as Go)."""
+    value: Any = None
+    for level in reversed(range(depth)):  # the outermost an array
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+DEEP = _deep(5_000)  # repr() of this raises RecursionError
+
+
+@pytest.mark.parametrize("raw, path, words", [
+    ({"domainStrategy": DEEP}, "routing.domainStrategy", "unknown domainStrategy [...]"),
+    ({"rules": [{"type": DEEP, "outboundTag": "o", "port": 1}]}, "routing.rules[0].type",
+     "unknown router rule type [...]"),
+    ({"rules": [rule(outboundTag=DEEP, port=1)]}, "routing.rules[0].outboundTag",
+     "[...] is not a string"),
+    ({"rules": [rule(inboundTag=[DEEP])]}, "routing.rules[0].inboundTag[0]", "[...] is not a string"),
+    ({"rules": [rule(port=DEEP)]}, "routing.rules[0].port", "invalid port: [...]"),
+    ({"rules": [rule(network=[{"a": DEEP}])]}, "routing.rules[0].network[0]", "{...} is not a string"),
+])
+def test_deeply_nested_values_are_named_not_repr_d(geodata: GeoData, raw: Dict[str, Any], path: str,
+                                                    words: str) -> None:
+    # Found by the config fuzz test at 10,000 inputs: "internal error: RecursionError".
+    error = error_of(raw, geodata)
+    assert error.path == path
+    assert words in error.message
+
+
 def test_a_missing_geosite_file_names_the_directories(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     error = error_of({"rules": [rule(domain=["geosite:cn"])]}, GeoData([str(empty)]))

@@ -33,7 +33,7 @@ from v2sync.app.router.geodata import GEOIP_FILE, GEOSITE_FILE, PRIVATE_LIST, Ge
 from v2sync.app.router.matchers import (
     Cidr, DomainKind, DomainPattern, IntRangeSet, IpSet, compile_regex, parse_cidr,
 )
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def string_list(value: Any, path: str) -> List[str]:
                           expected="expected an array of strings or a comma-separated string")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise ConfigError(f"{item!r} is not a string", f"{path}[{i}]", expected="expected a string")
+            raise ConfigError(f"{shown(item)} is not a string", f"{path}[{i}]", expected="expected a string")
     return list(value)
 
 
@@ -219,7 +219,7 @@ def _strategy(section: Mapping[str, Any], settings: Mapping[str, Any], path: str
         value, where = settings.get("domainStrategy", ""), join_path(settings_path, "domainStrategy")
     strategy = _STRATEGY_NAMES.get(value.lower()) if isinstance(value, str) else None
     if strategy is None:
-        raise ConfigError(f"unknown domainStrategy {value!r}", where,
+        raise ConfigError(f"unknown domainStrategy {shown(value)}", where,
                           expected="expected AsIs, IPIfNonMatch, IPOnDemand or AlwaysIP")
     return strategy
 
@@ -265,7 +265,7 @@ def parse_rule(raw: Any, path: str, geodata: GeoData, balancer_tags: Collection[
     item = fold_keys(raw, RULE_KEYS, path)
     kind = item.get("type", "")
     if not isinstance(kind, str) or kind.casefold() != RULE_TYPE_FIELD:
-        raise ConfigError(f"unknown router rule type {kind!r}", join_path(path, "type"),
+        raise ConfigError(f"unknown router rule type {shown(kind)}", join_path(path, "type"),
                           expected='expected "field"')
     if item.get("attrs"):
         raise ConfigError("routing rule 'attrs' is not supported by v2sync", join_path(path, "attrs"))
@@ -293,7 +293,7 @@ def _targets(item: Mapping[str, Any], path: str, balancer_tags: Collection[str])
     outbound, balancer = item.get("outboundTag", ""), item.get("balancerTag", "")
     for key, value in (("outboundTag", outbound), ("balancerTag", balancer)):
         if not isinstance(value, str):
-            raise ConfigError(f"{value!r} is not a string", join_path(path, key),
+            raise ConfigError(f"{shown(value)} is not a string", join_path(path, key),
                               expected="expected a tag")
     if outbound and balancer:
         raise ConfigError("a rule takes outboundTag or balancerTag, not both", path)
@@ -472,7 +472,7 @@ def parse_port_list(value: Any, path: str) -> IntRangeSet:
     elif isinstance(value, str):
         items = [part.strip() for part in value.split(",") if part.strip()]
     else:
-        raise ConfigError(f"invalid port: {value!r}", path, expected=expected)
+        raise ConfigError(f"invalid port: {shown(value)}", path, expected=expected)
     ranges = [_port_range(item, path, expected) for item in items]
     if not ranges:
         raise ConfigError(f"empty port list {value!r}", path, expected=expected)

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Set, Tuple
 
 import jsonschema
 
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
 from v2sync.infra.conf.loader import Document
 from v2sync.infra.conf.schema import (SchemaWalker, SupportTable, load_schema, path_sort_key,
                                       render_path)
@@ -258,18 +258,6 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _show(value: Any) -> str:
-    """A short rendering of a JSON value for messages."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, dict):
-        return "{...}"
-    if isinstance(value, list):
-        return "[...]"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _render(error: Any, file: str) -> List[ConfigError]:
     parts = list(error.absolute_path)
     path = render_path(parts)
@@ -281,20 +269,20 @@ def _render(error: Any, file: str) -> List[ConfigError]:
         return [ConfigError("missing required key", render_path([*parts, k]), file,
                             expected=_required_hint(schema, k)) for k in missing]
     if keyword == "enum":
-        return [ConfigError(f"unknown {what} {_show(value)}", path, file,
+        return [ConfigError(f"unknown {what} {shown(value)}", path, file,
                             expected="expected one of: " + _enum_choices(schema))]
     if keyword == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) \
             else [error.validator_value]
         expected = hint or "expected " + " or ".join(_ARTICLES.get(t, str(t)) for t in wanted)
         article = _ARTICLES.get(_json_type(value), _json_type(value))
-        return [ConfigError(f"{_show(value)} is {article}", path, file, expected)]
+        return [ConfigError(f"{shown(value)} is {article}", path, file, expected)]
     if keyword in ("minimum", "maximum"):
         bound = ">=" if keyword == "minimum" else "<="
-        return [ConfigError(f"{_show(value)} is out of range", path, file,
+        return [ConfigError(f"{shown(value)} is out of range", path, file,
                             expected=hint or f"expected {bound} {error.validator_value}")]
     if keyword in ("anyOf", "oneOf", "pattern", "const"):
-        return [ConfigError(f"invalid {what} {_show(value)}", path, file,
+        return [ConfigError(f"invalid {what} {shown(value)}", path, file,
                             expected=hint or _generic_expectation(error))]
     return [ConfigError(error.message, path, file)]
 
