@@ -327,9 +327,8 @@ def running_chain(implementation: str, configs: Sequence[Mapping[str, object]],
 # -- chains side by side -------------------------------------------------------------------
 # Every chain of a comparison runs at once and the phases alternate between them: latency
 # in blocks of LATENCY_BLOCK samples (the order reversed each round), downloads round by
-# round. The
-# machine's own drift (v2ray alone varies by 30% from one minute to the next here) then falls
-# on every column alike. Only one chain carries traffic at any moment; an idle chain costs
+# round. The machine's own drift (v2ray alone varies by 30% from one minute to the next
+# here) then falls on every column alike. Only one chain carries traffic at any moment; an idle chain costs
 # no measurable CPU (an idle v2sync pair: 0.0 ms/s; its timer wheel wakes twice a second).
 
 ChainStarter = Callable[[int, List[str]], ContextManager[List[ConfigProcess]]]

@@ -13,6 +13,8 @@ from v2sync.common.errors import ConfigError, RemoteProtocolError
 from v2sync.infra.conf.builder import config_from_dict
 from v2sync.proxy.fallback import Fallback, FallbackTable, parse_fallbacks, request_path
 
+from support.deep import deep_json
+
 UUID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 V2RAY_TEST_TIMEOUT = 20
 
@@ -152,3 +154,13 @@ def test_duplicate_emails_refused_as_v2ray_refuses(v2ray_bin: str, tmp_path: Pat
         config_from_dict(config, "f.json")
     assert "inbounds[0].settings.clients[1]" in str(info.value)
     assert "User X@y already exists." in str(info.value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"dest": 80, "xver": deep_json()}, "invalid xver [...]"),
+    ({"dest": 80, "path": deep_json()}, "[...] is not a string"),
+])
+def test_deeply_nested_values_are_named_not_repr_d(entry: Dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_fallbacks({"fallbacks": [entry]}, "inbounds[0].settings", "VLESS")
+    assert message in info.value.message

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
-from v2sync.common.errors import ConfigError, RemoteProtocolError, TransportError, join_path
+from v2sync.common.errors import ConfigError, RemoteProtocolError, TransportError, join_path, shown
 from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.protocol.proxy_protocol import encode as encode_proxy_header
 from v2sync.features.proxy import ProxyContext
@@ -80,7 +80,7 @@ def _fallback(raw: Any, path: str, label: str) -> Fallback:
                           expected='a port, "addr:port", a unix socket path or "@name"')
     xver = entry.get("xver", 0)
     if isinstance(xver, bool) or not isinstance(xver, int) or xver < 0:
-        raise ConfigError(f"invalid xver {xver!r}", join_path(path, "xver"),
+        raise ConfigError(f"invalid xver {shown(xver)}", join_path(path, "xver"),
                           expected="0, 1 or 2")
     if xver > MAX_XVER:
         raise ConfigError(f'{label} fallbacks: invalid PROXY protocol version, "xver" only '
@@ -91,7 +91,7 @@ def _fallback(raw: Any, path: str, label: str) -> Fallback:
 def _text(entry: Mapping[str, Any], key: str, path: str) -> str:
     value = entry.get(key, "")
     if not isinstance(value, str):
-        raise ConfigError(f"{value!r} is not a string", join_path(path, key),
+        raise ConfigError(f"{shown(value)} is not a string", join_path(path, key),
                           expected="expected a string")
     return value
 

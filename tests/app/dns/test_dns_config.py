@@ -15,6 +15,8 @@ from v2sync.app.dns.matcher import DOMAIN, FULL, KEYWORD, REGEXP, DomainRule
 from v2sync.common.errors import ConfigError, ConfigErrors
 from v2sync.common.net import Address
 
+from support.deep import deep_json
+
 FULL_SECTION = {
     "servers": [
         "8.8.8.8",
@@ -122,6 +124,23 @@ def test_empty_and_absent() -> None:
     ({"tag": 5}, "dns.tag", "is not a string"),
 ])
 def test_errors_are_located(section: Mapping[str, Any], path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        DnsConfig.from_json(section)
+    assert info.value.path == path
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize("section, path, message", [
+    ({"servers": [{"address": "1.1.1.1", "port": deep_json()}]}, "dns.servers[0].port",
+     "invalid port [...]"),
+    ({"servers": [{"address": "1.1.1.1", "domains": [deep_json()]}]}, "dns.servers[0].domains",
+     "invalid domains [...]"),
+    ({"servers": [deep_json()]}, "dns.servers[0]", "invalid name server [...]"),
+    ({"tag": deep_json()}, "dns.tag", "[...] is not a string"),
+])
+def test_deeply_nested_values_are_named_not_repr_d(section: Mapping[str, Any], path: str,
+                                                    message: str) -> None:
+    # port and domains gave "internal error: RecursionError" through v2sync test.
     with pytest.raises(ConfigError) as info:
         DnsConfig.from_json(section)
     assert info.value.path == path

@@ -12,6 +12,8 @@ from v2sync.app.router.matchers import DomainKind, DomainPattern
 from v2sync.common.errors import ConfigError, ConfigErrors
 from v2sync.common.net import Address
 
+from support.deep import deep_json
+
 
 @pytest.fixture
 def geodata(tmp_path: Path) -> GeoData:
@@ -174,15 +176,7 @@ def test_config_errors_name_the_json_path(geodata: GeoData, raw: Dict[str, Any],
     assert words in error.message
 
 
-def _deep(depth: int) -> Any:
-    """``depth`` levels of alternating arrays and objects: JSON allows 10,000 (as Go)."""
-    value: Any = None
-    for level in reversed(range(depth)):  # the outermost an array
-        value = {"a": value} if level % 2 else [value]
-    return value
-
-
-DEEP = _deep(5_000)  # repr() of this raises RecursionError
+DEEP = deep_json()  # repr() of this raises RecursionError
 
 
 @pytest.mark.parametrize("raw, path, words", [

@@ -18,6 +18,7 @@ from v2sync.transport.internet.headers.http import (BAD_REQUEST, HEAD_LIMIT, MAX
                                                     parse_response_head, request_bytes,
                                                     response_bytes)
 from support.codec_checks import assert_decodes as check_decodes, assert_garbage
+from support.deep import deep_json
 
 TRAILER = b"\x00\x01first VMess bytes\r\n\r\n"
 DEFAULT = build_header_config({"type": "http"})
@@ -101,6 +102,12 @@ def test_config_errors_434_rejects(header, path):
     with pytest.raises(ConfigError) as info:
         build_header_config(header)
     assert info.value.path == path
+
+
+def test_a_deeply_nested_type_is_named_not_repr_d():
+    with pytest.raises(ConfigError) as info:
+        build_header_config({"type": deep_json()})
+    assert info.value.path == "type" and "header type [...] is not" in info.value.message
 
 
 def test_unreachable_path_is_a_warning_only(caplog):

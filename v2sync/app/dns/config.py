@@ -27,7 +27,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from v2sync.app.dns.matcher import (FULL, GEO_UNSUPPORTED, KEYWORD, DomainRule,
                                     parse_domain_rule)
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
 from v2sync.common.net import Address, AddressKind
 from v2sync.infra.conf.fields import MAX_UINT16
 from v2sync.infra.conf.loader import string_list
@@ -150,7 +150,7 @@ def _server(value: Any, path: str) -> NameServerConfig:
     if isinstance(value, str):
         return NameServerConfig(_server_address(value, path))
     if not isinstance(value, Mapping):
-        raise ConfigError(f"invalid name server {value!r}", path, expected=SERVER_EXPECTED)
+        raise ConfigError(f"invalid name server {shown(value)}", path, expected=SERVER_EXPECTED)
     _warn_unknown_keys(value, path)
     raw_address = lookup(value, "address")
     if raw_address is None:  # dns.go: "NameServer address is not specified."
@@ -188,7 +188,7 @@ def _port(value: Any, path: str) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT16:
-        raise ConfigError(f"invalid port {value!r}", path, expected="expected an integer 0-65535")
+        raise ConfigError(f"invalid port {shown(value)}", path, expected="expected an integer 0-65535")
     return value
 
 
@@ -197,7 +197,7 @@ def _domains(value: Any, path: str) -> Tuple[DomainRule, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"invalid domains {value!r}", path,
+        raise ConfigError(f"invalid domains {shown(value)}", path,
                           expected="expected an array of strings")
     return tuple(parse_domain_rule(text, KEYWORD, f"{path}[{i}]") for i, text in enumerate(value))
 
@@ -274,5 +274,5 @@ def _optional_string(value: Any, path: str) -> str:
 
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{value!r} is not a string", path, expected="expected a string")
+        raise ConfigError(f"{shown(value)} is not a string", path, expected="expected a string")
     return value

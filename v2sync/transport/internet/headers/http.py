@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from v2sync.common.errors import ConfigError, RemoteProtocolError
+from v2sync.common.errors import ConfigError, RemoteProtocolError, shown
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def build_header_config(header: Mapping[str, Any]) -> HttpHeaderConfig:
     """``tcpSettings.header`` JSON -> config; an empty or missing value takes 4.34's default."""
     kind = header.get("type")  # loader.go looks "type" up exactly, then lower-cases it
     if not isinstance(kind, str) or kind.lower() != "http":
-        raise ConfigError(f"header type {kind!r} is not the http header", "type", expected='"http"')
+        raise ConfigError(f"header type {shown(kind)} is not the http header", "type", expected='"http"')
     req, resp = _section(header, "request"), _section(header, "response")
     paths = _string_list(_field(req, "path"), "request.path") or ("/",)
     for path in paths:
