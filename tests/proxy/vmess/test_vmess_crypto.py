@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,18 @@ def test_shake_stream_continues_across_batches() -> None:
     draws = 3 * SHAKE_BATCH // 2 + 5  # across three batch boundaries
     got = b"".join(stream.next_u16().to_bytes(2, "big") for _ in range(draws))
     assert got == hashlib.shake_128(b"seed").digest(2 * draws)
+
+
+def test_shake_stream_first_batch_opens_no_xof() -> None:
+    """A short connection's draws come from hashlib's one-shot digest; the streaming XOF
+    opens only when the first batch runs out, and goes on where it ended."""
+    stream = ShakeStream(b"seed")
+    first = [stream.next_u16() for _ in range(SHAKE_BATCH // 2)]
+    assert stream._xof is None
+    after = [stream.next_u16(), stream.next_u16()]
+    assert stream._xof is not None
+    assert struct.pack(f"!{len(first) + 2}H", *first, *after) == hashlib.shake_128(
+        b"seed").digest(SHAKE_BATCH + 4)
 
 
 def test_shake_pairs_are_two_draws_wherever_they_fall() -> None:

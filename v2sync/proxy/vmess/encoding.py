@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from v2sync.common.crypto.checksum import fnv1a32
-from v2sync.common.crypto.stream import AesBlock, AesCfb, aes_cfb_decryptor, aes_cfb_encryptor
+from v2sync.common.crypto.stream import AesCfb, aes_cfb_decryptor, aes_cfb_encryptor
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from v2sync.common.net import Address, Destination, Network
@@ -307,8 +307,7 @@ class ClientSession:
         section = encode_command_section(header, self.request_key, self.request_iv,
                                          self.response_auth, padding)
         if self.is_aead:  # exact time, no jitter (aead/encrypt.go)
-            block = AesBlock(self.user.auth_id_key)
-            auth_id = aead.create_auth_id(block, int(now), self._random(4))
+            auth_id = self.user.auth_id_sealer.create(int(now), self._random(4))
             return aead.seal_request_header(self.user.id.cmd_key, auth_id, section, self._random)
         timestamp = int(now) + self._roll(2 * LEGACY_TIME_JITTER) - LEGACY_TIME_JITTER
         alters = self.user.alter_ids  # MemoryAccount.AnyValidID: an alter ID if there is one

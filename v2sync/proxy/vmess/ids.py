@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Tuple
 
 from v2sync.common.crypto.kdf import vmess_kdf16
+from v2sync.proxy.vmess.aead import AuthIdSealer
 
 UUID_SIZE = 16
 UUID_GROUPS = (8, 4, 4, 4, 12)  # hex digits per dash-separated group
@@ -168,6 +169,11 @@ class VMessUser:
     def auth_id_key(self) -> bytes:
         """AES-128 key that encrypts this user's AEAD AuthID (aead/authid.go)."""
         return vmess_kdf16(self.id.cmd_key, AUTH_ID_KEY_SALT)
+
+    @cached_property
+    def auth_id_sealer(self) -> AuthIdSealer:
+        """Makes this user's AuthIDs: one cipher for all of a client's connections."""
+        return AuthIdSealer(self.auth_id_key)
 
     @property
     def uses_aead(self) -> bool:
