@@ -84,8 +84,11 @@ class VMessOutbound:
 
         def first(timer) -> None:
             nonlocal ended
-            payload = _first_payload(link)
+            # The header first, then the wait for the payload, as 4.34 (outbound.go encodes
+            # it before CopyOnceTimeout): its key derivations run while the first payload
+            # is still on its way, not after it arrived.
             out = client.encode_request_header(header, time.time())
+            payload = _first_payload(link)
             if payload is EOF:
                 ended = True
                 conn.write(out + body_out.encode_eof())
