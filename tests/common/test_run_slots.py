@@ -1,6 +1,7 @@
 """ThreadGroup run slots (common/task.py): a group with ``run_slots`` runs that many steps at
 once, queues the rest, frees a slot while a step blocks (``leave_slot``), and never lets a
 queued step wait for ever."""
+import os
 import socket
 import threading
 import time
@@ -331,3 +332,58 @@ def test_a_crowded_reader_reads_a_big_first_chunk(no_overdue):
     finally:
         assert crowded_group.shutdown(WAIT)
         assert roomy.shutdown(WAIT)
+
+
+def _recording_steps(out, tag):
+    out.append(tag)
+    return
+    yield  # a generator: steps
+
+
+def _order_on_one_cpu(ahead, rounds=20):
+    """How many of ``rounds`` spawned tasks ran their first step before their spawner went
+    on, spawner and workers sharing one CPU (as every thread of ``v2sync run`` does)."""
+    out = []
+
+    def spawner():
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # workers inherit it
+        group = ThreadGroup("t", idle_timeout=WAIT, run_slots=4)
+        try:
+            group.spawn_steps("warm", _recording_steps(out, "warm"))  # a parked worker
+            time.sleep(0.05)
+            for i in range(rounds):
+                group.spawn_steps("task", _recording_steps(out, f"task{i}"), ahead=ahead)
+                out.append(f"spawner{i}")
+                time.sleep(0.01)  # the worker parks again
+        finally:
+            group.shutdown(WAIT)
+
+    thread = threading.Thread(target=spawner)
+    thread.start()
+    thread.join(WAIT * 2)
+    return sum(out.index(f"task{i}") < out.index(f"spawner{i}") for i in range(rounds))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux: CPU affinity")
+def test_a_task_spawned_ahead_runs_before_its_spawner_goes_on():
+    """The dispatcher's outbound goes first (its dial is on the connection's path); a plain
+    spawn's worker waits for the GIL until the spawner blocks."""
+    assert _order_on_one_cpu(ahead=True) >= 15
+    assert _order_on_one_cpu(ahead=False) <= 5
+
+
+def test_ahead_yields_the_cpu_only_when_the_task_has_a_thread(monkeypatch, no_overdue):
+    yields = []
+    monkeypatch.setattr(task_module, "_sched_yield", lambda: yields.append(1))
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    try:
+        group.spawn_steps("free", _recording_steps([], "free"), ahead=True)
+        assert yields == [1]
+        _paced(group, "busy", _blocker(started, release))  # takes the only slot
+        assert started.acquire(timeout=WAIT)
+        group.spawn_steps("queued", _recording_steps([], "queued"), ahead=True)
+        assert yields == [1]  # queued for a slot: nobody to yield to
+    finally:
+        release.set()
+        group.shutdown(WAIT)

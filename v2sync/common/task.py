@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 import threading
 import time
@@ -265,6 +266,18 @@ def outside_slot(fn: Callable[..., T], *args: object) -> T:
         take_slot(group)
 
 
+_sched_yield: Optional[Callable[[], None]] = getattr(os, "sched_yield", None)
+
+
+def yield_cpu() -> None:
+    """Let go of the GIL and of this CPU, so that a thread just woken (a task just
+    spawned) runs now, ahead of the caller's next Python code; with nothing else ready to
+    run, it returns at once. Every thread of the process shares one CPU (``affinity``), and
+    a woken thread would otherwise wait for the GIL until the caller blocks."""
+    if _sched_yield is not None:
+        _sched_yield()
+
+
 def crowded() -> bool:
     """Are steps queued for a slot of this worker's group (or every slot taken)? A reader
     then parks at once rather than wait for its next bytes with a thread."""
@@ -394,10 +407,11 @@ class ThreadGroup:
             if task is not None:
                 self._dispatch_or_drop(task)
 
-    def spawn_steps(self, name: str, steps: "Steps[object]") -> TaskHandle:
+    def spawn_steps(self, name: str, steps: "Steps[object]", ahead: bool = False) -> TaskHandle:
         """Run a task written as steps (``Wait``): each wait it yields gives its thread
         back; what it waits for resumes it on a pooled thread. A connection whose relay
-        waits this way keeps no thread while idle."""
+        waits this way keeps no thread while idle. ``ahead``: the new task's first step
+        runs before the caller goes on (``yield_cpu``), unless it is queued for a slot."""
         handle = self.reserve(name, paced=True)
         task = _StepsTask(self, handle, steps)
         try:
@@ -406,6 +420,8 @@ class ThreadGroup:
             self.finish(handle)
             steps.close()
             raise
+        if ahead and not self.crowded():
+            yield_cpu()
         return handle
 
     def finish(self, handle: TaskHandle) -> None:

@@ -54,8 +54,11 @@ class DefaultDispatcher:
         with self._lock:
             self._links[session.id] = outbound_side
         try:
+            # The outbound goes first: its routing and dial are on the connection's path,
+            # the inbound's relay set-up is not (it then reads, and the client's next bytes
+            # are on their way meanwhile, or already here to be forwarded).
             self.threads.spawn_steps(f"out-{session.name()}",
-                                     self._run_outbound(session, outbound_side))
+                                     self._run_outbound(session, outbound_side), ahead=True)
         except RuntimeError:
             log.error("%s: cannot start outbound thread", session.name())
             self._forget(session)
