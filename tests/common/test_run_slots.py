@@ -372,18 +372,37 @@ def test_a_task_spawned_ahead_runs_before_its_spawner_goes_on():
     assert _order_on_one_cpu(ahead=False) <= 5
 
 
-def test_ahead_yields_the_cpu_only_when_the_task_has_a_thread(monkeypatch, no_overdue):
+def test_ahead_yields_the_cpu_only_in_a_quiet_group(monkeypatch, no_overdue):
+    """It yields when no other step runs and none has queued lately; a busy group (a mass
+    close's teardown) keeps the GIL rather than queue for it behind the busy steps."""
     yields = []
     monkeypatch.setattr(task_module, "_sched_yield", lambda: yields.append(1))
-    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=2)
     started, release = threading.Semaphore(0), threading.Event()
     try:
-        group.spawn_steps("free", _recording_steps([], "free"), ahead=True)
+        group.spawn_steps("warm", _recording_steps([], "warm"))
+        _wait_for(lambda: len(group._idle) == 1)  # a parked worker: it needs the GIL to run
+        group.spawn_steps("quiet", _recording_steps([], "quiet"), ahead=True)
         assert yields == [1]
-        _paced(group, "busy", _blocker(started, release))  # takes the only slot
+        _paced(group, "busy", _blocker(started, release))  # a step running in a slot
+        assert started.acquire(timeout=WAIT)
+        group.spawn_steps("beside", _recording_steps([], "beside"), ahead=True)
+        assert yields == [1]
+        _paced(group, "busy2", _blocker(started, release))  # both slots taken
         assert started.acquire(timeout=WAIT)
         group.spawn_steps("queued", _recording_steps([], "queued"), ahead=True)
         assert yields == [1]  # queued for a slot: nobody to yield to
+        release.set()
+        _wait_for(lambda: not group._active and not group._queue)
+        group.spawn_steps("after", _recording_steps([], "after"), ahead=True)
+        assert yields == [1]  # a step queued within QUIET_AFTER: still a busy spell
     finally:
         release.set()
         group.shutdown(WAIT)
+
+
+def _wait_for(condition):
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.001)

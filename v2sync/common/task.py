@@ -52,6 +52,11 @@ MAX_SURPLUS_SPREAD = 2.5  # so every surplus worker is gone within 3 s of parkin
 # the wait should the giver die in between.
 HANDOVER_TIMEOUT = 5.0
 _GONE = object()
+# ``spawn_steps(ahead=True)`` yields only once no step has queued for a slot for this long
+# (``ThreadGroup._quiet``). Measured on ``bench.py massclose`` (2,000 connections closed at
+# once, 20 fresh requests meanwhile): the requests' p99 read 16-47 ms in 9 of 15 runs with
+# a yield whenever nothing was queued at that instant, and in 2 of 15 without any yield.
+QUIET_AFTER = 1.0
 # Steps that run at once in a group with a run limit (the Instance's connection workers)
 # before further steps queue for a slot. Only one thread runs Python at a time, and each
 # system call a relay makes hands the GIL on: with hundreds of threads wanting it, every
@@ -306,6 +311,7 @@ class ThreadGroup:
         self.run_slots = run_slots
         self._active: Set[int] = set()  # workers running a step, not blocked (their ids)
         self._queue: Deque[Tuple[float, Task]] = deque()  # (queued at, task), oldest first
+        self._last_queued = float("-inf")  # when a step last had to queue for a slot
         self._watcher: Optional[_QueueWatcher] = None
         self._watcher_lock = threading.Lock()
         self._busy: Set[TaskHandle] = set()
@@ -366,7 +372,8 @@ class ThreadGroup:
         return 0 < self.run_slots <= len(self._active) or bool(self._queue)
 
     def _enqueue(self, task: Task) -> None:
-        self._queue.append((time.monotonic(), task))
+        now = self._last_queued = time.monotonic()
+        self._queue.append((now, task))
         watcher = self._watcher
         if watcher is None or watcher.leaving:  # read after the append: see _leave
             self._watch()
@@ -411,7 +418,8 @@ class ThreadGroup:
         """Run a task written as steps (``Wait``): each wait it yields gives its thread
         back; what it waits for resumes it on a pooled thread. A connection whose relay
         waits this way keeps no thread while idle. ``ahead``: the new task's first step
-        runs before the caller goes on (``yield_cpu``), unless it is queued for a slot."""
+        runs before the caller goes on (``yield_cpu``) while the group is quiet
+        (``_quiet``)."""
         handle = self.reserve(name, paced=True)
         task = _StepsTask(self, handle, steps)
         try:
@@ -420,9 +428,18 @@ class ThreadGroup:
             self.finish(handle)
             steps.close()
             raise
-        if ahead and not self.crowded():
+        if ahead and self._quiet():
             yield_cpu()
         return handle
+
+    def _quiet(self) -> bool:
+        """No step of this group runs (the caller's aside), and none has had to queue for
+        a slot for QUIET_AFTER seconds. Only then does ``spawn_steps(ahead=True)`` yield:
+        a caller that gives the GIL away queues for it again, and behind a busy process's
+        threads that can take several of the GIL's 5 ms switch intervals."""
+        mine = 1 if _worker.group is self else 0
+        return (len(self._active) <= mine and not self._queue
+                and time.monotonic() - self._last_queued > QUIET_AFTER)
 
     def finish(self, handle: TaskHandle) -> None:
         """End a reserved or parked task that will not be resumed."""
