@@ -271,7 +271,18 @@ def outside_slot(fn: Callable[..., T], *args: object) -> T:
         take_slot(group)
 
 
-_sched_yield: Optional[Callable[[], None]] = getattr(os, "sched_yield", None)
+def _find_sched_yield() -> Optional[Callable[[], object]]:
+    """``sched_yield`` that lets go of the GIL: ``os.sched_yield`` does from Python 3.10 on;
+    before, it kept the GIL, and libc's through ctypes does not (a foreign call lets go)."""
+    if sys.version_info >= (3, 10):
+        return getattr(os, "sched_yield", None)
+    try:
+        return ctypes.CDLL(None).sched_yield
+    except (OSError, AttributeError):  # no libc symbol: no yield
+        return None
+
+
+_sched_yield = _find_sched_yield()
 
 
 def yield_cpu() -> None:
