@@ -272,8 +272,9 @@ def outside_slot(fn: Callable[..., T], *args: object) -> T:
 
 
 def _find_sched_yield() -> Optional[Callable[[], object]]:
-    """``sched_yield`` that lets go of the GIL: ``os.sched_yield`` does from Python 3.10 on;
-    before, it kept the GIL, and libc's through ctypes does not (a foreign call lets go)."""
+    """``sched_yield`` that lets go of the GIL: ``os.sched_yield`` does from Python 3.10 on.
+    Before 3.10 it kept the GIL, so libc's is called through ctypes, which lets go of the
+    GIL for any foreign call."""
     if sys.version_info >= (3, 10):
         return getattr(os, "sched_yield", None)
     try:
