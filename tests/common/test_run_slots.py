@@ -16,6 +16,8 @@ from v2sync.transport.copy import CROWDED_READ_SIZE, FIRST_READ_SIZE, parkable_r
 from v2sync.transport.internet.conn import Connection, recv_waiting, send_waiting
 from v2sync.transport.internet.readiness import ReadWaiter
 
+from support.resources import wait_for
+
 WAIT = 5.0
 
 
@@ -381,7 +383,8 @@ def test_ahead_yields_the_cpu_only_in_a_quiet_group(monkeypatch, no_overdue):
     started, release = threading.Semaphore(0), threading.Event()
     try:
         group.spawn_steps("warm", _recording_steps([], "warm"))
-        _wait_for(lambda: len(group._idle) == 1)  # a parked worker: it needs the GIL to run
+        # a parked worker: it needs the GIL to run
+        wait_for(lambda: len(group._idle) == 1, WAIT, 0.001)
         group.spawn_steps("quiet", _recording_steps([], "quiet"), ahead=True)
         assert yields == [1]
         _paced(group, "busy", _blocker(started, release))  # a step running in a slot
@@ -393,16 +396,10 @@ def test_ahead_yields_the_cpu_only_in_a_quiet_group(monkeypatch, no_overdue):
         group.spawn_steps("queued", _recording_steps([], "queued"), ahead=True)
         assert yields == [1]  # queued for a slot: nobody to yield to
         release.set()
-        _wait_for(lambda: not group._active and not group._queue)
+        wait_for(lambda: not group._active and not group._queue, WAIT, 0.001)
         group.spawn_steps("after", _recording_steps([], "after"), ahead=True)
         assert yields == [1]  # a step queued within QUIET_AFTER: still a busy spell
     finally:
         release.set()
         group.shutdown(WAIT)
 
-
-def _wait_for(condition):
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.001)

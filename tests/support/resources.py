@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional
+from typing import Callable, Dict, FrozenSet, List, Optional
 
 POLL_SECONDS = 0.05
 FD_DIR = "/proc/self/fd"
@@ -87,6 +87,15 @@ def wait_for_baseline(threads: int, fds: int, timeout: float = 10.0, *,
 def wait_for_snapshot(before: ResourceSnapshot, timeout: float = 10.0) -> None:
     """``wait_for_baseline`` against a snapshot taken with ``snapshot()``."""
     wait_for_baseline(before.threads, before.fds, timeout, before=before)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0,
+             interval: float = 0.02) -> None:
+    """Poll until ``condition()`` is true, or raise AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
 
 
 def process_rss_kib(pid: int) -> int:

@@ -18,6 +18,8 @@ from v2sync.common.net import Address, Destination, Network
 from v2sync.common.task import ThreadGroup
 from v2sync.transport.internet import tproxy
 
+from support.resources import wait_for
+
 IO_TIMEOUT = 3.0
 JOIN_TIMEOUT = 5.0
 
@@ -64,13 +66,6 @@ def client() -> socket.socket:
     return sock
 
 
-def wait_for(condition, timeout: float = IO_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_one_session_per_source_answers_go_to_their_source(parts) -> None:
     worker, proxy = parts
     clients = [client() for _ in range(3)]
@@ -98,7 +93,7 @@ def test_idle_sessions_close_and_a_new_datagram_opens_a_new_one(parts, monkeypat
     with client() as sock:
         sock.sendto(b"a", ("127.0.0.1", worker.port))
         assert sock.recv(100) == b"re:a"
-        wait_for(lambda: worker.session_count() == 0 and proxy.ended == 1)
+        wait_for(lambda: worker.session_count() == 0 and proxy.ended == 1, IO_TIMEOUT)
         sock.sendto(b"b", ("127.0.0.1", worker.port))
         assert sock.recv(100) == b"re:b"
         assert len(proxy.sessions) == 2
@@ -160,7 +155,7 @@ def test_close_ends_every_session(parts) -> None:
         sock.sendto(b"a", ("127.0.0.1", worker.port))
         assert sock.recv(100) == b"re:a"
     worker.close()
-    wait_for(lambda: proxy.ended == 1)
+    wait_for(lambda: proxy.ended == 1, IO_TIMEOUT)
 
 
 def test_original_destination_from_ancillary_data() -> None:
