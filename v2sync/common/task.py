@@ -167,13 +167,19 @@ def tune_for_many_threads() -> None:
     widen_futex_hash()
 
 
+def _libc(name: str) -> Optional[Callable[..., int]]:
+    """A C library function through ctypes (errno kept for ``ctypes.get_errno``), or None
+    where there is no such symbol. A foreign call lets go of the GIL while it runs."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def widen_futex_hash(slots: int = FUTEX_HASH_SLOTS) -> bool:
     """Size this process's futex hash for its threads (Linux 6.16+); False if refused."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    prctl = _libc("prctl") if sys.platform.startswith("linux") else None
+    if prctl is None:
         return False
     done = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, ctypes.c_ulong(slots),
                  ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
@@ -277,10 +283,7 @@ def _find_sched_yield() -> Optional[Callable[[], object]]:
     GIL for any foreign call."""
     if sys.version_info >= (3, 10):
         return getattr(os, "sched_yield", None)
-    try:
-        return ctypes.CDLL(None).sched_yield
-    except (OSError, AttributeError):  # no libc symbol: no yield
-        return None
+    return _libc("sched_yield")
 
 
 _sched_yield = _find_sched_yield()
