@@ -257,3 +257,44 @@ def test_thousand_users_lookup() -> None:
     full = time.perf_counter() - started
     assert session.user is target
     print(f"1000 users: AuthID scan {best * 1e3:.3f} ms, full AEAD header decode {full * 1e3:.3f} ms")
+
+
+# -- request keys made ahead (aead.SpareKeys) ------------------------------------------------
+
+def test_keys_made_ahead_seal_the_same_header_as_keys_made_in_place() -> None:
+    section = encode_command_section(GCM, KEY, IV, 7, b"")
+    auth_id = aead.create_auth_id(AesBlock(BOB.auth_id_key), NOW, b"rand")
+    in_place = aead.seal_request_header(BOB.id.cmd_key, auth_id, section, lambda n: b"N" * n)
+    ahead = aead.RequestKeys(BOB.id.cmd_key, NOW, auth_id, b"N" * aead.CONNECTION_NONCE_SIZE)
+    assert aead.seal_with_keys(ahead, section) == in_place
+
+
+def test_a_header_sealed_with_spare_keys_is_accepted_once() -> None:
+    table, sessions = server(BOB)
+    keys = ClientSession(BOB).request_keys(NOW)
+    first = ClientSession(BOB).encode_request_header(GCM, NOW, keys)
+    assert first[:16] == keys.auth_id
+    session, _ = decode_request_header(first, table, sessions)
+    assert session.user is BOB
+    # The same keys on a second connection repeat the AuthID: the server refuses a replay.
+    again = ClientSession(BOB).encode_request_header(GCM, NOW, keys)
+    with pytest.raises(AuthenticationError, match="replayed AuthID"):
+        decode_request_header(again, table, sessions)
+
+
+def test_spare_keys_are_handed_out_once_and_only_in_their_second() -> None:
+    spares = aead.SpareKeys()
+    assert spares.wanted(NOW) and spares.take(NOW) is None
+    keys = ClientSession(BOB).request_keys(NOW + 0.7)  # made at NOW + 0.7: second NOW
+    spares.stock(keys)
+    assert not spares.wanted(NOW) and spares.wanted(NOW + 1)
+    assert spares.take(NOW) is keys
+    assert spares.take(NOW) is None  # taken: a second connection derives its own
+    spares.stock(keys)
+    assert spares.take(NOW + 1) is None  # a second later its AuthID's time is stale
+    assert spares.take(NOW) is None  # and the stale spare was dropped, not kept
+
+
+def test_every_user_has_one_shelf_of_spare_keys() -> None:
+    assert BOB.spare_keys is BOB.spare_keys
+    assert BOB.spare_keys is not ALICE.spare_keys

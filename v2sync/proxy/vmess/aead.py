@@ -82,19 +82,67 @@ def _header_cipher(cmd_key: bytes, key_salt: bytes, nonce_salt: bytes, auth_id: 
     return aes_gcm(key), iv
 
 
+class RequestKeys:
+    """What seals one request header: its AuthID (made in ``second``, which it carries),
+    the connection nonce, and the length and header parts' ciphers with their nonces. Four
+    KDFs, most of a client's work on a header (``SpareKeys`` makes them ahead)."""
+
+    __slots__ = ("second", "auth_id", "nonce", "length", "header")
+
+    def __init__(self, cmd_key: bytes, second: int, auth_id: bytes, nonce: bytes):
+        self.second = second
+        self.auth_id = auth_id
+        self.nonce = nonce
+        self.length = _header_cipher(cmd_key, SALT_HEADER_LENGTH_KEY, SALT_HEADER_LENGTH_NONCE,
+                                     auth_id, nonce)
+        self.header = _header_cipher(cmd_key, SALT_HEADER_KEY, SALT_HEADER_NONCE, auth_id,
+                                     nonce)
+
+
+class SpareKeys:
+    """One user's request keys made ahead: a client derives the next connection's while
+    this one waits for its answer, so the next header costs no KDF. A spare serves only
+    within the second its AuthID names, so every AuthID still carries the time of its
+    request, as 4.34's (aead/encrypt.go); it is handed out once (an AuthID used twice is a
+    replay), under a lock, since a user's connections run in several threads."""
+
+    __slots__ = ("_spare", "_lock")
+
+    def __init__(self) -> None:
+        self._spare: Optional[RequestKeys] = None
+        self._lock = threading.Lock()
+
+    def take(self, second: int) -> Optional[RequestKeys]:
+        """The spare if it was made in ``second``, else None; either way the shelf empties."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        return spare if spare is not None and spare.second == second else None
+
+    def wanted(self, second: int) -> bool:
+        """No spare for ``second`` yet (an older one is as good as none)."""
+        spare = self._spare
+        return spare is None or spare.second != second
+
+    def stock(self, keys: RequestKeys) -> None:
+        with self._lock:
+            self._spare = keys
+
+
 def seal_request_header(cmd_key: bytes, auth_id: bytes, plaintext: bytes,
                         random_bytes: RandomBytes = os.urandom) -> bytes:
     """``AuthID | EncLen | Nonce | EncHdr`` around the command-section ``plaintext``."""
+    keys = RequestKeys(cmd_key, 0, auth_id, random_bytes(CONNECTION_NONCE_SIZE))
+    return seal_with_keys(keys, plaintext)
+
+
+def seal_with_keys(keys: RequestKeys, plaintext: bytes) -> bytes:
+    """``seal_request_header`` with keys already derived."""
     if len(plaintext) > _MAX_HEADER_LENGTH:
         raise ValueError("VMess header too long")
-    nonce = random_bytes(CONNECTION_NONCE_SIZE)
-    length_aead, length_iv = _header_cipher(
-        cmd_key, SALT_HEADER_LENGTH_KEY, SALT_HEADER_LENGTH_NONCE, auth_id, nonce)
-    header_aead, header_iv = _header_cipher(
-        cmd_key, SALT_HEADER_KEY, SALT_HEADER_NONCE, auth_id, nonce)
-    sealed_length = length_aead.seal(length_iv, _U16.pack(len(plaintext)), auth_id)
-    sealed_header = header_aead.seal(header_iv, plaintext, auth_id)
-    return auth_id + sealed_length + nonce + sealed_header
+    (length_aead, length_iv), (header_aead, header_iv) = keys.length, keys.header
+    sealed_length = length_aead.seal(length_iv, _U16.pack(len(plaintext)), keys.auth_id)
+    sealed_header = header_aead.seal(header_iv, plaintext, keys.auth_id)
+    return keys.auth_id + sealed_length + keys.nonce + sealed_header
 
 
 def open_request_header(cmd_key: bytes, buf: bytes) -> Optional[Tuple[bytes, int]]:

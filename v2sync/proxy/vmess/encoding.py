@@ -301,18 +301,26 @@ class ClientSession:
     def _roll(self, n: int) -> int:
         return int.from_bytes(self._random(4), "big") % n
 
-    def encode_request_header(self, header: RequestHeader, now: float) -> bytes:
-        """The whole request header; ``now`` is the Unix time in seconds."""
+    def encode_request_header(self, header: RequestHeader, now: float,
+                              keys: Optional[aead.RequestKeys] = None) -> bytes:
+        """The whole request header; ``now`` is the Unix time in seconds. ``keys``: an AEAD
+        header's, made ahead in ``now``'s second (``SpareKeys.take``); else derived here."""
         padding = self._random(self._roll(MAX_PADDING + 1))
         section = encode_command_section(header, self.request_key, self.request_iv,
                                          self.response_auth, padding)
         if self.is_aead:  # exact time, no jitter (aead/encrypt.go)
-            auth_id = self.user.auth_id_sealer.create(int(now), self._random(4))
-            return aead.seal_request_header(self.user.id.cmd_key, auth_id, section, self._random)
+            return aead.seal_with_keys(keys or self.request_keys(now), section)
         timestamp = int(now) + self._roll(2 * LEGACY_TIME_JITTER) - LEGACY_TIME_JITTER
         alters = self.user.alter_ids  # MemoryAccount.AnyValidID: an alter ID if there is one
         id_for_auth = alters[self._roll(len(alters))] if alters else self.user.id
         return seal_legacy_request_header(id_for_auth, self.user.id.cmd_key, timestamp, section)
+
+    def request_keys(self, now: float) -> aead.RequestKeys:
+        """An AEAD header's keys for ``now``'s second: a fresh AuthID and nonce."""
+        second = int(now)
+        auth_id = self.user.auth_id_sealer.create(second, self._random(4))
+        nonce = self._random(aead.CONNECTION_NONCE_SIZE)
+        return aead.RequestKeys(self.user.id.cmd_key, second, auth_id, nonce)
 
     def request_body_writer(self, header: RequestHeader) -> BodyWriter:
         return new_body_writer(header.security, header.option, header.is_packet,

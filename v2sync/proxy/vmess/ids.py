@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Tuple
 
 from v2sync.common.crypto.kdf import vmess_kdf16
-from v2sync.proxy.vmess.aead import AuthIdSealer
+from v2sync.proxy.vmess.aead import AuthIdSealer, SpareKeys
 
 UUID_SIZE = 16
 UUID_GROUPS = (8, 4, 4, 4, 12)  # hex digits per dash-separated group
@@ -174,6 +174,11 @@ class VMessUser:
     def auth_id_sealer(self) -> AuthIdSealer:
         """Makes this user's AuthIDs: one cipher for all of a client's connections."""
         return AuthIdSealer(self.auth_id_key)
+
+    @cached_property
+    def spare_keys(self) -> SpareKeys:
+        """The request keys a client made ahead for this user's next connection."""
+        return SpareKeys()
 
     @property
     def uses_aead(self) -> bool:

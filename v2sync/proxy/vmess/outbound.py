@@ -87,7 +87,9 @@ class VMessOutbound:
             # The header first, then the wait for the payload, as 4.34 (outbound.go encodes
             # it before CopyOnceTimeout): its key derivations run while the first payload
             # is still on its way, not after it arrived.
-            out = client.encode_request_header(header, time.time())
+            now = time.time()
+            spare = client.user.spare_keys.take(int(now)) if client.is_aead else None
+            out = client.encode_request_header(header, now, spare)
             payload = _first_payload(link)
             if payload is EOF:
                 ended = True
@@ -132,6 +134,7 @@ class VMessOutbound:
         buf = b""
         waiter = parking(conn, waiter)
         client.prepare_response(header)  # while the request travels, not once the answer is in
+        _stock_spare(client)
         while True:
             parsed = client.decode_response_header(buf)
             if parsed is not None:
@@ -142,6 +145,17 @@ class VMessOutbound:
             if not data:
                 raise RemoteProtocolError("vmess: server closed before its response header")
             buf += data
+
+
+def _stock_spare(client: ClientSession) -> None:
+    """The user's next connection's request keys, made while this request travels
+    (``aead.SpareKeys``): its header then costs no KDF on the way to the server."""
+    if not client.is_aead:
+        return
+    now = time.time()
+    spares = client.user.spare_keys
+    if spares.wanted(int(now)):
+        spares.stock(client.request_keys(now))
 
 
 def _first_payload(link: Link) -> Optional[Chunk]:
