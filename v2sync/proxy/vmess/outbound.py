@@ -25,7 +25,7 @@ from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
-from v2sync.proxy.vmess.ids import resolve_security
+from v2sync.proxy.vmess.ids import VMessUser, resolve_security
 from v2sync.transport.copy import PipeDrain, parkable_reads, parking, read_or_park
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
 from v2sync.transport.internet.dialer import dial_with_retry
@@ -54,19 +54,14 @@ class VMessOutbound:
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: the reader of the server's answer parks while idle."""
         server = self.picker.pick()
-        user = random.choice(server.users)
-        security = resolve_security(user.security)
-        target = session.destination()
-        command = Command.UDP if target.network is Network.UDP else Command.TCP
-        if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
-            command = Command.MUX
-        header = RequestHeader(command, security, client_options(security),
-                               target.address, target.port)
-        client = ClientSession(user)
+        # The dial first, as 4.34's outbound.go: the server accepts while this side builds
+        # its request.
         conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
                                DIAL_BACKOFF_START, self.client)
         try:
-            yield from self._relay(session, conn, link, client, header, user.level)
+            user = random.choice(server.users)
+            header = _request_header(session, user)
+            yield from self._relay(session, conn, link, ClientSession(user), header, user.level)
         finally:
             conn.close()
 
@@ -145,6 +140,16 @@ class VMessOutbound:
             if not data:
                 raise RemoteProtocolError("vmess: server closed before its response header")
             buf += data
+
+
+def _request_header(session: Session, user: VMessUser) -> RequestHeader:
+    security = resolve_security(user.security)
+    target = session.destination()
+    command = Command.UDP if target.network is Network.UDP else Command.TCP
+    if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
+        command = Command.MUX
+    return RequestHeader(command, security, client_options(security), target.address,
+                         target.port)
 
 
 def _stock_spare(client: ClientSession) -> None:
