@@ -287,6 +287,7 @@ def test_spare_keys_are_handed_out_once_and_only_in_their_second() -> None:
     assert spares.wanted(NOW) and spares.take(NOW) is None
     keys = ClientSession(BOB).request_keys(NOW + 0.7)  # made at NOW + 0.7: second NOW
     spares.stock(keys)
+    assert spares.peek() is keys and spares.peek() is keys  # a look leaves it in place
     assert not spares.wanted(NOW) and spares.wanted(NOW + 1)
     assert spares.take(NOW) is keys
     assert spares.take(NOW) is None  # taken: a second connection derives its own

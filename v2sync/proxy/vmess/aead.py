@@ -118,6 +118,10 @@ class SpareKeys:
             spare, self._spare = self._spare, None
         return spare if spare is not None and spare.second == second else None
 
+    def peek(self) -> Optional[RequestKeys]:
+        """The spare, left in place (what it holds, for a look from outside)."""
+        return self._spare
+
     def wanted(self, second: int) -> bool:
         """No spare for ``second`` yet (an older one is as good as none)."""
         spare = self._spare
