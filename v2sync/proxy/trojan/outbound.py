@@ -25,13 +25,13 @@ class TrojanOutbound(KeyedOutbound):
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         server = self.picker.pick()
-        target = session.destination()
-        udp = target.network is Network.UDP
-        command = Command.UDP if udp else Command.TCP
-        header = encode_request_header(RequestHeader(server.user.key, command, target.address,
-                                                     target.port))
-        conn = self.dial(server.address, server.port)
+        conn = self.dial(server.address, server.port)  # first, as 4.34's outbound.go
         try:
+            target = session.destination()
+            udp = target.network is Network.UDP
+            command = Command.UDP if udp else Command.TCP
+            header = encode_request_header(RequestHeader(server.user.key, command,
+                                                         target.address, target.port))
             yield from self.relay_steps(session, conn, link, server.user.level, header,
                        partial(encode_trojan_packets, target) if udp else None,
                        _payload_of_packet if udp else None, None)

@@ -28,16 +28,16 @@ class VlessOutbound(KeyedOutbound):
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         server = self.picker.pick()
-        user = random.choice(server.users)
-        target = session.destination()
-        command = Command.UDP if target.network is Network.UDP else Command.TCP
-        if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
-            command = Command.MUX
-        header = encode_request_header(RequestHeader(user.key, command, target.address,
-                                                     target.port))
-        udp = command == Command.UDP
-        conn = self.dial(server.address, server.port)
+        conn = self.dial(server.address, server.port)  # first, as 4.34's outbound.go
         try:
+            user = random.choice(server.users)
+            target = session.destination()
+            command = Command.UDP if target.network is Network.UDP else Command.TCP
+            if is_mux_destination(target):  # outbound.go: a mux worker's is command 3
+                command = Command.MUX
+            header = encode_request_header(RequestHeader(user.key, command, target.address,
+                                                         target.port))
+            udp = command == Command.UDP
             yield from self.relay_steps(session, conn, link, user.level, header,
                        encode_length_packet if udp else None,
                        parse_length_packet if udp else None, parse_response_header)
