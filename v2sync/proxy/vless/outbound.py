@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 
-from v2sync.common.mux.encoding import is_mux_destination
-from v2sync.common.net import Network
 from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
+from v2sync.common.protocol.command import command_for
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -32,9 +31,7 @@ class VlessOutbound(KeyedOutbound):
         try:
             user = random.choice(server.users)
             target = session.destination()
-            command = Command.UDP if target.network is Network.UDP else Command.TCP
-            if is_mux_destination(target):  # outbound.go: a mux worker's is command 3
-                command = Command.MUX
+            command = command_for(target)
             header = encode_request_header(RequestHeader(user.key, command, target.address,
                                                          target.port))
             udp = command == Command.UDP

@@ -14,16 +14,16 @@ import time
 from typing import List, Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
-from v2sync.common.mux.encoding import is_mux_destination
-from v2sync.common.net import Destination, Network
+from v2sync.common.net import Destination
 from v2sync.common.protocol.server_spec import ServerPicker
+from v2sync.common.protocol.command import command_for
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import Parkable, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
-from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
+from v2sync.proxy.vmess.encoding import ClientSession, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import VMessUser, resolve_security
 from v2sync.transport.copy import PipeDrain, parkable_reads, parking, read_or_park
@@ -145,11 +145,8 @@ class VMessOutbound:
 def _request_header(session: Session, user: VMessUser) -> RequestHeader:
     security = resolve_security(user.security)
     target = session.destination()
-    command = Command.UDP if target.network is Network.UDP else Command.TCP
-    if is_mux_destination(target):  # outbound.go: a mux worker's connection is command 3
-        command = Command.MUX
-    return RequestHeader(command, security, client_options(security), target.address,
-                         target.port)
+    return RequestHeader(command_for(target), security, client_options(security),
+                         target.address, target.port)
 
 
 def _stock_spare(client: ClientSession) -> None:
