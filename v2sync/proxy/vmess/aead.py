@@ -135,6 +135,8 @@ class SpareKeys:
 def seal_request_header(cmd_key: bytes, auth_id: bytes, plaintext: bytes,
                         random_bytes: RandomBytes = os.urandom) -> bytes:
     """``AuthID | EncLen | Nonce | EncHdr`` around the command-section ``plaintext``."""
+    # The caller made the AuthID, so its second is not known here; only a shelved spare
+    # (``SpareKeys``) is matched by it.
     keys = RequestKeys(cmd_key, 0, auth_id, random_bytes(CONNECTION_NONCE_SIZE))
     return seal_with_keys(keys, plaintext)
 
