@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.protocol.command import command_for
+from v2sync.common.protocol.packets import encode_length_packet, parse_length_packet
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps

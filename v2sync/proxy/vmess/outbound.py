@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.net import Destination
-from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.protocol.command import command_for
+from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
