@@ -14,7 +14,7 @@ from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
 from v2sync.proxy.relay import relay_stream_steps, run_relay
 from v2sync.transport import copy as copy_module
 from v2sync.transport.copy import PipeDrain, flush_ready
-from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.conn import Connection, send_queue_empty
 from v2sync.transport.link import new_link_pair
 from v2sync.transport.pipe import EOF
 
@@ -203,6 +203,39 @@ def test_an_idle_response_direction_gives_its_thread_back_and_wakes_for_the_next
     assert result == [None]
 
 
+def foreground_until(done):
+    """A relay's client direction that ends when ``done`` is set, and the event it sets on
+    starting. The foreground starts once the drain's first step has returned (run inline
+    and parked, or handed to a pooled thread), so a test that waits for it writes to a
+    drain that its caller's thread no longer runs."""
+    started = threading.Event()
+
+    def request(timer):
+        started.set()
+        assert done.wait(WAIT)
+
+    return request, started
+
+
+def stuff(conn):
+    """Fill ``conn``'s send buffer (its peer never reads) until bytes stay queued in it
+    (SIOCOUTQ > 0); returns how many were written."""
+    conn.sock.setblocking(False)
+    stuffed = 0
+    deadline = time.monotonic() + WAIT
+    try:
+        while stuffed < 64 * 1024 * 1024 and time.monotonic() < deadline:  # bounded
+            try:
+                stuffed += conn.sock.send(b"s" * 65536)
+            except BlockingIOError:
+                if not send_queue_empty(conn):
+                    return stuffed
+                time.sleep(0.01)  # refused with nothing queued (memory pressure): again
+    finally:
+        conn.sock.setblocking(True)
+    raise AssertionError(f"no bytes stayed queued after {stuffed} written")
+
+
 def test_a_small_write_is_sent_by_the_writer_and_a_large_one_by_a_pooled_thread():
     """A parked drain woken by a few bytes runs in the writer's thread (no hand-over);
     more than INLINE_MAX goes to a pooled thread, so a writer never carries bulk."""
@@ -219,16 +252,12 @@ def test_a_small_write_is_sent_by_the_writer_and_a_large_one_by_a_pooled_thread(
 
         client_done = threading.Event()
 
-        def request(timer):  # the client direction: done when the test says so
-            assert client_done.wait(WAIT)
-
+        request, started = foreground_until(client_done)
         caller = threading.Thread(target=lambda: result.append(
             run_relay(ctx, "t", POLICY, conn, conn.abort, request, drain)), name="caller")
         caller.start()
         try:
-            deadline = time.monotonic() + WAIT
-            while not ctx.threads.live() and time.monotonic() < deadline:
-                time.sleep(0.005)
+            assert started.wait(WAIT)  # the drain's first step has run, and parked
             outbound.writer.write(b"small answer")
             big = b"x" * (copy_module.INLINE_MAX * 4)
             outbound.writer.write(big)
@@ -251,29 +280,21 @@ def test_a_writer_never_sends_for_a_drain_whose_socket_still_has_bytes_queued():
     senders = []
     with relay_context() as ctx, tcp_pair() as (conn, peer):
         inbound, outbound = new_link_pair()
-        conn.sock.setblocking(False)
-        stuffed = 0
-        try:
-            while stuffed < 64 * 1024 * 1024:  # bounded: loopback buffers are a few MiB
-                stuffed += conn.sock.send(b"s" * 65536)
-        except BlockingIOError:
-            pass
-        conn.sock.setblocking(True)
+        stuffed = stuff(conn)
 
         def send(chunks):
             senders.append(threading.current_thread().name)
             conn.write(b"".join(chunks))
 
         client_done = threading.Event()
+        request, foreground_started = foreground_until(client_done)
         result = []
         caller = threading.Thread(target=lambda: result.append(run_relay(
-            ctx, "t", POLICY, conn, conn.abort, lambda timer: client_done.wait(WAIT),
+            ctx, "t", POLICY, conn, conn.abort, request,
             PipeDrain(inbound.reader, send, conn=conn))))
         caller.start()
         try:
-            deadline = time.monotonic() + WAIT
-            while not ctx.threads.live() and time.monotonic() < deadline:
-                time.sleep(0.005)
+            assert foreground_started.wait(WAIT)  # the drain's first step has run
             started = time.monotonic()
             outbound.writer.write(b"small")
             assert time.monotonic() - started < 1.0  # the writer did not wait on the peer
