@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""CPU per MiB of a VMess client talking to a v2ray 4.34 server (issue 19).
+"""CPU per MiB of a VMess or VLESS client talking to a v2ray 4.34 server (issue 19).
 
-    python tools/client_cpu_probe.py [--stream tls|ws] [--mib 128] [--rounds 3]
-                                     [--only v2sync|v2ray]
+    python tools/client_cpu_probe.py [--protocol vmess|vless] [--stream tls|ws] [--mib 128]
+                                     [--rounds 3] [--only v2sync|v2ray]
 
 A throughput figure on a shared 2-core machine says as much about the neighbours as about
 the client; the CPU the client process spends per MiB moved does not. For each client
 implementation (v2sync, then the real v2ray), against a v2ray server in both cases: start
-the pair of ``tools/bench.py``'s mixed scenario (SOCKS5 -> VMess aes-128-gcm over TLS or
-WS+TLS -> v2ray -> freedom), warm it with one transfer, then per round download and upload
+the pair of ``tools/bench.py``'s mixed scenario (SOCKS5 -> VMess aes-128-gcm, or VLESS,
+over TLS or WS+TLS -> v2ray -> freedom), warm it with one transfer, then per round download and upload
 ``--mib`` through it and print MiB/s, the client's CPU ms per MiB (user + system, from
 /proc), its context switches and minor page faults per MiB.
 
@@ -70,11 +70,12 @@ def measured(pid: int, mib: int, transfer: Callable[[], float]) -> str:
 
 STREAMS: Dict[str, Callable[[], Tuple[Dict[str, object], Dict[str, object]]]] = {
     "tls": bench.tls_streams, "ws": bench.wss_streams}
+PAIRS = {"vmess": bench.vmess_pair_configs, "vless": bench.vless_pair_configs}
 
 
-def run(client: str, stream: str, mib: int, rounds: int) -> None:
+def run(client: str, protocol: str, stream: str, mib: int, rounds: int) -> None:
     entry = bench.free_port()
-    server_config, client_config = bench.vmess_pair_configs(entry, *STREAMS[stream]())
+    server_config, client_config = PAIRS[protocol](entry, *STREAMS[stream]())
     errors: list = []
     size = mib * bench.MIB
     with BulkSource(size, max_connections=4, timeout=bench.CLIENT_TIMEOUT) as source, \
@@ -95,6 +96,7 @@ def run(client: str, stream: str, mib: int, rounds: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=sorted(PAIRS), default="vmess")
     parser.add_argument("--stream", choices=sorted(STREAMS), default="ws")
     parser.add_argument("--mib", type=int, default=128, help="MiB per transfer (default 128)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -103,7 +105,7 @@ def main() -> int:
     mib = max(1, min(args.mib, 1024))
     rounds = max(1, min(args.rounds, 10))
     for client in (args.only,) if args.only else bench.IMPLEMENTATIONS:
-        run(client, args.stream, mib, rounds)
+        run(client, args.protocol, args.stream, mib, rounds)
     return 0
 
 
