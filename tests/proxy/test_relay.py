@@ -230,7 +230,7 @@ def stuff(conn):
             except BlockingIOError:
                 if not send_queue_empty(conn):
                     return stuffed
-                time.sleep(0.01)  # refused with nothing queued (memory pressure): again
+                time.sleep(0.01)  # refused with nothing queued: not yet stuffed, again
     finally:
         conn.sock.setblocking(True)
     raise AssertionError(f"no bytes stayed queued after {stuffed} written")
