@@ -56,9 +56,12 @@ def _add_link_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    from v2sync.common.net import decimal
+
+    port = decimal(text)
+    if port is None or not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return int(text)
+    return port
 
 
 def _add_link_command(sub) -> None:

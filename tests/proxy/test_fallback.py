@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from v2sync.common.errors import ConfigError, RemoteProtocolError
 from v2sync.infra.conf.builder import config_from_dict
-from v2sync.proxy.fallback import Fallback, FallbackTable, parse_fallbacks, request_path
+from v2sync.proxy.fallback import (Fallback, FallbackTable, _dial_port, parse_fallbacks,
+                                   request_path)
 
 from support.deep import deep_json
 
@@ -41,6 +42,16 @@ BAD = [
      '{P} fallbacks: invalid PROXY protocol version, "xver" only accepts 0, 1, 2'),
     ({"fallback": {"dest": 80}},
      '{P} settings: please use "fallbacks":[{{}}] instead of "fallback":{{}}'),
+    ({"fallback": None},  # 4.34 keeps it as raw JSON, which is not nil
+     '{P} settings: please use "fallbacks":[{{}}] instead of "fallback":{{}}'),
+    # Digits str.isdigit() passes and Go's strconv.Atoi does not, and an int64 overflow.
+    *[({"fallbacks": [{"dest": dest}]},
+       '{P} fallbacks: please fill in a valid value for every "dest"')
+      for dest in ["\u00b2", "\uff18\uff10", "\u0668\u0660", "1" * 20]],
+    # A bracket out of place, as Go's net.SplitHostPort refuses it.
+    *[({"fallbacks": [{"dest": dest}]},
+       '{P} fallbacks: please fill in a valid value for every "dest"')
+      for dest in ["[[::1]:80", "example.com:8]", "a:[80", "[::1]x:80"]],
 ]
 
 
@@ -66,6 +77,7 @@ GOOD: List[Dict[str, Any]] = [
     {"dest": "/run/site.sock"}, {"dest": "@site"}, {"dest": "@@site"},
     {"dest": "serve-ws-none"}, {"dest": 80, "alpn": "h2", "path": "/ws", "xver": 2},
     {"dest": 80, "name": "a.example"}, {"type": "tcp", "dest": "anything"},
+    {"dest": None}, {"dest": "-1"}, {"dest": "+80"}, {"dest": "example.com:http"},
 ]
 
 
@@ -86,7 +98,8 @@ def test_dest_forms() -> None:
         ("tcp", "127.0.0.1:80"), ("tcp", "127.0.0.1:8080"), ("tcp", "localhost:80"),
         ("tcp", "[::1]:443"), ("unix", "/run/site.sock"), ("unix", "@site"),
         ("unix", "@@site"), ("serve", "serve-ws-none"), ("tcp", "127.0.0.1:80"),
-        ("tcp", "127.0.0.1:80"), ("tcp", "anything")]
+        ("tcp", "127.0.0.1:80"), ("tcp", "anything"), ("tcp", "127.0.0.1:0"),
+        ("tcp", "127.0.0.1:-1"), ("tcp", "127.0.0.1:+80"), ("tcp", "example.com:http")]
 
 
 def _fb(dest: str, **kw: Any) -> Fallback:
@@ -164,3 +177,10 @@ def test_deeply_nested_values_are_named_not_repr_d(entry: Dict[str, Any], messag
     with pytest.raises(ConfigError) as info:
         parse_fallbacks({"fallbacks": [entry]}, "inbounds[0].settings", "VLESS")
     assert message in info.value.message
+
+
+@pytest.mark.parametrize("text, port", [("80", 80), ("+80", 80), ("http", 80), ("0", 0),
+                                        ("-1", None), ("65536", None), ("\u00b2", None),
+                                        ("no-such-service", None), ("", None)])
+def test_a_dest_port_is_read_as_go_s_dialer_reads_it(text: str, port: Optional[int]) -> None:
+    assert _dial_port(text) == port

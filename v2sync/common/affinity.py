@@ -48,7 +48,7 @@ def parse_setting(value: str) -> Setting:
     text = value.strip().lower()
     if text in (AUTO, ALL):
         return text
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     raise ValueError(f"{value!r} is not a CPU setting (expected auto, all or a CPU number)")
 

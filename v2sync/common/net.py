@@ -9,7 +9,7 @@ import enum
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Tuple, Union
 
 from v2sync.common.errors import ConfigError
 
@@ -126,9 +126,36 @@ class Destination:
 
 def parse_host_port(text: str, path: str = "") -> "tuple[str, int]":
     """Split ``host:port`` / ``[v6]:port``; a ConfigError names the problem."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    parts = split_host_port(text)
+    port = decimal(parts[1]) if parts is not None else None
+    if parts is None or port is None or port > 65535:
         raise ConfigError(f"invalid host:port {text!r}", path=path, expected="host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    return parts[0], port
+
+
+def decimal(text: str) -> Optional[int]:
+    """``text`` read as ASCII decimal digits, else None. (``str.isdigit`` also passes "²"
+    and "٨٠", which ``int`` then refuses or reads as 80.)"""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def split_host_port(text: str) -> Optional[Tuple[str, str]]:
+    """(host, port) as Go's ``net.SplitHostPort`` splits ``text``, brackets off an IPv6
+    host; None where it refuses: no colon, a colon in an unbracketed host, a bracket out of
+    place (anywhere after the first character, or a ``]`` after the host's). The port is
+    not checked."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return None
+    if text.startswith("["):
+        close = text.find("]")
+        if close + 1 != len(host):  # "]" must come just before the last colon
+            return None
+        host, start, end = text[1:close], 1, close + 1
+    elif ":" in host:
+        return None
+    else:
+        start = end = 0
+    if "[" in text[start:] or "]" in text[end:]:
+        return None
+    return host, port

@@ -16,11 +16,12 @@ then relay both ways under the level-0 policy.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, RemoteProtocolError, TransportError, join_path, shown
-from v2sync.common.net import Address, AddressKind, Destination
+from v2sync.common.net import Address, AddressKind, Destination, decimal, split_host_port
 from v2sync.common.protocol.proxy_protocol import encode as encode_proxy_header
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.fields import get_items, require_object
@@ -59,7 +60,7 @@ def parse_fallbacks(settings: Mapping[str, Any], path: str, label: str
                     ) -> Tuple[Fallback, ...]:
     """``settings.fallbacks`` of a VLESS or Trojan inbound; ``label`` starts 4.34's
     messages ("VLESS" / "Trojan")."""
-    if settings.get("fallback") is not None:
+    if "fallback" in settings:  # even null: 4.34 keeps it as raw JSON, which is not nil
         raise ConfigError(f'{label} settings: please use "fallbacks":[{{}}] instead of '
                           '"fallback":{}', join_path(path, "fallback"),
                           expected="a fallbacks array")
@@ -73,7 +74,7 @@ def _fallback(raw: Any, path: str, label: str) -> Fallback:
     if texts["path"] and not texts["path"].startswith("/"):
         raise ConfigError(f'{label} fallbacks: "path" must be empty or start with "/"',
                           join_path(path, "path"))
-    dest, kind = _dest(entry.get("dest"), texts["type"])
+    dest, kind = _dest(entry.get("dest", ""), texts["type"])  # "dest": null is kept (x-raw)
     if not kind:
         raise ConfigError(f'{label} fallbacks: please fill in a valid value for every "dest"',
                           join_path(path, "dest"),
@@ -98,8 +99,11 @@ def _text(entry: Mapping[str, Any], key: str, path: str) -> str:
 
 def _dest(raw: Any, kind: str) -> Tuple[str, str]:
     """(dest, type) as vless.go builds them; type "" means invalid. A number must fit a
-    uint16 (Go unmarshals it so); any other JSON value counts as empty."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    uint16 (Go unmarshals it so) and null reads as 0; any other JSON value, or none at
+    all, counts as empty."""
+    if raw is None:
+        dest = "0"
+    elif isinstance(raw, int) and not isinstance(raw, bool):
         dest = str(raw) if 0 <= raw <= 0xFFFF else ""
     else:
         dest = raw if isinstance(raw, str) else ""
@@ -109,19 +113,21 @@ def _dest(raw: Any, kind: str) -> Tuple[str, str]:
         return dest, SERVE_TYPE
     if dest[0] in "@/":
         return dest, "unix"
-    if dest.isdigit():
+    if _go_atoi(dest) is not None:
         dest = "127.0.0.1:" + dest
-    return dest, ("tcp" if _splits_host_port(dest) else "")
+    return dest, ("tcp" if split_host_port(dest) is not None else "")
 
 
-def _splits_host_port(text: str) -> bool:
-    """Go's ``net.SplitHostPort`` succeeds (it does not check the port)."""
-    host, sep, _ = text.rpartition(":")
-    if not sep:
-        return False
-    if host.startswith("["):
-        return host.endswith("]") and "]" not in host[:-1]
-    return ":" not in host and "[" not in host and "]" not in host
+_INT64 = 1 << 63
+
+
+def _go_atoi(text: str) -> Optional[int]:
+    """Go's ``strconv.Atoi`` on 64 bits: an optional sign, then ASCII digits, in range."""
+    value = decimal(text[1:] if text[:1] in ("+", "-") else text)
+    if value is None:
+        return None
+    value = -value if text[0] == "-" else value
+    return value if -_INT64 <= value < _INT64 else None
 
 
 # -- selection -------------------------------------------------------------------------
@@ -224,10 +230,11 @@ def request_path(first: bytes) -> str:
 
 def dial_fallback(fallback: Fallback) -> Connection:
     if fallback.type == "tcp":
-        host, _, port = fallback.dest.rpartition(":")
-        if not port.isdigit() or int(port) > 0xFFFF:
-            raise TransportError(f"fallback: cannot dial {fallback.dest!r}: bad port")
-        dest = Destination(Address.parse(host or "127.0.0.1"), int(port))
+        parts = split_host_port(fallback.dest)
+        port = _dial_port(parts[1]) if parts is not None else None
+        if parts is None or port is None:
+            raise TransportError(f"fallback: cannot dial {fallback.dest!r}: bad address or port")
+        dest = Destination(Address.parse(parts[0] or "127.0.0.1"), port)
         return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START)
     if fallback.type == "unix":
         client = StreamClient(StreamSettings(network="domainsocket", ds=_unix(fallback.dest)))
@@ -235,6 +242,18 @@ def dial_fallback(fallback: Fallback) -> Connection:
         return dial_with_retry(target, DIAL_ATTEMPTS, DIAL_BACKOFF_START, client)
     raise TransportError(f"fallback: failed to dial to {fallback.dest}: "
                          f"unknown network {fallback.type!r}")
+
+
+def _dial_port(text: str) -> Optional[int]:
+    """A port as Go's dialer reads one: digits after an optional "+", or a service name
+    ("http"); None for anything out of 0-65535 or unknown."""
+    number = decimal(text[1:] if text.startswith("+") else text)
+    if number is None and text.isascii() and text.isprintable() and text:
+        try:
+            number = socket.getservbyname(text, "tcp")
+        except OSError:
+            return None
+    return number if number is not None and number <= 0xFFFF else None
 
 
 def _unix(dest: str) -> DsSettings:

@@ -7,7 +7,7 @@ import pytest
 
 from v2sync.common.errors import ConfigError
 from v2sync.proxy.blackhole.config import BlackholeConfig
-from v2sync.proxy.freedom.config import FreedomConfig, split_host_port
+from v2sync.proxy.freedom.config import FreedomConfig, redirect_host_port
 from v2sync.proxy.http.config import HttpServerConfig
 from v2sync.proxy.socks.config import SocksServerConfig
 
@@ -87,7 +87,7 @@ def test_freedom_unknown_strategy_is_an_error() -> None:
 ])
 def test_freedom_redirect(text: str, expected: Any) -> None:
     assert FreedomConfig.from_json({"redirect": text}).redirect == expected
-    assert split_host_port(text) == expected
+    assert redirect_host_port(text) == expected
 
 
 @pytest.mark.parametrize("text", ["nohost", "::1:53", "[::1]53", "[::1", "h:65536", "h:-1",

@@ -129,6 +129,9 @@ def test_url_forms_with_ipv6_and_percent_encoding() -> None:
      .decode(), "type", "mKCP"),
     ("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, port="x")).encode())
      .decode(), "port", "number"),
+    # Digits str.isdigit() passes but int() refuses ("²"), or reads as 80 ("٨٠").
+    *[("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, port=port)).encode())
+       .decode(), "port", "number") for port in ["\u00b2", "\u0668\u0660"]],
     ("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, scy="zero")).encode())
      .decode(), "security", "zero"),
     ("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, ps=[])).encode())

@@ -41,6 +41,9 @@ CASES = [
      'VLESS clients: "encryption" should not in inbound settings'),
     (_outbound(_vnext(encryption="none", flow="xtls-rprx-splice")), None),
     (_outbound(_vnext()), 'VLESS users: please add/set "encryption":"none" for every user'),
+    # A space inside a group: Go's hex.Decode refuses it (Python's bytes.fromhex skips it).
+    (_inbound({"decryption": "none", "clients": [{"id": "b8 31 38" + UUID[8:]}]}),
+     "failed to parse ID"),
     (_outbound(_vnext(encryption="auto")),
      'VLESS users: please add/set "encryption":"none" for every user'),
     (_outbound({"vnext": []}), 'VLESS settings: "vnext" is empty'),
@@ -71,3 +74,16 @@ def test_as_v2ray_test_decides(v2ray_bin: str, tmp_path: Path, config: Dict[str,
     with pytest.raises(ConfigError) as info:
         config_from_dict(config, "f.json")
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("protocol, servers", [
+    ("vless", {"vnext": [{"address": "", "port": 443,
+                          "users": [{"id": UUID, "encryption": "none"}]}]}),
+    ("trojan", {"servers": [{"address": "", "port": 443, "password": "p"}]}),
+])
+def test_an_empty_server_address_is_named_as_empty(protocol: str, servers: Dict[str, Any]
+                                                   ) -> None:
+    # 4.34 takes "" (an empty domain) and fails at every dial; v2sync refuses it at once.
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_outbound(servers, protocol), "f.json")
+    assert "the server address is empty" in str(info.value)

@@ -27,6 +27,9 @@ def test_parse_uuid_is_lenient_like_v2ray(text: str) -> None:
 @pytest.mark.parametrize("text", [
     "2418d087", "2418d087-648k-4990-86e8-19dca1d006d3", "", "-" * 40,
     "2418d087--648d-4990-86e8-19dca1d006d3",  # only one dash per group boundary
+    # Spaces inside a group: Go's hex.Decode refuses them (bytes.fromhex would skip them
+    # and leave 15 bytes); and non-ASCII digits.
+    "24 18 d0-648d-4990-86e8-19dca1d006d3 ", "2418d087-648d-4990-86e8-19dca1d006d\u0663",
 ])
 def test_parse_uuid_rejects(text: str) -> None:
     with pytest.raises(ValueError):

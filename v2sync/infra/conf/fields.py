@@ -92,6 +92,9 @@ def get_server_address(entry: Mapping[str, Any], path: str, empty: str,
                        expected: str = "") -> Address:
     """A server's ``address``; ``empty`` is the protocol's own 4.34 message for a missing one."""
     address = get_str(entry, "address", path)
+    if not address and "address" in entry:  # 4.34 takes "" and fails at each dial
+        raise ConfigError("the server address is empty", join_path(path, "address"),
+                          expected=expected or "an IP address or a domain")
     if not address:
         raise ConfigError(empty, join_path(path, "address"), expected=expected)
     return Address.parse(address)

@@ -4,7 +4,8 @@ Go's ``encoding/json`` does things JSON Schema cannot express, so ``SchemaWalker
 first, guided by the schema itself:
 
 - keys match struct fields case-insensitively, an exact match first (``"Port"`` is ``port``);
-  a ``null`` leaves a field unset;
+  a ``null`` leaves a field unset, except a field marked ``x-raw`` (a ``json.RawMessage``
+  in Go, which keeps the four bytes ``null``): there it stays, as ``None``;
 - ``StringList`` fields take a comma-separated string as well as an array (``common.go``);
 - some values are lower-cased before use (``protocol``, ``network``, ...: see ``x-lowercase``);
 - unknown keys of struct-like objects are ignored by Go: here they are dropped with a warning;
@@ -145,6 +146,8 @@ class SchemaWalker:
                     result[key] = item
                 continue
             if item is None:
+                if props[name].get("x-raw"):
+                    result[name] = None
                 continue  # null leaves a Go field at its zero value
             if name in result:
                 self._warn(f"key {key!r} repeats {name!r}; the later one wins", [*parts, key])

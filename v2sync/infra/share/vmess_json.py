@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping
 
+from v2sync.common.net import decimal
 from v2sync.infra.share import base64text
 from v2sync.infra.share.model import VMESS, ShareLink, check, fail
 
@@ -83,8 +84,9 @@ def _number(obj: Mapping[str, Any], key: str, default: Any) -> int:
         raise fail(key, "is a boolean", "expected a number or a string of digits")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit() and len(value) <= 10:
-        return int(value.strip())
+    number = decimal(value.strip()) if isinstance(value, str) and len(value) <= 10 else None
+    if number is not None:
+        return number
     raise fail(key, f"{str(value)[:50]!r} is not a number", "expected a number or a string of digits")
 
 

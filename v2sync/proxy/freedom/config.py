@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
+from v2sync.common import net
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.infra.conf.fields import get_optional_uint, get_str, get_uint, require_object
 
@@ -45,26 +46,20 @@ class FreedomConfig:
         redirect = get_str(settings, "redirect", path)
         return cls(
             domain_strategy=DOMAIN_STRATEGIES[strategy.lower()],
-            redirect=split_host_port(redirect, join_path(path, "redirect")) if redirect else None,
+            redirect=redirect_host_port(redirect, join_path(path, "redirect")) if redirect else None,
             user_level=get_uint(settings, "userLevel", path),
             timeout=get_optional_uint(settings, "timeout", path),
         )
 
 
-def split_host_port(text: str, path: str = "") -> Tuple[str, int]:
+def redirect_host_port(text: str, path: str = "") -> Tuple[str, int]:
     """Go's ``net.SplitHostPort`` plus ``PortFromString``: IPv6 needs brackets."""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0 or not text[close + 1:].startswith(":"):
-            raise ConfigError(f"invalid redirect address {text!r}", path,
-                              expected=REDIRECT_EXPECTED)
-        host, port = text[1:close], text[close + 2:]
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or ":" in host or "[" in host or "]" in host:
-            raise ConfigError(f"invalid redirect address {text!r}", path,
-                              expected=REDIRECT_EXPECTED)
-    if not (port.isascii() and port.isdigit()) or int(port) > MAX_PORT:
+    parts = net.split_host_port(text)
+    if parts is None:
+        raise ConfigError(f"invalid redirect address {text!r}", path,
+                          expected=REDIRECT_EXPECTED)
+    port = net.decimal(parts[1])
+    if port is None or port > MAX_PORT:
         raise ConfigError(f"invalid redirect port in {text!r}", path,
                           expected="expected a port 0-65535")
-    return host, int(port)
+    return parts[0], port

@@ -19,6 +19,7 @@ from v2sync.proxy.vmess.aead import AuthIdSealer, SpareKeys
 UUID_SIZE = 16
 UUID_GROUPS = (8, 4, 4, 4, 12)  # hex digits per dash-separated group
 UUID_MIN_TEXT = 32
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
 NEXT_ID_SALT = b"16167dc8-16b6-4e6d-b8bb-65dd68113a81"
 NEXT_ID_RETRY_SALT = b"533eff8a-4113-4b10-b5ce-0f5d76b98cd2"
@@ -72,12 +73,10 @@ def parse_uuid(text: str) -> bytes:
         if rest.startswith("-"):
             rest = rest[1:]
         group = rest[:digits]
-        if len(group) != digits:
+        # Only hex digits, as Go's hex.Decode: bytes.fromhex would skip spaces.
+        if len(group) != digits or not _HEX_DIGITS.issuperset(group):
             raise ValueError(f"invalid UUID: {text!r}")
-        try:
-            out += bytes.fromhex(group)
-        except ValueError as e:
-            raise ValueError(f"invalid UUID: {text!r}") from e
+        out += bytes.fromhex(group)
         rest = rest[digits:]
     return bytes(out)
 
