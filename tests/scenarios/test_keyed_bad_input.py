@@ -21,12 +21,17 @@ from scenarios.helpers_scenarios import (connect, make_config, port_of, read_unt
                                          running_instance, wait_idle)
 from scenarios.keyed_helpers import PASSWORD, STRANGER_ID, USER_ID, server_config, server_inbound
 from scenarios.vmess_helpers import make_process
-from support.peers import XOR_C, TcpEchoServer, _TcpServer, free_port
+from support.peers import XOR_C, TcpEchoServer, UdpEchoServer, _TcpServer, free_port
 from support.resources import snapshot, wait_for_snapshot
 
 from v2sync.common.net import Address, Destination
+from v2sync.common.protocol.packets import encode_trojan_packets, parse_trojan_packet
 from v2sync.common.protocol.proxy_protocol import encode
+from v2sync.proxy.trojan.encoding import Command as TrojanCommand
+from v2sync.proxy.trojan.encoding import RequestHeader as TrojanHeader
+from v2sync.proxy.trojan.encoding import encode_request_header as trojan_header
 from v2sync.proxy.trojan.encoding import password_key
+from v2sync.proxy.vless.encoding import Command, RequestHeader, encode_request_header
 from v2sync.proxy.vmess.ids import parse_uuid
 
 IO_TIMEOUT = 10.0
@@ -111,6 +116,78 @@ def test_a_short_foreign_first_read_closes_at_once_as_in_4_34(protocol: str) -> 
                 started = time.monotonic()
                 assert read_until_closed(sock, CLOSE_LIMIT) == b"", implementation
                 assert time.monotonic() - started < CLOSE_LIMIT
+
+
+class Silent(_TcpServer):
+    """An origin that reads the request and closes without a byte."""
+
+    def __init__(self) -> None:
+        super().__init__("silent", "127.0.0.1", 16, IO_TIMEOUT)
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+
+
+def _good_header(protocol: str, port: int) -> bytes:
+    to = Address.parse("127.0.0.1")
+    if protocol == "vless":
+        return encode_request_header(RequestHeader(parse_uuid(USER_ID), Command.TCP, to, port))
+    return trojan_header(TrojanHeader(password_key(PASSWORD), TrojanCommand.TCP, to, port))
+
+
+UPLINK_ONLY = 4  # seconds: long enough to tell "at once" from "after uplinkOnly"
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_an_origin_that_answers_nothing_ends_the_connection_as_in_4_34(protocol: str) -> None:
+    """VLESS: 4.34's ``getResponse`` fails when its first read is the EOF, and the
+    connection closes at once, without a response header. Trojan ends its response
+    normally, and the connection closes after uplinkOnly."""
+    waited = {}
+    with Silent() as origin:
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            config = server_config(server_inbound(protocol, port, {}))
+            config["policy"] = {"levels": {"0": {"uplinkOnly": UPLINK_ONLY}}}
+            with make_process(implementation, config):
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    sock.sendall(_good_header(protocol, origin.port) + REQUEST)
+                    started = time.monotonic()
+                    assert read_until_closed(sock, UPLINK_ONLY + IO_TIMEOUT) == b""
+                    waited[implementation] = time.monotonic() - started > UPLINK_ONLY - 1
+    assert waited == {"v2sync": protocol == "trojan", "v2ray": protocol == "trojan"}
+
+
+def test_an_empty_trojan_datagram_is_not_sent_as_in_4_34() -> None:
+    """4.34 reads a zero-length UDP packet as no buffers and sends nothing; the next
+    packet is relayed as ever."""
+    sent = {}
+    with UdpEchoServer() as echo:
+        target = Destination(Address.parse("127.0.0.1"), echo.port)
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            with make_process(implementation, server_config(server_inbound("trojan", port, {}))):
+                before = echo.datagrams
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    sock.sendall(trojan_header(TrojanHeader(
+                        password_key(PASSWORD), TrojanCommand.UDP, target.address, target.port))
+                        + encode_trojan_packets(target, b"")
+                        + encode_trojan_packets(target, b"abc"))
+                    answer = _first_trojan_packet(sock)
+                sent[implementation] = (answer, echo.datagrams - before)
+    assert sent == {"v2sync": (b"abc", 1), "v2ray": (b"abc", 1)}
+
+
+def _first_trojan_packet(sock: socket.socket) -> bytes:
+    data = b""
+    for _ in range(64):  # the socket's timeout bounds each read
+        parsed = parse_trojan_packet(data)
+        if parsed is not None:
+            return parsed[0].payload
+        chunk = sock.recv(4096)
+        assert chunk, "closed before an answer"
+        data += chunk
+    raise AssertionError(f"no whole packet in {len(data)} bytes")
 
 
 # -- scripted bad peers against an in-process instance ------------------------------------

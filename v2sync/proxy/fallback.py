@@ -36,7 +36,7 @@ from v2sync.transport.internet.tls import TlsConnection
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # inbound.go: retry.ExponentialBackoff(5, 100)
-DIAL_BACKOFF_START = 0.1
+DIAL_STEP = 0.1
 # inbound.go: the path is looked for in the first 64 bytes, starting at offsets 4..8.
 PATH_SEARCH_LIMIT = 64
 PATH_START_RANGE = range(4, 9)
@@ -235,11 +235,11 @@ def dial_fallback(fallback: Fallback) -> Connection:
         if parts is None or port is None:
             raise TransportError(f"fallback: cannot dial {fallback.dest!r}: bad address or port")
         dest = Destination(Address.parse(parts[0] or "127.0.0.1"), port)
-        return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START)
+        return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP)
     if fallback.type == "unix":
         client = StreamClient(StreamSettings(network="domainsocket", ds=_unix(fallback.dest)))
         target = Destination(Address(fallback.dest, AddressKind.DOMAIN), 0)
-        return dial_with_retry(target, DIAL_ATTEMPTS, DIAL_BACKOFF_START, client)
+        return dial_with_retry(target, DIAL_ATTEMPTS, DIAL_STEP, client)
     raise TransportError(f"fallback: failed to dial to {fallback.dest}: "
                          f"unknown network {fallback.type!r}")
 

@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 # An honest header is under 300 bytes (a 255-byte domain); past this it is not worth reading.
 MAX_HEADER_BYTES = 4096
-DIAL_ATTEMPTS = 5  # outbound.go: retry.ExponentialBackoff(5, 200)
-DIAL_BACKOFF_START = 0.2
+DIAL_ATTEMPTS = 5  # vless outbound.go: retry.ExponentialBackoff(5, 200)
 FIRST_PAYLOAD_WAIT = 0.1  # outbound.go: buf.CopyOnceTimeout(..., 100 ms)
 MAX_RESPONSE_HEADER = 1 + 1 + 255
 
@@ -173,7 +172,7 @@ class KeyedInbound:
 
         self._report(session, (yield from run_relay_steps(
             self.ctx, session.name(), self._policy(session), conn, abort, Parkable(request),
-            PipeDrain(link.reader, send, conn=conn), first)))
+            PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn), first)))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
                       parse: Parser, encode: Encode, response_head: bytes = b"") -> None:
@@ -199,8 +198,9 @@ class KeyedInbound:
             head = b""
             conn.write(out)
 
+        drain = PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn)
         self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, PipeDrain(link.reader, send, conn=conn)))
+                                        conn, abort, request, drain))
 
     def _policy(self, session: Session):
         return self.ctx.policy.for_level(session.user_level)
@@ -208,6 +208,15 @@ class KeyedInbound:
     def _report(self, session: Session, error: Optional[BaseException]) -> None:
         if error is not None:
             log.debug("%s: %s relay ended: %s", session.name(), self.label, error)
+
+
+def _unanswered(head: bytes, abort: Callable[[], None]) -> None:
+    """The upstream ended: with a response header still unsent (VLESS's), it gave nothing,
+    and 4.34's ``getResponse`` fails the connection then (its first read is EOF): closed at
+    once, without the header, rather than after uplinkOnly. Trojan has no header, and 4.34
+    ends its response normally there."""
+    if head:
+        abort()
 
 
 def await_client(conn: Connection) -> None:
@@ -245,8 +254,10 @@ class KeyedOutbound:
         self.client = StreamClient.for_handler(handler_config)
         self.picker: ServerPicker = ServerPicker(settings.servers)
 
+    dial_step = 0.2  # seconds; each protocol's 4.34 client has its own
+
     def dial(self, address, port: int) -> Connection:
-        return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+        return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, self.dial_step,
                                self.client)
 
     def relay_steps(self, session: Session, conn: Connection, link: Link, level: int,

@@ -1,6 +1,6 @@
 """The freedom outbound (v2ray ``proxy/freedom/freedom.go``).
 
-TCP: resolve per ``domainStrategy``, dial with an exponential-backoff retry, relay. freedom
+TCP: resolve per ``domainStrategy``, dial with 4.34's retry schedule, relay. freedom
 never half-closes upstream: when the client's side ends, the target gets ``downlinkOnly``
 seconds to finish answering. UDP: an unconnected UDP socket per link (4.34's cone), one
 datagram per pipe chunk.
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # v2ray: retry.ExponentialBackoff(5, 100) around the dial.
 DIAL_ATTEMPTS = 5
-DIAL_BACKOFF_START = 0.1
+DIAL_STEP = 0.1
 
 
 @OUTBOUNDS.register("freedom")
@@ -49,7 +49,7 @@ class FreedomOutbound:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
             return
         lookup = self._lookup(session, dest)
-        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_BACKOFF_START, self.client,
+        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP, self.client,
                                self.settings.domain_strategy, lookup)
         try:
             error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link)

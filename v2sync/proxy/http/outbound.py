@@ -33,7 +33,7 @@ from v2sync.transport.pipe import EOF, ReadTimeout
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # client.go: retry.ExponentialBackoff(5, 100) around dial + CONNECT
-DIAL_BACKOFF_START = 0.1
+DIAL_STEP = 0.1
 ALPN_H2 = "h2"
 
 
@@ -63,7 +63,7 @@ class HttpOutbound:
         if cached is not None:
             self.h2.relay(session, cached, link, policy, _basic(auth), first)
             return
-        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_STEP,
                                self.client)
         if getattr(conn, "alpn", None) == ALPN_H2:
             pool = self._pool()

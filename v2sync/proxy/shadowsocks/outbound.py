@@ -31,7 +31,7 @@ from v2sync.transport.link import Link
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # client.go: retry.ExponentialBackoff(5, 100)
-DIAL_BACKOFF_START = 0.1
+DIAL_STEP = 0.1
 
 
 @OUTBOUNDS.register("shadowsocks")
@@ -53,7 +53,7 @@ class ShadowsocksOutbound:
             self._process_udp(session, server, target, link, policy)
             return
         conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
-                               DIAL_BACKOFF_START, self.client)
+                               DIAL_STEP, self.client)
         try:
             account = server.user.account
             writer, head = encode_request(account, target.address, target.port)

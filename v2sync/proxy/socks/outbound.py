@@ -35,7 +35,7 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # client.go: retry.ExponentialBackoff(5, 100)
-DIAL_BACKOFF_START = 0.1
+DIAL_STEP = 0.1
 MAX_REPLY_BYTES = 1024  # a reply is at most 262 bytes
 _UNSPECIFIED = (Address.parse("0.0.0.0"), Address.parse("::"))
 
@@ -55,7 +55,7 @@ class SocksOutbound:
         server = self.picker.pick()
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
-        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_BACKOFF_START,
+        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_STEP,
                                self.client)
         try:
             reader = HandshakeReader(conn, time.monotonic() + policy.handshake, MAX_REPLY_BYTES)

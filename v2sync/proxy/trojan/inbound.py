@@ -71,7 +71,8 @@ class TrojanInbound(KeyedInbound):
             for data in _reads(early, conn):
                 timer.update()
                 for packet in stream.feed(data):
-                    table.send(session.source, packet.target, packet.payload, respond)
+                    if packet.payload:  # 4.34 reads an empty one as no buffers: sends nothing
+                        table.send(session.source, packet.target, packet.payload, respond)
         except TransportError as e:
             self._report(session, e)
         finally:

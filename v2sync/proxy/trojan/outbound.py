@@ -22,6 +22,7 @@ from v2sync.transport.link import Link
 @OUTBOUNDS.register("trojan")
 class TrojanOutbound(KeyedOutbound):
     config_type = TrojanOutboundConfig
+    dial_step = 0.1  # client.go: retry.ExponentialBackoff(5, 100)
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         server = self.picker.pick()

@@ -36,7 +36,7 @@ from v2sync.transport.pipe import EOF, Chunk, ReadTimeout
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # outbound.go: retry.ExponentialBackoff(5, 200)
-DIAL_BACKOFF_START = 0.2
+DIAL_STEP = 0.2
 FIRST_PAYLOAD_WAIT = 0.1
 MAX_RESPONSE_HEADER = 4096
 
@@ -57,7 +57,7 @@ class VMessOutbound:
         # The dial first, as 4.34's outbound.go: the server accepts while this side builds
         # its request.
         conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
-                               DIAL_BACKOFF_START, self.client)
+                               DIAL_STEP, self.client)
         try:
             user = random.choice(server.users)
             header = _request_header(session, user)

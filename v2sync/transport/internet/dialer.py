@@ -1,4 +1,4 @@
-"""Dial a destination by name or IP, with v2ray's exponential-backoff retry (``common/retry``).
+"""Dial a destination by name or IP, with 4.34's retry schedule (``common/retry``).
 
 Names are resolved once per attempt (system resolver, filtered by ``domainStrategy``) and
 each answer is tried in turn; the first that connects wins.
@@ -48,18 +48,17 @@ def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy
     raise last or TransportError(f"no address to dial for {dest}")
 
 
-def dial_with_retry(dest: Destination, attempts: int, first_delay: float,
+def dial_with_retry(dest: Destination, attempts: int, step: float,
                     client: Optional[StreamClient] = None, strategy: str = "AsIs",
                     lookup: Optional[Lookup] = None) -> Connection:
-    """``attempts`` tries, sleeping ``first_delay`` and doubling between them."""
-    delay = first_delay
+    """``attempts`` tries on 4.34's schedule (``common/retry``'s ``ExponentialBackoff``,
+    which despite its name waits 0, ``step``, 2 ``step``, ... after each failure, the last
+    one included): five tries with a 0.1 s step fail after 1 s of waiting, 0.2 s after 2 s."""
     last: Optional[TransportError] = None
     for attempt in range(attempts):
         try:
             return dial_once(dest, client, strategy, lookup)
         except TransportError as e:
             last = e
-            if attempt + 1 < attempts:
-                time.sleep(delay)
-                delay *= 2
+            time.sleep(attempt * step)
     raise TransportError(f"failed to open connection to {dest}: {last}")

@@ -1,0 +1,73 @@
+"""A dial that keeps failing gives up when 4.34's does (``common/retry``).
+
+4.34's ``ExponentialBackoff(5, step)`` waits 0, step, 2 step, 3 step and 4 step after its
+five failures: 1 s in all with freedom's and Trojan's 100 ms step, 2 s with VLESS's and
+VMess's 200 ms. Each case runs a SOCKS inbound whose outbound dials a closed port, in
+v2ray and in v2sync, and times the SOCKS client's wait for the close after its request;
+the two waits must agree within ``AGREE``, far less than the schedules they replaced
+differ by (v2sync's doubling took 1.5 s and 3 s).
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+import pytest
+from scenarios.helpers_scenarios import (closed_within, connect, read_socks5_reply,
+                                         socks5_address, socks5_greet)
+from scenarios.keyed_helpers import client_config, client_outbound
+from scenarios.vmess_helpers import make_process
+from support.peers import free_port
+
+from v2sync.common.errors import TransportError
+from v2sync.common.net import Address, Destination
+from v2sync.transport.internet import dialer
+
+AGREE = 0.4  # seconds
+CLOSE_LIMIT = 10.0
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (picked free, then left unbound)."""
+    return free_port()
+
+
+def _outbound(kind: str, port: int) -> Dict[str, Any]:
+    if kind == "freedom":
+        return {"tag": "out", "protocol": "freedom", "settings": {}}
+    return client_outbound(kind, port, {})
+
+
+def _wait_for_close(socks_port: int, target_port: int) -> float:
+    with connect(socks_port, timeout=CLOSE_LIMIT) as sock:
+        socks5_greet(sock)
+        sock.sendall(b"\x05\x01\x00" + socks5_address("127.0.0.1")
+                     + target_port.to_bytes(2, "big"))
+        started = time.monotonic()
+        try:
+            read_socks5_reply(sock)  # 4.34 answers before it dials; a failure reply ends it
+        except (AssertionError, OSError):
+            return time.monotonic() - started
+        return time.monotonic() - started + closed_within(sock, CLOSE_LIMIT)
+
+
+@pytest.mark.parametrize("kind", ["freedom", "vless", "trojan"])
+def test_a_failing_dial_gives_up_when_4_34_does(kind: str) -> None:
+    waits = {}
+    closed = _closed_port()
+    for implementation in ("v2sync", "v2ray"):
+        socks_port = free_port()
+        config = client_config(socks_port, _outbound(kind, closed))
+        with make_process(implementation, config):
+            waits[implementation] = _wait_for_close(socks_port, closed)
+    assert abs(waits["v2sync"] - waits["v2ray"]) < AGREE, waits
+    assert waits["v2ray"] > 0.5, waits  # the schedule ran: not an immediate refusal
+
+
+def test_the_retry_schedule_adds_each_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: List[float] = []
+    monkeypatch.setattr(dialer, "time", SimpleNamespace(sleep=slept.append))
+    with pytest.raises(TransportError):
+        dialer.dial_with_retry(Destination(Address.parse("127.0.0.1"), _closed_port()), 5, 0.1)
+    assert [round(s, 3) for s in slept] == [0.0, 0.1, 0.2, 0.3, 0.4]
