@@ -190,6 +190,58 @@ def _first_trojan_packet(sock: socket.socket) -> bytes:
     raise AssertionError(f"no whole packet in {len(data)} bytes")
 
 
+class Banner(_TcpServer):
+    """A fallback that speaks first (an SSH server sharing the port), then waits for EOF."""
+
+    BANNER = b"SSH-2.0-v2sync-test\r\n"
+
+    def __init__(self) -> None:
+        super().__init__("banner", "127.0.0.1", 16, IO_TIMEOUT)
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.sendall(self.BANNER)
+        while conn.recv(65536):
+            pass
+
+
+HANDSHAKE = 1  # seconds: the policy's handshake deadline in the silent-client test
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+@pytest.mark.parametrize("client", ["silent", "closes"])
+def test_a_client_that_sends_nothing_meets_the_fallback_as_in_4_34(protocol: str,
+                                                                   client: str) -> None:
+    """VLESS's first read ignores its error: a client silent until the handshake deadline,
+    or one that shuts its side at once, goes to the fallback, whose banner then reaches
+    it. Trojan closes in both cases."""
+    heard = {}
+    with Banner() as banner:
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            config = server_config(server_inbound(protocol, port, {},
+                                                  fallbacks=[{"dest": banner.port}]))
+            config["policy"] = {"levels": {"0": {"handshake": HANDSHAKE}}}
+            with make_process(implementation, config):
+                with connect(port, timeout=IO_TIMEOUT) as sock:
+                    if client == "closes":
+                        sock.shutdown(socket.SHUT_WR)
+                    heard[implementation] = _banner_or_close(sock)
+    expected = Banner.BANNER if protocol == "vless" else b""
+    assert heard == {"v2sync": expected, "v2ray": expected}
+
+
+def _banner_or_close(sock: socket.socket) -> bytes:
+    """What arrives until the whole banner has, or the peer closes (the socket's timeout
+    bounds each read)."""
+    data = b""
+    while len(data) < len(Banner.BANNER):
+        chunk = sock.recv(len(Banner.BANNER) - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 # -- scripted bad peers against an in-process instance ------------------------------------
 
 def _quietly(sock: socket.socket, data: bytes) -> None:

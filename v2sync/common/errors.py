@@ -64,6 +64,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes the protocol does not allow (garbage, oversize, bad version)."""
 
 
+class HandshakeClosed(RemoteProtocolError):
+    """The peer closed the connection before it finished its greeting."""
+
+
 class AuthenticationError(ProtocolError):
     """Credentials, a MAC or an AEAD tag did not check out."""
 

@@ -16,7 +16,8 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
-from v2sync.common.errors import (AuthenticationError, RemoteProtocolError, TransportError)
+from v2sync.common.errors import (AuthenticationError, HandshakeClosed, HandshakeTimeout,
+                                  RemoteProtocolError, TransportError)
 from v2sync.common.net import Destination
 from v2sync.common.protocol.packets import PacketStream, Parser
 from v2sync.common.protocol.server_spec import ServerPicker
@@ -56,6 +57,9 @@ class KeyedInbound:
     # Whether the first read is judged even without fallbacks (Trojan's server.go does;
     # VLESS reads its header field by field then).
     first_read_decides = False
+    # Whether a first read that times out or meets the EOF goes to the fallbacks as 0
+    # bytes (VLESS's inbound.go ignores that read's error; Trojan's server.go closes).
+    silence_falls_back = False
     parse_user_entry: Callable[[Any, str], Any]
 
     def __init__(self, settings, ctx: ProxyContext, handler_config):
@@ -92,8 +96,7 @@ class KeyedInbound:
         deadline = time.monotonic() + self.handshake_policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
         if self.fallbacks or self.first_read_decides:
-            yield from reader.fill_steps()  # 4.34 judges the first read alone
-            first = bytes(reader.buf)
+            first = yield from self._first_read(reader)
             reason = self._refusal(first)
             if reason is not None and not self.fallbacks:
                 raise AuthenticationError(f"{self.label}: {reason} from {conn.remote}")
@@ -112,6 +115,18 @@ class KeyedInbound:
         session.user_level = user.level
         return partial(self.serve, session, conn, dispatcher, user, header,
                        reader.consume(len(reader.buf)))
+
+    def _first_read(self, reader: HandshakeReader) -> Handshake[bytes]:
+        """The first read, which 4.34 judges alone. VLESS's ignores that read's error
+        (``silence_falls_back``): with fallbacks, a client silent until the handshake
+        deadline, or one that closed first, reads as 0 bytes and goes to the fallback,
+        which may speak first (an SSH server sharing the port)."""
+        try:
+            yield from reader.fill_steps()
+        except (HandshakeTimeout, HandshakeClosed):
+            if not (self.fallbacks and self.silence_falls_back):
+                raise
+        return bytes(reader.buf)
 
     def _peek_whole(self, buf: bytes) -> Optional[Tuple[bytes, int]]:
         key = self.peek_key(buf)

@@ -26,6 +26,7 @@ class VlessInbound(KeyedInbound):
     config_type = VlessInboundConfig
     label = "vless"
     probe_size = PROBE_SIZE
+    silence_falls_back = True
 
     @staticmethod
     def parse_user_entry(raw, path: str):

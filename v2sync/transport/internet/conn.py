@@ -17,7 +17,8 @@ try:
 except ImportError:  # not a POSIX system: no ioctl, so no inline sends (send_queue_empty)
     fcntl = None  # type: ignore[assignment]
 
-from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
+from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, RemoteProtocolError,
+                                  TransportError)
 from v2sync.common.net import Address, Destination
 from v2sync.common.task import crowded, outside_slot
 
@@ -319,7 +320,7 @@ class HandshakeReader:
         except OSError as e:
             raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
         if not data:
-            raise RemoteProtocolError("connection closed during handshake")
+            raise HandshakeClosed("connection closed during handshake")
         self.buf += data
 
     def fill_steps(self) -> Generator[float, None, None]:
