@@ -18,7 +18,6 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from v2sync.common.errors import (AuthenticationError, HandshakeClosed, HandshakeTimeout,
                                   RemoteProtocolError, TransportError)
-from v2sync.common.net import Destination
 from v2sync.common.protocol.packets import PacketStream, Parser
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.protocol.users import KeyedUserTable
@@ -32,7 +31,7 @@ from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, pa
                                    read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
                                             HandshakeReader)
-from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.dialer import dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import ReadTimeout
@@ -271,9 +270,10 @@ class KeyedOutbound:
 
     dial_step = 0.2  # seconds; each protocol's 4.34 client has its own
 
-    def dial(self, address, port: int) -> Connection:
-        return dial_with_retry(Destination(address, port), DIAL_ATTEMPTS, self.dial_step,
-                               self.client)
+    def dial(self):
+        """(server, connection): each try takes the next server, as 4.34's outbounds call
+        ``PickServer`` inside their retry."""
+        return dial_server(self.picker.pick, DIAL_ATTEMPTS, self.dial_step, self.client)
 
     def relay_steps(self, session: Session, conn: Connection, link: Link, level: int,
                     header: bytes, encode: Optional[Encode], parse: Optional[Parser],

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.net import Destination, Network
@@ -25,7 +26,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.http import encoding as enc
 from v2sync.proxy.relay import relay_upstream_steps
 from v2sync.transport.internet.conn import Connection, HandshakeReader
-from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.dialer import dial_once, with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, ReadTimeout
@@ -55,29 +56,47 @@ class HttpOutbound:
         if target.network is Network.UDP:
             raise TransportError("UDP is not supported by HTTP outbound")
         first = self._first_payload(link)
+        tunnel = with_retry(DIAL_ATTEMPTS, DIAL_STEP, lambda: self._tunnel(session, target),
+                            "failed to find an available destination")
+        if tunnel.h2 is not None:  # an HTTP/2 stream, cached or new
+            self._pool().relay(session, tunnel.h2, link, tunnel.policy, _basic(tunnel.auth),
+                               first)
+            return
+        conn = tunnel.conn
+        assert conn is not None  # a _Tunnel holds one or the other
+        try:
+            conn.write(first)  # after the 200, as 4.34's Process writes it
+            error = yield from relay_upstream_steps(self.ctx, session.name(), tunnel.policy,
+                                                    conn, link, tunnel.leftover)
+            if error is not None:
+                raise TransportError(f"http tunnel ended: {error}") from error
+        finally:
+            conn.close()
+
+    def _tunnel(self, session: Session, target: Destination) -> "_Tunnel":
+        """One try of 4.34's retry: the next server, its user, then an HTTP/2 stream
+        (cached connection or new) or an HTTP/1.1 CONNECT answered 200. A refusal (407,
+        403, ...) is a failed try: the next goes to the next server."""
         server = self.picker.pick()
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
         auth = (user.user, user.password) if user else None
         cached = self.h2.get(server.destination) if self.h2 is not None else None
         if cached is not None:
-            self.h2.relay(session, cached, link, policy, _basic(auth), first)
-            return
-        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_STEP,
-                               self.client)
+            return _Tunnel(policy, auth, h2=cached)
+        conn = dial_once(server.destination, self.client)
         if getattr(conn, "alpn", None) == ALPN_H2:
-            pool = self._pool()
-            h2s = pool.add(server.destination, conn, f"{session.name()}-h2")
-            pool.relay(session, h2s, link, policy, _basic(auth), first)
-            return
+            return _Tunnel(policy, auth, h2=self._pool().add(server.destination, conn,
+                                                             f"{session.name()}-h2"))
         try:
-            leftover = connect_http1(conn, target, auth, first, policy.handshake)
-            error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link,
-                                                    leftover)
-            if error is not None:
-                raise TransportError(f"http tunnel ended: {error}") from error
-        finally:
+            leftover = connect_http1(conn, target, auth, policy.handshake)
+        except RemoteProtocolError as e:
             conn.close()
+            raise TransportError(str(e)) from e
+        except BaseException:
+            conn.close()
+            raise
+        return _Tunnel(policy, auth, conn=conn, leftover=leftover)
 
     def _first_payload(self, link: Link) -> bytes:
         wait = self.ctx.policy.for_level(0).conn_idle
@@ -103,11 +122,24 @@ def _basic(auth: Optional[Tuple[str, str]]) -> Optional[str]:
     return enc.encode_basic_auth(*auth) if auth else None
 
 
+@dataclass
+class _Tunnel:
+    """What a try of ``HttpOutbound._tunnel`` set up: an HTTP/2 stream (``h2``) or an
+    HTTP/1.1 connection past its 200 (``conn``, with the bytes behind the 200)."""
+
+    policy: Any
+    auth: Optional[Tuple[str, str]]
+    h2: Any = None
+    conn: Optional[Connection] = None
+    leftover: bytes = b""
+
+
 def connect_http1(conn: Connection, target: Destination, auth: Optional[Tuple[str, str]],
-                  first: bytes, timeout: float) -> bytes:
-    """CONNECT with the first payload in the same write; returns the bytes the server sent
-    behind its 200 (4.34 drops them with its bufio.Reader; a tunnel keeps them)."""
-    conn.write(enc.encode_connect_request(target, auth) + first)
+                  timeout: float) -> bytes:
+    """CONNECT, then its answer; returns the bytes the server sent behind its 200 (4.34
+    drops them with its bufio.Reader; a tunnel keeps them). The first payload goes after
+    the 200, as 4.34's: a proxy that refuses never sees it."""
+    conn.write(enc.encode_connect_request(target, auth))
     reader = HandshakeReader(conn, time.monotonic() + timeout, enc.MAX_HEAD)
     head = reader.parse(enc.parse_response_head)
     if head.status != 200:

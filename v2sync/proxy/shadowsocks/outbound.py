@@ -23,7 +23,7 @@ from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, enco
                                                encode_request)
 from v2sync.proxy.shadowsocks.inbound import relay_encrypted
 from v2sync.transport.internet.counting import adder
-from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
 from v2sync.transport.link import Link
@@ -46,14 +46,15 @@ class ShadowsocksOutbound:
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: a TCP relay's idle upstream reader parks."""
-        server = self.picker.pick()
-        policy = self.ctx.policy.for_level(server.user.level)
         target = session.destination()
         if target.network is Network.UDP:
-            self._process_udp(session, server, target, link, policy)
+            server = self.picker.pick()
+            self._process_udp(session, server, target, link,
+                              self.ctx.policy.for_level(server.user.level))
             return
-        conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
-                               DIAL_STEP, self.client)
+        # Each try takes the next server, as client.go calls PickServer inside its retry.
+        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client)
+        policy = self.ctx.policy.for_level(server.user.level)
         try:
             account = server.user.account
             writer, head = encode_request(account, target.address, target.port)

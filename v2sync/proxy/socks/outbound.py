@@ -26,7 +26,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import relay_upstream_steps, run_relay
 from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
-from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
 from v2sync.transport.link import Link
@@ -52,11 +52,10 @@ class SocksOutbound:
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an idle TCP relay's upstream reader parks."""
-        server = self.picker.pick()
+        # Each try takes the next server, as client.go calls PickServer inside its retry.
+        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client)
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
-        conn = dial_with_retry(server.destination, DIAL_ATTEMPTS, DIAL_STEP,
-                               self.client)
         try:
             reader = HandshakeReader(conn, time.monotonic() + policy.handshake, MAX_REPLY_BYTES)
             reply = client_handshake(conn, reader, session.destination(), user)

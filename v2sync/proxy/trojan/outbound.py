@@ -25,8 +25,7 @@ class TrojanOutbound(KeyedOutbound):
     dial_step = 0.1  # client.go: retry.ExponentialBackoff(5, 100)
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
-        server = self.picker.pick()
-        conn = self.dial(server.address, server.port)  # first, as 4.34's outbound.go
+        server, conn = self.dial()  # first, as 4.34's outbound.go
         try:
             target = session.destination()
             udp = target.network is Network.UDP

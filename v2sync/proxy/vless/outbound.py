@@ -26,8 +26,7 @@ class VlessOutbound(KeyedOutbound):
     config_type = VlessOutboundConfig
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
-        server = self.picker.pick()
-        conn = self.dial(server.address, server.port)  # first, as 4.34's outbound.go
+        server, conn = self.dial()  # first, as 4.34's outbound.go
         try:
             user = random.choice(server.users)
             target = session.destination()

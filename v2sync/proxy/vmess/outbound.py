@@ -14,7 +14,6 @@ import time
 from typing import List, Optional
 
 from v2sync.common.errors import RemoteProtocolError, TransportError
-from v2sync.common.net import Destination
 from v2sync.common.protocol.command import command_for
 from v2sync.common.protocol.server_spec import ServerPicker
 from v2sync.common.registry import OUTBOUNDS
@@ -28,7 +27,7 @@ from v2sync.proxy.vmess.inbound import deliver
 from v2sync.proxy.vmess.ids import VMessUser, resolve_security
 from v2sync.transport.copy import PipeDrain, parkable_reads, parking, read_or_park
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
-from v2sync.transport.internet.dialer import dial_with_retry
+from v2sync.transport.internet.dialer import dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Chunk, ReadTimeout
@@ -53,11 +52,9 @@ class VMessOutbound:
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: the reader of the server's answer parks while idle."""
-        server = self.picker.pick()
         # The dial first, as 4.34's outbound.go: the server accepts while this side builds
-        # its request.
-        conn = dial_with_retry(Destination(server.address, server.port), DIAL_ATTEMPTS,
-                               DIAL_STEP, self.client)
+        # its request. Each try takes the next server (PickServer inside the retry).
+        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client)
         try:
             user = random.choice(server.users)
             header = _request_header(session, user)

@@ -6,7 +6,7 @@ each answer is tried in turn; the first that connects wins.
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
@@ -16,6 +16,8 @@ from v2sync.transport.internet.resolve import resolve
 from v2sync.transport.internet import tcp as _tcp  # noqa: F401  (registers "tcp")
 
 DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
+S = TypeVar("S", bound="Server")
+T = TypeVar("T")
 
 
 # Resolves a name to addresses: the built-in DNS for UseIP*, the system resolver for AsIs.
@@ -48,17 +50,45 @@ def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy
     raise last or TransportError(f"no address to dial for {dest}")
 
 
+def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str) -> T:
+    """``attempt()`` up to ``attempts`` times on 4.34's schedule (``common/retry``'s
+    ``ExponentialBackoff``, which despite its name waits 0, ``step``, 2 ``step``, ... after
+    each failure, the last one included): five tries with a 0.1 s step fail after 1 s of
+    waiting, with 0.2 s after 2 s. Only a TransportError is tried again."""
+    last: Optional[TransportError] = None
+    for n in range(attempts):
+        try:
+            return attempt()
+        except TransportError as e:
+            last = e
+            time.sleep(n * step)
+    raise TransportError(f"{what}: {last}")
+
+
 def dial_with_retry(dest: Destination, attempts: int, step: float,
                     client: Optional[StreamClient] = None, strategy: str = "AsIs",
                     lookup: Optional[Lookup] = None) -> Connection:
-    """``attempts`` tries on 4.34's schedule (``common/retry``'s ``ExponentialBackoff``,
-    which despite its name waits 0, ``step``, 2 ``step``, ... after each failure, the last
-    one included): five tries with a 0.1 s step fail after 1 s of waiting, 0.2 s after 2 s."""
-    last: Optional[TransportError] = None
-    for attempt in range(attempts):
-        try:
-            return dial_once(dest, client, strategy, lookup)
-        except TransportError as e:
-            last = e
-            time.sleep(attempt * step)
-    raise TransportError(f"failed to open connection to {dest}: {last}")
+    """``dial_once`` with retries (``with_retry``)."""
+    return with_retry(attempts, step, lambda: dial_once(dest, client, strategy, lookup),
+                      f"failed to open connection to {dest}")
+
+
+class Server(Protocol):
+    """What ``dial_server`` needs of an outbound's server entry (each protocol's has more)."""
+
+    @property
+    def address(self) -> Address: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+def dial_server(pick: Callable[[], S], attempts: int, step: float,
+                client: Optional[StreamClient] = None) -> Tuple[S, Connection]:
+    """Dial one of an outbound's servers: each try takes the next (``pick``), as 4.34's
+    outbounds call ``PickServer`` inside their retry, so a server that is down costs a
+    try and the next one serves the connection."""
+    def once() -> Tuple[S, Connection]:
+        server = pick()
+        return server, dial_once(Destination(server.address, server.port), client)
+    return with_retry(attempts, step, once, "failed to reach any server")
