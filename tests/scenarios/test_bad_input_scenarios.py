@@ -29,7 +29,7 @@ from v2sync.core import Instance
 HANDSHAKE_SECONDS = 1
 # "closed by the handshake deadline at the latest": the deadline plus scheduling slack.
 CLOSE_LIMIT = HANDSHAKE_SECONDS + 2.0
-OVERSIZED_HEAD = 17 * 1024  # past the 16 KiB cap
+OVERSIZED_HEAD = 65 * 1024  # past the 64 KiB cap (encoding.MAX_HEAD)
 TRICKLE_INTERVAL = 0.2
 BAD_CONNECTIONS = 1000
 CONCURRENCY = 50

@@ -83,9 +83,18 @@ class Probe:
 
 
 # {closed} is filled in with a port nothing listens on ({closed16}: as 2 bytes), {origin}
-# with an HttpOrigin's.
+# with an HttpOrigin's ({origin8}: in octal with a leading 0, as Go's ParseUint(base 0) reads).
 HTTP_PROBES = {
     "garbage": Probe("http-open", b"garbage\r\n\r\n"),
+    "octal-port": Probe("http-open", b"GET http://127.0.0.1:{origin8}/ HTTP/1.1\r\n"
+                        b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n", dated=True,
+                        unordered=True),
+    "connect-without-port": Probe("http-open", b"CONNECT 127.0.0.1 HTTP/1.1\r\n"
+                                  b"Host: 127.0.0.1\r\n\r\n", quiet=UNREACHABLE_SECONDS),
+    "bad-port": Probe("http-open", b"CONNECT 127.0.0.1:8x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    "gzip-chunked": Probe("http-open", b"POST http://127.0.0.1:{origin}/ HTTP/1.1\r\n"
+                          b"Host: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                          b"2\r\nhi\r\n0\r\n\r\n"),
     "bad-version": Probe("http-open", b"GET http://127.0.0.1:{closed}/ HTTP/9.9\r\n"
                          b"Host: 127.0.0.1:{closed}\r\n\r\n", quiet=UNREACHABLE_SECONDS),
     "origin-connection-close": Probe("http-open", b"GET http://127.0.0.1:{origin}/ HTTP/1.1\r\n"
@@ -235,6 +244,7 @@ def answers(pair: RoutedPair, closed_port: int, origin: HttpOrigin) -> Dict[Tupl
         for name, probe in ALL_PROBES.items():
             data = probe.data.replace(b"{closed}", str(closed_port).encode())
             data = data.replace(b"{origin}", str(origin.port).encode())
+            data = data.replace(b"{origin8}", b"0" + oct(origin.port)[2:].encode())
             data = data.replace(b"{closed16}", struct.pack("!H", closed_port))
             for proxy in ("v2ray", "v2sync"):
                 port = pair.ports[proxy][probe.inbound]
@@ -284,6 +294,12 @@ FORWARD_PROBES = {
                   b"Upgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-End: kept\r\n\r\n",
     "repeated-header": b"GET http://127.0.0.1:{recorder}/r HTTP/1.1\r\nX-Dup: 1\r\nx-dup: 2\r\n"
                        b"Cookie: a=1\r\n\r\n",
+    # Chunked overrides the Content-Length, which Go's ReadRequest drops.
+    "chunked-and-length": b"POST http://127.0.0.1:{recorder}/c HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                          b"2\r\nhi\r\n0\r\n\r\n",
+    "big-cookie": b"GET http://127.0.0.1:{recorder}/k HTTP/1.1\r\nHost: x\r\nCookie: "
+                  + b"c" * 20000 + b"\r\n\r\n",
 }
 
 
@@ -309,7 +325,10 @@ class RequestRecorder:
                 data += chunk
             head, _, body = data.partition(b"\r\n\r\n")
             length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-            while length and len(body) < int(length.group(1)):
+            chunked = re.search(rb"(?im)^transfer-encoding:\s*chunked", head)
+            while length and not chunked and len(body) < int(length.group(1)):
+                body += conn.recv(READ_LIMIT)
+            while chunked and not body.endswith(b"0\r\n\r\n") and len(body) < READ_LIMIT:
                 body += conn.recv(READ_LIMIT)
             conn.sendall(ORIGIN_REPLY)
             return head + b"\r\n\r\n" + body

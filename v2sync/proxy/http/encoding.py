@@ -7,7 +7,8 @@ A head and its terminator must fit in ``MAX_HEAD`` bytes. Bytes are decoded as L
 header round-trips unchanged. A request head that does not parse carries no reply: 4.34
 closes without a word when Go's ``http.ReadRequest`` fails (compared live in
 tests/scenarios/test_inbound_replies_differential.py). Errors in a parsed request's target
-or framing carry ``reply=response_400()``.
+or framing carry no reply either: 4.34 closes without one where Go's ``ReadRequest`` or its
+``ParseHost`` fails.
 
 Bodies are passed through byte for byte: ``BodyFramer`` only finds where a body ends (RFC 7230
 §3.3.3) so a keep-alive connection can carry the next message. Because the bytes are not
@@ -29,7 +30,9 @@ from typing import List, Optional, Tuple
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
 from v2sync.common.net import Address, Destination
 
-MAX_HEAD = 16 * 1024
+# Go's ReadRequest sets no bound; 64 KiB takes big cookie headers and keeps the rescans of a
+# head that trickles in (each fill searches it again) cheap.
+MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4 * 1024  # Go ``net/http/internal`` maxLineLength
 MAX_TRAILERS = MAX_HEAD
 HTTP_10 = "HTTP/1.0"
@@ -53,7 +56,6 @@ _ABSOLUTE_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.D
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
-_PORT = re.compile(r"[0-9]{1,5}\Z")
 _OWS = " \t"
 
 # Hop-by-hop headers (RFC 7230 §6.1, plus what v2ray ``RemoveHopByHopHeaders`` drops: its
@@ -245,6 +247,8 @@ def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHea
         headers = (("Host", _authority_text(target)),) + tuple(
             (k, v) for k, v in headers if k.lower() != "host")
     headers = set_header(headers, "Connection", "close")
+    if head.header_values("Transfer-Encoding"):  # chunked (framing_for_request) overrides it
+        headers = tuple((k, v) for k, v in headers if k.lower() != "content-length")
     return replace(head, target=target.path, version=HTTP_11, headers=headers)
 
 
@@ -311,24 +315,45 @@ def encode_connect_request(dest: Destination, auth: Optional[Tuple[str, str]] = 
 
 # -- targets and destinations ------------------------------------------------------------------
 
-def _split_authority(text: str, reply: bytes) -> Tuple[str, Optional[int]]:
+def _split_authority(text: str) -> Tuple[str, Optional[int]]:
     """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; an empty port means none."""
     host, port_text = text, ""
     if text.startswith("["):
         close = text.find("]")
         host, rest = text[1:close], text[close + 1:]
         if close < 0 or (rest and not rest.startswith(":")) or not Address.parse(host).is_ip:
-            raise RemoteProtocolError(f"invalid IPv6 authority {text[:64]!r}", reply=reply)
+            raise RemoteProtocolError(f"invalid IPv6 authority {text[:64]!r}")
         port_text = rest[1:]
     elif ":" in text:
         host, _, port_text = text.rpartition(":")
     if not text.startswith("[") and not _REG_NAME.match(host):
-        raise RemoteProtocolError(f"invalid host {host[:64]!r}", reply=reply)
+        raise RemoteProtocolError(f"invalid host {host[:64]!r}")
     if not port_text:
         return host, None
-    if not _PORT.match(port_text) or int(port_text) > 0xFFFF:
-        raise RemoteProtocolError(f"invalid port {port_text[:16]!r}", reply=reply)
-    return host, int(port_text)
+    port = go_parse_port(port_text)
+    if port is None:
+        raise RemoteProtocolError(f"invalid port {port_text[:16]!r}")
+    return host, port
+
+
+_GO_BASES = {"0x": "0x", "0o": "0o", "0b": "0b"}
+_GO_UINT = re.compile(r"[0-9A-Za-z_]+\Z")
+
+
+def go_parse_port(text: str) -> Optional[int]:
+    """Go's ``strconv.ParseUint(text, 0, 16)``, as 4.34's ``ParseHost`` reads a port: a
+    ``0x``, ``0o`` or ``0b`` prefix, or a leading ``0`` for octal, and underscores between
+    digits (``"0135600"`` is 48000); None where Go fails."""
+    if not _GO_UINT.match(text):
+        return None
+    prefix = text[:2].lower()
+    if prefix not in _GO_BASES and text[:1] == "0" and len(text) > 1:
+        text = "0o" + text[1:]  # Go's leading-zero octal; Python's int() refuses it
+    try:
+        value = int(text, 0)  # the same prefixes and underscore rules as Go's base 0
+    except ValueError:
+        return None
+    return value if value <= 0xFFFF else None
 
 
 def _authority_text(target: RequestTarget) -> str:
@@ -338,22 +363,23 @@ def _authority_text(target: RequestTarget) -> str:
 
 def parse_target(head: RequestHead) -> RequestTarget:
     """Classify the request-target; CONNECT needs ``host:port``, others origin, absolute or
-    ``*`` form. Garbage raises with ``reply=response_400()``."""
-    reply, target = response_400(), head.target
+    ``*`` form. Garbage raises with no reply: 4.34 closes without one (Go's ``ReadRequest``
+    or its ``ParseHost`` fails)."""
+    target = head.target
     if head.method.upper() == "CONNECT":
-        host, port = _split_authority(target, reply)
-        if port is None:
-            raise RemoteProtocolError(f"CONNECT target without port {target[:64]!r}", reply=reply)
-        return RequestTarget(TargetForm.AUTHORITY, "", host, port, "")
+        host, port = _split_authority(target)
+        # Without a port, ParseHost's default: 80 (the target has no scheme to say https).
+        return RequestTarget(TargetForm.AUTHORITY, "", host,
+                             DEFAULT_PORTS["http"] if port is None else port, "")
     if target.startswith("/"):
         return RequestTarget(TargetForm.ORIGIN, "", "", None, target)
     if target == "*":
         return RequestTarget(TargetForm.ASTERISK, "", "", None, "*")
     match = _ABSOLUTE_URI.match(target)
     if match is None:
-        raise RemoteProtocolError(f"invalid request target {target[:64]!r}", reply=reply)
+        raise RemoteProtocolError(f"invalid request target {target[:64]!r}")
     scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
-    host, port = _split_authority(authority.rpartition("@")[2], reply)  # drop userinfo
+    host, port = _split_authority(authority.rpartition("@")[2])  # drop userinfo
     path = rest.partition("#")[0]
     path = path if path.startswith("/") else "/" + path
     return RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path)
@@ -362,13 +388,12 @@ def parse_target(head: RequestHead) -> RequestTarget:
 def request_destination(head: RequestHead, target: RequestTarget) -> Optional[Destination]:
     """Where v2ray sends the request: the target's host, else the Host header (transparent
     mode), with port 443 for ``https`` and 80 otherwise; None when neither names a host."""
-    reply = response_400()
     host, port = target.host, target.port
     if not host:
         host_header = head.header("Host")
         if not host_header:
             return None
-        host, port = _split_authority(host_header, reply)
+        host, port = _split_authority(host_header)
     if port is None:
         port = DEFAULT_PORTS.get(target.scheme, DEFAULT_PORTS["http"])
     return Destination(Address.parse(host), port)
@@ -415,25 +440,28 @@ def _is_chunked(head: _HeaderAccess) -> bool:
     return bool(codings) and codings[-1] == "chunked" and codings.count("chunked") == 1
 
 
-def _content_length(head: _HeaderAccess, reply: Optional[bytes]) -> Optional[int]:
+def _content_length(head: _HeaderAccess) -> Optional[int]:
     """One length, even if repeated identically; differing or non-digit values are garbage."""
     values = {t.strip(_OWS) for v in head.header_values("Content-Length") for t in v.split(",")}
     if not values:
         return None
     if len(values) != 1 or not _CONTENT_LENGTH.match(next(iter(values))):
-        raise RemoteProtocolError(f"invalid Content-Length {sorted(values)[:4]}", reply=reply)
+        raise RemoteProtocolError(f"invalid Content-Length {sorted(values)[:4]}")
     return int(values.pop())
 
 
 def framing_for_request(head: RequestHead) -> Framing:
-    """Chunked, Content-Length or none. Transfer-Encoding together with Content-Length, or
-    without chunked last, is refused (400): a smuggling vector we would forward unchanged."""
-    reply = response_400()
-    length = _content_length(head, reply)
-    if head.header_values("Transfer-Encoding"):
-        if length is not None or not _is_chunked(head):
-            raise RemoteProtocolError("unsupported request Transfer-Encoding", reply=reply)
+    """Chunked, Content-Length or none, as Go's ``http.ReadRequest`` (4.34's inbound reads
+    with it) frames a request: one Transfer-Encoding field, exactly ``chunked`` (any other
+    is refused: it is where request smuggling lives), which overrides a Content-Length
+    (``forward_request_head`` drops it); else one Content-Length, repeated identically at
+    most. What Go refuses gets no reply from 4.34: the connection just closes."""
+    codings = head.header_values("Transfer-Encoding")
+    if codings:
+        if len(codings) != 1 or codings[0].strip(_OWS).lower() != "chunked":
+            raise RemoteProtocolError("unsupported request Transfer-Encoding")
         return Framing(BodyKind.CHUNKED)
+    length = _content_length(head)
     return NO_BODY if not length else Framing(BodyKind.LENGTH, length)
 
 
@@ -444,7 +472,7 @@ def framing_for_response(head: ResponseHead, request_method: str) -> Framing:
         return NO_BODY
     if head.header_values("Transfer-Encoding"):  # overrides any Content-Length
         return Framing(BodyKind.CHUNKED) if _is_chunked(head) else Framing(BodyKind.UNTIL_CLOSE)
-    length = _content_length(head, None)
+    length = _content_length(head)
     if length is None:
         return Framing(BodyKind.UNTIL_CLOSE)
     return NO_BODY if length == 0 else Framing(BodyKind.LENGTH, length)

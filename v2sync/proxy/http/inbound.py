@@ -126,7 +126,9 @@ class HttpInbound:
         if dest is None:
             conn.write(enc.response_400())
             raise RemoteProtocolError("request names no host")
-        return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head, target)
+        framing = enc.framing_for_request(head)  # refused before a byte goes upstream
+        return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head,
+                             target, framing)
 
     # -- CONNECT -----------------------------------------------------------------------
     def _tunnel(self, session, conn, dispatcher, reader,
@@ -142,10 +144,11 @@ class HttpInbound:
             log.debug("%s: tunnel ended: %s", session.name(), error)
 
     # -- plain forwarding ----------------------------------------------------------------
-    def _forward(self, session, conn, link: Link, reader, head, target) -> bool:
+    def _forward(self, session, conn, link: Link, reader, head, target,
+                 framing: enc.Framing) -> bool:
         try:
             link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
-            self._send_request_body(conn, link, reader, head)
+            self._send_request_body(conn, link, reader, framing)
         except (PipeInterrupted, PipeClosed) as e:
             # The outbound may have stopped reading because it already answered (blackhole's
             # 403); whether there is an answer is decided by reading for it.
@@ -172,8 +175,8 @@ class HttpInbound:
             link.interrupt()  # the upstream was told "Connection: close"; tear it down now
 
     def _send_request_body(self, conn: Connection, link: Link, reader: HandshakeReader,
-                           head: enc.RequestHead) -> None:
-        framer = enc.BodyFramer(enc.framing_for_request(head))
+                           framing: enc.Framing) -> None:
+        framer = enc.BodyFramer(framing)
         body, rest = framer.feed(reader.consume(len(reader.buf)))
         reader.buf += rest  # a pipelined next request stays for the next round
         link.writer.write(body)
