@@ -135,6 +135,15 @@ SOCKS_PROBES = {
     "several-methods": Probe("socks-open", b"\x05\x03\x02\x01\x00"),
     "socks4a-blackhole": Probe("socks-open", b"\x04\x01\x00\x50\x00\x00\x00\x01\x00blocked.example\x00",
                                quiet=BLACKHOLE_SECONDS),
+    # 4a whenever the first IP byte is 0 (4.34's handshake4), not only for 0.0.0.x.
+    "socks4a-first-byte-zero": Probe("socks-open", b"\x04\x01\x00\x50\x00\x01\x02\x03\x00"
+                                     b"blocked.example\x00", quiet=BLACKHOLE_SECONDS),
+    "socks4-long-userid": Probe("socks-open", b"\x04\x01\x00\x50\x00\x00\x00\x01" + b"u" * 300
+                                + b"\x00blocked.example\x00", quiet=BLACKHOLE_SECONDS),
+    # The RFC 1929 version byte is not looked at (ReadUsernamePassword).
+    "password-version-5": Probe("socks-pw", GREET_PW + b"\x05\x05alice\x04a-pw"
+                                + socks5(1, "blocked.example", 80), own_port=True,
+                                quiet=BLACKHOLE_SECONDS),
     "no-methods": Probe("socks-open", b"\x05\x00"),
     "blackhole": Probe("socks-open", GREET + socks5(1, "blocked.example", 80), own_port=True,
                        quiet=BLACKHOLE_SECONDS),

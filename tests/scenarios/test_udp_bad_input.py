@@ -22,7 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List
 
 import pytest
-from scenarios.helpers_scenarios import make_config, port_of, running_instance, socks_inbound
+from scenarios.helpers_scenarios import (connect, make_config, port_of, read_socks5_reply,
+                                         recv_exact, running_instance, socks_inbound)
+from scenarios.vmess_helpers import make_process
+from support.peers import UdpEchoServer, free_port
 from support.resources import snapshot, wait_for_snapshot
 
 from v2sync.app.dispatcher import udp as udp_table
@@ -171,3 +174,29 @@ def test_refused_connections_leave_nothing_behind() -> None:
         wait_for_snapshot(before, BASELINE_TIMEOUT)
     finally:
         sink.close()
+
+
+def test_an_empty_socks_datagram_is_not_sent_as_in_4_34() -> None:
+    """4.34's SOCKS inbound drops an empty datagram (``payload.IsEmpty``); the next one is
+    relayed as ever. Counted at a UDP echo, for v2ray and v2sync alike."""
+    sent = {}
+    with UdpEchoServer() as echo:
+        header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", echo.port)
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            config = make_config([socks_inbound(port=port, udp=True, ip="127.0.0.1")])
+            with make_process(implementation, config):
+                before = echo.datagrams
+                with connect(port, timeout=IO_TIMEOUT) as control, \
+                        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    control.sendall(b"\x05\x01\x00")
+                    assert recv_exact(control, 2) == b"\x05\x00"
+                    control.sendall(b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+                    reply = read_socks5_reply(control)
+                    relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+                    udp.settimeout(IO_TIMEOUT)
+                    udp.sendto(header, relay)  # no payload
+                    udp.sendto(header + b"abc", relay)
+                    answer = udp.recv(65536)
+                sent[implementation] = (answer[len(header):], echo.datagrams - before)
+    assert sent == {"v2sync": (b"abc", 1), "v2ray": (b"abc", 1)}

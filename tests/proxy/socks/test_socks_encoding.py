@@ -102,8 +102,10 @@ def test_password_auth_empty_fields_parse_like_v2ray():
     assert socks.parse_password_auth(b"\x01\x00\x00") == (socks.PasswordAuth("", ""), 3)
 
 
-def test_password_auth_wrong_version_replies_failure():
-    assert_garbage(socks.parse_password_auth, b"\x05\x01u\x01p", b"\x01\xff")
+def test_password_auth_version_is_not_checked_as_in_4_34():
+    # 4.34's ReadUsernamePassword skips the version byte; the credentials decide.
+    auth, consumed = socks.parse_password_auth(b"\x05\x01u\x01p")
+    assert (auth.username, auth.password, consumed) == ("u", "p", 5)
 
 
 def test_password_auth_round_trip_keeps_non_utf8_bytes():
@@ -243,25 +245,29 @@ def test_socks4a_domain():
                    socks.Socks4Request(Command.CONNECT, DOMAIN, 443, ""))
 
 
-def test_socks4_ip_zero_is_not_4a():
-    wire = b"\x04\x02\x00\x01\x00\x00\x00\x00\x00"
-    request, consumed = socks.parse_socks4_request(wire + b"example.com\x00")
-    assert request.address == Address.parse("0.0.0.0")
+@pytest.mark.parametrize("ip", [b"\x00\x00\x00\x00", b"\x00\x01\x02\x03"])
+def test_socks4_first_ip_byte_zero_is_4a_as_in_4_34(ip):
+    # 4.34's handshake4 reads a domain whenever the first byte is 0 (the spec: 0.0.0.x, x != 0).
+    wire = b"\x04\x02\x00\x01" + ip + b"\x00example.com\x00"
+    request, consumed = socks.parse_socks4_request(wire + b"rest")
+    assert request.address == Address.parse("example.com")
     assert request.command is Command.BIND
     assert consumed == len(wire)
 
 
 def test_socks4_userid_cap():
-    ok = b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * socks.SOCKS4_MAX_FIELD + b"\x00"
-    assert socks.parse_socks4_request(ok)[0].userid == "u" * socks.SOCKS4_MAX_FIELD
-    too_long = b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * (socks.SOCKS4_MAX_FIELD + 1)
+    # As 4.34's ReadUntilNull: one 2 KiB buffer, NUL included.
+    ok = b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * socks.SOCKS4_MAX_READ + b"\x00"
+    assert socks.parse_socks4_request(ok)[0].userid == "u" * socks.SOCKS4_MAX_READ
+    too_long = b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * (socks.SOCKS4_MAX_READ + 1)
     assert socks.parse_socks4_request(too_long[:-1]) is None
     assert_garbage(socks.parse_socks4_request, too_long, SOCKS4_REJECT)
 
 
 def test_socks4a_domain_cap():
     head = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00"
-    assert_garbage(socks.parse_socks4_request, head + b"d" * 256, SOCKS4_REJECT)
+    assert_garbage(socks.parse_socks4_request, head + b"d" * (socks.SOCKS4_MAX_READ + 1),
+                   SOCKS4_REJECT)
 
 
 @pytest.mark.parametrize("domain", [b"", b"bad domain"])

@@ -44,7 +44,10 @@ ATYP_IPV6 = 0x04
 SOCKS4_REPLY_VERSION = 0x00
 SOCKS4_GRANTED = 0x5A
 SOCKS4_REJECTED = 0x5B
-SOCKS4_MAX_FIELD = 255  # cap on the NUL-terminated userid and 4a domain
+SOCKS4_MAX_FIELD = 255  # what this side writes in a userid
+# What a NUL-terminated userid or 4a domain may hold when read: 4.34's ReadUntilNull reads
+# into one 2 KiB buffer and fails when it fills.
+SOCKS4_MAX_READ = 2047
 
 _PORT = struct.Struct("!H")
 _IP_LENGTH = {ATYP_IPV4: 4, ATYP_IPV6: 16}
@@ -233,10 +236,9 @@ def parse_method_selection(buf: bytes) -> Optional[Tuple[MethodSelection, int]]:
 def parse_password_auth(buf: bytes) -> Optional[Tuple[PasswordAuth, int]]:
     """VER(1) ULEN UNAME PLEN PASSWD. Empty fields parse, as in v2ray
     ``ReadUsernamePassword``; they then fail the account check."""
-    failure = encode_password_auth_reply(False)
     cur = Cursor(buf)
     try:
-        _expect_version(cur.u8(), PASSWORD_AUTH_VERSION, "password auth", reply=failure)
+        cur.u8()  # the version: 4.34's ReadUsernamePassword does not look at it
         username = cur.take(cur.u8())
         password = cur.take(cur.u8())
     except NeedMore:
@@ -330,10 +332,10 @@ def encode_socks4_reply(granted: bool, port: int = 0, address: Address = ANY_IPV
 
 
 def _read_nul_terminated(cur: Cursor, what: str, reply: bytes) -> bytes:
-    end = cur.find(b"\x00", SOCKS4_MAX_FIELD)
+    end = cur.find(b"\x00", SOCKS4_MAX_READ)
     if end < 0:
-        if cur.remaining > SOCKS4_MAX_FIELD:
-            raise RemoteProtocolError(f"SOCKS4 {what} longer than {SOCKS4_MAX_FIELD}", reply=reply)
+        if cur.remaining > SOCKS4_MAX_READ:
+            raise RemoteProtocolError(f"SOCKS4 {what} longer than {SOCKS4_MAX_READ}", reply=reply)
         raise NeedMore
     field = cur.take(end - cur.pos)
     cur.u8()  # the NUL
@@ -341,10 +343,11 @@ def _read_nul_terminated(cur: Cursor, what: str, reply: bytes) -> bytes:
 
 
 def parse_socks4_request(buf: bytes) -> Optional[Tuple[Socks4Request, int]]:
-    """VN(4) CD DSTPORT DSTIP USERID NUL, and for 4a (DSTIP 0.0.0.x, x != 0) DOMAIN NUL.
+    """VN(4) CD DSTPORT DSTIP USERID NUL, and for 4a DOMAIN NUL.
 
-    v2ray switches to 4a whenever the first IP byte is 0; we follow the 4a spec, which names
-    0.0.0.x only. An unknown command is refused as soon as it is read."""
+    4a whenever the first IP byte is 0, as 4.34's ``handshake4`` decides (the 4a spec names
+    0.0.0.x, x != 0, only; 0.0.0.0/8 is no address to connect to anyway). An unknown
+    command is refused as soon as it is read."""
     rejected = encode_socks4_reply(False)
     cur = Cursor(buf)
     try:
@@ -355,7 +358,7 @@ def parse_socks4_request(buf: bytes) -> Optional[Tuple[Socks4Request, int]]:
         port = cur.u16()
         ip = cur.take(4)
         userid = _read_nul_terminated(cur, "userid", rejected)
-        if ip[:3] == b"\x00\x00\x00" and ip[3] != 0:
+        if ip[0] == 0:
             address = domain_address(_read_nul_terminated(cur, "domain", rejected), rejected)
         else:
             address = Address.from_packed(ip)

@@ -153,6 +153,8 @@ class SocksInbound:
         except RemoteProtocolError as e:
             log.info("dropping a bad socks datagram from %s: %s", source, e)
             return
+        if not datagram.payload:
+            return  # 4.34 drops an empty one (handleUDPPayload: payload.IsEmpty)
         with self._udp_lock:  # one UDP listener thread per port may race to create it
             table = self._udp_table
             if table is None:
