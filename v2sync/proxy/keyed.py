@@ -270,7 +270,7 @@ class KeyedOutbound:
 
     dial_step = 0.2  # seconds; each protocol's 4.34 client has its own
 
-    def dial(self):
+    def dial(self) -> Tuple[Any, Connection]:
         """(server, connection): each try takes the next server, as 4.34's outbounds call
         ``PickServer`` inside their retry."""
         return dial_server(self.picker.pick, DIAL_ATTEMPTS, self.dial_step, self.client)
