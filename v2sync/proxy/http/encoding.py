@@ -336,7 +336,7 @@ def _split_authority(text: str) -> Tuple[str, Optional[int]]:
     return host, port
 
 
-_GO_BASES = {"0x": "0x", "0o": "0o", "0b": "0b"}
+_GO_PREFIXES = ("0x", "0o", "0b")
 _GO_UINT = re.compile(r"[0-9A-Za-z_]+\Z")
 
 
@@ -347,7 +347,7 @@ def go_parse_port(text: str) -> Optional[int]:
     if not _GO_UINT.match(text):
         return None
     prefix = text[:2].lower()
-    if prefix not in _GO_BASES and text[:1] == "0" and len(text) > 1:
+    if prefix not in _GO_PREFIXES and text[:1] == "0" and len(text) > 1:
         text = "0o" + text[1:]  # Go's leading-zero octal; Python's int() refuses it
     try:
         value = int(text, 0)  # the same prefixes and underscore rules as Go's base 0
