@@ -124,12 +124,17 @@ class Instance:
                 "inbound", handler.tag, system.stats_inbound_uplink, system.stats_inbound_downlink)
 
     def _count_outbound(self, tag: str, proxy) -> None:
-        """proxyman/outbound: each connection the outbound dials counts (its StreamClient)."""
+        """proxyman/outbound: each connection the outbound dials counts (its StreamClient).
+        Every tagged outbound has its counters, as in 4.34's NewHandler: one that dials
+        nothing (blackhole) shows them at 0."""
         system = self.config.policy.system
+        if self.stats is None or not tag:
+            return
+        counters = self.stats.traffic_pair(
+            "outbound", tag, system.stats_outbound_uplink, system.stats_outbound_downlink)
         client = getattr(proxy, "client", None)
-        if self.stats is not None and tag and isinstance(client, StreamClient):
-            client.counters = self.stats.traffic_pair(
-                "outbound", tag, system.stats_outbound_uplink, system.stats_outbound_downlink)
+        if isinstance(client, StreamClient):
+            client.counters = counters
 
     def _build_api(self) -> None:
         """The commander's virtual outbound, under ``api.tag`` (imported only when used:
@@ -156,8 +161,12 @@ class Instance:
         return True
 
     def remove_outbound(self, tag: str) -> bool:
-        """The API's RemoveOutbound; connections it carries end with their relays."""
-        return bool(tag) and self.outbounds.remove(tag)
+        """The API's RemoveOutbound; connections it carries end with their relays. False
+        for an empty tag; an unknown one is removed already (4.34: no error)."""
+        if not tag:
+            return False
+        self.outbounds.remove(tag)
+        return True
 
     def _make_proxy(self, registry, hc):
         cls = registry.get(hc.protocol, f"{hc.path}.protocol")

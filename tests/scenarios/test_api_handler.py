@@ -181,3 +181,34 @@ def test_xray_names_and_whole_config_calls(v2ray_bin: str, tcp_echo: TcpEchoServ
             "NoSuchMethod", handler_pb.AddInboundRequest(), handler_pb.AddInboundResponse))
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "unknown method NoSuchMethod" in error.details()
+
+
+@pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
+def test_removed_handlers_as_4_34(implementation: str, v2ray_bin: str,
+                                  tcp_echo: TcpEchoServer, channels: list) -> None:
+    """Removing the default outbound leaves no default: what no rule routes is closed, not
+    sent through the next outbound. Removing an unknown or removed outbound is no error;
+    an empty tag, or an unknown inbound, is Go's ErrNoClue."""
+    api_port, socks_port = ports(2)
+    config = api_config(api_port, [socks_in(socks_port)])
+    config["outbounds"] = [{"tag": "first", "protocol": "freedom", "settings": {}},
+                           {"tag": "second", "protocol": "freedom", "settings": {}}]
+    server_class = V2SyncProcess if implementation == "v2sync" else V2RayProcess
+    with server_class(config):
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{api_port}"))
+        api = Api(channels[-1], V2RAY)
+        assert echo_works(socks_port, tcp_echo)
+        for tag in ("first", "first", "no-such-outbound"):
+            api.call("RemoveOutbound", handler_pb.RemoveOutboundRequest(tag=tag),
+                     handler_pb.RemoveOutboundResponse)
+        assert not echo_works(socks_port, tcp_echo)  # "second" is there, but no default
+        for method, request, response in (
+                ("RemoveOutbound", handler_pb.RemoveOutboundRequest(tag=""),
+                 handler_pb.RemoveOutboundResponse),
+                ("RemoveInbound", handler_pb.RemoveInboundRequest(tag=""),
+                 handler_pb.RemoveInboundResponse),
+                ("RemoveInbound", handler_pb.RemoveInboundRequest(tag="no-such-inbound"),
+                 handler_pb.RemoveInboundResponse)):
+            error = grpc_error(lambda: api.call(method, request, response))
+            assert error.code() == grpc.StatusCode.UNKNOWN
+            assert "not enough information for making a decision" in error.details()

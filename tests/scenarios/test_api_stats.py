@@ -4,12 +4,13 @@ with the bytes the test sent."""
 from __future__ import annotations
 
 import re
+import shutil
 from typing import Dict, Tuple
 
 import pytest
 
-from api_helpers import (EMAIL, api_config, parse_stats, ports, settled, socks_echo, socks_in,
-                         v2ctl)
+from api_helpers import (EMAIL, api_config, parse_stats, ports, query, settled, socks_echo,
+                         socks_in, v2ctl)
 from support.peers import TcpEchoServer
 from support.procs import V2RayProcess, V2SyncProcess
 from vmess_helpers import client_config, recv_exactly, vmess_client_entry, vmess_inbound
@@ -106,6 +107,61 @@ def test_restart_logger_reopens_a_rotated_log(tmp_path, tcp_echo: TcpEchoServer)
             "inbound>>>socks-in>>>traffic>>>downlink", 0) >= 2 * 22)
     assert "[socks-in -> direct]" in access.read_text()
     assert rotated.read_text() == before
+
+
+def _outbound_counters(process_class) -> Dict[str, int]:
+    api_port, socks_port = ports(2)
+    config = api_config(api_port, [socks_in(socks_port)])
+    config["outbounds"] += [{"tag": "block", "protocol": "blackhole", "settings": {}},
+                            {"tag": "dns-out", "protocol": "dns", "settings": {}}]
+    with process_class(config):
+        return query(api_port, "outbound>>>")
+
+
+def test_every_tagged_outbound_has_counters_as_4_34(v2ray_bin: str) -> None:
+    """From startup, at 0, whether or not the outbound ever dials (blackhole)."""
+    ours = _outbound_counters(V2SyncProcess)
+    assert ours == _outbound_counters(V2RayProcess)
+    assert set(ours) == {f"outbound>>>{tag}>>>traffic>>>{way}"
+                         for tag in ("direct", "block", "dns-out")
+                         for way in ("uplink", "downlink")}
+
+
+@pytest.mark.parametrize("implementation", [V2SyncProcess, V2RayProcess])
+def test_query_stats_without_stats_as_4_34(implementation, v2ray_bin: str) -> None:
+    """No "stats" section: QueryStats is an error, not an empty answer; GetStats finds no
+    counter."""
+    api_port, socks_port = ports(2)
+    config = api_config(api_port, [socks_in(socks_port)])
+    del config["stats"]
+    with implementation(config):
+        stats = v2ctl(api_port, "StatsService.QueryStats", "")
+        one = v2ctl(api_port, "StatsService.GetStats", f'name: "{UP_NAME}"')
+    assert stats.returncode == 255
+    assert "QueryStats only works its own stats.Manager." in stats.stdout + stats.stderr
+    assert one.returncode == 255 and f"{UP_NAME} not found." in one.stdout + one.stderr
+
+
+@pytest.mark.parametrize("implementation", [V2SyncProcess, V2RayProcess])
+def test_restart_logger_that_cannot_open_its_file(implementation, tmp_path, v2ray_bin: str,
+                                                  tcp_echo: TcpEchoServer) -> None:
+    """The log's directory is gone: RestartLogger fails, as 4.34's, naming the file. v2sync
+    keeps writing to the file it had, with no logging error, and goes on serving."""
+    api_port, socks_port = ports(2)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = api_config(api_port, [socks_in(socks_port)],
+                        log={"loglevel": "warning", "access": str(logs / "access.log")})
+    with implementation(config) as process:
+        socks_echo(socks_port, tcp_echo.address, 10)
+        shutil.rmtree(logs)
+        result = v2ctl(api_port, "LoggerService.RestartLogger", "")
+        assert result.returncode == 255
+        assert "failed to start logger" in result.stdout + result.stderr
+        assert "access.log" in result.stdout + result.stderr
+        socks_echo(socks_port, tcp_echo.address, 10)
+        if implementation is V2SyncProcess:
+            assert "Logging error" not in process.log_text()
 
 
 @pytest.mark.parametrize("services", [["StatsService"], []])

@@ -7,7 +7,7 @@ frozen settings.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from v2sync.common.session import Session
 from v2sync.features.routing import Dispatcher
@@ -26,6 +26,7 @@ class OutboundProxy(Protocol):
     def process(self, session: Session, link: Link) -> None: ...
 
 
+@runtime_checkable
 class UserManager(Protocol):
     """An inbound whose users change at run time (v2ray ``proxy.UserManager``).
 
@@ -34,6 +35,9 @@ class UserManager(Protocol):
     Trojan), so each protocol checks it with its own config code; a user added connects
     at once, a user removed is refused from its next connection on.
     """
+
+    # Whose accounts it takes: "vmess", "vless" or "trojan" (app.commander.users.ACCOUNTS).
+    account_protocol: str
 
     def add_user(self, client: Mapping[str, Any]) -> None:
         """Raises ConfigError when the entry is invalid or its email is already taken."""

@@ -51,7 +51,7 @@ Serve = Callable[[], object]  # returns steps (a generator) to run, or None when
 class KeyedInbound:
     """The inbound half; also the ``UserManager`` the API calls."""
 
-    label = ""             # the protocol's name in messages
+    label = ""             # the protocol's name in messages, and its API accounts' kind
     probe_size = 0         # bytes the first read needs before the key can be judged
     # Whether the first read is judged even without fallbacks (Trojan's server.go does;
     # VLESS reads its header field by field then).
@@ -71,6 +71,10 @@ class KeyedInbound:
         self.handshake_policy = ctx.policy.for_level(0)  # as 4.34: level 0 until the user
 
     # -- UserManager -----------------------------------------------------------------
+    @property
+    def account_protocol(self) -> str:
+        return self.label
+
     def add_user(self, client: Mapping[str, Any]) -> None:
         self.users.add(self.parse_user_entry(client, "user"), "user")
 

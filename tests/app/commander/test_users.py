@@ -34,13 +34,25 @@ def user(account, type_name=None):
     (trojan_pb.Account(password="secret"), {"password": "secret"}),
 ])
 def test_accounts_become_config_entries(account, entry) -> None:
-    assert client_entry(user(account)) == {**entry, "email": "a@b", "level": 2}
+    protocol = account.DESCRIPTOR.full_name.split(".")[-2]
+    assert client_entry(user(account), protocol) == {**entry, "email": "a@b", "level": 2}
+
+
+@pytest.mark.parametrize("account, protocol", [
+    (vmess_pb.Account(id=ID), "trojan"),
+    (vmess_pb.Account(id=ID), "vless"),
+    (vless_pb.Account(id=ID), "vmess"),
+    (trojan_pb.Account(password="secret"), "vless"),
+])
+def test_an_account_of_another_protocol_is_refused(account, protocol) -> None:
+    with pytest.raises(V2SyncError, match=f"cannot be a user of a {protocol} inbound"):
+        client_entry(user(account), protocol)
 
 
 def test_xray_type_names_are_read_as_4_34s() -> None:
     xray_type = "xray.proxy.vless.Account"
-    assert client_entry(user(vless_pb.Account(id=ID), xray_type)) == {"id": ID, "email": "a@b",
-                                                                       "level": 2}
+    assert client_entry(user(vless_pb.Account(id=ID), xray_type), "vless") == {
+        "id": ID, "email": "a@b", "level": 2}
     operation = typed(handler_pb.RemoveUserOperation(email="a@b"),
                       "xray.app.proxyman.command.RemoveUserOperation")
     assert operation_of(operation).email == "a@b"
@@ -50,7 +62,7 @@ def test_unknown_types_and_garbage_are_clear_errors() -> None:
     with pytest.raises(V2SyncError, match="unknown operation"):
         operation_of(typed(vless_pb.Account(id=ID)))
     with pytest.raises(V2SyncError, match="unknown account type"):
-        client_entry(user(handler_pb.RemoveUserOperation(email="x")))
+        client_entry(user(handler_pb.RemoveUserOperation(email="x")), "vmess")
     garbage = typed_message_pb2.TypedMessage(
         type="v2ray.core.app.proxyman.command.AddUserOperation", value=b"\xff\xff\xff")
     with pytest.raises(V2SyncError, match="invalid"):

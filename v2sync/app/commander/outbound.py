@@ -12,7 +12,6 @@ from typing import Any, Dict
 from v2sync.app.commander.grpc import GrpcServer
 from v2sync.app.commander.services import (HandlerService, LoggerService, StatsService,
                                            service_methods)
-from v2sync.app.stats.manager import StatsManager
 from v2sync.common.errors import TransportError, V2SyncError
 from v2sync.common.session import Session
 from v2sync.infra.conf.model import ApiConfig
@@ -48,8 +47,7 @@ class Commander:
         self.services: Dict[str, Any] = {}
         for name in config.services:
             if name == "StatsService":
-                # Without a "stats" section no counter exists; queries find none.
-                self.services[name] = StatsService(instance.stats or StatsManager())
+                self.services[name] = StatsService(instance.stats)
             elif name == "LoggerService":
                 self.services[name] = LoggerService()
             elif name == "HandlerService":

@@ -14,7 +14,7 @@ import resource
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from v2sync.app.commander.grpc import GrpcError, Method, Status
 from v2sync.app.commander.pb.app.log.command import config_pb2 as log_pb
@@ -25,10 +25,14 @@ from v2sync.app.log.setup import reopen_files
 from v2sync.app.stats.manager import StatsManager
 from v2sync.app.stats.system import GcPauses, gc_collections, rss_bytes
 from v2sync.common.errors import ConfigError, V2SyncError
+from v2sync.features.proxy import UserManager
 
 log = logging.getLogger(__name__)
 
 PACKAGES = ("v2ray.core.app", "xray.app")
+# 4.34's QueryStats without a "stats" section (GetStats then finds no counter by name).
+NO_STATS = "QueryStats only works its own stats.Manager."
+NO_CLUE = "not enough information for making a decision"  # Go's common.ErrNoClue
 SERVICE_PATHS = {
     "StatsService": "stats.command.StatsService",
     "LoggerService": "log.command.LoggerService",
@@ -37,8 +41,9 @@ SERVICE_PATHS = {
 
 
 class StatsService:
-    def __init__(self, stats: StatsManager):
-        self.stats = stats
+    def __init__(self, stats: Optional[StatsManager]):
+        self.counting = stats is not None  # a config without "stats" counts nothing
+        self.stats = stats or StatsManager()
         self.started = time.monotonic()
         self.pauses = GcPauses()
         self.pauses.install()
@@ -61,6 +66,8 @@ class StatsService:
         return stats_pb.GetStatsResponse(stat=stats_pb.Stat(name=request.name, value=value))
 
     def query_stats(self, request: Any) -> Any:
+        if not self.counting:
+            raise V2SyncError(NO_STATS)
         found = self.stats.query(request.pattern, request.reset)
         return stats_pb.QueryStatsResponse(
             stat=[stats_pb.Stat(name=name, value=value) for name, value in found])
@@ -86,7 +93,10 @@ class LoggerService:
 
     def restart(self, request: Any) -> Any:
         """Reopen the log files (after logrotate moved them), as 4.34's RestartLogger."""
-        reopen_files()
+        try:
+            reopen_files()
+        except OSError as e:  # 4.34: "failed to start logger > open <path>: <reason>"
+            raise V2SyncError(f"failed to start logger > {e}") from None
         log.info("api: log files reopened")
         return log_pb.RestartLoggerResponse()
 
@@ -120,11 +130,12 @@ class HandlerService:
             raise V2SyncError(f"failed to get handler: {request.tag} > handler not found: "
                               f"{request.tag}")
         manager = handler.proxy
-        if not (hasattr(manager, "add_user") and hasattr(manager, "remove_user")):
+        if not isinstance(manager, UserManager):
             raise V2SyncError("proxy is not a UserManager")
         if isinstance(operation, handler_pb.AddUserOperation):
+            entry = client_entry(operation.user, manager.account_protocol)
             try:
-                manager.add_user(client_entry(operation.user))
+                manager.add_user(entry)
             except ConfigError as e:
                 raise V2SyncError(f"failed to add user: {e.message}") from None
         else:
@@ -135,12 +146,12 @@ class HandlerService:
 
     def remove_inbound(self, request: Any) -> Any:
         if not self.instance.remove_inbound(request.tag):
-            raise V2SyncError(f"handler not found: {request.tag}")
+            raise V2SyncError(NO_CLUE)  # 4.34's answer for an empty or unknown tag
         return handler_pb.RemoveInboundResponse()
 
     def remove_outbound(self, request: Any) -> Any:
         if not self.instance.remove_outbound(request.tag):
-            raise V2SyncError(f"handler not found: {request.tag}")
+            raise V2SyncError(NO_CLUE)  # an empty tag; an unknown one is no error (4.34)
         return handler_pb.RemoveOutboundResponse()
 
     def alter_outbound(self, request: Any) -> Any:

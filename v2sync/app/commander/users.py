@@ -69,20 +69,27 @@ def _trojan(account: Any) -> Dict[str, Any]:
     return {"password": account.password}
 
 
+# Each account type, by the protocol whose inbounds take it (``UserManager.account_protocol``).
 ACCOUNTS: Dict[str, Any] = {
-    "v2ray.core.proxy.vmess.Account": (vmess_pb.Account, _vmess),
-    "v2ray.core.proxy.vless.Account": (vless_pb.Account, _vless),
-    "v2ray.core.proxy.trojan.Account": (trojan_pb.Account, _trojan),
+    "v2ray.core.proxy.vmess.Account": ("vmess", vmess_pb.Account, _vmess),
+    "v2ray.core.proxy.vless.Account": ("vless", vless_pb.Account, _vless),
+    "v2ray.core.proxy.trojan.Account": ("trojan", trojan_pb.Account, _trojan),
 }
 
 
-def client_entry(user: Any) -> Dict[str, Any]:
-    """A protocol.User as one ``clients[]`` entry: the account's fields, email and level."""
+def client_entry(user: Any, protocol: str) -> Dict[str, Any]:
+    """A protocol.User as one ``clients[]`` entry of a ``protocol`` inbound: the account's
+    fields, email and level. An account of another protocol is refused: 4.34 casts it to
+    its own type and the whole process panics; read as a config entry, a VMess account
+    made a Trojan user with an empty password, whom anyone could be."""
     found = ACCOUNTS.get(canonical_type(user.account.type))
     if found is None:
         raise V2SyncError(f"failed to parse user > unknown account type {user.account.type!r} "
                           f"(supported: {', '.join(sorted(ACCOUNTS))})")
-    message_type, convert = found
+    kind, message_type, convert = found
+    if kind != protocol:
+        raise V2SyncError(f"failed to add user > a {kind} account cannot be a user of a "
+                          f"{protocol} inbound (send a v2ray.core.proxy.{protocol}.Account)")
     convert_fn: Callable[[Any], Dict[str, Any]] = convert
     entry = convert_fn(_parse(message_type, user.account.value, user.account.type))
     entry.update(email=user.email, level=user.level)

@@ -98,17 +98,25 @@ def configure(config: LogConfig, console: ConsoleFactory = plain_console) -> Non
 
 def reopen_files() -> int:
     """Reopen every log file at its path (the API's RestartLogger, for logrotate: the old
-    file was moved away, new lines go to a new file). Returns how many were reopened."""
-    reopened = 0
-    for name in ("v2sync", ACCESS_LOGGER):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.acquire()
-                try:
-                    if handler.stream is not None:
-                        handler.stream.close()
-                    handler.stream = handler._open()
-                finally:
-                    handler.release()
-                reopened += 1
-    return reopened
+    file was moved away, new lines go to a new file). Returns how many were reopened.
+    Raises OSError for a path that cannot be opened (its directory is gone): that file's
+    lines go on to the old file, and the files before it are reopened already."""
+    handlers = [handler for name in ("v2sync", ACCESS_LOGGER)
+                for handler in logging.getLogger(name).handlers
+                if isinstance(handler, logging.FileHandler)]
+    for handler in handlers:
+        _reopen(handler)
+    return len(handlers)
+
+
+def _reopen(handler: logging.FileHandler) -> None:
+    """The new file is opened before the old one is closed, so a failure loses no line
+    and leaves no closed stream for the next line to fail on."""
+    stream = handler._open()
+    handler.acquire()
+    try:
+        old, handler.stream = handler.stream, stream
+        if old is not None:
+            old.close()
+    finally:
+        handler.release()

@@ -72,6 +72,7 @@ class OutboundManager:
     def __init__(self) -> None:
         self._ordered: List[OutboundHandler] = []
         self._by_tag: Dict[str, OutboundHandler] = {}
+        self._default: Optional[OutboundHandler] = None
 
     def add(self, handler: OutboundHandler) -> None:
         if handler.tag and handler.tag in self._by_tag:
@@ -79,28 +80,32 @@ class OutboundManager:
         self._ordered.append(handler)
         if handler.tag:
             self._by_tag[handler.tag] = handler
+        if self._default is None:
+            self._default = handler
 
-    def remove(self, tag: str) -> bool:
-        """The API's RemoveOutbound: later routing no longer finds it (the default moves to
-        the next one, as 4.34's manager picks its first handler)."""
+    def remove(self, tag: str) -> None:
+        """The API's RemoveOutbound: later routing no longer finds it. Removing the default
+        leaves none, as in 4.34 (``RemoveHandler``): what no rule routes is then closed, never
+        sent on through whichever outbound comes next (which may be a direct one). An
+        unknown tag is no error, as in 4.34."""
         handler = self._by_tag.pop(tag, None)
         if handler is None:
-            return False
-        # A new list, not an edit: a concurrent default() sees the old one or the new one.
+            return
+        if handler is self._default:
+            self._default = None
+        # A new list, not an edit: close() on another thread sees the old one or the new one.
         self._ordered = [h for h in self._ordered if h is not handler]
         close = getattr(handler.proxy, "close", None)
         if close is not None:
             close()
-        return True
 
     def get(self, tag: str) -> Optional[OutboundHandler]:
         return self._by_tag.get(tag)
 
     def default(self) -> Optional[OutboundHandler]:
-        """The first handler added; None when there is none (a config may have no outbound,
-        as in 4.34, whose GetDefaultHandler then returns nil)."""
-        ordered = self._ordered
-        return ordered[0] if ordered else None
+        """The first handler added, unless the API removed it; None when there is none (a
+        config may have no outbound, as in 4.34, whose GetDefaultHandler then returns nil)."""
+        return self._default
 
     def close(self) -> None:
         for handler in self._ordered:

@@ -52,6 +52,8 @@ class VMessInbound:
         self.handshake_policy = ctx.policy.for_level(0)  # inbound.go: policy for level 0
 
     # -- features.proxy.UserManager (the API's AlterInbound) ------------------------------
+    account_protocol = "vmess"
+
     def add_user(self, client: Mapping[str, Any]) -> None:
         """A ``clients[]`` entry; it authenticates from the next handshake on."""
         user = parse_user(client, "user", self.settings.default_alter_id,
