@@ -6,7 +6,8 @@ from typing import Optional, Tuple
 import pytest
 
 from v2sync.common.errors import ConfigError
-from v2sync.common.net import decimal, parse_host_port, split_host_port
+from v2sync.common.net import (AddressKind, config_address, decimal, parse_host_port,
+                               split_host_port)
 
 
 # Go's own table (net/ipsock_test.go, TestSplitHostPort and its error cases).
@@ -63,3 +64,20 @@ def test_parse_host_port_refuses_with_a_config_error(text: str) -> None:
 def test_parse_host_port_unbrackets_ipv6() -> None:
     assert parse_host_port("[::1]:9100") == ("::1", 9100)
     assert parse_host_port("0.0.0.0:0") == ("0.0.0.0", 0)
+
+
+@pytest.mark.parametrize("text, value, kind", [
+    (" 10.0.0.1", "10.0.0.1", AddressKind.IPV4),
+    ("10.0.0.1\t", "10.0.0.1", AddressKind.IPV4),
+    ("[::1]", "::1", AddressKind.IPV6),
+    ("[ ::1 ]", "::1", AddressKind.IPV6),
+    (" [::1]", "[::1]", AddressKind.DOMAIN),  # Go drops brackets before it trims
+    ("[[::1]]", "[::1]", AddressKind.DOMAIN),
+    ("a b", "a b", AddressKind.DOMAIN),       # letters at both ends: nothing trimmed
+    (" example.com ", "example.com", AddressKind.DOMAIN),
+    ("", "", AddressKind.DOMAIN),
+])
+def test_config_address_reads_as_gos_parse_address(text: str, value: str,
+                                                   kind: AddressKind) -> None:
+    address = config_address(text)
+    assert (address.value, address.kind) == (value, kind)

@@ -124,6 +124,23 @@ class Destination:
         return f"{self.network}:{self.host_port()}"
 
 
+def config_address(text: str) -> Address:
+    """An address as 4.34's config reads every one (Go's ``net.ParseAddress``): brackets
+    around it are dropped, then white space around it too when it starts or ends with
+    anything but an ASCII letter or digit (so ``" 10.0.0.1"`` is that IP, not a name)."""
+    if len(text) > 1 and text[0] == "[" and text[-1] == "]":
+        text = text[1:-1]
+    if text and not (_alnum(text[0]) and _alnum(text[-1])):
+        text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return Address(text, AddressKind.DOMAIN)  # Go drops one pair, before trimming
+    return Address.parse(text)
+
+
+def _alnum(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
 def parse_host_port(text: str, path: str = "") -> "tuple[str, int]":
     """Split ``host:port`` / ``[v6]:port``; a ConfigError names the problem."""
     parts = split_host_port(text)

@@ -83,6 +83,15 @@ def test_nxdomain_and_empty_answers_are_errors(dns_server: DnsTestServer) -> Non
         dns.lookup("v4only.test", "UseIPv6")
 
 
+@pytest.mark.parametrize("rcode, name", [(3, "NXDOMAIN"), (2, "SERVFAIL"), (5, "REFUSED")])
+def test_records_beside_an_error_rcode_are_not_used(rcode: int, name: str) -> None:
+    """4.34's getIPs returns the rcode's error and none of the records beside it."""
+    with DnsTestServer({"a.test": ["10.0.0.1"]}, rcode=rcode) as server:
+        dns = resolver({"servers": [server_entry(server)]})
+        with pytest.raises(TransportError, match=name):
+            dns.lookup("a.test", "UseIPv4")
+
+
 def test_cname_chain_answers(clock: FakeClock) -> None:
     with DnsTestServer({"real.test": ["10.2.2.2"]}, cnames={"alias.test": "real.test"}) as server:
         dns = resolver({"servers": [server_entry(server)]}, clock)

@@ -58,8 +58,12 @@ class Answer:
 
 
 def answer_from_message(message: wire.Message, qtype: int) -> Answer:
+    """An answer other than NOERROR has no addresses, whatever records it carries: 4.34's
+    ``getIPs`` returns the rcode's error instead of them."""
     family = QTYPE_FAMILY.get(qtype)
-    addresses = tuple(a for a in message.addresses() if a.kind is family)
+    addresses: Tuple[Address, ...] = ()
+    if message.rcode == wire.RCODE_NOERROR:
+        addresses = tuple(a for a in message.addresses() if a.kind is family)
     return Answer(qtype, message.rcode, addresses, answer_ttl(message))
 
 
@@ -203,18 +207,17 @@ class LocalNameServer:
     name = "localhost"
 
     def resolve(self, domain: str, want_ipv4: bool, want_ipv6: bool) -> Tuple[Address, ...]:
-        """IPv4 addresses first, then IPv6; ``TransportError`` if there are none."""
-        family = socket.AF_UNSPEC
-        if want_ipv4 != want_ipv6:
-            family = socket.AF_INET if want_ipv4 else socket.AF_INET6
+        """IPv4 addresses first, then IPv6 (none: the name has no address of the wanted
+        family); ``TransportError`` if the name does not resolve. Every family is asked
+        for, then filtered, as Go's resolver does: a name /etc/hosts knows in IPv4 only has
+        no IPv6 address, rather than being asked of the system's DNS server."""
         try:
-            infos = outside_slot(socket.getaddrinfo, domain, None, family, socket.SOCK_STREAM)
+            infos = outside_slot(socket.getaddrinfo, domain, None, socket.AF_UNSPEC,
+                                 socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:
             raise TransportError(f"system resolver: {domain}: {e}") from e
         found = dict.fromkeys(Address.parse(str(info[4][0]).split("%")[0]) for info in infos)
         wanted = [a for a in found if (a.kind is AddressKind.IPV4 and want_ipv4)
                   or (a.kind is AddressKind.IPV6 and want_ipv6)]
         wanted.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable: IPv4 first
-        if not wanted:
-            raise TransportError(f"system resolver: no address for {domain}")
         return tuple(wanted)

@@ -110,6 +110,8 @@ class NameServerClient:
     def query(self, domain: str, want_ipv4: bool, want_ipv6: bool) -> List[Address]:
         if isinstance(self.server, LocalNameServer):
             found = list(self.server.resolve(domain, want_ipv4, want_ipv6))
+            if not found:  # 4.34's localdns: ErrEmptyResponse, a NOERROR answer
+                raise DnsAnswerError(f"{self.name}: {domain}: empty response")
         else:
             found = self._query_udp(self.server, domain, want_ipv4, want_ipv6)
         return self._expected(domain, found)

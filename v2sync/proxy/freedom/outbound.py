@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Optional, Sequence
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination, Network
@@ -18,8 +19,9 @@ from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
 from v2sync.proxy.relay import relay_upstream_steps, run_relay
-from v2sync.transport.internet.dialer import candidates, dial_with_retry
+from v2sync.transport.internet.dialer import Lookup, candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
+from v2sync.transport.internet.resolve import of_strategy, resolve
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp, shutdown_udp
 from v2sync.transport.link import Link
@@ -66,16 +68,31 @@ class FreedomOutbound:
         address = Address.parse(host) if host else dest.address
         return Destination(address, port or dest.port, dest.network)
 
-    def _lookup(self, session: Session, dest: Destination):
-        """How names are resolved: the router's answer if it resolved this very name (one
-        resolution per connection), the built-in DNS for UseIP*, else the system resolver."""
-        if session.resolved and dest.address == session.destination().address:
-            resolved = tuple(session.resolved)
-            return lambda name: resolved
+    def _lookup(self, session: Session, dest: Destination) -> Optional[Lookup]:
+        """How names are resolved, as 4.34's freedom: AsIs dials the name (the system
+        resolver), whatever the router looked up. UseIP* asks the built-in DNS, reusing the
+        router's answer for this very name when it has addresses of the wanted family (one
+        resolution per connection; 4.34 asks again and its cache answers). A name the
+        built-in DNS cannot resolve is dialled as with AsIs, as freedom.go keeps the domain
+        when ``resolveIP`` finds nothing."""
         strategy = self.settings.domain_strategy
-        if strategy != "AsIs" and self.ctx.dns is not None:
-            return lambda name: self.ctx.dns.lookup(name, strategy)
-        return None
+        dns = self.ctx.dns
+        if strategy == "AsIs" or dns is None:
+            return None
+        reused: Sequence[Address] = ()
+        if session.resolved and dest.address == session.destination().address:
+            reused = of_strategy(session.resolved, strategy)
+
+        def lookup(name: str) -> Sequence[Address]:
+            if reused:
+                return reused
+            try:
+                return dns.lookup(name, strategy)
+            except TransportError as e:
+                log.info("%s: failed to get IP address for domain %s: %s; dialing it as is",
+                         session.name(), name, e)
+                return resolve(name, "AsIs", dest.port)
+        return lookup
 
     def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
                      lookup) -> None:

@@ -6,12 +6,19 @@ connection, and the answer is what gets dialed.
 from __future__ import annotations
 
 import socket
-from typing import List
+from typing import Iterable, List, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind
 from v2sync.common.task import outside_slot
 
+# The address kinds each strategy dials (AsIs: whatever the name resolves to).
+KINDS = {
+    "UseIP": (AddressKind.IPV4, AddressKind.IPV6),
+    "UseIPv4": (AddressKind.IPV4,),
+    "UseIPv6": (AddressKind.IPV6,),
+    "AsIs": (AddressKind.IPV4, AddressKind.IPV6),
+}
 FAMILIES = {
     "UseIP": socket.AF_UNSPEC,
     "UseIPv4": socket.AF_INET,
@@ -37,3 +44,11 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     if not seen:
         raise TransportError(f"no {strategy} address for {domain}")
     return seen
+
+
+def of_strategy(addresses: Iterable[Address], strategy: str) -> Tuple[Address, ...]:
+    """The IPs ``strategy`` dials, IPv4 first (none: the caller resolves again)."""
+    kinds = KINDS.get(strategy, KINDS["AsIs"])
+    kept = [a for a in addresses if a.kind in kinds]
+    kept.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable
+    return tuple(kept)
