@@ -96,6 +96,7 @@ class ClientWorker(FrameHandler):
         self.manager = manager
         self.ctx = ctx
         self.closed = False
+        self._proxy_ended = False  # no new sub-connection; the reader drains what came
         self._close_lock = threading.Lock()
         self._tick = None
 
@@ -111,7 +112,8 @@ class ClientWorker(FrameHandler):
 
     # -- capacity (client.go IsFull / IsClosing) --------------------------------------------
     def is_full(self) -> bool:
-        return (self.closed or self.sessions.closed or self.sessions.count >= MAX_CONNECTIONS
+        return (self.closed or self._proxy_ended or self.sessions.closed
+                or self.sessions.count >= MAX_CONNECTIONS
                 or self.sessions.size() >= self.manager.concurrency)
 
     def allocate(self, link: Link, packet: bool) -> Optional[MuxSession]:
@@ -126,7 +128,10 @@ class ClientWorker(FrameHandler):
         try:
             self.manager.run_proxy(session, self.proxy_side)
         finally:
-            self.close()
+            # Frames the server sent before it closed may still be queued: the reader goes
+            # on to their end, then closes the worker (an interrupt here dropped them).
+            self._proxy_ended = True
+            self.proxy_side.writer.close()
 
     def _read(self) -> None:
         reader = FrameReader(self.mux_side.reader, self.is_stream)
@@ -156,12 +161,15 @@ class ClientWorker(FrameHandler):
         self._arm_tick()
 
     def close(self) -> None:
-        """End the connection and every sub-connection on it (idempotent)."""
+        """End the connection and every sub-connection on it (idempotent). Each one's
+        response ends after what has arrived, as client.go's ``SessionManager.Close``
+        closes (not interrupts) their output; each request side ends with its client."""
         with self._close_lock:
             if self.closed:
                 return
             self.closed = True
-        self.end_all()
+        for session in self.sessions.close():
+            session.link.writer.close()
         self.mux_side.writer.close()    # the proxy sends what is queued, then ends
         self.mux_side.reader.interrupt()
         if self._tick is not None:
