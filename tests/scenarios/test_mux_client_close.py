@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from scenarios.helpers_scenarios import recv_exact
 from support.peers import free_port
 from support.procs import V2RayProcess, V2SyncProcess
 from vmess_helpers import open_tunnel
@@ -25,16 +26,6 @@ STATUS_KEEP, OPTION_DATA = 2, 1
 IO_TIMEOUT = 10.0
 SETTLE = 1.0  # the server has closed before the application reads a byte
 SLOW_READ, SLOW_PAUSE = 64 * 1024, 0.005
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"{len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 class AnswerThenClose:
@@ -67,14 +58,14 @@ class AnswerThenClose:
             self.errors.append(error)
 
     def _answer(self, conn: socket.socket) -> None:
-        _, methods = _recv_exact(conn, 2)
-        _recv_exact(conn, methods)
+        _, methods = recv_exact(conn, 2)
+        recv_exact(conn, methods)
         conn.sendall(b"\x05\x00")
-        _, _, _, atyp = _recv_exact(conn, 4)
-        length = _recv_exact(conn, 1)[0] if atyp == 3 else {1: 4, 4: 16}[atyp]
-        _recv_exact(conn, length + 2)  # address, port: v1.mux.cool:9527
+        _, _, _, atyp = recv_exact(conn, 4)
+        length = recv_exact(conn, 1)[0] if atyp == 3 else {1: 4, 4: 16}[atyp]
+        recv_exact(conn, length + 2)  # address, port: v1.mux.cool:9527
         conn.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00")
-        meta_length, session_id = struct.unpack("!HH", _recv_exact(conn, 4))
+        meta_length, session_id = struct.unpack("!HH", recv_exact(conn, 4))
         assert meta_length >= 4
         keep = struct.pack("!HHBBH", 4, session_id, STATUS_KEEP, OPTION_DATA, CHUNK)
         conn.sendall((keep + b"D" * CHUNK) * (ANSWER // CHUNK))
