@@ -55,10 +55,14 @@ INBOUNDS = [
      "settings": {"auth": "password", "accounts": [{"user": "alice", "pass": "a-pw"}]}},
     {"tag": "socks-header", "protocol": "socks", "settings": {"auth": "noauth"},
      "streamSettings": {"tcpSettings": {"header": {"type": "http", "request": {"path": [PATH]}}}}},
+    # Port 1 on loopback: nothing listens there, so the dial is refused.
+    {"tag": "doko-header", "protocol": "dokodemo-door",
+     "settings": {"address": "127.0.0.1", "port": 1, "network": "tcp"},
+     "streamSettings": {"tcpSettings": {"header": {"type": "http", "request": {"path": [PATH]}}}}},
 ]
 ROUTING = {"rules": [
     {"type": "field", "outboundTag": "block", "domain": ["full:blocked.example"]},
-    {"type": "field", "outboundTag": "free", "inboundTag": ["http-open", "http-auth"]},
+    {"type": "field", "outboundTag": "free", "inboundTag": ["http-open", "http-auth", "doko-header"]},
 ]}
 GREET = b"\x05\x01\x00"
 GREET_PW = b"\x05\x01\x02"
@@ -174,6 +178,11 @@ HEADER_PROBES = {
     "two-lengths": Probe("socks-header", b"GET /ok HTTP/1.1\r\nContent-Length: 1\r\n"
                          b"Content-Length: 2\r\n\r\n", dated=True),
     "tls-hello": Probe("socks-header", b"\x16\x03\x01\x00\x05hello"),  # no head end yet: waits
+    # A good head, then the connection ends before any answer: 4.34's Conn.Close sends 400.
+    "bad-greeting-after-head": Probe("socks-header", b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+                                     b"\x09\x01\x00", dated=True),
+    "upstream-refused": Probe("doko-header", b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\ndata",
+                              dated=True, quiet=UNREACHABLE_SECONDS),
 }
 ALL_PROBES = {**{f"http-{k}": v for k, v in HTTP_PROBES.items()},
               **{f"socks-{k}": v for k, v in SOCKS_PROBES.items()},

@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from v2sync.common.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from v2sync.transport.internet.websocket.frames import (
-    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameDecoder, encode_close,
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameDecoder, FrameError,
+    encode_close,
     encode_frame, frame_parts, mask_bytes)
 
 KEY = b"\x12\x34\x56\x78"
@@ -166,27 +167,49 @@ def test_feed_nothing_after_close_is_fine():
 
 # -- errors -----------------------------------------------------------------------------------
 
+# The texts are the reasons of the close frame 4.34 (Debian's build: its gorilla) sends for
+# each; tests/scenarios/test_transport_bad_input.py compares them with 4.34's on the wire.
 @pytest.mark.parametrize("wire, expect_masked, message", [
-    (header(0x80 | 0x40 | OP_BINARY, 0), False, "reserved"),
-    (header(0x80 | 0x03, 0), False, "opcode"),
-    (header(0x80 | 0x0B, 0), False, "opcode"),
-    (header(0x80 | OP_PING, 126, b"\x00\x7e"), False, "control"),
-    (header(OP_PING, 0), False, "control"),
-    (header(0x80 | OP_BINARY, 1) + b"x", True, "unmasked"),
-    (header(0x80 | OP_BINARY, 0x81) + KEY + b"x", False, "masked"),
+    (header(0x80 | 0x40 | OP_BINARY, 0), False, "^websocket: RSV1 set$"),
+    (header(0x80 | 0x30 | OP_BINARY, 0), False, "^websocket: RSV2 set, RSV3 set$"),
+    (header(0x80 | 0x03, 0), False, "^websocket: bad opcode 3$"),
+    (header(0x80 | 0x0B, 0), False, "^websocket: bad opcode 11$"),
+    (header(0x80 | OP_PING, 126, b"\x00\x7e"), False, "^websocket: len > 125 for control$"),
+    (header(0x80 | OP_PING, 126, b"\x00\x05"), False, "len > 125 for control"),  # 7 bits
+    (header(OP_PING, 0), False, "^websocket: FIN not set on control$"),
+    (header(0x80 | OP_BINARY, 1) + b"x", True, "^websocket: bad MASK$"),
+    (header(0x80 | OP_BINARY, 0x81) + KEY + b"x", False, "^websocket: bad MASK$"),
+    (header(0xC0 | OP_BINARY, 1) + b"x", True, "^websocket: RSV1 set, bad MASK$"),
     (header(0x80 | OP_BINARY, 127, b"\x80" + bytes(7)), False, "top bit"),
     (header(0x80 | OP_BINARY, 127, (1 << 20 | 1).to_bytes(8, "big")), False, "v2sync"),
-    (header(0x80 | OP_CONT, 1) + b"x", False, "continuation"),
-    (header(OP_BINARY, 1) + b"x" + header(0x80 | OP_TEXT, 0), False, "message started"),
-    (encode_frame(OP_CLOSE, b"\x03"), False, "1-byte"),
-    (encode_close(1005), False, "close code"),
-    (encode_close(999), False, "close code"),
-    (encode_close(1000, b"\xff"), False, "UTF-8"),
+    (header(0x80 | OP_CONT, 1) + b"x", False, "^websocket: continuation after FIN$"),
+    (header(OP_BINARY, 1) + b"x" + header(0x80 | OP_TEXT, 0), False,
+     "^websocket: data before FIN$"),
+    (encode_frame(OP_CLOSE, (1005).to_bytes(2, "big")), False, "^websocket: bad close code 1005$"),
+    (encode_close(999), False, "^websocket: bad close code 999$"),
+    (encode_close(1014), False, "^websocket: bad close code 1014$"),
+    (encode_close(1000, b"\xff"), False, "^websocket: invalid utf8 payload in close frame$"),
     (encode_close() + encode_frame(OP_BINARY, b"late"), False, "after a close"),
 ])
 def test_protocol_errors(wire, expect_masked, message):
     with pytest.raises(RemoteProtocolError, match=message):
         FrameDecoder(expect_masked).feed(wire)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x03"])
+def test_a_close_of_under_2_bytes_has_no_status(payload):
+    """gorilla reads a 1-byte close payload as no status too (and echoes an empty close)."""
+    assert FrameDecoder(False).feed(encode_frame(OP_CLOSE, payload)) == [("close", None, b"")]
+    assert encode_close(None) == encode_close(1005) == bytes([0x88, 0])
+
+
+def test_frame_errors_carry_gorillas_close():
+    with pytest.raises(FrameError) as info:
+        FrameDecoder(True).feed(header(0x80 | OP_BINARY, 1) + b"x")
+    assert (info.value.close_code, info.value.reason) == (1002, "bad MASK")
+    with pytest.raises(FrameError) as info:
+        FrameDecoder(False).feed(header(0x80 | OP_BINARY, 127, b"\x80" + bytes(7)))
+    assert info.value.close_code is None  # gorilla's read limit: no close frame of its own
 
 
 def test_max_frame_is_checked_from_the_header_alone():
@@ -256,10 +279,10 @@ def test_a_run_of_small_frames_whole_split_and_byte_at_a_time_agree():
 
 def test_a_run_stops_at_a_bad_frame_and_the_general_path_refuses_it():
     good = encode_frame(OP_BINARY, b"x" * 10)
-    for bad, message in ((header(0x80 | OP_BINARY, 0x81) + KEY + b"x", "masked"),
-                         (header(0x80 | 0x40 | OP_BINARY, 0), "reserved"),
+    for bad, message in ((header(0x80 | OP_BINARY, 0x81) + KEY + b"x", "bad MASK"),
+                         (header(0x80 | 0x40 | OP_BINARY, 0), "RSV1 set"),
                          (encode_frame(OP_BINARY, b"y" * 11), "v2sync"),
-                         (header(0x80 | OP_CONT, 1) + b"x", "continuation")):
+                         (header(0x80 | OP_CONT, 1) + b"x", "continuation after FIN")):
         decoder = FrameDecoder(expect_masked=False, max_frame=10)
         with pytest.raises(RemoteProtocolError, match=message):
             decoder.feed(good + good + bad)

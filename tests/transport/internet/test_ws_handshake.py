@@ -95,10 +95,22 @@ def test_parse_request_garbage_gets_400(wire):
     assert_garbage(ws.parse_request, wire, ws.NET_HTTP_400)
 
 
-def test_request_head_is_bounded():
-    almost = b"GET /ws HTTP/1.1\r\nX: " + b"a" * (ws.MAX_HANDSHAKE - 30)
-    assert ws.parse_request(almost) is None
-    assert_garbage(ws.parse_request, almost + b"a" * 64, ws.NET_HTTP_400)
+def test_request_head_is_bounded_as_net_http_bounds_it():
+    start = b"GET /ws HTTP/1.1\r\nHost: x\r\nX: "
+    fits = start + b"a" * (ws.MAX_REQUEST_HEAD - len(start) - 4) + b"\r\n\r\n"
+    assert len(fits) == ws.MAX_REQUEST_HEAD and ws.parse_request(fits) is not None
+    assert ws.parse_request(fits[:-4]) is None  # more may come
+    assert_garbage(ws.parse_request, fits[:-4] + b"a\r\n\r\n", ws.NET_HTTP_431)
+
+
+@pytest.mark.parametrize("wire, reply", [
+    (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "NET_HTTP_NO_HOST"),
+    (b"GET /ws HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "NET_HTTP_400"),
+])
+def test_host_is_required_once_on_http_1_1(wire, reply):
+    assert_garbage(ws.parse_request, wire, getattr(ws, reply))
+    assert ws.parse_request(wire.replace(b"HTTP/1.1", b"HTTP/1.0")[:-4].split(b"\r\nHost")[0]
+                            + b"\r\n\r\n") is not None  # HTTP/1.0 needs none
 
 
 # -- upgrade check ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import threading
 from v2sync.common.errors import ProtocolError
 from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
                                             WrappedConnection, try_write)
-from v2sync.transport.internet.headers.http import (HEAD_LIMIT, HttpHeaderConfig, dated,
+from v2sync.transport.internet.headers.http import (BAD_REQUEST, HEAD_LIMIT, HttpHeaderConfig, dated,
                                                     parse_request_head, parse_response_head,
                                                     request_bytes, response_bytes)
 
@@ -30,6 +30,32 @@ class _FirstWriteHead(WrappedConnection):
                 head, self._head = self._head, b""
             data = head + data
         self.inner.sendall(data)
+
+
+class HeaderServerConnection(_FirstWriteHead):
+    """The response head goes out with the first write. A connection that ends before
+    any write (a bad inbound greeting, an upstream that closed without a word) gets 4.34's
+    400 instead, as http.go's ``Conn.Close`` sends one when the head is still unsent;
+    nothing else was ever written, so the reply fits the empty send buffer at once."""
+
+    def shutdown_write(self) -> None:
+        self._answer_unsent()
+        super().shutdown_write()
+
+    def abort(self) -> None:  # an inactivity timer's end: 4.34 closes, and so answers
+        self._answer_unsent()
+        super().abort()
+
+    def _release(self) -> None:
+        self._answer_unsent()
+        super()._release()
+
+    def _answer_unsent(self) -> None:
+        with self._head_lock:
+            if not self._head:
+                return
+            self._head = b""
+        try_write(self.inner, dated(BAD_REQUEST))
 
 
 class HeaderClientConnection(_FirstWriteHead):
@@ -67,4 +93,4 @@ def accept_http_header(conn: Connection, config: HttpHeaderConfig,
         if e.reply:
             try_write(conn, dated(e.reply))  # 4.34's error replies carry a Date
         raise
-    return _FirstWriteHead(conn, response_bytes(config), reader.consume(len(reader.buf)))
+    return HeaderServerConnection(conn, response_bytes(config), reader.consume(len(reader.buf)))

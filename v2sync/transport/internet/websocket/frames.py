@@ -18,7 +18,9 @@ OP_CLOSE, OP_PING, OP_PONG = 8, 9, 10
 _DATA_OPS = frozenset({OP_CONT, OP_TEXT, OP_BINARY})
 _OPCODES = _DATA_OPS | {OP_CLOSE, OP_PING, OP_PONG}
 MAX_CONTROL = 125  # §5.5: control payloads fit the 7-bit length
-CLOSE_NORMAL = 1000
+CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_NO_STATUS = 1000, 1002, 1005
+# The close codes gorilla takes from a peer (isValidReceivedCloseCode), and 3000-4999.
+_RECEIVABLE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1014)})
 _FIN, _RSV, _MASKED = 0x80, 0x70, 0x80
 _LEN16, _LEN64 = 126, 127  # 7-bit length values announcing a 16- or 64-bit length
 _HEAD16, _HEAD64 = struct.Struct("!BBH"), struct.Struct("!BBQ")
@@ -73,8 +75,23 @@ def frame_parts(opcode: int, payload: bytes,
     return head + mask_key, mask_bytes(payload, mask_key)
 
 
-def encode_close(code: int = CLOSE_NORMAL, reason: bytes = b"",
+class FrameError(RemoteProtocolError):
+    """A frame 4.34's gorilla refuses. ``close_code`` and ``reason`` are the close frame it
+    then sends (a protocol error, 1002, names the problems as gorilla does); ``close_code``
+    None: it sends none of its own (the connection's normal close follows)."""
+
+    def __init__(self, reason: str, close_code: Optional[int] = CLOSE_PROTOCOL_ERROR):
+        super().__init__(f"websocket: {reason}")
+        self.reason = reason
+        self.close_code = close_code
+
+
+def encode_close(code: Optional[int] = CLOSE_NORMAL, reason: bytes = b"",
                  mask_key: Optional[bytes] = None) -> bytes:
+    """A close frame; code None (or 1005, "no status") has an empty payload, as gorilla's
+    ``FormatCloseMessage`` makes it."""
+    if code is None or code == CLOSE_NO_STATUS:
+        return encode_frame(OP_CLOSE, b"", mask_key)
     return encode_frame(OP_CLOSE, code.to_bytes(2, "big") + reason, mask_key)
 
 
@@ -85,18 +102,16 @@ def _header_size(second: int) -> int:
 
 
 def _close_event(payload: bytes) -> Event:
-    if not payload:
+    """Under 2 bytes: no status (gorilla reads a 1-byte payload so too)."""
+    if len(payload) < 2:
         return ("close", None, b"")
-    if len(payload) == 1:
-        raise RemoteProtocolError("websocket close frame with a 1-byte payload")
     code = int.from_bytes(payload[:2], "big")
-    # §7.4: 1004-1006 and 1015 are reserved, never sent; 3000-4999 belong to applications.
-    if not (1000 <= code <= 1014 and code not in (1004, 1005, 1006) or 3000 <= code <= 4999):
-        raise RemoteProtocolError(f"invalid websocket close code {code}")
+    if code not in _RECEIVABLE_CODES and not 3000 <= code <= 4999:
+        raise FrameError(f"bad close code {code}")
     try:
         payload[2:].decode("utf-8")  # §5.5.1 and gorilla both insist on UTF-8
-    except UnicodeDecodeError as e:
-        raise RemoteProtocolError("websocket close reason is not UTF-8") from e
+    except UnicodeDecodeError:
+        raise FrameError("invalid utf8 payload in close frame") from None
     return ("close", code, payload[2:])
 
 
@@ -186,27 +201,43 @@ class FrameDecoder:
             take = min(want - len(head), len(view) - pos)
             head += view[pos:pos + take]
             pos += take
+            if len(head) == 2:
+                self._check_start(head[0], head[1])  # as soon as gorilla would
             if len(head) < want:
                 return pos
             want = _header_size(head[1])
         self._start_frame(events)
         return pos
 
+    def _check_start(self, first: int, second: int) -> None:
+        """The first two bytes, checked as gorilla checks them: every problem named, in its
+        order and words, in one protocol error."""
+        problems = [f"RSV{n} set" for n, bit in ((1, 0x40), (2, 0x20), (3, 0x10)) if first & bit]
+        opcode, fin = first & 0x0F, bool(first & _FIN)
+        if opcode in (OP_CLOSE, OP_PING, OP_PONG):
+            if second & 0x7F > MAX_CONTROL:
+                problems.append("len > 125 for control")
+            if not fin:
+                problems.append("FIN not set on control")
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._in_message:
+                problems.append("data before FIN")
+        elif opcode == OP_CONT:
+            if not self._in_message:
+                problems.append("continuation after FIN")
+        else:
+            problems.append(f"bad opcode {opcode}")
+        if bool(second & _MASKED) != self.expect_masked:
+            problems.append("bad MASK")
+        if problems:
+            raise FrameError(", ".join(problems))
+
     def _start_frame(self, events: List[Event]) -> None:
         first, second = self._head[0], self._head[1]
         opcode = first & 0x0F
-        if first & _RSV:
-            raise RemoteProtocolError("websocket frame with reserved bits set (no extensions)")
-        if opcode not in _OPCODES:
-            raise RemoteProtocolError(f"unknown websocket opcode {opcode}")
-        if bool(second & _MASKED) != self.expect_masked:
-            side = "client frame unmasked" if self.expect_masked else "server frame masked"
-            raise RemoteProtocolError(f"websocket {side} (RFC 6455 §5.1)")
         length = self._length(second & 0x7F)
         if opcode in _DATA_OPS:
-            self._check_data(opcode, bool(first & _FIN), length)
-        elif not first & _FIN or length > MAX_CONTROL:
-            raise RemoteProtocolError("websocket control frame fragmented or over 125 bytes")
+            self._check_data(bool(first & _FIN), length)
         self._key = bytes(self._head[-4:]) if self.expect_masked else None
         self._opcode, self._left, self._done = opcode, length, 0
         self._head.clear()
@@ -218,19 +249,15 @@ class FrameDecoder:
             return int.from_bytes(self._head[2:4], "big")
         if length7 == _LEN64:
             length = int.from_bytes(self._head[2:10], "big")
-            if length >> 63:
-                raise RemoteProtocolError("websocket 64-bit length with the top bit set")
+            if length >> 63:  # gorilla: ErrReadLimit, and no close frame of its own
+                raise FrameError("64-bit length with the top bit set", close_code=None)
             return length
         return length7
 
-    def _check_data(self, opcode: int, fin: bool, length: int) -> None:
-        if (opcode == OP_CONT) != self._in_message:
-            raise RemoteProtocolError("websocket continuation frame out of place"
-                                      if opcode == OP_CONT else
-                                      "websocket message started before the last one ended")
+    def _check_data(self, fin: bool, length: int) -> None:
         if length > self.max_frame:
-            raise RemoteProtocolError(
-                f"websocket frame of {length} bytes exceeds v2sync's limit of {self.max_frame}")
+            raise FrameError(f"frame of {length} bytes exceeds v2sync's limit of "
+                             f"{self.max_frame}", close_code=None)
         self._in_message = not fin
 
     def _payload(self, chunk: memoryview, events: List[Event]) -> None:

@@ -21,7 +21,9 @@ from urllib.parse import quote, unquote_to_bytes
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_HANDSHAKE = 8192
+MAX_HANDSHAKE = 8192  # a server's answer to our upgrade
+# A request head: hub.go's MaxHeaderBytes (2048) and the 4096 bytes net/http reads beyond.
+MAX_REQUEST_HEAD = 2048 + 4096
 VERSION = "13"
 _HEAD_END = b"\r\n\r\n"
 _HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
@@ -52,6 +54,16 @@ def response_400() -> bytes:
 # tests/scenarios/test_transport_bad_input.py.
 NET_HTTP_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Connection: close\r\n\r\n400 Bad Request")
+
+
+def _net_http_error(status: str) -> bytes:
+    """net/http's answer to a request it refuses before any handler (server.go)."""
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Connection: close\r\n\r\n{status}").encode("ascii")
+
+
+NET_HTTP_431 = _net_http_error("431 Request Header Fields Too Large")
+NET_HTTP_NO_HOST = _net_http_error("400 Bad Request: missing required Host header")
 
 
 def response_404() -> bytes:
@@ -113,13 +125,15 @@ def build_request(host: str, path: str, key: str,
     return "".join(lines).encode("utf-8")  # Go writes the strings' UTF-8 bytes
 
 
-def _head(buf: bytes, reply: Optional[bytes]) -> Optional[Tuple[str, Headers, int]]:
-    """(first line, headers, bytes consumed) of an HTTP head, or None if incomplete."""
-    end = bytes(buf[:MAX_HANDSHAKE]).find(_HEAD_END)
-    if end < 0:
-        if len(buf) >= MAX_HANDSHAKE:
-            raise RemoteProtocolError(
-                f"websocket handshake not ended within {MAX_HANDSHAKE} bytes", reply=reply)
+def _head(buf: bytes, reply: Optional[bytes], limit: int = MAX_HANDSHAKE,
+          too_large: Optional[bytes] = None) -> Optional[Tuple[str, Headers, int]]:
+    """(first line, headers, bytes consumed) of an HTTP head of at most ``limit`` bytes,
+    or None if incomplete; a longer one is refused with ``too_large``."""
+    end = bytes(buf[:limit]).find(_HEAD_END)
+    if end < 0 or end + len(_HEAD_END) > limit:
+        if len(buf) >= limit:
+            raise RemoteProtocolError(f"websocket handshake not ended within {limit} bytes",
+                                      reply=too_large or reply)
         return None
     first, *lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
     headers = []
@@ -141,15 +155,23 @@ def _url_path(target: str, reply: bytes) -> str:
 
 
 def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
+    """The upgrade request, read as Go's net/http reads it before gorilla sees it: a head
+    over MAX_REQUEST_HEAD is a 431, an HTTP/1.1 one needs exactly one Host."""
     reply = NET_HTTP_400
-    found = _head(buf, reply)
+    found = _head(buf, reply, MAX_REQUEST_HEAD, NET_HTTP_431)
     if found is None:
         return None
     first, headers, consumed = found
     parts = first.split(" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in _HTTP_VERSIONS:
         raise RemoteProtocolError(f"invalid HTTP request line {first[:64]!r}", reply=reply)
-    return WsRequest(parts[0], _url_path(parts[1], reply), headers), consumed
+    path = _url_path(parts[1], reply)  # Go parses the target before it looks at headers
+    hosts = sum(1 for name, _ in headers if name == "host")
+    if hosts == 0 and parts[2] == "HTTP/1.1":
+        raise RemoteProtocolError("HTTP/1.1 request without Host", reply=NET_HTTP_NO_HOST)
+    if hosts > 1:
+        raise RemoteProtocolError("too many Host headers", reply=reply)
+    return WsRequest(parts[0], path, headers), consumed
 
 
 def _is_valid_key(key: Optional[str]) -> bool:

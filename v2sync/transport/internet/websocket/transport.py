@@ -21,7 +21,8 @@ from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, Handsh
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
-from v2sync.transport.internet.websocket.frames import (OP_BINARY, OP_PONG, FrameDecoder,
+from v2sync.transport.internet.websocket.frames import (CLOSE_NORMAL, OP_BINARY, OP_PONG,
+                                                        FrameDecoder, FrameError,
                                                         encode_close, frame_parts)
 from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400, build_request,
                                                            check_upgrade, new_key,
@@ -78,8 +79,18 @@ class WsConnection(WrappedConnection):
             if not raw:
                 self._eof = True  # the peer closed without a close frame
                 break
-            self._pending = self._handle(self._decoder.feed(raw))
+            self._pending = self._handle(self._feed(raw))
         return super().recv(max_bytes) if self._pending else b""
+
+    def _feed(self, raw: bytes) -> List[tuple]:
+        """The decoder's events; a frame it refuses gets gorilla's close frame first (a
+        protocol error names the problem), then the error ends the connection."""
+        try:
+            return self._decoder.feed(raw)
+        except FrameError as e:
+            self._eof = True
+            self._send_close(e.close_code or CLOSE_NORMAL, e.reason.encode())
+            raise
 
     def _handle(self, events: List[tuple]) -> bytes:
         data = []
@@ -89,9 +100,9 @@ class WsConnection(WrappedConnection):
                 data.append(event[1])
             elif kind == "ping":
                 self._send_frame(*frame_parts(OP_PONG, event[1], self._mask()))
-            elif kind == "close":
+            elif kind == "close":  # echoed with its code; none (1005) as an empty one
                 self._eof = True
-                self._send_close(event[1] or 1000)
+                self._send_close(event[1])
         return b"".join(data)
 
     def sendall(self, data: bytes) -> None:
@@ -113,12 +124,13 @@ class WsConnection(WrappedConnection):
             else:
                 self.inner.sendall_parts((head, body))
 
-    def _send_close(self, code: int) -> None:
+    def _send_close(self, code: Optional[int], reason: bytes = b"") -> None:
         if self._close_sent:
             return
         self._close_sent = True
         try:
-            self._send_frame(encode_close(code, b"", self._mask()))
+            self._send_frame(encode_close(code, reason if code != CLOSE_NORMAL else b"",
+                                          self._mask()))
         except OSError:
             pass  # the peer is gone: nothing left to tell it
 

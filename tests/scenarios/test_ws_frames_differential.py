@@ -1,0 +1,138 @@
+"""Frames a WebSocket server refuses, and close frames, against v2ray 4.34 and v2sync: after
+the same upgrade, the same client frame gets the same bytes back, then the close. 4.34's
+gorilla answers a protocol error with a close frame (1002) naming the problems; a close
+frame is echoed with its code, and one without a status (under 2 bytes) with an empty one.
+Frames are written here by hand from RFC 6455, not with v2sync's encoder."""
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Dict, Iterator
+
+import pytest
+
+from scenarios.helpers_scenarios import read_until_closed
+from support.peers import free_port
+from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess
+
+WS_PATH = "/ws"
+IO_TIMEOUT = 8.0
+MASK = b"\x01\x02\x03\x04"
+UPGRADE = (f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+           ).encode()
+
+
+def frame(opcode: int, payload: bytes, masked: bool = True, fin: bool = True,
+          rsv: int = 0) -> bytes:
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head = bytes([first, mask_bit | size])
+    else:
+        head = bytes([first, mask_bit | 126]) + struct.pack("!H", size)
+    if not masked:
+        return head + payload
+    return head + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+
+
+CASES: Dict[str, bytes] = {
+    "unmasked": frame(2, b"hello", masked=False),
+    "rsv1": frame(2, b"hello", rsv=0x40),
+    "rsv1-and-unmasked": frame(2, b"hello", masked=False, rsv=0x40),
+    "bad-opcode": frame(3, b"hello"),
+    "continuation-first": frame(0, b"hello"),
+    "control-over-125": frame(9, b"p" * 126),
+    "control-not-final": frame(9, b"pp", fin=False),
+    "data-before-fin": frame(1, b"a", fin=False) + frame(2, b"b"),
+    "close-code-999": frame(8, struct.pack("!H", 999)),
+    "close-code-1005": frame(8, struct.pack("!H", 1005)),
+    "close-code-1014": frame(8, struct.pack("!H", 1014)),
+    "close-reason-not-utf8": frame(8, b"\x03\xe8\xff"),
+    "length-top-bit": bytes([0x82, 0xFF]) + (1 << 63).to_bytes(8, "big") + MASK + b"abcdef",
+    "close-empty": frame(8, b""),
+    "close-1-byte": frame(8, b"x"),
+    "close-1001": frame(8, struct.pack("!H", 1001) + b"bye"),
+}
+
+
+def config(port: int) -> Dict[str, Any]:
+    return {"log": {"loglevel": "warning"},
+            "inbounds": [{"tag": "ws-in", "protocol": "socks", "listen": "127.0.0.1",
+                          "port": port, "settings": {"auth": "noauth"},
+                          "streamSettings": {"network": "ws", "wsSettings": {"path": WS_PATH}}}],
+            "outbounds": [{"protocol": "freedom"}]}
+
+
+@pytest.fixture(scope="module")
+def servers(v2ray_bin: str) -> Iterator[Dict[str, int]]:
+    ports = {"v2ray": free_port(), "v2sync": free_port()}
+    processes: Dict[str, ConfigProcess] = {
+        "v2ray": V2RayProcess(config(ports["v2ray"]), binary=v2ray_bin),
+        "v2sync": V2SyncProcess(config(ports["v2sync"]))}
+    with processes["v2ray"], processes["v2sync"]:
+        yield ports
+
+
+def answer(port: int, data: bytes) -> bytes:
+    """What follows the 101, up to the close."""
+    with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(UPGRADE)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            assert chunk, f"closed in the upgrade: {head!r}"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock.sendall(data)
+        return read_until_closed(sock, IO_TIMEOUT)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_frames_are_answered_as_4_34_answers(servers: Dict[str, int], case: str) -> None:
+    ours = answer(servers["v2sync"], CASES[case])
+    assert ours == answer(servers["v2ray"], CASES[case])
+    assert ours[:1] == b"\x88"  # a close frame, each time
+
+
+def upgrade_with(extra: bytes, host: bytes = b"Host: x\r\n", version: bytes = b"HTTP/1.1",
+                 size: int = 0) -> bytes:
+    """An upgrade request, padded with an X-Pad header to ``size`` bytes when given."""
+    start = b"GET " + WS_PATH.encode() + b" " + version + b"\r\n" + host
+    rest = UPGRADE.split(b"\r\n", 2)[2] + extra  # after the request line and the Host
+    if size:
+        pad = size - len(start) - len(rest) - len(b"X-Pad: \r\n")
+        rest = b"X-Pad: " + b"a" * pad + b"\r\n" + rest
+    return start + rest
+
+
+HEADS = {
+    "no-host": upgrade_with(b"", host=b""),
+    "no-host-http-1.0": upgrade_with(b"", host=b"", version=b"HTTP/1.0"),
+    "two-hosts": upgrade_with(b"", host=b"Host: a\r\nHost: b\r\n"),
+    "head-of-6144-bytes": upgrade_with(b"", size=6144),
+    "head-of-6145-bytes": upgrade_with(b"", size=6145),
+}
+
+
+def head_answer(port: int, data: bytes) -> bytes:
+    """The answer's head (and body, if the server closes after it)."""
+    with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(data)
+        got = b""
+        while not got.startswith(b"HTTP/1.1 101 ") or b"\r\n\r\n" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("case", list(HEADS))
+def test_upgrade_heads_are_answered_as_4_34_answers(servers: Dict[str, int], case: str) -> None:
+    assert len(HEADS[case]) == 6144 or "6144" not in case
+    ours = head_answer(servers["v2sync"], HEADS[case])
+    assert ours == head_answer(servers["v2ray"], HEADS[case])
