@@ -114,35 +114,74 @@ def test_host_is_required_once_on_http_1_1(wire, reply):
 
 
 # -- upgrade check ----------------------------------------------------------------------------
+# The replies are 4.34's: tests/scenarios/test_ws_frames_differential.py compares them with
+# its answers on the wire.
+DATE = "Sun, 06 Dec 2026 10:00:00 GMT"
+GORILLA_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Sec-Websocket-Version: 13\r\nX-Content-Type-Options: nosniff\r\n"
+               b"Date: " + DATE.encode() + b"\r\nContent-Length: 12\r\n\r\nBad Request\n")
 
-def test_check_upgrade_returns_101_with_accept():
-    reply = ws.check_upgrade(request(), "/ws")
-    assert reply == (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + RFC_ACCEPT.encode()
-                     + b"\r\n\r\n")
+
+def answer(req, expected="/ws"):
+    return ws.answer_upgrade(req, expected, DATE)
 
 
-def test_check_upgrade_lenient_tokens():
-    assert ws.check_upgrade(request(connection="keep-alive, UPGRADE", upgrade="WebSocket"), "ws")
+def test_upgrade_returns_101_with_accept():
+    assert answer(request()) == ws.UpgradeAnswer(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + RFC_ACCEPT.encode() + b"\r\n\r\n",
+        upgraded=True)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(connection="keep-alive, UPGRADE", upgrade="WebSocket"),
+    dict(sec_websocket_key="c2hvcnQ="), dict(sec_websocket_key="not base64 at all!!!!!!!"),
+])
+def test_upgrade_is_lenient_as_4_34s_gorilla(changes):
+    assert answer(request(**changes)).upgraded
 
 
 @pytest.mark.parametrize("path, expected", [("/ws2", "/ws"), ("/", "/ws"), ("/WS", "/ws"),
                                             ("/ws", "/ws?ed=2048")])
-def test_path_mismatch_is_404(path, expected):
-    with pytest.raises(RemoteProtocolError) as info:
-        ws.check_upgrade(request(path=path, method="POST"), expected)  # path is checked first
-    assert info.value.reply == ws.response_404()
+def test_path_mismatch_is_404_and_keeps_the_connection(path, expected):
+    got = answer(request(path=path, method="POST"), expected)  # the path is checked first
+    assert got == ws.UpgradeAnswer(b"HTTP/1.1 404 Not Found\r\nDate: " + DATE.encode()
+                                   + b"\r\nContent-Length: 0\r\n\r\n", keep_alive=True)
 
 
 @pytest.mark.parametrize("bad", [
-    dict(method="POST"), dict(connection="keep-alive"), dict(connection=None),
-    dict(upgrade="h2c"), dict(sec_websocket_version="8"), dict(sec_websocket_key=None),
-    dict(sec_websocket_key="c2hvcnQ="), dict(sec_websocket_key="not base64 at all!!!!!!!"),
+    dict(connection="keep-alive"), dict(connection=None), dict(upgrade="h2c"),
+    dict(sec_websocket_version="8"), dict(sec_websocket_key=None),
 ])
-def test_bad_upgrade_is_400(bad):
-    with pytest.raises(RemoteProtocolError) as info:
-        ws.check_upgrade(request(**bad), "/ws")
-    assert info.value.reply == ws.response_400()
+def test_bad_upgrade_is_gorillas_400(bad):
+    assert answer(request(**bad)) == ws.UpgradeAnswer(GORILLA_400, keep_alive=True)
+
+
+def test_a_method_other_than_get_is_405_after_the_upgrade_headers():
+    got = answer(request(method="POST"))
+    assert got.reply.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert got.reply.endswith(b"Content-Length: 19\r\n\r\nMethod Not Allowed\n")
+    assert answer(request(method="POST", upgrade=None)).reply == GORILLA_400
+    assert answer(request(method="HEAD")).reply.endswith(b"Content-Length: 19\r\n\r\n")
+
+
+@pytest.mark.parametrize("version, connection, keep, line", [
+    ("HTTP/1.1", "Upgrade", True, b""),
+    ("HTTP/1.1", "close", False, b"Connection: close\r\n"),
+    ("HTTP/1.0", "Upgrade", False, b""),
+    ("HTTP/1.0", "keep-alive", True, b"Connection: keep-alive\r\n"),
+])
+def test_keep_alive_as_net_http(version, connection, keep, line):
+    req = request(path="/other", connection=connection)
+    req = ws.WsRequest(req.method, req.path, req.headers, version)
+    got = answer(req)
+    assert got.keep_alive is keep
+    assert got.reply.endswith(b"Content-Length: 0\r\n" + line + b"\r\n")
+    assert got.reply.startswith(version.encode() + b" 404 ")  # net/http answers in kind
+
+
+def test_a_request_with_a_body_closes_after_the_answer():
+    assert not answer(request(path="/other", content_length="5")).keep_alive
 
 
 # -- response ---------------------------------------------------------------------------------
@@ -152,11 +191,11 @@ def parse_rfc_response(buf):
 
 
 def test_response_round_trip_under_the_codec_contract():
-    assert_decodes(parse_rfc_response, ws.check_upgrade(request(), "/ws"), 101, TRAILER)
+    assert_decodes(parse_rfc_response, answer(request()).reply, 101, TRAILER)
 
 
 @pytest.mark.parametrize("wire, message", [
-    (ws.response_404(), "websocket handshake failed: HTTP/1.1 404 Not Found"),
+    (ws.response_404(DATE), "websocket handshake failed: HTTP/1.1 404 Not Found"),
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
      b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", "without a valid upgrade"),
     (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"

@@ -1,24 +1,28 @@
-"""RFC 6455 §4 opening handshake, pure and socket-free, as v2ray 4.34 does it (gorilla 1.4.2).
+"""RFC 6455 §4 opening handshake, pure and socket-free, as v2ray 4.34 does it (Debian's build,
+with its Go net/http and gorilla).
 
 Client (``dialer.go``): ``GET <path>`` with Host, Upgrade, Connection, Sec-WebSocket-Key and
 Sec-WebSocket-Version, then the configured ``headers``; a configured Host replaces the host.
-Server (``hub.go``): the URL path (query stripped, %-escapes decoded) must equal the
-configured path exactly, else 404; then gorilla's upgrade checks, else 400. Parsers follow the
-``v2sync.common.cursor`` contract; a head must end within ``MAX_HANDSHAKE`` bytes.
+Server: net/http reads the head (431 over MAX_REQUEST_HEAD, 400 without one Host on
+HTTP/1.1); ``hub.go`` wants the URL path (query stripped, %-escapes decoded) to equal the
+configured path exactly, else 404; then gorilla's upgrade checks, else 400 or 405. A refused
+request leaves the connection open for the next one, as net/http does. Parsers follow the
+``v2sync.common.cursor`` contract.
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Mapping, Optional, Tuple
 from urllib.parse import quote, unquote_to_bytes
 
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
+from v2sync.transport.internet.headers.http import http_date
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 8192  # a server's answer to our upgrade
@@ -42,12 +46,6 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 Headers = Tuple[Tuple[str, str], ...]
 
 
-def response_400() -> bytes:
-    # §4.4: name the supported version, as gorilla does on its 400s.
-    return (b"HTTP/1.1 400 Bad Request\r\nSec-WebSocket-Version: 13\r\n"
-            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-
-
 # Go net/http's own answer when a request head does not parse, or stops coming before the
 # header timeout with bytes already read (server.go, "400 Bad Request"): it never reaches
 # gorilla, whose upgrade checks answer response_400() above. Seen from the real 4.34 in
@@ -66,8 +64,31 @@ NET_HTTP_431 = _net_http_error("431 Request Header Fields Too Large")
 NET_HTTP_NO_HOST = _net_http_error("400 Bad Request: missing required Host header")
 
 
-def response_404() -> bytes:
-    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+def _go_date() -> str:
+    """net/http's Date: now, in UTC."""
+    return http_date(datetime.now(timezone.utc))
+
+
+def response_404(date: str, closing: str = "", version: str = "HTTP/1.1") -> bytes:
+    """hub.go's answer to a wrong path: a bare 404 from net/http (which answers an HTTP/1.0
+    request in HTTP/1.0)."""
+    return (f"{version} 404 Not Found\r\nDate: {date}\r\nContent-Length: 0\r\n{closing}"
+            "\r\n").encode("ascii")
+
+
+def gorilla_error(status: int, date: str, closing: str = "", head_only: bool = False,
+                  version: str = "HTTP/1.1") -> bytes:
+    """gorilla's ``returnError``: ``http.Error`` with its status text, and the version it
+    speaks (§4.4). net/http sorts the handler's headers, then adds Date and the length."""
+    text = HTTP_STATUS_TEXT[status]
+    body = text + "\n"
+    return (f"{version} {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Sec-Websocket-Version: 13\r\nX-Content-Type-Options: nosniff\r\n"
+            f"Date: {date}\r\nContent-Length: {len(body)}\r\n{closing}\r\n"
+            f"{'' if head_only else body}").encode("ascii")
+
+
+HTTP_STATUS_TEXT = {400: "Bad Request", 405: "Method Not Allowed"}
 
 
 def accept_token(key: str) -> str:
@@ -97,6 +118,7 @@ class WsRequest:
     method: str
     path: str  # URL path only: query stripped, %-escapes decoded (Go ``URL.Path``)
     headers: Headers  # (lower-cased name, value), in wire order
+    version: str = "HTTP/1.1"
 
     def header(self, name: str) -> Optional[str]:
         """The first value of ``name`` (case-insensitive), like Go ``Header.Get``."""
@@ -171,34 +193,70 @@ def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
         raise RemoteProtocolError("HTTP/1.1 request without Host", reply=NET_HTTP_NO_HOST)
     if hosts > 1:
         raise RemoteProtocolError("too many Host headers", reply=reply)
-    return WsRequest(parts[0], path, headers), consumed
+    return WsRequest(parts[0], path, headers, parts[2]), consumed
 
 
-def _is_valid_key(key: Optional[str]) -> bool:
-    try:
-        return key is not None and len(base64.b64decode(key, validate=True)) == 16
-    except (binascii.Error, ValueError):
-        return False
+@dataclass(frozen=True)
+class UpgradeAnswer:
+    """What the server sends for one request: the 101 (``upgraded``), or an error reply
+    after which the connection waits for the next request (``keep_alive``) or closes."""
+
+    reply: bytes
+    upgraded: bool = False
+    keep_alive: bool = False
 
 
-def check_upgrade(request: WsRequest, expected_path: str) -> bytes:
-    """The 101 reply, or ``RemoteProtocolError`` carrying a 404 (path) or 400 (not an upgrade).
-
-    v2ray checks the path first (``hub.go``). gorilla 1.4.2 would answer 405 to a non-GET and
-    take any non-empty key; here both are a 400, and the key must be 16 bytes (§4.1)."""
+def answer_upgrade(request: WsRequest, expected_path: str, date: str = "") -> UpgradeAnswer:
+    """The answer to ``request``, as 4.34 gives it: ``hub.go`` checks the path first (404),
+    then gorilla its headers, in its order (400; 405 for a method other than GET). Refused,
+    the connection stays for the next request as net/http keeps it (``keeps_alive``).
+    gorilla takes any non-empty key, as 4.34's does: a prober sees no difference."""
+    date = date or _go_date()
+    keep_alive = keeps_alive(request)
+    closing = _closing_header(request, keep_alive)
     if request.path != normalize_path(expected_path):
-        raise RemoteProtocolError(f"websocket path {request.path[:64]!r} is not "
-                                  f"{expected_path!r}", reply=response_404())
-    headers, key = request.headers, request.header("sec-websocket-key")
-    for ok, problem in ((request.method == "GET", "method is not GET"),
-                        ("upgrade" in _tokens(headers, "connection"), "no Connection: upgrade"),
-                        ("websocket" in _tokens(headers, "upgrade"), "no Upgrade: websocket"),
-                        (VERSION in _tokens(headers, "sec-websocket-version"), "version not 13"),
-                        (_is_valid_key(key), "bad Sec-WebSocket-Key")):
-        if not ok:
-            raise RemoteProtocolError(f"not a websocket upgrade: {problem}", reply=response_400())
-    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_token(key or "").encode("ascii") + b"\r\n\r\n")
+        return UpgradeAnswer(response_404(date, closing, request.version), keep_alive=keep_alive)
+    status = _refusal(request)
+    if status:
+        reply = gorilla_error(status, date, closing, request.method == "HEAD", request.version)
+        return UpgradeAnswer(reply, keep_alive=keep_alive)
+    key = request.header("sec-websocket-key") or ""
+    return UpgradeAnswer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                         + accept_token(key).encode("ascii") + b"\r\n\r\n", upgraded=True)
+
+
+def _refusal(request: WsRequest) -> int:
+    """gorilla's status for a request it does not upgrade, else 0."""
+    headers = request.headers
+    if "upgrade" not in _tokens(headers, "connection"):
+        return 400
+    if "websocket" not in _tokens(headers, "upgrade"):
+        return 400
+    if request.method != "GET":
+        return 405
+    if VERSION not in _tokens(headers, "sec-websocket-version"):
+        return 400
+    return 0 if request.header("sec-websocket-key") else 400
+
+
+def keeps_alive(request: WsRequest) -> bool:
+    """net/http keeps a connection for another request after answering one: HTTP/1.1
+    unless it says ``Connection: close``, HTTP/1.0 only if it says ``keep-alive``. v2sync
+    also closes after a request with a body, which net/http would read and drop first."""
+    connection = _tokens(request.headers, "connection")
+    if request.header("content-length") not in (None, "0") or request.header("transfer-encoding"):
+        return False
+    if request.version == "HTTP/1.0":
+        return "keep-alive" in connection
+    return "close" not in connection
+
+
+def _closing_header(request: WsRequest, keep_alive: bool) -> str:
+    """The Connection line net/http adds to an error reply."""
+    if request.version == "HTTP/1.0":
+        return "Connection: keep-alive\r\n" if keep_alive else ""
+    return "" if keep_alive else "Connection: close\r\n"
 
 
 def parse_response(buf: bytes, key: str) -> Optional[Tuple[int, int]]:

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import List, Optional
 
-from v2sync.common.errors import HandshakeTimeout, ProtocolError
+from v2sync.common.errors import HandshakeTimeout, ProtocolError, RemoteProtocolError
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
@@ -24,8 +24,9 @@ from v2sync.transport.internet.tls import ClientTls, ServerTls
 from v2sync.transport.internet.websocket.frames import (CLOSE_NORMAL, OP_BINARY, OP_PONG,
                                                         FrameDecoder, FrameError,
                                                         encode_close, frame_parts)
-from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400, build_request,
-                                                           check_upgrade, new_key,
+from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400,
+                                                           WsRequest, answer_upgrade,
+                                                           build_request, new_key,
                                                            parse_request, parse_response)
 
 # websocket/hub.go: the HTTP server's ReadHeaderTimeout and the upgrader's handshake
@@ -151,10 +152,31 @@ class WsConnection(WrappedConnection):
 
 def ws_accept(conn: Connection, settings: StreamSettings,
               deadline: float) -> Handshake[WsConnection]:
+    """Requests until one is upgraded. A refused one (a wrong path, not an upgrade) is
+    answered and, as net/http keeps the connection, the next may come within another
+    SERVER_HANDSHAKE_TIMEOUT. Bytes behind the upgrade request close the connection
+    unanswered, as gorilla does ("client sent data before handshake is complete")."""
     reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
+    while True:
+        request = yield from _read_request(conn, reader)
+        answer = answer_upgrade(request, settings.ws.path)
+        if answer.upgraded:
+            if reader.buf:
+                raise RemoteProtocolError("websocket: client sent data before the handshake "
+                                          "was complete")
+            conn.write(answer.reply)
+            return WsConnection(conn, client=False, remote=_forwarded_for(
+                request.header("x-forwarded-for"), conn.remote))
+        try_write(conn, answer.reply)
+        if not answer.keep_alive:
+            raise RemoteProtocolError(f"websocket upgrade refused: {answer.reply[:40]!r}")
+        reader.deadline = time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
+
+
+def _read_request(conn: Connection, reader: HandshakeReader) -> Handshake[WsRequest]:
+    """One request head; net/http's own errors are answered, and end the connection."""
     try:
-        request = yield from reader.parse_steps(parse_request)
-        conn.write(check_upgrade(request, settings.ws.path))
+        return (yield from reader.parse_steps(parse_request))
     except ProtocolError as e:
         if e.reply:
             try_write(conn, e.reply)
@@ -163,8 +185,6 @@ def ws_accept(conn: Connection, settings: StreamSettings,
         if reader.buf:  # net/http answers a head cut short by its timeout; silence gets nothing
             try_write(conn, NET_HTTP_400)
         raise
-    return WsConnection(conn, client=False, pending=reader.consume(len(reader.buf)),
-                        remote=_forwarded_for(request.header("x-forwarded-for"), conn.remote))
 
 
 def _forwarded_for(value: Optional[str], remote: Destination) -> Destination:
