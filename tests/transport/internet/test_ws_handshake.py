@@ -41,17 +41,36 @@ def test_new_key_is_16_random_bytes():
 
 # -- request ----------------------------------------------------------------------------------
 
-def test_build_request_matches_gorilla_layout():
-    wire = ws.build_request("example.com", "/ws", RFC_KEY)
-    assert wire == REQUEST.format("/ws").encode()
+# As 4.34 sends it (Go's Request.Write): Host, User-Agent, then the rest sorted by name.
+# tests/scenarios/test_ws_client_differential.py compares it with 4.34's on the wire.
+CLIENT_REQUEST = ("GET /ws HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Go-http-client/1.1\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: " + RFC_KEY + "\r\n"
+                  "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n")
+
+
+def test_build_request_matches_go_layout():
+    assert ws.build_request("example.com", "/ws", RFC_KEY) == CLIENT_REQUEST.encode()
 
 
 def test_build_request_host_override_and_extra_headers():
     wire = ws.build_request("1.2.3.4:8080", "ws?ed=2048", RFC_KEY,
-                            {"host": "cdn.example", "User-Agent": "Mozilla/5.0"})
-    assert wire.startswith(b"GET /ws?ed=2048 HTTP/1.1\r\nHost: cdn.example\r\n")
-    assert wire.endswith(b"Sec-WebSocket-Version: 13\r\nUser-Agent: Mozilla/5.0\r\n\r\n")
-    assert wire.count(b"Host:") == 1
+                            {"host": "cdn.example", "user-agent": "Mozilla/5.0", "zeta": "z",
+                             "x-forwarded-for": "1.1.1.1", "Accept": "*/*"})
+    assert wire == ("GET /ws?ed=2048 HTTP/1.1\r\nHost: cdn.example\r\n"
+                    "User-Agent: Mozilla/5.0\r\nAccept: */*\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: " + RFC_KEY + "\r\nSec-WebSocket-Version: 13\r\n"
+                    "Upgrade: websocket\r\nX-Forwarded-For: 1.1.1.1\r\nZeta: z\r\n\r\n").encode()
+
+
+def test_an_empty_user_agent_sends_none():
+    assert b"User-Agent" not in ws.build_request("h", "/", RFC_KEY, {"User-Agent": ""})
+
+
+@pytest.mark.parametrize("name, canonical", [("x-lower", "X-Lower"), ("ACCEPT", "Accept"),
+                                             ("sec-websocket-protocol", "Sec-Websocket-Protocol"),
+                                             ("x_under", "X_under"), ("bad name", "bad name")])
+def test_header_names_are_canonical_as_go_makes_them(name, canonical):
+    assert ws.canonical_header(name) == canonical
 
 
 @pytest.mark.parametrize("path, target", [("", "/"), ("ws", "/ws"), ("/a b", "/a%20b"),
@@ -69,7 +88,12 @@ def test_build_request_refuses_bad_config_headers(headers):
 
 def test_request_round_trip_under_the_codec_contract():
     wire = ws.build_request("example.com", "/ws", RFC_KEY)
-    assert_decodes(ws.parse_request, wire, request(), TRAILER)
+    expected = request()
+    expected = WsRequest(expected.method, expected.path, (
+        ("host", "example.com"), ("user-agent", "Go-http-client/1.1"),
+        ("connection", "Upgrade"), ("sec-websocket-key", RFC_KEY),
+        ("sec-websocket-version", "13"), ("upgrade", "websocket")))
+    assert_decodes(ws.parse_request, wire, expected, TRAILER)
 
 
 def test_parse_request_strips_query_and_decodes_escapes():

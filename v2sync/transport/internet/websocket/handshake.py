@@ -125,25 +125,45 @@ class WsRequest:
         return _first(self.headers, name.lower())
 
 
+# What Go's http.Client says it is when the config does not say otherwise.
+GO_USER_AGENT = "Go-http-client/1.1"
+
+
+def canonical_header(name: str) -> str:
+    """Go's ``CanonicalMIMEHeaderKey``: each hyphen-separated word capitalized; a name
+    with a character outside a token is left as it is."""
+    if not _TOKEN.match(name) or not name.isascii():
+        return name
+    return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
+
+
 def build_request(host: str, path: str, key: str,
                   headers: Mapping[str, str] = _NO_HEADERS) -> bytes:
-    """The client's upgrade request. ``host`` is what gorilla puts in Host: "addr:port", the
-    port left out when it is the scheme's default (80 for ws, 443 for wss)."""
-    host_header, extra = None, []
+    """The client's upgrade request as 4.34's sends it: Go's ``Request.Write`` puts Host
+    and User-Agent first, then every other header sorted by its canonical name (gorilla's
+    own among them). ``host`` is what gorilla puts in Host: "addr:port", the port left
+    out when it is the scheme's default (80 for ws, 443 for wss)."""
+    host_header, user_agent = None, GO_USER_AGENT
+    fields = [("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+              ("Sec-WebSocket-Version", VERSION), ("Upgrade", "websocket")]
     for name, value in headers.items():
         if not _TOKEN.match(name) or _BAD_VALUE.search(value):
             raise LocalProtocolError(f"invalid websocket header {name!r}")
         if name.lower() in _OWN_HEADERS:
             raise LocalProtocolError(f"websocket header {name} is set by the handshake itself")
-        if name.lower() != "host":
-            extra.append(f"{name}: {value}\r\n")
-        elif host_header is None:
-            host_header = value
+        canonical = canonical_header(name)
+        if canonical == "Host":
+            host_header = value if host_header is None else host_header
+        elif canonical == "User-Agent":
+            user_agent = value
+        else:
+            fields.append((canonical, value))
+    fields.sort(key=lambda field: field[0])  # stable: a name's values keep their order
     target, sep, query = normalize_path(path).partition("?")
     lines = [f"GET {quote(target, safe=_PATH_SAFE)}{sep}{query} HTTP/1.1\r\n",
              f"Host: {host if host_header is None else host_header}\r\n",
-             "Upgrade: websocket\r\nConnection: Upgrade\r\n",
-             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {VERSION}\r\n", *extra, "\r\n"]
+             f"User-Agent: {user_agent}\r\n" if user_agent else "",
+             *(f"{name}: {value}\r\n" for name, value in fields), "\r\n"]
     return "".join(lines).encode("utf-8")  # Go writes the strings' UTF-8 bytes
 
 

@@ -1,0 +1,87 @@
+"""The WebSocket client's upgrade request, as 4.34 sends it and as v2sync does: the same
+config, the same request line and headers in the same order (Go's ``Request.Write``: Host,
+User-Agent, then the rest sorted by canonical name). Only the random key and each run's
+server port differ.
+
+    app -> [dokodemo-door -> freedom over ws] -> this test's capturing server
+"""
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from typing import Any, Dict, List
+
+import pytest
+
+from support.peers import free_port
+from support.procs import V2RayProcess, V2SyncProcess
+
+IO_TIMEOUT = 8.0
+_KEY = re.compile(rb"(Sec-WebSocket-Key: )[A-Za-z0-9+/=]+")
+_PORT = re.compile(rb"(Host: 127\.0\.0\.1:)[0-9]+")  # each run's own server port
+CASES: Dict[str, Dict[str, Any]] = {
+    "defaults": {"path": "/x"},
+    "configured-headers": {"path": "/p?ed=2048", "headers": {
+        "x-lower": "1", "Host": "h.example", "User-Agent": "ua", "zeta": "z", "Accept": "a"}},
+}
+
+
+class CapturingServer:
+    """Records the first request head it gets; answers nothing (the head is all we want)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heads: List[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "CapturingServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.thread.join(IO_TIMEOUT)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(IO_TIMEOUT)
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(IO_TIMEOUT)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            self.heads.append(head)
+
+
+def client_config(port: int, server_port: int, ws: Dict[str, Any]) -> Dict[str, Any]:
+    return {"log": {"loglevel": "warning"},
+            "inbounds": [{"protocol": "dokodemo-door", "listen": "127.0.0.1", "port": port,
+                          "settings": {"address": "127.0.0.1", "port": 9, "network": "tcp"}}],
+            "outbounds": [{"protocol": "freedom",
+                           "settings": {"redirect": f"127.0.0.1:{server_port}"},
+                           "streamSettings": {"network": "ws", "wsSettings": ws}}]}
+
+
+def captured_head(process_class: Any, ws: Dict[str, Any]) -> bytes:
+    port = free_port()
+    with CapturingServer() as server:
+        with process_class(client_config(port, server.port, ws)), \
+                socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as app:
+            app.sendall(b"hi")  # the first use sends the upgrade
+            server.thread.join(IO_TIMEOUT)
+    assert server.heads, "no upgrade request came"
+    return _PORT.sub(rb"\1<port>", _KEY.sub(rb"\1<key>", server.heads[0]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_upgrade_request_as_4_34_sends_it(case: str, v2ray_bin: str) -> None:
+    ours = captured_head(V2SyncProcess, CASES[case])
+    assert ours == captured_head(V2RayProcess, CASES[case])
