@@ -260,17 +260,23 @@ class HttpResponse:
         return f"HttpResponse({self.status_line!r}, {self.headers!r}, {self.body[:80]!r})"
 
 
-def read_http_response(sock: socket.socket, buf: bytes = b"") -> Tuple[HttpResponse, bytes]:
-    """One response (Content-Length bodies, or none); returns it and any bytes read past it."""
+def read_head(sock: socket.socket, buf: bytes = b"") -> Tuple[bytes, bytes]:
+    """An HTTP head (without its blank line) and any bytes read past it."""
     deadline = time.monotonic() + IO_TIMEOUT
     while b"\r\n\r\n" not in buf:
         if time.monotonic() > deadline or len(buf) > 64 * 1024:
-            raise AssertionError(f"no complete response head: {buf[:200]!r}")
+            raise AssertionError(f"no complete head: {buf[:200]!r}")
         chunk = sock.recv(64 * 1024)
         if not chunk:
-            raise AssertionError(f"closed before the response head ended: {buf[:200]!r}")
+            raise AssertionError(f"closed before the head ended: {buf[:200]!r}")
         buf += chunk
     head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def read_http_response(sock: socket.socket, buf: bytes = b"") -> Tuple[HttpResponse, bytes]:
+    """One response (Content-Length bodies, or none); returns it and any bytes read past it."""
+    head, rest = read_head(sock, buf)
     lines = head.decode("latin-1").split("\r\n")
     headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
     response = HttpResponse(lines[0], headers, b"")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 
 from scenarios.helpers_scenarios import recv_exact
-from support.peers import free_port
+from support.peers import _TcpServer, free_port
 from support.procs import V2RayProcess, V2SyncProcess
 from vmess_helpers import open_tunnel
 
@@ -28,36 +27,15 @@ SETTLE = 1.0  # the server has closed before the application reads a byte
 SLOW_READ, SLOW_PAUSE = 64 * 1024, 0.005
 
 
-class AnswerThenClose:
+class AnswerThenClose(_TcpServer):
     """A SOCKS5 server (no auth) speaking Mux.cool after CONNECT: for the first frame it
     answers ANSWER bytes as Keep frames of that frame's session, then ends the connection
     (FIN). Frames are written by hand from the Mux.cool layout, not with v2sync's encoder."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.errors: List[BaseException] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__("mux-answer", "127.0.0.1", max_connections=1, timeout=IO_TIMEOUT)
 
-    def __enter__(self) -> "AnswerThenClose":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.listener.close()
-        self.thread.join(IO_TIMEOUT)
-
-    def _serve(self) -> None:
-        try:
-            self.listener.settimeout(IO_TIMEOUT)
-            conn, _ = self.listener.accept()
-            with conn:
-                conn.settimeout(IO_TIMEOUT)
-                self._answer(conn)
-        except BaseException as error:  # reported by the test
-            self.errors.append(error)
-
-    def _answer(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         _, methods = recv_exact(conn, 2)
         recv_exact(conn, methods)
         conn.sendall(b"\x05\x00")
@@ -106,4 +84,3 @@ def test_an_answer_before_the_close_arrives_whole(implementation, v2ray_bin: str
             app.sendall(b"go")
             time.sleep(SETTLE)
             assert read_slowly_to_eof(app) == b"D" * ANSWER
-    assert not server.errors, server.errors

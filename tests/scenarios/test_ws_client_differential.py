@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
+import time
 from typing import Any, Dict, List
 
 import pytest
 
-from support.peers import free_port
+from scenarios.helpers_scenarios import read_head
+from support.peers import _TcpServer, free_port
 from support.procs import V2RayProcess, V2SyncProcess
 
 IO_TIMEOUT = 8.0
@@ -27,38 +28,22 @@ CASES: Dict[str, Dict[str, Any]] = {
 }
 
 
-class CapturingServer:
-    """Records the first request head it gets; answers nothing (the head is all we want)."""
+class CapturingServer(_TcpServer):
+    """Records each request head it gets; answers nothing (the head is all we want)."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__("ws-capture", "127.0.0.1", max_connections=1, timeout=IO_TIMEOUT)
         self.heads: List[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> "CapturingServer":
-        self.thread.start()
-        return self
+    def handle(self, conn: socket.socket) -> None:
+        self.heads.append(read_head(conn)[0])
 
-    def __exit__(self, *exc: object) -> None:
-        self.listener.close()
-        self.thread.join(IO_TIMEOUT)
-
-    def _serve(self) -> None:
-        self.listener.settimeout(IO_TIMEOUT)
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(IO_TIMEOUT)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-            self.heads.append(head)
+    def first_head(self) -> bytes:
+        deadline = time.monotonic() + IO_TIMEOUT
+        while not self.heads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.heads, "no upgrade request came"
+        return self.heads[0]
 
 
 def client_config(port: int, server_port: int, ws: Dict[str, Any]) -> Dict[str, Any]:
@@ -76,9 +61,8 @@ def captured_head(process_class: Any, ws: Dict[str, Any]) -> bytes:
         with process_class(client_config(port, server.port, ws)), \
                 socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as app:
             app.sendall(b"hi")  # the first use sends the upgrade
-            server.thread.join(IO_TIMEOUT)
-    assert server.heads, "no upgrade request came"
-    return _PORT.sub(rb"\1<port>", _KEY.sub(rb"\1<key>", server.heads[0]))
+            head = server.first_head()
+    return _PORT.sub(rb"\1<port>", _KEY.sub(rb"\1<key>", head))
 
 
 @pytest.mark.parametrize("case", list(CASES))
