@@ -25,6 +25,7 @@ from typing import Any, Iterator, List, Optional
 
 from v2sync import __version__, distro  # noqa: F401  (distro registers every protocol)
 from v2sync.app.dispatcher.default import DefaultDispatcher
+from v2sync.app.dns.routed import routed_dial
 from v2sync.app.dns.server import DnsResolver
 from v2sync.app.router.router import Router
 from v2sync.app.log.access import AccessLog
@@ -78,6 +79,8 @@ class Instance:
         self.outbounds = OutboundManager()
         self.inbounds = InboundManager()
         self.dispatcher = DefaultDispatcher(self.outbounds, self.policy, self.workers, AccessLog())
+        # As 4.34: the DNS's own queries are routed (dns.tag), not sent from this host.
+        self.dns.route_through(routed_dial(self.dispatcher, self.dns.config.tag))
         # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
         self.stats: Optional[StatsManager] = StatsManager() if config.stats_enabled else None
         self.dispatcher.stats = self.stats

@@ -36,6 +36,7 @@ V2RAY_TEST_TIMEOUT = 30.0
 V2RAY_OK = "Configuration OK"
 
 DIRECT, BLOCK = "direct", "block"
+DNS_TAG = "dns-app"  # dns.tag: the inbound tag of the DNS's own queries
 FORBIDDEN, OK = 403, 200  # the blackhole's answer, and HttpOrigin's "GET /"
 # The origin closes after its answer, so no relay is left waiting out policy's downlinkOnly
 # (1 s) for a keep-alive connection when the instance closes.
@@ -67,9 +68,15 @@ def routed_config(inbounds: Sequence[Mapping[str, Any]], rules: Sequence[Mapping
                   strategy: Optional[str] = None,
                   balancers: Optional[Sequence[Mapping[str, Any]]] = None,
                   dns: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """A config with a ``routing`` section (outbounds default to direct, block)."""
+    """A config with a ``routing`` section (outbounds default to direct, block). With a
+    ``dns`` section, the DNS's own queries (routed, as in 4.34) go to the direct outbound
+    by a first rule on their inbound tag, DNS_TAG, whatever the rules under test say."""
     config = make_config(inbounds, outbounds or [direct(), block()])
     routing: Dict[str, Any] = {"rules": [dict(r) for r in rules]}
+    if dns is not None:
+        dns = {"tag": DNS_TAG, **dns}
+        routing["rules"].insert(0, {"type": "field", "inboundTag": [DNS_TAG],
+                                    "outboundTag": DIRECT})
     if strategy is not None:
         routing["domainStrategy"] = strategy
     if balancers is not None:

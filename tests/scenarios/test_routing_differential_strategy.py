@@ -58,9 +58,9 @@ def dnsmasq() -> Iterator[Dnsmasq]:
 @pytest.fixture(scope="module", params=STRATEGIES)
 def pair(request: pytest.FixtureRequest, v2ray_bin: str, dnsmasq: Dnsmasq,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedPair]:
-    # 4.34 sends its DNS queries through the router (app/dns/nameserver_udp.go dispatches
-    # them), where 127.0.0.1 would match geoip:private and land in a sink: the first rule
-    # gives them a real freedom. v2sync queries the server directly (app/dns/client.py).
+    # Both send their DNS queries through the router (app/dns/nameserver_udp.go dispatches
+    # them; v2sync's app/dns/routed.py), where 127.0.0.1 would match geoip:private and land
+    # in a sink: the first rule gives them a real freedom.
     to_dns = {"type": "field", "outboundTag": DNS_OUT, "network": "udp", "ip": [dnsmasq.host],
               "port": dnsmasq.port}
     routing = {"domainStrategy": request.param, "rules": [to_dns, *RULES]}

@@ -38,6 +38,9 @@ class Session:
     # (v2ray's session.Outbound.Target, set by the inbound worker); dokodemo-door's
     # followRedirect goes there.
     original_target: Optional[Destination] = None
+    # The built-in DNS's own queries (app/dns/routed.py): routed, but no access line, as
+    # 4.34 logs none for them.
+    internal: bool = False
     id: int = field(default_factory=new_session_id)
 
     def destination(self) -> Destination:

@@ -81,7 +81,8 @@ class DefaultDispatcher:
             session.outbound_tag = handler.tag
             if self.on_routed is not None:
                 self.on_routed(handler.tag)
-            self.access_log.accepted(session)
+            if not session.internal:
+                self.access_log.accepted(session)
             yield from handler.dispatch_steps(session, link)
         except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
             log.info("%s: dispatch failed: %s", session.name(), e)

@@ -7,8 +7,10 @@ connected to the server so the kernel drops datagrams from anyone else. It waits
 query is answered or one absolute deadline passes (4 s, v2ray ``nameserver.go``), resending the
 unanswered queries once half-way, since a UDP query or answer may simply be lost.
 
-Unlike 4.34, where DNS traffic goes through the dispatcher and the router, queries go straight
-to the server from this host.
+Each exchange's datagrams go through a channel: a connected socket of this host's (the
+default, and what tests of the resolver alone use), or, once the Instance is built, the
+dispatcher (``app/dns/routed.py``), as 4.34 sends its queries: routed like any UDP flow,
+tagged ``dns.tag``, so the first outbound (or a rule) carries them.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import socket
 import time
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from v2sync.app.dns import wire
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError, TransportError
@@ -77,9 +79,49 @@ def answer_ttl(message: wire.Message) -> int:
     return min(MAX_CACHE_TTL, min(r.ttl for r in records))
 
 
+class DatagramChannel(Protocol):
+    """Where one exchange's queries go and its answers come from."""
+
+    def send(self, data: bytes) -> None:
+        """One datagram; raises OSError or TransportError when it cannot go."""
+
+    def recv(self, timeout: float) -> Optional[bytes]:
+        """The next datagram, or None after ``timeout`` seconds without one."""
+
+    def close(self) -> None: ...
+
+
+# Opens a channel to a server (host, port): the routed one (app/dns/routed.py).
+Dial = Callable[[str, int], DatagramChannel]
+
+
+class _SocketChannel:
+    """A UDP socket of this host's, connected to the server: the kernel drops datagrams
+    from anyone else."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def recv(self, timeout: float) -> Optional[bytes]:
+        self.sock.settimeout(timeout)
+        try:
+            return outside_slot(self.sock.recv, RECV_SIZE)
+        except socket.timeout:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class UdpNameServer:
     """A classic DNS server reached over UDP; ``host`` may be an IP or a name (then resolved
-    by the system, as 4.34's freedom dial would)."""
+    by the system, as 4.34's freedom dial would). ``dial``, when set, opens each exchange's
+    channel (the dispatcher's); else a socket of this host's."""
+
+    dial: Optional[Dial] = None
 
     def __init__(self, host: str, port: int = 53, client_ip: Optional[Address] = None,
                  timeout: float = QUERY_TIMEOUT, attempts: int = QUERY_ATTEMPTS):
@@ -99,15 +141,23 @@ class UdpNameServer:
         cannot be put in a query."""
         queries = self._build_queries(domain, qtypes)
         start = time.monotonic()
-        with closing(self._connect()) as sock:
+        with closing(self._open()) as channel:
             answers: Dict[int, Answer] = {}
             for attempt in range(1, self.attempts + 1):
-                self._send(sock, [q for q in queries if q.qtype not in answers])
+                self._send(channel, [q for q in queries if q.qtype not in answers])
                 attempt_end = start + self.timeout * attempt / self.attempts
-                self._receive(sock, domain, queries, answers, attempt_end)
+                self._receive(channel, domain, queries, answers, attempt_end)
                 if len(answers) == len(queries):
                     break
         return answers
+
+    def _open(self) -> DatagramChannel:
+        if self.dial is None:
+            return _SocketChannel(self._connect())
+        try:
+            return self.dial(self.host, self.port)
+        except TransportError as e:
+            raise DnsTimeout(f"{self.name}: {e}") from e
 
     def _build_queries(self, domain: str, qtypes: Sequence[int]) -> List["_Query"]:
         ids = _unique_ids(len(qtypes))
@@ -131,26 +181,25 @@ class UdpNameServer:
             raise DnsTimeout(f"{self.name}: {e}") from e
         return sock
 
-    def _send(self, sock: socket.socket, queries: Sequence["_Query"]) -> None:
+    def _send(self, channel: DatagramChannel, queries: Sequence["_Query"]) -> None:
         for query in queries:
             try:
-                sock.send(query.wire)
-            except OSError as e:  # e.g. ECONNREFUSED left over from an earlier ICMP error
+                channel.send(query.wire)
+            except (OSError, TransportError) as e:  # e.g. ECONNREFUSED from an ICMP error
                 raise DnsTimeout(f"{self.name}: send failed: {e}") from e
 
-    def _receive(self, sock: socket.socket, domain: str, queries: Sequence["_Query"],
+    def _receive(self, channel: DatagramChannel, domain: str, queries: Sequence["_Query"],
                  answers: Dict[int, Answer], end: float) -> None:
         for _ in range(MAX_DATAGRAMS_PER_EXCHANGE):
             remaining = end - time.monotonic()
             if remaining <= 0 or len(answers) == len(queries):
                 return
-            sock.settimeout(remaining)
             try:
-                datagram = outside_slot(sock.recv, RECV_SIZE)
-            except socket.timeout:
-                return
-            except OSError as e:  # ICMP port unreachable arrives as ECONNREFUSED
+                datagram = channel.recv(remaining)
+            except (OSError, TransportError) as e:  # ICMP port unreachable: ECONNREFUSED
                 raise DnsTimeout(f"{self.name}: {e}") from e
+            if datagram is None:
+                return
             matched = _match_response(datagram, domain, queries)
             if matched is not None and matched[0].qtype not in answers:
                 query, message = matched

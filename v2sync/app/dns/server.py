@@ -27,7 +27,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from v2sync.app.dns import wire
-from v2sync.app.dns.client import (QUERY_ATTEMPTS, QUERY_TIMEOUT, Answer, DnsTimeout,
+from v2sync.app.dns.client import (QUERY_ATTEMPTS, QUERY_TIMEOUT, Answer, Dial, DnsTimeout,
                                    LocalNameServer, UdpNameServer)
 from v2sync.app.dns.config import DnsConfig, HostMapping, NameServerConfig
 from v2sync.app.dns.matcher import DOMAIN, REGEXP, DomainMatcherGroup, DomainRule
@@ -187,6 +187,12 @@ class DnsResolver:
         client_ip = server.client_ip or self.config.client_ip
         udp = UdpNameServer(server.address.value, server.port, client_ip, timeout, attempts)
         return NameServerClient(server, udp, clock)
+
+    def route_through(self, dial: Dial) -> None:
+        """Send every UDP server's queries through ``dial`` (the Instance's dispatcher)."""
+        for client in self.clients:
+            if isinstance(client.server, UdpNameServer):
+                client.server.dial = dial
 
     @staticmethod
     def _priority_rules(server: NameServerConfig) -> Tuple[DomainRule, ...]:

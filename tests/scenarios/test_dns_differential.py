@@ -1,8 +1,12 @@
-"""The built-in DNS's ``localhost`` server (the system resolver), asked through a ``dns``
-outbound, by v2ray 4.34 and v2sync alike: a name /etc/hosts knows in one family only gets
-a NOERROR answer with no records for the other family (4.34's localdns ErrEmptyResponse),
-not silence, and its address for the family it has. Only names in /etc/hosts are asked,
-so no query leaves the machine."""
+"""The built-in DNS, by v2ray 4.34 and v2sync alike.
+
+- Its ``localhost`` server (the system resolver), asked through a ``dns`` outbound: a name
+  /etc/hosts knows in one family only gets a NOERROR answer with no records for the other
+  family (4.34's localdns ErrEmptyResponse), not silence, and its address for the family it
+  has. Only names in /etc/hosts are asked, so no query leaves the machine.
+- ``hosts`` values read as Go's ParseAddress reads them.
+- Its own queries, routed with ``dns.tag`` as their inbound tag.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -13,10 +17,15 @@ import dns.query
 import dns.rcode
 import pytest
 
+from app.dns.dns_test_server import DnsTestServer
+from routing_helpers import dns_server
+from scenarios.differential import RoutedPair, Request, TagSink, asset_dir, describe
 from support.peers import free_port
 from support.procs import V2RayProcess, V2SyncProcess
 
 IO_TIMEOUT = 5.0
+ROUTED_NAME = "routed.test"
+SOCKS_INBOUNDS = [{"tag": "socks-in", "protocol": "socks", "settings": {"auth": "noauth"}}]
 HOSTS = "/etc/hosts"
 
 
@@ -97,3 +106,23 @@ def test_hosts_values_as_4_34(v2ray_bin: str) -> None:
     assert ours == run(V2RayProcess)
     assert ours == [("NOERROR", ["::1"]), ("NOERROR", ["127.0.0.31"]),
                     ("NOERROR", ["127.0.0.29"]), ("NOERROR", ["127.0.0.30"])]
+
+
+def test_the_dns_queries_are_routed_as_4_34_routes_them(v2ray_bin: str, tmp_path) -> None:
+    """4.34 sends the DNS's own queries through the router, tagged ``dns.tag``: a rule on
+    that tag sends them to server B (a freedom redirect) although ``servers`` names A. The
+    name resolves to B's answer, where the sink listens, in both."""
+    with DnsTestServer({ROUTED_NAME: ["127.0.0.11"]}) as server_a, \
+            DnsTestServer({ROUTED_NAME: ["127.0.0.1"]}) as server_b, TagSink("b") as sink:
+        outbounds = [{"tag": "direct", "protocol": "freedom",
+                      "settings": {"domainStrategy": "UseIPv4"}},
+                     {"tag": "to-b", "protocol": "freedom",
+                      "settings": {"redirect": f"127.0.0.1:{server_b.port}"}}]
+        routing = {"rules": [{"type": "field", "inboundTag": ["dns-app"], "outboundTag": "to-b"}]}
+        dns_section = {"tag": "dns-app", "servers": [dns_server(server_a.port)]}
+        with RoutedPair(SOCKS_INBOUNDS, [], routing, assets=asset_dir(tmp_path), dns=dns_section,
+                        extra_outbounds=outbounds, v2ray_bin=v2ray_bin) as pair:
+            request = Request("socks-in", ROUTED_NAME, sink.port)
+            answers = pair.route(request)
+    assert answers == ("b", "b"), describe(request, answers, pair)
+    assert server_a.count() == 0 and server_b.count(ROUTED_NAME) >= 2
