@@ -95,5 +95,5 @@ def test_proxy_headers_from_v2ray_become_the_source(tmp_path: Path) -> None:
         no_header = curl("-x", f"http://127.0.0.1:{http_port}", f"{origin.url}/bytes/5")
         assert no_header.returncode != 0  # REQUIRE: no PROXY header, no service
         log = _wait_for(access_log, f"{CLIENT_SOURCE}:")
-    assert f"{CLIENT_SOURCE}:" in log and "[ws-in -> direct]" in log and "[http-in -> direct]" \
-        in log, log
+    # 4.34's access lines name the outbound alone: one from each inbound, both direct.
+    assert f"{CLIENT_SOURCE}:" in log and log.count("[direct]") >= 2, log

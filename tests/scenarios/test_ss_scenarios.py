@@ -108,6 +108,6 @@ def test_domain_and_ipv6_targets(chain: int, host: str, family: socket.AddressFa
                 got += data
         assert got == xor_bytes(b"through a named or v6 target")
         # The server's access line names its user by email, as 4.34's does.
-        assert "[ss-in -> direct] email: ss-user@example.test" in caplog.text, caplog.text
+        assert "[direct] email: ss-user@example.test" in caplog.text, caplog.text
     finally:
         echo.close()

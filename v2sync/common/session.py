@@ -28,6 +28,13 @@ class Session:
     # SOCKS and HTTP name their user for routing and stats, but 4.34's access lines for them
     # carry no "email:" (socks/server.go, http/server.go); VMess's do.
     email_in_access_log: bool = True
+    # How 4.34's access line names the source: most inbounds print the connection's peer
+    # (``127.0.0.1:5000``); SOCKS, the UDP sessions and Mux.cool sub-connections print their
+    # inbound's source, network included (``tcp:127.0.0.1:5000``).
+    source_with_network: bool = False
+    # What the access line names as the target when it is not the destination: the HTTP
+    # inbound prints the request's URL (``http://example.com/``, ``//example.com:443``).
+    access_to: str = ""
     user_level: int = 0
     protocol: str = ""
     outbound_tag: str = ""

@@ -67,7 +67,7 @@ class UdpSessionTable:
     def _open(self, key: Key, respond: Respond) -> _Entry:
         source, dest = key
         session = Session(inbound_tag=self.inbound_tag, source=source, user_email=self.email,
-                          user_level=self.level)
+                          user_level=self.level, source_with_network=True)
         link = self.dispatcher.dispatch(session, dest)
         entry = _Entry(link, None)
         entry.timer = self.ctx.timers.new_timer(UDP_SESSION_IDLE, lambda: self._drop(key, entry))

@@ -1,6 +1,7 @@
-"""Access log lines in v2ray's format.
+"""Access log lines in v2ray 4.34's format: source, status, target, the outbound's tag in
+brackets when it has one, and the user's email (``common/log/access.go``).
 
-``2026/11/24 19:36:20 127.0.0.1:48260 accepted tcp:example.com:443 [socks-in -> direct]``
+``2026/11/24 19:36:20 tcp:127.0.0.1:48260 accepted tcp:example.com:443 [direct]``
 """
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ class AccessLog:
 
     def accepted(self, session: Session) -> None:
         if self._log.isEnabledFor(logging.INFO):
-            self._log.info("%s accepted %s%s", session.source.host_port(), session.target,
-                           self._suffix(session))
+            target = session.access_to or session.target
+            self._log.info("%s accepted %s%s", _source(session), target, _suffix(session))
 
-    def rejected(self, session: Session, reason: str) -> None:
-        if self._log.isEnabledFor(logging.INFO):
-            target = session.target if session.target is not None else ""
-            self._log.info("%s rejected %s %s", session.source.host_port(), target, reason)
 
-    @staticmethod
-    def _suffix(session: Session) -> str:
-        route = f" [{session.inbound_tag} -> {session.outbound_tag}]"
-        shown = session.user_email if session.email_in_access_log else ""
-        return route + (f" email: {shown}" if shown else "")
+def _source(session: Session) -> str:
+    return str(session.source) if session.source_with_network else session.source.host_port()
+
+
+def _suffix(session: Session) -> str:
+    detour = f" [{session.outbound_tag}]" if session.outbound_tag else ""
+    shown = session.user_email if session.email_in_access_log else ""
+    return detour + (f" email: {shown}" if shown else "")

@@ -88,7 +88,7 @@ class ServerWorker(FrameHandler):
         target = frame.destination()
         child = Session(inbound_tag=self.session.inbound_tag, source=self.session.source,
                         user_email=self.session.user_email, user_level=self.session.user_level,
-                        sniffing=self.session.sniffing)
+                        sniffing=self.session.sniffing, source_with_network=True)
         log.debug("%s: sub-connection %d to %s", self.name, frame.session_id, target)
         link = self.dispatcher.dispatch(child, target)
         session = MuxSession(frame.session_id, link, target.network is Network.UDP)

@@ -109,6 +109,16 @@ class RequestHead(_HeaderAccess):
     headers: Headers
 
 
+def access_url(head: RequestHead) -> str:
+    """The request's URL as 4.34's access line prints it (Go's ``URL.String``): a CONNECT
+    target is an authority, ``//host:port``; an absolute URL has its scheme lower-cased."""
+    target = head.target
+    if head.method == "CONNECT" and not target.startswith("/"):
+        return "//" + target
+    scheme, sep, rest = target.partition("://")
+    return scheme.lower() + sep + rest if sep and "/" not in scheme else target
+
+
 @dataclass(frozen=True)
 class ResponseHead(_HeaderAccess):
     version: str

@@ -95,6 +95,7 @@ class HttpInbound:
             # Each request on a kept-alive connection authenticates anew; the name is the
             # session's user email, which routing's "user" matches (http/server.go in 4.34).
             session.user_email, session.email_in_access_log = self._authenticate(head), False
+            session.access_to = enc.access_url(head)
             return head
         except RemoteProtocolError as e:
             if e.reply:  # a head that does not parse has none: 4.34 just closes

@@ -97,6 +97,7 @@ class SocksInbound:
             # (socks/protocol.go in 4.34: request.User = MemoryUser{Email: username}).
             session.user_email, session.email_in_access_log = auth.username, False
         request = yield from reader.parse_steps(enc.parse_request)
+        session.source_with_network = True  # socks/server.go logs inbound.Source
         return self._answer_request(request, conn)
 
     def _check_password(self, auth: enc.PasswordAuth, conn: Connection) -> None:

@@ -7,7 +7,7 @@ import threading
 from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
-from v2sync.common.net import Address, AddressKind, Destination
+from v2sync.common.net import Address, AddressKind, Destination, Network
 
 MAX_DATAGRAM = 65535
 # The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
@@ -120,7 +120,7 @@ class UdpListener:
                     continue  # ICMP errors surface here on Linux; the socket stays usable
                 if not data or len(data) > MAX_UDP_PAYLOAD:
                     continue  # 4.34 skips empty datagrams; longer ones: see MAX_UDP_PAYLOAD
-                self._handle(data, Destination(Address.parse(source[0]), source[1]))
+                self._handle(data, Destination(Address.parse(source[0]), source[1], Network.UDP))
         self._sock.close()
 
     def send_to(self, data: bytes, dest: Destination) -> None:
