@@ -87,6 +87,28 @@ def test_outbound_tunnels_over_one_cached_http2_connection(pki: Pki,
             client.stop()
 
 
+def connect_headers(client: str, pki: Pki, origin: TcpEchoServer) -> list:
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy:
+        process, socks_port = http_over_tls_client(client, proxy.port, pki)
+        try:
+            with open_tunnel(socks_port, origin.address) as sock:
+                payload = b"headers"
+                assert_same_bytes(exchange(sock, payload), xor_bytes(payload), "")
+        finally:
+            process.stop(check=client == "v2sync")
+    return proxy.requests
+
+
+def test_outbound_connect_headers_as_4_34_sends_them(pki: Pki, echo: TcpEchoServer,
+                                                     v2ray_bin: str) -> None:
+    """Go's http2 transport: the pseudo-headers, the request's own, accept-encoding, then
+    its user-agent."""
+    ours = connect_headers("v2sync", pki, echo)
+    assert ours == connect_headers("v2ray", pki, echo)
+    assert [name for name, _ in ours[0]] == [":authority", ":method", "proxy-authorization",
+                                             "accept-encoding", "user-agent"]
+
+
 def test_outbound_refused_by_the_http2_proxy_fails_the_link(pki: Pki) -> None:
     with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy, \
             TcpEchoServer(xor=XOR_C) as origin:

@@ -9,6 +9,8 @@ definitions (tools/geodata_vectors.py), not by v2sync.
 """
 from __future__ import annotations
 
+import struct
+
 from typing import Dict, Iterator, List
 
 import pytest
@@ -90,6 +92,16 @@ def http_get(host: str) -> bytes:
     return f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: difftest\r\n\r\n".encode()
 
 
+def hello_with_name(name: bytes) -> bytes:
+    """A minimal TLS ClientHello whose SNI is ``name`` as given (ssl refuses odd names)."""
+    names = b"\x00" + struct.pack("!H", len(name)) + name
+    sni = struct.pack("!HHH", 0, len(names) + 2, len(names)) + names
+    body = (b"\x03\x03" + b"R" * 32 + b"\x00" + struct.pack("!H", 4) + b"\x13\x01\x00\x2f"
+            + b"\x01\x00" + struct.pack("!H", len(sni)) + sni)
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
 DOMAIN_CASES = [
     socks("full.example"), socks("www.full.example"), socks("FULL.example"),
     socks("dom.example"), socks("a.b.dom.example"), socks("xdom.example"),
@@ -128,6 +140,12 @@ OTHER_CASES = [
     Request("socks-sniff", "8.8.8.8", payload=http_get("full.example")),
     Request("socks-sniff", "8.8.8.8", 443, payload=client_hello("tls.example")),
     Request("socks-sniff", "8.8.8.8", 443, payload=client_hello("dom.example")),
+    # Every Host line counts, the last winning; an SNI is read as Go's ParseAddress reads it.
+    Request("socks-sniff", "8.8.8.8", payload=b"GET / HTTP/1.1\r\nHost: other.example\r\n"
+            b"Host: full.example\r\n\r\n"),
+    Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b" full.example ")),
+    Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b"\tdom.example")),
+    Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b"[full.example]")),
     Request("socks-sniff", "full.example", payload=b"not a protocol v2ray knows\r\n"),
     Request("socks-sniff", "198.51.100.7", payload=http_get("proto.example")),
     Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocol" + bytes(8) + b"x" * 40),

@@ -35,6 +35,7 @@ class H2ConnectProxy:
         self.connections = 0
         self.streams = 0
         self.refused = 0
+        self.requests: List[List[Tuple[str, str]]] = []  # each request's headers, in order
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -125,6 +126,7 @@ class _Session:
     def on_events(self, events) -> bool:
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
+                self.proxy.requests.append([(str(k), str(v)) for k, v in event.headers])
                 self.on_request(event.stream_id, dict(event.headers))
             elif isinstance(event, h2.events.DataReceived):
                 up = self.upstreams.get(event.stream_id)

@@ -90,6 +90,16 @@ def test_http_host_forms(host: bytes, expected: str) -> None:
     assert sniff_http(request) == SniffResult("http1", expected)
 
 
+@pytest.mark.parametrize("data, expected", [
+    (b"GET / HTTP/1.1\r\nHost: first.test\r\nHost: last.test\r\n\r\n", "last.test"),
+    (b"GET / HTTP/1.1\r\nHost: first.test\r\nHost:\r\n\r\n", "first.test"),
+    (b"GET / HTTP/1.1\r\nHost: first.test\r\nHost: last.test\r\n", "last.test"),
+])
+def test_http_the_last_host_line_wins_as_in_4_34(data: bytes, expected: str) -> None:
+    assert sniff_http(data) == SniffResult("http1", expected)
+    assert sniff_http(b"GET / HTTP/1.1\r\nHost: a:b:c\r\nHost: ok.test\r\n\r\n") is None
+
+
 @pytest.mark.parametrize("data", [
     b"PATCH / HTTP/1.1\r\nHost: a.test\r\n\r\n",  # not one of 4.34's seven methods
     b"\x16\x03\x01\x00\x05hello",

@@ -80,18 +80,21 @@ def sniff_http(data: bytes) -> SniffOutcome:
     if not _starts_with_method(data):
         return NEED_MORE if _could_become_method(data) else None
     lines = data.split(b"\n")
+    found = ""
     # Only lines that already end in "\n" count: 4.34 would take a half-received Host value.
+    # Every Host line counts, the last one winning, as 4.34's loop over the lines has it.
     for line in lines[1:-1]:
         if line in (b"", b"\r"):
-            return None  # headers ended without a Host (4.34 scans on into the body)
+            break  # the headers ended (4.34 scans on into the body)
         key, sep, value = line.partition(b":")
         if sep and key.lower() == HTTP_HOST_HEADER:
             host = _host_without_port(value.strip().lower())
             if host is None:
                 return None
-            if host:
-                return SniffResult(PROTOCOL_HTTP1, host)
-    return NEED_MORE
+            found = host or found
+    else:
+        return SniffResult(PROTOCOL_HTTP1, found) if found else NEED_MORE
+    return SniffResult(PROTOCOL_HTTP1, found) if found else None
 
 
 def _starts_with_method(data: bytes) -> bool:

@@ -46,10 +46,11 @@ class TunnelPool:
     def relay(self, session: Session, h2s: H2Session, link: Link, policy,
               auth: Optional[str], first: bytes) -> None:
         target = session.destination()
-        headers = [(":method", "CONNECT"), (":authority", authority(target)),
-                   ("user-agent", GO_H2_USER_AGENT)]
+        # As Go's http2 transport sends them for 4.34: pseudo-headers, then the rest sorted.
+        headers = [(":authority", authority(target)), (":method", "CONNECT")]
         if auth is not None:
             headers.append(("proxy-authorization", auth))
+        headers += [("accept-encoding", "gzip"), ("user-agent", GO_H2_USER_AGENT)]
         tunnel = h2s.open(headers)
         try:
             if first:
