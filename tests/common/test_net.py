@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import pytest
 
 from v2sync.common.errors import ConfigError
-from v2sync.common.net import (AddressKind, config_address, decimal, parse_host_port,
+from v2sync.common.net import (AddressKind, go_address, decimal, parse_host_port,
                                split_host_port)
 
 
@@ -77,7 +77,7 @@ def test_parse_host_port_unbrackets_ipv6() -> None:
     (" example.com ", "example.com", AddressKind.DOMAIN),
     ("", "", AddressKind.DOMAIN),
 ])
-def test_config_address_reads_as_gos_parse_address(text: str, value: str,
+def test_go_address_reads_as_gos_parse_address(text: str, value: str,
                                                    kind: AddressKind) -> None:
-    address = config_address(text)
+    address = go_address(text)
     assert (address.value, address.kind) == (value, kind)

@@ -124,10 +124,11 @@ class Destination:
         return f"{self.network}:{self.host_port()}"
 
 
-def config_address(text: str) -> Address:
-    """An address as 4.34's config reads every one (Go's ``net.ParseAddress``): brackets
-    around it are dropped, then white space around it too when it starts or ends with
-    anything but an ASCII letter or digit (so ``" 10.0.0.1"`` is that IP, not a name)."""
+def go_address(text: str) -> Address:
+    """An address as Go's ``net.ParseAddress`` reads it, as 4.34 reads every address in
+    its config and every sniffed name: brackets around it are dropped, then white space
+    around it too when it starts or ends with anything but an ASCII letter or digit (so
+    ``" 10.0.0.1"`` is that IP, not a name)."""
     if len(text) > 1 and text[0] == "[" and text[-1] == "]":
         text = text[1:-1]
     if text and not (_alnum(text[0]) and _alnum(text[-1])):

@@ -18,7 +18,7 @@ from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.stats.manager import StatsManager
 from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
-from v2sync.common.net import Destination, Network, config_address
+from v2sync.common.net import Destination, Network, go_address
 from v2sync.common.session import Session
 from v2sync.common.task import Steps, ThreadGroup
 from v2sync.transport.link import Link, new_link_pair
@@ -113,7 +113,7 @@ class DefaultDispatcher:
         if domain:  # the port is kept (default.go)
             target = session.destination()
             # Read as Go's ParseAddress: space around it trimmed, brackets dropped (default.go).
-            session.target = Destination(config_address(domain), target.port, target.network)
+            session.target = Destination(go_address(domain), target.port, target.network)
 
     def _pick_outbound(self, session: Session) -> Optional[OutboundHandler]:
         if self.router is not None:

@@ -28,7 +28,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 from v2sync.app.dns.matcher import (FULL, GEO_UNSUPPORTED, KEYWORD, DomainRule,
                                     parse_domain_rule)
 from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
-from v2sync.common.net import Address, AddressKind, config_address
+from v2sync.common.net import Address, AddressKind, go_address
 from v2sync.infra.conf.fields import MAX_UINT16
 from v2sync.infra.conf.loader import string_list
 
@@ -176,7 +176,7 @@ def _server_address(text: str, path: str) -> Optional[Address]:
                           expected="use a plain UDP server (an IP address) or \"localhost\"")
     if "://" in text:
         raise ConfigError(f"unknown name server URL {text!r}", path, expected=SERVER_EXPECTED)
-    address = config_address(text)
+    address = go_address(text)
     if address.is_domain and (":" in text or not text):
         # 4.34 hands "1.2.3.4:53" to url.Parse, which refuses it; the port has its own key.
         raise ConfigError(f"invalid name server address {text!r}", path,
@@ -223,7 +223,7 @@ def _network(text: str, path: str) -> IPNetwork:
 def _client_ip(value: Any, path: str) -> Optional[Address]:
     if value is None:
         return None
-    address = config_address(_string(value, path))
+    address = go_address(_string(value, path))
     if not address.is_ip:  # dns.go: "not an IP address:"
         raise ConfigError(f"not an IP address: {value!r}", path, expected="expected an IP address")
     return address
@@ -258,7 +258,7 @@ def _hosts(value: Any, path: str) -> Tuple[HostMapping, ...]:
 def _host(item: Tuple[str, Any], path: str) -> HostMapping:
     key, target = item
     rule = parse_domain_rule(key, FULL, path, geo_prefixes=HOSTS_GEO_PREFIXES)
-    address = config_address(_string(target, path))
+    address = go_address(_string(target, path))
     if not address.value:
         raise ConfigError(f"empty address for {key!r}", path, expected="expected an IP or a domain")
     addresses: Sequence[Address] = (address,)

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, ConfigErrors, join_path
-from v2sync.common.net import parse_host_port, config_address
+from v2sync.common.net import parse_host_port, go_address
 from v2sync.infra.conf.fields import MAX_UINT32
 from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_confdirs, merge,
                                       parse_json, parse_port_range, read_json)
@@ -297,7 +297,7 @@ def parse_listen(value: Optional[str], path: str) -> Optional[str]:
                           path, expected="expected an IP address")
     if value == LOCALHOST_NAME:
         return LOCALHOST_IP
-    address = config_address(value)
+    address = go_address(value)
     if not address.is_ip:
         raise ConfigError(f"unable to listen on domain address {value!r}", path,
                           expected="expected an IP address")
@@ -307,7 +307,7 @@ def parse_listen(value: Optional[str], path: str) -> Optional[str]:
 def parse_send_through(value: Optional[str], path: str) -> Optional[str]:
     if value is None:
         return None
-    address = config_address(value)
+    address = go_address(value)
     if not address.is_ip:  # v2ray.go: "unable to send through: <domain>"
         raise ConfigError(f"unable to send through {value!r}", path,
                           expected="expected an IP address")

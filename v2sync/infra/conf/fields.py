@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
-from v2sync.common.net import Address, Network, config_address
+from v2sync.common.net import Address, Network, go_address
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT16 = 2**16 - 1
@@ -97,7 +97,7 @@ def get_server_address(entry: Mapping[str, Any], path: str, empty: str,
                           expected=expected or "an IP address or a domain")
     if not address:
         raise ConfigError(empty, join_path(path, "address"), expected=expected)
-    return config_address(address)
+    return go_address(address)
 
 
 def get_server_port(entry: Mapping[str, Any], path: str, zero: str,

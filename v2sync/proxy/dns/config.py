@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from v2sync.common.errors import ConfigError, join_path
-from v2sync.common.net import Address, Network, config_address
+from v2sync.common.net import Address, Network, go_address
 from v2sync.infra.conf.fields import MAX_UINT16, get_str, get_uint, require_object
 
 NETWORKS = {"tcp": Network.TCP, "udp": Network.UDP}
@@ -30,6 +30,6 @@ class DnsOutboundConfig:
         address = get_str(settings, "address", path)
         return cls(
             network=NETWORKS.get(network),
-            address=config_address(address) if address else None,
+            address=go_address(address) if address else None,
             port=get_uint(settings, "port", path, maximum=MAX_UINT16),
         )

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
 from v2sync.common.errors import join_path
-from v2sync.common.net import Address, Network, config_address
+from v2sync.common.net import Address, Network, go_address
 from v2sync.infra.conf.fields import (MAX_UINT16, get_bool, get_optional_uint, get_str,
                                       get_uint, parse_network_list, require_object)
 
@@ -23,7 +23,7 @@ class DokodemoConfig:
         settings = require_object(settings, path)
         address = get_str(settings, "address", path)
         return cls(
-            address=config_address(address) if address else None,
+            address=go_address(address) if address else None,
             port=get_uint(settings, "port", path, maximum=MAX_UINT16),
             networks=parse_network_list(settings.get("network"), join_path(path, "network")),
             follow_redirect=get_bool(settings, "followRedirect", path),

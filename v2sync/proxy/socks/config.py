@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from v2sync.common.net import config_address
+from v2sync.common.net import go_address
 from v2sync.infra.conf.fields import (get_accounts, get_bool, get_optional_uint, get_str,
                                       get_uint, require_object)
 
@@ -39,7 +39,7 @@ class SocksServerConfig:
             auth=auth,
             accounts=get_accounts(settings, "accounts", path),
             udp=get_bool(settings, "udp", path),
-            ip=config_address(ip).value if ip else None,
+            ip=go_address(ip).value if ip else None,
             user_level=get_uint(settings, "userLevel", path),
             timeout=get_optional_uint(settings, "timeout", path),
         )
