@@ -40,6 +40,16 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         metavar="FILE", help="config file (repeatable; '-' or 'stdin:' reads stdin)")
     parser.add_argument("--confdir", "-confdir", dest="confdir", action="append", default=[],
                         metavar="DIR", help="also load DIR/*.json in lexical order")
+    parser.add_argument("--format", "-format", dest="format", default="json",
+                        type=_config_format, metavar="json",
+                        help="the config's format: json (v2ray's protobuf is not read)")
+
+
+def _config_format(text: str) -> str:
+    if text.lower() != "json":
+        raise argparse.ArgumentTypeError(f"config format {text!r} is not supported by v2sync "
+                                         "(supported: json)")
+    return "json"
 
 
 def _add_link_args(parser: argparse.ArgumentParser) -> None:
@@ -107,17 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TEST_FLAGS = ("-test", "--test")  # Go's flag package takes either
+
+
 def _v2ray_style(argv: List[str]) -> List[str]:
     """Map ``v2sync -config x`` / ``-test`` / ``-version`` onto the subcommands."""
     if not argv:
         return ["run"]
     if "://" in argv[0]:  # ``v2sync vmess://...``: the one-command client
         return ["run"] + argv
-    if argv[0] in ("-version", "--version"):
-        return ["version"]
+    if argv[0].startswith("-") and ("-version" in argv or "--version" in argv):
+        return ["version"]  # main.go prints the version first, whatever else is asked
     if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        rest = [a for a in argv if a != "-test"]
-        return (["test"] if "-test" in argv else ["run"]) + rest
+        rest = [a for a in argv if a not in TEST_FLAGS]
+        return (["test"] if set(argv) & set(TEST_FLAGS) else ["run"]) + rest
     return argv
 
 
@@ -219,10 +232,8 @@ def _load(args):
     elif getattr(args, "socks_port", None) or getattr(args, "http_port", None):
         raise _usage_error("--socks-port and --http-port go with links; a config file "
                            "names its own ports")
-    elif args.config or args.confdir:
-        config = load_config(args.config, args.confdir)
     else:
-        config = load_default()
+        config = _load_files(args)
     if getattr(args, "metrics", None):
         config = replace(config, metrics=MetricsConfig(*parse_host_port(args.metrics,
                                                                        "--metrics")))
@@ -230,6 +241,44 @@ def _load(args):
 
 
 LINKS_CONFIG_NAME = "<links>"
+# main.go getConfigFilePath's places, after -config and -confdir: the confdir and config file
+# the environment names (platform.GetConfDirPath, GetConfigurationPath), and the working
+# directory's config.json.
+CONFDIR_ENV = ("v2ray.location.confdir", "V2RAY_LOCATION_CONFDIR")
+CONFIG_ENV = ("v2ray.location.config", "V2RAY_LOCATION_CONFIG")
+DEFAULT_FILE = "config.json"
+
+
+def _load_files(args):
+    """The config files as 4.34's main.go finds them. With none anywhere, ``run`` takes the
+    embedded default, and so does ``test`` on a terminal; a piped ``test`` reads stdin."""
+    from v2sync.infra.conf.builder import load_config, load_default
+
+    confdirs = args.confdir or [d for d in (_env_value(CONFDIR_ENV),) if d and os.path.isdir(d)]
+    if confdirs:
+        log.info("Using confdir: %s", ", ".join(confdirs))
+    if args.config or confdirs:
+        return load_config(args.config, confdirs)
+    found = _default_file()
+    if found:
+        log.info("Using default config: %s", found)
+        return load_config([found])
+    if args.command == "test" and not sys.stdin.isatty():
+        return load_config(["stdin:"])
+    return load_default()
+
+
+def _env_value(names) -> str:
+    return next((os.environ[name] for name in names if os.environ.get(name)), "")
+
+
+def _default_file() -> str:
+    """./config.json, else config.json in the directory the environment names."""
+    for directory in (os.getcwd(), _env_value(CONFIG_ENV)):
+        path = os.path.join(directory, DEFAULT_FILE) if directory else ""
+        if path and os.path.isfile(path):
+            return path
+    return ""
 
 
 def _has_links(args) -> bool:

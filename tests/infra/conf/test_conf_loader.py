@@ -253,6 +253,19 @@ def test_confdir_lexical_order_after_config_files(tmp_path: Path) -> None:
         ["03.json", "10.json", "20.json"]
 
 
+def test_confdir_paths_are_cleaned_before_the_tail_rule_reads_them(tmp_path: Path) -> None:
+    """Go's path.Join cleans ``tail/../d``: no "tail" is left for the prepend rule to see."""
+    (tmp_path / "tail").mkdir()
+    confdir = tmp_path / "d"
+    confdir.mkdir()
+    write(confdir / "x.json", {"outbounds": [ob("second")]})
+    found = expand_confdirs([str(tmp_path / "tail" / ".." / "d")])
+    assert found == [str(confdir / "x.json")]
+    config = load_config([write(tmp_path / "base.json", {"outbounds": [ob("first")]})],
+                         [str(tmp_path / "tail" / ".." / "d")])
+    assert [o.tag for o in config.outbounds] == ["second", "first"]  # prepended, not appended
+
+
 def test_confdir_files_merge_after_c_files(tmp_path: Path) -> None:
     confdir = tmp_path / "d"
     confdir.mkdir()

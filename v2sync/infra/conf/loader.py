@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -36,6 +37,7 @@ FIRST_FILE_ONLY = ("port",)
 # v2ray.go Override: a single new-tag outbound is appended, not prepended, when the file
 # name (the whole argument, lower-cased) contains this marker.
 TAIL_MARKER = "tail"
+URL_SCHEMES = ("http://", "https://")
 
 
 # --------------------------------------------------------------------------- reading
@@ -45,6 +47,9 @@ def read_text(name: str, stdin: Optional[IO[Any]] = None) -> str:
     standard input."""
     if name in STDIN_NAMES:
         return _read_stream(stdin or sys.stdin, name)
+    if name.lower().startswith(URL_SCHEMES):
+        raise ConfigError("loading a config from a URL is not supported by v2sync (v2ray "
+                          "fetches it); download it and give the file", file=name)
     try:
         with open(name, "rb") as f:
             data = read_bounded(f, name)
@@ -80,7 +85,8 @@ def expand_confdirs(confdirs: Sequence[str]) -> List[str]:
                                       file=directory))
             continue
         for name in names:
-            path = os.path.join(directory, name)
+            # Go's path.Join cleans the path, which the "tail" rule then reads.
+            path = posixpath.normpath(os.path.join(directory, name))
             if name.endswith(CONFDIR_SUFFIX) and os.path.isfile(path):
                 files.append(path)
     if errors:

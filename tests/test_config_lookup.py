@@ -1,0 +1,99 @@
+"""Where the config comes from, as 4.34's main.go looks for it, run against v2ray 4.34 and
+``python -m v2sync`` on the same files: ``-confdir`` or the environment's confdir after the
+``-config`` files, the working directory's config.json, the environment's config.json, and
+stdin. Also the v2ray flags v2sync takes (``-format json``, ``--test``)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from support.peers import free_port
+from support.procs import REPO_ROOT, find_v2ray
+
+TIMEOUT = 30.0
+OK_EXIT = 0
+
+
+def good(port: int) -> Dict[str, Any]:
+    return {"inbounds": [{"tag": "in", "protocol": "socks", "listen": "127.0.0.1",
+                          "port": port, "settings": {}}],
+            "outbounds": [{"protocol": "freedom"}]}
+
+
+BAD = {"inbounds": [{"tag": "in", "protocol": "socks", "listen": "127.0.0.1", "port": 70000}]}
+
+
+def write(path: Path, doc: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def run(command: List[str], cwd: Path, env: Optional[Dict[str, str]] = None,
+        stdin: bytes = b"") -> Tuple[int, str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("V2RAY_", "v2ray."))}
+    full_env.update(PYTHONPATH=str(REPO_ROOT), V2SYNC_CPU="all", **(env or {}))
+    done = subprocess.run(command, cwd=cwd, env=full_env, input=stdin, capture_output=True,
+                          timeout=TIMEOUT)
+    return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
+
+
+def both_test(args: List[str], cwd: Path, env: Optional[Dict[str, str]] = None,
+              stdin: bytes = b"") -> Tuple[bool, bool]:
+    """(v2ray -test passed, v2sync test passed) on the same arguments."""
+    v2ray = run([find_v2ray() or "v2ray", "-test", *args], cwd, env, stdin)
+    ours = run([sys.executable, "-m", "v2sync", "-test", *args], cwd, env, stdin)
+    return "Configuration OK" in v2ray[1], ours[0] == OK_EXIT
+
+
+@pytest.mark.parametrize("place", ["working-directory", "environment"])
+def test_config_json_is_found_as_4_34_finds_it(place: str, tmp_path: Path, v2ray_bin: str) -> None:
+    holder = tmp_path if place == "working-directory" else tmp_path / "etc"
+    env = {"V2RAY_LOCATION_CONFIG": str(holder)} if place == "environment" else {}
+    write(holder / "config.json", BAD)
+    assert both_test([], tmp_path, env) == (False, False)  # read, and refused by both
+    write(holder / "config.json", good(free_port()))
+    assert both_test([], tmp_path, env) == (True, True)
+
+
+def test_piped_stdin_is_read_when_nothing_else_is_given(tmp_path: Path, v2ray_bin: str) -> None:
+    assert both_test([], tmp_path, stdin=json.dumps(BAD).encode()) == (False, False)
+    assert both_test([], tmp_path, stdin=json.dumps(good(free_port())).encode()) == (True, True)
+
+
+def test_the_environments_confdir_follows_the_config_files(tmp_path: Path,
+                                                           v2ray_bin: str) -> None:
+    main = write(tmp_path / "main.json", good(free_port()))
+    write(tmp_path / "confdir" / "later.json", {"inbounds": [BAD["inbounds"][0]]})
+    env = {"V2RAY_LOCATION_CONFDIR": str(tmp_path / "confdir")}
+    assert both_test(["-config", str(main)], tmp_path, env) == (False, False)
+    assert both_test(["-config", str(main)], tmp_path) == (True, True)
+
+
+def test_v2ray_flags_v2sync_takes(tmp_path: Path, v2ray_bin: str) -> None:
+    config = str(write(tmp_path / "c.json", good(free_port())))
+    assert both_test(["-format", "json", "-config", config], tmp_path) == (True, True)
+    code, out = run([sys.executable, "-m", "v2sync", "--test", "-config", config], tmp_path)
+    assert code == OK_EXIT and "Configuration OK." in out
+    code, out = run([sys.executable, "-m", "v2sync", "-test", "-format", "pb", "-config",
+                     config], tmp_path)
+    assert code != OK_EXIT and "not supported by v2sync" in out
+
+
+def test_a_url_is_refused_by_name(tmp_path: Path) -> None:
+    code, out = run([sys.executable, "-m", "v2sync", "test", "-c", "https://example.test/c.json"],
+                    tmp_path)
+    assert code == 23 and "from a URL is not supported" in out
+
+
+def test_an_allocation_without_strategy_is_refused_as_4_34_refuses_it(tmp_path: Path,
+                                                                     v2ray_bin: str) -> None:
+    doc = good(free_port())
+    doc["inbounds"][0]["allocate"] = {}
+    assert both_test(["-config", str(write(tmp_path / "c.json", doc))], tmp_path) == (False, False)
