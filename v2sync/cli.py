@@ -222,7 +222,7 @@ def _load(args):
     from dataclasses import replace
 
     from v2sync.common.net import parse_host_port
-    from v2sync.infra.conf.builder import config_from_dict, load_config, load_default
+    from v2sync.infra.conf.builder import config_from_dict
     from v2sync.infra.conf.model import MetricsConfig
 
     if _has_links(args):
