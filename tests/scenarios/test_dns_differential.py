@@ -59,11 +59,20 @@ def config(port: int) -> Dict[str, Any]:
             "outbounds": [{"tag": "dns-out", "protocol": "dns"}]}
 
 
-def answers(process_class: Any, name: str, rdtypes: List[str]) -> List[Tuple[str, List[str]]]:
+Query = Tuple[str, str]  # (name, record type)
+
+
+def answers(process_class: Any, queries: List[Query],
+            dns_section: Optional[Dict[str, Any]] = None) -> List[Tuple[str, List[str]]]:
+    """(rcode, records) for each query, asked through a dns outbound of a proxy whose
+    ``dns`` section is ``dns_section`` (default: the system resolver only)."""
     port = free_port()
+    section = config(port)
+    if dns_section is not None:
+        section["dns"] = dns_section
     seen = []
-    with process_class(config(port)):
-        for rdtype in rdtypes:
+    with process_class(section):
+        for name, rdtype in queries:
             reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=port,
                                   timeout=IO_TIMEOUT)
             records = sorted(item.to_text() for rrset in reply.answer for item in rrset)
@@ -76,8 +85,9 @@ def test_the_system_resolver_server_as_4_34(v2ray_bin: str) -> None:
     if found is None:
         pytest.skip(f"{HOSTS} has no dotless name of one address family")
     name, has, lacks = found
-    ours = answers(V2SyncProcess, name, [has, lacks])
-    assert ours == answers(V2RayProcess, name, [has, lacks])
+    queries = [(name, has), (name, lacks)]
+    ours = answers(V2SyncProcess, queries)
+    assert ours == answers(V2RayProcess, queries)
     assert ours[1] == ("NOERROR", [])
     assert ours[0][0] == "NOERROR" and ours[0][1]
 
@@ -89,21 +99,11 @@ HOSTS_VALUES = {"spaced.example": " 127.0.0.29", "tabbed.example": "127.0.0.30\t
 
 
 def test_hosts_values_as_4_34(v2ray_bin: str) -> None:
-    def run(process_class: Any) -> List[Tuple[str, List[str]]]:
-        port = free_port()
-        section = config(port)
-        section["dns"] = {"hosts": HOSTS_VALUES, "servers": ["localhost"]}
-        seen = []
-        with process_class(section):
-            for name in sorted(HOSTS_VALUES):
-                rdtype = "AAAA" if name.startswith("bracketed") else "A"
-                reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1",
-                                      port=port, timeout=IO_TIMEOUT)
-                seen.append((dns.rcode.to_text(reply.rcode()),
-                             sorted(item.to_text() for rrset in reply.answer for item in rrset)))
-        return seen
-    ours = run(V2SyncProcess)
-    assert ours == run(V2RayProcess)
+    section = {"hosts": HOSTS_VALUES, "servers": ["localhost"]}
+    queries = [(name, "AAAA" if name.startswith("bracketed") else "A")
+               for name in sorted(HOSTS_VALUES)]
+    ours = answers(V2SyncProcess, queries, section)
+    assert ours == answers(V2RayProcess, queries, section)
     assert ours == [("NOERROR", ["::1"]), ("NOERROR", ["127.0.0.31"]),
                     ("NOERROR", ["127.0.0.29"]), ("NOERROR", ["127.0.0.30"])]
 
@@ -126,3 +126,18 @@ def test_the_dns_queries_are_routed_as_4_34_routes_them(v2ray_bin: str, tmp_path
             answers = pair.route(request)
     assert answers == ("b", "b"), describe(request, answers, pair)
     assert server_a.count() == 0 and server_b.count(ROUTED_NAME) >= 2
+
+
+# Hosts keys with Go regexps (RE2 syntax, as 4.34 compiles them) and a dotless rule whose
+# text is read as a regexp too, unescaped (dns.go): (key, value, name asked).
+REGEXP_HOSTS = [("regexp:^[[:alpha:]]+\\.posix$", "127.0.0.41", "abc.posix"),
+                ("regexp:^x{,2}\\.brace$", "127.0.0.42", "x{,2}.brace"),
+                ("dotless:ab+c", "127.0.0.43", "xabbbcx")]
+
+
+def test_hosts_regexp_keys_as_4_34(v2ray_bin: str) -> None:
+    section = {"hosts": {key: value for key, value, _ in REGEXP_HOSTS}, "servers": ["localhost"]}
+    queries = [(name, "A") for _, _, name in REGEXP_HOSTS]
+    ours = answers(V2SyncProcess, queries, section)
+    assert ours == answers(V2RayProcess, queries, section)
+    assert ours == [("NOERROR", [value]) for _, value, _ in REGEXP_HOSTS]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 from v2sync.common.errors import ConfigError
+from v2sync.common.regexp import compile_go
 
 FULL = "full"
 DOMAIN = "domain"
@@ -69,12 +70,15 @@ def parse_domain_rule(text: str, plain_kind: str, path: str = "",
 def _dotless_rule(sub: str, path: str) -> DomainRule:
     if "." in sub:
         raise ConfigError(f"substr in dotless rule should not contain a dot: {sub!r}", path)
-    return DomainRule(REGEXP, "^[^.]*" + re.escape(sub) + "[^.]*$" if sub else _DOTLESS_ANY)
+    # Unescaped, as dns.go builds it: the rest is read as a Go regexp, as for routing.
+    rule = DomainRule(REGEXP, "^[^.]*" + sub + "[^.]*$" if sub else _DOTLESS_ANY)
+    _compile(rule.value, path)
+    return rule
 
 
 def _compile(pattern: str, path: str) -> "re.Pattern[str]":
     try:
-        return re.compile(pattern)
+        return compile_go(pattern)  # Go's syntax, as 4.34 reads hosts keys and domains
     except re.error as e:
         raise ConfigError(f"invalid regexp {pattern!r}: {e}", path) from e
 

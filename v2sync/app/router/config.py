@@ -410,7 +410,7 @@ def _check_regex(value: str, path: str, shown: str) -> None:
         compile_regex(value)
     except re.error as e:
         raise ConfigError(f"invalid regexp in {shown!r}: {e}", path,
-                          expected="expected a regular expression (Python re syntax)") from e
+                          expected="expected a regular expression (Go RE2 syntax, as v2ray)") from e
 
 
 def _split_external(text: str, prefix: str, path: str) -> Tuple[str, str]:

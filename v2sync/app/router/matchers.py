@@ -21,12 +21,12 @@ from __future__ import annotations
 import bisect
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Pattern, Set, Tuple
 
 from v2sync.common.errors import ConfigError
 from v2sync.common.net import Address, AddressKind
+from v2sync.common.regexp import compile_go
 
 IPV4_BITS = 32
 IPV6_BITS = 128
@@ -47,14 +47,15 @@ _KIND_PREFIX = {DomainKind.PLAIN: "keyword:", DomainKind.REGEX: "regexp:",
 
 
 def compile_regex(pattern: str) -> Pattern[str]:
-    """Compile a ``regexp:`` pattern with Python's ``re``.
+    """Compile a ``regexp:`` pattern in Go's RE2 syntax, as 4.34 does (``regexp.Compile``).
 
-    4.34 uses Go's RE2 syntax. The common subset (classes, anchors, ``(?i)``, ``{m,n}``) means
-    the same in both; Go-only forms (``\\z``, ``\\pL``, ``[[:alpha:]]``) fail to compile here
-    and surface as config errors, and ``re`` features RE2 lacks (backreferences, lookaround)
-    are accepted although v2ray would refuse them.
+    ``v2sync.common.regexp.compile_go`` translates it for Python's ``re``, so ``[[:alpha:]]``,
+    ``\\z``, ``x{,2}`` and ``$`` mean what they mean to v2ray; patterns Go refuses
+    (lookaround, backreferences, ``\\Z``) and the few Go accepts but v2sync cannot express
+    exactly (``\\pL``, ``\\p{Greek}``) raise ``re.error``, which callers turn into config errors.
+    Use ``.search``: a rule matches anywhere in the domain, as Go's ``MatchString``.
     """
-    return re.compile(pattern)
+    return compile_go(pattern)
 
 
 @dataclass(frozen=True)
