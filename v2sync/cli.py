@@ -1,6 +1,6 @@
 """The ``v2sync`` command line (v2ray ``main/main.go`` + ``v2ctl uuid``).
 
-    v2sync run [-c FILE]... [--confdir DIR]   # no -c: the embedded default config
+    v2sync run [-c FILE]... [--confdir DIR]   # no -c: ./config.json, else the embedded default
     v2sync run LINK... | --subscription FILE   # a local SOCKS5 + HTTP proxy to those servers
     v2sync test -c FILE                        # "Configuration OK." or every error, exit 23
     v2sync link import LINK... | export -c FILE [--host NAME] [--qr]
@@ -90,7 +90,7 @@ def _add_link_command(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="v2sync", description="A V2Ray-compatible proxy in Python.")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run with the given config (default: the embedded one), "
+    run = sub.add_parser("run", help="run with the given config (default: ./config.json, else the embedded one), "
                                      "or as a local proxy to the servers of share links")
     _add_config_args(run)
     _add_link_args(run)
