@@ -1,11 +1,13 @@
 """Where the config comes from, as 4.34's main.go looks for it, run against v2ray 4.34 and
 ``python -m v2sync`` on the same files: ``-confdir`` or the environment's confdir after the
 ``-config`` files, the working directory's config.json, the environment's config.json, and
-stdin. Also the v2ray flags v2sync takes (``-format json``, ``--test``)."""
+stdin. Also the v2ray flags v2sync takes (``-format json``, ``--test``), and a listen address
+of 0.0.0.0 serving IPv6 as Go's does."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from support.peers import free_port
-from support.procs import REPO_ROOT, find_v2ray
+from support.procs import REPO_ROOT, V2RayProcess, V2SyncProcess, find_v2ray
 
 TIMEOUT = 30.0
 OK_EXIT = 0
@@ -97,3 +99,16 @@ def test_an_allocation_without_strategy_is_refused_as_4_34_refuses_it(tmp_path: 
     doc = good(free_port())
     doc["inbounds"][0]["allocate"] = {}
     assert both_test(["-config", str(write(tmp_path / "c.json", doc))], tmp_path) == (False, False)
+
+
+def test_listen_0_0_0_0_takes_ipv6_too_as_4_34(v2ray_bin: str) -> None:
+    """Go listens on [::] for 0.0.0.0 (dual-stack): a client of ::1 is served by both."""
+    for process_class in (V2SyncProcess, V2RayProcess):
+        port = free_port()
+        config = good(port)
+        config["inbounds"][0]["listen"] = "0.0.0.0"
+        with process_class(config), \
+                socket.create_connection(("::1", port), timeout=TIMEOUT) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.sendall(b"\x05\x01\x00")
+            assert sock.recv(2) == b"\x05\x00", process_class.__name__

@@ -6,9 +6,11 @@ the option at all is refused when the config is built (``config.build_sockopt``)
 """
 from __future__ import annotations
 
+import functools
 import socket
 
 from v2sync.common.errors import TransportError
+from v2sync.common.net import ANY_IPV6, Address
 from v2sync.transport.internet.config import SockoptSettings
 
 # Linux values; CPython exports TCP_FASTOPEN but not TCP_FASTOPEN_CONNECT (Linux >= 4.11).
@@ -45,3 +47,24 @@ def _set(sock: socket.socket, level: int, name: int, value: int, what: str) -> N
         sock.setsockopt(level, name, value)
     except OSError as e:
         raise TransportError(f"failed to set {what}={value}: {e.strerror or e}") from e
+
+
+ANY_IPV4_TEXT = "0.0.0.0"
+
+
+def dual_stack(address: Address) -> Address:
+    """``0.0.0.0`` as Go listens on it: on ``[::]``, taking IPv4 and IPv6 alike (its net
+    package opens every wildcard address so), where the host has IPv6; else as given."""
+    if address.value != ANY_IPV4_TEXT or not _has_ipv6():
+        return address
+    return ANY_IPV6
+
+
+@functools.lru_cache(maxsize=1)
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::", 0))
+        return True
+    except OSError:
+        return False

@@ -18,7 +18,7 @@ from v2sync.transport.internet.config import SockoptSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake
 from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
 from v2sync.transport.internet.hub import Listening, Transport
-from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound
+from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound, dual_stack
 from v2sync.transport.internet.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,9 @@ def _family(address: Address) -> socket.AddressFamily:
 
 
 NO_SOCKOPT = SockoptSettings()
-
-
 def bind_tcp(address: Address, port: int, opt: SockoptSettings = NO_SOCKOPT) -> socket.socket:
+    if opt.tproxy == "off":  # a transparent listener keeps its family (SO_ORIGINAL_DST)
+        address = dual_stack(address)
     sock = socket.socket(_family(address), socket.SOCK_STREAM)
     try:
         apply_inbound(sock, opt)

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.transport.internet.sockopt import dual_stack
 
 MAX_DATAGRAM = 65535
 # The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
@@ -23,6 +24,8 @@ def _family(address: Address) -> socket.AddressFamily:
 def bind_udp(address: Address, port: int, mark: int = 0,
              transparent: bool = False) -> socket.socket:
     """``transparent``: IP_TRANSPARENT (sockopt.tproxy), so TPROXY'd datagrams arrive."""
+    if not transparent:
+        address = dual_stack(address)  # 0.0.0.0 takes IPv6 too, as in Go
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     try:
         if address.kind is AddressKind.IPV6 and address.value == "::":
