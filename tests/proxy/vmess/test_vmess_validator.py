@@ -116,6 +116,34 @@ def test_legacy_replay_taints_the_auth_value() -> None:
                                  table, sessions) is not None
 
 
+# Where a legacy header is cut before its client stops: in its padding or checksum the auth
+# value burns (server.go BurnTaintFuse); inside the 38 fixed bytes or its address it does not.
+# The 3 padding bytes and 4 checksum bytes end the header.
+@pytest.mark.parametrize("cut_before_end, burnt", [(1, True), (4, True), (7, True),
+                                                   (8, False), (30, False)])
+def test_a_legacy_header_cut_in_its_padding_or_checksum_burns_its_auth(cut_before_end: int,
+                                                                       burnt: bool) -> None:
+    table, sessions = server(ALICE)
+    wire = legacy_request(ALICE)
+    decoder = RequestHeaderDecoder(table, sessions)
+    assert decoder.decode(wire[:-cut_before_end]) is None
+    decoder.truncated(wire[:-cut_before_end])
+    if burnt:
+        with pytest.raises(DrainRequired, match="tainted"):
+            decode_request_header(legacy_request(ALICE, key=b"N" * 16), table, sessions)
+    else:
+        assert decode_request_header(legacy_request(ALICE, key=b"N" * 16), table, sessions)
+
+
+def test_a_cut_aead_header_burns_nothing() -> None:
+    table, sessions = server(ALICE)
+    wire = aead_request(ALICE)
+    decoder = RequestHeaderDecoder(table, sessions)
+    assert decoder.decode(wire[:-1]) is None
+    decoder.truncated(wire[:-1])
+    assert decode_request_header(wire, table, sessions) is not None
+
+
 @pytest.mark.parametrize("t,accepted", [(NOW - 120, True), (NOW + 120, True),
                                         (NOW - 121, False), (NOW + 121, False), (-5, False)])
 def test_aead_time_window(t: int, accepted: bool) -> None:

@@ -25,7 +25,7 @@ def _user(raw: Any, path: str, default_alter: int = 0, default_level: int = 0) -
     return VMessUser(
         uuid=uuid,
         alter_id=get_uint(entry, "alterId", path, default_alter, maximum=MAX_UINT16),
-        level=get_uint(entry, "level", path, default_level, maximum=MAX_UINT8),
+        level=get_uint(entry, "level", path, default_level),  # protocol.User: a uint32
         email=get_str(entry, "email", path),
         security=security,
     )
@@ -54,8 +54,20 @@ class VMessInboundConfig:
         alter = get_uint(default, "alterId", join_path(path, "default"), maximum=MAX_UINT16)
         level = get_uint(default, "level", join_path(path, "default"), maximum=MAX_UINT8)
         users = tuple(_user(raw, p) for raw, p in get_items(settings, "clients", path))
+        _refuse_repeated_emails(users, path)
         return cls(users, alter, level,
                    get_bool(settings, "disableInsecureEncryption", path))
+
+
+def _refuse_repeated_emails(users: Tuple[VMessUser, ...], path: str) -> None:
+    """inbound.go adds each client through AddUser, which refuses an email (not empty) that
+    another user has, whatever its case."""
+    seen = set()
+    for index, user in enumerate(users):
+        if user.email and user.email.lower() in seen:
+            raise ConfigError(f"User {user.email} already exists.",
+                              join_path(path, f"clients[{index}].email"))
+        seen.add(user.email.lower())
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,18 @@ def parse_command_section(buf: bytes) -> Optional[Tuple[CommandSection, int]]:
     return section, cur.pos
 
 
+def address_complete(buf: bytes) -> bool:
+    """Whether a decrypted command section holds its whole address (what remains is its
+    padding and checksum)."""
+    cur = Cursor(buf)
+    try:
+        cur.take(1 + 2 * KEY_SIZE + 4)
+        _read_address(cur, cur.u8())
+    except NeedMore:
+        return False
+    return True
+
+
 def legacy_auth(uuid: bytes, timestamp: int) -> bytes:
     """The 16-byte legacy auth: HMAC-MD5 keyed with the ID of a big-endian uint64 time."""
     return hmac.new(uuid, _U64.pack(timestamp), hashlib.md5).digest()

@@ -15,7 +15,7 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import ConfigError, UserNotFound
+from v2sync.common.errors import ConfigError, HandshakeClosed, HandshakeTimeout, UserNotFound
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -77,6 +77,9 @@ class VMessInbound:
             server = yield from reader.parse_steps(decoder.decode)
         except DrainRequired as e:
             yield from drain(conn, deadline, e.drain_size - len(reader.buf))
+            raise
+        except (HandshakeClosed, HandshakeTimeout):
+            decoder.truncated(reader.buf)
             raise
         session.user_email = server.user.email
         session.user_level = server.user.level

@@ -9,6 +9,7 @@ ChunkStream always, plus ChunkMasking for gcm/chacha/none and GlobalPadding for 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import List, Optional
@@ -58,7 +59,8 @@ class VMessOutbound:
         try:
             user = random.choice(server.users)
             header = _request_header(session, user)
-            yield from self._relay(session, conn, link, ClientSession(user), header, user.level)
+            client = ClientSession(user, is_aead=False if AEAD_DISABLED else None)
+            yield from self._relay(session, conn, link, client, header, user.level)
         finally:
             conn.close()
 
@@ -139,11 +141,25 @@ class VMessOutbound:
             buf += data
 
 
+def env_flag(name: str) -> Optional[str]:
+    """4.34's ``platform.NewEnvFlag``: the dotted name, else its upper-case underscored twin."""
+    for key in (name, name.upper().replace(".", "_")):
+        if key in os.environ:
+            return os.environ[key]
+    return None
+
+
+# outbound.go reads these once, at start: any value of the first forces global padding
+# (where chunk masking is on); "true" in the second sends the legacy header for alterId 0.
+PADDING_FORCED = env_flag("v2ray.vmess.padding") is not None
+AEAD_DISABLED = env_flag("v2ray.vmess.aead.disabled") == "true"
+
+
 def _request_header(session: Session, user: VMessUser) -> RequestHeader:
     security = resolve_security(user.security)
     target = session.destination()
-    return RequestHeader(command_for(target), security, client_options(security),
-                         target.address, target.port)
+    return RequestHeader(command_for(target), security,
+                         client_options(security, PADDING_FORCED), target.address, target.port)
 
 
 def _stock_spare(client: ClientSession) -> None:

@@ -23,7 +23,8 @@ from v2sync.common.crypto.stream import AesBlock
 from v2sync.common.errors import AuthenticationError, RemoteProtocolError
 from v2sync.proxy.vmess import aead
 from v2sync.proxy.vmess.encoding import (
-    CommandSection, ServerSession, legacy_section_cipher, parse_command_section)
+    CommandSection, ServerSession, address_complete, legacy_section_cipher,
+    parse_command_section)
 from v2sync.proxy.vmess.ids import Security, VMessID, VMessUser
 
 Clock = Callable[[], float]
@@ -395,6 +396,17 @@ class RequestHeaderDecoder:
         if parsed is None:
             return None
         return self._finish(parsed[0], AUTH_SIZE + parsed[1], auth)
+
+    def truncated(self, buf: bytes) -> None:
+        """The client stopped (closed, or went silent past the deadline) inside its header.
+        A legacy header cut in its padding or checksum has its auth value burnt, as
+        server.go's BurnTaintFuse does there, so no other connection can finish it; one cut
+        earlier, or an AEAD one, burns nothing, as in 4.34."""
+        if self._user is None or self._legacy_time is None:
+            return
+        cipher = legacy_section_cipher(self._user.id.cmd_key, self._legacy_time, encrypt=False)
+        if address_complete(cipher.update(bytes(buf[AUTH_SIZE:AUTH_SIZE + MAX_SECTION_SIZE]))):
+            self._table.burn_taint(bytes(buf[:AUTH_SIZE]))
 
     def _reject_legacy(self, auth: bytes, message: str) -> DrainRequired:
         self._table.burn_taint(auth)
