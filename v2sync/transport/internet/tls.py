@@ -164,8 +164,8 @@ class ServerTls:
         for pair in pairs:
             context = _server_context(settings, pair, alpn)
             contexts.append(context)
-            for name in _dns_names(pair.certificate):
-                self._by_name.setdefault(name.lower(), context)
+            for name in _names(pair.certificate):
+                self._by_name[name.lower()] = context  # a later certificate wins, as in Go
         self.context = contexts[0]  # Go: the first certificate when no name matches
         # Always called: it records the name the client asked for (fallbacks select on it).
         self.context.sni_callback = self._pick
@@ -466,11 +466,17 @@ def _load_pair(context: ssl.SSLContext, pair: CertificateEntry) -> None:
         os.unlink(path)
 
 
-def _dns_names(pem: bytes) -> List[str]:
+def _names(pem: bytes) -> List[str]:
+    """The names SNI picks a certificate by, as Go's ``BuildNameToCertificate`` indexes
+    it: its subject's common name, then its DNS subjectAltNames."""
     from cryptography import x509
     try:
         cert = x509.load_pem_x509_certificate(pem)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        return sans.value.get_values_for_type(x509.DNSName)
-    except (ValueError, x509.ExtensionNotFound):
+    except ValueError:
         return []
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return names
+    return names + sans.value.get_values_for_type(x509.DNSName)
