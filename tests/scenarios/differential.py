@@ -68,9 +68,9 @@ def asset_env(assets: Path) -> Dict[str, str]:
 class TagSink(TcpEchoServer):
     """Writes ``<tag>\\n`` on accept; whatever the client then sends is echoed."""
 
-    def __init__(self, tag: str):
-        super().__init__(send_first=tag.encode() + b"\n", max_connections=SINK_CONNECTIONS,
-                         timeout=ANSWER_TIMEOUT)
+    def __init__(self, tag: str, host: str = "127.0.0.1"):
+        super().__init__(host=host, send_first=tag.encode() + b"\n",
+                         max_connections=SINK_CONNECTIONS, timeout=ANSWER_TIMEOUT)
         self.tag = tag
 
 

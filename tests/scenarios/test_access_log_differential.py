@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+import pytest
 import socks
 
 from support.peers import TcpEchoServer, UdpEchoServer, free_port
@@ -99,3 +100,64 @@ def test_access_lines_as_4_34_writes_them(v2ray_bin: str, tmp_path: Path) -> Non
         theirs = access_lines(V2RayProcess, tmp_path, echo.port, udp_echo.port)
     assert ours == theirs
     assert len(ours) == 6
+
+
+# Refused clients get a "rejected" line (source, two spaces, the reason), as 4.34's SOCKS,
+# VMess and Shadowsocks servers write one; the reasons are each program's own words.
+_REJECTED = re.compile(r"^(\S+) rejected  \S")
+
+
+def rejecting_config(ports: Dict[str, int], access: Path) -> Dict[str, Any]:
+    def inbound(tag: str, protocol: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+        return {"tag": tag, "protocol": protocol, "listen": "127.0.0.1", "port": ports[tag],
+                "settings": settings}
+    return {"log": {"loglevel": "warning", "access": str(access)},
+            "inbounds": [
+                inbound("socks-pw", "socks", {"auth": "password",
+                                              "accounts": [{"user": "u", "pass": "p"}]}),
+                inbound("vmess-in", "vmess", {"clients": [
+                    {"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]}),
+                inbound("ss-in", "shadowsocks", {"method": "aes-128-gcm", "password": "pw"})],
+            "outbounds": [{"protocol": "freedom"}]}
+
+
+def refused(ports: Dict[str, int]) -> None:
+    with socks.create_connection(("127.0.0.1", 9), proxy_type=socks.SOCKS5,
+                                 proxy_addr="127.0.0.1", proxy_port=ports["socks-pw"],
+                                 proxy_username="u", proxy_password="wrong",
+                                 timeout=IO_TIMEOUT):
+        pass
+
+
+def garbage(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.sendall(bytes(range(256)) * 4)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(IO_TIMEOUT)
+        while sock.recv(4096):
+            pass
+
+
+def rejected_sources(process_class: Any, tmp_path: Path) -> List[str]:
+    ports = {tag: free_port() for tag in ("socks-pw", "vmess-in", "ss-in")}
+    access = tmp_path / f"rejected-{process_class.__name__}.log"
+    with process_class(rejecting_config(ports, access)):
+        with pytest.raises(socks.ProxyError):
+            refused(ports)
+        garbage(ports["vmess-in"])
+        garbage(ports["ss-in"])
+        deadline = time.monotonic() + LOG_WAIT
+        while len(_read(access)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = access.read_text().splitlines() if access.exists() else []
+    found = [_REJECTED.match(m.group(1)) for m in map(_LINE.match, lines) if m]
+    return [_SOURCE_PORT.sub(r"\1<port>", m.group(1)) for m in found if m]
+
+
+_SOURCE_PORT = re.compile(r"(127\.0\.0\.1:)\d+")
+
+
+def test_rejected_lines_as_4_34_writes_them(v2ray_bin: str, tmp_path: Path) -> None:
+    ours = rejected_sources(V2SyncProcess, tmp_path)
+    assert ours == rejected_sources(V2RayProcess, tmp_path)
+    assert ours == ["tcp:127.0.0.1:<port>", "127.0.0.1:<port>", "127.0.0.1:<port>"]

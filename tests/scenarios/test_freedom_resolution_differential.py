@@ -50,3 +50,18 @@ def test_freedom_dials_names_as_4_34(case: str, v2ray_bin: str, tmp_path) -> Non
             request = Request("socks-in", NAME, sink.port)
             answers = pair.route(request)
     assert answers == (SYSTEM, SYSTEM), describe(request, answers, pair)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", " 127.0.0.2"])
+def test_redirect_hosts_as_4_34(host: str, v2ray_bin: str, tmp_path) -> None:
+    """freedom.go keeps the original host for a redirect to 0.0.0.0 (isValidAddress refuses
+    AnyIP), and ParseAddress trims the space around an IP: both reach the sink listening on
+    the original host, 127.0.0.2, at the redirect's port."""
+    with TagSink("original-host", host="127.0.0.2") as sink:
+        redirect = {"tag": "direct", "protocol": "freedom",
+                    "settings": {"redirect": f"{host}:{sink.port}"}}
+        with RoutedPair(INBOUNDS, [], {"rules": []}, assets=asset_dir(tmp_path),
+                        extra_outbounds=[redirect], v2ray_bin=v2ray_bin) as pair:
+            request = Request("socks-in", "127.0.0.2", 9)
+            answers = pair.route(request)
+    assert answers == ("original-host", "original-host"), describe(request, answers, pair)

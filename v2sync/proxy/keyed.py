@@ -51,6 +51,9 @@ Serve = Callable[[], object]  # returns steps (a generator) to run, or None when
 class KeyedInbound:
     """The inbound half; also the ``UserManager`` the API calls."""
 
+    # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
+    logs_rejected = True
+
     label = ""             # the protocol's name in messages, and its API accounts' kind
     probe_size = 0         # bytes the first read needs before the key can be judged
     # Whether the first read is judged even without fallbacks (Trojan's server.go does;

@@ -22,6 +22,12 @@ class AccessLog:
             self._log.info("%s accepted %s%s", _source(session), target, _suffix(session))
 
 
+    def rejected(self, session: Session, reason: str) -> None:
+        """4.34's line for a client its inbound refused: no target (hence two spaces)."""
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info("%s rejected  %s", _source(session), reason)
+
+
 def _source(session: Session) -> str:
     return str(session.source) if session.source_with_network else session.source.host_port()
 

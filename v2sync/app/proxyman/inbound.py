@@ -17,6 +17,7 @@ import types
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from v2sync.app.log.access import AccessLog
 from v2sync.app.stats.manager import Counter
 from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
                                   V2SyncError)
@@ -51,6 +52,7 @@ class InboundHandler:
         self.proxy = proxy
         self.dispatcher = dispatcher
         self.workers = workers
+        self.access_log = AccessLog()
         # No "listen": all interfaces; "::" with V6ONLY off also serves IPv4.
         self.address = Address.parse(config.listen) if config.listen else ANY_IPV6
         # The transport (TLS, WebSocket, ...) handshake runs under the level-0 handshake
@@ -148,11 +150,13 @@ class InboundHandler:
             self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
         upgraded = None
         handed_off = False
+        in_proxy = False  # a failure past the transport is the proxy's: an access line
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For
             # 4.34 counts above TLS/WebSocket, the proxy protocol's bytes (worker.go).
             upgraded = counted(upgraded, *self.counters)
+            in_proxy = True
             serve = yield from self.proxy.handshake(session, upgraded, self.dispatcher)
             if serve is None:
                 return None  # the proxy is done (the client left before asking anything)
@@ -161,6 +165,8 @@ class InboundHandler:
         except V2SyncError as e:
             self.handshake_failures.add(1)
             self._report(session, conn, e)
+            if in_proxy and getattr(self.proxy, "logs_rejected", False):
+                self.access_log.rejected(session, str(e))
             return None
         finally:
             if not handed_off:

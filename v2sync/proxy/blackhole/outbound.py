@@ -1,16 +1,25 @@
 """The blackhole outbound (v2ray ``proxy/blackhole``): drop the connection.
 
-With ``response: {type: "http"}`` it first answers with 4.34's exact 403 bytes. v2ray then
-sleeps a second and interrupts the pipe (which could still drop the 403); here the 403 is
-queued and the pipe closed gracefully, so the client always receives it, then EOF.
+With ``response: {type: "http"}`` it first answers with 4.34's exact 403 bytes, then, as
+4.34 sleeps a second before it ends the link, holds the link a second while what the client
+sends is read and dropped: the close then comes a second after the 403, cleanly (a close
+with the client's bytes unread would be a reset, which can lose the 403), and UDP datagrams
+meanwhile are swallowed, as in 4.34. The pipe is then closed gracefully: the 403, then EOF.
 """
 from __future__ import annotations
 
+import time
+
+from v2sync.common.errors import TransportError
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
+from v2sync.common.task import outside_slot
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF, ReadTimeout
+
+HOLD_AFTER_RESPONSE = 1.0  # blackhole.go: time.Sleep(time.Second) after the response
 
 # blackhole/config.go writes it as a Go raw string: bare LF line ends and two blank lines at
 # the end (compared live in tests/scenarios/test_inbound_replies_differential.py).
@@ -28,5 +37,24 @@ class BlackholeOutbound:
     def process(self, session: Session, link: Link) -> None:
         if self.settings.response_type == "http":
             link.writer.write(HTTP_403)
+            _drop_for(link, HOLD_AFTER_RESPONSE)
             return  # the handler closes the downlink: 403, then EOF
         link.writer.interrupt()
+
+
+def _drop_for(link: Link, seconds: float) -> None:
+    """Read and drop what the client sends for ``seconds`` (blackhole.go's sleep)."""
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if link.reader.read(timeout=remaining) is EOF:
+                # The client is done; the wait holds no run slot (common.task).
+                outside_slot(time.sleep, max(deadline - time.monotonic(), 0.0))
+                return
+    except ReadTimeout:
+        return
+    except TransportError:
+        return  # interrupted: the connection is being torn down

@@ -12,7 +12,7 @@ import threading
 from typing import Optional, Sequence
 
 from v2sync.common.errors import TransportError
-from v2sync.common.net import Address, Destination, Network
+from v2sync.common.net import ANY_IPV4, Address, Destination, Network, go_address
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -61,11 +61,15 @@ class FreedomOutbound:
             conn.close()
 
     def _redirected(self, dest: Destination) -> Destination:
-        """Apply ``redirect``: an empty host keeps the original host, port 0 keeps the port."""
+        """Apply ``redirect``: an empty host, or 0.0.0.0 (freedom.go's isValidAddress
+        refuses AnyIP), keeps the original host; port 0 keeps the port. The host is read
+        as Go's ParseAddress reads it."""
         if self.settings.redirect is None:
             return dest
         host, port = self.settings.redirect
-        address = Address.parse(host) if host else dest.address
+        address = go_address(host) if host else ANY_IPV4
+        if address == ANY_IPV4:
+            address = dest.address
         return Destination(address, port or dest.port, dest.network)
 
     def _lookup(self, session: Session, dest: Destination) -> Optional[Lookup]:

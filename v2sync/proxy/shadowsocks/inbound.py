@@ -67,6 +67,8 @@ def drain_parameters(key: bytes) -> Tuple[int, int]:
 
 @INBOUNDS.register("shadowsocks")
 class ShadowsocksInbound:
+    # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
+    logs_rejected = True
     config_type = ShadowsocksServerConfig
 
     def __init__(self, settings: ShadowsocksServerConfig, ctx: ProxyContext, handler_config):

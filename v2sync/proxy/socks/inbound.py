@@ -36,6 +36,8 @@ _TCP_COMMANDS = (enc.Command.CONNECT, enc.Command.TOR_RESOLVE, enc.Command.TOR_R
 
 @INBOUNDS.register("socks")
 class SocksInbound:
+    # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
+    logs_rejected = True
     config_type = SocksServerConfig
 
     def __init__(self, settings: SocksServerConfig, ctx: ProxyContext, handler_config):
@@ -52,6 +54,7 @@ class SocksInbound:
                   dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """The greeting, auth and request (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
+        session.source_with_network = True  # socks/server.go logs inbound.Source
         deadline = time.monotonic() + self.policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
         try:
@@ -97,7 +100,6 @@ class SocksInbound:
             # (socks/protocol.go in 4.34: request.User = MemoryUser{Email: username}).
             session.user_email, session.email_in_access_log = auth.username, False
         request = yield from reader.parse_steps(enc.parse_request)
-        session.source_with_network = True  # socks/server.go logs inbound.Source
         return self._answer_request(request, conn)
 
     def _check_password(self, auth: enc.PasswordAuth, conn: Connection) -> None:

@@ -40,6 +40,8 @@ MAX_HEADER_BYTES = 4096
 
 @INBOUNDS.register("vmess")
 class VMessInbound:
+    # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
+    logs_rejected = True
     config_type = VMessInboundConfig
 
     def __init__(self, settings: VMessInboundConfig, ctx: ProxyContext, handler_config):
