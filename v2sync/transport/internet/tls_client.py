@@ -76,18 +76,7 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
     if settings.allow_insecure:
         context.set_verify(SSL.VERIFY_NONE)
     else:
-        context.set_verify(SSL.VERIFY_PEER)
-        if not settings.disable_system_root:
-            context.set_default_verify_paths()
-        store = context.get_cert_store()
-        if store is None:  # pyOpenSSL types it Optional; a new context always has one
-            raise TransportError("tls: this OpenSSL context has no certificate store")
-        for entry in settings.certificates:
-            for cert in _pem_certificates(entry.certificate):
-                store.add_cert(crypto.X509.from_cryptography(cert))
-        # Go puts every listed certificate in RootCAs, where any one anchors a chain: an
-        # intermediate, or the server's own certificate, trusts what it signs or is.
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        _trust(context, settings)
     if not settings.enable_session_resumption:  # Go's SessionTicketsDisabled: no ticket ext
         context.set_options(SSL.OP_NO_TICKET)
     context.set_cipher_list(TLS12_SUITES)
@@ -97,6 +86,22 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
     if _lib.SSL_CTX_set_ciphersuites(context._context, TLS13_SUITES) != 1:
         raise TransportError(f"tls: this OpenSSL refuses the suites {TLS13_SUITES.decode()}")
     return context
+
+
+def _trust(context: SSL.Context, settings: TlsSettings) -> None:
+    """Verify the server against the system's roots (unless ``disableSystemRoot``) and every
+    listed certificate. Go puts each listed one in RootCAs, where any anchors a chain: an
+    intermediate, or the server's own certificate, trusts what it signs or is."""
+    context.set_verify(SSL.VERIFY_PEER)
+    if not settings.disable_system_root:
+        context.set_default_verify_paths()
+    store = context.get_cert_store()
+    if store is None:  # pyOpenSSL types it Optional; a new context always has one
+        raise TransportError("tls: this OpenSSL context has no certificate store")
+    for entry in settings.certificates:
+        for cert in _pem_certificates(entry.certificate):
+            store.add_cert(crypto.X509.from_cryptography(cert))
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
 
 
 def _pem_certificates(pem: bytes) -> List[x509.Certificate]:
