@@ -32,6 +32,7 @@ from scenarios.vmess_helpers import (STRANGER_ID, USER_ID, RawVMessClient, tcp_r
 from support.peers import XOR_C, TcpEchoServer, xor_bytes
 from support.resources import snapshot, wait_for_snapshot
 
+from v2sync.app.log.access import ACCESS_LOGGER
 from v2sync.core import Instance
 from v2sync.proxy.vmess.ids import Security, VMessUser, format_uuid, random_uuid_bytes
 from v2sync.proxy.vmess.validator import RequestHeaderDecoder, SessionHistory, UserTable
@@ -115,11 +116,14 @@ def probe(port: int, data: bytes) -> Probe:
         return Probe(source_port, received, time.monotonic() - started)
 
 
-def records_about(caplog: pytest.LogCaptureFixture, source_port: int) -> List[logging.LogRecord]:
-    """v2sync's INFO-or-louder records that name the connection from ``source_port``."""
+def records_about(caplog: pytest.LogCaptureFixture, source_port: int,
+                  logger: str = "v2sync") -> List[logging.LogRecord]:
+    """v2sync's INFO-or-louder records that name the connection from ``source_port``: the
+    error log's by default (the access log, ``v2sync.access``, is asked for by name)."""
     marker = f"127.0.0.1:{source_port}"
     return [r for r in caplog.records
-            if r.name.startswith("v2sync") and r.levelno >= logging.INFO and marker in r.getMessage()]
+            if r.name.startswith(logger) and (r.name == ACCESS_LOGGER) == (logger == ACCESS_LOGGER)
+            and r.levelno >= logging.INFO and marker in r.getMessage()]
 
 
 def assert_rejected(result: Probe, caplog: pytest.LogCaptureFixture, reason: str) -> None:
@@ -128,6 +132,8 @@ def assert_rejected(result: Probe, caplog: pytest.LogCaptureFixture, reason: str
     logged = records_about(caplog, result.port)
     assert len(logged) == 1, [r.getMessage() for r in logged]
     assert reason in logged[0].getMessage().lower(), logged[0].getMessage()
+    access = records_about(caplog, result.port, ACCESS_LOGGER)  # 4.34's "rejected" line
+    assert [" rejected  " in r.getMessage() for r in access] == [True], access
 
 
 # -- the bad peers ----------------------------------------------------------------------------
