@@ -19,6 +19,7 @@ from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess
 
 WS_PATH = "/ws"
 IO_TIMEOUT = 8.0
+MAX_READS = 64  # an answer is a few hundred bytes
 MASK = b"\x01\x02\x03\x04"
 UPGRADE = (f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -139,7 +140,9 @@ def head_answer(port: int, data: bytes) -> bytes:
         sock.settimeout(IO_TIMEOUT)
         sock.sendall(data)
         got = b""
-        while not (b"HTTP/1.1 101 " in got and got.endswith(b"\r\n\r\n")):
+        for _ in range(MAX_READS):
+            if b"HTTP/1.1 101 " in got and got.endswith(b"\r\n\r\n"):
+                break
             try:
                 chunk = sock.recv(4096)
             except ConnectionResetError:

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from v2sync.app.dns import wire
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError, TransportError
+from v2sync.transport.internet.resolve import of_families
 from v2sync.common.net import Address, AddressKind
 from v2sync.common.task import outside_slot
 
@@ -266,7 +267,4 @@ class LocalNameServer:
         except (OSError, UnicodeError) as e:
             raise TransportError(f"system resolver: {domain}: {e}") from e
         found = dict.fromkeys(Address.parse(str(info[4][0]).split("%")[0]) for info in infos)
-        wanted = [a for a in found if (a.kind is AddressKind.IPV4 and want_ipv4)
-                  or (a.kind is AddressKind.IPV6 and want_ipv6)]
-        wanted.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable: IPv4 first
-        return tuple(wanted)
+        return of_families(found, want_ipv4, want_ipv6)

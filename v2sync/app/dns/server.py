@@ -32,7 +32,8 @@ from v2sync.app.dns.client import (QUERY_ATTEMPTS, QUERY_TIMEOUT, Answer, Dial, 
 from v2sync.app.dns.config import DnsConfig, HostMapping, NameServerConfig
 from v2sync.app.dns.matcher import DOMAIN, REGEXP, DomainMatcherGroup, DomainRule
 from v2sync.common.errors import TransportError
-from v2sync.common.net import Address, AddressKind
+from v2sync.transport.internet.resolve import of_families
+from v2sync.common.net import Address
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +265,7 @@ def _strategy(strategy: str) -> Tuple[bool, bool]:
 
 def _of_families(found: Sequence[Address], want_ipv4: bool, want_ipv6: bool,
                  name: str) -> List[Address]:
-    kept = [a for a in found if (a.kind is AddressKind.IPV4 and want_ipv4)
-            or (a.kind is AddressKind.IPV6 and want_ipv6)]
+    kept = list(of_families(found, want_ipv4, want_ipv6))
     if not kept:
         raise DnsAnswerError(f"no address of the wanted family for {name}")
-    kept.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable: IPv4 first
     return kept

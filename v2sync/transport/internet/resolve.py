@@ -46,9 +46,16 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     return seen
 
 
+def of_families(addresses: Iterable[Address], want_ipv4: bool,
+                want_ipv6: bool) -> Tuple[Address, ...]:
+    """The IPs of the wanted families, IPv4 first (the order within each kept)."""
+    kept = [a for a in addresses if (a.kind is AddressKind.IPV4 and want_ipv4)
+            or (a.kind is AddressKind.IPV6 and want_ipv6)]
+    kept.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable
+    return tuple(kept)
+
+
 def of_strategy(addresses: Iterable[Address], strategy: str) -> Tuple[Address, ...]:
     """The IPs ``strategy`` dials, IPv4 first (none: the caller resolves again)."""
     kinds = KINDS.get(strategy, KINDS["AsIs"])
-    kept = [a for a in addresses if a.kind in kinds]
-    kept.sort(key=lambda a: a.kind is not AddressKind.IPV4)  # stable
-    return tuple(kept)
+    return of_families(addresses, AddressKind.IPV4 in kinds, AddressKind.IPV6 in kinds)
