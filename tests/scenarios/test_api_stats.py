@@ -72,8 +72,9 @@ def test_counters_and_v2ctl_against_4_34(v2ray_bin: str, tcp_echo: TcpEchoServer
     assert parse_stats(our_calls[1].stdout) == {UP_NAME: 0}
     # An unknown name: the same error text, exit 255.
     assert our_calls[2].returncode == their_calls[2].returncode == 255
-    assert "no>>>such not found." in our_calls[2].stderr + our_calls[2].stdout
-    assert "no>>>such not found." in their_calls[2].stderr + their_calls[2].stdout
+    message = "v2ray.com/core/app/stats/command: no>>>such not found."
+    assert message in their_calls[2].stderr + their_calls[2].stdout
+    assert message in our_calls[2].stderr + our_calls[2].stdout
     _check_sys_stats(our_calls[3].stdout, their_calls[3].stdout)
 
 
@@ -304,3 +305,65 @@ def test_shadowsocks_udp_datagrams_count_on_the_outbound_as_4_34(v2ray_bin: str)
     assert {n: ours[n] for n in names} == {n: theirs[n] for n in names}
     sent = sum(100 + i for i in range(DATAGRAMS))
     assert ours[names[0]] == sent + DATAGRAMS * (16 + 16 + 7)  # salt, tag, IPv4 address
+
+
+def _ss_in_udp_run(process_class, echo) -> Dict[str, int]:
+    """A v2ray 4.34 Shadowsocks client sends UDP to ``process_class``'s Shadowsocks inbound,
+    whose one user has an email."""
+    from ss_helpers import ss_client_config, ss_server_config
+
+    api_port, ss_port, socks_port = ports(3)
+    inbound = ss_server_config(ss_port, "aes-128-gcm")["inbounds"][0]
+    inbound["settings"]["email"] = EMAIL
+    with process_class(api_config(api_port, [inbound])), \
+            V2RayProcess(ss_client_config(socks_port, ss_port, "aes-128-gcm")):
+        _echo_datagrams(socks_port, echo)
+        return settled(api_port, "", lambda s: s.get(
+            "outbound>>>direct>>>traffic>>>downlink", 0) > 0, stable=_exact)
+
+
+def test_shadowsocks_udp_counts_on_its_user_as_4_34(v2ray_bin: str) -> None:
+    """The inbound's user owns its UDP datagrams, as 4.34's handlerUDPPayload sets
+    inbound.User: they count on the user's counters (and a ``user`` rule matches them).
+    v2sync's UDP sessions had no user."""
+    from support.peers import UdpEchoServer
+
+    with UdpEchoServer() as echo:
+        ours = _ss_in_udp_run(V2SyncProcess, echo)
+        theirs = _ss_in_udp_run(V2RayProcess, echo)
+    sent = sum(100 + i for i in range(DATAGRAMS))
+    user = {f"user>>>{EMAIL}>>>traffic>>>{d}": sent for d in ("uplink", "downlink")}
+    assert {k: v for k, v in theirs.items() if k.startswith("user")} == user
+    assert {k: v for k, v in ours.items() if k.startswith("user")} == user
+
+
+def _socks_out_udp_run(process_class, echo, upstream_port: int) -> Dict[str, int]:
+    api_port, socks_port = ports(2)
+    inbound = dict(socks_in(socks_port), settings={"auth": "noauth", "udp": True,
+                                                   "ip": "127.0.0.1"})
+    outbound = {"tag": "so-out", "protocol": "socks", "settings": {"servers": [
+        {"address": "127.0.0.1", "port": upstream_port}]}}
+    with process_class(api_config(api_port, [inbound], outbounds=[outbound])):
+        _echo_datagrams(socks_port, echo)
+        return settled(api_port, "", lambda s: s.get(
+            "outbound>>>so-out>>>traffic>>>downlink", 0) > 0, stable=_exact)
+
+
+def test_socks_outbound_udp_counts_on_the_outbound_as_4_34(v2ray_bin: str) -> None:
+    """The SOCKS client's UDP relay socket counts each datagram whole (its SOCKS header
+    included) on the outbound's counters, with the control connection's handshake, as
+    4.34's dialer wraps it. v2sync counted the handshake only."""
+    from support.peers import UdpEchoServer
+
+    upstream_port, = ports(1)
+    upstream = {"log": {"loglevel": "warning", "access": "none"},
+                "inbounds": [dict(socks_in(upstream_port), settings={
+                    "auth": "noauth", "udp": True, "ip": "127.0.0.1"})],
+                "outbounds": [{"protocol": "freedom", "settings": {}}]}
+    with UdpEchoServer() as echo, V2RayProcess(upstream):
+        ours = _socks_out_udp_run(V2SyncProcess, echo, upstream_port)
+        theirs = _socks_out_udp_run(V2RayProcess, echo, upstream_port)
+    names = ("outbound>>>so-out>>>traffic>>>uplink", "outbound>>>so-out>>>traffic>>>downlink")
+    assert {n: ours[n] for n in names} == {n: theirs[n] for n in names}
+    sent = sum(100 + i for i in range(DATAGRAMS))
+    assert ours[names[0]] > sent + DATAGRAMS * 10  # every datagram, its IPv4 header too

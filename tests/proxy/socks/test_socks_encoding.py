@@ -128,8 +128,9 @@ def test_password_auth_reply(ok, wire):
     assert_decodes(socks.parse_password_auth_reply, wire, socks.PasswordAuthReply(wire[1]))
 
 
-def test_password_auth_reply_wrong_version():
-    assert_garbage(socks.parse_password_auth_reply, b"\x05\x00", None)
+def test_password_auth_reply_version_is_not_read():
+    """4.34's client reads only the status byte: a server answering ``05 00`` is fine."""
+    assert_decodes(socks.parse_password_auth_reply, b"\x05\x00", socks.PasswordAuthReply(0))
 
 
 # -- SOCKS5 request ---------------------------------------------------------------------------
@@ -208,13 +209,20 @@ def test_reply_round_trip(address, port):
 
 
 def test_reply_keeps_unknown_codes():
-    reply, _ = socks.parse_reply(b"\x05\x42\x00\x01\x00\x00\x00\x00\x00\x00")
+    reply, used = socks.parse_reply(b"\x05\x42\x00\x01\x00\x00\x00\x00\x00\x00")
     assert reply.code == 0x42
     assert not reply.succeeded
+    assert used == 3  # a refusal's address is not read, as 4.34's ClientHandshake
 
 
-def test_reply_wrong_version():
-    assert_garbage(socks.parse_reply, b"\x01\x00", None)
+def test_refusal_is_known_by_three_bytes():
+    assert_decodes(socks.parse_reply, b"\x05\x05\x00", socks.Socks5Reply(5, socks.ANY_IPV4, 0))
+
+
+@pytest.mark.parametrize("version", [0, 4, 5])
+def test_reply_version_is_not_read(version):
+    wire = bytes([version]) + socks.encode_reply(Reply.SUCCEEDED, V4, 1080)[1:]
+    assert_decodes(socks.parse_reply, wire, socks.Socks5Reply(Reply.SUCCEEDED, V4, 1080))
 
 
 @pytest.mark.parametrize("address, port", [

@@ -61,7 +61,8 @@ class StatsService:
     def get_stats(self, request: Any) -> Any:
         counter = self.stats.get(request.name)
         if counter is None:
-            raise V2SyncError(f"{request.name} not found.")
+            # newError with the package's path object: Go prefixes the package path.
+            raise V2SyncError(f"v2ray.com/core/app/stats/command: {request.name} not found.")
         value = counter.set(0) if request.reset else counter.value()
         return stats_pb.GetStatsResponse(stat=stats_pb.Stat(name=request.name, value=value))
 

@@ -38,12 +38,12 @@ class _Entry:
 
 class UdpSessionTable:
     def __init__(self, dispatcher: Dispatcher, ctx: ProxyContext, inbound_tag: str, level: int,
-                 email: str = ""):
+                 email: str):
         self.dispatcher = dispatcher
         self.ctx = ctx
         self.inbound_tag = inbound_tag
         self.level = level
-        self.email = email  # the user every session belongs to (Trojan UDP), for routing
+        self.email = email  # every session's user (Trojan, Shadowsocks; '' for SOCKS): routing, stats
         self.policy = ctx.policy.for_level(level)
         self._entries: Dict[Key, _Entry] = {}
         self._lock = threading.Lock()

@@ -129,7 +129,8 @@ class ShadowsocksInbound:
         not decode is dropped and never answered."""
         session.user_email = self.user.email
         session.user_level = self.user.level
-        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, self.user.level)
+        table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, self.user.level,
+                                self.user.email)  # server.go handlerUDPPayload: inbound.User
         try:
             while True:
                 datagram = conn.read()

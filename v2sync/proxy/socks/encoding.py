@@ -258,9 +258,11 @@ def encode_password_auth_reply(ok: bool) -> bytes:
 
 
 def parse_password_auth_reply(buf: bytes) -> Optional[Tuple[PasswordAuthReply, int]]:
+    """VER STATUS. The version is not looked at, as 4.34's ``ClientHandshake`` reads only
+    the status: some servers answer RFC 1929 with version 5."""
     cur = Cursor(buf)
     try:
-        _expect_version(cur.u8(), PASSWORD_AUTH_VERSION, "password auth reply")
+        cur.u8()
         status = cur.u8()
     except NeedMore:
         return None
@@ -309,11 +311,16 @@ def encode_request(command: int, address: Address, port: int) -> bytes:
 
 
 def parse_reply(buf: bytes) -> Optional[Tuple[Socks5Reply, int]]:
+    """VER REP RSV BND.ADDR BND.PORT, read as 4.34's ``ClientHandshake`` reads it: VER is
+    not looked at, and a refusal is known by its first three bytes, its address unread
+    (a server that sends only ``05 05 00`` is refused at once, not waited for)."""
     cur = Cursor(buf)
     try:
-        _expect_version(cur.u8(), SOCKS5_VERSION, "reply")
+        cur.u8()
         code = cur.u8()
         cur.u8()  # RSV
+        if code != Reply.SUCCEEDED:
+            return Socks5Reply(code, ANY_IPV4, 0), cur.pos
         address, port = read_address_port(cur)
     except NeedMore:
         return None

@@ -162,7 +162,7 @@ class SocksInbound:
             table = self._udp_table
             if table is None:
                 table = self._udp_table = UdpSessionTable(handler.dispatcher, self.ctx,
-                                                          handler.tag, self.settings.user_level)
+                                                          handler.tag, self.settings.user_level, "")
         dest = Destination(datagram.address, datagram.port, Network.UDP)
 
         def respond(origin: Destination, payload: bytes) -> None:

@@ -26,6 +26,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import relay_upstream_steps, run_relay
 from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
+from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
@@ -75,6 +76,9 @@ class SocksOutbound:
                    relay: Destination):
         target = session.destination()
         sock = dial_udp(candidates(relay)[0], self.client.source)
+        # Each datagram, its SOCKS header included, counts on the outbound's counters:
+        # 4.34's dialer wraps the relay's UDP connection as it wraps TCP ones.
+        uplink, downlink = (adder(counter) for counter in self.client.counters)
         stopped = threading.Event()
 
         def abort() -> None:
@@ -90,7 +94,8 @@ class SocksOutbound:
                     return
                 timer.update()
                 try:
-                    sock.send(enc.encode_udp_datagram(target.address, target.port, chunk))
+                    uplink(sock.send(enc.encode_udp_datagram(target.address, target.port,
+                                                             chunk)))
                 except OSError as e:
                     log.debug("%s: udp send to %s failed: %s", session.name(), relay, e)
 
@@ -102,6 +107,7 @@ class SocksOutbound:
                     return
                 if stopped.is_set():
                     return
+                downlink(len(data))
                 try:
                     datagram = enc.parse_udp_datagram(data)
                 except RemoteProtocolError as e:
