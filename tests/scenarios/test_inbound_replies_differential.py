@@ -123,6 +123,12 @@ HTTP_PROBES = {
                         b"Proxy-Connection: keep-alive\r\n\r\n", unordered=True, quiet=BLACKHOLE_SECONDS),
     "blackhole-connect": Probe("http-open", b"CONNECT blocked.example:443 HTTP/1.1\r\n"
                                b"Host: blocked.example:443\r\n\r\n", quiet=BLACKHOLE_SECONDS),
+    # A CONNECT not in capitals: Go reads its target as a request URI, which an IP:port is
+    # not (closed unanswered) and a name:port is (tunnelled to the Host header's authority).
+    "connect-lower-ip": Probe("http-open", b"connect 127.0.0.1:{origin} HTTP/1.1\r\n"
+                              b"Host: 127.0.0.1:{origin}\r\n\r\n"),
+    "connect-mixed-name": Probe("http-open", b"Connect other.example:80 HTTP/1.1\r\n"
+                                b"Host: blocked.example:443\r\n\r\n", quiet=BLACKHOLE_SECONDS),
 }
 SOCKS_PROBES = {
     "no-acceptable-method": Probe("socks-pw", GREET),

@@ -67,6 +67,9 @@ class DefaultDispatcher:
 
     def _run_outbound(self, session: Session, link: Link) -> Steps[None]:
         """The outbound's task, as steps: an idle relay reader parks, keeping no thread."""
+        # The access line names the target the inbound asked for, sniffed or not: 4.34's
+        # inbounds write their AccessMessage before the dispatcher sniffs.
+        requested = session.target
         try:
             if _sniffing_enabled(session):
                 self._sniff(session, link)
@@ -82,7 +85,7 @@ class DefaultDispatcher:
             if self.on_routed is not None:
                 self.on_routed(handler.tag)
             if not session.internal:
-                self.access_log.accepted(session)
+                self.access_log.accepted(session, requested)
             yield from handler.dispatch_steps(session, link)
         except V2SyncError as e:  # sniffing met an interrupted pipe, routing failed, ...
             log.info("%s: dispatch failed: %s", session.name(), e)

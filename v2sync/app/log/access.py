@@ -6,7 +6,9 @@ brackets when it has one, and the user's email (``common/log/access.go``).
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
+from v2sync.common.net import Destination
 from v2sync.common.session import Session
 
 ACCESS_LOGGER = "v2sync.access"
@@ -16,10 +18,11 @@ class AccessLog:
     def __init__(self, logger: logging.Logger = logging.getLogger(ACCESS_LOGGER)):
         self._log = logger
 
-    def accepted(self, session: Session) -> None:
+    def accepted(self, session: Session, target: Optional[Destination]) -> None:
+        """``target``: what the inbound asked for (the HTTP inbound's URL where it has one)."""
         if self._log.isEnabledFor(logging.INFO):
-            target = session.access_to or session.target
-            self._log.info("%s accepted %s%s", _source(session), target, _suffix(session))
+            shown = session.access_to or target
+            self._log.info("%s accepted %s%s", _source(session), shown, _suffix(session))
 
 
     def rejected(self, session: Session, reason: str) -> None:

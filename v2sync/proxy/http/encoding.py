@@ -52,6 +52,7 @@ _TARGET = re.compile(r"[\x21-\x7e\x80-\xff]+\Z")
 _STATUS_CODE = re.compile(r"[0-9]{3}\Z")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+_GO_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # url.getScheme's, with its colon
 _ABSOLUTE_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.DOTALL)
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
@@ -376,11 +377,10 @@ def parse_target(head: RequestHead) -> RequestTarget:
     ``*`` form. Garbage raises with no reply: 4.34 closes without one (Go's ``ReadRequest``
     or its ``ParseHost`` fails)."""
     target = head.target
+    if head.method == "CONNECT":
+        return _authority(target)
     if head.method.upper() == "CONNECT":
-        host, port = _split_authority(target)
-        # Without a port, ParseHost's default: 80 (the target has no scheme to say https).
-        return RequestTarget(TargetForm.AUTHORITY, "", host,
-                             DEFAULT_PORTS["http"] if port is None else port, "")
+        return _other_case_connect(head)
     if target.startswith("/"):
         return RequestTarget(TargetForm.ORIGIN, "", "", None, target)
     if target == "*":
@@ -393,6 +393,23 @@ def parse_target(head: RequestHead) -> RequestTarget:
     path = rest.partition("#")[0]
     path = path if path.startswith("/") else "/" + path
     return RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path)
+
+
+def _authority(text: str) -> RequestTarget:
+    host, port = _split_authority(text)
+    # Without a port, ParseHost's default: 80 (the target has no scheme to say https).
+    return RequestTarget(TargetForm.AUTHORITY, "", host,
+                         DEFAULT_PORTS["http"] if port is None else port, "")
+
+
+def _other_case_connect(head: RequestHead) -> RequestTarget:
+    """``connect``, ``Connect``...: Go's ReadRequest takes an authority only after the exact
+    ``CONNECT``, so it reads this target as a request URI. ``127.0.0.1:443`` is none (4.34
+    closes); ``example.com:443`` is scheme ``example.com`` and an opaque ``443``, and 4.34,
+    which compares the method with EqualFold, tunnels to the Host header's authority."""
+    if not _GO_SCHEME.match(head.target):
+        raise RemoteProtocolError(f"invalid URI for request {head.target[:64]!r}")
+    return _authority(head.header("Host") or "")
 
 
 def request_destination(head: RequestHead, target: RequestTarget) -> Optional[Destination]:

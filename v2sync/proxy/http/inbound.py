@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Callable, Optional, Tuple
 
@@ -122,13 +123,16 @@ class HttpInbound:
         if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
             conn.write(enc.response_400())
             raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
-        session.protocol = "http/1.1"  # what 4.34's HTTP inbound reports to protocol rules
         dest = enc.request_destination(head, target)
         if dest is None:
             conn.write(enc.response_400())
             raise RemoteProtocolError("request names no host")
         framing = enc.framing_for_request(head)  # refused before a byte goes upstream
-        return self._forward(session, conn, dispatcher.dispatch(session, dest), reader, head,
+        # 4.34's handlePlainHTTP dispatches with a session content of its own, protocol
+        # "http/1.1": the inbound's sniffing request is not in it, so the request is neither
+        # sniffed nor its target overridden. A later CONNECT keeps the connection's.
+        request = replace(session, protocol="http/1.1", sniffing=None)
+        return self._forward(request, conn, dispatcher.dispatch(request, dest), reader, head,
                              target, framing)
 
     # -- CONNECT -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
+from v2sync.app.log.access import AccessLog
 from v2sync.common.errors import ProtocolError, RemoteProtocolError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
@@ -79,6 +80,7 @@ class ShadowsocksInbound:
         self.account: Account = settings.user.account
         self.policy = ctx.policy.for_level(self.user.level)  # server.go: the user's level
         self._drain_base, self._drain_rand_max = drain_parameters(self.account.key)
+        self.access_log = AccessLog()  # a bad datagram's rejected line (TCP's: the handler's)
 
     def drain_size(self) -> int:
         """4.34's ``DrainSize`` for one rejected connection (it counts the salt in it)."""
@@ -129,6 +131,7 @@ class ShadowsocksInbound:
         not decode is dropped and never answered."""
         session.user_email = self.user.email
         session.user_level = self.user.level
+        session.source_with_network = True  # a rejected line's source: udp:127.0.0.1:5000
         table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, self.user.level,
                                 self.user.email)  # server.go handlerUDPPayload: inbound.User
         try:
@@ -139,8 +142,11 @@ class ShadowsocksInbound:
                 try:
                     address, port, payload = decode_packet(self.account, datagram)
                 except ProtocolError as e:
+                    # 4.34 writes a rejected line per bad datagram (handlerUDPPayload), which
+                    # fail2ban-style tools read as they read the TCP ones.
                     log.debug("%s: dropping a bad datagram from %s: %s", session.name(),
                               conn.remote, e)
+                    self.access_log.rejected(session, str(e))
                     continue
                 table.send(conn.remote, Destination(address, port, Network.UDP), payload,
                            partial(self._answer, conn))
