@@ -92,3 +92,29 @@ def test_eight_mib_both_ways_and_ten_parallel(pool: ChainPool, echo: TcpEchoServ
     for index, (received, payload) in enumerate(zip(results, payloads)):
         assert_same_bytes(received, xor_bytes(payload), f"connection {index}\n{chain.logs()}")
     assert not chain.dead(), f"a process died: {chain.dead()}\n{chain.logs()}"
+
+
+@pytest.mark.parametrize("client, server", [("v2sync", "v2ray"), ("v2ray", "v2sync")])
+def test_an_at_path_is_an_abstract_name_as_in_4_34(client: str, server: str,
+                                                   echo: TcpEchoServer, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``"path": "@name"`` without ``abstract`` is the abstract name ``name`` (Go's syscall
+    reads a leading @ as the NUL), the same socket as ``"path": "name", "abstract": true``;
+    v2sync made a file called ``@name``. Each program locks ``@name.lock`` in its working
+    directory, as 4.34 does when ``abstract`` is off."""
+    from scenarios.vmess_helpers import start_chain
+
+    monkeypatch.chdir(tmp_path)
+    name = f"v2sync-at-{os.urandom(4).hex()}"
+    at_path = {"network": "domainsocket", "dsSettings": {"path": "@" + name}}
+    flagged = {"network": "domainsocket", "dsSettings": {"path": name, "abstract": True}}
+    streams = (at_path, flagged) if server == "v2sync" else (flagged, at_path)  # v2sync: @
+    chain = start_chain(ChainKey(client, server, "aes-128-gcm", 0, "ds-at"), lambda _: streams)
+    try:
+        with open_tunnel(chain.socks_port, echo.address) as sock:
+            payload = os.urandom(4096)
+            assert_same_bytes(exchange(sock, payload), xor_bytes(payload), chain.logs())
+        assert not (tmp_path / ("@" + name)).exists()  # no file: the name is abstract
+    finally:
+        chain.client.stop(check=client == "v2sync")
+        chain.server.stop(check=server == "v2sync")

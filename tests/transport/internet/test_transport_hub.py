@@ -125,6 +125,9 @@ def test_abstract_address_padding() -> None:
     assert DsSettings("@x", abstract=True).address() == "\0x"
     padded = DsSettings("x", abstract=True, padding=True).address()
     assert len(padded) == 108 and padded.startswith("\0x\0")
+    # A leading @ alone makes it abstract (Go's syscall); padding needs the flag.
+    assert DsSettings("@x", padding=True).address() == "\0x"
+    assert DsSettings("x@").address() == "x@"
 
 
 @pytest.mark.parametrize("network, raw", [

@@ -58,10 +58,12 @@ class DsSettings:
 
     def address(self) -> str:
         """The AF_UNIX address (``GetUnixAddr``): abstract names start with NUL, and with
-        ``padding`` fill all 108 bytes of sun_path as haproxy expects."""
+        ``padding`` fill all 108 bytes of sun_path as haproxy expects. A path that starts
+        with ``@`` is abstract even without ``abstract`` (unpadded: GetUnixAddr pads only
+        for ``abstract``), as Go's syscall package turns a leading ``@`` into the NUL."""
         path = self.path
         if not self.abstract:
-            return path
+            return "\0" + path[1:] if path.startswith("@") else path
         name = path[1:] if path.startswith("@") else path
         if self.padding:
             return "\0" + name + "\0" * (SUN_PATH_SIZE - 1 - len(name.encode()))

@@ -27,10 +27,12 @@ from v2sync.transport.internet.tls import ClientTls, ServerTls
 
 def bind_unix(ds: DsSettings) -> Listening:
     address = ds.address()
+    # 4.34 locks ``<path>.lock`` whenever ``abstract`` is off, even for an ``@`` path.
     release = _lock(ds) if not ds.abstract else _no_lock
+    on_disk = not address.startswith("\0")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if not ds.abstract:
+        if on_disk:
             _remove_stale(ds.path)
         sock.bind(address)
         sock.listen(LISTEN_BACKLOG)
@@ -41,7 +43,7 @@ def bind_unix(ds: DsSettings) -> Listening:
                              f"{e.strerror or e}") from e
 
     def cleanup() -> None:
-        if not ds.abstract:
+        if on_disk:
             _unlink(ds.path)
         release()
 
