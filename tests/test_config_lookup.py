@@ -101,6 +101,25 @@ def test_an_allocation_without_strategy_is_refused_as_4_34_refuses_it(tmp_path: 
     assert both_test(["-config", str(write(tmp_path / "c.json", doc))], tmp_path) == (False, False)
 
 
+def test_what_a_later_file_replaces_may_be_unsupported(tmp_path: Path, v2ray_bin: str) -> None:
+    """4.34 builds only the merged config: a kcp outbound or an mtproto inbound that a later
+    file replaces by tag is never built. v2sync refused each file's unsupported parts before
+    merging; what the merge keeps is still refused."""
+    port = free_port()
+    base = good(port)
+    base["inbounds"][0] = {"tag": "in", "protocol": "mtproto", "listen": "127.0.0.1",
+                           "port": port, "settings": {"users": [
+                               {"secret": "b0cbcef5a486d9636472ac27f8e11a9d"}]}}
+    base["outbounds"].append({"tag": "o2", "protocol": "freedom",
+                              "streamSettings": {"network": "kcp"}})
+    a = str(write(tmp_path / "a.json", base))
+    b = str(write(tmp_path / "b.json", {"outbounds": [{"tag": "o2", "protocol": "blackhole"}]}))
+    c = str(write(tmp_path / "c.json", {"inbounds": [good(port)["inbounds"][0]]}))
+    assert both_test(["-config", a, "-config", b, "-config", c], tmp_path) == (True, True)
+    assert both_test(["-config", a, "-config", b], tmp_path) == (True, False)  # mtproto kept
+    assert both_test(["-config", a, "-config", c], tmp_path) == (True, False)  # kcp kept
+
+
 def test_listen_0_0_0_0_takes_ipv6_too_as_4_34(v2ray_bin: str) -> None:
     """Go listens on [::] for 0.0.0.0 (dual-stack): a client of ::1 is served by both."""
     for process_class in (V2SyncProcess, V2RayProcess):

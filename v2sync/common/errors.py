@@ -37,6 +37,12 @@ class ConfigError(V2SyncError):
         return ConfigError(self.message, path, file or self.file, self.expected)
 
 
+class UnsupportedError(ConfigError):
+    """A V2Ray feature or name v2sync does not implement. Raised per file while validating,
+    but it counts only if the merged config still holds what it points at: 4.34 builds only
+    the merged config, so a handler a later file replaces may use anything."""
+
+
 class ConfigErrors(ConfigError):
     """Several config errors, reported together so the user fixes them in one pass."""
 

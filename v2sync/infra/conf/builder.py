@@ -12,7 +12,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path
+from v2sync.common.errors import ConfigError, ConfigErrors, UnsupportedError, join_path
 from v2sync.common.net import parse_host_port, go_address
 from v2sync.infra.conf.fields import MAX_UINT32
 from v2sync.infra.conf.loader import (Document, Located, MergedConfig, expand_confdirs, merge,
@@ -107,17 +107,24 @@ def config_from_dict(data: Mapping[str, Any], name: str = "<dict>") -> Config:
 def _check_and_build(names: Sequence[str], raws: Sequence[Tuple[str, Mapping[str, Any]]],
                      errors: List[ConfigError]) -> Config:
     documents: List[Document] = []
+    unsupported: List[ConfigError] = []
     for name, raw in raws:
         document, problems = check_document(raw, name)
-        errors.extend(problems)
-        documents.append(without_errors(document, problems))
+        refused = [p for p in problems if not isinstance(p, UnsupportedError)]
+        unsupported.extend(p for p in problems if isinstance(p, UnsupportedError))
+        errors.extend(refused)
+        documents.append(without_errors(document, refused))
+    merged = merge(documents)
+    # What v2sync does not implement counts only where the merge kept it: 4.34 builds the
+    # merged config alone, so a handler a later file replaces may use anything.
+    errors.extend(e for e in unsupported if merged.holds(e.file, e.path))
     if not errors:
-        return build_config(merge(documents))
+        return build_config(merged)
     found: List[ConfigError] = list(errors)
     if not any(isinstance(e, TooManyErrors) for e in errors):
         # Build the parts that passed validation too, so the builder's findings (ports,
         # tags, per-protocol settings) come in the same report, not on the next attempt.
-        builder = _Builder(merge(documents), reported=ReportedErrors(errors))
+        builder = _Builder(merged, reported=ReportedErrors(errors))
         builder.build()
         found += builder.errors
     order = {name: i for i, name in enumerate(names)}

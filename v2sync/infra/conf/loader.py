@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -133,6 +134,22 @@ class MergedConfig:
     def all_outbounds(self) -> List[Located]:
         return self._with_deprecated("outbound", self.outbounds)
 
+    def holds(self, file: str, path: str) -> bool:
+        """Whether the value ``file`` has at ``path`` is still in the merge: its handler or
+        section was not replaced by a later file's."""
+        top = _TOP_KEY.match(path)
+        if top is None:
+            return True
+        key, index = top.group(1), top.group(2)
+        if key in ("inbounds", "outbounds") and index is not None:
+            wanted = f"{key}[{index}]"
+            return any(item.file == file and item.path == wanted
+                       for item in getattr(self, key))
+        if key not in WHOLESALE_SECTIONS + FIRST_FILE_ONLY:
+            return True  # not a merged key: nothing replaces it
+        section = self.sections.get(key)
+        return section is not None and section.file == file
+
     def _with_deprecated(self, kind: str, items: List[Located]) -> List[Located]:
         result: List[Located] = []
         single = self.sections.get(kind)
@@ -143,6 +160,9 @@ class MergedConfig:
             result.extend(Located(v, detours.file, f"{detours.path}[{i}]")
                           for i, v in enumerate(detours.value) if v is not None)
         return result + items
+
+
+_TOP_KEY = re.compile(r"([A-Za-z]+)(?:\[(\d+)\])?")
 
 
 def merge(documents: Sequence[Document]) -> MergedConfig:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import jsonschema
 
-from v2sync.common.errors import ConfigError
+from v2sync.common.errors import ConfigError, UnsupportedError
 
 SCHEMA_RESOURCE = "schema.json"
 PathPart = Union[str, int]
@@ -196,9 +196,9 @@ class SchemaWalker:
             return
         table = self.support[table_name]
         if not table.allows(value):
-            self.errors.append(ConfigError(f"{value!r} is not supported by v2sync",
-                                           render_path(parts), self.file,
-                                           expected="supported: " + table.describe()))
+            self.errors.append(UnsupportedError(f"{value!r} is not supported by v2sync",
+                                                render_path(parts), self.file,
+                                                expected="supported: " + table.describe()))
 
     def _warn(self, message: str, parts: Sequence[PathPart], expected: str = "") -> None:
         self.warnings.append(ConfigError(message, render_path(parts), self.file, expected))

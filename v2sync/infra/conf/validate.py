@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Set, Tuple
 
 import jsonschema
 
-from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
+from v2sync.common.errors import (ConfigError, ConfigErrors, UnsupportedError, join_path,
+                                  shown)
 from v2sync.infra.conf.loader import Document
 from v2sync.infra.conf.schema import (SchemaWalker, SupportTable, load_schema, path_sort_key,
                                       render_path)
@@ -311,10 +312,10 @@ def _generic_expectation(error: Any) -> str:
 
 def feature_errors(data: Mapping[str, Any], file: str) -> List[ConfigError]:
     """Errors for optional V2Ray features this file uses that v2sync does not implement."""
-    errors = []
+    errors: List[ConfigError] = []
     for feature, path, message in _features_in_use(data):
         if feature not in SUPPORTED_FEATURES:
-            errors.append(ConfigError(message, path, file))
+            errors.append(UnsupportedError(message, path, file))
     return errors
 
 
