@@ -282,3 +282,29 @@ def _wait_for_sessions(worker, count: int) -> None:
     while worker.session_count() > count:
         assert time.monotonic() < deadline, f"{worker.session_count()} UDP sessions left"
         time.sleep(0.1)
+
+
+def test_chunks_before_a_tampered_one_reach_the_target(instance: Instance,
+                                                       echo: TcpEchoServer) -> None:
+    """A good client whose second chunk is damaged on the way, all in one write: the first
+    chunk (authentic) reaches the target and its answer comes back, then the request ends
+    there. 4.34 skips the bad chunk and goes on; v2sync had dropped the good one too and held
+    the client to the handshake deadline as a probe."""
+    port = port_of(instance, "ss-in")
+    writer, head = encode_request(ACCOUNT, ORIGIN, echo.address[1], b"hello")
+    bad = bytearray(writer.encode(b"damaged"))
+    bad[-1] ^= 1
+    reader = StreamReader(ACCOUNT)
+    with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as sock:
+        started = time.monotonic()
+        sock.sendall(head + bytes(bad) + writer.encode(b"after"))
+        got = b""
+        for _ in range(64):
+            data = sock.recv(4096)
+            if not data:
+                break
+            got += b"".join(reader.feed(data))
+            if len(got) >= 5:
+                break
+        assert got == xor_bytes(b"hello")
+        assert time.monotonic() - started < PROMPT

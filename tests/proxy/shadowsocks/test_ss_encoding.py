@@ -205,15 +205,47 @@ def test_wrong_password_is_an_authentication_error_at_the_first_length(method: s
 
 
 def test_tampered_chunk_and_oversized_length() -> None:
+    """A block that does not open ends the stream: nothing after it, and the next feed
+    raises what failed."""
     acct = account("chacha20-poly1305")
     wire = bytearray(StreamWriter(acct).encode(b"hello"))
     wire[-1] ^= 1
+    reader = StreamReader(acct)
+    assert reader.feed(bytes(wire)) == [] and reader.ended
+    assert isinstance(reader.failure, AuthenticationError)
     with pytest.raises(AuthenticationError):
-        StreamReader(acct).feed(bytes(wire))
+        reader.feed(b"more")
     salt = bytes(32)
     big = acct.cipher(salt).seal(bytes(12), b"\xff\xf0")
-    with pytest.raises(RemoteProtocolError):
-        StreamReader(acct).feed(salt + big)
+    reader = StreamReader(acct)
+    assert reader.feed(salt + big) == []
+    assert isinstance(reader.failure, RemoteProtocolError)
+
+
+@pytest.mark.parametrize("cut", ["whole", "byte-by-byte"])
+def test_chunks_before_a_bad_one_are_returned(cut: str) -> None:
+    """What opened before a tampered chunk is authentic and comes out, in one read or
+    fed a byte at a time; then the stream has ended."""
+    acct = account("aes-128-gcm")
+    writer = StreamWriter(acct)
+    wire = writer.encode(b"hello") + bytearray(writer.encode(b"bad!"))
+    wire = wire[:-1] + bytes([wire[-1] ^ 1]) + writer.encode(b"after")
+    reader = StreamReader(acct)
+    pieces = [wire] if cut == "whole" else [wire[i:i + 1] for i in range(len(wire))]
+    got = []
+    for piece in pieces:
+        if reader.ended:
+            break
+        got += reader.feed(bytes(piece))
+    assert got == [b"hello"] and isinstance(reader.failure, AuthenticationError)
+
+
+def test_a_target_that_does_not_open_raises() -> None:
+    acct = account("aes-128-gcm")
+    wire = bytearray(encode_request(acct, Address.parse("127.0.0.1"), 80)[1])
+    wire[-1] ^= 1
+    with pytest.raises(AuthenticationError):
+        RequestDecoder(acct).feed(bytes(wire))
 
 
 def test_none_method_bad_target_and_eof_inside_it() -> None:

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from v2sync.common.crypto.aead import AEAD_TAG_SIZE, AEADCipher, aes_gcm, chacha20_poly1305
 from v2sync.common.crypto.password import evp_bytes_to_key, ss_subkey
 from v2sync.common.cursor import Cursor, NeedMore
-from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
+from v2sync.common.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from v2sync.common.net import Address
 from v2sync.common.protocol.address import SOCKS
 
@@ -133,10 +133,21 @@ class StreamReader:
         self._sealer: Optional[_Sealer] = None
         self._size: Optional[int] = None  # a decoded length whose payload is pending
         self.eof = False
+        # A block that did not open (wrong key, bad tag, bad length): the stream ends there,
+        # after the chunks before it, which are returned (``feed`` raises it from then on).
+        # A reader that has no plaintext yet (a request's target) raises it itself.
+        self.failure: Optional[ProtocolError] = None
         self.wire_used = 0
         self.salt_used = 0
 
+    @property
+    def ended(self) -> bool:
+        """No more plaintext will come: a zero-length chunk, or a failure kept back."""
+        return self.eof or self.failure is not None
+
     def feed(self, data: bytes) -> List[bytes]:
+        if self.failure is not None:
+            raise self.failure
         if not self._account.method.is_aead:
             self.wire_used += len(data)
             return [bytes(data)] if data else []
@@ -170,6 +181,14 @@ class StreamReader:
         sealer = self._sealer
         assert sealer is not None
         end = len(view)
+        try:
+            return self._open_blocks(sealer, view, pos, end, out)
+        except ProtocolError as e:
+            self.failure = e  # the stream ends here; the chunks before it were authentic
+            return end
+
+    def _open_blocks(self, sealer: "_Sealer", view: memoryview, pos: int, end: int,
+                     out: List[bytes]) -> int:
         while not self.eof:
             if self._size is None:
                 if end - pos < SEALED_LENGTH:
@@ -270,6 +289,8 @@ class RequestDecoder:
         self._plain += b"".join(self.reader.feed(data))
         parsed = read_target(self._plain)
         if parsed is None:
+            if self.reader.failure is not None:
+                raise self.reader.failure  # a wrong key, or a target that did not open
             if self.reader.eof:
                 raise RemoteProtocolError("shadowsocks: stream ended inside the target address")
             return None

@@ -188,7 +188,7 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
         more = not early or write_or_stop(link.writer, early)
 
     def inward(timer) -> Steps[None]:
-        if more and not body_in.eof:
+        if more and not body_in.ended:
             timer.update()
             # Reads wait for room in the pipe: a stalled reader stops them here.
             for data in parkable_reads(conn, link.writer, ctx.readiness):
@@ -200,8 +200,13 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
                 if chunks and not write_or_stop(link.writer, b"".join(chunks)):
                     break  # the other side stopped reading
                 timer.update()
-                if body_in.eof:
+                if body_in.ended:
                     break  # a zero-length chunk: 4.34's reader ends the stream there
+        if body_in.failure is not None:
+            # What opened before it has gone on; the direction ends as at EOF, so the
+            # answer to it still comes back (4.34 skips a bad chunk of up to 2 KiB).
+            log.info("%s: the stream ends at a chunk that does not open: %s", name,
+                     body_in.failure)
         link.writer.close()
 
     def send(chunks: List[bytes]) -> None:
