@@ -86,6 +86,11 @@ class TransportError(V2SyncError):
     """Dialing, listening, reading or writing a connection failed."""
 
 
+class NoServerReachable(TransportError):
+    """Every try to reach an outbound's servers failed (4.34's "failed to find an available
+    destination", which it logs at Warning: a user sees it at the default log level)."""
+
+
 class PipeInterrupted(TransportError):
     """The pipe was aborted (``interrupt()``): the other side failed, stop at once."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional
 
-from v2sync.common.errors import V2SyncError
+from v2sync.common.errors import NoServerReachable, V2SyncError
 from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
 from v2sync.common.task import Steps, at_once, drive
@@ -35,7 +35,8 @@ class OutboundHandler:
         try:
             self.mux.dispatch(session, link)
         except V2SyncError as e:  # handler.go: "failed to process mux outbound traffic"
-            log.info("%s: outbound %s (mux) failed: %s", session.name(), self.tag or "-", e)
+            log.log(_level(e), "%s: outbound %s (mux) failed: %s", session.name(),
+                    self.tag or "-", e)
             link.writer.interrupt()
             link.reader.interrupt()
 
@@ -47,7 +48,8 @@ class OutboundHandler:
         try:
             yield from self._process_steps(session, link)
         except V2SyncError as e:
-            log.info("%s: outbound %s failed: %s", session.name(), self.tag or "-", e)
+            log.log(_level(e), "%s: outbound %s failed: %s", session.name(), self.tag or "-",
+                    e)
             link.writer.interrupt()
         except Exception:
             log.exception("%s: outbound %s crashed", session.name(), self.tag or "-")
@@ -114,3 +116,8 @@ class OutboundManager:
             close = getattr(handler.proxy, "close", None)
             if close is not None:
                 close()
+
+
+def _level(error: BaseException) -> int:
+    """Warning when no server could be reached, as 4.34 logs it; else Info."""
+    return logging.WARNING if isinstance(error, NoServerReachable) else logging.INFO

@@ -6,9 +6,9 @@ each answer is tried in turn; the first that connects wins.
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
-from v2sync.common.errors import TransportError
+from v2sync.common.errors import NoServerReachable, TransportError
 from v2sync.common.net import Address, Destination
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.hub import StreamClient
@@ -50,11 +50,13 @@ def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy
     raise last or TransportError(f"no address to dial for {dest}")
 
 
-def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str) -> T:
+def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str,
+               failure: Type[TransportError] = TransportError) -> T:
     """``attempt()`` up to ``attempts`` times on 4.34's schedule (``common/retry``'s
     ``ExponentialBackoff``, which despite its name waits 0, ``step``, 2 ``step``, ... after
     each failure, the last one included): five tries with a 0.1 s step fail after 1 s of
-    waiting, with 0.2 s after 2 s. Only a TransportError is tried again."""
+    waiting, with 0.2 s after 2 s. Only a TransportError is tried again; the last one is
+    raised as ``failure``."""
     last: Optional[TransportError] = None
     for n in range(attempts):
         try:
@@ -62,7 +64,7 @@ def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str) 
         except TransportError as e:
             last = e
             time.sleep(n * step)
-    raise TransportError(f"{what}: {last}")
+    raise failure(f"{what}: {last}")
 
 
 def dial_with_retry(dest: Destination, attempts: int, step: float,
@@ -91,4 +93,4 @@ def dial_server(pick: Callable[[], S], attempts: int, step: float,
     def once() -> Tuple[S, Connection]:
         server = pick()
         return server, dial_once(Destination(server.address, server.port), client)
-    return with_retry(attempts, step, once, "failed to reach any server")
+    return with_retry(attempts, step, once, "failed to reach any server", NoServerReachable)
