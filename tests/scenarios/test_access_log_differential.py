@@ -141,8 +141,12 @@ def rejecting_config(ports: Dict[str, int], access: Path) -> Dict[str, Any]:
                 inbound("vmess-in", "vmess", {"clients": [
                     {"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]}),
                 inbound("ss-in", "shadowsocks", {"method": "aes-128-gcm", "password": "pw",
-                                                  "network": "tcp,udp"})],
+                                                  "network": "tcp,udp"}),
+                inbound("vless-in", "vless", {"decryption": "none", "clients": [
+                    {"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]}),
+                inbound("trojan-in", "trojan", {"clients": [{"password": "pw"}]})],
             "outbounds": [{"protocol": "freedom"}]}
+REJECTING_TAGS = ("socks-pw", "vmess-in", "ss-in", "vless-in", "trojan-in")
 
 
 def refused(ports: Dict[str, int]) -> None:
@@ -162,8 +166,15 @@ def garbage(port: int) -> None:
             pass
 
 
+def silent(port: int) -> None:
+    """Connects and closes without a byte: 4.34's VMess, VLESS and Trojan servers skip io.EOF
+    and write no line; its SOCKS and Shadowsocks servers write one."""
+    socket.create_connection(("127.0.0.1", port), IO_TIMEOUT).close()
+    time.sleep(0.2)  # each line in its turn
+
+
 def rejected_sources(process_class: Any, tmp_path: Path) -> List[str]:
-    ports = {tag: free_port() for tag in ("socks-pw", "vmess-in", "ss-in")}
+    ports = {tag: free_port() for tag in REJECTING_TAGS}
     access = tmp_path / f"rejected-{process_class.__name__}.log"
     with process_class(rejecting_config(ports, access)):
         with pytest.raises(socks.ProxyError):
@@ -172,8 +183,11 @@ def rejected_sources(process_class: Any, tmp_path: Path) -> List[str]:
         garbage(ports["ss-in"])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # one per datagram
             sock.sendto(bytes(range(64)), ("127.0.0.1", ports["ss-in"]))
+        time.sleep(0.2)
+        for tag in REJECTING_TAGS:
+            silent(ports[tag])
         deadline = time.monotonic() + LOG_WAIT
-        while len(_read(access)) < 4 and time.monotonic() < deadline:
+        while len(_read(access)) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
     lines = access.read_text().splitlines() if access.exists() else []
     found = [_REJECTED.match(m.group(1)) for m in map(_LINE.match, lines) if m]
@@ -187,4 +201,4 @@ def test_rejected_lines_as_4_34_writes_them(v2ray_bin: str, tmp_path: Path) -> N
     ours = rejected_sources(V2SyncProcess, tmp_path)
     assert ours == rejected_sources(V2RayProcess, tmp_path)
     assert ours == ["tcp:127.0.0.1:<port>", "127.0.0.1:<port>", "127.0.0.1:<port>",
-                    "udp:127.0.0.1:<port>"]
+                    "udp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "127.0.0.1:<port>"]

@@ -71,7 +71,12 @@ class RemoteProtocolError(ProtocolError):
 
 
 class HandshakeClosed(RemoteProtocolError):
-    """The peer closed the connection before it finished its greeting."""
+    """The peer closed the connection before it finished its greeting; ``empty``: before it
+    sent a byte (Go's io.EOF, where a cut greeting is io.ErrUnexpectedEOF)."""
+
+    def __init__(self, message: str, empty: bool = False):
+        super().__init__(message)
+        self.empty = empty
 
 
 class AuthenticationError(ProtocolError):

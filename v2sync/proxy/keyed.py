@@ -53,6 +53,7 @@ class KeyedInbound:
 
     # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
     logs_rejected = True
+    logs_empty_close = False  # 4.34 writes no line for io.EOF (a client that sent nothing)
 
     label = ""             # the protocol's name in messages, and its API accounts' kind
     probe_size = 0         # bytes the first read needs before the key can be judged

@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from v2sync.app.log.access import AccessLog
 from v2sync.app.stats.manager import Counter
-from v2sync.common.errors import (ConfigError, HandshakeTimeout, ProtocolError, TransportError,
-                                  V2SyncError)
+from v2sync.common.errors import (ConfigError, HandshakeClosed, HandshakeTimeout, ProtocolError,
+                                  TransportError, V2SyncError)
 from v2sync.common.net import ANY_IPV6, Address, Network
 from v2sync.common.session import Session
 from v2sync.common.task import Steps as TaskSteps
@@ -165,7 +165,7 @@ class InboundHandler:
         except V2SyncError as e:
             self.handshake_failures.add(1)
             self._report(session, conn, e)
-            if in_proxy and getattr(self.proxy, "logs_rejected", False):
+            if in_proxy and _logs_rejected(self.proxy, e):
                 self.access_log.rejected(session, str(e))
             return None
         finally:
@@ -320,3 +320,13 @@ class InboundManager:
 
     def live_count(self) -> int:
         return sum(handler.live_count() for handler in self.handlers)
+
+
+def _logs_rejected(proxy: object, error: V2SyncError) -> bool:
+    """Whether 4.34's server writes a rejected line for this failure: those that write any
+    (``logs_rejected``), except, where the server skips io.EOF (VMess, VLESS, Trojan:
+    ``logs_empty_close`` False), a client that closed without sending a byte."""
+    if not getattr(proxy, "logs_rejected", False):
+        return False
+    silent = isinstance(error, HandshakeClosed) and error.empty
+    return not silent or getattr(proxy, "logs_empty_close", True)

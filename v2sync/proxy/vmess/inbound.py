@@ -42,6 +42,7 @@ MAX_HEADER_BYTES = 4096
 class VMessInbound:
     # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
     logs_rejected = True
+    logs_empty_close = False  # 4.34 writes no line for io.EOF (a client that sent nothing)
     config_type = VMessInboundConfig
 
     def __init__(self, settings: VMessInboundConfig, ctx: ProxyContext, handler_config):

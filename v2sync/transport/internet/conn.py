@@ -305,6 +305,7 @@ class HandshakeReader:
         self.deadline = deadline
         self.max_bytes = max_bytes
         self.buf = bytearray()
+        self.received = 0  # bytes read in all, consumed or not
 
     def fill(self) -> None:
         if not arm_deadline(self.conn.sock, self.deadline):
@@ -320,7 +321,8 @@ class HandshakeReader:
         except OSError as e:
             raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
         if not data:
-            raise HandshakeClosed("connection closed during handshake")
+            raise HandshakeClosed("connection closed during handshake", empty=not self.received)
+        self.received += len(data)
         self.buf += data
 
     def fill_steps(self) -> Generator[float, None, None]:
