@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 READY_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 5.0
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.01  # every process start in the suite waits half a poll on average
 PROBE_TIMEOUT_SECONDS = 0.5
 # Before probing ports (which leaves "connection closed" noise in the proxy's log) give the
 # ready line this long to appear.
