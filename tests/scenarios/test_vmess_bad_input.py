@@ -66,6 +66,9 @@ def instance() -> Iterator[Instance]:
                           vmess_inbound([vmess_client_entry()], tag="vmess-secure",
                                         disable_insecure=True)],
                          handshake=HANDSHAKE_SECONDS)
+    # No linger after either side ends (4.34's default: 1 s after the client left), so the
+    # settling between cases waits for nothing but the connections themselves.
+    config["policy"]["levels"]["0"].update(uplinkOnly=0, downlinkOnly=0)
     with running_instance(config) as inst:
         yield inst
 
