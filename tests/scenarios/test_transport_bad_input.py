@@ -164,22 +164,24 @@ def _all_probes(address: Any) -> Dict[Tuple[str, str], Tuple[bytes, float]]:
         return {(tag, name): result for (tag, name, _), result in zip(jobs, found)}
 
 
-@pytest.fixture(scope="module")
-def v2ray_answers(v2ray: V2RayProcess) -> Dict[Tuple[str, str], Tuple[bytes, float]]:
-    return _all_probes(lambda tag: _v2ray_address(v2ray, tag))
+Answers = Dict[Tuple[str, str], Tuple[bytes, float]]
 
 
 @pytest.fixture(scope="module")
-def v2sync_answers(instance: Instance) -> Dict[Tuple[str, str], Tuple[bytes, float]]:
-    return _all_probes(lambda tag: _address(instance, tag))
+def answers(v2ray: V2RayProcess, instance: Instance) -> Tuple[Answers, Answers]:
+    """(v2sync's, v2ray's), probed at once: each side waits out the same timeouts."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="probes") as pool:
+        ours = pool.submit(_all_probes, lambda tag: _address(instance, tag))
+        theirs = pool.submit(_all_probes, lambda tag: _v2ray_address(v2ray, tag))
+        return ours.result(), theirs.result()
 
 
 @pytest.mark.parametrize("tag", TAGS)
 @pytest.mark.parametrize("name", PROBE_IDS)
 def test_probe_is_answered_as_v2ray_answers_and_closed(
-        v2sync_answers: Dict[Tuple[str, str], Tuple[bytes, float]],
-        v2ray_answers: Dict[Tuple[str, str], Tuple[bytes, float]],
-        tag: str, name: str, request: pytest.FixtureRequest) -> None:
+        answers: Tuple[Answers, Answers], tag: str, name: str,
+        request: pytest.FixtureRequest) -> None:
+    v2sync_answers, v2ray_answers = answers
     if (tag, name) in KNOWN_DIFFERENCES:  # (tag, name) pairs: marked here, not per parameter
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[tag, name]))
     answer, seconds = v2sync_answers[tag, name]

@@ -143,8 +143,11 @@ def test_tcp_and_ws_round_trips_with_and_without_tls(pki, network, raw) -> None:
     assert _round_trip(server, client) == b"hello over the transport"
 
 
-def _probe(server_settings, request: bytes, timeout: float = TIMEOUT) -> bytes:
-    """Send ``request`` raw to a StreamServer; return what it answers before closing."""
+def _probe(server_settings, request: bytes, timeout: float = TIMEOUT,
+           half_close: bool = False) -> bytes:
+    """Send ``request`` raw to a StreamServer; return what it answers before closing.
+    ``half_close``: end the client's side after it, so a server keeping the connection
+    alive for another request (net/http's 4 s) closes at once."""
     server = StreamServer(server_settings, timeout)
     sock, cleanup = server.listen(LOCALHOST, 0)
     outcome: list = []
@@ -164,6 +167,8 @@ def _probe(server_settings, request: bytes, timeout: float = TIMEOUT) -> bytes:
     try:
         with socket.create_connection(sock.getsockname(), timeout=TIMEOUT) as client:
             client.sendall(request)
+            if half_close:
+                client.shutdown(socket.SHUT_WR)
             answer = b""
             while True:
                 data = client.recv(4096)
@@ -182,9 +187,9 @@ def test_ws_wrong_path_gets_404_and_bad_upgrade_400() -> None:
     settings = build_stream_settings("websocket", "none", {"wsSettings": {"path": "/ok"}}, True)
     request = (b"GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    assert _probe(settings, request).startswith(b"HTTP/1.1 404 ")
+    assert _probe(settings, request, half_close=True).startswith(b"HTTP/1.1 404 ")
     plain_get = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
-    assert _probe(settings, plain_get).startswith(b"HTTP/1.1 400 ")
+    assert _probe(settings, plain_get, half_close=True).startswith(b"HTTP/1.1 400 ")
 
 
 def test_http_header_wrong_path_gets_404() -> None:
