@@ -9,13 +9,20 @@ dials the name as AsIs does.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+import shlex
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
+import socks
 
 from app.dns.dns_test_server import DnsTestServer
 from routing_helpers import dns_server
 from scenarios.differential import RoutedPair, Request, TagSink, asset_dir, describe
+from support.peers import free_port
+from support.procs import V2RayProcess, V2SyncProcess
 
 NAME = "localhost"  # in every /etc/hosts
 DNS_ANSWER = "127.0.0.11"
@@ -65,3 +72,71 @@ def test_redirect_hosts_as_4_34(host: str, v2ray_bin: str, tmp_path) -> None:
             request = Request("socks-in", "127.0.0.2", 9)
             answers = pair.route(request)
     assert answers == ("original-host", "original-host"), describe(request, answers, pair)
+
+
+DUAL_NAME = "dual.test"
+
+
+def _in_mount_namespace(process_class: type, hosts: Path) -> type:
+    """``process_class`` started in a mount namespace of its own whose /etc/hosts is
+    ``hosts`` (the machine's file is not touched)."""
+    class InNamespace(process_class):  # type: ignore[misc, valid-type]
+        def command(self, config_path: Path) -> List[str]:
+            inner = shlex.join(super().command(config_path))
+            return ["unshare", "-m", "sh", "-c",
+                    f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec {inner}"]
+    return InNamespace
+
+
+def _udp_answerer(family: int, host: str, port: int, tag: bytes) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    sock.settimeout(0.1)
+
+    def serve() -> None:
+        for _ in range(600):  # at most ~60 s
+            try:
+                _, peer = sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return  # closed
+            sock.sendto(tag, peer)
+    threading.Thread(target=serve, name=f"udp-{tag.decode()}", daemon=True).start()
+    return sock
+
+
+def _udp_answer(process_class: type, port: int) -> str:
+    socks_port = free_port()
+    config = {"log": {"loglevel": "warning", "access": "none"},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": socks_port,
+                            "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}],
+              "outbounds": [{"protocol": "freedom", "settings": {"domainStrategy": "AsIs"}}]}
+    with process_class(config), socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+        sock.settimeout(5)
+        sock.sendto(b"which?", (DUAL_NAME, port))
+        try:
+            return sock.recvfrom(64)[0].decode()
+        except socket.timeout:
+            return "(no answer)"
+
+
+def test_udp_to_a_dual_stack_name_goes_to_its_ipv4_as_4_34(v2ray_bin: str, tmp_path) -> None:
+    """freedom (AsIs) sends a datagram for a name with IPv4 and IPv6 addresses to the IPv4
+    one, as Go's ResolveUDPAddr picks it; v2sync took getaddrinfo's first (::1), so a
+    service listening on IPv4 only got nothing."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {DUAL_NAME}\n::1 {DUAL_NAME}\n")
+    port = free_port()
+    answerers = [_udp_answerer(socket.AF_INET, "127.0.0.1", port, b"ipv4"),
+                 _udp_answerer(socket.AF_INET6, "::1", port, b"ipv6")]
+    try:
+        theirs = _udp_answer(_in_mount_namespace(V2RayProcess, hosts), port)
+        ours = _udp_answer(_in_mount_namespace(V2SyncProcess, hosts), port)
+    finally:
+        for sock in answerers:
+            sock.close()
+    assert ours == theirs == "ipv4"

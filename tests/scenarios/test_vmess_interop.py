@@ -165,3 +165,28 @@ def test_udp_through_socks_associate(pool: ChainPool, key: ChainKey) -> None:
                 assert source == udp_echo.address
         assert udp_echo.datagrams == DATAGRAMS
     _check_alive(chain)
+
+
+# The largest datagram that fits one 2 KiB chunk with any padding (2,048 - 2 - 16 - 63):
+# 4.34 always sends it; v2sync refused everything over 1,966 and ended the connection.
+PADDED_DATAGRAM = 1967
+
+
+@pytest.mark.parametrize("key", [k for k in GCM_KEYS if "v2sync" in (k.client, k.server)],
+                         ids=_ids([k for k in GCM_KEYS if "v2sync" in (k.client, k.server)]))
+def test_datagrams_that_fit_with_their_padding_pass_as_in_4_34(pool: ChainPool,
+                                                                key: ChainKey) -> None:
+    chain = pool.live(key)
+    with UdpEchoServer(xor=XOR_C) as udp_echo:
+        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
+            sock.settimeout(IO_TIMEOUT / 2)
+            for i in range(3):
+                payload = os.urandom(PADDED_DATAGRAM)
+                sock.sendto(payload, udp_echo.address)
+                try:
+                    data, _ = sock.recvfrom(4096)
+                except socket.timeout:
+                    raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
+                assert data == xor_bytes(payload), f"datagram {i}"
+    _check_alive(chain)

@@ -138,6 +138,21 @@ def test_a_full_queue_drops_rather_than_waits(parts) -> None:
     assert 16 <= answers <= 17
 
 
+def test_a_queue_past_half_full_yields_the_cpu_to_its_reader(parts, monkeypatch) -> None:
+    """Every thread shares one CPU: the worker gives its reader a turn once a source's queue
+    is half full, rather than filling it and dropping the rest of a burst."""
+    worker, proxy = parts
+    yields: List[int] = []
+    monkeypatch.setattr(udp_worker, "yield_cpu", lambda: yields.append(1))
+    proxy.gate.clear()  # the proxy reads nothing yet: the queue only grows
+    with client() as sock:
+        for _ in range(12):
+            sock.sendto(b"q" * 1000, ("127.0.0.1", worker.port))
+        wait_for(lambda: len(yields) >= 4, IO_TIMEOUT)
+        proxy.gate.set()
+    assert len(yields) == 12 - udp_worker.SOURCE_QUEUE_BYTES // 2 // 1000  # past 8 KiB only
+
+
 def test_empty_and_oversized_datagrams_are_not_delivered(parts) -> None:
     worker, proxy = parts
     with client() as sock:

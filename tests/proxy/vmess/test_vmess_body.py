@@ -112,10 +112,21 @@ def test_a_tampered_chunk_among_many_fails_the_feed() -> None:
         reader.feed(bytes(wire))
 
 
-def test_oversized_datagram_is_refused_without_desyncing() -> None:
+def test_a_datagram_goes_when_its_own_padding_fits_as_in_4_34() -> None:
+    """4.34's seal: 2 + len + 16 + this chunk's padding <= 2048. The first padding drawn
+    from IV's stream is known, so sizes on either side of the limit show the rule."""
+    pad = U16.unpack(hashlib.shake_128(IV).digest(2))[0] % 64
+    limit = 2048 - 2 - 16 - pad  # the largest datagram the first chunk carries
     writer, reader = pair(Security.AES128_GCM, 0x0D, packet=True)
-    with pytest.raises(LocalProtocolError):
-        writer.encode(b"x" * 1967)
+    assert writer.encode(b"x" * (limit + 1)) == b"" and writer.dropped == 1  # nothing drawn
+    wire = writer.encode(b"x" * limit) + writer.encode(b"ok")
+    assert reader.feed(wire) == [b"x" * limit, b"ok"]  # the streams stayed in step
+    assert limit > 1966  # above the old worst-case limit: 4.34 sends these
+
+
+def test_an_oversized_datagram_is_dropped_without_desyncing() -> None:
+    writer, reader = pair(Security.AES128_GCM, 0x0D, packet=True)
+    assert writer.encode(b"x" * 2031) == b""  # too large whatever the padding
     assert reader.feed(writer.encode(b"x" * 1966) + writer.encode(b"ok")) == [b"x" * 1966, b"ok"]
 
 

@@ -129,3 +129,14 @@ def test_shake_pairs_are_two_draws_wherever_they_fall() -> None:
 def test_aes_block_round_trip() -> None:
     block = AesBlock(b"0123456789abcdef")
     assert block.decrypt_block(block.encrypt_block(b"A" * 16)) == b"A" * 16
+
+
+def test_peek_leaves_the_draw_in_the_stream_across_batches() -> None:
+    """``peek_u16`` shows the next draw and takes nothing, even at a batch boundary."""
+    seed = b"peek seed"
+    expected = hashlib.shake_128(seed).digest(4 * SHAKE_BATCH)
+    stream = ShakeStream(seed)
+    for i in range(2 * SHAKE_BATCH // 2 + 3):  # across the hashlib/pycryptodome boundary
+        want = int.from_bytes(expected[2 * i:2 * i + 2], "big")
+        assert stream.peek_u16() == want
+        assert stream.next_u16() == want

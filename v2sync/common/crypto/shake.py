@@ -55,6 +55,13 @@ class ShakeStream:
         self._pos = pos + 2
         return _U16.unpack_from(self._batch, pos)[0]
 
+    def peek_u16(self) -> int:
+        """The next draw, left in the stream: the next ``next_u16`` returns it again."""
+        if self._pos >= SHAKE_BATCH:
+            self._batch = self._next_batch()
+            self._pos = 0
+        return _U16.unpack_from(self._batch, self._pos)[0]
+
     def next_pair(self) -> Tuple[int, int]:
         """The next two draws at once (VMess with GlobalPadding draws a chunk's padding,
         then its length mask): one call and one unpack per chunk instead of two."""

@@ -12,7 +12,7 @@ import threading
 from typing import Optional, Sequence
 
 from v2sync.common.errors import TransportError
-from v2sync.common.net import ANY_IPV4, Address, Destination, Network, go_address
+from v2sync.common.net import ANY_IPV4, Address, AddressKind, Destination, Network, go_address
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -103,7 +103,10 @@ class FreedomOutbound:
         """4.34's cone: one unconnected socket per link; answers from any address go back
         to the client as the destination's (freedom.go reads with ReadFrom and drops the
         sender)."""
-        target = candidates(dest, self.settings.domain_strategy, lookup)[0]
+        # Go's ResolveUDPAddr takes the first IPv4 answer where there is one (forResolve),
+        # whatever order the resolver gave: getaddrinfo puts ::1 before 127.0.0.1.
+        found = candidates(dest, self.settings.domain_strategy, lookup)
+        target = min(found, key=lambda d: d.address.kind is not AddressKind.IPV4)
         sock = open_udp(target, self.source)
         address = (target.address.value, target.port)
         # The outbound's counters take each datagram, as 4.34's counting connection does.

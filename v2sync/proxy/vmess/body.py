@@ -111,6 +111,12 @@ class SizeCodec:
             raise LocalProtocolError("GlobalPadding requires ChunkMasking")
         return self._shake.next_u16() % MAX_PADDING
 
+    def peek_padding(self) -> int:
+        """The length ``next_padding`` will give, not drawn yet."""
+        if self._shake is None:
+            raise LocalProtocolError("GlobalPadding requires ChunkMasking")
+        return self._shake.peek_u16() % MAX_PADDING
+
 
 class AeadAuth:
     """AES-GCM or ChaCha20-Poly1305 chunks with the VMess counter nonce (GenerateChunkNonce)."""
@@ -289,9 +295,11 @@ class ChunkWriter:
                  cfb: Optional[AesCfb] = None, packet: bool = False):
         self._auth, self._sizes, self._padding, self._cfb = auth, sizes, padding, cfb
         self._packet = packet
+        # 4.34's writeStream chunk payload: room for the largest padding (tests use it).
         max_padding = MAX_PADDING if padding else 0
         self.max_payload = BUFFER_SIZE - auth.overhead - SIZE_BYTES - max_padding
         self.stream_payload = STREAM_CHUNK_PAYLOAD
+        self.dropped = 0  # datagrams too large for one chunk with their padding
 
     def _seal(self, plaintext: bytes) -> bytes:
         parts: List[bytes] = []
@@ -314,11 +322,7 @@ class ChunkWriter:
         if not data:
             return b""
         if self._packet:
-            if len(data) > self.max_payload:
-                # 4.34 drops such a datagram after drawing its padding, which desyncs the
-                # mask stream; refusing before any draw keeps both sides aligned.
-                raise LocalProtocolError(f"vmess: datagram of {len(data)} bytes is too large")
-            return self._out(self._seal(data))
+            return self._out(self._seal(data)) if self._fits(data) else b""
         step = self.stream_payload
         parts: List[bytes] = []
         with memoryview(data) as view:  # slices without copies; each chunk is sealed from it
@@ -329,6 +333,18 @@ class ChunkWriter:
     def encode_eof(self) -> bytes:
         """The end-of-stream chunk (an empty plaintext)."""
         return self._out(self._seal(b""))
+
+    def _fits(self, datagram: bytes) -> bool:
+        """Whether ``datagram`` with this chunk's own padding fits one 2 KiB buffer, as
+        4.34's AuthenticationWriter.seal checks it: 4.34 sends it then, and drops it
+        otherwise, but only after drawing its padding, which desyncs the mask stream.
+        Here a datagram that does not fit is dropped before any draw (``dropped`` counts
+        it), so the connection and both streams go on."""
+        pad = self._sizes.peek_padding() if self._padding else 0
+        if SIZE_BYTES + len(datagram) + self._auth.overhead + pad <= BUFFER_SIZE:
+            return True
+        self.dropped += 1
+        return False
 
 
 class ChunkStreamReader:
