@@ -151,20 +151,25 @@ def test_download_then_upstream_eof(pool: ChainPool, download_source: BulkSource
 def test_udp_through_socks_associate(pool: ChainPool, key: ChainKey) -> None:
     chain = pool.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
-        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
-            sock.settimeout(IO_TIMEOUT / 2)
-            for i in range(DATAGRAMS):
-                payload = os.urandom(1 + i * 70)  # 1 .. 1331 bytes: under one UDP echo read
-                sock.sendto(payload, udp_echo.address)
-                try:
-                    data, source = sock.recvfrom(4096)
-                except socket.timeout:
-                    raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
-                assert data == xor_bytes(payload), f"datagram {i}"
-                assert source == udp_echo.address
+        # 1 .. 1331 bytes: under one UDP echo read
+        _echo_datagrams(chain, udp_echo, [os.urandom(1 + i * 70) for i in range(DATAGRAMS)])
         assert udp_echo.datagrams == DATAGRAMS
     _check_alive(chain)
+
+
+def _echo_datagrams(chain, udp_echo: UdpEchoServer, payloads: List[bytes]) -> None:
+    """Each payload through one SOCKS5 UDP association, its XORed echo back from the echo."""
+    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
+        sock.settimeout(IO_TIMEOUT / 2)
+        for i, payload in enumerate(payloads):
+            sock.sendto(payload, udp_echo.address)
+            try:
+                data, source = sock.recvfrom(4096)
+            except socket.timeout:
+                raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
+            assert data == xor_bytes(payload), f"datagram {i}"
+            assert source == udp_echo.address
 
 
 # The largest datagram that fits one 2 KiB chunk with any padding (2,048 - 2 - 16 - 63):
@@ -178,15 +183,5 @@ def test_datagrams_that_fit_with_their_padding_pass_as_in_4_34(pool: ChainPool,
                                                                 key: ChainKey) -> None:
     chain = pool.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
-        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
-            sock.settimeout(IO_TIMEOUT / 2)
-            for i in range(3):
-                payload = os.urandom(PADDED_DATAGRAM)
-                sock.sendto(payload, udp_echo.address)
-                try:
-                    data, _ = sock.recvfrom(4096)
-                except socket.timeout:
-                    raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
-                assert data == xor_bytes(payload), f"datagram {i}"
+        _echo_datagrams(chain, udp_echo, [os.urandom(PADDED_DATAGRAM) for _ in range(3)])
     _check_alive(chain)
