@@ -184,3 +184,25 @@ def test_deeply_nested_values_are_named_not_repr_d(entry: Dict[str, Any], messag
                                         ("no-such-service", None), ("", None)])
 def test_a_dest_port_is_read_as_go_s_dialer_reads_it(text: str, port: Optional[int]) -> None:
     assert _dial_port(text) == port
+
+
+def test_a_fallback_type_is_a_network_v2sync_dials_or_refused_by_name() -> None:
+    """4.34 hands "type" to Go's dialer; v2sync dials tcp, tcp4, tcp6 and unix, and refuses
+    the rest when the config loads, not on each connection."""
+    parsed = parse_fallbacks({"fallbacks": [{"type": "tcp4", "dest": "127.0.0.1:80"},
+                                            {"path": "/6", "type": "tcp6", "dest": "[::1]:80"}]},
+                             "settings", "VLESS")
+    assert [(f.type, f.dest) for f in parsed] == [("tcp4", "127.0.0.1:80"), ("tcp6", "[::1]:80")]
+    with pytest.raises(ConfigError, match="fallback type 'udp' is not supported by v2sync"):
+        parse_fallbacks({"fallbacks": [{"type": "udp", "dest": "127.0.0.1:53"}]},
+                        "settings", "VLESS")
+
+
+def test_a_tcp4_fallback_is_dialled(tcp_echo) -> None:
+    from v2sync.proxy.fallback import dial_fallback
+    conn = dial_fallback(Fallback(f"127.0.0.1:{tcp_echo.port}", "tcp4"))
+    try:
+        conn.write(b"four")
+        assert conn.recv(16) == b"four"
+    finally:
+        conn.close()

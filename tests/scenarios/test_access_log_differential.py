@@ -144,9 +144,16 @@ def rejecting_config(ports: Dict[str, int], access: Path) -> Dict[str, Any]:
                                                   "network": "tcp,udp"}),
                 inbound("vless-in", "vless", {"decryption": "none", "clients": [
                     {"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]}),
-                inbound("trojan-in", "trojan", {"clients": [{"password": "pw"}]})],
+                inbound("trojan-in", "trojan", {"clients": [{"password": "pw"}]}),
+                # Falling back: 4.34's Trojan writes a rejected line first, its VLESS none.
+                inbound("trojan-fb", "trojan", {"clients": [{"password": "pw"}],
+                                                "fallbacks": [{"dest": ports["closed"]}]}),
+                inbound("vless-fb", "vless", {"decryption": "none", "clients": [
+                    {"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}],
+                    "fallbacks": [{"dest": ports["closed"]}]})],
             "outbounds": [{"protocol": "freedom"}]}
 REJECTING_TAGS = ("socks-pw", "vmess-in", "ss-in", "vless-in", "trojan-in")
+FALLBACK_TAGS = ("vless-fb", "trojan-fb")
 
 
 def refused(ports: Dict[str, int]) -> None:
@@ -174,7 +181,7 @@ def silent(port: int) -> None:
 
 
 def rejected_sources(process_class: Any, tmp_path: Path) -> List[str]:
-    ports = {tag: free_port() for tag in REJECTING_TAGS}
+    ports = {tag: free_port() for tag in (*REJECTING_TAGS, *FALLBACK_TAGS, "closed")}
     access = tmp_path / f"rejected-{process_class.__name__}.log"
     with process_class(rejecting_config(ports, access)):
         with pytest.raises(socks.ProxyError):
@@ -186,8 +193,10 @@ def rejected_sources(process_class: Any, tmp_path: Path) -> List[str]:
         time.sleep(0.2)
         for tag in REJECTING_TAGS:
             silent(ports[tag])
+        for tag in FALLBACK_TAGS:
+            garbage(ports[tag])
         deadline = time.monotonic() + LOG_WAIT
-        while len(_read(access)) < 6 and time.monotonic() < deadline:
+        while len(_read(access)) < 7 and time.monotonic() < deadline:
             time.sleep(0.05)
     lines = access.read_text().splitlines() if access.exists() else []
     found = [_REJECTED.match(m.group(1)) for m in map(_LINE.match, lines) if m]
@@ -201,4 +210,5 @@ def test_rejected_lines_as_4_34_writes_them(v2ray_bin: str, tmp_path: Path) -> N
     ours = rejected_sources(V2SyncProcess, tmp_path)
     assert ours == rejected_sources(V2RayProcess, tmp_path)
     assert ours == ["tcp:127.0.0.1:<port>", "127.0.0.1:<port>", "127.0.0.1:<port>",
-                    "udp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "127.0.0.1:<port>"]
+                    "udp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "127.0.0.1:<port>",
+                    "127.0.0.1:<port>"]

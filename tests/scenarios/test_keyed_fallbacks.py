@@ -8,6 +8,10 @@ alike. Trojan falls back on plain TCP; a unix socket and a TLS server name selec
 from __future__ import annotations
 
 import re
+import socket
+import ssl
+import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -51,6 +55,7 @@ def _https(port: int, path: str, *extra: str) -> str:
 
 
 PKI_CA: List[Path] = []
+PROMPT_CLOSE = 0.7  # seconds: well under uplinkOnly's 1 s
 
 
 def _site_answers(port: int) -> Dict[str, str]:
@@ -133,3 +138,53 @@ def test_unmatched_fallback_closes_without_an_answer(pki: Pki, nginx) -> None:
             h2 = _https(port, "/z", "--http2")
         results.append((result.returncode != 0, result.stdout, h2))
     assert results[0] == results[1] == (True, b"", "h2 /z HTTP/2.0\n")
+
+
+def test_a_tls_client_is_closed_when_its_fallback_ends_as_in_4_34(pki: Pki) -> None:
+    """A fallback that answers and closes (a close-delimited HTTP/1.0 page): 4.34 then
+    closes the TLS client at once (its response copy's Close reaches the *tls.Conn), where
+    v2sync waited for uplinkOnly (1 s): such a page took a second longer to finish."""
+    finished = {}
+    with socket.create_server(("127.0.0.1", 0)) as site:
+        site.settimeout(10)
+        threading.Thread(target=_answer_and_close, args=(site, 2), daemon=True).start()
+        for implementation in ("v2sync", "v2ray"):
+            port = free_port()
+            tls = stream(pki, "tls", server=True, alpn=["h2", "http/1.1"])
+            inbound = server_inbound("trojan", port, tls,
+                                     fallbacks=[{"dest": site.getsockname()[1]}])
+            with make_process(implementation, server_config(inbound)):
+                finished[implementation] = _fetch_until_closed(pki, port)
+    assert finished == {"v2sync": (CLOSE_DELIMITED, True), "v2ray": (CLOSE_DELIMITED, True)}
+
+
+CLOSE_DELIMITED = b"HTTP/1.0 200 OK\r\n\r\nno length: the close ends it"
+
+
+def _answer_and_close(site: socket.socket, count: int) -> None:
+    for _ in range(count):
+        try:
+            conn, _ = site.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            conn.recv(4096)
+            conn.sendall(CLOSE_DELIMITED)
+
+
+def _fetch_until_closed(pki: Pki, port: int) -> tuple:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    with socket.create_connection(("127.0.0.1", port), 10) as raw, \
+            context.wrap_socket(raw, server_hostname=SERVER_NAME) as sock:
+        sock.sendall(b"GET /c HTTP/1.0\r\n\r\n")
+        started, answer = time.monotonic(), b""
+        for _ in range(64):
+            try:
+                data = sock.recv(4096)
+            except (ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+            answer += data
+        return answer, time.monotonic() - started < PROMPT_CLOSE

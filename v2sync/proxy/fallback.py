@@ -29,6 +29,7 @@ from v2sync.proxy.relay import run_relay
 from v2sync.transport.copy import adaptive_reads
 from v2sync.transport.internet.config import DsSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.counting import CountingConnection
 from v2sync.transport.internet.dialer import dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.tls import TlsConnection
@@ -75,6 +76,11 @@ def _fallback(raw: Any, path: str, label: str) -> Fallback:
         raise ConfigError(f'{label} fallbacks: "path" must be empty or start with "/"',
                           join_path(path, "path"))
     dest, kind = _dest(entry.get("dest", ""), texts["type"])  # "dest": null is kept (x-raw)
+    if kind and kind not in DIALED_TYPES:
+        # 4.34 hands any network Go knows to its dialer ("udp" sends the client's bytes as
+        # datagrams); refused here by name rather than failing each connection.
+        raise ConfigError(f"fallback type {shown(kind)} is not supported by v2sync",
+                          join_path(path, "type"), expected="tcp, tcp4, tcp6 or unix")
     if not kind:
         raise ConfigError(f'{label} fallbacks: please fill in a valid value for every "dest"',
                           join_path(path, "dest"),
@@ -118,6 +124,9 @@ def _dest(raw: Any, kind: str) -> Tuple[str, str]:
     return dest, ("tcp" if split_host_port(dest) is not None else "")
 
 
+# Go network names a fallback's "type" may give, and the families each dials.
+TCP_FAMILIES = {"tcp": "AsIs", "tcp4": "UseIPv4", "tcp6": "UseIPv6"}
+DIALED_TYPES = frozenset({*TCP_FAMILIES, "unix", SERVE_TYPE})
 _INT64 = 1 << 63
 
 
@@ -204,9 +213,16 @@ def _longest_within(server_name: str, names: Dict[str, Alpns]) -> str:
 def _tls_facts(conn: Connection) -> Tuple[str, str]:
     """(server name, ALPN) when TLS is the connection's outer layer (4.34: a ``*tls.Conn``;
     behind WebSocket there is none to ask)."""
-    if isinstance(conn, TlsConnection):
-        return conn.server_name, conn.alpn or ""
-    return "", ""
+    tls = _outer_tls(conn)
+    return (tls.server_name, tls.alpn or "") if tls is not None else ("", "")
+
+
+def _outer_tls(conn: Connection) -> Optional[TlsConnection]:
+    """The TLS layer right under the proxy (the traffic counters looked through: they are
+    no layer of 4.34's); None on plain TCP and behind WebSocket."""
+    if isinstance(conn, CountingConnection):
+        conn = conn.inner
+    return conn if isinstance(conn, TlsConnection) else None
 
 
 def request_path(first: bytes) -> str:
@@ -229,13 +245,14 @@ def request_path(first: bytes) -> str:
 # -- serving ---------------------------------------------------------------------------
 
 def dial_fallback(fallback: Fallback) -> Connection:
-    if fallback.type == "tcp":
+    if fallback.type in TCP_FAMILIES:
         parts = split_host_port(fallback.dest)
         port = _dial_port(parts[1]) if parts is not None else None
         if parts is None or port is None:
             raise TransportError(f"fallback: cannot dial {fallback.dest!r}: bad address or port")
         dest = Destination(Address.parse(parts[0] or "127.0.0.1"), port)
-        return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP)
+        return dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP,
+                               strategy=TCP_FAMILIES[fallback.type])
     if fallback.type == "unix":
         client = StreamClient(StreamSettings(network="domainsocket", ds=_unix(fallback.dest)))
         target = Destination(Address(fallback.dest, AddressKind.DOMAIN), 0)
@@ -298,6 +315,13 @@ def serve_fallback(ctx: ProxyContext, name: str, conn: Connection, fallback: Fal
             timer.update()
             conn.write(data)
             del data
+        tls = _outer_tls(conn)
+        if tls is not None:
+            # 4.34's response copy ends with task.Close(writer), which reaches a *tls.Conn
+            # and closes the client at once (on TCP that writer's Close does nothing, and
+            # the client's end waits for uplinkOnly, as here).
+            tls.say_goodbye()
+            conn.abort()
 
     try:
         error = run_relay(ctx, name, policy, conn, abort, request, response, first)

@@ -16,6 +16,7 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
+from v2sync.app.log.access import AccessLog
 from v2sync.common.errors import (AuthenticationError, HandshakeClosed, HandshakeTimeout,
                                   RemoteProtocolError, TransportError)
 from v2sync.common.protocol.packets import PacketStream, Parser
@@ -63,6 +64,9 @@ class KeyedInbound:
     # Whether a first read that times out or meets the EOF goes to the fallbacks as 0
     # bytes (VLESS's inbound.go ignores that read's error; Trojan's server.go closes).
     silence_falls_back = False
+    # Whether a client sent to the fallbacks gets a rejected access line too (Trojan's
+    # server.go records one before it falls back; VLESS's inbound.go does not).
+    logs_fallbacks = False
     parse_user_entry: Callable[[Any, str], Any]
 
     def __init__(self, settings, ctx: ProxyContext, handler_config):
@@ -73,6 +77,7 @@ class KeyedInbound:
             self.users.add(user, f"settings.clients[{i}]")
         self.fallbacks = FallbackTable(settings.fallbacks)
         self.handshake_policy = ctx.policy.for_level(0)  # as 4.34: level 0 until the user
+        self.access_log = AccessLog()  # a fallback's rejected line (refusals: the handler's)
 
     # -- UserManager -----------------------------------------------------------------
     @property
@@ -111,6 +116,8 @@ class KeyedInbound:
                 fallback = self.fallbacks.select_for(conn, first)
                 log.info("%s: %s from %s: %s; fallback to %s", session.name(), self.label,
                          conn.remote, reason, fallback.dest)
+                if self.logs_fallbacks:
+                    self.access_log.rejected(session, f"{self.label}: {reason}")
                 return partial(serve_fallback, self.ctx, session.name(), conn, fallback,
                                first)
         key = yield from reader.parse_steps(self._peek_whole)

@@ -32,6 +32,7 @@ class TrojanInbound(KeyedInbound):
     label = "trojan"
     probe_size = PROBE_SIZE
     first_read_decides = True
+    logs_fallbacks = True
 
     @staticmethod
     def parse_user_entry(raw, path: str):

@@ -429,6 +429,12 @@ class TlsConnection(WrappedConnection):
                 ending()
         super()._release()
 
+    def say_goodbye(self) -> None:
+        """close_notify now, before an ``abort`` ends the connection the way Go's
+        ``tls.Conn.Close`` does (``close`` sends it anyway)."""
+        if self._handshaken:
+            self._say_goodbye()
+
     def _say_goodbye(self) -> None:
         """Best-effort close_notify (Go's tls.Conn.Close sends one); never blocks."""
         try:
