@@ -188,3 +188,17 @@ def _fetch_until_closed(pki: Pki, port: int) -> tuple:
                 break
             answer += data
         return answer, time.monotonic() - started < PROMPT_CLOSE
+
+
+def test_alpn_selects_with_traffic_counters_on(pki: Pki, nginx) -> None:
+    """With the inbound's counters on, the proxy reads through a counting layer; the
+    fallback still sees TLS's ALPN under it (v2sync did not: h2 clients got the default)."""
+    PKI_CA[:] = [pki.ca_file]
+    port = free_port()
+    tls = stream(pki, "tls", server=True, alpn=["h2", "http/1.1"])
+    inbound = dict(server_inbound("vless", port, tls, fallbacks=_fallbacks(nginx)), tag="in")
+    config = dict(server_config(inbound), stats={}, policy={"system": {
+        "statsInboundUplink": True, "statsInboundDownlink": True}})
+    with make_process("v2sync", config):
+        assert _https(port, "/", "--http2") == "h2 / HTTP/2.0\n"
+        assert _https(port, "/", "--http1.1") == "site / HTTP/1.1\n"
