@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -22,7 +21,7 @@ from scenarios.keyed_helpers import (client_config, client_outbound, server_conf
 from scenarios.vmess_helpers import exchange, make_process, open_tunnel
 from support.certs import SERVER_NAME, Pki
 from support.nginx import Nginx
-from support.peers import XOR_C, TcpEchoServer, free_port, xor_bytes
+from support.peers import XOR_C, TcpEchoServer, answer_and_close, free_port, xor_bytes
 
 PP_LINE = re.compile(r'pp=127\.0\.0\.1:(\d+) remote=127\.0\.0\.1 "GET (\S+) ')
 
@@ -147,7 +146,7 @@ def test_a_tls_client_is_closed_when_its_fallback_ends_as_in_4_34(pki: Pki) -> N
     finished = {}
     with socket.create_server(("127.0.0.1", 0)) as site:
         site.settimeout(10)
-        threading.Thread(target=_answer_and_close, args=(site, 2), daemon=True).start()
+        answer_and_close(site, 2, CLOSE_DELIMITED)
         for implementation in ("v2sync", "v2ray"):
             port = free_port()
             tls = stream(pki, "tls", server=True, alpn=["h2", "http/1.1"])
@@ -159,18 +158,6 @@ def test_a_tls_client_is_closed_when_its_fallback_ends_as_in_4_34(pki: Pki) -> N
 
 
 CLOSE_DELIMITED = b"HTTP/1.0 200 OK\r\n\r\nno length: the close ends it"
-
-
-def _answer_and_close(site: socket.socket, count: int) -> None:
-    for _ in range(count):
-        try:
-            conn, _ = site.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            conn.recv(4096)
-            conn.sendall(CLOSE_DELIMITED)
 
 
 def _fetch_until_closed(pki: Pki, port: int) -> tuple:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Iterator, List
 
 import pytest
@@ -22,7 +23,8 @@ from scenarios.ss_helpers import METHODS, SsChains, SsKey, running_chains
 from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
                                      exchange_in_parallel, open_tunnel, read_to_eof,
                                      recv_exactly)
-from support.peers import MIB, XOR_C, TcpEchoServer, UdpEchoServer, xor_bytes
+from support.peers import (MIB, XOR_C, TcpEchoServer, UdpEchoServer, answer_and_close,
+                           xor_bytes)
 
 BULK_BYTES = 2 * MIB
 PARALLEL_CONNECTIONS = 10
@@ -120,3 +122,38 @@ def test_upstream_speaks_and_closes_first(chains: SsChains, closing_echo: TcpEch
         assert recv_exactly(sock, len(GREETING), IO_TIMEOUT) == GREETING
         sock.sendall(PING)
         assert read_to_eof(sock, EOF_TIMEOUT) == xor_bytes(PING), chain.logs()
+
+
+def _closed_after(implementation: str, server_port: int) -> float:
+    """Seconds from a SOCKS client's first bytes until it sees the end, through a
+    Shadowsocks outbound whose server reads the request and closes without a salt."""
+    from scenarios.ss_helpers import ss_client_config
+    from scenarios.vmess_helpers import make_process, open_tunnel
+    from support.peers import free_port
+
+    socks_port = free_port()
+    with make_process(implementation, ss_client_config(socks_port, server_port, "aes-128-gcm")):
+        with open_tunnel(socks_port, ("127.0.0.1", 9)) as sock:
+            started = time.monotonic()
+            sock.sendall(b"hello")
+            sock.settimeout(5)
+            try:
+                sock.recv(16)
+            except OSError:
+                pass  # a reset is an end too
+            return time.monotonic() - started
+
+
+def test_a_server_closing_before_its_salt_ends_the_client_at_once_as_4_34() -> None:
+    """4.34's client fails to read the IV and ends the link at once; v2sync took the close
+    for a clean end and held the client for uplinkOnly (1 s)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        thread = answer_and_close(server, 2)
+        waits = {impl: _closed_after(impl, server.getsockname()[1]) for impl in ("v2ray", "v2sync")}
+        thread.join(10)
+    assert waits["v2ray"] < PROMPT_END, waits  # proves the probe: 4.34 ends it at once
+    assert waits["v2sync"] < PROMPT_END, waits
+
+
+PROMPT_END = 0.6  # seconds; uplinkOnly is 1 s

@@ -103,6 +103,26 @@ def _pick_port(host: str, kinds: Tuple[socket.SocketKind, ...]) -> int:
         return int(sock.getsockname()[1])
 
 
+def answer_and_close(server: socket.socket, count: int, answer: bytes = b"",
+                     timeout: float = 10.0) -> threading.Thread:
+    """A thread serving ``count`` connections on ``server`` (listening, with a timeout): each
+    read once, answered with ``answer`` (if any) and closed. For peers that end first."""
+    def serve() -> None:
+        for _ in range(count):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(timeout)
+                conn.recv(4096)
+                if answer:
+                    conn.sendall(answer)
+    thread = threading.Thread(target=serve, name="answer-and-close", daemon=True)
+    thread.start()
+    return thread
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for TCP and UDP a moment ago (for configs that need a fixed port number;
     a SOCKS inbound with UDP binds both)."""

@@ -141,6 +141,11 @@ class StreamReader:
         self.salt_used = 0
 
     @property
+    def salted(self) -> bool:
+        """The peer's salt has been read (always, for a method without one)."""
+        return self._sealer is not None or not self._account.method.is_aead
+
+    @property
     def ended(self) -> bool:
         """No more plaintext will come: a zero-length chunk, or a failure kept back."""
         return self.eof or self.failure is not None

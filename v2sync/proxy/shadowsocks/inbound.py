@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.app.log.access import AccessLog
-from v2sync.common.errors import ProtocolError, RemoteProtocolError
+from v2sync.common.errors import ProtocolError, RemoteProtocolError, TransportError
 from v2sync.common.net import Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
@@ -202,6 +202,11 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
                 timer.update()
                 if body_in.ended:
                     break  # a zero-length chunk: 4.34's reader ends the stream there
+            else:  # the peer closed
+                if client and not body_in.salted:
+                    # 4.34's client fails to read the server's IV, which ends the whole
+                    # link at once; taken as a clean end it waited for uplinkOnly.
+                    raise TransportError("shadowsocks: the server closed before its salt")
         if body_in.failure is not None:
             # What opened before it has gone on; the direction ends as at EOF, so the
             # answer to it still comes back (4.34 skips a bad chunk of up to 2 KiB).
