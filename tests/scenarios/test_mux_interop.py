@@ -17,10 +17,9 @@ import socket
 from typing import Iterator
 
 import pytest
-import socks
 from scenarios.mux_helpers import MuxChain, mux_client_config, start_mux_chain
 from scenarios.test_transport_interop import stream_settings
-from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
+from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, echo_datagrams, exchange,
                                      exchange_in_parallel, make_process, open_tunnel,
                                      vmess_client_entry, vmess_inbound)
 from support.certs import Pki
@@ -74,18 +73,8 @@ def test_parallel_bulk_and_udp_over_one_mux_connection(pair, echo: TcpEchoServer
 
 
 def _udp_round_trips(chain: MuxChain, udp_echo: UdpEchoServer) -> None:
-    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
-        sock.settimeout(IO_TIMEOUT / 2)
-        for i in range(DATAGRAMS):
-            payload = os.urandom(1 + i * 150)  # up to 1351 bytes: under 4.34's 2 KiB limit
-            sock.sendto(payload, udp_echo.address)
-            try:
-                data, source = sock.recvfrom(4096)
-            except socket.timeout:
-                raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
-            assert data == xor_bytes(payload), f"datagram {i}"
-            assert source == udp_echo.address
+    # up to 1351 bytes: under 4.34's 2 KiB limit
+    echo_datagrams(chain, udp_echo, [os.urandom(1 + i * 150) for i in range(DATAGRAMS)])
 
 
 @pytest.mark.parametrize("pair", CROSS, ids=_pair_id)

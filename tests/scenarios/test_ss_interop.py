@@ -18,9 +18,8 @@ import time
 from typing import Iterator, List
 
 import pytest
-import socks
 from scenarios.ss_helpers import METHODS, SsChains, SsKey, running_chains
-from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, exchange,
+from scenarios.vmess_helpers import (IO_TIMEOUT, assert_same_bytes, echo_datagrams, exchange,
                                      exchange_in_parallel, open_tunnel, read_to_eof,
                                      recv_exactly)
 from support.peers import (MIB, XOR_C, TcpEchoServer, UdpEchoServer, answer_and_close,
@@ -80,18 +79,8 @@ def test_tcp_both_ways(chains: SsChains, echo: TcpEchoServer, payload: bytes,
 def test_udp_through_socks_associate(chains: SsChains, key: SsKey) -> None:
     chain = chains.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
-        with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
-            sock.settimeout(IO_TIMEOUT / 2)
-            for i in range(DATAGRAMS):
-                data = os.urandom(1 + i * 70)  # 1 .. 1331 bytes: one 2 KiB read everywhere
-                sock.sendto(data, udp_echo.address)
-                try:
-                    answer, source = sock.recvfrom(4096)
-                except socket.timeout:
-                    raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
-                assert answer == xor_bytes(data), f"datagram {i}"
-                assert source == udp_echo.address
+        # 1 .. 1331 bytes: one 2 KiB read everywhere
+        echo_datagrams(chain, udp_echo, [os.urandom(1 + i * 70) for i in range(DATAGRAMS)])
         assert udp_echo.datagrams == DATAGRAMS
     assert not chain.dead(), chain.logs()
 

@@ -19,12 +19,11 @@ Process pairs are started once per combination and shared through a module-scope
 from __future__ import annotations
 
 import os
-import socket
 from typing import Iterator, List
 
 import pytest
-import socks
 from scenarios.vmess_helpers import (IO_TIMEOUT, Chain, ChainKey, ChainPool, assert_same_bytes,
+                                     echo_datagrams,
                                      exchange, exchange_in_parallel, open_tunnel, read_to_eof,
                                      recv_exactly, running_pool)
 from support.peers import (MIB, XOR_C, BulkSource, TcpEchoServer, UdpEchoServer, pattern_bytes,
@@ -152,24 +151,9 @@ def test_udp_through_socks_associate(pool: ChainPool, key: ChainKey) -> None:
     chain = pool.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
         # 1 .. 1331 bytes: under one UDP echo read
-        _echo_datagrams(chain, udp_echo, [os.urandom(1 + i * 70) for i in range(DATAGRAMS)])
+        echo_datagrams(chain, udp_echo, [os.urandom(1 + i * 70) for i in range(DATAGRAMS)])
         assert udp_echo.datagrams == DATAGRAMS
     _check_alive(chain)
-
-
-def _echo_datagrams(chain, udp_echo: UdpEchoServer, payloads: List[bytes]) -> None:
-    """Each payload through one SOCKS5 UDP association, its XORed echo back from the echo."""
-    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
-        sock.settimeout(IO_TIMEOUT / 2)
-        for i, payload in enumerate(payloads):
-            sock.sendto(payload, udp_echo.address)
-            try:
-                data, source = sock.recvfrom(4096)
-            except socket.timeout:
-                raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
-            assert data == xor_bytes(payload), f"datagram {i}"
-            assert source == udp_echo.address
 
 
 # The largest datagram that fits one 2 KiB chunk with any padding (2,048 - 2 - 16 - 63):
@@ -183,5 +167,5 @@ def test_datagrams_that_fit_with_their_padding_pass_as_in_4_34(pool: ChainPool,
                                                                 key: ChainKey) -> None:
     chain = pool.live(key)
     with UdpEchoServer(xor=XOR_C) as udp_echo:
-        _echo_datagrams(chain, udp_echo, [os.urandom(PADDED_DATAGRAM) for _ in range(3)])
+        echo_datagrams(chain, udp_echo, [os.urandom(PADDED_DATAGRAM) for _ in range(3)])
     _check_alive(chain)

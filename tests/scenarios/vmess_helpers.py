@@ -327,6 +327,26 @@ def _wake(sock: socket.socket) -> None:
         pass
 
 
+def echo_datagrams(chain: Any, udp_echo: Any, payloads: Sequence[bytes]) -> None:
+    """Each payload through one SOCKS5 UDP association on ``chain.socks_port``; its XORed
+    echo (an XOR ``UdpEchoServer``) must come back from the echo's address."""
+    import socks
+
+    from support.peers import xor_bytes
+
+    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", chain.socks_port)
+        sock.settimeout(IO_TIMEOUT / 2)
+        for i, payload in enumerate(payloads):
+            sock.sendto(payload, udp_echo.address)
+            try:
+                data, source = sock.recvfrom(4096)
+            except socket.timeout:
+                raise AssertionError(f"no reply to datagram {i}\n{chain.logs()}") from None
+            assert data == xor_bytes(payload), f"datagram {i}"
+            assert source == udp_echo.address
+
+
 def assert_same_bytes(received: bytes, expected: bytes, context: str = "") -> None:
     """Byte-for-byte equality with a short message (pytest's diff of 8 MiB is unreadable)."""
     if received == expected:
