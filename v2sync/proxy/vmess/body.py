@@ -295,9 +295,6 @@ class ChunkWriter:
                  cfb: Optional[AesCfb] = None, packet: bool = False):
         self._auth, self._sizes, self._padding, self._cfb = auth, sizes, padding, cfb
         self._packet = packet
-        # 4.34's writeStream chunk payload: room for the largest padding (tests use it).
-        max_padding = MAX_PADDING if padding else 0
-        self.max_payload = BUFFER_SIZE - auth.overhead - SIZE_BYTES - max_padding
         self.stream_payload = STREAM_CHUNK_PAYLOAD
         self.dropped = 0  # datagrams too large for one chunk with their padding
 
