@@ -122,3 +122,32 @@ def test_freedom_udp_is_a_full_cone(implementation: str) -> None:
             data, sender = client.recvfrom(4096)
     assert data == b"from a stranger"
     assert sender == ("127.0.0.1", port)
+
+
+def _bound_ports(table: str) -> set:
+    """Local ports of the sockets in ``/proc/net/tcp`` (listening only) or ``/proc/net/udp``."""
+    with open(f"/proc/net/{table}") as rows:
+        next(rows)
+        fields = [row.split() for row in rows]
+    return {int(f[1].rsplit(":", 1)[1], 16) for f in fields if table == "udp" or f[3] == "0A"}
+
+
+def _networks_opened(implementation: str, ports: Dict[str, int]) -> Dict[str, Any]:
+    config = {"log": {"loglevel": "warning", "access": "none"},
+              "inbounds": [
+                  {**door(ports["door"], "tcp, udp", 9), "tag": "door"},
+                  {"tag": "ss", "protocol": "shadowsocks", "listen": "127.0.0.1", "port": ports["ss"],
+                   "settings": {"method": "aes-128-gcm", "password": "p", "network": "tcp, udp"}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    with make_process(implementation, config):
+        tcp, udp = _bound_ports("tcp"), _bound_ports("udp")
+    return {name: (port in tcp, port in udp) for name, port in ports.items()}
+
+
+def test_a_network_list_with_a_space_opens_tcp_only_as_in_4_34() -> None:
+    """v2fly's own examples write ``"network": "tcp, udp"``: Go splits on commas without
+    trimming, so " udp" opens nothing and the inbound serves TCP alone. v2sync loads such a
+    config (with a warning) and opens what 4.34 opens."""
+    opened = {implementation: _networks_opened(implementation, {"door": free_port(), "ss": free_port()})
+              for implementation in ("v2ray", "v2sync")}
+    assert opened["v2sync"] == opened["v2ray"] == {"door": (True, False), "ss": (True, False)}

@@ -174,6 +174,24 @@ def test_bad_level_key() -> None:
 # --------------------------------------------------------------------------- unsupported
 
 
+def test_a_v5_config_is_named_first() -> None:
+    # v2fly's v5 examples: a log section of objects, a "router", "services"
+    v5 = {"log": {"error": {"level": "Debug", "type": "Console"}}, "router": {"rule": []},
+          "services": {}, "outbounds": [{"protocol": "freedom"}]}
+    errors = errors_of(v5)
+    assert errors[0] == ("f.json: this looks like a v2ray v5 config (router, services, log.error "
+                         'is an object); v2sync reads the v4 format (v5\'s "jsonv4") '
+                         "(expected a v2ray 4.x config)")
+    assert "log.error: {...} is an object" in errors[1]
+
+
+def test_v5_keys_alone_do_not_refuse_a_file() -> None:
+    # 4.34 ignores keys it does not know: they stay warnings
+    document = validate_document({"router": {}, "services": {}, "outbounds": [{"protocol": "freedom"}]},
+                                 "f.json")
+    assert [w.path for w in document.warnings] == ["router", "services"]
+
+
 def test_unsupported_network_names_supported_ones() -> None:
     data = {"inbounds": [{"protocol": "socks", "port": 1, "streamSettings": {"network": "KCP"}}]}
     assert errors_of(data) == [

@@ -115,12 +115,17 @@ def test_server_settings_typed() -> None:
     assert both.tcp and both.udp and both.user.account.method is NONE
 
 
-def test_unknown_network_is_refused_by_name() -> None:
-    # 4.34 keeps "tcp, udp" (spaces are not trimmed) as an unknown network that opens nothing.
+def test_unknown_network_opens_nothing() -> None:
+    # As 4.34: "tcp, udp" keeps its space, and " udp" opens nothing; `udp: true` still adds UDP.
+    def networks(**settings):
+        return ShadowsocksServerConfig.from_json({"method": "none", "password": "p", **settings},
+                                                 "settings").networks
+    assert networks(network="tcp, udp") == (Network.TCP,)
+    assert networks(network=" udp", udp=True) == (Network.UDP,)
+    assert networks(udp=True) == (Network.TCP, Network.UDP)
     with pytest.raises(ConfigError) as info:
-        ShadowsocksServerConfig.from_json({"method": "none", "password": "p",
-                                           "network": "tcp, udp"}, "settings")
-    assert info.value.path == "settings.network" and "' udp'" in str(info.value)
+        networks(network=" udp")
+    assert info.value.path == "settings.network" and "no network to serve" in str(info.value)
 
 
 def test_client_settings_typed() -> None:

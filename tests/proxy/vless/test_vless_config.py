@@ -76,14 +76,39 @@ def test_as_v2ray_test_decides(v2ray_bin: str, tmp_path: Path, config: Dict[str,
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("protocol, servers", [
-    ("vless", {"vnext": [{"address": "", "port": 443,
-                          "users": [{"id": UUID, "encryption": "none"}]}]}),
-    ("trojan", {"servers": [{"address": "", "port": 443, "password": "p"}]}),
-])
-def test_an_empty_server_address_is_named_as_empty(protocol: str, servers: Dict[str, Any]
-                                                   ) -> None:
-    # 4.34 takes "" (an empty domain) and fails at every dial; v2sync refuses it at once.
+def _servers(protocol: str, address: Any) -> Dict[str, Any]:
+    """One server entry of ``protocol`` whose address is ``address`` (absent if ``...``)."""
+    at = {} if address is ... else {"address": address}
+    if protocol in ("vless", "vmess"):
+        user = {"id": UUID, "encryption": "none"} if protocol == "vless" else {"id": UUID}
+        return {"vnext": [{**at, "port": 443, "users": [user]}]}
+    extra = {"method": "aes-128-gcm"} if protocol == "shadowsocks" else {}
+    return {"servers": [{**at, "port": 443, "password": "p", **extra}]}
+
+
+SERVER_PROTOCOLS = ["vless", "vmess", "trojan", "shadowsocks", "socks", "http"]
+
+
+@pytest.mark.parametrize("address", ["", "  "])
+@pytest.mark.parametrize("protocol", SERVER_PROTOCOLS)
+def test_an_empty_server_address_is_named_as_empty(protocol: str, address: str) -> None:
+    # v2fly's example configs ship "" as a placeholder; 4.34 takes it (ParseAddress trims
+    # the spaces) and dials this machine. v2sync refuses it at once, in the same words for
+    # every protocol.
     with pytest.raises(ConfigError) as info:
-        config_from_dict(_outbound(servers, protocol), "f.json")
-    assert "the server address is empty" in str(info.value)
+        config_from_dict(_outbound(_servers(protocol, address), protocol), "f.json")
+    assert "the server address is empty (4.34 would dial this machine)" in str(info.value)
+    assert "outbounds[0].settings." in str(info.value) and "(expected a host name or IP)" in str(info.value)
+
+
+@pytest.mark.parametrize("protocol, words", [
+    ("vless", 'VLESS vnext: "address" is not set'), ("vmess", "vmess server address is empty"),
+    ("trojan", "Trojan server address is not set."),
+    ("shadowsocks", "Shadowsocks server address is not set."),
+])
+@pytest.mark.parametrize("address", [..., None])
+def test_a_missing_server_address_gets_4_34s_words(protocol: str, words: str, address: Any) -> None:
+    # A JSON null leaves Go's pointer nil, as no key does.
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_outbound(_servers(protocol, address), protocol), "f.json")
+    assert words in str(info.value)

@@ -55,8 +55,7 @@ def servers_from_json(settings: Mapping[str, Any], path: str, protocol: str
     servers = []
     for raw, where in get_items(settings, "servers", path):
         entry = require_object(raw, where)
-        address = get_server_address(entry, where, f"{protocol} server address is empty",
-                                     expected="a host name or IP")
+        address = get_server_address(entry, where, f"{protocol} server address is empty")
         port = get_server_port(entry, where, f"{protocol} server port is 0")
         users = tuple(_account(u, p) for u, p in get_items(entry, "users", where))
         servers.append(ServerSpec(address, port, users))

@@ -88,15 +88,22 @@ def get_items(settings: Mapping[str, Any], key: str, path: str):
     return [(item, f"{where}[{i}]") for i, item in enumerate(items)]
 
 
-def get_server_address(entry: Mapping[str, Any], path: str, empty: str,
-                       expected: str = "") -> Address:
-    """A server's ``address``; ``empty`` is the protocol's own 4.34 message for a missing one."""
+SERVER_ADDRESS_EXPECTED = "expected a host name or IP"
+
+
+def get_server_address(entry: Mapping[str, Any], path: str, missing: str) -> Address:
+    """A server's ``address``; ``missing`` is the protocol's own 4.34 message for no key.
+
+    An empty (or all-space) address is refused: it is the placeholder of v2fly's example
+    configs, and 4.34, which takes it, dials this machine with it (Go reads an empty host as
+    the local system).
+    """
     address = get_str(entry, "address", path)
-    if not address and "address" in entry:  # 4.34 takes "" and fails at each dial
-        raise ConfigError("the server address is empty", join_path(path, "address"),
-                          expected=expected or "an IP address or a domain")
-    if not address:
-        raise ConfigError(empty, join_path(path, "address"), expected=expected)
+    if entry.get("address") is None:  # null leaves Go's pointer nil, as no key does
+        raise ConfigError(missing, join_path(path, "address"), expected=SERVER_ADDRESS_EXPECTED)
+    if not address.strip():
+        raise ConfigError("the server address is empty (4.34 would dial this machine)",
+                          join_path(path, "address"), expected=SERVER_ADDRESS_EXPECTED)
     return go_address(address)
 
 
@@ -109,15 +116,18 @@ def get_server_port(entry: Mapping[str, Any], path: str, zero: str,
     return port
 
 
-def parse_network_list(value: Any, path: str) -> Tuple[Network, ...]:
-    """``NetworkList``: absent means TCP; an array or a comma-separated string.
+def parse_network_list(value: Any, path: str, also: Tuple[Network, ...] = ()
+                       ) -> Tuple[Network, ...]:
+    """``NetworkList``: absent means TCP; an array or a comma-separated string; ``also``
+    is appended (a Shadowsocks server's ``udp: true``).
 
-    4.34 turns an unknown name (``"tcp, udp"``: spaces are not trimmed) into a network that
-    opens nothing; here it is refused by name. An empty list is refused as 4.34's
-    ``Door.Init`` refuses it ("no network specified").
+    As 4.34, a name other than tcp or udp (``" udp"`` in ``"tcp, udp"``: spaces are not
+    trimmed) opens nothing, so it is dropped here; the schema warns about each one. A list
+    with nothing left to serve is refused, where 4.34 starts an inbound that opens no
+    port; an empty list as 4.34's ``Door.Init`` refuses it ("no network specified").
     """
     if value is None:
-        return (Network.TCP,)
+        return tuple(dict.fromkeys((Network.TCP, *also)))
     if isinstance(value, str):
         names = value.split(",")
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -126,11 +136,9 @@ def parse_network_list(value: Any, path: str) -> Tuple[Network, ...]:
         raise ConfigError(f"invalid network list {value!r}", path, expected=NETWORK_EXPECTED)
     if not names:
         raise ConfigError("no network specified", path, expected=NETWORK_EXPECTED)
-    networks = []
-    for name in names:
-        network = NETWORK_NAMES.get(name.lower())
-        if network is None:
-            raise ConfigError(f"unknown network {name!r}", path, expected=NETWORK_EXPECTED)
-        if network not in networks:
-            networks.append(network)
-    return tuple(networks)
+    known = [NETWORK_NAMES[name.lower()] for name in names if name.lower() in NETWORK_NAMES]
+    known += also
+    if not known:
+        raise ConfigError(f"no network to serve in {value!r} (4.34 would open no port)", path,
+                          expected=NETWORK_EXPECTED)
+    return tuple(dict.fromkeys(known))

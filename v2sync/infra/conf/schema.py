@@ -184,9 +184,15 @@ class SchemaWalker:
 
     def _check_known(self, value: str, schema: Mapping[str, Any], parts: List[PathPart]) -> None:
         known = schema.get("x-known")
-        if known is not None and value not in known:
+        if known is None or value in known:
+            return
+        expected = "known: " + ", ".join(k for k in known if k)
+        if "x-unknown" in schema:
+            what = schema.get("x-what", "value")
+            self._warn(f"unknown {what} {value!r}, {schema['x-unknown']}", parts, expected)
+        else:
             self._warn(f"unknown value {value!r}, using {schema.get('x-fallback')!r}", parts,
-                       expected="known: " + ", ".join(k for k in known if k))
+                       expected)
 
     def _check_supported(self, value: str, schema: Mapping[str, Any],
                          parts: List[PathPart]) -> None:

@@ -76,9 +76,26 @@ def check_document(raw: Mapping[str, Any], file: str) -> Tuple[Document, List[Co
     walker = SchemaWalker(load_schema(), support_tables(), file)
     data = walker.walk(raw)
     errors = walker.errors + schema_errors(data, file) + feature_errors(data, file)
+    if errors:
+        errors = v5_format_errors(raw, file) + errors
     for line in capped([w.render() for w in walker.warnings]):
         log.warning("%s", line)
     return Document(file, data, tuple(walker.warnings)), sort_errors(errors)
+
+
+def v5_format_errors(raw: Mapping[str, Any], file: str) -> List[ConfigError]:
+    """One error up front for a refused file that looks like v2ray v5's own format
+    (``router``, ``services``, a log section of objects): its other errors would not say
+    why. A file that loads is never refused for it (4.34 ignores a key it does not know)."""
+    log_section = _obj(raw, "log")
+    signs = [key for key in ("router", "services") if key in raw]
+    signs += [f"log.{key} is an object" for key in ("access", "error")
+              if isinstance(log_section.get(key), Mapping)]
+    if not signs:
+        return []
+    return [ConfigError(f"this looks like a v2ray v5 config ({', '.join(signs)}); v2sync reads "
+                        "the v4 format (v5's \"jsonv4\")", "", file,
+                        "expected a v2ray 4.x config")]
 
 
 def capped(lines: Sequence[str], limit: int = MAX_SHOWN) -> List[str]:

@@ -51,11 +51,9 @@ class ShadowsocksServerConfig:
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "ShadowsocksServerConfig":
         settings = require_object(settings, path)
         # server.go Network(): an empty list means tcp; "udp": true appends udp.
+        udp = (Network.UDP,) if get_bool(settings, "udp", path) else ()
         value = settings.get("network") or None
-        networks = parse_network_list(value, join_path(path, "network"))
-        if get_bool(settings, "udp", path):
-            networks += (Network.UDP,)
-        return cls(_user(settings, path), tuple(dict.fromkeys(networks)))
+        return cls(_user(settings, path), parse_network_list(value, join_path(path, "network"), udp))
 
     @property
     def tcp(self) -> bool:
@@ -88,8 +86,7 @@ class ShadowsocksClientConfig:
 
 
 def _server(entry: Mapping[str, Any], path: str) -> ShadowsocksServer:
-    address = get_server_address(entry, path, "Shadowsocks server address is not set.",
-                                 expected="a host name or IP")
+    address = get_server_address(entry, path, "Shadowsocks server address is not set.")
     port = get_server_port(entry, path, "Invalid Shadowsocks port.")
     get_bool(entry, "ota", path)  # parsed and ignored, as 4.34 does
     return ShadowsocksServer(address, port, _user(entry, path))

@@ -87,8 +87,7 @@ class VMessOutboundConfig:
         servers = []
         for raw, where in get_items(settings, "vnext", path):
             entry = require_object(raw, where)
-            address = get_server_address(entry, where, "vmess server address is empty",
-                                         expected="a host name or IP")
+            address = get_server_address(entry, where, "vmess server address is empty")
             users = tuple(_user(u, p) for u, p in get_items(entry, "users", where))
             if not users:
                 raise ConfigError("vmess server has no users", join_path(where, "users"),
