@@ -112,3 +112,26 @@ def test_a_missing_server_address_gets_4_34s_words(protocol: str, words: str, ad
     with pytest.raises(ConfigError) as info:
         config_from_dict(_outbound(_servers(protocol, address), protocol), "f.json")
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("protocol, user_words", [
+    ("vmess", "users[0].id"), ("vless", "users[0].id"),
+    ("trojan", "Trojan password is not specified."),
+    ("shadowsocks", "Shadowsocks password is not specified."),
+])
+def test_every_error_of_every_server_entry_in_one_report(protocol: str, user_words: str) -> None:
+    # v2fly's example clients ship "address": "" and "id": "" together: both are named at
+    # once, and so is the next entry's.
+    first = _servers(protocol, "")
+    entries = first["vnext" if "vnext" in first else "servers"]
+    if "users" in entries[0]:
+        entries[0]["users"][0]["id"] = ""
+    else:
+        entries[0]["password"] = ""
+    entries.append({**entries[0], "address": " "})
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_outbound(first, protocol), "f.json")
+    text = str(info.value)
+    assert "[0].address: the server address is empty" in text, text
+    assert user_words in text, text
+    assert "[1].address: the server address is empty" in text, text

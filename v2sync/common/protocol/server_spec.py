@@ -15,7 +15,7 @@ from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Destination
-from v2sync.infra.conf.fields import (MAX_UINT8, get_items, get_server_address,
+from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_items, get_server_address,
                                       get_server_port, get_str, get_uint, require_object)
 
 S = TypeVar("S")
@@ -49,16 +49,20 @@ def _account(raw: Any, path: str) -> Account:
                    get_uint(entry, "level", path, maximum=MAX_UINT8), get_str(entry, "email", path))
 
 
+def _server(raw: Any, where: str, protocol: str) -> ServerSpec:
+    entry = require_object(raw, where)
+    address, port, users = checked(
+        lambda: get_server_address(entry, where, f"{protocol} server address is empty"),
+        lambda: get_server_port(entry, where, f"{protocol} server port is 0"),
+        lambda: tuple(gather(get_items(entry, "users", where), _account)))
+    return ServerSpec(address, port, users)
+
+
 def servers_from_json(settings: Mapping[str, Any], path: str, protocol: str
                       ) -> Tuple[ServerSpec, ...]:
     settings = require_object(settings, path)
-    servers = []
-    for raw, where in get_items(settings, "servers", path):
-        entry = require_object(raw, where)
-        address = get_server_address(entry, where, f"{protocol} server address is empty")
-        port = get_server_port(entry, where, f"{protocol} server port is 0")
-        users = tuple(_account(u, p) for u, p in get_items(entry, "users", where))
-        servers.append(ServerSpec(address, port, users))
+    servers = gather(get_items(settings, "servers", path),
+                     lambda raw, where: _server(raw, where, protocol))
     if not servers:
         raise ConfigError(f"{protocol} outbound has no servers", join_path(path, "servers"),
                           expected="at least one {address, port}")

@@ -7,9 +7,9 @@ ConfigError located at ``path.key``, with Go's integer widths as bounds.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar
 
-from v2sync.common.errors import ConfigError, join_path
+from v2sync.common.errors import ConfigError, ConfigErrors, join_path
 from v2sync.common.net import Address, Network, go_address
 
 MAX_UINT32 = 2**32 - 1
@@ -18,6 +18,7 @@ MAX_UINT8 = 2**8 - 1
 # common.go NetworkList: the networks dokodemo-door and the Shadowsocks server take.
 NETWORK_NAMES = {"tcp": Network.TCP, "udp": Network.UDP}
 NETWORK_EXPECTED = 'expected "tcp", "udp", "tcp,udp" or an array of them'
+T = TypeVar("T")
 
 
 def require_object(value: Any, path: str) -> Mapping[str, Any]:
@@ -89,6 +90,29 @@ def get_items(settings: Mapping[str, Any], key: str, path: str):
 
 
 SERVER_ADDRESS_EXPECTED = "expected a host name or IP"
+
+
+def gather(pairs: Iterable[Tuple[Any, str]], build: Callable[[Any, str], T]) -> List[T]:
+    """``build(item, path)`` for each pair; the errors of every item are raised together,
+    so a list's entries are all checked in one pass."""
+    built: List[T] = []
+    errors: List[ConfigError] = []
+    for item, where in pairs:
+        try:
+            built.append(build(item, where))
+        except ConfigErrors as e:
+            errors.extend(e.errors)
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise ConfigErrors(errors)
+    return built
+
+
+def checked(*reads: Callable[[], Any]) -> Tuple[Any, ...]:
+    """The values of independent field reads, their errors raised together: a server entry
+    with an empty address and an empty id reports both."""
+    return tuple(gather(((read, "") for read in reads), lambda read, _: read()))
 
 
 def get_server_address(entry: Mapping[str, Any], path: str, missing: str) -> Address:

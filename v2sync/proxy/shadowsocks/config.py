@@ -12,7 +12,7 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Network
-from v2sync.infra.conf.fields import (MAX_UINT8, get_bool, get_items, get_server_address,
+from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_bool, get_items, get_server_address,
                                       get_server_port, get_str, get_uint, parse_network_list,
                                       require_object)
 from v2sync.proxy.shadowsocks.encoding import METHODS, Account, method_named
@@ -82,11 +82,14 @@ class ShadowsocksClientConfig:
         if not items:
             raise ConfigError("0 Shadowsocks server configured.", join_path(path, "servers"),
                               expected="at least one {address, port, method, password}")
-        return cls(tuple(_server(require_object(raw, where), where) for raw, where in items))
+        return cls(tuple(gather(items, _server)))
 
 
-def _server(entry: Mapping[str, Any], path: str) -> ShadowsocksServer:
-    address = get_server_address(entry, path, "Shadowsocks server address is not set.")
-    port = get_server_port(entry, path, "Invalid Shadowsocks port.")
-    get_bool(entry, "ota", path)  # parsed and ignored, as 4.34 does
-    return ShadowsocksServer(address, port, _user(entry, path))
+def _server(raw: Any, path: str) -> ShadowsocksServer:
+    entry = require_object(raw, path)
+    address, port, _, user = checked(
+        lambda: get_server_address(entry, path, "Shadowsocks server address is not set."),
+        lambda: get_server_port(entry, path, "Invalid Shadowsocks port."),
+        lambda: get_bool(entry, "ota", path),  # parsed and ignored, as 4.34 does
+        lambda: _user(entry, path))
+    return ShadowsocksServer(address, port, user)

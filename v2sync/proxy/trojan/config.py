@@ -10,7 +10,7 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT8, get_items, get_server_address,
+from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_items, get_server_address,
                                       get_server_port, get_str, get_uint, require_object)
 from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
@@ -53,6 +53,21 @@ class TrojanServer:
     user: TrojanUser
 
 
+def _server(raw: Any, where: str) -> TrojanServer:
+    entry = require_object(raw, where)
+    address, port, user = checked(
+        lambda: get_server_address(entry, where, "Trojan server address is not set."),
+        lambda: get_server_port(entry, where, "Invalid Trojan port."),
+        lambda: _server_user(entry, where))
+    return TrojanServer(address, port, user)
+
+
+def _server_user(entry: Mapping[str, Any], where: str) -> TrojanUser:
+    if not get_str(entry, "password", where):
+        raise ConfigError("Trojan password is not specified.", join_path(where, "password"))
+    return parse_user(entry, where)
+
+
 @dataclass(frozen=True)
 class TrojanOutboundConfig:
     servers: Tuple[TrojanServer, ...] = ()
@@ -60,15 +75,7 @@ class TrojanOutboundConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "TrojanOutboundConfig":
         settings = require_object(settings, path)
-        servers = []
-        for raw, where in get_items(settings, "servers", path):
-            entry = require_object(raw, where)
-            address = get_server_address(entry, where, "Trojan server address is not set.")
-            port = get_server_port(entry, where, "Invalid Trojan port.")
-            if not get_str(entry, "password", where):
-                raise ConfigError("Trojan password is not specified.",
-                                  join_path(where, "password"))
-            servers.append(TrojanServer(address, port, parse_user(entry, where)))
+        servers = gather(get_items(settings, "servers", path), _server)
         if not servers:
             raise ConfigError("0 Trojan server configured.", join_path(path, "servers"))
         return cls(tuple(servers))

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT16, get_items, get_server_address, get_str,
+from v2sync.infra.conf.fields import (MAX_UINT16, checked, gather, get_items, get_server_address, get_str,
                                       get_uint, require_object)
 from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
@@ -71,6 +71,23 @@ class VlessServer:
     users: Tuple[VlessUser, ...]
 
 
+def _server(raw: Any, where: str) -> VlessServer:
+    entry = require_object(raw, where)
+    address, users, port = checked(
+        lambda: get_server_address(entry, where, 'VLESS vnext: "address" is not set'),
+        lambda: _server_users(entry, where),
+        lambda: get_uint(entry, "port", where, maximum=MAX_UINT16))
+    return VlessServer(address, port, users)
+
+
+def _server_users(entry: Mapping[str, Any], where: str) -> Tuple[VlessUser, ...]:
+    users = tuple(gather(get_items(entry, "users", where),
+                         lambda raw, at: parse_user(raw, at, outbound=True)))
+    if not users:
+        raise ConfigError('VLESS vnext: "users" is empty', join_path(where, "users"))
+    return users
+
+
 @dataclass(frozen=True)
 class VlessOutboundConfig:
     servers: Tuple[VlessServer, ...] = ()
@@ -78,16 +95,7 @@ class VlessOutboundConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VlessOutboundConfig":
         settings = require_object(settings, path)
-        servers = []
-        for raw, where in get_items(settings, "vnext", path):
-            entry = require_object(raw, where)
-            address = get_server_address(entry, where, 'VLESS vnext: "address" is not set')
-            users = tuple(parse_user(u, p, outbound=True)
-                          for u, p in get_items(entry, "users", where))
-            if not users:
-                raise ConfigError('VLESS vnext: "users" is empty', join_path(where, "users"))
-            port = get_uint(entry, "port", where, maximum=MAX_UINT16)
-            servers.append(VlessServer(address, port, users))
+        servers = gather(get_items(settings, "vnext", path), _server)
         if not servers:
             raise ConfigError('VLESS settings: "vnext" is empty', join_path(path, "vnext"))
         return cls(tuple(servers))

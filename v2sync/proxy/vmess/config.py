@@ -7,7 +7,7 @@ from typing import Any, Mapping, Tuple
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
 from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_items,
-                                      get_server_address, get_server_port, get_str, get_uint,
+                                      checked, gather, get_server_address, get_server_port, get_str, get_uint,
                                       require_object)
 from v2sync.proxy.vmess.ids import SECURITY_NAMES, Security, VMessUser, parse_uuid
 
@@ -77,6 +77,23 @@ class VMessServer:
     users: Tuple[VMessUser, ...]
 
 
+def _server(raw: Any, where: str) -> VMessServer:
+    entry = require_object(raw, where)
+    address, users, port = checked(
+        lambda: get_server_address(entry, where, "vmess server address is empty"),
+        lambda: _server_users(entry, where),
+        lambda: get_server_port(entry, where, "vmess server port is 0"))
+    return VMessServer(address, port, users)
+
+
+def _server_users(entry: Mapping[str, Any], where: str) -> Tuple[VMessUser, ...]:
+    users = tuple(gather(get_items(entry, "users", where), _user))
+    if not users:
+        raise ConfigError("vmess server has no users", join_path(where, "users"),
+                          expected="at least one {id}")
+    return users
+
+
 @dataclass(frozen=True)
 class VMessOutboundConfig:
     servers: Tuple[VMessServer, ...] = ()
@@ -84,16 +101,7 @@ class VMessOutboundConfig:
     @classmethod
     def from_json(cls, settings: Mapping[str, Any], path: str = "") -> "VMessOutboundConfig":
         settings = require_object(settings, path)
-        servers = []
-        for raw, where in get_items(settings, "vnext", path):
-            entry = require_object(raw, where)
-            address = get_server_address(entry, where, "vmess server address is empty")
-            users = tuple(_user(u, p) for u, p in get_items(entry, "users", where))
-            if not users:
-                raise ConfigError("vmess server has no users", join_path(where, "users"),
-                                  expected="at least one {id}")
-            port = get_server_port(entry, where, "vmess server port is 0")
-            servers.append(VMessServer(address, port, users))
+        servers = gather(get_items(settings, "vnext", path), _server)
         if not servers:
             raise ConfigError("vmess outbound has no servers", join_path(path, "vnext"),
                               expected="at least one {address, port, users}")
