@@ -192,6 +192,16 @@ def test_v5_keys_alone_do_not_refuse_a_file() -> None:
     assert [w.path for w in document.warnings] == ["router", "services"]
 
 
+def test_a_misplaced_top_level_key_is_pointed_home() -> None:
+    # v2fly's domain-socket example puts dsSettings at the top, where 4.34 ignores it
+    document = validate_document({"dsSettings": {"path": "/x"}, "SockOpt": {}, "foo": 1}, "f.json")
+    assert [w.render() for w in document.warnings] == [
+        "f.json: dsSettings: unknown key 'dsSettings' ignored (it belongs in \"transport\" or "
+        "a handler's streamSettings)",
+        "f.json: SockOpt: unknown key 'SockOpt' ignored (it belongs in a handler's streamSettings)",
+        "f.json: foo: unknown key 'foo' ignored"]
+
+
 def test_unsupported_network_names_supported_ones() -> None:
     data = {"inbounds": [{"protocol": "socks", "port": 1, "streamSettings": {"network": "KCP"}}]}
     assert errors_of(data) == [

@@ -141,7 +141,7 @@ class SchemaWalker:
             name = key if key in props else folded.get(key.casefold())
             if name is None:
                 if extra is False:
-                    self._warn(f"unknown key {key!r} ignored", [*parts, key])
+                    self._warn_unknown(key, schema, [*parts, key])
                 else:
                     result[key] = item
                 continue
@@ -205,6 +205,11 @@ class SchemaWalker:
             self.errors.append(UnsupportedError(f"{value!r} is not supported by v2sync",
                                                 render_path(parts), self.file,
                                                 expected="supported: " + table.describe()))
+
+    def _warn_unknown(self, key: str, schema: Mapping[str, Any], parts: List[PathPart]) -> None:
+        home = schema.get("x-misplaced", {}).get(key.casefold())
+        where = f" (it belongs in {home})" if home else ""
+        self._warn(f"unknown key {key!r} ignored{where}", parts)
 
     def _warn(self, message: str, parts: Sequence[PathPart], expected: str = "") -> None:
         self.warnings.append(ConfigError(message, render_path(parts), self.file, expected))
