@@ -6,6 +6,8 @@ import threading
 import time
 import weakref
 
+import pytest
+
 from v2sync.common import task as task_module
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import (
@@ -15,6 +17,7 @@ from v2sync.common.task import (
     SWITCH_INTERVAL,
     ThreadGroup,
     Wait,
+    at_once,
     drive,
     run_pair,
     run_pair_steps,
@@ -183,6 +186,30 @@ def test_run_pair_gives_up_on_a_stuck_side_after_the_join_timeout():
         assert group.shutdown(WAIT)
     assert error is None
     assert len(seen) == 1 and isinstance(seen[0], TimeoutError)
+
+
+def test_run_pair_waits_on_while_the_background_is_busy():
+    # A relay whose inactivity timer is live is still moving bytes: the join starts over
+    # instead of giving up (a half-closed download outliving the join timeout).
+    group = ThreadGroup("t", idle_timeout=WAIT)
+    finished = threading.Event()
+    checks = []
+
+    def busy():
+        checks.append(time.monotonic())
+        return len(checks) < 6
+
+    def background(wake):
+        time.sleep(0.25)  # past two join timeouts
+        finished.set()
+
+    try:
+        error = drive(run_pair_steps(group, "pair", background, at_once(lambda: None),
+                                     lambda exc: pytest.fail(f"gave up: {exc!r}"), 0.1,
+                                     busy=busy))
+    finally:
+        assert group.shutdown(WAIT)
+    assert error is None and finished.is_set() and 2 <= len(checks) < 6
 
 
 def test_run_pair_propagates_first_error_and_unblocks_other_side():

@@ -832,6 +832,7 @@ def run_pair_steps(
     join_timeout: float,
     inline: Optional[Callable[[], bool]] = None,
     timers: Optional["TimerWheel"] = None,
+    busy: Callable[[], bool] = lambda: False,
 ) -> "Steps[Optional[BaseException]]":
     """Run ``background`` in a pooled thread and ``foreground`` here; join within ``join_timeout``.
 
@@ -848,6 +849,10 @@ def run_pair_steps(
     The first exception of either side calls ``on_error`` (which must unblock the other side,
     e.g. by interrupting the link and aborting the connection) and is returned without its
     traceback (``detached``), so keeping it makes no reference cycle.
+
+    While ``busy()`` says so when a join times out (a relay whose inactivity timer has not
+    fired: its background is still moving bytes), the join starts over: the timeout gives
+    up on a background that ignored its abort, never on a live transfer.
     """
     pair = _Pair(group, background, on_error, inline, timers)
     # Paced as the step that starts it: a relay run blocking (a UDP session's) stays unpaced.
@@ -864,7 +869,10 @@ def run_pair_steps(
         yield from foreground
     except Exception as exc:
         pair.fail(exc)
-    if not (yield from pair.join(join_timeout)):
+    joined = yield from pair.join(join_timeout)
+    while not joined and busy():
+        joined = yield from pair.join(join_timeout)
+    if not joined:
         on_error(TimeoutError(f"{name} did not finish in {join_timeout}s"))
         yield from pair.join(join_timeout)
     errors = pair.errors

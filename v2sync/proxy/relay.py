@@ -45,7 +45,9 @@ class Parkable:
 Side = Union[Direction, PipeDrain, Parkable]
 
 # Extra seconds past the longest policy timeout before a stuck copy thread is given up on;
-# normally the timer has aborted the connection long before.
+# normally the timer has aborted the connection long before. The wait starts over while
+# the relay's inactivity timer is live: a half-closed transfer that keeps moving bytes
+# runs as long as in 4.34, whose relays wait for both directions without a cap.
 JOIN_SLACK = 5.0
 
 
@@ -103,7 +105,7 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
         return (yield from run_pair_steps(
             ctx.threads, f"relay-{name}-{'down' if down else 'up'}", background_step,
             foreground_steps(), lambda exc: abort(), longest + JOIN_SLACK, inline,
-            ctx.timers))
+            ctx.timers, busy=lambda: not timer.done))
     finally:
         timer.cancel()
 
