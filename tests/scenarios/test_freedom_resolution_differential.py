@@ -106,12 +106,16 @@ def _udp_answerer(family: int, host: str, port: int, tag: bytes) -> socket.socke
     return sock
 
 
-def _udp_answer(process_class: type, port: int) -> str:
+def _udp_answer(process_class: type, port: int, strategy: str = "AsIs",
+                send_through: str = "") -> str:
     socks_port = free_port()
+    out: Dict[str, Any] = {"protocol": "freedom", "settings": {"domainStrategy": strategy}}
+    if send_through:
+        out["sendThrough"] = send_through
     config = {"log": {"loglevel": "warning", "access": "none"},
               "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": socks_port,
                             "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}],
-              "outbounds": [{"protocol": "freedom", "settings": {"domainStrategy": "AsIs"}}]}
+              "outbounds": [out]}
     with process_class(config), socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
         sock.settimeout(5)
@@ -122,21 +126,35 @@ def _udp_answer(process_class: type, port: int) -> str:
             return "(no answer)"
 
 
-def test_udp_to_a_dual_stack_name_goes_to_its_ipv4_as_4_34(v2ray_bin: str, tmp_path) -> None:
-    """freedom (AsIs) sends a datagram for a name with IPv4 and IPv6 addresses to the IPv4
-    one, as Go's ResolveUDPAddr picks it; v2sync took getaddrinfo's first (::1), so a
-    service listening on IPv4 only got nothing."""
+# freedom's strategy and sendThrough -> the family the datagram goes to
+DUAL_STACK_CASES = {
+    # Go's ResolveUDPAddr takes the IPv4 answer; v2sync once took getaddrinfo's first (::1),
+    # so a service listening on IPv4 only got nothing
+    "AsIs": ("AsIs", "", "ipv4"),
+    # freedom.go resolveIP looks up the sendThrough's family only: v2sync once looked up
+    # both and sent from ::1 to 127.0.0.1 (lost), or AAAA only from 127.0.0.1 (unreachable)
+    "UseIP from ::1": ("UseIP", "::1", "ipv6"),
+    "UseIPv6 from 127.0.0.1": ("UseIPv6", "127.0.0.1", "ipv4"),
+}
+
+
+@pytest.mark.parametrize("case", list(DUAL_STACK_CASES))
+def test_udp_to_a_dual_stack_name_goes_where_4_34_sends_it(case: str, v2ray_bin: str,
+                                                           tmp_path) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
+    strategy, send_through, expected = DUAL_STACK_CASES[case]
     hosts = tmp_path / "hosts"
     hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {DUAL_NAME}\n::1 {DUAL_NAME}\n")
     port = free_port()
     answerers = [_udp_answerer(socket.AF_INET, "127.0.0.1", port, b"ipv4"),
                  _udp_answerer(socket.AF_INET6, "::1", port, b"ipv6")]
     try:
-        theirs = _udp_answer(_in_mount_namespace(V2RayProcess, hosts), port)
-        ours = _udp_answer(_in_mount_namespace(V2SyncProcess, hosts), port)
+        theirs = _udp_answer(_in_mount_namespace(V2RayProcess, hosts), port, strategy,
+                             send_through)
+        ours = _udp_answer(_in_mount_namespace(V2SyncProcess, hosts), port, strategy,
+                           send_through)
     finally:
         for sock in answerers:
             sock.close()
-    assert ours == theirs == "ipv4"
+    assert ours == theirs == expected

@@ -33,6 +33,20 @@ DIAL_ATTEMPTS = 5
 DIAL_STEP = 0.1
 
 
+def _lookup_strategy(strategy: str, source: Optional[Address]) -> str:
+    """The family a UseIP* freedom looks names up in (freedom.go ``resolveIP``): IPv4 only
+    for UseIPv4 or an IPv4 ``sendThrough``, else IPv6 only for UseIPv6 or an IPv6 one. A
+    socket bound to one family reaches no address of the other."""
+    kind = source.kind if source is not None else None
+    if strategy == "AsIs":
+        return strategy
+    if strategy == "UseIPv4" or kind is AddressKind.IPV4:
+        return "UseIPv4"
+    if strategy == "UseIPv6" or kind is AddressKind.IPV6:
+        return "UseIPv6"
+    return strategy
+
+
 @OUTBOUNDS.register("freedom")
 class FreedomOutbound:
     config_type = FreedomConfig
@@ -42,6 +56,7 @@ class FreedomOutbound:
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
         self.source = self.client.source  # UDP binds here too (sendThrough)
+        self.strategy = _lookup_strategy(settings.domain_strategy, self.source)
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an idle TCP relay's upstream reader parks."""
@@ -51,8 +66,8 @@ class FreedomOutbound:
             self._process_udp(session, dest, link, policy, self._lookup(session, dest))
             return
         lookup = self._lookup(session, dest)
-        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP, self.client,
-                               self.settings.domain_strategy, lookup)
+        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP, self.client, self.strategy,
+                               lookup)
         try:
             error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link)
             if error is not None:
@@ -79,7 +94,7 @@ class FreedomOutbound:
         resolution per connection; 4.34 asks again and its cache answers). A name the
         built-in DNS cannot resolve is dialled as with AsIs, as freedom.go keeps the domain
         when ``resolveIP`` finds nothing."""
-        strategy = self.settings.domain_strategy
+        strategy = self.strategy
         dns = self.ctx.dns
         if strategy == "AsIs" or dns is None:
             return None
@@ -105,7 +120,7 @@ class FreedomOutbound:
         sender)."""
         # Go's ResolveUDPAddr takes the first IPv4 answer where there is one (forResolve),
         # whatever order the resolver gave: getaddrinfo puts ::1 before 127.0.0.1.
-        found = candidates(dest, self.settings.domain_strategy, lookup)
+        found = candidates(dest, self.strategy, lookup)
         target = min(found, key=lambda d: d.address.kind is not AddressKind.IPV4)
         sock = open_udp(target, self.source)
         address = (target.address.value, target.port)

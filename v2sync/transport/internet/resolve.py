@@ -39,7 +39,9 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
         addr = Address.parse(str(info[4][0]))  # an IP text; typeshed allows int
         if addr not in seen:
             seen.append(addr)
-    if strategy == "UseIP":  # v2ray's UseIP prefers IPv4 answers, then IPv6
+    # UseIP tries IPv4 answers first, then IPv6, in turn; 4.34's freedom draws one answer
+    # at random for each of its five dial attempts, so it may miss a one-family service.
+    if strategy == "UseIP":
         seen.sort(key=lambda a: a.kind is not AddressKind.IPV4)
     if not seen:
         raise TransportError(f"no {strategy} address for {domain}")
