@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from scenarios.helpers_scenarios import (BLACKHOLE_403, CMD_CONNECT, CMD_UDP, REPLY_SUCCEEDED,
-                                         read_socks5_reply, socks5_address, socks5_greet,
+                                         SOCKS4_GRANTED, read_socks5_reply, recv_exact,
+                                         socks4_request, socks5_address, socks5_greet,
                                          socks5_request)
 from support.peers import TcpEchoServer, free_port
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess
@@ -97,6 +98,7 @@ class Request:
     udp: bool = False
     http: bool = False  # an HTTP CONNECT (Basic auth with ``user``) instead of SOCKS5
     domain_atyp: bool = False  # send ``host`` (even an IP literal) as a SOCKS5 domain name
+    socks4a: bool = False  # a SOCKS4a CONNECT naming ``host`` (even an IP literal)
 
 
 class RoutedPair:
@@ -259,6 +261,12 @@ def _answer(sock: socket.socket) -> str:
 
 def tcp_route(proxy_port: int, request: Request) -> str:
     with _client(proxy_port, request.source) as sock:
+        if request.socks4a:
+            sock.sendall(socks4_request("", request.port, domain=request.host))
+            reply = recv_exact(sock, 8)
+            if reply[1] != SOCKS4_GRANTED:
+                return f"(socks4 reply {reply[1]})"
+            return _answer(sock)
         user, password = request.user or (None, None)
         socks5_greet(sock, user, password)
         if request.domain_atyp:

@@ -150,6 +150,9 @@ OTHER_CASES = [
     Request("socks-sniff", "198.51.100.7", payload=http_get("proto.example")),
     Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocol" + bytes(8) + b"x" * 40),
     Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocoX" + bytes(8)),
+    # A SOCKS4a host is a name whatever it holds (4.34's handshake4): `ip` rules miss it.
+    Request("socks-in", "192.0.2.1", socks4a=True), Request("socks-in", "[2001:db8:1::5]", socks4a=True),
+    Request("socks-in", "full.example", socks4a=True),
 ]
 UDP_CASES = [
     socks("8.8.8.8", 53, udp=True, payload=b"q"), socks("192.0.2.1", 53, udp=True, payload=b"q"),

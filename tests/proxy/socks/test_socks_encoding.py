@@ -278,10 +278,17 @@ def test_socks4a_domain_cap():
                    SOCKS4_REJECT)
 
 
-@pytest.mark.parametrize("domain", [b"", b"bad domain"])
-def test_socks4a_bad_domain(domain):
-    wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00" + domain + b"\x00"
+def test_socks4a_empty_domain():
+    wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00"
     assert_garbage(socks.parse_socks4_request, wire, SOCKS4_REJECT)
+
+
+@pytest.mark.parametrize("domain", ["127.0.0.1", "[::1]", "bad domain", "caf\u00e9.example"])
+def test_socks4a_host_is_a_name_whatever_it_holds(domain):
+    # 4.34's handshake4: net.DomainAddress(domain), no IP parsing, no charset check
+    wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00" + domain.encode() + b"\x00"
+    assert_decodes(socks.parse_socks4_request, wire, socks.Socks4Request(
+        Command.CONNECT, Address(domain, AddressKind.DOMAIN), 80, ""))
 
 
 def test_socks4_unknown_command_refused_early():

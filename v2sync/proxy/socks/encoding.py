@@ -23,7 +23,7 @@ from typing import Iterable, Optional, Tuple
 from v2sync.common.cursor import Cursor, NeedMore
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
 from v2sync.common.net import ANY_IPV4, Address, AddressKind, Destination, Network
-from v2sync.common.protocol.address import SOCKS, check_port, domain_address
+from v2sync.common.protocol.address import SOCKS, check_port
 
 SOCKS4_VERSION = 0x04
 SOCKS5_VERSION = 0x05
@@ -366,12 +366,21 @@ def parse_socks4_request(buf: bytes) -> Optional[Tuple[Socks4Request, int]]:
         ip = cur.take(4)
         userid = _read_nul_terminated(cur, "userid", rejected)
         if ip[0] == 0:
-            address = domain_address(_read_nul_terminated(cur, "domain", rejected), rejected)
+            address = _socks4a_domain(_read_nul_terminated(cur, "domain", rejected), rejected)
         else:
             address = Address.from_packed(ip)
     except NeedMore:
         return None
     return Socks4Request(Command(command), address, port, _text(userid)), cur.pos
+
+
+def _socks4a_domain(raw: bytes, rejected: bytes) -> Address:
+    """A 4a host as 4.34's ``handshake4`` takes it: a domain name whatever it holds (an IP
+    literal stays a name, so routing's ``ip`` rules do not see it; no charset check). An
+    empty one is refused, where 4.34 dials its own machine."""
+    if not raw:
+        raise RemoteProtocolError("empty SOCKS4a domain name", reply=rejected)
+    return Address(_text(raw), AddressKind.DOMAIN)
 
 
 def encode_socks4_request(command: int, address: Address, port: int, userid: str = "") -> bytes:

@@ -31,7 +31,8 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     """Addresses for ``domain`` filtered by ``strategy``, in resolver order (IPv4 first for UseIP)."""
     family = FAMILIES.get(strategy, socket.AF_UNSPEC)
     try:
-        infos = outside_slot(socket.getaddrinfo, domain, port, family, socket.SOCK_STREAM)
+        infos = outside_slot(socket.getaddrinfo, go_dial_host(domain, port), port, family,
+                             socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise TransportError(f"failed to resolve {domain}: {e}") from e
     seen: List[Address] = []
@@ -46,6 +47,17 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     if not seen:
         raise TransportError(f"no {strategy} address for {domain}")
     return seen
+
+
+def go_dial_host(domain: str, port: int) -> str:
+    """The host Go's ``Dial`` finds in a name joined with its port (``SplitHostPort``): a
+    name that came in as a bare name (a SOCKS4a host) may be ``[::1]``, whose brackets go,
+    or hold a colon, which Go refuses."""
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain[1:-1]
+    if ":" in domain:
+        raise TransportError(f"address {domain}:{port}: too many colons in address")
+    return domain
 
 
 def of_families(addresses: Iterable[Address], want_ipv4: bool,
