@@ -12,6 +12,7 @@ log must name 127.0.0.5 although every TCP peer v2sync saw was 127.0.0.1.
 """
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -97,3 +98,21 @@ def test_proxy_headers_from_v2ray_become_the_source(tmp_path: Path) -> None:
         log = _wait_for(access_log, f"{CLIENT_SOURCE}:")
     # 4.34's access lines name the outbound alone: one from each inbound, both direct.
     assert f"{CLIENT_SOURCE}:" in log and log.count("[direct]") >= 2, log
+
+
+def _socks_greeting_answer(implementation: str) -> bytes:
+    port = free_port()
+    config = {"log": {"loglevel": "warning", "access": "none"},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": port,
+                            "streamSettings": {"sockopt": {"acceptProxyProtocol": True}}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    with make_process(implementation, config), \
+            socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(b"\x05\x01\x00")  # a SOCKS5 greeting, no PROXY header first
+        return sock.recv(16)
+
+
+def test_sockopt_accept_proxy_protocol_is_ignored_as_in_4_34() -> None:
+    """4.34's tcp and ws listeners overwrite ``sockopt.acceptProxyProtocol`` with their own
+    settings' value, so there it requires no header (v2sync warns that the key is ignored)."""
+    assert _socks_greeting_answer("v2sync") == _socks_greeting_answer("v2ray") == b"\x05\x00"

@@ -196,9 +196,9 @@ def test_a_misplaced_top_level_key_is_pointed_home() -> None:
     # v2fly's domain-socket example puts dsSettings at the top, where 4.34 ignores it
     document = validate_document({"dsSettings": {"path": "/x"}, "SockOpt": {}, "foo": 1}, "f.json")
     assert [w.render() for w in document.warnings] == [
-        "f.json: dsSettings: unknown key 'dsSettings' ignored (it belongs in \"transport\" or "
+        "f.json: dsSettings: key 'dsSettings' ignored here (it belongs in \"transport\" or "
         "a handler's streamSettings)",
-        "f.json: SockOpt: unknown key 'SockOpt' ignored (it belongs in a handler's streamSettings)",
+        "f.json: SockOpt: key 'SockOpt' ignored here (it belongs in a handler's streamSettings)",
         "f.json: foo: unknown key 'foo' ignored"]
 
 

@@ -208,8 +208,10 @@ class SchemaWalker:
 
     def _warn_unknown(self, key: str, schema: Mapping[str, Any], parts: List[PathPart]) -> None:
         home = schema.get("x-misplaced", {}).get(key.casefold())
-        where = f" (it belongs in {home})" if home else ""
-        self._warn(f"unknown key {key!r} ignored{where}", parts)
+        if home:
+            self._warn(f"key {key!r} ignored here (it belongs in {home})", parts)
+        else:
+            self._warn(f"unknown key {key!r} ignored", parts)
 
     def _warn(self, message: str, parts: Sequence[PathPart], expected: str = "") -> None:
         self.warnings.append(ConfigError(message, render_path(parts), self.file, expected))

@@ -120,9 +120,11 @@ _PROXY_PROTOCOL_KEYS = {"tcp": "tcpSettings", "websocket": "wsSettings"}
 
 
 def _accepts_proxy_protocol(network: str, raw: Mapping[str, Any]) -> bool:
+    """From ``tcpSettings`` or ``wsSettings`` alone: 4.34's tcp and ws listeners overwrite
+    ``sockopt.acceptProxyProtocol`` with their own value, and its domain socket reads none
+    (the schema warns about the sockopt key)."""
     own = raw.get(_PROXY_PROTOCOL_KEYS.get(network, "")) or {}
-    return bool(own.get("acceptProxyProtocol") or
-                (raw.get("sockopt") or {}).get("acceptProxyProtocol"))
+    return bool(own.get("acceptProxyProtocol"))
 
 
 def _tcp_header(tcp: Mapping[str, Any]) -> Optional[HttpHeaderConfig]:
