@@ -17,6 +17,7 @@ import pytest
 import socks
 
 from scenarios.routing_helpers import client_hello
+from support.certs import Pki, make_pki
 from support.peers import TcpEchoServer, UdpEchoServer, free_port
 from support.procs import V2RayProcess, V2SyncProcess
 
@@ -212,3 +213,60 @@ def test_rejected_lines_as_4_34_writes_them(v2ray_bin: str, tmp_path: Path) -> N
     assert ours == ["tcp:127.0.0.1:<port>", "127.0.0.1:<port>", "127.0.0.1:<port>",
                     "udp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "127.0.0.1:<port>",
                     "127.0.0.1:<port>"]
+
+
+# A transport that fails under the proxy: 4.34 runs TLS and the PROXY header inside the
+# proxy's first read, so their failures get the proxy's rejected line (its VMess skips a
+# client that sent nothing); WebSocket's upgrade runs in net/http's server, so none.
+# Go's TLS reads a record header, fails and closes with the rest unread: a reset, so those
+# sends take one; a bad PROXY header ends with a FIN in both (go-proxyproto reads buffered).
+def garbage_to_tls(port: int) -> None:
+    try:
+        garbage(port)
+    except ConnectionResetError:
+        pass
+
+
+TRANSPORT_CASES = [("vmess-tls", garbage_to_tls), ("vmess-tls", silent), ("socks-tls", garbage_to_tls),
+                   ("socks-tls", silent), ("ss-tls", garbage_to_tls), ("socks-pp", garbage),
+                   ("socks-pp", silent), ("vless-ws", garbage)]
+
+
+def transport_config(ports: Dict[str, int], access: Path, pki: Pki) -> Dict[str, Any]:
+    tls = {"security": "tls", "tlsSettings": pki.server_tls()}
+    uuid = "b831381d-6324-4d53-ad4f-8cda48b30811"
+
+    def inbound(tag: str, protocol: str, settings: Dict[str, Any], stream: Dict[str, Any]
+                ) -> Dict[str, Any]:
+        return {"tag": tag, "protocol": protocol, "listen": "127.0.0.1", "port": ports[tag],
+                "settings": settings, "streamSettings": stream}
+    return {"log": {"loglevel": "warning", "access": str(access)},
+            "inbounds": [
+                inbound("vmess-tls", "vmess", {"clients": [{"id": uuid}]}, tls),
+                inbound("socks-tls", "socks", {}, tls),
+                inbound("ss-tls", "shadowsocks", {"method": "aes-128-gcm", "password": "pw"}, tls),
+                inbound("socks-pp", "socks", {}, {"tcpSettings": {"acceptProxyProtocol": True}}),
+                inbound("vless-ws", "vless", {"decryption": "none", "clients": [{"id": uuid}]},
+                        {"network": "ws"})],
+            "outbounds": [{"protocol": "freedom"}]}
+
+
+def transport_rejections(process_class: Any, tmp_path: Path, pki: Pki) -> List[str]:
+    ports = {tag: free_port() for tag, _ in TRANSPORT_CASES}
+    access = tmp_path / f"transport-{process_class.__name__}.log"
+    with process_class(transport_config(ports, access, pki)):
+        for tag, send in TRANSPORT_CASES:
+            send(ports[tag])
+            time.sleep(0.1)
+        time.sleep(0.5)
+    lines = access.read_text().splitlines() if access.exists() else []
+    found = [_REJECTED.match(m.group(1)) for m in map(_LINE.match, lines) if m]
+    return [_SOURCE_PORT.sub(r"\1<port>", m.group(1)) for m in found if m]
+
+
+def test_transport_failures_get_rejected_lines_as_in_4_34(v2ray_bin: str, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    ours = transport_rejections(V2SyncProcess, tmp_path, pki)
+    assert ours == transport_rejections(V2RayProcess, tmp_path, pki)
+    assert ours == ["127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>",
+                    "127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>"]

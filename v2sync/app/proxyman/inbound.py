@@ -143,14 +143,17 @@ class InboundHandler:
 
     def _handshake(self, conn: Connection) -> Steps:
         """The transport's and the proxy's handshakes; what remains goes to a thread."""
-        session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing)
+        session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing,
+                          source_with_network=getattr(self.proxy, "source_with_network", False))
         if self.follow_redirect:
             self._find_original_target(session, conn)
         with self._lock:
             self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
         upgraded = None
         handed_off = False
-        in_proxy = False  # a failure past the transport is the proxy's: an access line
+        # A failure the proxy reports with an access line: past the transport, or in one
+        # that 4.34 runs inside the proxy's first read (TLS, a PROXY header).
+        in_proxy = self.server.handshake_in_proxy
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For

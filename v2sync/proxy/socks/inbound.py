@@ -38,6 +38,7 @@ _TCP_COMMANDS = (enc.Command.CONNECT, enc.Command.TOR_RESOLVE, enc.Command.TOR_R
 class SocksInbound:
     # Its refusals get an access line, as 4.34's server writes one (AccessRejected).
     logs_rejected = True
+    source_with_network = True  # socks/server.go logs inbound.Source: tcp:127.0.0.1:5000
     config_type = SocksServerConfig
 
     def __init__(self, settings: SocksServerConfig, ctx: ProxyContext, handler_config):
@@ -54,7 +55,6 @@ class SocksInbound:
                   dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """The greeting, auth and request (parked in the selector); returns the rest."""
         session.user_level = self.settings.user_level
-        session.source_with_network = True  # socks/server.go logs inbound.Source
         deadline = time.monotonic() + self.policy.handshake
         reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
         try:

@@ -34,6 +34,10 @@ class Transport(abc.ABC):
     client_alpn: Sequence[str] = DEFAULT_ALPN
     # Whether dial needs the destination's address (domain sockets ignore it).
     uses_address = True
+    # Whether a failed server handshake is the proxy's to report (a rejected line): 4.34
+    # runs TLS, the PROXY header and the tcp header inside the proxy's first read, but
+    # WebSocket's upgrade (and the TLS under it) in net/http's server, before any proxy.
+    handshake_in_proxy = True
 
     @abc.abstractmethod
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
@@ -73,6 +77,10 @@ class StreamServer:
         self.handshake_timeout = handshake_timeout
         self.tls = (ServerTls(self.settings.tls, self.transport.server_alpn)
                     if self.settings.tls is not None else None)
+
+    @property
+    def handshake_in_proxy(self) -> bool:
+        return self.transport.handshake_in_proxy
 
     @property
     def single_listener(self) -> bool:

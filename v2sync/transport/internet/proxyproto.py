@@ -39,7 +39,13 @@ def accept_proxy_header(conn: Connection, deadline: float) -> Handshake[Connecti
     taken = b""
     while True:
         peeked = yield from _peek(conn, deadline, MAX_PROXY_HEADER - len(taken))
-        parsed = parse_header(taken + peeked)
+        try:
+            parsed = parse_header(taken + peeked)
+        except RemoteProtocolError:
+            # Read what came, as go-proxyproto's buffered reader has: closed with nothing
+            # unread, the connection ends with a FIN, as 4.34's does, not a reset.
+            _take(conn, len(peeked))
+            raise
         if parsed is not None:
             header, used = parsed
             _take(conn, used - len(taken))

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import (TYPE_CHECKING, Callable, Dict, Generator, Iterator, List, Optional,
                     Sequence, Tuple, Union)
 
-from v2sync.common.errors import HandshakeTimeout, TransportError
+from v2sync.common.errors import HandshakeClosed, HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings
@@ -315,6 +315,8 @@ class TlsConnection(WrappedConnection):
         if not arm_deadline(self.sock, deadline):
             raise socket.timeout("handshake deadline")
         data = outside_slot(self.sock.recv, RECORD_READ)
+        if not data and not self._first:  # Go's io.EOF: the proxy may write no line for it
+            raise HandshakeClosed("connection closed before its tls handshake", empty=True)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")
         if len(self._first) < len(HTTP_ON_TLS_PREFIXES[0]):

@@ -212,6 +212,8 @@ class WebSocketTransport(Transport):
     def listen(self, address: Address, port: int, settings: StreamSettings) -> Listening:
         return listen_tcp(address, port, settings)
 
+    handshake_in_proxy = False  # net/http's server upgrades: its failures are no proxy's
+
     def accept_deadline(self, handshake_timeout: float) -> float:
         return time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
 
