@@ -229,7 +229,8 @@ def garbage_to_tls(port: int) -> None:
 
 TRANSPORT_CASES = [("vmess-tls", garbage_to_tls), ("vmess-tls", silent), ("socks-tls", garbage_to_tls),
                    ("socks-tls", silent), ("ss-tls", garbage_to_tls), ("socks-pp", garbage),
-                   ("socks-pp", silent), ("vless-ws", garbage)]
+                   ("socks-pp", silent), ("vless-ws", garbage), ("vless-tls", garbage_to_tls),
+                   ("trojan-tls", garbage_to_tls)]
 
 
 def transport_config(ports: Dict[str, int], access: Path, pki: Pki) -> Dict[str, Any]:
@@ -247,7 +248,10 @@ def transport_config(ports: Dict[str, int], access: Path, pki: Pki) -> Dict[str,
                 inbound("ss-tls", "shadowsocks", {"method": "aes-128-gcm", "password": "pw"}, tls),
                 inbound("socks-pp", "socks", {}, {"tcpSettings": {"acceptProxyProtocol": True}}),
                 inbound("vless-ws", "vless", {"decryption": "none", "clients": [{"id": uuid}]},
-                        {"network": "ws"})],
+                        {"network": "ws"}),
+                inbound("vless-tls", "vless", {"decryption": "none", "clients": [{"id": uuid}]}, tls),
+                # trojan/server.go returns a failed first read without an access line
+                inbound("trojan-tls", "trojan", {"clients": [{"password": "pw"}]}, tls)],
             "outbounds": [{"protocol": "freedom"}]}
 
 
@@ -269,4 +273,5 @@ def test_transport_failures_get_rejected_lines_as_in_4_34(v2ray_bin: str, tmp_pa
     ours = transport_rejections(V2SyncProcess, tmp_path, pki)
     assert ours == transport_rejections(V2RayProcess, tmp_path, pki)
     assert ours == ["127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>",
-                    "127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>"]
+                    "127.0.0.1:<port>", "tcp:127.0.0.1:<port>", "tcp:127.0.0.1:<port>",
+                    "127.0.0.1:<port>"]

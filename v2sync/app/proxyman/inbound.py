@@ -153,7 +153,8 @@ class InboundHandler:
         handed_off = False
         # A failure the proxy reports with an access line: past the transport, or in one
         # that 4.34 runs inside the proxy's first read (TLS, a PROXY header).
-        in_proxy = self.server.handshake_in_proxy
+        in_proxy = (self.server.handshake_in_proxy
+                    and getattr(self.proxy, "logs_transport_failures", True))
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For

@@ -33,6 +33,9 @@ class TrojanInbound(KeyedInbound):
     probe_size = PROBE_SIZE
     first_read_decides = True
     logs_fallbacks = True
+    # Its server returns a failed first read (a TLS handshake, a PROXY header) without an
+    # access line (trojan/server.go: "failed to read first request").
+    logs_transport_failures = False
 
     @staticmethod
     def parse_user_entry(raw, path: str):
