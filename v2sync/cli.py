@@ -296,7 +296,10 @@ def _client_config(args) -> dict:
     from v2sync.infra.share.client import DEFAULT_HTTP_PORT, DEFAULT_SOCKS_PORT, client_config
     from v2sync.infra.share.source import ignored_fields, read_links
 
-    links = read_links(args.links, args.subscription)
+    skipped: list = []
+    links = read_links(args.links, args.subscription, skipped=skipped)
+    for error in skipped:
+        print(f"v2sync: skipped: {error.render()}", file=sys.stderr)
     for line in ignored_fields(links):
         print(f"v2sync: {line}", file=sys.stderr)
     return client_config(links, socks_port=args.socks_port or DEFAULT_SOCKS_PORT,
@@ -521,8 +524,11 @@ def _export_links(args) -> int:
     if not names:
         raise _usage_error("link export needs a config: -c FILE or --confdir DIR")
     links = []
+    notes: list = []
     for name in names:
-        links += from_config(read_json(name), name, args.host)
+        links += from_config(read_json(name), name, args.host, notes)
+    for line in notes:
+        print(f"v2sync: {line}", file=sys.stderr)
     for link in links:
         text = format_link(link)
         _say(f"# {link.name}" if link.name else "#")

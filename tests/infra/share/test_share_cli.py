@@ -158,6 +158,45 @@ def test_bad_input_exits_23_naming_the_part(args: List[str], stdin: bytes, part:
     assert "Traceback" not in _text(result)
 
 
+def test_a_subscription_line_v2sync_cannot_use_is_skipped_and_said(tmp_path: Path) -> None:
+    sub = tmp_path / "sub.txt"
+    sub.write_text("grpc-only://x\n" + LINKS["trojan"] + "\n")
+    result = v2sync("link", "import", "--subscription", str(sub))
+    assert result.returncode == 0, _text(result)
+    assert f"v2sync: skipped: {sub} line 1: " in result.stderr.decode()
+    assert json.loads(result.stdout)["outbounds"][0]["protocol"] == "trojan"
+
+
+def test_export_reaches_a_local_inbound_through_the_fallback_that_leads_to_it(tmp_path: Path
+                                                                            ) -> None:
+    uuid = "b831381d-6324-4d53-ad4f-8cda48b30811"
+    vless = {"decryption": "none", "clients": [{"id": uuid, "email": "a@x"}]}
+    config = {"inbounds": [
+        {"tag": "front", "protocol": "vless", "port": 443,
+         "settings": {**vless, "fallbacks": [{"path": "/ws", "dest": 10444, "xver": 1}]},
+         "streamSettings": {"security": "tls", "tlsSettings": {"alpn": ["h2", "http/1.1"]}}},
+        {"tag": "inner", "protocol": "vless", "listen": "127.0.0.1", "port": 10444,
+         "settings": {"decryption": "none", "clients": [{"id": uuid}]},
+         "streamSettings": {"network": "ws", "wsSettings": {"path": "/ws"}}},
+        {"tag": "local", "protocol": "trojan", "listen": "127.0.0.1", "port": 10445,
+         "settings": {"clients": [{"password": "pw"}]}},
+        {"tag": "sock", "protocol": "trojan", "listen": "/run/t.sock",
+         "settings": {"clients": [{"password": "pw"}]}}]}
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps(config))
+    result = v2sync("link", "export", "-c", str(path), "--host", "srv.example")
+    assert result.returncode == 0, _text(result)
+    links = [parse_link(line) for line in result.stdout.decode().splitlines()
+             if "://" in line]
+    inner = links[1]
+    assert (inner.port, inner.security, inner.network, inner.path, inner.alpn) == (
+        443, "tls", "ws", "/ws", ())  # a WebSocket client offers http/1.1 alone
+    assert [link.port for link in links] == [443, 443, 10445]  # no link to a unix socket
+    notes = result.stderr.decode()
+    assert "inbounds[2]: listens on 127.0.0.1 and no fallback leads to it" in notes
+    assert "inbounds[3]: listens on /run/t.sock and no fallback leads to it: no link" in notes
+
+
 def test_a_bad_port_option_is_a_usage_error() -> None:
     result = v2sync("run", "--http-port", "0", LINKS["trojan"])
     assert result.returncode == 2 and "'0' is not a port (1-65535)" in _text(result)

@@ -106,7 +106,6 @@ def test_url_forms_with_ipv6_and_percent_encoding() -> None:
     ("vless://%s@a.example:443?encryption=aes" % UUID, "encryption", "none"),
     ("vless://%s@a.example:443?serviceName=s" % UUID, "serviceName", "gRPC"),
     ("vless://%s@a.example:443?type=tcp&type=ws" % UUID, "type", "twice"),
-    ("vless://%s@a.example:443?sni=" % UUID, "sni", "empty"),
     ("vless://%s@a.example:0" % UUID, "port", "1-65535"),
     ("vless://%s@a.example:99999" % UUID, "address", "port"),
     ("vless://%s@a.example" % UUID, "port", "missing"),
@@ -156,6 +155,45 @@ def test_subscription_base64_and_plain_lines_and_comments() -> None:
     assert parse_subscription(plain) == parse_subscription(base64.b64encode(plain))
     assert parse_subscription(base64.urlsafe_b64encode(plain).rstrip(b"="))[1].address == \
         "b.example"
+
+
+def test_empty_query_values_read_as_absent() -> None:
+    # Marzban writes every key, empty ones too; v2rayN's GetQueryValue reads "" as absent
+    link = parse_link("vless://%s@m.example:443?security=tls&type=ws&headerType=&path=%%2Fws"
+                      "&host=&sni=m.example&fp=&alpn=#WS" % UUID)
+    assert (link.network, link.path, link.host, link.sni, link.alpn) == ("ws", "/ws", "", "m.example", ())
+    assert link.ignored == ()
+    assert parse_link("trojan://pw@t.example:443?type=&sni=").network == "tcp"
+
+
+def test_raw_is_tcp() -> None:
+    # Xray renamed the tcp transport "raw"; v2rayN reads both
+    assert parse_link("vless://%s@a.example:443?type=raw&headerType=http" % UUID).network == "tcp"
+    raw = {"v": "2", "add": "a.example", "port": 443, "id": UUID, "net": "raw"}
+    encoded = base64.b64encode(json.dumps(raw).encode()).decode()
+    assert parse_link("vmess://" + encoded).network == "tcp"
+
+
+def test_shadowsocks_export_names_chacha20_as_sip004_does() -> None:
+    text = format_link(ShareLink(SHADOWSOCKS, "s.example", 8388, "pw", method="chacha20-poly1305"))
+    userinfo = text[len("ss://"):text.index("@")]
+    assert base64.urlsafe_b64decode(userinfo + "=" * (-len(userinfo) % 4)) == b"chacha20-ietf-poly1305:pw"
+    assert parse_link(text).method == "chacha20-poly1305"
+
+
+def test_subscription_keeps_what_it_can_use_when_asked() -> None:
+    # v2rayN skips the lines it cannot read; providers mix in hysteria2, REALITY, gRPC...
+    good = format_link(ShareLink(TROJAN, "b.example", 443, "pw", security="tls"))
+    data = "\ufeff" + "\n".join([good, "hysteria2://x@h.example:443", good,
+                                  "vless://%s@r.example:443?security=reality&pbk=k" % UUID])
+    skipped: list = []
+    links = parse_subscription(base64.b64encode(data.encode()), "sub.txt", skipped)
+    assert [link.address for link in links] == ["b.example", "b.example"]
+    assert [e.path for e in skipped] == ["sub.txt line 2", "sub.txt line 4.security"]
+    nothing_usable = "\n".join(["hysteria2://x@h.example:443", "junk"]).encode()
+    with pytest.raises(ConfigErrors) as info:
+        parse_subscription(nothing_usable, "sub.txt", skipped)
+    assert [e.path for e in info.value.errors] == ["sub.txt line 1", "sub.txt line 2"]
 
 
 def test_subscription_reports_every_bad_line_by_number() -> None:

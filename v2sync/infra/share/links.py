@@ -3,7 +3,7 @@ and subscriptions (``parse_subscription``): base64 of newline-separated links, o
 as plain lines, as providers serve them (v2rayN reads both)."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, ConfigErrors
 from v2sync.infra.share import base64text, shadowsocks, url, vmess_json
@@ -50,17 +50,32 @@ def format_link(link: ShareLink) -> str:
     return url.dump(link)
 
 
-def parse_subscription(data: bytes, part: str = "subscription") -> List[ShareLink]:
-    """Every link of a subscription; all the bad lines are reported together."""
+def parse_subscription(data: bytes, part: str = "subscription",
+                       skipped: Optional[List[ConfigError]] = None) -> List[ShareLink]:
+    """Every link of a subscription. Given ``skipped``, a line v2sync cannot use goes there
+    and the rest are kept, as v2rayN keeps what it can read (providers mix in links of
+    transports v2sync lacks); without it, or when no line is usable, all the bad lines are
+    raised together."""
     if len(data) > MAX_SUBSCRIPTION_BYTES:
         raise ConfigError(f"is larger than {MAX_SUBSCRIPTION_BYTES // 1024 // 1024} MiB", part)
-    text = data.decode("utf-8", "replace").strip()
+    text = data.decode("utf-8", "replace").lstrip("\ufeff").strip()
     if base64text.looks_like(text) and "://" not in text:
-        text = base64text.decode(text, part).decode("utf-8", "replace")
-    lines = [line.strip() for line in text.splitlines()]
+        text = base64text.decode(text, part).decode("utf-8", "replace").lstrip("\ufeff")
+    links, errors = _subscription_lines(text, part)
+    if errors and (skipped is None or not links):
+        raise ConfigErrors(errors)
+    if not links:
+        raise ConfigError("holds no links", part, expected="links, one a line, or their base64")
+    if skipped is not None:
+        skipped += errors
+    return links
+
+
+def _subscription_lines(text: str, part: str) -> Tuple[List[ShareLink], List[ConfigError]]:
     links: List[ShareLink] = []
     errors: List[ConfigError] = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
         if not line or line.startswith("#"):
             continue
         if len(links) + len(errors) >= MAX_SUBSCRIPTION_LINKS:
@@ -70,8 +85,4 @@ def parse_subscription(data: bytes, part: str = "subscription") -> List[ShareLin
             links.append(parse_link(line, f"{part} line {number}"))
         except ConfigError as e:
             errors.append(e)
-    if errors:
-        raise ConfigErrors(errors)
-    if not links:
-        raise ConfigError("holds no links", part, expected="links, one a line, or their base64")
-    return links
+    return links, errors

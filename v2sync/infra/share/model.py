@@ -22,6 +22,7 @@ MAX_LINK_CHARS = 8 * 1024
 
 # Networks v2sync dials (transport/internet); the rest are refused by the name users know.
 NETWORKS = ("tcp", "ws")
+NETWORK_ALIASES = {"raw": "tcp"}  # Xray renamed tcp to raw; v2rayN reads both
 UNSUPPORTED_NETWORKS = {
     "kcp": "mKCP", "mkcp": "mKCP", "quic": "QUIC", "grpc": "gRPC", "gun": "gRPC",
     "http": "HTTP/2", "h2": "HTTP/2", "httpupgrade": "HTTPUpgrade", "splithttp": "SplitHTTP",

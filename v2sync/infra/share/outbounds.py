@@ -69,19 +69,55 @@ def _stream(link: ShareLink) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------- back to links
 
-def from_config(data: Mapping[str, Any], file: str, host: Optional[str]) -> List[ShareLink]:
-    """Links for the outbounds of ``data`` and, with ``host``, for its inbounds."""
+def from_config(data: Mapping[str, Any], file: str, host: Optional[str],
+                notes: Optional[List[str]] = None) -> List[ShareLink]:
+    """Links for the outbounds of ``data`` and, with ``host``, for its inbounds. An inbound
+    that listens on loopback or a unix socket and that another inbound's fallback leads to
+    gets a link through that inbound (its port and TLS). Otherwise a unix socket has no
+    link, and a loopback one keeps its own; ``notes`` gets a line for each."""
     links: List[ShareLink] = []
     for path, handler in _handlers(data, "outbound"):
         links += _located(file, path, lambda h=handler, p=path: _outbound_links(h, p))
-    for path, handler in _handlers(data, "inbound"):
+    inbounds = _handlers(data, "inbound")
+    for path, handler in inbounds:
         if _protocol(handler) is None:
             continue
         if host is None:
             raise ConfigError("is a server inbound: the links need the host name clients "
                               "dial", path, file, expected="--host NAME")
-        links += _located(file, path, lambda h=handler, p=path: _inbound_links(h, host))
+        front = _front_for(handler, [h for _, h in inbounds]) if _local_only(handler) else None
+        listen = str(_key(handler, "listen") or "")
+        if front is None and _local_only(handler) and notes is not None:
+            what = "no link" if listen.startswith(("/", "@")) else "its link reaches only this machine"
+            notes.append(f"{file}: {path}: listens on {listen} and no fallback leads to it: {what}")
+        if front is None and listen.startswith(("/", "@")):
+            continue
+        links += _located(file, path,
+                          lambda h=handler, f=front: _inbound_links(h, host, f))
     return links
+
+
+LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+
+
+def _local_only(handler: Mapping[str, Any]) -> bool:
+    """Listening where no client can dial: loopback, or a unix socket (a path, ``@name``)."""
+    listen = str(_key(handler, "listen") or "")
+    return listen.startswith(LOOPBACK_PREFIXES) or listen.startswith(("/", "@"))
+
+
+def _front_for(handler: Mapping[str, Any], inbounds: Sequence[Any]) -> Optional[Any]:
+    """The inbound whose fallback ``dest`` is ``handler``'s port or socket path."""
+    listen = str(_key(handler, "listen") or "")
+    port = str(_key(handler, "port") or "")
+    wanted = {listen} if listen.startswith(("/", "@")) else {port, f"{listen}:{port}"}
+    for front in inbounds:
+        settings = _key(front, "settings") or {}
+        fallbacks = _key(settings, "fallbacks") if isinstance(settings, Mapping) else None
+        for fallback in fallbacks if isinstance(fallbacks, list) else []:
+            if isinstance(fallback, Mapping) and str(_key(fallback, "dest")) in wanted:
+                return front
+    return None
 
 
 def _located(file: str, path: str, make: Any) -> List[ShareLink]:
@@ -124,12 +160,20 @@ def _outbound_links(handler: Mapping[str, Any], path: str) -> List[ShareLink]:
     return links
 
 
-def _inbound_links(handler: Mapping[str, Any], host: str) -> List[ShareLink]:
+def _inbound_links(handler: Mapping[str, Any], host: str,
+                   front: Optional[Mapping[str, Any]] = None) -> List[ShareLink]:
+    """``front``: the inbound whose fallback leads here; clients dial its port, through its
+    TLS, and this inbound's transport runs inside."""
     protocol = _protocol(handler)
     assert protocol is not None
     settings = _key(handler, "settings") or {}
     stream = _stream_fields(_key(handler, "streamSettings") or {}, server_side=True)
     port = _first_port(_key(handler, "port"))
+    if front is not None:
+        outer = _stream_fields(_key(front, "streamSettings") or {}, server_side=True)
+        # the front's ALPN stays out: a WebSocket client must offer http/1.1 alone
+        stream = {**stream, "security": outer["security"]}
+        port = _first_port(_key(front, "port"))
     name = str(_key(handler, "tag") or "")
     if protocol == SHADOWSOCKS:  # 4.34's Shadowsocks inbound has one user, in settings
         users = [(settings, "settings")]

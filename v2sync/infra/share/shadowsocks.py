@@ -47,8 +47,14 @@ def parse(text: str) -> ShareLink:
     return check(link)
 
 
+# SIP002 clients know the ChaCha20 AEAD by its SIP004 name (shadowsocks-libev, Outline);
+# 4.34 and v2rayN read both names.
+LINK_METHOD_NAMES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
+
+
 def dump(link: ShareLink) -> str:
-    userinfo = base64text.encode_url_safe(f"{link.method}:{link.secret}".encode("utf-8"))
+    method = LINK_METHOD_NAMES.get(link.method, link.method)
+    userinfo = base64text.encode_url_safe(f"{method}:{link.secret}".encode("utf-8"))
     host = f"[{link.address}]" if ":" in link.address else link.address
     name = f"#{quote(link.name, safe='')}" if link.name else ""
     return f"{SCHEME}{userinfo}@{host}:{link.port}{name}"

@@ -12,8 +12,11 @@ STDIN_NAMES = ("-", "stdin:")
 
 
 def read_links(texts: Sequence[str], subscription: Optional[str],
-               stdin: Optional[IO[bytes]] = None) -> List[ShareLink]:
-    """Every link given; ConfigErrors with all the bad ones, each naming its place."""
+               stdin: Optional[IO[bytes]] = None,
+               skipped: Optional[List[ConfigError]] = None) -> List[ShareLink]:
+    """Every link given; ConfigErrors with all the bad ones, each naming its place. A
+    subscription's unusable lines go to ``skipped`` while it has usable ones (see
+    ``parse_subscription``); links on the command line must all be good."""
     links: List[ShareLink] = []
     errors: List[ConfigError] = []
     for i, text in enumerate(texts):
@@ -23,7 +26,7 @@ def read_links(texts: Sequence[str], subscription: Optional[str],
             errors.append(e)
     if subscription is not None:
         try:
-            links += parse_subscription(_read(subscription, stdin), f"{subscription}")
+            links += parse_subscription(_read(subscription, stdin), f"{subscription}", skipped)
         except ConfigErrors as e:
             errors += e.errors
         except ConfigError as e:

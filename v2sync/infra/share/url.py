@@ -4,7 +4,8 @@ used for ``vless://`` and ``trojan://`` and, with no alterId, for ``vmess://``::
     protocol://$(uuid or password)@host:port?type=ws&security=tls&path=%2Fray&...#$(name)
 
 Values are percent-encoded (``encodeURIComponent``), names are case-sensitive, a field may
-not repeat and IPv6 hosts are in brackets. Defaults (#91 §4): ``type`` tcp, ``security``
+not repeat, an empty value reads as absent (as v2rayN and v2rayNG read it: panels such as
+Marzban write ``host=&sni=``) and IPv6 hosts are in brackets. Defaults (#91 §4): ``type`` tcp, ``security``
 none (Trojan: tls, as trojan-go and v2rayN write it), ``encryption`` auto for VMess and
 none for VLESS, ``path`` "/", ``headerType`` none. ``flow`` exists only for XTLS, which
 v2sync has not, so any flow is refused by name.
@@ -14,8 +15,8 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 from urllib.parse import quote, unquote, urlsplit
 
-from v2sync.infra.share.model import (TROJAN, VLESS, VMESS, UNSUPPORTED_SECURITIES, ShareLink,
-                                      check, fail)
+from v2sync.infra.share.model import (NETWORK_ALIASES, TROJAN, VLESS, VMESS,
+                                      UNSUPPORTED_SECURITIES, ShareLink, check, fail)
 
 SCHEMES = {"vless": VLESS, "trojan": TROJAN, "vmess": VMESS}
 DEFAULT_SECURITY = {VLESS: "none", VMESS: "none", TROJAN: "tls"}
@@ -49,7 +50,7 @@ def parse(text: str) -> ShareLink:
                    "options go in the query: ?type=ws&path=%2Fray")
     fields = _query(parts.query)
     _refuse(fields)
-    network = fields.get("type", "tcp")
+    network = NETWORK_ALIASES.get(fields.get("type", "tcp"), fields.get("type", "tcp"))
     ws_or_http = network == "ws" or fields.get("headerType") == "http"
     link = ShareLink(
         protocol=protocol, address=host or "", port=port, secret=unquote(userinfo),
@@ -96,9 +97,8 @@ def _query(query: str) -> Dict[str, str]:
         key = unquote(key)
         if key in fields:
             raise fail(key[:50], "appears twice", "each field at most once (Xray-core#91 §2)")
-        fields[key] = unquote(value)
-        if key in USED and not fields[key] and key != "path":
-            raise fail(key, "is empty", "omit a field rather than leave it empty (#91 §4)")
+        if value:  # empty reads as absent, as v2rayN and v2rayNG read it (panels write host=)
+            fields[key] = unquote(value)
     return fields
 
 

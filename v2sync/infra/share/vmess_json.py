@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping
 
 from v2sync.common.net import decimal
 from v2sync.infra.share import base64text
-from v2sync.infra.share.model import VMESS, ShareLink, check, fail
+from v2sync.infra.share.model import NETWORK_ALIASES, VMESS, ShareLink, check, fail
 
 SCHEME = "vmess://"
 VERSION = "2"
@@ -39,6 +39,7 @@ def parse(text: str) -> ShareLink:
     if version != VERSION:
         raise fail("v", f"version {version!r} is not supported", "expected 2 (v2rayN's format)")
     network = _string(obj, "net", "tcp") or "tcp"
+    network = NETWORK_ALIASES.get(network, network)
     link = ShareLink(
         protocol=VMESS, address=_string(obj, "add", ""), port=_number(obj, "port", None),
         secret=_string(obj, "id", ""), name=_string(obj, "ps", ""),
