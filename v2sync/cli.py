@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import sys
 import threading
 import uuid
@@ -364,6 +365,11 @@ def cmd_run(args) -> int:
     from v2sync.common import affinity
     from v2sync.common.errors import ConfigError
 
+    # A SIGHUP while the config loads (``systemctl reload`` right after start) would kill
+    # the process, and systemd counts that death as a clean exit: it becomes a reload
+    # once serving.
+    signals = _Signals()
+    signal.signal(signal.SIGHUP, signals.on_reload)
     _log_load_warnings()
     try:
         cpu = _cpu_setting(args)
@@ -386,25 +392,40 @@ def cmd_run(args) -> int:
         _say(f"v2sync: {e}")
         return EXIT_USAGE
     try:
-        return _serve(instance, args)
+        return _serve(instance, args, signals)
     finally:
         if claim is not None:
             claim.close()
 
 
-def _serve(instance, args) -> int:
+class _Signals:
+    """The flags SIGINT/SIGTERM (``stop``) and SIGHUP (``reload``) raise; ``wake`` ends
+    the serving loop's wait."""
+
+    def __init__(self) -> None:
+        self.stop, self.reload, self.wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_reload(self, *_: object) -> None:
+        _raise_flag(self.reload, self.wake)
+
+    def on_stop(self, *_: object) -> None:
+        _raise_flag(self.stop, self.wake)
+
+
+def _serve(instance, args, signals: _Signals) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the config (``v2sync.reload``)."""
     from v2sync.common import heap
     from v2sync.common.errors import V2SyncError
 
-    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
-    for signum, flag in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, reload)):
-        signal.signal(signum, lambda *_, flag=flag: _raise_flag(flag, wake))
+    stop, reload, wake = signals.stop, signals.reload, signals.wake
+    signal.signal(signal.SIGINT, signals.on_stop)
+    signal.signal(signal.SIGTERM, signals.on_stop)
     try:
         instance.start()
     except V2SyncError as e:
         _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
+    _notify_systemd(b"READY=1")
     heap.settle()
     retiring: List[threading.Thread] = []
     while not stop.is_set():
@@ -426,6 +447,20 @@ def _serve(instance, args) -> int:
     if threading.active_count() > 1:
         _exit_now()
     return 0
+
+
+def _notify_systemd(state: bytes) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (``Type=notify``
+    units); nothing when it is unset, and a failure only costs systemd's timeout."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    target = "\0" + address[1:] if address.startswith("@") else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state, target)
+    except OSError as e:
+        log.warning("cannot tell systemd %r: %s", state, e)
 
 
 def _raise_flag(flag: threading.Event, wake: threading.Event) -> None:

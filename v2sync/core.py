@@ -65,7 +65,10 @@ RETIRE_POLL = 0.5
 
 
 class Instance:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, stats: Optional[StatsManager] = None):
+        """``stats``: the counters of the Instance this one replaces (a reload), kept when
+        the config still has a ``stats`` section, so the API's figures go on and what the
+        retired Instance's connections move is counted where the API sees it."""
         tune_for_many_threads()
         self.config = config
         self.timers = TimerWheel()
@@ -82,7 +85,8 @@ class Instance:
         # As 4.34: the DNS's own queries are routed (dns.tag), not sent from this host.
         self.dns.route_through(routed_dial(self.dispatcher, self.dns.config.tag))
         # app/stats: only with a "stats" section, as 4.34 (no counter costs anything without).
-        self.stats: Optional[StatsManager] = StatsManager() if config.stats_enabled else None
+        self.stats: Optional[StatsManager] = (
+            (stats or StatsManager()) if config.stats_enabled else None)
         self.dispatcher.stats = self.stats
         self.commander: Optional[Any] = None  # app.commander.outbound.Commander
         self.metrics: Optional[Any] = None  # app.metrics.MetricsServer

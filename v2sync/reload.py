@@ -4,7 +4,9 @@ The new config is loaded and built first; a config with errors leaves everything
 was. Otherwise the running Instance stops listening, a new one binds the same ports and
 starts, and the old one retires in a thread of its own (``Instance.retire``): its live
 connections go on under the config they started with until they end, its ``connIdle``
-has passed, or the process stops. Should the new one fail to start (a port another program
+has passed, or the process stops. Traffic counters (``stats``) carry over: the new
+Instance takes the old one's, so the API's figures go on and the retired connections
+count where the API sees them. Should the new one fail to start (a port another program
 took meanwhile), the previous config is started again; if even that fails the process
 has nothing to serve and the caller exits.
 """
@@ -37,7 +39,7 @@ def reload(current: Instance, load: Callable[[], Config], on_config: Callable[[C
     log.warning("SIGHUP: reloading the config")
     try:
         config = load()
-        fresh = Instance(config)
+        fresh = Instance(config, stats=current.stats)
         check_files(config.log)
     except ConfigError as e:
         log.error("reload refused, still serving the previous config:\n%s", e.render())
@@ -51,7 +53,7 @@ def reload(current: Instance, load: Callable[[], Config], on_config: Callable[[C
         started = _start_when_free(fresh)
     except V2SyncError as e:
         log.error("the reloaded config failed to start (%s); restarting the previous one", e)
-        restarted = _restart(current.config)
+        restarted = _restart(current)
         if restarted is None:
             current.close()
             return None
@@ -65,9 +67,9 @@ def reload(current: Instance, load: Callable[[], Config], on_config: Callable[[C
     return started
 
 
-def _restart(config: Config) -> Optional[Instance]:
+def _restart(previous: Instance) -> Optional[Instance]:
     try:
-        return _start_when_free(Instance(config))
+        return _start_when_free(Instance(previous.config, stats=previous.stats))
     except V2SyncError as e:
         log.error("the previous config failed to start again: %s", e)
         return None
@@ -85,4 +87,4 @@ def _start_when_free(instance: Instance) -> Instance:
             if time.monotonic() > deadline:
                 raise
         time.sleep(REBIND_POLL)
-        instance = Instance(instance.config)
+        instance = Instance(instance.config, stats=instance.stats)

@@ -8,14 +8,19 @@ exits 0 with the retired instance's connection still open.
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from typing import Any, Dict, Optional
 
 import socks
 from support.peers import TcpEchoServer, free_port
-from support.procs import ConfigProcess, accepts_tcp
+from support.procs import REPO_ROOT, ConfigProcess, accepts_tcp
 
 IO_TIMEOUT = 10.0
 
@@ -86,3 +91,102 @@ def test_sigterm_after_a_reload_with_a_retired_connection_open(v2sync_process) -
             process.wait_for_log("reloaded;")
             _round_trip(held, b"y")
             assert process.stop() == 0  # the teardown's check: exit 0, not killed
+
+
+def _traffic(metrics_port: int, tag: str) -> int:
+    """The inbound's uplink bytes as /metrics shows them (the stats counters)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=IO_TIMEOUT) as answer:
+        text = answer.read().decode()
+    pattern = rf'^v2ray_traffic_uplink_bytes_total{{dimension="inbound",target="{tag}"}} (\S+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return int(float(found.group(1))) if found else -1
+
+
+def test_reload_keeps_metrics_serving_and_the_counters_counting(v2sync_process) -> None:
+    """The metrics port is freed and bound again (a reload once ended the process: the old
+    server kept its socket); the counters carry over, and a connection made before the
+    reload counts where the API and /metrics see it; a UDP inbound's port is freed at once
+    (the other ports waited for its poll)."""
+    socks_port, metrics_port, udp_port = free_port(), free_port(), free_port()
+    config = _config(socks_port)
+    config.update(stats={}, metrics={"listen": f"127.0.0.1:{metrics_port}"},
+                  policy={"system": {"statsInboundUplink": True}})
+    config["inbounds"].append({"tag": "door", "listen": "127.0.0.1", "port": udp_port,
+                               "protocol": "dokodemo-door",
+                               "settings": {"address": "127.0.0.1", "port": 9, "network": "udp"}})
+    with TcpEchoServer() as echo:
+        process = v2sync_process(config)
+        held = _tunnel(socks_port, echo)
+        try:
+            _round_trip(held, b"x" * 1000)
+            before = _traffic(metrics_port, "socks-in")
+            assert before >= 1000
+            _reload(process, config)
+            process.wait_for_log("reloaded; connections made before go on")
+            _round_trip(held, b"y" * 5000)  # on the retired instance
+            assert _traffic(metrics_port, "socks-in") >= before + 5000
+            assert "restarting the previous one" not in process.log_tail(4000)
+        finally:
+            held.close()
+    assert process.stop() == 0
+
+
+def _catches(pid: int, signum: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
+def test_a_sighup_while_the_config_loads_becomes_a_reload() -> None:
+    """``systemctl start`` then ``reload`` at once: the SIGHUP lands before the serving
+    loop. It used to kill the process (systemd counts that death as a clean exit). Here the
+    config comes on stdin, so the load waits for it while the SIGHUP is sent."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "v2sync", "run", "-c", "-"], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    try:
+        deadline = time.monotonic() + IO_TIMEOUT
+        while not _catches(process.pid, signal.SIGHUP) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _catches(process.pid, signal.SIGHUP), "no SIGHUP handler while the config loads"
+        process.send_signal(signal.SIGHUP)
+        process.stdin.write(json.dumps(_config(port)).encode())
+        process.stdin.close()
+        while not accepts_tcp(("127.0.0.1", port)) and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None and accepts_tcp(("127.0.0.1", port))
+    finally:
+        if not process.stdin.closed:
+            process.stdin.close()
+        process.terminate()
+        process.wait(timeout=IO_TIMEOUT)
+        err = process.stderr.read() if process.stderr else b""
+        if process.stderr:
+            process.stderr.close()
+    assert process.returncode == 0, err.decode()
+
+
+def test_ready_is_told_to_systemd_once_serving(tmp_path) -> None:
+    """``Type=notify`` (conf/v2sync.service): READY=1 on $NOTIFY_SOCKET after the ports
+    listen, so systemd runs a reload queued behind the start only then."""
+    port = free_port()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_config(port)))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(IO_TIMEOUT)
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify")}
+        process = subprocess.Popen([sys.executable, "-m", "v2sync", "run", "-c", str(path)],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert notify.recv(64) == b"READY=1"
+            assert accepts_tcp(("127.0.0.1", port))
+        finally:
+            process.terminate()
+            process.wait(timeout=IO_TIMEOUT)
+    assert process.returncode == 0

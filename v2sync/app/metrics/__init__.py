@@ -127,8 +127,10 @@ class MetricsServer:
         return self._server.server_address[1] if self._server is not None else 0
 
     def stop_listening(self) -> None:
+        """Stop serving and free the port (a reload binds it again at once)."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
 
     def close(self) -> None:
         if self._server is not None:

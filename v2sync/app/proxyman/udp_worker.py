@@ -188,6 +188,8 @@ class UdpWorker:
             try:
                 while not self._stop.is_set():
                     for key, _ in selector.select(POLL_INTERVAL):
+                        if self._stop.is_set():
+                            break  # close()'s wake-up datagram, or anything behind it
                         # whatever queued up, without a select() per datagram
                         for _ in range(RECV_BATCH):
                             if not self._receive(key.fileobj, key.data, selector):
@@ -322,7 +324,14 @@ class UdpWorker:
         self._sock.close()
 
     def close(self) -> None:
+        """Stop; the reading thread closes the socket. As ``UdpListener.close``, an empty
+        datagram to the socket's own address wakes its poll now, so a reload binds the port
+        again at once; until then every inbound of the new config waits."""
         self._stop.set()
+        try:
+            self._sock.sendto(b"", self._sock.getsockname()[:2])
+        except OSError:
+            pass  # closed already, or unreachable: the poll's timeout still ends the loop
 
     def close_unstarted(self) -> None:
         self._stop.set()
