@@ -166,6 +166,13 @@ def test_empty_query_values_read_as_absent() -> None:
     assert parse_link("trojan://pw@t.example:443?type=&sni=").network == "tcp"
 
 
+def test_field_names_in_any_case_as_v2rayn_reads_them() -> None:
+    link = parse_link("vless://%s@a.example:443?Security=tls&Type=ws&Path=%%2Fp&SNI=s.example" % UUID)
+    assert (link.security, link.network, link.path, link.sni) == ("tls", "ws", "/p", "s.example")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_link("vless://%s@a.example:443?type=ws&Type=tcp" % UUID)
+
+
 def test_raw_is_tcp() -> None:
     # Xray renamed the tcp transport "raw"; v2rayN reads both
     assert parse_link("vless://%s@a.example:443?type=raw&headerType=http" % UUID).network == "tcp"

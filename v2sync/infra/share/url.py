@@ -29,6 +29,9 @@ REFUSED = {
     "spx": "REALITY", "pqv": "REALITY",
 }
 MAX_FIELDS = 64
+# #91 names fields case-sensitively, but v2rayN reads them in any case (ParseQueryString):
+# a link with ?Security=tls must not become a plain-TCP config.
+CANONICAL = {key.lower(): key for key in (*USED, *REFUSED)}
 
 
 def parse(text: str) -> ShareLink:
@@ -95,6 +98,7 @@ def _query(query: str) -> Dict[str, str]:
     for piece in pieces:
         key, _, value = piece.partition("=")
         key = unquote(key)
+        key = CANONICAL.get(key.lower(), key)
         if key in fields:
             raise fail(key[:50], "appears twice", "each field at most once (Xray-core#91 §2)")
         if value:  # empty reads as absent, as v2rayN and v2rayNG read it (panels write host=)
