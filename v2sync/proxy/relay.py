@@ -17,6 +17,8 @@ waiting for a thread hand-over.
 """
 from __future__ import annotations
 
+import time
+
 from typing import Callable, Optional, Union
 
 from v2sync.common.errors import detached
@@ -105,9 +107,16 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
         return (yield from run_pair_steps(
             ctx.threads, f"relay-{name}-{'down' if down else 'up'}", background_step,
             foreground_steps(), lambda exc: abort(), longest + JOIN_SLACK, inline,
-            ctx.timers, busy=lambda: not timer.done))
+            ctx.timers, busy=lambda: _moving(timer, longest + JOIN_SLACK)))
     finally:
         timer.cancel()
+
+
+def _moving(timer: ActivityTimer, within: float) -> bool:
+    """The relay is still live and moved bytes in the last ``within`` seconds (each byte
+    re-arms the timer): its join waits on. Read from the timer's clock, so a stopped wheel
+    (a retired Instance's, past its close) cannot hold a join forever."""
+    return not timer.done and time.monotonic() - timer.last < within
 
 
 def _run_side(side: Side, timer: ActivityTimer, wake: Optional[Waker]) -> object:

@@ -171,6 +171,9 @@ def test_field_names_in_any_case_as_v2rayn_reads_them() -> None:
     assert (link.security, link.network, link.path, link.sni) == ("tls", "ws", "/p", "s.example")
     with pytest.raises(ConfigError, match="twice"):
         parse_link("vless://%s@a.example:443?type=ws&Type=tcp" % UUID)
+    for query in ("sni=&sni=a.example", "sni=a.example&sni="):  # twice, empty or not
+        with pytest.raises(ConfigError, match="twice"):
+            parse_link("vless://%s@a.example:443?%s" % (UUID, query))
 
 
 def test_raw_is_tcp() -> None:

@@ -278,8 +278,11 @@ def test_socks4a_domain_cap():
                    SOCKS4_REJECT)
 
 
-def test_socks4a_empty_domain():
-    wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00"
+@pytest.mark.parametrize("domain", [b"", b"\xffbad", b"x\n2026/12/06 00:00:00 1.2.3.4:1 rejected  x",
+                                    b"tab\there", b"del\x7f"])
+def test_socks4a_empty_or_unprintable_domain(domain):
+    # refused on purpose (4.34 takes them): they would reach the access log as they are
+    wire = b"\x04\x01\x00\x50\x00\x00\x00\x01\x00" + domain + b"\x00"
     assert_garbage(socks.parse_socks4_request, wire, SOCKS4_REJECT)
 
 

@@ -14,7 +14,7 @@ import pytest
 from OpenSSL import SSL
 
 from support.certs import make_pki
-from v2sync.common.errors import ConfigError, HandshakeTimeout, TransportError
+from v2sync.common.errors import ConfigError, HandshakeClosed, HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import build_tls
 from v2sync.transport.internet.conn import Connection
@@ -155,6 +155,32 @@ def test_garbage_is_a_transport_error(server_tls) -> None:
     finally:
         raw_client.close()
         raw_server.close()
+
+
+def test_a_client_closed_before_a_byte_is_an_empty_handshake_close(server_tls) -> None:
+    # Go's io.EOF: VMess, VLESS and Trojan write no access line for it
+    raw_client, raw_server = _pair()
+    try:
+        raw_client.close()
+        with pytest.raises(HandshakeClosed) as info:
+            server_tls.wrap(raw_server, time.monotonic() + TIMEOUT)
+        assert info.value.empty
+    finally:
+        raw_server.close()
+
+
+def test_a_server_that_closes_at_once_is_a_transport_error_for_the_client(pki) -> None:
+    # The dialer's retry (and its next server) takes TransportError, the peer named in it.
+    raw_client, raw_server = _pair()
+    try:
+        client = ClientTls(build_tls(pki.client_tls())).wrap(
+            raw_client, Destination.tcp("v2sync.test", 443), time.monotonic() + TIMEOUT)
+        assert raw_server.sock.recv(65536)  # the ClientHello, read: the close is a FIN
+        raw_server.close()
+        with pytest.raises(TransportError, match="tls handshake with"):
+            client.write(b"first use finishes the handshake")
+    finally:
+        raw_client.close()
 
 
 def _run(*targets: Callable[[], None]) -> None:

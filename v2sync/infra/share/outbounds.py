@@ -10,6 +10,8 @@ to be one v2sync runs: a link is checked by ``model.check`` like any other.
 """
 from __future__ import annotations
 
+import ipaddress
+
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from v2sync.common.errors import ConfigError, join_path
@@ -97,20 +99,23 @@ def from_config(data: Mapping[str, Any], file: str, host: Optional[str],
     return links
 
 
-LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
-
-
 def _local_only(handler: Mapping[str, Any]) -> bool:
     """Listening where no client can dial: loopback, or a unix socket (a path, ``@name``)."""
-    listen = str(_key(handler, "listen") or "")
-    return listen.startswith(LOOPBACK_PREFIXES) or listen.startswith(("/", "@"))
+    listen = str(_key(handler, "listen") or "").strip()
+    if listen.startswith(("/", "@")) or listen == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        return False
 
 
 def _front_for(handler: Mapping[str, Any], inbounds: Sequence[Any]) -> Optional[Any]:
     """The inbound whose fallback ``dest`` is ``handler``'s port or socket path."""
     listen = str(_key(handler, "listen") or "")
     port = str(_key(handler, "port") or "")
-    wanted = {listen} if listen.startswith(("/", "@")) else {port, f"{listen}:{port}"}
+    wanted = ({listen} if listen.startswith(("/", "@"))
+              else {port, f"{listen}:{port}", f"[{listen}]:{port}"})
     for front in inbounds:
         settings = _key(front, "settings") or {}
         fallbacks = _key(settings, "fallbacks") if isinstance(settings, Mapping) else None

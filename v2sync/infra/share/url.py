@@ -92,6 +92,7 @@ def dump(link: ShareLink) -> str:
 
 def _query(query: str) -> Dict[str, str]:
     fields: Dict[str, str] = {}
+    seen = set()
     pieces = [p for p in query.split("&") if p]
     if len(pieces) > MAX_FIELDS:
         raise fail("query", f"has {len(pieces)} fields", f"expected at most {MAX_FIELDS}")
@@ -99,8 +100,9 @@ def _query(query: str) -> Dict[str, str]:
         key, _, value = piece.partition("=")
         key = unquote(key)
         key = CANONICAL.get(key.lower(), key)
-        if key in fields:
+        if key in seen:
             raise fail(key[:50], "appears twice", "each field at most once (Xray-core#91 §2)")
+        seen.add(key)
         if value:  # empty reads as absent, as v2rayN and v2rayNG read it (panels write host=)
             fields[key] = unquote(value)
     return fields

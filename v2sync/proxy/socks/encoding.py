@@ -376,11 +376,20 @@ def parse_socks4_request(buf: bytes) -> Optional[Tuple[Socks4Request, int]]:
 
 def _socks4a_domain(raw: bytes, rejected: bytes) -> Address:
     """A 4a host as 4.34's ``handshake4`` takes it: a domain name whatever it holds (an IP
-    literal stays a name, so routing's ``ip`` rules do not see it; no charset check). An
-    empty one is refused, where 4.34 dials its own machine."""
+    literal stays a name, so routing's ``ip`` rules do not see it; no charset check). On
+    purpose, refused where 4.34 takes it: an empty one (4.34 dials its own machine), and
+    one that is not UTF-8 or holds a control character, which would reach the access log
+    as it is (a forged line for fail2ban-style readers)."""
     if not raw:
         raise RemoteProtocolError("empty SOCKS4a domain name", reply=rejected)
-    return Address(_text(raw), AddressKind.DOMAIN)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("SOCKS4a domain name is not UTF-8", reply=rejected) from None
+    if not name.isprintable():
+        raise RemoteProtocolError(f"SOCKS4a domain name {name!r} holds a control character",
+                                  reply=rejected)
+    return Address(name, AddressKind.DOMAIN)
 
 
 def encode_socks4_request(command: int, address: Address, port: int, userid: str = "") -> bytes:

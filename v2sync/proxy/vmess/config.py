@@ -6,9 +6,9 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, get_bool, get_items,
-                                      checked, gather, get_server_address, get_server_port, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, MAX_UINT16, checked, gather, get_bool,
+                                      get_items, get_server_address, get_server_port,
+                                      get_str, get_uint, require_object)
 from v2sync.proxy.vmess.ids import SECURITY_NAMES, Security, VMessUser, parse_uuid
 
 

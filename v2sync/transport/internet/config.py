@@ -89,8 +89,8 @@ class StreamSettings:
     ws: WsSettings = field(default_factory=WsSettings)
     ds: DsSettings = field(default_factory=DsSettings)
     sockopt: SockoptSettings = field(default_factory=SockoptSettings)
-    # tcpSettings/wsSettings/sockopt ``acceptProxyProtocol``: all three set the one
-    # listener option in 4.34 (SocketConfig.AcceptProxyProtocol).
+    # tcpSettings/wsSettings ``acceptProxyProtocol``: 4.34's tcp and ws listeners copy it
+    # over sockopt's (which is ignored, with a warning).
     accept_proxy_protocol: bool = False
 
 

@@ -10,6 +10,7 @@ either takes exactly the header or, when it is still incomplete, takes everythin
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Optional
 
@@ -43,8 +44,10 @@ def accept_proxy_header(conn: Connection, deadline: float) -> Handshake[Connecti
             parsed = parse_header(taken + peeked)
         except RemoteProtocolError:
             # Read what came, as go-proxyproto's buffered reader has: closed with nothing
-            # unread, the connection ends with a FIN, as 4.34's does, not a reset.
-            _take(conn, len(peeked))
+            # unread, the connection ends with a FIN, as 4.34's does, not a reset. (Bytes
+            # still on their way may yet make it a reset; the header's error is the one told.)
+            with contextlib.suppress(TransportError, RemoteProtocolError):
+                _take(conn, len(peeked))
             raise
         if parsed is not None:
             header, used = parsed

@@ -315,7 +315,9 @@ class TlsConnection(WrappedConnection):
         if not arm_deadline(self.sock, deadline):
             raise socket.timeout("handshake deadline")
         data = outside_slot(self.sock.recv, RECORD_READ)
-        if not data and not self._first:  # Go's io.EOF: the proxy may write no line for it
+        if not data and not self._first and isinstance(self._tls, MemoryTls):
+            # A server's client that sent nothing (Go's io.EOF: VMess, VLESS and Trojan
+            # write no access line for it). A client's server stays a TransportError.
             raise HandshakeClosed("connection closed before its tls handshake", empty=True)
         if not data:
             raise ConnectionResetError("connection closed during tls handshake")
