@@ -190,3 +190,22 @@ def test_ready_is_told_to_systemd_once_serving(tmp_path) -> None:
             process.terminate()
             process.wait(timeout=IO_TIMEOUT)
     assert process.returncode == 0
+
+
+def test_a_port_another_program_holds_refuses_the_reload_before_anything_closes(
+        v2sync_process) -> None:
+    """Checked before the running listeners close: the reload is refused and every port
+    keeps serving (it used to close them all, retry for a second, and start the previous
+    config again, which could fail too)."""
+    socks_port, taken = free_port(), free_port()
+    with TcpEchoServer() as echo, socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen(1)
+        process = v2sync_process(_config(socks_port))
+        _reload(process, _config(socks_port, taken))
+        process.wait_for_log("reload refused, still serving the previous config")
+        with _tunnel(socks_port, echo) as fresh:
+            _round_trip(fresh, b"the running config still serves")
+        log = process.log_tail(4000)
+        assert "failed to listen" in log and "restarting the previous one" not in log
+    assert process.stop() == 0

@@ -15,7 +15,7 @@ import socket
 import threading
 import types
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 from v2sync.app.log.access import AccessLog
 from v2sync.app.stats.manager import Counter
@@ -36,7 +36,7 @@ from v2sync.transport.internet.hub import StreamServer
 from v2sync.transport.internet.tcp import UNIX_PEER, set_nodelay
 from v2sync.transport.internet.tproxy import (TPROXY_OFF, TPROXY_REDIRECT,
                                               original_tcp_destination)
-from v2sync.transport.internet.udp import UdpListener
+from v2sync.transport.internet.udp import UdpListener, bind_udp
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,29 @@ class InboundHandler:
 
     def _name(self) -> str:
         return self.tag or self.config.protocol
+
+    def held(self) -> List[Tuple[int, Network]]:
+        """The ports this handler has bound, with their network."""
+        return ([(port, Network.TCP) for _, port, _ in self.listening]
+                + [(listener.port, Network.UDP) for listener in self.udp_listeners])
+
+    def check_free(self, held: Collection[Tuple[int, Network]]) -> None:
+        """Before a reload touches the running listeners: each port this handler would bind
+        and ``held`` (the running ones) does not is bound and let go at once; TransportError
+        names the first one that cannot be. A domain socket or port 0 is not checked."""
+        if self.server.single_listener:
+            return
+        networks = getattr(self.proxy, "networks", (Network.TCP,))
+        udp = getattr(self.proxy, "wants_udp", False) or Network.UDP in networks
+        for port in (p for p in self.config.ports if p):
+            if Network.TCP in networks and (port, Network.TCP) not in held:
+                sock, cleanup = self.server.listen(self.address, port)
+                sock.close()
+                cleanup()
+            if udp and (port, Network.UDP) not in held:
+                sockopt = self.stream.sockopt if self.stream is not None else None
+                bind_udp(self.address, port, sockopt.mark if sockopt else 0,
+                         bool(sockopt and sockopt.tproxy != TPROXY_OFF)).close()
 
     def start(self, listener_group: ThreadGroup, selector: HandshakeSelector) -> None:
         self._selector = selector
@@ -310,6 +333,13 @@ class InboundManager:
         for handler in self.handlers:
             handler.start(listener_group, self.selector)
         self.selector.start()
+
+    def held(self) -> List[Tuple[int, Network]]:
+        return [pair for handler in self.handlers for pair in handler.held()]
+
+    def check_free(self, held: Collection[Tuple[int, Network]]) -> None:
+        for handler in self.handlers:
+            handler.check_free(held)
 
     def stop_listening(self) -> None:
         """Close every listener and every unfinished handshake."""
