@@ -168,6 +168,19 @@ def test_close_runs_each_parked_handshakes_cleanup_and_closes_the_listener():
             client.close()
 
 
+def test_remove_listener_returns_with_the_port_closed(server):
+    # The API's RemoveInbound answers once the port is closed: a connect right after is
+    # refused, never taken by a listener the leader has not closed yet.
+    for _ in range(20):
+        toy = ToyServer()
+        try:
+            assert toy.selector.remove_listener(toy.sock, TIMEOUT)
+            with pytest.raises(ConnectionRefusedError):
+                _client(toy.port)
+        finally:
+            toy.close()
+
+
 def test_a_failing_step_ends_only_its_connection(caplog):
     toy = ToyServer(fail_on=b"bad")
     try:

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # Closing waits this long for the selector's thread to close what it holds.
 SELECTOR_CLOSE_WAIT = 2.0
+# How long a handler waits for the selector to close one of its listeners (it normally
+# takes a wake-up: well under a millisecond).
+LISTENER_CLOSE_WAIT = 1.0
 
 
 class InboundHandler:
@@ -235,7 +238,7 @@ class InboundHandler:
     def stop_listening(self) -> None:
         if self._selector is not None:
             for sock, _, _ in self.listening:
-                self._selector.remove_listener(sock)
+                self._selector.remove_listener(sock, LISTENER_CLOSE_WAIT)
         for listener in self.udp_listeners:
             listener.close()
 

@@ -130,9 +130,20 @@ class HandshakeSelector:
         listener = _Listener(sock, start, name, cleanup)
         self._call(lambda: self._register_listener(listener))
 
-    def remove_listener(self, sock: socket.socket) -> None:
-        """Stop accepting on ``sock`` and close it (handshakes already parked go on)."""
-        self._call(lambda: self._close_listener(sock))
+    def remove_listener(self, sock: socket.socket, wait: float = 0.0) -> bool:
+        """Stop accepting on ``sock`` and close it (handshakes already parked go on). The
+        leader closes it; given ``wait``, return once it has (True) or that many seconds
+        have passed: the API's RemoveInbound answers with the port already closed, as
+        4.34's does, where the kernel would otherwise still take connections."""
+        closed = threading.Event()
+
+        def close() -> None:
+            self._close_listener(sock)
+            closed.set()
+        self._call(close)
+        if not self._started:
+            self._run_calls()  # no leader to do it
+        return closed.wait(wait) if wait > 0 else closed.is_set()
 
     def start(self) -> None:
         if not self._started:
