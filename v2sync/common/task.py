@@ -850,9 +850,9 @@ def run_pair_steps(
     e.g. by interrupting the link and aborting the connection) and is returned without its
     traceback (``detached``), so keeping it makes no reference cycle.
 
-    While ``busy()`` says so when a join times out (a relay whose inactivity timer has not
-    fired: its background is still moving bytes), the join starts over: the timeout gives
-    up on a background that ignored its abort, never on a live transfer.
+    While ``busy()`` says so when a join times out (a relay that moved bytes within the
+    timeout), the join starts over: the timeout gives up on a background that ignored its
+    abort, never on a live transfer.
     """
     pair = _Pair(group, background, on_error, inline, timers)
     # Paced as the step that starts it: a relay run blocking (a UDP session's) stays unpaced.

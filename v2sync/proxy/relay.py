@@ -18,7 +18,6 @@ waiting for a thread hand-over.
 from __future__ import annotations
 
 import time
-
 from typing import Callable, Optional, Union
 
 from v2sync.common.errors import detached
@@ -48,8 +47,8 @@ Side = Union[Direction, PipeDrain, Parkable]
 
 # Extra seconds past the longest policy timeout before a stuck copy thread is given up on;
 # normally the timer has aborted the connection long before. The wait starts over while
-# the relay's inactivity timer is live: a half-closed transfer that keeps moving bytes
-# runs as long as in 4.34, whose relays wait for both directions without a cap.
+# the relay moved bytes within that time (``_moving``): a half-closed transfer that keeps
+# moving runs as long as in 4.34, whose relays wait for both directions without a cap.
 JOIN_SLACK = 5.0
 
 

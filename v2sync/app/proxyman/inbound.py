@@ -75,6 +75,12 @@ class InboundHandler:
         # (uplink, downlink) counters (``app.stats``), set by the Instance; None: not counted.
         self.counters: Tuple[Any, Any] = (None, None)
         self.handshake_failures = Counter()  # for the metrics endpoint
+        # Fixed per handler, read by every connection's handshake: how the access line names
+        # the source, and whether a failed transport handshake is the proxy's to report (4.34
+        # runs TLS and a PROXY header inside the proxy's first read, WebSocket before it).
+        self.source_with_network = bool(getattr(proxy, "source_with_network", False))
+        self.transport_failures_logged = (self.server.handshake_in_proxy
+                                          and getattr(proxy, "logs_transport_failures", True))
 
     def bind(self) -> None:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
@@ -114,9 +120,8 @@ class InboundHandler:
                 sock.close()
                 cleanup()
             if udp and (port, Network.UDP) not in held:
-                sockopt = self.stream.sockopt if self.stream is not None else None
-                bind_udp(self.address, port, sockopt.mark if sockopt else 0,
-                         bool(sockopt and sockopt.tproxy != TPROXY_OFF)).close()
+                mark = self.stream.sockopt.mark if self.stream is not None else 0
+                bind_udp(self.address, port, mark, self.tproxy_mode != TPROXY_OFF).close()
 
     def start(self, listener_group: ThreadGroup, selector: HandshakeSelector) -> None:
         self._selector = selector
@@ -170,17 +175,14 @@ class InboundHandler:
     def _handshake(self, conn: Connection) -> Steps:
         """The transport's and the proxy's handshakes; what remains goes to a thread."""
         session = Session(inbound_tag=self.tag, source=conn.remote, sniffing=self.config.sniffing,
-                          source_with_network=getattr(self.proxy, "source_with_network", False))
+                          source_with_network=self.source_with_network)
         if self.follow_redirect:
             self._find_original_target(session, conn)
         with self._lock:
             self._live[id(conn)] = conn  # the raw connection: aborting it stops every layer
         upgraded = None
         handed_off = False
-        # A failure the proxy reports with an access line: past the transport, or in one
-        # that 4.34 runs inside the proxy's first read (TLS, a PROXY header).
-        in_proxy = (self.server.handshake_in_proxy
-                    and getattr(self.proxy, "logs_transport_failures", True))
+        in_proxy = self.transport_failures_logged  # past the transport, always the proxy's
         try:
             upgraded = yield from self.server.accept_steps(conn)
             session.source = upgraded.remote  # e.g. WebSocket's X-Forwarded-For

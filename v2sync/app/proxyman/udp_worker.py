@@ -47,7 +47,7 @@ from v2sync.common.task import ThreadGroup, yield_cpu
 from v2sync.transport.internet import tproxy
 from v2sync.transport.internet.config import SockoptSettings
 from v2sync.transport.internet.counting import adder
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp, peer_sockaddr
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp, peer_sockaddr, wake_own_poll
 from v2sync.transport.pipe import Pipe
 
 log = logging.getLogger(__name__)
@@ -328,10 +328,7 @@ class UdpWorker:
         datagram to the socket's own address wakes its poll now, so a reload binds the port
         again at once; until then every inbound of the new config waits."""
         self._stop.set()
-        try:
-            self._sock.sendto(b"", self._sock.getsockname()[:2])
-        except OSError:
-            pass  # closed already, or unreachable: the poll's timeout still ends the loop
+        wake_own_poll(self._sock)
 
     def close_unstarted(self) -> None:
         self._stop.set()

@@ -15,8 +15,9 @@ from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Destination
-from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_items, get_server_address,
-                                      get_server_port, get_str, get_uint, require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_items,
+                                      get_server_address, get_server_port, get_str, get_uint,
+                                      require_object)
 
 S = TypeVar("S")
 

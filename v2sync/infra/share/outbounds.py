@@ -11,7 +11,6 @@ to be one v2sync runs: a link is checked by ``model.check`` like any other.
 from __future__ import annotations
 
 import ipaddress
-
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from v2sync.common.errors import ConfigError, join_path
@@ -87,22 +86,41 @@ def from_config(data: Mapping[str, Any], file: str, host: Optional[str],
         if host is None:
             raise ConfigError("is a server inbound: the links need the host name clients "
                               "dial", path, file, expected="--host NAME")
-        front = _front_for(handler, [h for _, h in inbounds]) if _local_only(handler) else None
-        listen = str(_key(handler, "listen") or "")
-        if front is None and _local_only(handler) and notes is not None:
-            what = "no link" if listen.startswith(("/", "@")) else "its link reaches only this machine"
-            notes.append(f"{file}: {path}: listens on {listen} and no fallback leads to it: {what}")
-        if front is None and listen.startswith(("/", "@")):
-            continue
-        links += _located(file, path,
-                          lambda h=handler, f=front: _inbound_links(h, host, f))
+        reach = _reach(handler, [h for _, h in inbounds], f"{file}: {path}", notes)
+        if reach is not _UNREACHABLE:
+            links += _located(file, path, lambda h=handler, f=reach: _inbound_links(h, host, f))
     return links
+
+
+_UNREACHABLE = object()
+
+
+def _reach(handler: Mapping[str, Any], inbounds: Sequence[Any], where: str,
+           notes: Optional[List[str]]) -> Any:
+    """How clients reach ``handler``: None (directly), the inbound whose fallback leads
+    here, or ``_UNREACHABLE`` (a unix socket no fallback leads to). A local-only one that
+    no fallback leads to gets a line in ``notes``."""
+    if not _local_only(handler):
+        return None
+    front = _front_for(handler, inbounds)
+    if front is not None:
+        return front
+    listen = str(_key(handler, "listen") or "")
+    unix = _unix_socket(listen)
+    if notes is not None:
+        what = "no link" if unix else "its link reaches only this machine"
+        notes.append(f"{where}: listens on {listen} and no fallback leads to it: {what}")
+    return _UNREACHABLE if unix else None
+
+
+def _unix_socket(listen: str) -> bool:
+    return listen.startswith(("/", "@"))
 
 
 def _local_only(handler: Mapping[str, Any]) -> bool:
     """Listening where no client can dial: loopback, or a unix socket (a path, ``@name``)."""
     listen = str(_key(handler, "listen") or "").strip()
-    if listen.startswith(("/", "@")) or listen == "localhost":
+    if _unix_socket(listen) or listen == "localhost":
         return True
     try:
         return ipaddress.ip_address(listen).is_loopback
@@ -114,7 +132,7 @@ def _front_for(handler: Mapping[str, Any], inbounds: Sequence[Any]) -> Optional[
     """The inbound whose fallback ``dest`` is ``handler``'s port or socket path."""
     listen = str(_key(handler, "listen") or "")
     port = str(_key(handler, "port") or "")
-    wanted = ({listen} if listen.startswith(("/", "@"))
+    wanted = ({listen} if _unix_socket(listen)
               else {port, f"{listen}:{port}", f"[{listen}]:{port}"})
     for front in inbounds:
         settings = _key(front, "settings") or {}

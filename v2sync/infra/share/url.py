@@ -5,8 +5,8 @@ used for ``vless://`` and ``trojan://`` and, with no alterId, for ``vmess://``::
 
 Values are percent-encoded (``encodeURIComponent``), names are case-sensitive, a field may
 not repeat, an empty value reads as absent (as v2rayN and v2rayNG read it: panels such as
-Marzban write ``host=&sni=``) and IPv6 hosts are in brackets. Defaults (#91 §4): ``type`` tcp, ``security``
-none (Trojan: tls, as trojan-go and v2rayN write it), ``encryption`` auto for VMess and
+Marzban write ``host=&sni=``) and IPv6 hosts are in brackets. Defaults (#91 §4): ``type``
+tcp, ``security`` none (Trojan: tls, as trojan-go and v2rayN write it), ``encryption`` auto for VMess and
 none for VLESS, ``path`` "/", ``headerType`` none. ``flow`` exists only for XTLS, which
 v2sync has not, so any flow is refused by name.
 """

@@ -12,9 +12,9 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Network
-from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_bool, get_items, get_server_address,
-                                      get_server_port, get_str, get_uint, parse_network_list,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_bool, get_items,
+                                      get_server_address, get_server_port, get_str, get_uint,
+                                      parse_network_list, require_object)
 from v2sync.proxy.shadowsocks.encoding import METHODS, Account, method_named
 
 METHODS_EXPECTED = "one of " + ", ".join(sorted(METHODS))
@@ -53,7 +53,8 @@ class ShadowsocksServerConfig:
         # server.go Network(): an empty list means tcp; "udp": true appends udp.
         udp = (Network.UDP,) if get_bool(settings, "udp", path) else ()
         value = settings.get("network") or None
-        return cls(_user(settings, path), parse_network_list(value, join_path(path, "network"), udp))
+        networks = parse_network_list(value, join_path(path, "network"), udp)
+        return cls(_user(settings, path), networks)
 
     @property
     def tcp(self) -> bool:

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Tuple
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address
-from v2sync.infra.conf.fields import (MAX_UINT16, checked, gather, get_items, get_server_address, get_str,
-                                      get_uint, require_object)
+from v2sync.infra.conf.fields import (MAX_UINT16, checked, gather, get_items,
+                                      get_server_address, get_str, get_uint, require_object)
 from v2sync.common.protocol.users import check_unique_emails
 from v2sync.proxy.fallback import Fallback, parse_fallbacks
 from v2sync.proxy.vmess.ids import parse_uuid

@@ -91,6 +91,15 @@ def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.sock
     return sock
 
 
+def wake_own_poll(sock: socket.socket) -> None:
+    """An empty datagram to ``sock``'s own address: the thread polling it wakes now (to see
+    it was told to stop) instead of at its next timeout."""
+    try:
+        sock.sendto(b"", sock.getsockname()[:2])
+    except OSError:
+        pass  # closed already, or unreachable: the poll's timeout still ends the loop
+
+
 class UdpListener:
     """Receives datagrams on one address/port and hands each to ``handle(data, source)``.
 
@@ -141,7 +150,4 @@ class UdpListener:
         own address wakes its poll now, so the port is free within milliseconds (a reload
         binds it again at once) instead of at the next POLL_INTERVAL."""
         self._stop.set()
-        try:
-            self._sock.sendto(b"", self._sock.getsockname()[:2])
-        except OSError:
-            pass  # closed already, or unreachable: the poll's timeout still ends the loop
+        wake_own_poll(self._sock)
