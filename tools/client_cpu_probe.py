@@ -10,7 +10,9 @@ implementation (v2sync, then the real v2ray), against a v2ray server in both cas
 the pair of ``tools/bench.py``'s mixed scenario (SOCKS5 -> VMess aes-128-gcm, or VLESS,
 over TLS or WS+TLS -> v2ray -> freedom), warm it with one transfer, then per round download and upload
 ``--mib`` through it and print MiB/s, the client's CPU ms per MiB (user + system, from
-/proc), its context switches and minor page faults per MiB.
+/proc), its context switches and minor page faults per MiB, and the v2ray server's CPU per
+MiB (user + system): on two shared cores the server's share is the client's business too,
+since how the client drains its socket changes what the server's kernel pays per MiB.
 
 Loopback only; every transfer has the bench's deadline; every process is stopped in a
 ``finally`` (``bench.running_chain``).
@@ -53,19 +55,24 @@ def counters(pid: int) -> Dict[str, float]:
         except FileNotFoundError:
             pass  # a thread that ended meanwhile
     return {"cpu": (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+            "user": int(fields[11]) / CLOCK_TICKS,
+            "system": int(fields[12]) / CLOCK_TICKS,
             "minflt": float(fields[7]),
             "voluntary": float(switches["voluntary_ctxt_switches"]),
             "involuntary": float(switches["nonvoluntary_ctxt_switches"])}
 
 
-def measured(pid: int, mib: int, transfer: Callable[[], float]) -> str:
-    before = counters(pid)
+def measured(pid: int, server_pid: int, mib: int, transfer: Callable[[], float]) -> str:
+    before, server_before = counters(pid), counters(server_pid)
     rate = transfer()
-    after = counters(pid)
+    after, server_after = counters(pid), counters(server_pid)
     per = {name: (after[name] - before[name]) / mib for name in before}
+    server = {name: 1000 * (server_after[name] - server_before[name]) / mib
+              for name in ("user", "system")}
     return (f"{rate:6.0f} MiB/s  cpu {1000 * per['cpu']:5.2f} ms/MiB  "
             f"switches {per['voluntary']:.0f}+{per['involuntary']:.0f}/MiB  "
-            f"minor faults {per['minflt']:.0f}/MiB")
+            f"minor faults {per['minflt']:.0f}/MiB  "
+            f"server cpu {server['user']:4.2f}+{server['system']:4.2f} ms/MiB")
 
 
 STREAMS: Dict[str, Callable[[], Tuple[Dict[str, object], Dict[str, object]]]] = {
@@ -80,15 +87,15 @@ def run(client: str, protocol: str, stream: str, mib: int, rounds: int) -> None:
     size = mib * bench.MIB
     with BulkSource(size, max_connections=4, timeout=bench.CLIENT_TIMEOUT) as source, \
             BulkSink(size, max_connections=4, timeout=bench.CLIENT_TIMEOUT) as sink, \
-            bench.running_chain("v2ray", [server_config], errors), \
+            bench.running_chain("v2ray", [server_config], errors) as servers, \
             bench.running_chain(client, [client_config], errors) as clients:
-        pid = clients[0].pid
+        pid, server_pid = clients[0].pid, servers[0].pid
         bench.measure_download(entry, source)  # warm-up: imports, first buffers
         bench.measure_upload(entry, sink)
         for _ in range(rounds):
-            print(f"{client:6} {stream:3} download {measured(pid, mib, lambda: bench.measure_download(entry, source))}",
+            print(f"{client:6} {stream:3} download {measured(pid, server_pid, mib, lambda: bench.measure_download(entry, source))}",
                   flush=True)
-            print(f"{client:6} {stream:3} upload   {measured(pid, mib, lambda: bench.measure_upload(entry, sink))}",
+            print(f"{client:6} {stream:3} upload   {measured(pid, server_pid, mib, lambda: bench.measure_upload(entry, sink))}",
                   flush=True)
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)
