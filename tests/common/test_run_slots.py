@@ -222,6 +222,12 @@ def test_many_steps_through_two_slots_all_run():
 
 # The socket helpers the transports read and write through.
 
+def _connection(sock: socket.socket, armed: bool) -> Connection:
+    conn = Connection(sock, remote=Destination(Address.parse("127.0.0.1"), 1))
+    conn.read_timeout_armed = armed  # as arm_read_timeout says, without the kernel timeout
+    return conn
+
+
 def test_an_armed_read_of_a_crowded_worker_does_not_wait(no_overdue):
     group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
     a, b = socket.socketpair()
@@ -230,7 +236,7 @@ def test_an_armed_read_of_a_crowded_worker_does_not_wait(no_overdue):
     def read():
         started = time.monotonic()
         try:
-            recv_waiting(a, 100, armed=True)
+            recv_waiting(_connection(a, armed=True), 100)
         except BlockingIOError:
             outcome.append(time.monotonic() - started)
 
@@ -248,7 +254,7 @@ def test_an_unarmed_read_leaves_its_slot_while_it_waits(no_overdue):
     a, b = socket.socketpair()
     got, ran = [], []
     try:
-        reader = _paced(group, "reader", lambda: got.append(recv_waiting(a, 100, armed=False)))
+        reader = _paced(group, "reader", lambda: got.append(recv_waiting(_connection(a, armed=False), 100)))
         assert _wait_until(lambda: not group._active)  # blocked in recv: slot free
         _paced(group, "other", lambda: ran.append(1)).join(WAIT)
         assert ran == [1]

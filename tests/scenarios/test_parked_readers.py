@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 
 import pytest
@@ -93,3 +94,36 @@ def test_the_request_header_goes_alone_when_the_client_sends_nothing(chain):
             assert recv_exact(sock, 8) == b"and then"
         finally:
             sock.close()
+
+
+BULK = 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize("chain", ["relay", "vmess-tls", "vmess-ws-tls", "vless-tls"])
+def test_a_short_answer_after_a_bulk_transfer_wakes_its_parked_readers(chain):
+    """A bulk echo makes the readers batch (SO_RCVLOWAT raised: ``conn.recv_waiting``);
+    then the connection idles until they park, and a short message comes back whole. Each
+    reader lowers its mark before it parks, or its epoll would wait for 64 KiB."""
+    port = free_port()
+    with TcpEchoServer(max_connections=8, timeout=30) as echo, contextlib.ExitStack() as stack:
+        instances = [stack.enter_context(running_instance(config))
+                     for config in CHAINS[chain](port)]
+        sock = bench.socks5_connect(port, echo.address, timeout=WAIT)
+        try:
+            payload = os.urandom(BULK)
+            sender = threading.Thread(target=sock.sendall, args=(payload,))
+            sender.start()
+            try:
+                assert recv_exact(sock, BULK) == payload
+            finally:
+                sender.join(WAIT)
+            deadline = time.monotonic() + WAIT
+            while not _all_parked(instances, [2] * len(instances)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _all_parked(instances, [2] * len(instances))
+            sock.sendall(b"short")
+            assert recv_exact(sock, 5) == b"short"
+        finally:
+            sock.close()
+        for instance in instances:
+            wait_idle(instance)

@@ -354,7 +354,7 @@ class TlsConnection(WrappedConnection):
         if max_bytes >= RECORD_READ or self.read_timeout_armed:
             # Armed (a relay reader that parks): the read blocks at most the park timeout,
             # and the buffer goes with the read when the reader parks.
-            return recv_waiting(sock, size, self.read_timeout_armed)
+            return recv_waiting(self, size)
         try:
             return sock.recv(size, socket.MSG_DONTWAIT)
         except BlockingIOError:
