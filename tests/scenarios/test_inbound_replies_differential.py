@@ -16,11 +16,12 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -43,6 +44,9 @@ KNOWN_DIFFERENCES = {
     "header-tls-hello": "4.34's header reader parses whatever each read brought and answers 400 "
                         "once a partial first line is already malformed; v2sync's codec models "
                         "2048-byte reads and waits for the head's end",
+    "http-leading-crlf": "on purpose: v2sync skips blank lines before a request line, as RFC "
+                         "7230 §3.5 asks (a client's stray CRLF after a POST body on a kept-alive "
+                         "connection); Go's ReadRequest refuses them and 4.34 closes",
 }
 READ_LIMIT = 64 * 1024
 PATH = "/ok"
@@ -129,6 +133,47 @@ HTTP_PROBES = {
                               b"Host: 127.0.0.1:{origin}\r\n\r\n"),
     "connect-mixed-name": Probe("http-open", b"Connect other.example:80 HTTP/1.1\r\n"
                                 b"Host: blocked.example:443\r\n\r\n", quiet=BLACKHOLE_SECONDS),
+    # Request heads and targets as Go 1.19's ReadRequest and url.ParseRequestURI read them.
+    "two-hosts": Probe("http-open", b"GET http://127.0.0.1:{origin}/ HTTP/1.1\r\nHost: a\r\n"
+                       b"host: b\r\n\r\n"),
+    "length-list": Probe("http-open", b"POST http://127.0.0.1:{origin}/echo HTTP/1.1\r\n"
+                         b"Host: x\r\nContent-Length: 2, 2\r\n\r\nhi"),
+    "empty-length": Probe("http-open", b"POST http://127.0.0.1:{origin}/echo HTTP/1.1\r\n"
+                          b"Host: x\r\nContent-Length:\r\n\r\n", dated=True, unordered=True),
+    "hex-port-uri": Probe("http-open", b"GET http://127.0.0.1:{originhex}/ HTTP/1.1\r\n\r\n"),
+    "hex-port-connect": Probe("http-open", b"CONNECT 127.0.0.1:{originhex} HTTP/1.1\r\n\r\n"),
+    "percent-host": Probe("http-open", b"GET http://127.0.0.%31:{origin}/ HTTP/1.1\r\n\r\n"),
+    "bad-escape": Probe("http-open", b"GET http://127.0.0.1:{origin}/%zz HTTP/1.1\r\n\r\n"),
+    "empty-authority": Probe("http-open", b"GET http:///x HTTP/1.1\r\nHost: 127.0.0.1:{origin}"
+                             b"\r\n\r\n"),
+    "opaque-uri": Probe("http-open", b"GET mailto:x@y HTTP/1.1\r\n\r\n"),
+    "name-port-get": Probe("http-open", b"GET example.com:80 HTTP/1.1\r\n\r\n"),
+    "http10-chunked": Probe("http-open", b"POST http://127.0.0.1:{origin}/echo HTTP/1.0\r\n"
+                            b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+                            dated=True, unordered=True),
+    "leading-crlf": Probe("http-open", b"\r\nGET http://127.0.0.1:{origin}/ HTTP/1.1\r\n"
+                          b"Host: x\r\n\r\n", dated=True, unordered=True),
+    # Responses as Go 1.19's ReadResponse reads them (4.34 answers 503 where it fails) and
+    # Response.Write sends them on: each path of the scripted origin answers as RESPONSES says.
+    **{f"response-{name}": Probe("http-open", b"GET http://127.0.0.1:{scripted}/" + name.encode()
+                                 + b" HTTP/1.1\r\nHost: x\r\n\r\n", unordered=True)
+       for name in ("bad-length", "two-lengths", "identity", "gzip-chunked", "folded",
+                    "bad-name", "control-byte", "http12", "http10-chunked", "no-content-length",
+                    "same-lengths")},
+}
+# What the scripted origin answers on each path (then it closes).
+RESPONSES = {
+    "bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    "identity": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok",
+    "gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "folded": b"HTTP/1.1 200 OK\r\nX-F: a\r\n  b\r\nContent-Length: 2\r\n\r\nok",
+    "bad-name": b"HTTP/1.1 200 OK\r\nX C: 1\r\nX-D: 2\r\nContent-Length: 2\r\n\r\nok",
+    "control-byte": b"HTTP/1.1 200 OK\r\nX-C: a\x01b\r\nX-R: c\rd\r\nContent-Length: 2\r\n\r\nok",
+    "http12": b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "http10-chunked": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "no-content-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 99\r\n\r\n",
+    "same-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
 }
 SOCKS_PROBES = {
     "no-acceptable-method": Probe("socks-pw", GREET),
@@ -212,6 +257,63 @@ def origin() -> Iterator[HttpOrigin]:
         yield server
 
 
+class ScriptedOrigin:
+    """Answers each connection's request with RESPONSES[its path], then closes. One thread
+    per connection, each bounded by QUIET_SECONDS per read."""
+
+    MAX_CONNECTIONS = 64
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, name="scripted-origin")
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set() and len(self._threads) < self.MAX_CONNECTIONS:
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            thread = threading.Thread(target=self._answer, args=(conn,), name="scripted-answer")
+            self._threads.append(thread)
+            thread.start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(QUIET_SECONDS)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head and len(head) < READ_LIMIT:
+                    chunk = conn.recv(READ_LIMIT)
+                    if not chunk:
+                        return
+                    head += chunk
+                path = head.split(b" ", 2)[1].decode("latin-1").lstrip("/")
+                conn.sendall(RESPONSES.get(path, b"HTTP/1.1 404 Not Found\r\n\r\n"))
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the proxy went away first
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(5)
+        for thread in self._threads:
+            thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[ScriptedOrigin]:
+    server = ScriptedOrigin()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def pair(v2ray_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedPair]:
     with RoutedPair(INBOUNDS, ["direct"], ROUTING, assets=asset_dir(tmp_path_factory.mktemp("geo")),
@@ -243,7 +345,7 @@ def exchange(port: int, data: bytes, quiet: float = QUIET_SECONDS) -> Outcome:
 
 def normalized(outcome: Outcome, probe: Probe, own_port: int) -> Outcome:
     data, end = outcome
-    if probe.dated:
+    if probe.dated and data:  # nothing at all is compared as it is
         found = _DATE.search(data)
         assert found is not None, f"no Date header in {data!r}"
         parsedate_to_datetime(found.group(1).decode())  # an RFC 7231 date, or ValueError
@@ -260,7 +362,8 @@ def normalized(outcome: Outcome, probe: Probe, own_port: int) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def answers(pair: RoutedPair, closed_port: int, origin: HttpOrigin) -> Dict[Tuple[str, str], Outcome]:
+def answers(pair: RoutedPair, closed_port: int, origin: HttpOrigin,
+            scripted: ScriptedOrigin) -> Dict[Tuple[str, str], Outcome]:
     """Every probe through both proxies at once, so the silences are waited out together:
     {(probe name, "v2ray" or "v2sync"): its normalized outcome}."""
     jobs = {}
@@ -269,6 +372,8 @@ def answers(pair: RoutedPair, closed_port: int, origin: HttpOrigin) -> Dict[Tupl
             data = probe.data.replace(b"{closed}", str(closed_port).encode())
             data = data.replace(b"{origin}", str(origin.port).encode())
             data = data.replace(b"{origin8}", b"0" + oct(origin.port)[2:].encode())
+            data = data.replace(b"{originhex}", hex(origin.port).encode())
+            data = data.replace(b"{scripted}", str(scripted.port).encode())
             data = data.replace(b"{closed16}", struct.pack("!H", closed_port))
             for proxy in ("v2ray", "v2sync"):
                 port = pair.ports[proxy][probe.inbound]
@@ -324,6 +429,28 @@ FORWARD_PROBES = {
                           b"2\r\nhi\r\n0\r\n\r\n",
     "big-cookie": b"GET http://127.0.0.1:{recorder}/k HTTP/1.1\r\nHost: x\r\nCookie: "
                   + b"c" * 20000 + b"\r\n\r\n",
+    # Go 1.19's textproto: a folded line joined, a name that is no token dropped (an empty
+    # one too), control bytes kept and a bare CR sent as a space.
+    "folded-and-odd-headers": b"GET http://127.0.0.1:{recorder}/o HTTP/1.1\r\nX-F: a\r\n  b\r\n"
+                              b"X A: 1\r\n: 2\r\nX-C: c\x01d\r\nX-R: e\rf\r\n\r\n",
+    # Before HTTP/1.1 a Transfer-Encoding is ignored and dropped; the length frames the body.
+    "http10-chunked-with-length": b"POST http://127.0.0.1:{recorder}/t HTTP/1.0\r\nHost: x\r\n"
+                                  b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+    "same-lengths": b"POST http://127.0.0.1:{recorder}/l HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    "post-without-body": b"POST http://127.0.0.1:{recorder}/e HTTP/1.1\r\nHost: x\r\n\r\n",
+    "delete-without-body": b"DELETE http://127.0.0.1:{recorder}/d HTTP/1.1\r\nHost: x\r\n\r\n",
+    "get-with-zero-length": b"GET http://127.0.0.1:{recorder}/z HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: 0\r\n\r\n",
+    "put-with-zero-length": b"PUT http://127.0.0.1:{recorder}/u HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: 0\r\n\r\n",
+    # The path goes upstream as Go's URL.RequestURI writes it: escaped again where a byte
+    # needs it, "#" and all (a request URI has no fragment); a valid raw path as it came.
+    "escaped-path": b"GET http://127.0.0.1:{recorder}/\xc3\xa9/%22{}|^`\\<>#f?q=\xc3\xa9#g HTTP/1.1"
+                    b"\r\nHost: x\r\n\r\n",
+    "raw-path-kept": b"GET http://127.0.0.1:{recorder}/a%2Fb/%7e/!$&'()*+,;=:@[] HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n",
+    "empty-path-query": b"GET http://127.0.0.1:{recorder}?x HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

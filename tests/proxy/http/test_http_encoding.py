@@ -81,14 +81,20 @@ def test_header_value_whitespace_trimmed_obs_text_kept():
     b"GET /\r\n\r\n", b"GET  / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1 x\r\n\r\n",
     b"G(T / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.10\r\n\r\n", b"GET / http/1.1\r\n\r\n",
     b"GET /\x01 HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\n\n",
-    b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", b"GET / HTTP/1.1\r\nA: 1\r\n\tfold\r\n\r\n",
-    b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
-    b"GET / HTTP/1.1\r\n: x\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", b"GET / HTTP/1.1\rX: 1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: \x7f\r\n\r\n",
+    b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+    b"GET / HTTP/1.1\rX: 1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
 ])
 def test_request_head_garbage_gets_no_reply(wire):
     assert_garbage(http.parse_request_head, wire, None)  # 4.34 closes without a word
+
+
+def test_headers_read_as_go_1_19_reads_them():
+    """A folded line joined with one space, names that are no token (or empty) dropped,
+    control bytes kept and a bare CR a space: live in test_inbound_replies_differential."""
+    head, _ = http.parse_request_head(
+        b"GET / HTTP/1.1\r\nA: 1 \r\n\t fold \r\n  more\r\nHost : x\r\n: y\r\nB: a\x00b\x7f\r\n"
+        b"C: a\rb\r\n\r\n")
+    assert head.headers == (("A", "1 fold more"), ("B", "a\x00b\x7f"), ("C", "a b"))
 
 
 def test_request_head_size_cap():
@@ -118,10 +124,16 @@ def test_response_status_line_forms(line, status, reason):
     assert (head.status, head.reason) == (status, reason)
 
 
+def test_response_versions_go_reads_are_sent_back_as_they_came():
+    head, _ = http.parse_response_head(b"HTTP/1.2  200 OK\r\nBad Name: 1\r\n\r\n")
+    assert (head.version, head.status, head.headers) == ("HTTP/1.2", 200, ())
+
+
 @pytest.mark.parametrize("wire", [
     b"HTTP/1.1 20 OK\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n",
     b"HTTP/2 200 OK\r\n\r\n", b"HTTP/1.1\r\n\r\n", b"\r\n\r\n", b"HTTP/1.1 200 O\x00K\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", b"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n",
+    b"HTTP/12 200 OK\r\n\r\n", b"HTTP/1.1200 OK\r\n\r\n",
 ])
 def test_response_head_garbage_has_no_reply(wire):
     assert_garbage(http.parse_response_head, wire, None)
@@ -177,41 +189,63 @@ def test_canned_407_names_realm():
 
 # -- targets and destinations -----------------------------------------------------------------
 
-@pytest.mark.parametrize("target, scheme, host, port, path", [
-    ("http://example.com/a?b", "http", "example.com", None, "/a?b"),
-    ("HTTP://example.com:8080", "http", "example.com", 8080, "/"),
-    ("http://example.com?q=1", "http", "example.com", None, "/?q=1"),
-    ("https://u:p@[::1]:8443/x#frag", "https", "::1", 8443, "/x"),
-    ("http://10.0.0.1:/", "http", "10.0.0.1", None, "/"),
+@pytest.mark.parametrize("target, scheme, host, port, path, url", [
+    ("http://example.com/a?b", "http", "example.com", None, "/a?b", "http://example.com/a?b"),
+    ("HTTP://example.com:8080", "http", "example.com", 8080, "/", "http://example.com:8080"),
+    ("http://example.com?q=1", "http", "example.com", None, "/?q=1", "http://example.com?q=1"),
+    ("https://u:p@[::1]:8443/x#frag", "https", "::1", 8443, "/x%23frag",
+     "https://u:p@[::1]:8443/x%23frag"),
+    ("http://10.0.0.1:/", "http", "10.0.0.1", None, "/", "http://10.0.0.1:/"),
+    # Go's RequestURI: a path escaped again where a byte needs it, a valid raw one kept.
+    ("http://h/\xc3\xa9\"{}?q=\xc3\xa9", "http", "h", None, "/%C3%A9%22%7B%7D?q=\xc3\xa9",
+     "http://h/%C3%A9%22%7B%7D?q=\xc3\xa9"),
+    ("http://h/a%2Fb/%7e;x=1", "http", "h", None, "/a%2Fb/%7e;x=1", "http://h/a%2Fb/%7e;x=1"),
+    ("http://h/%41%22", "http", "h", None, "/%41%22", "http://h/%41%22"),
+    ('http://h/%41"', "http", "h", None, "/A%22", "http://h/A%22"),
+    ("http://h/p?", "http", "h", None, "/p?", "http://h/p?"),
+    # No authority, or an opaque URI: no host (a 400, or the Host header when transparent).
+    ("http:///x", "http", "", None, "/x", "http:/x"),
+    ("mailto:x@y", "mailto", "", None, "x@y", "mailto:x@y"),
+    ("example.com:80", "example.com", "", None, "80", "example.com:80"),
 ])
-def test_absolute_target(target, scheme, host, port, path):
+def test_absolute_target(target, scheme, host, port, path, url):
     parsed = http.parse_target(request(target))
-    assert parsed == http.RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path)
+    assert parsed == http.RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path, url)
 
 
 @pytest.mark.parametrize("target, host, port", [
     ("example.com:443", "example.com", 443), ("[2001:db8::1]:8443", "2001:db8::1", 8443),
     ("example.com", "example.com", 80),  # ParseHost's default port
     ("example.com:0135600", "example.com", 48000),  # Go's ParseUint(base 0): octal
-    ("example.com:0x1F90", "example.com", 8080), ("example.com:8_0", "example.com", 80),
 ])
 def test_authority_target(target, host, port):
     parsed = http.parse_target(request(target, "CONNECT"))
-    assert parsed == http.RequestTarget(TargetForm.AUTHORITY, "", host, port, "")
+    assert parsed == http.RequestTarget(TargetForm.AUTHORITY, "", host, port, "", "//" + target)
+
+
+@pytest.mark.parametrize("host_header, port", [
+    ("example.com:0x1F90", 8080), ("example.com:8_0", 80), ("example.com:0135600", 48000),
+])
+def test_a_host_header_port_is_read_by_parse_uint_alone(host_header, port):
+    """A Host header (transparent mode) skips Go's url checks: ParseUint(base 0) alone."""
+    head = request("/x", headers=[("Host", host_header)])
+    assert http.request_destination(head, http.parse_target(head)) == Destination.tcp(
+        "example.com", port)
 
 
 def test_origin_and_asterisk_targets():
     assert http.parse_target(request("/p?q")) == http.RequestTarget(TargetForm.ORIGIN, "", "",
-                                                                    None, "/p?q")
+                                                                    None, "/p?q", "/p?q")
     assert http.parse_target(request("*", "OPTIONS")).form is TargetForm.ASTERISK
 
 
 @pytest.mark.parametrize("target, method", [
     ("example.com:99999", "CONNECT"), ("example.com:8x", "CONNECT"), ("a:080_", "CONNECT"),
     ("[::1", "CONNECT"), ("[example]:80", "CONNECT"), ("[::1]x:80", "CONNECT"),
-    ("::1:80", "CONNECT"), ("/path", "CONNECT"), ("example.com:80", "GET"),
-    ("example.com/x", "GET"), ("http:///x", "GET"), ("http://a b/", "GET"),
-    ("http://host:\xb2/", "GET"),
+    ("::1:80", "CONNECT"), ("/path", "CONNECT"), ("example.com:0x50", "CONNECT"),
+    ("example.com:8_0", "CONNECT"), ("example.com/x", "GET"), ("http://a b/", "GET"),
+    ("http://host:\xb2/", "GET"), ("http://host:0x50/", "GET"), ("http://127.0.0.%31/", "GET"),
+    ("http://h/%zz", "GET"), ("http://h/%4", "GET"), ("/%", "GET"), ("http://u{@h/", "GET"),
 ])
 def test_bad_targets_are_refused_without_a_reply(target, method):
     # 4.34 closes without a word where Go's ReadRequest or ParseHost fails.
@@ -266,7 +300,7 @@ def test_forward_request_head_like_v2ray():
     forwarded = http.forward_request_head(head, http.parse_target(head))
     assert http.encode_request_head(forwarded) == (
         b"POST /p?q HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n"
-        b"Content-Length: 2\r\nConnection: close\r\n\r\n")
+        b"Connection: close\r\nContent-Length: 2\r\n\r\n")
 
 
 def test_request_versions_go_accepts_are_forwarded_as_1_1():
@@ -274,6 +308,24 @@ def test_request_versions_go_accepts_are_forwarded_as_1_1():
     for version in (b"HTTP/1.0", b"HTTP/2.0", b"HTTP/9.9"):
         head, _ = http.parse_request_head(b"GET http://a.example/ " + version + b"\r\n\r\n")
         assert http.forward_request_head(head, http.parse_target(head)).version == "HTTP/1.1"
+
+
+def test_forward_request_framing_as_go_writes_it():
+    """A request's framing headers as Go's ReadRequest leaves them and Request.Write
+    writes them: live in test_inbound_replies_differential."""
+    def forwarded(method, version, headers):
+        head = request("http://h/", method, version, headers)
+        return http.forward_request_head(head, http.parse_target(head)).headers
+    assert forwarded("POST", "HTTP/1.0", [("Transfer-Encoding", "chunked"),
+                                         ("Content-Length", "3")]) == (
+        ("Host", "h"), ("Connection", "close"), ("Content-Length", "3"))
+    assert forwarded("POST", "HTTP/1.1", [("Content-Length", "2"), ("Content-Length", "2")]) == (
+        ("Host", "h"), ("Connection", "close"), ("Content-Length", "2"))
+    assert forwarded("POST", "HTTP/1.1", []) == (
+        ("Host", "h"), ("Connection", "close"), ("Content-Length", "0"))
+    assert forwarded("GET", "HTTP/1.1", [("Content-Length", "0")]) == (
+        ("Host", "h"), ("Connection", "close"))
+    assert forwarded("DELETE", "HTTP/1.1", []) == (("Host", "h"), ("Connection", "close"))
 
 
 def test_forward_request_head_transparent_keeps_host():
@@ -289,6 +341,16 @@ def test_forward_response_head():
                             ("Connection", "keep-alive"), ("Keep-Alive", "timeout=4"))
     closed = http.forward_response_head(head, keep_alive=False)
     assert closed.headers == (("Content-Length", "0"), ("Connection", "close"))
+
+
+def test_forward_response_framing_as_go_writes_it():
+    def forwarded(status, version, headers):
+        return http.forward_response_head(response(status, version, headers), False).headers
+    assert forwarded(200, "HTTP/1.0", [("Transfer-Encoding", "chunked")]) == (
+        ("Connection", "close"),)
+    assert forwarded(204, "HTTP/1.1", [("Content-Length", "9")]) == (("Connection", "close"),)
+    assert forwarded(200, "HTTP/1.1", [("Content-Length", "2"), ("Content-Length", "2")]) == (
+        ("Content-Length", "2"), ("Connection", "close"))
 
 
 # -- basic auth -------------------------------------------------------------------------------
@@ -333,7 +395,8 @@ def test_response_length_known(head, method, expected):
 @pytest.mark.parametrize("headers, framing", [
     ([], http.NO_BODY), ([("Content-Length", "0")], http.NO_BODY),
     ([("Content-Length", "12")], Framing(BodyKind.LENGTH, 12)),
-    ([("Content-Length", "5, 5"), ("content-length", "5")], Framing(BodyKind.LENGTH, 5)),
+    ([("Content-Length", "5"), ("content-length", " 5 ")], Framing(BodyKind.LENGTH, 5)),
+    ([("Content-Length", "")], http.NO_BODY),  # Go 1.19: an empty length is none
     ([("Transfer-Encoding", "chunked")], Framing(BodyKind.CHUNKED)),
     ([("Transfer-Encoding", " Chunked ")], Framing(BodyKind.CHUNKED)),
     # Chunked overrides a Content-Length, as Go's ReadRequest (which drops it).
@@ -345,7 +408,7 @@ def test_framing_for_request(headers, framing):
 
 @pytest.mark.parametrize("headers", [
     [("Content-Length", "5"), ("Content-Length", "6")], [("Content-Length", "-1")],
-    [("Content-Length", "0x10")], [("Content-Length", "")], [("Content-Length", "1" * 19)],
+    [("Content-Length", "0x10")], [("Content-Length", "5, 5")], [("Content-Length", "1" * 19)],
     [("Transfer-Encoding", "gzip")], [("Transfer-Encoding", "chunked, chunked")],
     [("Transfer-Encoding", "gzip, chunked")],
     [("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")],
@@ -355,6 +418,12 @@ def test_framing_for_request_refuses_without_a_reply(headers):
     with pytest.raises(RemoteProtocolError) as info:
         http.framing_for_request(request(headers=headers))
     assert info.value.reply is None
+
+
+def test_a_transfer_encoding_before_http_1_1_is_ignored():
+    head = request("http://h/", "POST", "HTTP/1.0", [("Transfer-Encoding", "gzip"),
+                                                    ("Content-Length", "3")])
+    assert http.framing_for_request(head) == Framing(BodyKind.LENGTH, 3)
 
 
 def test_a_chunked_request_goes_on_without_its_content_length():
@@ -372,11 +441,27 @@ def test_a_chunked_request_goes_on_without_its_content_length():
     (200, "CONNECT", [], BodyKind.NONE),
     (407, "CONNECT", [("Content-Length", "9")], BodyKind.LENGTH),
     (200, "GET", [("Transfer-Encoding", "chunked"), ("Content-Length", "9")], BodyKind.CHUNKED),
-    (200, "GET", [("Transfer-Encoding", "gzip")], BodyKind.UNTIL_CLOSE),
+    (200, "HEAD", [("Content-Length", "abc")], BodyKind.NONE),  # no length read for HEAD
     (200, "GET", [], BodyKind.UNTIL_CLOSE), (200, "GET", [("Content-Length", "0")], BodyKind.NONE),
 ])
 def test_framing_for_response(status, method, headers, kind):
     assert http.framing_for_response(response(status, headers=headers), method).kind is kind
+
+
+def test_framing_for_response_before_http_1_1_ignores_transfer_encoding():
+    head = response(version="HTTP/1.0", headers=[("Transfer-Encoding", "chunked")])
+    assert http.framing_for_response(head, "GET").kind is BodyKind.UNTIL_CLOSE
+
+
+@pytest.mark.parametrize("headers", [
+    [("Transfer-Encoding", "gzip")], [("Transfer-Encoding", "identity")],
+    [("Transfer-Encoding", "gzip, chunked")], [("Content-Length", "abc")],
+    [("Content-Length", "2"), ("Content-Length", "3")],
+])
+def test_framing_for_response_go_refuses(headers):
+    # 4.34 answers these with its 503 (inbound._response_framing); live in the differential.
+    with pytest.raises(RemoteProtocolError):
+        http.framing_for_response(response(headers=headers), "GET")
 
 
 def test_framing_for_response_bad_length_has_no_reply():

@@ -15,8 +15,12 @@ Bodies are passed through byte for byte: ``BodyFramer`` only finds where a body 
 re-framed, ``Transfer-Encoding`` and ``Content-Length`` are never stripped as hop-by-hop,
 unlike Go's ``httputil`` which re-chunks what it forwards.
 
-Line endings: CRLF, or a bare LF as Go's ``textproto`` accepts; a CR anywhere else, obs-fold
-continuation lines, invalid header names and control bytes in values are rejected.
+Headers are read as Go 1.19's ``textproto`` (which 4.34 is built with) reads them, and sent
+on as its ``Header.Write`` writes them: CRLF or a bare LF ends a line; an obs-fold
+continuation line joins the header above it with one space; a header whose name is not a
+token is dropped (Go keeps it unread and never writes it); control bytes in a value pass,
+a bare CR as a space. A header line without a colon, or a continuation before any header,
+is refused. Compared live in tests/scenarios/test_inbound_replies_differential.py.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import base64
 import binascii
 import enum
 import re
+import urllib.parse
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
@@ -38,23 +43,27 @@ MAX_TRAILERS = MAX_HEAD
 HTTP_10 = "HTTP/1.0"
 HTTP_11 = "HTTP/1.1"
 VERSIONS = (HTTP_10, HTTP_11)
-# Go's ParseHTTPVersion (Go 1.19, which 4.34 is built with) takes any one-digit HTTP/d.d in a
-# request line; the request then goes upstream as HTTP/1.1, the only version Request.Write writes.
-_REQUEST_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]\Z")
+# Go's ParseHTTPVersion (Go 1.19, which 4.34 is built with) takes any one-digit HTTP/d.d, in a
+# request line and in a status line; a request then goes upstream as HTTP/1.1, the only
+# version Request.Write writes, and a response goes back with the version it came with.
+_HTTP_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]\Z")
 DEFAULT_PORTS = {"http": 80, "https": 443}  # v2ray: 443 for https, else 80
 
 Headers = Tuple[Tuple[str, str], ...]
 
-# RFC 7230 §3.2.6 token; values are any byte but CTLs other than HTAB (Go httpguts).
+# RFC 7230 §3.2.6 token. Control bytes (other than HTAB) are refused in start lines and
+# chunk extensions; header values take them, as Go 1.19 does, all but line ends.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_LINE_END = re.compile(r"[\r\n]")
 _TARGET = re.compile(r"[\x21-\x7e\x80-\xff]+\Z")
 _STATUS_CODE = re.compile(r"[0-9]{3}\Z")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _LEADING_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
 _GO_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # url.getScheme's, with its colon
-_ABSOLUTE_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.DOTALL)
-_REG_NAME = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=]+\Z")
+# The bytes Go's url.parseHost takes in a registered name, where 4.34 then dials a name
+# (``%`` only escapes bytes from 0x80 there, which no name this side resolves: refused).
+_REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=<>\"]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 _OWS = " \t"
@@ -112,12 +121,18 @@ class RequestHead(_HeaderAccess):
 
 def access_url(head: RequestHead) -> str:
     """The request's URL as 4.34's access line prints it (Go's ``URL.String``): a CONNECT
-    target is an authority, ``//host:port``; an absolute URL has its scheme lower-cased."""
+    target is an authority, ``//host:port``; an absolute URL has its scheme lower-cased
+    and its path escaped as it goes upstream. A target that does not parse is shown as it
+    came, its non-ASCII bytes escaped (an access line is text)."""
     target = head.target
     if head.method == "CONNECT" and not target.startswith("/"):
-        return "//" + target
-    scheme, sep, rest = target.partition("://")
-    return scheme.lower() + sep + rest if sep and "/" not in scheme else target
+        return "//" + _escape_non_ascii(target)
+    try:
+        return parse_target(head).url
+    except RemoteProtocolError:
+        scheme, sep, rest = target.partition("://")
+        shown = scheme.lower() + sep + rest if sep and "/" not in scheme else target
+        return _escape_non_ascii(shown)
 
 
 @dataclass(frozen=True)
@@ -137,14 +152,18 @@ class TargetForm(enum.Enum):
 
 @dataclass(frozen=True)
 class RequestTarget:
-    """The request-target, split (RFC 7230 §5.3). ``host`` is empty for origin and asterisk
-    form; IPv6 hosts lose their brackets. ``path`` is the origin-form to forward upstream."""
+    """The request-target, split (RFC 7230 §5.3), as Go's ``url.ParseRequestURI`` splits
+    it. ``host`` is empty for origin and asterisk form, and for an absolute URI without an
+    authority (``http:///x``) or an opaque one (``mailto:x``); IPv6 hosts lose their
+    brackets. ``path`` is what goes upstream in the request line (Go's ``RequestURI``), ``url``
+    what an access line shows (``URL.String``)."""
 
     form: TargetForm
     scheme: str
     host: str
     port: Optional[int]
     path: str
+    url: str = ""
 
 
 # -- heads ------------------------------------------------------------------------------------
@@ -158,29 +177,42 @@ def _head_lines(buf: bytes, skip_blank: bool) -> Optional[Tuple[List[str], int]]
         if len(buf) >= MAX_HEAD:
             raise RemoteProtocolError(f"no end of HTTP head within {MAX_HEAD} bytes")
         return None
-    lines = []
-    for raw in bytes(buf[start:end.start()]).split(b"\n"):
-        line = raw[:-1] if raw.endswith(b"\r") else raw
-        if b"\r" in line:
-            raise RemoteProtocolError("bare CR in HTTP head")
-        lines.append(line.decode("latin-1"))
+    lines = [(raw[:-1] if raw.endswith(b"\r") else raw).decode("latin-1")
+             for raw in bytes(buf[start:end.start()]).split(b"\n")]
+    if "\r" in lines[0]:
+        raise RemoteProtocolError("bare CR in HTTP start line")
     return lines, end.end()
 
 
-def _parse_header(line: str) -> Tuple[str, str]:
-    if line[:1] in (" ", "\t"):
-        raise RemoteProtocolError("obsolete line folding in HTTP head")
-    name, sep, value = line.partition(":")
-    if not sep or not _TOKEN.match(name):
-        raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}")
-    value = value.strip(_OWS)
-    if _BAD_VALUE.search(value):
-        raise RemoteProtocolError(f"control byte in HTTP header {name}")
-    return name, value
+# What Go's textproto trims around a header line and its value (isASCIISpace but LF, which
+# no line holds).
+_TRIM = " \t\r"
 
 
 def _parse_headers(lines: List[str]) -> Headers:
-    return tuple(_parse_header(line) for line in lines)
+    """Go 1.19's ``readMIMEHeader``, kept as ``Header.Write`` sends it on (see above)."""
+    if lines and lines[0][:1] in _OWS:
+        raise RemoteProtocolError("HTTP header continuation line before any header")
+    headers = []
+    for line in _unfold(lines):
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}")
+        if _TOKEN.match(name):
+            headers.append((name, value.strip(_TRIM).replace("\r", " ")))
+    return tuple(headers)
+
+
+def _unfold(lines: List[str]) -> List[str]:
+    """Each obs-fold continuation line joined to the line above with one space, as Go's
+    ``readContinuedLineSlice``; the first line must not be one (``_parse_headers``)."""
+    logical: List[str] = []
+    for line in lines:
+        if line[:1] in _OWS:
+            logical[-1] += " " + line.strip(_TRIM)
+        else:
+            logical.append(line.strip(_TRIM))
+    return logical
 
 
 def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
@@ -193,9 +225,11 @@ def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
     parts = lines[0].split(" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
         raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}")
-    if not _REQUEST_VERSION.match(parts[2]):
+    if not _HTTP_VERSION.match(parts[2]):
         raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}")
     head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:]))
+    if len(head.header_values("Host")) > 1:
+        raise RemoteProtocolError("too many Host headers")  # Go's readRequest refuses it
     return head, consumed
 
 
@@ -206,15 +240,16 @@ def parse_response_head(buf: bytes) -> Optional[Tuple[ResponseHead, int]]:
         return None
     lines, consumed = found
     version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if version not in VERSIONS or not _STATUS_CODE.match(code) or _BAD_VALUE.search(reason):
+    code, _, reason = rest.lstrip(" ").partition(" ")
+    if (not _HTTP_VERSION.match(version) or not _STATUS_CODE.match(code)
+            or _BAD_VALUE.search(reason)):
         raise RemoteProtocolError(f"invalid HTTP status line {lines[0][:64]!r}")
     return ResponseHead(version, int(code), reason, _parse_headers(lines[1:])), consumed
 
 
 def _encode_headers(headers: Headers) -> str:
     for name, value in headers:
-        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+        if not _TOKEN.match(name) or _LINE_END.search(value):
             raise LocalProtocolError(f"cannot send HTTP header {name!r}: {value[:64]!r}")
     return "".join(f"{name}: {value}\r\n" for name, value in headers)
 
@@ -252,20 +287,28 @@ def set_header(headers: Headers, name: str, value: str) -> Headers:
 
 def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHead:
     """What v2ray sends upstream for a plain request: origin-form target, Host from an absolute
-    URI, hop-by-hop headers gone and ``Connection: close`` (one upstream link per request)."""
+    URI, hop-by-hop headers gone and ``Connection: close`` (one upstream link per request).
+    The framing headers as Go's ``ReadRequest`` leaves them (``_framing_headers``)."""
     headers = remove_hop_by_hop(head.headers)
-    if target.form is TargetForm.ABSOLUTE:
+    if target.host:
         headers = (("Host", _authority_text(target)),) + tuple(
             (k, v) for k, v in headers if k.lower() != "host")
     headers = set_header(headers, "Connection", "close")
-    if head.header_values("Transfer-Encoding"):  # chunked (framing_for_request) overrides it
-        headers = tuple((k, v) for k, v in headers if k.lower() != "content-length")
+    headers = _framing_headers(headers, head.version)
+    if framing_for_request(head).kind is BodyKind.NONE:
+        # Go's transferWriter: no length for a bodiless request, but "Content-Length: 0"
+        # for the methods "many servers expect" one for.
+        headers = _without(headers, "Content-Length")
+        if head.method in ("POST", "PUT", "PATCH"):
+            headers += (("Content-Length", "0"),)
     return replace(head, target=target.path, version=HTTP_11, headers=headers)
 
 
 def forward_response_head(head: ResponseHead, keep_alive: bool) -> ResponseHead:
     """The response for the client, with v2ray's keep-alive headers or ``Connection: close``."""
-    headers = remove_hop_by_hop(head.headers)
+    headers = _framing_headers(remove_hop_by_hop(head.headers), head.version)
+    if head.status in (204, 304):  # Go's Response.Write sends no length for a bodiless status
+        headers = _without(headers, "Content-Length")
     if keep_alive:
         for name, value in (("Proxy-Connection", "keep-alive"), ("Connection", "keep-alive"),
                             ("Keep-Alive", "timeout=4")):
@@ -273,6 +316,31 @@ def forward_response_head(head: ResponseHead, keep_alive: bool) -> ResponseHead:
     else:
         headers = set_header(headers, "Connection", "close")
     return replace(head, headers=headers)
+
+
+def _framing_headers(headers: Headers, version: str) -> Headers:
+    """The framing headers of a message whose framing was checked, as Go reads them: a
+    Transfer-Encoding before HTTP/1.1 is dropped (ignored), a chunked one drops the
+    Content-Length, and repeats of one Content-Length become one."""
+    if _value_of(headers, "Transfer-Encoding") is not None:
+        if not _at_least_http11(version):
+            return _framing_headers(_without(headers, "Transfer-Encoding"), version)
+        return _without(headers, "Content-Length")
+    length = _value_of(headers, "Content-Length")
+    if length is None:
+        return headers
+    return set_header(headers, "Content-Length", length.strip(_TRIM)) if length.strip(_TRIM) else \
+        _without(headers, "Content-Length")
+
+
+def _value_of(headers: Headers, name: str) -> Optional[str]:
+    wanted = name.lower()
+    return next((v for k, v in headers if k.lower() == wanted), None)
+
+
+def _without(headers: Headers, name: str) -> Headers:
+    wanted = name.lower()
+    return tuple((k, v) for k, v in headers if k.lower() != wanted)
 
 
 def parse_basic_auth(value: Optional[str]) -> Optional[Tuple[str, str]]:
@@ -326,8 +394,10 @@ def encode_connect_request(dest: Destination, auth: Optional[Tuple[str, str]] = 
 
 # -- targets and destinations ------------------------------------------------------------------
 
-def _split_authority(text: str) -> Tuple[str, Optional[int]]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; an empty port means none."""
+def _split_authority(text: str, uri: bool = True) -> Tuple[str, Optional[int]]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; an empty port means none. In a
+    URI (``uri``: a CONNECT target or an absolute URL, which Go's ``url`` package checks
+    first) a port is digits only; a Host header's goes to 4.34's ``ParseHost`` alone."""
     host, port_text = text, ""
     if text.startswith("["):
         close = text.find("]")
@@ -338,12 +408,12 @@ def _split_authority(text: str) -> Tuple[str, Optional[int]]:
     elif ":" in text:
         host, _, port_text = text.rpartition(":")
     if not text.startswith("[") and not _REG_NAME.match(host):
-        raise RemoteProtocolError(f"invalid host {host[:64]!r}")
+        raise RemoteProtocolError(f"invalid host {_escape_non_ascii(host[:64])!r}")
     if not port_text:
         return host, None
-    port = go_parse_port(port_text)
+    port = go_parse_port(port_text) if not uri or port_text.isdigit() else None
     if port is None:
-        raise RemoteProtocolError(f"invalid port {port_text[:16]!r}")
+        raise RemoteProtocolError(f"invalid port {_escape_non_ascii(port_text[:16])!r}")
     return host, port
 
 
@@ -381,25 +451,79 @@ def parse_target(head: RequestHead) -> RequestTarget:
         return _authority(target)
     if head.method.upper() == "CONNECT":
         return _other_case_connect(head)
-    if target.startswith("/"):
-        return RequestTarget(TargetForm.ORIGIN, "", "", None, target)
     if target == "*":
-        return RequestTarget(TargetForm.ASTERISK, "", "", None, "*")
-    match = _ABSOLUTE_URI.match(target)
-    if match is None:
-        raise RemoteProtocolError(f"invalid request target {target[:64]!r}")
-    scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
-    host, port = _split_authority(authority.rpartition("@")[2])  # drop userinfo
-    path = rest.partition("#")[0]
-    path = path if path.startswith("/") else "/" + path
-    return RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, path)
+        return RequestTarget(TargetForm.ASTERISK, "", "", None, "*", "*")
+    if target.startswith("/"):
+        path, query = _split_query(target)
+        escaped = _escape_path(path)
+        return RequestTarget(TargetForm.ORIGIN, "", "", None, escaped + query, escaped + query)
+    scheme = _GO_SCHEME.match(target)
+    if scheme is None:
+        raise RemoteProtocolError(f"invalid request target {_escape_non_ascii(target[:64])!r}")
+    return _absolute(scheme.group()[:-1].lower(), target[scheme.end():])
 
 
-def _authority(text: str) -> RequestTarget:
-    host, port = _split_authority(text)
+def _absolute(scheme: str, rest: str) -> RequestTarget:
+    """What follows ``scheme:``, as Go's ``url.parse`` reads it for a request: the query
+    cut off first (no fragment: ``#`` stays in the path and is escaped), then an
+    authority after ``//``, else an opaque URI when no ``/`` starts it."""
+    rest, query = _split_query(rest)
+    if not rest.startswith("/"):  # mailto:x: no host, and RequestURI is the opaque part
+        return RequestTarget(TargetForm.ABSOLUTE, scheme, "", None, rest + query,
+                             f"{scheme}:{rest}{query}")
+    authority, path = "", rest
+    if rest.startswith("//"):
+        authority, slash, path = rest[2:].partition("/")
+        path = slash + path
+    userinfo, at, hostport = authority.rpartition("@")
+    host, port = _split_authority(hostport) if hostport else ("", None)
+    if at and (not _USERINFO.match(userinfo) or _PCT_BROKEN.search(userinfo)):
+        raise RemoteProtocolError("invalid userinfo in request target")
+    escaped = _escape_path(path)
+    shown = f"{scheme}://{authority}{escaped}{query}" if authority else f"{scheme}:{escaped}{query}"
+    return RequestTarget(TargetForm.ABSOLUTE, scheme, host, port, (escaped or "/") + query,
+                         shown)
+
+
+def _split_query(text: str) -> Tuple[str, str]:
+    """(path, ``?query`` or ""): the query kept as it came, a lone ``?`` too (ForceQuery)."""
+    path, sep, query = text.partition("?")
+    return path, sep + query
+
+
+# Go's url.shouldEscape(c, encodePath) leaves letters, digits and these as they are...
+_PATH_KEEPS = frozenset("-_.~$&+,/:;=@")
+# ...and url.validEncoded(s, encodePath) takes a raw path of them and these as it came.
+_PATH_RAW = _PATH_KEEPS | frozenset("!'()*[]%")
+_PCT_BROKEN = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a % that starts no escape
+_USERINFO = re.compile(r"[A-Za-z0-9\-._:~!$&'()*+,;=%@]*\Z")  # url.validUserinfo
+
+
+def _escape_path(path: str) -> str:
+    """Go's ``EscapedPath`` of a path ``url.setPath`` read: as it came when every byte is
+    one Go leaves alone, else unescaped and escaped again (non-ASCII bytes, ``"``, ``#``,
+    ``{``... become ``%XX``). A ``%`` that starts no escape is refused, as Go's
+    ``unescape`` refuses it (4.34 then closes without a reply)."""
+    if _PCT_BROKEN.search(path):
+        raise RemoteProtocolError(f"invalid URL escape in {_escape_non_ascii(path[:64])!r}")
+    if all(c in _PATH_RAW or (c.isascii() and c.isalnum()) for c in path):
+        return path
+    raw = urllib.parse.unquote_to_bytes(path.encode("latin-1"))
+    return "".join(chr(b) if chr(b) in _PATH_KEEPS or (b < 0x80 and chr(b).isalnum())
+                   else f"%{b:02X}" for b in raw)
+
+
+def _escape_non_ascii(text: str) -> str:
+    """``text`` (a head's Latin-1 decoding of its bytes) with each byte from 0x80 as %XX."""
+    return "".join(f"%{ord(c):02X}" if ord(c) >= 0x80 else c for c in text)
+
+
+def _authority(text: str, uri: bool = True) -> RequestTarget:
+    host, port = _split_authority(text, uri)
     # Without a port, ParseHost's default: 80 (the target has no scheme to say https).
     return RequestTarget(TargetForm.AUTHORITY, "", host,
-                         DEFAULT_PORTS["http"] if port is None else port, "")
+                         DEFAULT_PORTS["http"] if port is None else port, "",
+                         "//" + _escape_non_ascii(text))
 
 
 def _other_case_connect(head: RequestHead) -> RequestTarget:
@@ -408,8 +532,8 @@ def _other_case_connect(head: RequestHead) -> RequestTarget:
     closes); ``example.com:443`` is scheme ``example.com`` and an opaque ``443``, and 4.34,
     which compares the method with EqualFold, tunnels to the Host header's authority."""
     if not _GO_SCHEME.match(head.target):
-        raise RemoteProtocolError(f"invalid URI for request {head.target[:64]!r}")
-    return _authority(head.header("Host") or "")
+        raise RemoteProtocolError(f"invalid URI for request {_escape_non_ascii(head.target[:64])!r}")
+    return _authority(head.header("Host") or "", uri=False)
 
 
 def request_destination(head: RequestHead, target: RequestTarget) -> Optional[Destination]:
@@ -420,7 +544,7 @@ def request_destination(head: RequestHead, target: RequestTarget) -> Optional[De
         host_header = head.header("Host")
         if not host_header:
             return None
-        host, port = _split_authority(host_header)
+        host, port = _split_authority(host_header, uri=False)
     if port is None:
         port = DEFAULT_PORTS.get(target.scheme, DEFAULT_PORTS["http"])
     return Destination(Address.parse(host), port)
@@ -436,7 +560,8 @@ def request_wants_keep_alive(head: RequestHead) -> bool:
 
 
 def response_length_known(head: ResponseHead, request_method: str = "GET") -> bool:
-    """Go's ``Response.ContentLength >= 0``: the body is absent or has a Content-Length.
+    """Go's ``Response.ContentLength >= 0``: the body is absent or has a Content-Length
+    (``framing_for_response``, whose errors it raises).
     On that alone 4.34 answers with keep-alive headers, after dropping the origin's own
     hop-by-hop ones (its ``Connection: close`` is about the upstream connection, which is
     one per request anyway); a chunked or until-close body gets ``Connection: close``
@@ -462,47 +587,70 @@ class Framing:
 NO_BODY = Framing(BodyKind.NONE)
 
 
-def _is_chunked(head: _HeaderAccess) -> bool:
-    codings = [t.partition(";")[0].strip(_OWS) for t in head.header_tokens("Transfer-Encoding")]
-    return bool(codings) and codings[-1] == "chunked" and codings.count("chunked") == 1
+def _at_least_http11(version: str) -> bool:
+    """Go's ``protoAtLeast(1, 1)`` for a version ``_HTTP_VERSION`` matched."""
+    return (int(version[5]), int(version[7])) >= (1, 1)
 
 
-def _content_length(head: _HeaderAccess) -> Optional[int]:
-    """One length, even if repeated identically; differing or non-digit values are garbage."""
-    values = {t.strip(_OWS) for v in head.header_values("Content-Length") for t in v.split(",")}
-    if not values:
+def _chunked(head: _HeaderAccess, version: str) -> bool:
+    """Go 1.19's ``parseTransferEncoding``: a Transfer-Encoding before HTTP/1.1 is ignored;
+    from 1.1 it must be one field, exactly ``chunked`` (any other is where request smuggling
+    lives, and Go refuses it in both directions)."""
+    codings = head.header_values("Transfer-Encoding")
+    if not codings or not _at_least_http11(version):
+        return False
+    if len(codings) != 1 or codings[0].strip(_TRIM).lower() != "chunked":
+        raise RemoteProtocolError(f"unsupported Transfer-Encoding {list(codings)[:4]}")
+    return True
+
+
+def _content_length(head: _HeaderAccess) -> Optional[str]:
+    """Go 1.19's ``fixLength``, its first half: the Content-Length as one trimmed value
+    (repeats must agree); None without one, or with an empty one."""
+    values = {v.strip(_TRIM) for v in head.header_values("Content-Length")}
+    if len(values) > 1:
+        raise RemoteProtocolError(f"differing Content-Length fields {sorted(values)[:4]}")
+    return values.pop() or None if values else None
+
+
+def _length(value: Optional[str]) -> Optional[int]:
+    """Go's ``parseContentLength``: decimal digits only (no sign, no list)."""
+    if value is None:
         return None
-    if len(values) != 1 or not _CONTENT_LENGTH.match(next(iter(values))):
-        raise RemoteProtocolError(f"invalid Content-Length {sorted(values)[:4]}")
-    return int(values.pop())
+    if not _CONTENT_LENGTH.match(value):
+        raise RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
+    return int(value)
 
 
 def framing_for_request(head: RequestHead) -> Framing:
     """Chunked, Content-Length or none, as Go's ``http.ReadRequest`` (4.34's inbound reads
-    with it) frames a request: one Transfer-Encoding field, exactly ``chunked`` (any other
-    is refused: it is where request smuggling lives), which overrides a Content-Length
+    with it) frames a request: ``_chunked``, which overrides a Content-Length
     (``forward_request_head`` drops it); else one Content-Length, repeated identically at
     most. What Go refuses gets no reply from 4.34: the connection just closes."""
-    codings = head.header_values("Transfer-Encoding")
-    if codings:
-        if len(codings) != 1 or codings[0].strip(_OWS).lower() != "chunked":
-            raise RemoteProtocolError("unsupported request Transfer-Encoding")
-        return Framing(BodyKind.CHUNKED)
+    chunked = _chunked(head, head.version)
     length = _content_length(head)
-    return NO_BODY if not length else Framing(BodyKind.LENGTH, length)
+    if chunked:
+        return Framing(BodyKind.CHUNKED)
+    size = _length(length)
+    return NO_BODY if not size else Framing(BodyKind.LENGTH, size)
 
 
 def framing_for_response(head: ResponseHead, request_method: str) -> Framing:
+    """As Go's ``ReadResponse`` frames it (4.34 answers 503 where that fails): the
+    Transfer-Encoding and repeated lengths are checked first, then a bodiless status or
+    method needs no length at all."""
+    chunked = _chunked(head, head.version)
+    length = _content_length(head)
     method = request_method.upper()
     if (method == "HEAD" or head.status < 200 or head.status in (204, 304)
             or (method == "CONNECT" and 200 <= head.status < 300)):
         return NO_BODY
-    if head.header_values("Transfer-Encoding"):  # overrides any Content-Length
-        return Framing(BodyKind.CHUNKED) if _is_chunked(head) else Framing(BodyKind.UNTIL_CLOSE)
-    length = _content_length(head)
-    if length is None:
+    if chunked:
+        return Framing(BodyKind.CHUNKED)
+    size = _length(length)
+    if size is None:
         return Framing(BodyKind.UNTIL_CLOSE)
-    return NO_BODY if length == 0 else Framing(BodyKind.LENGTH, length)
+    return NO_BODY if size == 0 else Framing(BodyKind.LENGTH, size)
 
 
 class _Chunk(enum.Enum):
@@ -603,10 +751,15 @@ class BodyFramer:
         self._state = _Chunk.DATA if self._remaining else _Chunk.TRAILER
 
     def _trailer_line(self, line: bytes) -> None:
+        """Trailers are read as Go reads headers (``_parse_headers``) and passed on as
+        they came."""
         if not line:
             self._done = True
             return
+        if line[:1] in b" \t" and not self._trailer_bytes:
+            raise RemoteProtocolError("chunked trailer continuation line before any trailer")
         self._trailer_bytes += len(line)
         if self._trailer_bytes > MAX_TRAILERS:
             raise RemoteProtocolError(f"chunked trailers longer than {MAX_TRAILERS} bytes")
-        _parse_header(line.decode("latin-1"))
+        if line[:1] not in b" \t" and b":" not in line:
+            raise RemoteProtocolError(f"invalid chunked trailer line {line[:64]!r}")

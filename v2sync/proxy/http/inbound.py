@@ -120,9 +120,9 @@ class HttpInbound:
                    target: enc.RequestTarget) -> bool:
         """Serve one forwarded request; True if the client connection stays open for
         another."""
-        if target.form is not enc.TargetForm.ABSOLUTE and not self.settings.allow_transparent:
+        if not target.host and not self.settings.allow_transparent:  # http/server.go: URL.Host
             conn.write(enc.response_400())
-            raise RemoteProtocolError(f"relative URL {head.target[:64]!r} without allowTransparent")
+            raise RemoteProtocolError(f"no host in URL {target.url[:64]!r} without allowTransparent")
         dest = enc.request_destination(head, target)
         if dest is None:
             conn.write(enc.response_400())
@@ -163,6 +163,7 @@ class HttpInbound:
             raise
         try:
             response, leftover = self._read_response_head(conn, link)
+            framing = _response_framing(response, head.method)
         except (UpstreamFailed, TransportError) as e:
             link.interrupt()
             try_write(conn, enc.response_503())
@@ -171,10 +172,10 @@ class HttpInbound:
         try:
             # As 4.34: the headers promise keep-alive whenever the length is known; the
             # connection is then kept only if the request asked for it (http/server.go).
-            length_known = enc.response_length_known(response, head.method)
+            length_known = framing.kind in (enc.BodyKind.NONE, enc.BodyKind.LENGTH)
             keep_alive = length_known and enc.request_wants_keep_alive(head)
             conn.write(enc.encode_response_head(enc.forward_response_head(response, length_known)))
-            self._send_response_body(conn, link, response, head.method, leftover)
+            self._send_response_body(conn, link, framing, leftover)
             return keep_alive
         finally:
             link.interrupt()  # the upstream was told "Connection: close"; tear it down now
@@ -220,9 +221,9 @@ class HttpInbound:
                 raise UpstreamFailed("upstream closed before its response head")
             buf += chunk
 
-    def _send_response_body(self, conn: Connection, link: Link, response: enc.ResponseHead,
-                            method: str, leftover: bytes) -> None:
-        framer = enc.BodyFramer(enc.framing_for_response(response, method))
+    def _send_response_body(self, conn: Connection, link: Link, framing: enc.Framing,
+                            leftover: bytes) -> None:
+        framer = enc.BodyFramer(framing)
         data = leftover
         while True:
             body, _ = framer.feed(data)  # bytes past the body are the upstream's mistake
@@ -241,6 +242,16 @@ class HttpInbound:
             return link.reader.read(timeout=self.policy.conn_idle)
         except V2SyncError as e:
             raise UpstreamFailed(str(e)) from e
+
+
+def _response_framing(response: enc.ResponseHead, method: str) -> enc.Framing:
+    """How the response's body is framed; framing Go's ``ReadResponse`` refuses (a bad or
+    conflicting Content-Length, a Transfer-Encoding other than chunked) is the upstream's
+    failure, which 4.34 answers with its 503."""
+    try:
+        return enc.framing_for_response(response, method)
+    except RemoteProtocolError as e:
+        raise UpstreamFailed(f"bad response framing: {e}") from e
 
 
 def _wait_readable(reader: HandshakeReader) -> bool:
