@@ -87,6 +87,15 @@ class UserNotFound(V2SyncError):
     """A user manager was asked to remove an email it does not hold (the API's error)."""
 
 
+class UserExists(ConfigError):
+    """A user manager was asked to add an email it already holds (in a config file, or
+    through the API, which words it as the protocol's own Go package does)."""
+
+    def __init__(self, message: str, email: str, path: str = "", expected: str = ""):
+        super().__init__(message, path, expected=expected)
+        self.email = email
+
+
 class TransportError(V2SyncError):
     """Dialing, listening, reading or writing a connection failed."""
 

@@ -59,8 +59,10 @@ def test_xray_type_names_are_read_as_4_34s() -> None:
 
 
 def test_unknown_types_and_garbage_are_clear_errors() -> None:
-    with pytest.raises(V2SyncError, match="unknown operation"):
+    with pytest.raises(V2SyncError, match="not an inbound operation"):  # a message 4.34 knows
         operation_of(typed(vless_pb.Account(id=ID)))
+    with pytest.raises(V2SyncError, match="unknown operation"):
+        operation_of(typed_message_pb2.TypedMessage(type="no.such.Message"))
     with pytest.raises(V2SyncError, match="unknown account type"):
         client_entry(user(handler_pb.RemoveUserOperation(email="x")), "vmess")
     garbage = typed_message_pb2.TypedMessage(

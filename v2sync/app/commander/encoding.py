@@ -43,8 +43,14 @@ def decode_message(buf: bytes, limit: int = MAX_MESSAGE) -> Optional[Tuple[bytes
 
 
 def encode_status_message(text: str) -> str:
-    """``grpc-message`` is percent-encoded UTF-8 (the spec: printable ASCII but '%' as is)."""
-    return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    """``grpc-message`` is percent-encoded UTF-8 (the spec: printable ASCII but '%' as is).
+    A space at either end is encoded too: h2 strips a header value's surrounding spaces,
+    and 4.34's texts can end in one (``handler not found: `` for an empty tag)."""
+    encoded = quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    body = encoded.strip(" ")
+    lead = len(encoded) - len(encoded.lstrip(" "))
+    tail = len(encoded) - len(body) - lead
+    return "%20" * lead + body + "%20" * tail
 
 
 def decode_status_message(text: str) -> str:

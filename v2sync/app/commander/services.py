@@ -20,11 +20,12 @@ from v2sync.app.commander.grpc import GrpcError, Method, Status
 from v2sync.app.commander.pb.app.log.command import config_pb2 as log_pb
 from v2sync.app.commander.pb.app.proxyman.command import command_pb2 as handler_pb
 from v2sync.app.commander.pb.app.stats.command import command_pb2 as stats_pb
-from v2sync.app.commander.users import client_entry, operation_of
+from v2sync.app.commander.users import (COMMAND_PACKAGE, client_entry, known_message,
+                                        operation_of)
 from v2sync.app.log.setup import reopen_files
 from v2sync.app.stats.manager import StatsManager
 from v2sync.app.stats.system import GcPauses, gc_collections, rss_bytes
-from v2sync.common.errors import ConfigError, V2SyncError
+from v2sync.common.errors import ConfigError, UserExists, UserNotFound, V2SyncError
 from v2sync.features.proxy import UserManager
 
 log = logging.getLogger(__name__)
@@ -125,24 +126,20 @@ class HandlerService:
         }
 
     def alter_inbound(self, request: Any) -> Any:
+        """Errors worded as 4.34's, each with the Go package that makes it there."""
         operation = operation_of(request.operation)
         handler = self.instance.inbounds.get(request.tag) if request.tag else None
         if handler is None:
-            raise V2SyncError(f"failed to get handler: {request.tag} > handler not found: "
-                              f"{request.tag}")
+            raise V2SyncError(f"{COMMAND_PACKAGE}: failed to get handler: {request.tag} > "
+                              f"{INBOUND_PACKAGE}: handler not found: {request.tag}")
         manager = handler.proxy
         if not isinstance(manager, UserManager):
-            raise V2SyncError("proxy is not a UserManager")
+            raise V2SyncError(f"{COMMAND_PACKAGE}: proxy is not a UserManager")
+        package = USER_PACKAGES.get(manager.account_protocol, COMMAND_PACKAGE)
         if isinstance(operation, handler_pb.AddUserOperation):
-            entry = client_entry(operation.user, manager.account_protocol)
-            try:
-                manager.add_user(entry)
-            except ConfigError as e:
-                raise V2SyncError(f"failed to add user: {e.message}") from None
+            _add_user(manager, operation.user, package)
         else:
-            if not operation.email:
-                raise V2SyncError("Email must not be empty.")
-            manager.remove_user(operation.email)  # UserNotFound: "User x not found."
+            _remove_user(manager, operation.email, package)
         return handler_pb.AlterInboundResponse()
 
     def remove_inbound(self, request: Any) -> Any:
@@ -156,7 +153,40 @@ class HandlerService:
         return handler_pb.RemoveOutboundResponse()
 
     def alter_outbound(self, request: Any) -> Any:
-        raise V2SyncError("not an outbound operation (4.34 defines none)")
+        """4.34 defines no outbound operation: every message it knows is "not an outbound
+        operation" (a request without one makes 4.34 panic; here it is an unknown one)."""
+        if known_message(request.operation.type):
+            raise V2SyncError(f"{COMMAND_PACKAGE}: not an outbound operation")
+        raise V2SyncError(f"{COMMAND_PACKAGE}: unknown operation > unknown type "
+                          f"{request.operation.type!r} (4.34 defines no outbound operation)")
+
+
+INBOUND_PACKAGE = "v2ray.com/core/app/proxyman/inbound"
+# Where each protocol's AddUser and RemoveUser errors come from in 4.34.
+USER_PACKAGES = {"vmess": "v2ray.com/core/proxy/vmess/inbound",
+                 "vless": "v2ray.com/core/proxy/vless", "trojan": "v2ray.com/core/proxy/trojan"}
+
+
+def _add_user(manager: UserManager, user: Any, package: str) -> None:
+    """4.34: the user is parsed first ("failed to parse user > ..."), then the proxy's
+    AddUser says whether its email is taken, in its own words."""
+    try:
+        manager.add_user(client_entry(user, manager.account_protocol))
+    except UserExists as e:
+        raise V2SyncError(f"{package}: User {e.email} already exists.") from None
+    except ConfigError as e:
+        raise V2SyncError(f"{COMMAND_PACKAGE}: failed to parse user > {e.message}") from None
+    except V2SyncError as e:
+        raise V2SyncError(f"{COMMAND_PACKAGE}: failed to parse user > {e}") from None
+
+
+def _remove_user(manager: UserManager, email: str, package: str) -> None:
+    if not email:
+        raise V2SyncError(f"{package}: Email must not be empty.")
+    try:
+        manager.remove_user(email)
+    except UserNotFound:
+        raise V2SyncError(f"{package}: User {email} not found.") from None
 
 
 def _refuse(message: str) -> Callable[[Any], Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
+from google.protobuf import descriptor_pool
+
 from v2sync.app.commander.pb.app.proxyman.command import command_pb2 as handler_pb
 from v2sync.app.commander.pb.common.protocol import headers_pb2
 from v2sync.app.commander.pb.proxy.trojan import config_pb2 as trojan_pb
@@ -16,6 +18,8 @@ from v2sync.app.commander.pb.proxy.vless import account_pb2 as vless_pb
 from v2sync.app.commander.pb.proxy.vmess import account_pb2 as vmess_pb
 from v2sync.common.errors import V2SyncError
 
+# 4.34's errors start with the Go package that made them.
+COMMAND_PACKAGE = "v2ray.com/core/app/proxyman/command"
 V2RAY_PREFIX = "v2ray.core."
 XRAY_PREFIX = "xray."
 OPERATIONS = {
@@ -42,12 +46,27 @@ def _parse(message_type: Any, value: bytes, what: str) -> Any:
 
 
 def operation_of(typed: Any) -> Any:
-    """The AddUserOperation or RemoveUserOperation a TypedMessage carries."""
-    message_type = OPERATIONS.get(canonical_type(typed.type))
+    """The AddUserOperation or RemoveUserOperation a TypedMessage carries. Another message
+    4.34 knows is "not an inbound operation", as there; one it does not, an "unknown
+    operation" (4.34's registry fails), with the types v2sync takes."""
+    name = canonical_type(typed.type)
+    message_type = OPERATIONS.get(name)
     if message_type is None:
-        raise V2SyncError(f"unknown operation > unknown type {typed.type!r} (supported: "
-                          "AddUserOperation, RemoveUserOperation)")
+        if known_message(name):
+            raise V2SyncError(f"{COMMAND_PACKAGE}: not an inbound operation")
+        raise V2SyncError(f"{COMMAND_PACKAGE}: unknown operation > unknown type "
+                          f"{typed.type!r} (supported: AddUserOperation, RemoveUserOperation)")
     return _parse(message_type, typed.value, typed.type)
+
+
+def known_message(name: str) -> bool:
+    """Whether ``name`` is a protobuf message this process has loaded (4.34's registry
+    holds every message compiled into it; v2sync's, the API's own)."""
+    try:
+        descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _vmess(account: Any) -> Dict[str, Any]:
@@ -82,14 +101,16 @@ def client_entry(user: Any, protocol: str) -> Dict[str, Any]:
     fields, email and level. An account of another protocol is refused: 4.34 casts it to
     its own type and the whole process panics; read as a config entry, a VMess account
     made a Trojan user with an empty password, whom anyone could be."""
+    if not user.HasField("account"):
+        raise V2SyncError("v2ray.com/core/common/protocol: Account missing")  # ToMemoryUser
     found = ACCOUNTS.get(canonical_type(user.account.type))
     if found is None:
-        raise V2SyncError(f"failed to parse user > unknown account type {user.account.type!r} "
+        raise V2SyncError(f"unknown account type {user.account.type!r} "
                           f"(supported: {', '.join(sorted(ACCOUNTS))})")
     kind, message_type, convert = found
     if kind != protocol:
-        raise V2SyncError(f"failed to add user > a {kind} account cannot be a user of a "
-                          f"{protocol} inbound (send a v2ray.core.proxy.{protocol}.Account)")
+        raise V2SyncError(f"a {kind} account cannot be a user of a {protocol} inbound "
+                          f"(send a v2ray.core.proxy.{protocol}.Account)")
     convert_fn: Callable[[Any], Dict[str, Any]] = convert
     entry = convert_fn(_parse(message_type, user.account.value, user.account.type))
     entry.update(email=user.email, level=user.level)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, Generic, Iterable, Iterator, Protocol, Tuple, TypeVar
 
-from v2sync.common.errors import ConfigError, UserNotFound
+from v2sync.common.errors import UserExists, UserNotFound
 
 
 class KeyedUser(Protocol):
@@ -46,8 +46,8 @@ class KeyedUserTable(Generic[U]):
         email = user.email.lower()
         with self._lock:
             if email and email in self._by_email:
-                raise ConfigError(f"{self.protocol}: User {user.email} already exists.",
-                                  path, expected="a unique email")
+                raise UserExists(f"{self.protocol}: User {user.email} already exists.",
+                                 user.email, path, expected="a unique email")
             by_key = dict(self._by_key)
             by_key[user.key] = user
             if email:

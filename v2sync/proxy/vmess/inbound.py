@@ -15,7 +15,8 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import ConfigError, HandshakeClosed, HandshakeTimeout, UserNotFound
+from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, UserExists,
+                                  UserNotFound)
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -62,7 +63,7 @@ class VMessInbound:
         user = parse_user(client, "user", self.settings.default_alter_id,
                           self.settings.default_level)
         if not self.users.add_unique(user):
-            raise ConfigError(f"User {user.email} already exists.", "user.email")
+            raise UserExists(f"User {user.email} already exists.", user.email, "user.email")
 
     def remove_user(self, email: str) -> None:
         """Its next handshake is refused; connections already relaying go on (as 4.34)."""
