@@ -451,6 +451,15 @@ FORWARD_PROBES = {
     "raw-path-kept": b"GET http://127.0.0.1:{recorder}/a%2Fb/%7e/!$&'()*+,;=:@[] HTTP/1.1\r\n"
                      b"Host: x\r\n\r\n",
     "empty-path-query": b"GET http://127.0.0.1:{recorder}?x HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Hop-by-hop as v2ray's RemoveHopByHopHeaders: a Keep-Alive Connection does not name and
+    # a Trailer go on; Go's Request.Write sends the first User-Agent, none when empty.
+    "keep-alive-not-named": b"GET http://127.0.0.1:{recorder}/k HTTP/1.1\r\nHost: x\r\n"
+                            b"Keep-Alive: 300\r\nUser-Agent: a\r\nUser-Agent: b\r\n\r\n",
+    "empty-user-agent": b"GET http://127.0.0.1:{recorder}/u HTTP/1.1\r\nHost: x\r\n"
+                        b"User-Agent:\r\n\r\n",
+    "chunked-with-trailer": b"POST http://127.0.0.1:{recorder}/t HTTP/1.1\r\nHost: x\r\n"
+                            b"Transfer-Encoding: Chunked\r\nTrailer: X-T\r\n\r\n"
+                            b"2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n",
 }
 
 
@@ -479,13 +488,19 @@ class RequestRecorder:
             chunked = re.search(rb"(?im)^transfer-encoding:\s*chunked", head)
             while length and not chunked and len(body) < int(length.group(1)):
                 body += conn.recv(READ_LIMIT)
-            while chunked and not body.endswith(b"0\r\n\r\n") and len(body) < READ_LIMIT:
+            while chunked and not _chunked_end(body) and len(body) < READ_LIMIT:
                 body += conn.recv(READ_LIMIT)
             conn.sendall(ORIGIN_REPLY)
             return head + b"\r\n\r\n" + body
 
     def close(self) -> None:
         self.listener.close()
+
+
+def _chunked_end(body: bytes) -> bool:
+    """The last chunk and its trailers are in (the probes' bodies hold no "0" chunk else)."""
+    last = body.find(b"0\r\n") if body.startswith(b"0\r\n") else body.find(b"\r\n0\r\n")
+    return last >= 0 and body.endswith(b"\r\n\r\n") and len(body) > last + 4
 
 
 def _header_set(request: bytes) -> Tuple[bytes, Tuple[bytes, ...], bytes]:

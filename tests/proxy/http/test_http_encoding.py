@@ -283,9 +283,10 @@ def test_remove_hop_by_hop():
                ("Trailer", "T"), ("Trailers", "T"), ("Upgrade", "ws"), ("Proxy-Connection", "k"),
                ("Proxy-Authenticate", "B"), ("x-private", "1"), ("Transfer-Encoding", "chunked"),
                ("Content-Length", "3"), ("Accept", "*/*"))
+    # As v2ray's RemoveHopByHopHeaders: Keep-Alive and Trailer go on unless Connection names them.
     assert http.remove_hop_by_hop(headers) == (
-        ("Host", "h"), ("Transfer-Encoding", "chunked"), ("Content-Length", "3"),
-        ("Accept", "*/*"))
+        ("Host", "h"), ("Keep-Alive", "1"), ("Trailer", "T"), ("Transfer-Encoding", "chunked"),
+        ("Content-Length", "3"), ("Accept", "*/*"))
 
 
 def test_set_header_replaces_every_case_variant():
@@ -299,8 +300,8 @@ def test_forward_request_head_like_v2ray():
         b"Proxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\n")
     forwarded = http.forward_request_head(head, http.parse_target(head))
     assert http.encode_request_head(forwarded) == (
-        b"POST /p?q HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n"
-        b"Connection: close\r\nContent-Length: 2\r\n\r\n")
+        b"POST /p?q HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n"
+        b"User-Agent: t\r\nContent-Length: 2\r\n\r\n")
 
 
 def test_request_versions_go_accepts_are_forwarded_as_1_1():

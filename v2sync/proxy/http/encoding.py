@@ -68,10 +68,11 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 _OWS = " \t"
 
-# Hop-by-hop headers (RFC 7230 §6.1, plus what v2ray ``RemoveHopByHopHeaders`` drops: its
-# misspelt "Trailers" and "Upgrade"). Transfer-Encoding stays: we forward bodies unchanged.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "trailers", "upgrade"})
+# Hop-by-hop headers as v2ray's ``RemoveHopByHopHeaders`` drops them (its misspelt
+# "Trailers" among them: a Trailer header and a Keep-Alive that Connection does not name go
+# on, as from 4.34). Transfer-Encoding stays: we forward bodies unchanged.
+HOP_BY_HOP = frozenset({"connection", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailers", "upgrade"})
 _FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length"})
 
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -294,7 +295,7 @@ def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHea
         headers = (("Host", _authority_text(target)),) + tuple(
             (k, v) for k, v in headers if k.lower() != "host")
     headers = set_header(headers, "Connection", "close")
-    headers = _framing_headers(headers, head.version)
+    headers = _framing_headers(_user_agent(headers), head.version)
     if framing_for_request(head).kind is BodyKind.NONE:
         # Go's transferWriter: no length for a bodiless request, but "Content-Length: 0"
         # for the methods "many servers expect" one for.
@@ -325,12 +326,21 @@ def _framing_headers(headers: Headers, version: str) -> Headers:
     if _value_of(headers, "Transfer-Encoding") is not None:
         if not _at_least_http11(version):
             return _framing_headers(_without(headers, "Transfer-Encoding"), version)
-        return _without(headers, "Content-Length")
+        return set_header(_without(headers, "Content-Length"), "Transfer-Encoding", "chunked")
     length = _value_of(headers, "Content-Length")
     if length is None:
         return headers
     return set_header(headers, "Content-Length", length.strip(_TRIM)) if length.strip(_TRIM) else \
         _without(headers, "Content-Length")
+
+
+def _user_agent(headers: Headers) -> Headers:
+    """Go's Request.Write sends the first User-Agent alone, and none when it is empty."""
+    agent = _value_of(headers, "User-Agent")
+    if agent is None:
+        return headers
+    kept = _without(headers, "User-Agent")
+    return kept + (("User-Agent", agent),) if agent else kept
 
 
 def _value_of(headers: Headers, name: str) -> Optional[str]:
