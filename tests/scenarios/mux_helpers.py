@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from scenarios.vmess_helpers import client_config, make_process, server_config
 from support.peers import free_port
@@ -68,10 +68,15 @@ def access_logged_server_config(vmess_port: int, stream: Optional[Mapping[str, A
 
 def start_mux_chain(client: str, server: str, concurrency: int = 8,
                     streams: Optional[tuple] = None,
-                    policy: Optional[Mapping[str, Any]] = None) -> MuxChain:
+                    policy: Optional[Mapping[str, Any]] = None,
+                    server_config_hook: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
+                    = None) -> MuxChain:
+    """``server_config_hook`` may change the server's config (routing, more outbounds)."""
     vmess_port, socks_port = free_port(), free_port()
     server_stream, client_stream = streams or ({}, {})
     server_config_ = access_logged_server_config(vmess_port, server_stream, policy)
+    if server_config_hook is not None:
+        server_config_ = server_config_hook(server_config_)
     server_process = make_process(server, server_config_).start()
     try:
         client_config_ = mux_client_config(socks_port, vmess_port, concurrency, client_stream)

@@ -27,7 +27,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
 from v2sync.common.task import Steps
-from v2sync.proxy.relay import Parkable, run_relay, run_relay_steps
+from v2sync.proxy.relay import Parkable, aborted_with, run_relay, run_relay_steps
 from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
                                    read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
@@ -327,9 +327,10 @@ class KeyedOutbound:
             link.writer.close()
 
         # After a first payload of EOF the pipe gives EOF again: the drain ends at once.
-        error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
-                                           PipeDrain(link.reader, send, conn=conn),
-                                           Parkable(response), first)
+        with aborted_with(link, abort):
+            error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
+                                               PipeDrain(link.reader, send, conn=conn),
+                                               Parkable(response), first)
         if error is not None:
             raise TransportError(f"relay ended: {error}") from error
 

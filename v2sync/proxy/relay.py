@@ -17,8 +17,9 @@ waiting for a thread hand-over.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from v2sync.common.errors import detached
 from v2sync.common.signal import ActivityTimer
@@ -167,7 +168,7 @@ def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn
     """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
     SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
     its handshake reply; they reach the client first. Steps: the upstream reader parks
-    while idle."""
+    while idle. An interrupt of the link aborts the upstream (``aborted_with``)."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -181,6 +182,23 @@ def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn
         yield from copy_conn_to_pipe_steps(conn, link.writer, timer, ctx.readiness)
         link.writer.close()
 
-    return (yield from run_relay_steps(ctx, name, policy, conn, abort,
-                                       conn_drain(link.reader, conn), Parkable(response),
-                                       first))
+    with aborted_with(link, abort):
+        return (yield from run_relay_steps(ctx, name, policy, conn, abort,
+                                           conn_drain(link.reader, conn), Parkable(response),
+                                           first))
+
+
+@contextlib.contextmanager
+def aborted_with(link: Link, abort: Callable[[], None]) -> Iterator[None]:
+    """An outbound relay's ``abort`` runs when its link is interrupted, as long as the
+    relay runs. The other side failing (a client gone, a mux connection dead) so ends the
+    upstream connection at once, as 4.34's connections end with their shared context;
+    without it, a relay whose upstream is idle and whose request side had already ended
+    would only notice at its downlinkOnly timer."""
+    for pipe in (link.reader, link.writer):
+        pipe.on_interrupt(abort)
+    try:
+        yield
+    finally:
+        for pipe in (link.reader, link.writer):
+            pipe.remove_interrupt_hook(abort)

@@ -31,7 +31,7 @@ import threading
 import time
 import enum
 from collections import deque
-from typing import Deque, Final, List, Optional, Union
+from typing import Callable, Deque, Final, List, Optional, Union
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
 from v2sync.common.task import PARKED, Waker, _ParkedType, outside_slot
@@ -119,6 +119,7 @@ class Pipe:
         self._closed = False
         self._interrupted = False
         self._waker: Optional[Waker] = None  # a parked reader's, taken by the next event
+        self._hooks: Optional[List[Callable[[], None]]] = None  # see on_interrupt
 
     # -- writer side -------------------------------------------------------------------
     def write(self, data: bytes, timeout: Optional[float] = None) -> None:
@@ -190,15 +191,34 @@ class Pipe:
             waker()
 
     def interrupt(self) -> None:
-        """Abort both ends now; queued data is discarded."""
+        """Abort both ends now; queued data is discarded. The interrupt hooks run, once."""
         with self._q.mutex:
             self._interrupted = True
             self._q.queue.clear()
             self._q.nbytes = 0
             self._q.not_empty.notify_all()  # not_full is the same Condition
             waker = self._take_waker()
+            hooks, self._hooks = self._hooks, None
         if waker is not None:
             waker()
+        for hook in hooks or ():
+            hook()
+
+    def on_interrupt(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the pipe is interrupted (at once if it was): how a relay that
+        is not using the pipe just then (its upstream idle) hears that the other side
+        failed. The hook runs without the pipe's lock and must not raise. Remove it when
+        done (``remove_interrupt_hook``): it usually holds the link, a cycle otherwise."""
+        with self._q.mutex:
+            if not self._interrupted:
+                self._hooks = (self._hooks or []) + [hook]
+                return
+        hook()
+
+    def remove_interrupt_hook(self, hook: Callable[[], None]) -> None:
+        with self._q.mutex:
+            if self._hooks is not None and hook in self._hooks:
+                self._hooks = [h for h in self._hooks if h is not hook] or None
 
     def _take_waker(self) -> Optional[Waker]:
         """The parked reader's waker, once; call with the mutex held, call it without."""

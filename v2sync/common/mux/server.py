@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import List
 
 from v2sync.common.errors import PipeInterrupted, V2SyncError
 from v2sync.common.mux.encoding import Frame, is_mux_destination
@@ -61,6 +62,7 @@ class ServerWorker(FrameHandler):
         self._pumps = 0          # sub-connections still sending their data
         self._reading = True     # the frame reader has not ended yet
         self._keep_open = False  # after garbage: leave the end to the inbound's relay
+        self._ended: List[MuxSession] = []  # live when the reader ended: answers still going
 
     def run(self) -> None:
         reader = FrameReader(self.link.reader, self.is_stream)
@@ -80,7 +82,9 @@ class ServerWorker(FrameHandler):
             self._keep_open = True  # 4.34 never closes the downlink: the client's next
             # write fails, or the connection's inactivity timer ends it
         finally:
-            for session in self.sessions.close():
+            with self._lock:
+                self._ended = self.sessions.close()
+            for session in self._ended:
                 session.link.writer.close()  # each request side ends; the answers go on
             self._reader_done()
 
@@ -97,7 +101,7 @@ class ServerWorker(FrameHandler):
             return
         self._start_pump(session, child)
         if frame.data is not None:
-            self.deliver(session, frame.data)
+            self.deliver(session, frame.data, first=True)
 
     def _start_pump(self, session: MuxSession, child: Session) -> None:
         with self._lock:
@@ -106,7 +110,8 @@ class ServerWorker(FrameHandler):
 
         def respond() -> None:
             try:
-                pump(session, writer)
+                if not pump(session, writer) and self.link.writer.is_closed:
+                    self._downlink_gone()
             finally:
                 self.sessions.remove(session)
                 self._pump_done()
@@ -116,6 +121,18 @@ class ServerWorker(FrameHandler):
         except RuntimeError:
             self._pump_done()
             raise V2SyncError("cannot start a mux sub-connection thread") from None
+
+    def _downlink_gone(self) -> None:
+        """An answer could not go out because the mux connection's downlink is gone (the
+        client vanished: the inbound's write failed and its relay aborted the link): every
+        sub-connection ends now, as in 4.34, where they all run in the mux connection's
+        context, which ends with it. Their upstreams would otherwise wait out downlinkOnly."""
+        log.debug("%s: mux connection gone; ending every sub-connection", self.name)
+        self.end_all()
+        with self._lock:
+            ended = self._ended
+        for session in ended:  # the client's EOF came first: their answers go nowhere now
+            session.link.interrupt()
 
     def _pump_done(self) -> None:
         with self._lock:

@@ -271,15 +271,19 @@ class FrameHandler(abc.ABC):
             return
         self.deliver(session, frame.data)
 
-    def deliver(self, session: MuxSession, data: bytes) -> None:
-        """Hand data to the sub-connection; blocks while its pipe is full, as 4.34 does."""
+    def deliver(self, session: MuxSession, data: bytes, first: bool = False) -> None:
+        """Hand data to the sub-connection; blocks while its pipe is full, as 4.34 does.
+        A sub-connection that takes none of its first data (a blackhole, a refused route)
+        ends with the Error option, so the peer's stream ends at once (server.go's
+        ``handleStatusNew``: its response goroutine sends that End); one that stops later
+        with a plain End (``handleStatusKeep``), which the peer takes as a close."""
         if session.packet and len(data) > MAX_PACKET_SIZE:
             raise RemoteProtocolError(f"mux: packet of {len(data)} bytes is too large")
         try:
             session.link.writer.write(data)
         except (PipeClosed, PipeInterrupted):
             log.debug("%s: sub-connection %d stopped reading; closing it", self.name, session.id)
-            self.out.try_write(encode_end(session.id))
+            self.out.try_write(encode_end(session.id, error=first))
             session.link.reader.interrupt()
             self.sessions.remove(session)
 

@@ -32,7 +32,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
-from v2sync.proxy.relay import Parkable, run_relay_steps
+from v2sync.proxy.relay import Parkable, aborted_with, run_relay_steps
 from v2sync.proxy.shadowsocks.config import ShadowsocksServerConfig
 from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH, Account,
                                                RequestDecoder, StreamReader, StreamWriter,
@@ -223,7 +223,8 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
 
     reader = Parkable(inward)
     if client:
-        return (yield from run_relay_steps(ctx, name, policy, conn, abort, outward, reader,
-                                           first))
+        with aborted_with(link, abort):
+            return (yield from run_relay_steps(ctx, name, policy, conn, abort, outward, reader,
+                                               first))
     return (yield from run_relay_steps(ctx, name, policy, conn, abort, reader, outward, first))
 

@@ -21,7 +21,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import Parkable, run_relay_steps
+from v2sync.proxy.relay import Parkable, aborted_with, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver
@@ -114,9 +114,10 @@ class VMessOutbound:
                         break
             link.writer.close()
 
-        error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
-                                           PipeDrain(link.reader, send, finish, conn),
-                                           Parkable(response), first)
+        with aborted_with(link, abort):
+            error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
+                                               PipeDrain(link.reader, send, finish, conn),
+                                               Parkable(response), first)
         if error is not None:
             raise TransportError(f"vmess relay ended: {error}") from error
 
