@@ -149,3 +149,62 @@ def test_control_v2ray_http_outbound_over_tls_fails_against_v2ray(pki: Pki) -> N
             process.stop(check=False)
     finally:
         server.stop(check=False)
+
+
+def test_inbound_bounds_the_streams_of_one_connection(pki: Pki, echo: TcpEchoServer) -> None:
+    """The HTTP/2 inbound advertises a stream limit (each CONNECT stream holds threads), and a
+    client that opens a stream past it has its connection closed: one TLS connection could
+    otherwise start thousands of tunnels (found by a hostile-input review)."""
+    import socket
+    import ssl
+
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    server, port = http_over_tls_server("v2sync", pki)
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", port), 5)
+        with context.wrap_socket(raw, server_hostname="v2sync.test") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            client = h2.connection.H2Connection()
+            client.initiate_connection()
+            tls.sendall(client.data_to_send())
+            limit = None
+            while limit is None:
+                for event in client.receive_data(tls.recv(65536)):
+                    if isinstance(event, h2.events.RemoteSettingsChanged):
+                        setting = event.changed_settings.get(
+                            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                        limit = setting.new_value if setting else -1
+            assert 0 < limit <= 256  # h2's default is 100, Go's server's 250
+            # This client ignores the limit (h2 would refuse to open the extra stream).
+            client.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = limit + 10
+            client.remote_settings.acknowledge()
+            host, echo_port = echo.address
+            for _ in range(limit + 1):  # one past the limit; none gets an answer first
+                stream = client.get_next_available_stream_id()
+                client.send_headers(stream, [(":method", "CONNECT"),
+                                             (":authority", f"{host}:{echo_port}")])
+            tls.sendall(client.data_to_send())
+            tls.settimeout(5)
+            ended = False
+            for _ in range(1000):  # until the server closes the connection (bounded)
+                try:
+                    data = tls.recv(65536)
+                except (ssl.SSLError, ConnectionResetError):
+                    ended = True
+                    break
+                if not data:
+                    ended = True
+                    break
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        ended = True
+                if ended:
+                    break
+            assert ended
+    finally:
+        server.stop()

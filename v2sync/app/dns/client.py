@@ -174,7 +174,10 @@ class UdpNameServer:
                 socket.getaddrinfo, self.host, self.port, 0, socket.SOCK_DGRAM)[0]
         except (OSError, UnicodeError) as e:
             raise DnsTimeout(f"{self.name}: cannot resolve the server: {e}") from e
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as e:  # out of file descriptors
+            raise DnsTimeout(f"{self.name}: {e}") from e
         try:
             sock.connect(sockaddr)
         except OSError as e:

@@ -61,6 +61,12 @@ class Tunnel:
         return next((v for k, v in self.headers or () if k == name), None)
 
 
+# Streams one client may hold open at once on the server side (h2's own default, which the
+# settings above would otherwise drop: each CONNECT stream holds two threads, so one TLS
+# connection could start thousands). Go's HTTP/2 server allows 250.
+SERVER_MAX_STREAMS = 100
+
+
 class H2Session:
     def __init__(self, conn: Connection, client_side: bool, name: str,
                  on_request: Optional[Callable[[Tunnel], None]] = None):
@@ -87,7 +93,8 @@ class H2Session:
                 initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                                 h2.settings.SettingCodes.ENABLE_PUSH: 0}
                 if self.h2.config.client_side else
-                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: SERVER_MAX_STREAMS})
             self.h2.initiate_connection()
             self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
             self._take_output()

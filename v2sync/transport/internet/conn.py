@@ -176,6 +176,16 @@ class Connection:
         return self._closed
 
 
+def new_socket(family: int, kind: int, failure: str) -> socket.socket:
+    """``socket.socket(family, kind)``; a process out of file descriptors (EMFILE) fails
+    the dial like any other (``TransportError``: retried, logged on one line, as 4.34's
+    "socket: too many open files"), not as a crash."""
+    try:
+        return socket.socket(family, kind)
+    except OSError as e:
+        raise TransportError(f"{failure}: {e.strerror or e}") from e
+
+
 def _timeval(seconds: float) -> bytes:
     """A C ``struct timeval`` (two native longs, as the SO_RCVTIMEO of this platform's ABI
     takes it)."""

@@ -19,7 +19,7 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import DsSettings, StreamSettings
-from v2sync.transport.internet.conn import Connection, Handshake
+from v2sync.transport.internet.conn import Connection, Handshake, new_socket
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import LISTEN_BACKLOG
 from v2sync.transport.internet.tls import ClientTls, ServerTls
@@ -103,7 +103,7 @@ def _unlink(path: str) -> None:
 
 
 def dial_unix(ds: DsSettings, timeout: float) -> Connection:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = new_socket(socket.AF_UNIX, socket.SOCK_STREAM, f"failed to dial unix {ds.path!r}")
     try:
         sock.settimeout(timeout)
         sock.connect(ds.address())

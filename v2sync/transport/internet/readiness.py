@@ -21,11 +21,24 @@ import select
 import selectors
 import socket
 import threading
-from typing import Deque, Optional, Tuple
+from typing import Deque, List, Optional, Protocol, Tuple, TypeVar
 
 from v2sync.common.task import Wait, Waker
 
 log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+def _made(made: List[Closable], resource: C) -> C:
+    """``resource``, remembered in ``made`` so a failure later closes it."""
+    made.append(resource)
+    return resource
 
 # The waiter's longest sleep: only a bound (every queued socket and ``stop`` poke it).
 MAX_SELECT_WAIT = 5.0
@@ -54,8 +67,9 @@ class ReadWaiter:
         if self._stopped:
             wake()  # shut down: the task runs its next step now and finds its socket aborted
             return
-        if self._thread is None:
-            self._start()
+        if self._thread is None and not self._start():
+            wake()  # no waiter (see _start): the reader reads again, in its own thread
+            return
         if self._direct:
             self._register_here(sock, wake)
             return
@@ -108,19 +122,34 @@ class ReadWaiter:
                 if resource is not None:  # made with the thread
                     resource.close()
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """The selector, its poke pair and its thread, once; False when they cannot be
+        made (the process is out of file descriptors or threads). Nothing is kept then, and
+        a reader that wanted to park goes on reading in its own thread, as before parking
+        existed; the next park tries again."""
         with self._start_lock:
             if self._thread is not None or self._stopped:
-                return
-            self._selector = selectors.DefaultSelector()
-            self._direct = isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
-            self._poke_r, self._poke_w = socket.socketpair()
-            for end in (self._poke_r, self._poke_w):
-                end.setblocking(False)
-            self._selector.register(self._poke_r, selectors.EVENT_READ, None)
-            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            thread.start()
+                return True
+            made: List[Closable] = []
+            try:
+                selector = _made(made, selectors.DefaultSelector())
+                poke_r, poke_w = socket.socketpair()
+                made += [poke_r, poke_w]
+                for end in (poke_r, poke_w):
+                    end.setblocking(False)
+                selector.register(poke_r, selectors.EVENT_READ, None)
+                thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._selector, self._poke_r, self._poke_w = selector, poke_r, poke_w
+                self._direct = isinstance(selector, getattr(selectors, "EpollSelector", ()))
+                thread.start()
+            except (OSError, RuntimeError) as e:
+                self._selector = self._poke_r = self._poke_w = None
+                for resource in made:
+                    resource.close()
+                log.warning("%s: cannot start (%s); idle readers keep their threads", self.name, e)
+                return False
             self._thread = thread
+            return True
 
     def _poke(self) -> None:
         try:

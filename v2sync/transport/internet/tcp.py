@@ -15,7 +15,7 @@ from v2sync.common.net import Address, AddressKind, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import SockoptSettings, StreamSettings
-from v2sync.transport.internet.conn import Connection, Handshake
+from v2sync.transport.internet.conn import Connection, Handshake, new_socket
 from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound, dual_stack
@@ -67,7 +67,7 @@ def dial_tcp(dest: Destination, timeout: float, source: Optional[Address] = None
     """Connect to an IP destination (resolve names before calling). TCP_NODELAY is set."""
     if not dest.address.is_ip:
         raise TransportError(f"dial_tcp needs an IP address, got {dest.address}")
-    sock = socket.socket(_family(dest.address), socket.SOCK_STREAM)
+    sock = new_socket(_family(dest.address), socket.SOCK_STREAM, f"failed to dial {dest}")
     try:
         apply_outbound(sock, opt)
         if source is not None:

@@ -453,6 +453,10 @@ def _reason(e: ssl.SSLError) -> str:
     return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
 
 
+IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF",
+                                0x80 if ssl.OPENSSL_VERSION_INFO >= (3,) else 0)
+
+
 def _server_context(settings: TlsSettings, pair: CertificateEntry,
                     alpn: Sequence[str]) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -463,6 +467,11 @@ def _server_context(settings: TlsSettings, pair: CertificateEntry,
     # suites, so this matches it for every client that offers AES-128 or ChaCha20 first (Go's,
     # v2sync's) and differs for one that puts AES-256 first (OpenSSL's default: curl).
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # A client's FIN without close_notify reads as EOF, and the answer can still be sent,
+    # as from Go's server; without it OpenSSL takes the FIN as an error that fails every
+    # write after it, so a client that sent its request and shut down its side lost the
+    # answer. (Python 3.9 has no name for the OpenSSL 3 option.)
+    context.options |= IGNORE_UNEXPECTED_EOF
     if not settings.enable_session_resumption:  # 4.34: SessionTicketsDisabled by default
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.transport.internet.conn import new_socket
 
 TPROXY_OFF = "off"
 TPROXY_REDIRECT = "redirect"
@@ -103,7 +104,7 @@ def bind_reply_socket(local: Destination, peer: Destination,
     """A UDP socket bound to ``local`` (an address not ours) and connected to ``peer``,
     so answers leave from the address the client sent to (dokodemo.go's tproxy dial)."""
     family = socket.AF_INET6 if local.address.kind is AddressKind.IPV6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = new_socket(family, socket.SOCK_DGRAM, f"failed to open a reply socket at {local}")
     try:
         set_transparent(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.transport.internet.conn import new_socket
 from v2sync.transport.internet.sockopt import dual_stack
 
 MAX_DATAGRAM = 65535
@@ -61,7 +62,7 @@ def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.sock
     """An unconnected UDP socket for sending to ``dest`` (an IP): what 4.34's system dialer
     gives freedom (``packetConnWrapper``). It reads answers from any address, so a peer
     behind it sees a full cone: whoever learns the port can answer through it."""
-    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    sock = new_socket(_family(dest.address), socket.SOCK_DGRAM, f"failed to open udp to {dest}")
     try:
         sock.bind((source.value if source is not None else "", 0))
     except OSError as e:
@@ -80,7 +81,7 @@ def shutdown_udp(sock: socket.socket) -> None:
 
 def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
     """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
-    sock = socket.socket(_family(dest.address), socket.SOCK_DGRAM)
+    sock = new_socket(_family(dest.address), socket.SOCK_DGRAM, f"failed to dial udp {dest}")
     try:
         if source is not None:
             sock.bind((source.value, 0))
