@@ -1,6 +1,7 @@
 """Batched bulk reads (``conn.recv_waiting``) over real loopback sockets.
 
-A relay read of ``BULK_READ`` bytes or more, on a reader armed to park, that brings
+A TLS client's raw relay read (``batched``) of ``BULK_READ`` bytes or more, on a reader
+armed to park, that brings
 ``BULK_LOWAT`` bytes or more raises the socket's SO_RCVLOWAT to that, and the next bulk read
 waits (``BULK_WAIT_MS`` at most) for that much. What a read returns is always the stream's
 bytes, in order; the mark is back at one byte after a short read and before any read that
@@ -14,8 +15,10 @@ import threading
 import time
 from typing import List, Tuple
 
+import pytest
+
 from v2sync.common.net import Address, Destination
-from v2sync.transport.internet.conn import BULK_LOWAT, BULK_READ, Connection
+from v2sync.transport.internet.conn import BULK_LOWAT, BULK_READ, Connection, recv_waiting
 
 TIMEOUT = 10.0
 PARK_TIMEOUT = 0.05
@@ -30,8 +33,15 @@ def _pair() -> Tuple[socket.socket, socket.socket]:
     return client, server
 
 
+class BatchedConnection(Connection):
+    """Reads as a TLS client's raw reads do (``tls.TlsConnection._recv_raw``)."""
+
+    def recv(self, max_bytes: int) -> bytes:
+        return recv_waiting(self, max_bytes, batched=True)
+
+
 def _armed(sock: socket.socket) -> Connection:
-    conn = Connection(sock)
+    conn = BatchedConnection(sock)
     assert conn.arm_read_timeout(PARK_TIMEOUT)
     return conn
 
@@ -118,10 +128,13 @@ def test_the_peer_closing_ends_a_bulk_read() -> None:
         assert conn.read(BULK_READ) == b""
 
 
-def test_an_unarmed_reader_is_not_batched() -> None:
+@pytest.mark.parametrize("make", [BatchedConnection, Connection], ids=["unarmed", "plain"])
+def test_an_unarmed_or_plain_reader_is_not_batched(make) -> None:
     client, server = _pair()
     with client, server:
-        conn = Connection(server)
+        conn = make(server)
+        if make is Connection:
+            assert conn.arm_read_timeout(PARK_TIMEOUT)  # armed, but not a batched reader
         client.sendall(b"y" * (BULK_LOWAT * 2))
         _queued(server, BULK_LOWAT * 2)
         assert conn.read(BULK_READ) == b"y" * (BULK_LOWAT * 2)
@@ -133,7 +146,7 @@ def test_a_unix_stream_reads_as_before() -> None:
     read it: a bulk read returns at once with what is there."""
     a, b = socket.socketpair()
     with a, b:
-        conn = Connection(b, remote=Destination(Address.parse("127.0.0.1"), 1))
+        conn = BatchedConnection(b, remote=Destination(Address.parse("127.0.0.1"), 1))
         assert conn.arm_read_timeout(PARK_TIMEOUT)
         a.sendall(b"z" * 100)
         assert conn.read(BULK_READ) == b"z" * 100

@@ -218,13 +218,14 @@ def _consume(views: List[memoryview], sent: int) -> None:
         views[0] = views[0][sent:]
 
 
-def recv_waiting(conn: Connection, size: int) -> bytes:
+def recv_waiting(conn: Connection, size: int, batched: bool = False) -> bytes:
     """``conn.sock.recv(size)`` from a worker, which holds no run slot while the read waits
     (``common.task.leave_slot``). A parking reader (armed: its reads give up after the
     park timeout) of a crowded group does not wait at all: BlockingIOError, as when that
     timeout passes, and it parks at once, its thread free for a queued step. A bulk read
-    of an armed reader may be batched (``_recv_bulk``)."""
-    if size >= BULK_READ and conn.read_timeout_armed and _HAS_LOWAT:
+    of an armed reader may be ``batched`` (``_recv_bulk``): a TLS client's, where it was
+    measured to pay (see README, issue 19)."""
+    if batched and size >= BULK_READ and conn.read_timeout_armed and _HAS_LOWAT:
         return _recv_bulk(conn, size)
     if conn.lowat_raised:
         _raise_lowat(conn, False)  # before any wait: a parked reader's epoll reads it too

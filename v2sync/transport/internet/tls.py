@@ -223,6 +223,9 @@ class TlsConnection(WrappedConnection):
         self._handshaken = False
         self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
         self.answer_plain_http = False  # see ServerTls.wrap_steps
+        # A client's bulk reads are batched (conn.recv_waiting): the deployment of issue
+        # 19, a client downloading from a Go server that sends one record per chunk.
+        self._batched = not isinstance(tls, MemoryTls)
         self._first = b""  # the first bytes the peer sent, up to a record header's 5
         # Run once, after the handshake and the first write: work for the idle wait that
         # follows (ClientTls makes the next dial's ClientHello).
@@ -354,7 +357,7 @@ class TlsConnection(WrappedConnection):
         if max_bytes >= RECORD_READ or self.read_timeout_armed:
             # Armed (a relay reader that parks): the read blocks at most the park timeout,
             # and the buffer goes with the read when the reader parks.
-            return recv_waiting(self, size)
+            return recv_waiting(self, size, self._batched)
         try:
             return sock.recv(size, socket.MSG_DONTWAIT)
         except BlockingIOError:
