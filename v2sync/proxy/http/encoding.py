@@ -283,7 +283,7 @@ def remove_hop_by_hop(headers: Headers) -> Headers:
 
 def set_header(headers: Headers, name: str, value: str) -> Headers:
     """Replace every ``name`` header by one, appended last (Go ``Header.Set``)."""
-    return tuple((k, v) for k, v in headers if k.lower() != name.lower()) + ((name, value),)
+    return _without(headers, name) + ((name, value),)
 
 
 def forward_request_head(head: RequestHead, target: RequestTarget) -> RequestHead:

@@ -22,6 +22,7 @@ from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, RemoteProto
                                   TransportError)
 from v2sync.common.net import Address, Destination
 from v2sync.common.task import crowded, outside_slot
+from v2sync.transport.internet.readiness import wait_readable
 
 # The largest relay read. Reads start small and grow while they come back full
 # (transport.copy.ReadSizer), so only a transfer that outpaces the proxy reaches this: the
@@ -251,7 +252,7 @@ def _recv_bulk(conn: Connection, size: int) -> bytes:
     most BULK_WAIT_MS late; a stream that idled starts again unbatched."""
     sock = conn.sock
     if conn.lowat_raised and not crowded():
-        outside_slot(_poll_readable, sock, BULK_WAIT_MS)
+        outside_slot(wait_readable, sock, BULK_WAIT_MS / 1000)
         try:
             data = sock.recv(size, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -276,12 +277,6 @@ def _raise_lowat(conn: Connection, raised: bool) -> None:
     except OSError:
         return
     conn.lowat_raised = raised
-
-
-def _poll_readable(sock: socket.socket, timeout_ms: int) -> None:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    poller.poll(timeout_ms)
 
 
 def send_waiting(sock: socket.socket, data: bytes) -> None:

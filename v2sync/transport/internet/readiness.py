@@ -16,29 +16,18 @@ never waits on a connection.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import select
 import selectors
 import socket
 import threading
-from typing import Deque, List, Optional, Protocol, Tuple, TypeVar
+from typing import Deque, Optional, Tuple
 
 from v2sync.common.task import Wait, Waker
 
 log = logging.getLogger(__name__)
 
-
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=Closable)
-
-
-def _made(made: List[Closable], resource: C) -> C:
-    """``resource``, remembered in ``made`` so a failure later closes it."""
-    made.append(resource)
-    return resource
 
 # The waiter's longest sleep: only a bound (every queued socket and ``stop`` poke it).
 MAX_SELECT_WAIT = 5.0
@@ -130,22 +119,20 @@ class ReadWaiter:
         with self._start_lock:
             if self._thread is not None or self._stopped:
                 return True
-            made: List[Closable] = []
             try:
-                selector = _made(made, selectors.DefaultSelector())
-                poke_r, poke_w = socket.socketpair()
-                made += [poke_r, poke_w]
-                for end in (poke_r, poke_w):
-                    end.setblocking(False)
-                selector.register(poke_r, selectors.EVENT_READ, None)
-                thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._selector, self._poke_r, self._poke_w = selector, poke_r, poke_w
-                self._direct = isinstance(selector, getattr(selectors, "EpollSelector", ()))
-                thread.start()
+                with contextlib.ExitStack() as made:  # closed unless all of it is made
+                    selector = made.enter_context(selectors.DefaultSelector())
+                    poke_r, poke_w = (made.enter_context(end) for end in socket.socketpair())
+                    for end in (poke_r, poke_w):
+                        end.setblocking(False)
+                    selector.register(poke_r, selectors.EVENT_READ, None)
+                    thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    self._selector, self._poke_r, self._poke_w = selector, poke_r, poke_w
+                    self._direct = isinstance(selector, getattr(selectors, "EpollSelector", ()))
+                    thread.start()
+                    made.pop_all()
             except (OSError, RuntimeError) as e:
                 self._selector = self._poke_r = self._poke_w = None
-                for resource in made:
-                    resource.close()
                 log.warning("%s: cannot start (%s); idle readers keep their threads", self.name, e)
                 return False
             self._thread = thread
