@@ -357,7 +357,10 @@ def test_v2ray_process_reports_bad_config(v2ray_bin: str) -> None:
 def test_v2ray_process_checks_exit_code(v2ray_bin: str) -> None:
     process = V2RayProcess(socks_freedom_config(free_port()), binary=v2ray_bin, expect_exit_code=1)
     process.start()
-    with pytest.raises(AssertionError, match="exited with 0, expected 1"):
+    # 4.34's main.go logs "started", runs a GC, and only then takes SIGTERM (signal.Notify):
+    # a SIGTERM in between ends it with the signal's code (-15, seen in CI), not 0.
+    with pytest.raises(AssertionError, match=r"exited with (0|-15), expected 1") as raised:
         process.stop()
-    assert process.stop() == 0  # idempotent: the second call just reports
+    code = process.stop()  # idempotent: the second call just reports
+    assert f"exited with {code}," in str(raised.value)
     assert "V2Ray 4.34.0 started" in process.log_text()  # kept after the temp dir is gone
