@@ -67,15 +67,15 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def make_pki(directory: Path, names: Sequence[str] = (SERVER_NAME, "localhost"),
-             dns_sans: bool = True) -> Pki:
+             dns_sans: bool = True, ip_sans: bool = True) -> Pki:
     """A CA and a leaf whose CN is ``names[0]``; its subjectAltNames are the names (unless
-    not ``dns_sans``) and 127.0.0.1."""
+    not ``dns_sans``) and 127.0.0.1 (unless not ``ip_sans``)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _sign(_name("v2sync test CA"), _name("v2sync test CA"), ca_key.public_key(), ca_key,
                ca=True)
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     sans = ([x509.DNSName(n) for n in names] if dns_sans else []) + \
-        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        ([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if ip_sans else [])
     leaf = _sign(_name(names[0]), ca.subject, leaf_key.public_key(), ca_key, ca=False, sans=sans)
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")

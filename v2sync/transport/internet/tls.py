@@ -103,14 +103,19 @@ class ClientTls:
         # The latest resumable session each server name was given (ClientEngine).
         self._sessions: "OrderedDict[Optional[str], SSL.Session]" = OrderedDict()
 
-    def server_name(self, dest: Destination) -> Optional[str]:
-        """``serverName``, else the destination's domain; an IP gives none (as in Go)."""
+    def server_name(self, dest: Destination, ip_as_name: bool = False) -> Optional[str]:
+        """``serverName``, else the destination's domain; an IP gives none (as in Go), or
+        with ``ip_as_name`` itself, checked against the certificate's IP addresses: 4.34's
+        WebSocket client (gorilla's Dialer) names the server by its URL's host."""
         if self.settings.server_name:
             return self.settings.server_name
-        return dest.address.value if dest.address.is_domain else None
+        if dest.address.is_domain or ip_as_name:
+            return dest.address.value
+        return None
 
-    def wrap(self, conn: Connection, dest: Destination, deadline: float) -> "TlsConnection":
-        name = self.server_name(dest)
+    def wrap(self, conn: Connection, dest: Destination, deadline: float,
+             ip_as_name: bool = False) -> "TlsConnection":
+        name = self.server_name(dest, ip_as_name)
         if name is None and not self.settings.allow_insecure:
             raise TransportError(f"tls: cannot verify {dest.address} without a serverName "
                                  "(set tlsSettings.serverName, or allowInsecure)")

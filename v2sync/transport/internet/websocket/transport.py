@@ -229,7 +229,7 @@ class WebSocketTransport(Transport):
         deadline = time.monotonic() + CLIENT_HANDSHAKE_TIMEOUT
         try:
             if tls is not None:
-                conn = tls.wrap(conn, target, deadline)
+                conn = tls.wrap(conn, target, deadline, ip_as_name=True)
             return ws_dial(conn, target, settings, tls is not None, deadline)
         except BaseException:
             conn.close()
