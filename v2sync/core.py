@@ -96,7 +96,7 @@ class Instance:
             # The router resolves names with the built-in DNS (IPIfNonMatch / IPOnDemand).
             self.dispatcher.router = Router(
                 config.routing_settings, resolve=lambda name: self.dns.lookup(name, "UseIP"),
-                outbound_tags=[oc.tag for oc in config.outbounds if oc.tag])
+                outbound_tags=lambda: self.outbounds.tags)
         self.running = False
         self._listening = True
 

@@ -212,3 +212,26 @@ def test_removed_handlers_as_4_34(implementation: str, v2ray_bin: str,
             error = grpc_error(lambda: api.call(method, request, response))
             assert error.code() == grpc.StatusCode.UNKNOWN
             assert "not enough information for making a decision" in error.details()
+
+
+@pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
+def test_a_balancer_picks_among_the_outbounds_left_as_4_34(
+        implementation: str, v2ray_bin: str, tcp_echo: TcpEchoServer, channels: list) -> None:
+    """4.34's balancer selects among the outbounds there are at each pick: once the API
+    removed ``px-1`` (a blackhole), every connection takes ``px-2`` (v2sync kept picking
+    the removed tag, found no such outbound and sent the connection to the default)."""
+    api_port, socks_port = ports(2)
+    config = api_config(api_port, [socks_in(socks_port)])
+    config["outbounds"] = [{"tag": "default-block", "protocol": "blackhole"},
+                           {"tag": "px-1", "protocol": "blackhole"},
+                           {"tag": "px-2", "protocol": "freedom"}]
+    config["routing"]["rules"].append({"type": "field", "inboundTag": ["socks-in"],
+                                       "balancerTag": "pool"})
+    config["routing"]["balancers"] = [{"tag": "pool", "selector": ["px-"]}]
+    server_class = V2SyncProcess if implementation == "v2sync" else V2RayProcess
+    with server_class(config):
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{api_port}"))
+        api = Api(channels[-1], V2RAY)
+        api.call("RemoveOutbound", handler_pb.RemoveOutboundRequest(tag="px-1"),
+                 handler_pb.RemoveOutboundResponse)
+        assert all(echo_works(socks_port, tcp_echo) for _ in range(12))

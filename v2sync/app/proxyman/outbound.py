@@ -6,7 +6,7 @@ A handler whose config enables ``mux`` carries every link as a Mux.cool sub-conn
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from v2sync.common.errors import NoServerReachable, V2SyncError
 from v2sync.common.mux.client import ClientManager
@@ -75,6 +75,8 @@ class OutboundManager:
         self._ordered: List[OutboundHandler] = []
         self._by_tag: Dict[str, OutboundHandler] = {}
         self._default: Optional[OutboundHandler] = None
+        # The tags in order, a new tuple at each change (the router's balancers notice).
+        self.tags: Tuple[str, ...] = ()
 
     def add(self, handler: OutboundHandler) -> None:
         if handler.tag and handler.tag in self._by_tag:
@@ -82,6 +84,7 @@ class OutboundManager:
         self._ordered.append(handler)
         if handler.tag:
             self._by_tag[handler.tag] = handler
+            self.tags = (*self.tags, handler.tag)
         if self._default is None:
             self._default = handler
 
@@ -97,6 +100,7 @@ class OutboundManager:
             self._default = None
         # A new list, not an edit: close() on another thread sees the old one or the new one.
         self._ordered = [h for h in self._ordered if h is not handler]
+        self.tags = tuple(t for t in self.tags if t != tag)
         close = getattr(handler.proxy, "close", None)
         if close is not None:
             close()

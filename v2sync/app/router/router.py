@@ -153,15 +153,19 @@ class _Lookup:
 
 
 class Router:
-    """Implements ``features.routing.Router``; read-only after construction, so thread-safe.
+    """Implements ``features.routing.Router``; read-only after construction but for the
+    balancers' selection, which is replaced whole, so thread-safe.
 
     ``resolve(name)`` returns a name's addresses (the DNS feature); None means no resolver,
-    so IP conditions never see a domain target. ``outbound_tags`` are the configured
-    outbounds, in order, for balancer selectors; ``rng`` is anything with ``choice``.
+    so IP conditions never see a domain target. ``outbound_tags`` are the outbounds, in
+    order, for balancer selectors: a sequence, or a function giving the current ones (the
+    API may remove an outbound, and 4.34's balancers select among those left at each pick);
+    ``rng`` is anything with ``choice``.
     """
 
     def __init__(self, config: RoutingConfig, resolve: Optional[Resolver] = None,
-                 rng: Any = random, outbound_tags: Sequence[str] = ()):
+                 rng: Any = random,
+                 outbound_tags: Union[Sequence[str], Callable[[], Sequence[str]]] = ()):
         self.config = config
         self._resolver = resolve
         self._rng = rng
@@ -171,7 +175,11 @@ class Router:
         self._ips = IpTable((r.ip, i) for i, r in enumerate(config.rules) if r.ip is not None)
         self._plain = tuple(r.index for r in self._rules if not r.has_domain and not r.has_ip)
         self._ip_only = tuple(r.index for r in self._rules if r.has_ip and not r.has_domain)
-        self._balancers = _select_outbounds(config, outbound_tags)
+        self._outbound_tags = outbound_tags if callable(outbound_tags) else (lambda: outbound_tags)
+        # (the tags it was made from, each balancer's selection): one attribute, so a
+        # reader never pairs one with the other's successor.
+        self._selection: Tuple[Optional[Sequence[str]], Dict[str, Tuple[str, ...]]] = (None, {})
+        self._balanced(self._outbound_tags())
         self._needs_source = any(rule.source is not None for rule in config.rules)
         if resolve is None and self._strategy in RESOLVING_STRATEGIES:
             log.warning("routing domainStrategy %s without a resolver: domains are never resolved",
@@ -278,11 +286,21 @@ class Router:
         rule = self._rules[index]
         if not rule.balancer:
             return RouteDecision(rule.tag, resolved, index)
-        tags = self._balancers.get(rule.balancer, ())
+        tags = self._balanced(self._outbound_tags()).get(rule.balancer, ())
         if not tags:  # Balancer.PickOutbound: "no available outbounds selected"
             log.warning("routing: balancer %s selects no outbound; using the default", rule.balancer)
             return RouteDecision(None, resolved, index)
         return RouteDecision(self._rng.choice(tags), resolved, index)
+
+
+    def _balanced(self, outbound_tags: Sequence[str]) -> Dict[str, Tuple[str, ...]]:
+        """Each balancer's outbounds among ``outbound_tags``, selected again when they
+        changed (a new sequence: the outbound manager makes one at each change)."""
+        seen, selected = self._selection
+        if outbound_tags is not seen:
+            selected = _select_outbounds(self.config, outbound_tags)
+            self._selection = (outbound_tags, selected)
+        return selected
 
 
 def _select_outbounds(config: RoutingConfig, outbound_tags: Sequence[str]) -> Dict[str, Tuple[str, ...]]:
