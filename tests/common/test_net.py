@@ -81,3 +81,9 @@ def test_go_address_reads_as_gos_parse_address(text: str, value: str,
                                                    kind: AddressKind) -> None:
     address = go_address(text)
     assert (address.value, address.kind) == (value, kind)
+
+
+def test_go_address_trims_what_go_trims() -> None:
+    assert go_address(" 10.0.0.1\u3000").is_ip
+    assert go_address("10.0.0.1\x85").is_ip
+    assert not go_address("10.0.0.1\x1f").is_ip  # str.strip() takes it; Go's TrimSpace keeps it

@@ -117,6 +117,9 @@ DOMAIN_CASES = [
     socks("AD7.EXAMPLE.NET"), socks("Www.Example.Com"),
     Request("socks-in", "192.0.2.1", domain_atyp=True), Request("socks-in", "2001:db8:1::5", domain_atyp=True),
     Request("socks-in", "010.009.001.001", domain_atyp=True),
+    # Go's ParseAddress trims white space around an IP
+    Request("socks-in", "192.0.2.1 ", domain_atyp=True),
+    Request("socks-in", "2001:db8:1::5\t", domain_atyp=True),
 ]
 IP_CASES = [
     socks("192.0.2.1"), socks("2001:db8:1::5"), socks("10.9.1.1"), socks("203.0.113.9"),

@@ -132,10 +132,16 @@ def go_address(text: str) -> Address:
     if len(text) > 1 and text[0] == "[" and text[-1] == "]":
         text = text[1:-1]
     if text and not (_alnum(text[0]) and _alnum(text[-1])):
-        text = text.strip()
+        text = text.strip(_GO_SPACE)
     if text.startswith("[") and text.endswith("]"):
         return Address(text, AddressKind.DOMAIN)  # Go drops one pair, before trimming
     return Address.parse(text)
+
+
+# What Go's strings.TrimSpace trims (unicode.IsSpace): str.strip() would also take
+# \x1c-\x1f, which Go keeps.
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
+    "\u2028\u2029\u202f\u205f\u3000"
 
 
 def _alnum(char: str) -> bool:

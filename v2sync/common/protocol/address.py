@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 from v2sync.common.cursor import Cursor
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
-from v2sync.common.net import MAX_DOMAIN_LENGTH, Address, AddressKind
+from v2sync.common.net import MAX_DOMAIN_LENGTH, Address, AddressKind, go_address
 
 _PORT = struct.Struct("!H")
 _IP_SIZE = {AddressKind.IPV4: 4, AddressKind.IPV6: 16}
@@ -38,7 +38,7 @@ def domain_address(raw: bytes, reply: Optional[bytes] = None) -> Address:
     if not raw:
         raise RemoteProtocolError("empty domain name", reply=reply)
     if raw[0] in _MAYBE_IP_PREFIX:
-        parsed = Address.parse(raw.decode("ascii", "replace"))
+        parsed = go_address(raw.decode("ascii", "replace"))  # "8.8.8.8 " is that IP
         if parsed.is_ip:
             return parsed
     if not DOMAIN_BYTES.issuperset(raw):
