@@ -141,3 +141,38 @@ def test_hosts_regexp_keys_as_4_34(v2ray_bin: str) -> None:
     ours = answers(V2SyncProcess, queries, section)
     assert ours == answers(V2RayProcess, queries, section)
     assert ours == [("NOERROR", [value]) for _, value, _ in REGEXP_HOSTS]
+
+
+OWN_NAME = "own.test"
+
+
+def own_query_answer(process_class: Any, upstream_port: int, dns_port: int) -> Tuple[str, List[str]]:
+    """An A query through a dns outbound that the DNS's own queries (``dns.tag``) reach too."""
+    port = free_port()
+    section = {"log": {"loglevel": "warning"},
+               "dns": {"tag": "dns-own", "servers": [dns_server(dns_port)]},
+               "inbounds": [{"tag": "dns-in", "protocol": "dokodemo-door", "listen": "127.0.0.1",
+                             "port": port, "settings": {"address": "127.0.0.1",
+                                                        "port": upstream_port, "network": "udp"}}],
+               "outbounds": [{"tag": "dns-out", "protocol": "dns"},
+                             {"tag": "direct", "protocol": "freedom"}],
+               "routing": {"rules": [{"type": "field", "inboundTag": ["dns-in", "dns-own"],
+                                      "outboundTag": "dns-out"}]}}
+    with process_class(section):
+        reply = dns.query.udp(dns.message.make_query(OWN_NAME, "A"), "127.0.0.1", port=port,
+                              timeout=IO_TIMEOUT)
+    return (dns.rcode.to_text(reply.rcode()),
+            sorted(item.to_text() for rrset in reply.answer for item in rrset))
+
+
+def test_the_dns_own_queries_pass_the_dns_outbound_as_they_are_as_4_34(v2ray_bin: str) -> None:
+    """4.34's dns outbound sends on, unanswered, a query whose inbound tag is ``dns.tag``
+    (isOwnLink): the built-in DNS's own query to its server. v2sync answered it from the
+    built-in DNS, which asked again through the same outbound, without end (thousands of
+    threads in seconds, found by a DNS review)."""
+    with DnsTestServer({OWN_NAME: ["127.0.0.11"]}) as dialled, \
+            DnsTestServer({OWN_NAME: ["127.0.0.12"]}) as configured:
+        ours = own_query_answer(V2SyncProcess, dialled.port, configured.port)
+        assert ours == own_query_answer(V2RayProcess, dialled.port, configured.port)
+        assert ours == ("NOERROR", ["127.0.0.12"])
+        assert dialled.count() == 0

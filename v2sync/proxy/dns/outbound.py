@@ -62,6 +62,7 @@ class DnsOutbound:
         upstream = _Upstream(self.upstream_of(target), self.client)
         messages = _MessageIO(link, target.network)
         policy = self.ctx.policy.for_level(0)
+        own = self._own_link(session)
 
         def abort() -> None:
             upstream.close()
@@ -71,7 +72,10 @@ class DnsOutbound:
             try:
                 for message in messages.read():
                     timer.update()
-                    self._handle(message, messages, upstream)
+                    if own:
+                        upstream.send(message)
+                    else:
+                        self._handle(message, messages, upstream)
             finally:
                 upstream.close_input()
 
@@ -84,6 +88,14 @@ class DnsOutbound:
         upstream.close()
         if error is not None:
             log.debug("%s: dns connection ends: %s", session.name(), error)
+
+    def _own_link(self, session: Session) -> bool:
+        """The DNS's own query (4.34's ``isOwnLink``: the inbound tag is ``dns.tag``) is sent
+        on as it is: answered from the DNS, it would ask the DNS again, without end."""
+        dns = self.ctx.dns
+        if session.internal or dns is None:
+            return session.internal
+        return bool(dns.config.tag) and session.inbound_tag == dns.config.tag
 
     def _handle(self, message: bytes, messages: "_MessageIO", upstream: "_Upstream") -> None:
         query = enc.parse_ip_query(message)
