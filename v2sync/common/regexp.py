@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, NoReturn, Optional, Pattern, Sequence, Tuple
+from typing import Dict, List, NoReturn, Optional, Protocol, Sequence, Tuple
+
+from v2sync.common.regexp_linear import LinearPattern, NotLinear
 
 Ranges = List[Tuple[int, int]]
 
@@ -97,13 +99,22 @@ _NOT_WORD_BOUNDARY = f"(?:(?<={_W})(?={_W})|(?<!{_W})(?!{_W}))"  # and \B, true 
 _NOTHING = "[^\\x00-\\U0010ffff]"  # an empty class: Python has no "[]"
 
 
-def compile_go(pattern: str) -> Pattern[str]:
-    """``pattern`` read as Go's ``regexp.Compile`` reads it; use ``.search`` (unanchored)."""
+class Searcher(Protocol):
+    def search(self, text: str) -> object:
+        """Truthy where Go's ``MatchString`` is true, else None."""
+
+
+def compile_go(pattern: str) -> Searcher:
+    """``pattern`` read as Go's ``regexp.Compile`` reads it; use ``.search`` (unanchored).
+    It runs in time linear in the text, as Go's does (``regexp_linear``): ``re`` would
+    backtrack, and a crafted name could hold the process for minutes."""
     text = translate(pattern)
     try:
-        return re.compile(text)
+        return LinearPattern(text)
     except RecursionError:  # re's parser recurses per group; Go allows 1000 levels
         raise re.error("expression nests too deeply for v2sync") from None
+    except NotLinear:  # never for what translate() writes (tests/common/test_regexp.py)
+        return re.compile(text)
 
 
 def translate(pattern: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 from v2sync.common.errors import ConfigError
-from v2sync.common.regexp import compile_go
+from v2sync.common.regexp import Searcher, compile_go
 
 FULL = "full"
 DOMAIN = "domain"
@@ -76,7 +76,7 @@ def _dotless_rule(sub: str, path: str) -> DomainRule:
     return rule
 
 
-def _compile(pattern: str, path: str) -> "re.Pattern[str]":
+def _compile(pattern: str, path: str) -> Searcher:
     try:
         return compile_go(pattern)  # Go's syntax, as 4.34 reads hosts keys and domains
     except re.error as e:

@@ -22,11 +22,11 @@ import bisect
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Optional, Pattern, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from v2sync.common.errors import ConfigError
 from v2sync.common.net import Address, AddressKind
-from v2sync.common.regexp import compile_go
+from v2sync.common.regexp import Searcher, compile_go
 
 IPV4_BITS = 32
 IPV6_BITS = 128
@@ -46,10 +46,10 @@ _KIND_PREFIX = {DomainKind.PLAIN: "keyword:", DomainKind.REGEX: "regexp:",
                 DomainKind.DOMAIN: "domain:", DomainKind.FULL: "full:"}
 
 
-def compile_regex(pattern: str) -> Pattern[str]:
+def compile_regex(pattern: str) -> Searcher:
     """Compile a ``regexp:`` pattern in Go's RE2 syntax, as 4.34 does (``regexp.Compile``).
 
-    ``v2sync.common.regexp.compile_go`` translates it for Python's ``re``, so ``[[:alpha:]]``,
+    ``v2sync.common.regexp.compile_go`` translates it (and runs it in linear time), so ``[[:alpha:]]``,
     ``\\z``, ``x{,2}`` and ``$`` mean what they mean to v2ray; patterns Go refuses
     (lookaround, backreferences, ``\\Z``) and the few Go accepts but v2sync cannot express
     exactly (``\\pL``, ``\\p{Greek}``) raise ``re.error``, which callers turn into config errors.
@@ -137,7 +137,7 @@ class DomainTable:
         full: Dict[str, Set[int]] = {}
         suffix: Dict[str, Set[int]] = {}
         keywords: List[Tuple[str, int]] = []
-        regexes: List[Tuple[Pattern[str], int]] = []
+        regexes: List[Tuple[Searcher, int]] = []
         for pattern, ident in entries:
             if pattern.kind is DomainKind.FULL:
                 full.setdefault(pattern.value, set()).add(ident)
