@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from v2sync.app.dns import wire
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError, TransportError
-from v2sync.transport.internet.resolve import of_families
+from v2sync.transport.internet.resolve import of_families, system_lookup
 from v2sync.common.net import Address, AddressKind
 from v2sync.common.task import outside_slot
 
@@ -265,8 +265,7 @@ class LocalNameServer:
         for, then filtered, as Go's resolver does: a name /etc/hosts knows in IPv4 only has
         no IPv6 address, rather than being asked of the system's DNS server."""
         try:
-            infos = outside_slot(socket.getaddrinfo, domain, None, socket.AF_UNSPEC,
-                                 socket.SOCK_STREAM)
+            infos = system_lookup(domain, None, socket.AF_UNSPEC)
         except (OSError, UnicodeError) as e:
             raise TransportError(f"system resolver: {domain}: {e}") from e
         found = dict.fromkeys(Address.parse(str(info[4][0]).split("%")[0]) for info in infos)

@@ -6,7 +6,7 @@ connection, and the answer is what gets dialed.
 from __future__ import annotations
 
 import socket
-from typing import Iterable, List, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind
@@ -31,8 +31,7 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     """Addresses for ``domain`` filtered by ``strategy``, in resolver order (IPv4 first for UseIP)."""
     family = FAMILIES.get(strategy, socket.AF_UNSPEC)
     try:
-        infos = outside_slot(socket.getaddrinfo, go_dial_host(domain, port), port, family,
-                             socket.SOCK_STREAM)
+        infos = system_lookup(go_dial_host(domain, port), port, family)
     except (socket.gaierror, UnicodeError) as e:
         raise TransportError(f"failed to resolve {domain}: {e}") from e
     seen: List[Address] = []
@@ -47,6 +46,24 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     if not seen:
         raise TransportError(f"no {strategy} address for {domain}")
     return seen
+
+
+def system_lookup(host: str, port: Optional[int], family: int) -> List[Tuple[Any, ...]]:
+    """``getaddrinfo`` as Go's resolver would answer it: an IP only in its standard form.
+    glibc also reads inet_aton's legacy forms as IPv4 ("127.1", "2130706433",
+    "0x7f.0.0.1", "0177.0.0.1"), which routing saw as names, so no ``ip`` rule caught
+    them; Go asks its DNS for such a name, which knows none."""
+    if not Address.parse(host).is_ip and _inet_aton_reads(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"lookup {host}: no such host")
+    return outside_slot(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+
+
+def _inet_aton_reads(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return False
+    return True
 
 
 def go_dial_host(domain: str, port: int) -> str:
