@@ -181,3 +181,23 @@ def test_v2ray_and_v2sync_accept_legacy_settings_rules(v2ray_bin: str, asset_dir
     assert router.pick_route(RoutingContext("in", None, Destination.udp("1.1.1.1", 53))) == "block"
     assert router.pick_route(RoutingContext("in", None, Destination.tcp("1.1.1.1", 53))) is None
 
+
+
+# A lone port in a PortList is a JSON number to 4.34 (no leading zero); a range's ends are
+# ParseUint's (a leading zero is fine). (value, accepted)
+PORT_LISTS = [("053", False), (" 053 ", False), ("80,053", False), ("00080", False),
+              ("053-060", True), ("0", True), ("80, 443", True), ("1000 - 2000", False)]
+
+
+@pytest.mark.parametrize("field", ["port", "sourcePort"])
+@pytest.mark.parametrize("value, accepted", PORT_LISTS, ids=[v for v, _ in PORT_LISTS])
+def test_port_lists_are_read_as_4_34_reads_them(v2ray_bin: str, asset_dir: Path, tmp_path: Path,
+                                                field: str, value: str, accepted: bool) -> None:
+    routing = {"rules": [{"type": "field", field: value, "outboundTag": "direct"}]}
+    result = run_v2ray_test(v2ray_bin, v2ray_config(routing), asset_dir, tmp_path)
+    assert (result.returncode == 0) == accepted, result.stdout + result.stderr
+    if accepted:
+        from_json(routing, geodata=GeoData([str(asset_dir)]))
+    else:
+        with pytest.raises(ConfigError):
+            from_json(routing, geodata=GeoData([str(asset_dir)]))

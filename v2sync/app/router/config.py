@@ -484,6 +484,10 @@ def _port_range(item: str, path: str, expected: str) -> Tuple[int, int]:
     ends = (first, last) if dash else (first, first)
     if not all(p.isascii() and p.isdigit() and int(p) <= MAX_PORT for p in ends):
         raise ConfigError(f"invalid port range: {item!r}", path, expected=expected)
+    if not dash and first.startswith("0") and first != "0":
+        # 4.34 reads a lone port as a JSON number, where a leading zero is invalid ("053");
+        # a range's ends go through ParseUint, which takes it ("053-060")
+        raise ConfigError(f"invalid port: {item!r} (a leading zero)", path, expected=expected)
     low, high = int(ends[0]), int(ends[1])
     if low > high:
         raise ConfigError(f"invalid port range: {item!r} (first > last)", path, expected=expected)
