@@ -8,11 +8,14 @@ failed handshake later. Errors carry JSON paths relative to ``streamSettings``.
 """
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 from v2sync.common.errors import ConfigError, LocalProtocolError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from v2sync.transport.internet.headers.http import HttpHeaderConfig
@@ -194,10 +197,7 @@ def build_tls(tls: Mapping[str, Any]) -> TlsSettings:
 
 
 def _certificate(raw: Mapping[str, Any], path: str) -> CertificateEntry:
-    usage = (raw.get("usage") or USAGE_ENCIPHERMENT).lower()
-    if usage not in (USAGE_ENCIPHERMENT, USAGE_VERIFY):
-        raise ConfigError(f"certificate usage {usage!r} is not supported by v2sync",
-                          f"{path}.usage", expected="supported: encipherment, verify")
+    usage = _usage(raw.get("usage"), path)
     cert = _file_or_lines(raw, "certificateFile", "certificate", path)
     if cert is None:
         raise ConfigError("missing certificate", path,
@@ -206,6 +206,20 @@ def _certificate(raw: Mapping[str, Any], path: str) -> CertificateEntry:
     entry = CertificateEntry(cert, key, usage)
     _check_pem(entry, path)
     return entry
+
+
+def _usage(raw: Any, path: str) -> str:
+    """4.34 reads a usage it does not know as encipherment (TLSCertConfig.Build); "issue"
+    (a CA that signs a certificate for each name asked) v2sync does not do."""
+    usage = str(raw or USAGE_ENCIPHERMENT).lower()
+    if usage == USAGE_ISSUE:
+        raise ConfigError(f"certificate usage {usage!r} is not supported by v2sync",
+                          f"{path}.usage", expected="supported: encipherment, verify")
+    if usage not in (USAGE_ENCIPHERMENT, USAGE_VERIFY):
+        log.warning("%s.usage: %r is read as encipherment, as V2Ray 4.34 reads any usage "
+                    "it does not know", path, usage)
+        return USAGE_ENCIPHERMENT
+    return usage
 
 
 def _file_or_lines(raw: Mapping[str, Any], file_key: str, lines_key: str,

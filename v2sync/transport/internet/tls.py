@@ -14,6 +14,7 @@ engine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import ssl
@@ -32,6 +33,8 @@ from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, Wrappe
                                             arm_deadline, complete, recv_waiting,
                                             send_waiting)
 from v2sync.transport.internet.readiness import wait_readable
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -169,15 +172,17 @@ class ServerTls:
     def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
         alpn = settings.alpn or default_alpn
         pairs = [pair for pair in settings.key_pairs() if pair.key]
-        if not pairs:
-            raise TransportError("tls: a server needs at least one certificate with its key")
         self._by_name: Dict[str, ssl.SSLContext] = {}
         contexts = []
         for pair in pairs:
-            context = _server_context(settings, pair, alpn)
+            context = _usable_context(settings, pair, alpn)
+            if context is None:
+                continue
             contexts.append(context)
             for name in _names(pair.certificate):
                 self._by_name[name.lower()] = context  # a later certificate wins, as in Go
+        if not contexts:  # 4.34 would start, and fail every handshake
+            raise TransportError("tls: a server needs at least one certificate with its key")
         self.context = contexts[0]  # Go: the first certificate when no name matches
         # Always called: it records the name the client asked for (fallbacks select on it).
         self.context.sni_callback = self._pick
@@ -463,6 +468,17 @@ def _reason(e: ssl.SSLError) -> str:
 
 IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF",
                                 0x80 if ssl.OPENSSL_VERSION_INFO >= (3,) else 0)
+
+
+def _usable_context(settings: TlsSettings, pair: CertificateEntry,
+                    alpn: Sequence[str]) -> Optional[ssl.SSLContext]:
+    """A pair whose key does not match its certificate is left out with a warning, as
+    4.34's BuildCertificates does ("ignoring invalid X509 key pair")."""
+    try:
+        return _server_context(settings, pair, alpn)
+    except TransportError as e:
+        log.warning("tls: ignoring invalid X509 key pair: %s", e)
+        return None
 
 
 def _server_context(settings: TlsSettings, pair: CertificateEntry,
