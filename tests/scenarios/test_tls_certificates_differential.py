@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
-from support.certs import SERVER_NAME, make_pki
+from support.certs import SERVER_NAME, Pki, make_pki
 from support.peers import free_port
 from support.procs import V2RayProcess, V2SyncProcess
 
@@ -57,3 +58,85 @@ def test_odd_certificate_entries_serve_as_in_4_34(case: str, v2ray_bin: str,
             answers.append(greeting_answer(port, good.ca_file))
         assert case == "unknown-usage" or "ignoring invalid X509 key pair" in process.log_text()
     assert answers == [b"\x05\x00", b"\x05\x00"]
+
+
+class MutualTlsEcho:
+    """A TLS server (Python's ssl, OpenSSL) that requires a client certificate signed by
+    ``client_ca``, echoes one read and records each client certificate's subject."""
+
+    def __init__(self, server_pki: Pki, client_ca: Path):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(server_pki.cert_file), str(server_pki.key_file))
+        self.context.load_verify_locations(str(client_ca))
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(IO_TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.subjects: List[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "MutualTlsEcho":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self._thread.join(IO_TIMEOUT)
+
+    def _serve(self) -> None:
+        for _ in range(ACCEPTS):
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            with raw:
+                raw.settimeout(IO_TIMEOUT)
+                self._echo(raw)
+
+    def _echo(self, raw: socket.socket) -> None:
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                peer = tls.getpeercert() or {}
+                self.subjects.append(str(dict(x[0] for x in peer.get("subject", ()))))
+                tls.sendall(tls.recv(100))
+        except (OSError, ssl.SSLError):
+            return  # no certificate: the handshake fails and the client sees a close
+
+
+ACCEPTS = 4
+
+
+def mutual_client_config(port: int, target: int, server: Pki, client: Pki) -> Dict[str, Any]:
+    tls = {"serverName": SERVER_NAME, "disableSystemRoot": True,
+           "certificates": [{"certificateFile": str(server.ca_file), "usage": "verify"},
+                            {"certificateFile": str(client.cert_file),
+                             "keyFile": str(client.key_file)}]}
+    return {"log": {"loglevel": "warning"},
+            "inbounds": [{"protocol": "dokodemo-door", "listen": "127.0.0.1", "port": port,
+                          "settings": {"address": "127.0.0.1", "port": target,
+                                       "network": "tcp"}}],
+            "outbounds": [{"protocol": "freedom",
+                           "streamSettings": {"security": "tls", "tlsSettings": tls}}]}
+
+
+def echoed(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(b"mutual")
+        try:
+            return sock.recv(100)
+        except ConnectionResetError:
+            return b""
+
+
+def test_a_listed_key_pair_is_the_client_certificate_as_in_4_34(v2ray_bin: str,
+                                                                 tmp_path: Path) -> None:
+    """4.34's client sends its listed certificate to a server that asks for one (mutual
+    TLS); v2sync's sent none and the server refused it."""
+    server, client = make_pki(tmp_path / "server"), make_pki(tmp_path / "client")
+    with MutualTlsEcho(server, client.ca_file) as echo:
+        for process_class in (V2RayProcess, V2SyncProcess):
+            port = free_port()
+            with process_class(mutual_client_config(port, echo.port, server, client)):
+                assert echoed(port) == b"mutual", process_class.name
+    assert len(echo.subjects) == 2 and echo.subjects[0] == echo.subjects[1]

@@ -79,6 +79,7 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
         _trust(context, settings)
     if not settings.enable_session_resumption:  # Go's SessionTicketsDisabled: no ticket ext
         context.set_options(SSL.OP_NO_TICKET)
+    _present(context, settings)
     context.set_cipher_list(TLS12_SUITES)
     context.set_alpn_protos([name.encode("ascii") for name in alpn])
     if _lib.SSL_CTX_set1_curves_list(context._context, GROUPS) != 1:
@@ -102,6 +103,25 @@ def _trust(context: SSL.Context, settings: TlsSettings) -> None:
         for cert in _pem_certificates(entry.certificate):
             store.add_cert(crypto.X509.from_cryptography(cert))
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+
+
+def _present(context: SSL.Context, settings: TlsSettings) -> None:
+    """A listed certificate with its key is this client's own, sent to a server that asks
+    for one (mutual TLS), as Go's client sends one of ``Config.Certificates``; the first
+    whose key matches, where Go takes the first the server's request accepts."""
+    for pair in settings.key_pairs():
+        if pair.key is None:
+            continue
+        chain = _pem_certificates(pair.certificate)
+        try:
+            context.use_certificate(crypto.X509.from_cryptography(chain[0]))
+            context.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, pair.key))
+            context.check_privatekey()
+        except (SSL.Error, crypto.Error):
+            continue  # 4.34: "ignoring invalid X509 key pair"
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        return
 
 
 def _pem_certificates(pem: bytes) -> List[x509.Certificate]:
