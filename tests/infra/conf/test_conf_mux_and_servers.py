@@ -1,5 +1,8 @@
 """Outbound ``mux`` (infra/conf/v2ray.go MuxConfig.Build, handler.go's check) and the
 ``servers`` of the HTTP and SOCKS outbounds (infra/conf http.go, socks.go)."""
+import json
+import subprocess
+from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
@@ -61,7 +64,7 @@ def test_servers_and_users(protocol: str) -> None:
 @pytest.mark.parametrize("settings, path", [
     ({}, "outbounds[0].settings.servers"),
     ({"servers": [{"port": 1}]}, "outbounds[0].settings.servers[0].address"),
-    ({"servers": [{"address": "h"}]}, "outbounds[0].settings.servers[0].port"),
+    ({"servers": [{"address": "h", "port": "x"}]}, "outbounds[0].settings.servers[0].port"),
     ({"servers": [{"address": "h", "port": 1, "users": [{"user": 5}]}]},
      "outbounds[0].settings.servers[0].users[0].user"),
 ])
@@ -69,3 +72,20 @@ def test_servers_and_users(protocol: str) -> None:
 def test_bad_servers_name_their_path(protocol: str, settings, path: str) -> None:
     errors = _errors({"outbounds": [{"protocol": protocol, "settings": settings}]})
     assert [e.split(": ")[1] for e in errors] == [path]
+
+
+@pytest.mark.parametrize("server", [{"address": "h", "port": 1, "users": [{"user": "u", "level": 70000}]},
+                                    {"address": "h", "port": 0}, {"address": "h"}],
+                         ids=["uint32-level", "port-0", "no-port"])
+@pytest.mark.parametrize("protocol", ["http", "socks"])
+def test_servers_4_34_takes_are_taken(protocol: str, server: Dict[str, Any], v2ray_bin: str,
+                                      tmp_path: Path) -> None:
+    """A user's level is protocol.User's uint32 here, and port 0 is taken (each dial then
+    fails), as ``v2ray -test`` says."""
+    config = {"outbounds": [{"protocol": protocol, "settings": {"servers": [server]}}]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([v2ray_bin, "-test", "-config", str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout
+    config_from_dict(config)

@@ -8,6 +8,7 @@ Servers are used round-robin; a server's user is picked at random per connection
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from v2sync.common.errors import ConfigError, join_path
 from v2sync.common.net import Address, Destination
-from v2sync.infra.conf.fields import (MAX_UINT8, checked, gather, get_items,
-                                      get_server_address, get_server_port, get_str, get_uint,
-                                      require_object)
+from v2sync.infra.conf.fields import (MAX_UINT16, MAX_UINT32, checked, gather, get_items,
+                                      get_server_address, get_str, get_uint, require_object)
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 
@@ -47,14 +49,23 @@ class ServerSpec:
 def _account(raw: Any, path: str) -> Account:
     entry = require_object(raw, path)
     return Account(get_str(entry, "user", path), get_str(entry, "pass", path),
-                   get_uint(entry, "level", path, maximum=MAX_UINT8), get_str(entry, "email", path))
+                   # protocol.User's level: a uint32 (VMess, Trojan and Shadowsocks take a byte)
+                   get_uint(entry, "level", path, maximum=MAX_UINT32), get_str(entry, "email", path))
+
+
+def _port(entry: Mapping[str, Any], where: str, protocol: str) -> int:
+    """4.34 takes port 0 (or none) for a SOCKS or HTTP server; each dial then fails."""
+    port = get_uint(entry, "port", where, maximum=MAX_UINT16)
+    if port == 0:
+        log.warning("%s: %s server port is 0: every dial to it will fail", where, protocol)
+    return port
 
 
 def _server(raw: Any, where: str, protocol: str) -> ServerSpec:
     entry = require_object(raw, where)
     address, port, users = checked(
         lambda: get_server_address(entry, where, f"{protocol} server address is empty"),
-        lambda: get_server_port(entry, where, f"{protocol} server port is 0"),
+        lambda: _port(entry, where, protocol),
         lambda: tuple(gather(get_items(entry, "users", where), _account)))
     return ServerSpec(address, port, users)
 
