@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import dns.message
@@ -176,3 +177,29 @@ def test_the_dns_own_queries_pass_the_dns_outbound_as_they_are_as_4_34(v2ray_bin
         assert ours == own_query_answer(V2RayProcess, dialled.port, configured.port)
         assert ours == ("NOERROR", ["127.0.0.12"])
         assert dialled.count() == 0
+
+
+def raw_answer(process_class: Any, query: bytes) -> Optional[bytes]:
+    """The dns outbound's reply to ``query`` sent as it is (None: no reply)."""
+    port = free_port()
+    with process_class(config(port)), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendto(query, ("127.0.0.1", port))
+        try:
+            return sock.recv(4096)
+        except socket.timeout:
+            return None
+
+
+def test_a_query_broken_after_its_first_question_is_answered_as_4_34() -> None:
+    """4.34's parseIPQuery reads the header and the first question only: an A query whose
+    header promises an additional record it lacks is still answered from the DNS (v2sync
+    parsed it whole, failed, and sent it on)."""
+    query = dns.message.make_query("localhost", "A").to_wire()
+    broken = query[:10] + b"\x00\x01" + query[12:]  # ARCOUNT 1, no record
+    ours, theirs = raw_answer(V2SyncProcess, broken), raw_answer(V2RayProcess, broken)
+    assert ours is not None and theirs is not None
+    ours_msg, theirs_msg = dns.message.from_wire(ours), dns.message.from_wire(theirs)
+    # the same message; 4.34 compresses the answer's name, v2sync writes it out
+    assert ours_msg == theirs_msg and ours_msg.flags == theirs_msg.flags
+    assert ours_msg.answer[0].to_text().endswith("127.0.0.1")

@@ -221,3 +221,16 @@ def test_any_bytes_parse_need_more_or_protocol_error(data: bytes) -> None:
 def test_any_body_after_small_counts(data: bytes) -> None:
     # Small section counts so random bodies reach the name and record parsers.
     _assert_contract(data[:4] + struct.pack("!HHHH", 1, 2, 1, 1) + data[12:])
+
+
+def test_the_first_question_whole_byte_by_byte_and_with_trailing_bytes() -> None:
+    query = wire.encode_query(0x1234, "example.com", wire.TYPE_AAAA)
+    expected = (0x1234, wire.Question("example.com", wire.TYPE_AAAA))
+    assert wire.parse_first_question(query) == expected
+    for cut in range(len(query)):  # a prefix never yields a question it does not hold
+        assert wire.parse_first_question(query[:cut]) is None
+    # what follows the question is not read: a promised record that is missing or garbage
+    broken = query[:10] + b"\x00\x05" + query[12:] + b"\xff\xff garbage"
+    assert wire.parse_first_question(broken) == expected
+    no_question = b"\x00\x01\x01\x00" + b"\x00" * 8
+    assert wire.parse_first_question(no_question) is None

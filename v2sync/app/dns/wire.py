@@ -245,6 +245,18 @@ def parse_message(buf: bytes) -> Optional[Tuple[Message, int]]:
     return Message(msg_id, flags, questions, answers, authorities, additionals), cur.pos
 
 
+def parse_first_question(buf: bytes) -> Optional[Tuple[int, Question]]:
+    """The id and the first question of a whole message, None without one; the rest is
+    not read, as Go's dnsmessage Parser reads no further than it is asked (4.34's
+    parseIPQuery asks for the header and one question)."""
+    cur = Cursor(buf)
+    try:
+        msg_id, _, qdcount = _HEADER.unpack(cur.take(HEADER_LENGTH))[:3]
+        return (msg_id, _parse_question(cur)) if qdcount else None
+    except NeedMore:
+        return None
+
+
 def _parse_question(cur: Cursor) -> Question:
     name = read_name(cur)
     qtype, qclass = _QUESTION_TAIL.unpack(cur.take(4))

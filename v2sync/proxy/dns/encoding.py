@@ -34,18 +34,16 @@ class IPQuery:
 
 
 def parse_ip_query(message: bytes) -> Optional[IPQuery]:
-    """The query's id, type and name if its first question asks for A or AAAA."""
+    """The query's id, type and name if its first question asks for A or AAAA (whatever
+    follows that question, as 4.34's parseIPQuery)."""
     try:
-        parsed = wire.parse_message(message)
+        found = wire.parse_first_question(message)
     except ProtocolError:
         return None
-    if parsed is None or not parsed[0].questions:
+    if found is None or found[1].qtype not in _IP_TYPES:
         return None
-    msg = parsed[0]
-    question = msg.questions[0]
-    if question.qtype not in _IP_TYPES:
-        return None
-    return IPQuery(msg.id, question.qtype, question.name)
+    msg_id, question = found
+    return IPQuery(msg_id, question.qtype, question.name)
 
 
 def encode_ip_answer(query: IPQuery, addresses: Sequence[Address], rcode: int = 0) -> bytes:
