@@ -466,6 +466,13 @@ def _reason(e: ssl.SSLError) -> str:
     return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
 
 
+# Go 1.19's default TLS 1.2 suites, as its client offers them (tls_client.TLS12_SUITES;
+# 3DES left out: OpenSSL 3 has it no more at the default security level).
+GO_TLS12_SUITES = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                   "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
+                   "ECDHE-RSA-AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA:AES256-SHA")
 IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF",
                                 0x80 if ssl.OPENSSL_VERSION_INFO >= (3,) else 0)
 
@@ -491,6 +498,9 @@ def _server_context(settings: TlsSettings, pair: CertificateEntry,
     # suites, so this matches it for every client that offers AES-128 or ChaCha20 first (Go's,
     # v2sync's) and differs for one that puts AES-256 first (OpenSSL's default: curl).
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # TLS 1.2: the suites Go 1.19's server takes (CBC with SHA-1 and RSA key exchange
+    # included, CBC with SHA-256/384 not), where the ssl module's default set differs.
+    context.set_ciphers(GO_TLS12_SUITES)
     # A client's FIN without close_notify reads as EOF, and the answer can still be sent,
     # as from Go's server; without it OpenSSL takes the FIN as an error that fails every
     # write after it, so a client that sent its request and shut down its side lost the

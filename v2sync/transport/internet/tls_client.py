@@ -29,6 +29,7 @@ from OpenSSL import SSL, crypto
 
 from v2sync.common.errors import TransportError
 from v2sync.transport.internet.config import TlsSettings
+from v2sync.transport.internet.tls import GO_TLS12_SUITES
 
 # pyOpenSSL has no call for these three, so they go to the OpenSSL functions it is built
 # on (the same library object): the expected server name, the verify result, the groups.
@@ -46,11 +47,7 @@ GROUPS = b"X25519:P-256:P-384:P-521"
 TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 # TLS 1.2, in Go 1.19's order for a CPU with AES instructions (3DES left out: OpenSSL has it no
 # more): against a server that honours the client's order, AES-128 as with 4.34.
-TLS12_SUITES = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-                b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-                b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-                b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
-                b"ECDHE-RSA-AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA:AES256-SHA")
+TLS12_SUITES = GO_TLS12_SUITES.encode("ascii")
 _NO_PARTIAL_WILDCARDS = 0x4   # X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS
 _NEVER_CHECK_SUBJECT = 0x20   # X509_CHECK_FLAG_NEVER_CHECK_SUBJECT: no CN fallback (Go 1.15)
 _HOSTNAME_MISMATCH = 62       # X509_V_ERR_HOSTNAME_MISMATCH
