@@ -130,6 +130,17 @@ HEADS = {
     "no-upgrade": UPGRADE.replace(b"Upgrade: websocket\r\n", b""),
     "plain-get": b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
     "frame-before-the-101": UPGRADE + frame(2, b"hello"),
+    # request lines as Go 1.19's net/http reads them (found by a TLS/WS review)
+    "http-1.2": upgrade_with(b"", version=b"HTTP/1.2"),
+    "http-2.0": upgrade_with(b"", version=b"HTTP/2.0"),
+    "http-3.1": upgrade_with(b"", version=b"HTTP/3.1"),
+    "http-1.10": upgrade_with(b"", version=b"HTTP/1.10"),
+    "http2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "options-star": b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    "options-star-close": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "connect": b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+    "connect-without-host": b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+    "star-get": b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 _DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
 

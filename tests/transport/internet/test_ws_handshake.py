@@ -107,7 +107,7 @@ def test_parse_request_strips_query_and_decodes_escapes():
 
 @pytest.mark.parametrize("wire", [
     b"GARBAGE\r\n\r\n",
-    b"GET /ws HTTP/2.0\r\n\r\n",
+    b"GET /ws HTTP/1.10\r\n\r\n",
     b"GET /ws HTTP/1.1 extra\r\n\r\n",
     b"GET ws HTTP/1.1\r\n\r\n",
     b"GET /a%zz HTTP/1.1\r\n\r\n",
@@ -117,6 +117,25 @@ def test_parse_request_strips_query_and_decodes_escapes():
 ])
 def test_parse_request_garbage_gets_400(wire):
     assert_garbage(ws.parse_request, wire, ws.NET_HTTP_400)
+
+
+@pytest.mark.parametrize("wire", [b"GET /ws HTTP/2.0\r\nHost: x\r\n\r\n",
+                                  b"GET /ws HTTP/0.9\r\nHost: x\r\n\r\n"])
+def test_parse_request_other_major_versions_get_505(wire):
+    assert_garbage(ws.parse_request, wire, ws.NET_HTTP_505)
+
+
+def test_parse_request_reads_the_forms_net_http_reads():
+    star, _ = ws.parse_request(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert star.path == "*"
+    assert ws.answer_upgrade(star, "/ws", "D").reply == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nDate: D\r\n\r\n")
+    connect, _ = ws.parse_request(b"CONNECT a:443 HTTP/1.1\r\n\r\n")  # no Host needed
+    assert connect.path == "" and ws.answer_upgrade(connect, "/ws", "D").keep_alive
+    preface, consumed = ws.parse_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert consumed == 18 and not ws.answer_upgrade(preface, "/ws", "D").keep_alive
+    newer, _ = ws.parse_request(REQUEST.replace("HTTP/1.1", "HTTP/1.2").format("/ws").encode())
+    assert ws.answer_upgrade(newer, "/ws", "D").upgraded
 
 
 def test_request_head_is_bounded_as_net_http_bounds_it():

@@ -61,6 +61,9 @@ def _net_http_error(status: str) -> bytes:
 
 
 NET_HTTP_431 = _net_http_error("431 Request Header Fields Too Large")
+# An HTTP major version other than 1: net/http's statusError puts its reason in the status
+# line too.
+NET_HTTP_505 = _net_http_error("505 HTTP Version Not Supported: unsupported protocol version")
 NET_HTTP_NO_HOST = _net_http_error("400 Bad Request: missing required Host header")
 
 
@@ -72,8 +75,19 @@ def _go_date() -> str:
 def response_404(date: str, closing: str = "", version: str = "HTTP/1.1") -> bytes:
     """hub.go's answer to a wrong path: a bare 404 from net/http (which answers an HTTP/1.0
     request in HTTP/1.0)."""
-    return (f"{version} 404 Not Found\r\nDate: {date}\r\nContent-Length: 0\r\n{closing}"
+    return (f"{_reply_version(version)} 404 Not Found\r\nDate: {date}\r\nContent-Length: 0\r\n{closing}"
             "\r\n").encode("ascii")
+
+
+def response_options(date: str, closing: str = "", version: str = "HTTP/1.1") -> bytes:
+    """net/http's own answer to ``OPTIONS *``, before any handler: 200, no body."""
+    return (f"{_reply_version(version)} 200 OK\r\nContent-Length: 0\r\nDate: {date}\r\n"
+            f"{closing}\r\n").encode("ascii")
+
+
+def _reply_version(version: str) -> str:
+    """net/http answers an HTTP/1.0 request in HTTP/1.0, any other in HTTP/1.1."""
+    return "HTTP/1.0" if version == "HTTP/1.0" else "HTTP/1.1"
 
 
 def gorilla_error(status: int, date: str, closing: str = "", head_only: bool = False,
@@ -82,7 +96,7 @@ def gorilla_error(status: int, date: str, closing: str = "", head_only: bool = F
     speaks (§4.4). net/http sorts the handler's headers, then adds Date and the length."""
     text = HTTP_STATUS_TEXT[status]
     body = text + "\n"
-    return (f"{version} {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    return (f"{_reply_version(version)} {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             "Sec-Websocket-Version: 13\r\nX-Content-Type-Options: nosniff\r\n"
             f"Date: {date}\r\nContent-Length: {len(body)}\r\n{closing}\r\n"
             f"{'' if head_only else body}").encode("ascii")
@@ -205,15 +219,40 @@ def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
         return None
     first, headers, consumed = found
     parts = first.split(" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in _HTTP_VERSIONS:
+    version = _go_version(parts[2]) if len(parts) == 3 else None
+    if version is None or not _TOKEN.match(parts[0]):
         raise RemoteProtocolError(f"invalid HTTP request line {first[:64]!r}", reply=reply)
-    path = _url_path(parts[1], reply)  # Go parses the target before it looks at headers
+    method, target = parts[0], parts[1]
+    path = _target_path(method, target, reply)  # parsed before Go looks at anything else
+    h2_preface = method == "PRI" and target == "*" and version == (2, 0)
+    if version[0] != 1 and not h2_preface:  # http1ServerSupportsRequest
+        raise RemoteProtocolError(f"HTTP version {parts[2]!r}", reply=NET_HTTP_505)
     hosts = sum(1 for name, _ in headers if name == "host")
-    if hosts == 0 and parts[2] == "HTTP/1.1":
+    if hosts == 0 and version >= (1, 1) and method != "CONNECT" and not h2_preface:
         raise RemoteProtocolError("HTTP/1.1 request without Host", reply=NET_HTTP_NO_HOST)
     if hosts > 1:
         raise RemoteProtocolError("too many Host headers", reply=reply)
-    return WsRequest(parts[0], path, headers, parts[2]), consumed
+    return WsRequest(method, path, headers, parts[2]), consumed
+
+
+def _go_version(text: str) -> Optional[Tuple[int, int]]:
+    """Go 1.19's ``ParseHTTPVersion``: HTTP/1.0, HTTP/1.1, or "HTTP/" digit "." digit."""
+    if text in _HTTP_VERSIONS:
+        return 1, int(text[-1])
+    if len(text) != 8 or not text.startswith("HTTP/") or text[6] != "." \
+            or not (text[5] + text[7]).isdigit() or not text.isascii():
+        return None
+    return int(text[5]), int(text[7])
+
+
+def _target_path(method: str, target: str, reply: bytes) -> str:
+    """Go ``URL.Path`` of the request-target: ``*`` as it is, none for a CONNECT's
+    authority (net/http reads ``host:port`` so), else the path of a path or a URL."""
+    if target == "*":
+        return target
+    if method == "CONNECT" and not target.startswith("/"):
+        return ""
+    return _url_path(target, reply)
 
 
 @dataclass(frozen=True)
@@ -234,6 +273,8 @@ def answer_upgrade(request: WsRequest, expected_path: str, date: str = "") -> Up
     date = date or _go_date()
     keep_alive = keeps_alive(request)
     closing = _closing_header(request, keep_alive)
+    if request.method == "OPTIONS" and request.path == "*":  # net/http's globalOptionsHandler
+        return UpgradeAnswer(response_options(date, closing, request.version), keep_alive=keep_alive)
     if request.path != normalize_path(expected_path):
         return UpgradeAnswer(response_404(date, closing, request.version), keep_alive=keep_alive)
     status = _refusal(request)
@@ -266,6 +307,8 @@ def keeps_alive(request: WsRequest) -> bool:
     also closes after a request with a body, which net/http would read and drop first."""
     connection = _tokens(request.headers, "connection")
     if request.header("content-length") not in (None, "0") or request.header("transfer-encoding"):
+        return False
+    if request.method == "PRI":  # an HTTP/2 preface: answered, then closed (isH2Upgrade)
         return False
     if request.version == "HTTP/1.0":
         return "keep-alive" in connection
