@@ -25,6 +25,9 @@ CASES: Dict[str, Dict[str, Any]] = {
     "defaults": {"path": "/x"},
     "configured-headers": {"path": "/p?ed=2048", "headers": {
         "x-lower": "1", "Host": "h.example", "User-Agent": "ua", "zeta": "z", "Accept": "a"}},
+    # Go parses "ws://host" + path as a URL: a fragment is dropped, even after a query
+    "fragment": {"path": "/a#b"},
+    "query-then-fragment": {"path": "/a?b#c"},
 }
 
 
@@ -69,3 +72,19 @@ def captured_head(process_class: Any, ws: Dict[str, Any]) -> bytes:
 def test_upgrade_request_as_4_34_sends_it(case: str, v2ray_bin: str) -> None:
     ours = captured_head(V2SyncProcess, CASES[case])
     assert ours == captured_head(V2RayProcess, CASES[case])
+
+
+def test_a_path_go_cannot_parse_fails_the_dial_as_in_4_34(v2ray_bin: str) -> None:
+    """4.34 refuses to dial ``/%zz`` ("invalid URL escape"): no upgrade request is sent."""
+    for process_class in (V2RayProcess, V2SyncProcess):
+        port = free_port()
+        with CapturingServer() as server:
+            with process_class(client_config(port, server.port, {"path": "/%zz"})), \
+                    socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as app:
+                app.sendall(b"hi")
+                app.settimeout(IO_TIMEOUT)
+                try:
+                    assert app.recv(10) == b""  # the client is closed, unanswered
+                except ConnectionResetError:
+                    pass
+            assert server.heads == [], process_class.name

@@ -265,3 +265,15 @@ def test_any_bytes_parse_need_more_or_raise(wire):
         except ProtocolError:
             continue
         assert result is None or 0 < result[1] <= len(wire)
+
+
+@pytest.mark.parametrize("path, sent", [("/a#b", "/a"), ("/a?b#c", "/a?b"), ("x", "/x"),
+                                        ("/a%20b?q=%zz", "/a%20b?q=%zz")])
+def test_the_client_path_is_sent_as_go_parses_it(path, sent):
+    assert ws.request_path(path) == sent
+    assert ws.build_request("h", path, RFC_KEY).startswith(f"GET {sent} HTTP/1.1".encode())
+
+
+def test_a_client_path_go_cannot_parse_is_refused():
+    with pytest.raises(LocalProtocolError, match="invalid URL escape"):
+        ws.request_path("/%zz")

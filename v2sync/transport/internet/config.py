@@ -149,7 +149,8 @@ def build_ws(ws: Mapping[str, Any]) -> WsSettings:
     headers = tuple((str(k), str(v)) for k, v in (ws.get("headers") or {}).items())
     from v2sync.transport.internet.websocket.handshake import build_request
     try:  # the request the dialer will send: a bad header fails the config, not each dial
-        build_request("check.invalid", path, "AAAAAAAAAAAAAAAAAAAAAA==", dict(headers))
+        # (a path Go cannot parse fails each dial, as in 4.34: a server may serve it)
+        build_request("check.invalid", "/", "AAAAAAAAAAAAAAAAAAAAAA==", dict(headers))
     except LocalProtocolError as e:
         raise ConfigError(str(e), "wsSettings.headers",
                           expected="expected ordinary HTTP header names and values") from None

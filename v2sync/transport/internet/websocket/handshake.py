@@ -173,12 +173,21 @@ def build_request(host: str, path: str, key: str,
         else:
             fields.append((canonical, value))
     fields.sort(key=lambda field: field[0])  # stable: a name's values keep their order
-    target, sep, query = normalize_path(path).partition("?")
+    target, sep, query = request_path(path).partition("?")
     lines = [f"GET {quote(target, safe=_PATH_SAFE)}{sep}{query} HTTP/1.1\r\n",
              f"Host: {host if host_header is None else host_header}\r\n",
              f"User-Agent: {user_agent}\r\n" if user_agent else "",
              *(f"{name}: {value}\r\n" for name, value in fields), "\r\n"]
     return "".join(lines).encode("utf-8")  # Go writes the strings' UTF-8 bytes
+
+
+def request_path(path: str) -> str:
+    """The path as gorilla's Dialer sends it once Go parsed "ws://host" + path as a URL: a
+    fragment dropped (wherever it starts), a broken %-escape refused ("invalid URL escape")."""
+    path = normalize_path(path).partition("#")[0]
+    if _BAD_ESCAPE.search(path.partition("?")[0]):
+        raise LocalProtocolError(f"websocket path {path!r}: invalid URL escape")
+    return path
 
 
 def _head(buf: bytes, reply: Optional[bytes], limit: int = MAX_HANDSHAKE,

@@ -12,7 +12,8 @@ import threading
 import time
 from typing import List, Optional
 
-from v2sync.common.errors import HandshakeTimeout, ProtocolError, RemoteProtocolError
+from v2sync.common.errors import (HandshakeTimeout, LocalProtocolError, ProtocolError,
+                                  RemoteProtocolError, TransportError)
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
@@ -27,7 +28,8 @@ from v2sync.transport.internet.websocket.frames import (CLOSE_NORMAL, OP_BINARY,
 from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400,
                                                            WsRequest, answer_upgrade,
                                                            build_request, new_key,
-                                                           parse_request, parse_response)
+                                                           parse_request, parse_response,
+                                                           request_path)
 
 # websocket/hub.go: the HTTP server's ReadHeaderTimeout and the upgrader's handshake
 # timeout are both 4 s; the dialer's HandshakeTimeout is 8 s.
@@ -225,6 +227,10 @@ class WebSocketTransport(Transport):
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
              tls: Optional[ClientTls], timeout: float, source: Optional[Address]) -> Connection:
+        try:  # gorilla parses the URL before it dials: a path it cannot parse dials nothing
+            request_path(settings.ws.path)
+        except LocalProtocolError as e:
+            raise TransportError(str(e)) from None
         conn = dial_tcp(ip_dest, timeout, source, settings.sockopt)
         deadline = time.monotonic() + CLIENT_HANDSHAKE_TIMEOUT
         try:
