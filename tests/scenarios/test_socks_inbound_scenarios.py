@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import socks  # PySocks
@@ -21,7 +21,9 @@ from scenarios.helpers_scenarios import (ATYP_IPV4, CMD_BIND, CMD_CONNECT, CMD_U
                                          read_until_closed, recv_exact, running_instance,
                                          socks4_request, socks5_greet, socks5_request,
                                          socks_inbound)
-from support.peers import HttpOrigin, TcpEchoServer, UdpEchoServer, XOR_C, pattern_bytes, xor_bytes
+from support.peers import (HttpOrigin, TcpEchoServer, UdpEchoServer, XOR_C, free_port,
+                           pattern_bytes, xor_bytes)
+from support.procs import V2RayProcess, V2SyncProcess
 
 USER, PASSWORD = "bob", "hunter2"
 DATAGRAMS = 8
@@ -252,3 +254,31 @@ def test_socks5_ipv6_target(socks_port: int) -> None:
             assert reply[:2] == bytes([5, REPLY_SUCCEEDED])
             sock.sendall(get_request("/", f"[::1]:{origin6.port}", "Connection: close\r\n"))
             assert read_http_response(sock)[0].body == b"Home"
+
+
+def _connect_reply(process_class: Any, echo_port: int) -> bytes:
+    port = free_port()
+    config = {"log": {"loglevel": "warning"},
+              "inbounds": [{"protocol": "socks", "listen": "::", "port": port,
+                            "settings": {"auth": "noauth"}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    with process_class(config), socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + echo_port.to_bytes(2, "big"))
+        reply = b""
+        while len(reply) < 22:
+            chunk = sock.recv(22 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+    return reply[:-2]  # each proxy's own port last
+
+
+def test_a_connect_reply_names_the_listen_address_as_4_34(v2ray_bin: str) -> None:
+    """An inbound listening on ``::`` answers CONNECT with ``::`` (atyp 4), as 4.34."""
+    with TcpEchoServer() as echo:
+        ours = _connect_reply(V2SyncProcess, echo.port)
+        assert ours == _connect_reply(V2RayProcess, echo.port)
+    assert ours == b"\x05\x00\x00\x04" + bytes(16)

@@ -123,9 +123,8 @@ class SocksInbound:
         return request
 
     def _bound_address(self) -> Address:
-        if self.listen is None or self.listen.value in ("0.0.0.0", "::"):
-            return ANY_IPV4
-        return self.listen
+        """The CONNECT reply's address: the listen address, as 4.34's (``::`` stays IPv6)."""
+        return self.listen if self.listen is not None else ANY_IPV4
 
     def _udp_reply_address(self, conn: Connection) -> Address:
         if self.settings.ip:
