@@ -149,6 +149,13 @@ OTHER_CASES = [
     Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b" full.example ")),
     Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b"\tdom.example")),
     Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name(b"[full.example]")),
+    # A Host lower-cased as Go's ToLower (Unicode), its port in any base ParseUint(.., 0, ..)
+    # takes; a name that is not ASCII sniffed as 4.34 sniffs it (a review found these).
+    Request("socks-sniff", "8.8.8.8", payload=http_get("full.example:0x50")),
+    Request("socks-sniff", "8.8.8.8", payload=http_get("full.example:0080")),
+    Request("socks-sniff", "8.8.8.8", payload=http_get("my-\u212awd-site.example")),
+    Request("socks-sniff", "8.8.8.8", payload=http_get("x\u00e4-kwd.example")),
+    Request("socks-sniff", "8.8.8.8", 443, payload=hello_with_name("\u00e4.dom.example".encode())),
     Request("socks-sniff", "full.example", payload=b"not a protocol v2ray knows\r\n"),
     Request("socks-sniff", "198.51.100.7", payload=http_get("proto.example")),
     Request("socks-sniff", "8.8.8.8", 6881, payload=b"\x13BitTorrent protocol" + bytes(8) + b"x" * 40),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -183,3 +184,23 @@ def split_host_port(text: str) -> Optional[Tuple[str, str]]:
     if "[" in text[start:] or "]" in text[end:]:
         return None
     return host, port
+
+
+_GO_PREFIXES = ("0x", "0o", "0b")
+_GO_UINT = re.compile(r"[0-9A-Za-z_]+\Z")
+
+
+def go_parse_port(text: str) -> Optional[int]:
+    """Go's ``strconv.ParseUint(text, 0, 16)``, as 4.34's ``ParseHost`` reads a port: a
+    ``0x``, ``0o`` or ``0b`` prefix, or a leading ``0`` for octal, and underscores between
+    digits (``"0135600"`` is 48000); None where Go fails."""
+    if not _GO_UINT.match(text):
+        return None
+    prefix = text[:2].lower()
+    if prefix not in _GO_PREFIXES and text[:1] == "0" and len(text) > 1:
+        text = "0o" + text[1:]  # Go's leading-zero octal; Python's int() refuses it
+    try:
+        value = int(text, 0)  # the same prefixes and underscore rules as Go's base 0
+    except ValueError:
+        return None
+    return value if value <= 0xFFFF else None

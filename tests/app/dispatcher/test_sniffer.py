@@ -108,7 +108,7 @@ def test_http_the_last_host_line_wins_as_in_4_34(data: bytes, expected: str) -> 
     b"GET / HTTP/1.1\nHost: a:b:c\n",  # bare IPv6 / too many colons
     b"GET / HTTP/1.1\nHost: [::1\n",
     b"GET / HTTP/1.1\nHost: a.test:99999\n",
-    b"GET / HTTP/1.1\nHost: caf\xc3\xa9.test\n",
+    b"GET / HTTP/1.1\nHost: a.test:0080\n",  # a leading 0 is octal to ParseUint
 ])
 def test_http_refuses(data: bytes) -> None:
     assert sniff_http(data) is None
@@ -244,3 +244,17 @@ def test_any_garbage_inside_a_hello_record(host: str, garbage: bytes) -> None:
     record = client_hello(host.encode())
     mangled = record[:9] + garbage[:len(record) - 9] + record[9 + len(garbage):]
     _verdict(sniff_tls, mangled)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"GET / HTTP/1.1\nHost: caf\xc3\xa9.test\n", "caf\u00e9.test"),
+    (b"GET / HTTP/1.1\nHost: CAF\xc3\x89.test\n", "caf\u00e9.test"),
+    (b"GET / HTTP/1.1\nHost: \xe2\x84\xaa.test\n", "k.test"),  # the Kelvin sign
+    (b"GET / HTTP/1.1\nHost: \xc4\xb0.test\n", "i.test"),  # Go's simple mapping, one rune
+    (b"GET / HTTP/1.1\nHost: a\xff.test\n", "a\ufffd.test"),  # ToLower: a bad byte is U+FFFD
+    (b"GET / HTTP/1.1\nHost: a.test:0x50\n", "a.test"),
+    (b"GET / HTTP/1.1\nHost: a.test:0b1\n", "a.test"),
+    (b"GET / HTTP/1.1\nHost: a.test:1_0\n", "a.test"),
+])
+def test_http_hosts_as_go_lowers_and_parses_them(data: bytes, expected: str) -> None:
+    assert sniff_http(data) == SniffResult("http1", expected)

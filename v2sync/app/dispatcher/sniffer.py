@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union, cast
 
 from v2sync.common.cursor import Cursor, NeedMore
-from v2sync.common.net import Address
+from v2sync.common.net import go_address, go_parse_port
 
 SNIFF_BUFFER_SIZE = 2048  # buf.Size: the sniff buffer's capacity
 SNIFF_ATTEMPTS = 2  # default.go sniffer(): "totalAttempt > 2" gives up
@@ -88,7 +88,7 @@ def sniff_http(data: bytes) -> SniffOutcome:
             break  # the headers ended (4.34 scans on into the body)
         key, sep, value = line.partition(b":")
         if sep and key.lower() == HTTP_HOST_HEADER:
-            host = _host_without_port(value.strip().lower())
+            host = _host_without_port(go_lower(value.strip()))
             if host is None:
                 return None
             found = host or found
@@ -107,13 +107,21 @@ def _could_become_method(data: bytes) -> bool:
     return len(head) < _LONGEST_METHOD and any(m.startswith(head) for m in HTTP_METHODS)
 
 
-def _host_without_port(raw: bytes) -> Optional[str]:
+def go_lower(raw: bytes) -> str:
+    """Go's ``strings.ToLower`` of the bytes: Unicode's simple lower case (the Kelvin sign
+    is "k"), an invalid UTF-8 byte as U+FFFD."""
+    if raw.isascii():
+        return raw.decode("ascii").lower()
+    return "".join(_SIMPLE_LOWER.get(c) or c.lower() for c in raw.decode("utf-8", "replace"))
+
+
+# Where Python's lower() is not one character (its full mapping): Go's simple one.
+_SIMPLE_LOWER = {"\u0130": "i"}
+
+
+def _host_without_port(text: str) -> Optional[str]:
     """Go ``net.SplitHostPort`` as ``http.ParseHost`` uses it: "" for an empty host, None
     for something that is not ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return None
     if text.startswith("["):
         close = text.find("]")
         rest = text[close + 1:] if close >= 0 else None
@@ -126,12 +134,12 @@ def _host_without_port(raw: bytes) -> Optional[str]:
         host, _, port = text.partition(":")
         if port and not _is_port(port):
             return None
-    address = Address.parse(host)
-    return address.value
+    return go_address(host).value
 
 
 def _is_port(text: str) -> bool:
-    return text == "" or (text.isascii() and text.isdigit() and int(text) <= 0xFFFF)
+    """``ParseHost``'s port: ``strconv.ParseUint(port, 0, 16)`` (``0x50`` is 80)."""
+    return text == "" or go_parse_port(text) is not None
 
 
 # ---------------------------------------------------------------- TLS
@@ -200,10 +208,11 @@ def _server_name(cur: Cursor) -> Optional[str]:
     while cur.remaining:  # bounded: each turn consumes at least 3 bytes
         name_type, name = cur.u8(), cur.take(cur.u16())
         if name_type == SNI_HOST_NAME:
-            # RFC 6066 §3: no trailing dot (tls/sniff.go refuses one too).
-            if name.endswith(b".") or not name.isascii():
+            # RFC 6066 §3: no trailing dot (tls/sniff.go refuses one too). Other bytes go
+            # as they are, as Go's string of them (surrogateescape keeps a bad one apart).
+            if name.endswith(b"."):
                 raise _NotClientHello
-            return name.decode("ascii")
+            return name.decode("utf-8", "surrogateescape")
     return None
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
-from v2sync.common.net import Address, Destination
+from v2sync.common.net import Address, Destination, go_parse_port
 
 # Go's ReadRequest sets no bound; 64 KiB takes big cookie headers and keeps the rescans of a
 # head that trickles in (each fill searches it again) cheap.
@@ -425,26 +425,6 @@ def _split_authority(text: str, uri: bool = True) -> Tuple[str, Optional[int]]:
     if port is None:
         raise RemoteProtocolError(f"invalid port {_escape_non_ascii(port_text[:16])!r}")
     return host, port
-
-
-_GO_PREFIXES = ("0x", "0o", "0b")
-_GO_UINT = re.compile(r"[0-9A-Za-z_]+\Z")
-
-
-def go_parse_port(text: str) -> Optional[int]:
-    """Go's ``strconv.ParseUint(text, 0, 16)``, as 4.34's ``ParseHost`` reads a port: a
-    ``0x``, ``0o`` or ``0b`` prefix, or a leading ``0`` for octal, and underscores between
-    digits (``"0135600"`` is 48000); None where Go fails."""
-    if not _GO_UINT.match(text):
-        return None
-    prefix = text[:2].lower()
-    if prefix not in _GO_PREFIXES and text[:1] == "0" and len(text) > 1:
-        text = "0o" + text[1:]  # Go's leading-zero octal; Python's int() refuses it
-    try:
-        value = int(text, 0)  # the same prefixes and underscore rules as Go's base 0
-    except ValueError:
-        return None
-    return value if value <= 0xFFFF else None
 
 
 def _authority_text(target: RequestTarget) -> str:
