@@ -172,3 +172,29 @@ def test_tls12_suites_are_the_ones_4_34_takes(v2ray_bin: str, tmp_path: Path) ->
             seen[process_class.name] = [negotiated(port, pki.ca_file, s) for s in TLS12_OFFERS]
     assert seen["v2sync"] == seen["v2ray"]
     assert seen["v2ray"][0] == "ECDHE-ECDSA-AES128-SHA" and "refused" in seen["v2ray"][2]
+
+
+def handshake_with_name(port: int, name: str) -> str:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as raw, \
+                context.wrap_socket(raw, server_hostname=name):
+            return "accepted"
+    except ssl.SSLError as e:
+        return f"refused ({e.reason})"
+
+
+def test_an_sni_with_a_trailing_dot_is_refused_as_in_4_34(v2ray_bin: str, tmp_path: Path) -> None:
+    """Go's ClientHello parser refuses a server name ending in "." (RFC 6066 §3) with an
+    unexpected_message alert; v2sync served its first certificate."""
+    pki = make_pki(tmp_path / "pki")
+    pair = {"certificateFile": str(pki.cert_file), "keyFile": str(pki.key_file)}
+    seen = {}
+    for process_class in (V2RayProcess, V2SyncProcess):
+        port = free_port()
+        with process_class(config(port, [pair])):
+            seen[process_class.name] = [handshake_with_name(port, name)
+                                        for name in (SERVER_NAME + ".", SERVER_NAME)]
+    assert seen["v2sync"] == seen["v2ray"]
+    assert seen["v2ray"] == ["refused (SSLV3_ALERT_UNEXPECTED_MESSAGE)", "accepted"]  # alert 10

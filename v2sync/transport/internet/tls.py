@@ -188,16 +188,19 @@ class ServerTls:
         self.context.sni_callback = self._pick
         self._several = len(contexts) > 1
 
-    def _pick(self, obj, server_name: Optional[str], _context) -> None:
+    def _pick(self, obj, server_name: Optional[str], _context) -> Optional[int]:
         if not server_name:
-            return
+            return None
+        if server_name.endswith("."):  # Go's ClientHello parser refuses it (RFC 6066 §3)
+            return ssl.ALERT_DESCRIPTION_UNEXPECTED_MESSAGE
         obj.v2sync_server_name = server_name  # an SSLObject has a __dict__; read by server_name
         if not self._several:
-            return
+            return None
         name = server_name.lower()
         context = self._by_name.get(name) or self._by_name.get("*." + name.partition(".")[2])
         if context is not None:
             obj.context = context
+        return None
 
     def wrap(self, conn: Connection, deadline: float) -> "TlsConnection":
         return complete(self.wrap_steps(conn, deadline))
