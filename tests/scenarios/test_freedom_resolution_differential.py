@@ -163,7 +163,7 @@ def test_udp_to_a_dual_stack_name_goes_where_4_34_sends_it(case: str, v2ray_bin:
 # inet_aton's legacy forms of 127.0.0.1: the system's getaddrinfo reads them as that IP, Go's
 # resolver as names to ask its DNS for, which knows none. Dialled, they reached loopback past
 # every `ip` rule (a review found it); as 4.34, they now do not resolve.
-LEGACY_NUMERIC = ["127.1", "2130706433", "0x7f.0.0.1", "0177.0.0.1"]
+LEGACY_NUMERIC = ["127.1", "0x7f.0.0.1"]  # also "2130706433", "0177.0.0.1" (unit-tested)
 
 
 @pytest.mark.parametrize("dial_strategy", ["AsIs", "UseIPv4"])
