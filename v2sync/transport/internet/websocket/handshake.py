@@ -67,7 +67,7 @@ NET_HTTP_505 = _net_http_error("505 HTTP Version Not Supported: unsupported prot
 NET_HTTP_NO_HOST = _net_http_error("400 Bad Request: missing required Host header")
 
 
-def _go_date() -> str:
+def go_date() -> str:
     """net/http's Date: now, in UTC."""
     return http_date(datetime.now(timezone.utc))
 
@@ -219,6 +219,14 @@ def _url_path(target: str, reply: bytes) -> str:
     return unquote_to_bytes(path.encode("latin-1")).decode("utf-8", "surrogateescape")
 
 
+def target_url_path(target: str) -> Optional[str]:
+    """Go ``URL.Path`` of a request-target, None where Go cannot parse it."""
+    try:
+        return _url_path(target, b"")
+    except RemoteProtocolError:
+        return None
+
+
 def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
     """The upgrade request, read as Go's net/http reads it before gorilla sees it: a head
     over MAX_REQUEST_HEAD is a 431, an HTTP/1.1 one needs exactly one Host."""
@@ -279,7 +287,7 @@ def answer_upgrade(request: WsRequest, expected_path: str, date: str = "") -> Up
     then gorilla its headers, in its order (400; 405 for a method other than GET). Refused,
     the connection stays for the next request as net/http keeps it (``keeps_alive``).
     gorilla takes any non-empty key, as 4.34's does: a prober sees no difference."""
-    date = date or _go_date()
+    date = date or go_date()
     keep_alive = keeps_alive(request)
     closing = _closing_header(request, keep_alive)
     if request.method == "OPTIONS" and request.path == "*":  # net/http's globalOptionsHandler

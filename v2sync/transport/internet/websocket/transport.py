@@ -26,7 +26,7 @@ from v2sync.transport.internet.websocket.frames import (CLOSE_NORMAL, OP_BINARY,
                                                         FrameDecoder, FrameError,
                                                         encode_close, frame_parts)
 from v2sync.transport.internet.websocket.handshake import (MAX_HANDSHAKE, NET_HTTP_400,
-                                                           WsRequest, answer_upgrade,
+                                                           WsRequest, answer_upgrade, go_date,
                                                            build_request, new_key,
                                                            parse_request, parse_response,
                                                            request_path)
@@ -175,6 +175,26 @@ def ws_accept(conn: Connection, settings: StreamSettings,
         reader.deadline = time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
 
 
+def answer_h2_steps(conn: Connection, path: str, deadline: float) -> Handshake[None]:
+    """Refuse each request of a client that negotiated HTTP/2 as 4.34's net/http does
+    (``h2answer``), until it goes, stays idle past SERVER_HANDSHAKE_TIMEOUT or has asked
+    MAX_REQUESTS times; then the connection ends (this always raises)."""
+    from v2sync.transport.internet.websocket.h2answer import H2Refusals
+    refusals = H2Refusals(path, go_date)
+    reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE)
+    try_write(conn, refusals.pending())  # the server's SETTINGS
+    while not refusals.done:
+        yield from reader.fill_steps()
+        try:
+            out = refusals.receive(reader.consume(len(reader.buf)))
+        except RemoteProtocolError:
+            try_write(conn, refusals.pending())  # the GOAWAY h2 owes a broken client
+            raise
+        try_write(conn, out)
+        reader.deadline = time.monotonic() + SERVER_HANDSHAKE_TIMEOUT
+    raise RemoteProtocolError("websocket: a client over HTTP/2 asked too often")
+
+
 def _read_request(conn: Connection, reader: HandshakeReader) -> Handshake[WsRequest]:
     """One request head; net/http's own errors are answered, and end the connection."""
     try:
@@ -222,7 +242,10 @@ class WebSocketTransport(Transport):
     def accept_steps(self, conn: Connection, settings: StreamSettings,
                      tls: Optional[ServerTls], deadline: float) -> Handshake[Connection]:
         if tls is not None:  # hub.go serves ws with net/http, which answers plaintext HTTP
-            conn = yield from tls.wrap_steps(conn, deadline, answer_plain_http=True)
+            tls_conn = yield from tls.wrap_steps(conn, deadline, answer_plain_http=True)
+            if tls_conn.alpn == "h2":  # net/http speaks HTTP/2 then: nothing upgrades
+                yield from answer_h2_steps(tls_conn, settings.ws.path, deadline)
+            conn = tls_conn
         return (yield from ws_accept(conn, settings, deadline))
 
     def dial(self, target: Destination, ip_dest: Destination, settings: StreamSettings,
