@@ -268,14 +268,20 @@ def transport_config(ports: Dict[str, int], access: Path, pki: Pki) -> Dict[str,
             "outbounds": [{"protocol": "freedom"}]}
 
 
+TRANSPORT_LINES = 7  # the rejected lines the cases make, in 4.34 and v2sync alike
+
+
 def transport_rejections(process_class: Any, tmp_path: Path, pki: Pki) -> List[str]:
     ports = {tag: free_port() for tag, _ in TRANSPORT_CASES}
     access = tmp_path / f"transport-{process_class.__name__}.log"
     with process_class(transport_config(ports, access, pki)):
         for tag, send in TRANSPORT_CASES:
             send(ports[tag])
-            time.sleep(0.1)
-        time.sleep(0.5)
+            time.sleep(0.1)  # each line in its turn
+        deadline = time.monotonic() + LOG_WAIT
+        while len(_read(access)) < TRANSPORT_LINES and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # and no more than those come
     lines = access.read_text().splitlines() if access.exists() else []
     found = [_REJECTED.match(m.group(1)) for m in map(_LINE.match, lines) if m]
     return [_SOURCE_PORT.sub(r"\1<port>", m.group(1)) for m in found if m]

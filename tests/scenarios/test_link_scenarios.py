@@ -218,6 +218,9 @@ def test_imported_config_runs_in_real_v2ray_too(protocol: str, network: str, pki
             _check_udp(socks)
 
 
+TWO_ACCEPTED = r"(?s)accepted.*accepted"  # one line for each port's connection
+
+
 def test_reload_rereads_the_subscription(pki: Pki, v2ray_bin: str, origin: HttpOrigin,
                                          tmp_path: Path) -> None:
     """SIGHUP re-reads ``--subscription FILE``: new connections go to the new server."""
@@ -230,10 +233,12 @@ def test_reload_rereads_the_subscription(pki: Pki, v2ray_bin: str, origin: HttpO
         with LinkClient(["--subscription", str(subscription)], [links[0]], free_port(),
                         free_port(), env={}) as client:
             _check_both_ports(client, origin)
+            first.wait_for_log(TWO_ACCEPTED)  # 4.34 writes its log from a goroutine
             served_by_first = first.log_text().count("accepted")
             subscription.write_bytes(base64.b64encode(links[1].encode()))
             os.kill(client.pid, signal.SIGHUP)
             client.wait_for_log("reloaded;")
             _check_both_ports(client, origin)
+            second.wait_for_log(TWO_ACCEPTED)
             assert second.log_text().count("accepted") == 2, second.log_text()
             assert first.log_text().count("accepted") == served_by_first

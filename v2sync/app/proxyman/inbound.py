@@ -45,6 +45,8 @@ SELECTOR_CLOSE_WAIT = 2.0
 # How long a handler waits for the selector to close one of its listeners (it normally
 # takes a wake-up: well under a millisecond).
 LISTENER_CLOSE_WAIT = 1.0
+# Port 0 with UDP: how many kernel-picked TCP ports to try for one whose UDP twin is free.
+PORT_ZERO_ATTEMPTS = 20
 
 
 class InboundHandler:
@@ -84,19 +86,44 @@ class InboundHandler:
 
     def bind(self) -> None:
         """Open every port; nothing accepts until ``start`` (a bind failure starts nothing)."""
-        networks = getattr(self.proxy, "networks", (Network.TCP,))
         for port in self.config.ports:
-            bound = port
-            if Network.TCP in networks:
-                sock, cleanup = self.server.listen(self.address, port)
-                bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
-                self.listening.append((sock, bound, cleanup))
-            if getattr(self.proxy, "wants_udp", False):
-                self.udp_listeners.append(self._open_udp(bound or port, self._name()))
-            elif Network.UDP in networks:
-                self.udp_listeners.append(self._open_udp_worker(bound or port))
+            if port == 0:
+                self._bind_port_zero()
+            else:
+                self._bind_port(port)
             if self.server.single_listener:
                 break  # one socket path, whatever the port range says
+
+    def _bind_port_zero(self) -> None:
+        """Port 0 with UDP: the kernel picks the TCP port, and the UDP port of that number
+        may be any socket's (UDP clients autobind in the same range). Pick again, holding
+        each refused TCP port meanwhile so the kernel picks another, then let them go."""
+        refused: List[Tuple[socket.socket, int, Callable[[], None]]] = []
+        try:
+            for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
+                opened = len(self.listening)
+                try:
+                    return self._bind_port(0)
+                except TransportError:
+                    if attempt == PORT_ZERO_ATTEMPTS or len(self.listening) <= opened:
+                        raise
+                    refused.append(self.listening.pop())
+        finally:
+            for sock, _, cleanup in refused:
+                sock.close()
+                cleanup()
+
+    def _bind_port(self, port: int) -> None:
+        networks = getattr(self.proxy, "networks", (Network.TCP,))
+        bound = port
+        if Network.TCP in networks:
+            sock, cleanup = self.server.listen(self.address, port)
+            bound = 0 if sock.family == socket.AF_UNIX else sock.getsockname()[1]
+            self.listening.append((sock, bound, cleanup))
+        if getattr(self.proxy, "wants_udp", False):
+            self.udp_listeners.append(self._open_udp(bound or port, self._name()))
+        elif Network.UDP in networks:
+            self.udp_listeners.append(self._open_udp_worker(bound or port))
 
     def _name(self) -> str:
         return self.tag or self.config.protocol
