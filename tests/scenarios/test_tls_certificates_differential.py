@@ -80,6 +80,10 @@ class MutualTlsEcho:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not)
+        except OSError:
+            pass
         self.listener.close()
         self._thread.join(IO_TIMEOUT)
 
