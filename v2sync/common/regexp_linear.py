@@ -182,12 +182,13 @@ class _DState:
     what the assertions may ask of the character just read; ``next`` maps each character
     read from here to the state after it (``None`` maps to nothing: the search matched)."""
 
-    __slots__ = ("threads", "before", "next")
+    __slots__ = ("threads", "before", "next", "ends")
 
     def __init__(self, threads: State, before: Tuple[bool, ...]):
         self.threads = threads
         self.before = before
         self.next: Dict[str, Optional[_DState]] = {}
+        self.ends: Optional[bool] = None  # whether the text may end here with a match
 
 
 class LinearPattern:
@@ -215,7 +216,9 @@ class LinearPattern:
                 if found is None:
                     return True
             state = found
-        return True if 0 in self._closure(state, None) else None
+        if state.ends is None:
+            state.ends = 0 in self._closure(state, None)
+        return True if state.ends else None
 
     def _context_of(self, char: Optional[str]) -> Tuple[bool, ...]:
         """What the assertions may ask of the character before a position."""
