@@ -374,3 +374,12 @@ def test_local_name_server_orders_ipv4_first() -> None:
     assert found and found[0].value == "127.0.0.1"
     with pytest.raises(TransportError):  # refused locally (IDNA: label too long), no network
         LocalNameServer().resolve("a" * 64 + ".test", True, True)
+
+
+@pytest.mark.parametrize("name", ["127.1", "0x7f.0.0.1", "2130706433"])
+def test_the_system_resolver_server_finds_no_legacy_numeric_name(name: str) -> None:
+    """As Go's resolver, which asks DNS for such a name (freedom UseIP*'s path; compared
+    with 4.34 in test_freedom_resolution_differential.py for AsIs)."""
+    with pytest.raises(TransportError, match="no such host"):
+        LocalNameServer().resolve(name, True, True)
+    assert LocalNameServer().resolve("localhost", True, False)
