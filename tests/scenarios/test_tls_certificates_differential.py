@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -166,14 +166,20 @@ def negotiated(port: int, ca_file: Path, suite: str) -> str:
         return f"refused ({e.reason})"
 
 
-def test_tls12_suites_are_the_ones_4_34_takes(v2ray_bin: str, tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki")
+def probed(pki: Pki, probe: Callable[[int], List[str]]) -> Dict[str, List[str]]:
+    """``probe(port)`` against a TLS server of 4.34 and one of v2sync, serving ``pki``."""
     pair = {"certificateFile": str(pki.cert_file), "keyFile": str(pki.key_file)}
     seen = {}
     for process_class in (V2RayProcess, V2SyncProcess):
         port = free_port()
         with process_class(config(port, [pair])):
-            seen[process_class.name] = [negotiated(port, pki.ca_file, s) for s in TLS12_OFFERS]
+            seen[process_class.name] = probe(port)
+    return seen
+
+
+def test_tls12_suites_are_the_ones_4_34_takes(v2ray_bin: str, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    seen = probed(pki, lambda port: [negotiated(port, pki.ca_file, s) for s in TLS12_OFFERS])
     assert seen["v2sync"] == seen["v2ray"]
     assert seen["v2ray"][0] == "ECDHE-ECDSA-AES128-SHA" and "refused" in seen["v2ray"][2]
 
@@ -192,13 +198,7 @@ def handshake_with_name(port: int, name: str) -> str:
 def test_an_sni_with_a_trailing_dot_is_refused_as_in_4_34(v2ray_bin: str, tmp_path: Path) -> None:
     """Go's ClientHello parser refuses a server name ending in "." (RFC 6066 §3) with an
     unexpected_message alert; v2sync served its first certificate."""
-    pki = make_pki(tmp_path / "pki")
-    pair = {"certificateFile": str(pki.cert_file), "keyFile": str(pki.key_file)}
-    seen = {}
-    for process_class in (V2RayProcess, V2SyncProcess):
-        port = free_port()
-        with process_class(config(port, [pair])):
-            seen[process_class.name] = [handshake_with_name(port, name)
-                                        for name in (SERVER_NAME + ".", SERVER_NAME)]
+    seen = probed(make_pki(tmp_path / "pki"), lambda port: [
+        handshake_with_name(port, name) for name in (SERVER_NAME + ".", SERVER_NAME)])
     assert seen["v2sync"] == seen["v2ray"]
     assert seen["v2ray"] == ["refused (SSLV3_ALERT_UNEXPECTED_MESSAGE)", "accepted"]  # alert 10
