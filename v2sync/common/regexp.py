@@ -113,8 +113,8 @@ def compile_go(pattern: str) -> Searcher:
         return LinearPattern(text)
     except RecursionError:  # re's parser recurses per group; Go allows 1000 levels
         raise re.error("expression nests too deeply for v2sync") from None
-    except NotLinear:  # never for what translate() writes (tests/common/test_regexp.py)
-        return re.compile(text)
+    except NotLinear as e:  # never for what translate() writes (tests/common/test_regexp.py)
+        raise re.error(f"{e} in v2sync") from None
 
 
 def translate(pattern: str) -> str:

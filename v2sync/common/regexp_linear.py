@@ -180,14 +180,14 @@ _NODE_OPS: Dict[str, Callable[..., int]] = {
 class _DState:
     """One state of the lazy DFA: the program positions alive (before their closure) and
     what the assertions may ask of the character just read; ``next`` maps each character
-    read from here to the state after it (``None`` maps to nothing: the search matched)."""
+    read from here to the state after it (a step that matched is not kept)."""
 
     __slots__ = ("threads", "before", "next", "ends")
 
     def __init__(self, threads: State, before: Tuple[bool, ...]):
         self.threads = threads
         self.before = before
-        self.next: Dict[str, Optional[_DState]] = {}
+        self.next: Dict[str, _DState] = {}
         self.ends: Optional[bool] = None  # whether the text may end here with a match
 
 

@@ -7,6 +7,7 @@ from typing import Dict, List, Tuple
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 
 from v2sync.common.errors import RemoteProtocolError
@@ -69,3 +70,13 @@ def test_a_client_that_breaks_http2_is_refused_and_asking_is_bounded() -> None:
         busy.receive(client.data_to_send())
         client.receive_data(busy.pending())
     assert busy.done
+
+
+def test_a_client_whose_window_is_shut_is_refused_not_crashed_on() -> None:
+    """With an initial window of 0 the 400's body cannot go: a protocol refusal, as for
+    any other broken client, not h2's own exception escaping the handshake."""
+    server, client = H2Refusals("/ws", lambda: "D"), _client()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    _request(client, "/ws")
+    with pytest.raises(RemoteProtocolError):
+        server.receive(client.data_to_send())

@@ -292,7 +292,6 @@ class Router:
             return RouteDecision(None, resolved, index)
         return RouteDecision(self._rng.choice(tags), resolved, index)
 
-
     def _balanced(self, outbound_tags: Sequence[str]) -> Dict[str, Tuple[str, ...]]:
         """Each balancer's outbounds among ``outbound_tags``, selected again when they
         changed (a new sequence: the outbound manager makes one at each change)."""

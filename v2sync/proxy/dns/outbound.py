@@ -93,9 +93,8 @@ class DnsOutbound:
         """The DNS's own query (4.34's ``isOwnLink``: the inbound tag is ``dns.tag``) is sent
         on as it is: answered from the DNS, it would ask the DNS again, without end."""
         dns = self.ctx.dns
-        if session.internal or dns is None:
-            return session.internal
-        return bool(dns.config.tag) and session.inbound_tag == dns.config.tag
+        return session.internal or (dns is not None and bool(dns.config.tag)
+                                    and session.inbound_tag == dns.config.tag)
 
     def _handle(self, message: bytes, messages: "_MessageIO", upstream: "_Upstream") -> None:
         query = enc.parse_ip_query(message)

@@ -18,10 +18,11 @@ import h2.events
 import h2.exceptions
 
 from v2sync.common.errors import RemoteProtocolError
-from v2sync.transport.internet.websocket.handshake import normalize_path, target_url_path
+from v2sync.transport.internet.websocket.handshake import (HTTP_STATUS_TEXT, normalize_path,
+                                                           target_url_path)
 
 MAX_REQUESTS = 100  # answered on one connection before it is closed (bounds the work)
-_BAD_REQUEST = b"Bad Request\n"  # gorilla's http.Error body
+_BAD_REQUEST = HTTP_STATUS_TEXT[400].encode("ascii") + b"\n"  # gorilla's http.Error body
 Headers = List[Tuple[str, str]]
 
 
@@ -39,13 +40,12 @@ class H2Refusals:
     def receive(self, data: bytes) -> bytes:
         """The bytes to send after ``data``; RemoteProtocolError when the client broke
         HTTP/2 (a GOAWAY may still be owed: ``pending``)."""
-        try:
-            events = self._h2.receive_data(data)
+        try:  # the answers too: a client may have shut its window or reset its stream
+            for event in self._h2.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    self._answer(event.stream_id, event.headers)
         except h2.exceptions.ProtocolError as e:
             raise RemoteProtocolError(f"websocket over h2: {e}") from None
-        for event in events:
-            if isinstance(event, h2.events.RequestReceived):
-                self._answer(event.stream_id, event.headers)
         return self.pending()
 
     def pending(self) -> bytes:
