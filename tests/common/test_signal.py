@@ -244,3 +244,16 @@ def test_after_expire_all_a_busy_timer_fires_at_its_next_update(monkeypatch):
     assert fired == [threading.current_thread().name]
     timer.update()
     assert len(fired) == 1
+
+
+def test_last_activity_is_the_latest_live_timers_and_forgets_finished_ones(wheel):
+    assert wheel.last_activity() == float("-inf")
+    older = wheel.new_timer(60, lambda: None)
+    newer = wheel.new_timer(60, lambda: None)
+    _drained(wheel)
+    older.update()  # filed in the heap, touched since
+    assert wheel.last_activity() == older.last
+    older.cancel()
+    assert wheel.last_activity() == newer.last
+    newer.cancel()
+    assert wheel.last_activity() == float("-inf")

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping
@@ -41,6 +42,9 @@ EXIT_START_FAILURE = 255
 SHUTDOWN_LIMIT = 5.0
 LIVE_CONNECTIONS = 20
 CLOSE_LIMIT = 10.0  # Instance.close(): 2 s grace + bounded joins (a hang check)
+LONG_GRACE = 30.0  # longer than CLOSE_LIMIT: a close that waited it out fails the check
+PACED_ROUNDS = 15  # 1 KiB echoes 0.1 s apart during the grace: bytes keep moving for 1.5 s
+PACE = 0.1
 LINGER = 30  # seconds of uplinkOnly/downlinkOnly: longer than any close may take
 DEFAULT_PORTS = embedded_default_check.DEFAULT_PORTS
 NETNS_TIMEOUT = 60.0
@@ -117,6 +121,50 @@ def test_close_with_live_connections_joins_every_thread() -> None:
                 instance.close()
         assert instance.inbounds.live_count() == 0
         wait_for_snapshot(before, 10.0)
+
+
+def test_close_does_not_wait_the_grace_out_for_idle_connections() -> None:
+    """A held connection that moves nothing (a browser's kept-alive one) is closed once the
+    process has been quiet for a moment, not after the whole grace."""
+    with TcpEchoServer(xor=XOR_C) as echo:
+        instance = Instance(config_from_dict(make_config([socks_inbound()])))
+        instance.start()
+        try:
+            with socks5_tunnel(port_of(instance, "socks-in"), "127.0.0.1", echo.port) as held:
+                held.sendall(b"ping")
+                assert recv_exact(held, 4) == xor_bytes(b"ping")
+                started = time.monotonic()
+                instance.close(grace=LONG_GRACE)
+                assert time.monotonic() - started < CLOSE_LIMIT
+                assert read_until_closed(held, 1.0) == b""
+        finally:
+            if instance.running:
+                instance.close()
+
+
+def test_a_connection_moving_bytes_keeps_the_grace() -> None:
+    """Echoes 0.1 s apart all through the grace's first 1.5 s: none is cut by the quiet
+    rule, and the connection is closed once it goes quiet."""
+    with TcpEchoServer(xor=XOR_C) as echo:
+        instance = Instance(config_from_dict(make_config([socks_inbound()])))
+        instance.start()
+        closer = threading.Thread(target=instance.close, kwargs={"grace": LONG_GRACE},
+                                  name="test-close")
+        try:
+            with socks5_tunnel(port_of(instance, "socks-in"), "127.0.0.1", echo.port) as held:
+                closer.start()
+                for i in range(PACED_ROUNDS):
+                    chunk = bytes([i]) * 1024
+                    held.sendall(chunk)
+                    assert recv_exact(held, len(chunk)) == xor_bytes(chunk), f"round {i}"
+                    time.sleep(PACE)
+                assert read_until_closed(held, CLOSE_LIMIT) == b""
+        finally:
+            if closer.is_alive():
+                closer.join(CLOSE_LIMIT)
+            elif instance.running:
+                instance.close()
+        assert not closer.is_alive()
 
 
 def test_close_ends_an_outbound_waiting_for_its_origin_after_the_client_is_done() -> None:

@@ -50,10 +50,14 @@ def test_tcp_udp_and_dns_through_the_chain(pki: Pki, echoes, protocol: str, tran
             assert exchange(sock, payload) == xor_bytes(payload)
         with open_tunnel(socks_port, tcp_echo.address) as sock:  # a short second connection
             assert exchange(sock, b"ping") == xor_bytes(b"ping")
+        # The v2ray <-> v2ray control drops a datagram now and then (once in a full run here,
+        # trojan over TLS): it gets a second try; a chain with v2sync in it gets none.
+        tries = 1 if "v2sync" in (client, server) else 2
         for i in range(DATAGRAMS):
             datagram = os.urandom(1 + i * 300)
-            answer = udp_via_socks(socks_port, udp_echo.address, datagram, UDP_TIMEOUT)
-            assert answer == xor_bytes(datagram)
+            answers = (udp_via_socks(socks_port, udp_echo.address, datagram, UDP_TIMEOUT / tries)
+                       for _ in range(tries))
+            assert next(filter(None, answers), b"") == xor_bytes(datagram)
         assert dns_query_via_socks(socks_port, dns_server.address, UDP_TIMEOUT) == [DNS_ANSWER]
 
 

@@ -15,6 +15,8 @@ from scenarios.helpers_scenarios import (BLACKHOLE_403, IO_TIMEOUT, blackhole, c
                                          curl_status, freedom, get_request, http_inbound, http_request,
                                          make_config, port_of, read_until_closed, recv_exact,
                                          running_instance, socks5_tunnel, socks_inbound)
+from v2sync.core import Instance
+from v2sync.infra.conf.builder import config_from_dict
 from support.peers import (XOR_C, BulkSource, HttpOrigin, TcpEchoServer, free_port, pattern_bytes,
                            xor_bytes)
 
@@ -23,6 +25,7 @@ BULK_BYTES = 8 * MIB
 UPLOAD_BYTES = 4 * MIB
 BLACKHOLE_CLOSE_SECONDS = 3.0
 BLACKHOLE_REPEATS = 10
+HOLD_REACHED = 0.05  # the client's EOF has reached the blackhole: most of its second is left
 CURL_REPEATS = 8
 
 
@@ -115,6 +118,25 @@ def test_blackhole_http_sends_exact_403_through_socks(tcp_echo: TcpEchoServer) -
                     received.append(_recv_or_empty(sock, len(BLACKHOLE_403)))
     assert received == [BLACKHOLE_403] * BLACKHOLE_REPEATS
     assert tcp_echo.accepted == 0
+
+
+def test_a_shutdown_ends_the_blackholes_second_after_the_client_closed() -> None:
+    """The client took the 403 and closed: the blackhole holds the link its second. A
+    close() with no grace aborts that wait, so every thread is joined, not one left
+    sleeping past the close's deadline."""
+    instance = Instance(config_from_dict(make_config([socks_inbound()], [blackhole(response="http")])))
+    instance.start()
+    try:
+        with socks5_tunnel(port_of(instance, "socks-in"), "127.0.0.1", 9) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert recv_exact(sock, len(BLACKHOLE_403)) == BLACKHOLE_403
+            sock.shutdown(socket.SHUT_WR)  # the blackhole reads EOF and holds its second
+            time.sleep(HOLD_REACHED)
+            instance.close(grace=0)
+            assert [t.name for t in instance.workers.live()] == []
+    finally:
+        if instance.running:
+            instance.close()
 
 
 def test_blackhole_http_through_http_inbound_plain(http_origin: HttpOrigin) -> None:

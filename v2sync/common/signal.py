@@ -155,6 +155,14 @@ class TimerWheel:
         self.expiring = True
         self._signal()
 
+    def last_activity(self) -> float:
+        """When a live timer last saw traffic, or was made; -inf when none is live.
+
+        For shutdown's grace, from any thread: copying the heap and the deque is atomic
+        under the GIL, and a stale entry only repeats a timer."""
+        timers = [entry[2] for entry in list(self._heap)] + list(self._incoming)
+        return max((timer.last for timer in timers if not timer.done), default=float("-inf"))
+
     def new_timer(self, timeout: float, on_expire: Callable[[], None]) -> ActivityTimer:
         return ActivityTimer(self, timeout, on_expire)
 

@@ -8,6 +8,7 @@ meanwhile are swallowed, as in 4.34. The pipe is then closed gracefully: the 403
 """
 from __future__ import annotations
 
+import threading
 import time
 
 from v2sync.common.errors import TransportError
@@ -51,10 +52,20 @@ def _drop_for(link: Link, seconds: float) -> None:
             if remaining <= 0:
                 return
             if link.reader.read(timeout=remaining) is EOF:
-                # The client is done; the wait holds no run slot (common.task).
-                outside_slot(time.sleep, max(deadline - time.monotonic(), 0.0))
+                _hold_until_interrupted(link, deadline)
                 return
     except ReadTimeout:
         return
     except TransportError:
         return  # interrupted: the connection is being torn down
+
+
+def _hold_until_interrupted(link: Link, deadline: float) -> None:
+    """The client is done: wait out the second, unless the link is aborted (a shutdown),
+    holding no run slot (common.task)."""
+    aborted = threading.Event()
+    link.reader.on_interrupt(aborted.set)
+    try:
+        outside_slot(aborted.wait, max(deadline - time.monotonic(), 0.0))
+    finally:
+        link.reader.remove_interrupt_hook(aborted.set)
