@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from typing import Dict, Iterator, List
 
 import pytest
 
 from scenarios.vmess_helpers import make_process
-from support.peers import free_port
+from support.peers import OneConnectionServer, free_port
 
 from v2sync.common.net import Destination
 from v2sync.proxy.http import encoding as http_enc
@@ -22,37 +21,14 @@ USER, PASSWORD = "wire-user", "wire-pass"
 READ_TIMEOUT = 10.0
 
 
-class Recorder:
+class Recorder(OneConnectionServer):
     """Accepts one connection, reads until ``until`` has been seen, answers ``reply``."""
 
     def __init__(self, until: bytes, replies: List[bytes]):
+        super().__init__(self._converse, READ_TIMEOUT, "wire-recorder")
         self.until = until
         self.replies = replies
         self.received = b""
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(READ_TIMEOUT)
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, name="wire-recorder")
-
-    def __enter__(self) -> "Recorder":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.thread.join(READ_TIMEOUT * 2)
-        self.listener.close()
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except socket.timeout:
-            return
-        with conn:
-            conn.settimeout(READ_TIMEOUT)
-            try:
-                self._converse(conn)
-            except (socket.timeout, OSError):
-                return
 
     def _converse(self, conn: socket.socket) -> None:
         replies = list(self.replies)

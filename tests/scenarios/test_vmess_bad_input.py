@@ -21,15 +21,16 @@ import logging
 import socket
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, List, Tuple
 
 import pytest
 from scenarios.helpers_scenarios import (connect, make_config, port_of, read_until_closed,
                                          running_instance, wait_idle)
-from scenarios.vmess_helpers import (STRANGER_ID, USER_ID, RawVMessClient, tcp_request,
+from scenarios.vmess_helpers import (IMPLEMENTATIONS, STRANGER_ID, USER_ID, RawVMessClient,
+                                     make_process, server_config, tcp_request,
                                      vmess_client_entry, vmess_inbound)
-from support.peers import XOR_C, TcpEchoServer, xor_bytes
+from support.peers import XOR_C, TcpEchoServer, free_port, xor_bytes
 from support.resources import snapshot, wait_for_snapshot
 
 from v2sync.app.log.access import ACCESS_LOGGER
@@ -288,3 +289,27 @@ def test_thousand_user_inbound_accepts_the_last_user(echo: TcpEchoServer) -> Non
               f"header decoded in {min(samples):.3f} ms best, {statistics.median(samples):.3f} ms "
               f"median of {DECODE_SAMPLES} (not asserted)")
         good_exchange(port_of(inst, "many"), echo)
+
+
+GOOD_THEN_BAD = b"hello"
+UNPADDED = 0x05  # chunk stream + masking: a chunk's last byte is its tag's
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_bad_chunk_does_not_lose_the_good_one_read_with_it_as_in_4_34(
+        v2ray_bin: str, implementation: str) -> None:
+    """A good chunk and a tampered one in one segment: the good one reaches the origin (4.34
+    skips the bad chunk and goes on; v2sync ends the connection there, on purpose)."""
+    with TcpEchoServer() as origin:
+        port = free_port()
+        with make_process(implementation, server_config(port, 0)), connect(port) as sock:
+            request = replace(tcp_request(origin.address), option=UNPADDED)
+            client = RawVMessClient(USER, request)
+            first = client.first_flight(GOOD_THEN_BAD)
+            bad = bytearray(client.body(b"bad"))
+            bad[-1] ^= 1  # in its tag (no padding follows it)
+            sock.sendall(first + bytes(bad))
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while origin.bytes_received < len(GOOD_THEN_BAD) and time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert origin.bytes_received == len(GOOD_THEN_BAD), implementation

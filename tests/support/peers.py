@@ -20,7 +20,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 # v2ray's scenario tests XOR every echoed byte with 'c' (testing/scenarios/common.go::xor),
 # so a relay that forwards the client's own bytes back unchanged is caught.
@@ -253,6 +253,43 @@ class _TcpServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class OneConnectionServer:
+    """Accepts one connection on loopback and runs ``converse(conn)`` on it in a thread
+    (``conn`` with ``timeout``); ``result`` is what it returned, or the OSError (a timeout
+    too) that ended it. ``__exit__`` joins the thread, bounded."""
+
+    def __init__(self, converse: Callable[[socket.socket], Any], timeout: float,
+                 name: str = "one-connection"):
+        self.converse = converse
+        self.timeout = timeout
+        self.result: Any = None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(timeout)
+        self.port = int(self.listener.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, name=name)
+
+    def __enter__(self) -> "OneConnectionServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(self.timeout * 2)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as e:
+            self.result = e
+            return
+        with conn:
+            conn.settimeout(self.timeout)
+            try:
+                self.result = self.converse(conn)
+            except OSError as e:
+                self.result = e
 
 
 class TcpEchoServer(_TcpServer):
@@ -509,10 +546,11 @@ class HttpOrigin(_TcpServer):
 class UdpEchoServer:
     """Echoes each datagram (up to 2 KiB) to its sender, XORed with ``xor`` if given."""
 
-    def __init__(self, xor: Optional[int] = None, *, host: str = "127.0.0.1", max_datagrams: int = 1_000_000):
+    def __init__(self, xor: Optional[int] = None, *, host: str = "127.0.0.1", port: int = 0,
+                 max_datagrams: int = 1_000_000):
         self.xor = xor
         self.host = host
-        self.port = 0
+        self.port = port  # 0: the kernel picks it at start()
         self.max_datagrams = max_datagrams
         self.datagrams = 0
         self._stop = threading.Event()
@@ -526,7 +564,7 @@ class UdpEchoServer:
     def start(self) -> None:
         sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
         try:
-            sock.bind((self.host, 0))
+            sock.bind((self.host, self.port))
             sock.settimeout(ACCEPT_POLL_SECONDS)
         except OSError:
             sock.close()

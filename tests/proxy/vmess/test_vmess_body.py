@@ -104,12 +104,31 @@ def test_many_chunks_in_one_feed_cross_mask_batches_and_nonce_counts(security: S
     assert read_bytewise(slow, wire) == datagrams
 
 
-def test_a_tampered_chunk_among_many_fails_the_feed() -> None:
-    writer, reader = pair(Security.AES128_GCM, 0x05, packet=True)  # no padding: the tag ends it
+def _feed_checked(reader: ChunkReader, wire: bytes) -> List[bytes]:
+    chunks = reader.feed(wire)
+    reader.check()
+    return chunks
+
+
+@pytest.mark.parametrize("security", [Security.AES128_GCM, Security.LEGACY])
+def test_a_tampered_chunk_among_many_hands_on_those_before_it(security: Security) -> None:
+    """A bad chunk ends the stream, but the good ones read with it are not lost."""
+    writer, reader = pair(security, 0x05, packet=True)  # no padding: the tag ends it
     wire = bytearray(b"".join(writer.encode(b"d%d" % i) for i in range(5)))
-    wire[-3] ^= 1  # in the last chunk's tag
+    wire[-3] ^= 1  # in the last chunk's tag (the FNV checksum comes first: its data)
+    assert reader.feed(bytes(wire)) == [b"d0", b"d1", b"d2", b"d3"]
     with pytest.raises(AuthenticationError):
-        reader.feed(bytes(wire))
+        reader.check()
+    with pytest.raises(AuthenticationError):  # nothing is read past it
+        reader.feed(writer.encode(b"d5"))
+
+
+def test_a_bad_length_after_good_chunks_hands_them_on() -> None:
+    writer, reader = pair(Security.AES128_GCM, 0x01)
+    wire = writer.encode(b"good") + U16.pack(5)  # 5: shorter than a tag
+    assert reader.feed(wire) == [b"good"]
+    with pytest.raises(RemoteProtocolError, match="shorter"):
+        reader.check()
 
 
 def test_a_datagram_goes_when_its_own_padding_fits_as_in_4_34() -> None:
@@ -190,19 +209,20 @@ def test_tampered_chunk_is_rejected(security: Security) -> None:
     wire = bytearray(writer.encode(b"payload bytes"))
     wire[6] ^= 0x01
     with pytest.raises(AuthenticationError):
-        reader.feed(bytes(wire))
+        _feed_checked(reader, bytes(wire))
 
 
 def test_length_limits() -> None:
     reader = ChunkReader(AeadAuth(aes_gcm(KEY), IV), SizeCodec(None), max_chunk_size=2048)
     with pytest.raises(RemoteProtocolError, match="exceeds"):
-        reader.feed(U16.pack(4000))
+        _feed_checked(reader, U16.pack(4000))
     short = ChunkReader(AeadAuth(aes_gcm(KEY), IV), SizeCodec(None))
     with pytest.raises(RemoteProtocolError, match="shorter"):
-        short.feed(U16.pack(5))
+        _feed_checked(short, U16.pack(5))
     stream = ChunkStreamReader(SizeCodec(None), max_chunk_size=100)
+    assert stream.feed(U16.pack(3) + b"abc" + U16.pack(101)) == [b"abc"]  # then the bad one
     with pytest.raises(RemoteProtocolError):
-        stream.feed(U16.pack(101))
+        stream.check()
 
 
 def test_readers_accept_chunks_up_to_65535() -> None:
@@ -261,4 +281,4 @@ def test_masked_length_limits(option: int) -> None:
         reader = ChunkReader(AeadAuth(aes_gcm(KEY), IV), SizeCodec(IV), bool(option & 0x08),
                              max_chunk_size=2048)
         with pytest.raises(RemoteProtocolError, match=message):
-            reader.feed(wire)
+            _feed_checked(reader, wire)

@@ -31,7 +31,8 @@ from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_once
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, dial_udp, shutdown_udp
+from v2sync.transport.internet.udp import (MAX_UDP_PAYLOAD, dial_udp, recv_past_icmp,
+                                          shutdown_udp)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -199,7 +200,7 @@ class _Upstream:
     def _datagrams(self, sock: socket.socket):
         while True:
             try:
-                data = sock.recv(MAX_UDP_PAYLOAD + 1)
+                data = recv_past_icmp(sock, MAX_UDP_PAYLOAD + 1)
             except OSError:
                 return
             if not data:

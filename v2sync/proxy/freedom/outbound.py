@@ -23,7 +23,7 @@ from v2sync.transport.internet.dialer import Lookup, candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import of_strategy, resolve
 from v2sync.transport.internet.counting import adder
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp, shutdown_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp, recv_past_icmp, shutdown_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,7 @@ class FreedomOutbound:
             def response(timer) -> None:
                 while True:
                     try:
-                        data = sock.recv(MAX_UDP_PAYLOAD + 1)
-                    except ConnectionRefusedError:
-                        continue  # an ICMP error for an earlier send; the socket stays usable
+                        data = recv_past_icmp(sock, MAX_UDP_PAYLOAD + 1)
                     except OSError:
                         return  # closed
                     if stopped.is_set():

@@ -19,7 +19,8 @@ from functools import partial
 from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import (AuthenticationError, PipeClosed, PipeInterrupted,
-                                  RemoteProtocolError, TransportError, V2SyncError)
+                                  ProtocolError, RemoteProtocolError, TransportError,
+                                  V2SyncError)
 from v2sync.common.net import Destination
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 ALPN_H2 = "h2"
 # Interim (1xx) responses relayed before the final one; a bound against a looping upstream.
 MAX_INTERIM_RESPONSES = 8
+# A client still sending its body after the answer is read (and its bytes dropped) this long.
+BODY_LINGER = 2.0
 
 
 class UpstreamFailed(TransportError):
@@ -151,16 +154,32 @@ class HttpInbound:
     # -- plain forwarding ----------------------------------------------------------------
     def _forward(self, session, conn, link: Link, reader, head, target,
                  framing: enc.Framing) -> bool:
+        """One request upstream and its answer back; True to keep the connection. The
+        body goes on in a task of its own while the answer is read, as 4.34 runs the two at
+        once: an early answer (a 413 to an upload, a 100 Continue) is not held back."""
+        body = _RequestBody(conn, link, reader, framing, self.policy.conn_idle)
         try:
             link.writer.write(enc.encode_request_head(enc.forward_request_head(head, target)))
-            self._send_request_body(conn, link, reader, framing)
+            body.send_buffered()
         except (PipeInterrupted, PipeClosed) as e:
             # The outbound may have stopped reading because it already answered (blackhole's
             # 403); whether there is an answer is decided by reading for it.
             log.debug("%s: request not fully sent: %s", session.name(), e)
-        except TransportError:
+        except (TransportError, ProtocolError):
             link.interrupt()  # the client failed mid-request: nobody waits for an answer
             raise
+        sender = None if body.done else self.ctx.threads.spawn(f"{session.name()}-body",
+                                                               body.send_rest)
+        try:
+            keep_alive = self._answer(session, conn, link, head)
+        finally:
+            link.interrupt()  # the upstream was told "Connection: close"; tear it down now
+            if sender is not None:
+                _finish_body(conn, sender)
+        return keep_alive and body.whole
+
+    def _answer(self, session, conn: Connection, link: Link, head: enc.RequestHead) -> bool:
+        """The upstream's answer to the client (or 503); True if it allows keep-alive."""
         try:
             response, leftover = self._read_response_head(conn, link)
             framing = _response_framing(response, head.method)
@@ -169,34 +188,13 @@ class HttpInbound:
             try_write(conn, enc.response_503())
             log.info("%s: upstream failed: %s", session.name(), e)
             return False
-        try:
-            # As 4.34: the headers promise keep-alive whenever the length is known; the
-            # connection is then kept only if the request asked for it (http/server.go).
-            length_known = framing.kind in (enc.BodyKind.NONE, enc.BodyKind.LENGTH)
-            keep_alive = length_known and enc.request_wants_keep_alive(head)
-            conn.write(enc.encode_response_head(enc.forward_response_head(response, length_known)))
-            self._send_response_body(conn, link, framing, leftover)
-            return keep_alive
-        finally:
-            link.interrupt()  # the upstream was told "Connection: close"; tear it down now
-
-    def _send_request_body(self, conn: Connection, link: Link, reader: HandshakeReader,
-                           framing: enc.Framing) -> None:
-        framer = enc.BodyFramer(framing)
-        body, rest = framer.feed(reader.consume(len(reader.buf)))
-        reader.buf += rest  # a pipelined next request stays for the next round
-        link.writer.write(body)
-        conn.settimeout(self.policy.conn_idle)
-        if framer.done:
-            return
-        # An upload grows its reads; a slow one parks with a small buffer.
-        for data in adaptive_reads(conn, link.writer):  # a stalled upstream stops the reads
-            body, rest = framer.feed(data)
-            reader.buf += rest
-            link.writer.write(body)
-            if framer.done:
-                return
-        framer.feed_eof()
+        # As 4.34: the headers promise keep-alive whenever the length is known; the
+        # connection is then kept only if the request asked for it (http/server.go).
+        length_known = framing.kind in (enc.BodyKind.NONE, enc.BodyKind.LENGTH)
+        keep_alive = length_known and enc.request_wants_keep_alive(head)
+        conn.write(enc.encode_response_head(enc.forward_response_head(response, length_known)))
+        self._send_response_body(conn, link, framing, leftover)
+        return keep_alive
 
     def _read_response_head(self, conn: Connection, link: Link) -> Tuple[enc.ResponseHead, bytes]:
         """The final response head; interim 1xx heads (100 Continue) go to the client as-is."""
@@ -242,6 +240,74 @@ class HttpInbound:
             return link.reader.read(timeout=self.policy.conn_idle)
         except V2SyncError as e:
             raise UpstreamFailed(str(e)) from e
+
+
+class _RequestBody:
+    """A request's body, from the client to the link as its head frames it."""
+
+    def __init__(self, conn: Connection, link: Link, reader: HandshakeReader,
+                 framing: enc.Framing, idle: float):
+        self.conn, self.link, self.reader, self.idle = conn, link, reader, idle
+        self.framer = enc.BodyFramer(framing)
+        self.whole = self.framer.done  # all of it went upstream: the connection may go on
+
+    @property
+    def done(self) -> bool:
+        return self.framer.done
+
+    def send_buffered(self) -> None:
+        """What the request's reads already hold: for most requests, all of the body."""
+        self._send(self.reader.consume(len(self.reader.buf)))
+
+    def send_rest(self) -> None:
+        """The sender task: the rest of the body. A client that fails mid-body interrupts
+        the link (nobody waits for an answer to half a request). Once the link takes no
+        more (the answer is in, or the upstream ended), what the client still sends is
+        read and dropped until the body ends or ``_finish_body`` closes the connection."""
+        try:
+            self.conn.settimeout(self.idle)
+            for data in adaptive_reads(self.conn, self.link.writer):  # a stalled upstream
+                self._send(data)                                      # stops the reads
+                if self.done:
+                    return
+            if not self.link.writer.is_closed:
+                self.framer.feed_eof()  # the client ended mid-body: raises
+        except (PipeInterrupted, PipeClosed):
+            pass
+        except (TransportError, ProtocolError) as e:
+            log.debug("request body failed: %s", e)
+            self.link.interrupt()
+            return
+        self._drop_rest()
+
+    def _send(self, data: bytes) -> None:
+        body, rest = self.framer.feed(data)
+        self.reader.buf += rest  # a pipelined next request stays for the next round
+        self.link.writer.write(body)
+        self.whole = self.framer.done
+
+    def _drop_rest(self) -> None:
+        try:
+            for data in adaptive_reads(self.conn):
+                self.framer.feed(data)
+                if self.framer.done:
+                    return
+        except (TransportError, ProtocolError):
+            return
+
+
+def _finish_body(conn: Connection, sender) -> None:
+    """Once the answer is out: a client still sending its body gets the end of the answer
+    (a FIN) and BODY_LINGER seconds to finish, read and dropped, before the connection is
+    cut. Closing on unread bytes resets the connection, and a reset can destroy the answer
+    still in the client's receive buffer (why HTTP servers linger when they close)."""
+    if not sender.is_alive():
+        return
+    conn.shutdown_write()
+    sender.join(BODY_LINGER)
+    if sender.is_alive():
+        conn.abort()
+        sender.join(BODY_LINGER)
 
 
 def _response_framing(response: enc.ResponseHead, method: str) -> enc.Framing:

@@ -25,7 +25,7 @@ from v2sync.proxy.shadowsocks.inbound import relay_encrypted
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, recv_past_icmp, shutdown_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ class ShadowsocksOutbound:
         def response(timer) -> None:
             while True:
                 try:
-                    data = sock.recv(MAX_DATAGRAM)
+                    data = recv_past_icmp(sock, MAX_DATAGRAM)
                 except OSError:
-                    return  # the port is unreachable (ICMP), or the socket is gone
+                    return  # the socket is gone
                 if stopped.is_set():
                     return
                 downlink(len(data))

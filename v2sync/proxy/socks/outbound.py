@@ -29,7 +29,7 @@ from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, shutdown_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, recv_past_icmp, shutdown_udp
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -102,7 +102,7 @@ class SocksOutbound:
         def response(timer) -> None:
             while True:
                 try:
-                    data = sock.recv(MAX_DATAGRAM)
+                    data = recv_past_icmp(sock, MAX_DATAGRAM)
                 except OSError:
                     return
                 if stopped.is_set():

@@ -24,7 +24,8 @@ from v2sync.common.crypto.aead import AEAD_TAG_SIZE, AEADCipher, aes_gcm, chacha
 from v2sync.common.crypto.checksum import fnv1a32
 from v2sync.common.crypto.shake import ShakeStream
 from v2sync.common.crypto.stream import AesCfb, aes_cfb_decryptor, aes_cfb_encryptor
-from v2sync.common.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from v2sync.common.errors import (AuthenticationError, LocalProtocolError, ProtocolError,
+                                  RemoteProtocolError)
 from v2sync.proxy.vmess.ids import Security
 
 # Request options that shape the body (common/protocol/headers.go). 0x02 ConnectionReuse is
@@ -142,9 +143,10 @@ class AeadAuth:
     def open_all(self, sealed: List[bytes]) -> List[bytes]:
         """``open`` of each, in order, in one loop: 4.34 sends 2 KiB chunks, 512 per MiB."""
         count, tail, pack = self._count, self._nonce_tail, _U16.pack
-        self._count = (count + len(sealed)) & 0xFFFF
         nonces = [pack((count + i) & 0xFFFF) + tail for i in range(len(sealed))]
-        return self._cipher.open_each(nonces, sealed)
+        opened = self._cipher.open_each(nonces, sealed)
+        self._count = (count + len(sealed)) & 0xFFFF  # not when one failed: see open_good
+        return opened
 
 
 class FnvAuth:
@@ -183,7 +185,36 @@ class NoOpAuth:
 Auth = Union[AeadAuth, FnvAuth, NoOpAuth]
 
 
-class ChunkReader:
+def open_good(auth: Auth, sealed: List[bytes]) -> Tuple[List[bytes], Optional[ProtocolError]]:
+    """``auth.open_all(sealed)``, or, when a chunk fails, the chunks before it and the
+    error: a bad chunk must not take the good ones that came in the same read with it."""
+    try:
+        return auth.open_all(sealed), None
+    except AuthenticationError as e:
+        failure = e
+    opened: List[bytes] = []
+    for chunk in sealed:  # again one by one: an open_all that fails moves no counter
+        try:
+            opened.append(auth.open(chunk))
+        except AuthenticationError:
+            break
+    return opened, failure
+
+
+class _ChecksAfterFeed:
+    """A body reader's bad chunk (a length out of bounds, a chunk that fails to open) is
+    kept by ``feed``, which returns the chunks before it, and raised by ``check()`` once
+    the caller has handed those on: a bad chunk must not take the good ones read with it.
+    The stream ends there: ``feed`` raises it too from then on."""
+
+    _failure: Optional[ProtocolError] = None
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+
+class ChunkReader(_ChecksAfterFeed):
     """Authenticated chunks in (AuthenticationReader); one chunk per datagram for UDP."""
 
     def __init__(self, auth: Auth, sizes: SizeCodec, padding: bool = False,
@@ -221,16 +252,32 @@ class ChunkReader:
         self._size, self._pad = size, pad
 
     def feed(self, data: bytes) -> List[bytes]:
-        """Plaintext of every chunk completed by ``data`` (never empty chunks)."""
+        """Plaintext of every chunk completed by ``data`` (never empty chunks), up to the
+        first bad one; call ``check()`` once they are handed on."""
+        self.check()
         self._inbox.append(data)
-        if self._cfb is not None:
-            return self._feed_decrypting()
+        return self._feed_decrypting() if self._cfb is not None else self._feed_sealed()
+
+    def _feed_sealed(self) -> List[bytes]:
         # The AEAD path, and the hot one (v2ray sends 2 KiB chunks, 512 per MiB): parse in
         # place, one copy per chunk (the slice handed to the cipher) instead of three, and
         # a length that passes its checks is decoded inline (``_read_size`` otherwise).
         buf, pos = self._inbox.window()
         end = len(buf)
         sealed: List[bytes] = []  # opened together once the lengths are walked
+        try:
+            pos = self._walk(buf, pos, end, sealed)
+        except ProtocolError as e:  # a bad length: the chunks before it still go on
+            self._failure = e
+        # 4.34 silently drops a chunk of <= 2048 bytes that fails to open (auth.go
+        # readBuffer returns nil); rejecting is the safe reading of that bug.
+        opened, failure = open_good(self._auth, sealed) if sealed else ([], None)
+        self._failure = self._failure or failure
+        return opened
+
+    def _walk(self, buf, pos: int, end: int, sealed: List[bytes]) -> int:
+        """Collect the sealed chunks of ``buf[pos:end]`` whose lengths pass; the bytes
+        taken are consumed even when a length raises."""
         shake = self._sizes._shake
         padding = self._padding
         smallest = self._auth.overhead + (MAX_PADDING if padding else 0)
@@ -262,24 +309,25 @@ class ChunkReader:
                 pos, self._size = stop, None
         finally:
             self._inbox.advance(pos)
-        # 4.34 silently drops a chunk of <= 2048 bytes that fails to open (auth.go
-        # readBuffer returns nil); rejecting is the safe reading of that bug.
-        return self._auth.open_all(sealed) if sealed else []
+        return pos
 
     def _feed_decrypting(self) -> List[bytes]:
         """Legacy chunks under AES-CFB: every byte taken must pass the stream in order."""
         out: List[bytes] = []
-        while not self.eof:
-            if self._size is None:
-                if len(self._inbox) < SIZE_BYTES:
+        try:
+            while not self.eof:
+                if self._size is None:
+                    if len(self._inbox) < SIZE_BYTES:
+                        break
+                    self._read_size(self._take(SIZE_BYTES))
+                    continue
+                if len(self._inbox) < self._size:
                     break
-                self._read_size(self._take(SIZE_BYTES))
-                continue
-            if len(self._inbox) < self._size:
-                break
-            body = self._take(self._size)
-            self._size = None
-            out.append(self._auth.open(body[:len(body) - self._pad]))
+                body = self._take(self._size)
+                self._size = None
+                out.append(self._auth.open(body[:len(body) - self._pad]))
+        except ProtocolError as e:  # a bad length or checksum: the chunks before it go on
+            self._failure = e
         return out
 
     @property
@@ -344,7 +392,7 @@ class ChunkWriter:
         return False
 
 
-class ChunkStreamReader:
+class ChunkStreamReader(_ChecksAfterFeed):
     """Security "none" over TCP: ``[L masked][L raw bytes]``, ``L == 0`` ends the stream."""
 
     def __init__(self, sizes: SizeCodec, max_chunk_size: int = MAX_READ_CHUNK):
@@ -355,7 +403,9 @@ class ChunkStreamReader:
         self.eof = False
 
     def feed(self, data: bytes) -> List[bytes]:
-        """Data as it arrives: a chunk may come out in pieces (ChunkStreamReader.ReadAtMost)."""
+        """Data as it arrives: a chunk may come out in pieces (ChunkStreamReader.ReadAtMost);
+        call ``check()`` once they are handed on."""
+        self.check()
         self._inbox.append(data)
         out: List[bytes] = []
         while not self.eof:
@@ -364,7 +414,9 @@ class ChunkStreamReader:
                     break
                 self._left = self._sizes.decode(self._inbox.take(SIZE_BYTES))
                 if self._left > self._max:
-                    raise RemoteProtocolError(f"vmess: chunk of {self._left} bytes exceeds {self._max}")
+                    self._failure = RemoteProtocolError(
+                        f"vmess: chunk of {self._left} bytes exceeds {self._max}")
+                    break
                 self.eof = self._left == 0
                 continue
             if not self._inbox:
@@ -396,7 +448,7 @@ class ChunkStreamWriter:
         return self._sizes.encode(0)
 
 
-class RawReader:
+class RawReader(_ChecksAfterFeed):
     """No ChunkStream option: the body is the bare (possibly CFB-encrypted) stream."""
 
     eof = False  # only the connection closing ends a raw stream

@@ -109,6 +109,7 @@ class VMessInbound:
             """Decode and hand on; False once the request direction is over."""
             if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
                 return False  # the outbound stopped reading
+            body_in.check()  # a bad chunk ends the request, once those before it went on
             return not body_in.eof
 
         more = True

@@ -100,7 +100,12 @@ class VMessOutbound:
 
         def response(timer) -> Steps[None]:
             body_in, data = yield from self._read_response_header(conn, client, header, waiter)
-            deliver(link.writer, body_in.feed(data), header.is_packet)
+
+            def forward(data: bytes) -> None:
+                deliver(link.writer, body_in.feed(data), header.is_packet)
+                body_in.check()  # a bad chunk ends it, once those before it went on
+
+            forward(data)
             if not body_in.eof:
                 # Reads wait for room in the pipe: a stalled reader stops them here.
                 for data in parkable_reads(conn, link.writer, waiter):
@@ -108,7 +113,7 @@ class VMessOutbound:
                         yield data  # a Wait: idle, parked
                         continue
                     timer.update()
-                    deliver(link.writer, body_in.feed(data), header.is_packet)
+                    forward(data)
                     del data
                     if body_in.eof:
                         break

@@ -79,6 +79,19 @@ def shutdown_udp(sock: socket.socket) -> None:
         pass  # not connected, or already closed
 
 
+def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
+    """``sock.recv(size)``, past the ICMP errors of earlier sends. A connected UDP socket
+    reports an ICMP "port unreachable" as ConnectionRefusedError on its next call and stays
+    usable; 4.34 reads with ReadFrom on an unconnected socket, which never sees them, so a
+    peer that was down for a moment (restarting) answers again. Each error is reported
+    once: the loop ends with the errors queued. Any other OSError (closed) is raised."""
+    while True:
+        try:
+            return sock.recv(size)
+        except ConnectionRefusedError:
+            continue
+
+
 def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
     """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
     sock = new_socket(_family(dest.address), socket.SOCK_DGRAM, f"failed to dial udp {dest}")
