@@ -311,3 +311,21 @@ def test_chunks_before_a_tampered_one_reach_the_target(instance: Instance,
                 break
         assert got == xor_bytes(b"hello")
         assert time.monotonic() - started < PROMPT
+
+
+@pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
+def test_a_datagram_without_payload_goes_nowhere_as_in_4_34(v2ray_bin: str,
+                                                            implementation: str) -> None:
+    """4.34's pipe drops an empty write: the address-only packet reaches nobody, and the
+    session it opened carries the next datagram as usual."""
+    port = free_port()
+    with UdpEchoServer(xor=XOR_C) as udp_echo, \
+            make_process(implementation, ss_server_config(port, METHOD)), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        for payload in (b"", b"after"):
+            sock.sendto(encode_packet(ACCOUNT, ORIGIN, udp_echo.port, payload),
+                        ("127.0.0.1", port))
+        _, _, answer = decode_packet(ACCOUNT, sock.recv(4096))
+        assert answer == xor_bytes(b"after")
+        assert udp_echo.datagrams == 1, implementation

@@ -153,7 +153,12 @@ class Pipe:
                 outside_slot(q.not_full.wait, self._remaining(deadline))
 
     def try_write(self, data: bytes) -> bool:
-        """Queue ``data`` only if there is room now (datagrams: drop rather than block)."""
+        """Queue ``data`` only if there is room now (datagrams: drop rather than block).
+        An empty ``data`` is taken and dropped, as ``write`` drops it and 4.34's pipe drops
+        an empty write: an empty datagram (a Shadowsocks packet with no payload) goes
+        nowhere."""
+        if not data:
+            return True
         q = self._q
         with q.mutex:
             self._check_writable()
