@@ -35,6 +35,7 @@ from support.resources import snapshot, wait_for_snapshot
 
 from v2sync.app.log.access import ACCESS_LOGGER
 from v2sync.core import Instance
+from v2sync.proxy.vmess.encoding import Command
 from v2sync.proxy.vmess.ids import Security, VMessUser, format_uuid, random_uuid_bytes
 from v2sync.proxy.vmess.validator import RequestHeaderDecoder, SessionHistory, UserTable
 
@@ -313,3 +314,16 @@ def test_a_bad_chunk_does_not_lose_the_good_one_read_with_it_as_in_4_34(
             while origin.bytes_received < len(GOOD_THEN_BAD) and time.monotonic() < deadline:
                 time.sleep(0.02)
     assert origin.bytes_received == len(GOOD_THEN_BAD), implementation
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_udp_to_port_0_ends_the_connection_as_in_4_34(v2ray_bin: str,
+                                                      implementation: str) -> None:
+    """freedom cannot send to port 0 (EINVAL): 4.34 ends the link at that failed write, and
+    the client's connection with it, rather than holding it for connIdle (300 s)."""
+    port = free_port()
+    request = replace(tcp_request(("127.0.0.1", 0)), command=Command.UDP)
+    with make_process(implementation, server_config(port, 0)), connect(port) as sock:
+        client = RawVMessClient(USER, request)
+        sock.sendall(client.first_flight(b"to port 0"))
+        read_until_closed(sock, CLOSE_LIMIT)  # raises while it stays open

@@ -141,8 +141,14 @@ class FreedomOutbound:
                     timer.update()
                     try:
                         uplink(sock.sendto(chunk, address))
-                    except OSError as e:  # ICMP unreachable from an earlier send
+                    except ConnectionRefusedError as e:  # ICMP unreachable, an earlier send's
                         log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
+                    except OSError as e:
+                        # freedom.go's copy ends the link at a failed write (port 0: EINVAL),
+                        # so the client's connection ends now, not after connIdle.
+                        log.info("%s: udp send to %s failed: %s", session.name(), dest, e)
+                        abort()
+                        return
 
             def response(timer) -> None:
                 while True:

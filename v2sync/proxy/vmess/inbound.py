@@ -15,8 +15,8 @@ import time
 from functools import partial
 from typing import Any, Callable, List, Mapping
 
-from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, UserExists,
-                                  UserNotFound)
+from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, ProtocolError,
+                                  UserExists, UserNotFound)
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
@@ -109,8 +109,7 @@ class VMessInbound:
             """Decode and hand on; False once the request direction is over."""
             if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
                 return False  # the outbound stopped reading
-            body_in.check()  # a bad chunk ends the request, once those before it went on
-            return not body_in.eof
+            return not (body_in.eof or ends_at_bad_chunk(session, body_in))
 
         more = True
 
@@ -149,6 +148,18 @@ class VMessInbound:
                                            PipeDrain(link.reader, send, finish, conn), first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
+
+
+def ends_at_bad_chunk(session: Session, body_in) -> bool:
+    """Whether the body met a bad chunk: its direction then ends as at the end of the
+    stream, so the chunks handed on before it still go (an abort would drop them from the
+    pipe). 4.34 skips a bad chunk and reads on."""
+    try:
+        body_in.check()
+    except ProtocolError as e:
+        log.info("%s: vmess body ends at a bad chunk: %s", session.name(), e)
+        return True
+    return False
 
 
 def deliver(pipe: Pipe, chunks: List[bytes], packet: bool) -> bool:

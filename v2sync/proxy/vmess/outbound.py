@@ -24,7 +24,7 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.relay import Parkable, aborted_with, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, RequestHeader, client_options
-from v2sync.proxy.vmess.inbound import deliver
+from v2sync.proxy.vmess.inbound import deliver, ends_at_bad_chunk
 from v2sync.proxy.vmess.ids import VMessUser, resolve_security
 from v2sync.transport.copy import PipeDrain, parkable_reads, parking, read_or_park
 from v2sync.transport.internet.conn import HANDSHAKE_READ_SIZE, Connection
@@ -101,21 +101,21 @@ class VMessOutbound:
         def response(timer) -> Steps[None]:
             body_in, data = yield from self._read_response_header(conn, client, header, waiter)
 
-            def forward(data: bytes) -> None:
+            def forward(data: bytes) -> bool:
+                """Decode and hand on; False once the response direction is over."""
                 deliver(link.writer, body_in.feed(data), header.is_packet)
-                body_in.check()  # a bad chunk ends it, once those before it went on
+                return not (body_in.eof or ends_at_bad_chunk(session, body_in))
 
-            forward(data)
-            if not body_in.eof:
+            if forward(data):
                 # Reads wait for room in the pipe: a stalled reader stops them here.
                 for data in parkable_reads(conn, link.writer, waiter):
                     if not isinstance(data, bytes):
                         yield data  # a Wait: idle, parked
                         continue
                     timer.update()
-                    forward(data)
+                    go_on = forward(data)
                     del data
-                    if body_in.eof:
+                    if not go_on:
                         break
             link.writer.close()
 
