@@ -195,3 +195,36 @@ def test_a_peer_that_stops_reading_leaks_no_thread() -> None:
         finally:
             probe.close()
         wait_idle(inst, timeout=15.0)  # the connIdle timers end the stalled sub-connections
+
+
+def test_a_sub_connection_refusing_its_first_data_gets_one_end(servers) -> None:
+    """The dial fails, so the sub-connection takes none of its first data: one End, as 4.34
+    sends (the frame reader and the session's pump both ended it, and each sent one)."""
+    closed = Destination(Address.parse("127.0.0.1"), free_port(), Network.TCP)
+    reference, ours = _both(servers, encode_frame(3, Status.NEW, b"hi", closed))
+    assert _summary(reference[0]) == {(3, "ends"): 1}
+    assert _summary(ours[0]) == _summary(reference[0]), (reference, ours)
+
+
+REPLACED_ENDS_WITHIN = 5.0  # the connection's end reaches it at once; connIdle is 300 s
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_sub_connection_replaced_by_a_new_one_ends_with_the_connection_as_in_4_34(
+        servers, implementation: str) -> None:
+    """A second New for a live id: the first sub-connection gets no frame any more, and it
+    ends with the mux connection (it stayed open for connIdle)."""
+    with TcpEchoServer() as first, TcpEchoServer() as second:
+        probe = MuxProbe(servers[implementation])
+        try:
+            for origin in (first, second):
+                target = Destination(Address.parse("127.0.0.1"), origin.port, Network.TCP)
+                probe.send(encode_frame(5, Status.NEW, b"hello", target))
+                probe.frames()  # its echo: the origin holds the connection
+            assert first.active_connections == 1
+        finally:
+            probe.close()
+        deadline = time.monotonic() + REPLACED_ENDS_WITHIN
+        while first.active_connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.active_connections == 0, implementation

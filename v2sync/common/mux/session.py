@@ -26,12 +26,13 @@ MAX_SESSION_ID = 0xFFFF
 
 
 class MuxSession:
-    __slots__ = ("id", "link", "packet")
+    __slots__ = ("id", "link", "packet", "ended")
 
     def __init__(self, session_id: int, link: Link, packet: bool):
         self.id = session_id
         self.link = link
         self.packet = packet  # UDP: one datagram per frame
+        self.ended = False  # its End went out (FrameWriter.end: once)
 
 
 class SessionTable:
@@ -44,6 +45,10 @@ class SessionTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: Dict[int, MuxSession] = {}
+        # Sessions a New for their live id replaced: no frame reaches them any more, but
+        # they run on until they end or the mux connection does (4.34 runs every
+        # sub-connection in the connection's context), so close() hands them out too.
+        self._replaced: List[MuxSession] = []
         self.count = 0
         self.closed = False
 
@@ -63,6 +68,9 @@ class SessionTable:
             if self.closed:
                 return False
             self.count += 1
+            replaced = self._sessions.get(session.id)
+            if replaced is not None:
+                self._replaced.append(replaced)
             self._sessions[session.id] = session
             return True
 
@@ -76,6 +84,8 @@ class SessionTable:
             if self._sessions.get(session.id) is session:
                 del self._sessions[session.id]
                 return True
+            if session in self._replaced:  # it ended: nothing to end at the close
+                self._replaced.remove(session)
             return False
 
     def size(self) -> int:
@@ -93,8 +103,9 @@ class SessionTable:
         """Close the table; returns the sessions still live (the caller ends them)."""
         with self._lock:
             self.closed = True
-            live = list(self._sessions.values())
+            live = list(self._sessions.values()) + self._replaced
             self._sessions.clear()
+            self._replaced = []
             return live
 
 
@@ -109,6 +120,15 @@ class FrameWriter:
     def write(self, data: bytes) -> None:
         with self._lock:
             self.pipe.write(data)
+
+    def end(self, session: MuxSession, error: bool = False) -> None:
+        """``session``'s End, once: the frame reader (a sub-connection that took none of
+        its first data) and the session's pump may both end it, and 4.34 sends one."""
+        with self._lock:
+            if session.ended:
+                return
+            session.ended = True
+        self.try_write(encode_end(session.id, error))
 
     def try_write(self, data: bytes) -> None:
         """A control frame (an End) for a connection that may already be gone."""
@@ -152,7 +172,7 @@ class SessionWriter:
             self.out.write(b"".join([self._frame(piece) for piece in pieces]))
 
     def close(self, error: bool = False) -> None:
-        self.out.try_write(encode_end(self.session.id, error))
+        self.out.end(self.session, error)
 
 
 def _fits_packet(chunk: bytes) -> bool:
@@ -283,7 +303,7 @@ class FrameHandler(abc.ABC):
             session.link.writer.write(data)
         except (PipeClosed, PipeInterrupted):
             log.debug("%s: sub-connection %d stopped reading; closing it", self.name, session.id)
-            self.out.try_write(encode_end(session.id, error=first))
+            self.out.end(session, error=first)
             session.link.reader.interrupt()
             self.sessions.remove(session)
 
