@@ -47,7 +47,7 @@ class Address:
         # quad, no leading zeros), and a name without ':' cannot be IPv6.
         if _is_ipv4(host):
             return cls(host, AddressKind.IPV4)
-        if ":" not in host:
+        if ":" not in host or "%" in host:  # Go's ParseIP takes no zone: "::1%lo" is a name
             return cls(text, AddressKind.DOMAIN)
         try:
             ip = ipaddress.ip_address(host)

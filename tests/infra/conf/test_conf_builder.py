@@ -379,3 +379,22 @@ def test_a_handler_that_is_not_an_object_is_reported_once() -> None:
         "b.json: inbounds[0]: 5 is an integer (expected an object)",
         "b.json: inbounds[1].listen: unable to listen on domain address 'bad.example' "
         "(expected an IP address)"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("listen", "::1%lo", "unable to listen on domain address"),
+    ("sendThrough", "fe80::1%lo", "unable to send through"),
+])
+def test_an_ipv6_address_with_a_zone_is_a_name_as_v2ray_test_says(
+        key: str, value: str, message: str, v2ray_bin: str, tmp_path) -> None:
+    """Go's ParseIP takes no zone, so 4.34 reads ``::1%lo`` as a domain and refuses it
+    where an IP is wanted; v2sync took it and then failed to listen at start."""
+    handler = socks(listen=value) if key == "listen" else {"protocol": "freedom", key: value}
+    config = {"inbounds": [handler]} if key == "listen" else {"outbounds": [handler]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([v2ray_bin, "-test", "-config", str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode != 0 and message.split()[-1] in result.stdout, result.stdout
+    errors = build_errors(**config)
+    assert len(errors) == 1 and message in errors[0], errors

@@ -248,9 +248,36 @@ def test_confdir_lexical_order_after_config_files(tmp_path: Path) -> None:
     confdir.mkdir()
     for name in ("20.json", "10.json", "03.json", "notes.txt", "99.json.bak"):
         (confdir / name).write_text("{}")
-    (confdir / "sub.json").mkdir()  # a directory named *.json is not a file
     assert [os.path.basename(p) for p in expand_confdirs([str(confdir)])] == \
         ["03.json", "10.json", "20.json"]
+
+
+def test_confdir_names_sort_by_their_bytes_as_go_sorts_them(tmp_path: Path) -> None:
+    """U+E000 is EE 80 80 in UTF-8, before a name's undecodable FF byte; sorted as decoded
+    text (FF as the surrogate U+DCFF) it came after."""
+    confdir = tmp_path / "d"
+    confdir.mkdir()
+    for raw in (b"\xff.json", "\ue000.json".encode(), b"0.json"):
+        with open(os.path.join(os.fsencode(confdir), raw), "w") as f:
+            f.write("{}")
+    found = [os.fsencode(os.path.basename(p)) for p in expand_confdirs([str(confdir)])]
+    assert found == [b"0.json", "\ue000.json".encode(), b"\xff.json"]
+
+
+@pytest.mark.parametrize("entry", ["directory", "dangling link"])
+def test_a_confdir_entry_named_json_that_is_no_file_is_an_error(tmp_path: Path,
+                                                                entry: str) -> None:
+    """4.34 reads every ``*.json`` name of the directory (and panics on this one): it is
+    refused, never skipped, so no part of a config is silently left out."""
+    confdir = tmp_path / "d"
+    confdir.mkdir()
+    write(confdir / "a.json", {"outbounds": [ob("first")]})
+    if entry == "directory":
+        (confdir / "b.json").mkdir()
+    else:
+        (confdir / "b.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config([], [str(confdir)])
 
 
 def test_confdir_paths_are_cleaned_before_the_tail_rule_reads_them(tmp_path: Path) -> None:

@@ -75,12 +75,15 @@ def read_json(name: str, stdin: Optional[IO[Any]] = None) -> Dict[str, Any]:
 
 
 def expand_confdirs(confdirs: Sequence[str]) -> List[str]:
-    """The ``*.json`` files of each directory, in lexical order (``ioutil.ReadDir`` sorts)."""
+    """The ``*.json`` entries of each directory, in the byte order of their names
+    (``ioutil.ReadDir`` sorts Go strings, which are bytes). As 4.34's main.go, every entry
+    so named is a config: one that is no readable file (a directory, a dangling link) is
+    then an error when it is read, not skipped (4.34 panics on it)."""
     files: List[str] = []
     errors: List[ConfigError] = []
     for directory in confdirs:
         try:
-            names = sorted(os.listdir(directory))
+            names = sorted(os.listdir(directory), key=os.fsencode)
         except OSError as e:
             errors.append(ConfigError(f"cannot read config directory: {e.strerror or e}",
                                       file=directory))
@@ -88,7 +91,7 @@ def expand_confdirs(confdirs: Sequence[str]) -> List[str]:
         for name in names:
             # Go's path.Join cleans the path, which the "tail" rule then reads.
             path = posixpath.normpath(os.path.join(directory, name))
-            if name.endswith(CONFDIR_SUFFIX) and os.path.isfile(path):
+            if name.endswith(CONFDIR_SUFFIX):
                 files.append(path)
     if errors:
         raise ConfigErrors(errors)
