@@ -2,10 +2,12 @@
 
 The outbounds that send UDP from a connected socket (the `dns` outbound's pass-through,
 Shadowsocks, the SOCKS outbound) got an ICMP "port unreachable" for a datagram sent while
-their peer was down, as a ConnectionRefusedError on the next recv, and their reader ended:
-the session stayed open and deaf. 4.34 reads with ReadFrom on an unconnected socket, which
-never sees ICMP errors. Each test sends while the peer is down, brings it up, sends again on
-the same session, and wants the answer from both implementations.
+their peer was down, as a ConnectionRefusedError on the next recv, and their reader ended.
+4.34 reads with ReadFrom on an unconnected socket, which never sees ICMP errors. Each test
+sends while the peer is down, brings it up, sends again on the same session, and wants the
+answer from both implementations. The `dns` case lost the first answer that way; the
+Shadowsocks session ended and the next datagram opened another, so that case held before
+the change too and stays as the check that a server's restart loses nothing.
 """
 from __future__ import annotations
 
