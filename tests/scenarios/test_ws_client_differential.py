@@ -39,7 +39,13 @@ class CapturingServer(_TcpServer):
         self.heads: List[bytes] = []
 
     def handle(self, conn: socket.socket) -> None:
-        self.heads.append(read_head(conn)[0])
+        try:
+            head = read_head(conn)[0]
+        except AssertionError:
+            # Unanswered, the dial fails and freedom dials again (both do); the test's end
+            # can close that retry before its head is out: nothing to record.
+            return
+        self.heads.append(head)
 
     def first_head(self) -> bytes:
         deadline = time.monotonic() + IO_TIMEOUT
