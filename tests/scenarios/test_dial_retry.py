@@ -82,3 +82,18 @@ def test_the_retry_schedule_adds_each_step_once(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(TransportError):
         dialer.dial_with_retry(Destination(Address.parse("127.0.0.1"), _closed_port()), 5, 0.1)
     assert [round(s, 3) for s in slept] == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+def test_a_pause_that_says_give_up_ends_the_tries() -> None:
+    """``pause`` (a link's interrupt, ``proxy.relay.link_pause``) ends the schedule early:
+    the failure is raised after the try during which it said so, with the last error."""
+    waits: List[float] = []
+
+    def pause(seconds: float) -> bool:
+        waits.append(seconds)
+        return len(waits) == 2
+
+    with pytest.raises(TransportError, match="refused"):
+        dialer.dial_with_retry(Destination(Address.parse("127.0.0.1"), _closed_port()), 5,
+                               0.1, pause=pause)
+    assert [round(s, 3) for s in waits] == [0.0, 0.1]

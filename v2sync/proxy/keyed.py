@@ -27,7 +27,8 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
 from v2sync.common.task import Steps
-from v2sync.proxy.relay import Parkable, aborted_with, run_relay, run_relay_steps
+from v2sync.proxy.relay import (Parkable, aborted_with, link_pause, run_relay,
+                               run_relay_steps)
 from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
                                    read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
@@ -285,10 +286,11 @@ class KeyedOutbound:
 
     dial_step = 0.2  # seconds; each protocol's 4.34 client has its own
 
-    def dial(self) -> Tuple[Any, Connection]:
+    def dial(self, link: Link) -> Tuple[Any, Connection]:
         """(server, connection): each try takes the next server, as 4.34's outbounds call
         ``PickServer`` inside their retry."""
-        return dial_server(self.picker.pick, DIAL_ATTEMPTS, self.dial_step, self.client)
+        return dial_server(self.picker.pick, DIAL_ATTEMPTS, self.dial_step, self.client,
+                           link_pause(link))
 
     def relay_steps(self, session: Session, conn: Connection, link: Link, level: int,
                     header: bytes, encode: Optional[Encode], parse: Optional[Parser],

@@ -18,6 +18,7 @@ waiting for a thread hand-over.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Callable, Iterator, Optional, Union
 
@@ -202,3 +203,15 @@ def aborted_with(link: Link, abort: Callable[[], None]) -> Iterator[None]:
     finally:
         for pipe in (link.reader, link.writer):
             pipe.remove_interrupt_hook(abort)
+
+
+def link_pause(link: Link) -> Callable[[float], bool]:
+    """A dial retry's wait (``dialer.with_retry``'s ``pause``) that the link's interrupt
+    ends: True, give up. A shutdown or the other side failing so stops the tries at once,
+    as a cancelled context stops 4.34's dials, instead of holding the outbound's thread
+    through the rest of the schedule (up to 2 s). The event is made only on a failure."""
+    def pause(seconds: float) -> bool:
+        interrupted = threading.Event()
+        with aborted_with(link, interrupted.set):  # set at once if already interrupted
+            return interrupted.wait(seconds)
+    return pause

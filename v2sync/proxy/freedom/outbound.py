@@ -18,7 +18,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
-from v2sync.proxy.relay import relay_upstream_steps, run_relay
+from v2sync.proxy.relay import link_pause, relay_upstream_steps, run_relay
 from v2sync.transport.internet.dialer import Lookup, candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import of_strategy, resolve
@@ -67,7 +67,7 @@ class FreedomOutbound:
             return
         lookup = self._lookup(session, dest)
         conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP, self.client, self.strategy,
-                               lookup)
+                               lookup, link_pause(link))
         try:
             error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link)
             if error is not None:

@@ -24,7 +24,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.http import encoding as enc
-from v2sync.proxy.relay import relay_upstream_steps
+from v2sync.proxy.relay import aborted_with, link_pause, relay_upstream_steps
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.dialer import dial_once, with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -56,8 +56,9 @@ class HttpOutbound:
         if target.network is Network.UDP:
             raise TransportError("UDP is not supported by HTTP outbound")
         first = self._first_payload(link)
-        tunnel = with_retry(DIAL_ATTEMPTS, DIAL_STEP, lambda: self._tunnel(session, target),
-                            "failed to find an available destination")
+        tunnel = with_retry(DIAL_ATTEMPTS, DIAL_STEP,
+                            lambda: self._tunnel(session, target, link),
+                            "failed to find an available destination", pause=link_pause(link))
         if tunnel.h2 is not None:  # an HTTP/2 stream, cached or new
             self._pool().relay(session, tunnel.h2, link, tunnel.policy, _basic(tunnel.auth),
                                first)
@@ -73,7 +74,7 @@ class HttpOutbound:
         finally:
             conn.close()
 
-    def _tunnel(self, session: Session, target: Destination) -> "_Tunnel":
+    def _tunnel(self, session: Session, target: Destination, link: Link) -> "_Tunnel":
         """One try of 4.34's retry: the next server, its user, then an HTTP/2 stream
         (cached connection or new) or an HTTP/1.1 CONNECT answered 200. A refusal (407,
         403, ...) is a failed try: the next goes to the next server."""
@@ -89,7 +90,8 @@ class HttpOutbound:
             return _Tunnel(policy, auth, h2=self._pool().add(server.destination, conn,
                                                              f"{session.name()}-h2"))
         try:
-            leftover = connect_http1(conn, target, auth, policy.handshake)
+            with aborted_with(link, conn.abort):  # a shutdown reaches a server yet to answer
+                leftover = connect_http1(conn, target, auth, policy.handshake)
         except RemoteProtocolError as e:
             conn.close()
             raise TransportError(str(e)) from e

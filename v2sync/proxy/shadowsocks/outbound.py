@@ -17,7 +17,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import aborted_with, link_pause, run_relay
 from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
 from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, encode_packet,
                                                encode_request)
@@ -53,12 +53,14 @@ class ShadowsocksOutbound:
                               self.ctx.policy.for_level(server.user.level))
             return
         # Each try takes the next server, as client.go calls PickServer inside its retry.
-        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client)
+        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client,
+                                   link_pause(link))
         policy = self.ctx.policy.for_level(server.user.level)
         try:
             account = server.user.account
             writer, head = encode_request(account, target.address, target.port)
-            conn.write(head)
+            with aborted_with(link, conn.abort):  # this write may finish a TLS or WS handshake
+                conn.write(head)
             error = yield from relay_encrypted(self.ctx, session.name(), policy, conn, link,
                                                StreamReader(account), writer, client=True)
             if error is not None:

@@ -25,7 +25,7 @@ class TrojanOutbound(KeyedOutbound):
     dial_step = 0.1  # client.go: retry.ExponentialBackoff(5, 100)
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
-        server, conn = self.dial()  # first, as 4.34's outbound.go
+        server, conn = self.dial(link)  # first, as 4.34's outbound.go
         try:
             target = session.destination()
             udp = target.network is Network.UDP

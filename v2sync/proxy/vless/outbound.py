@@ -26,7 +26,7 @@ class VlessOutbound(KeyedOutbound):
     config_type = VlessOutboundConfig
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
-        server, conn = self.dial()  # first, as 4.34's outbound.go
+        server, conn = self.dial(link)  # first, as 4.34's outbound.go
         try:
             user = random.choice(server.users)
             target = session.destination()

@@ -21,7 +21,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import Parkable, aborted_with, run_relay_steps
+from v2sync.proxy.relay import Parkable, aborted_with, link_pause, run_relay_steps
 from v2sync.proxy.vmess.config import VMessOutboundConfig, VMessServer
 from v2sync.proxy.vmess.encoding import ClientSession, RequestHeader, client_options
 from v2sync.proxy.vmess.inbound import deliver, ends_at_bad_chunk
@@ -55,7 +55,8 @@ class VMessOutbound:
         """``process`` as steps: the reader of the server's answer parks while idle."""
         # The dial first, as 4.34's outbound.go: the server accepts while this side builds
         # its request. Each try takes the next server (PickServer inside the retry).
-        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client)
+        server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client,
+                                   link_pause(link))
         try:
             user = random.choice(server.users)
             header = _request_header(session, user)

@@ -18,6 +18,14 @@ from v2sync.transport.internet import tcp as _tcp  # noqa: F401  (registers "tcp
 DIAL_TIMEOUT = 16.0  # v2ray's system dialer: net.Dialer{Timeout: 16 s}
 S = TypeVar("S", bound="Server")
 T = TypeVar("T")
+# Waits between tries: returns True if told to give up meanwhile (``proxy.relay.link_pause``:
+# the link was interrupted, by a shutdown or the other side failing).
+Pause = Callable[[float], bool]
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
 
 
 # Resolves a name to addresses: the built-in DNS for UseIP*, the system resolver for AsIs.
@@ -51,28 +59,29 @@ def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy
 
 
 def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str,
-               failure: Type[TransportError] = TransportError) -> T:
+               failure: Type[TransportError] = TransportError, pause: Pause = _sleep) -> T:
     """``attempt()`` up to ``attempts`` times on 4.34's schedule (``common/retry``'s
     ``ExponentialBackoff``, which despite its name waits 0, ``step``, 2 ``step``, ... after
     each failure, the last one included): five tries with a 0.1 s step fail after 1 s of
     waiting, with 0.2 s after 2 s. Only a TransportError is tried again; the last one is
-    raised as ``failure``."""
+    raised as ``failure``, at once if ``pause`` says to give up."""
     last: Optional[TransportError] = None
     for n in range(attempts):
         try:
             return attempt()
         except TransportError as e:
             last = e
-            time.sleep(n * step)
+            if pause(n * step):
+                break
     raise failure(f"{what}: {last}")
 
 
 def dial_with_retry(dest: Destination, attempts: int, step: float,
                     client: Optional[StreamClient] = None, strategy: str = "AsIs",
-                    lookup: Optional[Lookup] = None) -> Connection:
+                    lookup: Optional[Lookup] = None, pause: Pause = _sleep) -> Connection:
     """``dial_once`` with retries (``with_retry``)."""
     return with_retry(attempts, step, lambda: dial_once(dest, client, strategy, lookup),
-                      f"failed to open connection to {dest}")
+                      f"failed to open connection to {dest}", pause=pause)
 
 
 class Server(Protocol):
@@ -86,11 +95,13 @@ class Server(Protocol):
 
 
 def dial_server(pick: Callable[[], S], attempts: int, step: float,
-                client: Optional[StreamClient] = None) -> Tuple[S, Connection]:
+                client: Optional[StreamClient] = None,
+                pause: Pause = _sleep) -> Tuple[S, Connection]:
     """Dial one of an outbound's servers: each try takes the next (``pick``), as 4.34's
     outbounds call ``PickServer`` inside their retry, so a server that is down costs a
     try and the next one serves the connection."""
     def once() -> Tuple[S, Connection]:
         server = pick()
         return server, dial_once(Destination(server.address, server.port), client)
-    return with_retry(attempts, step, once, "failed to reach any server", NoServerReachable)
+    return with_retry(attempts, step, once, "failed to reach any server", NoServerReachable,
+                      pause)
