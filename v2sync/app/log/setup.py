@@ -7,7 +7,9 @@ columns, so the CLI gives it ``MESSAGE_FORMAT`` and each line has one time and o
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.log.access import ACCESS_LOGGER
@@ -25,6 +27,10 @@ LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "W
                logging.ERROR: "Error", logging.CRITICAL: "Error"}
 
 ConsoleFactory = Callable[[str], logging.Handler]
+# 4.34's file logger (common/log/logger.go) closes its file once a minute has passed without
+# a line (a ticker checks every minute) and opens the path again for the next line.
+FILE_IDLE = 60.0  # seconds
+FILE_MODE = 0o600  # as 4.34 creates it: the access log names clients and users
 
 
 class V2RayFormatter(logging.Formatter):
@@ -47,9 +53,50 @@ def _handler(target: Optional[str], kind: str, console: ConsoleFactory) -> Optio
     return handler
 
 
+class LogFile(logging.FileHandler):
+    """A log file as 4.34 writes one: created with mode 0600, and opened at its path again
+    by the first line after ``FILE_IDLE`` seconds without one, so a file logrotate moved
+    away is let go with no signal (4.34 closes it after one to two quiet minutes). A path
+    that cannot be opened then keeps the old file: no line is lost."""
+
+    def __init__(self, path: str):
+        super().__init__(path, encoding="utf-8")  # opened now: a refusal is a config error
+        self._last = time.monotonic()
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_APPEND | os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()  # called under the handler's lock
+        if now - self._last >= FILE_IDLE and self.stream is not None:
+            try:
+                self._swap(self._open())
+            except OSError:
+                pass  # the old file goes on
+        self._last = now
+        super().emit(record)
+
+    def reopen(self) -> None:
+        """Open the path again now (SIGHUP, the API's RestartLogger). The new file is
+        opened before the old one is closed, so a failure (OSError) loses no line and
+        leaves no closed stream for the next line to fail on."""
+        stream = self._open()
+        self.acquire()
+        try:
+            self._swap(stream)
+        finally:
+            self.release()
+
+    def _swap(self, stream) -> None:
+        old, self.stream = self.stream, stream
+        if old is not None:
+            old.close()
+
+
 def _file_handler(target: str, kind: str) -> logging.Handler:
     try:
-        return logging.FileHandler(target, encoding="utf-8")
+        return LogFile(target)
     except OSError as e:  # 4.34: "failed to initialize error logger > open ...", exit 23
         raise ConfigError(f"cannot open {target!r}: {e.strerror or e}", f"log.{kind}",
                           expected='expected a writable file, "" (stdout) or "none"') from None
@@ -103,20 +150,7 @@ def reopen_files() -> int:
     lines go on to the old file, and the files before it are reopened already."""
     handlers = [handler for name in ("v2sync", ACCESS_LOGGER)
                 for handler in logging.getLogger(name).handlers
-                if isinstance(handler, logging.FileHandler)]
+                if isinstance(handler, LogFile)]
     for handler in handlers:
-        _reopen(handler)
+        handler.reopen()
     return len(handlers)
-
-
-def _reopen(handler: logging.FileHandler) -> None:
-    """The new file is opened before the old one is closed, so a failure loses no line
-    and leaves no closed stream for the next line to fail on."""
-    stream = handler._open()
-    handler.acquire()
-    try:
-        old, handler.stream = handler.stream, stream
-        if old is not None:
-            old.close()
-    finally:
-        handler.release()

@@ -1,0 +1,114 @@
+"""Log files as 4.34 keeps them (``common/log/logger.go``): created with mode 0600 (compared
+with ``v2ray -test``, which creates them too), and opened at their path again by the first
+line after a quiet minute, so a file logrotate moved away is let go without a signal.
+
+4.34 closes the file one to two minutes after its last line (a minute's ticker finds
+nothing written) and opens the path for the next one; a review saw it write to a new file
+after 130 s. Waiting that long here is too slow, so the quiet time is shortened for these
+tests (``FILE_IDLE``); the minute is 4.34's constant.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support.procs import REPO_ROOT
+from v2sync.app.log import setup
+from v2sync.app.log.setup import LogFile
+
+QUIET = 0.05  # seconds: FILE_IDLE in these tests
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(setup, "FILE_IDLE", QUIET)
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[LogFile]:
+    handler = LogFile(str(tmp_path / "access.log"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    yield handler
+    handler.close()
+
+
+def write(handler: LogFile, message: str) -> None:
+    handler.handle(logging.LogRecord("v2sync.access", logging.INFO, __file__, 0, message,
+                                     None, None))
+
+
+def test_a_moved_file_is_let_go_after_a_quiet_time(quiet: None, log_file: LogFile,
+                                                   tmp_path: Path) -> None:
+    write(log_file, "one")
+    os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+    write(log_file, "two")  # at once: still the open file
+    time.sleep(QUIET * 2)
+    write(log_file, "three")  # after a quiet time: the path again, a new file
+    assert (tmp_path / "access.log.1").read_text() == "one\ntwo\n"
+    assert (tmp_path / "access.log").read_text() == "three\n"
+
+
+def test_lines_that_keep_coming_stay_in_one_file(quiet: None, log_file: LogFile,
+                                                 tmp_path: Path) -> None:
+    write(log_file, "one")
+    os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+    for n in range(5):
+        time.sleep(QUIET / 5)
+        write(log_file, str(n))
+    assert (tmp_path / "access.log.1").read_text() == "one\n0\n1\n2\n3\n4\n"
+    assert not (tmp_path / "access.log").exists()
+
+
+def test_a_path_that_cannot_be_opened_again_keeps_the_old_file(quiet: None,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    handler = LogFile(str(tmp_path / "logs" / "error.log"))
+    try:
+        write(handler, "one")
+        os.rename(tmp_path / "logs", tmp_path / "moved")  # the path's directory is gone
+        time.sleep(QUIET * 2)
+        write(handler, "two")
+    finally:
+        handler.close()
+    assert (tmp_path / "moved" / "error.log").read_text() == "one\ntwo\n"
+
+
+def test_reopen_opens_the_path_now(log_file: LogFile, tmp_path: Path) -> None:
+    write(log_file, "one")
+    os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+    log_file.reopen()
+    write(log_file, "two")
+    assert (tmp_path / "access.log").read_text() == "two\n"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_are_created_0600_as_4_34_creates_them(tmp_path: Path, v2ray_bin: str) -> None:
+    """``-test`` opens (creating) both files in each implementation, under umask 022."""
+    modes = {}
+    for name, command in (("v2ray", [v2ray_bin, "-test"]),
+                          ("v2sync", [sys.executable, "-m", "v2sync", "test"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"log": {"access": str(folder / "a.log"), "error": str(folder / "e.log")},
+                  "outbounds": [{"protocol": "freedom"}]}
+        (folder / "c.json").write_text(json.dumps(config))
+        done = subprocess.run([*command, "-config", str(folder / "c.json")], cwd=folder,
+                              env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+                              capture_output=True, timeout=TIMEOUT,
+                              preexec_fn=lambda: os.umask(0o022))
+        assert done.returncode == 0, done.stdout + done.stderr
+        modes[name] = (_mode(folder / "a.log"), _mode(folder / "e.log"))
+    assert modes["v2sync"] == modes["v2ray"] == (0o600, 0o600)
