@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -19,6 +20,7 @@ from support.peers import free_port
 from support.procs import REPO_ROOT, V2RayProcess, V2SyncProcess, find_v2ray
 
 TIMEOUT = 30.0
+POLL = 0.05
 OK_EXIT = 0
 
 
@@ -67,6 +69,45 @@ def test_config_json_is_found_as_4_34_finds_it(place: str, tmp_path: Path, v2ray
 def test_piped_stdin_is_read_when_nothing_else_is_given(tmp_path: Path, v2ray_bin: str) -> None:
     assert both_test([], tmp_path, stdin=json.dumps(BAD).encode()) == (False, False)
     assert both_test([], tmp_path, stdin=json.dumps(good(free_port())).encode()) == (True, True)
+
+
+def _serves_piped_config(command: List[str], cwd: Path) -> bool:
+    """Start ``command`` with a good config piped in and no file anywhere: does it listen
+    where that config says?"""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("V2RAY_", "v2ray."))}
+    env.update(PYTHONPATH=str(REPO_ROOT), V2SYNC_CPU="all")
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               stdin=subprocess.PIPE)
+    try:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(good(port)).encode())
+        process.stdin.close()
+        return _listening_within(port, process)
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+
+
+def _listening_within(port: int, process: "subprocess.Popen[bytes]") -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return True
+        except OSError:
+            time.sleep(POLL)
+    return False
+
+
+def test_a_piped_config_is_run_as_4_34_runs_it(tmp_path: Path, v2ray_bin: str) -> None:
+    """``cat config.json | v2ray`` runs that config; so does ``| v2sync`` (and ``| v2sync
+    run``). With /dev/null as its input (a service's), v2sync takes its embedded default
+    (``scenarios/embedded_default_check.py``), where 4.34 fails on the empty config."""
+    assert _serves_piped_config([v2ray_bin], tmp_path)
+    for args in ([], ["run"]):
+        assert _serves_piped_config([sys.executable, "-m", "v2sync", *args], tmp_path)
 
 
 def test_the_environments_confdir_follows_the_config_files(tmp_path: Path,

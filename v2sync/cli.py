@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import socket
+import stat
 import sys
 import threading
 import uuid
@@ -251,8 +252,10 @@ DEFAULT_FILE = "config.json"
 
 
 def _load_files(args):
-    """The config files as 4.34's main.go finds them. With none anywhere, ``run`` takes the
-    embedded default, and so does ``test`` on a terminal; a piped ``test`` reads stdin."""
+    """The config files as 4.34's main.go finds them. With none anywhere, standard input is
+    read, as 4.34 reads it: by ``test`` unless it is a terminal, by ``run`` when it is a pipe,
+    file or socket (``cat config.json | v2sync``). Otherwise ``run`` takes the embedded
+    default: a terminal, and the /dev/null a service or daemon gets, hold no config."""
     from v2sync.infra.conf.builder import load_config, load_default
 
     confdirs = args.confdir or [d for d in (_env_value(CONFDIR_ENV),) if d and os.path.isdir(d)]
@@ -264,9 +267,18 @@ def _load_files(args):
     if found:
         log.info("Using default config: %s", found)
         return load_config([found])
-    if args.command == "test" and not sys.stdin.isatty():
+    if _stdin_holds_config() if args.command == "run" else not sys.stdin.isatty():
+        log.info("Using config from STDIN")
         return load_config(["stdin:"])
     return load_default()
+
+
+def _stdin_holds_config() -> bool:
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # closed, or no descriptor at all
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
 def _env_value(names) -> str:
