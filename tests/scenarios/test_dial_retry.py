@@ -9,6 +9,7 @@ differ by (v2sync's doubling took 1.5 s and 3 s).
 """
 from __future__ import annotations
 
+import socket
 import time
 from types import SimpleNamespace
 from typing import Any, Dict, List
@@ -18,7 +19,7 @@ from scenarios.helpers_scenarios import (closed_within, connect, read_socks5_rep
                                          socks5_address, socks5_greet)
 from scenarios.keyed_helpers import client_config, client_outbound
 from scenarios.vmess_helpers import make_process
-from support.peers import free_port
+from support.peers import _TcpServer, free_port
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination
@@ -74,6 +75,53 @@ def _warned_of_the_dial(log: str) -> bool:
     return any("[Warning]" in line and ("available destination" in line
                                         or "failed to reach any server" in line)
                for line in log.splitlines())
+
+
+class Refusing(_TcpServer):
+    """A server that reads its client's first flight, answers ``answer`` and closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__("refusing", "127.0.0.1", 8, CLOSE_LIMIT)
+        self.answer = answer
+
+    def handle(self, conn: socket.socket) -> None:
+        if conn.recv(65536) and self.answer:
+            conn.sendall(self.answer)
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+# (outbound, its streamSettings, the server's answer): each a handshake the server refuses.
+REFUSALS = {
+    "vless-ws-closed-before-101": ("vless", {"network": "ws"}, b""),
+    "trojan-ws-404": ("trojan", {"network": "ws"}, NOT_FOUND),
+    "socks-no-acceptable-method": ("socks", {}, b"\x05\xff"),
+}
+
+
+def _refused_outbound(kind: str, port: int, stream: Dict[str, Any]) -> Dict[str, Any]:
+    if kind == "socks":
+        return {"tag": "out", "protocol": "socks",
+                "settings": {"servers": [{"address": "127.0.0.1", "port": port}]}}
+    return client_outbound(kind, port, stream)
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_handshake_is_a_warning_as_in_4_34(case: str) -> None:
+    """4.34 logs a failed WebSocket upgrade (in its dial) and a SOCKS server's refusal
+    ("failed to establish connection to server") at Warning: seen at the default level.
+    v2sync upgrades on first use and logged both at Info."""
+    kind, stream, answer = REFUSALS[case]
+    warned = {}
+    with Refusing(answer) as server:
+        for implementation in ("v2sync", "v2ray"):
+            socks_port = free_port()
+            config = client_config(socks_port, _refused_outbound(kind, server.port, stream))
+            with make_process(implementation, config) as process:
+                _wait_for_close(socks_port, 9)
+                time.sleep(AGREE)  # the line may follow the close a little
+            warned[implementation] = any("[Warning]" in line and "fail" in line
+                                         for line in process.log_tail(4000).splitlines())
+    assert warned == {"v2sync": True, "v2ray": True}
 
 
 def test_the_retry_schedule_adds_each_step_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,6 +105,13 @@ class NoServerReachable(TransportError):
     destination", which it logs at Warning: a user sees it at the default log level)."""
 
 
+class ServerHandshakeError(TransportError):
+    """The handshake with an outbound's server failed: TLS, the WebSocket upgrade, a SOCKS
+    server's answers. 4.34 logs these at Warning too (its outbounds mark a failed dial or
+    first write ``AtWarning``): a server that refuses or drops its client is seen at the
+    default log level."""
+
+
 class PipeInterrupted(TransportError):
     """The pipe was aborted (``interrupt()``): the other side failed, stop at once."""
 

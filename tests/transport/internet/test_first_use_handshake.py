@@ -15,7 +15,8 @@ from typing import Callable, List
 import pytest
 
 from v2sync import distro  # noqa: F401  (registers every transport)
-from v2sync.common.errors import HandshakeTimeout, RemoteProtocolError, TransportError
+from v2sync.common.errors import (HandshakeTimeout, RemoteProtocolError, ServerHandshakeError,
+                                  TransportError)
 from v2sync.common.net import Destination
 from v2sync.transport.internet.config import build_stream_settings, build_tls
 from v2sync.transport.internet.conn import Connection
@@ -70,8 +71,9 @@ def test_tls_dial_returns_once_the_client_hello_is_sent(pki) -> None:
         assert time.monotonic() - started < 0.25
         assert raw_server.recv(5)[0] == TLS_HANDSHAKE_RECORD  # the ClientHello went out
         client.settimeout(None)
-        with pytest.raises(HandshakeTimeout):
+        with pytest.raises(ServerHandshakeError, match="timed out") as failed:
             client.write(b"never sent")
+        assert isinstance(failed.value.__cause__, HandshakeTimeout)
         assert client.sock.gettimeout() is None  # the handshake's deadline did not stick
         with pytest.raises(TransportError, match="handshake failed earlier"):
             client.read(10)
@@ -302,8 +304,9 @@ def test_ws_refusal_surfaces_on_first_use_and_close_sends_no_frame() -> None:
 
         thread = _in_thread(refuse, errors)
         try:
-            with pytest.raises(RemoteProtocolError, match="404"):
+            with pytest.raises(ServerHandshakeError, match="404") as failed:
                 client.write(b"data")
+            assert isinstance(failed.value.__cause__, RemoteProtocolError)
             with pytest.raises(TransportError, match="handshake failed earlier"):
                 client.read(10)
             thread.join(TIMEOUT)

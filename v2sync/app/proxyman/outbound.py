@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Tuple
 
-from v2sync.common.errors import NoServerReachable, V2SyncError
+from v2sync.common.errors import NoServerReachable, ServerHandshakeError, V2SyncError
 from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
 from v2sync.common.task import Steps, at_once, drive
@@ -16,6 +16,7 @@ from v2sync.infra.conf.model import MuxConfig
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
+MAX_CAUSES = 8  # how far _level follows __cause__; real chains are two or three long
 
 
 class OutboundHandler:
@@ -123,5 +124,12 @@ class OutboundManager:
 
 
 def _level(error: BaseException) -> int:
-    """Warning when no server could be reached, as 4.34 logs it; else Info."""
-    return logging.WARNING if isinstance(error, NoServerReachable) else logging.INFO
+    """Warning when no server could be reached or the handshake with one failed (anywhere
+    in the error's causes), as 4.34 logs them; else Info."""
+    for _ in range(MAX_CAUSES):
+        if isinstance(error, (NoServerReachable, ServerHandshakeError)):
+            return logging.WARNING
+        if error.__cause__ is None:
+            break
+        error = error.__cause__
+    return logging.INFO

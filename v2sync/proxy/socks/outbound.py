@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Optional
 
-from v2sync.common.errors import AuthenticationError, RemoteProtocolError, TransportError
+from v2sync.common.errors import (AuthenticationError, RemoteProtocolError,
+                                  ServerHandshakeError, TransportError, V2SyncError)
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.protocol.server_spec import Account, ServerPicker, ServersConfig
 from v2sync.common.registry import OUTBOUNDS
@@ -62,7 +63,7 @@ class SocksOutbound:
             with aborted_with(link, conn.abort):  # a shutdown reaches a server yet to answer
                 reader = HandshakeReader(conn, time.monotonic() + policy.handshake,
                                          MAX_REPLY_BYTES)
-                reply = client_handshake(conn, reader, session.destination(), user)
+                reply = _handshake(conn, reader, session.destination(), user)
                 if session.destination().network is Network.UDP:
                     relay = Destination(server.address if reply.address in _UNSPECIFIED
                                         else reply.address, reply.port, Network.UDP)
@@ -124,6 +125,18 @@ class SocksOutbound:
             return run_relay(self.ctx, session.name(), policy, None, abort, request, response)
         finally:
             sock.close()
+
+
+def _handshake(conn: Connection, reader: HandshakeReader, target: Destination,
+               user: Optional[Account]) -> enc.Socks5Reply:
+    """``client_handshake``, its failures logged at Warning as 4.34's client.go marks them
+    ("failed to establish connection to server")."""
+    try:
+        return client_handshake(conn, reader, target, user)
+    except ServerHandshakeError:
+        raise
+    except V2SyncError as e:
+        raise ServerHandshakeError(f"failed to establish connection to server: {e}") from e
 
 
 def client_handshake(conn: Connection, reader: HandshakeReader, target: Destination,
