@@ -129,6 +129,22 @@ def test_v2ray_flags_v2sync_takes(tmp_path: Path, v2ray_bin: str) -> None:
     assert code != OK_EXIT and "not supported by v2sync" in out
 
 
+@pytest.mark.parametrize("flags", [["-test=true"], ["-test=1"], ["--test=T"],
+                                   ["-test=false", "-test"], ["-test=x"], ["-version=true"],
+                                   ["-version=false", "-test"], ["-help"]])
+def test_go_flag_forms_as_4_34_reads_them(flags: List[str], tmp_path: Path,
+                                          v2ray_bin: str) -> None:
+    """A boolean flag's ``=VALUE`` (strconv.ParseBool), and ``-help``: the same exit code
+    from both, and a test that passes or a usage alike (``-version=true`` would run the
+    config, and time out, were it not read as ``-version``)."""
+    config = str(write(tmp_path / "c.json", good(free_port())))
+    results = {}
+    for name, command in (("v2ray", [v2ray_bin]), ("v2sync", [sys.executable, "-m", "v2sync"])):
+        code, out = run([*command, *flags, "-config", config], tmp_path)
+        results[name] = (code, "Configuration OK." in out.splitlines(), "usage" in out.lower())
+    assert results["v2sync"] == results["v2ray"]
+
+
 def test_a_url_is_refused_by_name(tmp_path: Path) -> None:
     code, out = run([sys.executable, "-m", "v2sync", "test", "-c", "https://example.test/c.json"],
                     tmp_path)

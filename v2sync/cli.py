@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TEST_FLAGS = ("-test", "--test")  # Go's flag package takes either
+VERSION_FLAGS = ("-version", "--version")
+HELP_FLAGS = ("-h", "--help", "-help", "--h")
+# strconv.ParseBool, which Go's flag package reads ``-test=VALUE`` with
+GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+            "0": False, "f": False, "F": False, "FALSE": False, "false": False,
+            "False": False}
 
 
 def _v2ray_style(argv: List[str]) -> List[str]:
@@ -128,12 +134,30 @@ def _v2ray_style(argv: List[str]) -> List[str]:
         return ["run"]
     if "://" in argv[0]:  # ``v2sync vmess://...``: the one-command client
         return ["run"] + argv
-    if argv[0].startswith("-") and ("-version" in argv or "--version" in argv):
+    if not argv[0].startswith("-"):
+        return argv
+    if argv[0] in HELP_FLAGS:
+        return ["--help"]
+    argv = _go_bools(argv)
+    if set(argv) & set(VERSION_FLAGS):
         return ["version"]  # main.go prints the version first, whatever else is asked
-    if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        rest = [a for a in argv if a not in TEST_FLAGS]
-        return (["test"] if set(argv) & set(TEST_FLAGS) else ["run"]) + rest
-    return argv
+    rest = [a for a in argv if a not in TEST_FLAGS]
+    return (["test"] if set(argv) & set(TEST_FLAGS) else ["run"]) + rest
+
+
+def _go_bools(argv: List[str]) -> List[str]:
+    """``-test=true`` as ``-test``, ``-test=false`` as nothing, as Go's flag package reads
+    a boolean flag's value; any other value is its usage error (exit 2)."""
+    out = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if not equals or name not in TEST_FLAGS + VERSION_FLAGS:
+            out.append(arg)
+        elif value not in GO_BOOLS:
+            build_parser().error(f'invalid boolean value "{value}" for {name}: parse error')
+        elif GO_BOOLS[value]:
+            out.append(name)
+    return out
 
 
 # --------------------------------------------------------------------------- output
