@@ -209,9 +209,10 @@ def link_pause(link: Link) -> Callable[[float], bool]:
     """A dial retry's wait (``dialer.with_retry``'s ``pause``) that the link's interrupt
     ends: True, give up. A shutdown or the other side failing so stops the tries at once,
     as a cancelled context stops 4.34's dials, instead of holding the outbound's thread
-    through the rest of the schedule (up to 2 s). The event is made only on a failure."""
+    through the rest of the schedule (up to 2 s). The event is made only on a failure, and
+    the wait holds no run slot, as a dial's does not."""
     def pause(seconds: float) -> bool:
         interrupted = threading.Event()
         with aborted_with(link, interrupted.set):  # set at once if already interrupted
-            return interrupted.wait(seconds)
+            return outside_slot(interrupted.wait, seconds)
     return pause
