@@ -20,7 +20,7 @@ import pytest
 
 from app.dns.dns_test_server import DnsTestServer
 from routing_helpers import dns_server
-from scenarios.differential import RoutedPair, Request, TagSink, asset_dir, describe
+from scenarios.differential import RoutedPair, Request, TagSink, asset_dir, asset_env, describe
 from support.peers import free_port
 from support.procs import V2RayProcess, V2SyncProcess
 
@@ -64,7 +64,8 @@ Query = Tuple[str, str]  # (name, record type)
 
 
 def answers(process_class: Any, queries: List[Query],
-            dns_section: Optional[Dict[str, Any]] = None) -> List[Tuple[str, List[str]]]:
+            dns_section: Optional[Dict[str, Any]] = None,
+            env: Optional[Dict[str, str]] = None) -> List[Tuple[str, List[str]]]:
     """(rcode, records) for each query, asked through a dns outbound of a proxy whose
     ``dns`` section is ``dns_section`` (default: the system resolver only)."""
     port = free_port()
@@ -72,7 +73,7 @@ def answers(process_class: Any, queries: List[Query],
     if dns_section is not None:
         section["dns"] = dns_section
     seen = []
-    with process_class(section):
+    with process_class(section, env=env):
         for name, rdtype in queries:
             reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=port,
                                   timeout=IO_TIMEOUT)
@@ -142,6 +143,28 @@ def test_hosts_regexp_keys_as_4_34(v2ray_bin: str) -> None:
     ours = answers(V2SyncProcess, queries, section)
     assert ours == answers(V2RayProcess, queries, section)
     assert ours == [("NOERROR", [value]) for _, value, _ in REGEXP_HOSTS]
+
+
+def test_geosite_and_geoip_lists_as_4_34(v2ray_bin: str, tmp_path) -> None:
+    """Lists from the test vectors in hosts keys, servers' ``domains`` and ``expectIps``
+    (v2sync refused them all before): a hosts list answers; a name in server B's
+    ``geosite:`` list goes to B first (A would answer otherwise); B's answer outside its
+    ``geoip:private`` moves the lookup on to A."""
+    names = {"x.doubleclick.example": "127.0.0.61", "ad7.example.net": "10.0.0.7",
+             "x.ads.example.net": "192.0.2.1"}
+    with DnsTestServer({name: ["10.0.0.99"] for name in names}) as server_a, \
+            DnsTestServer({k: [v] for k, v in names.items()}) as server_b:
+        section = {"hosts": {"geosite:category-ads": "127.0.0.61"},
+                   "servers": [{"address": "127.0.0.1", "port": server_a.port},
+                               {"address": "127.0.0.1", "port": server_b.port,
+                                "domains": ["geosite:test@ads"],
+                                "expectIps": ["geoip:private"]}]}
+        env = asset_env(asset_dir(tmp_path / "assets"))
+        queries = [(name, "A") for name in names]
+        ours = answers(V2SyncProcess, queries, section, env)
+        assert ours == answers(V2RayProcess, queries, section, env)
+    assert ours == [("NOERROR", ["127.0.0.61"]), ("NOERROR", ["10.0.0.7"]),
+                    ("NOERROR", ["10.0.0.99"])]
 
 
 OWN_NAME = "own.test"

@@ -2,8 +2,8 @@
 ``v2ray -test`` on what is accepted and refused."""
 from __future__ import annotations
 
-import ipaddress
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,6 +12,8 @@ import pytest
 
 from v2sync.app.dns.config import DnsConfig, HostMapping, NameServerConfig
 from v2sync.app.dns.matcher import DOMAIN, FULL, KEYWORD, REGEXP, DomainRule
+from v2sync.app.router.geodata import GeoData
+from v2sync.app.router.matchers import parse_cidr
 from v2sync.common.errors import ConfigError, ConfigErrors
 from v2sync.common.net import Address
 
@@ -50,7 +52,7 @@ def test_full_section() -> None:
     assert corp == NameServerConfig(
         Address.parse("1.1.1.1"), 5353,
         (DomainRule(DOMAIN, "corp.test"), DomainRule(KEYWORD, "intra")),
-        (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.1/32")),
+        (parse_cidr("10.0.0.0/8"), parse_cidr("192.168.1.1/32")),
         Address.parse("9.9.9.9"))
     assert local_printer.is_local and local_printer.domains == (DomainRule(FULL, "printer"),)
     assert local_printer.name == "localhost"
@@ -105,10 +107,10 @@ def test_empty_and_absent() -> None:
      "invalid port"),
     ({"servers": [{"address": "1.1.1.1", "domains": "a,b"}]}, "dns.servers[0].domains",
      "invalid domains"),
-    ({"servers": [{"address": "1.1.1.1", "domains": ["ok", "geosite:cn"]}]},
-     "dns.servers[0].domains[1]", "geosite/geoip in dns is not supported yet"),
-    ({"servers": [{"address": "1.1.1.1", "expectIps": ["geoip:cn"]}]},
-     "dns.servers[0].expectIps[0]", "geosite/geoip in dns is not supported yet"),
+    ({"servers": [{"address": "1.1.1.1", "domains": ["ok", "geosite:"]}]},
+     "dns.servers[0].domains[1]", "empty list name"),
+    ({"servers": [{"address": "1.1.1.1", "expectIps": ["geoip:"]}]},
+     "dns.servers[0].expectIps[0]", "empty country name"),
     ({"servers": [{"address": "1.1.1.1", "expectIps": ["10.0.0.0/33"]}]},
      "dns.servers[0].expectIps[0]", "invalid IP or CIDR"),
     ({"servers": [{"address": "1.1.1.1", "clientIp": "example.com"}]},
@@ -116,8 +118,8 @@ def test_empty_and_absent() -> None:
     ({"servers": [42]}, "dns.servers[0]", "invalid name server"),
     ({"servers": "8.8.8.8"}, "dns.servers", "is not an array"),
     ({"clientIp": "example.com"}, "dns.clientIp", "not an IP address"),
-    ({"hosts": {"geosite:cn": "1.2.3.4"}}, 'dns.hosts["geosite:cn"]',
-     "geosite/geoip in dns is not supported yet"),
+    ({"hosts": {"ext:only-a-file": "1.2.3.4"}}, 'dns.hosts["ext:only-a-file"]',
+     "invalid external resource"),
     ({"hosts": {"regexp:(": "1.2.3.4"}}, 'dns.hosts["regexp:("]', "invalid regexp"),
     ({"hosts": {"a.test": ["1.2.3.4"]}}, 'dns.hosts["a.test"]', "is not a string"),
     ({"hosts": {"a.test": ""}}, 'dns.hosts["a.test"]', "empty address"),
@@ -145,6 +147,46 @@ def test_deeply_nested_values_are_named_not_repr_d(section: Mapping[str, Any], p
         DnsConfig.from_json(section)
     assert info.value.path == path
     assert message in info.value.message
+
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
+
+
+@pytest.fixture
+def geodata(tmp_path: Path) -> GeoData:
+    """The test vectors as geosite.dat/geoip.dat, and geosite-test.dat for ``ext:``."""
+    for name in ("geosite-test.dat", "geoip-test.dat"):
+        shutil.copy(VECTORS / name, tmp_path / name)
+        shutil.copy(VECTORS / name, tmp_path / name.replace("-test", ""))
+    return GeoData([str(tmp_path)])
+
+
+def test_geosite_and_geoip_lists_expand_as_dns_go_reads_them(geodata: GeoData) -> None:
+    """Each domain of a list becomes a rule (typeMap: plain -> keyword, regex, domain,
+    full), hosts keys too (one mapping per domain); expectIps take geoip lists
+    (``toCidrList``). ``ext-domain:`` is no list prefix for a hosts key in dns.go."""
+    config = DnsConfig.from_json({
+        "servers": [{"address": "1.1.1.1",
+                     "domains": ["geosite:test@ads", "ext-domain:geosite-test.dat:category-ads"],
+                     "expectIps": ["geoip:cn", "ext:geoip-test.dat:test", "10.0.0.1"]}],
+        "hosts": {"geosite:TEST": "127.0.0.2", "ext-domain:x": "127.0.0.3"}}, geodata=geodata)
+    server = config.servers[0]
+    assert [str(rule) for rule in server.domains] == [
+        "regexp:^ad[0-9]+\\.example\\.net$", "domain:ads.example.net",
+        "domain:doubleclick.example"]
+    assert [str(cidr) for cidr in server.expect_ips] == [
+        "203.0.113.0/24", "192.0.2.128/25", "198.51.100.0/24", "2001:db8::/32", "10.0.0.1/32"]
+    assert [(str(m.rule), str(m.addresses[0])) for m in config.hosts] == [
+        ("full:ext-domain:x", "127.0.0.3"), ("domain:example.com", "127.0.0.2"),
+        ("full:www.example.org", "127.0.0.2"), ("keyword:tracker", "127.0.0.2"),
+        ("regexp:^ad[0-9]+\\.example\\.net$", "127.0.0.2"),
+        ("domain:ads.example.net", "127.0.0.2")]
+
+
+def test_a_list_that_is_not_there_is_named(geodata: GeoData) -> None:
+    with pytest.raises(ConfigError, match="'nope' not found"):
+        DnsConfig.from_json({"servers": [{"address": "1.1.1.1", "domains": ["geosite:nope"]}]},
+                            geodata=geodata)
 
 
 def test_every_error_is_reported_at_once() -> None:

@@ -26,8 +26,6 @@ def test_parse_domain_rule(text: str, plain: str, expected: DomainRule) -> None:
     ("domain:", "empty domain rule"),
     ("regexp:(", "invalid regexp"),
     ("dotless:a.b", "should not contain a dot"),
-    ("geosite:cn", "geosite/geoip in dns is not supported yet"),
-    ("ext:my.dat:list", "geosite/geoip in dns is not supported yet"),
 ])
 def test_parse_domain_rule_errors_carry_the_path(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -23,10 +23,13 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from v2sync.app.dns.matcher import (FULL, GEO_UNSUPPORTED, KEYWORD, DomainRule,
+from v2sync.app.dns.matcher import (DOMAIN, FULL, KEYWORD, REGEXP, DomainRule,
                                     parse_domain_rule)
+from v2sync.app.router.config import parse_domain_entry, parse_ip_entry
+from v2sync.app.router.geodata import GeoData
+from v2sync.app.router.matchers import Cidr, DomainKind
 from v2sync.common.errors import ConfigError, ConfigErrors, join_path, shown
 from v2sync.common.net import Address, AddressKind, go_address
 from v2sync.infra.conf.fields import MAX_UINT16
@@ -40,11 +43,14 @@ UNSUPPORTED_URL_SCHEMES = ("https://", "https+local://", "quic+local://")
 DOH_UNSUPPORTED = "DoH/DoQ servers are not supported by v2sync yet"
 SERVER_KEYS = ("address", "port", "domains", "expectIps", "clientIp")
 GEOIP_PREFIXES = ("geoip:", "ext:", "ext-ip:")
+GEOSITE_PREFIXES = ("geosite:", "ext:", "ext-domain:")  # servers' domains: router.go's parser
 HOSTS_GEO_PREFIXES = ("geosite:", "ext:")  # dns.go reads "ext-domain:" in hosts as a plain name
+# dns.go typeMap: how a geosite list's domain types read as DNS rules.
+GEOSITE_KINDS = {DomainKind.PLAIN: KEYWORD, DomainKind.REGEX: REGEXP,
+                 DomainKind.DOMAIN: DOMAIN, DomainKind.FULL: FULL}
 SERVER_EXPECTED = ('expected "localhost", an IP address, a domain, or '
                    '{"address", "port", "domains", "expectIps", "clientIp"}')
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class NameServerConfig:
     address: Optional[Address]
     port: int = DEFAULT_DNS_PORT
     domains: Tuple[DomainRule, ...] = ()  # names to send to this server first
-    expect_ips: Tuple[IPNetwork, ...] = ()  # answers outside these are discarded
+    expect_ips: Tuple[Cidr, ...] = ()  # answers outside these are discarded
     client_ip: Optional[Address] = None  # overrides the section's clientIp
 
     @property
@@ -91,16 +97,21 @@ class DnsConfig:
     tag: str = ""
 
     @classmethod
-    def from_json(cls, raw: Optional[Mapping[str, Any]], path: str = "dns") -> "DnsConfig":
-        """Build from the raw section; every problem found is reported (ConfigErrors)."""
+    def from_json(cls, raw: Optional[Mapping[str, Any]], path: str = "dns",
+                  geodata: Optional[GeoData] = None) -> "DnsConfig":
+        """Build from the raw section; every problem found is reported (ConfigErrors).
+        ``geosite:``/``geoip:``/``ext:`` lists are read from ``geodata`` (the routing's, so
+        each file is read once)."""
         if raw is None:
             return cls()
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{type(raw).__name__} is not an object", path,
                               expected="expected an object")
+        data = geodata if geodata is not None else GeoData()
         errors: List[ConfigError] = []
-        servers = _collect(errors, _servers, lookup(raw, "servers"), join_path(path, "servers"))
-        hosts = _collect(errors, _hosts, lookup(raw, "hosts"), join_path(path, "hosts"))
+        servers = _collect(errors, _servers, lookup(raw, "servers"), join_path(path, "servers"),
+                           data)
+        hosts = _collect(errors, _hosts, lookup(raw, "hosts"), join_path(path, "hosts"), data)
         client_ip = _collect(errors, _client_ip, lookup(raw, "clientIp"),
                              join_path(path, "clientIp"))
         tag = _collect(errors, _optional_string, lookup(raw, "tag"), join_path(path, "tag"))
@@ -120,9 +131,9 @@ def lookup(obj: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def _collect(errors: List[ConfigError], build: Any, value: Any, path: str) -> Any:
+def _collect(errors: List[ConfigError], build: Any, value: Any, path: str, *extra: Any) -> Any:
     try:
-        return build(value, path)
+        return build(value, path, *extra)
     except ConfigErrors as e:
         errors.extend(e.errors)
     except ConfigError as e:
@@ -133,20 +144,21 @@ def _collect(errors: List[ConfigError], build: Any, value: Any, path: str) -> An
 # ---------------------------------------------------------------- servers
 
 
-def _servers(value: Any, path: str) -> Tuple[NameServerConfig, ...]:
+def _servers(value: Any, path: str, geodata: GeoData) -> Tuple[NameServerConfig, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{type(value).__name__} is not an array", path,
                           expected="expected an array of servers")
     errors: List[ConfigError] = []
-    servers = [_collect(errors, _server, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    servers = [_collect(errors, _server, item, f"{path}[{i}]", geodata)
+               for i, item in enumerate(value)]
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     return tuple(servers)
 
 
-def _server(value: Any, path: str) -> NameServerConfig:
+def _server(value: Any, path: str, geodata: GeoData) -> NameServerConfig:
     if isinstance(value, str):
         return NameServerConfig(_server_address(value, path))
     if not isinstance(value, Mapping):
@@ -162,8 +174,9 @@ def _server(value: Any, path: str) -> NameServerConfig:
     return NameServerConfig(
         address=address,
         port=port or DEFAULT_DNS_PORT,
-        domains=_domains(lookup(value, "domains"), join_path(path, "domains")),
-        expect_ips=_expect_ips(lookup(value, "expectIps"), join_path(path, "expectIps")),
+        domains=_domains(lookup(value, "domains"), join_path(path, "domains"), geodata),
+        expect_ips=_expect_ips(lookup(value, "expectIps"), join_path(path, "expectIps"),
+                               geodata),
         client_ip=_client_ip(lookup(value, "clientIp"), join_path(path, "clientIp")),
     )
 
@@ -192,32 +205,46 @@ def _port(value: Any, path: str) -> int:
     return value
 
 
-def _domains(value: Any, path: str) -> Tuple[DomainRule, ...]:
+def _domains(value: Any, path: str, geodata: GeoData) -> Tuple[DomainRule, ...]:
     # dns.go declares Domains []string: an array only, unlike the StringList of expectIps.
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"invalid domains {shown(value)}", path,
                           expected="expected an array of strings")
-    return tuple(parse_domain_rule(text, KEYWORD, f"{path}[{i}]") for i, text in enumerate(value))
+    return tuple(rule for i, text in enumerate(value)
+                 for rule in _domain_rules(text, KEYWORD, f"{path}[{i}]", geodata,
+                                           GEOSITE_PREFIXES))
 
 
-def _expect_ips(value: Any, path: str) -> Tuple[IPNetwork, ...]:
-    networks = []
+def _domain_rules(text: str, plain_kind: str, path: str, geodata: GeoData,
+                  geo_prefixes: Tuple[str, ...]) -> List[DomainRule]:
+    """One entry's rules: a geosite list (``geosite:name[@attr]``, ``ext:file:name``) gives
+    one per domain, its types read as dns.go's typeMap reads them; else the one rule."""
+    if not text.startswith(geo_prefixes):
+        return [parse_domain_rule(text, plain_kind, path)]
+    return [DomainRule(GEOSITE_KINDS[pattern.kind], pattern.value)
+            for pattern in parse_domain_entry(text, path, geodata)]
+
+
+def _expect_ips(value: Any, path: str, geodata: GeoData) -> Tuple[Cidr, ...]:
+    """CIDRs, IPs and ``geoip:``/``ext:`` lists, as toCidrList reads them."""
+    cidrs: List[Cidr] = []
     for i, text in enumerate(string_list(value, path)):
         if text.startswith(GEOIP_PREFIXES):
-            raise ConfigError(f"{GEO_UNSUPPORTED}: {text!r}", f"{path}[{i}]",
-                              expected="use CIDRs or single IP addresses")
-        networks.append(_network(text, f"{path}[{i}]"))
-    return tuple(networks)
+            cidrs.extend(parse_ip_entry(text, f"{path}[{i}]", geodata))
+        else:
+            cidrs.append(_network(text, f"{path}[{i}]"))
+    return tuple(cidrs)
 
 
-def _network(text: str, path: str) -> IPNetwork:
+def _network(text: str, path: str) -> Cidr:
     try:
-        return ipaddress.ip_network(text, strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
         raise ConfigError(f"invalid IP or CIDR {text!r}", path,
                           expected='expected "10.0.0.0/8" or "1.2.3.4"') from e
+    return Cidr(network.version, int(network.network_address), network.prefixlen)
 
 
 def _client_ip(value: Any, path: str) -> Optional[Address]:
@@ -239,25 +266,26 @@ def _warn_unknown_keys(value: Mapping[str, Any], path: str) -> None:
 # ---------------------------------------------------------------- hosts
 
 
-def _hosts(value: Any, path: str) -> Tuple[HostMapping, ...]:
+def _hosts(value: Any, path: str, geodata: GeoData) -> Tuple[HostMapping, ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
         raise ConfigError(f"{type(value).__name__} is not an object", path,
                           expected='expected {"domain": "IP or domain"}')
     errors: List[ConfigError] = []
-    mappings = []
+    mappings: List[HostMapping] = []
     for key in sorted(value):  # dns.go sorts the keys: rule ids follow that order
         where = join_path(path, "[" + json.dumps(key) + "]")
-        mappings.append(_collect(errors, _host, (key, value[key]), where))
+        mappings.extend(_collect(errors, _host, (key, value[key]), where, geodata) or ())
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     return tuple(mappings)
 
 
-def _host(item: Tuple[str, Any], path: str) -> HostMapping:
+def _host(item: Tuple[str, Any], path: str, geodata: GeoData) -> List[HostMapping]:
+    """A key's mappings: one, or one per domain of a geosite list (dns.go)."""
     key, target = item
-    rule = parse_domain_rule(key, FULL, path, geo_prefixes=HOSTS_GEO_PREFIXES)
+    rules = _domain_rules(key, FULL, path, geodata, HOSTS_GEO_PREFIXES)
     address = go_address(_string(target, path))
     if not address.value:
         raise ConfigError(f"empty address for {key!r}", path, expected="expected an IP or a domain")
@@ -265,7 +293,7 @@ def _host(item: Tuple[str, Any], path: str) -> HostMapping:
     # hosts.go: a lone 127.0.0.1 also answers ::1 ("dirty workaround" for IPv6 localhost).
     if address.value == "127.0.0.1":
         addresses = (address, Address.parse("::1"))
-    return HostMapping(rule, tuple(addresses))
+    return [HostMapping(rule, tuple(addresses)) for rule in rules]
 
 
 def _optional_string(value: Any, path: str) -> str:

@@ -8,7 +8,8 @@ case-sensitive, as in 4.34.
 
 The two config places read an unprefixed entry differently (4.34 ``infra/conf/dns.go`` vs
 ``router.go::parseDomainRule``): a plain ``hosts`` key is a *full* match, a plain ``domains``
-entry a *keyword*. ``geosite:`` and ``ext:`` lists are not supported in the DNS section yet.
+entry a *keyword*. ``geosite:`` and ``ext:`` lists are expanded by the config
+(``app.dns.config``), one rule per domain of the list, with the router's reader.
 """
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ KINDS = (FULL, DOMAIN, KEYWORD, REGEXP)
 # Prefixes that carry a value, by how they read the rest of the string.
 _PREFIXES = (("domain:", DOMAIN), ("full:", FULL), ("keyword:", KEYWORD), ("regexp:", REGEXP))
 DOTLESS_PREFIX = "dotless:"
-GEO_PREFIXES = ("geosite:", "ext:", "ext-domain:")
-GEO_UNSUPPORTED = "geosite/geoip in dns is not supported yet"
 # 4.34 dns.go/router.go: "dotless:" alone matches names without a dot; "dotless:sub" matches
 # dotless names containing sub.
 _DOTLESS_ANY = "^[^.]*$"
@@ -44,13 +43,10 @@ class DomainRule:
         return f"{self.kind}:{self.value}"
 
 
-def parse_domain_rule(text: str, plain_kind: str, path: str = "",
-                      geo_prefixes: Tuple[str, ...] = GEO_PREFIXES) -> DomainRule:
+def parse_domain_rule(text: str, plain_kind: str, path: str = "") -> DomainRule:
     """``"domain:example.com"`` -> ``DomainRule(DOMAIN, "example.com")``; an unprefixed entry
-    becomes ``plain_kind``. Errors say what is wrong with which entry."""
-    if text.startswith(geo_prefixes):
-        raise ConfigError(f"{GEO_UNSUPPORTED}: {text!r}", path,
-                          expected="use domain:, full:, keyword:, regexp: or dotless: rules")
+    becomes ``plain_kind``. Errors say what is wrong with which entry. (A geosite list is
+    many rules: the config expands it before this.)"""
     if text.startswith(DOTLESS_PREFIX):
         return _dotless_rule(text[len(DOTLESS_PREFIX):], path)
     for prefix, kind in _PREFIXES:

@@ -31,6 +31,7 @@ from v2sync.app.dns.client import (QUERY_ATTEMPTS, QUERY_TIMEOUT, Answer, Dial, 
                                    LocalNameServer, UdpNameServer)
 from v2sync.app.dns.config import DnsConfig, HostMapping, NameServerConfig
 from v2sync.app.dns.matcher import DOMAIN, REGEXP, DomainMatcherGroup, DomainRule
+from v2sync.app.router.matchers import IpSet
 from v2sync.common.errors import TransportError
 from v2sync.transport.internet.resolve import of_families
 from v2sync.common.net import Address
@@ -107,6 +108,8 @@ class NameServerClient:
         self.server = server
         self.cache = DnsCache(clock)
         self.name = server.name
+        # One bisect per answer however long the list (a geoip:cn is thousands of CIDRs).
+        self._expect_ips = IpSet.from_cidrs(config.expect_ips) if config.expect_ips else None
 
     def query(self, domain: str, want_ipv4: bool, want_ipv6: bool) -> List[Address]:
         if isinstance(self.server, LocalNameServer):
@@ -152,10 +155,10 @@ class NameServerClient:
         raise DnsAnswerError(f"{self.name}: {domain}: empty response")
 
     def _expected(self, domain: str, found: List[Address]) -> List[Address]:
-        networks = self.config.expect_ips
-        if not networks:
+        expected = self._expect_ips
+        if expected is None:
             return found
-        kept = [a for a in found if any(a.ip() in net for net in networks)]
+        kept = [a for a in found if expected.contains(a)]
         if not kept:
             raise _TryNext(f"{self.name}: no answer for {domain} matches expectIps")
         return kept

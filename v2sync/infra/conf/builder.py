@@ -26,6 +26,7 @@ from v2sync.infra.conf.validate import (NETWORK_ALIASES, ReportedErrors, TooMany
                                         check_document, sort_errors, without_errors)
 from v2sync.app.dns.config import DnsConfig
 from v2sync.app.router.config import from_json as routing_from_json
+from v2sync.app.router.geodata import GeoData
 from v2sync.common.mux.client import DEFAULT_CONCURRENCY as DEFAULT_MUX_CONCURRENCY
 from v2sync.common.mux.client import MAX_CONCURRENCY as MAX_MUX_CONCURRENCY
 from v2sync.common.protocol.server_spec import ServersConfig
@@ -182,16 +183,17 @@ class _Builder:
             policy = self.attempt(policy_section.file, "policy", build_policy,
                                   policy_section.value) \
                 or policy  # on error build_config raises anyway
+        geodata = GeoData()  # each .dat file read once for the DNS and the routing
         dns_section = merged.section("dns")
         dns_settings = None
         if dns_section is not None:
             dns_settings = self.attempt(dns_section.file, "dns", DnsConfig.from_json,
-                                        dns_section.value, "dns")
+                                        dns_section.value, "dns", geodata)
         routing_section = merged.section("routing")
         routing_settings = None
         if routing_section is not None:
             routing_settings = self.attempt(routing_section.file, "routing", routing_from_json,
-                                            routing_section.value, "routing")
+                                            routing_section.value, "routing", geodata)
         return Config(
             dns_settings=dns_settings,
             routing_settings=routing_settings,
