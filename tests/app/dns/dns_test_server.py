@@ -64,12 +64,13 @@ class DnsTestServer:
     def __init__(self, records: Optional[Mapping[str, Sequence[object]]] = None, *, ttl: int = 60,
                  cnames: Optional[Mapping[str, str]] = None, silent: bool = False,
                  negative_ttl: Optional[int] = None, rcode: int = RCODE_NOERROR,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", silent_types: Sequence[int] = ()):
         # name -> addresses (strings, or anything whose str() is one); tests may swap them.
         self.records = {k: list(v) for k, v in (records or {}).items()}
         self.cnames = dict(cnames or {})
         self.ttl = ttl
         self.silent = silent
+        self.silent_types = frozenset(silent_types)  # query types never answered
         self.negative_ttl = negative_ttl
         self.rcode = rcode  # forced for every answer when not NOERROR (SERVFAIL, REFUSED...)
         self.host = host
@@ -135,7 +136,7 @@ class DnsTestServer:
                          _client_subnet(query))
         with self._lock:
             self._queries.append(seen)
-        if self.silent:
+        if self.silent or seen.qtype in self.silent_types:
             return None
         return self.answer(query).to_wire(want_shuffle=False)  # keep the records' order
 

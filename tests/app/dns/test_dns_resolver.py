@@ -130,12 +130,29 @@ def test_cache_honours_the_smallest_ttl(clock: FakeClock) -> None:
         assert server.count("a.test") == 2  # expired: asked again
 
 
-def test_cache_is_per_family(clock: FakeClock, dns_server: DnsTestServer) -> None:
+def test_cached_addresses_of_one_family_serve_a_lookup_of_both(clock: FakeClock,
+                                                              dns_server: DnsTestServer) -> None:
+    """4.34's findIPsForDomain returns what the cache holds for either family when it has
+    addresses; only a lookup it cannot serve so asks again."""
     dns = resolver({"servers": [server_entry(dns_server)]}, clock)
     dns.lookup("a.test", "UseIPv4")
-    dns.lookup("a.test")  # A from the cache, only AAAA goes out
+    assert texts(dns.lookup("a.test")) == ["10.0.0.1", "10.0.0.2"]  # the cached A, nothing asked
     assert dns_server.count("a.test", wire.TYPE_A) == 1
+    assert dns_server.count("a.test", wire.TYPE_AAAA) == 0
+    dns.lookup("a.test", "UseIPv6")  # nothing cached for it: AAAA goes out
     assert dns_server.count("a.test", wire.TYPE_AAAA) == 1
+
+
+def test_a_server_silent_on_aaaa_costs_its_timeout_once(clock: FakeClock) -> None:
+    """A review saw every connection wait out the AAAA timeout (4 s) where 4.34 waits once:
+    the A answer it got is cached and serves the lookups after it."""
+    with DnsTestServer(RECORDS, silent_types=[wire.TYPE_AAAA]) as server:
+        dns = resolver({"servers": [server_entry(server)]}, clock)
+        assert texts(dns.lookup("a.test")) == ["10.0.0.1", "10.0.0.2"]  # after AAAA timed out
+        asked = server.count("a.test")
+        for _ in range(3):
+            assert texts(dns.lookup("a.test")) == ["10.0.0.1", "10.0.0.2"]
+        assert server.count("a.test") == asked
 
 
 def test_ttl_zero_is_not_cached(clock: FakeClock) -> None:

@@ -131,7 +131,10 @@ class NameServerClient:
                 missing.append(qtype)
             else:
                 answers[qtype] = cached
-        if missing:
+        # As 4.34's findIPsForDomain: addresses the cache holds for one type are served
+        # without asking again for the other (a server that never answers AAAA would
+        # otherwise cost every lookup its timeout).
+        if missing and not any(answer.addresses for answer in answers.values()):
             try:
                 fresh = server.exchange(domain, missing)
             except DnsTimeout as e:
