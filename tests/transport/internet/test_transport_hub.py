@@ -12,7 +12,7 @@ import pytest
 
 from v2sync import distro  # noqa: F401  (registers every transport)
 from v2sync.common.errors import ConfigError, HandshakeTimeout, RemoteProtocolError, TransportError
-from v2sync.common.net import LOCALHOST, Address, Destination
+from v2sync.common.net import LOCALHOST, Address, Destination, Network
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import (DsSettings, SockoptSettings,
                                               build_stream_settings)
@@ -20,6 +20,7 @@ from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.hub import StreamClient, StreamServer
 from v2sync.transport.internet.sockopt import TFO_QUEUE, apply_outbound
 from v2sync.transport.internet.tcp import bind_tcp, dial_tcp
+from v2sync.transport.internet.udp import dial_udp, open_udp
 
 TIMEOUT = 10.0
 
@@ -46,6 +47,15 @@ def test_dialed_socket_gets_mark_and_fast_open_connect() -> None:
             assert conn.sock.getsockopt(socket.IPPROTO_TCP, 30) == 1  # TCP_FASTOPEN_CONNECT
         finally:
             conn.close()
+
+
+def test_udp_sockets_get_the_outbounds_mark() -> None:
+    """freedom's unconnected socket and the connected ones of the Shadowsocks, SOCKS and
+    dns outbounds, as 4.34's dialer marks every socket it makes."""
+    dest = Destination(Address.parse("127.0.0.1"), 9, Network.UDP)
+    for make in (open_udp, dial_udp):
+        with make(dest, None, SockoptSettings(mark=9)) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 9
 
 
 def test_a_failing_option_is_a_clear_transport_error() -> None:

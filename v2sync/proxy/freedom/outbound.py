@@ -122,7 +122,7 @@ class FreedomOutbound:
         # whatever order the resolver gave: getaddrinfo puts ::1 before 127.0.0.1.
         found = candidates(dest, self.strategy, lookup)
         target = min(found, key=lambda d: d.address.kind is not AddressKind.IPV4)
-        sock = open_udp(target, self.source)
+        sock = open_udp(target, self.source, self.client.sockopt)
         address = (target.address.value, target.port)
         # The outbound's counters take each datagram, as 4.34's counting connection does.
         uplink, downlink = (adder(counter) for counter in self.client.counters)

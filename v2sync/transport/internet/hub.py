@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 from v2sync.common.errors import ConfigError, TransportError, join_path
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
-from v2sync.transport.internet.config import StreamSettings
+from v2sync.transport.internet.config import SockoptSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake, complete
 from v2sync.transport.internet.proxyproto import accept_proxy_header
 from v2sync.transport.internet.counting import counted
@@ -123,6 +123,11 @@ class StreamClient:
         except TransportError as e:  # e.g. an unreadable CA bundle
             path = join_path(getattr(handler_config, "path", ""), "streamSettings")
             raise ConfigError(str(e), path) from e
+
+    @property
+    def sockopt(self) -> SockoptSettings:
+        """For the outbound's own UDP sockets (``udp.open_udp``/``dial_udp``)."""
+        return self.settings.sockopt
 
     @property
     def uses_address(self) -> bool:

@@ -9,13 +9,15 @@ from typing import Callable, Optional, Tuple
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
 from v2sync.transport.internet.conn import new_socket
-from v2sync.transport.internet.sockopt import dual_stack
+from v2sync.transport.internet.config import SockoptSettings
+from v2sync.transport.internet.sockopt import apply_outbound, dual_stack
 
 MAX_DATAGRAM = 65535
 # The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
 # (buf.Size), inbound and outbound, and passes on only what fits. v2sync drops a longer one
 # whole instead of cutting it (a cut datagram is garbage to every application).
 MAX_UDP_PAYLOAD = 2048
+NO_SOCKOPT = SockoptSettings()
 
 
 def _family(address: Address) -> socket.AddressFamily:
@@ -58,16 +60,23 @@ def peer_sockaddr(sock: socket.socket, dest: Destination) -> Tuple[str, int]:
     return host, dest.port
 
 
-def open_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
+def open_udp(dest: Destination, source: Optional[Address] = None,
+             opt: SockoptSettings = NO_SOCKOPT) -> socket.socket:
     """An unconnected UDP socket for sending to ``dest`` (an IP): what 4.34's system dialer
     gives freedom (``packetConnWrapper``). It reads answers from any address, so a peer
-    behind it sees a full cone: whoever learns the port can answer through it."""
+    behind it sees a full cone: whoever learns the port can answer through it. The
+    outbound's ``sockopt`` applies as to TCP (a gateway's ``mark`` keeps its own traffic
+    out of its TPROXY rules)."""
     sock = new_socket(_family(dest.address), socket.SOCK_DGRAM, f"failed to open udp to {dest}")
     try:
+        apply_outbound(sock, opt, tcp=False)
         sock.bind((source.value if source is not None else "", 0))
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to open udp to {dest}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
     return sock
 
 
@@ -92,16 +101,22 @@ def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
             continue
 
 
-def dial_udp(dest: Destination, source: Optional[Address] = None) -> socket.socket:
-    """A UDP socket connected to ``dest`` (an IP), so only its replies come back."""
+def dial_udp(dest: Destination, source: Optional[Address] = None,
+             opt: SockoptSettings = NO_SOCKOPT) -> socket.socket:
+    """A UDP socket connected to ``dest`` (an IP), so only its replies come back; the
+    outbound's ``sockopt`` applies as in ``open_udp``."""
     sock = new_socket(_family(dest.address), socket.SOCK_DGRAM, f"failed to dial udp {dest}")
     try:
+        apply_outbound(sock, opt, tcp=False)
         if source is not None:
             sock.bind((source.value, 0))
         sock.connect((dest.address.value, dest.port))
     except OSError as e:
         sock.close()
         raise TransportError(f"failed to dial udp {dest}: {e.strerror or e}") from e
+    except TransportError:
+        sock.close()
+        raise
     return sock
 
 
