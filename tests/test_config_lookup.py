@@ -131,7 +131,8 @@ def test_v2ray_flags_v2sync_takes(tmp_path: Path, v2ray_bin: str) -> None:
 
 @pytest.mark.parametrize("flags", [["-test=true"], ["-test=1"], ["--test=T"],
                                    ["-test=false", "-test"], ["-test=x"], ["-version=true"],
-                                   ["-version=false", "-test"], ["-help"]])
+                                   ["-version=false", "-test"], ["-help"],
+                                   ["-test", "-help"], ["-format", "json", "--h"]])
 def test_go_flag_forms_as_4_34_reads_them(flags: List[str], tmp_path: Path,
                                           v2ray_bin: str) -> None:
     """A boolean flag's ``=VALUE`` (strconv.ParseBool), and ``-help``: the same exit code

@@ -136,7 +136,7 @@ def _v2ray_style(argv: List[str]) -> List[str]:
         return ["run"] + argv
     if not argv[0].startswith("-"):
         return argv
-    if argv[0] in HELP_FLAGS:
+    if set(argv) & set(HELP_FLAGS):  # Go's flag package: wherever it comes among the flags
         return ["--help"]
     argv = _go_bools(argv)
     if set(argv) & set(VERSION_FLAGS):
@@ -291,8 +291,10 @@ def _load_files(args):
     if found:
         log.info("Using default config: %s", found)
         return load_config([found])
-    if _stdin_holds_config() if args.command == "run" else not sys.stdin.isatty():
-        log.info("Using config from STDIN")
+    piped = _stdin_holds_config() if args.command == "run" else not sys.stdin.isatty()
+    if piped:
+        # Said at Warning, as 4.34 always prints it: a pipe that never ends waits here.
+        log.warning("Using config from STDIN")
         return load_config(["stdin:"])
     return load_default()
 

@@ -4,8 +4,8 @@ Two places an outbound waited where the link's interrupt did not reach it, so ``
 spent its whole abort budget and left the thread running ("thread(s) still running at
 shutdown"):
 - a server that accepted and then said nothing while the outbound waited for its answer
-  (the HTTP outbound's CONNECT, the SOCKS outbound's greeting, a Shadowsocks header whose
-  write finishes a TLS handshake or WebSocket upgrade first);
+  (the HTTP outbound's TLS handshake or CONNECT, the SOCKS outbound's greeting, a
+  Shadowsocks header whose write finishes a TLS handshake or WebSocket upgrade first);
 - the waits between dial tries to a server that is down (4.34's schedule: 2 s in all for
   VMess and Trojan).
 
@@ -48,6 +48,8 @@ def _server(port: int) -> Dict[str, Any]:
 
 MUTE_OUTBOUNDS: Dict[str, Callable[[int], Dict[str, Any]]] = {
     "http": lambda port: {"protocol": "http", "settings": {"servers": [_server(port)]}},
+    "http-tls": lambda port: {"protocol": "http", "streamSettings": TLS,
+                              "settings": {"servers": [_server(port)]}},
     "socks": lambda port: {"protocol": "socks", "settings": {"servers": [_server(port)]}},
     "shadowsocks-tls": lambda port: {
         "protocol": "shadowsocks", "streamSettings": TLS, "settings": {"servers": [

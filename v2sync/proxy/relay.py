@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Iterator, Optional, Union
 
-from v2sync.common.errors import detached
+from v2sync.common.errors import PipeInterrupted, V2SyncError, detached
 from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, outside_slot, run_pair_steps
 from v2sync.features.proxy import ProxyContext
@@ -30,6 +30,7 @@ from v2sync.infra.conf.model import LevelPolicy
 from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
                                    flush_ready, write_or_stop)
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.dialer import Pause
 from v2sync.transport.link import Link
 
 Direction = Callable[[ActivityTimer], None]
@@ -205,7 +206,7 @@ def aborted_with(link: Link, abort: Callable[[], None]) -> Iterator[None]:
             pipe.remove_interrupt_hook(abort)
 
 
-def link_pause(link: Link) -> Callable[[float], bool]:
+def link_pause(link: Link) -> Pause:
     """A dial retry's wait (``dialer.with_retry``'s ``pause``) that the link's interrupt
     ends: True, give up. A shutdown or the other side failing so stops the tries at once,
     as a cancelled context stops 4.34's dials, instead of holding the outbound's thread
@@ -216,3 +217,24 @@ def link_pause(link: Link) -> Callable[[float], bool]:
         with aborted_with(link, interrupted.set):  # set at once if already interrupted
             return outside_slot(interrupted.wait, seconds)
     return pause
+
+
+@contextlib.contextmanager
+def setup_aborted_with(link: Link, conn: Connection) -> Iterator[None]:
+    """An outbound's exchange with its server before the relay (a CONNECT, a SOCKS
+    greeting, a write that finishes a TLS handshake), cut by the link's interrupt as the
+    relay is (``aborted_with``): a failure after that abort is a PipeInterrupted, logged
+    as the cancelled setup it is, not as the server's fault."""
+    aborted = []  # a flag the hook sets (an Event would cost every connection more)
+
+    def abort() -> None:
+        aborted.append(True)
+        conn.abort()
+
+    with aborted_with(link, abort):
+        try:
+            yield
+        except V2SyncError as e:
+            if aborted:
+                raise PipeInterrupted(f"interrupted during the setup: {e}") from e
+            raise

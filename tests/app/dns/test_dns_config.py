@@ -112,7 +112,9 @@ def test_empty_and_absent() -> None:
     ({"servers": [{"address": "1.1.1.1", "expectIps": ["geoip:"]}]},
      "dns.servers[0].expectIps[0]", "empty country name"),
     ({"servers": [{"address": "1.1.1.1", "expectIps": ["10.0.0.0/33"]}]},
-     "dns.servers[0].expectIps[0]", "invalid IP or CIDR"),
+     "dns.servers[0].expectIps[0]", "invalid network mask for router"),
+    ({"servers": [{"address": "1.1.1.1", "expectIps": ["10.0.0.0/255.0.0.0"]}]},
+     "dns.servers[0].expectIps[0]", "invalid network mask for router"),
     ({"servers": [{"address": "1.1.1.1", "clientIp": "example.com"}]},
      "dns.servers[0].clientIp", "not an IP address"),
     ({"servers": [42]}, "dns.servers[0]", "invalid name server"),
@@ -222,7 +224,8 @@ def _v2sync_accepts(section: Mapping[str, Any]) -> bool:
     {"servers": [{"address": "1.1.1.1", "clientIp": "example.com"}]},
     {"clientIp": "example.com"},
     {"hosts": {"dotless:a.b": "1.2.3.4"}},
+    {"servers": [{"address": "1.1.1.1", "expectIps": ["10.0.0.0/255.0.0.0"]}]},
 ], ids=["full", "host-port-string", "server-clientIp-domain", "clientIp-domain",
-        "dotless-with-dot"])
+        "dotless-with-dot", "expectIps-dotted-mask"])
 def test_v2ray_agrees(section: Mapping[str, Any], v2ray_bin: str, tmp_path: Path) -> None:
     assert _v2sync_accepts(section) == _v2ray_accepts(v2ray_bin, section, tmp_path)

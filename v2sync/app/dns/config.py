@@ -19,7 +19,6 @@ case-insensitively, as Go's ``encoding/json`` does.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -228,23 +227,10 @@ def _domain_rules(text: str, plain_kind: str, path: str, geodata: GeoData,
 
 
 def _expect_ips(value: Any, path: str, geodata: GeoData) -> Tuple[Cidr, ...]:
-    """CIDRs, IPs and ``geoip:``/``ext:`` lists, as toCidrList reads them."""
-    cidrs: List[Cidr] = []
-    for i, text in enumerate(string_list(value, path)):
-        if text.startswith(GEOIP_PREFIXES):
-            cidrs.extend(parse_ip_entry(text, f"{path}[{i}]", geodata))
-        else:
-            cidrs.append(_network(text, f"{path}[{i}]"))
-    return tuple(cidrs)
-
-
-def _network(text: str, path: str) -> Cidr:
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError as e:
-        raise ConfigError(f"invalid IP or CIDR {text!r}", path,
-                          expected='expected "10.0.0.0/8" or "1.2.3.4"') from e
-    return Cidr(network.version, int(network.network_address), network.prefixlen)
+    """CIDRs, IPs and ``geoip:``/``ext:`` lists, as the router reads them: dns.go calls
+    its ``toCidrList``."""
+    return tuple(cidr for i, text in enumerate(string_list(value, path))
+                 for cidr in parse_ip_entry(text, f"{path}[{i}]", geodata))
 
 
 def _client_ip(value: Any, path: str) -> Optional[Address]:

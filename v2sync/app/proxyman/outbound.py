@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Tuple
 
-from v2sync.common.errors import NoServerReachable, ServerHandshakeError, V2SyncError
+from v2sync.common.errors import (MAX_CHAIN, NoServerReachable, PipeInterrupted,
+                                  ServerHandshakeError, V2SyncError)
 from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
 from v2sync.common.task import Steps, at_once, drive
@@ -16,7 +17,6 @@ from v2sync.infra.conf.model import MuxConfig
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
-MAX_CAUSES = 8  # how far _level follows __cause__; real chains are two or three long
 
 
 class OutboundHandler:
@@ -49,8 +49,8 @@ class OutboundHandler:
         try:
             yield from self._process_steps(session, link)
         except V2SyncError as e:
-            log.log(_level(e), "%s: outbound %s failed: %s", session.name(), self.tag or "-",
-                    e)
+            log.log(_level(e), "%s: outbound %s failed: %s", session.name(),
+                    self.tag or "-", e)
             link.writer.interrupt()
         except Exception:
             log.exception("%s: outbound %s crashed", session.name(), self.tag or "-")
@@ -125,8 +125,11 @@ class OutboundManager:
 
 def _level(error: BaseException) -> int:
     """Warning when no server could be reached or the handshake with one failed (anywhere
-    in the error's causes), as 4.34 logs them; else Info."""
-    for _ in range(MAX_CAUSES):
+    in the error's causes), as 4.34 logs them; else Info. A setup the link's interrupt cut
+    short (a shutdown, the client gone: PipeInterrupted) is Info whatever it broke."""
+    if isinstance(error, PipeInterrupted):
+        return logging.INFO
+    for _ in range(MAX_CHAIN):
         if isinstance(error, (NoServerReachable, ServerHandshakeError)):
             return logging.WARNING
         if error.__cause__ is None:

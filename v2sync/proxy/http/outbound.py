@@ -24,7 +24,7 @@ from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.http import encoding as enc
-from v2sync.proxy.relay import aborted_with, link_pause, relay_upstream_steps
+from v2sync.proxy.relay import link_pause, relay_upstream_steps, setup_aborted_with
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.dialer import dial_once, with_retry
 from v2sync.transport.internet.hub import StreamClient
@@ -86,11 +86,13 @@ class HttpOutbound:
         if cached is not None:
             return _Tunnel(policy, auth, h2=cached)
         conn = dial_once(server.destination, self.client)
-        if getattr(conn, "alpn", None) == ALPN_H2:
-            return _Tunnel(policy, auth, h2=self._pool().add(server.destination, conn,
-                                                             f"{session.name()}-h2"))
         try:
-            with aborted_with(link, conn.abort):  # a shutdown reaches a server yet to answer
+            # A shutdown reaches a server yet to answer, its TLS handshake (which reading
+            # the ALPN finishes) or its CONNECT.
+            with setup_aborted_with(link, conn):
+                if getattr(conn, "alpn", None) == ALPN_H2:
+                    return _Tunnel(policy, auth, h2=self._pool().add(
+                        server.destination, conn, f"{session.name()}-h2"))
                 leftover = connect_http1(conn, target, auth, policy.handshake)
         except RemoteProtocolError as e:
             conn.close()

@@ -17,7 +17,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import aborted_with, link_pause, run_relay
+from v2sync.proxy.relay import link_pause, run_relay, setup_aborted_with
 from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
 from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, encode_packet,
                                                encode_request)
@@ -59,7 +59,7 @@ class ShadowsocksOutbound:
         try:
             account = server.user.account
             writer, head = encode_request(account, target.address, target.port)
-            with aborted_with(link, conn.abort):  # this write may finish a TLS or WS handshake
+            with setup_aborted_with(link, conn):  # this write may finish a TLS or WS handshake
                 conn.write(head)
             error = yield from relay_encrypted(self.ctx, session.name(), policy, conn, link,
                                                StreamReader(account), writer, client=True)

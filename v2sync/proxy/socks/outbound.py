@@ -24,7 +24,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import aborted_with, link_pause, relay_upstream_steps, run_relay
+from v2sync.proxy.relay import link_pause, relay_upstream_steps, run_relay, setup_aborted_with
 from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.counting import adder
@@ -60,18 +60,17 @@ class SocksOutbound:
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
         try:
-            with aborted_with(link, conn.abort):  # a shutdown reaches a server yet to answer
+            with setup_aborted_with(link, conn):  # a shutdown reaches a server yet to answer
                 reader = HandshakeReader(conn, time.monotonic() + policy.handshake,
                                          MAX_REPLY_BYTES)
                 reply = _handshake(conn, reader, session.destination(), user)
-                if session.destination().network is Network.UDP:
-                    relay = Destination(server.address if reply.address in _UNSPECIFIED
-                                        else reply.address, reply.port, Network.UDP)
-                    error = self._relay_udp(session, conn, link, policy, relay)
-                else:
-                    error = yield from relay_upstream_steps(
-                        self.ctx, session.name(), policy, conn, link,
-                        reader.consume(len(reader.buf)))
+            if session.destination().network is Network.UDP:
+                relay = Destination(server.address if reply.address in _UNSPECIFIED
+                                    else reply.address, reply.port, Network.UDP)
+                error = self._relay_udp(session, conn, link, policy, relay)
+            else:
+                error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn,
+                                                        link, reader.consume(len(reader.buf)))
             if error is not None:
                 raise TransportError(f"socks relay ended: {error}") from error
         finally:

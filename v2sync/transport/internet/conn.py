@@ -19,7 +19,7 @@ except ImportError:  # not a POSIX system: no ioctl, so no inline sends (send_qu
     fcntl = None  # type: ignore[assignment]
 
 from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, RemoteProtocolError,
-                                  ServerHandshakeError, TransportError, V2SyncError)
+                                  ServerHandshakeError, TransportError)
 from v2sync.common.net import Address, Destination
 from v2sync.common.task import crowded, outside_slot
 from v2sync.transport.internet.readiness import wait_readable
@@ -493,7 +493,7 @@ class FinishOnFirstUse:
             timeout = self._sock.gettimeout()
             try:
                 step(*args)
-            except (V2SyncError, OSError) as e:
+            except (TransportError, RemoteProtocolError, OSError) as e:
                 self._failure = ServerHandshakeError(str(e))
                 raise self._failure from e
             except BaseException as e:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
-from v2sync.common.errors import NoServerReachable, TransportError
+from v2sync.common.errors import NoServerReachable, PipeInterrupted, TransportError
 from v2sync.common.net import Address, Destination
+from v2sync.common.task import outside_slot
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import resolve
@@ -24,7 +25,7 @@ Pause = Callable[[float], bool]
 
 
 def _sleep(seconds: float) -> bool:
-    time.sleep(seconds)
+    outside_slot(time.sleep, seconds)  # a dial's wait holds no run slot (common/task.py)
     return False
 
 
@@ -64,7 +65,7 @@ def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str,
     ``ExponentialBackoff``, which despite its name waits 0, ``step``, 2 ``step``, ... after
     each failure, the last one included): five tries with a 0.1 s step fail after 1 s of
     waiting, with 0.2 s after 2 s. Only a TransportError is tried again; the last one is
-    raised as ``failure``, at once if ``pause`` says to give up."""
+    raised as ``failure``; if ``pause`` says to give up, a PipeInterrupted at once."""
     last: Optional[TransportError] = None
     for n in range(attempts):
         try:
@@ -72,7 +73,7 @@ def with_retry(attempts: int, step: float, attempt: Callable[[], T], what: str,
         except TransportError as e:
             last = e
             if pause(n * step):
-                break
+                raise PipeInterrupted(f"{what}: interrupted after {last}") from e
     raise failure(f"{what}: {last}")
 
 
