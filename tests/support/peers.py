@@ -547,11 +547,12 @@ class UdpEchoServer:
     """Echoes each datagram (up to 2 KiB) to its sender, XORed with ``xor`` if given."""
 
     def __init__(self, xor: Optional[int] = None, *, host: str = "127.0.0.1", port: int = 0,
-                 max_datagrams: int = 1_000_000):
+                 max_datagrams: int = 1_000_000, receive_buffer: int = 0):
         self.xor = xor
         self.host = host
         self.port = port  # 0: the kernel picks it at start()
         self.max_datagrams = max_datagrams
+        self.receive_buffer = receive_buffer  # SO_RCVBUF; 0 keeps the kernel's default
         self.datagrams = 0
         self._stop = threading.Event()
         self._sock: Optional[socket.socket] = None
@@ -564,6 +565,8 @@ class UdpEchoServer:
     def start(self) -> None:
         sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
         try:
+            if self.receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
             sock.bind((self.host, self.port))
             sock.settimeout(ACCEPT_POLL_SECONDS)
         except OSError:
