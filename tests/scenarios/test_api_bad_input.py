@@ -16,7 +16,7 @@ import pytest
 from api_helpers import api_config, ports, query, socks_echo, socks_in
 from support.peers import TcpEchoServer
 from support.procs import V2SyncProcess
-from v2sync.app.commander.encoding import MAX_MESSAGE
+from v2sync.app.commander.encoding import CUT_MARK, MAX_MESSAGE, MAX_STATUS_MESSAGE
 from v2sync.app.commander.pb.app.stats.command import command_pb2 as stats_pb
 
 IO_TIMEOUT = 10.0
@@ -110,6 +110,28 @@ def test_unknown_service_and_oversized_call_through_grpcio(server,
             big(stats_pb.QueryStatsRequest(pattern="x" * (MAX_MESSAGE + 10)),
                 timeout=IO_TIMEOUT)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    still_serving(api_port, socks_port, tcp_echo)
+
+
+GET_STATS = "/v2ray.core.app.stats.command.StatsService/GetStats"
+HUGE_NAME = 1_000_000  # characters: under the 4 MiB message limit
+
+
+def test_a_huge_unknown_name_is_answered_at_once_with_a_cut_message(
+        server, tcp_echo: TcpEchoServer) -> None:
+    """The error repeats the name asked. A review sent a 1,000,000-character one: v2sync's
+    hpack spent a minute of CPU Huffman-coding the header, and every call on that
+    connection timed out meanwhile (4.34 answers at once, with a header too large for the
+    client). The message is now cut at ``MAX_STATUS_MESSAGE`` characters."""
+    _, api_port, socks_port = server
+    with grpc.insecure_channel(f"127.0.0.1:{api_port}") as channel:
+        get = channel.unary_unary(GET_STATS, request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=stats_pb.GetStatsResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            get(stats_pb.GetStatsRequest(name="a" * HUGE_NAME), timeout=IO_TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.UNKNOWN
+        assert len(info.value.details()) == MAX_STATUS_MESSAGE
+        assert info.value.details().endswith(CUT_MARK)
     still_serving(api_port, socks_port, tcp_echo)
 
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from support.codec_checks import assert_decodes
-from v2sync.app.commander.encoding import (MAX_MESSAGE, MessageTooLarge, decode_message,
+from v2sync.app.commander.encoding import (CUT_MARK, MAX_MESSAGE, MAX_STATUS_MESSAGE,
+                                           MessageTooLarge, decode_message,
                                            decode_status_message, encode_message,
                                            encode_status_message)
 from v2sync.common.errors import ProtocolError, RemoteProtocolError
@@ -69,3 +70,12 @@ def test_frame_guard_refuses_a_long_frame_at_its_header() -> None:
         guard.feed(bytes([byte]))
     with pytest.raises(RemoteProtocolError, match="16777215 bytes"):
         guard.feed(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")
+
+
+def test_a_long_status_message_is_cut() -> None:
+    """A request's own text can be megabytes; the header's hpack coding is pure Python."""
+    text = "x" * (MAX_STATUS_MESSAGE * 3)
+    assert decode_status_message(encode_status_message(text)) == (
+        "x" * (MAX_STATUS_MESSAGE - len(CUT_MARK)) + CUT_MARK)
+    short = "y" * MAX_STATUS_MESSAGE
+    assert decode_status_message(encode_status_message(short)) == short

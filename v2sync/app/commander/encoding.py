@@ -42,10 +42,20 @@ def decode_message(buf: bytes, limit: int = MAX_MESSAGE) -> Optional[Tuple[bytes
     return bytes(buf[PREFIX.size:end]), end
 
 
+# A status message's characters kept: a request's own text (an unknown stat name) can be
+# megabytes, and hpack's pure-Python Huffman coding took a minute of CPU for 1 MB (4.34
+# sends it whole, and the client refuses the header past its 16 KiB limit).
+MAX_STATUS_MESSAGE = 1024
+CUT_MARK = "..."
+
+
 def encode_status_message(text: str) -> str:
     """``grpc-message`` is percent-encoded UTF-8 (the spec: printable ASCII but '%' as is).
     A space at either end is encoded too: h2 strips a header value's surrounding spaces,
-    and 4.34's texts can end in one (``handler not found: `` for an empty tag)."""
+    and 4.34's texts can end in one (``handler not found: `` for an empty tag). A text
+    over ``MAX_STATUS_MESSAGE`` characters is cut there, marked with ``CUT_MARK``."""
+    if len(text) > MAX_STATUS_MESSAGE:
+        text = text[:MAX_STATUS_MESSAGE - len(CUT_MARK)] + CUT_MARK
     encoded = quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
     body = encoded.strip(" ")
     lead = len(encoded) - len(encoded.lstrip(" "))
