@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from functools import partial
 from typing import Callable, Iterator, Optional, Union
 
 from v2sync.common.errors import PipeInterrupted, V2SyncError, detached
@@ -206,17 +207,20 @@ def aborted_with(link: Link, abort: Callable[[], None]) -> Iterator[None]:
             pipe.remove_interrupt_hook(abort)
 
 
+def wait_unless_interrupted(link: Link, seconds: float) -> bool:
+    """Wait ``seconds``, or less if the link is interrupted (a shutdown, the other side
+    failing): True if it was. The wait holds no run slot (common.task)."""
+    interrupted = threading.Event()
+    with aborted_with(link, interrupted.set):  # set at once if already interrupted
+        return outside_slot(interrupted.wait, max(seconds, 0.0))
+
+
 def link_pause(link: Link) -> Pause:
     """A dial retry's wait (``dialer.with_retry``'s ``pause``) that the link's interrupt
     ends: True, give up. A shutdown or the other side failing so stops the tries at once,
     as a cancelled context stops 4.34's dials, instead of holding the outbound's thread
-    through the rest of the schedule (up to 2 s). The event is made only on a failure, and
-    the wait holds no run slot, as a dial's does not."""
-    def pause(seconds: float) -> bool:
-        interrupted = threading.Event()
-        with aborted_with(link, interrupted.set):  # set at once if already interrupted
-            return outside_slot(interrupted.wait, seconds)
-    return pause
+    through the rest of the schedule (up to 2 s). The event is made only on a failure."""
+    return partial(wait_unless_interrupted, link)
 
 
 @contextlib.contextmanager

@@ -8,15 +8,14 @@ meanwhile are swallowed, as in 4.34. The pipe is then closed gracefully: the 403
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from v2sync.common.errors import TransportError
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import outside_slot
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.blackhole.config import BlackholeConfig
+from v2sync.proxy.relay import wait_unless_interrupted
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -52,20 +51,10 @@ def _drop_for(link: Link, seconds: float) -> None:
             if remaining <= 0:
                 return
             if link.reader.read(timeout=remaining) is EOF:
-                _hold_until_interrupted(link, deadline)
+                # The client is done: the second is waited out unless a shutdown aborts it.
+                wait_unless_interrupted(link, deadline - time.monotonic())
                 return
     except ReadTimeout:
         return
     except TransportError:
         return  # interrupted: the connection is being torn down
-
-
-def _hold_until_interrupted(link: Link, deadline: float) -> None:
-    """The client is done: wait out the second, unless the link is aborted (a shutdown),
-    holding no run slot (common.task)."""
-    aborted = threading.Event()
-    link.reader.on_interrupt(aborted.set)
-    try:
-        outside_slot(aborted.wait, max(deadline - time.monotonic(), 0.0))
-    finally:
-        link.reader.remove_interrupt_hook(aborted.set)

@@ -18,6 +18,7 @@ TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
 # Listener TFO queue length. 4.34 passes 1 (the option's boolean reading); the kernel treats
 # the value as the queue of pending fast-open requests, so give it a usable size.
 TFO_QUEUE = 256
+NO_SOCKOPT = SockoptSettings()  # the default of every socket maker that takes options
 
 
 def apply_outbound(sock: socket.socket, opt: SockoptSettings, tcp: bool = True) -> None:

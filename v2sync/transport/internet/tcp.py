@@ -18,7 +18,7 @@ from v2sync.transport.internet.config import SockoptSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection, Handshake, new_socket
 from v2sync.transport.internet.headers.conn import HeaderClientConnection, accept_http_header
 from v2sync.transport.internet.hub import Listening, Transport
-from v2sync.transport.internet.sockopt import apply_inbound, apply_outbound, dual_stack
+from v2sync.transport.internet.sockopt import NO_SOCKOPT, apply_inbound, apply_outbound, dual_stack
 from v2sync.transport.internet.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ def _family(address: Address) -> socket.AddressFamily:
     return socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
 
 
-NO_SOCKOPT = SockoptSettings()
 def bind_tcp(address: Address, port: int, opt: SockoptSettings = NO_SOCKOPT) -> socket.socket:
     if opt.tproxy == "off":  # a transparent listener keeps its family (SO_ORIGINAL_DST)
         address = dual_stack(address)

@@ -10,14 +10,13 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
 from v2sync.transport.internet.conn import new_socket
 from v2sync.transport.internet.config import SockoptSettings
-from v2sync.transport.internet.sockopt import apply_outbound, dual_stack
+from v2sync.transport.internet.sockopt import NO_SOCKOPT, apply_outbound, dual_stack
 
 MAX_DATAGRAM = 65535
 # The largest datagram payload 4.34 carries: it reads every datagram into one 2 KiB buffer
 # (buf.Size), inbound and outbound, and passes on only what fits. v2sync drops a longer one
 # whole instead of cutting it (a cut datagram is garbage to every application).
 MAX_UDP_PAYLOAD = 2048
-NO_SOCKOPT = SockoptSettings()
 # An inbound's UDP socket queues a burst while each new source's session is set up (a thread,
 # a dial). The kernel charges ~2.3 KiB for a small datagram, so its default 208 KiB held ~90.
 # Measured (dokodemo-door -> freedom, one datagram from each of N new sources at once, three
