@@ -111,13 +111,16 @@ def relay_stream(*args, **kwargs):
     return drive(relay_stream_steps(*args, **kwargs))
 
 
-def test_relay_stream_sends_early_bytes_before_the_client_stream():
+def test_relay_stream_sends_what_the_link_holds_then_the_client_stream():
+    """The client's pipelined bytes went into the link with the dispatch; the relay's
+    stream follows them."""
     with relay_context() as ctx, tcp_pair() as (conn, peer):
         inbound, outbound = new_link_pair(1024, "t")
+        inbound.writer.write(b"early")
         peer.sendall(b"-rest")
         peer.shutdown(socket.SHUT_WR)
         outbound.writer.close()  # the target answered nothing
-        error = relay_stream(ctx, "t", POLICY, conn, inbound, early=b"early")
+        error = relay_stream(ctx, "t", POLICY, conn, inbound)
         got = b""
         while (chunk := outbound.reader.read(WAIT)) is not EOF:
             got += chunk
@@ -125,13 +128,14 @@ def test_relay_stream_sends_early_bytes_before_the_client_stream():
 
 
 def test_relay_stream_does_not_read_the_client_once_the_outbound_stopped():
-    """The early bytes found the pipe closed: the request direction is over, so what the
-    client sends next stays unread (a reader would wait up to uplinkOnly for nothing)."""
+    """The outbound stopped before the relay began: the request direction is over, so what
+    the client sends next stays unread (a reader would wait up to uplinkOnly for nothing)."""
     with relay_context() as ctx, tcp_pair() as (conn, peer):
         inbound, outbound = new_link_pair(1024, "t")
+        inbound.writer.write(b"early")
         outbound.reader.interrupt()  # the outbound gave up before reading anything
         peer.sendall(b"more")
-        error = relay_stream(ctx, "t", POLICY, conn, inbound, early=b"early")
+        error = relay_stream(ctx, "t", POLICY, conn, inbound)
         conn.settimeout(WAIT)
         assert conn.sock.recv(16) == b"more"
     assert error is not None  # the interrupted downlink ended the response side

@@ -25,4 +25,7 @@ class Router(Protocol):
 class Dispatcher(Protocol):
     """Connects an inbound's session to an outbound and returns the inbound's end of the link."""
 
-    def dispatch(self, session: Session, dest: Destination) -> Link: ...
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
+        """``early``: stream bytes the client sent with its request, already decoded; they
+        are in the link before the outbound starts."""
+        ...

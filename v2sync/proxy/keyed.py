@@ -160,32 +160,26 @@ class KeyedInbound:
         return None
 
     # -- serving pieces ----------------------------------------------------------------
-    def relay_tcp(self, session: Session, conn: Connection, link: Link, early: bytes,
+    def relay_tcp(self, session: Session, conn: Connection, link: Link,
                   response_head: bytes = b"") -> Steps[None]:
-        """The raw stream both ways; ``response_head`` goes out with the first response.
-        Steps: the client's reader parks while idle."""
+        """The raw stream both ways (the client's first bytes went with the dispatch);
+        ``response_head`` goes out with the first response. Steps: the client's reader
+        parks while idle."""
         waiter = self.ctx.readiness
 
         def abort() -> None:
             conn.abort()
             link.interrupt()
 
-        reading = True
-
-        def first(timer) -> None:
-            nonlocal reading
-            reading = not early or write_or_stop(link.writer, early)
-
         def request(timer) -> Steps[None]:
-            if reading:
-                for data in parkable_reads(conn, link.writer, waiter):
-                    if not isinstance(data, bytes):
-                        yield data  # a Wait: idle, parked
-                        continue
-                    timer.update()
-                    if not write_or_stop(link.writer, data):
-                        break
-                    del data
+            for data in parkable_reads(conn, link.writer, waiter):
+                if not isinstance(data, bytes):
+                    yield data  # a Wait: idle, parked
+                    continue
+                timer.update()
+                if not write_or_stop(link.writer, data):
+                    break
+                del data
             outbound_gone = link.writer.is_closed  # interrupted: the outbound stopped reading
             link.writer.close()
             if outbound_gone:
@@ -202,7 +196,7 @@ class KeyedInbound:
 
         self._report(session, (yield from run_relay_steps(
             self.ctx, session.name(), self._policy(session), conn, abort, Parkable(request),
-            PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn), first)))
+            PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn))))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
                       parse: Parser, encode: Encode, response_head: bytes = b"") -> None:

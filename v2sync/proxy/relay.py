@@ -29,7 +29,7 @@ from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, outside_slo
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
 from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
-                                   flush_ready, write_or_stop)
+                                   flush_ready)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.dialer import Pause
 from v2sync.transport.link import Link
@@ -142,27 +142,20 @@ def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
 
 
 def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                       link: Link, early: bytes = b"") -> Steps[Optional[BaseException]]:
+                       link: Link) -> Steps[Optional[BaseException]]:
     """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT, dokodemo-door): client
-    <-> link. ``early`` are bytes the client pipelined behind its handshake; they go
-    first. Steps: the client's reader parks while idle."""
+    <-> link. Bytes the client pipelined behind its handshake went with the dispatch.
+    Steps: the client's reader parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
 
-    outbound_reading = True
-
-    def first(timer: ActivityTimer) -> None:
-        nonlocal outbound_reading
-        outbound_reading = not early or write_or_stop(link.writer, early)
-
     def request(timer: ActivityTimer) -> Steps[None]:
-        if outbound_reading:
-            yield from copy_conn_to_pipe_steps(conn, link.writer, timer, ctx.readiness)
+        yield from copy_conn_to_pipe_steps(conn, link.writer, timer, ctx.readiness)
         link.writer.close()
 
     return (yield from run_relay_steps(ctx, name, policy, conn, abort, Parkable(request),
-                                       conn_drain(link.reader, conn), first))
+                                       conn_drain(link.reader, conn)))
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

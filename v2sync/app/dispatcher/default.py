@@ -40,7 +40,7 @@ class DefaultDispatcher:
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
-    def dispatch(self, session: Session, dest: Destination) -> Link:
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
         session.target = dest
         policy = self.policy.for_level(session.user_level)
         up = down = None
@@ -53,6 +53,10 @@ class DefaultDispatcher:
                                                     session.name(), up, down)
         with self._lock:
             self._links[session.id] = outbound_side
+        # The client's first bytes go in before the outbound starts (a fresh pipe takes one
+        # write whatever its limit): its dial then finds them and sends them at once. Handed
+        # on after the spawn, they waited for the whole dial, which runs first (below).
+        inbound_side.writer.write(early)
         try:
             # The outbound goes first: its routing and dial are on the connection's path,
             # the inbound's relay set-up is not (it then reads, and the client's next bytes

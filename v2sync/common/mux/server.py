@@ -36,12 +36,13 @@ class MuxServer:
         self.policy = policy
         self.threads = threads
 
-    def dispatch(self, session: Session, dest: Destination) -> Link:
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
         if not is_mux_destination(dest):
-            return self.dispatcher.dispatch(session, dest)
+            return self.dispatcher.dispatch(session, dest, early)
         session.target = dest
         limit = self.policy.pipe_limit(self.policy.for_level(session.user_level))
         inbound_side, worker_side = new_link_pair(limit, f"{session.name()}-mux")
+        inbound_side.writer.write(early)  # as the dispatcher does: before the worker starts
         worker = ServerWorker(self.dispatcher, session, worker_side, self.threads)
         try:
             self.threads.spawn(f"mux-{session.name()}", worker.run)

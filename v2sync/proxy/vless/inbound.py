@@ -40,10 +40,11 @@ class VlessInbound(KeyedInbound):
 
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
               header: RequestHeader, early: bytes) -> Steps[None]:
-        link = dispatcher.dispatch(session, header.destination())
         head = encode_response_header()
         if header.command == Command.UDP:
+            link = dispatcher.dispatch(session, header.destination())
             self.relay_packets(session, conn, link, early, parse_length_packet,
                                encode_length_packet, head)
         else:
-            yield from self.relay_tcp(session, conn, link, early, head)
+            link = dispatcher.dispatch(session, header.destination(), early)
+            yield from self.relay_tcp(session, conn, link, head)

@@ -93,13 +93,20 @@ class VMessInbound:
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                server: ServerSession, early: bytes) -> Steps[None]:
         """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
-        link = dispatcher.dispatch(session, server.header.destination())
-        yield from self._relay(session, conn, link, server, early)
+        body_in = server.request_body_reader()
+        chunks = body_in.feed(early)  # a stream's go with the dispatch; datagrams one by one
+        more = not (body_in.eof or ends_at_bad_chunk(session, body_in))
+        dest = server.header.destination()
+        if server.header.is_packet:
+            link = dispatcher.dispatch(session, dest)
+            more = deliver(link.writer, chunks, True) and more
+        else:
+            link = dispatcher.dispatch(session, dest, b"".join(chunks))
+        yield from self._relay(session, conn, link, server, body_in, more)
 
     def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
-               early: bytes) -> Steps[None]:
+               body_in, more: bool) -> Steps[None]:
         policy = self.ctx.policy.for_level(server.user.level)
-        body_in = server.request_body_reader()
 
         def abort() -> None:
             conn.abort()
@@ -110,12 +117,6 @@ class VMessInbound:
             if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
                 return False  # the outbound stopped reading
             return not (body_in.eof or ends_at_bad_chunk(session, body_in))
-
-        more = True
-
-        def first(timer) -> None:
-            nonlocal more
-            more = forward(early)
 
         def request(timer) -> Steps[None]:
             if more:
@@ -145,7 +146,7 @@ class VMessInbound:
 
         error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
                                            Parkable(request),
-                                           PipeDrain(link.reader, send, finish, conn), first)
+                                           PipeDrain(link.reader, send, finish, conn))
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 
