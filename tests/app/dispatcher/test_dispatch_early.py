@@ -7,6 +7,7 @@ import threading
 from typing import List, Optional
 
 import pytest
+from support.outbounds import OneOutbound
 
 from v2sync.app.dispatcher.default import DefaultDispatcher
 from v2sync.app.log.access import AccessLog
@@ -40,17 +41,6 @@ class FirstLook:
         self.done.set()
         return
         yield  # steps that never wait
-
-
-class OneOutbound:
-    def __init__(self, handler: FirstLook):
-        self.handler = handler
-
-    def default(self) -> FirstLook:
-        return self.handler
-
-    def get(self, tag: str) -> Optional[FirstLook]:
-        return self.handler if tag == self.handler.tag else None
 
 
 def policy(buffer_kib: int, stats: bool = False) -> PolicyManager:

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 import pytest
+from support.outbounds import OneOutbound
 
 from v2sync.app.dispatcher.default import DefaultDispatcher
 from v2sync.app.log.access import AccessLog
@@ -85,17 +86,6 @@ class RecordingOutbound:
         self.dispatched.set()
         return
         yield  # steps that never wait, as OutboundHandler.dispatch_steps may be
-
-
-class OneOutbound:
-    def __init__(self, handler: RecordingOutbound):
-        self.handler = handler
-
-    def default(self) -> RecordingOutbound:
-        return self.handler
-
-    def get(self, tag: str) -> Optional[RecordingOutbound]:
-        return self.handler if tag == self.handler.tag else None
 
 
 @pytest.mark.parametrize("level, room", [(0, 8 * KIB), (3, 0)])
