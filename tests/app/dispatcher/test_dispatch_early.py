@@ -13,6 +13,7 @@ from v2sync.app.dispatcher.default import DefaultDispatcher
 from v2sync.app.log.access import AccessLog
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.stats.manager import StatsManager
+from v2sync.common.mux.encoding import MUX_COOL_ADDRESS, Status, encode_frame
 from v2sync.common.mux.server import MuxServer
 from v2sync.common.net import Address, Destination
 from v2sync.common.session import Session
@@ -29,13 +30,14 @@ class FirstLook:
     """An outbound whose first step records what its link already holds."""
     tag = "direct"
 
-    def __init__(self) -> None:
+    def __init__(self, wait: float = 0) -> None:
+        self.wait = wait  # how long the first read may wait
         self.seen: List[bytes] = []
         self.done = threading.Event()
 
     def dispatch_steps(self, session: Session, link: Link):
         try:
-            self.seen.append(link.reader.read(timeout=0))
+            self.seen.append(link.reader.read(timeout=self.wait))
         except ReadTimeout:
             self.seen.append(b"")
         self.done.set()
@@ -93,3 +95,21 @@ def test_the_mux_server_passes_them_on_to_an_ordinary_destination() -> None:
     finally:
         assert threads.shutdown(WAIT)
     assert outbound.seen == [b"first bytes"]
+
+
+def test_a_mux_connection_gets_its_first_frames_before_its_worker_starts() -> None:
+    """``v1.mux.cool``: the frames that came with the request are the worker's first read;
+    here a New frame with data, which the worker dispatches as a sub-connection."""
+    outbound = FirstLook(wait=WAIT)
+    threads = ThreadGroup("early-test")
+    dispatcher = DefaultDispatcher(OneOutbound(outbound), policy(512), threads, AccessLog())
+    mux = MuxServer(dispatcher, dispatcher.policy, threads)
+    frame = encode_frame(1, Status.NEW, b"sub data", target=Destination.tcp("127.0.0.1", 1))
+    link = mux.dispatch(Session("t", HERE), Destination(MUX_COOL_ADDRESS, 9527), frame)
+    try:
+        assert outbound.done.wait(WAIT)
+    finally:
+        link.interrupt()
+        dispatcher.interrupt_all()  # the sub-connection's link too: its answer never comes
+        assert threads.shutdown(WAIT)
+    assert outbound.seen == [b"sub data"]

@@ -51,12 +51,13 @@ class DefaultDispatcher:
                                                policy.stats_user_downlink)
         inbound_side, outbound_side = new_link_pair(self.policy.pipe_limit(policy),
                                                     session.name(), up, down)
+        # The client's first bytes go in before the outbound starts (a fresh pipe takes one
+        # write whatever its limit, and nothing can interrupt it before it is registered):
+        # its dial then finds them and sends them at once. Handed on after the spawn, they
+        # waited for the whole dial, which runs first (below).
+        inbound_side.writer.write(early)
         with self._lock:
             self._links[session.id] = outbound_side
-        # The client's first bytes go in before the outbound starts (a fresh pipe takes one
-        # write whatever its limit): its dial then finds them and sends them at once. Handed
-        # on after the spawn, they waited for the whole dial, which runs first (below).
-        inbound_side.writer.write(early)
         try:
             # The outbound goes first: its routing and dial are on the connection's path,
             # the inbound's relay set-up is not (it then reads, and the client's next bytes

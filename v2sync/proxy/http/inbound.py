@@ -143,9 +143,9 @@ class HttpInbound:
                 target: enc.RequestTarget) -> Steps[None]:
         if target.port is None:  # parse_target refuses a CONNECT without one already
             raise RemoteProtocolError("CONNECT target without port", reply=enc.response_400())
+        conn.write(enc.CONNECT_ESTABLISHED)  # before the dispatch, as handleConnect
         early = reader.consume(len(reader.buf))
         link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port), early)
-        conn.write(enc.CONNECT_ESTABLISHED)
         error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link)
         if error is not None:
             log.debug("%s: tunnel ended: %s", session.name(), error)

@@ -23,6 +23,7 @@ from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import Parkable, run_relay_steps
+from v2sync.proxy.vmess.body import BodyReader
 from v2sync.proxy.vmess.config import VMessInboundConfig, parse_user
 from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
@@ -97,15 +98,14 @@ class VMessInbound:
         chunks = body_in.feed(early)  # a stream's go with the dispatch; datagrams one by one
         more = not (body_in.eof or ends_at_bad_chunk(session, body_in))
         dest = server.header.destination()
-        if server.header.is_packet:
+        if server.header.is_packet:  # in the relay, its timer running: each may wait
             link = dispatcher.dispatch(session, dest)
-            more = deliver(link.writer, chunks, True) and more
         else:
-            link = dispatcher.dispatch(session, dest, b"".join(chunks))
-        yield from self._relay(session, conn, link, server, body_in, more)
+            link, chunks = dispatcher.dispatch(session, dest, b"".join(chunks)), []
+        yield from self._relay(session, conn, link, server, body_in, chunks, more)
 
     def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,
-               body_in, more: bool) -> Steps[None]:
+               body_in: BodyReader, datagrams: List[bytes], more: bool) -> Steps[None]:
         policy = self.ctx.policy.for_level(server.user.level)
 
         def abort() -> None:
@@ -117,6 +117,10 @@ class VMessInbound:
             if not deliver(link.writer, body_in.feed(data), server.header.is_packet):
                 return False  # the outbound stopped reading
             return not (body_in.eof or ends_at_bad_chunk(session, body_in))
+
+        def first(timer) -> None:
+            nonlocal more
+            more = (not datagrams or deliver(link.writer, datagrams, True)) and more
 
         def request(timer) -> Steps[None]:
             if more:
@@ -146,7 +150,7 @@ class VMessInbound:
 
         error = yield from run_relay_steps(self.ctx, session.name(), policy, conn, abort,
                                            Parkable(request),
-                                           PipeDrain(link.reader, send, finish, conn))
+                                           PipeDrain(link.reader, send, finish, conn), first)
         if error is not None:
             log.debug("%s: vmess relay ended: %s", session.name(), error)
 
