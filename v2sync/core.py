@@ -35,6 +35,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.app.stats.manager import StatsManager
 from v2sync.common.errors import ConfigError, ConfigErrors, V2SyncError
 from v2sync.common.mux.server import MuxServer
+from v2sync.app.proxyman.chain import ChainDialer
 from v2sync.common.registry import INBOUNDS, OUTBOUNDS
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import RUN_SLOTS, ThreadGroup, tune_for_many_threads
@@ -110,6 +111,7 @@ class Instance:
             try:
                 proxy = self._make_proxy(OUTBOUNDS, oc)
                 self._count_outbound(oc.tag, proxy)
+                self._chain_outbound(oc, proxy)
                 self.outbounds.add(OutboundHandler(oc.tag, proxy, oc.mux, self.context))
             except ConfigError as e:
                 errors.append(e)
@@ -146,6 +148,14 @@ class Instance:
         client = getattr(proxy, "client", None)
         if isinstance(client, StreamClient):
             client.counters = counters
+
+    def _chain_outbound(self, oc, proxy) -> None:
+        """``proxySettings``: the outbound's dials go through the tagged one (looked up at
+        each dial). A proxy that dials nothing (blackhole) has nothing to carry."""
+        client = getattr(proxy, "client", None)
+        if oc.proxy_tag and isinstance(client, StreamClient):
+            client.carry_through(ChainDialer(oc.proxy_tag, oc.tag, self.outbounds,
+                                             self.context))
 
     def _build_api(self) -> None:
         """The commander's virtual outbound, under ``api.tag`` (imported only when used:

@@ -261,9 +261,8 @@ def test_unknown_security_and_kcp_only_headers_are_errors() -> None:
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"outbounds": [{"protocol": "freedom", "proxySettings": {"tag": "x"}}]},
-     "f.json: outbounds[0].proxySettings: proxySettings (outbound chaining) is not supported "
-     "by v2sync yet"),
+    ({"reverse": {"bridges": [{"tag": "b", "domain": "test.v2sync"}]}},
+     "f.json: reverse.bridges: reverse proxy bridges are not supported by v2sync yet"),
 ])
 def test_unsupported_features_are_errors(data: Dict[str, Any], message: str) -> None:
     assert errors_of(data) == [message]

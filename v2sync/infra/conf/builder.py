@@ -264,11 +264,15 @@ class _Builder:
                               self.transport, stream_path, False)
         mux_path = join_path(path, "mux")
         mux = self.attempt(file, mux_path, build_mux, raw.get("mux"), mux_path)
+        chain_path = join_path(path, "proxySettings")
+        chain = self.attempt(file, chain_path, parse_proxy_tag, raw.get("proxySettings"),
+                             chain_path)
         if len(self.errors) > before or stream is None or self.reported.covers(file, path):
             return None
         return OutboundConfig(protocol=protocol, tag=raw.get("tag", ""),
                               settings=deep_freeze(settings), stream=stream, send_through=via,
-                              path=path, file=file, proxy_settings=proxy, mux=mux)
+                              path=path, file=file, proxy_settings=proxy, mux=mux,
+                              proxy_tag=chain)
 
     def convert(self, kind: str, protocol: str, settings: Mapping[str, Any], path: str,
                 file: str) -> Any:
@@ -321,6 +325,18 @@ def parse_send_through(value: Optional[str], path: str) -> Optional[str]:
         raise ConfigError(f"unable to send through {value!r}", path,
                           expected="expected an IP address")
     return address.value
+
+
+def parse_proxy_tag(value: Optional[Mapping[str, Any]], path: str) -> Optional[str]:
+    """``proxySettings``: the tag of the outbound that carries this one (the schema checked
+    the shape); a section without one is refused as v2ray.go's ProxyConfig.Build does."""
+    if value is None:
+        return None
+    tag = value.get("tag", "")
+    if not tag:
+        raise ConfigError("invalid outbound detour proxy settings: Proxy tag is not set.",
+                          join_path(path, "tag"), expected="the tag of another outbound")
+    return tag
 
 
 def build_stream(raw: Optional[Mapping[str, Any]], transport: Mapping[str, Any],

@@ -135,6 +135,8 @@ class OutboundConfig:
     file: str = ""
     proxy_settings: Any = field(default=None, compare=False, hash=False)
     mux: Optional[MuxConfig] = None  # None: no mux section, or a negative concurrency
+    # ``proxySettings.tag``: the outbound whose links carry this one's connections.
+    proxy_tag: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ SUPPORTED_FEATURES: frozenset = frozenset({"acceptProxyProtocol", "dns", "routin
 FEATURE_ROUTING = "routing"  # routing rules and balancers
 FEATURE_DNS = "dns"  # dns servers and hosts
 FEATURE_REVERSE = "reverse"
-FEATURE_PROXY_SETTINGS = "proxySettings"
 FEATURE_PROXY_PROTOCOL = "acceptProxyProtocol"
 
 # How many errors (and warnings, per file) are printed: a 100,000-item list of bad values
@@ -378,9 +377,6 @@ def _handlers(data: Mapping[str, Any]) -> Iterator[Tuple[str, Mapping[str, Any]]
 
 
 def _handler_features(path: str, handler: Mapping[str, Any]) -> Iterator[Tuple[str, str, str]]:
-    if "proxySettings" in handler:
-        yield (FEATURE_PROXY_SETTINGS, join_path(path, "proxySettings"),
-               "proxySettings (outbound chaining) is not supported by v2sync yet")
     stream = _obj(handler, "streamSettings")
     # Every sockopt key is implemented: mark and tcpFastOpen (transport/internet/sockopt.py),
     # tproxy (tproxy.py).

@@ -48,6 +48,9 @@ def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy
               lookup: Optional[Lookup] = None) -> Connection:
     """Through ``client``'s transport (None: plain TCP); each resolved address is tried."""
     client = client or StreamClient()
+    chained = client.dial_chained(dest, DIAL_TIMEOUT)
+    if chained is not None:
+        return chained
     if not client.uses_address:
         return client.dial(dest, dest, DIAL_TIMEOUT)
     last: Optional[TransportError] = None

@@ -112,6 +112,17 @@ class StreamClient:
                     if self.settings.tls is not None else None)
         # (uplink, downlink) counters of the outbound (``app.stats``); None: not counted.
         self.counters: Tuple[Any, Any] = (None, None)
+        # ``proxySettings``: another outbound carries the connections (app.proxyman.chain).
+        self.chain: Any = None
+        self._chain_tls: Optional[ClientTls] = None
+
+    def carry_through(self, chain: Any) -> None:
+        """Dial through ``chain`` (a ``ChainDialer``). TLS still applies, as 4.34's
+        ``GetTLSConfig`` makes it (Go's default ALPN, not the transport's); the transport
+        layers do not."""
+        self.chain = chain
+        if self.settings.tls is not None:
+            self._chain_tls = ClientTls(self.settings.tls)
 
     @classmethod
     def for_handler(cls, handler_config) -> "StreamClient":
@@ -132,6 +143,23 @@ class StreamClient:
     @property
     def uses_address(self) -> bool:
         return self.transport.uses_address
+
+    def dial_chained(self, target: Destination, timeout: float) -> Optional[Connection]:
+        """Through the carrying outbound, ``target`` unresolved (it resolves, or its proxy
+        does); None without ``proxySettings`` or when no outbound has its tag."""
+        if self.chain is None:
+            return None
+        conn = self.chain.dial(target)
+        if conn is None:
+            return None
+        try:
+            if self._chain_tls is not None:
+                conn = self._chain_tls.wrap(conn, target, time.monotonic() + timeout)
+        except BaseException:
+            conn.close()
+            raise
+        uplink, downlink = self.counters
+        return counted(conn, read_counter=downlink, write_counter=uplink)
 
     def dial(self, target: Destination, ip_dest: Destination, timeout: float) -> Connection:
         """``target`` as configured (its domain names TLS and the WebSocket Host);

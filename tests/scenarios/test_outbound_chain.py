@@ -1,0 +1,114 @@
+"""``proxySettings``: one outbound's connections carried by another, against 4.34.
+
+The server is always the real v2ray: a SOCKS inbound and a VMess inbound (over TLS or not),
+then freedom to an in-test echo. The client, v2sync or v2ray with the same config, has a
+SOCKS inbound, a VMess outbound ``main`` whose ``proxySettings`` names ``via``, and ``via``:
+a SOCKS outbound to the server's SOCKS inbound. So each connection reaches the VMess
+inbound through the server's own SOCKS inbound, whose access line shows it, with the
+target ``main`` asked for (its server address, a name left unresolved).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from scenarios.vmess_helpers import USER_ID, exchange, make_process, open_tunnel
+from support.certs import Pki
+from support.peers import XOR_C, TcpEchoServer, free_port, xor_bytes
+from support.procs import ConfigProcess
+
+EXCHANGES = 3
+LOG_WAIT = 5.0  # 4.34 writes its log from a goroutine
+SERVER_NAME = "localhost"  # the VMess server's address in the client: a name, not an IP
+
+
+def server_config(socks_port: int, vmess_port: int, pki: Pki, tls: bool) -> Dict[str, Any]:
+    vmess: Dict[str, Any] = {
+        "tag": "s-vmess", "protocol": "vmess", "listen": "127.0.0.1", "port": vmess_port,
+        "settings": {"clients": [{"id": USER_ID, "alterId": 0}]}}
+    if tls:
+        vmess["streamSettings"] = {"security": "tls", "tlsSettings": pki.server_tls()}
+    return {"log": {"loglevel": "warning"},
+            "inbounds": [{"tag": "s-socks", "protocol": "socks", "listen": "127.0.0.1",
+                          "port": socks_port, "settings": {"auth": "noauth"}}, vmess],
+            "outbounds": [{"protocol": "freedom"}]}
+
+
+def client_config(entry_port: int, socks_port: int, vmess_port: int, pki: Pki, tls: bool,
+                  via: str = "via") -> Dict[str, Any]:
+    main: Dict[str, Any] = {
+        "tag": "main", "protocol": "vmess", "proxySettings": {"tag": via},
+        "settings": {"vnext": [{"address": SERVER_NAME, "port": vmess_port,
+                                "users": [{"id": USER_ID, "alterId": 0}]}]}}
+    if tls:
+        main["streamSettings"] = {"security": "tls", "tlsSettings": pki.client_tls("localhost")}
+    return {"log": {"loglevel": "warning"},
+            "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": entry_port,
+                          "settings": {"auth": "noauth"}}],
+            "outbounds": [main, {"tag": "via", "protocol": "socks", "settings": {
+                "servers": [{"address": "127.0.0.1", "port": socks_port}]}}]}
+
+
+@contextlib.contextmanager
+def chain(client: str, pki: Pki, tls: bool, via: str = "via") -> Iterator[Dict[str, Any]]:
+    socks_port, vmess_port, entry_port = free_port(), free_port(), free_port()
+    processes: List[ConfigProcess] = []
+    try:
+        processes.append(make_process("v2ray", server_config(socks_port, vmess_port, pki,
+                                                             tls)).start())
+        processes.append(make_process(client, client_config(entry_port, socks_port,
+                                                            vmess_port, pki, tls, via)).start())
+        yield {"server": processes[0], "client": processes[1], "entry": entry_port,
+               "vmess": vmess_port}
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def wait_for_lines(process: ConfigProcess, text: str, count: int) -> int:
+    deadline = time.monotonic() + LOG_WAIT
+    while process.log_text().count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process.log_text().count(text)
+
+
+def exchanges(entry: int, echo: TcpEchoServer) -> None:
+    for i in range(EXCHANGES):
+        payload = b"chained %d" % i
+        with open_tunnel(entry, echo.address) as sock:
+            assert exchange(sock, payload) == xor_bytes(payload)
+
+
+@pytest.fixture
+def echo() -> Iterator[TcpEchoServer]:
+    with TcpEchoServer(xor=XOR_C) as server:
+        yield server
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_the_outbound_is_carried_by_the_tagged_one_as_in_4_34(client: str, tls: bool,
+                                                               pki: Pki,
+                                                               echo: TcpEchoServer) -> None:
+    """Every connection of ``main`` enters the server through its SOCKS inbound, asking for
+    ``localhost:<vmess port>`` as written (the name is not resolved on the client); TLS
+    from ``main``'s streamSettings runs on top, as 4.34's handler applies it."""
+    with chain(client, pki, tls) as running:
+        exchanges(running["entry"], echo)
+        through_socks = f"accepted tcp:{SERVER_NAME}:{running['vmess']}"
+        seen = wait_for_lines(running["server"], through_socks, EXCHANGES)
+        assert seen == EXCHANGES, running["server"].log_text()
+        assert "failed" not in running["client"].log_text().lower()
+
+
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_a_tag_no_outbound_has_is_a_warning_and_a_direct_dial_as_in_4_34(
+        client: str, pki: Pki, echo: TcpEchoServer) -> None:
+    with chain(client, pki, False, via="nobody") as running:
+        exchanges(running["entry"], echo)
+        warning = "failed to get outbound handler with tag: nobody"
+        assert wait_for_lines(running["client"], warning, EXCHANGES) == EXCHANGES, \
+            running["client"].log_text()
+        assert f"accepted tcp:{SERVER_NAME}" not in running["server"].log_text()
