@@ -10,13 +10,14 @@ target ``main`` asked for (its server address, a name left unresolved).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from scenarios.vmess_helpers import USER_ID, exchange, make_process, open_tunnel
+from scenarios.vmess_helpers import USER_ID, echo_datagrams, exchange, make_process, open_tunnel
 from support.certs import Pki
-from support.peers import XOR_C, TcpEchoServer, free_port, xor_bytes
+from support.peers import XOR_C, TcpEchoServer, UdpEchoServer, free_port, xor_bytes
 from support.procs import ConfigProcess
 
 EXCHANGES = 3
@@ -112,3 +113,62 @@ def test_a_tag_no_outbound_has_is_a_warning_and_a_direct_dial_as_in_4_34(
         assert wait_for_lines(running["client"], warning, EXCHANGES) == EXCHANGES, \
             running["client"].log_text()
         assert f"accepted tcp:{SERVER_NAME}" not in running["server"].log_text()
+
+
+SS_METHOD = "aes-128-gcm"
+SS_PASSWORD = "chained"
+
+
+def udp_configs(entry_port: int, socks_port: int, ss_port: int) -> List[Dict[str, Any]]:
+    """[server, client]: the client's Shadowsocks outbound ``main`` is carried by ``via``,
+    a SOCKS outbound to the server's SOCKS inbound, UDP included."""
+    server = {"log": {"loglevel": "warning"},
+              "inbounds": [{"tag": "s-socks", "protocol": "socks", "listen": "127.0.0.1",
+                            "port": socks_port,
+                            "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}},
+                           {"tag": "s-ss", "protocol": "shadowsocks", "listen": "127.0.0.1",
+                            "port": ss_port,
+                            "settings": {"method": SS_METHOD, "password": SS_PASSWORD,
+                                         "network": "tcp,udp"}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    client = {"log": {"loglevel": "warning"},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": entry_port,
+                            "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}],
+              "outbounds": [
+                  {"tag": "main", "protocol": "shadowsocks", "proxySettings": {"tag": "via"},
+                   "settings": {"servers": [{"address": "127.0.0.1", "port": ss_port,
+                                             "method": SS_METHOD, "password": SS_PASSWORD}]}},
+                  {"tag": "via", "protocol": "socks", "settings": {
+                      "servers": [{"address": "127.0.0.1", "port": socks_port}]}}]}
+    return [server, client]
+
+
+class _Entry:
+    """What ``echo_datagrams`` asks of a chain: the SOCKS port and logs for a failure."""
+
+    def __init__(self, port: int, processes: List[ConfigProcess]):
+        self.socks_port = port
+        self.processes = processes
+
+    def logs(self) -> str:
+        return "\n".join(p.log_tail() for p in self.processes)
+
+
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_datagrams_of_the_outbound_are_carried_too_as_in_4_34(client: str) -> None:
+    """Shadowsocks' UDP goes through the carrier as 4.34 dials it (the same Dial): the
+    server's SOCKS inbound relays it to the Shadowsocks inbound's UDP port."""
+    entry_port, socks_port, ss_port = free_port(), free_port(), free_port()
+    server_cfg, client_cfg = udp_configs(entry_port, socks_port, ss_port)
+    processes: List[ConfigProcess] = []
+    try:
+        processes.append(make_process("v2ray", server_cfg).start())
+        processes.append(make_process(client, client_cfg).start())
+        with UdpEchoServer(xor=XOR_C) as udp_echo:
+            echo_datagrams(_Entry(entry_port, processes), udp_echo,
+                           [os.urandom(100 + i) for i in range(EXCHANGES)])
+        through_socks = f"accepted udp:127.0.0.1:{ss_port}"
+        assert wait_for_lines(processes[0], through_socks, 1) >= 1, processes[0].log_text()
+    finally:
+        for process in reversed(processes):
+            process.stop()

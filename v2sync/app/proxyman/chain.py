@@ -11,19 +11,28 @@ Here the connection is one end of a ``socketpair``, and the other end is relayed
 link as an inbound's client is (``relay_stream_steps``): the outbound's protocol, TLS and
 parked readers work on it as on any socket. The carrying outbound runs as a task of the
 Instance's thread group, as the dispatcher runs one.
+
+An outbound's own UDP (freedom's, Shadowsocks', SOCKS' relay, the ``dns`` outbound's) goes
+the same way, as 4.34 dials it through the same ``Dial``: a ``SOCK_SEQPACKET`` pair keeps
+each datagram whole, and the link to the carrier is a UDP one (``CarriedDatagrams``).
 """
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Optional
+from typing import Optional, Tuple
 
 from v2sync.common.errors import TransportError
-from v2sync.common.net import Destination
+from v2sync.common.net import Destination, Network
 from v2sync.common.session import Session
-from v2sync.proxy.relay import relay_stream_steps
+from v2sync.proxy.relay import relay_stream_steps, run_relay
+from v2sync.transport.copy import write_or_stop
 from v2sync.transport.internet.conn import Connection
-from v2sync.transport.link import new_link_pair
+from v2sync.transport.internet.udp import shutdown_udp
+from v2sync.transport.link import Link, new_link_pair
+
+# The largest datagram a carried UDP socket passes on (a UDP payload's limit).
+MAX_DATAGRAM = 65535
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +50,103 @@ class ChainDialer:
     def dial(self, target: Destination) -> Optional[Connection]:
         """A connection to ``target`` through the carrying outbound; None when no outbound
         has the tag (4.34 warns and dials directly)."""
-        handler = self.outbounds.get(self.tag)
-        if handler is None:
+        found = self._pair(target, socket.SOCK_STREAM)
+        if found is None:
+            return None
+        session, ours, theirs = found
+        conn = Connection(theirs, target)
+        self._carry(session, conn.close, lambda link: self._relay(session, conn, link),
+                    spawn_steps=True)
+        return Connection(ours, target)
+
+    def datagrams(self, target: Destination) -> "Optional[CarriedDatagrams]":
+        """A UDP socket's stand-in whose datagrams go to ``target`` through the carrying
+        outbound; None when no outbound has the tag (4.34 warns and dials directly)."""
+        found = self._pair(Destination(target.address, target.port, Network.UDP),
+                           socket.SOCK_SEQPACKET)
+        if found is None:
+            return None
+        session, ours, theirs = found
+        self._carry(session, theirs.close,
+                    lambda link: lambda: self._relay_datagrams(session, theirs, link))
+        return CarriedDatagrams(ours)
+
+    def _pair(self, target: Destination,
+              kind: int) -> Optional[Tuple[Session, socket.socket, socket.socket]]:
+        """The session the carrier serves and a socketpair; None without a carrier."""
+        if self.outbounds.get(self.tag) is None:
             log.warning("failed to get outbound handler with tag: %s", self.tag)
             return None
         session = Session(inbound_tag=f"{self.owner or 'out'}-via-{self.tag}", source=target,
                           target=target, outbound_tag=self.tag)
         log.debug("%s: proxying to %s for dest %s", session.name(), self.tag, target)
         try:
-            ours, theirs = socket.socketpair()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
         except OSError as e:
             raise TransportError(f"failed to dial {target} through {self.tag}: {e}") from e
-        self._carry(session, handler, Connection(theirs, target))
-        return Connection(ours, target)
+        return session, ours, theirs
 
-    def _carry(self, session: Session, handler, conn: Connection) -> None:
-        """The carrying outbound on one end of a link, the socketpair's far end on the
-        other; both as tasks of the thread group."""
+    def _carry(self, session: Session, close, relay, spawn_steps: bool = False) -> None:
+        """The carrying outbound on one end of a link and ``relay(link)`` on the other,
+        each a task of the thread group; ``close`` lets the far end go if one cannot
+        start."""
+        handler = self.outbounds.get(self.tag)
         policy = self.ctx.policy.for_level(0)
         ends, outbound_side = new_link_pair(self.ctx.policy.pipe_limit(policy), session.name())
         threads = self.ctx.threads
         try:
+            if handler is None:  # removed (the API) since _pair looked
+                raise RuntimeError(f"no outbound {self.tag}")
             threads.spawn_steps(f"out-{session.name()}", handler.dispatch_steps(session,
                                                                                 outbound_side))
         except RuntimeError as e:
-            conn.close()
-            raise TransportError(f"cannot start the outbound {self.tag}") from e
+            close()
+            raise TransportError(f"cannot start the outbound {self.tag}: {e}") from e
         try:
-            threads.spawn_steps(f"chain-{session.name()}", self._relay(session, conn, ends))
+            if spawn_steps:
+                threads.spawn_steps(f"chain-{session.name()}", relay(ends))
+            else:
+                threads.spawn(f"chain-{session.name()}", relay(ends))
         except RuntimeError as e:
-            conn.close()
+            close()
             ends.interrupt()
-            raise TransportError(f"cannot relay to the outbound {self.tag}") from e
+            raise TransportError(f"cannot relay to the outbound {self.tag}: {e}") from e
+
+    def _relay_datagrams(self, session: Session, sock: socket.socket, link: Link) -> None:
+        """The carried socket's datagrams into the link, the link's back out, one by one."""
+        def abort() -> None:
+            shutdown_udp(sock)
+            link.interrupt()
+
+        def request(timer) -> None:
+            while True:
+                data = sock.recv(MAX_DATAGRAM)
+                if not data:
+                    break  # the outbound closed its end
+                timer.update()
+                if not write_or_stop(link.writer, data):
+                    break
+            link.writer.close()
+
+        def response(timer) -> None:
+            while True:
+                chunk = link.reader.read()
+                if not isinstance(chunk, bytes):
+                    return
+                timer.update()
+                try:
+                    sock.send(chunk)
+                except OSError:
+                    return  # the outbound is gone
+
+        try:
+            error = run_relay(self.ctx, session.name(), self.ctx.policy.for_level(0), None,
+                              abort, request, response)
+            if error is not None:
+                log.debug("%s: datagrams through %s ended: %s", session.name(), self.tag,
+                          error)
+        finally:
+            sock.close()
 
     def _relay(self, session: Session, conn: Connection, link):
         policy = self.ctx.policy.for_level(0)
@@ -82,3 +156,28 @@ class ChainDialer:
                 log.debug("%s: relay through %s ended: %s", session.name(), self.tag, error)
         finally:
             conn.close()
+
+
+class CarriedDatagrams:
+    """What an outbound's UDP code uses of its socket, for datagrams another outbound
+    carries: one end of a ``SOCK_SEQPACKET`` pair. Every datagram goes to the destination
+    the chain was made for, whatever address a ``sendto`` names, as 4.34's pipe connection
+    writes only there."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def sendto(self, data: bytes, address: object) -> int:
+        return self._sock.send(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -184,8 +184,9 @@ class _Upstream:
 
     def _dial(self) -> None:
         if self.dest.network is Network.UDP:
-            self._sock = dial_udp(candidates(self.dest)[0], self.client.source,
-                                  self.client.sockopt)
+            self._sock = (self.client.chained_datagrams(self.dest)
+                          or dial_udp(candidates(self.dest)[0], self.client.source,
+                                      self.client.sockopt))
         else:
             self._conn = dial_once(self.dest, self.client)
             self._conn.settimeout(None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import ANY_IPV4, Address, AddressKind, Destination, Network, go_address
@@ -113,17 +113,25 @@ class FreedomOutbound:
                 return resolve(name, "AsIs", dest.port)
         return lookup
 
-    def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
-                     lookup) -> None:
-        """4.34's cone: one unconnected socket per link; answers from any address go back
-        to the client as the destination's (freedom.go reads with ReadFrom and drops the
-        sender)."""
+    def _udp_socket(self, dest: Destination, lookup) -> Tuple[Any, Tuple[str, int]]:
+        """The socket and the address its datagrams go to; through the ``proxySettings``
+        outbound, a stand-in that sends them to ``dest`` as given."""
+        carried = self.client.chained_datagrams(dest)
+        if carried is not None:
+            return carried, (str(dest.address), dest.port)
         # Go's ResolveUDPAddr takes the first IPv4 answer where there is one (forResolve),
         # whatever order the resolver gave: getaddrinfo puts ::1 before 127.0.0.1.
         found = candidates(dest, self.strategy, lookup)
         target = min(found, key=lambda d: d.address.kind is not AddressKind.IPV4)
         sock = open_udp(target, self.source, self.client.sockopt)
-        address = (target.address.value, target.port)
+        return sock, (target.address.value, target.port)
+
+    def _process_udp(self, session: Session, dest: Destination, link: Link, policy,
+                     lookup) -> None:
+        """4.34's cone: one unconnected socket per link; answers from any address go back
+        to the client as the destination's (freedom.go reads with ReadFrom and drops the
+        sender)."""
+        sock, address = self._udp_socket(dest, lookup)
         # The outbound's counters take each datagram, as 4.34's counting connection does.
         uplink, downlink = (adder(counter) for counter in self.client.counters)
         stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram

@@ -71,7 +71,8 @@ class ShadowsocksOutbound:
     def _process_udp(self, session: Session, server: ShadowsocksServer, target: Destination,
                      link: Link, policy) -> None:
         dest = Destination(server.address, server.port, Network.UDP)
-        sock = dial_udp(candidates(dest)[0], self.client.source, self.client.sockopt)
+        sock = (self.client.chained_datagrams(dest)
+                or dial_udp(candidates(dest)[0], self.client.source, self.client.sockopt))
         account = server.user.account
         # The outbound's counters take each datagram, as 4.34's counting connection does.
         uplink, downlink = (adder(counter) for counter in self.client.counters)

@@ -79,7 +79,8 @@ class SocksOutbound:
     def _relay_udp(self, session: Session, conn: Connection, link: Link, policy,
                    relay: Destination):
         target = session.destination()
-        sock = dial_udp(candidates(relay)[0], self.client.source, self.client.sockopt)
+        sock = (self.client.chained_datagrams(relay)
+                or dial_udp(candidates(relay)[0], self.client.source, self.client.sockopt))
         # Each datagram, its SOCKS header included, counts on the outbound's counters:
         # 4.34's dialer wraps the relay's UDP connection as it wraps TCP ones.
         uplink, downlink = (adder(counter) for counter in self.client.counters)

@@ -144,6 +144,11 @@ class StreamClient:
     def uses_address(self) -> bool:
         return self.transport.uses_address
 
+    def chained_datagrams(self, dest: Destination) -> Any:
+        """A UDP socket's stand-in carried by the ``proxySettings`` outbound
+        (``chain.CarriedDatagrams``), to ``dest`` as given; None without one."""
+        return None if self.chain is None else self.chain.datagrams(dest)
+
     def dial_chained(self, target: Destination, timeout: float) -> Optional[Connection]:
         """Through the carrying outbound, ``target`` unresolved (it resolves, or its proxy
         does); None without ``proxySettings`` or when no outbound has its tag."""
