@@ -49,3 +49,34 @@ def test_no_tag_is_refused_as_4_34_refuses_it(settings, v2ray_bin: str, tmp_path
     assert "Proxy tag is not set." in str(info.value)
     result = v2ray_test(v2ray_bin, tmp_path, document(settings))
     assert result.returncode == 23 and "Proxy tag is not set." in result.stdout
+
+
+def freedom(tag: str, via: str = "") -> Dict[str, Any]:
+    outbound: Dict[str, Any] = {"tag": tag, "protocol": "freedom"}
+    if via:
+        outbound["proxySettings"] = {"tag": via}
+    return outbound
+
+
+@pytest.mark.parametrize("outbounds, where, chain", [
+    ([freedom("a", "a")], 0, "a -> a"),
+    ([freedom("a", "b"), freedom("b", "a")], 0, "a -> b -> a"),
+    ([freedom("x", "b"), freedom("b", "c"), freedom("c", "b")], 1, "b -> c -> b"),
+], ids=["itself", "two", "entered-later"])
+def test_a_chain_that_comes_back_is_refused_where_4_34_accepts_it(
+        outbounds, where: int, chain: str, v2ray_bin: str, tmp_path: Path) -> None:
+    """Kept different: each connection would carry itself without end (one connection
+    grew 4.34 by 350 MB in 5 s), so the cycle is refused once, at its first outbound."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"outbounds": outbounds})
+    errors = str(info.value)
+    assert f"outbounds[{where}].proxySettings.tag" in errors
+    assert f"proxySettings chain {chain} comes back" in errors
+    assert errors.count("comes back") == 1
+    assert v2ray_test(v2ray_bin, tmp_path, {"outbounds": outbounds}).returncode == 0
+
+
+def test_a_chain_that_ends_is_taken() -> None:
+    config = config_from_dict({"outbounds": [freedom("a", "b"), freedom("b", "c"),
+                                             freedom("c")]})
+    assert [o.proxy_tag for o in config.outbounds] == ["b", "c", None]

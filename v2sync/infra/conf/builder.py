@@ -177,6 +177,7 @@ class _Builder:
             log.warning("no outbound configured: every connection will be closed")
         self.check_unique_tags("inbound", merged.all_inbounds())
         self.check_unique_tags("outbound", merged.all_outbounds())
+        self.check_chain_cycles([o for o in outbounds if o is not None])
         log_section, policy_section = merged.section("log"), merged.section("policy")
         policy = PolicyConfig()
         if policy_section is not None:
@@ -281,6 +282,26 @@ class _Builder:
             return None
         settings_path = join_path(path, "settings")
         return self.attempt(file, settings_path, converter, settings, settings_path)
+
+    def check_chain_cycles(self, outbounds: Sequence[OutboundConfig]) -> None:
+        """``proxySettings`` that lead back to where they started: each connection would
+        dial itself through itself without end. 4.34 accepts them, and one connection grew
+        it by 350 MB in 5 s; refused here, once per cycle (at its first outbound)."""
+        carrier = {o.tag: o.proxy_tag for o in outbounds if o.tag}
+        order = {o.tag: i for i, o in enumerate(outbounds) if o.tag}
+        for o in outbounds:
+            if not o.tag or not o.proxy_tag:
+                continue
+            path, tag = [o.tag], o.proxy_tag
+            while tag in carrier and tag not in path:  # at most one step per tag
+                path.append(tag)
+                tag = carrier[tag] or ""
+            if tag == o.tag and all(order[t] >= order[o.tag] for t in path):
+                self.errors.append(ConfigError(
+                    f"proxySettings chain {' -> '.join(path + [tag])} comes back to "
+                    f"{tag!r}: each connection would carry itself without end",
+                    join_path(o.path, "proxySettings.tag"), o.file,
+                    expected="a chain that ends at an outbound without proxySettings"))
 
     def check_unique_tags(self, kind: str, items: Sequence[Located]) -> None:
         first_seen: Dict[str, Located] = {}
