@@ -22,6 +22,7 @@ from support.procs import ConfigProcess
 
 EXCHANGES = 3
 LOG_WAIT = 5.0  # 4.34 writes its log from a goroutine
+STOP_BOUND = 4.0  # v2sync's shutdown: a 2 s grace for live connections, then aborts
 SERVER_NAME = "localhost"  # the VMess server's address in the client: a name, not an IP
 
 
@@ -172,3 +173,16 @@ def test_datagrams_of_the_outbound_are_carried_too_as_in_4_34(client: str) -> No
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def test_a_carried_connection_open_at_sigterm_ends_with_the_process(pki: Pki,
+                                                                    echo: TcpEchoServer) -> None:
+    """The carrier's link is not the dispatcher's; it ends when the carried outbound lets
+    go, so a stop still exits 0 within its bound, and logs no thread left running."""
+    with chain("v2sync", pki, False) as running:
+        with open_tunnel(running["entry"], echo.address) as sock:
+            assert exchange(sock, b"held") == xor_bytes(b"held")
+            started = time.monotonic()
+            assert running["client"].stop() == 0  # the check: exit 0 on SIGTERM, not killed
+            assert time.monotonic() - started < STOP_BOUND
+        assert "still running" not in running["client"].log_text()
