@@ -330,6 +330,11 @@ class Pipe:
         return self._closed or self._interrupted
 
     @property
+    def is_interrupted(self) -> bool:
+        """Ended by ``interrupt`` (a side failed), not by ``close``."""
+        return self._interrupted
+
+    @property
     def buffered(self) -> int:
         with self._q.mutex:
             return self._q.nbytes

@@ -14,6 +14,7 @@ from support.outbounds import OneOutbound
 
 from v2sync.app.policy.manager import PolicyManager
 from v2sync.app.proxyman.chain import ChainDialer
+from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
 from v2sync.common.signal import TimerWheel
@@ -28,32 +29,40 @@ TARGET = Destination(Address.parse("example.com"), 443)
 
 
 class EchoCarrier:
-    """An outbound that sends back each chunk of its link, and records its sessions."""
+    """An outbound that sends back each chunk of its link, and records its sessions;
+    given the chunk after ``fail_after`` answers, it fails as an outbound does (its answers
+    interrupted)."""
     tag = "via"
 
-    def __init__(self) -> None:
+    def __init__(self, fail_after: int = -1) -> None:
         self.sessions: List[Session] = []
         self.ended = threading.Event()
+        self.fail_after = fail_after
 
     def dispatch_steps(self, session: Session, link: Link):
         self.sessions.append(session)
+        answered = 0
         while True:
             chunk = link.reader.read(timeout=WAIT)
             if chunk is EOF:
+                link.writer.close()
+                break
+            if answered == self.fail_after:
+                link.writer.interrupt()  # as run_proxy_steps does when the proxy fails
                 break
             link.writer.write(chunk)
-        link.writer.close()
+            answered += 1
         self.ended.set()
         return
         yield  # steps that never wait
 
 
 @contextmanager
-def dialer(tag: str = "via") -> Iterator[tuple]:
+def dialer(tag: str = "via", fail_after: int = -1) -> Iterator[tuple]:
     timers = TimerWheel()
     timers.start()
     threads = ThreadGroup("chain-test")
-    carrier = EchoCarrier()
+    carrier = EchoCarrier(fail_after)
     ctx = ProxyContext(PolicyManager(PolicyConfig()), timers, threads)
     try:
         yield ChainDialer(tag, "main", OneOutbound(carrier), ctx), carrier
@@ -109,3 +118,51 @@ def test_the_carried_socket_is_a_socketpair_end() -> None:
             assert conn.sock.family == socket.AF_UNIX
         finally:
             conn.close()
+
+
+def test_a_carrier_that_fails_is_a_reset_not_an_end_of_stream() -> None:
+    """As 4.34's pipe connection returns an error: the outbound's relay ends at once."""
+    with dialer(fail_after=1) as (chain, carrier):
+        conn = chain.dial(TARGET)
+        assert conn is not None
+        try:
+            conn.sock.settimeout(WAIT)
+            conn.write(b"one")
+            assert conn.read(16) == b"one"
+            conn.write(b"two")  # the carrier fails instead of answering
+            assert carrier.ended.wait(WAIT)
+            with pytest.raises(TransportError, match="carrying outbound failed"):
+                conn.read(16)
+        finally:
+            conn.close()
+
+
+def test_a_carrier_that_closes_is_an_end_of_stream() -> None:
+    with dialer() as (chain, carrier):
+        conn = chain.dial(TARGET)
+        assert conn is not None
+        try:
+            conn.sock.settimeout(WAIT)
+            conn.write(b"one")
+            assert conn.read(16) == b"one"
+            conn.shutdown_write()  # the carrier sees the end and closes its answers
+            assert conn.read(16) == b""
+        finally:
+            conn.close()
+
+
+def test_datagrams_end_with_an_error_a_reader_stops_at() -> None:
+    """A UDP socket has no end of stream: the outbounds' readers stop at OSError, and an
+    empty read would have them spin."""
+    with dialer(fail_after=1) as (chain, carrier):
+        sock = chain.datagrams(TARGET)
+        assert sock is not None
+        try:
+            sock.send(b"one")
+            assert sock.recv(100) == b"one"
+            sock.send(b"two")
+            assert carrier.ended.wait(WAIT)
+            with pytest.raises(OSError):
+                sock.recv(100)
+        finally:
+            sock.close()

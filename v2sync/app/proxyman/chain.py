@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination, Network
@@ -30,6 +30,7 @@ from v2sync.transport.copy import write_or_stop
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.udp import shutdown_udp
 from v2sync.transport.link import Link, new_link_pair
+from v2sync.transport.pipe import Pipe
 
 # The largest datagram a carried UDP socket passes on (a UDP payload's limit).
 MAX_DATAGRAM = 65535
@@ -55,9 +56,10 @@ class ChainDialer:
             return None
         session, ours, theirs = found
         conn = Connection(theirs, target)
+        answers: List[Pipe] = []  # the pipe the carrier writes its answers to, once made
         self._carry(session, conn.close, lambda link: self._relay(session, conn, link),
-                    spawn_steps=True)
-        return Connection(ours, target)
+                    spawn_steps=True, made=answers.append)
+        return CarriedConnection(ours, target, answers[0])
 
     def datagrams(self, target: Destination) -> "Optional[CarriedDatagrams]":
         """A UDP socket's stand-in whose datagrams go to ``target`` through the carrying
@@ -86,13 +88,15 @@ class ChainDialer:
             raise TransportError(f"failed to dial {target} through {self.tag}: {e}") from e
         return session, ours, theirs
 
-    def _carry(self, session: Session, close, relay, spawn_steps: bool = False) -> None:
+    def _carry(self, session: Session, close, relay, spawn_steps: bool = False,
+               made: Callable[[Pipe], None] = lambda pipe: None) -> None:
         """The carrying outbound on one end of a link and ``relay(link)`` on the other,
         each a task of the thread group; ``close`` lets the far end go if one cannot
-        start."""
+        start. ``made`` is given the pipe of the carrier's answers."""
         handler = self.outbounds.get(self.tag)
         policy = self.ctx.policy.for_level(0)
         ends, outbound_side = new_link_pair(self.ctx.policy.pipe_limit(policy), session.name())
+        made(ends.reader)
         threads = self.ctx.threads
         try:
             if handler is None:  # removed (the API) since _pair looked
@@ -158,6 +162,23 @@ class ChainDialer:
             conn.close()
 
 
+class CarriedConnection(Connection):
+    """The carried outbound's end of the stream. An end while the carrier's answers were
+    interrupted (it failed, or the chain timed out) reads as a reset, as 4.34's pipe
+    connection returns an error there: the outbound's relay then ends at once, where an
+    end of stream would leave its other direction to ``uplinkOnly``."""
+
+    def __init__(self, sock: socket.socket, remote: Destination, answers: Pipe):
+        super().__init__(sock, remote)
+        self._answers = answers
+
+    def recv(self, max_bytes: int) -> bytes:
+        data = super().recv(max_bytes)
+        if not data and self._answers.is_interrupted:
+            raise ConnectionResetError("the carrying outbound failed")
+        return data
+
+
 class CarriedDatagrams:
     """What an outbound's UDP code uses of its socket, for datagrams another outbound
     carries: one end of a ``SOCK_SEQPACKET`` pair. Every datagram goes to the destination
@@ -174,7 +195,13 @@ class CarriedDatagrams:
         return self._sock.send(data)
 
     def recv(self, size: int) -> bytes:
-        return self._sock.recv(size)
+        """A datagram; OSError once the pair is shut down or the carrier's side closed
+        (a UDP socket has no end of stream, and the outbounds' readers stop at OSError).
+        The chain never passes an empty datagram on, so an empty read is always the end."""
+        data = self._sock.recv(size)
+        if not data:
+            raise ConnectionResetError("the carried datagrams ended")
+        return data
 
     def shutdown(self, how: int) -> None:
         self._sock.shutdown(how)

@@ -287,10 +287,11 @@ class _Builder:
         """``proxySettings`` that lead back to where they started: each connection would
         dial itself through itself without end. 4.34 accepts them, and one connection grew
         it by 350 MB in 5 s; refused here, once per cycle (at its first outbound)."""
-        carrier = {o.tag: o.proxy_tag for o in outbounds if o.tag}
+        # A blackhole dials nothing, so its proxySettings carry nothing: a chain ends there.
+        carrier = {o.tag: o.proxy_tag for o in outbounds if o.tag and o.protocol != "blackhole"}
         order = {o.tag: i for i, o in enumerate(outbounds) if o.tag}
         for o in outbounds:
-            if not o.tag or not o.proxy_tag:
+            if o.tag not in carrier or not o.proxy_tag:
                 continue
             path, tag = [o.tag], o.proxy_tag
             while tag in carrier and tag not in path:  # at most one step per tag
