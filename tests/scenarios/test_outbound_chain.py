@@ -186,3 +186,34 @@ def test_a_carried_connection_open_at_sigterm_ends_with_the_process(pki: Pki,
             assert running["client"].stop() == 0  # the check: exit 0 on SIGTERM, not killed
             assert time.monotonic() - started < STOP_BOUND
         assert "still running" not in running["client"].log_text()
+
+
+LINGER = 10  # uplinkOnly and downlinkOnly: what an end of stream would leave a relay to
+ENDS_WITHIN = 6.0  # the carrier's five refused dials take ~1 s
+
+
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_a_carrier_that_cannot_dial_ends_the_connection_at_once_as_in_4_34(
+        client: str, echo: TcpEchoServer) -> None:
+    """The failure reaches the carried outbound as an error (4.34's pipe connection), so its
+    relay ends then, not ``uplinkOnly`` later."""
+    entry_port, refused_port = free_port(), free_port()
+    config = {"log": {"loglevel": "warning"},
+              "policy": {"levels": {"0": {"uplinkOnly": LINGER, "downlinkOnly": LINGER}}},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": entry_port,
+                            "settings": {"auth": "noauth"}}],
+              "outbounds": [{"tag": "a", "protocol": "freedom", "proxySettings": {"tag": "b"}},
+                            {"tag": "b", "protocol": "socks", "settings": {"servers": [
+                                {"address": "127.0.0.1", "port": refused_port}]}}]}
+    process = make_process(client, config).start()
+    try:
+        with open_tunnel(entry_port, echo.address) as sock:
+            sock.sendall(b"hello")
+            sock.settimeout(ENDS_WITHIN)
+            try:
+                assert sock.recv(16) == b""
+            except ConnectionResetError:
+                pass  # an end all the same
+    finally:
+        process.stop()
+    assert echo.accepted == 0

@@ -80,3 +80,10 @@ def test_a_chain_that_ends_is_taken() -> None:
     config = config_from_dict({"outbounds": [freedom("a", "b"), freedom("b", "c"),
                                              freedom("c")]})
     assert [o.proxy_tag for o in config.outbounds] == ["b", "c", None]
+
+
+def test_a_blackhole_ends_a_chain_so_it_makes_no_cycle(v2ray_bin: str, tmp_path: Path) -> None:
+    """A blackhole dials nothing: its proxySettings carry nothing, and loop nowhere."""
+    document = {"outbounds": [{"tag": "a", "protocol": "blackhole", "proxySettings": {"tag": "a"}}]}
+    assert config_from_dict(document).outbounds[0].proxy_tag == "a"
+    assert v2ray_test(v2ray_bin, tmp_path, document).returncode == 0
