@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination, Network
 from v2sync.common.session import Session
+from v2sync.common.task import Steps, at_once
 from v2sync.proxy.relay import relay_stream_steps, run_relay
 from v2sync.transport.copy import write_or_stop
 from v2sync.transport.internet.conn import Connection
@@ -56,10 +57,13 @@ class ChainDialer:
             return None
         session, ours, theirs = found
         conn = Connection(theirs, target)
-        answers: List[Pipe] = []  # the pipe the carrier writes its answers to, once made
-        self._carry(session, conn.close, lambda link: self._relay(session, conn, link),
-                    spawn_steps=True, made=answers.append)
-        return CarriedConnection(ours, target, answers[0])
+        try:
+            ends = self._carry(session, conn.close,
+                               lambda link: self._relay(session, conn, link))
+        except TransportError:
+            ours.close()
+            raise
+        return CarriedConnection(ours, target, ends.reader)
 
     def datagrams(self, target: Destination) -> "Optional[CarriedDatagrams]":
         """A UDP socket's stand-in whose datagrams go to ``target`` through the carrying
@@ -69,8 +73,13 @@ class ChainDialer:
         if found is None:
             return None
         session, ours, theirs = found
-        self._carry(session, theirs.close,
-                    lambda link: lambda: self._relay_datagrams(session, theirs, link))
+        try:
+            self._carry(session, theirs.close,
+                        lambda link: at_once(lambda: self._relay_datagrams(session, theirs,
+                                                                           link)))
+        except TransportError:
+            ours.close()
+            raise
         return CarriedDatagrams(ours)
 
     def _pair(self, target: Destination,
@@ -88,15 +97,14 @@ class ChainDialer:
             raise TransportError(f"failed to dial {target} through {self.tag}: {e}") from e
         return session, ours, theirs
 
-    def _carry(self, session: Session, close, relay, spawn_steps: bool = False,
-               made: Callable[[Pipe], None] = lambda pipe: None) -> None:
-        """The carrying outbound on one end of a link and ``relay(link)`` on the other,
-        each a task of the thread group; ``close`` lets the far end go if one cannot
-        start. ``made`` is given the pipe of the carrier's answers."""
+    def _carry(self, session: Session, close: Callable[[], None],
+               relay: Callable[[Link], Steps[None]]) -> Link:
+        """The carrying outbound on one end of a new link and ``relay(link)``'s steps on
+        the other, each a task of the thread group; returns the relay's end. ``close``
+        lets the far socket go if one cannot start."""
         handler = self.outbounds.get(self.tag)
         policy = self.ctx.policy.for_level(0)
         ends, outbound_side = new_link_pair(self.ctx.policy.pipe_limit(policy), session.name())
-        made(ends.reader)
         threads = self.ctx.threads
         try:
             if handler is None:  # removed (the API) since _pair looked
@@ -107,14 +115,12 @@ class ChainDialer:
             close()
             raise TransportError(f"cannot start the outbound {self.tag}: {e}") from e
         try:
-            if spawn_steps:
-                threads.spawn_steps(f"chain-{session.name()}", relay(ends))
-            else:
-                threads.spawn(f"chain-{session.name()}", relay(ends))
+            threads.spawn_steps(f"chain-{session.name()}", relay(ends))
         except RuntimeError as e:
             close()
             ends.interrupt()
             raise TransportError(f"cannot relay to the outbound {self.tag}: {e}") from e
+        return ends
 
     def _relay_datagrams(self, session: Session, sock: socket.socket, link: Link) -> None:
         """The carried socket's datagrams into the link, the link's back out, one by one."""
@@ -152,7 +158,7 @@ class ChainDialer:
         finally:
             sock.close()
 
-    def _relay(self, session: Session, conn: Connection, link):
+    def _relay(self, session: Session, conn: Connection, link: Link) -> Steps[None]:
         policy = self.ctx.policy.for_level(0)
         try:
             error = yield from relay_stream_steps(self.ctx, session.name(), policy, conn, link)
