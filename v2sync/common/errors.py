@@ -102,7 +102,8 @@ class TransportError(V2SyncError):
 
 class NoServerReachable(TransportError):
     """Every try to reach an outbound's servers failed (4.34's "failed to find an available
-    destination", which it logs at Warning: a user sees it at the default log level)."""
+    destination", which its VMess, VLESS, Trojan and Shadowsocks clients log at Warning: a
+    user sees it at the default log level; its SOCKS and HTTP clients log it at Info)."""
 
 
 class ServerHandshakeError(TransportError):

@@ -54,9 +54,11 @@ class SocksOutbound:
 
     def process_steps(self, session: Session, link: Link) -> Steps[None]:
         """``process`` as steps: an idle TCP relay's upstream reader parks."""
-        # Each try takes the next server, as client.go calls PickServer inside its retry.
+        # Each try takes the next server, as client.go calls PickServer inside its retry;
+        # giving up is Info there (no AtWarning, unlike VMess's or Trojan's), so not
+        # NoServerReachable.
         server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client,
-                                   link_pause(link))
+                                   link_pause(link), failure=TransportError)
         user = server.pick_user()
         policy = self.ctx.policy.for_level(user.level if user else 0)
         try:

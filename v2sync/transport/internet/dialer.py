@@ -99,13 +99,13 @@ class Server(Protocol):
 
 
 def dial_server(pick: Callable[[], S], attempts: int, step: float,
-                client: Optional[StreamClient] = None,
-                pause: Pause = _sleep) -> Tuple[S, Connection]:
+                client: Optional[StreamClient] = None, pause: Pause = _sleep,
+                failure: Type[TransportError] = NoServerReachable) -> Tuple[S, Connection]:
     """Dial one of an outbound's servers: each try takes the next (``pick``), as 4.34's
     outbounds call ``PickServer`` inside their retry, so a server that is down costs a
-    try and the next one serves the connection."""
+    try and the next one serves the connection. ``failure``: what giving up raises
+    (NoServerReachable is logged at Warning, as most of 4.34's outbounds log it)."""
     def once() -> Tuple[S, Connection]:
         server = pick()
         return server, dial_once(Destination(server.address, server.port), client)
-    return with_retry(attempts, step, once, "failed to reach any server", NoServerReachable,
-                      pause)
+    return with_retry(attempts, step, once, "failed to reach any server", failure, pause)
