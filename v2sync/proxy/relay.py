@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 from functools import partial
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Protocol, Union
 
 from v2sync.common.errors import PipeInterrupted, V2SyncError, detached
 from v2sync.common.signal import ActivityTimer
@@ -33,6 +33,7 @@ from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_step
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.dialer import Pause
 from v2sync.transport.link import Link
+from v2sync.transport.pipe import EOF
 
 Direction = Callable[[ActivityTimer], None]
 
@@ -156,6 +157,44 @@ def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: 
 
     return (yield from run_relay_steps(ctx, name, policy, conn, abort, Parkable(request),
                                        conn_drain(link.reader, conn)))
+
+
+class PacketConn(Protocol):
+    """One source's datagrams: ``read`` gives the next (None once the source is done)."""
+
+    def read(self) -> Optional[bytes]: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def relay_datagrams(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: PacketConn,
+                    link: Link) -> Optional[BaseException]:
+    """Datagrams both ways between ``conn`` and ``link``, one pipe chunk each: a
+    dokodemo-door UDP session, a ``proxySettings`` chain's carried UDP."""
+    def abort() -> None:
+        conn.abort()
+        link.interrupt()
+
+    def request(timer: ActivityTimer) -> None:
+        while True:
+            datagram = conn.read()
+            if datagram is None:
+                link.writer.close()
+                return
+            timer.update()
+            link.writer.write(datagram)
+
+    def response(timer: ActivityTimer) -> None:
+        while True:
+            chunk = link.reader.read()
+            if chunk is EOF:
+                return
+            timer.update()
+            conn.write(chunk)
+
+    return run_relay(ctx, name, policy, None, abort, request, response)
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

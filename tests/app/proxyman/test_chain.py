@@ -21,6 +21,7 @@ from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import PolicyConfig
+from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -71,16 +72,23 @@ def dialer(tag: str = "via", fail_after: int = -1) -> Iterator[tuple]:
         timers.stop()
 
 
+@contextmanager
+def dialled(chain: ChainDialer) -> Iterator[Connection]:
+    """``chain.dial(TARGET)``, its socket's waits bounded, closed at the end."""
+    conn = chain.dial(TARGET)
+    assert conn is not None
+    try:
+        conn.sock.settimeout(WAIT)
+        yield conn
+    finally:
+        conn.close()
+
+
 def test_a_stream_reaches_the_carrier_with_the_target_unresolved() -> None:
     with dialer() as (chain, carrier):
-        conn = chain.dial(TARGET)
-        assert conn is not None
-        try:
-            conn.sock.settimeout(WAIT)
+        with dialled(chain) as conn:
             conn.sock.sendall(b"hello")
             assert conn.sock.recv(16) == b"hello"
-        finally:
-            conn.close()
         assert carrier.ended.wait(WAIT)  # the outbound let go: the carrier's link ended
     assert [s.target for s in carrier.sessions] == [TARGET]  # a name, as written
 
@@ -111,44 +119,27 @@ def test_a_tag_no_outbound_has_is_a_warning_and_none(kind: str, caplog) -> None:
 
 def test_the_carried_socket_is_a_socketpair_end() -> None:
     """So TLS, parked readers and the protocol code work on it as on any socket."""
-    with dialer() as (chain, _carrier):
-        conn = chain.dial(TARGET)
-        assert conn is not None
-        try:
-            assert conn.sock.family == socket.AF_UNIX
-        finally:
-            conn.close()
+    with dialer() as (chain, _carrier), dialled(chain) as conn:
+        assert conn.sock.family == socket.AF_UNIX
 
 
 def test_a_carrier_that_fails_is_a_reset_not_an_end_of_stream() -> None:
     """As 4.34's pipe connection returns an error: the outbound's relay ends at once."""
-    with dialer(fail_after=1) as (chain, carrier):
-        conn = chain.dial(TARGET)
-        assert conn is not None
-        try:
-            conn.sock.settimeout(WAIT)
-            conn.write(b"one")
-            assert conn.read(16) == b"one"
-            conn.write(b"two")  # the carrier fails instead of answering
-            assert carrier.ended.wait(WAIT)
-            with pytest.raises(TransportError, match="carrying outbound failed"):
-                conn.read(16)
-        finally:
-            conn.close()
+    with dialer(fail_after=1) as (chain, carrier), dialled(chain) as conn:
+        conn.write(b"one")
+        assert conn.read(16) == b"one"
+        conn.write(b"two")  # the carrier fails instead of answering
+        assert carrier.ended.wait(WAIT)
+        with pytest.raises(TransportError, match="carrying outbound failed"):
+            conn.read(16)
 
 
 def test_a_carrier_that_closes_is_an_end_of_stream() -> None:
-    with dialer() as (chain, carrier):
-        conn = chain.dial(TARGET)
-        assert conn is not None
-        try:
-            conn.sock.settimeout(WAIT)
-            conn.write(b"one")
-            assert conn.read(16) == b"one"
-            conn.shutdown_write()  # the carrier sees the end and closes its answers
-            assert conn.read(16) == b""
-        finally:
-            conn.close()
+    with dialer() as (chain, _carrier), dialled(chain) as conn:
+        conn.write(b"one")
+        assert conn.read(16) == b"one"
+        conn.shutdown_write()  # the carrier sees the end and closes its answers
+        assert conn.read(16) == b""
 
 
 def test_datagrams_end_with_an_error_a_reader_stops_at() -> None:

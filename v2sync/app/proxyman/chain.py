@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination, Network
 from v2sync.common.session import Session
 from v2sync.common.task import Steps, at_once
-from v2sync.proxy.relay import relay_stream_steps, run_relay
-from v2sync.transport.copy import write_or_stop
+from v2sync.proxy.relay import relay_datagrams, relay_stream_steps
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.udp import shutdown_udp
 from v2sync.transport.link import Link, new_link_pair
@@ -55,10 +54,10 @@ class ChainDialer:
         found = self._pair(target, socket.SOCK_STREAM)
         if found is None:
             return None
-        session, ours, theirs = found
+        handler, session, ours, theirs = found
         conn = Connection(theirs, target)
         try:
-            ends = self._carry(session, conn.close,
+            ends = self._carry(handler, session, conn.close,
                                lambda link: self._relay(session, conn, link))
         except TransportError:
             ours.close()
@@ -72,9 +71,9 @@ class ChainDialer:
                            socket.SOCK_SEQPACKET)
         if found is None:
             return None
-        session, ours, theirs = found
+        handler, session, ours, theirs = found
         try:
-            self._carry(session, theirs.close,
+            self._carry(handler, session, theirs.close,
                         lambda link: at_once(lambda: self._relay_datagrams(session, theirs,
                                                                            link)))
         except TransportError:
@@ -83,9 +82,10 @@ class ChainDialer:
         return CarriedDatagrams(ours)
 
     def _pair(self, target: Destination,
-              kind: int) -> Optional[Tuple[Session, socket.socket, socket.socket]]:
-        """The session the carrier serves and a socketpair; None without a carrier."""
-        if self.outbounds.get(self.tag) is None:
+              kind: int) -> Optional[Tuple[Any, Session, socket.socket, socket.socket]]:
+        """The carrier, the session it serves and a socketpair; None without a carrier."""
+        handler = self.outbounds.get(self.tag)
+        if handler is None:
             log.warning("failed to get outbound handler with tag: %s", self.tag)
             return None
         session = Session(inbound_tag=f"{self.owner or 'out'}-via-{self.tag}", source=target,
@@ -95,20 +95,17 @@ class ChainDialer:
             ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
         except OSError as e:
             raise TransportError(f"failed to dial {target} through {self.tag}: {e}") from e
-        return session, ours, theirs
+        return handler, session, ours, theirs
 
-    def _carry(self, session: Session, close: Callable[[], None],
+    def _carry(self, handler, session: Session, close: Callable[[], None],
                relay: Callable[[Link], Steps[None]]) -> Link:
-        """The carrying outbound on one end of a new link and ``relay(link)``'s steps on
-        the other, each a task of the thread group; returns the relay's end. ``close``
+        """``handler`` (the carrier) on one end of a new link and ``relay(link)``'s steps
+        on the other, each a task of the thread group; returns the relay's end. ``close``
         lets the far socket go if one cannot start."""
-        handler = self.outbounds.get(self.tag)
         policy = self.ctx.policy.for_level(0)
         ends, outbound_side = new_link_pair(self.ctx.policy.pipe_limit(policy), session.name())
         threads = self.ctx.threads
         try:
-            if handler is None:  # removed (the API) since _pair looked
-                raise RuntimeError(f"no outbound {self.tag}")
             threads.spawn_steps(f"out-{session.name()}", handler.dispatch_steps(session,
                                                                                 outbound_side))
         except RuntimeError as e:
@@ -124,34 +121,9 @@ class ChainDialer:
 
     def _relay_datagrams(self, session: Session, sock: socket.socket, link: Link) -> None:
         """The carried socket's datagrams into the link, the link's back out, one by one."""
-        def abort() -> None:
-            shutdown_udp(sock)
-            link.interrupt()
-
-        def request(timer) -> None:
-            while True:
-                data = sock.recv(MAX_DATAGRAM)
-                if not data:
-                    break  # the outbound closed its end
-                timer.update()
-                if not write_or_stop(link.writer, data):
-                    break
-            link.writer.close()
-
-        def response(timer) -> None:
-            while True:
-                chunk = link.reader.read()
-                if not isinstance(chunk, bytes):
-                    return
-                timer.update()
-                try:
-                    sock.send(chunk)
-                except OSError:
-                    return  # the outbound is gone
-
         try:
-            error = run_relay(self.ctx, session.name(), self.ctx.policy.for_level(0), None,
-                              abort, request, response)
+            error = relay_datagrams(self.ctx, session.name(), self.ctx.policy.for_level(0),
+                                    _PairEnd(sock), link)
             if error is not None:
                 log.debug("%s: datagrams through %s ended: %s", session.name(), self.tag,
                           error)
@@ -166,6 +138,22 @@ class ChainDialer:
                 log.debug("%s: relay through %s ended: %s", session.name(), self.tag, error)
         finally:
             conn.close()
+
+
+class _PairEnd:
+    """The chain's end of a carried datagram pair as ``relay.PacketConn``."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def read(self) -> Optional[bytes]:
+        return self._sock.recv(MAX_DATAGRAM) or None  # b"": the outbound closed its end
+
+    def write(self, data: bytes) -> None:
+        self._sock.send(data)
+
+    def abort(self) -> None:
+        shutdown_udp(self._sock)
 
 
 class CarriedConnection(Connection):

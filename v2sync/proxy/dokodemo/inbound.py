@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable
 
 from v2sync.common.errors import RemoteProtocolError
 from v2sync.common.net import Destination, Network
@@ -24,10 +24,8 @@ from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.dokodemo.config import DokodemoConfig
-from v2sync.proxy.relay import relay_stream_steps, run_relay
+from v2sync.proxy.relay import relay_datagrams, relay_stream_steps
 from v2sync.transport.internet.conn import Connection, Handshake
-from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
@@ -74,30 +72,8 @@ class DokodemoInbound:
         comes through ``handshake`` to ``_serve_tcp``."""
         dest = self.destination(session, Network.UDP)
         session.user_level = self.settings.user_level
-        error = self._relay_packets(session, conn, dispatcher.dispatch(session, dest))
+        error = relay_datagrams(self.ctx, session.name(), self.policy, conn,
+                                dispatcher.dispatch(session, dest))
         if error is not None:
             log.debug("%s: connection ends: %s", session.name(), error)
 
-    def _relay_packets(self, session: Session, conn, link: Link) -> Optional[BaseException]:
-        def abort() -> None:
-            conn.abort()
-            link.interrupt()
-
-        def request(timer) -> None:
-            while True:
-                datagram = conn.read()
-                if datagram is None:
-                    link.writer.close()
-                    return
-                timer.update()
-                link.writer.write(datagram)
-
-        def response(timer) -> None:
-            while True:
-                chunk = link.reader.read()
-                if chunk is EOF:
-                    return
-                timer.update()
-                conn.write(chunk)
-
-        return run_relay(self.ctx, session.name(), self.policy, None, abort, request, response)
