@@ -409,3 +409,73 @@ def test_ahead_yields_the_cpu_only_in_a_quiet_group(monkeypatch, no_overdue):
         release.set()
         group.shutdown(WAIT)
 
+
+
+def _handed_on(seen):
+    """Steps that record their thread, hand on (``HAND_ON``) if started here, record again."""
+    seen.append(("start", threading.get_ident(), task_module.started_here()))
+    if task_module.started_here():
+        yield task_module.HAND_ON
+    seen.append(("rest", threading.get_ident(), task_module.started_here()))
+
+
+def test_start_here_runs_the_first_step_in_the_caller_and_the_rest_in_a_pooled_thread():
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=4)
+    seen = []
+    try:
+        handle = group.start_here("task", _handed_on(seen))
+        handle.join(WAIT)
+        assert not handle.is_alive() and not group.live()
+    finally:
+        assert group.shutdown(WAIT)
+    me = threading.get_ident()
+    assert seen[0] == ("start", me, True)
+    assert seen[1][0] == "rest" and seen[1][1] != me and seen[1][2] is False
+    assert not task_module.started_here()  # the caller's count is back
+
+
+def test_start_here_in_a_busy_group_spawns_as_any_task(no_overdue):
+    """A step already running (a burst): the task takes its turn for a run slot."""
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=2)
+    started, release = threading.Semaphore(0), threading.Event()
+    seen = []
+    try:
+        _paced(group, "busy", _blocker(started, release))
+        assert started.acquire(timeout=WAIT)
+        handle = group.start_here("task", _handed_on(seen))
+        handle.join(WAIT)
+        assert not handle.is_alive()
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+    assert [(step, here) for step, _, here in seen] == [("start", False), ("rest", False)]
+    assert seen[0][1] != threading.get_ident()
+
+
+def test_a_task_that_ends_or_fails_in_its_first_step_is_finished_there(caplog):
+    group = ThreadGroup("t", idle_timeout=WAIT)
+
+    def failing():
+        raise ValueError("boom")
+        yield  # steps
+
+    try:
+        ended = group.start_here("ended", _recording_steps([], "x"))
+        failed = group.start_here("failed", failing())
+        assert not ended.is_alive() and not failed.is_alive() and not group.live()
+    finally:
+        assert group.shutdown(WAIT)
+    assert "task failed failed" in caplog.text and "boom" in caplog.text
+    assert not task_module.started_here()
+
+
+def test_hand_on_is_nothing_to_a_task_driven_in_its_thread():
+    seen = []
+
+    def steps():
+        seen.append(threading.get_ident())
+        yield task_module.HAND_ON
+        seen.append(threading.get_ident())
+
+    task_module.drive(steps())
+    assert seen == [threading.get_ident()] * 2

@@ -11,7 +11,7 @@ from v2sync.common.signal import TimerWheel
 from v2sync.common.task import ThreadGroup, drive
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy, PolicyConfig
-from v2sync.proxy.relay import relay_stream_steps, run_relay
+from v2sync.proxy.relay import relay_stream_steps, run_relay, run_relay_steps
 from v2sync.transport import copy as copy_module
 from v2sync.transport.copy import PipeDrain, flush_ready
 from v2sync.transport.internet.conn import Connection, send_queue_empty
@@ -312,3 +312,53 @@ def test_a_writer_never_sends_for_a_drain_whose_socket_still_has_bytes_queued():
             client_done.set()
             caller.join(WAIT)
     assert senders == ["relay-t-down"] and result == [None]
+
+
+def relay_started_here(ctx, conn, queued: bytes, close: bool) -> dict:
+    """An outbound's relay shape (the link's pipe drained to ``conn``, the answer read
+    back), its task started in this thread by ``start_here``: which thread ran ``first``
+    and which the foreground direction, once the relay is over."""
+    inbound, outbound = new_link_pair(1024, "t")
+    if queued:
+        inbound.writer.write(queued)
+    if close:
+        inbound.writer.close()
+    threads = {}
+    done = threading.Event()
+
+    def record(side):
+        return lambda timer: threads.setdefault(side, threading.get_ident())
+
+    def steps():
+        drain = PipeDrain(outbound.reader, lambda chunks: conn.write(b"".join(chunks)),
+                          conn=conn)
+        yield from run_relay_steps(ctx, "t", POLICY, conn, conn.abort, drain,
+                                   record("response"), record("first"))
+        done.set()
+
+    ctx.threads.start_here("out-t", steps())
+    threads["caller"] = threading.get_ident()
+    inbound.writer.close()  # the client is done: the drain, and the relay, end
+    assert done.wait(WAIT)
+    return threads
+
+
+@pytest.mark.parametrize("queued, close", [(b"early", False), (b"", True)],
+                         ids=["bytes", "eof"])
+def test_a_relay_started_here_sends_what_is_queued_then_hands_on(queued, close):
+    """What the client sent so far goes out from the inbound's own thread; the reading of
+    the answer goes on elsewhere, so that thread returns to its client."""
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        threads = relay_started_here(ctx, conn, queued, close)
+    assert threads["first"] == threads["caller"]
+    assert threads["response"] != threads["caller"]
+
+
+def test_a_relay_started_here_with_nothing_queued_hands_on_before_its_first_step():
+    """``first`` may wait for the client's bytes (VMess's 100 ms for its first payload),
+    which the caller's thread is the one to read: it runs elsewhere."""
+    with relay_context() as ctx, tcp_pair() as (conn, _peer):
+        threads = relay_started_here(ctx, conn, b"", False)
+    assert threads["first"] != threads["caller"]
+    assert threads["response"] != threads["caller"]
+

@@ -25,7 +25,10 @@ class Router(Protocol):
 class Dispatcher(Protocol):
     """Connects an inbound's session to an outbound and returns the inbound's end of the link."""
 
-    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"",
+                 start_here: bool = False) -> Link:
         """``early``: stream bytes the client sent with its request, already decoded; they
-        are in the link before the outbound starts."""
+        are in the link before the outbound starts. ``start_here``: the caller's thread
+        serves this one connection (an inbound's, not a mux reader's), so the outbound's
+        start may run in it (``ThreadGroup.start_here``)."""
         ...

@@ -272,6 +272,8 @@ def _with_early(early: bytes, reads):
 class KeyedOutbound:
     """Dial a server, send the header with the first payload, relay raw or framed."""
 
+    starts_in_caller = True  # OutboundHandler.starts_here
+
     def __init__(self, settings, ctx: ProxyContext, handler_config):
         self.settings = settings
         self.ctx = ctx

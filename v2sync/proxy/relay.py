@@ -25,7 +25,8 @@ from typing import Callable, Iterator, Optional, Protocol, Union
 
 from v2sync.common.errors import PipeInterrupted, V2SyncError, detached
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Steps, Waker, at_once, drive, outside_slot, run_pair_steps
+from v2sync.common.task import (HAND_ON, PARKED, Steps, Waker, at_once, drive, outside_slot,
+                                run_pair_steps, started_here)
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
 from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
@@ -101,12 +102,22 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
 
     longest = max(policy.conn_idle, policy.uplink_only, policy.downlink_only)
     try:
+        # An outbound started in its inbound's thread (``start_here``) sends what the
+        # client has sent so far from there, then hands on. With nothing queued yet it
+        # hands on first: ``first`` may wait for the client's bytes, which that very
+        # thread is to read.
+        here = started_here()
+        if here and not _input_queued(request, response):
+            here = False
+            yield HAND_ON
         if first is not None:
             try:
                 first(timer)
             except Exception as exc:  # as run_pair's guard does: abort, report
                 abort()
                 return detached(exc)
+        if here:
+            yield HAND_ON
         inline = background.ready_inline if isinstance(background, PipeDrain) else None
         return (yield from run_pair_steps(
             ctx.threads, f"relay-{name}-{'down' if down else 'up'}", background_step,
@@ -114,6 +125,12 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
             ctx.timers, busy=lambda: _moving(timer, longest + JOIN_SLACK)))
     finally:
         timer.cancel()
+
+
+def _input_queued(request: Side, response: Side) -> bool:
+    """Bytes, or the end, wait in the pipe the relay drains (an outbound's request side)."""
+    drain = request if isinstance(request, PipeDrain) else response
+    return isinstance(drain, PipeDrain) and (drain.pipe.buffered > 0 or drain.pipe.is_closed)
 
 
 def _moving(timer: ActivityTimer, within: float) -> bool:

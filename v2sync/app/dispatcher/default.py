@@ -20,7 +20,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Destination, Network, go_address
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, ThreadGroup
+from v2sync.common.task import HAND_ON, Steps, ThreadGroup, started_here
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -40,7 +40,8 @@ class DefaultDispatcher:
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
-    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"",
+                 start_here: bool = False) -> Link:
         session.target = dest
         policy = self.policy.for_level(session.user_level)
         up = down = None
@@ -58,12 +59,18 @@ class DefaultDispatcher:
         inbound_side.writer.write(early)
         with self._lock:
             self._links[session.id] = outbound_side
+        name, steps = f"out-{session.name()}", self._run_outbound(session, outbound_side)
         try:
             # The outbound goes first: its routing and dial are on the connection's path,
             # the inbound's relay set-up is not (it then reads, and the client's next bytes
-            # are on their way meanwhile, or already here to be forwarded).
-            self.threads.spawn_steps(f"out-{session.name()}",
-                                     self._run_outbound(session, outbound_side), ahead=True)
+            # are on their way meanwhile, or already here to be forwarded). A caller that
+            # serves this one connection runs that start itself (``start_here``): one thread
+            # hand-over less before the dial. Not while sniffing, which waits for bytes
+            # the caller has yet to read.
+            if start_here and dest.network is Network.TCP and not _sniffing_enabled(session):
+                self.threads.start_here(name, steps)
+            else:
+                self.threads.spawn_steps(name, steps, ahead=True)
         except RuntimeError:
             log.error("%s: cannot start outbound thread", session.name())
             self._forget(session)
@@ -86,6 +93,8 @@ class DefaultDispatcher:
                 link.writer.close()
                 link.reader.interrupt()
                 return
+            if started_here() and not handler.starts_here:
+                yield HAND_ON  # its start may wait on the caller: see OutboundHandler
             session.outbound_tag = handler.tag
             if self.on_routed is not None:
                 self.on_routed(handler.tag)

@@ -26,6 +26,12 @@ class OutboundHandler:
         self.mux: Optional[ClientManager] = None
         if mux is not None and mux.enabled:
             self.mux = ClientManager(self.run_proxy, ctx, mux.concurrency, tag or "out")
+        # May its start run in the inbound's thread (``ThreadGroup.start_here``)? For a
+        # proxy whose steps go from the dial and its server's handshake to the relay with
+        # no wait on the client (``starts_in_caller``); not through mux, whose connection
+        # is shared, nor for the HTTP outbound, which waits for the client's first bytes
+        # before it dials.
+        self.starts_here = self.mux is None and getattr(proxy, "starts_in_caller", False)
 
     def dispatch_steps(self, session: Session, link: Link) -> Steps[None]:
         """Carry ``link`` (handler.go Dispatch), as steps: a proxy with ``process_steps``

@@ -36,9 +36,10 @@ class MuxServer:
         self.policy = policy
         self.threads = threads
 
-    def dispatch(self, session: Session, dest: Destination, early: bytes = b"") -> Link:
+    def dispatch(self, session: Session, dest: Destination, early: bytes = b"",
+                 start_here: bool = False) -> Link:
         if not is_mux_destination(dest):
-            return self.dispatcher.dispatch(session, dest, early)
+            return self.dispatcher.dispatch(session, dest, early, start_here)
         session.target = dest
         limit = self.policy.pipe_limit(self.policy.for_level(session.user_level))
         inbound_side, worker_side = new_link_pair(limit, f"{session.name()}-mux")

@@ -62,7 +62,7 @@ class DokodemoInbound:
         """A TCP connection, as steps (``Handoff.serve_steps``): its idle reader parks."""
         dest = self.destination(session, Network.TCP)
         session.user_level = self.settings.user_level
-        link = dispatcher.dispatch(session, dest)
+        link = dispatcher.dispatch(session, dest, start_here=True)
         error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link)
         if error is not None:
             log.debug("%s: connection ends: %s", session.name(), error)

@@ -50,6 +50,7 @@ def _lookup_strategy(strategy: str, source: Optional[Address]) -> str:
 @OUTBOUNDS.register("freedom")
 class FreedomOutbound:
     config_type = FreedomConfig
+    starts_in_caller = True  # OutboundHandler.starts_here
 
     def __init__(self, settings: FreedomConfig, ctx: ProxyContext, handler_config):
         self.settings = settings

@@ -135,8 +135,8 @@ class HttpInbound:
         # "http/1.1": the inbound's sniffing request is not in it, so the request is neither
         # sniffed nor its target overridden. A later CONNECT keeps the connection's.
         request = replace(session, protocol="http/1.1", sniffing=None)
-        return self._forward(request, conn, dispatcher.dispatch(request, dest), reader, head,
-                             target, framing)
+        link = dispatcher.dispatch(request, dest, start_here=True)
+        return self._forward(request, conn, link, reader, head, target, framing)
 
     # -- CONNECT -----------------------------------------------------------------------
     def _tunnel(self, session, conn, dispatcher, reader,
@@ -145,7 +145,8 @@ class HttpInbound:
             raise RemoteProtocolError("CONNECT target without port", reply=enc.response_400())
         conn.write(enc.CONNECT_ESTABLISHED)  # before the dispatch, as handleConnect
         early = reader.consume(len(reader.buf))
-        link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port), early)
+        link = dispatcher.dispatch(session, Destination.tcp(target.host, target.port), early,
+                                   start_here=True)
         error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link)
         if error is not None:
             log.debug("%s: tunnel ended: %s", session.name(), error)

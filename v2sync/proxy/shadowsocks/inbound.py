@@ -162,7 +162,7 @@ class ShadowsocksInbound:
     def _serve(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                target: Destination, body_in: StreamReader, early: bytes) -> Steps[None]:
         """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
-        link = dispatcher.dispatch(session, target, early)
+        link = dispatcher.dispatch(session, target, early, start_here=True)
         error = yield from relay_encrypted(self.ctx, session.name(), self.policy, conn, link, body_in,
                                 StreamWriter(self.account))
         if error is not None:

@@ -37,6 +37,7 @@ DIAL_STEP = 0.1
 @OUTBOUNDS.register("shadowsocks")
 class ShadowsocksOutbound:
     config_type = ShadowsocksClientConfig
+    starts_in_caller = True  # OutboundHandler.starts_here
 
     def __init__(self, settings: ShadowsocksClientConfig, ctx: ProxyContext, handler_config):
         self.settings = settings

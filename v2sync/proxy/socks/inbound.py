@@ -136,7 +136,7 @@ class SocksInbound:
     def _relay(self, session: Session, conn: Connection, dispatcher: Dispatcher,
                dest: Destination, early: bytes) -> Steps[None]:
         """Steps (``Handoff.serve_steps``): the client's reader parks while idle."""
-        link = dispatcher.dispatch(session, dest, early)
+        link = dispatcher.dispatch(session, dest, early, start_here=True)
         error = yield from relay_stream_steps(self.ctx, session.name(), self.policy, conn, link)
         if error is not None:
             log.debug("%s: relay ended: %s", session.name(), error)

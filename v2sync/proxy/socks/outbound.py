@@ -45,6 +45,7 @@ _UNSPECIFIED = (Address.parse("0.0.0.0"), Address.parse("::"))
 @OUTBOUNDS.register("socks")
 class SocksOutbound:
     config_type = ServersConfig
+    starts_in_caller = True  # OutboundHandler.starts_here
 
     def __init__(self, settings: ServersConfig, ctx: ProxyContext, handler_config):
         self.settings = settings

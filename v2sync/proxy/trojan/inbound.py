@@ -51,7 +51,7 @@ class TrojanInbound(KeyedInbound):
               header: RequestHeader, early: bytes) -> Steps[None]:
         if header.command == Command.UDP:
             return self._serve_udp(session, conn, dispatcher, early)
-        link = dispatcher.dispatch(session, header.destination(), early)
+        link = dispatcher.dispatch(session, header.destination(), early, start_here=True)
         yield from self.relay_tcp(session, conn, link)
 
     def _serve_udp(self, session: Session, conn: Connection, dispatcher: Dispatcher,

@@ -46,5 +46,5 @@ class VlessInbound(KeyedInbound):
             self.relay_packets(session, conn, link, early, parse_length_packet,
                                encode_length_packet, head)
         else:
-            link = dispatcher.dispatch(session, header.destination(), early)
+            link = dispatcher.dispatch(session, header.destination(), early, start_here=True)
             yield from self.relay_tcp(session, conn, link, head)

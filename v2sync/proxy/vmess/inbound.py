@@ -101,7 +101,8 @@ class VMessInbound:
         if server.header.is_packet:  # in the relay, its timer running: each may wait
             link = dispatcher.dispatch(session, dest)
         else:
-            link, chunks = dispatcher.dispatch(session, dest, b"".join(chunks)), []
+            link = dispatcher.dispatch(session, dest, b"".join(chunks), start_here=True)
+            chunks = []
         yield from self._relay(session, conn, link, server, body_in, chunks, more)
 
     def _relay(self, session: Session, conn: Connection, link: Link, server: ServerSession,

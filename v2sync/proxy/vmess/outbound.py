@@ -44,6 +44,7 @@ MAX_RESPONSE_HEADER = 4096
 @OUTBOUNDS.register("vmess")
 class VMessOutbound:
     config_type = VMessOutboundConfig
+    starts_in_caller = True  # OutboundHandler.starts_here
 
     def __init__(self, settings: VMessOutboundConfig, ctx: ProxyContext, handler_config):
         self.settings = settings
