@@ -479,3 +479,22 @@ def test_hand_on_is_nothing_to_a_task_driven_in_its_thread():
 
     task_module.drive(steps())
     assert seen == [threading.get_ident()] * 2
+
+
+@pytest.mark.parametrize("wait, yields", [("HAND_AHEAD", [1]), ("HAND_ON", [])])
+def test_hand_ahead_lets_go_of_the_cpu_for_the_rest_and_hand_on_does_not(monkeypatch,
+                                                                            wait, yields):
+    """What goes on after ``HAND_AHEAD`` is on the connection's path (a mux outbound's
+    dispatch): it runs before the caller goes on, as a task spawned ``ahead`` does."""
+    seen = []
+    monkeypatch.setattr(task_module, "_sched_yield", lambda: seen.append(1))
+    group = ThreadGroup("t", idle_timeout=WAIT)
+
+    def steps():
+        yield getattr(task_module, wait)
+
+    try:
+        group.start_here("task", steps()).join(WAIT)
+    finally:
+        assert group.shutdown(WAIT)
+    assert seen == yields

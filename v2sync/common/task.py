@@ -112,26 +112,36 @@ Steps = Generator[Wait, None, T]
 class _GoOnElsewhere(Wait):
     """``HAND_ON``: a task started in its caller's thread (``ThreadGroup.start_here``)
     yields it once the work on its connection's path is done; the rest goes on in a pooled
-    thread and the caller's thread returns to its own connection. Run by ``drive``, or in
-    a pooled thread already, there is nothing to hand on: see ``started_here``."""
+    thread and the caller's thread returns to its own connection. ``HAND_AHEAD``: the rest
+    is on the path too (a mux outbound's dispatch, once routed), so in a quiet group the
+    caller lets go of the CPU for it, as ``spawn_steps(ahead=True)`` does. Run by
+    ``drive``, or in a pooled thread already, there is nothing to hand on: see
+    ``started_here``."""
 
-    __slots__ = ()
+    __slots__ = ("ahead",)
+
+    def __init__(self, ahead: bool):
+        self.ahead = ahead
 
     def arm(self, wake: Waker) -> None:
         wake()
+        if self.ahead and _here.groups[-1]._quiet():
+            yield_cpu()
 
     def block(self) -> None:
         pass
 
 
-HAND_ON: Final = _GoOnElsewhere()
-_here = threading.local()  # ``depth``: how many ``start_here`` calls this thread is inside
+HAND_ON: Final = _GoOnElsewhere(False)
+HAND_AHEAD: Final = _GoOnElsewhere(True)
+# ``groups``: the groups whose ``start_here`` this thread is inside, innermost last.
+_here = threading.local()
 
 
 def started_here() -> bool:
     """Is this thread running the first step of a task for its caller (``start_here``)?
     Then a step that would wait on the caller, or for long, yields ``HAND_ON`` first."""
-    return getattr(_here, "depth", 0) > 0
+    return bool(getattr(_here, "groups", None))
 
 
 def drive(steps: "Steps[T]") -> T:
@@ -474,24 +484,27 @@ class ThreadGroup:
 
     def start_here(self, name: str, steps: "Steps[object]") -> TaskHandle:
         """``spawn_steps``, except that in a quiet group (``_quiet``) the task's first step
-        runs in this thread, up to its first wait (``HAND_ON``, or any other), and only
-        the rest in a pooled thread. For a caller that has nothing else to do meanwhile:
-        the dispatch of an inbound's connection, whose outbound then dials and sends the
-        client's first bytes with no thread hand-over in between. In a busy group the
-        task queues for a run slot as any other (a burst is not served faster by dialling
-        in every inbound's thread at once: ``bench.py burst`` took 12-20% longer)."""
+        runs in this thread, up to its first wait (``HAND_ON``, ``HAND_AHEAD`` or any
+        other), and only the rest in a pooled thread. For a caller that has nothing else
+        to do meanwhile: the dispatch of an inbound's connection, whose outbound then dials
+        and sends the client's first bytes with no thread hand-over in between. In a busy
+        group the task is spawned as any other: dialling in every inbound's thread at once
+        made ``bench.py burst`` 12-20% slower, and dialling there whenever a run slot was
+        free still 5-8% (7 runs each)."""
         if not self._quiet():
-            return self.spawn_steps(name, steps)
+            return self.spawn_steps(name, steps, ahead=True)
         handle = self.reserve(name, paced=True)
         task = _StepsTask(self, handle, steps)
-        _here.depth = getattr(_here, "depth", 0) + 1
+        if not hasattr(_here, "groups"):
+            _here.groups = []
+        _here.groups.append(self)
         parked = False
         try:
             parked = task.step() is PARKED
         except Exception:  # as a pooled worker would: logged, and the caller goes on
             log.exception("task %s failed", name)
         finally:
-            _here.depth -= 1
+            _here.groups.pop()
             if not parked:
                 self.finish(handle)
         return handle

@@ -20,7 +20,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Destination, Network, go_address
 from v2sync.common.session import Session
-from v2sync.common.task import HAND_ON, Steps, ThreadGroup, started_here
+from v2sync.common.task import HAND_AHEAD, Steps, ThreadGroup, started_here
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -94,7 +94,9 @@ class DefaultDispatcher:
                 link.reader.interrupt()
                 return
             if started_here() and not handler.starts_here:
-                yield HAND_ON  # its start may wait on the caller: see OutboundHandler
+                # Its start may wait on the caller (see OutboundHandler), and is on the
+                # connection's path: it goes first, as a spawned outbound does.
+                yield HAND_AHEAD
             session.outbound_tag = handler.tag
             if self.on_routed is not None:
                 self.on_routed(handler.tag)
