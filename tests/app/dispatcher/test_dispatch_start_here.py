@@ -108,3 +108,12 @@ def test_the_outbounds_that_start_here():
                 VlessOutbound, VMessOutbound]
     assert all(getattr(cls, "starts_in_caller", False) for cls in starting)
     assert not getattr(HttpOutbound, "starts_in_caller", False)
+
+
+def test_an_outbound_routed_here_but_started_pooled_goes_first(monkeypatch):
+    """Its start is on the connection's path: the caller lets go of the CPU for it, as
+    for a spawned outbound (``HAND_AHEAD``)."""
+    yields = []
+    monkeypatch.setattr(task_module, "_sched_yield", lambda: yields.append(1))
+    run(Recorder(starts_in_caller=False))
+    assert yields == [1]
