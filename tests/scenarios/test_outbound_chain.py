@@ -10,6 +10,7 @@ target ``main`` asked for (its server address, a name left unresolved).
 from __future__ import annotations
 
 import contextlib
+import socket
 import os
 import time
 from typing import Any, Dict, Iterator, List
@@ -217,3 +218,62 @@ def test_a_carrier_that_cannot_dial_ends_the_connection_at_once_as_in_4_34(
     finally:
         process.stop()
     assert echo.accepted == 0
+
+
+CHAIN_NAME = "chain.test"  # only the client's built-in DNS knows it (its "hosts")
+# Not 127.0.0.1, which 4.34's hosts also answer as ::1 (hosts.go), one of which its
+# freedom then draws at random.
+CHAIN_IP = "127.0.0.2"
+
+
+def use_ip_configs(entry_port: int, socks_port: int) -> List[Dict[str, Any]]:
+    """[server, client]: the client's freedom ``a`` (UseIP) is carried by ``b``, a SOCKS
+    outbound to the server's SOCKS inbound (UDP too); the server cannot resolve the name."""
+    socks = {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}
+    server = {"log": {"loglevel": "warning"},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": socks_port,
+                            "settings": socks}],
+              "outbounds": [{"protocol": "freedom"}]}
+    client = {"log": {"loglevel": "warning"}, "dns": {"hosts": {CHAIN_NAME: CHAIN_IP}},
+              "inbounds": [{"protocol": "socks", "listen": "127.0.0.1", "port": entry_port,
+                            "settings": socks}],
+              "outbounds": [{"tag": "a", "protocol": "freedom", "proxySettings": {"tag": "b"},
+                             "settings": {"domainStrategy": "UseIP"}},
+                            {"tag": "b", "protocol": "socks", "settings": {"servers": [
+                                {"address": "127.0.0.1", "port": socks_port}]}}]}
+    return [server, client]
+
+
+def udp_round_trip(entry_port: int, target: Any, payload: bytes) -> bytes:
+    import socks  # PySocks: a SOCKS5 UDP association, the target sent as a name
+    with socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", entry_port)
+        sock.settimeout(LOG_WAIT)
+        sock.sendto(payload, target)
+        return sock.recvfrom(4096)[0]
+
+
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_a_use_ip_freedom_resolves_before_its_chain_as_in_4_34(client: str) -> None:
+    """freedom.go resolves the name under UseIP, then dials the answer through its handler:
+    the carrier is asked for the IP, for TCP and UDP alike."""
+    entry_port, socks_port = free_port(), free_port()
+    server_cfg, client_cfg = use_ip_configs(entry_port, socks_port)
+    processes: List[ConfigProcess] = []
+    try:
+        processes.append(make_process("v2ray", server_cfg).start())
+        processes.append(make_process(client, client_cfg).start())
+        with TcpEchoServer(xor=XOR_C, host=CHAIN_IP) as echo, \
+                open_tunnel(entry_port, (CHAIN_NAME, echo.port)) as sock:
+            assert exchange(sock, b"resolved") == xor_bytes(b"resolved")
+        with UdpEchoServer(xor=XOR_C, host=CHAIN_IP) as udp_echo:
+            reply = udp_round_trip(entry_port, (CHAIN_NAME, udp_echo.port), b"datagram")
+            assert reply == xor_bytes(b"datagram")
+            lines = [f"accepted tcp:{CHAIN_IP}:{echo.port}",
+                     f"accepted udp:{CHAIN_IP}:{udp_echo.port}"]
+            for line in lines:
+                assert wait_for_lines(processes[0], line, 1) == 1, processes[0].log_text()
+        assert CHAIN_NAME not in processes[0].log_text()
+    finally:
+        for process in reversed(processes):
+            process.stop()

@@ -64,11 +64,12 @@ class FreedomOutbound:
         dest = self._redirected(session.destination())
         policy = self.ctx.policy.for_level(self.settings.user_level, self.settings.timeout)
         if dest.network is Network.UDP:
-            self._process_udp(session, dest, link, policy, self._lookup(session, dest))
+            self._process_udp(session, self._through_chain(session, dest), link, policy,
+                              self._lookup(session, dest))
             return
         lookup = self._lookup(session, dest)
-        conn = dial_with_retry(dest, DIAL_ATTEMPTS, DIAL_STEP, self.client, self.strategy,
-                               lookup, link_pause(link))
+        conn = dial_with_retry(self._through_chain(session, dest), DIAL_ATTEMPTS, DIAL_STEP,
+                               self.client, self.strategy, lookup, link_pause(link))
         try:
             error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn, link)
             if error is not None:
@@ -88,13 +89,29 @@ class FreedomOutbound:
             address = dest.address
         return Destination(address, port or dest.port, dest.network)
 
-    def _lookup(self, session: Session, dest: Destination) -> Optional[Lookup]:
+    def _through_chain(self, session: Session, dest: Destination) -> Destination:
+        """The target a ``proxySettings`` chain is asked for: under UseIP*, the built-in
+        DNS's answer (its first IPv4 one, else its first, as a UDP session's; 4.34 draws
+        one at random), since freedom.go resolves before it dials through its handler; the
+        name as written when the DNS has no answer (``resolveIP``'s nil). Without a chain,
+        ``dest`` as it is: the dial resolves it (``_lookup``)."""
+        if self.client.chain is None or dest.address.is_ip:
+            return dest
+        lookup = self._lookup(session, dest, keep_name=True)
+        found = lookup(dest.address.value) if lookup is not None else ()
+        if not found:
+            return dest
+        best = min(found, key=lambda address: address.kind is not AddressKind.IPV4)
+        return Destination(best, dest.port, dest.network)
+
+    def _lookup(self, session: Session, dest: Destination,
+                keep_name: bool = False) -> Optional[Lookup]:
         """How names are resolved, as 4.34's freedom: AsIs dials the name (the system
         resolver), whatever the router looked up. UseIP* asks the built-in DNS, reusing the
         router's answer for this very name when it has addresses of the wanted family (one
         resolution per connection; 4.34 asks again and its cache answers). A name the
         built-in DNS cannot resolve is dialled as with AsIs, as freedom.go keeps the domain
-        when ``resolveIP`` finds nothing."""
+        when ``resolveIP`` finds nothing (``keep_name``: no answer at all, then)."""
         strategy = self.strategy
         dns = self.ctx.dns
         if strategy == "AsIs" or dns is None:
@@ -111,7 +128,7 @@ class FreedomOutbound:
             except TransportError as e:
                 log.info("%s: failed to get IP address for domain %s: %s; dialing it as is",
                          session.name(), name, e)
-                return resolve(name, "AsIs", dest.port)
+                return () if keep_name else resolve(name, "AsIs", dest.port)
         return lookup
 
     def _udp_socket(self, dest: Destination, lookup) -> Tuple[Any, Tuple[str, int]]:
