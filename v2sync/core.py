@@ -93,6 +93,7 @@ class Instance:
         self.stats: Optional[StatsManager] = (
             (stats or StatsManager()) if config.stats_enabled else None)
         self.dispatcher.stats = self.stats
+        self.dispatcher.timers = self.timers
         self.commander: Optional[Any] = None  # app.commander.outbound.Commander
         self.metrics: Optional[Any] = None  # app.metrics.MetricsServer
         self._build()

@@ -167,6 +167,50 @@ def test_a_connection_moving_bytes_keeps_the_grace() -> None:
         assert not closer.is_alive()
 
 
+SLOW_ANSWER = 0.3  # the upstream SOCKS server's wait before it answers a CONNECT
+DISPATCHED = 0.1  # after the SOCKS reply: the dial has started (and QUIET_GRACE is 0.5 s)
+
+
+def _slow_socks_server(listener: socket.socket) -> None:
+    """One SOCKS5 exchange that answers the CONNECT SLOW_ANSWER s late, then says hello."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(CLOSE_LIMIT)
+        recv_exact(conn, 3)
+        conn.sendall(b"\x05\x00")
+        recv_exact(conn, 10)  # an IPv4 CONNECT
+        time.sleep(SLOW_ANSWER)
+        conn.sendall(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x50hello")
+        read_until_closed(conn, CLOSE_LIMIT)
+
+
+def test_a_connection_still_dialling_keeps_the_grace() -> None:
+    """SIGTERM while the outbound waits for its server's answer (its start runs in the
+    inbound's thread, before any relay exists): the connection gets the grace as one whose
+    dial ran in a pooled thread did, and the answer reaches the client."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        config = make_config([socks_inbound()], [{"protocol": "socks", "settings": {
+            "servers": [{"address": "127.0.0.1", "port": listener.getsockname()[1]}]}}])
+        server = threading.Thread(target=_slow_socks_server, args=(listener,),
+                                  name="test-slow-socks")
+        server.start()
+        instance = Instance(config_from_dict(config))
+        instance.start()
+        closer = threading.Thread(target=instance.close, kwargs={"grace": LONG_GRACE},
+                                  name="test-close")
+        try:
+            with socks5_tunnel(port_of(instance, "socks-in"), "1.2.3.4", 80) as held:
+                # The SOCKS reply precedes the dispatch: a close right behind it could come
+                # before the connection has anything that counts as live.
+                time.sleep(DISPATCHED)
+                closer.start()  # the upstream has not answered yet
+                assert recv_exact(held, 5) == b"hello"
+        finally:
+            closer.join(CLOSE_LIMIT)
+            server.join(CLOSE_LIMIT)
+        assert not closer.is_alive() and not server.is_alive()
+
+
 def test_close_ends_an_outbound_waiting_for_its_origin_after_the_client_is_done() -> None:
     """The client half-closed (its request side ended cleanly) and the origin never answers:
     the outbound's response side waits in recv, where interrupting the link cannot reach,

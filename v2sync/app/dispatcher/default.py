@@ -20,6 +20,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Destination, Network, go_address
 from v2sync.common.session import Session
+from v2sync.common.signal import ActivityTimer, TimerWheel
 from v2sync.common.task import HAND_AHEAD, Steps, ThreadGroup, started_here
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
@@ -37,6 +38,8 @@ class DefaultDispatcher:
         self.stats: Optional[StatsManager] = None  # set when the config has "stats"
         # Called with the outbound tag of each routing decision (the metrics endpoint's).
         self.on_routed: Optional[Callable[[str], None]] = None
+        # The Instance's timer wheel (``_mark_live``); None: no shutdown grace to keep.
+        self.timers: Optional[TimerWheel] = None
         self._links: Dict[int, Link] = {}  # outbound ends of live links, for shutdown
         self._lock = threading.Lock()
 
@@ -59,7 +62,9 @@ class DefaultDispatcher:
         inbound_side.writer.write(early)
         with self._lock:
             self._links[session.id] = outbound_side
-        name, steps = f"out-{session.name()}", self._run_outbound(session, outbound_side)
+        here = start_here and dest.network is Network.TCP and not _sniffing_enabled(session)
+        mark = self._mark_live(policy.conn_idle) if here else None
+        name, steps = f"out-{session.name()}", self._run_outbound(session, outbound_side, mark)
         try:
             # The outbound goes first: its routing and dial are on the connection's path,
             # the inbound's relay set-up is not (it then reads, and the client's next bytes
@@ -67,17 +72,29 @@ class DefaultDispatcher:
             # serves this one connection runs that start itself (``start_here``): one thread
             # hand-over less before the dial. Not while sniffing, which waits for bytes
             # the caller has yet to read.
-            if start_here and dest.network is Network.TCP and not _sniffing_enabled(session):
+            if here:
                 self.threads.start_here(name, steps)
             else:
                 self.threads.spawn_steps(name, steps, ahead=True)
         except RuntimeError:
             log.error("%s: cannot start outbound thread", session.name())
+            if mark is not None:
+                mark.cancel()
             self._forget(session)
             inbound_side.interrupt()
         return inbound_side
 
-    def _run_outbound(self, session: Session, link: Link) -> Steps[None]:
+    def _mark_live(self, idle: float) -> Optional[ActivityTimer]:
+        """A timer that stands for a connection whose outbound starts in the inbound's
+        thread, until that outbound ends. Shutdown's grace waits while a live timer saw
+        activity lately (``Instance._quiet``), and none of the connection's relays has one
+        before its dial and server handshake are done: a SIGTERM then cut it at once, where
+        a dial in a pooled thread ran beside the inbound relay's fresh timer. It never
+        fires anything."""
+        return self.timers.new_timer(idle, _no_op) if self.timers is not None else None
+
+    def _run_outbound(self, session: Session, link: Link,
+                      mark: Optional[ActivityTimer] = None) -> Steps[None]:
         """The outbound's task, as steps: an idle relay reader parks, keeping no thread."""
         # The access line names the target the inbound asked for, sniffed or not: 4.34's
         # inbounds write their AccessMessage before the dispatcher sniffs.
@@ -108,6 +125,8 @@ class DefaultDispatcher:
             link.interrupt()
         finally:
             self._forget(session)
+            if mark is not None:
+                mark.cancel()
 
     def _sniff(self, session: Session, link: Link) -> None:
         """Peek at the first bytes; put them back unchanged whatever the outcome."""
@@ -163,3 +182,7 @@ def _sniffing_enabled(session: Session) -> bool:
     sniffing = session.sniffing
     return bool(sniffing is not None and sniffing.enabled and session.target is not None
                 and session.target.network is Network.TCP)
+
+
+def _no_op() -> None:
+    pass
