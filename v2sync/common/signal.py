@@ -46,8 +46,9 @@ MAX_WHEEL_SLEEP = 0.5
 MIN_COMPACT = 1024
 
 
-def _nothing() -> None:
-    """A cancelled timer's callback."""
+def nothing() -> None:
+    """A cancelled timer's callback, and a marker timer's (one that only stands for
+    activity: ``DefaultDispatcher._mark_live``)."""
 
 
 class ActivityTimer:
@@ -96,7 +97,7 @@ class ActivityTimer:
         heap is compacted, and the callback (an abort closing over a connection's sockets
         and pipes) would live as long."""
         self.done = True
-        self._on_expire = _nothing
+        self._on_expire = nothing
 
     def fire(self) -> None:
         if self.done:

@@ -21,7 +21,11 @@ class InboundProxy(Protocol):
 
 class OutboundProxy(Protocol):
     """``process``, or instead ``process_steps``: the same as steps (``common.task``),
-    whose relay reader parks while idle. The outbound handler runs whichever it has."""
+    whose relay reader parks while idle. The outbound handler runs whichever it has.
+
+    A class attribute ``starts_in_caller = True`` says its steps go from the dial and the
+    server's handshake to ``run_relay_steps`` without reading the client's pipe first, so
+    an inbound's thread may run that start (``OutboundHandler.starts_here``)."""
 
     def process(self, session: Session, link: Link) -> None: ...
 

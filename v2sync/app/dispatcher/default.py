@@ -20,7 +20,7 @@ from v2sync.app.proxyman.outbound import OutboundHandler, OutboundManager
 from v2sync.common.errors import V2SyncError
 from v2sync.common.net import Destination, Network, go_address
 from v2sync.common.session import Session
-from v2sync.common.signal import ActivityTimer, TimerWheel
+from v2sync.common.signal import ActivityTimer, TimerWheel, nothing
 from v2sync.common.task import HAND_AHEAD, Steps, ThreadGroup, started_here
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
@@ -91,7 +91,7 @@ class DefaultDispatcher:
         before its dial and server handshake are done: a SIGTERM then cut it at once, where
         a dial in a pooled thread ran beside the inbound relay's fresh timer. It never
         fires anything."""
-        return self.timers.new_timer(idle, _no_op) if self.timers is not None else None
+        return self.timers.new_timer(idle, nothing) if self.timers is not None else None
 
     def _run_outbound(self, session: Session, link: Link,
                       mark: Optional[ActivityTimer] = None) -> Steps[None]:
@@ -182,7 +182,3 @@ def _sniffing_enabled(session: Session) -> bool:
     sniffing = session.sniffing
     return bool(sniffing is not None and sniffing.enabled and session.target is not None
                 and session.target.network is Network.TCP)
-
-
-def _no_op() -> None:
-    pass
