@@ -2,7 +2,7 @@
 """Where a new connection's time goes, hop by hop, through v2sync's chain and v2ray's.
 
     python tools/hop_probe.py [--chain vless|trojan|tls] [--echoes 300] [--rounds 2]
-                              [--only v2sync|v2ray]
+                              [--only v2sync|v2ray] [--server v2ray|v2sync]
 
 ``tools/bench.py``'s latency figure is one number per connection: connect, SOCKS handshake,
 1 KiB echo, close. This probe splits it where the work passes from one process to the next,
@@ -11,7 +11,8 @@ chain (SOCKS5 -> the protocol's outbound over TLS -> its inbound -> freedom -> a
 origin), records loopback with ``tcpdump`` while the same sequential echoes run, and reads
 in each connection's packets when each hop started (``HOPS``). Each row is a median over
 every connection of every round, in microseconds; the rounds alternate the
-implementations, so a slow minute falls on both.
+implementations, so a slow minute falls on both. With ``--server``, every column's server is
+that implementation and only the client differs (``tools/bench.py mixed``'s pairs).
 
 Needs root and ``tcpdump``. Loopback only; every echo and every wait has a deadline, and
 every process (the chain's, tcpdump) is stopped in a ``finally``.
@@ -261,14 +262,15 @@ def _wait_listening(proc: subprocess.Popen) -> None:
 
 
 def run_once(implementation: str, chain: str, echoes: int, echo: TcpEchoServer,
-             workdir: Path) -> List[Dict[str, float]]:
+             workdir: Path, server: Optional[str] = None) -> List[Dict[str, float]]:
     """Hop durations of ``echoes`` sequential connections through one implementation."""
     entry = bench.free_port()
     configs = CHAINS[chain](entry)
     ports = Ports(entry, _inbound_port(configs[0]), echo.address[1])
     path = workdir / f"{implementation}.pcap"
     errors: List[str] = []
-    with bench.running_chain(implementation, configs, errors):
+    with bench.running_chain(server or implementation, configs[:1], errors), \
+            bench.running_chain(implementation, configs[1:], errors):
         for _ in range(WARM_ECHOES):
             bench.echo_once(entry, echo)
         with capturing(path, ports):
@@ -293,12 +295,14 @@ def _inbound_port(config: Mapping[str, object]) -> int:
 LABEL_WIDTH = 56
 
 
-def report(samples: Mapping[str, List[Dict[str, float]]]) -> List[str]:
+def report(samples: Mapping[str, List[Dict[str, float]]],
+           server: Optional[str] = None) -> List[str]:
     """The table: one row per hop, a column per implementation, and their difference."""
     names = [impl for impl in bench.IMPLEMENTATIONS if samples.get(impl)]
     figures = {impl: medians(samples[impl]) for impl in names}
     counts = ", ".join(f"{impl} n={len(samples[impl])}" for impl in names)
-    lines = [f"median microseconds per hop ({counts})",
+    servers = f"; every server {server}" if server else ""
+    lines = [f"median microseconds per hop ({counts}{servers})",
              f"{'hop':<{LABEL_WIDTH}}" + "".join(f"{impl:>9}" for impl in names)
              + ("  v2sync-v2ray" if len(names) == 2 else "")]
     labels = dict(HOPS[:-1], total="total: SYN to the SOCKS port -> the answer out of it")
@@ -316,6 +320,8 @@ def main() -> int:
     parser.add_argument("--echoes", type=int, default=300, help="connections per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", choices=bench.IMPLEMENTATIONS)
+    parser.add_argument("--server", choices=bench.IMPLEMENTATIONS,
+                        help="run every column's server on this implementation")
     args = parser.parse_args()
     if shutil.which("tcpdump") is None:
         print("hop_probe: needs tcpdump (apt-get install tcpdump), run as root",
@@ -329,11 +335,11 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="hop-probe-") as workdir:
         for _ in range(rounds):
             for impl in implementations:
-                samples[impl] += run_once(impl, args.chain, echoes, echo, Path(workdir))
+                samples[impl] += run_once(impl, args.chain, echoes, echo, Path(workdir), args.server)
     if not any(samples.values()):
         print("hop_probe: no complete connection in the capture", file=sys.stderr)
         return 1
-    print("\n".join(report(samples)))
+    print("\n".join(report(samples, args.server)))
     return 0
 
 

@@ -131,20 +131,35 @@ def test_packets_read_back_as_written() -> None:
     assert all(isinstance(p, Packet) for p in packets)
 
 
-def test_the_script_prints_every_hop_for_both_chains() -> None:
+def _probe(*options: str) -> List[str]:
     require_v2ray()
     if shutil.which("tcpdump") is None:
         missing_peer("tcpdump (Debian package tcpdump) is not installed")
     if os.geteuid() != 0:
         missing_peer("capturing on lo needs root")
     result = subprocess.run([sys.executable, str(TOOLS / "hop_probe.py"), "--chain", "vless",
-                             "--echoes", "10", "--rounds", "1"],
+                             "--echoes", "10", "--rounds", "1", *options],
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "v2sync n=10, v2ray n=10" in lines[0]
+    return result.stdout.splitlines()
+
+
+def _figures(lines: List[str]) -> List[List[str]]:
     labels = [label for _, label in hop_probe.HOPS[:-1]] + ["total: "]
-    for label in labels:
-        row = next(line for line in lines if line.startswith(label))
-        figures = row[hop_probe.LABEL_WIDTH:].split()
-        assert len(figures) == 3 and all(float(f) > 0 for f in figures[:2]), row
+    rows = [next(line for line in lines if line.startswith(label)) for label in labels]
+    return [row[hop_probe.LABEL_WIDTH:].split() for row in rows]
+
+
+def test_the_script_prints_every_hop_for_both_chains() -> None:
+    lines = _probe()
+    assert "v2sync n=10, v2ray n=10" in lines[0]
+    for figures in _figures(lines):
+        assert len(figures) == 3 and all(float(f) > 0 for f in figures[:2]), figures
+
+
+def test_with_server_only_the_client_differs() -> None:
+    """``--server v2ray``: the v2sync client against a v2ray server (bench's mixed pairs)."""
+    lines = _probe("--only", "v2sync", "--server", "v2ray")
+    assert lines[0].endswith("(v2sync n=10; every server v2ray)"), lines[0]
+    for figures in _figures(lines):
+        assert len(figures) == 1 and float(figures[0]) > 0, figures
