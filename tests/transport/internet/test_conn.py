@@ -11,6 +11,7 @@ from typing import List, Tuple
 
 import pytest
 
+from v2sync.common.errors import TransportError
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.websocket.transport import GATHER_MIN_PAYLOAD, WsConnection
 
@@ -146,3 +147,27 @@ def test_an_armed_websocket_read_takes_frames_in_hand_and_gives_up_on_silence() 
     finally:
         client.close()
         server.close()
+
+
+def test_an_armed_read_gives_up_on_silence_and_every_other_failure_still_raises() -> None:
+    """``read_or_none``: None only for an armed read that found nothing (the idle relay
+    reader parking); a non-blocking socket that is not armed, or a reset, raise
+    ``TransportError`` as ``read`` does."""
+    raw_client, raw_server = _pair()
+    client = Connection(raw_client)
+    try:
+        client.settimeout(0.0)
+        with pytest.raises(TransportError, match="failed"):
+            client.read_or_none(10)  # not armed: an empty non-blocking read is an error
+        client.settimeout(None)
+        assert client.arm_read_timeout(0.02)
+        assert client.read_or_none(10) is None
+        raw_server.sendall(b"hi")
+        assert client.read_or_none(10) == b"hi"
+        raw_server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        raw_server.close()  # linger 0: a reset
+        with pytest.raises(TransportError, match="failed"):
+            client.read_or_none(10)
+    finally:
+        client.close()
+        raw_server.close()

@@ -106,19 +106,30 @@ class Connection:
     def read(self, max_bytes: int = HANDSHAKE_READ_SIZE) -> bytes:
         try:
             return self.recv(max_bytes)
-        except socket.timeout as e:
-            raise TransportError(f"read from {self.remote} timed out") from e
         except OSError as e:
-            raise TransportError(f"read from {self.remote} failed: {e}") from e
+            raise self._read_error(e) from e
 
     def read_or_none(self, max_bytes: int) -> Optional[bytes]:
-        """``read``, or None when the armed read timeout passed with nothing to read."""
+        """``read``, or None when the armed read timeout passed with nothing to read.
+        That is how every idle relay reader parks, so it is told apart before any error
+        message is made."""
         try:
-            return self.read(max_bytes)
-        except TransportError as e:
+            return self.recv(max_bytes)
+        except BlockingIOError as e:
+            if self.read_timeout_armed:
+                return None
+            raise self._read_error(e) from e
+        except OSError as e:
+            raise self._read_error(e) from e
+        except TransportError as e:  # a layer's own (TLS, WebSocket) over the timeout
             if self.read_timeout_armed and isinstance(e.__cause__, BlockingIOError):
                 return None
             raise
+
+    def _read_error(self, e: OSError) -> TransportError:
+        if isinstance(e, socket.timeout):
+            return TransportError(f"read from {self.remote} timed out")
+        return TransportError(f"read from {self.remote} failed: {e}")
 
     def arm_read_timeout(self, seconds: float) -> bool:
         """Let a blocking read give up after ``seconds`` with nothing to read
