@@ -59,6 +59,17 @@ def test_request_head_skips_leading_blank_lines():
     assert head.method == "GET" and consumed == len(wire)
 
 
+def test_request_head_skips_a_few_blank_lines_and_refuses_more():
+    """Up to MAX_LEADING_BLANK_LINES are skipped; more make an empty request line, refused
+    as 4.34 refuses any, at once: a buffer of newlines is never rescanned read after read."""
+    few = b"\r\n" * http.MAX_LEADING_BLANK_LINES + SIMPLE
+    assert http.parse_request_head(few)[1] == len(few)
+    with pytest.raises(RemoteProtocolError, match="request line"):
+        http.parse_request_head(b"\n" + few)
+    with pytest.raises(RemoteProtocolError, match="request line"):
+        http.parse_request_head(b"\n" * 64000)
+
+
 def test_request_head_without_headers():
     assert_decodes(http.parse_request_head, b"OPTIONS * HTTP/1.0\r\n\r\n",
                    request("*", "OPTIONS", "HTTP/1.0"))
