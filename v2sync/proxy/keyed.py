@@ -32,7 +32,7 @@ from v2sync.proxy.relay import (Parkable, aborted_with, link_pause, run_relay,
 from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
                                    read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
-                                            HandshakeReader)
+                                            GoReads, HandshakeReader)
 from v2sync.transport.internet.dialer import dial_server
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.link import Link
@@ -107,7 +107,8 @@ class KeyedInbound:
     def handshake(self, session: Session, conn: Connection,
                   dispatcher: Dispatcher) -> Handshake[Optional[Serve]]:
         deadline = time.monotonic() + self.handshake_policy.handshake
-        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
+        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES,
+                                 GoReads.of(conn, first_apart=True))
         if self.fallbacks or self.first_read_decides:
             first = yield from self._first_read(reader)
             reason = self._refusal(first)

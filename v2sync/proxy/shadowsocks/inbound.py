@@ -38,7 +38,8 @@ from v2sync.proxy.shadowsocks.encoding import (MAX_CHUNK_PAYLOAD, SEALED_LENGTH,
                                                RequestDecoder, StreamReader, StreamWriter,
                                                decode_packet, encode_packet)
 from v2sync.transport.copy import PipeDrain, parkable_reads, write_or_stop
-from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
+from v2sync.transport.internet.conn import (Connection, GoReads, Handshake, HandshakeReader,
+                                            drain)
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class ShadowsocksInbound:
                   dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """Salt and target (parked in the selector); returns the rest."""
         deadline = time.monotonic() + self.policy.handshake
-        reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES)
+        reader = HandshakeReader(conn, deadline, MAX_HANDSHAKE_BYTES, GoReads.of(conn))
         decoder = RequestDecoder(self.account)
         received = 0
         try:
@@ -105,7 +106,7 @@ class ShadowsocksInbound:
                 if received >= MAX_HANDSHAKE_BYTES:
                     raise RemoteProtocolError("shadowsocks: request header too large")
         except ProtocolError:  # a wrong key (AuthenticationError) or a bad target
-            yield from drain(conn, deadline, self._drain_total(decoder) - received)
+            yield from drain(reader, self._drain_total(decoder) - received)
             raise
         address, port, rest = parsed
         session.user_email = self.user.email

@@ -29,7 +29,8 @@ from v2sync.proxy.vmess.encoding import ServerSession
 from v2sync.proxy.vmess.validator import (DrainRequired, RequestHeaderDecoder, SessionHistory,
                                           UserTable)
 from v2sync.transport.copy import PipeDrain, parkable_reads, write_or_stop
-from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, drain
+from v2sync.transport.internet.conn import (Connection, GoReads, Handshake, HandshakeReader,
+                                            drain)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import Pipe
 
@@ -75,13 +76,13 @@ class VMessInbound:
                   dispatcher: Dispatcher) -> Handshake[Callable[[], object]]:
         """Decode the request header (parked in the selector); returns the rest."""
         deadline = time.monotonic() + self.handshake_policy.handshake
-        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES)
+        reader = HandshakeReader(conn, deadline, MAX_HEADER_BYTES, GoReads.of(conn))
         decoder = RequestHeaderDecoder(self.users, self.sessions,
                                        allow_insecure=not self.settings.disable_insecure_encryption)
         try:
             server = yield from reader.parse_steps(decoder.decode)
         except DrainRequired as e:
-            yield from drain(conn, deadline, e.drain_size - len(reader.buf))
+            yield from drain(reader, e.drain_size - len(reader.buf))
             raise
         except (HandshakeClosed, HandshakeTimeout):
             decoder.truncated(reader.buf)

@@ -373,6 +373,53 @@ def complete(steps: Generator[float, None, T]) -> T:
     raise TransportError("a blocking handshake was asked to wait")
 
 
+# 4.34's buffers (common/buf: ``Size``): every read of a connection is one or more of them.
+GO_BUFFER_SIZE = 2048
+GO_MAX_BUFFERS = 32  # readv_reader.go: allocStrategy's cap
+
+
+class GoReads:
+    """How large 4.34's next read of a connection is (``buf.NewReader``), for the inbounds
+    whose rejections are probed (VMess, Shadowsocks, VLESS, Trojan).
+
+    Why: a server that closes with bytes unread makes the kernel send a reset, one with
+    none a FIN, so a prober sending a few KiB of noise learns how much the server read.
+    Reading as 4.34 reads leaves the same bytes unread. On a plain TCP connection 4.34
+    reads through ``ReadVReader``: one buffer (2 KiB), then, after a full one, ``readv``
+    into 4, then 16, up to 32 buffers while they come back full, or as many as the last
+    read filled. On any other layer (TLS, WebSocket, traffic counters) ``SingleReader``
+    reads one buffer at a time. ``first_apart``: the first read is a buffer of its own
+    (VLESS and Trojan: ``first.ReadFrom(conn)``), and the strategy starts after it.
+    """
+
+    __slots__ = ("_raw", "_current", "_first_apart")
+
+    def __init__(self, raw: bool, first_apart: bool = False):
+        self._raw = raw
+        self._current = 1
+        self._first_apart = first_apart
+
+    @classmethod
+    def of(cls, conn: "Connection", first_apart: bool = False) -> "GoReads":
+        """For ``conn``: plain TCP (or a unix socket) reads as ``ReadVReader``."""
+        return cls(type(conn) is Connection, first_apart)
+
+    def size(self) -> int:
+        return self._current * GO_BUFFER_SIZE
+
+    def took(self, n: int) -> None:
+        if self._first_apart:
+            self._first_apart = False
+        elif not self._raw:
+            pass
+        elif self._current == 1:
+            self._current = 4 if n >= GO_BUFFER_SIZE else 1
+        else:
+            filled = max(1, -(-n // GO_BUFFER_SIZE))
+            self._current = min(self._current * 4, GO_MAX_BUFFERS) \
+                if filled >= self._current else filled
+
+
 class HandshakeReader:
     """Accumulates handshake bytes under one absolute deadline and a byte cap.
 
@@ -380,22 +427,26 @@ class HandshakeReader:
     what a frame used. A peer that trickles bytes cannot stretch the deadline. The
     ``*_steps`` forms are generators that yield the deadline whenever a parked (non-blocking)
     connection has no bytes yet; on a blocking socket they never yield (``complete``).
+    Reads are HANDSHAKE_READ_SIZE, or sized as 4.34's with ``go_reads``.
     """
 
-    def __init__(self, conn: Connection, deadline: float, max_bytes: int):
+    def __init__(self, conn: Connection, deadline: float, max_bytes: int,
+                 go_reads: Optional[GoReads] = None):
         self.conn = conn
         self.deadline = deadline
         self.max_bytes = max_bytes
         self.buf = bytearray()
         self.received = 0  # bytes read in all, consumed or not
+        self.go_reads = go_reads
 
     def fill(self) -> None:
         if not arm_deadline(self.conn.sock, self.deadline):
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out")
         if len(self.buf) >= self.max_bytes:
             raise RemoteProtocolError(f"handshake larger than {self.max_bytes} bytes")
+        size = HANDSHAKE_READ_SIZE if self.go_reads is None else self.go_reads.size()
         try:
-            data = self.conn.recv(min(HANDSHAKE_READ_SIZE, self.max_bytes - len(self.buf)))
+            data = self.conn.recv(min(size, self.max_bytes - len(self.buf)))
         except socket.timeout as e:
             raise HandshakeTimeout(f"handshake with {self.conn.remote} timed out") from e
         except BlockingIOError:
@@ -404,6 +455,8 @@ class HandshakeReader:
             raise TransportError(f"handshake read from {self.conn.remote} failed: {e}") from e
         if not data:
             raise HandshakeClosed("connection closed during handshake", empty=not self.received)
+        if self.go_reads is not None:
+            self.go_reads.took(len(data))
         self.received += len(data)
         self.buf += data
 
@@ -435,22 +488,25 @@ class HandshakeReader:
             yield from self.fill_steps()
 
 
-# Anti-probing drains read in big reads: whatever has arrived, each time.
+# A drain without GoReads reads whatever has arrived.
 DRAIN_READ_SIZE = 64 * 1024
 
 
-def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
+def drain(reader: HandshakeReader, remaining: int) -> Handshake[None]:
     """Read and drop at least ``remaining`` more bytes, within the handshake deadline: the
     anti-probing drain of the VMess and Shadowsocks servers.
 
-    As 4.34 (``ServerSession.DrainConnN`` over a ``BufferedReader``): every byte that has
-    arrived is read, in whole reads, until the count is met, so the close that follows
-    leaves nothing unread and the kernel sends a FIN, not a reset. A prober cannot tell
-    the two apart by how much is drained or how the connection ends.
+    As 4.34 (``ServerSession.DrainConnN``: ``io.CopyN`` through the handshake's
+    ``BufferedReader``): reads go on, sized as the handshake's (``GoReads``), only while
+    fewer bytes than the count have been read. What a read brings beyond the count is
+    dropped with it; what arrived after the last read stays unread, so the close that
+    follows makes the kernel send a reset, as 4.34's does, and a FIN when nothing was left.
     """
+    conn, deadline = reader.conn, reader.deadline
     while remaining > 0:
+        size = DRAIN_READ_SIZE if reader.go_reads is None else reader.go_reads.size()
         try:
-            data = _read_before(conn, deadline)
+            data = _read_before(conn, deadline, size)
         except BlockingIOError:
             data = None
         except (OSError, HandshakeTimeout):
@@ -463,13 +519,15 @@ def drain(conn: Connection, deadline: float, remaining: int) -> Handshake[None]:
             continue
         if not data:
             return
+        if reader.go_reads is not None:
+            reader.go_reads.took(len(data))
         remaining -= len(data)
 
 
-def _read_before(conn: Connection, deadline: float) -> bytes:
+def _read_before(conn: Connection, deadline: float, size: int) -> bytes:
     if not arm_deadline(conn.sock, deadline):
         raise HandshakeTimeout("drain deadline")
-    return conn.recv(DRAIN_READ_SIZE)
+    return conn.recv(size)
 
 
 class FinishOnFirstUse:
