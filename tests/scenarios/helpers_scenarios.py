@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -193,6 +194,18 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = IO_TIMEOUT) -> 
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.settimeout(timeout)
     return sock
+
+
+def how_it_ends(sock: socket.socket, wait: float) -> str:
+    """"" (nothing within ``wait`` s), "reset", "fin", or the first bytes that came."""
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return ""
+    try:
+        data = sock.recv(4096)
+    except ConnectionResetError:
+        return "reset"
+    return "fin" if not data else f"data {data[:16]!r}"
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

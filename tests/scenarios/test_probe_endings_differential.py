@@ -14,12 +14,11 @@ then 20,000, leave more than the largest drain (3,385 bytes) after 4.34's next t
 from __future__ import annotations
 
 import random
-import select
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Sequence, Tuple
 
-from scenarios.helpers_scenarios import connect
+from scenarios.helpers_scenarios import connect, how_it_ends
 from scenarios.vmess_helpers import make_process
 from support.peers import free_port
 
@@ -66,14 +65,7 @@ def _ending(port: int, writes: Sequence[int], seed: int) -> str:
             if index:
                 time.sleep(PAUSE)
             sock.sendall(_noise(size, seed + index))
-        readable, _, _ = select.select([sock], [], [], ENDING_WAIT)
-        if not readable:
-            return "still open"
-        try:
-            data = sock.recv(4096)
-        except ConnectionResetError:
-            return "reset"
-        return "fin" if not data else f"data {data[:8]!r}"
+        return how_it_ends(sock, ENDING_WAIT) or "still open"
 
 
 def _endings(implementation: str) -> List[str]:

@@ -11,12 +11,12 @@ probe against one server, within the same narrow window.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import time
 from typing import Iterator, List, Tuple
 
 import pytest
+from scenarios.helpers_scenarios import how_it_ends
 from scenarios.vmess_helpers import make_process, server_config
 from support.procs import ConfigProcess
 from support.peers import free_port
@@ -52,23 +52,12 @@ def probe(port: int) -> Tuple[str, int]:
         for _ in range(MAX_CHUNKS):
             sock.sendall(os.urandom(CHUNK))
             sent += CHUNK
-            ending = _reaction(sock)
+            ending = how_it_ends(sock, REACTION_WAIT)
             if ending:
                 return ending, sent
         return "still open", sent
     finally:
         sock.close()
-
-
-def _reaction(sock: socket.socket) -> str:
-    readable, _, _ = select.select([sock], [], [], REACTION_WAIT)
-    if not readable:
-        return ""
-    try:
-        data = sock.recv(4096)
-    except ConnectionResetError:
-        return "reset"
-    return "fin" if not data else f"data {data[:16]!r}"
 
 
 def test_drain_ends_as_4_34_does(server):
