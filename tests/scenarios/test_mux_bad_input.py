@@ -23,6 +23,7 @@ from v2sync.common.mux.encoding import MUX_COOL_ADDRESS, Frame, Status, encode_f
 from v2sync.common.net import Address, Destination, Network
 from v2sync.proxy.vmess.encoding import ClientSession, Command, RequestHeader, client_options
 from v2sync.proxy.vmess.ids import Security, VMessUser, parse_uuid
+from v2sync.transport.pipe import Pipe
 
 IMPLEMENTATIONS = ("v2ray", "v2sync")
 QUIET = 1.5          # no frame for this long: the server has said all it will
@@ -228,3 +229,37 @@ def test_a_sub_connection_replaced_by_a_new_one_ends_with_the_connection_as_in_4
         while first.active_connections and time.monotonic() < deadline:
             time.sleep(0.05)
         assert first.active_connections == 0, implementation
+
+
+STORM_STREAMS = 200
+
+
+def test_a_client_gone_with_many_streams_ends_each_once(monkeypatch) -> None:
+    """A client leaves with STORM_STREAMS sub-connections open, each answered: every stream's
+    answer then fails, and each used to end every other stream again (N x N interrupts: 3,000
+    streams held a CPU and their threads for ~60 s; found by a review). Counted, not timed."""
+    interrupts = []
+    real_interrupt = Pipe.interrupt
+
+    def counted(pipe: Pipe) -> None:
+        interrupts.append(pipe)
+        real_interrupt(pipe)
+
+    monkeypatch.setattr(Pipe, "interrupt", counted)
+    config = {"log": {"loglevel": "warning", "access": "none"},
+              "inbounds": [vmess_inbound([vmess_client_entry()], tag="vmess-in")],
+              "outbounds": [{"protocol": "freedom"}]}
+    with TcpEchoServer(timeout=30.0, max_connections=STORM_STREAMS + 8) as echo, \
+            running_instance(config) as inst:
+        target = Destination(Address.parse("127.0.0.1"), echo.port, Network.TCP)
+        probe = MuxProbe(port_of(inst, "vmess-in"))
+        try:
+            probe.send(*(encode_frame(sid, Status.NEW, b"hi", target)
+                         for sid in range(1, STORM_STREAMS + 1)))
+            answered = {f.session_id for f in probe.frames() if f.data}
+            assert len(answered) == STORM_STREAMS
+        finally:
+            probe.close()
+        wait_idle(inst, timeout=30.0)
+    count = len(interrupts)
+    assert count < 10 * STORM_STREAMS, count

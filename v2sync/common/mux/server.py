@@ -65,6 +65,7 @@ class ServerWorker(FrameHandler):
         self._reading = True     # the frame reader has not ended yet
         self._keep_open = False  # after garbage: leave the end to the inbound's relay
         self._ended: List[MuxSession] = []  # live when the reader ended: answers still going
+        self._gone = False  # the downlink is gone: every sub-connection ends (once)
 
     def run(self) -> None:
         reader = FrameReader(self.link.reader, self.is_stream)
@@ -86,8 +87,12 @@ class ServerWorker(FrameHandler):
         finally:
             with self._lock:
                 self._ended = self.sessions.close()
+                gone = self._gone
             for session in self._ended:
-                session.link.writer.close()  # each request side ends; the answers go on
+                if gone:  # their answers go nowhere
+                    session.link.interrupt()
+                else:
+                    session.link.writer.close()  # each request side ends; answers go on
             self._reader_done()
 
     def on_new(self, frame: Frame) -> None:
@@ -129,10 +134,14 @@ class ServerWorker(FrameHandler):
         client vanished: the inbound's write failed and its relay aborted the link): every
         sub-connection ends now, as in 4.34, where they all run in the mux connection's
         context, which ends with it. Their upstreams would otherwise wait out downlinkOnly."""
+        with self._lock:
+            if self._gone:
+                return  # every sub-connection whose answer then fails lands here: once is
+                # enough (3,000 of them interrupting each other's 3,000 took ~60 s)
+            self._gone = True
+            ended = self._ended
         log.debug("%s: mux connection gone; ending every sub-connection", self.name)
         self.end_all()
-        with self._lock:
-            ended = self._ended
         for session in ended:  # the client's EOF came first: their answers go nowhere now
             session.link.interrupt()
 
