@@ -64,6 +64,31 @@ def test_a_call_round_trip_without_a_socket() -> None:
     assert pb.GetStatsResponse.FromString(parsed[0]).stat.value == 42
 
 
+def test_calls_pipelined_before_the_servers_settings_are_all_answered() -> None:
+    """40 calls in a client's first write, before it can see the server's SETTINGS: Go's
+    gRPC server (4.34's) sets no stream limit and answers each. v2sync's limit of 16 made
+    h2 end the connection at the 17th, answering none (found by a review)."""
+    calls = 40
+    stats = StatsManager()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                 header_encoding="utf-8"))
+    client.initiate_connection()
+    body = encode_message(pb.QueryStatsRequest(pattern="").SerializeToString())
+    for index in range(calls):
+        stream_id = 2 * index + 1
+        client.send_headers(stream_id, [(":method", "POST"), (":scheme", "http"),
+                                        (":path", "/v2ray.core.app.stats.command.StatsService/"
+                                                  "QueryStats"),
+                                        (":authority", "x"), ("content-type", "application/grpc")])
+        client.send_data(stream_id, body, end_stream=True)
+    stream = MemoryStream([client.data_to_send()])
+    make_server(stats).serve(stream)
+    answered = [event for event in client.receive_data(bytes(stream.written))
+                if isinstance(event, h2.events.TrailersReceived)
+                and ("grpc-status", "0") in event.headers]
+    assert len(answered) == calls
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400), st.booleans())
 def test_any_bytes_end_in_an_answer_or_a_v2sync_error(data: bytes, with_preface: bool) -> None:

@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GRPC_CONTENT_TYPE = "application/grpc"
-MAX_STREAMS = 16
+# Calls run one after another in the connection's thread, and their unfinished bodies share
+# MAX_BUFFERED, so an open stream costs only h2's state. Go's gRPC server (4.34's) sets no
+# limit; with 16, a client that sent 17 calls before it saw this SETTINGS lost them all
+# (h2 ends the connection: the limit applies at once, unacknowledged).
+MAX_STREAMS = 256
 MAX_HEADER_LIST = 16 * 1024
 # What a connection's unfinished request bodies may hold together.
 MAX_BUFFERED = 2 * MAX_MESSAGE
