@@ -99,19 +99,24 @@ def test_idle_sessions_close_and_a_new_datagram_opens_a_new_one(parts, monkeypat
         assert len(proxy.sessions) == 2
 
 
-def test_sources_past_the_cap_are_dropped(parts, monkeypatch) -> None:
+def test_a_source_past_the_cap_closes_the_quietest(parts, monkeypatch) -> None:
+    """A flood of sources (forged addresses cost nothing) must not lock a new client out:
+    past the cap, the connection quiet longest is closed to make room."""
     monkeypatch.setattr(udp_worker, "MAX_SOURCES", 2)
-    worker, _ = parts
+    worker, proxy = parts
     clients = [client() for _ in range(3)]
     try:
         for sock in clients[:2]:
             sock.sendto(b"x", ("127.0.0.1", worker.port))
             assert sock.recv(100) == b"re:x"
-        clients[2].settimeout(0.5)
-        clients[2].sendto(b"x", ("127.0.0.1", worker.port))
-        with pytest.raises(socket.timeout):
-            clients[2].recv(100)
+        clients[1].sendto(b"y", ("127.0.0.1", worker.port))  # the first is now the quietest
+        assert clients[1].recv(100) == b"re:y"
+        clients[2].sendto(b"z", ("127.0.0.1", worker.port))
+        assert clients[2].recv(100) == b"re:z"
+        wait_for(lambda: proxy.ended == 1, IO_TIMEOUT)  # the first source's connection
         assert worker.session_count() == 2
+        clients[1].sendto(b"w", ("127.0.0.1", worker.port))  # still served as it was
+        assert clients[1].recv(100) == b"re:w" and len(proxy.sessions) == 3
     finally:
         for sock in clients:
             sock.close()
