@@ -11,7 +11,8 @@ import threading
 from v2sync.common.errors import ProtocolError
 from v2sync.transport.internet.conn import (Connection, Handshake, HandshakeReader,
                                             WrappedConnection, try_write)
-from v2sync.transport.internet.headers.http import (BAD_REQUEST, HEAD_LIMIT, HttpHeaderConfig, dated,
+from v2sync.transport.internet.headers.http import (BAD_REQUEST, HEAD_LIMIT, HeadScan,
+                                                    HttpHeaderConfig, dated,
                                                     parse_request_head, parse_response_head,
                                                     request_bytes, response_bytes)
 
@@ -70,12 +71,13 @@ class HeaderClientConnection(_FirstWriteHead):
 
     def _skip_head(self, max_bytes: int) -> None:
         buf = bytearray()
+        scan = HeadScan()
         while True:
             data = self.inner.recv(max(max_bytes, 4096))
             if not data:
                 return  # closed before answering: plain EOF, as Go's reader sees it
             buf += data
-            used = parse_response_head(bytes(buf))
+            used = parse_response_head(bytes(buf), scan)
             if used is not None:
                 self._awaiting_head = False
                 self._pending = bytes(buf[used:])
@@ -87,8 +89,9 @@ def accept_http_header(conn: Connection, config: HttpHeaderConfig,
     """Read and check the request head; a wrong path gets 4.34's 404, garbage its 400."""
     # HEAD_LIMIT: the codec itself answers 400 at 4.34's real limit (10,224 bytes).
     reader = HandshakeReader(conn, deadline, HEAD_LIMIT + 1)
+    scan = HeadScan()
     try:
-        yield from reader.parse_steps(lambda buf: parse_request_head(buf, config))
+        yield from reader.parse_steps(lambda buf: parse_request_head(buf, config, scan))
     except ProtocolError as e:
         if e.reply:
             try_write(conn, dated(e.reply))  # 4.34's error replies carry a Date
