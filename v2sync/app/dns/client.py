@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 QUERY_TIMEOUT = 4.0  # nameserver.go Client.QueryIP: context.WithTimeout(ctx, 4*time.Second)
 QUERY_ATTEMPTS = 2  # sends per query within that deadline
 RECV_SIZE = 65535
-MAX_DATAGRAMS_PER_EXCHANGE = 64  # stray or spoofed datagrams we read before giving up
+# Stray or spoofed datagrams read before giving up: the deadline ends a flood first (4.34
+# reads until it); the count only bounds the loop. 64 let ~130 junk datagrams per query
+# hide the answer queued behind them, so a name failed to resolve (found by a review).
+MAX_DATAGRAMS_PER_EXCHANGE = 65536
 # dnscommon.go::parseResponse starts every record at now+600 s and lowers it to the smallest
 # answer TTL, so 600 s is both the ceiling and what an answer without records gets.
 MAX_CACHE_TTL = 600
