@@ -108,16 +108,18 @@ class DnsOutbound:
 
     def _answer(self, query: enc.IPQuery) -> Optional[bytes]:
         """handleIPQuery: the addresses, or the server's rcode; nothing on other errors."""
+        rcode = 0
         try:
             found = self.ctx.dns.lookup(query.name, STRATEGY_FOR[query.qtype])
         except DnsAnswerError as e:
-            return enc.encode_ip_answer(query, (), e.rcode)
+            found, rcode = (), e.rcode
         except (TransportError, ValueError) as e:
             log.info("dns: ip query for %s failed: %s", query.name, e)
             return None
         try:
-            return enc.encode_ip_answer(query, found)
-        except ProtocolError as e:  # a name the codec cannot write back
+            return enc.encode_ip_answer(query, found, rcode)
+        except ProtocolError as e:  # a name the codec cannot write back (not ASCII): it
+            # ended the session's relay, with the queries behind it (found by a review)
             log.info("dns: cannot answer %s: %s", query.name, e)
             return None
 
