@@ -424,6 +424,8 @@ def cmd_run(args) -> int:
         return _print_config_errors(e)
     from v2sync.common import allocator
     allocator.tune()  # bulk buffers reused, not faulted in afresh: see there
+    from v2sync.transport.internet.tls import quiet_server_name_errors
+    quiet_server_name_errors()  # a non-ASCII SNI is a log line, not a traceback on stderr
     try:
         claim = affinity.apply(cpu)  # before start: every thread started later inherits it
     except ValueError as e:

@@ -18,11 +18,12 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from typing import (TYPE_CHECKING, Callable, Dict, Generator, Iterator, List, Optional,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, List, Optional,
                     Sequence, Tuple, Union)
 
 from v2sync.common.errors import HandshakeClosed, HandshakeTimeout, TransportError
@@ -164,6 +165,25 @@ class ClientTls:
         with self._spare_lock:
             if self._spare is None:
                 self._spare = spare
+
+
+def quiet_server_name_errors() -> None:
+    """A client whose SNI is not ASCII: CPython's SNI callback wrapper fails to decode it
+    before ``ServerTls._pick`` is called, fails the handshake and prints a traceback to
+    stderr (``sys.unraisablehook``), past the log level, once per such ClientHello. This
+    makes it one Info line. (Go accepts such a name; OpenSSL under the ssl module cannot
+    hand it over: the handshake still fails.) Other unraisable errors go on as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) \
+                and isinstance(unraisable.object, bytes):
+            log.info("tls: a client sent a server name that is not ASCII (%r): refused",
+                     unraisable.object[:64])
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class ServerTls:
