@@ -112,3 +112,16 @@ def test_files_are_created_0600_as_4_34_creates_them(tmp_path: Path, v2ray_bin: 
         assert done.returncode == 0, done.stdout + done.stderr
         modes[name] = (_mode(folder / "a.log"), _mode(folder / "e.log"))
     assert modes["v2sync"] == modes["v2ray"] == (0o600, 0o600)
+
+
+def test_bytes_that_are_not_utf_8_are_written_as_they_came(log_file: LogFile, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sniffed name kept with ``surrogateescape`` (bytes that are not UTF-8): 4.34 writes
+    them raw; a strict file failed the line with "--- Logging error ---" (found by a
+    review)."""
+    failures = []
+    monkeypatch.setattr(log_file, "handleError", failures.append)
+    write(log_file, b"sniffed domain: bad\xff\xfename.test".decode("utf-8", "surrogateescape"))
+    log_file.flush()
+    assert failures == []
+    assert (tmp_path / "access.log").read_bytes() == b"sniffed domain: bad\xff\xfename.test\n"

@@ -60,7 +60,9 @@ class LogFile(logging.FileHandler):
     that cannot be opened then keeps the old file: no line is lost."""
 
     def __init__(self, path: str):
-        super().__init__(path, encoding="utf-8")  # opened now: a refusal is a config error
+        # opened now: a refusal is a config error. Bytes that are not UTF-8 (a sniffed name,
+        # kept with surrogateescape) are written back as they came, as 4.34 writes them.
+        super().__init__(path, encoding="utf-8", errors="surrogateescape")
         self._last = time.monotonic()
 
     def _open(self):
