@@ -64,8 +64,9 @@ class SocksOutbound:
         policy = self.ctx.policy.for_level(user.level if user else 0)
         try:
             with setup_aborted_with(link, conn):  # a shutdown reaches a server yet to answer
-                reader = HandshakeReader(conn, time.monotonic() + policy.handshake,
-                                         MAX_REPLY_BYTES)
+                deadline = time.monotonic() + policy.handshake
+                conn.cap_handshake(deadline)  # client.go: conn.SetDeadline before it writes
+                reader = HandshakeReader(conn, deadline, MAX_REPLY_BYTES)
                 reply = _handshake(conn, reader, session.destination(), user)
             if session.destination().network is Network.UDP:
                 relay = Destination(server.address if reply.address in _UNSPECIFIED

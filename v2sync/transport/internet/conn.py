@@ -131,6 +131,10 @@ class Connection:
             return TransportError(f"read from {self.remote} timed out")
         return TransportError(f"read from {self.remote} failed: {e}")
 
+    def cap_handshake(self, deadline: float) -> None:
+        """A protocol's own handshake deadline (monotonic) also bounds a layer's handshake
+        still to finish on first use (TLS); plain TCP has none."""
+
     def arm_read_timeout(self, seconds: float) -> bool:
         """Let a blocking read give up after ``seconds`` with nothing to read
         (``read_or_none`` then says None), so an idle relay reader can park
@@ -315,6 +319,9 @@ class WrappedConnection(Connection):
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return data
         return self.inner.recv(max_bytes)
+
+    def cap_handshake(self, deadline: float) -> None:
+        self.inner.cap_handshake(deadline)
 
     def arm_read_timeout(self, seconds: float) -> bool:
         self.read_timeout_armed = self.inner.arm_read_timeout(seconds)  # every layer knows

@@ -255,6 +255,7 @@ class TlsConnection(WrappedConnection):
         self._eof = False
         self._handshaken = False
         self._rest: Optional[FinishOnFirstUse] = None  # a started client handshake
+        self._finish_by = float("inf")  # its deadline (monotonic)
         self.answer_plain_http = False  # see ServerTls.wrap_steps
         # A client's bulk reads are batched (conn.recv_waiting): the deployment of issue
         # 19, a client downloading from a Go server that sends one record per chunk.
@@ -286,12 +287,20 @@ class TlsConnection(WrappedConnection):
         """Send the ClientHello; the handshake finishes, before ``deadline``, on first use."""
         with self._translated():
             self._hello()
-        self._rest = FinishOnFirstUse(self.sock, lambda flush: self._finish(deadline, flush))
+        self._finish_by = deadline
+        self._rest = FinishOnFirstUse(self.sock, self._finish)
         return self
 
-    def _finish(self, deadline: float, flush: bool) -> None:
+    def cap_handshake(self, deadline: float) -> None:
+        """4.34's SOCKS client sets its handshake deadline on the connection before its
+        first write, in which Go's ``tls.Client`` makes the TLS handshake: so that deadline
+        bounds this one too, not the dial's 16 s."""
+        self._finish_by = min(self._finish_by, deadline)
+        self.inner.cap_handshake(deadline)
+
+    def _finish(self, flush: bool) -> None:
         with self._translated():
-            complete(self._complete_steps(deadline, flush))
+            complete(self._complete_steps(self._finish_by, flush))
 
     def finish_handshake(self) -> None:
         """Finish a started handshake now instead of on first use (no-op once done)."""
