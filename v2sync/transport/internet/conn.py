@@ -415,16 +415,17 @@ class GoReads:
         return self._current * GO_BUFFER_SIZE
 
     def took(self, n: int) -> None:
+        """The last read brought ``n`` bytes."""
         if self._first_apart:
             self._first_apart = False
-        elif not self._raw:
-            pass
-        elif self._current == 1:
-            self._current = 4 if n >= GO_BUFFER_SIZE else 1
-        else:
-            filled = max(1, -(-n // GO_BUFFER_SIZE))
-            self._current = min(self._current * 4, GO_MAX_BUFFERS) \
-                if filled >= self._current else filled
+        elif self._raw:
+            self._current = self._next(n)
+
+    def _next(self, n: int) -> int:
+        if self._current == 1:  # ReadBuffer: one buffer, then readv once it came back full
+            return 4 if n >= GO_BUFFER_SIZE else 1
+        filled = max(1, -(-n // GO_BUFFER_SIZE))
+        return min(self._current * 4, GO_MAX_BUFFERS) if filled >= self._current else filled
 
 
 class HandshakeReader:
@@ -495,10 +496,6 @@ class HandshakeReader:
             yield from self.fill_steps()
 
 
-# A drain without GoReads reads whatever has arrived.
-DRAIN_READ_SIZE = 64 * 1024
-
-
 def drain(reader: HandshakeReader, remaining: int) -> Handshake[None]:
     """Read and drop at least ``remaining`` more bytes, within the handshake deadline: the
     anti-probing drain of the VMess and Shadowsocks servers.
@@ -510,10 +507,10 @@ def drain(reader: HandshakeReader, remaining: int) -> Handshake[None]:
     follows makes the kernel send a reset, as 4.34's does, and a FIN when nothing was left.
     """
     conn, deadline = reader.conn, reader.deadline
+    reads = reader.go_reads if reader.go_reads is not None else GoReads.of(conn)
     while remaining > 0:
-        size = DRAIN_READ_SIZE if reader.go_reads is None else reader.go_reads.size()
         try:
-            data = _read_before(conn, deadline, size)
+            data = _read_before(conn, deadline, reads.size())
         except BlockingIOError:
             data = None
         except (OSError, HandshakeTimeout):
@@ -526,8 +523,7 @@ def drain(reader: HandshakeReader, remaining: int) -> Handshake[None]:
             continue
         if not data:
             return
-        if reader.go_reads is not None:
-            reader.go_reads.took(len(data))
+        reads.took(len(data))
         remaining -= len(data)
 
 
