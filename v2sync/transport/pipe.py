@@ -190,7 +190,7 @@ class Pipe:
         """Graceful EOF: queued data is still delivered, then the reader sees ``EOF``."""
         with self._q.mutex:
             self._closed = True
-            self._q.not_empty.notify_all()  # not_full is the same Condition
+            self._wake_all()
             waker = self._take_waker()
         if waker is not None:
             waker()
@@ -198,10 +198,12 @@ class Pipe:
     def interrupt(self) -> None:
         """Abort both ends now; queued data is discarded. The interrupt hooks run, once."""
         with self._q.mutex:
+            if self._interrupted:
+                return  # a teardown reaches each pipe several times; the first one did it all
             self._interrupted = True
             self._q.queue.clear()
             self._q.nbytes = 0
-            self._q.not_empty.notify_all()  # not_full is the same Condition
+            self._wake_all()
             waker = self._take_waker()
             hooks, self._hooks = self._hooks, None
         if waker is not None:
@@ -224,6 +226,12 @@ class Pipe:
         with self._q.mutex:
             if self._hooks is not None and hook in self._hooks:
                 self._hooks = [h for h in self._hooks if h is not hook] or None
+
+    def _wake_all(self) -> None:
+        """Wake every waiting reader and writer; call with the mutex held. As ``wake``:
+        most pipes end with nobody waiting, and notify_all() first proves lock ownership."""
+        if self._q.not_empty._waiters:  # type: ignore[attr-defined]  # not_full is the same
+            self._q.not_empty.notify_all()
 
     def _take_waker(self) -> Optional[Waker]:
         """The parked reader's waker, once; call with the mutex held, call it without."""
