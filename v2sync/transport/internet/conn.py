@@ -62,6 +62,7 @@ class Connection:
         self.remote = remote or destination_of(sock.getpeername())
         self._local: Optional[Destination] = None
         self._closed = False
+        self._aborted = False
         self._close_lock = threading.Lock()
         self.read_timeout_armed = False  # see arm_read_timeout
         self.lowat_raised = False  # SO_RCVLOWAT is BULK_LOWAT: a bulk read flows (_recv_bulk)
@@ -171,6 +172,9 @@ class Connection:
 
     def abort(self) -> None:
         """Unblock every thread using this connection; the owner still calls close()."""
+        if self._aborted:
+            return  # a teardown aborts each side several times; one shutdown is enough
+        self._aborted = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
