@@ -465,6 +465,9 @@ def _serve(instance, args, signals: _Signals) -> int:
     except V2SyncError as e:
         _say(f"v2sync: failed to start: {e}")
         return EXIT_START_FAILURE
+    except Exception as e:  # a bug: one clear line and the start failure's exit code
+        _say(f"v2sync: failed to start: internal error: {type(e).__name__}: {e}")
+        return EXIT_START_FAILURE
     _notify_systemd(b"READY=1")
     heap.settle()
     retiring: List[threading.Thread] = []

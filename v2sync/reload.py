@@ -58,8 +58,9 @@ def reload(current: Instance, load: Callable[[], Config], on_config: Callable[[C
     current.stop_listening()
     try:
         started = _start_when_free(fresh)
-    except V2SyncError as e:
-        log.error("the reloaded config failed to start (%s); restarting the previous one", e)
+    except Exception as e:  # a bug too: the listeners are closed, so serve the old again
+        log.error("the reloaded config failed to start (%s); restarting the previous one",
+                  _described(e))
         restarted = _restart(current)
         if restarted is None:
             current.close()
@@ -77,9 +78,16 @@ def reload(current: Instance, load: Callable[[], Config], on_config: Callable[[C
 def _restart(previous: Instance) -> Optional[Instance]:
     try:
         return _start_when_free(Instance(previous.config, stats=previous.stats))
-    except V2SyncError as e:
-        log.error("the previous config failed to start again: %s", e)
+    except Exception as e:
+        log.error("the previous config failed to start again: %s", _described(e))
         return None
+
+
+def _described(error: Exception) -> str:
+    """A start's failure as the log says it: a bug (not a V2SyncError) is named as one."""
+    if isinstance(error, V2SyncError):
+        return str(error)
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def _start_when_free(instance: Instance) -> Instance:

@@ -209,3 +209,42 @@ def test_a_port_another_program_holds_refuses_the_reload_before_anything_closes(
         log = process.log_tail(4000)
         assert "failed to listen" in log and "restarting the previous one" not in log
     assert process.stop() == 0
+
+
+def test_a_start_that_fails_with_a_bug_serves_the_previous_config_again(monkeypatch) -> None:
+    """A reload whose new Instance fails to start with an exception that is no V2SyncError
+    (a bug, or a check missing: a NUL byte in a socket path once raised ValueError) used to
+    end the process, the running listeners already closed (found by a review). It is logged
+    as an internal error and the previous config serves again."""
+    import threading
+
+    from v2sync.core import Instance
+    from v2sync.infra.conf.builder import config_from_dict
+    from v2sync.reload import reload
+
+    socks_port = free_port()
+    current = Instance(config_from_dict(_config(socks_port)))
+    current.start()
+    fresh = config_from_dict(_config(socks_port, free_port()))
+    real_start = Instance.start
+
+    def start(instance: Instance) -> None:
+        if instance.config is fresh:
+            raise ValueError("embedded null byte")
+        real_start(instance)
+
+    monkeypatch.setattr(Instance, "start", start)
+    stop, retiring = threading.Event(), []
+    serving = reload(current, lambda: fresh, lambda config: None, stop, retiring)
+    try:
+        assert serving is not None and serving is not current
+        assert serving.config is current.config
+        with TcpEchoServer() as echo, _tunnel(socks_port, echo) as tunnel:
+            _round_trip(tunnel, b"the previous config serves again")
+    finally:
+        stop.set()
+        if serving is not None:
+            serving.close()
+        for thread in retiring:
+            thread.join(IO_TIMEOUT)
+        current.close()

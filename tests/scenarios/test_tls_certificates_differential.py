@@ -60,6 +60,31 @@ def test_odd_certificate_entries_serve_as_in_4_34(case: str, v2ray_bin: str,
     assert answers == [b"\x05\x00", b"\x05\x00"]
 
 
+def alpn_and_answer(port: int, ca_file: Path) -> tuple:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port), IO_TIMEOUT)
+    with context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
+        tls.sendall(b"\x05\x01\x00")
+        return tls.selected_alpn_protocol(), tls.recv(2)
+
+
+def test_an_empty_alpn_name_is_served_as_in_4_34(v2ray_bin: str, tmp_path: Path) -> None:
+    """``"alpn": "http/1.1,"`` (a trailing comma: an empty name) is a config 4.34 serves,
+    its empty name never chosen; v2sync refused it as an internal error (found by a
+    review)."""
+    pki = make_pki(tmp_path)
+    pair = {"certificateFile": str(pki.cert_file), "keyFile": str(pki.key_file)}
+    results = []
+    for process_class in (V2RayProcess, V2SyncProcess):
+        port = free_port()
+        conf = config(port, [pair])
+        conf["inbounds"][0]["streamSettings"]["tlsSettings"]["alpn"] = "http/1.1,"
+        with process_class(conf):
+            results.append(alpn_and_answer(port, pki.ca_file))
+    assert results == [("http/1.1", b"\x05\x00")] * 2
+
+
 class MutualTlsEcho:
     """A TLS server (Python's ssl, OpenSSL) that requires a client certificate signed by
     ``client_ca``, echoes one read and records each client certificate's subject."""

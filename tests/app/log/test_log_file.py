@@ -125,3 +125,16 @@ def test_bytes_that_are_not_utf_8_are_written_as_they_came(log_file: LogFile, tm
     log_file.flush()
     assert failures == []
     assert (tmp_path / "access.log").read_bytes() == b"sniffed domain: bad\xff\xfename.test\n"
+
+
+def test_a_nul_byte_in_a_log_path_is_a_config_error(tmp_path: Path) -> None:
+    """Both refuse such a config; 4.34 says "invalid argument" about the file, v2sync said
+    "internal error: ValueError" (found by a review). Each file is named."""
+    from v2sync.common.errors import ConfigError
+    from v2sync.infra.conf.model import LogConfig
+    bad = str(tmp_path / "a\0.log")
+    with pytest.raises(ConfigError) as info:
+        setup.check_files(LogConfig(access=bad, error=bad))
+    text = info.value.render()
+    assert "log.access: cannot open" in text and "log.error: cannot open" in text
+    assert "embedded null byte" in text

@@ -96,6 +96,26 @@ def test_configured_alpn_wins(pki) -> None:
         served.close()
 
 
+def test_alpn_names_no_client_can_send_are_left_out_by_the_server(pki) -> None:
+    """Go's server keeps them and never matches them; the ssl module refuses them."""
+    odd = ["", "x" * 256, "\u00e9", "http/1.1"]
+    for names, chosen in ((odd, "http/1.1"), ([""], None)):  # none left: no ALPN at all
+        server = ServerTls(build_tls(pki.server_tls(alpn=names)))
+        client, served = _handshake(server, ClientTls(build_tls(pki.client_tls())))
+        try:
+            assert client.alpn == chosen
+        finally:
+            client.close()
+            served.close()
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256])
+def test_an_alpn_name_a_client_cannot_offer_is_a_config_error(pki, name: str) -> None:
+    """4.34 takes it and fails every dial ("tls: invalid NextProtos value")."""
+    with pytest.raises(ConfigError, match="ALPN name .* cannot be offered"):
+        ClientTls(build_tls(pki.client_tls(alpn=["http/1.1", name])))
+
+
 def test_wrong_server_name_fails_unless_allow_insecure(server_tls, pki) -> None:
     with pytest.raises(TransportError, match="Hostname mismatch|doesn't match"):
         _handshake(server_tls, ClientTls(build_tls(pki.client_tls("wrong.test"))))

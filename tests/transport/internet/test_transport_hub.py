@@ -225,6 +225,8 @@ def test_tls_server_without_a_key_is_a_config_error(pki) -> None:
 @pytest.mark.parametrize("tls, message", [
     ({"certificates": [{"certificateFile": "/nonexistent.pem", "keyFile": "/k.pem"}]},
      "failed to read '/nonexistent.pem'"),
+    ({"certificates": [{"certificateFile": "/tmp/c\0.pem", "keyFile": "/k.pem"}]},
+     "failed to read .*: embedded null byte"),  # was an internal error
     ({"certificates": [{"certificate": ["not a pem"], "key": ["nope"]}]}, "invalid PEM certificate"),
     ({"certificates": [{"certificate": ["x"], "usage": "issue"}]},
      "certificate usage 'issue' is not supported by v2sync"),
@@ -241,6 +243,16 @@ def test_bad_ws_header_and_empty_ds_path_are_config_errors() -> None:
                               {"wsSettings": {"headers": {"Sec-WebSocket-Key": "x"}}}, False)
     with pytest.raises(ConfigError, match="empty domain socket path"):
         build_stream_settings("domainsocket", "none", {"dsSettings": {}}, False)
+
+
+@pytest.mark.parametrize("path", ["/tmp/s\0ock", "@s\0ock"])  # each locks <path>.lock
+def test_a_nul_byte_in_a_socket_file_path_is_a_config_error(path: str) -> None:
+    """4.34 fails at start to create the lock file; v2sync's start raised ValueError (a
+    traceback, and a reload to such a config ended the process: found by a review)."""
+    with pytest.raises(ConfigError, match="a NUL byte in a domain socket path"):
+        build_stream_settings("domainsocket", "none", {"dsSettings": {"path": path}}, True)
+    abstract = {"dsSettings": {"path": path, "abstract": True}}  # any bytes name an abstract one
+    assert build_stream_settings("domainsocket", "none", abstract, True).ds.path == path
 
 
 def test_send_through_binds_the_source_address_for_every_transport(pki) -> None:

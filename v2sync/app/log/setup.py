@@ -99,9 +99,14 @@ class LogFile(logging.FileHandler):
 def _file_handler(target: str, kind: str) -> logging.Handler:
     try:
         return LogFile(target)
-    except OSError as e:  # 4.34: "failed to initialize error logger > open ...", exit 23
-        raise ConfigError(f"cannot open {target!r}: {e.strerror or e}", f"log.{kind}",
+    except (OSError, ValueError) as e:  # 4.34: "failed to initialize error logger > open
+        # ...", exit 23; ValueError: a NUL byte in the path ("invalid argument" in 4.34)
+        raise ConfigError(f"cannot open {target!r}: {_reason(e)}", f"log.{kind}",
                           expected='expected a writable file, "" (stdout) or "none"') from None
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _targets(config: LogConfig) -> Tuple[Tuple[str, Optional[str]], ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple
 
 from v2sync.common.errors import ConfigError, LocalProtocolError
 
@@ -45,6 +45,31 @@ class TlsSettings:
 
     def key_pairs(self) -> Tuple[CertificateEntry, ...]:
         return tuple(c for c in self.certificates if c.usage == USAGE_ENCIPHERMENT)
+
+
+MAX_ALPN_NAME = 255  # RFC 7301: a protocol name is 1 to 255 bytes
+
+
+def server_alpn(names: Sequence[str]) -> List[str]:
+    """The names a server can be asked for. Go's server keeps an empty name, or one over
+    255 bytes (a trailing comma in ``"alpn": "h2,"`` makes one), and never matches it, as
+    no client can send it; the ssl module refuses such names, and names that are not ASCII,
+    so they are left out (a config 4.34 serves was refused as an internal error). None
+    left: no ALPN, as when nothing overlaps."""
+    return [name for name in names if name.isascii() and 0 < len(name) <= MAX_ALPN_NAME]
+
+
+def client_alpn(names: Sequence[str]) -> List[bytes]:
+    """The names a client offers, as Go sends them (UTF-8). An empty name or one over 255
+    bytes is refused here, by name: 4.34 takes such a config, then fails every dial ("tls:
+    invalid NextProtos value")."""
+    wire = [name.encode() for name in names]
+    for name in wire:
+        if not 0 < len(name) <= MAX_ALPN_NAME:
+            raise ConfigError(f"ALPN name {name.decode()!r} cannot be offered",
+                              "tlsSettings.alpn", expected="expected names of 1 to 255 bytes; "
+                              "4.34 takes it and fails every dial")
+    return wire
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,8 @@ def build_stream_settings(network: str, security: str, raw: Mapping[str, Any],
                           "tlsSettings.certificates",
                           expected="expected an entry with certificateFile/certificate and "
                                    "keyFile/key (usage encipherment)")
+    if not server and tls is not None:
+        client_alpn(tls.alpn)  # refused here, where the error names its config path
     return StreamSettings(
         network=network,
         security=security,
@@ -162,6 +189,11 @@ def build_ds(ds: Mapping[str, Any], network: str) -> DsSettings:
     if network == "domainsocket" and not settings.path:
         raise ConfigError("empty domain socket path", "dsSettings.path",
                           expected="expected a socket file path, or a name with abstract: true")
+    if network == "domainsocket" and not settings.abstract and "\0" in settings.path:
+        # 4.34 fails at start to create <path>.lock ("invalid argument"); v2sync's start
+        # failed with a traceback, and a reload to it took the running config down.
+        raise ConfigError("a NUL byte in a domain socket path", "dsSettings.path",
+                          expected="expected a path without NUL, or a name with abstract: true")
     if network == "domainsocket" and len(settings.address().encode()) > SUN_PATH_SIZE - 1 \
             and not settings.padding:
         raise ConfigError("domain socket path too long", "dsSettings.path",
@@ -230,8 +262,9 @@ def _file_or_lines(raw: Mapping[str, Any], file_key: str, lines_key: str,
         try:
             with open(raw[file_key], "rb") as f:
                 return f.read()
-        except OSError as e:
-            raise ConfigError(f"failed to read {raw[file_key]!r}: {e.strerror or e}",
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            raise ConfigError(f"failed to read {raw[file_key]!r}: "
+                              f"{getattr(e, 'strerror', None) or e}",
                               f"{path}.{file_key}",
                               expected="expected a readable PEM file") from None
     lines = raw.get(lines_key)

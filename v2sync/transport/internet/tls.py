@@ -29,7 +29,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, Lis
 from v2sync.common.errors import HandshakeClosed, HandshakeTimeout, TransportError
 from v2sync.common.net import Destination
 from v2sync.common.task import outside_slot
-from v2sync.transport.internet.config import CertificateEntry, TlsSettings
+from v2sync.transport.internet.config import CertificateEntry, TlsSettings, server_alpn
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
                                             arm_deadline, complete, recv_waiting,
                                             send_waiting)
@@ -190,7 +190,7 @@ class ServerTls:
     """A server context per inbound; several key pairs are picked by SNI, as Go does."""
 
     def __init__(self, settings: TlsSettings, default_alpn: Sequence[str] = DEFAULT_ALPN):
-        alpn = settings.alpn or default_alpn
+        alpn = server_alpn(settings.alpn) if settings.alpn else default_alpn
         pairs = [pair for pair in settings.key_pairs() if pair.key]
         self._by_name: Dict[str, ssl.SSLContext] = {}
         contexts = []

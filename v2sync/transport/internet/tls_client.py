@@ -28,7 +28,7 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 from v2sync.common.errors import TransportError
-from v2sync.transport.internet.config import TlsSettings
+from v2sync.transport.internet.config import TlsSettings, client_alpn
 from v2sync.transport.internet.tls import GO_TLS12_SUITES
 
 # pyOpenSSL has no call for these three, so they go to the OpenSSL functions it is built
@@ -78,7 +78,7 @@ def client_context(settings: TlsSettings, alpn: Sequence[str]) -> SSL.Context:
         context.set_options(SSL.OP_NO_TICKET)
     _present(context, settings)
     context.set_cipher_list(TLS12_SUITES)
-    context.set_alpn_protos([name.encode("ascii") for name in alpn])
+    context.set_alpn_protos(client_alpn(alpn))
     if _lib.SSL_CTX_set1_curves_list(context._context, GROUPS) != 1:
         raise TransportError(f"tls: this OpenSSL refuses the groups {GROUPS.decode()}")
     if _lib.SSL_CTX_set_ciphersuites(context._context, TLS13_SUITES) != 1:
