@@ -1,23 +1,22 @@
 """The blackhole outbound (v2ray ``proxy/blackhole``): drop the connection.
 
 With ``response: {type: "http"}`` it first answers with 4.34's exact 403 bytes, then, as
-4.34 sleeps a second before it ends the link, holds the link a second while what the client
-sends is read and dropped: the close then comes a second after the 403, cleanly (a close
-with the client's bytes unread would be a reset, which can lose the 403), and UDP datagrams
-meanwhile are swallowed, as in 4.34. The pipe is then closed gracefully: the 403, then EOF.
+4.34 sleeps a second, holds the link a second without reading it, and ends it with an
+interrupt, as blackhole.go's ``common.Interrupt(link.Writer)``: the inbound closes the
+client's connection at once. What the client sends meanwhile waits in the uplink pipe, up
+to its limit, and then in the kernel, as in 4.34 (UDP datagrams past the limit are
+dropped). Reading and dropping it instead let one client push ~1.5 GB a second through the
+proxy's CPU, and a clean end of the downlink left the inbound waiting ``uplinkOnly`` more
+for the client (both found by a review).
 """
 from __future__ import annotations
 
-import time
-
-from v2sync.common.errors import TransportError
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.blackhole.config import BlackholeConfig
 from v2sync.proxy.relay import wait_unless_interrupted
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF, ReadTimeout
 
 HOLD_AFTER_RESPONSE = 1.0  # blackhole.go: time.Sleep(time.Second) after the response
 
@@ -37,24 +36,5 @@ class BlackholeOutbound:
     def process(self, session: Session, link: Link) -> None:
         if self.settings.response_type == "http":
             link.writer.write(HTTP_403)
-            _drop_for(link, HOLD_AFTER_RESPONSE)
-            return  # the handler closes the downlink: 403, then EOF
+            wait_unless_interrupted(link, HOLD_AFTER_RESPONSE)  # a shutdown ends it sooner
         link.writer.interrupt()
-
-
-def _drop_for(link: Link, seconds: float) -> None:
-    """Read and drop what the client sends for ``seconds`` (blackhole.go's sleep)."""
-    deadline = time.monotonic() + seconds
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if link.reader.read(timeout=remaining) is EOF:
-                # The client is done: the second is waited out unless a shutdown aborts it.
-                wait_unless_interrupted(link, deadline - time.monotonic())
-                return
-    except ReadTimeout:
-        return
-    except TransportError:
-        return  # interrupted: the connection is being torn down
