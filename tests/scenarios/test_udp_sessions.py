@@ -35,3 +35,16 @@ def test_a_silent_udp_link_is_closed(udp_echo: UdpEchoServer,
         wait_idle(instance)  # the link, its outbound and its reader thread are gone
         assert time.monotonic() - started < SHORT_IDLE + 5
         assert udp_round_trip(port, udp_echo, b"two", IO_TIMEOUT) == b"two"  # a new one
+
+
+def test_a_pair_past_the_cap_closes_the_quietest(udp_echo: UdpEchoServer,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SOCKS relay takes datagrams from anyone (as 4.34's), so one sender to many
+    targets filled the table and every new client went unanswered (found by a review;
+    4.34 has no cap). Past the cap, a new pair closes the one quiet longest."""
+    monkeypatch.setattr(udp_table, "MAX_UDP_SESSIONS", 2)
+    config = make_config([socks_inbound(udp=True, ip="127.0.0.1")], [freedom()])
+    with running_instance(config) as instance:
+        port = port_of(instance, "socks-in")
+        for payload in (b"one", b"two", b"three", b"four"):  # each from a new source port
+            assert udp_round_trip(port, udp_echo, payload, IO_TIMEOUT) == payload

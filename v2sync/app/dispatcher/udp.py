@@ -3,13 +3,13 @@
 A SOCKS UDP relay receives datagrams for many targets on one socket. Each (client, target)
 pair gets its own dispatched link, kept while datagrams flow; one reader thread per pair
 sends the target's answers back to the client. Datagrams are dropped, never queued without
-bound, when a pipe is full or the table is at its cap.
+bound, when a pipe is full; past the table's cap a new pair closes the one quiet longest.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple, TypeVar
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination
@@ -28,12 +28,26 @@ MAX_UDP_SESSIONS = 1024
 UDP_SESSION_IDLE = 4.0
 Respond = Callable[[Destination, bytes], None]
 Key = Tuple[Destination, Destination]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Entry:
     def __init__(self, link: Link, timer):
         self.link = link
         self.timer = timer
+
+
+def pop_quietest(table: Dict[K, V], last_activity: Callable[[V], float]) -> Tuple[K, V]:
+    """Remove and return the entry quiet longest. A UDP table is full: a new session takes
+    its room, as 4.34 has no cap at all; refusing the new one let a sender of datagrams
+    from many forged sources (or to many targets) lock every other client out."""
+    key = min(table, key=lambda k: last_activity(table[k]))
+    return key, table.pop(key)
+
+
+def _last_activity(entry: "_Entry") -> float:
+    return entry.timer.last
 
 
 class UdpSessionTable:
@@ -50,13 +64,17 @@ class UdpSessionTable:
 
     def send(self, source: Destination, dest: Destination, payload: bytes, respond: Respond) -> None:
         key = (source, dest)
+        evicted = None
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 if len(self._entries) >= MAX_UDP_SESSIONS:
-                    log.warning("too many UDP sessions; dropping a datagram for %s", dest)
-                    return
+                    evicted = pop_quietest(self._entries, _last_activity)
                 entry = self._open(key, respond)
+        if evicted is not None:
+            log.info("%s: %d UDP sessions; closing %s, the quietest, for %s",
+                     self.inbound_tag or "-", MAX_UDP_SESSIONS, evicted[0][1], dest)
+            self._drop(*evicted)
         entry.timer.update()
         try:
             if not entry.link.writer.try_write(payload):

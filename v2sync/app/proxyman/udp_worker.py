@@ -43,6 +43,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from v2sync.app.dispatcher.udp import pop_quietest
 from v2sync.common.errors import TransportError, V2SyncError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
@@ -135,8 +136,8 @@ class PacketConn:
         return self._reply
 
 
-def _quietest(item: Tuple[Key, PacketConn]) -> float:
-    return item[1].last_activity
+def _last_activity(conn: PacketConn) -> float:
+    return conn.last_activity
 
 
 class UdpWorker:
@@ -240,7 +241,7 @@ class UdpWorker:
             conn = self._conns.get(key)
             if conn is None:
                 if len(self._conns) >= MAX_SOURCES:
-                    evicted = self._conns.pop(min(self._conns.items(), key=_quietest)[0])
+                    evicted = pop_quietest(self._conns, _last_activity)[1]
                 conn = PacketConn(self, key, self._reply_socket(source, original))
                 self._conns[key] = conn
                 is_new = True
