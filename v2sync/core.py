@@ -175,11 +175,14 @@ class Instance:
             raise ConfigErrors([ConfigError(str(e), "api.tag")]) from None
 
     def remove_inbound(self, tag: str) -> bool:
-        """The API's RemoveInbound: stop listening, end its connections."""
+        """The API's RemoveInbound, as 4.34's handler ``Close``: the listeners and the
+        proxy close, live connections go on (the API call's own too, when the API's inbound
+        is the one removed: cutting them made a removal that worked fail as UNAVAILABLE;
+        found by a review)."""
         handler = self.inbounds.remove(tag) if tag else None
         if handler is None:
             return False
-        handler.abort_connections()
+        handler.close_proxy()
         return True
 
     def remove_outbound(self, tag: str) -> bool:

@@ -235,3 +235,55 @@ def test_a_balancer_picks_among_the_outbounds_left_as_4_34(
         api.call("RemoveOutbound", handler_pb.RemoveOutboundRequest(tag="px-1"),
                  handler_pb.RemoveOutboundResponse)
         assert all(echo_works(socks_port, tcp_echo) for _ in range(12))
+
+
+def _open_tunnel(socks_port: int, echo: TcpEchoServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", socks_port), PROBE_TIMEOUT)
+    sock.settimeout(PROBE_TIMEOUT)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    host, port = echo.address
+    sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big"))
+    got = b""
+    for _ in range(10):
+        if len(got) == 10:
+            break
+        got += sock.recv(10 - len(got))
+    assert got[:2] == b"\x05\x00"
+    return sock
+
+
+def _echoed(sock: socket.socket) -> bytes:
+    sock.sendall(PROBE)
+    echoed = b""
+    for _ in range(len(PROBE)):
+        chunk = sock.recv(4096)
+        if not chunk or len(echoed + chunk) >= len(PROBE):
+            return echoed + chunk
+        echoed += chunk
+    return echoed
+
+
+@pytest.mark.parametrize("implementation", ["v2sync", "v2ray"])
+def test_a_removed_inbound_keeps_its_live_connections_as_4_34(
+        implementation: str, v2ray_bin: str, tcp_echo: TcpEchoServer, channels: list) -> None:
+    """RemoveInbound closes the listeners; connections already made go on, the API call's
+    own too when the API's inbound is the one removed (v2sync cut them: the client lost its
+    tunnel, and the removal of the API's inbound, which worked, failed as UNAVAILABLE;
+    found by a review)."""
+    api_port, socks_port = ports(2)
+    server_class = V2SyncProcess if implementation == "v2sync" else V2RayProcess
+    with server_class(api_config(api_port, [socks_in(socks_port)])):
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{api_port}"))
+        api = Api(channels[-1], V2RAY)
+        with _open_tunnel(socks_port, tcp_echo) as tunnel:
+            assert _echoed(tunnel) == PROBE
+            api.call("RemoveInbound", handler_pb.RemoveInboundRequest(tag="socks-in"),
+                     handler_pb.RemoveInboundResponse)
+            assert _echoed(tunnel) == PROBE
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", socks_port), 2).close()
+        api.call("RemoveInbound", handler_pb.RemoveInboundRequest(tag="api-in"),
+                 handler_pb.RemoveInboundResponse)
+        api.call("RemoveOutbound", handler_pb.RemoveOutboundRequest(tag="no-such-outbound"),
+                 handler_pb.RemoveOutboundResponse)  # the same connection still answers

@@ -276,10 +276,14 @@ class InboundHandler:
             live = list(self._live.values())
         for conn in live:
             conn.abort()
+        self.close_proxy()
+        return len(live)
+
+    def close_proxy(self) -> None:
+        """What the proxy holds beyond its connections (the SOCKS UDP relay's sessions)."""
         close = getattr(self.proxy, "close", None)
         if close is not None:
             close()
-        return len(live)
 
     def live_count(self) -> int:
         with self._lock:
@@ -332,6 +336,8 @@ class _Accepted(Handoff):
 class InboundManager:
     def __init__(self) -> None:
         self.handlers: List[InboundHandler] = []
+        # Taken out by the API while connections were live: a shutdown still ends those.
+        self.removed: List[InboundHandler] = []
         self.selector: Optional[HandshakeSelector] = None
 
     def add(self, handler: InboundHandler) -> None:
@@ -341,12 +347,13 @@ class InboundManager:
         return next((h for h in self.handlers if h.tag == tag), None)
 
     def remove(self, tag: str) -> Optional[InboundHandler]:
-        """Take a running handler out (the API's RemoveInbound): its listeners close; the
-        caller ends its connections. None when no handler has ``tag``."""
+        """Take a running handler out (the API's RemoveInbound): its listeners close, its
+        live connections go on. None when no handler has ``tag``."""
         handler = self.get(tag)
         if handler is not None:
             self.handlers.remove(handler)
             handler.stop_listening()
+            self.removed = [h for h in self.removed if h.live_count()] + [handler]
         return handler
 
     def start(self, listener_group: ThreadGroup) -> None:
@@ -382,10 +389,10 @@ class InboundManager:
             self.selector.wait_closed(SELECTOR_CLOSE_WAIT)
 
     def abort_connections(self) -> int:
-        return sum(handler.abort_connections() for handler in self.handlers)
+        return sum(handler.abort_connections() for handler in self.handlers + self.removed)
 
     def live_count(self) -> int:
-        return sum(handler.live_count() for handler in self.handlers)
+        return sum(handler.live_count() for handler in self.handlers + self.removed)
 
 
 def _logs_rejected(proxy: object, error: V2SyncError) -> bool:
