@@ -61,3 +61,21 @@ def test_adds_from_many_threads_are_exact() -> None:
     for thread in threads:
         thread.join(30)
     assert counter.value() == 4 * 20_000 * 3
+
+
+def test_past_the_cap_a_new_name_is_served_uncounted(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A connection of a user added past the cap is served, its bytes uncounted (4.34 has
+    no cap; refusing it locked out every later user; found by a review)."""
+    from v2sync.app.stats import manager
+    monkeypatch.setattr(manager, "MAX_COUNTERS", 2)
+    stats = StatsManager()
+    first = stats.traffic_pair("user", "a@x", True, True)
+    later = [stats.traffic_pair("user", f"{n}@x", True, True) for n in "bc"]
+    assert all(counter is not None for pair in later for counter in pair)
+    assert [name for name, _ in stats.query()] == [counter_name("user", "a@x", d)
+                                                   for d in ("uplink", "downlink")]
+    assert stats.traffic_pair("user", "a@x", True, True) == first  # still shared
+    assert len([r for r in caplog.records if "not counted" in r.getMessage()]) == 1
+    with pytest.raises(V2SyncError, match="more than 2 counters"):
+        stats.register("inbound>>>late>>>traffic>>>uplink")  # a config's: refused at start

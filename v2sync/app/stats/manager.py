@@ -6,10 +6,13 @@ are 512 bytes to 1 MiB), which is what keeps counting under the 3% budget.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Dict, List, Optional, Tuple
 
 from v2sync.common.errors import V2SyncError
+
+log = logging.getLogger(__name__)
 
 SEPARATOR = ">>>"
 UPLINK = "uplink"
@@ -53,6 +56,7 @@ class StatsManager:
     def __init__(self) -> None:
         self._counters: Dict[str, Counter] = {}
         self._lock = threading.Lock()
+        self._full_told = False
 
     def register(self, name: str) -> Counter:
         with self._lock:
@@ -65,7 +69,24 @@ class StatsManager:
         if counter is not None:
             return counter
         with self._lock:
-            return self._counters.get(name) or self._add(name)
+            counter = self._counters.get(name)
+            if counter is None:
+                counter = self._uncounted(name) if self._full() else self._add(name)
+            return counter
+
+    def _full(self) -> bool:
+        return len(self._counters) >= MAX_COUNTERS
+
+    def _uncounted(self, name: str) -> Counter:
+        """Past the cap, a counter nobody can query: the connection is served, uncounted.
+        Refusing it (4.34 has no cap) would lock out every user added after the cap, and
+        counters are never deleted, so a panel that adds and removes users reaches it in
+        time (found by a review)."""
+        if not self._full_told:
+            self._full_told = True
+            log.warning("stats: %d counters; %s and later new names are not counted",
+                        MAX_COUNTERS, name)
+        return Counter()
 
     def _add(self, name: str) -> Counter:
         if len(self._counters) >= MAX_COUNTERS:
