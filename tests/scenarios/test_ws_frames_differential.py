@@ -178,3 +178,43 @@ def test_upgrade_heads_are_answered_as_4_34_answers(head_answers: Dict[Tuple[str
                                                     case: str) -> None:
     assert len(HEADS[case]) == 6144 or "6144" not in case
     assert head_answers[case, "v2sync"] == head_answers[case, "v2ray"]
+
+
+def _one_shot_target(payload: bytes) -> Tuple[socket.socket, Any]:
+    """A target that sends ``payload`` to its first client and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(IO_TIMEOUT)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(payload)
+
+    pool = ThreadPoolExecutor(1)
+    return listener, (pool, pool.submit(serve))
+
+
+def test_a_target_that_closes_gets_the_client_a_close_frame_as_in_4_34(
+        servers: Dict[str, int]) -> None:
+    """The target sends "bye" and closes: "bye", then a close frame (1000), then the end.
+    v2sync's close frame failed after the relay's end had shut the socket down, so the
+    client saw no close frame, an abnormal closure (found by a review)."""
+    answers = {}
+    for name, port in servers.items():
+        listener, (pool, served) = _one_shot_target(b"bye")
+        target = listener.getsockname()[1]
+        request = b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + target.to_bytes(2, "big")
+        greeting = frame(2, b"\x05\x01\x00") + frame(2, request)
+        try:
+            answers[name] = answer(port, greeting)
+        finally:
+            served.result(IO_TIMEOUT)
+            pool.shutdown()
+    port_at = slice(14, 16)  # the SOCKS reply's bound port: each server's own
+    for name in answers:
+        ours = bytearray(answers[name])
+        ours[port_at] = b"??"
+        answers[name] = bytes(ours)
+    assert answers["v2sync"] == answers["v2ray"]
+    assert answers["v2sync"].endswith(b"\x82\x03bye\x88\x02\x03\xe8")

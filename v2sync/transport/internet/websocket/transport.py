@@ -145,9 +145,21 @@ class WsConnection(WrappedConnection):
         except OSError:
             pass  # the peer is gone: nothing left to tell it
 
+    def abort(self) -> None:
+        """A relay's end (its timer, the other side gone) comes here first: the close frame
+        goes before the socket is shut down, as 4.34's connection ``Close`` sends one (it
+        failed after the shutdown, so the peer saw an abnormal closure, 1006; found by a
+        review)."""
+        self._goodbye()
+        super().abort()
+
     def _release(self) -> None:
-        """Say goodbye with a close frame if the socket takes it at once, then close.
-        Before the server's 101 there is no WebSocket yet to close."""
+        self._goodbye()
+        super()._release()
+
+    def _goodbye(self) -> None:
+        """Say goodbye with a close frame if the socket takes it at once. Before the
+        server's 101 there is no WebSocket yet to close."""
         if not self._close_sent and self._upgraded() and self._write_lock.acquire(False):
             try:
                 self.sock.settimeout(0)
@@ -157,7 +169,6 @@ class WsConnection(WrappedConnection):
                 pass
             finally:
                 self._write_lock.release()
-        super()._release()
 
 
 def ws_accept(conn: Connection, settings: StreamSettings,
