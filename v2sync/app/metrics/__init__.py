@@ -193,7 +193,7 @@ def serve(listen: str, port: int, registry: CollectorRegistry
     class Server(_BoundedServer):
         address_family = family
 
-    server = make_server(sockaddr[0], port, make_wsgi_app(registry), Server,
+    server = make_server(str(sockaddr[0]), port, make_wsgi_app(registry), Server,
                          handler_class=_Handler)
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
