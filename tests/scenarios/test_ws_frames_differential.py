@@ -111,6 +111,11 @@ def upgrade_with(extra: bytes, host: bytes = b"Host: x\r\n", version: bytes = b"
     return start + rest
 
 
+def with_header(line: bytes) -> bytes:
+    """The upgrade request with one more header line after Host."""
+    return UPGRADE.replace(b"Host: x\r\n", b"Host: x\r\n" + line)
+
+
 HEADS = {
     "no-host": upgrade_with(b"", host=b""),
     "no-host-http-1.0": upgrade_with(b"", host=b"", version=b"HTTP/1.0"),
@@ -141,6 +146,25 @@ HEADS = {
     "connect": b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
     "connect-without-host": b"CONNECT a:443 HTTP/1.1\r\n\r\n",
     "star-get": b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+    # headers as Go 1.19's textproto and net/http server read them (found by a WS review)
+    "bare-lf": UPGRADE.replace(b"\r\n", b"\n"),
+    "obs-fold": with_header(b"X-A: b\r\n  c\r\n"),
+    "fold-first": UPGRADE.replace(b"Host: x\r\n", b" Host: x\r\n"),
+    "no-colon": with_header(b"X-A b\r\n"),
+    "space-before-colon": with_header(b"X-A : b\r\n"),
+    "empty-name": with_header(b": b\r\n"),
+    "two-content-lengths": with_header(b"Content-Length: 0\r\nContent-Length: 1\r\n"),
+    "same-content-lengths": with_header(b"Content-Length: 0\r\nContent-Length: 0\r\n"),
+    "bad-content-length": with_header(b"Content-Length: abc\r\n"),
+    "signed-content-length": with_header(b"Content-Length: +0\r\n"),
+    "nul-in-value": with_header(b"X-A: a\x00b\r\n"),
+    "cr-in-value": with_header(b"X-A: a\rb\r\n"),
+    "tab-in-value": with_header(b"X-A: a\tb\r\n"),
+    "obs-text-in-value": with_header(b"X-A: a\xff\xfeb\r\n"),
+    "host-with-space": UPGRADE.replace(b"Host: x", b"Host: x y"),
+    "host-empty": UPGRADE.replace(b"Host: x", b"Host: "),
+    "host-utf8": UPGRADE.replace(b"Host: x", b"Host: \xc3\xa9"),
+    "host-with-port-and-brackets": UPGRADE.replace(b"Host: x", b"Host: [::1]:80"),
 }
 _DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
 
@@ -218,3 +242,19 @@ def test_a_target_that_closes_gets_the_client_a_close_frame_as_in_4_34(
         answers[name] = bytes(ours)
     assert answers["v2sync"] == answers["v2ray"]
     assert answers["v2sync"].endswith(b"\x82\x03bye\x88\x02\x03\xe8")
+
+
+def _answer_to_a_head_cut_by_the_client(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), IO_TIMEOUT) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendall(UPGRADE[:30])
+        sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock, IO_TIMEOUT)
+
+
+def test_a_head_the_client_cuts_short_is_answered_as_by_4_34(servers: Dict[str, int]) -> None:
+    """Go's net/http answers a head that ends mid-way (ErrUnexpectedEOF) with its 400;
+    v2sync closed without a word (found by a review)."""
+    ours = _answer_to_a_head_cut_by_the_client(servers["v2sync"])
+    assert ours == _answer_to_a_head_cut_by_the_client(servers["v2ray"])
+    assert ours.startswith(b"HTTP/1.1 400 Bad Request")

@@ -113,10 +113,35 @@ def test_parse_request_strips_query_and_decodes_escapes():
     b"GET /a%zz HTTP/1.1\r\n\r\n",
     b"GET /ws HTTP/1.1\r\nNo colon here\r\n\r\n",
     b"GET /ws HTTP/1.1\r\n Folded: x\r\n\r\n",
-    b"GET /ws HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
 ])
 def test_parse_request_garbage_gets_400(wire):
     assert_garbage(ws.parse_request, wire, ws.NET_HTTP_400)
+
+
+@pytest.mark.parametrize("wire, reply", [
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", ws.NET_HTTP_BAD_VALUE),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", ws.NET_HTTP_BAD_VALUE),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\nX : a\r\n\r\n", ws.NET_HTTP_BAD_NAME),
+    (b"GET /ws HTTP/1.1\r\nHost: x y\r\n\r\n", ws.NET_HTTP_BAD_HOST),
+    (b"GET /ws HTTP/1.1\r\nX: a\x00b\r\n\r\n", ws.NET_HTTP_NO_HOST),  # checked first
+])
+def test_net_http_server_checks_name_their_400(wire, reply):
+    assert_garbage(ws.parse_request, wire, reply)
+
+
+def test_lines_end_at_lf_and_folded_lines_join_as_textproto_reads_them():
+    wire = (b"GET /ws HTTP/1.1\nHost: x\r\nX-A: b\r\n  c\n: skipped\n"
+            b"Upgrade: websocket\n\ntrailing")
+    for pieces in ([wire], [wire[:i] for i in range(1, len(wire) + 1)]):
+        found = None
+        for piece in pieces:  # fed whole, and growing a byte at a time
+            found = ws.parse_request(piece)
+        assert found is not None
+        request, used = found
+        assert wire[used:] == b"trailing"
+        assert request.headers == (("host", "x"), ("x-a", "b c"), ("upgrade", "websocket"))
 
 
 @pytest.mark.parametrize("wire", [b"GET /ws HTTP/2.0\r\nHost: x\r\n\r\n",
@@ -252,8 +277,35 @@ def test_parse_response_failures(wire, message):
 
 def test_response_head_is_bounded():
     assert parse_rfc_response(b"HTTP/1.1 101 OK\r\n" + b"X" * 100) is None
-    with pytest.raises(RemoteProtocolError, match="8192"):
+    with pytest.raises(RemoteProtocolError, match="65536"):
         parse_rfc_response(b"HTTP/1.1 101 OK\r\nX: " + b"a" * ws.MAX_HANDSHAKE)
+
+
+def _answer_101(*lines: bytes, end: bytes = b"\r\n") -> bytes:
+    return end.join([b"HTTP/1.1 101 Switching Protocols", *lines, b"", b""])
+
+
+ACCEPT_LINE = b"Sec-WebSocket-Accept: " + RFC_ACCEPT.encode()
+
+
+@pytest.mark.parametrize("wire", [
+    _answer_101(b"Upgrade: websocket, h2c", b"Connection: Upgrade", ACCEPT_LINE),
+    _answer_101(b"Upgrade: websocket", b"Connection: keep-alive, Upgrade", ACCEPT_LINE),
+    _answer_101(b"Upgrade: websocket", b"Connection: Upgrade", ACCEPT_LINE, end=b"\n"),
+    _answer_101(b"Upgrade:", b" websocket", b"Connection: Upgrade", ACCEPT_LINE),  # folded
+    _answer_101(b"Upgrade: websocket", b"Connection: Upgrade", ACCEPT_LINE,
+                b"X-Long: " + b"a" * 9000),
+])
+def test_answers_gorilla_takes_are_taken(wire):
+    """As Go's ReadResponse and gorilla's checks read them (found by a review)."""
+    assert_decodes(parse_rfc_response, wire, 101, TRAILER)
+
+
+def test_an_answer_with_compression_that_was_not_offered_is_refused():
+    wire = _answer_101(b"Upgrade: websocket", b"Connection: Upgrade", ACCEPT_LINE,
+                       b"Sec-WebSocket-Extensions: permessage-deflate")
+    with pytest.raises(RemoteProtocolError, match="compression"):
+        parse_rfc_response(wire)
 
 
 @settings(max_examples=300, deadline=None)

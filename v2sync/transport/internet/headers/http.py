@@ -336,8 +336,41 @@ def _check_authority(authority: bytes) -> None:
         raise _Malformed("invalid host or userinfo")
 
 
+def mime_fields(lines: List[bytes]) -> List[Tuple[bytes, bytes]]:
+    """textproto.ReadMIMEHeader over a head's header lines (its blank line left out): the
+    (name, value) pairs in order, names as sent, an empty name skipped as Go skips it; a
+    ValueError names a line Go refuses."""
+    return _field_list(lines + [b""]) or []  # the blank line ends it: never None
+
+
+def request_fields(lines: List[bytes], version: Tuple[int, int]) -> List[Tuple[bytes, bytes]]:
+    """The header lines of a request head (its blank line left out), as Go's readRequest
+    reads them: textproto.ReadMIMEHeader's fields in order, each name as sent (an empty one
+    skipped, as Go skips it), then the Host count and the framing (Transfer-Encoding,
+    Content-Length) checked. A ValueError names what Go refuses. The WebSocket server's
+    net/http reads its upgrade requests so."""
+    fields = mime_fields(lines)
+    _check_framing(version, _by_token(fields))
+    return fields
+
+
 def _header_fields(lines: List[bytes]) -> Optional[Dict[bytes, List[bytes]]]:
     """textproto.ReadMIMEHeader: {lower-case token name: values}, or None at EOF."""
+    fields = _field_list(lines)
+    return None if fields is None else _by_token(fields)
+
+
+def _by_token(fields: List[Tuple[bytes, bytes]]) -> Dict[bytes, List[bytes]]:
+    """{lower-case name: values}; other names are kept as-is by Go, and never match."""
+    by_name: Dict[bytes, List[bytes]] = {}
+    for name, value in fields:
+        if _TOKEN.fullmatch(name):
+            by_name.setdefault(name.lower(), []).append(value)
+    return by_name
+
+
+def _field_list(lines: List[bytes]) -> Optional[List[Tuple[bytes, bytes]]]:
+    """textproto.ReadMIMEHeader's (name, value) pairs in order, or None at EOF."""
     merged: List[List[bytes]] = []  # each logical line's pieces, joined once (not += per fold)
     for line in lines:
         if not line:
@@ -352,11 +385,11 @@ def _header_fields(lines: List[bytes]) -> Optional[Dict[bytes, List[bytes]]]:
             merged.append([line.strip(b" \t")])
     else:
         return None
-    fields: Dict[bytes, List[bytes]] = {}
+    fields = []
     for pieces in merged:
         name, _, value = b" ".join(pieces).partition(b":")
-        if _TOKEN.fullmatch(name):  # other names are kept as-is by Go, and never match below
-            fields.setdefault(name.lower(), []).append(value.lstrip(b" \t"))
+        if name:
+            fields.append((name, value.lstrip(b" \t")))
     return fields
 
 

@@ -18,18 +18,26 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 from urllib.parse import quote, unquote_to_bytes
 
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
-from v2sync.transport.internet.headers.http import http_date
+from v2sync.transport.internet.headers.http import http_date, mime_fields, request_fields
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_HANDSHAKE = 8192  # a server's answer to our upgrade
+# A server's answer to our upgrade (and what a server's reader buffers, though a request
+# head is refused past MAX_REQUEST_HEAD): gorilla sets no limit; an 8 KiB one refused a
+# long answer 4.34 takes (found by a review).
+MAX_HANDSHAKE = 64 * 1024
 # A request head: hub.go's MaxHeaderBytes (2048) and the 4096 bytes net/http reads beyond.
 MAX_REQUEST_HEAD = 2048 + 4096
 VERSION = "13"
-_HEAD_END = b"\r\n\r\n"
+# A request head ends at its first empty line; Go's textproto ends a line at LF, dropping a
+# CR before it.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+# httpguts: validHostByte, and the control bytes ValidHeaderFieldValue refuses (tab passes).
+_HOST_BYTES = re.compile(rb"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -65,6 +73,9 @@ NET_HTTP_431 = _net_http_error("431 Request Header Fields Too Large")
 # line too.
 NET_HTTP_505 = _net_http_error("505 HTTP Version Not Supported: unsupported protocol version")
 NET_HTTP_NO_HOST = _net_http_error("400 Bad Request: missing required Host header")
+NET_HTTP_BAD_HOST = _net_http_error("400 Bad Request: malformed Host header")
+NET_HTTP_BAD_NAME = _net_http_error("400 Bad Request: invalid header name")
+NET_HTTP_BAD_VALUE = _net_http_error("400 Bad Request: invalid header value")
 
 
 def go_date() -> str:
@@ -190,27 +201,6 @@ def request_path(path: str) -> str:
     return path
 
 
-def _head(buf: bytes, reply: Optional[bytes], limit: int = MAX_HANDSHAKE,
-          too_large: Optional[bytes] = None) -> Optional[Tuple[str, Headers, int]]:
-    """(first line, headers, bytes consumed) of an HTTP head of at most ``limit`` bytes,
-    or None if incomplete; a longer one is refused with ``too_large``."""
-    end = bytes(buf[:limit]).find(_HEAD_END)
-    if end < 0 or end + len(_HEAD_END) > limit:
-        if len(buf) >= limit:
-            raise RemoteProtocolError(f"websocket handshake not ended within {limit} bytes",
-                                      reply=too_large or reply)
-        return None
-    first, *lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    headers = []
-    for line in lines:
-        name, sep, value = line.partition(":")
-        value = value.strip(" \t")
-        if not sep or not _TOKEN.match(name) or _BAD_VALUE.search(value):
-            raise RemoteProtocolError(f"invalid HTTP header line {line[:64]!r}", reply=reply)
-        headers.append((name.lower(), value))
-    return first, tuple(headers), end + len(_HEAD_END)
-
-
 def _url_path(target: str, reply: bytes) -> str:
     """Go ``URL.Path`` of a request-target: absolute form reduced, query cut, escapes decoded."""
     path = _ABSOLUTE.sub("", target, count=1).partition("?")[0]
@@ -229,27 +219,62 @@ def target_url_path(target: str) -> Optional[str]:
 
 def parse_request(buf: bytes) -> Optional[Tuple[WsRequest, int]]:
     """The upgrade request, read as Go's net/http reads it before gorilla sees it: a head
-    over MAX_REQUEST_HEAD is a 431, an HTTP/1.1 one needs exactly one Host."""
+    over MAX_REQUEST_HEAD is a 431; lines end at LF (a CR before it dropped), headers as
+    textproto reads them (``headers.http.request_fields``); then the server's checks."""
     reply = NET_HTTP_400
-    found = _head(buf, reply, MAX_REQUEST_HEAD, NET_HTTP_431)
+    found = _head_lines(buf, MAX_REQUEST_HEAD, NET_HTTP_431)
     if found is None:
         return None
-    first, headers, consumed = found
+    lines, consumed = found
+    first = lines[0].decode("latin-1")
     parts = first.split(" ")
     version = _go_version(parts[2]) if len(parts) == 3 else None
     if version is None or not _TOKEN.match(parts[0]):
         raise RemoteProtocolError(f"invalid HTTP request line {first[:64]!r}", reply=reply)
     method, target = parts[0], parts[1]
     path = _target_path(method, target, reply)  # parsed before Go looks at anything else
+    try:
+        fields = request_fields(lines[1:], version)
+    except ValueError as e:
+        raise RemoteProtocolError(f"websocket request: {e}", reply=reply) from None
     h2_preface = method == "PRI" and target == "*" and version == (2, 0)
     if version[0] != 1 and not h2_preface:  # http1ServerSupportsRequest
         raise RemoteProtocolError(f"HTTP version {parts[2]!r}", reply=NET_HTTP_505)
-    hosts = sum(1 for name, _ in headers if name == "host")
-    if hosts == 0 and version >= (1, 1) and method != "CONNECT" and not h2_preface:
+    hosts = [value for name, value in fields if name.lower() == b"host"]
+    if not hosts and version >= (1, 1) and method != "CONNECT" and not h2_preface:
         raise RemoteProtocolError("HTTP/1.1 request without Host", reply=NET_HTTP_NO_HOST)
-    if hosts > 1:
-        raise RemoteProtocolError("too many Host headers", reply=reply)
+    _check_fields(fields, hosts)
+    headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
+                    for name, value in fields)
     return WsRequest(method, path, headers, parts[2]), consumed
+
+
+def _head_lines(buf: bytes, limit: int, too_large: Optional[bytes] = None
+                ) -> Optional[Tuple[List[bytes], int]]:
+    """A head's lines (its blank line left out) and the bytes it took, or None while it is
+    incomplete; one over ``limit`` is refused (with ``too_large``, a server's answer)."""
+    data = bytes(buf[:limit])
+    end = _BLANK_LINE.search(data)
+    if end is None:
+        if len(buf) >= limit:
+            raise RemoteProtocolError(f"websocket handshake head over {limit} bytes",
+                                      reply=too_large)
+        return None
+    lines = data[:end.start()].split(b"\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines], end.end()
+
+
+def _check_fields(fields: List[Tuple[bytes, bytes]], hosts: List[bytes]) -> None:
+    """net/http's server checks (server.go readRequest), each its own 400."""
+    if len(hosts) == 1 and not _HOST_BYTES.fullmatch(hosts[0]):  # httpguts.ValidHostHeader
+        raise RemoteProtocolError("malformed Host header", reply=NET_HTTP_BAD_HOST)
+    for name, value in fields:
+        if not _TOKEN.match(name.decode("latin-1")):
+            raise RemoteProtocolError(f"invalid header name {name[:64]!r}",
+                                      reply=NET_HTTP_BAD_NAME)
+        if _CONTROL.search(value):  # httpguts.ValidHeaderFieldValue
+            raise RemoteProtocolError(f"invalid header value {value[:64]!r}",
+                                      reply=NET_HTTP_BAD_VALUE)
 
 
 def _go_version(text: str) -> Optional[Tuple[int, int]]:
@@ -340,19 +365,35 @@ def _closing_header(request: WsRequest, keep_alive: bool) -> str:
 
 
 def parse_response(buf: bytes, key: str) -> Optional[Tuple[int, int]]:
-    """``(101, consumed)`` for a valid answer to our ``key``; anything else raises."""
-    found = _head(buf, None)
+    """``(101, consumed)`` for a valid answer to our ``key``; anything else raises. Read as
+    gorilla reads it (Go's ReadResponse, then its checks): lines end at LF, headers as
+    textproto reads them, Upgrade and Connection token lists, and no compression that was
+    not offered (found by a review: v2sync wanted ``Upgrade: websocket`` exactly, refused
+    a folded line, and took a ``permessage-deflate`` answer)."""
+    found = _head_lines(buf, MAX_HANDSHAKE)
     if found is None:
         return None
-    first, headers, consumed = found
+    lines, consumed = found
+    first = lines[0].decode("latin-1")
     status = _STATUS.match(first)
     if status is None:
         raise RemoteProtocolError(f"websocket handshake: invalid status line {first[:64]!r}")
     if status.group(1) != "101":
         raise RemoteProtocolError(f"websocket handshake failed: {first[:80]}")
-    # gorilla's client checks: Upgrade is "websocket", Connection says upgrade, Accept matches.
-    if ((_first(headers, "upgrade") or "").lower() != "websocket"
+    try:
+        headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
+                        for name, value in mime_fields(lines[1:]))
+    except ValueError as e:
+        raise RemoteProtocolError(f"websocket handshake: {e}") from None
+    if ("websocket" not in _tokens(headers, "upgrade")
             or "upgrade" not in _tokens(headers, "connection")
             or _first(headers, "sec-websocket-accept") != accept_token(key)):
         raise RemoteProtocolError("websocket handshake failed: 101 without a valid upgrade")
+    if "permessage-deflate" in _extension_names(headers):  # gorilla: errInvalidCompression
+        raise RemoteProtocolError("websocket handshake: compression that was not offered")
     return 101, consumed
+
+
+def _extension_names(headers: Headers) -> frozenset:
+    return frozenset(ext.split(";")[0].strip(" \t").lower()
+                     for k, v in headers if k == "sec-websocket-extensions" for ext in v.split(","))

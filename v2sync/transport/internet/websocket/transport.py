@@ -12,7 +12,7 @@ import threading
 import time
 from typing import List, Optional
 
-from v2sync.common.errors import (HandshakeTimeout, LocalProtocolError, ProtocolError,
+from v2sync.common.errors import (HandshakeClosed, HandshakeTimeout, LocalProtocolError, ProtocolError,
                                   RemoteProtocolError, TransportError)
 from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
@@ -218,13 +218,15 @@ def _read_request(conn: Connection, reader: HandshakeReader) -> Handshake[WsRequ
     """One request head; net/http's own errors are answered, and end the connection."""
     try:
         return (yield from reader.parse_steps(parse_request))
+    except (HandshakeTimeout, HandshakeClosed):  # a HandshakeClosed is a ProtocolError too
+        # net/http answers a head cut short by its timeout, or by the client's end
+        # (ErrUnexpectedEOF); silence gets nothing
+        if reader.buf:
+            try_write(conn, NET_HTTP_400)
+        raise
     except ProtocolError as e:
         if e.reply:
             try_write(conn, e.reply)
-        raise
-    except HandshakeTimeout:
-        if reader.buf:  # net/http answers a head cut short by its timeout; silence gets nothing
-            try_write(conn, NET_HTTP_400)
         raise
 
 
