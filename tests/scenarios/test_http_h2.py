@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 from scenarios.test_chain_outbounds import _tunnel_answer
@@ -31,7 +31,7 @@ LOG = {"loglevel": "info", "access": "none"}
 
 
 def http_over_tls_client(client: str, server_port: int, pki: Pki,
-                         password: str = PASSWORD) -> "tuple":
+                         password: str = PASSWORD, policy: Optional[dict] = None) -> "tuple":
     socks_port = free_port()
     outbound = {"protocol": "http",
                 "settings": {"servers": [{"address": "127.0.0.1", "port": server_port,
@@ -39,8 +39,10 @@ def http_over_tls_client(client: str, server_port: int, pki: Pki,
                 "streamSettings": {"security": "tls", "tlsSettings": pki.client_tls()}}
     socks_in = {"tag": "socks-in", "protocol": "socks", "listen": "127.0.0.1",
                 "port": socks_port, "settings": {}}
-    process = make_process(client, {"log": LOG, "inbounds": [socks_in],
-                                    "outbounds": [outbound]}).start()
+    config = {"log": LOG, "inbounds": [socks_in], "outbounds": [outbound]}
+    if policy is not None:
+        config["policy"] = {"levels": {"0": policy}}
+    process = make_process(client, config).start()
     return process, socks_port
 
 
@@ -109,15 +111,24 @@ def test_outbound_connect_headers_as_4_34_sends_them(pki: Pki, echo: TcpEchoServ
                                              "accept-encoding", "user-agent"]
 
 
-def test_outbound_refused_by_the_http2_proxy_fails_the_link(pki: Pki) -> None:
+def refused_tries(client: str, pki: Pki) -> int:
     with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy, \
             TcpEchoServer(xor=XOR_C) as origin:
-        client, socks_port = http_over_tls_client("v2sync", proxy.port, pki, password="wrong")
+        process, socks_port = http_over_tls_client(client, proxy.port, pki, password="wrong")
         try:
             assert _tunnel_answer(socks_port, origin.address, b"hello") is None
-            assert proxy.refused == 1 and origin.accepted == 0
+            assert origin.accepted == 0
         finally:
-            client.stop()
+            process.stop(check=client == "v2sync")
+        return proxy.refused
+
+
+def test_outbound_refused_by_the_http2_proxy_fails_the_link_as_4_34(pki: Pki,
+                                                                     v2ray_bin: str) -> None:
+    """4.34's retry wraps the HTTP/2 CONNECT: a refusal is a failed try, and the next goes
+    to the next server (v2sync made one try outside the retry; found by a review)."""
+    tries = refused_tries("v2sync", pki)
+    assert tries == refused_tries("v2ray", pki) == 5
 
 
 @pytest.mark.parametrize("client", ["v2ray", "v2sync"])
@@ -208,3 +219,40 @@ def test_inbound_bounds_the_streams_of_one_connection(pki: Pki, echo: TcpEchoSer
             assert ended
     finally:
         server.stop()
+
+
+def test_a_server_that_opens_no_window_fails_the_first_payload_in_handshake_time(
+        pki: Pki) -> None:
+    """The first payload goes with the CONNECT, before the relay's timer: a server that
+    grants no flow-control window held the tunnel (its threads, its stream) for good
+    (found by a review; 4.34 ended it at connIdle). Each try now ends with the handshake's
+    time, and the retry gives up."""
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD),
+                        stream_window=0) as proxy, TcpEchoServer(xor=XOR_C) as origin:
+        process, socks_port = http_over_tls_client("v2sync", proxy.port, pki,
+                                                   policy={"handshake": 1})
+        try:
+            with open_tunnel(socks_port, origin.address) as sock:
+                sock.sendall(b"first payload")
+                process.wait_for_log("no flow-control window in time", timeout=10)
+                process.wait_for_log("failed to find an available destination", timeout=20)
+        finally:
+            process.stop()
+
+
+@pytest.mark.parametrize("client", ["v2sync", "v2ray"])
+def test_a_graceful_goaway_lets_the_live_tunnel_go_on_as_in_4_34(client: str, pki: Pki,
+                                                                  echo: TcpEchoServer) -> None:
+    """A server draining (nginx's or Go's reload) sends GOAWAY with NO_ERROR naming the
+    streams it took, and serves them on; v2sync cut every tunnel (found by a review)."""
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD),
+                        goaway_on_data=True) as proxy:
+        process, socks_port = http_over_tls_client(client, proxy.port, pki)
+        try:
+            with open_tunnel(socks_port, echo.address) as sock:
+                for payload in (b"first", b"after the goaway", b"and again"):
+                    assert_same_bytes(exchange(sock, payload), xor_bytes(payload),
+                                      process.log_tail())
+            assert proxy.goaways == 1
+        finally:
+            process.stop(check=client == "v2sync")

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
+import hyperframe.frame
 
 POLL = 0.05
 JOIN_TIMEOUT = 5.0
@@ -26,7 +28,15 @@ READ = 16384
 
 
 class H2ConnectProxy:
-    def __init__(self, cert_file: str, key_file: str, auth: Optional[Tuple[str, str]] = None):
+    def __init__(self, cert_file: str, key_file: str, auth: Optional[Tuple[str, str]] = None,
+                 stream_window: Optional[int] = None, goaway_on_data: bool = False):
+        """``stream_window``: the INITIAL_WINDOW_SIZE it grants, never opened further (0: a
+        client can send no data at all). ``goaway_on_data``: on a stream's first data, once
+        it is passed on, a graceful GOAWAY (NO_ERROR, that stream the last taken), written
+        beside h2 (which would close its own state), and the streams go on."""
+        self.stream_window = stream_window
+        self.goaway_on_data = goaway_on_data
+        self.goaways = 0
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert_file, key_file)
         self.context.set_alpn_protocols(["h2"])
@@ -90,8 +100,13 @@ class _Session:
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         self.upstreams: Dict[int, socket.socket] = {}
+        self.goaway_sent = False
 
     def run(self, stop: threading.Event) -> None:
+        if self.proxy.stream_window is not None:
+            self.conn.local_settings = h2.settings.Settings(
+                client=False, initial_values={
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.proxy.stream_window})
         self.conn.initiate_connection()
         self.flush()
         deadline = threading.Event()
@@ -132,7 +147,15 @@ class _Session:
                 up = self.upstreams.get(event.stream_id)
                 if up is not None and event.data:
                     up.sendall(event.data)
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if self.proxy.stream_window is None:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
+                if self.proxy.goaway_on_data and not self.goaway_sent:
+                    self.goaway_sent = True
+                    self.proxy.goaways += 1
+                    self.flush()
+                    self.tls.sendall(hyperframe.frame.GoAwayFrame(
+                        0, last_stream_id=event.stream_id, error_code=0).serialize())
             elif isinstance(event, h2.events.StreamEnded):
                 up = self.upstreams.get(event.stream_id)
                 if up is not None:

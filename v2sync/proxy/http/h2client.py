@@ -10,7 +10,7 @@ from v2sync.common.errors import RemoteProtocolError, TransportError
 from v2sync.common.net import Destination
 from v2sync.common.session import Session
 from v2sync.proxy.http.encoding import authority
-from v2sync.proxy.http.h2session import H2Session, IdleWatch, relay_tunnel
+from v2sync.proxy.http.h2session import H2Session, IdleWatch, Tunnel, relay_tunnel
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.link import Link
 
@@ -43,8 +43,12 @@ class TunnelPool:
             self._sessions[server] = session
         return session
 
-    def relay(self, session: Session, h2s: H2Session, link: Link, policy,
-              auth: Optional[str], first: bytes) -> None:
+    def connect(self, session: Session, h2s: H2Session, policy, auth: Optional[str],
+                first: bytes) -> Tunnel:
+        """A CONNECT stream answered 200, ``first`` sent on it; a refusal or a server that
+        does not answer in the handshake's time raises TransportError, so the outbound's
+        retry tries the next server, as 4.34's retry wraps its HTTP/2 CONNECT too (it was
+        one try outside the retry; found by a review)."""
         target = session.destination()
         # As Go's http2 transport sends them for 4.34: pseudo-headers, then the rest sorted.
         headers = [(":authority", authority(target)), (":method", "CONNECT")]
@@ -52,17 +56,30 @@ class TunnelPool:
             headers.append(("proxy-authorization", auth))
         headers += [("accept-encoding", "gzip"), ("user-agent", GO_H2_USER_AGENT)]
         tunnel = h2s.open(headers)
+        deadline = time.monotonic() + policy.handshake
         try:
-            if first:
-                h2s.send(tunnel, first)
-            h2s.wait_headers(tunnel, time.monotonic() + policy.handshake)
+            if first:  # within the handshake's time: a server that opens no window for it
+                h2s.send(tunnel, first, deadline)  # held the tunnel past connIdle (review)
+            h2s.wait_headers(tunnel, deadline)
             status = tunnel.header(":status")
             if status != "200":
-                raise RemoteProtocolError(f"Proxy responded with non 200 code: {status}")
+                raise TransportError(f"Proxy responded with non 200 code: {status}")
+        except RemoteProtocolError as e:
+            self._drop(h2s, tunnel)
+            raise TransportError(str(e)) from e
         except BaseException:
-            h2s.reset(tunnel)
-            h2s.forget(tunnel)
+            self._drop(h2s, tunnel)
             raise
+        return tunnel
+
+    @staticmethod
+    def _drop(h2s: H2Session, tunnel: Tunnel) -> None:
+        h2s.reset(tunnel)
+        if h2s.forget(tunnel):
+            h2s.arm_idle()
+
+    def relay(self, session: Session, h2s: H2Session, tunnel: Tunnel, link: Link,
+              policy) -> None:
         error = relay_tunnel(self.ctx, session.name(), policy, h2s, tunnel, link)
         if error is not None:
             raise TransportError(f"http/2 tunnel ended: {error}") from error

@@ -43,6 +43,11 @@ STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 READ_SIZE = 256 * 1024
 WINDOW_RECHECK = 1.0  # seconds between looks at a stream waiting for flow-control window
+# Output queued while the writer is stuck on a peer that does not read. The reader's own
+# answers (PING and SETTINGS acks) grew it without bound: a PING flood took 29 MiB in 10 s
+# and a core (found by a review). Past this, the connection is closed (Go's server closes
+# one after 10,000 queued control frames).
+MAX_QUEUED_OUTPUT = 1024 * 1024
 Headers = List[Tuple[str, str]]
 
 
@@ -67,12 +72,31 @@ class Tunnel:
 SERVER_MAX_STREAMS = 100
 
 
+class _Connection(h2.connection.H2Connection):
+    """h2 closes its state machine at any GOAWAY, and refuses the rest of the same read.
+    A graceful one (NO_ERROR: a server draining, as nginx's and Go's do on a reload) lets
+    the streams the peer took go on (RFC 9113 §6.8), as Go's transport lets them, so the
+    state is opened again right there, and what h2 had to send is kept; all were cut
+    (found by a review). ``H2Session`` then opens no new stream on it."""
+
+    def _receive_goaway_frame(self, frame):
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        pending = self.data_to_send()
+        result = super()._receive_goaway_frame(frame)
+        self._data_to_send += pending  # h2's own buffer: the GOAWAY cleared it
+        states = h2.connection.ConnectionState
+        self.state_machine.state = (states.CLIENT_OPEN if self.config.client_side
+                                    else states.SERVER_OPEN)
+        return result
+
+
 class H2Session:
     def __init__(self, conn: Connection, client_side: bool, name: str,
                  on_request: Optional[Callable[[Tunnel], None]] = None):
         config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
                                            validate_inbound_headers=True)
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _Connection(config)
         self.conn = conn
         self.name = name
         self.on_request = on_request   # server side: a new CONNECT stream (in the reader)
@@ -80,8 +104,11 @@ class H2Session:
         self._changed = threading.Condition(self._state)  # windows, headers, closing
         self._writing = threading.Lock()
         self._outbox: List[bytes] = []
+        self._queued = 0  # bytes in the outbox
         self.tunnels: Dict[int, Tunnel] = {}
         self.closed = False
+        self._ending = False  # the reader stops after this batch (a GOAWAY either way)
+        self.draining = False  # the peer's graceful GOAWAY: its streams go on, no new ones
         self.idle_timer: Optional[ActivityTimer] = None
         self.arm_idle: Callable[[], None] = lambda: None  # set by whoever watches idleness
 
@@ -113,11 +140,16 @@ class H2Session:
                         self._on_event(event)
                     self._take_output()
                     self._changed.notify_all()
+                    if self._queued > MAX_QUEUED_OUTPUT:
+                        raise RemoteProtocolError(f"{self._queued} bytes of answers queued to "
+                                                  "a peer that does not read")
                 self._flush(wait=False)
-                if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                if self._ending:
                     break
         except h2.exceptions.ProtocolError as e:
             log.info("%s: HTTP/2 protocol error: %s", self.name, e)
+        except RemoteProtocolError as e:
+            log.info("%s: HTTP/2 connection closed: %s", self.name, e)
         except V2SyncError as e:
             log.debug("%s: HTTP/2 connection ended: %s", self.name, e)
         finally:
@@ -127,6 +159,9 @@ class H2Session:
         """Called with the state lock held: never blocks."""
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
+            return
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self._on_goaway(event)
             return
         tunnel = self.tunnels.get(getattr(event, "stream_id", 0) or 0)
         if tunnel is None:
@@ -146,6 +181,17 @@ class H2Session:
             tunnel.remote_closed = True
             tunnel.recv.interrupt()
 
+    def _on_goaway(self, event) -> None:
+        """With NO_ERROR the streams the peer took go on (``_Connection``) and new ones go
+        to a new connection. Any other code ends the connection."""
+        if event.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            self._ending = True
+            return
+        self.draining = True
+        for stream_id, tunnel in self.tunnels.items():
+            if stream_id > (event.last_stream_id or 0):  # never taken: safe to try again
+                tunnel.recv.interrupt()
+
     def _on_request(self, event) -> None:
         tunnel = Tunnel(self, event.stream_id)
         tunnel.headers = _headers(event)
@@ -155,12 +201,18 @@ class H2Session:
             return
         self.on_request(tunnel)
 
+    def terminate(self, code: "h2.errors.ErrorCodes") -> None:
+        """With the state lock held (in the reader): a GOAWAY, then the end."""
+        self.h2.close_connection(code)
+        self._ending = True
+
     # -- output ----------------------------------------------------------------------------
     def _take_output(self) -> None:
         """With the state lock held: move what h2 has to send into the outbox."""
         data = self.h2.data_to_send()
         if data:
             self._outbox.append(data)
+            self._queued += len(data)
 
     def _flush(self, wait: bool) -> None:
         """Send the outbox. ``wait`` False: if another thread is sending, it sends ours."""
@@ -170,7 +222,7 @@ class H2Session:
             try:
                 while True:
                     with self._state:
-                        parts, self._outbox = self._outbox, []
+                        parts, self._outbox, self._queued = self._outbox, [], 0
                     if not parts:
                         break
                     self.conn.write_parts(parts)
@@ -196,7 +248,7 @@ class H2Session:
 
     def can_open(self) -> bool:
         with self._state:
-            return (not self.closed and
+            return (not self.closed and not self.draining and
                     self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams)
 
     def wait_headers(self, tunnel: Tunnel, deadline: float) -> Headers:
@@ -216,18 +268,19 @@ class H2Session:
         headers = [(":status", str(status)), *extra]
         self._call(lambda: self.h2.send_headers(tunnel.stream_id, headers, end_stream=end))
 
-    def send(self, tunnel: Tunnel, data: bytes) -> None:
-        """Send ``data`` on the tunnel, waiting for flow-control window as needed."""
+    def send(self, tunnel: Tunnel, data: bytes, deadline: Optional[float] = None) -> None:
+        """Send ``data`` on the tunnel, waiting for flow-control window as needed (until
+        ``deadline``, if given: the first payload goes before any relay timer watches)."""
         view = memoryview(data)
         while view:
             with self._state:
-                size = self._wait_window(tunnel, len(view))
+                size = self._wait_window(tunnel, len(view), deadline)
                 self.h2.send_data(tunnel.stream_id, bytes(view[:size]))
                 self._take_output()
             view = view[size:]
             self._flush(wait=True)
 
-    def _wait_window(self, tunnel: Tunnel, want: int) -> int:
+    def _wait_window(self, tunnel: Tunnel, want: int, deadline: Optional[float]) -> int:
         while True:
             if self.closed:
                 raise PipeInterrupted(f"{self.name}: HTTP/2 connection closed")
@@ -240,14 +293,22 @@ class H2Session:
                 return size
             # Woken by a WINDOW_UPDATE, a reset or the close; the slice only bounds the
             # wait (the relay's idle timer resets a stream whose peer never opens it).
-            self._changed.wait(WINDOW_RECHECK)
+            left = WINDOW_RECHECK if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"{self.name}: no flow-control window in time")
+            self._changed.wait(min(left, WINDOW_RECHECK))
 
     def end(self, tunnel: Tunnel) -> None:
         self._call(lambda: self.h2.end_stream(tunnel.stream_id))
 
     def reset(self, tunnel: Tunnel) -> None:
+        """Never waits for the writer: a relay's abort comes here from the timer wheel's
+        thread, and a writer stuck on a peer that stopped reading held it, so no timer of
+        the process fired any more (found by a review). The writer, or the next flush,
+        sends the RST_STREAM."""
         self._call(lambda: self.h2.reset_stream(tunnel.stream_id,
-                                                h2.errors.ErrorCodes.CANCEL), quiet=True)
+                                                h2.errors.ErrorCodes.CANCEL),
+                   quiet=True, wait=False)
         tunnel.recv.interrupt()
 
     def ack(self, tunnel: Tunnel, size: int) -> None:
@@ -262,9 +323,13 @@ class H2Session:
         with self._state:
             self.tunnels.pop(tunnel.stream_id, None)
             self._changed.notify_all()
-            return not self.tunnels
+            done = self.draining and not self.tunnels
+            if not done:
+                return not self.tunnels
+        self.close()  # a draining connection's last tunnel: nothing more will use it
+        return True
 
-    def _call(self, fn: Callable[[], None], quiet: bool = False) -> None:
+    def _call(self, fn: Callable[[], None], quiet: bool = False, wait: bool = True) -> None:
         with self._state:
             try:
                 if self.closed:
@@ -277,7 +342,7 @@ class H2Session:
                     return
                 raise PipeInterrupted(f"{self.name}: {e}") from e
             self._take_output()
-        self._flush(wait=True)
+        self._flush(wait=wait)
 
     def close(self) -> None:
         """End the connection and every tunnel on it (idempotent)."""

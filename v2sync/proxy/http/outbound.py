@@ -57,11 +57,10 @@ class HttpOutbound:
             raise TransportError("UDP is not supported by HTTP outbound")
         first = self._first_payload(link)
         tunnel = with_retry(DIAL_ATTEMPTS, DIAL_STEP,
-                            lambda: self._tunnel(session, target, link),
+                            lambda: self._tunnel(session, target, link, first),
                             "failed to find an available destination", pause=link_pause(link))
-        if tunnel.h2 is not None:  # an HTTP/2 stream, cached or new
-            self._pool().relay(session, tunnel.h2, link, tunnel.policy, _basic(tunnel.auth),
-                               first)
+        if tunnel.h2 is not None:  # an HTTP/2 stream answered 200, on a cached or new connection
+            self._pool().relay(session, tunnel.h2, tunnel.stream, link, tunnel.policy)
             return
         conn = tunnel.conn
         assert conn is not None  # a _Tunnel holds one or the other
@@ -74,7 +73,8 @@ class HttpOutbound:
         finally:
             conn.close()
 
-    def _tunnel(self, session: Session, target: Destination, link: Link) -> "_Tunnel":
+    def _tunnel(self, session: Session, target: Destination, link: Link,
+                first: bytes) -> "_Tunnel":
         """One try of 4.34's retry: the next server, its user, then an HTTP/2 stream
         (cached connection or new) or an HTTP/1.1 CONNECT answered 200. A refusal (407,
         403, ...) is a failed try: the next goes to the next server."""
@@ -84,23 +84,31 @@ class HttpOutbound:
         auth = (user.user, user.password) if user else None
         cached = self.h2.get(server.destination) if self.h2 is not None else None
         if cached is not None:
-            return _Tunnel(policy, auth, h2=cached)
+            return self._h2_tunnel(session, cached, policy, auth, first)
         conn = dial_once(server.destination, self.client)
         try:
             # A shutdown reaches a server yet to answer, its TLS handshake (which reading
             # the ALPN finishes) or its CONNECT.
             with setup_aborted_with(link, conn):
+                h2s, leftover = None, b""
                 if getattr(conn, "alpn", None) == ALPN_H2:
-                    return _Tunnel(policy, auth, h2=self._pool().add(
-                        server.destination, conn, f"{session.name()}-h2"))
-                leftover = connect_http1(conn, target, auth, policy.handshake)
+                    h2s = self._pool().add(server.destination, conn, f"{session.name()}-h2")
+                else:
+                    leftover = connect_http1(conn, target, auth, policy.handshake)
         except RemoteProtocolError as e:
             conn.close()
             raise TransportError(str(e)) from e
         except BaseException:
             conn.close()
             raise
+        if h2s is not None:  # the connection is the pool's now: a refused stream keeps it
+            return self._h2_tunnel(session, h2s, policy, auth, first)
         return _Tunnel(policy, auth, conn=conn, leftover=leftover)
+
+    def _h2_tunnel(self, session: Session, h2s: Any, policy: Any,
+                   auth: Optional[Tuple[str, str]], first: bytes) -> "_Tunnel":
+        stream = self._pool().connect(session, h2s, policy, _basic(auth), first)
+        return _Tunnel(policy, auth, h2=h2s, stream=stream)
 
     def _first_payload(self, link: Link) -> bytes:
         wait = self.ctx.policy.for_level(0).conn_idle
@@ -134,6 +142,7 @@ class _Tunnel:
     policy: Any
     auth: Optional[Tuple[str, str]]
     h2: Any = None
+    stream: Any = None  # the HTTP/2 stream (an ``h2session.Tunnel``) answered 200
     conn: Optional[Connection] = None
     leftover: bytes = b""
 
