@@ -137,4 +137,4 @@ def test_a_nul_byte_in_a_log_path_is_a_config_error(tmp_path: Path) -> None:
         setup.check_files(LogConfig(access=bad, error=bad))
     text = info.value.render()
     assert "log.access: cannot open" in text and "log.error: cannot open" in text
-    assert "embedded null byte" in text
+    assert "embedded null" in text  # "byte" or, on 3.13, "character in path"
