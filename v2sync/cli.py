@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     top = sub.add_parser("top", help="a live dashboard of a v2sync or v2ray from its API")
     top.add_argument("--server", "-s", default="127.0.0.1:10085", metavar="HOST:PORT",
                      help="the API's address (default 127.0.0.1:10085)")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--interval", type=api_command.seconds, default=1.0,
+                     help="seconds between refreshes")
     top.add_argument("--iterations", type=int, default=0,
                      help="stop after N refreshes (default 0: until Ctrl-C or q)")
     return parser
@@ -174,6 +175,10 @@ def _silence_stdout() -> None:
             os.close(devnull)
     except (OSError, ValueError, io.UnsupportedOperation):
         sys.stdout = open(os.devnull, "w")  # no descriptor to redirect (an in-memory stream)
+
+
+def _complain(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _say(text: str) -> None:
@@ -570,7 +575,7 @@ def _needs_api_extra(run):
 def cmd_api(args) -> int:
     from v2sync.infra.control import api
 
-    return _needs_api_extra(lambda: api.run(args, _say))
+    return _needs_api_extra(lambda: api.run(args, _say, _complain))
 
 
 def cmd_top(args) -> int:

@@ -61,19 +61,94 @@ def test_v2sync_api_speaks_as_v2ctl(implementation: str, v2ray_bin: str,
         assert v2sync_api(api_port, *add).returncode == 0
         assert echo_works(carol_port, tcp_echo)
         again = v2sync_api(api_port, *add)
-        assert again.returncode == 255 and "already exists" in again.stdout
+        assert again.returncode == 255 and "already exists" in again.stderr
         remove = ("rmuser", "--inbound", "vmess-in", "--email", "carol@example.test")
         assert v2sync_api(api_port, *remove).returncode == 0  # the next call proves it gone
         again = v2sync_api(api_port, *remove)
-        assert again.returncode == 255 and "not found" in again.stdout
+        assert again.returncode == 255 and "not found" in again.stderr
 
 
 def test_v2sync_api_errors_without_a_server() -> None:
     api_port, = ports(1)
     result = v2sync_api(api_port, "sysstats")
     assert result.returncode == 255
-    assert result.stdout.startswith("v2sync api: ") and "Traceback" not in result.stderr
+    # errors go to stderr, as v2ctl writes them (they went to stdout; found by a review)
+    assert result.stderr.startswith("v2sync api: ") and "Traceback" not in result.stderr
+    assert not result.stdout
     bad = subprocess.run([sys.executable, "-m", "v2sync", "api", "--server", "nonsense",
                           "sysstats"], capture_output=True, text=True, timeout=CLI_TIMEOUT,
                          env=cli_env())
-    assert bad.returncode == 255 and "host:port" in bad.stdout and not bad.stderr
+    assert bad.returncode == 255 and "host:port" in bad.stderr and not bad.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308", "0", "-5"])
+def test_bad_seconds_are_refused_by_argparse(value: str) -> None:
+    """They reached the socket and the selector as tracebacks (found by a review)."""
+    for command in (["api", "--timeout", value, "sysstats"],
+                    ["top", "--interval", value, "--iterations", "1"]):
+        done = subprocess.run([sys.executable, "-m", "v2sync", *command], capture_output=True,
+                              text=True, timeout=CLI_TIMEOUT, env=cli_env())
+        assert done.returncode == 2 and "expected seconds above 0" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_a_server_that_takes_no_connection_costs_the_timeout_only() -> None:
+    """A listener whose accept queue is full drops the SYNs, as a firewalled host does: the
+    dial counts against ``--timeout``, as v2ctl's 3 s covers its dial (it waited 16 s;
+    found by a review)."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            time.sleep(0.2)
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "v2sync", "api", "--server",
+                                   f"127.0.0.1:{port}", "--timeout", "1", "sysstats"],
+                                  capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                                  env=cli_env())
+            elapsed = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert done.returncode == 255 and "Traceback" not in done.stderr
+    assert elapsed < 8  # the dial's own 16 s before
+
+
+def test_a_server_that_breaks_http2_is_one_error_line() -> None:
+    """SETTINGS, then DATA on stream 0 (hand-made frames): h2's ProtocolError escaped as a
+    traceback (found by a review)."""
+    import socket
+    import threading
+
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    data_on_stream_0 = b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(CLI_TIMEOUT)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(CLI_TIMEOUT)
+                conn.recv(65536)
+                conn.sendall(settings + data_on_stream_0)
+                conn.recv(65536)  # until the client's end
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        done = subprocess.run([sys.executable, "-m", "v2sync", "api", "--server",
+                               "127.0.0.1:%d" % listener.getsockname()[1], "sysstats"],
+                              capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env())
+        thread.join(CLI_TIMEOUT)
+    assert done.returncode == 255 and "HTTP/2 protocol error" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 from v2sync.app.commander.encoding import decode_message, decode_status_message, encode_message
 from v2sync.app.commander.grpc import GRPC_CONTENT_TYPE, GrpcError, Status
@@ -36,7 +37,10 @@ class GrpcClient:
     def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT):
         self.authority = f"{host}:{port}"
         self.timeout = timeout
-        self.conn: Connection = dial_once(Destination(Address.parse(host), port))
+        # The dial counts against ``timeout`` too, as v2ctl's 3 s covers its dial and call
+        # (a server whose SYNs were dropped held ``v2sync api`` for 16 s; found by a review).
+        self.conn: Connection = dial_once(Destination(Address.parse(host), port),
+                                          timeout=timeout)
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.h2.initiate_connection()
@@ -87,7 +91,11 @@ class GrpcClient:
                 raise TransportError(f"reading from {self.authority}: {e}") from e
             if not data:
                 raise TransportError(f"{self.authority} closed the connection")
-            for event in self.h2.receive_data(data):
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as e:  # a server that breaks HTTP/2
+                raise TransportError(f"{self.authority}: HTTP/2 protocol error: {e}") from e
+            for event in events:
                 self._apply(event, stream_id, reply)
             self._flush()
         if reply.reset is not None and "grpc-status" not in reply.headers:

@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
     api = sub.add_parser("api", help="call the gRPC API of a running v2sync or v2ray (v2ctl api)")
     api.add_argument("--server", "-s", default=DEFAULT_SERVER, metavar="HOST:PORT",
                      help=f"the API's address (default {DEFAULT_SERVER}, as v2ctl)")
-    api.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    api.add_argument("--timeout", type=seconds, default=3.0, help="seconds (default 3)")
     calls = api.add_subparsers(dest="call", required=True)
     stats = calls.add_parser("stats", help="StatsService.GetStats")
     stats.add_argument("name")
@@ -131,7 +131,26 @@ def _alter_inbound(args: argparse.Namespace) -> Tuple[str, Any, Any]:
             handler_pb.AlterInboundResponse)
 
 
-def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+MAX_SECONDS = 24 * 3600.0
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 and at most a day (nan, inf or
+    1e308 reached the socket and the selector as a traceback; found by a review)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_SECONDS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds above 0, at most "
+                                         f"{MAX_SECONDS:g}")
+    return value
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None],
+        complain: Callable[[str], None]) -> int:
+    """The answer goes to ``say`` (stdout), an error to ``complain`` (stderr), as v2ctl
+    writes them."""
     from v2sync.app.commander.client import GrpcClient
     from v2sync.app.commander.grpc import GrpcError
     from v2sync.common.errors import V2SyncError
@@ -143,11 +162,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         with GrpcClient(host, port, args.timeout) as client:
             response = client.call(path, request, response_type)
     except GrpcError as e:
-        say(f"v2sync api: {path.rsplit('.', 1)[-1]}: rpc error: code = "
-            f"{e.status.name} desc = {e}")
+        complain(f"v2sync api: {path.rsplit('.', 1)[-1]}: rpc error: code = "
+                 f"{e.status.name} desc = {e}")
         return EXIT_API_ERROR
     except V2SyncError as e:
-        say(f"v2sync api: {e}")
+        complain(f"v2sync api: {e}")
         return EXIT_API_ERROR
     text = go_text(response)
     if text:

@@ -45,18 +45,18 @@ def candidates(dest: Destination, strategy: str = "AsIs",
 
 
 def dial_once(dest: Destination, client: Optional[StreamClient] = None, strategy: str = "AsIs",
-              lookup: Optional[Lookup] = None) -> Connection:
+              lookup: Optional[Lookup] = None, timeout: float = DIAL_TIMEOUT) -> Connection:
     """Through ``client``'s transport (None: plain TCP); each resolved address is tried."""
     client = client or StreamClient()
-    chained = client.dial_chained(dest, DIAL_TIMEOUT)
+    chained = client.dial_chained(dest, timeout)
     if chained is not None:
         return chained
     if not client.uses_address:
-        return client.dial(dest, dest, DIAL_TIMEOUT)
+        return client.dial(dest, dest, timeout)
     last: Optional[TransportError] = None
     for candidate in candidates(dest, strategy, lookup):
         try:
-            return client.dial(dest, candidate, DIAL_TIMEOUT)
+            return client.dial(dest, candidate, timeout)
         except TransportError as e:
             last = e
     raise last or TransportError(f"no address to dial for {dest}")
