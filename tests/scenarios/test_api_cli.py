@@ -126,26 +126,14 @@ def test_a_server_that_breaks_http2_is_one_error_line() -> None:
     """SETTINGS, then DATA on stream 0 (hand-made frames): h2's ProtocolError escaped as a
     traceback (found by a review)."""
     import socket
-    import threading
+
+    from support.peers import answer_and_close
 
     settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     data_on_stream_0 = b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc"
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(CLI_TIMEOUT)
-
-        def serve() -> None:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(CLI_TIMEOUT)
-                conn.recv(65536)
-                conn.sendall(settings + data_on_stream_0)
-                conn.recv(65536)  # until the client's end
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+        thread = answer_and_close(listener, 1, settings + data_on_stream_0, CLI_TIMEOUT)
         done = subprocess.run([sys.executable, "-m", "v2sync", "api", "--server",
                                "127.0.0.1:%d" % listener.getsockname()[1], "sysstats"],
                               capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env())
