@@ -35,7 +35,7 @@ from v2sync.transport.internet.handshakes import Handoff, HandshakeSelector, Ste
 from v2sync.transport.internet.hub import StreamServer
 from v2sync.transport.internet.tcp import UNIX_PEER, set_nodelay
 from v2sync.transport.internet.tproxy import (TPROXY_OFF, TPROXY_REDIRECT,
-                                              original_tcp_destination)
+                                              is_self, original_tcp_destination)
 from v2sync.transport.internet.udp import UdpListener, bind_udp
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,15 @@ class InboundHandler:
         """Where the client was going before REDIRECT/TPROXY (4.34 tcpWorker.callback);
         a failure is logged and the proxy decides without it."""
         try:
-            session.original_target = original_tcp_destination(conn.sock, self.tproxy_mode)
+            target = original_tcp_destination(conn.sock, self.tproxy_mode)
         except TransportError as e:
             log.info("%s: %s", session.name(), e)
+            return
+        if target is not None and is_self(target, [port for _, port, _ in self.listening]):
+            log.info("%s: %s was going to this inbound itself; not followed", session.name(),
+                     conn.remote)
+            return
+        session.original_target = target
 
     def _report(self, session: Session, conn: Connection, e: V2SyncError) -> None:
         if isinstance(e, HandshakeTimeout):

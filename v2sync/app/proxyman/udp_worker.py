@@ -230,6 +230,9 @@ class UdpWorker:
         origin = Destination(Address.parse(source[0]), source[1], Network.UDP)
         original = tproxy.original_destination_of_datagram(ancillary) \
             if self.follow_redirect else None
+        if original is not None and tproxy.is_self(original, (self.port,)):
+            log.debug("%s: a datagram from %s to this door itself; dropped", self.tag, origin)
+            return True
         self._deliver(origin, original, data, selector)
         return True
 

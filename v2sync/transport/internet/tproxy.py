@@ -13,9 +13,10 @@ without it the listen fails with the kernel's reason).
 """
 from __future__ import annotations
 
+import functools
 import socket
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Collection, Optional, Sequence, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
@@ -73,6 +74,27 @@ def original_destination_of_datagram(ancillary: Ancillary) -> Optional[Destinati
         if level == SOL_IPV6 and kind == IPV6_RECVORIGDSTADDR and len(data) >= 24:
             return _destination(socket.AF_INET6, data[8:24], data[2:4], Network.UDP)
     return None
+
+
+def is_self(dest: Destination, ports: Collection[int]) -> bool:
+    """``dest`` is this listener itself: one of its ``ports``, on an address of this
+    machine. A client that sends to the gateway's own door port makes the proxy dial
+    itself, round and round: one UDP datagram held ~4,500 threads and ~190 MB (4.34 loops
+    too; found by a review)."""
+    return dest.port in ports and _is_local(dest.address)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_local(address: Address) -> bool:
+    """An address this machine holds: one a plain socket may bind (asked once per address;
+    only a destination on a listener's own port is asked at all)."""
+    family = socket.AF_INET6 if address.kind is AddressKind.IPV6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
 
 
 def redirected_destination(sock: socket.socket) -> Destination:
