@@ -43,6 +43,19 @@ def test_stream_keeps_of_one_session_merge_and_others_do_not() -> None:
     assert got[4] is None  # clean EOF
 
 
+def test_bare_keep_alives_are_read_past() -> None:
+    """They do nothing, in 4.34 too: a flood of them stalled every stream behind its
+    handling (found by a review). One with data is still handed on (its data dropped)."""
+    keep_alive = encode_frame(0, Status.KEEP_ALIVE)
+    wire = keep_alive * 1000 + encode_frame(2, Status.KEEP, b"x") + keep_alive
+    reader = FrameReader(_pipe(wire[:100], wire[100:]))
+    assert reader.next() == Frame(2, Status.KEEP, OPTION_DATA, None, b"x")
+    assert reader.next() is None
+    with_data = encode_frame(0, Status.KEEP_ALIVE, b"?")
+    assert FrameReader(_pipe(with_data)).next() == Frame(0, Status.KEEP_ALIVE, OPTION_DATA,
+                                                          None, b"?")
+
+
 def test_eof_inside_a_frame_is_an_error() -> None:
     reader = FrameReader(_pipe(encode_frame(3, Status.KEEP, b"xyz")[:-1]))
     with pytest.raises(RemoteProtocolError, match="inside a frame"):

@@ -223,6 +223,8 @@ class FrameReader:
             if parsed is not None:
                 frame, consumed = parsed
                 self._pos += consumed
+                if frame.status is Status.KEEP_ALIVE and frame.data is None:
+                    continue  # it does nothing (nor in 4.34): a flood of them costs a parse
                 return self._merged(frame)
             chunk = self.pipe.read()
             if chunk is EOF:
