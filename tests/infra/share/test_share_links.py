@@ -137,6 +137,11 @@ def test_url_forms_with_ipv6_and_percent_encoding() -> None:
      .decode(), "ps", "string"),
     ("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, tls="reality")).encode())
      .decode(), "security", "REALITY"),
+    # a control byte in a header or path made a config `test` refused (found by a review)
+    ("vmess://" + base64.b64encode(json.dumps(dict(V2RAYN_OBJECT, host="a\r\nX: y")).encode())
+     .decode(), "host", "control character"),
+    ("vless://%s@a.example:443?type=ws&path=/a%%00b" % UUID, "path", "control character"),
+    ("trojan://p@a.example:443?sni=a%%0Ab" , "sni", "control character"),
     ("http://a.example", "", "not a share link"),
     ("vmess://" + "A" * 9000, "", "characters long"),
 ])
@@ -231,7 +236,9 @@ IPV4 = st.ip_addresses(v=4).map(str)
 IPV6 = st.ip_addresses(v=6).map(str)
 ADDRESS = st.one_of(DOMAIN, IPV4, IPV6)
 PORT = st.integers(1, 65535)
-PATH = NAME.map(lambda s: "/" + s)
+# A path holds no control character (``model.check_text``); a name and a secret may.
+PATH = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20).map(
+    lambda s: "/" + s)
 ALPN = st.lists(st.sampled_from(["h2", "http/1.1"]), max_size=2, unique=True).map(tuple)
 
 

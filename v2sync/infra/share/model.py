@@ -94,7 +94,21 @@ def check(link: ShareLink) -> ShareLink:
                    "expected none")
     if not 0 <= link.alter_id <= 65535:
         raise fail("aid", f"{link.alter_id} is out of range", "expected 0-65535")
+    for part, value in (("host", link.host), ("path", link.path), ("sni", link.sni),
+                        *(("alpn", name) for name in link.alpn)):
+        check_text(value, part)
     return link
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text(value: str, part: str) -> None:
+    """No control byte: a Host header or a path holding CR LF made a config that ``test``
+    then refused, naming the config's field, not the link's (found by a review)."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise fail(part, f"{value[:100]!r} holds a control character ({found.group()!r})")
 
 
 def check_address(address: str, part: str) -> None:
