@@ -300,6 +300,7 @@ def _load_files(args):
     if piped:
         # Said at Warning, as 4.34 always prints it: a pipe that never ends waits here.
         log.warning("Using config from STDIN")
+        args.stdin_config = True
         return load_config(["stdin:"])
     return load_default()
 
@@ -524,8 +525,21 @@ def _reload(current, args, stop: threading.Event, retiring: List[threading.Threa
     from v2sync.app.log.setup import configure
     from v2sync.reload import reload
 
+    if _reads_stdin(args):
+        # Read once, and gone: a reload read the terminal again, blocking the main thread
+        # (SIGTERM then went unheard), or found a spent pipe, "invalid JSON" (found by a
+        # review).
+        log.error("reload refused, still serving the previous config: it was read from "
+                  "standard input, which cannot be read again; give a file to reload")
+        return current
     return reload(current, lambda: _load(args),
                   lambda config: configure(config.log, _console_handler), stop, retiring)
+
+
+def _reads_stdin(args) -> bool:
+    names = list(getattr(args, "config", None) or ())
+    return (getattr(args, "stdin_config", False) or "-" in names or "stdin:" in names
+            or getattr(args, "subscription", None) == "-")
 
 
 def _exit_now() -> None:

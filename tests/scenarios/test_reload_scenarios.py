@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
+import pytest
 import socks
 from support.peers import TcpEchoServer, free_port
 from support.procs import REPO_ROOT, ConfigProcess, accepts_tcp
@@ -248,3 +249,32 @@ def test_a_start_that_fails_with_a_bug_serves_the_previous_config_again(monkeypa
         for thread in retiring:
             thread.join(IO_TIMEOUT)
         current.close()
+
+
+@pytest.mark.parametrize("flags", [["-c", "-"], []])  # named, or found piped (as 4.34)
+def test_a_config_read_from_stdin_refuses_a_reload_clearly(flags, tmp_path) -> None:
+    """Standard input is read once: a reload read a terminal again (blocking the main
+    thread, so SIGTERM went unheard) or a spent pipe ("invalid JSON"); found by a review."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "v2sync", "run", *flags], env=env,
+                               cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(json.dumps(_config(port)).encode())
+        process.stdin.close()
+        deadline = time.monotonic() + IO_TIMEOUT
+        while not accepts_tcp(("127.0.0.1", port)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None and accepts_tcp(("127.0.0.1", port))
+    finally:
+        process.terminate()
+        process.wait(timeout=IO_TIMEOUT)
+        out = process.stdout.read().decode()
+        process.stdout.close()
+    assert process.returncode == 0, out
+    assert "reload refused, still serving the previous config: it was read from standard " \
+           "input" in out
