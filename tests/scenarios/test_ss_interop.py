@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from typing import Iterator, List
 
@@ -146,3 +147,105 @@ def test_a_server_closing_before_its_salt_ends_the_client_at_once_as_4_34() -> N
 
 
 PROMPT_END = 0.6  # seconds; uplinkOnly is 1 s
+
+
+class _SaltFlipper:
+    """A relay to a Shadowsocks server that flips one byte of the server's salt on the way
+    back, so no answer can open; one connection, each direction pumped by a thread."""
+
+    def __init__(self, server_port: int, flip_at: int = 3):
+        self.server_port = server_port
+        self.flip_at = flip_at
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(IO_TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.threads: List[threading.Thread] = []
+
+    def __enter__(self) -> "_SaltFlipper":
+        self._spawn(self._accept)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        for thread in list(self.threads):
+            thread.join(IO_TIMEOUT)
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        server = socket.create_connection(("127.0.0.1", self.server_port), IO_TIMEOUT)
+        self._spawn(self._pump, client, server, None)
+        self._spawn(self._pump, server, client, self.flip_at)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, flip_at) -> None:
+        seen = 0
+        source.settimeout(IO_TIMEOUT)
+        try:
+            for _ in range(100_000):
+                data = source.recv(65536)
+                if not data:
+                    break
+                if flip_at is not None and seen <= flip_at < seen + len(data):
+                    i = flip_at - seen
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+                seen += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            source.close()
+
+
+def _end_while_sending(implementation: str, relay_port: int, echo: TcpEchoServer) -> float:
+    """Seconds until a client that keeps sending sees its connection end (or SENDING_FOR)."""
+    from scenarios.ss_helpers import ss_client_config
+    from scenarios.vmess_helpers import make_process
+    from support.peers import free_port
+
+    socks_port = free_port()
+    with make_process(implementation, ss_client_config(socks_port, relay_port, "aes-128-gcm")):
+        with open_tunnel(socks_port, echo.address) as sock:
+            started = time.monotonic()
+            sock.settimeout(0.1)
+            while time.monotonic() - started < SENDING_FOR:
+                try:
+                    sock.sendall(b"x" * 4096)
+                    if sock.recv(65536) == b"":
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+            return time.monotonic() - started
+
+
+SENDING_FOR = 4.0
+
+
+@pytest.mark.parametrize("implementation", ["v2ray", "v2sync"])
+def test_an_answer_that_does_not_open_ends_the_client_as_4_34(implementation: str,
+                                                               echo: TcpEchoServer) -> None:
+    """The server's salt arrives corrupted, so no answer opens: 4.34's client fails the
+    link at once. v2sync's took it for the answer's clean end, and a client that kept
+    sending never saw its connection end (found by a review)."""
+    from scenarios.ss_helpers import ss_server_config
+    from scenarios.vmess_helpers import make_process
+    from support.peers import free_port
+
+    server_port = free_port()
+    with make_process("v2ray", ss_server_config(server_port, "aes-128-gcm")), \
+            _SaltFlipper(server_port) as relay:
+        assert _end_while_sending(implementation, relay.port, echo) < PROMPT_END * 2

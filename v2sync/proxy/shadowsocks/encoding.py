@@ -146,6 +146,11 @@ class StreamReader:
         return self._sealer is not None or not self._account.method.is_aead
 
     @property
+    def cut(self) -> bool:
+        """Bytes of an unfinished block are held: a stream that ends now ends mid-chunk."""
+        return bool(self._buf) or self._size is not None
+
+    @property
     def ended(self) -> bool:
         """No more plaintext will come: a zero-length chunk, or a failure kept back."""
         return self.eof or self.failure is not None

@@ -208,6 +208,14 @@ def relay_encrypted(ctx: ProxyContext, name: str, policy, conn: Connection, link
                     # 4.34's client fails to read the server's IV, which ends the whole
                     # link at once; taken as a clean end it waited for uplinkOnly.
                     raise TransportError("shadowsocks: the server closed before its salt")
+                if client and body_in.cut:
+                    raise TransportError("shadowsocks: the server's answer ends mid-chunk")
+        if client and body_in.failure is not None:
+            # 4.34's client fails the whole link at an answer it cannot read; ended as at
+            # EOF, an application that kept sending never saw its connection end, its
+            # bytes going to a server whose answers could not arrive (found by a review).
+            raise TransportError(f"shadowsocks: the server's answer does not open: "
+                                 f"{body_in.failure}")
         if body_in.failure is not None:
             # What opened before it has gone on; the direction ends as at EOF, so the
             # answer to it still comes back (4.34 skips a bad chunk of up to 2 KiB).
