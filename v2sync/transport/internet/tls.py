@@ -31,7 +31,7 @@ from v2sync.common.net import Destination
 from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings, server_alpn
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
-                                            arm_deadline, complete, recv_waiting,
+                                            arm_deadline, complete, is_parked, recv_waiting,
                                             send_waiting)
 from v2sync.transport.internet.readiness import wait_readable
 
@@ -60,6 +60,8 @@ SPARE_HELLO_TTL = 30.0
 # Server names whose latest session a client context keeps for resumption (4.34: one LRU
 # cache of 128 for the process, tls/config.go globalSessionCache; here one per outbound).
 MAX_SESSIONS = 128
+# Our own answers (KeyUpdates) a reader lets queue before it waits for the writer.
+MAX_PENDING_ANSWERS = 256 * 1024
 
 
 class MemoryTls:
@@ -376,16 +378,23 @@ class TlsConnection(WrappedConnection):
             self._rest.run(True)
             if self.after_handshake is not None:
                 self._handshake_done()
+        fed = False
         while True:
             data = self._decrypt(max_bytes)
             if data is not None:
                 return data
+            if fed and is_parked(self.sock):
+                # Records without data (a KeyUpdate flood) from a client still in its
+                # handshake held the thread that runs every inbound's handshakes, others
+                # waiting seconds (found by a review). Give it back, as WsConnection does.
+                raise BlockingIOError("tls records without data")
             raw = self._recv_raw(max_bytes)  # no lock held: writes go on
             with self._state:
                 if raw:
                     self._in.write(raw)
                 else:
                     self._in.write_eof()
+            fed = True
 
     def _recv_raw(self, max_bytes: int) -> bytes:
         """Raw bytes for a read of ``max_bytes``: at least a whole record's worth.
@@ -417,11 +426,23 @@ class TlsConnection(WrappedConnection):
             if not self._eof:
                 data, self._eof = self._tls.read_batch(max_bytes)
             pending = self._out.pending
-        if pending:
+        if pending > MAX_PENDING_ANSWERS:
+            self._answers_backed_up()
+        elif pending:
             self._flush(False)  # e.g. a KeyUpdate answer; never wait behind a writer
         if data:
             return data
         return b"" if self._eof else None
+
+    def _answers_backed_up(self) -> None:
+        """Our answers (KeyUpdates) queue behind a writer stuck on a peer that does not
+        read: wait for it, as Go's ``handleKeyUpdate`` takes the write lock, so the peer's
+        flood stops at its own socket; it grew without bound (found by a review). In the
+        handshake selector nobody else writes, and nothing may wait: the peer is refused."""
+        if is_parked(self.sock):
+            raise TransportError(f"tls: {MAX_PENDING_ANSWERS} bytes of answers to a peer "
+                                 "that does not read")
+        self._flush(True)
 
     def sendall(self, data: bytes) -> None:
         self.sendall_parts((data,))
@@ -477,6 +498,17 @@ class TlsConnection(WrappedConnection):
             if ending is not None:
                 ending()
         super()._release()
+
+    def abort(self) -> None:
+        """close_notify first, as Go's ``Close`` sends it when a relay ends: after the
+        shutdown it failed, and a strict client saw an unexpected EOF after all its data
+        (found by a review). Not while a writer is mid-send: records must not interleave."""
+        if self._handshaken and self._send.acquire(False):
+            try:
+                self._say_goodbye()
+            finally:
+                self._send.release()
+        super().abort()
 
     def say_goodbye(self) -> None:
         """close_notify now, before an ``abort`` ends the connection the way Go's
