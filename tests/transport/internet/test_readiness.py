@@ -152,3 +152,58 @@ def test_a_failing_waker_is_logged_and_the_others_are_still_served(caplog):
         d.sendall(b"y")
         assert event.wait(WAIT) and woken == ["c"]
     assert "a waker failed" in caplog.text
+
+
+_OUT_OF_FDS = r"""
+import logging, resource, socket, sys, time
+from v2sync.transport.internet import readiness
+from v2sync.transport.internet.readiness import ReadWaiter
+START_RETRY = getattr(readiness, "START_RETRY", 1.0)
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.levelname)
+logging.getLogger("v2sync").addHandler(Keep())
+logging.getLogger("v2sync").setLevel(logging.DEBUG)
+idle, _peer = socket.socketpair()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+fillers = []
+while True:
+    try:
+        fillers.append(socket.socket())
+    except OSError:
+        break
+waiter, wakes = ReadWaiter("test-waiter"), []
+started = time.monotonic()
+for _ in range(50):  # a parked reader's loop: park, woken, read nothing, park again
+    if time.monotonic() - started > 2.5 * START_RETRY:
+        break
+    waiter.when_readable(idle, lambda: wakes.append(1))
+parks = len(wakes)
+for filler in fillers:
+    filler.close()
+time.sleep(START_RETRY + 0.1)
+waiter.when_readable(idle, lambda: None)  # descriptors again: it starts
+print(parks, records.count("WARNING"), waiter._thread is not None)
+waiter.stop(5)
+"""
+
+
+def test_out_of_descriptors_a_reader_waits_in_its_thread_and_it_is_said_once(
+        selector_kind):
+    """A waiter that cannot start (the process is out of descriptors) left each parking
+    reader to be woken at once, and it parked again: a core and ~20,000 log lines a second
+    (found by a review). Now each waits START_RETRY in its own thread, the failure is said
+    once, and the waiter starts once descriptors are back. In a child process, whose
+    descriptor limit the test lowers."""
+    import subprocess
+    import sys
+
+    from support.procs import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_FDS], capture_output=True, text=True,
+                          timeout=30, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr
+    parks, warnings, started = done.stdout.split()
+    assert int(parks) <= 4 and warnings == "1" and started == "True"

@@ -22,9 +22,10 @@ import select
 import selectors
 import socket
 import threading
+import time
 from typing import Deque, Optional, Tuple
 
-from v2sync.common.task import Wait, Waker
+from v2sync.common.task import Wait, Waker, outside_slot
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 MAX_SELECT_WAIT = 5.0
 # What ``stop`` waits for the thread to leave.
 STOP_TIMEOUT = 2.0
+# After a failed start (no file descriptors, no threads): how long before the next try,
+# and how long a reader that could not park waits for its socket before reading again.
+START_RETRY = 1.0
 
 
 class ReadWaiter:
@@ -48,6 +52,8 @@ class ReadWaiter:
         self._incoming: Deque[Tuple[socket.socket, Waker]] = collections.deque()
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
+        self._retry_at = 0.0  # after a failed start, no new try before this (monotonic)
+        self._failing = False
         self._stopped = False
         self._direct = False  # sockets registered by the parking thread (epoll)
 
@@ -57,7 +63,12 @@ class ReadWaiter:
             wake()  # shut down: the task runs its next step now and finds its socket aborted
             return
         if self._thread is None and not self._start():
-            wake()  # no waiter (see _start): the reader reads again, in its own thread
+            # No waiter (see _start): the reader keeps its thread, waiting here a while
+            # before it reads again. Woken at once, readers of a process out of file
+            # descriptors parked and woke in a loop: a core and ~20,000 log lines a second
+            # (found by a review).
+            outside_slot(wait_readable, sock, START_RETRY)
+            wake()
             return
         if self._direct:
             self._register_here(sock, wake)
@@ -119,6 +130,8 @@ class ReadWaiter:
         with self._start_lock:
             if self._thread is not None or self._stopped:
                 return True
+            if time.monotonic() < self._retry_at:
+                return False
             try:
                 with contextlib.ExitStack() as made:  # closed unless all of it is made
                     selector = made.enter_context(selectors.DefaultSelector())
@@ -133,7 +146,10 @@ class ReadWaiter:
                     made.pop_all()
             except (OSError, RuntimeError) as e:
                 self._selector = self._poke_r = self._poke_w = None
-                log.warning("%s: cannot start (%s); idle readers keep their threads", self.name, e)
+                self._retry_at = time.monotonic() + START_RETRY
+                log.log(logging.DEBUG if self._failing else logging.WARNING,
+                        "%s: cannot start (%s); idle readers keep their threads", self.name, e)
+                self._failing = True  # said once, until it starts
                 return False
             self._thread = thread
             return True

@@ -32,7 +32,8 @@ def resolve(domain: str, strategy: str = "AsIs", port: int = 0) -> List[Address]
     family = FAMILIES.get(strategy, socket.AF_UNSPEC)
     try:
         infos = system_lookup(go_dial_host(domain, port), port, family)
-    except (socket.gaierror, UnicodeError) as e:
+    except (OSError, UnicodeError) as e:  # OSError: also a process out of descriptors,
+        # where getaddrinfo's first use imports the idna codec (found by a review)
         raise TransportError(f"failed to resolve {domain}: {e}") from e
     seen: List[Address] = []
     for info in infos:
