@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from support.certs import SERVER_NAME, Pki
-from support.peers import free_port
+from support.peers import BulkSource, free_port
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess
 from support.tls13_records import RawTls13Client
 
@@ -110,24 +110,6 @@ def test_a_key_update_flood_leaves_other_handshakes_answered(ports: Dict[str, in
     assert answers == [b"\x05\x00"] * GREETINGS
 
 
-def source(listener: socket.socket) -> None:
-    """Streams to its one client until the client's end or FLOOD_SECONDS * 3."""
-    try:
-        conn, _ = listener.accept()
-    except OSError:
-        return
-    deadline = time.monotonic() + FLOOD_SECONDS * 3
-    with conn:
-        conn.settimeout(0.5)
-        while time.monotonic() < deadline:
-            try:
-                conn.sendall(b"z" * 65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-
 def test_a_key_update_flood_over_a_stalled_download_stops_at_the_socket(pki: Pki) -> None:
     """The client never reads its download, so the server's writer is stuck; then it asks
     for KeyUpdates. Go's server takes the write lock to answer one, so the flood stops at
@@ -136,12 +118,9 @@ def test_a_key_update_flood_over_a_stalled_download_stops_at_the_socket(pki: Pki
     took them all. v2sync alone: the records 4.34 takes first would take long to seal."""
     tls_port = free_port()
     with V2SyncProcess(config(tls_port, free_port(), pki)), \
-            socket.create_server(("127.0.0.1", 0)) as listener, \
+            BulkSource(1 << 30, timeout=FLOOD_SECONDS * 3) as download, \
             RawTls13Client(tls_port, pki.ca_file, SERVER_NAME, IO_TIMEOUT) as client:
-        listener.settimeout(IO_TIMEOUT)
-        thread = threading.Thread(target=source, args=(listener,), daemon=True)
-        thread.start()
-        host, port = listener.getsockname()
+        host, port = download.address
         connect = b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big")
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.sock.sendall(client.data(b"\x05\x01\x00" + connect))  # never read again
@@ -151,6 +130,5 @@ def test_a_key_update_flood_over_a_stalled_download_stops_at_the_socket(pki: Pki
             outcome = flood(client, client.key_updates(STALLED_RECORDS, requested=True), sent,
                             STALL_SECONDS)
         finally:
-            client.close()  # a reset (its download unread): the relay, the source end
-            thread.join(FLOOD_SECONDS * 3 + 1)
+            client.close()  # a reset (its download unread): the relay ends
     assert outcome == "timeout"  # the server stopped taking them, as 4.34 does
