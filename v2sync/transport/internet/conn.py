@@ -361,6 +361,16 @@ def is_parked(sock: socket.socket) -> bool:
     return sock.gettimeout() == 0.0
 
 
+def hand_back_if_parked(sock: socket.socket, what: str) -> None:
+    """For a layer whose read brought nothing for the layer above (empty WebSocket frames,
+    TLS records without data): in the handshake selector, give its thread back. It runs
+    every inbound's handshakes, and a client streaming such frames or records held it,
+    every other handshake waiting seconds (found by reviews). The selector calls again
+    when more bytes come, and checks the deadline first."""
+    if is_parked(sock):
+        raise BlockingIOError(what)
+
+
 def arm_deadline(sock: socket.socket, deadline: float) -> bool:
     """Before a handshake read: False if ``deadline`` (monotonic) has passed, else True with
     the socket's timeout set to what is left. A parked socket is left non-blocking: the

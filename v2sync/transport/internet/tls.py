@@ -31,7 +31,8 @@ from v2sync.common.net import Destination
 from v2sync.common.task import outside_slot
 from v2sync.transport.internet.config import CertificateEntry, TlsSettings, server_alpn
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, WrappedConnection,
-                                            arm_deadline, complete, is_parked, recv_waiting,
+                                            arm_deadline, complete, hand_back_if_parked,
+                                            is_parked, recv_waiting,
                                             send_waiting)
 from v2sync.transport.internet.readiness import wait_readable
 
@@ -383,11 +384,8 @@ class TlsConnection(WrappedConnection):
             data = self._decrypt(max_bytes)
             if data is not None:
                 return data
-            if fed and is_parked(self.sock):
-                # Records without data (a KeyUpdate flood) from a client still in its
-                # handshake held the thread that runs every inbound's handshakes, others
-                # waiting seconds (found by a review). Give it back, as WsConnection does.
-                raise BlockingIOError("tls records without data")
+            if fed:  # records without data (a KeyUpdate flood)
+                hand_back_if_parked(self.sock, "tls records without data")
             raw = self._recv_raw(max_bytes)  # no lock held: writes go on
             with self._state:
                 if raw:

@@ -18,8 +18,8 @@ from v2sync.common.net import Address, Destination
 from v2sync.common.registry import TRANSPORTS
 from v2sync.transport.internet.config import StreamSettings
 from v2sync.transport.internet.conn import (Connection, FinishOnFirstUse, Handshake,
-                                            HandshakeReader, WrappedConnection, is_parked,
-                                            try_write)
+                                            HandshakeReader, WrappedConnection,
+                                            hand_back_if_parked, try_write)
 from v2sync.transport.internet.hub import Listening, Transport
 from v2sync.transport.internet.tcp import dial_tcp, listen_tcp
 from v2sync.transport.internet.tls import ClientTls, ServerTls
@@ -84,13 +84,8 @@ class WsConnection(WrappedConnection):
                 self._eof = True  # the peer closed without a close frame
                 break
             self._pending = self._handle(self._feed(raw))
-            if not self._pending and not self._eof and is_parked(self.sock):
-                # Frames without payload (empty ones, pings) from a client still in its
-                # handshake: the selector thread runs every inbound's handshakes, and a
-                # client streaming such frames kept it here, every other handshake waiting
-                # (found by a review). Give it back; the selector calls again when more
-                # bytes come, and checks the deadline first.
-                raise BlockingIOError("websocket frames without payload")
+            if not self._pending and not self._eof:
+                hand_back_if_parked(self.sock, "websocket frames without payload")
         return super().recv(max_bytes) if self._pending else b""
 
     def _feed(self, raw: bytes) -> List[tuple]:
