@@ -202,6 +202,25 @@ def test_the_watcher_leaves_once_nothing_is_queued():
         assert group.shutdown(WAIT)
 
 
+def test_the_watcher_leaves_soon_whatever_the_idle_timeout():
+    """It lingers QUEUE_WATCH_LINGER, not the workers' idle timeout: a process where steps
+    queue now and then would otherwise tick a thousand times a second for seconds after."""
+    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+    started, release = threading.Semaphore(0), threading.Event()
+    try:
+        blocker = _paced(group, "blocker", _blocker(started, release))
+        assert started.acquire(timeout=WAIT)
+        _paced(group, "queued", lambda: None).join(WAIT)
+        watcher = group._watcher
+        assert watcher is not None
+        release.set()
+        blocker.join(WAIT)
+        assert _wait_until(lambda: not watcher._thread.is_alive(), timeout=0.5)
+    finally:
+        release.set()
+        assert group.shutdown(WAIT)
+
+
 def test_many_steps_through_two_slots_all_run():
     group = ThreadGroup("t", idle_timeout=WAIT, run_slots=2)
     ran = []

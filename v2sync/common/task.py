@@ -73,6 +73,12 @@ RUN_SLOTS = 4
 # QUEUE_TICK by a watcher thread that runs while steps have been queued lately.
 QUEUE_MAX_WAIT = 0.002
 QUEUE_TICK = 0.001
+# The watcher leaves once nothing has been queued for this long. A quiet process has steps
+# queue now and then (a connection's teardown overlapping the next one's start): it lingered
+# for the group's idle timeout (2 s), 2,000 ticks each time, so a client serving one
+# connection after another ticked all along, ~6 wake-ups of a thread wanting the GIL per
+# connection. Starting a watcher costs about what 20 ticks do.
+QUEUE_WATCH_LINGER = 0.02
 
 
 class _ParkedType:
@@ -673,32 +679,41 @@ class _QueueWatcher:
     under load the queue fills and empties thousands of times a second, and an event set
     each time it filled cost a lock and a wake-up of this thread each time (3.7% of a
     burst's GIL-holding samples; the wall time moved less than the noise either way). It
-    leaves once nothing has been queued for the group's idle timeout; ``_watch`` starts
-    another when steps queue again."""
+    leaves once nothing has been queued for QUEUE_WATCH_LINGER; ``_watch`` starts another
+    when steps queue again.
+
+    Its tick is a bare lock's timed acquire, held until ``stop`` releases it: one call that
+    waits outside the GIL, where ``Event.wait`` made a lock and ran a Condition's Python on
+    every tick."""
 
     def __init__(self, group: ThreadGroup):
         self.group = group
         self.leaving = False
-        self._stop = threading.Event()
+        self._stopped = False
+        self._stop = threading.Lock()
+        self._stop.acquire()
         self._thread = threading.Thread(target=self._run, name=f"{group.name}-queue",
                                         daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self.leaving = True
-        self._stop.set()
+        if not self._stopped:  # one caller: the group's shutdown
+            self._stopped = True
+            self._stop.release()
         if self._thread is not threading.current_thread():
             self._thread.join(HANDOVER_TIMEOUT)
 
     def _run(self) -> None:
         group = self.group
+        tick = self._stop.acquire
         last_queued = time.monotonic()
-        while not self._stop.wait(QUEUE_TICK):
+        while not tick(timeout=QUEUE_TICK):
             now = time.monotonic()
             if group._queue:
                 last_queued = now
                 group._overdue(now)
-            elif now - last_queued > group.idle_timeout and self._leave():
+            elif now - last_queued > QUEUE_WATCH_LINGER and self._leave():
                 return
 
     def _leave(self) -> bool:
