@@ -177,35 +177,12 @@ def test_shutdown_runs_queued_steps_and_stops_the_watcher(no_overdue):
     assert not watcher._thread.is_alive()
 
 
-def test_the_watcher_leaves_once_nothing_is_queued():
-    group = ThreadGroup("t", idle_timeout=0.05, run_slots=1)
-    started, release = threading.Semaphore(0), threading.Event()
-    try:
-        blocker = _paced(group, "blocker", _blocker(started, release))
-        assert started.acquire(timeout=WAIT)
-        _paced(group, "queued", lambda: None).join(WAIT)
-        watcher = group._watcher
-        assert watcher is not None
-        release.set()
-        blocker.join(WAIT)
-        assert _wait_until(lambda: not watcher._thread.is_alive())
-        started2 = threading.Semaphore(0)
-        release.clear()
-        again = _paced(group, "again", _blocker(started2, release))
-        assert started2.acquire(timeout=WAIT)
-        _paced(group, "queued2", lambda: None).join(WAIT)  # a new watcher served it
-        assert group._watcher is not watcher
-        release.set()
-        again.join(WAIT)
-    finally:
-        release.set()
-        assert group.shutdown(WAIT)
-
-
-def test_the_watcher_leaves_soon_whatever_the_idle_timeout():
-    """It lingers QUEUE_WATCH_LINGER, not the workers' idle timeout: a process where steps
-    queue now and then would otherwise tick a thousand times a second for seconds after."""
-    group = ThreadGroup("t", idle_timeout=WAIT, run_slots=1)
+@pytest.mark.parametrize("idle_timeout", [0.05, WAIT])
+def test_the_watcher_leaves_soon_once_nothing_is_queued(idle_timeout):
+    """It lingers QUEUE_WATCH_LINGER, whatever the workers' idle timeout: a process where
+    steps queue now and then would otherwise tick a thousand times a second for seconds
+    after each time. A step queued later gets a new watcher."""
+    group = ThreadGroup("t", idle_timeout=idle_timeout, run_slots=1)
     started, release = threading.Semaphore(0), threading.Event()
     try:
         blocker = _paced(group, "blocker", _blocker(started, release))
@@ -216,6 +193,14 @@ def test_the_watcher_leaves_soon_whatever_the_idle_timeout():
         release.set()
         blocker.join(WAIT)
         assert _wait_until(lambda: not watcher._thread.is_alive(), timeout=0.5)
+        started2 = threading.Semaphore(0)
+        release.clear()
+        again = _paced(group, "again", _blocker(started2, release))
+        assert started2.acquire(timeout=WAIT)
+        _paced(group, "queued2", lambda: None).join(WAIT)  # a new watcher served it
+        assert group._watcher is not watcher
+        release.set()
+        again.join(WAIT)
     finally:
         release.set()
         assert group.shutdown(WAIT)
