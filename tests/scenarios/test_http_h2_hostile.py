@@ -174,3 +174,28 @@ def _flood(tls: ssl.SSLSocket, pings: bytes) -> bool:
             except (OSError, ssl.SSLError):
                 return True
     return False
+
+
+def _frame_head(length: int, kind: int, flags: int, stream: int) -> bytes:
+    return length.to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("declared, sent", [(16_777_215, 65_536), (16_384, 16_384)],
+                         ids=["16-MiB-frame", "header-block-over-64-KiB"])
+def test_a_frame_or_header_block_past_the_limits_is_refused_at_once(
+        server: Tuple[V2SyncProcess, int, int], pki: Pki, declared: int, sent: int) -> None:
+    """h2 buffered a declared 16 MiB frame whole before checking its length (~17 MiB held
+    until connIdle), and hpack decoded a 1 MiB header block before h2 checked its size
+    (~0.3 s of CPU each); both are now refused as their frame headers arrive, with a
+    GOAWAY (found by a review). The second case sends 5 full frames of one block."""
+    _, http_port, _ = server
+    tls, client = h2_client(http_port, pki)
+    with tls:
+        if declared > sent:
+            tls.sendall(_frame_head(declared, 0x1, 0x4, 1) + b"\0" * sent)
+        else:
+            tls.sendall(_frame_head(declared, 0x1, 0, 1) + b"\0" * declared
+                        + (_frame_head(declared, 0x9, 0, 1) + b"\0" * declared) * 4)
+        events = read_events(tls, client, time.monotonic() + 1.5)
+    ended = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert ended and ended[0].error_code == h2.errors.ErrorCodes.FRAME_SIZE_ERROR

@@ -61,17 +61,6 @@ def test_anything_parses_needs_more_or_is_refused(data: bytes) -> None:
         assert used == 5 + len(payload) <= len(data)
 
 
-def test_frame_guard_refuses_a_long_frame_at_its_header() -> None:
-    from v2sync.app.commander.grpc import PREFACE, FrameGuard
-
-    guard = FrameGuard(16384)
-    ok_frame = (5).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01" + b"hello"
-    for byte in PREFACE + ok_frame:  # byte by byte: the header may arrive in pieces
-        guard.feed(bytes([byte]))
-    with pytest.raises(RemoteProtocolError, match="16777215 bytes"):
-        guard.feed(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")
-
-
 def test_a_long_status_message_is_cut() -> None:
     """A request's own text can be megabytes; the header's hpack coding is pure Python."""
     text = "x" * (MAX_STATUS_MESSAGE * 3)
@@ -79,29 +68,3 @@ def test_a_long_status_message_is_cut() -> None:
         "x" * (MAX_STATUS_MESSAGE - len(CUT_MARK)) + CUT_MARK)
     short = "y" * MAX_STATUS_MESSAGE
     assert decode_status_message(encode_status_message(short)) == short
-
-
-def _frame_head(length: int, kind: int, flags: int) -> bytes:
-    return length.to_bytes(3, "big") + bytes([kind, flags]) + (1).to_bytes(4, "big")
-
-
-def test_frame_guard_refuses_a_long_header_block_before_it_is_decoded() -> None:
-    """HEADERS + CONTINUATIONs add up; a block that ends (END_HEADERS) starts the count
-    again. Fed whole and byte by byte."""
-    from v2sync.app.commander.grpc import PREFACE, FrameGuard
-
-    def frames(count: int, last_flags: int) -> bytes:
-        out = _frame_head(1000, 0x1, 0) + b"h" * 1000
-        for i in range(count):
-            flags = last_flags if i == count - 1 else 0
-            out += _frame_head(1000, 0x9, flags) + b"c" * 1000
-        return out
-
-    fits = frames(3, 0x4) * 3  # three blocks of 4,000 bytes each
-    for pieces in ([PREFACE + fits], [bytes([b]) for b in PREFACE + fits]):
-        guard = FrameGuard(16384, block_limit=4000)
-        for piece in pieces:
-            guard.feed(piece)
-    guard = FrameGuard(16384, block_limit=4000)
-    with pytest.raises(RemoteProtocolError, match="header block over 4000 bytes"):
-        guard.feed(PREFACE + frames(4, 0))

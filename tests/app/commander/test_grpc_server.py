@@ -7,6 +7,7 @@ from typing import List
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 from hypothesis import given, settings, strategies as st
 
 from v2sync.app.commander.encoding import decode_message, encode_message
@@ -87,6 +88,34 @@ def test_calls_pipelined_before_the_servers_settings_are_all_answered() -> None:
                 if isinstance(event, h2.events.TrailersReceived)
                 and ("grpc-status", "0") in event.headers]
     assert len(answered) == calls
+
+
+def test_an_answer_held_by_a_shut_window_goes_on_when_settings_open_it() -> None:
+    """A client that starts with INITIAL_WINDOW_SIZE 0 and later raises it by SETTINGS
+    opens every stream's window (RFC 7540 6.9.2): the answer's data and trailers follow, as
+    from Go's server. v2sync waited for a WINDOW_UPDATE that never came (found by a review)."""
+    stats = StatsManager()
+    stats.register("inbound>>>a>>>traffic>>>uplink").add(7)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                 header_encoding="utf-8"))
+    client.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                            (":path", "/v2ray.core.app.stats.command.StatsService/GetStats"),
+                            ("content-type", "application/grpc")])
+    client.send_data(1, encode_message(pb.GetStatsRequest(
+        name="inbound>>>a>>>traffic>>>uplink").SerializeToString()), end_stream=True)
+    first = client.data_to_send()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    stream = MemoryStream([first, client.data_to_send()])
+    make_server(stats).serve(stream)
+    events = client.receive_data(bytes(stream.written))
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers and trailers[0]["grpc-status"] == "0"
+    parsed = decode_message(body)
+    assert parsed is not None and pb.GetStatsResponse.FromString(parsed[0]).stat.value == 7
 
 
 @settings(max_examples=200, deadline=None)

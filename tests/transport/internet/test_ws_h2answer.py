@@ -80,3 +80,37 @@ def test_a_client_whose_window_is_shut_is_refused_not_crashed_on() -> None:
     _request(client, "/ws")
     with pytest.raises(RemoteProtocolError):
         server.receive(client.data_to_send())
+
+
+def _frame(length: int, kind: int, flags: int = 0, stream: int = 0) -> bytes:
+    return length.to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+
+
+def _goaway_code(data: bytes) -> int:
+    """The error code of the GOAWAY frame at the end of the server's bytes."""
+    assert data[-14] == 0x7, "not a GOAWAY"  # its type, in a 9-byte header + 8 bytes
+    return int.from_bytes(data[-4:], "big")
+
+
+@pytest.mark.parametrize("chunk", [0, 1], ids=["whole", "byte-by-byte"])
+def test_a_client_past_the_limits_is_refused_before_h2_decodes_it(chunk: int) -> None:
+    """Its frames are read in the thread that runs every inbound's handshakes: a frame
+    declared over h2's limit, a header block over MAX_HEADER_BLOCK or a flood of frames is
+    refused as the frame headers arrive, with a GOAWAY (a review measured 1 MiB blocks and
+    SETTINGS floods holding that thread ~0.3 s each)."""
+    from v2sync.common.protocol.http2 import PREFACE
+    from v2sync.transport.internet.websocket.h2answer import MAX_FRAMES, MAX_HEADER_BLOCK
+    hostile = {
+        "16 MiB frame": _frame(16_777_215, 0x1, 0, 1),
+        "long block": _frame(MAX_HEADER_BLOCK, 0x1, 0, 1) + b"h" * MAX_HEADER_BLOCK
+        + _frame(1, 0x9, 0x4, 1),
+        "settings flood": _frame(0, 0x4) * (MAX_FRAMES + 1),
+    }
+    for name, tail in hostile.items():
+        server = H2Refusals("/ws", lambda: "D")
+        server.pending()
+        wire = PREFACE + _frame(0, 0x4) + tail
+        with pytest.raises(RemoteProtocolError, match="HTTP/2"):
+            for i in range(0, len(wire), chunk or len(wire)):
+                server.receive(wire[i:i + (chunk or len(wire))])
+        assert _goaway_code(server.pending()) == 0xB, name  # ENHANCE_YOUR_CALM

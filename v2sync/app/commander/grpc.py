@@ -28,17 +28,16 @@ import h2.settings
 from v2sync.app.commander.encoding import (MAX_MESSAGE, MessageTooLarge, decode_message,
                                            encode_message, encode_status_message)
 from v2sync.common.errors import RemoteProtocolError, V2SyncError
+from v2sync.common.protocol.http2 import MAX_HEADER_LIST, PREFACE, FrameGuard
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GRPC_CONTENT_TYPE = "application/grpc"
 # Calls run one after another in the connection's thread, and their unfinished bodies share
 # MAX_BUFFERED, so an open stream costs only h2's state. Go's gRPC server (4.34's) sets no
 # limit; with 16, a client that sent 17 calls before it saw this SETTINGS lost them all
 # (h2 ends the connection: the limit applies at once, unacknowledged).
 MAX_STREAMS = 256
-MAX_HEADER_LIST = 16 * 1024
 # What a connection's unfinished request bodies may hold together.
 MAX_BUFFERED = 2 * MAX_MESSAGE
 HTTP1_BODY = b"this port serves gRPC over HTTP/2 cleartext (h2c), not HTTP/1\n"
@@ -147,64 +146,6 @@ def _read_preface(stream: ByteStream) -> bytes:
     return data
 
 
-# A header block (HEADERS and its CONTINUATIONs) is refused past this many bytes, before h2
-# decodes it: hpack is pure Python, and h2 checks MAX_HEADER_LIST only after decoding the
-# whole block. A 1 MiB block cost 390 ms of CPU (4.34: 118 ms) and stalled the proxy's other
-# connections for up to 160 ms (found by a review). Four times the list limit: a block
-# that big cannot decode to a list within MAX_HEADER_LIST unless it is mostly padding.
-MAX_HEADER_BLOCK = 4 * MAX_HEADER_LIST
-_HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x1, 0x5, 0x9
-_END_HEADERS = 0x4
-
-
-class FrameGuard:
-    """Checks each HTTP/2 frame's declared length as its 9-byte header arrives.
-
-    h2 buffers a whole frame before it checks the length against SETTINGS_MAX_FRAME_SIZE,
-    so a peer declaring 16 MiB would make it hold 16 MiB first; this refuses at the header.
-    It adds up a header block's frames too (``MAX_HEADER_BLOCK``).
-    """
-
-    HEADER = 9
-
-    def __init__(self, limit: int, skip: int = len(PREFACE), block_limit: int = MAX_HEADER_BLOCK):
-        self.limit = limit
-        self.block_limit = block_limit
-        self.skip = skip  # bytes of the current frame's payload (or the preface) still due
-        self.header = b""
-        self.block = 0  # bytes of the header block so far
-
-    def feed(self, data: bytes) -> None:
-        """Raises RemoteProtocolError for a frame over the limit."""
-        view = memoryview(data)
-        while view:
-            if self.skip:
-                step = min(self.skip, len(view))
-                self.skip -= step
-                view = view[step:]
-                continue
-            need = self.HEADER - len(self.header)
-            self.header += bytes(view[:need])
-            view = view[need:]
-            if len(self.header) == self.HEADER:
-                length = int.from_bytes(self.header[:3], "big")
-                if length > self.limit:
-                    raise RemoteProtocolError(f"HTTP/2 frame of {length} bytes (limit "
-                                              f"{self.limit})")
-                self._count_block(length)
-                self.skip, self.header = length, b""
-
-    def _count_block(self, length: int) -> None:
-        kind, flags = self.header[3], self.header[4]
-        if kind not in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
-            return
-        self.block = (self.block if kind == _CONTINUATION else 0) + length
-        if self.block > self.block_limit:
-            raise RemoteProtocolError(f"HTTP/2 header block over {self.block_limit} bytes")
-        if flags & _END_HEADERS:
-            self.block = 0
-
-
 class _Connection:
     def __init__(self, server: GrpcServer, stream: ByteStream):
         self.server = server
@@ -221,7 +162,7 @@ class _Connection:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
         self.h2.initiate_connection()
-        guard = FrameGuard(self.h2.max_inbound_frame_size)
+        guard = FrameGuard.for_server(self.h2.max_inbound_frame_size)
         data = first
         while data:
             try:
@@ -259,7 +200,9 @@ class _Connection:
                 self._respond(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self._forget(event.stream_id)
-            elif isinstance(event, h2.events.WindowUpdated):
+            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                # A larger INITIAL_WINDOW_SIZE opens every stream's window too (RFC 7540
+                # 6.9.2): answers waiting for room go on either way, as from Go's server.
                 self._send_pending()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 return False

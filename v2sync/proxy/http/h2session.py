@@ -30,6 +30,7 @@ import h2.settings
 
 from v2sync.common.errors import (PipeClosed, PipeInterrupted, RemoteProtocolError,
                                   TransportError, V2SyncError)
+from v2sync.common.protocol.http2 import FrameGuard
 from v2sync.common.signal import ActivityTimer, TimerWheel
 from v2sync.proxy.relay import run_relay
 from v2sync.transport.internet.conn import Connection
@@ -97,6 +98,9 @@ class H2Session:
         config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8",
                                            validate_inbound_headers=True)
         self.h2 = _Connection(config)
+        # Frames over h2's size limit and header blocks over 64 KiB are refused as their
+        # frame headers arrive, before h2 buffers or decodes them (common.protocol.http2).
+        self._guard = FrameGuard() if client_side else FrameGuard.for_server()
         self.conn = conn
         self.name = name
         self.on_request = on_request   # server side: a new CONNECT stream (in the reader)
@@ -134,6 +138,7 @@ class H2Session:
                 data = self.conn.read(READ_SIZE)
                 if not data:
                     break
+                self._guarded(data)
                 with self._state:
                     events = self.h2.receive_data(data)
                     for event in events:
@@ -148,12 +153,30 @@ class H2Session:
                     break
         except h2.exceptions.ProtocolError as e:
             log.info("%s: HTTP/2 protocol error: %s", self.name, e)
+            self._goodbye()  # the GOAWAY h2 queued
         except RemoteProtocolError as e:
             log.info("%s: HTTP/2 connection closed: %s", self.name, e)
         except V2SyncError as e:
             log.debug("%s: HTTP/2 connection ended: %s", self.name, e)
         finally:
             self.close()
+
+    def _guarded(self, data: bytes) -> None:
+        """Feed the frame guard; past a limit, a GOAWAY says why and RemoteProtocolError
+        ends the reader."""
+        try:
+            self._guard.feed(data)
+        except RemoteProtocolError:
+            with self._state:
+                self.h2.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+            self._goodbye()
+            raise
+
+    def _goodbye(self) -> None:
+        """Send what h2 queued last (a GOAWAY), unless a writer is stuck meanwhile."""
+        with self._state:
+            self._take_output()
+        self._flush(wait=False)
 
     def _on_event(self, event) -> None:
         """Called with the state lock held: never blocks."""

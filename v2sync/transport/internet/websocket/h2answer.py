@@ -14,14 +14,23 @@ from typing import Any, Callable, Iterable, List, Tuple
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 
 from v2sync.common.errors import RemoteProtocolError
+from v2sync.common.protocol.http2 import FrameGuard
 from v2sync.transport.internet.websocket.handshake import (HTTP_STATUS_TEXT, normalize_path,
                                                            target_url_path)
 
 MAX_REQUESTS = 100  # answered on one connection before it is closed (bounds the work)
+# What one client may send in all. Its frames are read in the thread that runs every
+# inbound's handshakes, and h2 and hpack are pure Python: 1 MiB header blocks or 28,000
+# SETTINGS frames held it ~0.3 s each (others waited up to 480 ms; 4.34: 5-9 ms; found by
+# a review). Refusing 100 requests takes a few hundred small frames.
+MAX_FRAMES = 500
+MAX_BYTES = 256 * 1024
+MAX_HEADER_BLOCK = 16 * 1024
 _BAD_REQUEST = HTTP_STATUS_TEXT[400].encode("ascii") + b"\n"  # gorilla's http.Error body
 Headers = List[Tuple[str, str]]
 
@@ -33,6 +42,8 @@ class H2Refusals:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self._h2 = h2.connection.H2Connection(config)
         self._h2.initiate_connection()
+        self._guard = FrameGuard.for_server(block_limit=MAX_HEADER_BLOCK,
+                                            max_frames=MAX_FRAMES, max_bytes=MAX_BYTES)
         self._path = normalize_path(path)
         self._date = date
         self.answered = 0
@@ -40,6 +51,7 @@ class H2Refusals:
     def receive(self, data: bytes) -> bytes:
         """The bytes to send after ``data``; RemoteProtocolError when the client broke
         HTTP/2 (a GOAWAY may still be owed: ``pending``)."""
+        self._refuse_past_limits(data)
         try:  # the answers too: a client may have shut its window or reset its stream
             for event in self._h2.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
@@ -47,6 +59,13 @@ class H2Refusals:
         except h2.exceptions.ProtocolError as e:
             raise RemoteProtocolError(f"websocket over h2: {e}") from None
         return self.pending()
+
+    def _refuse_past_limits(self, data: bytes) -> None:
+        try:
+            self._guard.feed(data)
+        except RemoteProtocolError as e:
+            self._h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            raise RemoteProtocolError(f"websocket over h2: {e}") from None
 
     def pending(self) -> bytes:
         return self._h2.data_to_send()
