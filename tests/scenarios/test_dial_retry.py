@@ -136,6 +136,32 @@ def test_a_refused_handshake_is_a_warning_as_in_4_34(case: str) -> None:
     assert warned == {"v2sync": True, "v2ray": True}
 
 
+class Greeting(_TcpServer):
+    """A server that is no HTTP proxy: it greets (an SMTP banner) and holds the connection."""
+
+    def __init__(self) -> None:
+        super().__init__("greeting", "127.0.0.1", 8, CLOSE_LIMIT)
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.sendall(b"220 mail.example ESMTP ready\r\n")
+        while conn.recv(65536):  # until the client goes (or the server's timeout)
+            pass
+
+
+def test_an_http_proxy_that_answers_no_status_line_fails_as_fast_as_in_4_34() -> None:
+    """Go's ReadResponse refuses the first line at once, so 4.34's five tries end in about
+    a second; v2sync waited for a blank line each try, up to the handshake time (60 s by
+    default; found by a review)."""
+    waits = {}
+    with Greeting() as server:
+        for implementation in ("v2sync", "v2ray"):
+            socks_port = free_port()
+            config = client_config(socks_port, _outbound("http", server.port))
+            with make_process(implementation, config):
+                waits[implementation] = _wait_for_close(socks_port, 9, b"x")
+    assert abs(waits["v2sync"] - waits["v2ray"]) < AGREE, waits
+
+
 def test_the_retry_schedule_adds_each_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: List[float] = []
     monkeypatch.setattr(dialer, "time", SimpleNamespace(sleep=slept.append))

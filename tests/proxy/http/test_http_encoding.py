@@ -108,6 +108,31 @@ def test_headers_read_as_go_1_19_reads_them():
     assert head.headers == (("A", "1 fold more"), ("B", "a\x00b\x7f"), ("C", "a b"))
 
 
+@pytest.mark.parametrize("parse, wire", [
+    (http.parse_request_head, b"HELLO\r\n"),
+    (http.parse_request_head, b"GET http://x/ HTTP/9\r\n"),
+    (http.parse_request_head, b"\r\n" * (http.MAX_LEADING_BLANK_LINES + 1)),
+    (http.parse_response_head, b"220 mail.example ESMTP ready\r\n"),
+    (http.parse_response_head, b"HTTP/1.1 2000 OK\n"),
+])
+def test_a_bad_start_line_is_refused_before_the_head_ends(parse, wire):
+    """Go's ReadRequest and ReadResponse read the first line on its own: 4.34 refuses these
+    at once. Waiting for the blank line held the connection to the handshake deadline (and
+    the HTTP outbound's five tries 60 s each; found by a review). Byte by byte: nothing is
+    decided before the line ends."""
+    for end in range(len(wire)):
+        assert parse(wire[:end]) is None or wire[:end].strip(b"\r\n") == b""
+    with pytest.raises(RemoteProtocolError) as info:
+        parse(wire)
+    assert info.value.reply is None
+
+
+@pytest.mark.parametrize("parse, line", [(http.parse_request_head, b"GET / HTTP/1.1\r\n"),
+                                         (http.parse_response_head, b"HTTP/1.1 200 OK\r\n")])
+def test_a_good_start_line_waits_for_the_rest_of_the_head(parse, line):
+    assert parse(line + b"Host: x\r\n") is None
+
+
 def test_request_head_size_cap():
     prefix = b"GET / HTTP/1.1\r\nX: "
     fits = prefix + b"a" * (http.MAX_HEAD - len(prefix) - 4) + b"\r\n\r\n"
@@ -409,6 +434,7 @@ def test_response_length_known(head, method, expected):
     ([("Content-Length", "12")], Framing(BodyKind.LENGTH, 12)),
     ([("Content-Length", "5"), ("content-length", " 5 ")], Framing(BodyKind.LENGTH, 5)),
     ([("Content-Length", "")], http.NO_BODY),  # Go 1.19: an empty length is none
+    ([("Content-Length", str(2**63 - 1))], Framing(BodyKind.LENGTH, 2**63 - 1)),  # 19 digits
     ([("Transfer-Encoding", "chunked")], Framing(BodyKind.CHUNKED)),
     ([("Transfer-Encoding", " Chunked ")], Framing(BodyKind.CHUNKED)),
     # Chunked overrides a Content-Length, as Go's ReadRequest (which drops it).
@@ -420,7 +446,8 @@ def test_framing_for_request(headers, framing):
 
 @pytest.mark.parametrize("headers", [
     [("Content-Length", "5"), ("Content-Length", "6")], [("Content-Length", "-1")],
-    [("Content-Length", "0x10")], [("Content-Length", "5, 5")], [("Content-Length", "1" * 19)],
+    [("Content-Length", "0x10")], [("Content-Length", "5, 5")], [("Content-Length", "1" * 20)],
+    [("Content-Length", str(2**63))],  # Go's ParseUint(cl, 10, 63)
     [("Transfer-Encoding", "gzip")], [("Transfer-Encoding", "chunked, chunked")],
     [("Transfer-Encoding", "gzip, chunked")],
     [("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")],
@@ -559,6 +586,7 @@ def test_framer_chunked_lf_only_lines_and_no_trailers():
 
 @pytest.mark.parametrize("wire", [
     b"g\r\n", b"\r\n", b"-1\r\n", b"1" * 17 + b"\r\n", b"1 2\r\n", b"1\rx\r\n",
+    b" 3\r\n", b"3 ;x\r\n", b"3\t;x\r\n",  # Go's parseHexUint takes no white space
     b"1;\x00\r\n", b"3\r\nabcX", b"3\r\nabc\rX", b"0\r\nno-colon\r\n",
     b"0\r\n folded: x\r\n", b"1" * (http.MAX_CHUNK_LINE + 1),
 ])
@@ -566,6 +594,12 @@ def test_framer_chunked_garbage(wire):
     framer = BodyFramer(Framing(BodyKind.CHUNKED))
     with pytest.raises(RemoteProtocolError):
         framer.feed(wire)
+
+
+def test_framer_chunk_size_trailing_white_space_is_trimmed_as_go_trims_it():
+    wire = b"3 \t\r\nabc\r\n3;x \r\ndef\r\n0\r\n\r\n"
+    framer = BodyFramer(Framing(BodyKind.CHUNKED))
+    assert framer.feed(wire + b"x") == (wire, b"x")
 
 
 def test_framer_chunk_line_cap_counts_across_feeds():

@@ -16,7 +16,8 @@ re-framed, ``Transfer-Encoding`` and ``Content-Length`` are never stripped as ho
 unlike Go's ``httputil`` which re-chunks what it forwards.
 
 Headers are read as Go 1.19's ``textproto`` (which 4.34 is built with) reads them, and sent
-on as its ``Header.Write`` writes them: CRLF or a bare LF ends a line; an obs-fold
+on in the order they came (Go's ``Header.Write`` sorts them by name: the same fields, in
+another order): CRLF or a bare LF ends a line; an obs-fold
 continuation line joins the header above it with one space; a header whose name is not a
 token is dropped (Go keeps it unread and never writes it); control bytes in a value pass,
 a bare CR as a space. A header line without a colon, or a continuation before any header,
@@ -30,7 +31,7 @@ import enum
 import re
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from v2sync.common.errors import LocalProtocolError, RemoteProtocolError
 from v2sync.common.net import Address, Destination, go_parse_port
@@ -71,7 +72,8 @@ _GO_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # url.getScheme's, with i
 # (``%`` only escapes bytes from 0x80 there, which no name this side resolves: refused).
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=<>\"]+\Z")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}\Z")
+MAX_CONTENT_LENGTH = 2**63 - 1  # Go's ParseUint(cl, 10, 63): a stream "without end" sends it
 _OWS = " \t"
 
 # Hop-by-hop headers as v2ray's ``RemoveHopByHopHeaders`` drops them (its misspelt
@@ -175,20 +177,36 @@ class RequestTarget:
 
 # -- heads ------------------------------------------------------------------------------------
 
-def _head_lines(buf: bytes, skip_blank: bool) -> Optional[Tuple[List[str], int]]:
-    """Lines of the head (line ends removed) and the bytes it spans, terminator included."""
+def _head_lines(buf: bytes, skip_blank: bool, check_start: Callable[[str], object]
+                ) -> Optional[Tuple[List[str], int]]:
+    """Lines of the head (line ends removed) and the bytes it spans, terminator included.
+
+    ``check_start`` sees the start line as soon as it is whole, before the head ends, and
+    raises for a bad one: Go's ReadRequest and ReadResponse read the first line on its own,
+    so 4.34 refuses ``HELLO`` or an SMTP greeting at once, where waiting for a blank line
+    that never comes held the connection until the handshake deadline (found by a review).
+    """
     blank = _LEADING_BLANK_LINES.match(buf) if skip_blank else None
     start = blank.end() if blank is not None else 0
     end = _HEAD_END.search(buf, start, MAX_HEAD)
     if end is None:
+        first_end = buf.find(b"\n", start, MAX_HEAD)
+        if first_end >= 0:
+            check_start(_start_line(bytes(buf[start:first_end])))
         if len(buf) >= MAX_HEAD:
             raise RemoteProtocolError(f"no end of HTTP head within {MAX_HEAD} bytes")
         return None
-    lines = [(raw[:-1] if raw.endswith(b"\r") else raw).decode("latin-1")
-             for raw in bytes(buf[start:end.start()]).split(b"\n")]
-    if "\r" in lines[0]:
+    raw_lines = bytes(buf[start:end.start()]).split(b"\n")
+    lines = [_start_line(raw_lines[0])] + [
+        (raw[:-1] if raw.endswith(b"\r") else raw).decode("latin-1") for raw in raw_lines[1:]]
+    return lines, end.end()  # the callers parse the start line
+
+
+def _start_line(raw: bytes) -> str:
+    line = (raw[:-1] if raw.endswith(b"\r") else raw).decode("latin-1")
+    if "\r" in line:
         raise RemoteProtocolError("bare CR in HTTP start line")
-    return lines, end.end()
+    return line
 
 
 # What Go's textproto trims around a header line and its value (isASCIISpace but LF, which
@@ -225,33 +243,45 @@ def _unfold(lines: List[str]) -> List[str]:
 def parse_request_head(buf: bytes) -> Optional[Tuple[RequestHead, int]]:
     """Request line and headers. Blank lines before the request line are skipped
     (RFC 7230 §3.5) and counted in ``consumed``. Errors carry no reply (see above)."""
-    found = _head_lines(buf, True)
+    found = _head_lines(buf, True, _request_line)
     if found is None:
         return None
     lines, consumed = found
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
-        raise RemoteProtocolError(f"invalid HTTP request line {lines[0][:64]!r}")
-    if not _HTTP_VERSION.match(parts[2]):
-        raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}")
-    head = RequestHead(parts[0], parts[1], parts[2], _parse_headers(lines[1:]))
+    method, target, version = _request_line(lines[0])
+    head = RequestHead(method, target, version, _parse_headers(lines[1:]))
     if len(head.header_values("Host")) > 1:
         raise RemoteProtocolError("too many Host headers")  # Go's readRequest refuses it
     return head, consumed
 
 
+def _request_line(line: str) -> Tuple[str, str, str]:
+    """Method, target and version of a request line, or RemoteProtocolError."""
+    parts = line.split(" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
+        raise RemoteProtocolError(f"invalid HTTP request line {line[:64]!r}")
+    if not _HTTP_VERSION.match(parts[2]):
+        raise RemoteProtocolError(f"unsupported HTTP version {parts[2][:16]!r}")
+    return parts[0], parts[1], parts[2]
+
+
 def parse_response_head(buf: bytes) -> Optional[Tuple[ResponseHead, int]]:
     """Status line (the reason may be empty, as Go accepts) and headers."""
-    found = _head_lines(buf, False)
+    found = _head_lines(buf, False, _status_line)
     if found is None:
         return None
     lines, consumed = found
-    version, _, rest = lines[0].partition(" ")
+    version, code, reason = _status_line(lines[0])
+    return ResponseHead(version, code, reason, _parse_headers(lines[1:])), consumed
+
+
+def _status_line(line: str) -> Tuple[str, int, str]:
+    """Version, code and reason of a status line, or RemoteProtocolError."""
+    version, _, rest = line.partition(" ")
     code, _, reason = rest.lstrip(" ").partition(" ")
     if (not _HTTP_VERSION.match(version) or not _STATUS_CODE.match(code)
             or _BAD_VALUE.search(reason)):
-        raise RemoteProtocolError(f"invalid HTTP status line {lines[0][:64]!r}")
-    return ResponseHead(version, int(code), reason, _parse_headers(lines[1:])), consumed
+        raise RemoteProtocolError(f"invalid HTTP status line {line[:64]!r}")
+    return version, int(code), reason
 
 
 def _encode_headers(headers: Headers) -> str:
@@ -613,7 +643,7 @@ def _length(value: Optional[str]) -> Optional[int]:
     """Go's ``parseContentLength``: decimal digits only (no sign, no list)."""
     if value is None:
         return None
-    if not _CONTENT_LENGTH.match(value):
+    if not _CONTENT_LENGTH.match(value) or int(value) > MAX_CONTENT_LENGTH:
         raise RemoteProtocolError(f"invalid Content-Length {value[:32]!r}")
     return int(value)
 
@@ -739,8 +769,10 @@ class BodyFramer:
         return newline + 1
 
     def _size_line(self, line: bytes) -> None:
-        size, _, extension = line.partition(b";")
-        size = size.strip(b" \t")
+        """As Go's readChunkLine and parseHexUint: trailing white space is trimmed from
+        the line, then the extension cut; the size itself is hex digits only (``" 3"`` and
+        ``"3 ;x"`` are refused, as 4.34 refuses them; they went on as they came)."""
+        size, _, extension = line.rstrip(b" \t\r").partition(b";")
         if not _CHUNK_SIZE.match(size) or _BAD_VALUE.search(extension.decode("latin-1")):
             raise RemoteProtocolError(f"invalid chunk size line {line[:64]!r}")
         self._remaining = int(size, 16)
