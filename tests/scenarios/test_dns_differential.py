@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import dns.message
@@ -226,3 +227,32 @@ def test_a_query_broken_after_its_first_question_is_answered_as_4_34() -> None:
     # the same message; 4.34 compresses the answer's name, v2sync writes it out
     assert ours_msg == theirs_msg and ours_msg.flags == theirs_msg.flags
     assert ours_msg.answer[0].to_text().endswith("127.0.0.1")
+
+
+def fast_answer_behind_a_slow_one(process_class: Any, answering: int, silent: int) -> float:
+    """Seconds until ``fast.test`` is answered, asked from one socket right after a name
+    whose server never answers."""
+    port = free_port()
+    section = config(port)
+    section["dns"] = {"servers": [dns_server(answering),
+                                  {**dns_server(silent), "domains": ["full:slow.test"]}]}
+    fast = dns.message.make_query("fast.test", "A")
+    with process_class(section), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        started = time.monotonic()
+        sock.sendto(dns.message.make_query("slow.test", "A").to_wire(), ("127.0.0.1", port))
+        sock.sendto(fast.to_wire(), ("127.0.0.1", port))
+        while dns.message.from_wire(sock.recv(4096)).id != fast.id:
+            pass
+        return time.monotonic() - started
+
+
+def test_a_name_never_answered_holds_up_no_other_as_in_4_34() -> None:
+    """4.34 answers each A/AAAA query in its own goroutine; v2sync answered a session's in
+    turn, so a client asking from one socket (a forwarding resolver behind a DNS hijack)
+    waited 4 s for each name behind one its server never answers (found by a review)."""
+    with DnsTestServer({"fast.test": ["127.0.0.21"]}) as answering, \
+            DnsTestServer(silent=True) as silent:
+        waits = {name: fast_answer_behind_a_slow_one(cls, answering.port, silent.port)
+                 for name, cls in (("v2sync", V2SyncProcess), ("v2ray", V2RayProcess))}
+    assert max(waits.values()) < 1.0, waits

@@ -138,3 +138,29 @@ def test_a_nul_byte_in_a_log_path_is_a_config_error(tmp_path: Path) -> None:
     text = info.value.render()
     assert "log.access: cannot open" in text and "log.error: cannot open" in text
     assert "embedded null" in text  # "byte" or, on 3.13, "character in path"
+
+
+def test_lines_that_cannot_be_written_are_dropped_and_said_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """/dev/full fails every write (ENOSPC), as a full log partition does: 4.34 drops the
+    lines silently; logging printed a traceback per line. One line on stderr per streak of
+    failures, again after a line was written."""
+    handler = LogFile("/dev/full")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "line", None, None)
+    try:
+        for _ in range(20):
+            handler.emit(record)
+        first = capsys.readouterr().err
+        handler._swap(open(tmp_path / "ok.log", "a"))  # writable again
+        handler.emit(record)
+        handler._swap(open("/dev/full", "a"))
+        handler.emit(record)
+        second = capsys.readouterr().err
+        handler._swap(open(tmp_path / "end.log", "a"))  # a full file's close fails: let go
+    finally:
+        handler.close()
+    assert first.count("\n") == 1 and "cannot write to log file /dev/full" in first
+    assert "Traceback" not in first + second
+    assert second.count("\n") == 1
+    assert (tmp_path / "ok.log").read_text() == "line\n"

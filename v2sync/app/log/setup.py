@@ -64,6 +64,8 @@ class LogFile(logging.FileHandler):
         # kept with surrogateescape) are written back as they came, as 4.34 writes them.
         super().__init__(path, encoding="utf-8", errors="surrogateescape")
         self._last = time.monotonic()
+        self._failing = False  # lines are being lost (handleError): said once per streak
+        self._failed_now = False
 
     def _open(self):
         fd = os.open(self.baseFilename, os.O_APPEND | os.O_WRONLY | os.O_CREAT, FILE_MODE)
@@ -77,7 +79,26 @@ class LogFile(logging.FileHandler):
             except OSError:
                 pass  # the old file goes on
         self._last = now
+        self._failed_now = False
         super().emit(record)
+        if self._failing and not self._failed_now:
+            self._failing = False  # written again: a later failure is said again
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line that cannot be written (a full disk, a file gone read-only) is dropped,
+        as 4.34 drops it. logging printed a traceback to stderr for each such line, ~3 KB a
+        connection into the journal; the failure is now said once, on one line, until a
+        line is written again (found by a review)."""
+        self._failed_now = True
+        if self._failing:
+            return
+        self._failing = True
+        error = sys.exc_info()[1]
+        try:
+            sys.stderr.write(f"v2sync: cannot write to log file {self.baseFilename}: {error}; "
+                             "lines are dropped until it can\n")
+        except (OSError, ValueError):
+            pass
 
     def reopen(self) -> None:
         """Open the path again now (SIGHUP, the API's RestartLogger). The new file is
@@ -93,7 +114,10 @@ class LogFile(logging.FileHandler):
     def _swap(self, stream) -> None:
         old, self.stream = self.stream, stream
         if old is not None:
-            old.close()
+            try:
+                old.close()
+            except OSError:  # its last lines could not be written (a full disk): lost
+                pass
 
 
 def _file_handler(target: str, kind: str) -> logging.Handler:
