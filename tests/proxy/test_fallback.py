@@ -145,6 +145,8 @@ def test_server_name_selects_first() -> None:
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ""),
     (b"POST /api HTTP/1.1\r\n", "/api"), (b"CONNECT /x HTTP/1.1\r\n", "/x"),
     (b"CONNECT1 /x HTTP/1.1\r\n", ""),
+    # Bytes compared with the config's UTF-8, as inbound.go compares them (found by a review).
+    (b"GET /\xc3\xbc HTTP/1.1\r\n", "/\u00fc"), (b"GET /\xfc HTTP/1.1\r\n\r\n", "/\udcfc"),
 ])
 def test_request_path_as_inbound_go_reads_it(first: bytes, path: str) -> None:
     assert request_path(first) == path

@@ -5,6 +5,7 @@ next bytes. Real sockets: PySocks through a SOCKS5 inbound to
 freedom and an echo origin."""
 from __future__ import annotations
 
+import socket
 import time
 
 import socks
@@ -85,3 +86,34 @@ def test_connections_lingering_after_their_clients_left_keep_no_thread():
         assert instance.readiness.waiting() == HELD  # every upstream reader, parked
         assert len(instance.workers.live()) >= HELD  # the relays still linger, threadless
         wait_idle(instance, LINGER + WAIT)  # then downlinkOnly ends every one of them
+
+
+def test_held_idle_fallback_connections_keep_no_thread_and_wake_for_more():
+    """A fallback is relayed as a dispatched connection is: the client and the target
+    each with a reader that parks. It relayed the two sockets directly, two threads per
+    idle connection, on the path anyone can reach without a password (500 idle ones,
+    +1,000 threads; 4.34: +2; found by a review)."""
+    with TcpEchoServer(max_connections=HELD + 8, timeout=30) as echo:
+        inbound = {"tag": "trojan-in", "protocol": "trojan", "listen": "127.0.0.1", "port": 0,
+                   "settings": {"clients": [{"password": "secret"}],
+                                "fallbacks": [{"dest": echo.port}]}}
+        with running_instance(make_config([inbound], [freedom()])) as instance:
+            port = port_of(instance, "trojan-in")
+            held = []
+            try:
+                for i in range(HELD):  # no Trojan header: each goes to the echo fallback
+                    held.append(socket.create_connection(("127.0.0.1", port), WAIT))
+                    assert _echo(held[-1], b"GET /%d HTTP/1.1\r\n\r\n" % i) == (
+                        b"GET /%d HTTP/1.1\r\n\r\n" % i)
+                time.sleep(copy_module.PARK_AFTER * 4)
+                deadline = time.monotonic() + WAIT
+                while _threads_in_use(instance) > 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert _threads_in_use(instance) <= 1
+                assert instance.readiness.waiting() == 2 * HELD
+                for i, sock in enumerate(held):
+                    assert _echo(sock, b"again %d" % i * 100) == b"again %d" % i * 100
+            finally:
+                for sock in held:
+                    sock.close()
+            wait_idle(instance)

@@ -33,6 +33,7 @@ from v2sync.proxy.trojan.encoding import encode_request_header as trojan_header
 from v2sync.proxy.trojan.encoding import password_key
 from v2sync.proxy.vless.encoding import Command, RequestHeader, encode_request_header
 from v2sync.proxy.vmess.ids import parse_uuid
+from v2sync.transport.copy import PARK_AFTER
 
 IO_TIMEOUT = 10.0
 CLOSE_LIMIT = 3.0
@@ -314,12 +315,22 @@ def test_thousand_bad_connections_leave_no_threads_or_fds(instance) -> None:
     ports = {"vless": port_of(instance, "vless-in"), "trojan": port_of(instance, "trojan-in")}
     for i in range(len(PEERS) * 2):  # warm up, and each peer's own assertions once
         _run(i, ports)
+    _idle_fallback(ports["trojan"])  # starts the Instance's one read waiter, kept for good
     wait_idle(instance)
     before = snapshot()
     with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="bad-peer") as pool:
         list(pool.map(lambda i: _run(i, ports), range(BAD_CONNECTIONS)))
     wait_idle(instance, BASELINE_TIMEOUT)
     wait_for_snapshot(before, BASELINE_TIMEOUT)
+
+
+def _idle_fallback(port: int) -> None:
+    """A fallback connection idle long enough for its readers to park (relayed as a
+    dispatched connection is, each reader parks with the Instance's read waiter)."""
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # not Trojan: to the echo fallback
+        assert sock.recv(64)
+        time.sleep(PARK_AFTER * 4)
 
 
 class AbstractRecorder:

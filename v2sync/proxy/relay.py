@@ -160,10 +160,12 @@ def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:
 
 
 def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                       link: Link) -> Steps[Optional[BaseException]]:
-    """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT, dokodemo-door): client
-    <-> link. Bytes the client pipelined behind its handshake went with the dispatch.
-    Steps: the client's reader parks while idle."""
+                       link: Link, finish: Optional[Callable[[], None]] = None
+                       ) -> Steps[Optional[BaseException]]:
+    """An inbound's raw byte relay (SOCKS CONNECT, HTTP CONNECT, dokodemo-door, a
+    fallback): client <-> link. Bytes the client pipelined behind its handshake went with
+    the dispatch. ``finish`` runs at the link's end of data. Steps: the client's reader
+    parks while idle."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -173,7 +175,7 @@ def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: 
         link.writer.close()
 
     return (yield from run_relay_steps(ctx, name, policy, conn, abort, Parkable(request),
-                                       conn_drain(link.reader, conn)))
+                                       conn_drain(link.reader, conn, finish)))
 
 
 class PacketConn(Protocol):
@@ -215,12 +217,15 @@ def relay_datagrams(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Pac
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                         link: Link, leftover: bytes = b""
+                         link: Link, leftover: bytes = b"", half_close: bool = False
                          ) -> Steps[Optional[BaseException]]:
     """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
-    SOCKS CONNECT): link <-> upstream. ``leftover``: bytes the upstream sent right behind
-    its handshake reply; they reach the client first. Steps: the upstream reader parks
-    while idle. An interrupt of the link aborts the upstream (``aborted_with``)."""
+    SOCKS CONNECT, a fallback's target): link <-> upstream. ``leftover``: bytes the
+    upstream sent right behind its handshake reply; they reach the client first.
+    ``half_close``: the client's end of data shuts the upstream's sending side (a
+    fallback's, so a web server that reads to the end still answers). Steps: the upstream
+    reader parks while idle. An interrupt of the link aborts the upstream
+    (``aborted_with``)."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
@@ -235,9 +240,9 @@ def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn
         link.writer.close()
 
     with aborted_with(link, abort):
-        return (yield from run_relay_steps(ctx, name, policy, conn, abort,
-                                           conn_drain(link.reader, conn), Parkable(response),
-                                           first))
+        drain = conn_drain(link.reader, conn, conn.shutdown_write if half_close else None)
+        return (yield from run_relay_steps(ctx, name, policy, conn, abort, drain,
+                                           Parkable(response), first))
 
 
 @contextlib.contextmanager

@@ -264,15 +264,17 @@ class PipeDrain:
             del chunks  # sent: not kept alive while the next read waits
 
 
-def conn_drain(pipe: Pipe, conn: Connection) -> PipeDrain:
-    """Copy the pipe to ``conn`` until its EOF (which does not close ``conn``).
+def conn_drain(pipe: Pipe, conn: Connection,
+               finish: Optional[Callable[[], None]] = None) -> PipeDrain:
+    """Copy the pipe to ``conn`` until its EOF (which does not close ``conn``; ``finish``
+    runs then, if given).
 
     Each step takes every chunk queued (``Pipe.read_all``) and sends them in one gather
     write. Taking one chunk at a time, a pipe that held two half-limit chunks kept holding
     two: the reader, told the room of one, read half a limit again (measured: 256 KiB reads
     at the default 512 KiB, 2.6x the system calls of 1 MiB reads per GiB).
     """
-    return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks), conn=conn)
+    return PipeDrain(pipe, lambda chunks: write_chunks(conn, chunks), finish, conn)
 
 
 def write_chunks(conn: Connection, chunks: List[bytes]) -> int:
