@@ -474,3 +474,25 @@ def test_an_armed_read_takes_what_the_engine_holds_and_gives_up_on_silence(tls_p
         assert reader.read_or_none(4000) == b"more"
     server.close()  # close_notify: the end, not a timeout
     assert client.read_or_none(10) == b""
+
+
+@pytest.mark.parametrize("parts", [(os.urandom(3 << 20),), tuple(os.urandom(10_000) for _ in range(200))],
+                         ids=["one-part", "many-small-parts"])
+def test_a_large_write_goes_out_in_slices_byte_identical(tls_pair, monkeypatch, parts) -> None:
+    """Records are sent every WRITE_SLICE of plaintext, so a writer stuck on a peer that
+    does not read holds at most about two slices of records, not the whole write's."""
+    from v2sync.transport.internet import tls as tls_module
+    sent: list = []
+    original = tls_module.send_waiting
+
+    def recording(sock, data) -> None:
+        sent.append(len(data))
+        original(sock, data)
+
+    monkeypatch.setattr(tls_module, "send_waiting", recording)
+    client, server = tls_pair
+    got: list = []
+    _run(lambda: client.sendall_parts(parts),
+         lambda: _receive(server, sum(map(len, parts)), got))
+    assert got[0] == b"".join(parts)
+    assert max(sent) < 2 * tls_module.WRITE_SLICE + 64 * 1024  # records' overhead

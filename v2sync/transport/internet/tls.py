@@ -63,6 +63,11 @@ SPARE_HELLO_TTL = 30.0
 MAX_SESSIONS = 128
 # Our own answers (KeyUpdates) a reader lets queue before it waits for the writer.
 MAX_PENDING_ANSWERS = 256 * 1024
+# Plaintext a write encrypts before it sends the records made so far (the slices are cut
+# from each part's start, a multiple of the record size, so the records come out as they
+# did). A writer stuck on a peer that does not read holds its records meanwhile: a 1 MiB
+# write held its plaintext, the BIO's records and their copy for the socket.
+WRITE_SLICE = 256 * 1024
 
 
 class MemoryTls:
@@ -446,16 +451,17 @@ class TlsConnection(WrappedConnection):
         self.sendall_parts((data,))
 
     def sendall_parts(self, parts: Sequence[bytes]) -> None:
-        """Each part is encrypted as it is (records never span two parts), then sent in
-        one flush (with the client's Finished, when this write finishes the handshake)."""
+        """Each part is encrypted as it is (records never span two parts) and sent, the
+        records flushed every WRITE_SLICE of plaintext (with the client's Finished first,
+        when this write finishes the handshake)."""
         if self._rest is not None:
             self._rest.run(False)  # the Finished waits in the BIO for this write's flush
-        with self._state:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[self._obj.write(view):]
-        self._flush(True)
+        for batch in _slices(parts):
+            with self._state:
+                for piece in batch:
+                    while piece:
+                        piece = piece[self._obj.write(piece):]
+            self._flush(True)
         if self.after_handshake is not None:
             self._handshake_done()
 
@@ -522,6 +528,25 @@ class TlsConnection(WrappedConnection):
         except (ssl.SSLError, ValueError):
             pass  # SSLWantReadError: ours is queued; the peer's is not awaited
         self._flush_quietly()
+
+
+def _slices(parts: Sequence[bytes]) -> Iterator[List[memoryview]]:
+    """The parts in batches of at least WRITE_SLICE bytes (the last may be less), each
+    piece at most WRITE_SLICE and cut from its part's start, so records come out as they
+    would from the whole part. One batch for a write under WRITE_SLICE."""
+    batch: List[memoryview] = []
+    size, batches = 0, 0
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            piece, view = view[:WRITE_SLICE], view[WRITE_SLICE:]
+            batch.append(piece)
+            size += len(piece)
+            if size >= WRITE_SLICE:
+                yield batch
+                batch, size, batches = [], 0, batches + 1
+    if batch or not batches:  # an empty write still flushes (a handshake's Finished)
+        yield batch
 
 
 def _reason(e: ssl.SSLError) -> str:
