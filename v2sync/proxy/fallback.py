@@ -15,6 +15,7 @@ then relay both ways under the level-0 policy.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from v2sync.common.protocol.proxy_protocol import encode as encode_proxy_header
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.fields import get_items, require_object
+from v2sync.infra.conf.model import LevelPolicy
 from v2sync.proxy.relay import relay_stream_steps, relay_upstream_steps
 from v2sync.transport.internet.config import DsSettings, StreamSettings
 from v2sync.transport.internet.conn import Connection
@@ -305,6 +307,10 @@ def serve_fallback(ctx: ProxyContext, name: str, conn: Connection, fallback: Fal
     unauthenticated path: 500 idle ones, +1,000 threads; 4.34: +2), and a client that
     stopped reading its download had 1 MiB reads pile up, ~3.5 MiB a connection over TLS
     (4.34: ~0.1 MiB); found by a review.
+
+    4.34 copies the two sockets with one timer, and a direction's end starts the other's
+    last timeout (uplinkOnly, downlinkOnly) once its last byte was written. Here each half
+    has its own timer, so each starts it only where that is so (``_delivered_only``).
     """
     head = proxy_header(fallback, conn)
     try:
@@ -317,9 +323,10 @@ def serve_fallback(ctx: ProxyContext, name: str, conn: Connection, fallback: Fal
     policy = ctx.policy.for_level(0)  # inbound.go: the handshake's level-0 policy
     client_side, target_side = new_link_pair(FALLBACK_PIPE_LIMIT, name)
     client_side.writer.write(head + replay)  # a fresh pipe takes one write whatever its size
+    client_policy, target_policy = _delivered_only(policy)
     try:
-        ctx.threads.spawn_steps(f"fallback-{name}", _target_steps(ctx, name, policy, target,
-                                                                    target_side), ahead=True)
+        ctx.threads.spawn_steps(f"fallback-{name}", _target_steps(
+            ctx, name, target_policy, target, target_side), ahead=True)
     except RuntimeError as e:  # "can't start new thread"
         target.close()
         raise TransportError(f"fallback: no thread for {fallback.dest}: {e}") from e
@@ -333,18 +340,30 @@ def serve_fallback(ctx: ProxyContext, name: str, conn: Connection, fallback: Fal
             tls.say_goodbye()
             conn.abort()
 
-    error = yield from relay_stream_steps(ctx, name, policy, conn, client_side, finish)
+    error = yield from relay_stream_steps(ctx, name, client_policy, conn, client_side, finish)
     if error is not None:
         log.debug("%s: fallback to %s ended: %s", name, fallback.dest, error)
 
 
-def _target_steps(ctx: ProxyContext, name: str, policy, target: Connection,
+def _delivered_only(policy: LevelPolicy) -> Tuple[LevelPolicy, LevelPolicy]:
+    """The client half's and the target half's policies. A half whose reader ended has
+    only queued its last bytes in the link, which the other half may still be writing to a
+    slow peer: its last timeout (and its abort, which drops what the link holds) would cut
+    that tail, so it keeps connIdle there. The other half starts the timeout once the
+    bytes are written: the client half when the answer is out (uplinkOnly), the target
+    half when the request is in (downlinkOnly). A review lost the tails of downloads and
+    of half-closed uploads with each half's own."""
+    return (dataclasses.replace(policy, downlink_only=policy.conn_idle),
+            dataclasses.replace(policy, uplink_only=policy.conn_idle))
+
+
+def _target_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, target: Connection,
                   link: Link) -> Steps[None]:
-    """The target's side of a fallback; the client's end of data half-closes it, so a
-    web server that reads to the end still answers (4.34 leaves it to downlinkOnly)."""
+    """The target's side of a fallback. The client's end of data is not passed on (no
+    half-close), as 4.34 passes none: nginx behind ``proxy_pass`` takes a half-closed
+    client for one that left and answers nothing (499)."""
     try:
-        error = yield from relay_upstream_steps(ctx, name, policy, target, link,
-                                                half_close=True)
+        error = yield from relay_upstream_steps(ctx, name, policy, target, link)
     finally:
         target.close()
     if error is not None:

@@ -217,14 +217,12 @@ def relay_datagrams(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Pac
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,
-                         link: Link, leftover: bytes = b"", half_close: bool = False
+                         link: Link, leftover: bytes = b""
                          ) -> Steps[Optional[BaseException]]:
     """An outbound's raw byte relay once its handshake is done (freedom, HTTP CONNECT,
     SOCKS CONNECT, a fallback's target): link <-> upstream. ``leftover``: bytes the
-    upstream sent right behind its handshake reply; they reach the client first.
-    ``half_close``: the client's end of data shuts the upstream's sending side (a
-    fallback's, so a web server that reads to the end still answers). Steps: the upstream
-    reader parks while idle. An interrupt of the link aborts the upstream
+    upstream sent right behind its handshake reply; they reach the client first. Steps:
+    the upstream reader parks while idle. An interrupt of the link aborts the upstream
     (``aborted_with``)."""
     def abort() -> None:
         conn.abort()
@@ -240,9 +238,9 @@ def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn
         link.writer.close()
 
     with aborted_with(link, abort):
-        drain = conn_drain(link.reader, conn, conn.shutdown_write if half_close else None)
-        return (yield from run_relay_steps(ctx, name, policy, conn, abort, drain,
-                                           Parkable(response), first))
+        return (yield from run_relay_steps(ctx, name, policy, conn, abort,
+                                           conn_drain(link.reader, conn), Parkable(response),
+                                           first))
 
 
 @contextlib.contextmanager
