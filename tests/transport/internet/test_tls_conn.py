@@ -203,6 +203,30 @@ def test_a_server_that_closes_at_once_is_a_transport_error_for_the_client(pki) -
         raw_client.close()
 
 
+def test_a_server_that_answers_plain_http_is_named_in_words(pki) -> None:
+    """OpenSSL's reason reads as words in the error, not as a tuple:
+    ``('wrong version number',)`` reached the log so (found by a review)."""
+    raw_client, raw_server = _pair()
+    try:
+        client = ClientTls(build_tls(pki.client_tls())).wrap(
+            raw_client, Destination.tcp("v2sync.test", 443), time.monotonic() + TIMEOUT)
+        assert raw_server.sock.recv(65536)  # the ClientHello
+        raw_server.sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        with pytest.raises(TransportError) as info:
+            client.write(b"first use finishes the handshake")
+        assert str(info.value).endswith("failed: wrong version number")
+    finally:
+        raw_server.close()
+        raw_client.close()
+
+
+def test_the_client_refuses_renegotiation_as_go_does(pki) -> None:
+    """Go's client ends a TLS 1.2 server's renegotiation ("tls: no renegotiation");
+    OpenSSL ran a new handshake each time a server asked (found by a review)."""
+    context = client_context(build_tls(pki.client_tls()), DEFAULT_ALPN)
+    assert context.set_options(0) & SSL.OP_NO_RENEGOTIATION  # adding none: the options set
+
+
 def _run(*targets: Callable[[], None]) -> None:
     errors = []
 
