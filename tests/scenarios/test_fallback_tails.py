@@ -22,7 +22,7 @@ from scenarios.helpers_scenarios import make_config, port_of, running_instance, 
 from support.peers import _TcpServer
 
 ONE_SIDE_LEFT = 1  # uplinkOnly and downlinkOnly, seconds (whole, as configs take them)
-PAUSE = 2.0  # the slow peer's pause: well past ONE_SIDE_LEFT
+PAUSE = 1.6  # the slow peer's pause: past ONE_SIDE_LEFT
 SMALL_BUFFER = 65536  # the slow peer's receive buffer
 PAST_CEILING = [10_000 * k for k in range(1, 7)]  # the link holds 64 KiB
 IO_TIMEOUT = 15.0

@@ -6,7 +6,7 @@ dropped or added, case changed, values nested up to and past Go's 10,000 levels,
 1,000 items, then text damage (truncation, stray bytes, comments, BOMs, Latin-1), sometimes
 as two files to merge, sometimes ``/dev/zero``. The CLI runs in this process.
 
-``V2SYNC_FUZZ_EXAMPLES`` sets the number of inputs (default 200, a few seconds); the README
+``V2SYNC_FUZZ_EXAMPLES`` sets the number of inputs (default 120, a few seconds); the README
 gives the figure of a 10,000-input run.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from v2sync.infra.conf.validate import MAX_SHOWN
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_PATHS = sorted((REPO_ROOT / "conf").glob("*.json"))
 EXAMPLES = [json.loads(strip_comments(p.read_text())) for p in EXAMPLE_PATHS]
-FUZZ_EXAMPLES = int(os.environ.get("V2SYNC_FUZZ_EXAMPLES", "200"))
+FUZZ_EXAMPLES = int(os.environ.get("V2SYNC_FUZZ_EXAMPLES", "120"))
 FAILED_HEADER = "v2sync: failed to load config:"
 DEPTHS = (500, 1_000, 5_000, MAX_DEPTH - 1, MAX_DEPTH + 1)  # the top object is one level
 LONG_LIST = 1_000  # 20 times the errors printed; 100,000 are timed in the README
