@@ -40,11 +40,11 @@ from v2sync.transport.link import Link, new_link_pair
 log = logging.getLogger(__name__)
 
 DIAL_ATTEMPTS = 5  # inbound.go: retry.ExponentialBackoff(5, 100)
+DIAL_STEP = 0.1
 # What a fallback's link holds each way. 4.34 copies the two sockets straight, a few 2 KiB
 # buffers at a time, with no pipe: the policy's bufferSize (512 KiB) would let a client
 # that stops reading a download pin half a MiB more than 4.34 does.
 FALLBACK_PIPE_LIMIT = 64 * 1024
-DIAL_STEP = 0.1
 # inbound.go: the path is looked for in the first 64 bytes, starting at offsets 4..8.
 PATH_SEARCH_LIMIT = 64
 PATH_START_RANGE = range(4, 9)

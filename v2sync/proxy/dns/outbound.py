@@ -180,18 +180,19 @@ class _Lookups:
     def __init__(self, threads: ThreadGroup, name: str):
         self._threads = threads
         self._name = f"{name}-lookup"
-        self._slots = threading.BoundedSemaphore(MAX_LOOKUPS)
-        self._done = threading.Condition()
+        self._changed = threading.Condition()
         self._running = 0
 
     def run(self, answer: Callable[[], None]) -> None:
         """``answer()`` in a pooled thread; waits while MAX_LOOKUPS run. With no thread to
-        be had, or no slot within LOOKUPS_DRAIN, it runs here, in turn as before."""
-        if not self._slots.acquire(timeout=LOOKUPS_DRAIN):
+        be had, or no room within LOOKUPS_DRAIN, it runs here, in turn as before."""
+        with self._changed:
+            room = self._changed.wait_for(lambda: self._running < MAX_LOOKUPS, LOOKUPS_DRAIN)
+            if room:
+                self._running += 1
+        if not room:
             answer()
             return
-        with self._done:
-            self._running += 1
         try:
             self._threads.spawn(self._name, lambda: self._one(answer))
         except RuntimeError:  # "can't start new thread"
@@ -201,15 +202,14 @@ class _Lookups:
         try:
             answer()
         finally:
-            self._slots.release()
-            with self._done:
+            with self._changed:
                 self._running -= 1
-                self._done.notify_all()
+                self._changed.notify_all()
 
     def wait(self, timeout: float) -> None:
         """Until every answer begun has been written (or ``timeout``)."""
-        with self._done:
-            self._done.wait_for(lambda: not self._running, timeout)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._running, timeout)
 
 
 class _Upstream:
