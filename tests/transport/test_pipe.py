@@ -7,7 +7,10 @@ import pytest
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.transport.link import new_link_pair
 from v2sync.common.task import PARKED
-from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
+from v2sync.transport.copy import read_all_steps
+from v2sync.transport.pipe import EOF, Pipe, PipeReadable, ReadTimeout
+
+from support.steps import step_by_hand
 
 
 def test_chunks_arrive_in_order_then_eof_after_close():
@@ -137,19 +140,23 @@ def test_unread_puts_bytes_back_in_front_unchanged():
 
 # -- a reader that parks instead of waiting (read_all_or_park) ---------------------------
 
+# What wakes a parked reader: each takes the waker, once.
+EVENTS = [
+    lambda p: p.write(b"x"),
+    lambda p: p.try_write(b"x"),
+    lambda p: p.unread(b"x"),
+    lambda p: p.close(),
+    lambda p: p.interrupt(),
+]
+
+
 def _parked(pipe):
     woken = []
     assert pipe.read_all_or_park(0, lambda: woken.append(1)) is PARKED
     return woken
 
 
-@pytest.mark.parametrize("event", [
-    lambda p: p.write(b"x"),
-    lambda p: p.try_write(b"x"),
-    lambda p: p.unread(b"x"),
-    lambda p: p.close(),
-    lambda p: p.interrupt(),
-])
+@pytest.mark.parametrize("event", EVENTS)
 def test_every_event_wakes_a_parked_reader_once(event):
     pipe = Pipe(1024)
     woken = _parked(pipe)
@@ -194,3 +201,90 @@ def test_the_waker_runs_outside_the_pipe_lock():
     assert pipe.read_all_or_park(0, lambda: seen.append(pipe.read_all(0))) is PARKED
     pipe.write(b"z")  # a waker that reads at once must not deadlock on the mutex
     assert seen == [[b"z"]]
+
+
+# -- a task's wait for a pipe (PipeReadable, transport.copy.read_all_steps) --------------
+
+def _armed(pipe):
+    woken = []
+    PipeReadable(pipe).arm(lambda: woken.append(1))
+    return woken
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_event_wakes_an_armed_wait_once_and_reads_nothing(event):
+    pipe = Pipe(1024)
+    woken = _armed(pipe)
+    assert woken == []
+    event(pipe)
+    assert woken == [1]
+    if not pipe._interrupted and not pipe._closed:
+        assert pipe.buffered == 1  # the wait took nothing
+        pipe.write(b"y")
+        assert woken == [1]
+
+
+@pytest.mark.parametrize("ready", [
+    lambda p: p.write(b"x"),
+    lambda p: p.close(),
+    lambda p: p.interrupt(),
+])
+def test_a_wait_armed_on_a_ready_pipe_wakes_at_once(ready):
+    pipe = Pipe(1024)
+    ready(pipe)
+    assert _armed(pipe) == [1]
+
+
+def test_a_blocking_wait_returns_for_a_write_and_for_an_interrupt():
+    pipe = Pipe(1024)
+    for event in (lambda: pipe.write(b"late"), pipe.interrupt):
+        timer = threading.Timer(0.05, event)
+        timer.start()
+        try:
+            PipeReadable(pipe).block()  # returns (an interrupt raises at the next read)
+        finally:
+            timer.join()
+    with pytest.raises(PipeInterrupted):
+        pipe.read_all(0)
+
+
+def test_read_all_steps_takes_what_is_queued_without_a_wait():
+    pipe = Pipe(1024)
+    pipe.write(b"a")
+    pipe.write(b"b")
+    assert step_by_hand(read_all_steps(pipe, 0)) == ([b"a", b"b"], [])
+    pipe.close()
+    assert step_by_hand(read_all_steps(pipe, 0)) == (EOF, [])
+
+
+def test_read_all_steps_parks_on_an_empty_pipe_and_reads_once_woken():
+    pipe = Pipe(1024)
+    steps = read_all_steps(pipe, 0)
+    wait = next(steps)
+    assert isinstance(wait, PipeReadable) and wait.pipe is pipe
+    woken = []
+    wait.arm(lambda: woken.append(1))
+    pipe.write(b"woke")
+    assert woken == [1]
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert done.value.value == [b"woke"]
+
+
+def test_read_all_steps_waits_its_linger_in_the_thread_first():
+    pipe = Pipe(1024)
+    timer = threading.Timer(0.05, lambda: pipe.write(b"soon"))
+    timer.start()
+    try:
+        assert step_by_hand(read_all_steps(pipe, 5.0)) == ([b"soon"], [])
+    finally:
+        timer.join()
+
+
+def test_read_all_steps_raises_for_an_interrupt():
+    pipe = Pipe(1024)
+    steps = read_all_steps(pipe, 0)
+    next(steps)
+    pipe.interrupt()
+    with pytest.raises(PipeInterrupted):
+        next(steps)

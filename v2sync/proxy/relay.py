@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 from functools import partial
-from typing import Callable, Iterator, Optional, Protocol, Union
+from typing import Callable, Iterator, List, Optional, Protocol, Union
 
 from v2sync.common.errors import PipeInterrupted, V2SyncError, detached
 from v2sync.common.signal import ActivityTimer
@@ -34,7 +34,6 @@ from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_step
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.dialer import Pause
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 Direction = Callable[[ActivityTimer], None]
 
@@ -179,41 +178,42 @@ def relay_stream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: 
 
 
 class PacketConn(Protocol):
-    """One source's datagrams: ``read`` gives the next (None once the source is done)."""
+    """One source's datagrams: ``read_steps`` gives those queued, each whole (None once the
+    source is done), parking while there are none."""
 
-    def read(self) -> Optional[bytes]: ...
+    def read_steps(self) -> Steps[Optional[List[bytes]]]: ...
 
     def write(self, data: bytes) -> None: ...
 
     def abort(self) -> None: ...
 
 
-def relay_datagrams(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: PacketConn,
-                    link: Link) -> Optional[BaseException]:
+def relay_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: PacketConn,
+                          link: Link) -> Steps[Optional[BaseException]]:
     """Datagrams both ways between ``conn`` and ``link``, one pipe chunk each: a
-    dokodemo-door UDP session, a ``proxySettings`` chain's carried UDP."""
+    dokodemo-door UDP session, a ``proxySettings`` chain's carried UDP. Steps: both
+    directions park while idle, so a quiet session holds no thread."""
     def abort() -> None:
         conn.abort()
         link.interrupt()
 
-    def request(timer: ActivityTimer) -> None:
+    def request(timer: ActivityTimer) -> Steps[None]:
         while True:
-            datagram = conn.read()
-            if datagram is None:
+            datagrams = yield from conn.read_steps()
+            if datagrams is None:
                 link.writer.close()
                 return
             timer.update()
-            link.writer.write(datagram)
+            for datagram in datagrams:
+                link.writer.write(datagram)
+            del datagrams  # handed on: not kept alive while the next read waits
 
-    def response(timer: ActivityTimer) -> None:
-        while True:
-            chunk = link.reader.read()
-            if chunk is EOF:
-                return
-            timer.update()
+    def answer(chunks: List[bytes]) -> None:
+        for chunk in chunks:
             conn.write(chunk)
 
-    return run_relay(ctx, name, policy, None, abort, request, response)
+    return (yield from run_relay_steps(ctx, name, policy, None, abort, Parkable(request),
+                                       PipeDrain(link.reader, answer)))
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

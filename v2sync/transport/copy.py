@@ -32,7 +32,7 @@ from v2sync.common.signal import ActivityTimer
 from v2sync.common.task import PARKED, Steps, Wait, Waker, crowded
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
 from v2sync.transport.internet.readiness import Readable, ReadWaiter
-from v2sync.transport.pipe import EOF, Pipe, ReadTimeout
+from v2sync.transport.pipe import EOF, Pipe, PipeReadable, ReadTimeout, _EOFType
 
 # Adaptive read size (Netty's AdaptiveRecvByteBufAllocator idea): a read allocates its
 # buffer before it blocks, so an idle connection parked in recv() holds that buffer. Grow
@@ -262,6 +262,22 @@ class PipeDrain:
             timer.update()
             self.send(chunks)
             del chunks  # sent: not kept alive while the next read waits
+
+
+def read_all_steps(pipe: Pipe, linger: float = PARK_AFTER
+                   ) -> Generator[Wait, None, Union[List[bytes], _EOFType]]:
+    """``pipe.read_all()`` as steps: after ``linger`` seconds with nothing to read (at once
+    in a crowded group) the reader parks on the pipe, holding no thread, until a write,
+    the close or an interrupt. Raises as ``read_all``. For readers whose wait is the
+    whole of their life (a UDP session's answers, a mux sub-connection's), where a
+    ``PipeDrain``'s one-sided shape does not fit."""
+    wait = 0.0 if crowded() else linger
+    while True:
+        try:
+            return pipe.read_all(wait)
+        except ReadTimeout:
+            yield PipeReadable(pipe)
+            wait = 0.0
 
 
 def conn_drain(pipe: Pipe, conn: Connection,

@@ -34,7 +34,7 @@ from collections import deque
 from typing import Callable, Deque, Final, List, Optional, Union
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted, TransportError
-from v2sync.common.task import PARKED, Waker, _ParkedType, outside_slot
+from v2sync.common.task import PARKED, Wait, Waker, _ParkedType, outside_slot
 
 
 class _EOFType(enum.Enum):
@@ -303,6 +303,25 @@ class Pipe:
                 return PARKED
             return self._take_all()
 
+    def when_readable(self, wake: Waker) -> None:
+        """Call ``wake`` once the pipe has a chunk, its EOF or an interrupt: now if it has
+        one, else from the next write, close or interrupt (``PipeReadable``)."""
+        q = self._q
+        with q.mutex:
+            if not (q.queue or self._closed or self._interrupted):
+                self._waker = wake
+                return
+        wake()
+
+    def wait_readable(self) -> None:
+        """Block until the pipe has a chunk, its EOF or an interrupt; reads nothing."""
+        q = self._q
+        with q.mutex:
+            try:
+                self._wait_readable(None)
+            except PipeInterrupted:
+                pass  # the next read raises it
+
     def _take_all(self) -> List[bytes]:
         """Empty the queue; call with the mutex held."""
         q = self._q
@@ -346,6 +365,22 @@ class Pipe:
     def buffered(self) -> int:
         with self._q.mutex:
             return self._q.nbytes
+
+
+class PipeReadable(Wait):
+    """A task's wait for a pipe to have a chunk, its EOF or an interrupt: a reader that
+    found it empty parks here without a thread (``transport.copy.read_all_steps``)."""
+
+    __slots__ = ("pipe",)
+
+    def __init__(self, pipe: Pipe):
+        self.pipe = pipe
+
+    def arm(self, wake: Waker) -> None:
+        self.pipe.when_readable(wake)
+
+    def block(self) -> None:
+        self.pipe.wait_readable()
 
 
 class CountingPipe(Pipe):

@@ -1,6 +1,6 @@
 """The UDP inbound worker on loopback: sessions per source, idle close, the source cap,
 the per-source queue, oversized and empty datagrams, shutdown. The proxy here is a small
-real implementation of the worker's ``process`` contract (it answers each datagram with
+real implementation of the worker's ``process_steps`` contract (it answers each datagram with
 ``b"re:" + datagram``), not a stand-in for a socket."""
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ class AnsweringProxy:
         self.gate.set()
         self._lock = threading.Lock()
 
-    def process(self, session, conn, dispatcher) -> None:
+    def process_steps(self, session, conn, dispatcher):
         with self._lock:
             self.sessions.append(session)
         self.gate.wait(IO_TIMEOUT)
         while True:
-            datagram = conn.read()
-            if datagram is None:
+            datagrams = yield from conn.read_steps()
+            if datagrams is None:
                 break
-            conn.write(b"re:" + datagram)
+            for datagram in datagrams:
+                conn.write(b"re:" + datagram)
         with self._lock:
             self.ended += 1
 

@@ -1,9 +1,10 @@
 """Datagram sessions for packet-oriented inbounds (v2ray ``transport/internet/udp/dispatcher.go``).
 
 A SOCKS UDP relay receives datagrams for many targets on one socket. Each (client, target)
-pair gets its own dispatched link, kept while datagrams flow; one reader thread per pair
-sends the target's answers back to the client. Datagrams are dropped, never queued without
-bound, when a pipe is full; past the table's cap a new pair closes the one quiet longest.
+pair gets its own dispatched link, kept while datagrams flow; one reader per pair (a task
+that parks while the target is quiet) sends the target's answers back to the client.
+Datagrams are dropped, never queued without bound, when a pipe is full; past the table's
+cap a new pair closes the one quiet longest.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination
 from v2sync.common.session import Session
 from v2sync.features.proxy import ProxyContext
+from v2sync.common.task import Steps
 from v2sync.features.routing import Dispatcher
+from v2sync.transport.copy import read_all_steps
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
 
@@ -90,18 +93,21 @@ class UdpSessionTable:
         entry = _Entry(link, None)
         entry.timer = self.ctx.timers.new_timer(UDP_SESSION_IDLE, lambda: self._drop(key, entry))
         self._entries[key] = entry
-        self.ctx.threads.spawn(f"udp-{session.name()}", lambda: self._pump(key, entry, respond))
+        self.ctx.threads.spawn_steps(f"udp-{session.name()}", self._pump(key, entry, respond))
         return entry
 
-    def _pump(self, key: Key, entry: _Entry, respond: Respond) -> None:
-        """Target -> client: one pipe chunk is one datagram."""
+    def _pump(self, key: Key, entry: _Entry, respond: Respond) -> Steps[None]:
+        """Target -> client: one pipe chunk is one datagram. Steps: it parks while the
+        target is quiet, so a pair waiting for answers holds no thread."""
         try:
             while True:
-                chunk = entry.link.reader.read()
-                if chunk is EOF:
+                chunks = yield from read_all_steps(entry.link.reader)
+                if chunks is EOF:
                     return
                 entry.timer.update()
-                respond(key[1], chunk)
+                for chunk in chunks:
+                    respond(key[1], chunk)
+                del chunks  # answered: not kept alive while the next read waits
         except TransportError:
             pass  # interrupted: the session expired or the outbound failed
         finally:

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination, Network
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, at_once
-from v2sync.proxy.relay import relay_datagrams, relay_stream_steps
+from v2sync.common.task import Steps
+from v2sync.proxy.relay import relay_datagrams_steps, relay_stream_steps
+from v2sync.transport.copy import PARK_AFTER
 from v2sync.transport.internet.conn import Connection
-from v2sync.transport.internet.udp import shutdown_udp
+from v2sync.transport.internet.readiness import ReadWaiter
+from v2sync.transport.internet.udp import recv_or_park, shutdown_udp
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import Pipe
 
@@ -74,8 +76,7 @@ class ChainDialer:
         handler, session, ours, theirs = found
         try:
             self._carry(handler, session, theirs.close,
-                        lambda link: at_once(lambda: self._relay_datagrams(session, theirs,
-                                                                           link)))
+                        lambda link: self._relay_datagrams(session, theirs, link))
         except TransportError:
             ours.close()
             raise
@@ -119,11 +120,13 @@ class ChainDialer:
             raise TransportError(f"cannot relay to the outbound {self.tag}: {e}") from e
         return ends
 
-    def _relay_datagrams(self, session: Session, sock: socket.socket, link: Link) -> None:
+    def _relay_datagrams(self, session: Session, sock: socket.socket,
+                         link: Link) -> Steps[None]:
         """The carried socket's datagrams into the link, the link's back out, one by one."""
         try:
-            error = relay_datagrams(self.ctx, session.name(), self.ctx.policy.for_level(0),
-                                    _PairEnd(sock), link)
+            error = yield from relay_datagrams_steps(
+                self.ctx, session.name(), self.ctx.policy.for_level(0),
+                _PairEnd(sock, self.ctx.readiness), link)
             if error is not None:
                 log.debug("%s: datagrams through %s ended: %s", session.name(), self.tag,
                           error)
@@ -143,17 +146,25 @@ class ChainDialer:
 class _PairEnd:
     """The chain's end of a carried datagram pair as ``relay.PacketConn``."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, waiter: ReadWaiter):
         self._sock = sock
+        self._waiter = waiter
 
-    def read(self) -> Optional[bytes]:
-        return self._sock.recv(MAX_DATAGRAM) or None  # b"": the outbound closed its end
+    def read_steps(self) -> Steps[Optional[List[bytes]]]:
+        data = yield from recv_or_park(self._sock, MAX_DATAGRAM, self._waiter, PARK_AFTER,
+                                       _never)
+        return [data] if data else None  # b"": the outbound closed its end (or shut down)
 
     def write(self, data: bytes) -> None:
         self._sock.send(data)
 
     def abort(self) -> None:
         shutdown_udp(self._sock)
+
+
+def _never() -> bool:
+    """A socket pair's end reads b"" once shut down, so nothing else tells its reader."""
+    return False
 
 
 class CarriedConnection(Connection):
@@ -188,17 +199,20 @@ class CarriedDatagrams:
     def sendto(self, data: bytes, address: object) -> int:
         return self._sock.send(data)
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, size: int, flags: int = 0) -> bytes:
         """A datagram; OSError once the pair is shut down or the carrier's side closed
         (a UDP socket has no end of stream, and the outbounds' readers stop at OSError).
         The chain never passes an empty datagram on, so an empty read is always the end."""
-        data = self._sock.recv(size)
+        data = self._sock.recv(size, flags)
         if not data:
             raise ConnectionResetError("the carried datagrams ended")
         return data
 
     def shutdown(self, how: int) -> None:
         self._sock.shutdown(how)
+
+    def fileno(self) -> int:  # a parked reader waits for it in a selector
+        return self._sock.fileno()
 
     def close(self) -> None:
         self._sock.close()

@@ -40,7 +40,7 @@ class OutboundHandler:
             yield from self.run_proxy_steps(session, link)
             return
         try:
-            self.mux.dispatch(session, link)
+            yield from self.mux.dispatch_steps(session, link)
         except V2SyncError as e:  # handler.go: "failed to process mux outbound traffic"
             log.log(_level(e), "%s: outbound %s (mux) failed: %s", session.name(),
                     self.tag or "-", e)

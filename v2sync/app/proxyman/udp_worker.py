@@ -3,15 +3,16 @@
 One UDP socket per port of an inbound whose proxy takes UDP as packet connections
 (dokodemo-door with ``network`` udp; Shadowsocks builds on it too). Datagrams are sorted by
 source (and, under TPROXY, by original destination); each new source gets a
-``PacketConn``, handed to the proxy in its own worker thread::
+``PacketConn``, handed to the proxy as a task of its own (steps: ``ThreadGroup.spawn_steps``)::
 
-    proxy.process(session, conn, dispatcher)
+    yield from proxy.process_steps(session, conn, dispatcher)
 
 where ``session`` carries ``inbound_tag``, ``source`` and (with ``followRedirect``)
 ``original_target``, and ``conn`` answers:
 
-- ``conn.read(timeout=None) -> bytes | None``: the next datagram from that source, whole,
-  or None once the connection is closed (idle, shutdown); raises nothing else.
+- ``conn.read_steps() -> list of bytes | None`` (steps): the datagrams from that source
+  queued now, each whole, or None once the connection is closed (idle, shutdown); raises
+  nothing else. While none comes the task parks: an idle source holds no thread.
 - ``conn.write(data)``: one datagram back to the source, from the listening socket or,
   under TPROXY, from the original destination (a transparent socket bound to it). Errors
   are dropped, as UDP drops them.
@@ -20,7 +21,7 @@ where ``session`` carries ``inbound_tag``, ``source`` and (with ``followRedirect
   (the original destination under TPROXY with ``followRedirect``, else None),
   ``conn.network`` (``Network.UDP``).
 
-When ``process`` returns, the connection is closed and forgotten; the next datagram from
+When ``process_steps`` returns, the connection is closed and forgotten; the next datagram from
 that source starts a new one. What 4.34 does and this keeps:
 - a source's queue holds ``SOURCE_QUEUE_BYTES``; datagrams beyond it are dropped, never
   waited for (4.34: a 16 KiB pipe with DiscardOverflow);
@@ -28,8 +29,8 @@ that source starts a new one. What 4.34 does and this keeps:
   (4.34 checks every 16 s for 8 s of silence; here every ``CLEAN_INTERVAL``);
 - empty datagrams are ignored. Datagrams longer than ``MAX_UDP_PAYLOAD`` (4.34 reads into
   2 KiB buffers and passes on the first 2 KiB) are dropped whole rather than passed on cut.
-And what it adds: at most ``MAX_SOURCES`` connections per worker (each holds a thread or
-more). A new source past it closes the connection that has been quiet longest: 4.34 has no
+And what it adds: at most ``MAX_SOURCES`` connections per worker (each holds its queue,
+its link and its outbound's socket). A new source past it closes the connection that has been quiet longest: 4.34 has no
 cap, and dropping new sources instead let a flood of forged source addresses (free to send,
 no key needed for Shadowsocks' garbage either) lock every new client out until the flood's
 connections idled out, ~9 s (found by a review).
@@ -47,12 +48,13 @@ from v2sync.app.dispatcher.udp import pop_quietest
 from v2sync.common.errors import TransportError, V2SyncError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
-from v2sync.common.task import ThreadGroup, yield_cpu
+from v2sync.common.task import Steps, ThreadGroup, yield_cpu
 from v2sync.transport.internet import tproxy
 from v2sync.transport.internet.config import SockoptSettings
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, bind_udp, peer_sockaddr, wake_own_poll
-from v2sync.transport.pipe import Pipe
+from v2sync.transport.copy import read_all_steps
+from v2sync.transport.pipe import EOF, Pipe
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +84,18 @@ class PacketConn:
         self._queue = Pipe(SOURCE_QUEUE_BYTES, f"udp-{self.remote}")
         self.last_activity = time.monotonic()
 
-    def read(self, timeout: Optional[float] = None) -> Optional[bytes]:
+    def read_steps(self) -> Steps[Optional[List[bytes]]]:
+        """Every datagram from the source queued now, whole and in order, or None once the
+        connection is closed or aborted. Steps: a reader waiting for the source parks (an
+        idle source holds no thread)."""
         try:
-            chunk = self._queue.read(timeout)
+            chunks = yield from read_all_steps(self._queue)
         except TransportError:  # aborted
             return None
-        if isinstance(chunk, bytes):
-            self.last_activity = time.monotonic()
-            return chunk
-        return None  # EOF: closed
+        if chunks is EOF:  # closed
+            return None
+        self.last_activity = time.monotonic()
+        return chunks
 
     def write(self, data: bytes) -> None:
         if len(data) > MAX_UDP_PAYLOAD:
@@ -276,15 +281,15 @@ class UdpWorker:
         session = Session(inbound_tag=self.tag, source=conn.remote)
         session.original_target = conn.original
         try:
-            self.threads.spawn(f"in-{session.name()}", lambda: self._process(session, conn))
+            self.threads.spawn_steps(f"in-{session.name()}", self._process(session, conn))
         except RuntimeError:
             log.error("%s: no thread for the UDP source %s", session.name(), conn.remote)
             conn.abort()
             conn.close()
 
-    def _process(self, session: Session, conn: PacketConn) -> None:
+    def _process(self, session: Session, conn: PacketConn) -> Steps[None]:
         try:
-            self.proxy.process(session, conn, self.dispatcher)
+            yield from self.proxy.process_steps(session, conn, self.dispatcher)
         except V2SyncError as e:
             log.info("%s: connection ends: %s", session.name(), e)
         finally:

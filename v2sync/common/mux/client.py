@@ -20,9 +20,10 @@ from typing import Callable, List, Optional
 from v2sync.common.errors import (PipeClosed, PipeInterrupted, TransportError, V2SyncError)
 from v2sync.common.mux.encoding import MUX_COOL_DESTINATION, Frame
 from v2sync.common.mux.session import (FrameHandler, FrameReader, FrameWriter, MuxSession,
-                                       SessionTable, SessionWriter, pump)
+                                       SessionTable, SessionWriter, pump_steps)
 from v2sync.common.net import ANY_IPV4, Destination, Network
 from v2sync.common.session import Session
+from v2sync.common.task import Steps
 from v2sync.transport.link import Link, new_link_pair
 from v2sync.transport.pipe import EOF, ReadTimeout
 
@@ -50,13 +51,14 @@ class ClientManager:
         self._serial = 0
         self._closed = False
 
-    def dispatch(self, session: Session, link: Link) -> None:
-        """Carry ``link`` as a sub-connection; returns when its request side has ended."""
+    def dispatch_steps(self, session: Session, link: Link) -> Steps[None]:
+        """Carry ``link`` as a sub-connection; returns when its request side has ended.
+        Steps: a quiet sub-connection parks."""
         for _ in range(PICK_ATTEMPTS):
             worker = self._pick()
             mux_session = worker.allocate(link, session.destination().network is Network.UDP)
             if mux_session is not None:
-                worker.fetch_input(session, mux_session)
+                yield from worker.fetch_input_steps(session, mux_session)
                 return
         raise TransportError("unable to find an available mux client")
 
@@ -176,12 +178,13 @@ class ClientWorker(FrameHandler):
             self._tick.cancel()
 
     # -- one sub-connection's request side (client.go fetchInput) -----------------------------
-    def fetch_input(self, session: Session, mux_session: MuxSession) -> None:
+    def fetch_input_steps(self, session: Session, mux_session: MuxSession) -> Steps[None]:
         writer = SessionWriter(self.out, mux_session, session.target)
         try:
             if not self._write_first(mux_session, writer):
                 return
-            if not pump(mux_session, writer):
+            sent = yield from pump_steps(mux_session, writer)
+            if not sent:
                 log.info("%s: sub-connection %d failed", self.name, mux_session.id)
         finally:
             # client.go: the session closes with its request side (no half-close in

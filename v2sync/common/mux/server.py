@@ -19,10 +19,10 @@ from typing import List
 from v2sync.common.errors import PipeInterrupted, V2SyncError
 from v2sync.common.mux.encoding import Frame, is_mux_destination
 from v2sync.common.mux.session import (FrameHandler, FrameReader, FrameWriter, MuxSession,
-                                       SessionTable, SessionWriter, pump)
+                                       SessionTable, SessionWriter, pump_steps)
 from v2sync.common.net import Destination, Network
 from v2sync.common.session import Session
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import Steps, ThreadGroup
 from v2sync.transport.link import Link, new_link_pair
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,17 @@ class ServerWorker(FrameHandler):
             self._pumps += 1
         writer = SessionWriter(self.out, session)
 
-        def respond() -> None:
+        def respond() -> Steps[None]:
             try:
-                if not pump(session, writer) and self.link.writer.is_closed:
+                sent = yield from pump_steps(session, writer)
+                if not sent and self.link.writer.is_closed:
                     self._downlink_gone()
             finally:
                 self.sessions.remove(session)
                 self._pump_done()
 
         try:
-            self.threads.spawn(f"mux-{child.name()}", respond)
+            self.threads.spawn_steps(f"mux-{child.name()}", respond())
         except RuntimeError:
             self._pump_done()
             raise V2SyncError("cannot start a mux sub-connection thread") from None

@@ -24,7 +24,7 @@ from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.dokodemo.config import DokodemoConfig
-from v2sync.proxy.relay import relay_datagrams, relay_stream_steps
+from v2sync.proxy.relay import relay_datagrams_steps, relay_stream_steps
 from v2sync.transport.internet.conn import Connection, Handshake
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,13 @@ class DokodemoInbound:
         if error is not None:
             log.debug("%s: connection ends: %s", session.name(), error)
 
-    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+    def process_steps(self, session: Session, conn, dispatcher: Dispatcher) -> Steps[None]:
         """Serve one UDP source's packet connection (the UDP worker's); a TCP connection
-        comes through ``handshake`` to ``_serve_tcp``."""
+        comes through ``handshake`` to ``_serve_tcp``. Steps: an idle source parks."""
         dest = self.destination(session, Network.UDP)
         session.user_level = self.settings.user_level
-        error = relay_datagrams(self.ctx, session.name(), self.policy, conn,
-                                dispatcher.dispatch(session, dest))
+        error = yield from relay_datagrams_steps(self.ctx, session.name(), self.policy, conn,
+                                                 dispatcher.dispatch(session, dest))
         if error is not None:
             log.debug("%s: connection ends: %s", session.name(), error)
 

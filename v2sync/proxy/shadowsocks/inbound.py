@@ -125,11 +125,11 @@ class ShadowsocksInbound:
         return self.drain_size() + after_salt - decoder.plain_used
 
     # -- UDP: one source's packet connection from the inbound's UDP worker ----------------
-    def process(self, session: Session, conn, dispatcher: Dispatcher) -> None:
+    def process_steps(self, session: Session, conn, dispatcher: Dispatcher) -> Steps[None]:
         """Each datagram from ``conn``'s source is decoded and sent on to its target, one
         dispatched link per target (``handlerUDPPayload`` with ``udp.Dispatcher``); the
         answers go back encoded with the address the client asked for. A datagram that does
-        not decode is dropped and never answered."""
+        not decode is dropped and never answered. Steps: an idle source parks."""
         session.user_email = self.user.email
         session.user_level = self.user.level
         session.source_with_network = True  # a rejected line's source: udp:127.0.0.1:5000
@@ -137,22 +137,25 @@ class ShadowsocksInbound:
                                 self.user.email)  # server.go handlerUDPPayload: inbound.User
         try:
             while True:
-                datagram = conn.read()
-                if datagram is None:
+                datagrams = yield from conn.read_steps()
+                if datagrams is None:
                     return  # idle, or shutdown
-                try:
-                    address, port, payload = decode_packet(self.account, datagram)
-                except ProtocolError as e:
-                    # 4.34 writes a rejected line per bad datagram (handlerUDPPayload), which
-                    # fail2ban-style tools read as they read the TCP ones.
-                    log.debug("%s: dropping a bad datagram from %s: %s", session.name(),
-                              conn.remote, e)
-                    self.access_log.rejected(session, str(e))
-                    continue
-                table.send(conn.remote, Destination(address, port, Network.UDP), payload,
-                           partial(self._answer, conn))
+                for datagram in datagrams:
+                    self._datagram(session, conn, table, datagram)
         finally:
             table.close()
+
+    def _datagram(self, session: Session, conn, table: UdpSessionTable, datagram: bytes) -> None:
+        try:
+            address, port, payload = decode_packet(self.account, datagram)
+        except ProtocolError as e:
+            # 4.34 writes a rejected line per bad datagram (handlerUDPPayload), which
+            # fail2ban-style tools read as they read the TCP ones.
+            log.debug("%s: dropping a bad datagram from %s: %s", session.name(), conn.remote, e)
+            self.access_log.rejected(session, str(e))
+            return
+        table.send(conn.remote, Destination(address, port, Network.UDP), payload,
+                   partial(self._answer, conn))
 
     def _answer(self, conn, origin: Destination, payload: bytes) -> None:
         try:

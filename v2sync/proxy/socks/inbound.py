@@ -20,12 +20,13 @@ from v2sync.common.errors import AuthenticationError, RemoteProtocolError
 from v2sync.common.net import ANY_IPV4, Address, Destination, Network
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps
+from v2sync.common.task import Steps, Wait
 from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.relay import relay_stream_steps
 from v2sync.proxy.socks import encoding as enc
 from v2sync.proxy.socks.config import SocksServerConfig
+from v2sync.transport.copy import parkable_reads
 from v2sync.transport.internet.conn import Connection, Handshake, HandshakeReader, try_write
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,13 @@ class SocksInbound:
         if error is not None:
             log.debug("%s: relay ended: %s", session.name(), error)
 
-    def _hold_udp_association(self, conn: Connection) -> None:
-        """v2ray keeps the control connection until the client closes it (or shutdown aborts)."""
+    def _hold_udp_association(self, conn: Connection) -> Steps[None]:
+        """v2ray keeps the control connection until the client closes it (or shutdown
+        aborts). Steps: its reader parks, so a held association keeps no thread."""
         conn.settimeout(None)
-        while conn.read(4096):
-            pass
+        for data in parkable_reads(conn, None, self.ctx.readiness):
+            if isinstance(data, Wait):
+                yield data
 
     # -- UDP -------------------------------------------------------------------------
     def process_datagram(self, handler, data: bytes, source: Destination, send_to) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from typing import Callable, Optional, Tuple
+from typing import Callable, Generator, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
+from v2sync.common.task import Wait, crowded, outside_slot
 from v2sync.transport.internet.conn import new_socket
 from v2sync.transport.internet.config import SockoptSettings
+from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
 from v2sync.transport.internet.sockopt import NO_SOCKOPT, apply_outbound, dual_stack
 
 MAX_DATAGRAM = 65535
@@ -114,6 +116,29 @@ def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
             return sock.recv(size)
         except ConnectionRefusedError:
             continue
+
+
+def recv_or_park(sock: socket.socket, size: int, waiter: ReadWaiter, linger: float,
+                 stopped: Callable[[], bool]) -> Generator[Wait, None, bytes]:
+    """``recv_past_icmp`` as steps: after ``linger`` seconds with nothing to read (at once
+    in a crowded group) the reader parks in ``waiter``'s selector, holding no thread, until
+    a datagram or ``shutdown_udp``; b"" once ``stopped()`` (a shut-down UDP socket polls
+    readable, but a non-blocking recv on it fails with EAGAIN, never returns b""). An
+    answer that comes quickly, as a DNS answer does, is read in the same thread with no
+    hand-over. ``sock`` may be any object with ``fileno`` and ``recv(size, flags)``.
+    Raises as ``recv_past_icmp``."""
+    wait = 0.0 if crowded() else linger
+    while not stopped():
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        except ConnectionRefusedError:
+            continue  # as recv_past_icmp
+        if not wait or not outside_slot(wait_readable, sock, wait):
+            yield Readable(sock, waiter)
+        wait = 0.0
+    return b""
 
 
 def dial_udp(dest: Destination, source: Optional[Address] = None,

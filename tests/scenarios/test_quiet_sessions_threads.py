@@ -1,0 +1,185 @@
+"""A quiet UDP session or mux sub-connection keeps no thread, and wakes for the next
+datagram or bytes either way.
+
+Each direction parks while it waits: freedom's UDP socket reader in the ReadWaiter
+(``transport.internet.udp.recv_or_park``), every pipe reader on its pipe
+(``transport.copy.read_all_steps``, ``PipeDrain``): the UDP worker's sources, the SOCKS UDP
+table's answer pumps, the mux sub-connections' pumps on both sides, the SOCKS UDP control
+connection. Before, each held 1-4 threads: 1,000 mux UDP sub-connections made 3,006
+threads (4.34: 8), and 200 dokodemo-door sources 800. Real sockets: dokodemo-door and
+SOCKS5 UDP (PySocks) to freedom in this process, and a real v2ray 4.34 on the other end of
+a Mux.cool connection in both directions.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from typing import Callable, Iterator, List
+
+import pytest
+import socks
+
+from scenarios.helpers_scenarios import (freedom, make_config, port_of, recv_exact,
+                                         running_instance, socks_inbound, wait_idle)
+from scenarios.mux_helpers import start_mux_chain
+from scenarios.test_dokodemo_scenarios import dokodemo
+from support.peers import TcpEchoServer, UdpEchoServer
+from support.resources import process_thread_count
+from v2sync.transport import copy as copy_module
+
+HELD = 12
+WAIT = 5.0
+# A v2sync process's pooled threads that outlive their work: idle ones leave after
+# ``common.task.IDLE_TIMEOUT`` (2 s), surplus ones within 3 s; the rest stay as a pool.
+SETTLE = 6.0
+POOL_SLACK = 8
+# In this process only busy threads count (``_threads_in_use``): they are back within this,
+# well before a quiet session's own end (the SOCKS table's 4 s, the door's 8 s).
+SETTLE_BUSY = 1.5
+
+
+def _threads_in_use(instance) -> int:
+    workers = instance.workers
+    return len(workers._threads) - len(workers._idle)
+
+
+def _settled(count: Callable[[], int], at_most: int, within: float = SETTLE) -> int:
+    """``count()`` once it is ``at_most`` or ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    while count() > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count()
+
+
+@contextlib.contextmanager
+def _echo_servers(count: int) -> Iterator[List[UdpEchoServer]]:
+    servers: List[UdpEchoServer] = []
+    try:
+        for _ in range(count):
+            servers.append(UdpEchoServer())
+            servers[-1].start()
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _udp_client() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(WAIT)
+    return sock
+
+
+def test_quiet_dokodemo_sources_keep_no_thread_and_wake_for_more(
+        udp_echo: UdpEchoServer) -> None:
+    config = make_config([dokodemo(address="127.0.0.1", port=udp_echo.port, network="udp")],
+                         [freedom()])
+    with running_instance(config) as instance:
+        door = ("127.0.0.1", port_of(instance, "door"))
+        baseline = _threads_in_use(instance)
+        clients = [_udp_client() for _ in range(HELD)]
+        try:
+            for i, sock in enumerate(clients):
+                sock.sendto(b"first %d" % i, door)
+                assert sock.recv(100) == b"first %d" % i
+            time.sleep(copy_module.PARK_AFTER * 4)  # every idle reader has parked by now
+            assert _settled(lambda: _threads_in_use(instance), baseline, SETTLE_BUSY) <= baseline
+            # Each session's freedom socket waits in the selector, not in a thread.
+            assert instance.readiness.waiting() == HELD
+            for i, sock in enumerate(clients):  # the same sessions wake, both ways
+                sock.sendto(b"again %d" % i, door)
+                assert sock.recv(100) == b"again %d" % i
+            assert instance.inbounds.get("door").udp_sessions() == HELD
+        finally:
+            for sock in clients:
+                sock.close()
+
+
+def test_quiet_socks_udp_targets_keep_no_thread_and_wake_for_more() -> None:
+    config = make_config([socks_inbound(udp=True, ip="127.0.0.1")], [freedom()])
+    with _echo_servers(HELD) as servers, running_instance(config) as instance:
+        baseline = _threads_in_use(instance)
+        client = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.set_proxy(socks.SOCKS5, "127.0.0.1", port_of(instance, "socks-in"))
+        client.settimeout(WAIT)
+        try:
+            for round_ in (b"first", b"again"):  # the second round wakes parked sessions
+                for i, server in enumerate(servers):
+                    client.sendto(b"%s %d" % (round_, i), server.address)
+                    data, sender = client.recvfrom(100)
+                    assert (data, sender) == (b"%s %d" % (round_, i), server.address)
+                time.sleep(copy_module.PARK_AFTER * 4)
+                assert _settled(lambda: _threads_in_use(instance), baseline,
+                                SETTLE_BUSY) <= baseline
+                # Each target's freedom socket waits in the selector, and so does the
+                # SOCKS control connection's reader.
+                assert instance.readiness.waiting() == HELD + 1
+        finally:
+            client.close()
+        wait_idle(instance)
+
+
+def _udp_rounds(socks_port: int, servers: List[UdpEchoServer], settled: Callable[[], None],
+                logs: Callable[[], str]) -> None:
+    proxy = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    proxy.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+    proxy.settimeout(WAIT)
+    try:
+        for round_ in (b"first", b"again"):  # the second round wakes parked sub-connections
+            for i, echo in enumerate(servers):
+                proxy.sendto(b"%s %d" % (round_, i), echo.address)
+                assert proxy.recvfrom(100)[0] == b"%s %d" % (round_, i), logs()
+            settled()
+    finally:
+        proxy.close()
+
+
+def _tcp_rounds(socks_port: int, echo: TcpEchoServer, settled: Callable[[], None],
+                logs: Callable[[], str]) -> None:
+    held: List[socks.socksocket] = []
+    try:
+        for round_ in (b"first", b"again"):
+            for i in range(HELD):
+                if len(held) <= i:
+                    held.append(socks.socksocket())
+                    held[i].set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+                    held[i].settimeout(WAIT)
+                    held[i].connect(echo.address)
+                held[i].sendall(b"%s %d" % (round_, i))
+                assert recv_exact(held[i], len(b"%s %d" % (round_, i))) == \
+                    b"%s %d" % (round_, i), logs()
+            settled()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.mark.parametrize("client,server,network", [
+    ("v2ray", "v2sync", "udp"), ("v2ray", "v2sync", "tcp"), ("v2sync", "v2ray", "tcp")])
+def test_quiet_mux_sub_connections_keep_no_thread(client: str, server: str,
+                                                  network: str) -> None:
+    """Mux.cool sub-connections against 4.34 at the other end: on the server, each
+    sub-connection's answers pump (and a UDP one's freedom session) park; on the client,
+    each sub-connection's request pump parks. (A client's UDP sub-connection ends with
+    its SOCKS table's entry, 4 s after its last datagram, sooner than this process's idle
+    pool threads leave: TCP shows the client's pumps.)"""
+    ours = "server" if server == "v2sync" else "client"
+    chain = start_mux_chain(client, server, concurrency=HELD * 2)
+    try:
+        process = getattr(chain, ours)
+        baseline = _settled(lambda: process_thread_count(process.pid), 0)
+
+        def settled() -> None:
+            held = _settled(lambda: process_thread_count(process.pid), baseline + POOL_SLACK)
+            # Before: 1-3 threads a sub-connection, so HELD more at least.
+            assert held <= baseline + POOL_SLACK, (held, baseline)
+
+        if network == "udp":
+            with _echo_servers(HELD) as servers:
+                _udp_rounds(chain.socks_port, servers, settled, chain.logs)
+        else:
+            with TcpEchoServer(max_connections=HELD + 4, timeout=30) as echo:
+                _tcp_rounds(chain.socks_port, echo, settled, chain.logs)
+    finally:
+        chain.stop()
