@@ -5,10 +5,10 @@ Each direction parks while it waits: freedom's UDP socket reader in the ReadWait
 (``transport.internet.udp.recv_or_park``), every pipe reader on its pipe
 (``transport.copy.read_all_steps``, ``PipeDrain``): the UDP worker's sources, the SOCKS UDP
 table's answer pumps, the mux sub-connections' pumps on both sides, the SOCKS UDP control
-connection. Before, each held 1-4 threads: 1,000 mux UDP sub-connections made 3,006
+connection, a VLESS or Trojan connection's framed-datagram reader. Before, each held 1-4 threads: 1,000 mux UDP sub-connections made 3,006
 threads (4.34: 8), and 200 dokodemo-door sources 800. Real sockets: dokodemo-door and
 SOCKS5 UDP (PySocks) to freedom in this process, and a real v2ray 4.34 on the other end of
-a Mux.cool connection in both directions.
+a Mux.cool connection in both directions and as the VLESS and Trojan client.
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ import socks
 
 from scenarios.helpers_scenarios import (freedom, make_config, port_of, recv_exact,
                                          running_instance, socks_inbound, wait_idle)
+from scenarios import keyed_helpers as keyed
 from scenarios.mux_helpers import start_mux_chain
+from scenarios.vmess_helpers import make_process
 from scenarios.test_dokodemo_scenarios import dokodemo
-from support.peers import TcpEchoServer, UdpEchoServer
+from support.peers import TcpEchoServer, UdpEchoServer, free_port
 from support.resources import process_thread_count
 from v2sync.transport import copy as copy_module
 
@@ -183,3 +185,24 @@ def test_quiet_mux_sub_connections_keep_no_thread(client: str, server: str,
                 _tcp_rounds(chain.socks_port, echo, settled, chain.logs)
     finally:
         chain.stop()
+
+
+@pytest.mark.parametrize("protocol", ["vless", "trojan"])
+def test_quiet_udp_over_vless_and_trojan_keep_no_thread(protocol: str) -> None:
+    """A v2ray 4.34 client's UDP through VLESS or Trojan (one connection per target) to a
+    v2sync server in this process: each connection's framed-datagram reader parks, and
+    so does its freedom session."""
+    port, socks_port = free_port(), free_port()
+    config = keyed.server_config(keyed.server_inbound(protocol, port, {}))
+    with _echo_servers(HELD) as servers, running_instance(config) as instance, \
+            make_process("v2ray", keyed.client_config(
+                socks_port, keyed.client_outbound(protocol, port, {}))) as client:
+        baseline = _threads_in_use(instance)
+
+        def settled() -> None:
+            assert _settled(lambda: _threads_in_use(instance), baseline,
+                            SETTLE_BUSY) <= baseline
+            # The connection's reader and its freedom socket, each in the selector.
+            assert instance.readiness.waiting() == 2 * HELD
+
+        _udp_rounds(socks_port, servers, settled, client.log_tail)

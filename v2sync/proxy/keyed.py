@@ -27,9 +27,8 @@ from v2sync.features.proxy import ProxyContext
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.fallback import FallbackTable, serve_fallback
 from v2sync.common.task import Steps
-from v2sync.proxy.relay import (Parkable, aborted_with, link_pause, run_relay,
-                               run_relay_steps)
-from v2sync.transport.copy import (PipeDrain, adaptive_reads, parkable_reads, parking,
+from v2sync.proxy.relay import Parkable, aborted_with, link_pause, run_relay_steps
+from v2sync.transport.copy import (PipeDrain, parkable_reads, parking,
                                    read_or_park, write_chunks, write_or_stop)
 from v2sync.transport.internet.conn import (HANDSHAKE_READ_SIZE, Connection, Handshake,
                                             GoReads, HandshakeReader)
@@ -200,16 +199,21 @@ class KeyedInbound:
             PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn))))
 
     def relay_packets(self, session: Session, conn: Connection, link: Link, early: bytes,
-                      parse: Parser, encode: Encode, response_head: bytes = b"") -> None:
-        """Datagrams framed in the stream, to and from one dispatched UDP link."""
+                      parse: Parser, encode: Encode, response_head: bytes = b"") -> Steps[None]:
+        """Datagrams framed in the stream, to and from one dispatched UDP link. Steps: the
+        client's reader parks while idle."""
         stream: PacketStream = PacketStream(parse)
+        waiter = self.ctx.readiness
 
         def abort() -> None:
             conn.abort()
             link.interrupt()
 
-        def request(timer) -> None:
-            for data in _with_early(early, adaptive_reads(conn, link.writer)):
+        def request(timer) -> Steps[None]:
+            for data in _with_early(early, parkable_reads(conn, link.writer, waiter)):
+                if not isinstance(data, bytes):
+                    yield data  # a Wait: idle, parked
+                    continue
                 timer.update()
                 if not all(write_or_stop(link.writer, p) for p in stream.feed(data)):
                     break
@@ -224,8 +228,9 @@ class KeyedInbound:
             conn.write(out)
 
         drain = PipeDrain(link.reader, send, lambda: _unanswered(head, abort), conn)
-        self._report(session, run_relay(self.ctx, session.name(), self._policy(session),
-                                        conn, abort, request, drain))
+        self._report(session, (yield from run_relay_steps(
+            self.ctx, session.name(), self._policy(session), conn, abort, Parkable(request),
+            drain)))
 
     def _policy(self, session: Session):
         return self.ctx.policy.for_level(session.user_level)

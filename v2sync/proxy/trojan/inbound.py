@@ -8,6 +8,7 @@ framed with the address they came from.
 from __future__ import annotations
 
 import threading
+from typing import Iterator, Union
 
 from v2sync.app.dispatcher.udp import UdpSessionTable
 from v2sync.common.errors import TransportError
@@ -16,14 +17,15 @@ from v2sync.common.protocol.packets import (PacketStream, encode_trojan_packets,
                                             parse_trojan_packet)
 from v2sync.common.registry import INBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import Steps
+from v2sync.common.task import Steps, Wait
 from v2sync.features.routing import Dispatcher
 from v2sync.proxy.keyed import KeyedInbound
 from v2sync.proxy.trojan.config import TrojanInboundConfig, parse_user
 from v2sync.proxy.trojan.encoding import (PROBE_SIZE, Command, RequestHeader,
                                           parse_request_header, peek_key)
-from v2sync.transport.copy import adaptive_reads
+from v2sync.transport.copy import parkable_reads
 from v2sync.transport.internet.conn import Connection
+from v2sync.transport.internet.readiness import ReadWaiter
 
 
 @INBOUNDS.register("trojan")
@@ -50,14 +52,16 @@ class TrojanInbound(KeyedInbound):
     def serve(self, session: Session, conn: Connection, dispatcher: Dispatcher, user,
               header: RequestHeader, early: bytes) -> Steps[None]:
         if header.command == Command.UDP:
-            return self._serve_udp(session, conn, dispatcher, early)
+            yield from self._serve_udp(session, conn, dispatcher, early)
+            return
         link = dispatcher.dispatch(session, header.destination(), early, start_here=True)
         yield from self.relay_tcp(session, conn, link)
 
     def _serve_udp(self, session: Session, conn: Connection, dispatcher: Dispatcher,
-                   early: bytes) -> None:
+                   early: bytes) -> Steps[None]:
         """Read packets until the client's EOF (server.go handleUDPPayload); answers are
-        written by the table's pump threads, one frame per write under a lock."""
+        written by the table's pumps, one frame per write under a lock. Steps: the
+        client's reader parks while idle."""
         policy = self._policy(session)
         table = UdpSessionTable(dispatcher, self.ctx, session.inbound_tag, session.user_level,
                                 session.user_email)
@@ -72,7 +76,10 @@ class TrojanInbound(KeyedInbound):
         timer = self.ctx.timers.new_timer(policy.conn_idle, conn.abort)
         conn.settimeout(None)
         try:
-            for data in _reads(early, conn):
+            for data in _reads(early, conn, self.ctx.readiness):
+                if not isinstance(data, bytes):
+                    yield data  # a Wait: idle, parked
+                    continue
                 timer.update()
                 for packet in stream.feed(data):
                     if packet.payload:  # 4.34 reads an empty one as no buffers: sends nothing
@@ -84,7 +91,7 @@ class TrojanInbound(KeyedInbound):
             table.close()
 
 
-def _reads(early: bytes, conn: Connection):
+def _reads(early: bytes, conn: Connection, waiter: ReadWaiter) -> Iterator[Union[bytes, Wait]]:
     if early:
         yield early
-    yield from adaptive_reads(conn)
+    yield from parkable_reads(conn, None, waiter)

@@ -43,8 +43,8 @@ class VlessInbound(KeyedInbound):
         head = encode_response_header()
         if header.command == Command.UDP:
             link = dispatcher.dispatch(session, header.destination())
-            self.relay_packets(session, conn, link, early, parse_length_packet,
-                               encode_length_packet, head)
+            yield from self.relay_packets(session, conn, link, early, parse_length_packet,
+                                          encode_length_packet, head)
         else:
             link = dispatcher.dispatch(session, header.destination(), early, start_here=True)
             yield from self.relay_tcp(session, conn, link, head)
