@@ -12,6 +12,7 @@ from v2sync.common import task as task_module
 from v2sync.common.signal import TimerWheel
 from v2sync.common.task import (
     MAX_SURPLUS_SPREAD,
+    Latch,
     PARKED,
     SURPLUS_LINGER,
     SWITCH_INTERVAL,
@@ -622,3 +623,37 @@ def test_a_join_resumed_by_a_pooled_background_goes_on_in_that_same_worker():
         # the join's continuation, without waking another.
         assert len(threads) == 2 and threads[0] == threads[1]
         _wait_until(lambda: len(group._idle) == parked_before)
+
+
+# -- Latch: a one-time event a task waits for without a thread ---------------------------
+
+def test_a_latch_wakes_its_armed_waiter_once_and_lets_it_go():
+    latch = Latch()
+    woken = []
+    latch.arm(lambda: woken.append(1))
+    assert woken == [] and not latch.is_set()
+    latch.set()
+    latch.set()  # a second set wakes nobody
+    assert woken == [1] and latch.is_set()
+    assert latch._wake is None  # the waker is not kept: no cycle through it
+
+
+def test_a_latch_armed_once_set_wakes_at_once():
+    latch = Latch()
+    latch.set()
+    woken = []
+    latch.arm(lambda: woken.append(1))
+    assert woken == [1]
+
+
+def test_a_latch_blocks_a_driven_task_until_set():
+    latch = Latch()
+    timer = threading.Timer(0.05, latch.set)
+    timer.start()
+    try:
+        def steps():
+            yield latch
+            return "after"
+        assert drive(steps()) == "after"
+    finally:
+        timer.join()

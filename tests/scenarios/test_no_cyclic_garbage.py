@@ -7,13 +7,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import socket
 import time
 
 import pytest
 
 from scenarios.bench_chains import CHAINS, bench
-from scenarios.helpers_scenarios import running_instance, wait_idle
+from scenarios.helpers_scenarios import make_config, port_of, running_instance, wait_idle
 from support.peers import TcpEchoServer, free_port
+from v2sync.app.proxyman import udp_worker
 
 
 CONNECTIONS = 20
@@ -75,3 +77,32 @@ def test_connections_leave_no_cyclic_garbage(chain):
 
         found = _garbage_after(echo_many)
     assert not found, f"{chain}: cyclic garbage after {CONNECTIONS} connections: {dict(found)}"
+
+
+UDP_SESSIONS = 10
+
+
+@pytest.mark.parametrize("outbound", ["freedom", "dns"])
+def test_udp_sessions_leave_no_cyclic_garbage(udp_echo, monkeypatch, outbound):
+    """dokodemo-door UDP sessions, each to freedom or the dns outbound (an upstream
+    message, echoed), closed by the worker's idle sweep: their parked steps (the source's
+    queue, freedom's socket reader, the dns outbound's latch) leave no cycle."""
+    monkeypatch.setattr(udp_worker, "SESSION_IDLE", 0.2)
+    monkeypatch.setattr(udp_worker, "CLEAN_INTERVAL", 0.1)
+    door = {"tag": "door", "protocol": "dokodemo-door", "listen": "127.0.0.1", "port": 0,
+            "settings": {"address": "127.0.0.1", "port": udp_echo.port, "network": "udp"}}
+    config = _quick_teardown(make_config([door], [{"protocol": outbound}]))
+    with running_instance(config) as instance:
+        address = ("127.0.0.1", port_of(instance, "door"))
+
+        def sessions(count: int) -> None:
+            for i in range(count):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(5.0)
+                    sock.sendto(b"\x12\x34not a query %d" % i, address)
+                    assert sock.recv(100) == b"\x12\x34not a query %d" % i
+            wait_idle(instance)
+
+        sessions(3)  # first-use caches and lazy imports are not the sessions'
+        found = _garbage_after(lambda: sessions(UDP_SESSIONS))
+    assert not found, f"{outbound}: cyclic garbage after {UDP_SESSIONS} sessions: {dict(found)}"

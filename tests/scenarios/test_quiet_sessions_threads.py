@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Callable, Iterator, List
 
+import dns.message
 import pytest
 import socks
 
@@ -206,3 +207,34 @@ def test_quiet_udp_over_vless_and_trojan_keep_no_thread(protocol: str) -> None:
             assert instance.readiness.waiting() == 2 * HELD
 
         _udp_rounds(socks_port, servers, settled, client.log_tail)
+
+
+def test_quiet_dns_sessions_keep_no_thread_and_wake_for_more(udp_echo: UdpEchoServer) -> None:
+    """A DNS hijack's sessions (dokodemo-door to the dns outbound, one per client source
+    port): an A query is answered from the built-in DNS, anything else goes upstream (an
+    echo here, so the answer is the query). Quiet, each session's request side waits on
+    its pipe and its upstream reader in the selector; the next message wakes them."""
+    config = make_config([dokodemo(address="127.0.0.1", port=udp_echo.port, network="udp")],
+                         [{"tag": "dns-out", "protocol": "dns"}])
+    config["dns"] = {"hosts": {"example.com": "192.0.2.7"}}
+    with running_instance(config) as instance:
+        door = ("127.0.0.1", port_of(instance, "door"))
+        baseline = _threads_in_use(instance)
+        clients = [_udp_client() for _ in range(HELD)]
+        try:
+            for _ in range(2):  # the second round wakes parked sessions
+                for sock in clients:
+                    sock.sendto(dns.message.make_query("example.com", "A").to_wire(), door)
+                    answer = dns.message.from_wire(sock.recv(512))
+                    assert [item.address for rrset in answer.answer for item in rrset] == \
+                        ["192.0.2.7"]
+                    other = dns.message.make_query("example.com", "TXT").to_wire()
+                    sock.sendto(other, door)
+                    assert sock.recv(512) == other  # the upstream echo's answer
+                time.sleep(copy_module.PARK_AFTER * 4)
+                assert _settled(lambda: _threads_in_use(instance), baseline,
+                                SETTLE_BUSY) <= baseline
+                assert instance.readiness.waiting() == HELD  # each upstream socket
+        finally:
+            for sock in clients:
+                sock.close()

@@ -138,6 +138,44 @@ class _GoOnElsewhere(Wait):
         pass
 
 
+class Latch(Wait):
+    """A one-time event a task waits for without a thread: ``set()`` wakes the waiter
+    armed on it (at once if it is set already); ``block()`` waits in the calling thread.
+    One waiter at a time. The waker is let go when it is called, so a task parked here
+    and what its waker leads back to make no cycle once it is woken."""
+
+    __slots__ = ("_lock", "_done", "_wake", "_event")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._wake: Optional[Waker] = None
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            wake, self._wake = self._wake, None
+        self._event.set()
+        if wake is not None:
+            wake()
+
+    def is_set(self) -> bool:
+        return self._done
+
+    def arm(self, wake: Waker) -> None:
+        with self._lock:
+            if not self._done:
+                self._wake = wake
+                return
+        wake()
+
+    def block(self) -> None:
+        outside_slot(self._event.wait)
+
+
 HAND_ON: Final = _GoOnElsewhere(False)
 HAND_AHEAD: Final = _GoOnElsewhere(True)
 # ``groups``: the groups whose ``start_here`` this thread is inside, innermost last.

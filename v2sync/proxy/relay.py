@@ -89,8 +89,10 @@ def run_relay_steps(ctx: ProxyContext, name: str, policy: LevelPolicy,
         (policy.uplink_only, policy.downlink_only) if down
         else (policy.downlink_only, policy.uplink_only))
 
-    def background_step(wake: Optional[Waker] = None) -> object:
-        if _run_side(background, timer, wake) is PARKED:
+    run_background = _background_runner(background, timer)
+
+    def background_step(wake: Waker) -> object:
+        if run_background(wake) is PARKED:
             return PARKED
         timer.set_timeout(after_background)
         return None
@@ -139,12 +141,33 @@ def _moving(timer: ActivityTimer, within: float) -> bool:
     return not timer.done and time.monotonic() - timer.last < within
 
 
-def _run_side(side: Side, timer: ActivityTimer, wake: Optional[Waker]) -> object:
-    """One background direction: a drain's step (it may park, given ``wake``), or a whole
-    loop."""
+def _background_runner(side: Side, timer: ActivityTimer) -> Callable[[Waker], object]:
+    """One background direction as a step the pair's waker runs again: a drain's step or
+    a ``Parkable``'s next steps (either may park), or a whole loop."""
     if isinstance(side, PipeDrain):
-        return side.step(timer, wake)
-    return drive(_side_steps(side, timer))  # a loop runs outside its run slot: see below
+        return partial(side.step, timer)
+    if isinstance(side, Parkable):
+        return _ParkedSteps(side.steps(timer)).step
+    return lambda wake: drive(_side_steps(side, timer))  # a loop: outside its run slot
+
+
+class _ParkedSteps:
+    """A ``Parkable`` in the background: each step runs its generator to its next wait,
+    leaves the pair's waker there and parks (``_StepsTask`` of ``common.task`` does the
+    same for a whole task)."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: Steps[object]):
+        self.steps = steps
+
+    def step(self, wake: Waker) -> object:
+        try:
+            wait = self.steps.send(None)
+        except StopIteration:
+            return None
+        wait.arm(wake)  # suspended now: the wake may come at once, from any thread
+        return PARKED
 
 
 def _side_steps(side: Side, timer: ActivityTimer) -> Steps[object]:

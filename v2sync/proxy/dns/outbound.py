@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterator, List, Optional, Union
 
 from v2sync.app.dns.server import DnsAnswerError
 from v2sync.common.errors import ProtocolError, TransportError
@@ -26,16 +26,18 @@ from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.packets import PacketStream
 from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
-from v2sync.common.task import ThreadGroup
+from v2sync.common.task import Latch, Steps, ThreadGroup, Wait, outside_slot
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.dns import encoding as enc
 from v2sync.proxy.dns.config import DnsOutboundConfig
-from v2sync.proxy.relay import run_relay
+from v2sync.proxy.relay import Parkable, run_relay_steps
+from v2sync.transport.copy import PARK_AFTER, parkable_reads, read_all_steps
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_once
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import (MAX_UDP_PAYLOAD, dial_udp, recv_past_icmp,
+from v2sync.transport.internet.readiness import ReadWaiter
+from v2sync.transport.internet.udp import (MAX_UDP_PAYLOAD, dial_udp, recv_or_park,
                                           shutdown_udp)
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF
@@ -67,39 +69,52 @@ class DnsOutbound:
         return Destination(s.address or target.address, s.port or target.port,
                            s.network or target.network)
 
-    def process(self, session: Session, link: Link) -> None:
+    def process_steps(self, session: Session, link: Link) -> Steps[None]:
+        """Steps: both directions park while quiet (a query session waiting for the
+        client's next message, or the upstream's answer, holds no thread; a DNS hijack's
+        sessions, one per client source port, held two each for their 8 s)."""
         target = session.target
         if target is None:
             raise TransportError("invalid outbound")
-        upstream = _Upstream(self.upstream_of(target), self.client)
+        upstream = _Upstream(self.upstream_of(target), self.client, self.ctx.readiness)
         messages = _MessageIO(link, target.network)
         policy = self.ctx.policy.for_level(0)
         own = self._own_link(session)
         lookups = _Lookups(self.ctx.threads, session.name())
 
         def abort() -> None:
-            upstream.close()
+            upstream.shutdown()
             link.interrupt()
 
-        def request(timer) -> None:
+        def request(timer) -> Steps[None]:
             try:
-                for message in messages.read():
-                    timer.update()
-                    if own:
-                        upstream.send(message)
-                    else:
-                        self._handle(message, messages, upstream, lookups, timer)
+                while True:
+                    batch = yield from messages.read_steps()
+                    if batch is None:
+                        break
+                    for message in batch:
+                        timer.update()
+                        if own:
+                            upstream.send(message)
+                        else:
+                            self._handle(message, messages, upstream, lookups, timer)
                 lookups.wait(LOOKUPS_DRAIN)  # the answers still due go out before the end
             finally:
                 upstream.close_input()
 
-        def response(timer) -> None:
+        def response(timer) -> Steps[None]:
             for message in upstream.answers():
+                if isinstance(message, Wait):
+                    yield message  # quiet: parked
+                    continue
                 timer.update()
                 messages.write(message)
 
-        error = run_relay(self.ctx, session.name(), policy, None, abort, request, response)
-        upstream.close()
+        try:
+            error = yield from run_relay_steps(self.ctx, session.name(), policy, None, abort,
+                                               Parkable(request), Parkable(response))
+        finally:
+            upstream.close()
         if error is not None:
             log.debug("%s: dns connection ends: %s", session.name(), error)
 
@@ -153,17 +168,20 @@ class _MessageIO:
     def __init__(self, link: Link, network: Network):
         self.link = link
         self.is_tcp = network is Network.TCP
+        self._stream: Optional[PacketStream[bytes]] = (
+            PacketStream(enc.parse_tcp_message) if self.is_tcp else None)
         self._write_lock = threading.Lock()
 
-    def read(self):
-        stream: Optional[PacketStream[bytes]] = None
-        if self.is_tcp:
-            stream = PacketStream(enc.parse_tcp_message)
-        while True:
-            chunk = self.link.reader.read()
-            if chunk is EOF:
-                return
-            yield from (stream.feed(chunk) if stream is not None else (chunk,))
+    def read_steps(self) -> Steps[Optional[List[bytes]]]:
+        """The whole messages that came, or None at the link's end. Steps: it parks
+        while there are none."""
+        chunks = yield from read_all_steps(self.link.reader)
+        if chunks is EOF:
+            return None
+        stream = self._stream
+        if stream is None:
+            return chunks
+        return [message for chunk in chunks for message in stream.feed(chunk)]
 
     def write(self, message: bytes) -> None:
         if not message and self.is_tcp:
@@ -187,7 +205,8 @@ class _Lookups:
         """``answer()`` in a pooled thread; waits while MAX_LOOKUPS run. With no thread to
         be had, or no room within LOOKUPS_DRAIN, it runs here, in turn as before."""
         with self._changed:
-            room = self._changed.wait_for(lambda: self._running < MAX_LOOKUPS, LOOKUPS_DRAIN)
+            room = outside_slot(self._changed.wait_for, lambda: self._running < MAX_LOOKUPS,
+                                LOOKUPS_DRAIN)
             if room:
                 self._running += 1
         if not room:
@@ -209,17 +228,18 @@ class _Lookups:
     def wait(self, timeout: float) -> None:
         """Until every answer begun has been written (or ``timeout``)."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._running, timeout)
+            outside_slot(self._changed.wait_for, lambda: not self._running, timeout)
 
 
 class _Upstream:
     """The connection non-IP messages go to, dialed when the first one needs it."""
 
-    def __init__(self, dest: Destination, client: StreamClient):
+    def __init__(self, dest: Destination, client: StreamClient, waiter: ReadWaiter):
         self.dest = dest
         self.client = client
+        self.waiter = waiter
         self._lock = threading.Lock()
-        self._ready = threading.Event()  # set once dialed, failed or closed
+        self._ready = Latch()  # set once dialed, failed or shut down
         self._sock: Optional[socket.socket] = None
         self._conn: Optional[Connection] = None
         self._closed = False
@@ -257,52 +277,66 @@ class _Upstream:
             self._conn = dial_once(self.dest, self.client)
             self._conn.settimeout(None)
 
-    def answers(self):
-        """Messages from the upstream until it ends (or nothing was ever sent)."""
-        self._ready.wait()
+    def answers(self) -> Iterator[Union[bytes, Wait]]:
+        """Messages from the upstream until it ends (or nothing was ever sent); a ``Wait``
+        for the caller to yield while there are none."""
+        if not self._ready.is_set():
+            yield self._ready
         if self._sock is not None:
             yield from self._datagrams(self._sock)
         elif self._conn is not None:
             yield from self._stream(self._conn)
 
-    def _datagrams(self, sock: socket.socket):
+    def _datagrams(self, sock: socket.socket) -> Iterator[Union[bytes, Wait]]:
         while True:
             try:
-                data = recv_past_icmp(sock, MAX_UDP_PAYLOAD + 1)
+                data = yield from recv_or_park(sock, MAX_UDP_PAYLOAD + 1, self.waiter,
+                                               PARK_AFTER, self._is_closed)
             except OSError:
                 return
             if not data:
-                return  # shut down by close()
+                return  # shut down
             self._count_received(len(data))
             if len(data) <= MAX_UDP_PAYLOAD:
                 yield data
 
-    @staticmethod
-    def _stream(conn: Connection):
+    def _stream(self, conn: Connection) -> Iterator[Union[bytes, Wait]]:
         stream: PacketStream[bytes] = PacketStream(enc.parse_tcp_message)
-        while True:
-            try:
-                data = conn.read(TCP_READ_SIZE)
-            except TransportError:
-                return
-            if not data:
-                return
-            yield from stream.feed(data)
+        try:
+            for data in parkable_reads(conn, None, self.waiter):
+                if isinstance(data, Wait):
+                    yield data
+                    continue
+                yield from stream.feed(data)
+        except TransportError:
+            return
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def close_input(self) -> None:
         """The client is done: without an upstream, nothing will ever answer."""
         with self._lock:
-            if self._sock is None and self._conn is None:
-                self._ready.set()
+            idle = self._sock is None and self._conn is None
+        if idle:
+            self._ready.set()
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """End it: a parked reader wakes and ends. The sockets stay open for ``close``,
+        once that reader is gone (a socket closed while registered in the ReadWaiter's
+        selector would leave its entry there)."""
         with self._lock:
             self._closed = True
             sock, conn = self._sock, self._conn
-            self._ready.set()
+        self._ready.set()
         if sock is not None:
             shutdown_udp(sock)
-            sock.close()
         if conn is not None:
             conn.abort()
-            conn.close()
+
+    def close(self) -> None:
+        self.shutdown()
+        if self._sock is not None:
+            self._sock.close()
+        if self._conn is not None:
+            self._conn.close()
