@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import dns.message
 import pytest
@@ -24,6 +24,7 @@ import socks
 from scenarios.helpers_scenarios import (freedom, make_config, port_of, recv_exact,
                                          running_instance, socks_inbound, wait_idle)
 from scenarios import keyed_helpers as keyed
+from scenarios import ss_helpers as ss
 from scenarios.mux_helpers import start_mux_chain
 from scenarios.vmess_helpers import make_process
 from scenarios.test_dokodemo_scenarios import dokodemo
@@ -238,3 +239,37 @@ def test_quiet_dns_sessions_keep_no_thread_and_wake_for_more(udp_echo: UdpEchoSe
         finally:
             for sock in clients:
                 sock.close()
+
+
+def _v2ray_socks_server(port: int) -> Dict[str, Any]:
+    inbound = {"tag": "socks-server", "protocol": "socks", "listen": "127.0.0.1",
+               "port": port, "settings": {"auth": "noauth", "udp": True, "ip": "127.0.0.1"}}
+    return {"log": ss.LOG, "inbounds": [inbound],
+            "outbounds": [{"tag": "direct", "protocol": "freedom", "settings": {}}]}
+
+
+@pytest.mark.parametrize("protocol", ["shadowsocks", "socks"])
+def test_quiet_udp_through_shadowsocks_and_socks_clients_keep_no_thread(protocol: str) -> None:
+    """v2sync as the client in this process (SOCKS5 UDP in, the Shadowsocks or SOCKS
+    outbound), a real v2ray 4.34 as the server: each target's outbound UDP socket parks
+    its reader, and its link's drain parks too."""
+    port = free_port()
+    if protocol == "shadowsocks":
+        server_config = ss.ss_server_config(port, "aes-128-gcm")
+        client_config = ss.ss_client_config(0, port, "aes-128-gcm")
+    else:
+        server_config = _v2ray_socks_server(port)
+        client_config = make_config([socks_inbound(udp=True, ip="127.0.0.1")], [
+            {"tag": "out", "protocol": "socks",
+             "settings": {"servers": [{"address": "127.0.0.1", "port": port}]}}])
+    with _echo_servers(HELD) as servers, make_process("v2ray", server_config) as server, \
+            running_instance(client_config) as instance:
+        baseline = _threads_in_use(instance)
+
+        def settled() -> None:
+            assert _settled(lambda: _threads_in_use(instance), baseline,
+                            SETTLE_BUSY) <= baseline
+            # Each target's UDP socket, and the SOCKS association's control connection.
+            assert instance.readiness.waiting() == HELD + 1
+
+        _udp_rounds(port_of(instance, "socks-in"), servers, settled, server.log_tail)

@@ -29,10 +29,11 @@ from v2sync.common.task import (HAND_ON, PARKED, Steps, Waker, at_once, drive, o
                                 run_pair_steps, started_here)
 from v2sync.features.proxy import ProxyContext
 from v2sync.infra.conf.model import LevelPolicy
-from v2sync.transport.copy import (PipeDrain, conn_drain, copy_conn_to_pipe_steps,
-                                   flush_ready)
+from v2sync.transport.copy import (PARK_AFTER, PipeDrain, conn_drain,
+                                   copy_conn_to_pipe_steps, flush_ready)
 from v2sync.transport.internet.conn import Connection
 from v2sync.transport.internet.dialer import Pause
+from v2sync.transport.internet.udp import recv_or_park, shutdown_udp
 from v2sync.transport.link import Link
 
 Direction = Callable[[ActivityTimer], None]
@@ -237,6 +238,49 @@ def relay_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, con
 
     return (yield from run_relay_steps(ctx, name, policy, None, abort, Parkable(request),
                                        PipeDrain(link.reader, answer)))
+
+
+def relay_socket_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, sock,
+                                 link: Link, size: int, send: Callable[[bytes], bool],
+                                 receive: Callable[[bytes], Optional[bytes]],
+                                 also_abort: Callable[[], None] = lambda: None
+                                 ) -> Steps[Optional[BaseException]]:
+    """An outbound's UDP socket and its link, one datagram per pipe chunk (freedom, the
+    Shadowsocks and SOCKS clients). ``send(chunk)`` sends one out (False: the session must
+    end); ``receive(data)`` turns one of at most ``size`` bytes that came in into the
+    payload for the link (None: dropped). Steps: both directions park while quiet (each
+    held a thread, blocked in the pipe or in ``recv``). An abort shuts ``sock`` down (and
+    runs ``also_abort``); the caller closes it once this returns."""
+    stopped = threading.Event()  # a shut-down socket reads as empty datagrams: see there
+
+    def abort() -> None:
+        stopped.set()
+        shutdown_udp(sock)
+        also_abort()
+        link.interrupt()
+
+    def out(chunks: List[bytes]) -> None:
+        for chunk in chunks:
+            if not send(chunk):
+                abort()
+                return
+
+    def answers(timer: ActivityTimer) -> Steps[None]:
+        while True:
+            try:
+                data = yield from recv_or_park(sock, size, ctx.readiness, PARK_AFTER,
+                                               stopped.is_set)
+            except OSError:
+                return  # closed
+            if stopped.is_set():
+                return
+            payload = receive(data)
+            if payload is not None:
+                timer.update()
+                link.writer.write(payload)
+
+    return (yield from run_relay_steps(ctx, name, policy, None, abort,
+                                       PipeDrain(link.reader, out), Parkable(answers)))
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import ANY_IPV4, Address, AddressKind, Destination, Network, go_address
@@ -18,13 +18,12 @@ from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
 from v2sync.proxy.freedom.config import FreedomConfig
-from v2sync.proxy.relay import Parkable, link_pause, relay_upstream_steps, run_relay_steps
-from v2sync.transport.copy import PARK_AFTER, PipeDrain
+from v2sync.proxy.relay import link_pause, relay_socket_datagrams_steps, relay_upstream_steps
 from v2sync.transport.internet.dialer import Lookup, candidates, dial_with_retry
 from v2sync.transport.internet.hub import StreamClient
 from v2sync.transport.internet.resolve import of_strategy, resolve
 from v2sync.transport.internet.counting import adder
-from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp, recv_or_park, shutdown_udp
+from v2sync.transport.internet.udp import MAX_UDP_PAYLOAD, open_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -157,78 +156,40 @@ class FreedomOutbound:
                      lookup) -> Steps[None]:
         """4.34's cone: one unconnected socket per link; answers from any address go back
         to the client as the destination's (freedom.go reads with ReadFrom and drops the
-        sender). Both directions park while idle: an idle UDP session holds no thread
-        (each held two, blocked in the pipe and in ``recv``; 1,000 mux UDP
-        sub-connections made 3,000 threads)."""
+        sender). Both directions park while quiet (``relay_socket_datagrams_steps``).
+        The outbound's counters take each datagram, as 4.34's counting connection does."""
         sock, address = self._udp_socket(dest, lookup)
+        uplink, downlink = (adder(counter) for counter in self.client.counters)
+
+        def receive(data: bytes) -> Optional[bytes]:
+            if not data or len(data) > MAX_UDP_PAYLOAD:
+                return None  # see MAX_UDP_PAYLOAD
+            downlink(len(data))
+            return data
+
         try:
-            datagrams = _Datagrams(self, session, dest, sock, address, link)
-            yield from run_relay_steps(self.ctx, session.name(), policy, None, datagrams.abort,
-                                       PipeDrain(link.reader, datagrams.send),
-                                       Parkable(datagrams.answers))
+            yield from relay_socket_datagrams_steps(
+                self.ctx, session.name(), policy, sock, link, MAX_UDP_PAYLOAD + 1,
+                _udp_sender(session, dest, sock, address, uplink), receive)
         finally:
             sock.close()
 
 
-class _Datagrams:
-    """One UDP session of freedom's: the link's datagrams out of ``sock`` to ``address``,
-    the answers back into the link. The outbound's counters take each datagram, as 4.34's
-    counting connection does."""
-
-    def __init__(self, outbound: FreedomOutbound, session: Session, dest: Destination, sock,
-                 address: Tuple[str, int], link: Link):
-        self.name = session.name()
-        self.session = session
-        self.dest = dest
-        self.sock = sock
-        self.address = address
-        self.link = link
-        self.waiter = outbound.ctx.readiness
-        self.uplink, self.downlink = (adder(counter) for counter in outbound.client.counters)
-        self.stopped = False  # after shutdown() recv returns b"", like an empty datagram
-
-    def is_stopped(self) -> bool:
-        return self.stopped
-
-    def abort(self) -> None:
-        self.stopped = True
-        shutdown_udp(self.sock)
-        self.link.interrupt()
-
-    def send(self, chunks: List[bytes]) -> None:
-        """Each pipe chunk is one datagram."""
-        for chunk in chunks:
-            if not self._send_one(chunk):
-                self.abort()
-                return
-
-    def _send_one(self, chunk: bytes) -> bool:
-        """False when the session must end."""
+def _udp_sender(session: Session, dest: Destination, sock, address: Tuple[str, int],
+                counted: Callable[[int], None]) -> Callable[[bytes], bool]:
+    """freedom's send of one datagram; False when the session must end."""
+    def send(chunk: bytes) -> bool:
         try:
-            self.uplink(self.sock.sendto(chunk, self.address))
+            counted(sock.sendto(chunk, address))
         except ConnectionRefusedError as e:  # ICMP unreachable, an earlier send's
-            log.debug("%s: udp send to %s failed: %s", self.name, self.dest, e)
+            log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
         except OSError as e:
             if e.errno == errno.EMSGSIZE:
-                _too_large(self.session, self.dest, len(chunk))
+                _too_large(session, dest, len(chunk))
                 return True
             # freedom.go's copy ends the link at a failed write (port 0: EINVAL), so the
             # client's connection ends now, not after connIdle.
-            log.info("%s: udp send to %s failed: %s", self.name, self.dest, e)
+            log.info("%s: udp send to %s failed: %s", session.name(), dest, e)
             return False
         return True
-
-    def answers(self, timer) -> Steps[None]:
-        while True:
-            try:
-                data = yield from recv_or_park(self.sock, MAX_UDP_PAYLOAD + 1, self.waiter,
-                                               PARK_AFTER, self.is_stopped)
-            except OSError:
-                return  # closed
-            if self.stopped:
-                return
-            if not data or len(data) > MAX_UDP_PAYLOAD:
-                continue  # see MAX_UDP_PAYLOAD
-            timer.update()
-            self.downlink(len(data))
-            self.link.writer.write(data)
+    return send

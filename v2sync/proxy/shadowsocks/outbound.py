@@ -8,7 +8,7 @@ carrying the target; answers are decoded and their payloads handed back.
 from __future__ import annotations
 
 import logging
-import threading
+from typing import Optional
 
 from v2sync.common.errors import ProtocolError, TransportError
 from v2sync.common.net import Destination, Network
@@ -17,7 +17,7 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import link_pause, run_relay, setup_aborted_with
+from v2sync.proxy.relay import link_pause, relay_socket_datagrams_steps, setup_aborted_with
 from v2sync.proxy.shadowsocks.config import ShadowsocksClientConfig, ShadowsocksServer
 from v2sync.proxy.shadowsocks.encoding import (StreamReader, decode_packet, encode_packet,
                                                encode_request)
@@ -25,7 +25,7 @@ from v2sync.proxy.shadowsocks.inbound import relay_encrypted
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, recv_past_icmp, shutdown_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
 from v2sync.transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class ShadowsocksOutbound:
         target = session.destination()
         if target.network is Network.UDP:
             server = self.picker.pick()
-            self._process_udp(session, server, target, link,
-                              self.ctx.policy.for_level(server.user.level))
+            yield from self._process_udp(session, server, target, link,
+                                         self.ctx.policy.for_level(server.user.level))
             return
         # Each try takes the next server, as client.go calls PickServer inside its retry.
         server, conn = dial_server(self.picker.pick, DIAL_ATTEMPTS, DIAL_STEP, self.client,
@@ -70,53 +70,37 @@ class ShadowsocksOutbound:
             conn.close()
 
     def _process_udp(self, session: Session, server: ShadowsocksServer, target: Destination,
-                     link: Link, policy) -> None:
+                     link: Link, policy) -> Steps[None]:
+        """Each datagram sealed with its target's address to the server; both directions
+        park while quiet (``relay_socket_datagrams_steps``). The outbound's counters take
+        each datagram, as 4.34's counting connection does."""
         dest = Destination(server.address, server.port, Network.UDP)
         sock = (self.client.chained_datagrams(dest)
                 or dial_udp(candidates(dest)[0], self.client.source, self.client.sockopt))
         account = server.user.account
-        # The outbound's counters take each datagram, as 4.34's counting connection does.
         uplink, downlink = (adder(counter) for counter in self.client.counters)
-        stopped = threading.Event()  # after shutdown() recv returns b"", like an empty datagram
+        name = session.name()
 
-        def abort() -> None:
-            stopped.set()
-            shutdown_udp(sock)
-            link.interrupt()
+        def send(chunk: bytes) -> bool:
+            try:
+                uplink(sock.send(encode_packet(account, target.address, target.port, chunk)))
+            except ProtocolError as e:  # too large for a 4.34 server's 2 KiB read
+                log.info("%s: datagram dropped: %s", name, e)
+            except OSError as e:  # ICMP unreachable from an earlier send
+                log.debug("%s: udp send to %s failed: %s", name, dest, e)
+            return True
 
-        def request(timer) -> None:
-            while True:
-                chunk = link.reader.read()
-                if not isinstance(chunk, bytes):
-                    return  # EOF
-                timer.update()
-                try:
-                    uplink(sock.send(encode_packet(account, target.address, target.port,
-                                                   chunk)))
-                except ProtocolError as e:  # too large for a 4.34 server's 2 KiB read
-                    log.info("%s: datagram dropped: %s", session.name(), e)
-                except OSError as e:  # ICMP unreachable from an earlier send
-                    log.debug("%s: udp send to %s failed: %s", session.name(), dest, e)
-
-        def response(timer) -> None:
-            while True:
-                try:
-                    data = recv_past_icmp(sock, MAX_DATAGRAM)
-                except OSError:
-                    return  # the socket is gone
-                if stopped.is_set():
-                    return
-                downlink(len(data))
-                try:
-                    _, _, payload = decode_packet(account, data)
-                except ProtocolError as e:
-                    # 4.34's UDPReader ends the whole link here; one bad datagram is dropped.
-                    log.debug("%s: bad datagram from %s dropped: %s", session.name(), dest, e)
-                    continue
-                timer.update()
-                link.writer.write(payload)
+        def receive(data: bytes) -> Optional[bytes]:
+            downlink(len(data))
+            try:
+                return decode_packet(account, data)[2]
+            except ProtocolError as e:
+                # 4.34's UDPReader ends the whole link here; one bad datagram is dropped.
+                log.debug("%s: bad datagram from %s dropped: %s", name, dest, e)
+                return None
 
         try:
-            run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+            yield from relay_socket_datagrams_steps(self.ctx, name, policy, sock, link,
+                                                    MAX_DATAGRAM, send, receive)
         finally:
             sock.close()

@@ -12,7 +12,6 @@ plain UDP, as 4.34's dialer makes it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Optional
 
@@ -24,15 +23,15 @@ from v2sync.common.registry import OUTBOUNDS
 from v2sync.common.session import Session
 from v2sync.common.task import Steps
 from v2sync.features.proxy import ProxyContext
-from v2sync.proxy.relay import link_pause, relay_upstream_steps, run_relay, setup_aborted_with
+from v2sync.proxy.relay import (link_pause, relay_socket_datagrams_steps, relay_upstream_steps,
+                               setup_aborted_with)
 from v2sync.proxy.socks import encoding as enc
 from v2sync.transport.internet.conn import Connection, HandshakeReader
 from v2sync.transport.internet.counting import adder
 from v2sync.transport.internet.dialer import candidates, dial_server
 from v2sync.transport.internet.hub import StreamClient
-from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp, recv_past_icmp, shutdown_udp
+from v2sync.transport.internet.udp import MAX_DATAGRAM, dial_udp
 from v2sync.transport.link import Link
-from v2sync.transport.pipe import EOF
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class SocksOutbound:
             if session.destination().network is Network.UDP:
                 relay = Destination(server.address if reply.address in _UNSPECIFIED
                                     else reply.address, reply.port, Network.UDP)
-                error = self._relay_udp(session, conn, link, policy, relay)
+                error = yield from self._relay_udp(session, conn, link, policy, relay)
             else:
                 error = yield from relay_upstream_steps(self.ctx, session.name(), policy, conn,
                                                         link, reader.consume(len(reader.buf)))
@@ -81,52 +80,36 @@ class SocksOutbound:
             conn.close()
 
     def _relay_udp(self, session: Session, conn: Connection, link: Link, policy,
-                   relay: Destination):
+                   relay: Destination) -> Steps[Optional[BaseException]]:
+        """Each datagram with its SOCKS header to the server's relay; both directions park
+        while quiet (``relay_socket_datagrams_steps``); an abort ends the control
+        connection too. Each datagram, its SOCKS header included, counts on the
+        outbound's counters: 4.34's dialer wraps the relay's UDP connection as it wraps
+        TCP ones."""
         target = session.destination()
         sock = (self.client.chained_datagrams(relay)
                 or dial_udp(candidates(relay)[0], self.client.source, self.client.sockopt))
-        # Each datagram, its SOCKS header included, counts on the outbound's counters:
-        # 4.34's dialer wraps the relay's UDP connection as it wraps TCP ones.
         uplink, downlink = (adder(counter) for counter in self.client.counters)
-        stopped = threading.Event()
+        name = session.name()
 
-        def abort() -> None:
-            stopped.set()
-            shutdown_udp(sock)
-            conn.abort()
-            link.interrupt()
+        def send(chunk: bytes) -> bool:
+            try:
+                uplink(sock.send(enc.encode_udp_datagram(target.address, target.port, chunk)))
+            except OSError as e:
+                log.debug("%s: udp send to %s failed: %s", name, relay, e)
+            return True
 
-        def request(timer) -> None:
-            while True:
-                chunk = link.reader.read()
-                if chunk is EOF:
-                    return
-                timer.update()
-                try:
-                    uplink(sock.send(enc.encode_udp_datagram(target.address, target.port,
-                                                             chunk)))
-                except OSError as e:
-                    log.debug("%s: udp send to %s failed: %s", session.name(), relay, e)
-
-        def response(timer) -> None:
-            while True:
-                try:
-                    data = recv_past_icmp(sock, MAX_DATAGRAM)
-                except OSError:
-                    return
-                if stopped.is_set():
-                    return
-                downlink(len(data))
-                try:
-                    datagram = enc.parse_udp_datagram(data)
-                except RemoteProtocolError as e:
-                    log.debug("%s: bad datagram from %s: %s", session.name(), relay, e)
-                    continue
-                timer.update()
-                link.writer.write(datagram.payload)
+        def receive(data: bytes) -> Optional[bytes]:
+            downlink(len(data))
+            try:
+                return enc.parse_udp_datagram(data).payload
+            except RemoteProtocolError as e:
+                log.debug("%s: bad datagram from %s: %s", name, relay, e)
+                return None
 
         try:
-            return run_relay(self.ctx, session.name(), policy, None, abort, request, response)
+            return (yield from relay_socket_datagrams_steps(
+                self.ctx, name, policy, sock, link, MAX_DATAGRAM, send, receive, conn.abort))
         finally:
             sock.close()
 
