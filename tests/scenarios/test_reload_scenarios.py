@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import urllib.request
 import os
 import signal
@@ -261,6 +262,7 @@ def test_a_config_read_from_stdin_refuses_a_reload_clearly(flags, tmp_path) -> N
                                cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     assert process.stdin is not None and process.stdout is not None
+    out = ""
     try:
         process.stdin.write(json.dumps(_config(port)).encode())
         process.stdin.close()
@@ -268,13 +270,31 @@ def test_a_config_read_from_stdin_refuses_a_reload_clearly(flags, tmp_path) -> N
         while not accepts_tcp(("127.0.0.1", port)) and time.monotonic() < deadline:
             time.sleep(0.05)
         process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        # The line, once the main thread has taken the signal (on a loaded machine its
+        # start-up's last collection can hold it a while: a fixed 0.5 s was too short).
+        out = _output_until(process.stdout, REFUSED_FROM_STDIN, IO_TIMEOUT)
         assert process.poll() is None and accepts_tcp(("127.0.0.1", port))
     finally:
         process.terminate()
         process.wait(timeout=IO_TIMEOUT)
-        out = process.stdout.read().decode()
+        out += process.stdout.read().decode()
         process.stdout.close()
     assert process.returncode == 0, out
-    assert "reload refused, still serving the previous config: it was read from standard " \
-           "input" in out
+    assert REFUSED_FROM_STDIN in out
+
+
+REFUSED_FROM_STDIN = ("reload refused, still serving the previous config: it was read from "
+                      "standard input")
+
+
+def _output_until(stream, wanted: str, timeout: float) -> str:
+    """What ``stream`` (a process's pipe) gives until ``wanted`` is in it or ``timeout``."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while wanted.encode() not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(stream.fileno(), 4096) if ready else b""
+        if not chunk:
+            break
+        out += chunk
+    return out.decode()
