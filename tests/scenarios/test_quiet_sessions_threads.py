@@ -30,6 +30,7 @@ from scenarios.vmess_helpers import make_process
 from scenarios.test_dokodemo_scenarios import dokodemo
 from support.peers import TcpEchoServer, UdpEchoServer, free_port
 from support.resources import process_thread_count
+from v2sync.proxy.dns import outbound as dns_outbound
 from v2sync.transport import copy as copy_module
 
 HELD = 12
@@ -273,3 +274,46 @@ def test_quiet_udp_through_shadowsocks_and_socks_clients_keep_no_thread(protocol
             assert instance.readiness.waiting() == HELD + 1
 
         _udp_rounds(port_of(instance, "socks-in"), servers, settled, server.log_tail)
+
+
+LOOKUP_THREADS = 4
+DEAD_NAMES = 20
+
+
+def test_lookups_of_a_dns_hijack_share_a_bounded_pool_newest_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each source port of a DNS hijack is a session of its own, so a cap per session
+    bounded nothing: names nobody answers, asked from many ports, held a thread each for
+    the DNS deadline (1,500: 2,139 threads; found by a review). The outbound's lookups
+    share MAX_LOOKUP_THREADS threads; a fresh query is answered as soon as one is free,
+    not after every query waiting before it."""
+    monkeypatch.setattr(dns_outbound, "MAX_LOOKUP_THREADS", LOOKUP_THREADS)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # never answers
+        silent.bind(("127.0.0.1", 0))
+        config = make_config([dokodemo(address="127.0.0.1", port=53, network="udp")],
+                             [{"tag": "dns-out", "protocol": "dns"}])
+        config["dns"] = {"servers": [{"address": "127.0.0.1", "port": silent.getsockname()[1]}],
+                         "hosts": {"fresh.example": "192.0.2.9"}}
+        with running_instance(config) as instance:
+            door = ("127.0.0.1", port_of(instance, "door"))
+            baseline = _threads_in_use(instance)
+            clients = [_udp_client() for _ in range(DEAD_NAMES + 1)]
+            try:
+                for i, sock in enumerate(clients[:-1]):
+                    query = dns.message.make_query(f"dead{i}.example", "A").to_wire()
+                    sock.sendto(query, door)
+                time.sleep(0.5)  # every session has started and its lookup is in the pool
+                # One pooled thread per lookup running, not per lookup asked.
+                assert _settled(lambda: _threads_in_use(instance), baseline + LOOKUP_THREADS,
+                                SETTLE_BUSY) <= baseline + LOOKUP_THREADS
+                started = time.monotonic()
+                fresh = clients[-1]
+                fresh.sendto(dns.message.make_query("fresh.example", "A").to_wire(), door)
+                answer = dns.message.from_wire(fresh.recv(512))
+                # After the first four dead lookups' deadline (4 s), not all five rounds.
+                assert time.monotonic() - started < WAIT
+                assert [item.address for rrset in answer.answer for item in rrset] == \
+                    ["192.0.2.9"]
+            finally:
+                for sock in clients:
+                    sock.close()

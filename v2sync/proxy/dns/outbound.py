@@ -6,8 +6,9 @@ to the upstream: the original destination with the settings' network/address/por
 dialed on the first message that needs it (4.34's ``outboundConn``). The upstream's answers
 come back the same way. Answers are written under one lock, since both directions write.
 
-4.34 answers each IP query in its own goroutine; here each goes to a pooled thread, at most
-MAX_LOOKUPS of one session at once (``_Lookups``). They were answered in turn on the
+4.34 answers each IP query in its own goroutine; here each goes to the outbound's lookup
+pool (``_LookupPool``: MAX_LOOKUP_THREADS threads over all sessions, newest query first),
+at most MAX_LOOKUPS of one session at once (``_Lookups``). They were answered in turn on the
 request side, so a client that asks from one socket or connection (a forwarding resolver
 behind a DNS hijack: dnsmasq, systemd-resolved) waited the whole deadline of a name that
 is never answered, 4 s a server, before each name behind it (4.34: 10 ms; found by a
@@ -18,7 +19,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Callable, Iterator, List, Optional, Union
+from collections import deque
+from typing import Callable, Deque, Iterator, List, Optional, Tuple, Union
 
 from v2sync.app.dns.server import DnsAnswerError
 from v2sync.common.errors import ProtocolError, TransportError
@@ -63,6 +65,7 @@ class DnsOutbound:
         self.settings = settings
         self.ctx = ctx
         self.client = StreamClient.for_handler(handler_config)
+        self._pool = _LookupPool(ctx.threads)
 
     def upstream_of(self, target: Destination) -> Destination:
         s = self.settings
@@ -80,7 +83,7 @@ class DnsOutbound:
         messages = _MessageIO(link, target.network)
         policy = self.ctx.policy.for_level(0)
         own = self._own_link(session)
-        lookups = _Lookups(self.ctx.threads, session.name())
+        lookups = _Lookups(self._pool, self.ctx.timers, session.name())
 
         def abort() -> None:
             upstream.shutdown()
@@ -98,7 +101,8 @@ class DnsOutbound:
                             upstream.send(message)
                         else:
                             self._handle(message, messages, upstream, lookups, timer)
-                lookups.wait(LOOKUPS_DRAIN)  # the answers still due go out before the end
+                # The answers still due go out before the end.
+                yield from lookups.drain_steps(LOOKUPS_DRAIN)
             finally:
                 upstream.close_input()
 
@@ -114,6 +118,7 @@ class DnsOutbound:
             error = yield from run_relay_steps(self.ctx, session.name(), policy, None, abort,
                                                Parkable(request), Parkable(response))
         finally:
+            lookups.close()
             upstream.close()
         if error is not None:
             log.debug("%s: dns connection ends: %s", session.name(), error)
@@ -192,18 +197,21 @@ class _MessageIO:
 
 
 class _Lookups:
-    """A session's IP queries, each answered in a pooled thread (4.34: a goroutine each),
-    at most MAX_LOOKUPS at once."""
+    """A session's IP queries, each answered by the outbound's lookup pool (4.34: a
+    goroutine each), at most MAX_LOOKUPS of them in the pool at once."""
 
-    def __init__(self, threads: ThreadGroup, name: str):
-        self._threads = threads
-        self._name = f"{name}-lookup"
+    def __init__(self, pool: "_LookupPool", timers, name: str):
+        self._pool = pool
+        self._timers = timers
+        self._name = name
         self._changed = threading.Condition()
-        self._running = 0
+        self._running = 0  # in the pool: running or waiting there
+        self._drained: Optional[Latch] = None
+        self._closed = False  # the session has ended: lookups still waiting are skipped
 
     def run(self, answer: Callable[[], None]) -> None:
-        """``answer()`` in a pooled thread; waits while MAX_LOOKUPS run. With no thread to
-        be had, or no room within LOOKUPS_DRAIN, it runs here, in turn as before."""
+        """``answer()`` through the pool; waits while MAX_LOOKUPS of this session are in
+        it. With no room within LOOKUPS_DRAIN, it runs here, in turn as before."""
         with self._changed:
             room = outside_slot(self._changed.wait_for, lambda: self._running < MAX_LOOKUPS,
                                 LOOKUPS_DRAIN)
@@ -212,23 +220,90 @@ class _Lookups:
         if not room:
             answer()
             return
-        try:
-            self._threads.spawn(self._name, lambda: self._one(answer))
-        except RuntimeError:  # "can't start new thread"
-            self._one(answer)
+        self._pool.submit(lambda: None if self._closed else answer(), self._done, self._name)
 
-    def _one(self, answer: Callable[[], None]) -> None:
-        try:
-            answer()
-        finally:
-            with self._changed:
-                self._running -= 1
-                self._changed.notify_all()
+    def close(self) -> None:
+        self._closed = True
 
-    def wait(self, timeout: float) -> None:
-        """Until every answer begun has been written (or ``timeout``)."""
+    def _done(self) -> None:
         with self._changed:
-            outside_slot(self._changed.wait_for, lambda: not self._running, timeout)
+            self._running -= 1
+            self._changed.notify_all()
+            drained = self._drained if not self._running else None
+        if drained is not None:
+            drained.set()
+
+    def drain_steps(self, timeout: float) -> Steps[None]:
+        """Until every answer begun has been written (or ``timeout``), parked."""
+        with self._changed:
+            if not self._running:
+                return
+            drained = self._drained = Latch()
+        timer = self._timers.new_timer(timeout, drained.set)
+        try:
+            yield drained
+        finally:
+            timer.cancel()
+
+
+# IP queries the dns outbound answers at once, over all its sessions: each blocks a thread
+# in the built-in DNS for up to its deadline (4 s a server). A DNS hijack's sessions are
+# one per client source port, so the per-session MAX_LOOKUPS bounded nothing: 1,500
+# sources asking for unknown names held 2,139 threads and +120 MiB for 4 s (4.34: +0;
+# found by a review). Past it, queries wait, newest first, and the oldest waiting one is
+# dropped past MAX_WAITING_LOOKUPS (its client asks again): under such a flood a fresh
+# query is answered next, not after every stale one.
+MAX_LOOKUP_THREADS = 128
+MAX_WAITING_LOOKUPS = 1024
+
+
+class _LookupPool:
+    """The dns outbound's lookup threads: at most MAX_LOOKUP_THREADS, each taking the
+    newest waiting lookup when it is done with one."""
+
+    def __init__(self, threads: ThreadGroup):
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiting: Deque[Tuple[Callable[[], None], Callable[[], None]]] = deque()
+
+    def submit(self, answer: Callable[[], None], done: Callable[[], None], name: str) -> None:
+        """``answer()`` then ``done()`` in a pool thread, or ``done()`` alone if the lookup
+        is dropped unanswered."""
+        dropped = None
+        with self._lock:
+            start = self._running < MAX_LOOKUP_THREADS
+            if start:
+                self._running += 1
+            else:
+                self._waiting.append((answer, done))
+                if len(self._waiting) > MAX_WAITING_LOOKUPS:
+                    dropped = self._waiting.popleft()
+        if dropped is not None:
+            log.debug("dns: %d lookups waiting; the oldest dropped", MAX_WAITING_LOOKUPS)
+            dropped[1]()
+        if not start:
+            return
+        try:
+            self._threads.spawn(f"{name}-lookup", lambda: self._serve(answer, done))
+        except RuntimeError:  # "can't start new thread": answered here, in turn
+            self._serve(answer, done)
+
+    def _serve(self, answer: Callable[[], None], done: Callable[[], None]) -> None:
+        job: Optional[Tuple[Callable[[], None], Callable[[], None]]] = (answer, done)
+        while job is not None:
+            try:
+                job[0]()
+            finally:
+                job[1]()
+            job = self._next()
+
+    def _next(self) -> Optional[Tuple[Callable[[], None], Callable[[], None]]]:
+        with self._lock:
+            if self._waiting:
+                return self._waiting.pop()  # the newest: its client still waits for it
+            self._running -= 1
+            return None
 
 
 class _Upstream:
