@@ -657,3 +657,30 @@ def test_a_latch_blocks_a_driven_task_until_set():
         assert drive(steps()) == "after"
     finally:
         timer.join()
+
+
+# -- wait_lingering: a bounded number of threads wait before they park ---------------------
+
+def test_wait_lingering_waits_while_tokens_last_and_never_past_them(monkeypatch):
+    monkeypatch.setattr(task_module, "_lingering", threading.BoundedSemaphore(1))
+    inside = threading.Event()
+    release = threading.Event()
+    results = []
+
+    def first():
+        results.append(task_module.wait_lingering(
+            lambda: (inside.set(), release.wait(WAIT))[1]))
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    try:
+        assert inside.wait(WAIT)
+        started = time.monotonic()
+        # The one token is taken: the next waiter is told at once to park instead.
+        assert task_module.wait_lingering(time.sleep, WAIT) is None
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        holder.join(WAIT)
+    assert results == [True]
+    assert task_module.wait_lingering(lambda: "again") == "again"  # the token came back

@@ -262,4 +262,6 @@ def test_a_client_gone_with_many_streams_ends_each_once(monkeypatch) -> None:
             probe.close()
         wait_idle(inst, timeout=30.0)
     count = len(interrupts)
-    assert count < 10 * STORM_STREAMS, count
+    # ~10 a stream (each pipe is reached by several ends of a teardown): 1,978-2,004 in
+    # runs of this and earlier trees; N x N would be 40,000.
+    assert count < 20 * STORM_STREAMS, count

@@ -288,3 +288,15 @@ def test_read_all_steps_raises_for_an_interrupt():
     pipe.interrupt()
     with pytest.raises(PipeInterrupted):
         next(steps)
+
+
+def test_read_all_steps_parks_at_once_when_enough_threads_linger(monkeypatch):
+    from v2sync.common import task as task_module
+    monkeypatch.setattr(task_module, "_lingering", threading.BoundedSemaphore(1))
+    assert task_module._lingering.acquire(blocking=False)  # another reader lingers
+    pipe = Pipe(1024)
+    started = time.monotonic()
+    steps = read_all_steps(pipe, 5.0)
+    assert isinstance(next(steps), PipeReadable)  # no 5 s in this thread
+    assert time.monotonic() - started < 1.0
+    steps.close()

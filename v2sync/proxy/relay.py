@@ -237,7 +237,7 @@ def relay_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, con
             conn.write(chunk)
 
     return (yield from run_relay_steps(ctx, name, policy, None, abort, Parkable(request),
-                                       PipeDrain(link.reader, answer)))
+                                       PipeDrain(link.reader, answer, datagrams=True)))
 
 
 def relay_socket_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, sock,
@@ -280,7 +280,8 @@ def relay_socket_datagrams_steps(ctx: ProxyContext, name: str, policy: LevelPoli
                 link.writer.write(payload)
 
     return (yield from run_relay_steps(ctx, name, policy, None, abort,
-                                       PipeDrain(link.reader, out), Parkable(answers)))
+                                       PipeDrain(link.reader, out, datagrams=True),
+                                       Parkable(answers)))
 
 
 def relay_upstream_steps(ctx: ProxyContext, name: str, policy: LevelPolicy, conn: Connection,

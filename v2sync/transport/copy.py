@@ -29,7 +29,7 @@ from typing import Callable, Generator, Iterator, List, Optional, Union, cast
 
 from v2sync.common.errors import PipeClosed, PipeInterrupted
 from v2sync.common.signal import ActivityTimer
-from v2sync.common.task import PARKED, Steps, Wait, Waker, crowded
+from v2sync.common.task import PARKED, Steps, Wait, Waker, crowded, wait_lingering
 from v2sync.transport.internet.conn import RELAY_READ_SIZE, Connection, send_queue_empty
 from v2sync.transport.internet.readiness import Readable, ReadWaiter
 from v2sync.transport.pipe import EOF, Pipe, PipeReadable, ReadTimeout, _EOFType
@@ -223,15 +223,19 @@ class PipeDrain:
     starts afresh from ``step``.
     """
 
-    __slots__ = ("pipe", "send", "finish", "conn", "_inline")
+    __slots__ = ("pipe", "send", "finish", "conn", "datagrams", "_inline")
 
     def __init__(self, pipe: Pipe, send: Callable[[List[bytes]], object],
                  finish: Optional[Callable[[], None]] = None,
-                 conn: Optional[Connection] = None):
+                 conn: Optional[Connection] = None, datagrams: bool = False):
         self.pipe = pipe
         self.send = send
         self.finish = finish
         self.conn = conn
+        # A UDP session's: its wait before parking counts with the process's lingering
+        # readers (``common.task.wait_lingering``), as new sessions come in bursts. A
+        # stream's keeps its thread for a bulk transfer's next read.
+        self.datagrams = datagrams
         self._inline = False
 
     def ready_inline(self) -> bool:
@@ -252,7 +256,7 @@ class PipeDrain:
         wait = 0.0 if self._inline or crowded() else PARK_AFTER
         self._inline = False
         while True:
-            chunks = pipe.read_all() if wake is None else pipe.read_all_or_park(wait, wake)
+            chunks = pipe.read_all() if wake is None else self._read_or_park(wait, wake)
             if chunks is PARKED:
                 return PARKED
             if not isinstance(chunks, list):  # EOF
@@ -263,21 +267,31 @@ class PipeDrain:
             self.send(chunks)
             del chunks  # sent: not kept alive while the next read waits
 
+    def _read_or_park(self, wait: float, wake: Waker) -> object:
+        if wait and self.datagrams:
+            chunks = wait_lingering(self.pipe.read_all_or_park, wait, wake)
+            if chunks is not None:
+                return chunks
+            wait = 0.0  # enough threads linger already: park at once
+        return self.pipe.read_all_or_park(wait, wake)
+
 
 def read_all_steps(pipe: Pipe, linger: float = PARK_AFTER
                    ) -> Generator[Wait, None, Union[List[bytes], _EOFType]]:
     """``pipe.read_all()`` as steps: after ``linger`` seconds with nothing to read (at once
-    in a crowded group) the reader parks on the pipe, holding no thread, until a write,
-    the close or an interrupt. Raises as ``read_all``. For readers whose wait is the
+    in a crowded group, or with MAX_LINGERING readers lingering already) the reader parks
+    on the pipe, holding no thread, until a write, the close or an interrupt. Raises as ``read_all``. For readers whose wait is the
     whole of their life (a UDP session's answers, a mux sub-connection's), where a
     ``PipeDrain``'s one-sided shape does not fit."""
     wait = 0.0 if crowded() else linger
     while True:
         try:
-            return pipe.read_all(wait)
+            return pipe.read_all(0)
         except ReadTimeout:
+            pass
+        if not wait or not wait_lingering(pipe.wait_readable_for, wait):
             yield PipeReadable(pipe)
-            wait = 0.0
+        wait = 0.0
 
 
 def conn_drain(pipe: Pipe, conn: Connection,

@@ -315,12 +315,19 @@ class Pipe:
 
     def wait_readable(self) -> None:
         """Block until the pipe has a chunk, its EOF or an interrupt; reads nothing."""
+        self.wait_readable_for(None)
+
+    def wait_readable_for(self, timeout: Optional[float]) -> bool:
+        """``wait_readable`` for at most ``timeout`` seconds; False if it passed first."""
         q = self._q
         with q.mutex:
             try:
-                self._wait_readable(None)
+                self._wait_readable(timeout)
             except PipeInterrupted:
                 pass  # the next read raises it
+            except ReadTimeout:
+                return False
+        return True
 
     def _take_all(self) -> List[bytes]:
         """Empty the queue; call with the mutex held."""

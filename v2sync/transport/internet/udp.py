@@ -8,7 +8,7 @@ from typing import Callable, Generator, Optional, Tuple
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Address, AddressKind, Destination, Network
-from v2sync.common.task import Wait, crowded, outside_slot
+from v2sync.common.task import Wait, crowded, wait_lingering
 from v2sync.transport.internet.conn import new_socket
 from v2sync.transport.internet.config import SockoptSettings
 from v2sync.transport.internet.readiness import Readable, ReadWaiter, wait_readable
@@ -121,7 +121,7 @@ def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
 def recv_or_park(sock: socket.socket, size: int, waiter: ReadWaiter, linger: float,
                  stopped: Callable[[], bool]) -> Generator[Wait, None, bytes]:
     """``recv_past_icmp`` as steps: after ``linger`` seconds with nothing to read (at once
-    in a crowded group) the reader parks in ``waiter``'s selector, holding no thread, until
+    in a crowded group, or with MAX_LINGERING readers lingering already) the reader parks in ``waiter``'s selector, holding no thread, until
     a datagram or ``shutdown_udp``; b"" once ``stopped()`` (a shut-down UDP socket polls
     readable, but a non-blocking recv on it fails with EAGAIN, never returns b""). An
     answer that comes quickly, as a DNS answer does, is read in the same thread with no
@@ -135,7 +135,7 @@ def recv_or_park(sock: socket.socket, size: int, waiter: ReadWaiter, linger: flo
             pass
         except ConnectionRefusedError:
             continue  # as recv_past_icmp
-        if not wait or not outside_slot(wait_readable, sock, wait):
+        if not wait or not wait_lingering(wait_readable, sock, wait):
             yield Readable(sock, waiter)
         wait = 0.0
     return b""
