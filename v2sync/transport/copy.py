@@ -280,9 +280,10 @@ def read_all_steps(pipe: Pipe, linger: float = PARK_AFTER
                    ) -> Generator[Wait, None, Union[List[bytes], _EOFType]]:
     """``pipe.read_all()`` as steps: after ``linger`` seconds with nothing to read (at once
     in a crowded group, or with MAX_LINGERING readers lingering already) the reader parks
-    on the pipe, holding no thread, until a write, the close or an interrupt. Raises as ``read_all``. For readers whose wait is the
-    whole of their life (a UDP session's answers, a mux sub-connection's), where a
-    ``PipeDrain``'s one-sided shape does not fit."""
+    on the pipe, holding no thread, until a write, the close or an interrupt. Raises as
+    ``read_all``. For readers whose wait is the whole of their life (a UDP session's
+    answers, a mux sub-connection's), where a ``PipeDrain``'s one-sided shape does not
+    fit."""
     wait = 0.0 if crowded() else linger
     while True:
         try:

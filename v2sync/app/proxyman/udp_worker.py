@@ -3,7 +3,8 @@
 One UDP socket per port of an inbound whose proxy takes UDP as packet connections
 (dokodemo-door with ``network`` udp; Shadowsocks builds on it too). Datagrams are sorted by
 source (and, under TPROXY, by original destination); each new source gets a
-``PacketConn``, handed to the proxy as a task of its own (steps: ``ThreadGroup.spawn_steps``)::
+``PacketConn``, handed to the proxy as a task of its own, written as steps
+(``ThreadGroup.spawn_steps``)::
 
     yield from proxy.process_steps(session, conn, dispatcher)
 
@@ -21,8 +22,8 @@ where ``session`` carries ``inbound_tag``, ``source`` and (with ``followRedirect
   (the original destination under TPROXY with ``followRedirect``, else None),
   ``conn.network`` (``Network.UDP``).
 
-When ``process_steps`` returns, the connection is closed and forgotten; the next datagram from
-that source starts a new one. What 4.34 does and this keeps:
+When ``process_steps`` returns, the connection is closed and forgotten; the next datagram
+from that source starts a new one. What 4.34 does and this keeps:
 - a source's queue holds ``SOURCE_QUEUE_BYTES``; datagrams beyond it are dropped, never
   waited for (4.34: a 16 KiB pipe with DiscardOverflow);
 - a connection with no datagram in either direction for ``SESSION_IDLE`` seconds is closed
@@ -30,7 +31,8 @@ that source starts a new one. What 4.34 does and this keeps:
 - empty datagrams are ignored. Datagrams longer than ``MAX_UDP_PAYLOAD`` (4.34 reads into
   2 KiB buffers and passes on the first 2 KiB) are dropped whole rather than passed on cut.
 And what it adds: at most ``MAX_SOURCES`` connections per worker (each holds its queue,
-its link and its outbound's socket). A new source past it closes the connection that has been quiet longest: 4.34 has no
+its link and its outbound's socket). A new source past it closes the connection that has
+been quiet longest: 4.34 has no
 cap, and dropping new sources instead let a flood of forged source addresses (free to send,
 no key needed for Shadowsocks' garbage either) lock every new client out until the flood's
 connections idled out, ~9 s (found by a review).

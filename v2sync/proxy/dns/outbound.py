@@ -47,7 +47,6 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 STRATEGY_FOR = {enc.wire.TYPE_A: "UseIPv4", enc.wire.TYPE_AAAA: "UseIPv6"}
-TCP_READ_SIZE = 4096
 # IP queries of one session answered at once; past it the request side waits for one to
 # end (a session is one client's socket or connection). 4.34 sets no limit; with 8, a name
 # behind 8 that are never answered still waited a deadline (found by a review).

@@ -105,15 +105,16 @@ def shutdown_udp(sock: socket.socket) -> None:
         pass  # not connected, or already closed
 
 
-def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
-    """``sock.recv(size)``, past the ICMP errors of earlier sends. A connected UDP socket
-    reports an ICMP "port unreachable" as ConnectionRefusedError on its next call and stays
-    usable; 4.34 reads with ReadFrom on an unconnected socket, which never sees them, so a
-    peer that was down for a moment (restarting) answers again. Each error is reported
-    once: the loop ends with the errors queued. Any other OSError (closed) is raised."""
+def recv_past_icmp(sock: socket.socket, size: int, flags: int = 0) -> bytes:
+    """``sock.recv(size, flags)``, past the ICMP errors of earlier sends. A connected UDP
+    socket reports an ICMP "port unreachable" as ConnectionRefusedError on its next call and
+    stays usable; 4.34 reads with ReadFrom on an unconnected socket, which never sees them,
+    so a peer that was down for a moment (restarting) answers again. Each error is reported
+    once: the loop ends with the errors queued. Any other OSError (closed, or EAGAIN under
+    MSG_DONTWAIT) is raised."""
     while True:
         try:
-            return sock.recv(size)
+            return sock.recv(size, flags)
         except ConnectionRefusedError:
             continue
 
@@ -121,20 +122,18 @@ def recv_past_icmp(sock: socket.socket, size: int) -> bytes:
 def recv_or_park(sock: socket.socket, size: int, waiter: ReadWaiter, linger: float,
                  stopped: Callable[[], bool]) -> Generator[Wait, None, bytes]:
     """``recv_past_icmp`` as steps: after ``linger`` seconds with nothing to read (at once
-    in a crowded group, or with MAX_LINGERING readers lingering already) the reader parks in ``waiter``'s selector, holding no thread, until
-    a datagram or ``shutdown_udp``; b"" once ``stopped()`` (a shut-down UDP socket polls
-    readable, but a non-blocking recv on it fails with EAGAIN, never returns b""). An
-    answer that comes quickly, as a DNS answer does, is read in the same thread with no
-    hand-over. ``sock`` may be any object with ``fileno`` and ``recv(size, flags)``.
-    Raises as ``recv_past_icmp``."""
+    in a crowded group, or with MAX_LINGERING readers lingering already) the reader parks
+    in ``waiter``'s selector, holding no thread, until a datagram or ``shutdown_udp``; b""
+    once ``stopped()`` (a shut-down UDP socket polls readable, but a non-blocking recv on
+    it fails with EAGAIN, never returns b""). An answer that comes quickly, as a DNS
+    answer does, is read in the same thread with no hand-over. ``sock`` may be any object
+    with ``fileno`` and ``recv(size, flags)``. Raises as ``recv_past_icmp``."""
     wait = 0.0 if crowded() else linger
     while not stopped():
         try:
-            return sock.recv(size, socket.MSG_DONTWAIT)
+            return recv_past_icmp(sock, size, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
-        except ConnectionRefusedError:
-            continue  # as recv_past_icmp
         if not wait or not wait_lingering(wait_readable, sock, wait):
             yield Readable(sock, waiter)
         wait = 0.0
