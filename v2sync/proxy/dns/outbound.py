@@ -322,18 +322,8 @@ class _Upstream:
         self._count_sent, self._count_received = (adder(c) for c in client.counters)
 
     def send(self, message: bytes) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if self._sock is None and self._conn is None:
-                try:
-                    self._dial()
-                except TransportError as e:
-                    # dns.go: the dial failure is logged and the message dropped
-                    log.warning("dns: failed to dial %s: %s", self.dest, e)
-                    return
-                finally:
-                    self._ready.set()
+        if self._sock is None and self._conn is None and not self._dial_first():
+            return
         try:
             if self._sock is not None:
                 self._count_sent(self._sock.send(message))
@@ -342,14 +332,40 @@ class _Upstream:
         except (OSError, TransportError) as e:
             log.debug("dns: sending to %s failed: %s", self.dest, e)
 
-    def _dial(self) -> None:
+    def _dial_first(self) -> bool:
+        """Dial for the first message, outside the lock: ``shutdown`` takes it from the
+        timer wheel's one thread, which a dial to an upstream that drops SYNs held for
+        16 s, and every other timer with it. ``send`` has one caller (the session's
+        request side), so there is one dial."""
+        with self._lock:
+            if self._closed:
+                return False
+        try:
+            sock, conn = self._dial()
+        except TransportError as e:
+            # dns.go: the dial failure is logged and the message dropped
+            log.warning("dns: failed to dial %s: %s", self.dest, e)
+            self._ready.set()
+            return False
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._sock, self._conn = sock, conn
+        self._ready.set()
+        if closed:  # shut down while dialing: nobody reads it now
+            for dialed in (sock, conn):
+                if dialed is not None:
+                    dialed.close()
+        return not closed
+
+    def _dial(self) -> Tuple[Optional[socket.socket], Optional[Connection]]:
         if self.dest.network is Network.UDP:
-            self._sock = (self.client.chained_datagrams(self.dest)
-                          or dial_udp(candidates(self.dest)[0], self.client.source,
-                                      self.client.sockopt))
-        else:
-            self._conn = dial_once(self.dest, self.client)
-            self._conn.settimeout(None)
+            return (self.client.chained_datagrams(self.dest)
+                    or dial_udp(candidates(self.dest)[0], self.client.source,
+                                self.client.sockopt)), None
+        conn = dial_once(self.dest, self.client)
+        conn.settimeout(None)
+        return None, conn
 
     def answers(self) -> Iterator[Union[bytes, Wait]]:
         """Messages from the upstream until it ends (or nothing was ever sent); a ``Wait``
