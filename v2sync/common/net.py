@@ -21,6 +21,11 @@ class Network(enum.Enum):
     TCP = "tcp"
     UDP = "udp"
 
+    # Members are singletons compared by identity, so they may hash by identity: in C,
+    # where Enum's hash is a Python call. Destinations key the UDP tables, hashed for
+    # every datagram (0.67 -> 0.42 µs for a pair of them).
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 
@@ -29,6 +34,8 @@ class AddressKind(enum.Enum):
     IPV4 = "ipv4"
     IPV6 = "ipv6"
     DOMAIN = "domain"
+
+    __hash__ = object.__hash__  # as Network's
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ cap a new pair closes the one quiet longest.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
-from typing import Callable, Dict, Tuple, TypeVar
+from collections import deque
+from operator import itemgetter
+from typing import Callable, Deque, Dict, Generic, Tuple, TypeVar
 
 from v2sync.common.errors import TransportError
 from v2sync.common.net import Destination
@@ -25,6 +28,9 @@ from v2sync.transport.pipe import EOF
 log = logging.getLogger(__name__)
 
 MAX_UDP_SESSIONS = 1024
+# Entries a full table's scan keeps, quietest first, for the evictions after it: a burst of
+# new sources past the cap scanned the whole table for each one.
+EVICTION_BATCH = 64
 # 4.34 transport/internet/udp/dispatcher.go: a (client, target) link goes after 4 s without
 # an answer. 4.34 counts only answers, so a one-way flow is re-dispatched every 4 s (a new
 # outbound, a new source port); here datagrams either way keep the link.
@@ -41,12 +47,41 @@ class _Entry:
         self.timer = timer
 
 
-def pop_quietest(table: Dict[K, V], last_activity: Callable[[V], float]) -> Tuple[K, V]:
-    """Remove and return the entry quiet longest. A UDP table is full: a new session takes
-    its room, as 4.34 has no cap at all; refusing the new one let a sender of datagrams
-    from many forged sources (or to many targets) lock every other client out."""
-    key = min(table, key=lambda k: last_activity(table[k]))
-    return key, table.pop(key)
+class QuietestFirst(Generic[K, V]):
+    """Takes the entry quiet longest out of a full table: a new session takes its room, as
+    4.34 has no cap at all; refusing the new one let a sender of datagrams from many forged
+    sources (or to many targets) lock every other client out.
+
+    Exact, as a scan of the whole table for each would be, with one scan per
+    EVICTION_BATCH evictions: a scan keeps the quietest entries with their last activity
+    then. Later, the first kept one that is still in the table and has been quiet since is
+    the quietest of all: every other entry was as busy at the scan or has been since (a
+    new one too: activity is a monotonic time, and a new entry's starts at its making).
+    The caller holds the table's lock; activity may move without it. Kept entries are
+    known by key and ``id``, so a closed one is not held alive here."""
+
+    __slots__ = ("_last_activity", "_kept")
+
+    def __init__(self, last_activity: Callable[[V], float]):
+        self._last_activity = last_activity
+        self._kept: Deque[Tuple[float, K, int]] = deque()
+
+    def pop(self, table: Dict[K, V]) -> Tuple[K, V]:
+        """Remove and return the quietest entry of ``table`` (not empty)."""
+        kept = self._kept
+        while kept:
+            stamp, key, ident = kept.popleft()
+            value = table.get(key)
+            if value is not None and id(value) == ident and self._last_activity(value) == stamp:
+                return key, table.pop(key)
+        self._scan(table)
+        _, key, _ = kept.popleft()  # just scanned: the quietest now
+        return key, table.pop(key)
+
+    def _scan(self, table: Dict[K, V]) -> None:
+        last_activity = self._last_activity
+        entries = ((last_activity(value), key, id(value)) for key, value in table.items())
+        self._kept.extend(heapq.nsmallest(EVICTION_BATCH, entries, key=itemgetter(0)))
 
 
 def _last_activity(entry: "_Entry") -> float:
@@ -63,6 +98,7 @@ class UdpSessionTable:
         self.email = email  # every session's user (Trojan, Shadowsocks; '' for SOCKS): routing, stats
         self.policy = ctx.policy.for_level(level)
         self._entries: Dict[Key, _Entry] = {}
+        self._quietest: QuietestFirst[Key, _Entry] = QuietestFirst(_last_activity)
         self._lock = threading.Lock()
 
     def send(self, source: Destination, dest: Destination, payload: bytes, respond: Respond) -> None:
@@ -72,7 +108,7 @@ class UdpSessionTable:
             entry = self._entries.get(key)
             if entry is None:
                 if len(self._entries) >= MAX_UDP_SESSIONS:
-                    evicted = pop_quietest(self._entries, _last_activity)
+                    evicted = self._quietest.pop(self._entries)
                 entry = self._open(key, respond)
         if evicted is not None:
             log.info("%s: %d UDP sessions; closing %s, the quietest, for %s",

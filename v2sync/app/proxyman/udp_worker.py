@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from v2sync.app.dispatcher.udp import pop_quietest
+from v2sync.app.dispatcher.udp import QuietestFirst
 from v2sync.common.errors import TransportError, V2SyncError
 from v2sync.common.net import Address, Destination, Network
 from v2sync.common.session import Session
@@ -175,6 +175,7 @@ class UdpWorker:
         self.port = self._sock.getsockname()[1]
         self.local = Destination(address, self.port, Network.UDP)
         self._conns: Dict[Key, PacketConn] = {}
+        self._quietest: QuietestFirst[Key, PacketConn] = QuietestFirst(_last_activity)
         self._retired: List[socket.socket] = []
         self._shut = False  # the reading thread has ended: nobody releases retired sockets
         self._lock = threading.Lock()
@@ -251,7 +252,7 @@ class UdpWorker:
             conn = self._conns.get(key)
             if conn is None:
                 if len(self._conns) >= MAX_SOURCES:
-                    evicted = pop_quietest(self._conns, _last_activity)[1]
+                    evicted = self._quietest.pop(self._conns)[1]
                 conn = PacketConn(self, key, self._reply_socket(source, original))
                 self._conns[key] = conn
                 is_new = True
