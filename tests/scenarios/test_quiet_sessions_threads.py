@@ -28,6 +28,7 @@ from scenarios import ss_helpers as ss
 from scenarios.mux_helpers import start_mux_chain
 from scenarios.vmess_helpers import make_process
 from scenarios.test_dokodemo_scenarios import dokodemo
+from support.dnsmasq import Dnsmasq, require_dnsmasq
 from support.peers import TcpEchoServer, UdpEchoServer, free_port
 from support.resources import process_thread_count
 from v2sync.proxy.dns import outbound as dns_outbound
@@ -278,6 +279,8 @@ def test_quiet_udp_through_shadowsocks_and_socks_clients_keep_no_thread(protocol
 
 LOOKUP_THREADS = 4
 DEAD_NAMES = 20
+# An answer at hand comes at once; through the pool it waited for the dead lookups' deadline.
+AT_HAND = 1.0
 
 
 def test_lookups_of_a_dns_hijack_share_a_bounded_pool_newest_first(
@@ -286,34 +289,70 @@ def test_lookups_of_a_dns_hijack_share_a_bounded_pool_newest_first(
     bounded nothing: names nobody answers, asked from many ports, held a thread each for
     the DNS deadline (1,500: 2,139 threads; found by a review). The outbound's lookups
     share MAX_LOOKUP_THREADS threads; a fresh query is answered as soon as one is free,
-    not after every query waiting before it."""
+    not after every query waiting before it. (The fresh name is dnsmasq's, so its lookup
+    asks a server and takes the pool too.)"""
     monkeypatch.setattr(dns_outbound, "MAX_LOOKUP_THREADS", LOOKUP_THREADS)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # never answers
-        silent.bind(("127.0.0.1", 0))
-        config = make_config([dokodemo(address="127.0.0.1", port=53, network="udp")],
-                             [{"tag": "dns-out", "protocol": "dns"}])
-        config["dns"] = {"servers": [{"address": "127.0.0.1", "port": silent.getsockname()[1]}],
-                         "hosts": {"fresh.example": "192.0.2.9"}}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, \
+            Dnsmasq(require_dnsmasq(), {"fresh.example": ["192.0.2.9"]}) as answering:
+        silent.bind(("127.0.0.1", 0))  # never answers
+        config = _dead_and_fresh_config(silent.getsockname()[1])
+        # Asked first for the fresh name only (its domains); second for the dead ones.
+        config["dns"]["servers"].append({"address": "127.0.0.1", "port": answering.port,
+                                         "domains": ["full:fresh.example"]})
         with running_instance(config) as instance:
             door = ("127.0.0.1", port_of(instance, "door"))
             baseline = _threads_in_use(instance)
-            clients = [_udp_client() for _ in range(DEAD_NAMES + 1)]
-            try:
-                for i, sock in enumerate(clients[:-1]):
-                    query = dns.message.make_query(f"dead{i}.example", "A").to_wire()
-                    sock.sendto(query, door)
-                time.sleep(0.5)  # every session has started and its lookup is in the pool
+            with _dead_queries(door):
                 # One pooled thread per lookup running, not per lookup asked.
                 assert _settled(lambda: _threads_in_use(instance), baseline + LOOKUP_THREADS,
                                 SETTLE_BUSY) <= baseline + LOOKUP_THREADS
-                started = time.monotonic()
-                fresh = clients[-1]
-                fresh.sendto(dns.message.make_query("fresh.example", "A").to_wire(), door)
-                answer = dns.message.from_wire(fresh.recv(512))
                 # After the first four dead lookups' deadline (4 s), not all five rounds.
-                assert time.monotonic() - started < WAIT
-                assert [item.address for rrset in answer.answer for item in rrset] == \
-                    ["192.0.2.9"]
-            finally:
-                for sock in clients:
-                    sock.close()
+                assert _fresh_answer(door) < WAIT
+
+
+def test_an_answer_at_hand_takes_no_pooled_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hosts entry (or a cached answer) is answered in the session's own thread: with
+    every pooled thread held by names nobody answers, it still comes at once (it waited
+    for a free thread, one DNS deadline)."""
+    monkeypatch.setattr(dns_outbound, "MAX_LOOKUP_THREADS", LOOKUP_THREADS)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # never answers
+        silent.bind(("127.0.0.1", 0))
+        config = _dead_and_fresh_config(silent.getsockname()[1])
+        config["dns"]["hosts"] = {"fresh.example": "192.0.2.9"}
+        with running_instance(config) as instance:
+            door = ("127.0.0.1", port_of(instance, "door"))
+            with _dead_queries(door):
+                assert _fresh_answer(door) < AT_HAND
+
+
+def _dead_and_fresh_config(silent_port: int) -> Dict[str, Any]:
+    config = make_config([dokodemo(address="127.0.0.1", port=53, network="udp")],
+                         [{"tag": "dns-out", "protocol": "dns"}])
+    config["dns"] = {"servers": [{"address": "127.0.0.1", "port": silent_port}]}
+    return config
+
+
+@contextlib.contextmanager
+def _dead_queries(door) -> Iterator[None]:
+    """DEAD_NAMES queries nobody answers, each from a source port (a session) of its own,
+    all of them started and in the lookup pool."""
+    clients = [_udp_client() for _ in range(DEAD_NAMES)]
+    try:
+        for i, sock in enumerate(clients):
+            sock.sendto(dns.message.make_query(f"dead{i}.example", "A").to_wire(), door)
+        time.sleep(0.5)
+        yield
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def _fresh_answer(door) -> float:
+    """Seconds until fresh.example's answer (192.0.2.9) comes to a new source port."""
+    with _udp_client() as fresh:
+        started = time.monotonic()
+        fresh.sendto(dns.message.make_query("fresh.example", "A").to_wire(), door)
+        answer = dns.message.from_wire(fresh.recv(512))
+        elapsed = time.monotonic() - started
+    assert [item.address for rrset in answer.answer for item in rrset] == ["192.0.2.9"]
+    return elapsed

@@ -19,7 +19,7 @@ from support.dnsmasq import Dnsmasq, require_dnsmasq
 from v2sync.app.dns import wire
 from v2sync.app.dns.client import UdpNameServer
 from v2sync.app.dns.config import DnsConfig
-from v2sync.app.dns.server import DnsResolver
+from v2sync.app.dns.server import DnsAnswerError, DnsResolver, NeedsNetwork
 
 TTL = 77
 TIMEOUT = 2.0
@@ -91,3 +91,29 @@ def test_resolver_strategies(dnsmasq: Dnsmasq, strategy: str, expected: List[str
 def test_resolver_follows_the_cname(dnsmasq: Dnsmasq) -> None:
     assert [a.value for a in resolver(dnsmasq).lookup("alias.test", "UseIPv4")] == ["198.51.100.30"]
     assert "query[A] alias.test" in dnsmasq.query_log()  # it did ask dnsmasq, not a cache elsewhere
+
+
+def test_an_answer_at_hand_is_the_lookups_own(dnsmasq: Dnsmasq) -> None:
+    """``cached_only``: before any lookup the answer needs the server; after one, the
+    cached answer is the one ``lookup`` gives, the server not asked again."""
+    dns_ = resolver(dnsmasq)
+    with pytest.raises(NeedsNetwork):
+        dns_.lookup("v4.test", "UseIPv4", cached_only=True)
+    asked = dnsmasq.query_log().count("query[A] v4.test")
+    looked_up = dns_.lookup("v4.test", "UseIPv4")
+    assert dns_.lookup("v4.test", "UseIPv4", cached_only=True) == looked_up
+    assert dnsmasq.query_log().count("query[A] v4.test") == asked + 1
+    with pytest.raises(DnsAnswerError):  # NXDOMAIN, cached as such
+        dns_.lookup("nx.test", "UseIPv4")
+    with pytest.raises(DnsAnswerError):
+        dns_.lookup("nx.test", "UseIPv4", cached_only=True)
+
+
+def test_hosts_and_literals_are_at_hand_the_system_resolver_is_not() -> None:
+    section = {"hosts": {"h.test": "192.0.2.5"}}  # no servers: the system resolver's
+    dns_ = DnsResolver(DnsConfig.from_json(section), clock=time.monotonic)
+    assert [a.value for a in dns_.lookup("h.test", "UseIP", cached_only=True)] == ["192.0.2.5"]
+    assert [a.value for a in dns_.lookup("192.0.2.6", "UseIP", cached_only=True)] == \
+        ["192.0.2.6"]
+    with pytest.raises(NeedsNetwork):
+        dns_.lookup("elsewhere.test", "UseIP", cached_only=True)

@@ -98,6 +98,11 @@ class _TryNext(TransportError):
     """This server gave nothing usable; 4.34 moves on to the next one."""
 
 
+class NeedsNetwork(Exception):
+    """``lookup(..., cached_only=True)``: the answer would take a server's (or the system
+    resolver's) time."""
+
+
 class NameServerClient:
     """One configured server with its cache, client IP and ``expectIps``
     (v2ray ``nameserver.go::Client``)."""
@@ -111,17 +116,20 @@ class NameServerClient:
         # One bisect per answer however long the list (a geoip:cn is thousands of CIDRs).
         self._expect_ips = IpSet.from_cidrs(config.expect_ips) if config.expect_ips else None
 
-    def query(self, domain: str, want_ipv4: bool, want_ipv6: bool) -> List[Address]:
+    def query(self, domain: str, want_ipv4: bool, want_ipv6: bool,
+              cached_only: bool = False) -> List[Address]:
         if isinstance(self.server, LocalNameServer):
+            if cached_only:
+                raise NeedsNetwork(domain)
             found = list(self.server.resolve(domain, want_ipv4, want_ipv6))
             if not found:  # 4.34's localdns: ErrEmptyResponse, a NOERROR answer
                 raise DnsAnswerError(f"{self.name}: {domain}: empty response")
         else:
-            found = self._query_udp(self.server, domain, want_ipv4, want_ipv6)
+            found = self._query_udp(self.server, domain, want_ipv4, want_ipv6, cached_only)
         return self._expected(domain, found)
 
     def _query_udp(self, server: UdpNameServer, domain: str, want_ipv4: bool,
-                   want_ipv6: bool) -> List[Address]:
+                   want_ipv6: bool, cached_only: bool) -> List[Address]:
         qtypes = [t for t, on in ((wire.TYPE_A, want_ipv4), (wire.TYPE_AAAA, want_ipv6)) if on]
         answers: Dict[int, Answer] = {}
         missing = []
@@ -135,6 +143,8 @@ class NameServerClient:
         # without asking again for the other (a server that never answers AAAA would
         # otherwise cost every lookup its timeout).
         if missing and not any(answer.addresses for answer in answers.values()):
+            if cached_only:
+                raise NeedsNetwork(domain)
             try:
                 fresh = server.exchange(domain, missing)
             except DnsTimeout as e:
@@ -205,8 +215,11 @@ class DnsResolver:
     def _priority_rules(server: NameServerConfig) -> Tuple[DomainRule, ...]:
         return server.domains + (LOCAL_RESOLVER_DOMAINS if server.is_local else ())
 
-    def lookup(self, domain: str, strategy: str = USE_IP) -> List[Address]:
-        """The IPs for ``domain`` (IPv4 before IPv6), or ``TransportError``."""
+    def lookup(self, domain: str, strategy: str = USE_IP,
+               cached_only: bool = False) -> List[Address]:
+        """The IPs for ``domain`` (IPv4 before IPv6), or ``TransportError``.
+        ``cached_only``: the same answer when it is at hand (an IP, a hosts entry, the
+        cache), or ``NeedsNetwork`` where ``lookup`` would ask a server."""
         want_ipv4, want_ipv6 = _strategy(strategy)
         name = domain[:-1] if domain.endswith(".") else domain  # dns.go strips the FQDN dot
         if not name:
@@ -221,7 +234,7 @@ class DnsResolver:
                 name = hosted[0].value
             else:
                 return _of_families(hosted, want_ipv4, want_ipv6, name)
-        return self._lookup_servers(name, want_ipv4, want_ipv6)
+        return self._lookup_servers(name, want_ipv4, want_ipv6, cached_only)
 
     def _lookup_hosts(self, name: str, want_ipv4: bool, want_ipv6: bool,
                       depth: int) -> Optional[List[Address]]:
@@ -237,11 +250,12 @@ class DnsResolver:
             return found
         return [a for a in found if a.is_ip]
 
-    def _lookup_servers(self, name: str, want_ipv4: bool, want_ipv6: bool) -> List[Address]:
+    def _lookup_servers(self, name: str, want_ipv4: bool, want_ipv6: bool,
+                        cached_only: bool) -> List[Address]:
         skipped: List[str] = []
         for client in self.ordered_clients(name):
             try:
-                found = client.query(name, want_ipv4, want_ipv6)
+                found = client.query(name, want_ipv4, want_ipv6, cached_only)
             except _TryNext as e:
                 log.info("dns: %s", e)
                 skipped.append(str(e))

@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from typing import Callable, Deque, Iterator, List, Optional, Tuple, Union
 
-from v2sync.app.dns.server import DnsAnswerError
+from v2sync.app.dns.server import DnsAnswerError, NeedsNetwork
 from v2sync.common.errors import ProtocolError, TransportError
 from v2sync.common.net import Destination, Network
 from v2sync.common.protocol.packets import PacketStream
@@ -135,10 +135,19 @@ class DnsOutbound:
         if query is None or self.ctx.dns is None:
             upstream.send(message)
             return
-        lookups.run(lambda: self._answer_to(query, messages, timer))
+        try:
+            answer = self._answer(query, cached_only=True)
+        except NeedsNetwork:
+            lookups.run(lambda: self._answer_to(query, messages, timer))
+            return
+        self._deliver(query, answer, messages, timer)
 
     def _answer_to(self, query: enc.IPQuery, messages: "_MessageIO", timer) -> None:
-        answer = self._answer(query)
+        self._deliver(query, self._answer(query), messages, timer)
+
+    @staticmethod
+    def _deliver(query: enc.IPQuery, answer: Optional[bytes], messages: "_MessageIO",
+                 timer) -> None:
         if answer is None:
             return
         try:
@@ -148,11 +157,14 @@ class DnsOutbound:
             return
         timer.update()
 
-    def _answer(self, query: enc.IPQuery) -> Optional[bytes]:
-        """handleIPQuery: the addresses, or the server's rcode; nothing on other errors."""
+    def _answer(self, query: enc.IPQuery, cached_only: bool = False) -> Optional[bytes]:
+        """handleIPQuery: the addresses, or the server's rcode; nothing on other errors.
+        ``cached_only``: ``NeedsNetwork`` unless the answer is at hand (a hosts entry, the
+        cache), which is then given in the session's thread: only a lookup that asks a
+        server takes a pooled thread (and two hand-overs)."""
         rcode = 0
         try:
-            found = self.ctx.dns.lookup(query.name, STRATEGY_FOR[query.qtype])
+            found = self.ctx.dns.lookup(query.name, STRATEGY_FOR[query.qtype], cached_only)
         except DnsAnswerError as e:
             found, rcode = (), e.rcode
         except (TransportError, ValueError) as e:
