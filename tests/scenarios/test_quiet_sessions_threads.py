@@ -191,6 +191,28 @@ def test_quiet_mux_sub_connections_keep_no_thread(client: str, server: str,
         chain.stop()
 
 
+@pytest.mark.parametrize("client,server", [("v2ray", "v2sync"), ("v2sync", "v2ray")])
+def test_quiet_mux_connections_keep_no_thread(client: str, server: str) -> None:
+    """Concurrency 1: each held stream is a Mux.cool connection of its own, against 4.34
+    at the other end. On the server each connection's frame reader parks; on the client
+    its frame reader and the connection's own relay do (before: one thread a connection
+    on the server, two on the client)."""
+    ours = "server" if server == "v2sync" else "client"
+    chain = start_mux_chain(client, server, concurrency=1)
+    try:
+        process = getattr(chain, ours)
+        baseline = _settled(lambda: process_thread_count(process.pid), 0)
+
+        def settled() -> None:
+            held = _settled(lambda: process_thread_count(process.pid), baseline + POOL_SLACK)
+            assert held <= baseline + POOL_SLACK, (held, baseline)
+
+        with TcpEchoServer(max_connections=HELD + 4, timeout=30) as echo:
+            _tcp_rounds(chain.socks_port, echo, settled, chain.logs)
+    finally:
+        chain.stop()
+
+
 @pytest.mark.parametrize("protocol", ["vless", "trojan"])
 def test_quiet_udp_over_vless_and_trojan_keep_no_thread(protocol: str) -> None:
     """A v2ray 4.34 client's UDP through VLESS or Trojan (one connection per target) to a

@@ -12,7 +12,7 @@ from v2sync.common.errors import (MAX_CHAIN, NoServerReachable, PipeInterrupted,
                                   ServerHandshakeError, V2SyncError)
 from v2sync.common.mux.client import ClientManager
 from v2sync.common.session import Session
-from v2sync.common.task import Steps, at_once, drive
+from v2sync.common.task import Steps, at_once
 from v2sync.infra.conf.model import MuxConfig
 from v2sync.transport.link import Link
 
@@ -25,7 +25,7 @@ class OutboundHandler:
         self.proxy = proxy
         self.mux: Optional[ClientManager] = None
         if mux is not None and mux.enabled:
-            self.mux = ClientManager(self.run_proxy, ctx, mux.concurrency, tag or "out")
+            self.mux = ClientManager(self.run_proxy_steps, ctx, mux.concurrency, tag or "out")
         # May its start run in the inbound's thread (``ThreadGroup.start_here``)? For a
         # proxy whose steps go from the dial and its server's handshake to the relay with
         # no wait on the client (``starts_in_caller``); not through mux, whose connection
@@ -47,11 +47,8 @@ class OutboundHandler:
             link.writer.interrupt()
             link.reader.interrupt()
 
-    def run_proxy(self, session: Session, link: Link) -> None:
-        """Run the proxy; close the downlink on success, interrupt it on failure (handler.go)."""
-        drive(self.run_proxy_steps(session, link))
-
     def run_proxy_steps(self, session: Session, link: Link) -> Steps[None]:
+        """Run the proxy; close the downlink on success, interrupt it on failure (handler.go)."""
         try:
             yield from self._process_steps(session, link)
         except V2SyncError as e:

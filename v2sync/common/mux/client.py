@@ -36,8 +36,8 @@ FIRST_PAYLOAD_WAIT = 0.1   # client.go writeFirstPayload: CopyOnceTimeout 100 ms
 DEFAULT_CONCURRENCY = 8    # infra/conf MuxConfig.Build: 0 or absent
 MAX_CONCURRENCY = 1024     # handler.go: "invalid mux concurrency"
 
-# Runs the outbound's proxy on a link (OutboundHandler.run_proxy).
-RunProxy = Callable[[Session, Link], None]
+# The outbound's proxy on a link, as steps (OutboundHandler.run_proxy_steps).
+RunProxy = Callable[[Session, Link], Steps[None]]
 
 
 class ClientManager:
@@ -105,8 +105,8 @@ class ClientWorker(FrameHandler):
     def start(self) -> None:
         threads = self.ctx.threads
         try:
-            threads.spawn(f"{self.name}-conn", self._run_proxy)
-            threads.spawn(f"{self.name}-read", self._read)
+            threads.spawn_steps(f"{self.name}-conn", self._run_proxy_steps())
+            threads.spawn_steps(f"{self.name}-read", self._read_steps())
         except RuntimeError:
             self.close()
             return
@@ -124,22 +124,25 @@ class ClientWorker(FrameHandler):
         return self.sessions.allocate(link, packet)
 
     # -- the worker's own threads -----------------------------------------------------------
-    def _run_proxy(self) -> None:
+    def _run_proxy_steps(self) -> Steps[None]:
+        """The mux connection itself, through the outbound's proxy; steps: quiet, it
+        parks as any relay does."""
         session = Session(inbound_tag="", source=Destination(ANY_IPV4, 0),
                           target=MUX_COOL_DESTINATION)
         try:
-            self.manager.run_proxy(session, self.proxy_side)
+            yield from self.manager.run_proxy(session, self.proxy_side)
         finally:
             # Frames the server sent before it closed may still be queued: the reader goes
             # on to their end, then closes the worker (an interrupt here dropped them).
             self._proxy_ended = True
             self.proxy_side.writer.close()
 
-    def _read(self) -> None:
+    def _read_steps(self) -> Steps[None]:
+        """Frames from the server until its EOF; steps: a quiet connection's reader parks."""
         reader = FrameReader(self.mux_side.reader, self.is_stream)
         try:
             while True:
-                frame = reader.next()
+                frame = yield from reader.next_steps()
                 if frame is None:
                     break
                 self.handle(frame)

@@ -17,7 +17,7 @@ from v2sync.common.errors import PipeClosed, PipeInterrupted, RemoteProtocolErro
 from v2sync.common.mux.encoding import (MAX_PACKET_SIZE, Frame, Status, encode_end, encode_frame,
                                         parse_frame, split_stream)
 from v2sync.common.net import Destination
-from v2sync.common.task import Steps
+from v2sync.common.task import Steps, drive
 from v2sync.transport.copy import read_all_steps
 from v2sync.transport.link import Link
 from v2sync.transport.pipe import EOF, Pipe
@@ -222,6 +222,12 @@ class FrameReader:
         self._pos = 0
 
     def next(self) -> Optional[Frame]:
+        """``next_steps`` in this thread, blocking while the pipe is empty."""
+        return drive(self.next_steps())
+
+    def next_steps(self) -> Steps[Optional[Frame]]:
+        """The next frame; steps: a reader of a quiet mux connection parks on its pipe,
+        holding no thread (one each, where 4.34 holds a goroutine)."""
         while True:
             parsed = parse_frame(self._buf, self._pos)
             if parsed is not None:
@@ -230,12 +236,14 @@ class FrameReader:
                 if frame.status is Status.KEEP_ALIVE and frame.data is None:
                     continue  # it does nothing (nor in 4.34): a flood of them costs a parse
                 return self._merged(frame)
-            chunk = self.pipe.read()
-            if chunk is EOF:
+            chunks = yield from read_all_steps(self.pipe)
+            if chunks is EOF:
                 if self._pos < len(self._buf):
                     raise RemoteProtocolError("mux: connection ended inside a frame")
                 return None
-            self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
+            if self._pos < len(self._buf):
+                chunks.insert(0, self._buf[self._pos:])  # a frame's start: the list is ours
+            self._buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one: no copy
             self._pos = 0
 
     def _merged(self, frame: Frame) -> Frame:
