@@ -13,7 +13,7 @@ import ssl
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -62,16 +62,32 @@ class _Sender:
         return head + self.aead.encrypt(nonce, inner, head)
 
 
+def _connect(port: int, timeout: float, receive_buffer: Optional[int]) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class RawTls13Client:
     """Connected and handshaken; ``key_updates(n)`` are n sealed KeyUpdate records."""
 
-    def __init__(self, port: int, ca_file: Path, server_name: str, timeout: float):
+    def __init__(self, port: int, ca_file: Path, server_name: str, timeout: float,
+                 receive_buffer: Optional[int] = None):
+        """``receive_buffer``: SO_RCVBUF set before the connect, so the window stays that
+        small (a client that barely reads fills the server's socket sooner)."""
         with tempfile.TemporaryDirectory(prefix="v2sync-keylog-") as folder:
             keylog = Path(folder) / "keys"
             context = ssl.create_default_context(cafile=str(ca_file))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             context.keylog_filename = str(keylog)
-            self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+            self.sock = _connect(port, timeout, receive_buffer)
             try:
                 suite = self._handshake(context, server_name)
                 secret = self._client_secret(keylog.read_text())

@@ -157,6 +157,16 @@ class Connection:
         except OSError as e:
             raise TransportError(f"write to {self.remote} failed: {e}") from e
 
+    def send_now(self, data: bytes) -> None:
+        """Last words before an end (an abort from the timer wheel's one thread): what
+        the socket takes at once goes, the rest is dropped; never waits and never raises.
+        A layer that frames what it sends (WebSocket, the HTTP header) sends its own
+        through its inner connection's ``send_now`` and drops what it is given."""
+        try:
+            self.sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
     def write_parts(self, parts: Sequence[bytes]) -> None:
         """``sendall_parts``, its errors translated as ``write`` translates them."""
         try:
@@ -338,6 +348,9 @@ class WrappedConnection(Connection):
         """A layer transforms what it sends (sendall), so by default it sends the parts
         joined; TLS overrides this to take them as they are."""
         self.sendall(b"".join(parts))
+
+    def send_now(self, data: bytes) -> None:
+        self.inner.send_now(data)
 
     def abort(self) -> None:
         self.inner.abort()

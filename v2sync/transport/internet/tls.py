@@ -483,6 +483,24 @@ class TlsConnection(WrappedConnection):
                     return
             block = False
 
+    def send_now(self, data: bytes) -> None:
+        """``Connection.send_now``: encrypted and sent if no writer is mid-send (records
+        must not interleave) and the socket takes it at once. A reader answering a flood
+        of KeyUpdates to a peer that does not read holds ``_send`` for as long as that
+        peer likes; a WebSocket's close frame sent from an abort waited for it on the
+        timer wheel's thread, and every timer of the process with it (found by a review)."""
+        if not self._handshaken or not self._send.acquire(False):
+            return
+        try:
+            with self._state:
+                while data:
+                    data = data[self._obj.write(data):]
+            self._flush_quietly()
+        except (ssl.SSLError, ValueError):
+            pass  # the engine is done: nothing more goes out
+        finally:
+            self._send.release()
+
     def _flush_quietly(self) -> None:
         with self._state:
             out = self._out.read()

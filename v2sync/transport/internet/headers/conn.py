@@ -32,6 +32,12 @@ class _FirstWriteHead(WrappedConnection):
             data = head + data
         self.inner.sendall(data)
 
+    def send_now(self, data: bytes) -> None:
+        """Once the head is out the stream is plain; before, bytes without it are
+        dropped (see ``Connection``)."""
+        if not self._head:
+            self.inner.send_now(data)
+
 
 class HeaderServerConnection(_FirstWriteHead):
     """The response head goes out with the first write. A connection that ends before
@@ -56,7 +62,9 @@ class HeaderServerConnection(_FirstWriteHead):
             if not self._head:
                 return
             self._head = b""
-        try_write(self.inner, dated(BAD_REQUEST))
+        # Never waits: an abort comes from the timer wheel's thread, and over TLS a reader
+        # answering a peer that does not read may hold the sending side (found by a review).
+        self.inner.send_now(dated(BAD_REQUEST))
 
 
 class HeaderClientConnection(_FirstWriteHead):

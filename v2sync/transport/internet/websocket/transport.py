@@ -157,13 +157,13 @@ class WsConnection(WrappedConnection):
         server's 101 there is no WebSocket yet to close."""
         if not self._close_sent and self._upgraded() and self._write_lock.acquire(False):
             try:
-                self.sock.settimeout(0)
                 self._close_sent = True
-                self.inner.sendall(encode_close(1000, b"", self._mask()))
-            except OSError:
-                pass
+                self.inner.send_now(encode_close(1000, b"", self._mask()))
             finally:
                 self._write_lock.release()
+
+    def send_now(self, data: bytes) -> None:
+        """Unframed bytes have no place on a WebSocket: dropped (see ``Connection``)."""
 
 
 def ws_accept(conn: Connection, settings: StreamSettings,
