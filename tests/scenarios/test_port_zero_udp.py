@@ -9,13 +9,12 @@ fails.
 """
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 
 from scenarios.helpers_scenarios import port_of, running_instance
-from support.netns import available, entered, run
+from support.netns import entered, loopback_namespace
 
 RANGE = (40000, 40001)
 STARTS = 10
@@ -23,19 +22,9 @@ STARTS = 10
 
 @pytest.fixture
 def narrow_namespace():
-    if not available():
-        if os.environ.get("CI"):
-            pytest.fail("needs root and ip")
-        pytest.skip("needs root and ip")
-    name = f"v2s-port0-{os.getpid()}"
-    run("ip", "netns", "add", name)
-    try:
-        run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
-        run("ip", "netns", "exec", name, "sysctl", "-q", "-w",
-            f"net.ipv4.ip_local_port_range={RANGE[0]} {RANGE[1]}")
+    with loopback_namespace("v2s-port0", {
+            "net.ipv4.ip_local_port_range": f"{RANGE[0]} {RANGE[1]}"}) as name:
         yield name
-    finally:
-        run("ip", "netns", "del", name)
 
 
 def test_port_zero_with_udp_picks_a_port_whose_udp_twin_is_free(narrow_namespace: str) -> None:

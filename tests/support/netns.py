@@ -20,7 +20,9 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Mapping, Sequence
+
+from support.procs import missing_peer
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/var/run/netns"
@@ -67,6 +69,24 @@ def entered(name: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+@contextlib.contextmanager
+def loopback_namespace(prefix: str, sysctls: Mapping[str, str]) -> Iterator[str]:
+    """A namespace of its own with only ``lo`` up and ``sysctls`` set in it (per-namespace
+    ones: port ranges, TCP buffers); removed on exit. Needs root: fails under ``$CI``,
+    skips elsewhere."""
+    if not available():
+        missing_peer("network namespaces need root, ip and iptables")
+    name = f"{prefix}-{os.getpid()}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        for key, value in sysctls.items():
+            run("ip", "netns", "exec", name, "sysctl", "-q", "-w", f"{key}={value}")
+        yield name
+    finally:
+        run("ip", "netns", "del", name)
 
 
 class GatewayNet:

@@ -143,15 +143,22 @@ class DnsOutbound:
         self._deliver(query, answer, messages, timer)
 
     def _answer_to(self, query: enc.IPQuery, messages: "_MessageIO", timer) -> None:
-        self._deliver(query, self._answer(query), messages, timer)
+        """In the outbound's pool: the answer goes only if the session's pipe has room.
+        A pooled thread waiting on one client's pipe is taken from every session: four
+        TCP clients that never read their answers held all 128, and nobody else's name
+        was looked up any more (found by a review). Such a client loses answers it does
+        not read; the session's own thread still waits for room (``_deliver``)."""
+        self._deliver(query, self._answer(query), messages, timer, wait=False)
 
     @staticmethod
     def _deliver(query: enc.IPQuery, answer: Optional[bytes], messages: "_MessageIO",
-                 timer) -> None:
+                 timer, wait: bool = True) -> None:
         if answer is None:
             return
         try:
-            messages.write(answer)
+            if not messages.write(answer, wait):
+                log.debug("dns: answer for %s dropped: the client is not reading", query.name)
+                return
         except TransportError as e:  # the session ended meanwhile (its pipe closed)
             log.debug("dns: answer for %s not delivered: %s", query.name, e)
             return
@@ -186,7 +193,6 @@ class _MessageIO:
         self.is_tcp = network is Network.TCP
         self._stream: Optional[PacketStream[bytes]] = (
             PacketStream(enc.parse_tcp_message) if self.is_tcp else None)
-        self._write_lock = threading.Lock()
 
     def read_steps(self) -> Steps[Optional[List[bytes]]]:
         """The whole messages that came, or None at the link's end. Steps: it parks
@@ -199,12 +205,18 @@ class _MessageIO:
             return chunks
         return [message for chunk in chunks for message in stream.feed(chunk)]
 
-    def write(self, message: bytes) -> None:
+    def write(self, message: bytes, wait: bool = True) -> bool:
+        """Queue one message; without ``wait``, only if there is room now (False if not)."""
         if not message and self.is_tcp:
-            return  # 4.34's TCPWriter writes no frame for an empty message
+            return True  # 4.34's TCPWriter writes no frame for an empty message
         data = enc.frame_tcp_message(message) if self.is_tcp else message
-        with self._write_lock:
-            self.link.writer.write(data)
+        # A pipe write queues its chunk whole, so writers from several threads (the
+        # session's, the pool's) never interleave a TCP frame, and need no lock of
+        # their own: one held while a writer waits for room made the others wait too.
+        if not wait:
+            return self.link.writer.try_write(data)
+        self.link.writer.write(data)
+        return True
 
 
 class _Lookups:
@@ -228,10 +240,12 @@ class _Lookups:
                                 LOOKUPS_DRAIN)
             if room:
                 self._running += 1
+                busy = self._running > 1
         if not room:
             answer()
             return
-        self._pool.submit(lambda: None if self._closed else answer(), self._done, self._name)
+        self._pool.submit(lambda: None if self._closed else answer(), self._done, self._name,
+                          busy)
 
     def close(self) -> None:
         self._closed = True
@@ -266,30 +280,38 @@ class _Lookups:
 # query is answered next, not after every stale one.
 MAX_LOOKUP_THREADS = 128
 MAX_WAITING_LOOKUPS = 1024
+Job = Tuple[Callable[[], None], Callable[[], None]]
 
 
 class _LookupPool:
     """The dns outbound's lookup threads: at most MAX_LOOKUP_THREADS, each taking the
-    newest waiting lookup when it is done with one."""
+    newest waiting lookup when it is done with one, a session's first before the rest.
+
+    A query from a session with lookups in the pool already waits behind every first
+    one: newest first alone let one session that kept asking (each answer freeing its room
+    for the next query) go ahead of every other session for as long as it liked (found
+    by a review)."""
 
     def __init__(self, threads: ThreadGroup):
         self._threads = threads
         self._lock = threading.Lock()
         self._running = 0
-        self._waiting: Deque[Tuple[Callable[[], None], Callable[[], None]]] = deque()
+        self._firsts: Deque[Job] = deque()  # from sessions with none in the pool then
+        self._more: Deque[Job] = deque()    # from sessions with others in the pool
 
-    def submit(self, answer: Callable[[], None], done: Callable[[], None], name: str) -> None:
+    def submit(self, answer: Callable[[], None], done: Callable[[], None], name: str,
+               busy: bool = False) -> None:
         """``answer()`` then ``done()`` in a pool thread, or ``done()`` alone if the lookup
-        is dropped unanswered."""
+        is dropped unanswered. ``busy``: the session has others in the pool."""
         dropped = None
         with self._lock:
             start = self._running < MAX_LOOKUP_THREADS
             if start:
                 self._running += 1
             else:
-                self._waiting.append((answer, done))
-                if len(self._waiting) > MAX_WAITING_LOOKUPS:
-                    dropped = self._waiting.popleft()
+                (self._more if busy else self._firsts).append((answer, done))
+                if len(self._firsts) + len(self._more) > MAX_WAITING_LOOKUPS:
+                    dropped = (self._more or self._firsts).popleft()
         if dropped is not None:
             log.debug("dns: %d lookups waiting; the oldest dropped", MAX_WAITING_LOOKUPS)
             dropped[1]()
@@ -301,7 +323,7 @@ class _LookupPool:
             self._serve(answer, done)
 
     def _serve(self, answer: Callable[[], None], done: Callable[[], None]) -> None:
-        job: Optional[Tuple[Callable[[], None], Callable[[], None]]] = (answer, done)
+        job: Optional[Job] = (answer, done)
         while job is not None:
             try:
                 job[0]()
@@ -309,10 +331,11 @@ class _LookupPool:
                 job[1]()
             job = self._next()
 
-    def _next(self) -> Optional[Tuple[Callable[[], None], Callable[[], None]]]:
+    def _next(self) -> Optional[Job]:
         with self._lock:
-            if self._waiting:
-                return self._waiting.pop()  # the newest: its client still waits for it
+            waiting = self._firsts or self._more
+            if waiting:
+                return waiting.pop()  # the newest: its client still waits for it
             self._running -= 1
             return None
 
