@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+import socket
+import time
+from typing import Iterator, List, Optional
 
 import pytest
 from scenarios.test_chain_outbounds import _tunnel_answer
 from scenarios.vmess_helpers import (assert_same_bytes, exchange, exchange_in_parallel,
-                                     make_process, open_tunnel)
+                                     make_process, open_tunnel, recv_exactly)
 from support.certs import Pki
 from support.h2_connect import H2ConnectProxy
 from support.peers import MIB, XOR_C, TcpEchoServer, free_port, xor_bytes
@@ -256,3 +258,58 @@ def test_a_graceful_goaway_lets_the_live_tunnel_go_on_as_in_4_34(client: str, pk
             assert proxy.goaways == 1
         finally:
             process.stop(check=client == "v2sync")
+
+
+STALLED_DOWNLOADS = 20  # 16 held a 16 MiB connection window whole (1 MiB a stream)
+STALLED_BYTES = 16 * MIB
+STALL_SETTLE = 10.0  # each fills its client's socket (MiBs on loopback), then its window
+ANSWER_WITHIN = 2.0
+
+
+class BulkOrEcho(TcpEchoServer):
+    """A connection whose first 5 bytes are ``BULK\n`` gets STALLED_BYTES as fast as it
+    takes them; any other is echoed."""
+
+    def handle(self, conn: socket.socket) -> None:
+        head = recv_exactly(conn, 5)
+        if head != b"BULK\n":
+            conn.sendall(head)
+            super().handle(conn)
+            return
+        block = bytes(64 * 1024)
+        for _ in range(STALLED_BYTES // len(block)):
+            if self.stopping.is_set():
+                return
+            conn.sendall(block)
+
+
+def test_downloads_nobody_reads_keep_no_other_tunnel_on_the_connection_waiting(
+        pki: Pki) -> None:
+    """The outbound's one HTTP/2 connection carries every user's tunnels: a download its
+    user stops reading keeps its stream's window of data unacknowledged, and 16 of them
+    used up a 16 MiB connection window, so another user's tunnel got nothing more (4.34,
+    Go's transport: a 1 GiB connection window; found by a review)."""
+    with H2ConnectProxy(str(pki.cert_file), str(pki.key_file), (USER, PASSWORD)) as proxy, \
+            BulkOrEcho(max_connections=STALLED_DOWNLOADS + 4, timeout=30.0) as origin:
+        client, socks_port = http_over_tls_client("v2sync", proxy.port, pki)
+        stalled: List[socket.socket] = []
+        try:
+            assert _echo_time(socks_port, origin) < ANSWER_WITHIN, client.log_tail()
+            for _ in range(STALLED_DOWNLOADS):  # never read
+                stalled.append(open_tunnel(socks_port, origin.address, receive_buffer=4096))
+                stalled[-1].sendall(b"BULK\n")
+            time.sleep(STALL_SETTLE)
+            assert _echo_time(socks_port, origin) < ANSWER_WITHIN, client.log_tail()
+            assert proxy.connections == 1  # the same connection carried them all
+        finally:
+            for sock in stalled:
+                sock.close()
+            client.stop()
+
+
+def _echo_time(socks_port: int, origin: TcpEchoServer) -> float:
+    started = time.monotonic()
+    with open_tunnel(socks_port, origin.address) as sock:
+        sock.sendall(b"ECHO\nhello")
+        assert recv_exactly(sock, 10, ANSWER_WITHIN * 2) == b"ECHO\nhello"
+    return time.monotonic() - started

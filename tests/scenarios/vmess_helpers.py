@@ -240,11 +240,16 @@ def running_pool(capacity: int, streams: Optional[StreamsFor] = None) -> Iterato
 
 # -- SOCKS and byte exchange --------------------------------------------------------------------
 
-def open_tunnel(socks_port: int, target: Tuple[str, int], timeout: float = IO_TIMEOUT) -> socket.socket:
-    """A socket with a successful SOCKS5 CONNECT to ``target`` (an IPv4 literal) done."""
-    sock = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout)
+def open_tunnel(socks_port: int, target: Tuple[str, int], timeout: float = IO_TIMEOUT,
+                receive_buffer: Optional[int] = None) -> socket.socket:
+    """A socket with a successful SOCKS5 CONNECT to ``target`` (an IPv4 literal) done;
+    ``receive_buffer``: SO_RCVBUF set before the connect (a client that barely reads)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", socks_port))
         socks5_greet(sock)
         reply = socks5_request(sock, CMD_CONNECT, target[0], target[1])
         assert reply[1] == REPLY_SUCCEEDED, f"CONNECT refused: {reply!r}"

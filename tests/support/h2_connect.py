@@ -189,7 +189,9 @@ class _Session:
         self.conn.send_headers(sid, [(":status", status)], end_stream=True)
 
     def from_upstream(self, up: socket.socket) -> None:
-        sid = next(s for s, u in self.upstreams.items() if u is up)
+        sid = next((s for s, u in self.upstreams.items() if u is up), None)
+        if sid is None:
+            return  # its stream was reset by the events read just before, in this step
         size = min(self.window(sid), self.conn.max_outbound_frame_size, READ)
         try:
             data = up.recv(size)

@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 # What a tunnel may hold unread: the window each stream is granted (RFC 7540 §6.9.2).
 STREAM_WINDOW = 1024 * 1024
+# What all of a connection's tunnels may hold unread. A server's connection is one
+# client's. A client's (the HTTP outbound's, one per proxy server) carries every user's
+# tunnels: each download a user stops reading keeps its stream's window, and 16 of them
+# took a 16 MiB window whole, so no other user's tunnel on it got a byte more (found by a
+# review). As Go's transport (4.34's), 1 GiB: the streams' windows bound what is held.
 CONNECTION_WINDOW = 16 * 1024 * 1024
+CLIENT_CONNECTION_WINDOW = 1 << 30
 READ_SIZE = 256 * 1024
 WINDOW_RECHECK = 1.0  # seconds between looks at a stream waiting for flow-control window
 # Output queued while the writer is stuck on a peer that does not read. The reader's own
@@ -127,7 +133,8 @@ class H2Session:
                 {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                  h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: SERVER_MAX_STREAMS})
             self.h2.initiate_connection()
-            self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+            window = CLIENT_CONNECTION_WINDOW if self.h2.config.client_side else CONNECTION_WINDOW
+            self.h2.increment_flow_control_window(window - 65535)
             self._take_output()
         self._flush(wait=True)
 
