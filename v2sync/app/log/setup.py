@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
+import threading
 import time
+from logging.handlers import QueueHandler
 from typing import Callable, List, Optional, Tuple
 
 from v2sync.app.log.access import ACCESS_LOGGER
@@ -31,6 +34,14 @@ ConsoleFactory = Callable[[str], logging.Handler]
 # a line (a ticker checks every minute) and opens the path again for the next line.
 FILE_IDLE = 60.0  # seconds
 FILE_MODE = 0o600  # as 4.34 creates it: the access log names clients and users
+# Lines waiting for a log's writer thread. A reader that is slow or stopped (a terminal
+# paused with Ctrl-S, a pipe nobody reads) fills it, and new lines are dropped, as 4.34's
+# logger drops them once its buffer of 16 is full: no connection waits on the log. Every
+# thread that logged used to write in turn: with stdout unread, its 64 KiB pipe filled
+# after ~1,000 connections and the proxy stopped (4.34 went on).
+MAX_QUEUED_LINES = 4096
+# How long a flush, a reload or the exit waits for lines already queued to be written.
+WRITER_WAIT = 2.0
 
 
 class V2RayFormatter(logging.Formatter):
@@ -120,6 +131,80 @@ class LogFile(logging.FileHandler):
                 pass
 
 
+class LineQueue(QueueHandler):
+    """Hands each line to the process's log writer thread, which writes it to ``target``;
+    drops it when MAX_QUEUED_LINES wait (``dropped`` counts them). One writer for every
+    log, so lines reach a console shared by the error and access logs in the order they
+    were logged."""
+
+    def __init__(self, target: logging.Handler, writer: Optional["LogWriter"] = None):
+        self.writer = writer or _process_writer()
+        super().__init__(self.writer.lines)
+        self.target = target
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The message made now, from the arguments as they are; the rest of the line
+        (time, level) is the target's to format, in the writer thread."""
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.lines.put_nowait((self.target, record))
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Wait (WRITER_WAIT at most) for the lines queued to be written."""
+        self.writer.wait_written(WRITER_WAIT)
+        self.target.flush()
+
+    def close(self) -> None:
+        """Write what is queued (WRITER_WAIT at most: a reader that never reads keeps the
+        rest), then close ``target``."""
+        self.flush()
+        self.target.close()
+        super().close()
+
+
+Line = Tuple[logging.Handler, logging.LogRecord]
+
+
+class LogWriter:
+    """The thread that writes every log's lines, a daemon: at exit, ``logging.shutdown``
+    closes each ``LineQueue``, which waits for its lines first."""
+
+    def __init__(self, size: int = MAX_QUEUED_LINES) -> None:
+        self.lines: "queue.Queue[Line]" = queue.Queue(size)
+        threading.Thread(target=self._write, name="log-writer", daemon=True).start()
+
+    def _write(self) -> None:
+        while True:
+            target, record = self.lines.get()
+            try:
+                target.handle(record)
+            finally:
+                self.lines.task_done()
+
+    def wait_written(self, timeout: float) -> None:
+        lines = self.lines
+        with lines.all_tasks_done:
+            lines.all_tasks_done.wait_for(lambda: not lines.unfinished_tasks, timeout)
+
+
+_the_writer: Optional[LogWriter] = None
+_writer_lock = threading.Lock()
+
+
+def _process_writer() -> LogWriter:
+    global _the_writer
+    with _writer_lock:
+        if _the_writer is None:
+            _the_writer = LogWriter()
+        return _the_writer
+
+
 def _file_handler(target: str, kind: str) -> logging.Handler:
     try:
         return LogFile(target)
@@ -161,7 +246,7 @@ def _install(logger: logging.Logger, handler: Optional[logging.Handler], level: 
     if handler is None:
         logger.setLevel(logging.CRITICAL + 1)
         return
-    logger.addHandler(handler)
+    logger.addHandler(LineQueue(handler))
     logger.setLevel(level)
 
 
@@ -180,8 +265,12 @@ def reopen_files() -> int:
     Raises OSError for a path that cannot be opened (its directory is gone): that file's
     lines go on to the old file, and the files before it are reopened already."""
     handlers = [handler for name in ("v2sync", ACCESS_LOGGER)
-                for handler in logging.getLogger(name).handlers
+                for handler in _targets_of(logging.getLogger(name))
                 if isinstance(handler, LogFile)]
     for handler in handlers:
         handler.reopen()
     return len(handlers)
+
+
+def _targets_of(logger: logging.Logger) -> List[logging.Handler]:
+    return [getattr(handler, "target", handler) for handler in logger.handlers]
