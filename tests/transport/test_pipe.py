@@ -94,6 +94,15 @@ def test_write_after_close_is_refused():
         pipe.write(b"x")
 
 
+def test_try_write_with_slack_goes_past_the_limit_by_that_much_only():
+    pipe = Pipe(limit=0)  # bufferSize 0: over its limit whenever a byte waits
+    assert pipe.try_write(b"abc")
+    assert not pipe.try_write(b"d")
+    assert pipe.try_write(b"d", slack=4)  # 3 queued: within 0 + 4
+    assert not pipe.try_write(b"e", slack=3)  # 4 queued: past 0 + 3
+    assert pipe.read_all(0) == [b"abc", b"d"]
+
+
 def test_try_write_drops_instead_of_blocking():
     pipe = Pipe(4)
     assert pipe.try_write(b"abcde")

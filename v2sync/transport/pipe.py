@@ -152,17 +152,17 @@ class Pipe:
                     return room
                 outside_slot(q.not_full.wait, self._remaining(deadline))
 
-    def try_write(self, data: bytes) -> bool:
-        """Queue ``data`` only if there is room now (datagrams: drop rather than block).
-        An empty ``data`` is taken and dropped, as ``write`` drops it and 4.34's pipe drops
-        an empty write: an empty datagram (a Shadowsocks packet with no payload) goes
-        nowhere."""
+    def try_write(self, data: bytes, slack: int = 0) -> bool:
+        """Queue ``data`` only if there is room now (datagrams: drop rather than block);
+        ``slack`` bytes past the limit count as room. An empty ``data`` is taken and
+        dropped, as ``write`` drops it and 4.34's pipe drops an empty write: an empty
+        datagram (a Shadowsocks packet with no payload) goes nowhere."""
         if not data:
             return True
         q = self._q
         with q.mutex:
             self._check_writable()
-            if self._is_full():
+            if 0 <= self.limit and self.limit + slack < q.nbytes:
                 return False
             q._put(bytes(data))
             q.wake()
@@ -403,8 +403,8 @@ class CountingPipe(Pipe):
         super().write(data, timeout)
         self._count(len(data))
 
-    def try_write(self, data: bytes) -> bool:
-        written = super().try_write(data)
+    def try_write(self, data: bytes, slack: int = 0) -> bool:
+        written = super().try_write(data, slack)
         if written:
             self._count(len(data))
         return written

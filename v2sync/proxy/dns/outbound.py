@@ -214,7 +214,7 @@ class _MessageIO:
         # session's, the pool's) never interleave a TCP frame, and need no lock of
         # their own: one held while a writer waits for room made the others wait too.
         if not wait:
-            return self.link.writer.try_write(data)
+            return self.link.writer.try_write(data, POOLED_ANSWER_SLACK)
         self.link.writer.write(data)
         return True
 
@@ -280,6 +280,12 @@ class _Lookups:
 # query is answered next, not after every stale one.
 MAX_LOOKUP_THREADS = 128
 MAX_WAITING_LOOKUPS = 1024
+# Past the session's pipe limit, what its pooled answers may still queue: a client that
+# reads is never short of an answer because several came at once (a pipe of bufferSize 0,
+# 4.34's default on arm and mips, is over its limit whenever a byte waits: one answer in
+# ten was dropped for a resolver pipelining over TCP; found by a review). Its 32 lookups'
+# answers of 4 KiB each; only a client that does not read loses those past it.
+POOLED_ANSWER_SLACK = MAX_LOOKUPS * 4096
 Job = Tuple[Callable[[], None], Callable[[], None]]
 
 
