@@ -162,7 +162,7 @@ class Pipe:
         q = self._q
         with q.mutex:
             self._check_writable()
-            if 0 <= self.limit and self.limit + slack < q.nbytes:
+            if self._is_full(slack):
                 return False
             q._put(bytes(data))
             q.wake()
@@ -239,8 +239,8 @@ class Pipe:
         self._waker = None
         return waker
 
-    def _is_full(self) -> bool:
-        return 0 <= self.limit < self._q.nbytes
+    def _is_full(self, slack: int = 0) -> bool:
+        return 0 <= self.limit and self.limit + slack < self._q.nbytes
 
     def _room(self) -> int:
         return UNLIMITED_ROOM if self.limit < 0 else self.limit - self._q.nbytes

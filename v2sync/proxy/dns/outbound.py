@@ -4,11 +4,13 @@ Messages come from the link one per chunk (UDP) or length-prefixed (TCP). A and 
 queries are answered from the built-in DNS (``ctx.dns``) right here; any other message goes
 to the upstream: the original destination with the settings' network/address/port put in,
 dialed on the first message that needs it (4.34's ``outboundConn``). The upstream's answers
-come back the same way. Answers are written under one lock, since both directions write.
+come back the same way. Both directions (and the lookup pool) write answers to the link;
+a pipe write queues a TCP frame whole, so they need no lock.
 
-4.34 answers each IP query in its own goroutine; here each goes to the outbound's lookup
-pool (``_LookupPool``: MAX_LOOKUP_THREADS threads over all sessions, newest query first),
-at most MAX_LOOKUPS of one session at once (``_Lookups``). They were answered in turn on the
+4.34 answers each IP query in its own goroutine; here an answer at hand (hosts, the cache)
+is given at once, and any other query goes to the outbound's lookup pool (``_LookupPool``:
+MAX_LOOKUP_THREADS threads over all sessions, a session's first query before the others,
+newest first), at most MAX_LOOKUPS of one session at once (``_Lookups``). They were answered in turn on the
 request side, so a client that asks from one socket or connection (a forwarding resolver
 behind a DNS hijack: dnsmasq, systemd-resolved) waited the whole deadline of a name that
 is never answered, 4 s a server, before each name behind it (4.34: 10 ms; found by a
