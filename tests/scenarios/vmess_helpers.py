@@ -28,7 +28,7 @@ import pytest
 
 from scenarios.helpers_scenarios import (CMD_CONNECT, REPLY_SUCCEEDED, socks5_greet,
                                          socks5_request)
-from support.peers import free_port
+from support.peers import connect_loopback, free_port
 from support.procs import ConfigProcess, V2RayProcess, V2SyncProcess, require_v2ray
 
 from v2sync.common.net import Address
@@ -244,12 +244,8 @@ def open_tunnel(socks_port: int, target: Tuple[str, int], timeout: float = IO_TI
                 receive_buffer: Optional[int] = None) -> socket.socket:
     """A socket with a successful SOCKS5 CONNECT to ``target`` (an IPv4 literal) done;
     ``receive_buffer``: SO_RCVBUF set before the connect (a client that barely reads)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = connect_loopback(socks_port, timeout, receive_buffer)
     try:
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", socks_port))
         socks5_greet(sock)
         reply = socks5_request(sock, CMD_CONNECT, target[0], target[1])
         assert reply[1] == REPLY_SUCCEEDED, f"CONNECT refused: {reply!r}"

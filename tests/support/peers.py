@@ -123,6 +123,22 @@ def answer_and_close(server: socket.socket, count: int, answer: bytes = b"",
     return thread
 
 
+def connect_loopback(port: int, timeout: float,
+                     receive_buffer: Optional[int] = None) -> socket.socket:
+    """A TCP connection to 127.0.0.1:``port``; ``receive_buffer``: SO_RCVBUF set before
+    the connect, so the window stays that small (a client that barely reads)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for TCP and UDP a moment ago (for configs that need a fixed port number;
     a SOCKS inbound with UDP binds both)."""

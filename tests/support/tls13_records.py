@@ -8,7 +8,6 @@ It shares no code with v2sync's TLS side (OpenSSL through the ssl module and pyO
 """
 from __future__ import annotations
 
-import socket
 import ssl
 import struct
 import tempfile
@@ -18,6 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from support.peers import connect_loopback
 
 _SUITES: Dict[str, Tuple[Any, int, Any]] = {
     "TLS_AES_128_GCM_SHA256": (AESGCM, 16, hashes.SHA256()),
@@ -62,19 +63,6 @@ class _Sender:
         return head + self.aead.encrypt(nonce, inner, head)
 
 
-def _connect(port: int, timeout: float, receive_buffer: Optional[int]) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 class RawTls13Client:
     """Connected and handshaken; ``key_updates(n)`` are n sealed KeyUpdate records."""
 
@@ -87,7 +75,7 @@ class RawTls13Client:
             context = ssl.create_default_context(cafile=str(ca_file))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             context.keylog_filename = str(keylog)
-            self.sock = _connect(port, timeout, receive_buffer)
+            self.sock = connect_loopback(port, timeout, receive_buffer)
             try:
                 suite = self._handshake(context, server_name)
                 secret = self._client_secret(keylog.read_text())
